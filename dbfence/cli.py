@@ -1,0 +1,16 @@
+"""The ``dbfence`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from dbfence import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dbfence")
+def main() -> None:
+    """dbfence: a fencing HA agent for MySQL/MariaDB."""
+
+
+# Subcommands register here, one line each, so each area owns its own module.
