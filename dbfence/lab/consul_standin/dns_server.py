@@ -384,36 +384,24 @@ class DNSServers:
 
     def __init__(self, resolver: ConsulDNS, host: str, port: int) -> None:
         self.resolver = resolver
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind((host, port))
-        self.port = self.udp.getsockname()[1]
         self.host = host
-        resolver_ref = resolver
-
-        class TCPHandler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                connection: socket.socket = self.request
-                connection.settimeout(5)
-                try:
-                    while True:
-                        header = _recv_exact(connection, 2)
-                        if header is None:
-                            return
-                        (length,) = struct.unpack("!H", header)
-                        packet = _recv_exact(connection, length)
-                        if packet is None:
-                            return
-                        reply = resolver_ref.handle_packet(packet, udp=False)
-                        if reply is not None:
-                            connection.sendall(struct.pack("!H", len(reply)) + reply)
-                except OSError:
-                    return
-
-        class TCPServer(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self.tcp = TCPServer((host, self.port), TCPHandler)
+        # Port 0 picks a free UDP port, which TCP may not have free: retry until both bind.
+        for _attempt in range(50):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                udp.bind((host, port))
+                chosen = udp.getsockname()[1]
+                self.tcp = _DNSTCPServer((host, chosen), _tcp_handler(resolver))
+            except OSError:
+                udp.close()
+                if port != 0:
+                    raise
+                continue
+            break
+        else:
+            raise OSError(f"no port on {host} is free for DNS over both UDP and TCP")
+        self.udp = udp
+        self.port: int = chosen
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
@@ -452,6 +440,34 @@ class DNSServers:
         for thread in self._threads:
             thread.join(timeout=2)
         self.udp.close()
+
+
+class _DNSTCPServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _tcp_handler(resolver: ConsulDNS) -> type[socketserver.BaseRequestHandler]:
+    class TCPHandler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            connection: socket.socket = self.request
+            connection.settimeout(5)
+            try:
+                while True:
+                    header = _recv_exact(connection, 2)
+                    if header is None:
+                        return
+                    (length,) = struct.unpack("!H", header)
+                    packet = _recv_exact(connection, length)
+                    if packet is None:
+                        return
+                    reply = resolver.handle_packet(packet, udp=False)
+                    if reply is not None:
+                        connection.sendall(struct.pack("!H", len(reply)) + reply)
+            except OSError:
+                return
+
+    return TCPHandler
 
 
 def _recv_exact(connection: socket.socket, length: int) -> bytes | None:

@@ -233,6 +233,7 @@ class StandinState:
         self.cond = threading.Condition(self._lock)
         self._stopping = False
         self._index = 0
+        self._blocked_queries = 0
         # KV
         self._kv: dict[str, KVEntry] = {}
         self._tombstones: dict[str, int] = {}
@@ -320,15 +321,25 @@ class StandinState:
             if self.config.blocking_jitter:
                 timeout += random.uniform(0, timeout / 16)
             deadline = self.clock() + timeout
-            while not self._stopping:
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    break
-                self.cond.wait(remaining)
-                index, result = view()
-                if index > min_index:
-                    break
+            self._blocked_queries += 1
+            try:
+                while not self._stopping:
+                    remaining = deadline - self.clock()
+                    if remaining <= 0:
+                        break
+                    self.cond.wait(remaining)
+                    index, result = view()
+                    if index > min_index:
+                        break
+            finally:
+                self._blocked_queries -= 1
             return index, result
+
+    @property
+    def blocked_queries(self) -> int:
+        """How many blocking queries are parked right now (lets tests know a watcher is in place)."""
+        with self.cond:
+            return self._blocked_queries
 
     # ------------------------------------------------------------------ KV
 
