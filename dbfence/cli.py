@@ -14,3 +14,12 @@ def main() -> None:
 
 
 # Subcommands register here, one line each, so each area owns its own module.
+from dbfence.lab.cli import lab_group  # noqa: E402
+
+main.add_command(lab_group)
+from dbfence.demo import demo_command  # noqa: E402
+
+main.add_command(demo_command)
+from dbfence.config_cli import config_group  # noqa: E402
+
+main.add_command(config_group)
