@@ -428,7 +428,11 @@ class DNSServers:
                 if self._stopping.is_set():
                     return
                 continue
-            reply = self.resolver.handle_packet(packet, udp=True)
+            try:
+                reply = self.resolver.handle_packet(packet, udp=True)
+            except Exception as error:  # one odd packet must not stop the listener
+                sys.stderr.write(f"consul-standin dns: dropped a packet: {error!r}\n")
+                continue
             if reply is not None:
                 with contextlib.suppress(OSError):
                     self.udp.sendto(reply, peer)
