@@ -409,7 +409,7 @@ class DNSServers:
         udp_thread = threading.Thread(target=self._serve_udp, name="consul-standin-dns-udp", daemon=True)
         tcp_thread = threading.Thread(
             target=self.tcp.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            kwargs={"poll_interval": 0.05},
             name="consul-standin-dns-tcp",
             daemon=True,
         )
@@ -418,7 +418,7 @@ class DNSServers:
             thread.start()
 
     def _serve_udp(self) -> None:
-        self.udp.settimeout(0.1)
+        self.udp.settimeout(0.05)
         while not self._stopping.is_set():
             try:
                 packet, peer = self.udp.recvfrom(65535)
