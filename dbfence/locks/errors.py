@@ -13,7 +13,7 @@ class LockError(Exception):
     """Base class of every error raised by :mod:`dbfence.locks`."""
 
 
-class DcsUnreachable(LockError):  # noqa: N818 - names fixed by the design
+class DcsUnreachable(LockError):
     """The DCS could not be asked, or did not answer within the call's timeout.
 
     The outcome of a write that raised this is UNKNOWN (it may have been applied);
@@ -28,7 +28,7 @@ class DcsUnreachable(LockError):  # noqa: N818 - names fixed by the design
         super().__init__(f"DCS unreachable{where}: {detail}")
 
 
-class DcsAccessDenied(LockError):  # noqa: N818 - names fixed by the design
+class DcsAccessDenied(LockError):
     """The DCS answered but refused our credentials (ACL token, user/password, TLS identity).
 
     Retrying will not help until the configuration is fixed.
@@ -39,7 +39,7 @@ class DcsAccessDenied(LockError):  # noqa: N818 - names fixed by the design
         super().__init__(f"DCS refused access: {detail}")
 
 
-class LockLost(LockError):  # noqa: N818 - names fixed by the design
+class LockLost(LockError):
     """We do not hold what we believed we held.
 
     Raised by ``renew`` when the lock key no longer belongs to our lease/session
@@ -60,7 +60,7 @@ class SessionExpired(LockLost):
     """
 
 
-class LockConflict(LockError):  # noqa: N818 - names fixed by the design
+class LockConflict(LockError):
     """Someone else holds the lock (or Consul's lock-delay still protects the key).
 
     ``holder`` is a short human description of the other holder when known,
@@ -75,7 +75,7 @@ class LockConflict(LockError):  # noqa: N818 - names fixed by the design
         super().__init__(f"{key}: {detail}")
 
 
-class BadData(LockError):  # noqa: N818 - names fixed by the design
+class BadData(LockError):
     """A key holds a value we cannot parse. ``key`` is the full DCS key name."""
 
     def __init__(self, key: str, detail: str) -> None:
