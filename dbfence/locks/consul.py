@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,14 +129,17 @@ def _client(options: ConsulOptions, default_timeout: float) -> Any:
         raise ValueError(f"Consul address {options.address!r} must name a host and a port")
     verify: bool | str = options.ca_cert if options.ca_cert else True
     cert = (options.cert, options.key) if options.cert and options.key else None
-    client = consul.Consul(
-        host=parts.hostname,
-        port=parts.port,
-        scheme=parts.scheme,
-        verify=verify,
-        cert=cert,
-        dc=options.datacenter,
-    )
+    with warnings.catch_warnings():
+        # python-consul2 warns about deprecated Consul APIs we never call, on every construction.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client = consul.Consul(
+            host=parts.hostname,
+            port=parts.port,
+            scheme=parts.scheme,
+            verify=verify,
+            cert=cert,
+            dc=options.datacenter,
+        )
     # python-consul2 lets CONSUL_HTTP_ADDR override the address we were given: an
     # explicit address must win, so build the HTTP client ourselves.
     client.http = _BudgetedHTTPClient(parts.hostname, parts.port, parts.scheme, verify, cert, default_timeout)

@@ -245,8 +245,14 @@ def _md(member: _Member) -> Metadata:
     return (("token", member.token),) if member.token else ()
 
 
+# etcd reports some credential problems as INVALID_ARGUMENT: recognise them by their text.
+_AUTH_DETAILS = ("authentication failed", "user name is empty", "permission denied", "invalid auth token")
+
+
 def _translate(what: str, code: grpc.StatusCode, detail: str, label: str) -> LockError:
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
+        text in detail for text in _AUTH_DETAILS
+    ):
         return DcsAccessDenied(f"{what}: {detail} ({label})")
     if code == grpc.StatusCode.NOT_FOUND and "lease not found" in detail:
         return SessionExpired(f"{what}: etcd says {detail}")

@@ -168,7 +168,12 @@ def test_watch_redraws_on_change(agents: LabAgents) -> None:
     lines: queue.Queue[str] = queue.Queue()
     assert process.stdout is not None
     stdout = process.stdout
-    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
     try:
         first = json.loads(lines.get(timeout=20))
         assert first["lock"]["token"] == agents.token
