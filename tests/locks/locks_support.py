@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ def put_raw(config: DcsConfig, key: str, value: bytes) -> None:
     import consul  # noqa: PLC0415
 
     host, port = config.endpoints[0].removeprefix("http://").rsplit(":", 1)
-    assert consul.Consul(host=host, port=int(port)).kv.put(key, value) is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # python-consul2 warns on construction
+        client = consul.Consul(host=host, port=int(port))
+    assert client.kv.put(key, value) is True
 
 
 def race_worker(

@@ -5,6 +5,7 @@ The trio is restored (every member restarted and healthy) after each test.
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -95,3 +96,31 @@ def test_quorum_loss_fails_renewals_and_the_deadline_runs_out(etcd_dcs: tuple[Dc
     assert attempts >= 2
     # Nothing extended the deadline: it has passed, so the gate would be closed now.
     assert time.monotonic() > last_good.deadline
+
+
+def test_a_hung_member_costs_at_most_one_call_budget(etcd_dcs: tuple[Dcs, EtcdTrio]) -> None:
+    """SIGSTOP keeps the member's sockets open but silent: only gRPC deadlines can save us."""
+    dcs, trio = etcd_dcs
+    leader = trio.leader()
+    follower = next(m for m in trio.members if m is not leader)
+    lock = etcd_lock_of(dcs, "db1", endpoints=[follower.client_url, *(m.client_url for m in trio.members
+                                                                       if m is not follower)])
+    first = lock.try_acquire(holder("db1"))
+    follower.process.signal(signal.SIGSTOP)
+    try:
+        outcomes = []
+        for _ in range(2):
+            started = time.monotonic()
+            try:
+                grant = lock.renew()
+                outcomes.append(("ok", time.monotonic() - started))
+                assert grant.token == first.token
+            except DcsUnreachable:
+                outcomes.append(("unreachable", time.monotonic() - started))
+        first_outcome, first_elapsed = outcomes[0]
+        record_figure(f"etcd renew, own member hung (SIGSTOP), first call {first_outcome}", first_elapsed)
+        assert all(elapsed < dcs.settings.call_timeout + 0.1 for _, elapsed in outcomes), outcomes
+        assert outcomes[-1][0] == "ok", outcomes  # by the second call at the latest, another member answers
+        assert lock.transport.current_endpoint != follower.client_url.removeprefix("http://")
+    finally:
+        follower.process.signal(signal.SIGCONT)
