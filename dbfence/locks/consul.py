@@ -277,7 +277,10 @@ class ConsulLeaseLock(LeaseLock):
         with self._state:
             open_already = self._session is not None
         if open_already:
-            return self.renew()
+            try:
+                return self.renew()
+            except SessionExpired:
+                pass  # it expired behind our back: open a new one below
         sent_at = time.monotonic()
         session = self._call(
             "session create",
@@ -352,9 +355,13 @@ class ConsulLeaseLock(LeaseLock):
         if entry is None or entry.get("Session") != session:
             if entry is not None and entry.get("Session"):
                 raise self._conflict(entry)
-            acquired = self._call(
-                "acquire", deadline, lambda: self._consul.kv.put(key, encode(holder), acquire=session)
-            )
+            try:
+                acquired = self._call(
+                    "acquire", deadline, lambda: self._consul.kv.put(key, encode(holder), acquire=session)
+                )
+            except SessionExpired:
+                self._forget_session(session)
+                raise
             entry = self._get(key, deadline, "read lock after acquire")
             if acquired is not True or entry is None or entry.get("Session") != session:
                 if entry is not None and entry.get("Session") and entry.get("Session") != session:

@@ -364,7 +364,10 @@ class EtcdLeaseLock(LeaseLock):
         with self._state:
             open_already = self._lease_id is not None
         if open_already:
-            return self.renew()
+            try:
+                return self.renew()
+            except SessionExpired:
+                pass  # it expired behind our back: open a new one below
         ttl_asked = self.settings.ttl
         sent_at = time.monotonic()
         response = self.transport.call(
@@ -436,11 +439,15 @@ class EtcdLeaseLock(LeaseLock):
         put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=encode(holder), lease=lease_id))
         read = etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key))
         request = etcdrpc.TxnRequest(compare=[compare], success=[put, read], failure=[read])
-        response = self.transport.call(
-            "acquire txn",
-            sent_at + self.settings.call_timeout,
-            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
-        )
+        try:
+            response = self.transport.call(
+                "acquire txn",
+                sent_at + self.settings.call_timeout,
+                lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
+            )
+        except SessionExpired:
+            self._forget_session(lease_id)
+            raise
         kvs = response.responses[-1].response_range.kvs
         if not kvs:  # deleted between compare and read cannot happen inside a txn; be safe
             raise DcsUnreachable("acquire txn returned no lock key")

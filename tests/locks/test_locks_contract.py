@@ -77,6 +77,8 @@ def test_mutual_exclusion_across_processes(dcs: Dcs) -> None:
 def test_unrenewed_lease_loses_lock_and_member_record(dcs: Dcs) -> None:
     holder_lock = dcs.lock("db1")
     peer = dcs.lock("db2")
+    bystander = dcs.lock("db3")
+    stale_session = bystander.open_session().session_id
     holder_lock.try_acquire(holder("db1"))
     holder_lock.publish_member(member("db1", role="primary"))
     peer.publish_member(member("db2"))
@@ -103,6 +105,10 @@ def test_unrenewed_lease_loses_lock_and_member_record(dcs: Dcs) -> None:
     assert wait_until(acquire, timeout=dcs.settings.lock_delay + 5.0, what="db2 to acquire", interval=0.2)
     with pytest.raises(SessionExpired):
         holder_lock.renew()
+    assert holder_lock.session_id is None
+    # open_session replaces a session that expired behind our back.
+    fresh = bystander.open_session()
+    assert fresh.session_id != stale_session and bystander.renew().session_id == fresh.session_id
 
 
 class Waiter(threading.Thread):
