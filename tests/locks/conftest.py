@@ -57,6 +57,8 @@ class EtcdTrio:
     def kill(self, member: EtcdMember) -> None:
         member.process.signal(signal.SIGKILL)
         wait_until(lambda: not member.process.alive(), timeout=10, what=f"{member.name} to die")
+        with contextlib.suppress(ChildProcessError):  # our child: collect it, leave no zombie
+            os.waitpid(member.pid, 0)
 
     def restart(self, member: EtcdMember) -> None:
         index = self.members.index(member)
@@ -90,6 +92,9 @@ class EtcdTrio:
     def stop_all(self) -> None:
         for member in self.members:
             etcd_servers.stop_member(member)
+            # stop() skips a member that already exited; collect it anyway (no zombie).
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(member.pid, os.WNOHANG)
 
 
 @pytest.fixture(scope="session")
