@@ -125,3 +125,15 @@ def test_bad_index_or_wait_is_400(standin: ConsulStandin) -> None:
         client.kv.get("k", index=1, wait="soon")
     with pytest.raises(consul.base.BadRequest, match="Invalid index"):
         client.kv.get("k", index="abc")
+
+
+def test_stop_releases_parked_watchers(standin_factory: Any) -> None:
+    standin = standin_factory()
+    client = client_for(standin)
+    client.kv.put("k", "v")
+    index, _ = client.kv.get("k")
+    watcher = Watcher(standin, lambda: client_for(standin).kv.get("k", index=index, wait="60s"))
+    stopping = time.monotonic()
+    standin.stop()
+    assert watcher.join(timeout=5)[0] == index
+    assert time.monotonic() - stopping < 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -174,3 +175,15 @@ def test_dig_accepts_the_answers(lab_cluster: ConsulStandin) -> None:
         "1 1 3307 7f00000b.addr.dc1.consul.",
         "1 1 3308 standin.node.dc1.consul.",
     ]
+
+
+def test_garbage_packets_get_formerr_and_the_server_keeps_answering(lab_cluster: ConsulStandin) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        sock.sendto(
+            b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x3fshort", ("127.0.0.1", lab_cluster.dns_port)
+        )
+        reply, _ = sock.recvfrom(512)
+    assert reply[:2] == b"\x12\x34"
+    assert reply[3] & 0x0F == dns.rcode.FORMERR
+    assert answers(ask(lab_cluster, "primary.lab.service.consul"), "A") == ["127.0.0.11"]

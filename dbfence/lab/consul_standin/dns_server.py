@@ -409,7 +409,7 @@ class DNSServers:
         udp_thread = threading.Thread(target=self._serve_udp, name="consul-standin-dns-udp", daemon=True)
         tcp_thread = threading.Thread(
             target=self.tcp.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            kwargs={"poll_interval": 0.05},
             name="consul-standin-dns-tcp",
             daemon=True,
         )
@@ -418,7 +418,7 @@ class DNSServers:
             thread.start()
 
     def _serve_udp(self) -> None:
-        self.udp.settimeout(0.1)
+        self.udp.settimeout(0.05)
         while not self._stopping.is_set():
             try:
                 packet, peer = self.udp.recvfrom(65535)
@@ -428,7 +428,11 @@ class DNSServers:
                 if self._stopping.is_set():
                     return
                 continue
-            reply = self.resolver.handle_packet(packet, udp=True)
+            try:
+                reply = self.resolver.handle_packet(packet, udp=True)
+            except Exception as error:  # one odd packet must not stop the listener
+                sys.stderr.write(f"consul-standin dns: dropped a packet: {error!r}\n")
+                continue
             if reply is not None:
                 with contextlib.suppress(OSError):
                     self.udp.sendto(reply, peer)

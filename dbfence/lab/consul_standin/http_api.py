@@ -219,6 +219,9 @@ class ConsulAPI:
             return _text(404, "404 page not found")
         except StandinError as error:
             return _text(error.status, error.message)
+        except Exception as error:  # a stand-in bug must not kill the connection without an answer
+            sys.stderr.write(f"consul-standin http: {request.method} {request.path}: {error!r}\n")
+            return _text(500, f"consul stand-in internal error: {error!r}")
 
     def _check_datacenter(self, request: Request) -> None:
         dc = request.get("dc")
@@ -557,9 +560,7 @@ class ConsulAPI:
         session = self.state.session_renew(session_id)
         if session is None:
             return _text(404, f"Session id '{session_id}' not found")
-        return _json(
-            [self.render_session(session)], headers=self._meta(self.state.session_get(session_id)[0])
-        )
+        return _json([self.render_session(session)])  # Consul sets no index headers on renew
 
     def session_info(self, request: Request, match: re.Match[str]) -> Reply:
         session_id = self._session_id(match)

@@ -67,7 +67,7 @@ class ConsulStandin:
             threading.Thread(target=state.run_reaper, name="consul-standin-reaper", daemon=True),
             threading.Thread(
                 target=http.serve_forever,
-                kwargs={"poll_interval": 0.1},
+                kwargs={"poll_interval": 0.05},
                 name="consul-standin-http",
                 daemon=True,
             ),
@@ -83,9 +83,13 @@ class ConsulStandin:
         if state is None or http is None or dns is None:
             return
         state.stop()
-        http.shutdown()
+        # Each listener notices shutdown within one poll interval: stop them side by side.
+        stoppers = [threading.Thread(target=http.shutdown), threading.Thread(target=dns.stop)]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         http.server_close()
-        dns.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         self.state, self._http, self._dns, self._threads = None, None, None, []
