@@ -29,7 +29,9 @@ def test_parse_and_format_round_trip_sorted_by_domain() -> None:
     assert pos("") == GtidPosition() and GtidPosition.parse(None) == GtidPosition()
 
 
-@pytest.mark.parametrize("text", ["0-1", "a-b-c", "0-1-2-3", "0--1-2", "-1-1-1", "0-1-99999999999999999999999"])
+@pytest.mark.parametrize(
+    "text", ["0-1", "a-b-c", "0-1-2-3", "0--1-2", "-1-1-1", "0-1-99999999999999999999999"]
+)
 def test_bad_gtid_text_is_refused_with_the_text_named(text: str) -> None:
     with pytest.raises(GtidParseError):
         pos(text)
@@ -79,7 +81,8 @@ def test_errant_writes_of_a_former_primary_are_named_exactly() -> None:
 
 
 def test_single_errant_gtid_is_named_as_one() -> None:
-    assert describe_errant(GtidState.parse("0-1-101").errant_against(GtidState.parse("0-1-100,0-2-110"))) == "0-1-101"
+    errant = GtidState.parse("0-1-101").errant_against(GtidState.parse("0-1-100,0-2-110"))
+    assert describe_errant(errant) == "0-1-101"
 
 
 def test_local_write_on_a_replica_is_errant_even_below_the_primary_seq() -> None:
