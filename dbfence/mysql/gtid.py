@@ -179,8 +179,10 @@ class ErrantRange:
         if self.after_seq + 1 == self.last_seq:
             return str(self.last)
         if not self.primary_has_stream:
-            return f"{self.domain}-{self.server_id}-*..{self.last} (server {self.server_id} never " \
+            return (
+                f"{self.domain}-{self.server_id}-*..{self.last} (server {self.server_id} never "
                 f"replicated to the primary in domain {self.domain})"
+            )
         return f"{self.first}..{self.last}"
 
 
