@@ -86,6 +86,7 @@ class FlavourSql(Protocol):
     def stop_replica(self) -> str: ...
     def start_replica(self) -> str: ...
     def restart_io_thread(self) -> list[str]: ...
+    def stop_io_thread(self) -> str: ...
     def reset_replica_all(self) -> str: ...
     def change_primary(
         self, *, host: str, port: int, user: str, password: str, heartbeat_s: float, retry_s: int
@@ -140,6 +141,9 @@ class MariaDBSql:
 
     def restart_io_thread(self) -> list[str]:
         return ["STOP SLAVE IO_THREAD", "START SLAVE IO_THREAD"]
+
+    def stop_io_thread(self) -> str:
+        return "STOP SLAVE IO_THREAD"
 
     def reset_replica_all(self) -> str:
         return "RESET SLAVE ALL"
@@ -223,6 +227,9 @@ class MySQL8Sql:
 
     def restart_io_thread(self) -> list[str]:
         return ["STOP REPLICA IO_THREAD", "START REPLICA IO_THREAD"]
+
+    def stop_io_thread(self) -> str:
+        return "STOP REPLICA IO_THREAD"
 
     def reset_replica_all(self) -> str:
         return "RESET REPLICA ALL"
