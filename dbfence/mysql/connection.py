@@ -10,7 +10,7 @@ import errno
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymysql
 import pymysql.cursors
@@ -22,7 +22,10 @@ from dbfence.mysql.flavour import ServerVersion, parse_server_version
 from dbfence.mysql.verdict import Reason
 
 Row = dict[str, Any]
-DbConnection = Connection[pymysql.cursors.DictCursor]
+if TYPE_CHECKING:
+    DbConnection = Connection[pymysql.cursors.DictCursor]
+else:  # PyMySQL's Connection is generic only in its type stubs
+    DbConnection = Connection
 
 ER_CON_COUNT_ERROR = 1040
 ER_ACCESS_DENIED_ERROR = 1045

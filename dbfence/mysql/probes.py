@@ -66,9 +66,12 @@ class ProbeSettings:
     interval_s: float = 0.2
     process_timeout_s: float = 0.2
     disk_timeout_s: float = 0.5
-    connect_timeout_s: float = 0.3
+    connect_timeout_s: float = 0.5
     select_timeout_s: float = 0.3
     write_timeout_s: float = 0.5
+    # a heartbeat stuck this long is killed (KILL QUERY) so the lane can start afresh; until then
+    # every round reports it as still running, and it completes by itself if the stall ends
+    write_abandon_s: float = 5.0
     # the reserved/write connections give up on a silent server after this (then reconnect)
     session_read_timeout_s: float = 5.0
     disk_min_free_bytes: int = _GIB // 2
@@ -96,7 +99,9 @@ JobResult = list[Verdict]
 class _Job:
     future: Future[JobResult]
     started: float
+    reported: bool = False  # its verdicts (result or timeout) went out in some round
     timed_out: bool = False
+    abandoned: bool = False
 
 
 @dataclass
@@ -105,7 +110,12 @@ class _Lane:
     kinds_on_timeout: tuple[ProbeKind, ...]
     timeout_reason: Reason
     timeout_s: float
-    on_timeout: Callable[[], None] | None = None
+    # a job still stuck this long after its start is abandoned (e.g. its statement killed)
+    abandon_after_s: float | None = None
+    on_abandon: Callable[[], None] | None = None
+    # keep failing every round while a late job is still running (hang detectors), or report a
+    # late job once (probes whose own socket timeouts end them anyway)
+    repeat_while_running: bool = True
     executor: ThreadPoolExecutor = field(init=False)
     job: _Job | None = None
 
@@ -113,26 +123,49 @@ class _Lane:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dbfence-probe-{self.name}")
 
     def start(self, work: Callable[[], JobResult], now: float) -> bool:
-        """Start ``work`` unless the previous job is still running. True if started."""
-        if self.job is not None and not self.job.future.done():
+        """Start ``work`` unless the previous job is running or its result is not reported yet."""
+        job = self.job
+        if job is not None and (not job.future.done() or not job.reported):
             return False
         self.job = _Job(self.executor.submit(_guarded(work, self.kinds_on_timeout)), now)
         return True
 
-    def collect(self, round_start: float) -> JobResult:
+    def collect(self, round_end: float) -> JobResult:
+        """Verdicts of this lane for the round ending at ``round_end`` (monotonic).
+
+        Waits until the job answers, its own timeout passes, or the round ends, whichever comes
+        first. A job that is neither done nor late yet gives no verdict this round: it is
+        collected by a later one, so rounds keep their cadence.
+        """
         job = self.job
         if job is None:
             return []
-        if job.timed_out:  # started in an earlier round and already reported as timed out
+        if job.timed_out:  # reported as timed out in an earlier round and still not back
+            if job.future.done():
+                return []
+            self._maybe_abandon(job)
+            if not self.repeat_while_running:
+                return []
             return self._timeout_verdicts(job, still_running=True)
-        remaining = round_start + self.timeout_s - time.monotonic()
+        if job.reported:
+            return []
+        job_deadline = job.started + self.timeout_s
         try:
-            return job.future.result(timeout=max(0.0, remaining))
+            result = job.future.result(timeout=max(0.0, min(job_deadline, round_end) - time.monotonic()))
         except FutureTimeout:
-            job.timed_out = True
-            if self.on_timeout is not None:
-                self.on_timeout()
+            if time.monotonic() < job_deadline:
+                return []  # not late yet
+            job.timed_out = job.reported = True
             return self._timeout_verdicts(job, still_running=False)
+        job.reported = True
+        return result
+
+    def _maybe_abandon(self, job: _Job) -> None:
+        if job.abandoned or self.abandon_after_s is None or self.on_abandon is None:
+            return
+        if time.monotonic() - job.started >= self.abandon_after_s:
+            job.abandoned = True
+            self.on_abandon()
 
     def _timeout_verdicts(self, job: _Job, *, still_running: bool) -> JobResult:
         elapsed = time.monotonic() - job.started
@@ -294,14 +327,21 @@ class Prober:
         self._lanes = {
             "process": _Lane("process", (ProbeKind.PROCESS,), Reason.PROCESS_STOPPED, s.process_timeout_s),
             "disk": _Lane("disk", (ProbeKind.DISK,), Reason.DISK_UNREADABLE, s.disk_timeout_s),
-            "connect": _Lane("connect", (ProbeKind.CONNECT,), Reason.CONNECT_TIMEOUT, s.connect_timeout_s),
+            "connect": _Lane(
+                "connect",
+                (ProbeKind.CONNECT,),
+                Reason.CONNECT_TIMEOUT,
+                s.connect_timeout_s,
+                repeat_while_running=False,
+            ),
             "reserved": _Lane("reserved", (ProbeKind.SELECT,), Reason.QUERY_TIMEOUT, s.select_timeout_s),
             "write": _Lane(
                 "write",
                 (ProbeKind.WRITE,),
                 Reason.WRITE_TIMEOUT,
                 s.write_timeout_s,
-                on_timeout=self._kill_stuck_write,
+                abandon_after_s=s.write_abandon_s,
+                on_abandon=self._kill_stuck_write,
             ),
         }
 
@@ -329,7 +369,11 @@ class Prober:
             return frozenset(ids)
 
     def run_round(self) -> list[Verdict]:
-        """Run one round of every probe for the current role and return their verdicts."""
+        """Run one round of the current role's probes; returns within ``interval_s``.
+
+        A probe that has not answered yet and is not past its own timeout gives no verdict in this
+        round; it is collected in a later one.
+        """
         now = time.monotonic()
         role = self._role
         started: list[_Lane] = []
@@ -354,9 +398,10 @@ class Prober:
             lane = self._lanes[name]
             lane.start(work, now)
             started.append(lane)
+        round_end = now + self.settings.interval_s
         verdicts: list[Verdict] = []
         for lane in started:
-            verdicts.extend(lane.collect(now))
+            verdicts.extend(lane.collect(round_end))
         return verdicts
 
     def close(self) -> None:
