@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from dbfence.mysql.hysteresis import Health, HysteresisConfig
 from dbfence.mysql.probes import Prober, ProbeSettings, Role, Target
-from dbfence.mysql.verdict import Verdict
+from dbfence.mysql.verdict import ProbeKind, Verdict
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,18 @@ class HealthObservation:
     role: Role
     verdicts: tuple[Verdict, ...]
     health: Health
+    # probe kinds expected for the role that have not passed yet (startup, or after a role change)
+    unconfirmed: frozenset[ProbeKind]
 
     @property
     def healthy(self) -> bool:
+        """No probe is tripped. Says nothing about probes that have not answered yet."""
         return self.health.healthy
+
+    @property
+    def confirmed_healthy(self) -> bool:
+        """No probe tripped and every probe of the role has passed at least once."""
+        return self.health.healthy and not self.unconfirmed
 
     def describe(self) -> str:
         return self.health.describe()
@@ -57,7 +65,12 @@ class HealthMonitor:
         self._next_round = started + self.settings.interval_s
         verdicts = tuple(self.prober.run_round())
         self.health = self.health.feed(verdicts)
-        return HealthObservation(started, self.prober.role, verdicts, self.health)
+        unconfirmed = frozenset(
+            kind
+            for kind in self.prober.expected_kinds()
+            if (track := self.health.tracks.get(kind)) is None or track.last is None or not track.last.ok
+        )
+        return HealthObservation(started, self.prober.role, verdicts, self.health, unconfirmed)
 
     def sleep_until_next_round(self) -> None:
         delay = self._next_round - time.monotonic()

@@ -359,6 +359,24 @@ class Prober:
                 close_quietly(self._writer)
                 self._writer, self._writer_thread_id = None, None
 
+    def expected_kinds(self, role: Role | None = None) -> frozenset[ProbeKind]:
+        """The probe kinds a round produces for ``role`` (default: the current role)."""
+        role = role or self._role
+        kinds = {
+            ProbeKind.CONNECT,
+            ProbeKind.SELECT,
+            ProbeKind.DISK,
+            ProbeKind.CONNECTIONS,
+            ProbeKind.READ_ONLY,
+        }
+        if self.target.pid_file is not None:
+            kinds.add(ProbeKind.PROCESS)
+        if role is Role.PRIMARY:
+            kinds.add(ProbeKind.WRITE)
+        if role is Role.REPLICA:
+            kinds.add(ProbeKind.REPLICATION)
+        return frozenset(kinds)
+
     def agent_connection_ids(self) -> frozenset[int]:
         """Server thread ids of the agent's own probe sessions: spare them when killing clients."""
         with self._lock:

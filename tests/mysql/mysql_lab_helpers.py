@@ -116,9 +116,12 @@ def observe_until_tripped(mon: HealthMonitor, timeout: float) -> tuple[HealthObs
 def observe_until_healthy(mon: HealthMonitor, timeout: float) -> HealthObservation:
     deadline = time.monotonic() + timeout
     obs = mon.observe()
-    while not obs.healthy:
+    while not obs.confirmed_healthy:
         if time.monotonic() > deadline:
-            raise AssertionError(f"monitor did not recover within {timeout} s: {obs.describe()}")
+            raise AssertionError(
+                f"monitor did not recover within {timeout} s: {obs.describe()}; "
+                f"not passed yet: {sorted(k.value for k in obs.unconfirmed)}"
+            )
         mon.sleep_until_next_round()
         obs = mon.observe()
     return obs
