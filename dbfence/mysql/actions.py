@@ -27,13 +27,23 @@ from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.errors import (
     ErrantTransactionsError,
     GtidWaitTimeoutError,
+    MysqlAdapterError,
     MysqlQueryError,
     ReplicationNotConfiguredError,
     UnsafeOnReplicaError,
     UnsupportedServerError,
 )
 from dbfence.mysql.flavour import Flavour, FlavourSql, ReplicaStatus, ServerVersion, sql_for
-from dbfence.mysql.gtid import ErrantRange, GtidPosition, GtidState
+from dbfence.mysql.gtid import (
+    ErrantRange,
+    Gtid,
+    GtidPosition,
+    GtidState,
+    in_errant_ranges,
+    parse_binlog_gtid_event,
+    parse_binlog_gtid_list,
+    ranges_predate,
+)
 
 ER_NO_SUCH_THREAD = 1094
 # a replica session that ended between listing and killing
@@ -313,6 +323,40 @@ class MysqlActions:
         """GTIDs this node has that a primary with ``primary_state`` lacks."""
         return self.gtid_positions().history.errant_against(primary_state)
 
+    def list_errant_gtids(
+        self, ranges: tuple[ErrantRange, ...], max_events: int = 1_000_000
+    ) -> tuple[Gtid, ...]:
+        """The exact GTIDs of ``ranges`` found in this node's binlogs, newest file first.
+
+        MariaDB keeps only the last sequence per (domain, server) stream, and sequences are shared
+        by every server of a domain, so a range can hold gaps; the binlog says which exist. Stops
+        at the first file whose starting Gtid_list shows no older file can hold one, or after
+        ``max_events`` events.
+        """
+        if not ranges:
+            return ()
+        found: list[Gtid] = []
+        budget = max_events
+        with self.session(read_timeout_s=60.0) as conn:
+            logs = [str(row["Log_name"]) for row in query(conn, "SHOW BINARY LOGS")]
+            for log in reversed(logs):
+                if budget <= 0:
+                    break
+                events = query(conn, "SHOW BINLOG EVENTS IN %s LIMIT %s", (log, budget))
+                budget -= len(events)
+                starts_before = False
+                for event in events:
+                    kind, info = str(event["Event_type"]), str(event["Info"] or "")
+                    if kind == "Gtid_list":
+                        starts_before = ranges_predate(parse_binlog_gtid_list(info), ranges)
+                    elif kind == "Gtid":
+                        gtid = parse_binlog_gtid_event(info)
+                        if gtid is not None and in_errant_ranges(gtid, ranges):
+                            found.append(gtid)
+                if starts_before:
+                    break
+        return tuple(sorted(set(found)))
+
     def repoint(
         self,
         primary: PrimaryAddress,
@@ -335,7 +379,11 @@ class MysqlActions:
         positions = self.gtid_positions()
         errant = positions.history.errant_against(primary_state)
         if errant:
-            raise ErrantTransactionsError(self.name, str(primary), errant)
+            try:
+                exact = self.list_errant_gtids(errant)
+            except MysqlAdapterError:
+                exact = ()  # the ranges alone still name them; the refusal matters more
+            raise ErrantTransactionsError(self.name, str(primary), errant, exact)
         self.set_read_only(True)
         self.set_semi_sync_primary(None)
         with self.session() as conn:

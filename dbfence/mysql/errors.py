@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dbfence.mysql.gtid import ErrantRange, describe_errant
+from dbfence.mysql.gtid import ErrantRange, Gtid, describe_errant
 from dbfence.mysql.verdict import Reason
 
 
@@ -65,9 +65,14 @@ class StaleFencingTokenError(MysqlAdapterError):
 class ErrantTransactionsError(MysqlAdapterError):
     """The node has GTIDs the primary lacks; it must not rejoin as a replica."""
 
-    def __init__(self, node: str, primary: str, errant: tuple[ErrantRange, ...]) -> None:
+    def __init__(
+        self, node: str, primary: str, errant: tuple[ErrantRange, ...], gtids: tuple[Gtid, ...] = ()
+    ) -> None:
+        named = ", ".join(str(g) for g in gtids) if gtids else describe_errant(errant)
+        ranges = f" (per server: {describe_errant(errant)})" if gtids else ""
         super().__init__(
-            f"{node} has transactions {primary} lacks (errant GTIDs: {describe_errant(errant)}); "
-            "refusing to replicate from it"
+            f"{node} has transactions {primary} lacks: errant GTIDs {named}{ranges}; "
+            f"refusing to replicate {node} from {primary}"
         )
         self.errant = errant
+        self.gtids = gtids  # exact list from the node's binlog, when it could be read

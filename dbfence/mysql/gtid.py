@@ -17,6 +17,7 @@ MariaDB terms (10.11):
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -302,3 +303,31 @@ def rank_candidates(positions: Mapping[str, GtidPosition]) -> CandidateRanking:
             f"{name} at {positions[name] or '(empty)'}" for name in top
         )
     return CandidateRanking(tiers=tuple(tiers), leaders=leaders, conflict=conflict)
+
+
+_BINLOG_GTID = re.compile(r"\bGTID (\d+-\d+-\d+)\b")
+
+
+def parse_binlog_gtid_event(info: str) -> Gtid | None:
+    """The GTID of a ``Gtid`` event's Info column (``BEGIN GTID 0-1-3``, ``GTID 0-1-1``)."""
+    match = _BINLOG_GTID.search(info)
+    return Gtid.parse(match[1]) if match else None
+
+
+def parse_binlog_gtid_list(info: str) -> GtidState:
+    """A ``Gtid_list`` event's Info (``[0-1-3,0-2-7]``): the binlog state when the file began."""
+    return GtidState.parse(info.strip().strip("[]"))
+
+
+def in_errant_ranges(gtid: Gtid, ranges: Iterable[ErrantRange]) -> bool:
+    return any(
+        gtid.domain == r.domain and gtid.server_id == r.server_id and r.after_seq < gtid.seq <= r.last_seq
+        for r in ranges
+    )
+
+
+def ranges_predate(state: GtidState, ranges: Iterable[ErrantRange]) -> bool:
+    """True when a binlog that began at ``state`` holds no GTID of ``ranges`` before that point,
+    i.e. no older binlog file can contain one of them."""
+    streams = state.streams
+    return all(streams.get((r.domain, r.server_id), 0) <= r.after_seq for r in ranges)

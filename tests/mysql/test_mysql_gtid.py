@@ -14,6 +14,10 @@ from dbfence.mysql.gtid import (
     GtidPosition,
     GtidState,
     describe_errant,
+    in_errant_ranges,
+    parse_binlog_gtid_event,
+    parse_binlog_gtid_list,
+    ranges_predate,
     rank_candidates,
 )
 
@@ -187,3 +191,16 @@ def test_property_errant_empty_iff_primary_has_every_stream(node: GtidState, pri
     assert (errant == ()) is expected_clean
     # after the primary absorbs the node's history there is nothing errant left
     assert node.errant_against(GtidState.from_sources(primary, node)) == ()
+
+
+def test_binlog_event_parsing_and_range_membership() -> None:
+    assert parse_binlog_gtid_event("BEGIN GTID 0-1-3") == Gtid(0, 1, 3)
+    assert parse_binlog_gtid_event("GTID 2-5-17 cid=9") == Gtid(2, 5, 17)
+    assert parse_binlog_gtid_event("COMMIT /* xid=7 */") is None
+    assert parse_binlog_gtid_list("[0-1-3,0-2-7]") == GtidState.parse("0-1-3,0-2-7")
+    assert parse_binlog_gtid_list("[]") == GtidState()
+    ranges = GtidState.parse("0-2-20").errant_against(GtidState.parse("0-2-11,0-3-19"))
+    assert in_errant_ranges(Gtid(0, 2, 20), ranges) and in_errant_ranges(Gtid(0, 2, 12), ranges)
+    assert not in_errant_ranges(Gtid(0, 2, 11), ranges) and not in_errant_ranges(Gtid(0, 3, 15), ranges)
+    assert ranges_predate(GtidState.parse("0-2-11,0-3-5"), ranges)
+    assert not ranges_predate(GtidState.parse("0-2-12"), ranges)
