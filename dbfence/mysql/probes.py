@@ -44,9 +44,9 @@ from dbfence.mysql.connection import (
     thread_id,
 )
 from dbfence.mysql.credentials import Credentials
-from dbfence.mysql.errors import MysqlAdapterError, MysqlUnavailableError
+from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError, MysqlUnavailableError
 from dbfence.mysql.flavour import FlavourSql, sql_for
-from dbfence.mysql.schema import HEARTBEAT_UPSERT, ensure_schema
+from dbfence.mysql.schema import HEARTBEAT_AGE, HEARTBEAT_UPSERT, ensure_schema
 from dbfence.mysql.verdict import ProbeKind, Reason, Verdict
 
 MYSQLD_NAMES = frozenset({"mariadbd", "mysqld"})
@@ -78,6 +78,8 @@ class ProbeSettings:
     disk_min_free_ratio: float = 0.01
     min_free_connection_slots: int = 1
     max_replica_lag_s: float = 30.0
+    # also measure lag by the age of the primary's replicated heartbeat row (needs synced clocks)
+    heartbeat_lag: bool = True
 
 
 @dataclass(frozen=True)
@@ -262,9 +264,18 @@ def probe_connect(endpoint: Endpoint, credentials: Credentials, timeout_s: float
 
 
 def replication_verdict(
-    row: dict[str, object] | None, flavour: FlavourSql, max_lag_s: float, elapsed_s: float
+    row: dict[str, object] | None,
+    flavour: FlavourSql,
+    max_lag_s: float,
+    elapsed_s: float,
+    heartbeat_age_s: float | None = None,
 ) -> Verdict:
-    """Judge one SHOW SLAVE STATUS row (None = no replication configured)."""
+    """Judge one SHOW SLAVE STATUS row (None = no replication configured).
+
+    ``heartbeat_age_s`` is how old the primary's heartbeat row is on this replica (None when
+    unknown). Lag is the larger of it and Seconds_Behind_Master, which reads 0 while the IO
+    thread itself is behind.
+    """
     kind = ProbeKind.REPLICATION
     if row is None:
         return Verdict.failed(kind, Reason.NOT_A_REPLICA, "no replication configured", elapsed_s)
@@ -288,15 +299,19 @@ def replication_verdict(
         )
     if status.seconds_behind is None:
         return Verdict.failed(kind, Reason.LAG_UNKNOWN, f"lag unknown {source}", elapsed_s)
-    if status.seconds_behind > max_lag_s:
+    heartbeat = "" if heartbeat_age_s is None else f", heartbeat {heartbeat_age_s:.1f} s old"
+    lag = max(float(status.seconds_behind), heartbeat_age_s or 0.0)
+    if lag > max_lag_s:
         return Verdict.failed(
             kind,
             Reason.LAG_TOO_HIGH,
-            f"{status.seconds_behind} s behind {source} (max {max_lag_s:g} s)",
+            f"{status.seconds_behind} s behind {source}{heartbeat} (max {max_lag_s:g} s)",
             elapsed_s,
         )
     return Verdict.passed(
-        kind, f"{status.seconds_behind} s behind {source}, at {status.received_gtid_pos}", elapsed_s
+        kind,
+        f"{status.seconds_behind} s behind {source}{heartbeat}, at {status.received_gtid_pos}",
+        elapsed_s,
     )
 
 
@@ -486,10 +501,10 @@ class Prober:
             verdicts.append(self._read_only_verdict(conn, flavour, role, started))
             if role is Role.REPLICA:
                 rows = query(conn, flavour.replica_status_query())
+                row = rows[0] if rows else None
+                age = self._heartbeat_age(conn, flavour, row) if row and self.settings.heartbeat_lag else None
                 verdicts.append(
-                    replication_verdict(
-                        rows[0] if rows else None, flavour, self.settings.max_replica_lag_s, elapsed()
-                    )
+                    replication_verdict(row, flavour, self.settings.max_replica_lag_s, elapsed(), age)
                 )
         except MysqlAdapterError as exc:
             # SELECT 1 worked; a later status query failed: report it on SELECT so it counts
@@ -498,6 +513,15 @@ class Prober:
             verdicts.append(Verdict.failed(ProbeKind.SELECT, Reason.QUERY_FAILED, str(exc), elapsed()))
             verdicts = [v for v in verdicts if not (v.kind is ProbeKind.SELECT and v.ok)]
         return verdicts
+
+    def _heartbeat_age(self, conn: DbConnection, flavour: FlavourSql, row: dict[str, object]) -> float | None:
+        """Age of the replicated heartbeat of this replica's primary; None if it has none yet."""
+        primary_id = flavour.parse_replica_status(row).primary_server_id
+        try:
+            rows = query(conn, HEARTBEAT_AGE, (primary_id,))
+        except MysqlQueryError:
+            return None  # no dbfence schema yet
+        return float(rows[0]["age"]) if rows and rows[0]["age"] is not None else None
 
     def _connections_verdict(self, conn: DbConnection, started: float) -> Verdict:
         row = query_one(

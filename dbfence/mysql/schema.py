@@ -43,6 +43,11 @@ HEARTBEAT_UPSERT = (
     "ON DUPLICATE KEY UPDATE beat_at = VALUES(beat_at), beats = beats + 1"
 )
 
+HEARTBEAT_AGE = (
+    f"SELECT TIMESTAMPDIFF(MICROSECOND, beat_at, NOW(6)) / 1000000 AS age FROM {SCHEMA}.heartbeat "
+    "WHERE server_id = %s"
+)
+
 
 @dataclass(frozen=True)
 class FencingRecord:

@@ -75,6 +75,13 @@ def test_healthy_primary_and_replica_pass_every_probe(lab: LabCluster) -> None:
         assert all(v.ok for v in p.verdicts), [str(v) for v in p.verdicts]
         assert {v.kind for v in r.verdicts} >= {ProbeKind.REPLICATION, ProbeKind.READ_ONLY}
         assert all(v.ok for v in r.verdicts), [str(v) for v in r.verdicts]
+
+        def replica_sees_heartbeat() -> bool:
+            primary.observe()
+            verdicts = replica.observe().verdicts
+            return any(v.kind is ProbeKind.REPLICATION and "heartbeat" in v.detail for v in verdicts)
+
+        poll(replica_sees_heartbeat, 5, "heartbeat-based lag on the replica")
     # the write probe's heartbeat replicated
     conn = sql(lab, "db2")
     poll(
@@ -282,7 +289,7 @@ def test_sigstop_is_detected_within_a_second_and_recovers_after_sigcont(lab: Lab
 def test_kill_9_is_detected_within_a_second(lab: LabCluster) -> None:
     detection, kinds, mon = _measure(lab, "db3", Role.REPLICA, signal.SIGKILL, use_pid_file=False)
     with mon:
-        assert kinds.get(ProbeKind.CONNECT) is Reason.CONNECT_REFUSED
+        assert Reason.CONNECT_REFUSED in kinds.values()  # on CONNECT or the reserved SELECT
         assert detection <= DETECTION_BUDGET_S
     detection, kinds, mon = _measure(lab, "db1", Role.PRIMARY, signal.SIGKILL, use_pid_file=True)
     with mon:

@@ -175,6 +175,12 @@ def test_replication_verdict(row: dict[str, object] | None, reason: Reason) -> N
     assert replication_verdict(row, MariaDBSql(), 30.0, 0.001).reason is reason
 
 
+def test_heartbeat_age_counts_as_lag_when_seconds_behind_master_reads_zero() -> None:
+    stale = replication_verdict(_status(), MariaDBSql(), 30.0, 0.001, heartbeat_age_s=45.0)
+    assert stale.reason is Reason.LAG_TOO_HIGH and "heartbeat 45.0 s old" in stale.detail
+    assert replication_verdict(_status(), MariaDBSql(), 30.0, 0.001, heartbeat_age_s=0.3).ok
+
+
 def test_process_probe_reasons(tmp_path: Path) -> None:
     pid_file = tmp_path / "mysqld.pid"
     assert probe_process(pid_file).reason is Reason.PID_FILE_MISSING
