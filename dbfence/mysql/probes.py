@@ -66,7 +66,7 @@ class ProbeSettings:
     interval_s: float = 0.2
     process_timeout_s: float = 0.2
     disk_timeout_s: float = 0.5
-    connect_timeout_s: float = 0.5
+    connect_timeout_s: float = 1.0  # crashes show as refusals at once; hangs are select's job
     select_timeout_s: float = 0.3
     write_timeout_s: float = 0.5
     # a heartbeat stuck this long is killed (KILL QUERY) so the lane can start afresh; until then

@@ -18,6 +18,9 @@ from dbfence.mysql.hysteresis import HysteresisConfig
 from dbfence.mysql.monitor import HealthMonitor, HealthObservation
 from dbfence.mysql.probes import ProbeSettings, Role, Target
 
+# For tests whose fault is not a timeout: generous timeouts so a loaded host does not trip them.
+RELAXED = ProbeSettings(connect_timeout_s=3.0, select_timeout_s=1.5)
+
 
 def creds(lab: LabCluster, account: str = "agent") -> Credentials:
     acc = lab.accounts[account]
@@ -56,7 +59,7 @@ def monitor(
     settings: ProbeSettings | None = None,
     hysteresis: HysteresisConfig | None = None,
 ) -> HealthMonitor:
-    return HealthMonitor(target(lab, name), settings, hysteresis, role)
+    return HealthMonitor(target(lab, name), settings or RELAXED, hysteresis, role)
 
 
 def sql(lab: LabCluster, name: str, account: str = "agent", **kwargs: Any) -> DbConnection:
