@@ -229,10 +229,18 @@ class MysqlActions:
         return tuple(killed)
 
     def fence(self, keep_ids: Collection[int] = ()) -> tuple[KilledSession, ...]:
-        """read_only ON, then cut client sessions (so none keeps writing through an open transaction)."""
+        """Cut client sessions, set read_only ON, cut again; returns every session killed.
+
+        Sessions go first: ``SET GLOBAL read_only`` waits for commits in progress, and a commit
+        waiting for a semi-sync ack that never comes would hold it for the whole semi-sync
+        timeout. A killed waiter's client gets an error, never an OK, so no write is
+        acknowledged that the replicas lack. Semi-sync is left on: switching it off would release
+        waiting commits with an OK.
+        """
+        killed = list(self.kill_client_connections(keep_ids))
         self.set_read_only(True)
-        self.set_semi_sync_primary(None)
-        return self.kill_client_connections(keep_ids)
+        killed += self.kill_client_connections(keep_ids)
+        return tuple(killed)
 
     # -- replication ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ repoint by GTID, clean rejoin of a former primary, refusal of one with errant GT
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pymysql
@@ -187,6 +188,9 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
     poll(lambda: count_rows(lab, "db1", "origin = 'db3'") == 1, 10, "db3's write on db1")
 
     # --- a write lands on the fenced db2 (what the gate exists to prevent): db2 is refused ---
+    # (fence left db2's lossless semi-sync on, so a stray commit would wait for an ack forever;
+    # switch it off to let one land, as on a primary running without lossless mode)
+    db2.set_semi_sync_primary(None)
     stray = sql(lab, "db2")  # the agent account writes through read_only
     run(stray, "INSERT INTO dbtest.t VALUES (9, 'stray')")
     stray_gtid = Gtid.parse(str(one(stray, "SELECT @@gtid_binlog_pos AS p")["p"]))
@@ -205,3 +209,28 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
         db3.write_fencing_token(7, "agent-db2")
     db3.write_fencing_token(9, "agent-db3")
     poll(lambda: (actions(lab, "db1").read_fencing_token() or token).token == 9, 10, "token 9 on db1")
+
+
+def test_fence_is_not_held_up_by_a_commit_waiting_for_a_semi_sync_ack(lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=1)
+    db1 = actions(lab, "db1")
+    admin = sql(lab, "db1")
+    run(admin, "CREATE DATABASE dbtest")
+    run(admin, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
+    admin.close()
+    db1.set_semi_sync_primary(TEST_SEMI_SYNC)  # no replica at all: every commit waits for an ack
+    writer = sql(lab, "db1", account="app")
+    thread, errors = in_thread(lambda: run(writer, "INSERT INTO dbtest.t VALUES (1, 'waiting')"))
+    poll(
+        lambda: status_var(lab, "db1", "Rpl_semi_sync_master_wait_sessions") == "1",
+        10,
+        "the commit to wait for an ack",
+    )
+    started = time.monotonic()
+    killed = db1.fence()
+    assert time.monotonic() - started < 5  # not the 60 s semi-sync timeout
+    assert [k.user for k in killed] == ["app"]
+    thread.join(5)
+    assert not thread.is_alive()
+    assert errors and isinstance(errors[0], pymysql.err.MySQLError)  # the client got no OK
+    assert db1.read_only()
