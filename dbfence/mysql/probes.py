@@ -321,8 +321,8 @@ def replication_verdict(
 class Prober:
     """All probes of one local mysqld, run in non-blocking lanes.
 
-    Call :meth:`run_round` once per ``settings.interval_s`` from one thread; it returns within the
-    longest lane timeout, whatever the server does. :meth:`close` stops the lanes and closes the
+    Call :meth:`run_round` once per ``settings.interval_s`` from one thread; it returns within
+    ``interval_s``, whatever the server does. :meth:`close` stops the lanes and closes the
     connections.
     """
 

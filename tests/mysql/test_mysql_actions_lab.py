@@ -14,6 +14,7 @@ from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import SemiSyncSettings
 from dbfence.mysql.errors import (
     ErrantTransactionsError,
+    GtidWaitTimeoutError,
     StaleFencingTokenError,
     UnsafeAccountError,
     UnsafeOnReplicaError,
@@ -103,6 +104,19 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
     for i in range(1, 6):
         run(primary, "INSERT INTO dbtest.t VALUES (%s, 'db1')", (i,))
     primary.close()
+
+    # --- waiting for the relay log times out, naming both positions, while SQL is stopped ---
+    replica = sql(lab, "db3")
+    run(replica, "STOP SLAVE SQL_THREAD")
+    primary = sql(lab, "db1")
+    run(primary, "INSERT INTO dbtest.t VALUES (50, 'db1')")
+    primary.close()
+    wanted = db1.gtid_positions().binlog_pos
+    poll(lambda: db3.replica_status().received_gtid_pos == str(wanted), 10, "db3 to receive")  # type: ignore[union-attr]
+    with pytest.raises(GtidWaitTimeoutError, match=f"received '{wanted}'"):
+        db3.wait_relay_log_applied(0.3)
+    run(replica, "START SLAVE SQL_THREAD")
+    replica.close()
 
     # --- fence db1: read_only, clients cut, the agent's probe sessions and replication kept ---
     clients = [sql(lab, "db1", account="app") for _ in range(3)]
