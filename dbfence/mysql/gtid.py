@@ -272,6 +272,9 @@ def rank_candidates(positions: Mapping[str, GtidPosition]) -> CandidateRanking:
 
     Tier 0 holds the candidates no other candidate is strictly ahead of; tier 1 those left after
     removing tier 0, and so on. Two candidates with the same position share a tier.
+
+    Positions only show the last GTID per domain: a history that diverged *below* it is invisible
+    here. That is what :meth:`GtidState.errant_against` checks before a node replicates.
     """
     remaining = dict(sorted(positions.items()))
     tiers: list[tuple[str, ...]] = []

@@ -561,7 +561,10 @@ class Prober:
             with self._lock:
                 conn = self._writer
             if conn is None or not conn.open:
-                conn = connect(self.target.endpoint, self.target.credentials, self._session_timeouts())
+                # via the reserved endpoint too: exhausted client slots are the connections
+                # probe's finding, and must not also look like a write failure
+                endpoint = self.target.reserved_endpoint or self.target.endpoint
+                conn = connect(endpoint, self.target.credentials, self._session_timeouts())
                 # server-side bounds too, so a lock wait ends even if our KILL never arrives
                 query(conn, "SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10")
                 ensure_schema(conn)

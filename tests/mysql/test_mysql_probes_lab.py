@@ -7,6 +7,7 @@ tests run last (pytest keeps file order).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -42,7 +43,10 @@ DETECTION_BUDGET_S = 1.0
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabCluster]:
-    root = Path(tempfile.mkdtemp(prefix="mysql-probes-"))
+    # one lab for the module (the destructive tests run last); same root as tests/conftest.py
+    base = Path(os.environ.get("DBFENCE_TEST_LABS", tempfile.gettempdir())) / "dbfence-tests"
+    base.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="mysql-probes-", dir=base))
     cluster = LabCluster.up(LabSpec(directory=root / "lab", mysql_count=3, etcd_members=1))
     try:
         conn = sql(cluster, "db1")
