@@ -374,13 +374,15 @@ class MysqlActions:
         former_primary: bool | None = None,
         heartbeat_s: float = 1.0,
         connect_retry_s: int = 1,
+        keep_ids: Collection[int] = (),
     ) -> None:
         """Replicate from ``primary`` by GTID, after refusing if this node has errant GTIDs.
 
         ``primary_state`` is the new primary's ``gtid_binlog_state`` (see
         :meth:`gtid_positions`). ``former_primary`` (auto-detected when None: no replication
         configured) makes the node start from its own binlog position, since its
-        ``gtid_slave_pos`` still points at where it stopped replicating long ago.
+        ``gtid_slave_pos`` still points at where it stopped replicating long ago. ``keep_ids``
+        are the agent's own sessions, spared if client sessions must be cut.
         """
         self._require_mariadb("repoint")
         sql = self.sql
@@ -392,8 +394,13 @@ class MysqlActions:
             except MysqlAdapterError:
                 exact = ()  # the ranges alone still name them; the refusal matters more
             raise ErrantTransactionsError(self.name, str(primary), errant, exact)
-        self.set_read_only(True)
-        self.set_semi_sync_primary(None)
+        if int(str(self.semi_sync_status()["primary_enabled"])):
+            # a lossless primary until now: cut sessions first so that turning semi-sync off
+            # cannot release a waiting commit with an OK (see fence)
+            self.fence(keep_ids)
+            self.set_semi_sync_primary(None)
+        else:
+            self.set_read_only(True)
         with self.session() as conn:
             configured = bool(query(conn, sql.replica_status_query()))
             if former_primary is None:
@@ -415,6 +422,19 @@ class MysqlActions:
             self._run(conn, sql.semi_sync_replica(semi_sync_replica))
             query(conn, sql.start_replica())
 
-    def rejoin(self, primary: PrimaryAddress, primary_state: GtidState, *, semi_sync_replica: bool) -> None:
+    def rejoin(
+        self,
+        primary: PrimaryAddress,
+        primary_state: GtidState,
+        *,
+        semi_sync_replica: bool,
+        keep_ids: Collection[int] = (),
+    ) -> None:
         """A former primary comes back as a replica, or is refused with its errant GTIDs named."""
-        self.repoint(primary, primary_state, semi_sync_replica=semi_sync_replica, former_primary=True)
+        self.repoint(
+            primary,
+            primary_state,
+            semi_sync_replica=semi_sync_replica,
+            former_primary=True,
+            keep_ids=keep_ids,
+        )
