@@ -98,6 +98,11 @@ def test_account_check_refuses_accounts_that_write_through_read_only(lab_factory
 def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFactory) -> None:
     lab = lab_factory(mysql_count=3)
     db1, db2, db3 = actions(lab, "db1"), actions(lab, "db2"), actions(lab, "db3")
+    # lossless from the start: db1 waits for an ack from db2 or db3
+    db2.set_semi_sync_replica(True)
+    db3.set_semi_sync_replica(True)
+    db1.set_semi_sync_primary(TEST_SEMI_SYNC)
+    poll(lambda: status_var(lab, "db1", "Rpl_semi_sync_master_clients") == "2", 10, "two semi-sync replicas")
     primary = sql(lab, "db1")
     run(primary, "CREATE DATABASE dbtest")
     run(primary, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
@@ -191,6 +196,8 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
     status = db1.replica_status()
     assert status is not None and (status.io_running, status.sql_running) == ("Yes", "Yes")
     assert db1.read_only()
+    assert int(str(db1.semi_sync_status()["primary_enabled"])) == 0  # no longer a lossless primary
+    assert status_var(lab, "db1", "Rpl_semi_sync_master_no_tx") == "0"  # every db1 commit was acked
 
     # --- second failover: db2 fenced, db3 promoted, db1 follows db3 ---
     db2.fence()
