@@ -37,6 +37,7 @@ from dbfence.mysql.flavour import Flavour, FlavourSql, ReplicaStatus, ServerVers
 from dbfence.mysql.gtid import (
     ErrantRange,
     Gtid,
+    GtidParseError,
     GtidPosition,
     GtidState,
     in_errant_ranges,
@@ -159,18 +160,23 @@ class MysqlActions:
 
     def gtid_positions(self) -> GtidPositions:
         self._require_mariadb("reading GTID positions")
-        with self.session() as conn:
-            row = query_one(
-                conn,
-                "SELECT @@global.gtid_binlog_pos AS binlog_pos, @@global.gtid_slave_pos AS slave_pos, "
-                "@@global.gtid_current_pos AS current_pos, @@global.gtid_binlog_state AS binlog_state",
-            )
-        return GtidPositions(
-            binlog_pos=GtidPosition.parse(row["binlog_pos"]),
-            slave_pos=GtidPosition.parse(row["slave_pos"]),
-            current_pos=GtidPosition.parse(row["current_pos"]),
-            binlog_state=GtidState.parse(row["binlog_state"]),
+        statement = (
+            "SELECT @@global.gtid_binlog_pos AS binlog_pos, @@global.gtid_slave_pos AS slave_pos, "
+            "@@global.gtid_current_pos AS current_pos, @@global.gtid_binlog_state AS binlog_state"
         )
+        with self.session() as conn:
+            row = query_one(conn, statement)
+        try:
+            return GtidPositions(
+                binlog_pos=GtidPosition.parse(row["binlog_pos"]),
+                slave_pos=GtidPosition.parse(row["slave_pos"]),
+                current_pos=GtidPosition.parse(row["current_pos"]),
+                binlog_state=GtidState.parse(row["binlog_state"]),
+            )
+        except GtidParseError as exc:
+            raise MysqlQueryError(
+                statement, None, f"{self.name} returned a GTID we cannot read: {exc}"
+            ) from None
 
     def read_fencing_token(self) -> schema.FencingRecord | None:
         with self.session() as conn:
