@@ -65,10 +65,9 @@ def tripped_kinds(health: Health) -> dict[ProbeKind, Reason]:
 
 def test_healthy_primary_and_replica_pass_every_probe(lab: LabCluster) -> None:
     with monitor(lab, "db1", Role.PRIMARY) as primary, monitor(lab, "db2", Role.REPLICA) as replica:
-        for _ in range(3):
-            p, r = primary.observe(), replica.observe()
-            assert p.healthy and r.healthy
-        assert {v.kind for v in p.verdicts} == {
+        # every probe of each role passes (a probe slower than one round reports in a later one)
+        p, r = observe_until_healthy(primary, 10), observe_until_healthy(replica, 10)
+        assert set(p.health.tracks) == {
             ProbeKind.PROCESS,
             ProbeKind.CONNECT,
             ProbeKind.SELECT,
@@ -77,9 +76,10 @@ def test_healthy_primary_and_replica_pass_every_probe(lab: LabCluster) -> None:
             ProbeKind.CONNECTIONS,
             ProbeKind.READ_ONLY,
         }
-        assert all(v.ok for v in p.verdicts), [str(v) for v in p.verdicts]
-        assert {v.kind for v in r.verdicts} >= {ProbeKind.REPLICATION, ProbeKind.READ_ONLY}
-        assert all(v.ok for v in r.verdicts), [str(v) for v in r.verdicts]
+        assert set(r.health.tracks) == set(p.health.tracks) - {ProbeKind.WRITE} | {ProbeKind.REPLICATION}
+        for obs in (p, r):
+            assert all(t.last is not None and t.last.ok for t in obs.health.tracks.values())
+            assert all(v.ok for v in obs.verdicts), [str(v) for v in obs.verdicts]
 
         def replica_sees_heartbeat() -> bool:
             primary.observe()
@@ -274,10 +274,11 @@ def _measure(
     return detection, tripped_kinds(obs.health), mon
 
 
-def _process_verdict_reason(mon: HealthMonitor) -> Reason | None:
+def _verdict_reason(mon: HealthMonitor, kind: ProbeKind) -> Reason | None:
+    """The failure reason of ``kind`` in the next round (None if it passed or did not report)."""
     mon.sleep_until_next_round()
     obs = mon.observe()
-    return next((v.reason for v in obs.verdicts if v.kind is ProbeKind.PROCESS and not v.ok), None)
+    return next((v.reason for v in obs.verdicts if v.kind is kind and not v.ok), None)
 
 
 def test_sigstop_is_detected_within_a_second_and_recovers_after_sigcont(lab: LabCluster) -> None:
@@ -297,15 +298,22 @@ def test_sigstop_is_detected_within_a_second_and_recovers_after_sigcont(lab: Lab
 def test_kill_9_is_detected_within_a_second(lab: LabCluster) -> None:
     detection, kinds, mon = _measure(lab, "db3", Role.REPLICA, signal.SIGKILL, use_pid_file=False)
     with mon:
-        assert Reason.CONNECT_REFUSED in kinds.values()  # on CONNECT or the reserved SELECT
         assert detection <= DETECTION_BUDGET_S
+        # the first failures may be timeouts while the kernel tears the process down; then the
+        # connect probe names the cause
+        assert set(kinds) <= {ProbeKind.CONNECT, ProbeKind.SELECT}
+        poll(
+            lambda: _verdict_reason(mon, ProbeKind.CONNECT) is Reason.CONNECT_REFUSED,
+            3,
+            "the connect probe to report the refused connection",
+        )
     detection, kinds, mon = _measure(lab, "db1", Role.PRIMARY, signal.SIGKILL, use_pid_file=True)
     with mon:
         assert detection <= DETECTION_BUDGET_S
         assert set(kinds) <= {ProbeKind.PROCESS, ProbeKind.CONNECT, ProbeKind.SELECT, ProbeKind.WRITE}
         # the process probe names the crash too (the listener may close before the pid is gone)
         poll(
-            lambda: _process_verdict_reason(mon) in (Reason.PROCESS_GONE, Reason.PROCESS_ZOMBIE),
+            lambda: _verdict_reason(mon, ProbeKind.PROCESS) in (Reason.PROCESS_GONE, Reason.PROCESS_ZOMBIE),
             3,
             "the process probe to report the dead mysqld",
         )
