@@ -366,6 +366,7 @@ def _replica(r: _Round) -> None:
     primary = _ready_primary(r)
     if primary is not None:
         check = obs.db.replication.errant
+        following = False
         if check is None or check.against != primary:
             r.refuse(RefusalReason.ERRANT_UNCHECKED, primary)
         elif not check.clean:
@@ -375,7 +376,9 @@ def _replica(r: _Round) -> None:
             return
         elif obs.db.replication.source != primary:
             r.emit(Repoint(primary, r.config.lossless, ActionReason.FOLLOW_PRIMARY))
-        following = obs.db.replication.source == primary and obs.db.health.healthy
+        else:
+            # Advertised for reads only once it provably follows the primary cleanly.
+            following = obs.db.health.healthy
         _sync_discovery(r, DiscoveryTag.REPLICA if following else None, ActionReason.FOLLOW_PRIMARY)
         return
     _sync_discovery(r, None, ActionReason.NOT_PRIMARY)
