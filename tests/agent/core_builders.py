@@ -69,11 +69,16 @@ HELD = LeaseView(True, TOKEN, DEADLINE)
 ARMED = GateView(admitting=True, token=TOKEN, deadline=DEADLINE)
 
 
+NO_LEASE = LeaseView()
+CLOSED = GateView()
+NO_INTENTS = OperatorIntents()
+
+
 def observe(
-    role: Role = Role.REPLICA, *, now: float = NOW, lease: LeaseView = LeaseView(),
+    role: Role = Role.REPLICA, *, now: float = NOW, lease: LeaseView = NO_LEASE,
     lock: LockView | None = None, peers: tuple[MemberRecord, ...] | None = None,
-    database: LocalDatabase | None = None, gate: GateView = GateView(),
-    discovery: DiscoveryTag | None = None, intents: OperatorIntents = OperatorIntents(),
+    database: LocalDatabase | None = None, gate: GateView = CLOSED,
+    discovery: DiscoveryTag | None = None, intents: OperatorIntents = NO_INTENTS,
     last_failover_at: float | None = None, own_record: object = _UNSET,
 ) -> Observation:
     """An observation whose own member record already matches ``role`` (so no publish noise)."""

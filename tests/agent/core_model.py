@@ -15,7 +15,7 @@ agent pause, agent crash, DCS unreachable from one node) with their recoveries
 agent decides, then stalls, and executes only later, after time, faults and the other
 agents have moved on.
 
-Safety checks raise :class:`ModelViolation` with the event trace that led there.
+Safety checks raise :class:`ModelViolationError` with the event trace that led there.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _cached_hash(self: object) -> int:
     return cached
 
 
-class ModelViolation(AssertionError):
+class ModelViolationError(AssertionError):
     def __init__(self, message: str, trace: tuple[str, ...]) -> None:
         super().__init__(message + "\ntrace:\n  " + "\n  ".join(trace))
         self.trace = trace
@@ -107,7 +107,7 @@ class Gate:
 @dataclass(frozen=True, slots=True)
 class Agent:
     state: State
-    lease: LeaseView = LeaseView()
+    lease: LeaseView = field(default_factory=LeaseView)
     pending: tuple[Action, ...] = ()
     paused: bool = False
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
@@ -281,11 +281,11 @@ class Model:
         now = float(world.now)
         admitting = [NAMES[i] for i, node in enumerate(world.nodes) if node.gate.admits(now)]
         if len(admitting) > 1:
-            raise ModelViolation(f"two gates admitting at t={now}: {admitting}", trace)
+            raise ModelViolationError(f"two gates admitting at t={now}: {admitting}", trace)
         holder = world.dcs.holder_at(now)
         for name in admitting:
             if holder != name:
-                raise ModelViolation(f"{name} admits at t={now} but the DCS lock is {holder!r}", trace)
+                raise ModelViolationError(f"{name} admits at t={now} but the DCS lock is {holder!r}", trace)
 
     def check_acquire_decision(self, obs: Observation, name: str, trace: tuple[str, ...]) -> None:
         """A node decides to race only as the most advanced healthy candidate it can see."""
@@ -293,7 +293,7 @@ class Model:
         config = self.configs[name]
         position = obs.db.position
         if position is None or not obs.db.health.healthy:
-            raise ModelViolation(f"{name} races without a healthy database", trace)
+            raise ModelViolationError(f"{name} races without a healthy database", trace)
         mine = candidate_sort_key(position, config.priority, name)
         for record in obs.members:
             info = record.info
@@ -302,7 +302,7 @@ class Model:
             if info.role not in (Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.PROMOTING):
                 continue
             if candidate_sort_key(info.position, info.priority, info.name) > mine:
-                raise ModelViolation(
+                raise ModelViolationError(
                     f"{name} at {position} races behind {record.name} at {info.position}", trace
                 )
 
@@ -390,7 +390,6 @@ class Model:
         return replace(self._set_node(world, index, replace(node, agent=agent)), dcs=dcs)
 
     def _execute(self, world: World, index: int) -> World:
-        name = NAMES[index]
         node = world.nodes[index]
         assert node.agent is not None
         for action in node.agent.pending:
@@ -423,9 +422,9 @@ class Model:
                     agent = replace(agent, lease=LeaseView())
         elif isinstance(action, ReleaseLock):
             if node.gate.admits(now):
-                raise ModelViolation(f"{name} releases the lock while its gate admits", self._trace)
+                raise ModelViolationError(f"{name} releases the lock while its gate admits", self._trace)
             if db.alive and not db.read_only:
-                raise ModelViolation(f"{name} releases the lock while mysqld is writable", self._trace)
+                raise ModelViolationError(f"{name} releases the lock while mysqld is writable", self._trace)
             if reachable:
                 if holder == name and dcs.token == action.token:
                     dcs = replace(dcs, holder=None, token=None)
@@ -444,7 +443,7 @@ class Model:
             if db.alive:
                 source = world.nodes[NAMES.index(action.primary)].db
                 if source.alive and not is_prefix(db.history, source.history):
-                    raise ModelViolation(
+                    raise ModelViolationError(
                         f"{name} rejoins {action.primary} with errant transactions "
                         f"{db.history} vs {source.history}", self._trace,
                     )
@@ -511,7 +510,7 @@ class Model:
     def roles(self, world: World) -> dict[str, Role | None]:
         return {
             name: (node.agent.state.role if node.agent is not None else None)
-            for name, node in zip(NAMES, world.nodes)
+            for name, node in zip(NAMES, world.nodes, strict=True)
         }
 
     def explore(
@@ -546,8 +545,7 @@ class Model:
 
     def _successors_traced(self, world: World, trace: tuple[str, ...]) -> Iterator[tuple[str, World]]:
         self._trace = trace
-        for label, successor in self.successors(world):
-            yield label, successor
+        yield from self.successors(world)
 
 
-__all__ = ["NAMES", "Model", "ModelLimits", "ModelViolation", "World", "dataclasses"]
+__all__ = ["NAMES", "Model", "ModelLimits", "ModelViolationError", "World", "dataclasses"]

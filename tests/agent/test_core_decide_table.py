@@ -5,19 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import pytest
-from tests.agent.core_builders import (
-    ARMED,
-    CONFIG,
-    DEADLINE,
-    HELD,
-    ME,
-    NOW,
-    TOKEN,
-    core_actions,
-    db,
-    member,
-    observe,
-)
 
 from dbfence.agent.actions import (
     AcquireLock,
@@ -44,11 +31,27 @@ from dbfence.agent.observation import (
     ErrantCheck,
     GateView,
     LeaseView,
+    LocalDatabase,
     LockView,
     Observation,
     OperatorIntents,
 )
 from dbfence.agent.state import Role, State, Trigger
+from tests.agent.core_builders import (
+    ARMED,
+    CLOSED,
+    CONFIG,
+    DEADLINE,
+    HELD,
+    ME,
+    NO_INTENTS,
+    NOW,
+    TOKEN,
+    core_actions,
+    db,
+    member,
+    observe,
+)
 
 R = RefusalReason
 A = ActionReason
@@ -61,6 +64,16 @@ EXPIRED_LEASE = LeaseView(True, TOKEN, NOW)  # now == deadline: no longer valid
 WRITABLE = db(read_only=False, source=None, token=TOKEN)
 FENCE_ACTIONS_DB = (FailDiscoveryCheck(A.DB_UNHEALTHY), BlockGate(True, A.DB_UNHEALTHY),
                     SetReadOnly(True, A.DB_UNHEALTHY))
+
+
+def n2_primary(
+    role: Role = Role.REPLICA, *, database: LocalDatabase | None = None,
+    discovery: DiscoveryTag | None = None, intents: OperatorIntents = NO_INTENTS,
+    gate: GateView = CLOSED,
+) -> Observation:
+    """Node n2 holds the lock and is PRIMARY; n3 follows it."""
+    return observe(role, lock=PRIMARY_N2, peers=N2_PRIMARY_PEERS, database=database, discovery=discovery,
+                   intents=intents, gate=gate)
 
 
 def fence(reason: ActionReason) -> tuple[Action, ...]:
@@ -87,7 +100,6 @@ FENCING_DB = at(Role.FENCING, fenced_reason=Trigger.DB_UNHEALTHY)
 FENCING_SWITCHOVER = at(Role.FENCING, fenced_reason=Trigger.SWITCHOVER, switchover_target="n2")
 SWITCH_TO_N2 = OperatorIntents(switchover_target="n2")
 FENCED_DB = at(Role.FENCED, fenced_reason=Trigger.DB_UNHEALTHY)
-FENCED_OK = dict(lock=PRIMARY_N2, peers=N2_PRIMARY_PEERS)
 
 CASES = [
     # ---------------------------------------------------------------- STARTING
@@ -103,23 +115,23 @@ CASES = [
          observe(Role.STARTING, lease=HELD), Role.REPLICA, (ReleaseLock(TOKEN, A.UNWANTED_LEASE),)),
     # ---------------------------------------------------------------- REPLICA
     Case("replica: following the primary, nothing to do", at(Role.REPLICA),
-         observe(database=db(errant=CLEAN_VS_N2), discovery=DiscoveryTag.REPLICA, **FENCED_OK), Role.REPLICA),
+         n2_primary(database=db(errant=CLEAN_VS_N2), discovery=DiscoveryTag.REPLICA), Role.REPLICA),
     Case("replica: repoint to the new primary", at(Role.REPLICA),
-         observe(database=db(source="n3", errant=CLEAN_VS_N2), **FENCED_OK), Role.REPLICA,
+         n2_primary(database=db(source="n3", errant=CLEAN_VS_N2)), Role.REPLICA,
          (Repoint("n2", True, A.FOLLOW_PRIMARY),)),
     Case("replica: advertise once following", at(Role.REPLICA),
-         observe(database=db(errant=CLEAN_VS_N2), **FENCED_OK), Role.REPLICA,
+         n2_primary(database=db(errant=CLEAN_VS_N2)), Role.REPLICA,
          (RegisterDiscovery(DiscoveryTag.REPLICA, A.FOLLOW_PRIMARY),)),
     Case("replica: unhealthy replica leaves discovery", at(Role.REPLICA),
-         observe(database=db(healthy=False, errant=CLEAN_VS_N2), discovery=DiscoveryTag.REPLICA, **FENCED_OK),
+         n2_primary(database=db(healthy=False, errant=CLEAN_VS_N2), discovery=DiscoveryTag.REPLICA),
          Role.REPLICA, (FailDiscoveryCheck(A.FOLLOW_PRIMARY),)),
-    Case("replica: no errant check yet", at(Role.REPLICA), observe(**FENCED_OK), Role.REPLICA,
+    Case("replica: no errant check yet", at(Role.REPLICA), n2_primary(), Role.REPLICA,
          (), (R.ERRANT_UNCHECKED,)),
     Case("replica: errant check against an older primary does not count", at(Role.REPLICA),
-         observe(database=db(errant=ErrantCheck("n3", ())), **FENCED_OK), Role.REPLICA, (),
+         n2_primary(database=db(errant=ErrantCheck("n3", ()))), Role.REPLICA, (),
          (R.ERRANT_UNCHECKED,)),
     Case("replica: errant GTIDs -> fenced", at(Role.REPLICA),
-         observe(database=db(errant=DIRTY_VS_N2), discovery=DiscoveryTag.REPLICA, **FENCED_OK), Role.FENCED,
+         n2_primary(database=db(errant=DIRTY_VS_N2), discovery=DiscoveryTag.REPLICA), Role.FENCED,
          (FailDiscoveryCheck(A.ERRANT_GTIDS),), (R.ERRANT_GTIDS,), Trigger.ERRANT_GTIDS),
     Case("replica: lock free and most advanced -> candidate", at(Role.REPLICA), observe(), Role.CANDIDATE,
          (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
@@ -201,7 +213,7 @@ CASES = [
          Role.REPLICA, (), (R.PRIMARY_NOT_READY,)),
     Case("replica: defensive: never admits, never writable", at(Role.REPLICA),
          observe(database=db(read_only=False, errant=CLEAN_VS_N2), gate=GateView(open_connections=2),
-                 discovery=DiscoveryTag.REPLICA, **FENCED_OK),
+                 discovery=DiscoveryTag.REPLICA, lock=PRIMARY_N2, peers=N2_PRIMARY_PEERS),
          Role.REPLICA, (BlockGate(True, A.NOT_PRIMARY), SetReadOnly(True, A.NOT_PRIMARY))),
     Case("replica: unwanted lease released behind the fence", at(Role.REPLICA),
          observe(lease=HELD, database=db(errant=CLEAN_VS_N2), discovery=DiscoveryTag.REPLICA,
@@ -251,7 +263,8 @@ CASES = [
          Role.PROMOTING, (WriteFencingToken(TOKEN, A.PROMOTION),)),
     Case("promoting: done -> primary admits", at(Role.PROMOTING),
          observe(Role.PROMOTING, lease=HELD, database=WRITABLE), Role.PRIMARY,
-         (AdmitGate(TOKEN, DEADLINE, A.PRIMARY_READY), RegisterDiscovery(DiscoveryTag.PRIMARY, A.PRIMARY_READY))),
+         (AdmitGate(TOKEN, DEADLINE, A.PRIMARY_READY),
+          RegisterDiscovery(DiscoveryTag.PRIMARY, A.PRIMARY_READY))),
     Case("promoting: renews while promoting", at(Role.PROMOTING),
          observe(Role.PROMOTING, lease=DUE_LEASE, database=db(relay_applied=False)), Role.PROMOTING,
          (RenewLock(TOKEN, A.RENEWAL_DUE), WaitRelayLog(1.0, A.PROMOTION))),
@@ -266,7 +279,8 @@ CASES = [
          observe(Role.PROMOTING, lease=HELD, database=db(healthy=False, read_only=None)), Role.FENCING,
          (SetReadOnly(True, A.DB_UNHEALTHY),), (), Trigger.DB_UNHEALTHY),
     Case("promoting: paused, even when unhealthy", at(Role.PROMOTING),
-         observe(Role.PROMOTING, lease=HELD, database=db(healthy=False), intents=OperatorIntents(paused=True)),
+         observe(Role.PROMOTING, lease=HELD, database=db(healthy=False),
+                 intents=OperatorIntents(paused=True)),
          Role.PROMOTING, (), (R.PAUSED,)),
     # ---------------------------------------------------------------- PRIMARY
     Case("primary: steady", at(Role.PRIMARY),
@@ -376,19 +390,19 @@ CASES = [
     Case("fenced: DCS unreachable", FENCED_DB, observe(Role.FENCED, lock=LockView(reachable=False)),
          Role.FENCED, (), (R.DCS_UNREACHABLE,), Trigger.DB_UNHEALTHY),
     Case("fenced: database unhealthy", FENCED_DB,
-         observe(Role.FENCED, database=db(healthy=False, errant=CLEAN_VS_N2), **FENCED_OK), Role.FENCED, (),
+         n2_primary(Role.FENCED, database=db(healthy=False, errant=CLEAN_VS_N2)), Role.FENCED, (),
          (R.DB_UNHEALTHY,), Trigger.DB_UNHEALTHY),
-    Case("fenced: errant check pending", FENCED_DB, observe(Role.FENCED, **FENCED_OK), Role.FENCED, (),
+    Case("fenced: errant check pending", FENCED_DB, n2_primary(Role.FENCED), Role.FENCED, (),
          (R.ERRANT_UNCHECKED,), Trigger.DB_UNHEALTHY),
     Case("fenced: errant GTIDs keep it fenced, with the reason", FENCED_DB,
-         observe(Role.FENCED, database=db(errant=DIRTY_VS_N2), **FENCED_OK), Role.FENCED, (),
+         n2_primary(Role.FENCED, database=db(errant=DIRTY_VS_N2)), Role.FENCED, (),
          (R.ERRANT_GTIDS,), Trigger.ERRANT_GTIDS),
     Case("fenced: clean -> rejoin as replica", FENCED_DB,
-         observe(Role.FENCED, database=db(source=None, errant=CLEAN_VS_N2), **FENCED_OK), Role.REPLICA,
+         n2_primary(Role.FENCED, database=db(source=None, errant=CLEAN_VS_N2)), Role.REPLICA,
          (Repoint("n2", True, A.REJOIN),)),
     Case("fenced: paused", FENCED_DB,
          observe(Role.FENCED, database=db(errant=CLEAN_VS_N2), intents=OperatorIntents(paused=True),
-                 **FENCED_OK),
+                 lock=PRIMARY_N2, peers=N2_PRIMARY_PEERS),
          Role.FENCED, (), (R.PAUSED,), Trigger.DB_UNHEALTHY),
     Case("fenced: stays fenced locally", FENCED_DB,
          observe(Role.FENCED, database=db(read_only=False), discovery=DiscoveryTag.PRIMARY, lease=HELD),

@@ -33,7 +33,7 @@ def test_parse_rejects_non_strings_and_bad_parts() -> None:
     with pytest.raises(GtidParseError):
         GtidPosition.parse(5)  # type: ignore[arg-type]
     with pytest.raises(GtidParseError):
-        Gtid(0, True, 1)  # type: ignore[arg-type]
+        Gtid(0, True, 1)
     with pytest.raises(GtidParseError):
         Gtid(0, 1, -1)
     with pytest.raises(GtidParseError, match="sorted"):

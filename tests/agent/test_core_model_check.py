@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from tests.agent.core_model import NAMES, Model, ModelLimits, World
-
 from dbfence.agent.state import Role, Trigger
+from tests.agent.core_model import NAMES, Model, ModelLimits, World
 
 SETTLE_FOR_TTL = ["settle", "clock", "settle", "clock", "settle", "clock", "settle", "clock", "settle"]
 
@@ -30,7 +29,7 @@ def test_no_two_writers_in_any_interleaving() -> None:
     roles_seen: set[Role] = set()
 
     def collect(world: World) -> None:
-        for name, node in zip(NAMES, world.nodes):
+        for name, node in zip(NAMES, world.nodes, strict=True):
             if node.gate.admits(float(world.now)):
                 admitting_nodes.add(name)
             if node.agent is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.agent.core_builders import CONFIG, ME
 
 from dbfence.agent.actions import AcquireLock, AdmitGate, ReleaseLock
 from dbfence.agent.core_config import CoreConfig
@@ -25,6 +24,7 @@ from dbfence.agent.observation import (
     ReplicationState,
 )
 from dbfence.agent.state import Role, State, Trigger
+from tests.agent.core_builders import CONFIG, ME
 
 NAMES = ["n1", "n2", "n3"]
 FENCE_TRIGGERS = [Trigger.DB_UNHEALTHY, Trigger.LEASE_EXPIRED, Trigger.LEASE_LOST, Trigger.SWITCHOVER]
@@ -52,9 +52,11 @@ def observations(draw: st.DrawFn, now: float = NOW0) -> Observation:
     held = draw(st.booleans())
     token = draw(st.sampled_from([1, 2, 3]))
     lease = LeaseView(True, token, now - 3.0 + draw(times)) if held else LeaseView()
-    lock = LockView(draw(st.booleans()), draw(st.none() | st.sampled_from(NAMES)), draw(st.sampled_from([1, 2, 3])))
+    lock = LockView(draw(st.booleans()), draw(st.none() | st.sampled_from(NAMES)),
+                    draw(st.sampled_from([1, 2, 3])))
     admitting = draw(st.booleans())
-    gate = (GateView(True, draw(st.sampled_from([1, 2, 3])), now - 3.0 + draw(times), draw(st.sampled_from([0, 1])))
+    gate = (GateView(True, draw(st.sampled_from([1, 2, 3])), now - 3.0 + draw(times),
+                     draw(st.sampled_from([0, 1])))
             if admitting else GateView(open_connections=draw(st.sampled_from([0, 0, 1]))))
     errant = draw(st.none() | st.builds(ErrantCheck, st.sampled_from(NAMES),
                                         st.sampled_from([(), (), ("0-11-9",)])))
@@ -87,7 +89,8 @@ def states(draw: st.DrawFn) -> State:
         target = draw(st.sampled_from(NAMES)) if reason is Trigger.SWITCHOVER else None
         return State(role, NOW0 - 5.0, reason, target)
     if role is Role.FENCED:
-        return State(role, NOW0 - 5.0, draw(st.none() | st.sampled_from([*FENCE_TRIGGERS, Trigger.ERRANT_GTIDS])))
+        reasons = st.sampled_from([*FENCE_TRIGGERS, Trigger.ERRANT_GTIDS])
+        return State(role, NOW0 - 5.0, draw(st.none() | reasons))
     return State(role, NOW0 - 5.0)
 
 
@@ -191,6 +194,8 @@ def race_ready_observations(draw: st.DrawFn) -> Observation:
 
 @settings(max_examples=500, deadline=None)
 @given(race_ready_observations(), st.sampled_from([Role.REPLICA, Role.CANDIDATE]), configs)
-def test_never_race_behind_a_more_advanced_healthy_peer(obs: Observation, role: Role, config: CoreConfig) -> None:
+def test_never_race_behind_a_more_advanced_healthy_peer(
+    obs: Observation, role: Role, config: CoreConfig
+) -> None:
     state = State(role, NOW0 - 5.0)
     check_step(obs, state, decide(obs, state, config), config)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from tests.agent.core_builders import ARMED, CONFIG, DEADLINE, HELD, ME, NOW, TOKEN, db, member, observe
 
 from dbfence.agent.actions import ActionReason, PublishMember
 from dbfence.agent.core_config import CoreConfig, CoreConfigError
@@ -22,6 +21,7 @@ from dbfence.agent.observation import (
     OperatorIntents,
 )
 from dbfence.agent.state import TRANSITIONS, IllegalTransitionError, Role, State, Trigger, transition
+from tests.agent.core_builders import ARMED, CONFIG, DEADLINE, HELD, ME, NOW, TOKEN, db, member, observe
 
 
 @pytest.mark.parametrize("changes", [
