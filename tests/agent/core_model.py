@@ -11,7 +11,8 @@ Every event is a non-deterministic choice: an agent observes, decides and execut
 the decided actions in order (one step), a client writes through an admitting gate, a replica
 catches up, the clock advances (which expires leases), and faults (database crash,
 agent pause, agent crash, DCS unreachable from one node) with their recoveries
-(database restart, resume, agent restart, heal). One more fault splits a step: the
+(database restart, resume, agent restart, heal), and an operator's switchover request
+(spending the fault budget too). One more fault splits a step: the
 agent decides, then stalls, and executes only later, after time, faults and the other
 agents have moved on.
 
@@ -57,6 +58,7 @@ from dbfence.agent.observation import (
     MemberInfo,
     MemberRecord,
     Observation,
+    OperatorIntents,
     ReplicationState,
 )
 from dbfence.agent.state import Role, State
@@ -171,6 +173,7 @@ class World:
     dcs: Dcs
     faults_left: int
     writes_left: int
+    switchover: str | None = None
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -273,6 +276,8 @@ class Model:
             now=now, lease=lease, lock=lock, members=members, db=local,
             gate=GateView(admitting=gate.armed, token=gate.token, deadline=gate.deadline),
             discovery=node.discovery, last_failover_at=last_failover,
+            # Intents are cached by the adapter: a DCS blip does not withdraw them.
+            intents=OperatorIntents(switchover_target=world.switchover),
         )
 
     # ------------------------------------------------------------------ safety checks
@@ -301,7 +306,12 @@ class Model:
                 continue
             if info.role not in (Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.PROMOTING):
                 continue
-            if candidate_sort_key(info.position, info.priority, info.name) > mine:
+            if obs.intents.switchover_target == name:
+                # The operator's choice wins ties; it still never overtakes more data.
+                behind = info.position.rank_key() > position.rank_key()
+            else:
+                behind = candidate_sort_key(info.position, info.priority, info.name) > mine
+            if behind:
                 raise ModelViolationError(
                     f"{name} at {position} races behind {record.name} at {info.position}", trace
                 )
@@ -362,6 +372,9 @@ class Model:
                         )
                 if not node.partitioned and not any(other.partitioned for other in world.nodes):
                     yield f"partition {name}", self._set_node(spent, index, replace(node, partitioned=True))
+        if world.switchover is None and world.faults_left:
+            for name in NAMES:
+                yield f"switchover {name}", replace(world, switchover=name, faults_left=world.faults_left - 1)
         if world.now < self.limits.max_time:
             yield "clock", replace(world, now=world.now + 1)
 
@@ -457,12 +470,15 @@ class Model:
         elif isinstance(action, PublishMember):
             if reachable:
                 dcs = dcs.with_record(name, Record(action.info, now, now + self.ttl))
+        elif isinstance(action, ClearSwitchover):
+            if reachable:
+                world = replace(world, switchover=None)
         elif isinstance(action, RegisterDiscovery):
             node = replace(node, discovery=action.tag)
         elif isinstance(action, FailDiscoveryCheck):
             node = replace(node, discovery=None)
         else:
-            assert isinstance(action, (WaitRelayLog, ClearSwitchover))
+            assert isinstance(action, WaitRelayLog)
         node = replace(node, db=db, agent=agent)
         return replace(self._set_node(world, index, node), dcs=dcs)
 

@@ -25,6 +25,11 @@ def test_no_two_writers_in_any_interleaving() -> None:
     assert n1_state is not None and n1_state.role is Role.FENCED
     assert n1_state.fenced_reason is Trigger.ERRANT_GTIDS
 
+    # An operator switchover: n1 fences, waits for n2, releases; n2 wins, n1 rejoins.
+    switched = model.drive(warm, ["switchover n2", *SETTLE_FOR_TTL])
+    assert model.roles(switched) == {"n1": Role.REPLICA, "n2": Role.PRIMARY, "n3": Role.REPLICA}
+    assert switched.switchover is None
+
     admitting_nodes: set[str] = set()
     roles_seen: set[Role] = set()
 
@@ -40,7 +45,7 @@ def test_no_two_writers_in_any_interleaving() -> None:
     total = 0
     # Depths keep the run well under a minute on a loaded 2-core machine; the steady
     # cluster, the most important root, gets one level more.
-    for root, depth in ((cold, 5), (warm, 6), (failed_over, 5), (errant, 5)):
+    for root, depth in ((cold, 5), (warm, 6), (failed_over, 5), (errant, 5), (switched, 4)):
         total += model.explore([root], on_state=collect, depth=depth)
     elapsed = time.monotonic() - started
     cpu = time.process_time() - cpu_started
