@@ -14,3 +14,9 @@ def main() -> None:
 
 
 # Subcommands register here, one line each, so each area owns its own module.
+from dbfence.lab.cli import lab_group  # noqa: E402
+
+main.add_command(lab_group)
+from dbfence.demo import demo_command  # noqa: E402
+
+main.add_command(demo_command)

@@ -1,0 +1,3 @@
+from dbfence.cli import main
+
+main()

@@ -1,0 +1,341 @@
+"""A local cluster of real servers (MariaDB, etcd or the Consul stand-in) described by ``lab.json``.
+
+The lab is for the demo, the tests and the benchmarks. Everything it starts is recorded in the
+manifest by pid and start time, so ``down`` stops exactly those processes and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import pymysql
+
+from dbfence.lab import etcd_servers, mariadb_servers
+from dbfence.lab.errors import LabError
+from dbfence.lab.etcd_servers import EtcdMember
+from dbfence.lab.mariadb_servers import Account, MysqlNode
+from dbfence.lab.procs import ProcessRef, free_port, port_open, spawn, stop
+from dbfence.lab.wait import wait_until
+
+MANIFEST = "lab.json"
+DcsKind = Literal["etcd", "consul"]
+
+
+@dataclass(frozen=True, slots=True)
+class LabSpec:
+    directory: Path
+    mysql_count: int = 3
+    dcs: DcsKind = "etcd"
+    etcd_members: int = 1
+    cluster: str = "lab"
+
+    def validate(self) -> None:
+        if not 1 <= self.mysql_count <= 9:
+            raise LabError(f"--mysql must be between 1 and 9, not {self.mysql_count}")
+        if self.dcs not in ("etcd", "consul"):
+            raise LabError(f"--dcs must be etcd or consul, not {self.dcs!r}")
+        if self.etcd_members not in (1, 3):
+            raise LabError(f"--etcd-members must be 1 or 3, not {self.etcd_members}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsulStandinProcess:
+    http_address: str
+    dns_address: str
+    pid: int
+    create_time: float
+
+    @property
+    def process(self) -> ProcessRef:
+        return ProcessRef(self.pid, self.create_time)
+
+
+@dataclass
+class LabCluster:
+    """A running (or stopped) lab; mutating methods rewrite ``lab.json``."""
+
+    directory: Path
+    cluster: str
+    dcs_kind: DcsKind
+    mysql: list[MysqlNode]
+    etcd: list[EtcdMember]
+    accounts: dict[str, Account]
+    consul: ConsulStandinProcess | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def up(cls, spec: LabSpec) -> LabCluster:
+        """Start every server, wire replication, and return once the cluster is usable."""
+        spec.validate()
+        directory = spec.directory.resolve()
+        _refuse_if_in_use(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        accounts = {
+            "app": Account("app", secrets.token_hex(8)),
+            "agent": Account("dbfence_agent", secrets.token_hex(12)),
+            "repl": Account("dbfence_repl", secrets.token_hex(12)),
+        }
+        lab = cls(directory=directory, cluster=spec.cluster, dcs_kind=spec.dcs, mysql=[], etcd=[],
+                  accounts=accounts)
+        started = time.monotonic()
+        try:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                dcs_future = pool.submit(lab._start_dcs, spec)
+                lab.mysql = lab._start_mysql(spec.mysql_count)
+                dcs_future.result()
+            lab._write_manifest()
+            lab._wire_replication()
+            lab._wait_dcs_healthy()
+        except BaseException:
+            lab._write_manifest()
+            lab.down()
+            raise
+        lab.extra["up_seconds"] = round(time.monotonic() - started, 2)
+        lab._write_manifest()
+        return lab
+
+    @classmethod
+    def load(cls, directory: Path) -> LabCluster:
+        path = Path(directory).resolve() / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab in {directory}: {MANIFEST} is missing") from None
+        except ValueError as exc:
+            raise LabError(f"{path} is not valid JSON: {exc}") from None
+        consul = data.get("consul")
+        return cls(
+            directory=path.parent,
+            cluster=data["cluster"],
+            dcs_kind=data["dcs"]["kind"],
+            mysql=[MysqlNode(**{k: n[k] for k in MysqlNode.__dataclass_fields__}) for n in data["mysql"]],
+            etcd=[EtcdMember(**{k: m[k] for k in EtcdMember.__dataclass_fields__}) for m in data["etcd"]],
+            accounts={k: Account(v["user"], v["password"]) for k, v in data["accounts"].items()},
+            consul=ConsulStandinProcess(**consul) if consul else None,
+            extra=data.get("extra", {}),
+        )
+
+    def down(self) -> list[str]:
+        """Stop every process the lab started, by pid; return the names that were running."""
+        stopped: list[str] = []
+        refs: list[tuple[str, ProcessRef]] = [(a["name"], ProcessRef(a["pid"], a["create_time"]))
+                                              for a in self.extra.get("agents", [])]
+        refs += [(n.name, n.process) for n in self.mysql]
+        refs += [(m.name, m.process) for m in self.etcd]
+        if self.consul is not None:
+            refs.append(("consul-standin", self.consul.process))
+        alive = [(name, ref) for name, ref in refs if ref.alive()]
+        with ThreadPoolExecutor(max_workers=max(1, len(alive))) as pool:
+            list(pool.map(lambda item: stop(item[1], grace=30.0), alive))
+        stopped = [name for name, _ in alive]
+        if self.directory.exists():
+            self._write_manifest(state="down")
+        return stopped
+
+    # ------------------------------------------------------------------ faults and restarts
+    def node(self, name: str) -> MysqlNode:
+        for node in self.mysql:
+            if node.name == name:
+                return node
+        raise LabError(f"no MariaDB node named {name!r} (have {', '.join(n.name for n in self.mysql)})")
+
+    def kill_mysql(self, name: str, sig: int = signal.SIGKILL) -> None:
+        self.node(name).process.signal(sig)
+
+    def start_mysql(self, name: str) -> MysqlNode:
+        old = self.node(name)
+        if old.process.alive():
+            raise LabError(f"{name} is still running (pid {old.pid})")
+        node_dir = Path(old.datadir).parent
+        new = mariadb_servers.start_node(node_dir, name, old.server_id, old.port, old.extra_port,
+                                         socket_path=Path(old.socket))
+        self.mysql = [new if n.name == name else n for n in self.mysql]
+        self._write_manifest()
+        return new
+
+    def etcd_member(self, name: str) -> EtcdMember:
+        for member in self.etcd:
+            if member.name == name:
+                return member
+        raise LabError(f"no etcd member named {name!r}")
+
+    def kill_etcd(self, name: str, sig: int = signal.SIGKILL) -> None:
+        self.etcd_member(name).process.signal(sig)
+
+    def start_etcd(self, name: str) -> EtcdMember:
+        old = self.etcd_member(name)
+        if old.process.alive():
+            raise LabError(f"{name} is still running (pid {old.pid})")
+        new = etcd_servers.restart_member(old)
+        self.etcd = [new if m.name == name else m for m in self.etcd]
+        self._write_manifest()
+        return new
+
+    def connect(self, name: str, account: str = "agent",
+                **kwargs: Any) -> pymysql.connections.Connection[Any]:
+        return mariadb_servers.connect(self.node(name), self.accounts[account], **kwargs)
+
+    def status(self) -> dict[str, Any]:
+        agent = self.accounts["agent"]
+        with ThreadPoolExecutor(max_workers=max(1, len(self.mysql))) as pool:
+            mysql = list(pool.map(lambda n: mariadb_servers.describe(n, agent), self.mysql))
+        etcd = [{"name": m.name, "client_url": m.client_url, "pid": m.pid,
+                 "alive": m.process.alive(), "healthy": etcd_servers.healthy(m)} for m in self.etcd]
+        consul = None
+        if self.consul is not None:
+            host, port = self.consul.http_address.rsplit(":", 1)
+            consul = {"http_address": self.consul.http_address, "dns_address": self.consul.dns_address,
+                      "pid": self.consul.pid, "alive": self.consul.process.alive(),
+                      "healthy": port_open(host, int(port))}
+        return {"cluster": self.cluster, "directory": str(self.directory), "dcs": self.dcs_kind,
+                "mysql": mysql, "etcd": etcd, "consul": consul}
+
+    # ------------------------------------------------------------------ manifest
+    @property
+    def dcs_endpoints(self) -> list[str]:
+        if self.dcs_kind == "etcd":
+            return [m.client_url for m in self.etcd]
+        assert self.consul is not None
+        return [f"http://{self.consul.http_address}"]
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        dcs: dict[str, Any] = {"kind": self.dcs_kind, "endpoints": self.dcs_endpoints}
+        if self.consul is not None:
+            dcs["dns"] = self.consul.dns_address
+        return {
+            "cluster": self.cluster,
+            "dcs": dcs,
+            "mysql": [n.to_json() for n in self.mysql],
+            "etcd": [m.to_json() for m in self.etcd],
+            "consul": None if self.consul is None else {
+                "http_address": self.consul.http_address, "dns_address": self.consul.dns_address,
+                "pid": self.consul.pid, "create_time": self.consul.create_time},
+            "accounts": {k: {"user": v.user, "password": v.password} for k, v in self.accounts.items()},
+            "extra": self.extra,
+        }
+
+    def _write_manifest(self, state: str = "up") -> None:
+        data = self.manifest
+        data["state"] = state
+        path = self.directory / MANIFEST
+        tmp = path.with_suffix(".tmp")
+        # The manifest holds passwords: readable by its owner only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=2)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ bring-up steps
+    def _start_mysql(self, count: int) -> list[MysqlNode]:
+        template = self.directory / "template"
+        mariadb_servers.bootstrap_template(template, self.accounts, self.directory / "bootstrap.log")
+        plans = []
+        for i in range(1, count + 1):
+            node_dir = self.directory / f"db{i}"
+            mariadb_servers.copy_template(template, node_dir)
+            plans.append((node_dir, f"db{i}", i, free_port(), free_port()))
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            futures = [pool.submit(mariadb_servers.start_node, d, name, sid, port, extra,
+                                   socket_path=_socket_path(d)) for d, name, sid, port, extra in plans]
+            nodes = []
+            errors = []
+            for future in futures:
+                try:
+                    nodes.append(future.result())
+                except Exception as exc:  # collect all, so every started node is recorded and stopped
+                    errors.append(exc)
+        self.mysql = nodes
+        if errors:
+            raise LabError(f"MariaDB failed to start: {errors[0]}") from errors[0]
+        return nodes
+
+    def _wire_replication(self) -> None:
+        primary, *replicas = self.mysql
+        agent, repl = self.accounts["agent"], self.accounts["repl"]
+        mariadb_servers.open_for_writes(primary, agent)
+        for replica in replicas:
+            mariadb_servers.start_replication(replica, primary, agent, repl)
+        for replica in replicas:
+            def connected(node: MysqlNode = replica) -> bool:
+                return mariadb_servers.describe(node, agent).get("io_running") == "Yes"
+            wait_until(connected, timeout=30, what=f"{replica.name} to connect to {primary.name}")
+
+    def _start_dcs(self, spec: LabSpec) -> None:
+        if spec.dcs == "etcd":
+            self.etcd = etcd_servers.start_cluster(self.directory, spec.etcd_members)
+        else:
+            self.consul = _start_consul_standin(self.directory)
+
+    def _wait_dcs_healthy(self) -> None:
+        for member in self.etcd:
+            def member_healthy(m: EtcdMember = member) -> bool:
+                return etcd_servers.healthy(m)
+            wait_until(member_healthy, timeout=30, what=f"etcd member {member.name} to be healthy")
+        if self.consul is not None:
+            host, port = self.consul.http_address.rsplit(":", 1)
+            wait_until(lambda: port_open(host, int(port)), timeout=15, what="the Consul stand-in")
+
+    def with_extra(self, **items: Any) -> LabCluster:
+        """Record more facts in the manifest (agents, for example) and save it."""
+        self.extra.update(items)
+        self._write_manifest()
+        return replace(self)
+
+
+def _refuse_if_in_use(directory: Path) -> None:
+    if not directory.exists() or not any(directory.iterdir()):
+        return
+    manifest = directory / MANIFEST
+    if manifest.exists():
+        try:
+            running = [n for n in _running_names(LabCluster.load(directory))]
+        except (LabError, KeyError, TypeError):
+            running = []
+        if running:
+            raise LabError(f"{directory} is in use by a running lab ({', '.join(running)}); "
+                           f"run `dbfence lab down --dir {directory}` first, or pick another directory")
+        raise LabError(f"{directory} holds a stopped lab; remove it (`dbfence lab down --dir {directory} "
+                       f"--purge`) or pick another directory")
+    raise LabError(f"{directory} is not empty; the lab needs a new or empty directory")
+
+
+def _running_names(lab: LabCluster) -> list[str]:
+    names = [n.name for n in lab.mysql if n.process.alive()]
+    names += [m.name for m in lab.etcd if m.process.alive()]
+    if lab.consul is not None and lab.consul.process.alive():
+        names.append("consul-standin")
+    return names
+
+
+def _socket_path(node_dir: Path) -> Path:
+    """Unix socket paths are limited to ~107 bytes; deep test directories need a short stand-in."""
+    path = node_dir / "mysqld.sock"
+    if len(str(path)) < 100:
+        return path
+    digest = hashlib.sha1(str(node_dir).encode()).hexdigest()[:12]
+    short = Path(tempfile.gettempdir()) / "dbfence-sockets"
+    short.mkdir(mode=0o700, exist_ok=True)
+    return short / f"{digest}.sock"
+
+
+def _start_consul_standin(directory: Path) -> ConsulStandinProcess:
+    http_address = f"127.0.0.1:{free_port()}"
+    dns_address = f"127.0.0.1:{free_port()}"
+    consul_dir = directory / "consul"
+    consul_dir.mkdir(parents=True, exist_ok=True)
+    ref = spawn([sys.executable, "-m", "dbfence.lab.consul_standin", "--http-addr", http_address,
+                 "--dns-addr", dns_address], consul_dir / "standin.log")
+    return ConsulStandinProcess(http_address, dns_address, ref.pid, ref.create_time)

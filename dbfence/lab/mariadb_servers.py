@@ -1,0 +1,228 @@
+"""Real MariaDB servers for the lab: bootstrap, start, replicate, inspect.
+
+One data directory is bootstrapped (system tables plus the lab's accounts) and copied for every
+node, which is several times faster than running ``mariadb-install-db`` per node.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+from dbfence.lab.binaries import find_binary
+from dbfence.lab.errors import LabError
+from dbfence.lab.procs import ProcessRef, port_open, spawn, stop
+from dbfence.lab.wait import wait_until
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    user: str
+    password: str
+
+    def __repr__(self) -> str:  # never print a password by accident
+        return f"Account(user={self.user!r}, password=***)"
+
+
+@dataclass(frozen=True, slots=True)
+class MysqlNode:
+    """One lab ``mariadbd``: where it listens, where its data lives, which process it is."""
+
+    name: str
+    server_id: int
+    host: str
+    port: int
+    extra_port: int
+    socket: str
+    datadir: str
+    pid_file: str
+    log_error: str
+    pid: int
+    create_time: float
+
+    @property
+    def process(self) -> ProcessRef:
+        return ProcessRef(self.pid, self.create_time)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _bootstrap_sql(accounts: dict[str, Account]) -> str:
+    app, agent, repl = accounts["app"], accounts["agent"], accounts["repl"]
+    # A schema for applications and tests, present on every node from the start.
+    # Bootstrap mode starts without grant tables; FLUSH PRIVILEGES loads them so CREATE USER works.
+    lines = ["FLUSH PRIVILEGES;", "CREATE DATABASE app;", "USE mysql;"]
+    for host in ("127.0.0.1", "localhost"):
+        lines += [
+            # The agent administers the server: it must write through read_only, kill sessions,
+            # and change replication.
+            f"CREATE USER '{agent.user}'@'{host}' IDENTIFIED BY '{agent.password}';",
+            f"GRANT ALL PRIVILEGES ON *.* TO '{agent.user}'@'{host}' WITH GRANT OPTION;",
+            f"CREATE USER '{repl.user}'@'{host}' IDENTIFIED BY '{repl.password}';",
+            f"GRANT REPLICATION SLAVE ON *.* TO '{repl.user}'@'{host}';",
+            # Applications get data privileges only: SUPER or READ ONLY ADMIN would let them
+            # write through read_only on MariaDB 10.11 and defeat the fence.
+            f"CREATE USER '{app.user}'@'{host}' IDENTIFIED BY '{app.password}';",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, "
+            f"CREATE TEMPORARY TABLES, LOCK TABLES ON *.* TO '{app.user}'@'{host}';",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def bootstrap_template(template: Path, accounts: dict[str, Account], log_path: Path) -> None:
+    """Create a data directory with system tables and the lab's accounts, no server left running."""
+    install_db = find_binary("mariadb-install-db")
+    mariadbd = find_binary("mariadbd")
+    user_args = ["--user=root"] if os.geteuid() == 0 else []
+    try:
+        _run_bootstrap(install_db, mariadbd, template, accounts, log_path, user_args)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise LabError(f"bootstrapping MariaDB failed ({exc}); see {log_path}") from None
+
+
+def _run_bootstrap(install_db: str, mariadbd: str, template: Path, accounts: dict[str, Account],
+                   log_path: Path, user_args: list[str]) -> None:
+    with open(log_path, "ab") as log:
+        subprocess.run(
+            [install_db, "--no-defaults", f"--datadir={template}", "--skip-test-db",
+             "--auth-root-authentication-method=socket", *user_args],
+            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120,
+        )
+        subprocess.run(
+            [mariadbd, "--no-defaults", "--bootstrap", f"--datadir={template}",
+             "--log-warnings=0", *user_args],
+            input=_bootstrap_sql(accounts).encode(),
+            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120,
+        )
+
+
+def server_argv(node_dir: Path, server_id: int, port: int, extra_port: int, socket_path: Path) -> list[str]:
+    datadir = node_dir / "data"
+    user_args = ["--user=root"] if os.geteuid() == 0 else []
+    return [
+        find_binary("mariadbd"),
+        "--no-defaults",
+        *user_args,
+        f"--datadir={datadir}",
+        f"--socket={socket_path}",
+        f"--pid-file={node_dir / 'mysqld.pid'}",
+        f"--log-error={node_dir / 'error.log'}",
+        f"--bind-address={HOST}",
+        f"--port={port}",
+        # A second listener with its own small connection budget: the agent can still get in
+        # when applications have used up max_connections.
+        f"--extra-port={extra_port}",
+        "--extra-max-connections=4",
+        f"--server-id={server_id}",
+        "--log-bin=mysql-bin",
+        "--relay-log=relay-bin",
+        "--binlog-format=ROW",
+        "--log-slave-updates=ON",
+        "--gtid-strict-mode=ON",
+        "--sync-binlog=1",
+        "--innodb-flush-log-at-trx-commit=1",
+        # Every node starts read-only; only the agent (or the lab, for node 1) opens it.
+        "--read-only=ON",
+        "--skip-name-resolve",
+        "--innodb-buffer-pool-size=32M",
+        "--innodb-log-file-size=16M",
+        "--max-connections=200",
+        "--performance-schema=OFF",
+        "--slave-net-timeout=5",
+        "--character-set-server=utf8mb4",
+    ]
+
+
+def start_node(node_dir: Path, name: str, server_id: int, port: int, extra_port: int,
+               socket_path: Path, timeout: float = 60.0) -> MysqlNode:
+    """Start (or restart) a node whose data directory exists; return once it accepts clients."""
+    pid_file = node_dir / "mysqld.pid"
+    pid_file.unlink(missing_ok=True)
+    socket_path.unlink(missing_ok=True)  # a killed server leaves its socket behind
+    ref = spawn(server_argv(node_dir, server_id, port, extra_port, socket_path), node_dir / "stdout.log")
+    sock = str(socket_path)
+
+    def ready() -> bool:
+        if not ref.alive():
+            raise LabError(f"{name} exited during start; see {node_dir / 'error.log'}")
+        return port_open(HOST, port)
+
+    wait_until(ready, timeout=timeout, what=f"{name} to accept connections")
+    return MysqlNode(
+        name=name, server_id=server_id, host=HOST, port=port, extra_port=extra_port,
+        socket=sock, datadir=str(node_dir / "data"), pid_file=str(pid_file),
+        log_error=str(node_dir / "error.log"), pid=ref.pid, create_time=ref.create_time,
+    )
+
+
+def copy_template(template: Path, node_dir: Path) -> None:
+    node_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(template, node_dir / "data")
+
+
+def connect(node: MysqlNode, account: Account, **kwargs: Any) -> pymysql.connections.Connection[Any]:
+    options: dict[str, Any] = {
+        "host": node.host, "port": node.port, "user": account.user,
+        "password": account.password, "autocommit": True,
+        "connect_timeout": 5, "read_timeout": 30, "write_timeout": 30,
+    }
+    options.update(kwargs)
+    return pymysql.connect(**options)
+
+
+def start_replication(replica: MysqlNode, primary: MysqlNode, agent: Account, repl: Account) -> None:
+    with connect(replica, agent) as conn, conn.cursor() as cur:
+        cur.execute(
+            "CHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%s, MASTER_USER=%s, MASTER_PASSWORD=%s, "
+            "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+            (primary.host, primary.port, repl.user, repl.password),
+        )
+        cur.execute("START SLAVE")
+
+
+def open_for_writes(node: MysqlNode, agent: Account) -> None:
+    with connect(node, agent) as conn, conn.cursor() as cur:
+        cur.execute("SET GLOBAL read_only = OFF")
+
+
+def describe(node: MysqlNode, agent: Account) -> dict[str, Any]:
+    """The node's live state for ``lab status``; an unreachable node says why."""
+    info: dict[str, Any] = {"name": node.name, "port": node.port, "pid": node.pid,
+                            "alive": node.process.alive()}
+    try:
+        with connect(node, agent, connect_timeout=2, read_timeout=5) as conn, \
+                conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute("SELECT @@read_only AS read_only, @@gtid_binlog_pos AS gtid_binlog_pos, "
+                        "@@gtid_slave_pos AS gtid_slave_pos, @@gtid_current_pos AS gtid_current_pos")
+            row = cur.fetchone() or {}
+            info.update(read_only=bool(row["read_only"]), gtid_binlog_pos=row["gtid_binlog_pos"],
+                        gtid_slave_pos=row["gtid_slave_pos"], gtid_current_pos=row["gtid_current_pos"])
+            cur.execute("SHOW SLAVE STATUS")
+            slave = cur.fetchone()
+    except pymysql.MySQLError as exc:
+        info.update(role="unreachable", error=str(exc))
+        return info
+    if slave:
+        info.update(
+            role="replica", master_port=slave["Master_Port"],
+            io_running=slave["Slave_IO_Running"], sql_running=slave["Slave_SQL_Running"],
+            seconds_behind=slave["Seconds_Behind_Master"],
+            last_error=slave["Last_IO_Error"] or slave["Last_SQL_Error"] or "",
+        )
+    else:
+        info["role"] = "read-only" if info["read_only"] else "primary"
+    return info
+
+
+def stop_node(node: MysqlNode) -> None:
+    stop(node.process, grace=30.0)

@@ -1,0 +1,109 @@
+"""Starting and stopping the lab's server processes by pid, never by name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from dbfence.lab.wait import WaitTimeout, wait_until
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRef:
+    """A pid plus its start time, so a recycled pid is never mistaken for our server."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRef:
+        return cls(pid=pid, create_time=psutil.Process(pid).create_time())
+
+    def process(self) -> psutil.Process | None:
+        """The live process, or None if it exited or the pid now belongs to someone else."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.05:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.NoSuchProcess:
+            return None
+
+    def alive(self) -> bool:
+        return self.process() is not None
+
+    def signal(self, sig: int) -> bool:
+        """Send ``sig`` if the process is still ours; return whether it was sent."""
+        proc = self.process()
+        if proc is None:
+            return False
+        try:
+            proc.send_signal(sig)
+        except psutil.NoSuchProcess:
+            return False
+        return True
+
+
+def spawn(argv: list[str], log_path: Path, cwd: Path | None = None) -> ProcessRef:
+    """Start a server detached from our session, output appended to ``log_path``.
+
+    A new session keeps the servers alive after ``dbfence lab up`` returns and keeps a
+    terminal's Ctrl-C from reaching them.
+    """
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    return ProcessRef.of(child.pid)
+
+
+def stop(ref: ProcessRef, *, grace: float = 10.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Harmless if already gone."""
+    proc = ref.process()
+    if proc is None:
+        return
+    if proc.status() == psutil.STATUS_STOPPED:
+        ref.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+    ref.signal(signal.SIGTERM)
+    try:
+        wait_until(lambda: not ref.alive(), timeout=grace, what=f"pid {ref.pid} to exit")
+    except WaitTimeout:
+        ref.signal(signal.SIGKILL)
+        wait_until(lambda: not ref.alive(), timeout=5.0, what=f"pid {ref.pid} to die")
+    _reap(ref.pid)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the server was our own child, so no zombie is left."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel just handed out as free on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
