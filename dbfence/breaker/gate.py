@@ -11,6 +11,7 @@ delivers the workers' parent-death signal when the *thread* that spawned them ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -166,7 +167,9 @@ class Gate:
             str(theirs.fileno()),
             str(os.getpid()),
         ]
-        process = subprocess.Popen(command, pass_fds=(shared.fd, theirs.fileno()), env=env, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command, pass_fds=(shared.fd, theirs.fileno()), env=env, stdin=subprocess.DEVNULL
+        )
         theirs.close()
         return _WorkerHandle(index, process, ours)
 
@@ -175,7 +178,8 @@ class Gate:
         while CTL_READY not in handle.buffer:
             left = deadline - time.monotonic()
             if left <= 0 or handle.process.poll() is not None:
-                raise GateError(f"gate worker {handle.index} did not start (exit code {handle.process.poll()})")
+                code = handle.process.poll()
+                raise GateError(f"gate worker {handle.index} did not start (exit code {code})")
             readable, _, _ = select.select([handle.control], [], [], min(left, 0.2))
             if readable:
                 chunk = handle.control.recv(4096)
@@ -279,7 +283,8 @@ class Gate:
             left = shared.open_total(len(self._workers))
             self._machine.transition(Block("drained for switchover"), time.monotonic())
             self._publish_block_locked(self._reason())
-        return DrainResult(closed_gracefully=max(0, before - left), cut=left, seconds=time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        return DrainResult(closed_gracefully=max(0, before - left), cut=left, seconds=elapsed)
 
     def _publish_block_locked(self, reason: str) -> None:
         shared = self._shared
@@ -302,10 +307,9 @@ class Gate:
 
     @staticmethod
     def _poke(handle: _WorkerHandle, command: bytes) -> None:
-        try:
+        # A stopped or dead worker may not take the poke: the fence word alone keeps it from forwarding.
+        with contextlib.suppress(OSError):
             handle.control.send(command, socket.MSG_DONTWAIT)
-        except OSError:
-            pass  # a stopped or dead worker: the fence word alone keeps it from forwarding
 
     # --- status -------------------------------------------------------------------------------
     def stats(self) -> GateStats:
@@ -315,7 +319,7 @@ class Gate:
         shared = self._require_started()
         workers: list[WorkerStats] = []
         connections: list[ConnectionInfo] = []
-        for handle, report in zip(self._workers, reports):
+        for handle, report in zip(self._workers, reports, strict=True):
             if report is None:
                 slot = shared.read_slot(handle.index)
                 workers.append(

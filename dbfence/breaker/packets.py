@@ -47,7 +47,7 @@ class CommandCounter:
     the client switches to TLS, since the stream is then opaque.
     """
 
-    __slots__ = ("commands", "opaque", "_owed", "_partial_header", "_seen_login")
+    __slots__ = ("_owed", "_partial_header", "_seen_login", "commands", "opaque")
 
     def __init__(self) -> None:
         self.commands = 0

@@ -107,7 +107,9 @@ class GateStateMachine:
             return self._state
         # Extend
         if isinstance(state, Blocking):
-            raise IllegalTransition(f"cannot extend a blocked gate ({state.reason}); admit needs a fresh deadline")
+            raise IllegalTransition(
+                f"cannot extend a blocked gate ({state.reason}); admit needs a fresh deadline"
+            )
         if now >= state.deadline:
             # The lease ran out before this renewal was applied: the gate is already fenced.
             self._enter_blocking(LEASE_EXPIRED)

@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Any, Final, cast
 
+import uvloop
+
 from dbfence.breaker.config import GateConfig
 from dbfence.breaker.packets import (
     COM_QUIT_PACKET,
@@ -486,8 +488,6 @@ def main(argv: list[str]) -> int:
     _die_with_parent(int(parent_pid))
     _raise_fd_limit()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the agent, which stops us
-    import uvloop
-
     config = GateConfig.from_json(config_json)
     shared = SharedRecord(int(shared_fd))
     control = socket.socket(fileno=int(control_fd))

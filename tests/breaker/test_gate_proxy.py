@@ -63,8 +63,7 @@ def test_queries_flow_while_admitting_and_show_in_the_connection_table(
         assert stats.state == "admitting"
         assert stats.open_connections == 1
         [row] = stats.connections
-        local = conn._sock.getsockname() if conn._sock is not None else None
-        assert local is not None and row.client == f"{local[0]}:{local[1]}"
+        assert row.client.startswith("127.0.0.1:")
         assert row.queries >= 6  # the 5 SELECTs and the INSERT, plus the driver's own commands
         assert row.bytes_in > 0 and row.bytes_out > 0 and row.age > 0
     assert mark_landed(gate_lab, mark)
@@ -105,7 +104,7 @@ def test_block_cuts_connections_in_every_worker_and_refuses_new_ones_with_the_re
         gate.block("switchover to db2")
         wait_until(lambda: gate.stats().open_connections == 0, 5, "every worker to cut its links")
         marks = [new_mark() for _ in pool]
-        for conn, mark in zip(pool, marks):
+        for conn, mark in zip(pool, marks, strict=True):
             with pytest.raises(pymysql.err.OperationalError):
                 insert_mark(conn, mark)
         assert not any(mark_landed(gate_lab, mark) for mark in marks)
@@ -210,7 +209,9 @@ def _insert_in_background(conn: Connection, mark: str) -> tuple[threading.Thread
     return thread, errors
 
 
-def _sigstop_window(gate: Gate, gate_lab: LabCluster, renew_while_stopped: bool) -> tuple[str, list[BaseException]]:
+def _sigstop_window(
+    gate: Gate, gate_lab: LabCluster, renew_while_stopped: bool
+) -> tuple[str, list[BaseException]]:
     """Stop the worker, send an INSERT into the window, let the deadline pass, continue."""
     [worker_pid] = gate.worker_pids()
     deadline = time.monotonic() + 0.6
@@ -242,7 +243,9 @@ def test_sigstop_past_the_deadline_wakes_up_blocking(
     assert not mark_landed(gate_lab, mark)
 
 
-def test_sigstop_with_a_renewed_lease_forwards_after_waking(make_gate: GateFactory, gate_lab: LabCluster) -> None:
+def test_sigstop_with_a_renewed_lease_forwards_after_waking(
+    make_gate: GateFactory, gate_lab: LabCluster
+) -> None:
     # The control case for the test above: the same window with a valid lease does forward.
     gate = make_gate(workers=1)
     mark, errors = _sigstop_window(gate, gate_lab, renew_while_stopped=True)
@@ -289,7 +292,9 @@ def test_mysqld_down_gives_an_err_packet_not_a_hang(make_gate: GateFactory, gate
     assert time.monotonic() - started < 5
 
 
-def test_max_connections_refuses_with_too_many_connections(make_gate: GateFactory, gate_lab: LabCluster) -> None:
+def test_max_connections_refuses_with_too_many_connections(
+    make_gate: GateFactory, gate_lab: LabCluster
+) -> None:
     gate = make_gate(workers=1, max_connections=2)
     gate.admit(time.monotonic() + 30)
     with connect_via(gate, gate_lab) as first, connect_via(gate, gate_lab) as second:
