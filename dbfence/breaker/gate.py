@@ -144,8 +144,18 @@ class Gate:
             self._reserved = listening_socket(self.config.listen_host, self.config.listen_port)
             self.port = self._reserved.getsockname()[1]
             worker_config = replace(self.config, listen_port=self.port)
-            for index in range(self.config.worker_count):
-                self._workers.append(self._spawn(worker_config, index, shared))
+            # One datagram socket pair per worker for hand-offs: worker i reads the second end,
+            # every worker may write to the first one (SCM_RIGHTS, see Worker.route).
+            count = worker_config.worker_count
+            pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(count)]
+            try:
+                senders = [pair[0] for pair in pairs]
+                for index in range(count):
+                    self._workers.append(self._spawn(worker_config, index, shared, pairs[index][1], senders))
+            finally:
+                for pair in pairs:
+                    pair[0].close()
+                    pair[1].close()
             for handle in self._workers:
                 self._await_ready(handle)
         except BaseException:
@@ -153,7 +163,14 @@ class Gate:
             raise
         return self
 
-    def _spawn(self, config: GateConfig, index: int, shared: SharedRecord) -> _WorkerHandle:
+    def _spawn(
+        self,
+        config: GateConfig,
+        index: int,
+        shared: SharedRecord,
+        inbox: socket.socket,
+        senders: list[socket.socket],
+    ) -> _WorkerHandle:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
@@ -166,10 +183,11 @@ class Gate:
             str(shared.fd),
             str(theirs.fileno()),
             str(os.getpid()),
+            str(inbox.fileno()),
+            ",".join(str(sender.fileno()) for sender in senders),
         ]
-        process = subprocess.Popen(
-            command, pass_fds=(shared.fd, theirs.fileno()), env=env, stdin=subprocess.DEVNULL
-        )
+        fds = (shared.fd, theirs.fileno(), inbox.fileno(), *(sender.fileno() for sender in senders))
+        process = subprocess.Popen(command, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         return _WorkerHandle(index, process, ours)
 
@@ -234,11 +252,21 @@ class Gate:
         """Start admitting until monotonic ``deadline``; raises IllegalTransition unless blocked."""
         with self._lock:
             shared = self._require_started()
-            self._machine.transition(Admit(deadline), time.monotonic())
+            before = self._machine.epoch
+            try:
+                self._machine.transition(Admit(deadline), time.monotonic())
+            except IllegalTransition:
+                if self._machine.epoch != before:  # the old lease expired meanwhile
+                    self._publish_block_locked(self._reason())
+                raise
             epoch = self._machine.epoch
             self._draining = False
             shared.write_status(STATE_ADMITTING, epoch, 0.0, deadline, "")
             shared.write_fence(fence_word(deadline, epoch))
+            if epoch != before:
+                # A lapsed lease ended the old epoch inside this call: cut its links now.
+                for handle in self._workers:
+                    self._poke(handle, CTL_BLOCK)
 
     def extend(self, deadline: float) -> None:
         """Renew: move the deadline (one shared-memory store). Raises if blocked or already expired."""

@@ -144,5 +144,11 @@ class SharedRecord:
         step = SLOT_SIZE // 8
         return sum(int(words[base + i * step + 1]) for i in range(workers))
 
+    def open_counts(self, workers: int) -> list[int]:
+        words = self.words
+        base = _SLOTS_OFFSET // 8
+        step = SLOT_SIZE // 8
+        return [int(words[base + i * step + 1]) for i in range(workers)]
+
     def read_slot(self, index: int) -> WorkerSlot:
         return WorkerSlot(*_SLOT.unpack_from(self._view, _SLOTS_OFFSET + index * SLOT_SIZE))

@@ -3,7 +3,8 @@
 Two states: :class:`Admitting` (bytes may flow until ``deadline``) and :class:`Blocking` (nothing
 flows, for a named reason). Every change goes through :meth:`GateStateMachine.transition`, which
 takes the event and the current monotonic time and raises :class:`IllegalTransition` for anything that
-would weaken the fence (admitting without a fresh deadline, extending a blocked gate, ...).
+would weaken the fence (admitting without a fresh deadline, extending a blocked gate, ...). Such a
+refusal leaves the state as it was, except that an expired lease is always noticed first.
 """
 
 from __future__ import annotations
@@ -86,11 +87,15 @@ class GateStateMachine:
         return self._epoch
 
     def transition(self, event: GateEvent, now: float) -> GateState:
-        """Apply ``event`` at monotonic time ``now`` and return the new state."""
+        """Apply ``event`` at monotonic time ``now`` and return the new state.
+
+        An expired lease is noticed first, whatever the event: the gate is then blocking
+        ("lease expired") even if the event itself is refused.
+        """
         state = self._state
+        if isinstance(state, Admitting) and now >= state.deadline:
+            state = self._enter_blocking(LEASE_EXPIRED)
         if isinstance(event, Expire):
-            if isinstance(state, Admitting) and now >= state.deadline:
-                return self._enter_blocking(LEASE_EXPIRED)
             return state
         if isinstance(event, Block):
             if not event.reason:
@@ -107,13 +112,10 @@ class GateStateMachine:
             return self._state
         # Extend
         if isinstance(state, Blocking):
+            # Includes a renewal that arrives after the lease ran out: the gate is already fenced.
             raise IllegalTransition(
                 f"cannot extend a blocked gate ({state.reason}); admit needs a fresh deadline"
             )
-        if now >= state.deadline:
-            # The lease ran out before this renewal was applied: the gate is already fenced.
-            self._enter_blocking(LEASE_EXPIRED)
-            raise IllegalTransition("lease already expired; blocked, admit needs a fresh deadline")
         self._require_future(event.deadline, now, "extend")
         self._state = Admitting(event.deadline)
         return self._state

@@ -66,6 +66,19 @@ def test_extend_of_a_blocked_gate_raises() -> None:
     assert isinstance(machine.state, Blocking)
 
 
+def test_admit_while_admitting_but_expired_is_a_fresh_admission_in_a_new_epoch() -> None:
+    machine = admitted(10.0)
+    assert machine.transition(Admit(30.0), 10.0) == Admitting(30.0)
+    assert machine.epoch == 1
+
+
+def test_a_refused_event_still_notices_an_expired_lease() -> None:
+    machine = admitted(10.0)
+    with pytest.raises(IllegalTransition):
+        machine.transition(Admit(5.0), 11.0)
+    assert machine.state == Blocking(LEASE_EXPIRED)
+
+
 def test_extend_after_the_deadline_blocks_and_raises() -> None:
     machine = admitted(10.0)
     with pytest.raises(IllegalTransition):
@@ -120,7 +133,7 @@ events = st.one_of(
 @given(st.lists(st.tuples(events, st.floats(0, 1)), max_size=30))
 def test_never_admits_at_or_past_its_deadline(steps: list[tuple[GateEvent, float]]) -> None:
     """Whatever the event sequence and however time advances, admitting implies now < deadline
-    right after any successful transition, and the epoch grows exactly on entering Blocking."""
+    after any transition (refused or not), and the epoch grows exactly when an admission ends."""
     machine = GateStateMachine()
     now = 0.0
     for event, advance in steps:
@@ -132,5 +145,7 @@ def test_never_admits_at_or_past_its_deadline(steps: list[tuple[GateEvent, float
             state = machine.state
         if isinstance(state, Admitting):
             assert now < state.deadline
-        entered_blocking = isinstance(before_state, Admitting) and isinstance(state, Blocking)
-        assert machine.epoch == before_epoch + (1 if entered_blocking else 0)
+        left_admitting = isinstance(before_state, Admitting) and (
+            isinstance(state, Blocking) or now >= before_state.deadline
+        )
+        assert machine.epoch == before_epoch + (1 if left_admitting else 0)
