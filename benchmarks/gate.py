@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import psutil
+
 from dbfence.breaker.config import GateConfig
 from dbfence.breaker.gate import Gate
 from dbfence.lab.cluster import LabCluster, LabSpec
@@ -202,6 +204,27 @@ def measure_cut(links: int, workers: int) -> float:
 
 
 # --- main ------------------------------------------------------------------------------------
+def gate_variant(target: str, default_workers: int, default_backend: str) -> tuple[int, str]:
+    """``gate`` uses the command-line settings; ``gate-w1``, ``gate-tcp``, ``gate-w2-unix``... override."""
+    workers, backend = default_workers, default_backend
+    for token in target.split("-")[1:]:
+        if token in ("tcp", "unix"):
+            backend = token
+        elif token.startswith("w") and token[1:].isdigit():
+            workers = int(token[1:])
+        else:
+            raise SystemExit(f"unknown gate variant {target!r}")
+    return workers, backend
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -210,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
     parser.add_argument("--threads", default="1,8,32")
     parser.add_argument("--workloads", default="oltp_point_select,oltp_read_write")
-    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help="direct, haproxy, gate and gate variants such as gate-w1 or gate-tcp")
     parser.add_argument("--gate-workers", type=int, default=0, help="0 = one per core")
     parser.add_argument("--gate-backend", choices=("tcp", "unix"), default="unix")
     parser.add_argument("--haproxy-threads", type=int, default=os.cpu_count() or 1)
@@ -231,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     node = lab.mysql[0]
     agent = lab.accounts["agent"]
     haproxy: subprocess.Popen[bytes] | None = None
-    gate: Gate | None = None
+    gates: dict[str, Gate] = {}
     results: dict[str, dict[str, dict[str, list[Sample]]]] = {}
+    cpu_per_query: dict[str, list[float]] = {}
+    cut_ms: float | None = None
     try:
         with lab.connect(node.name) as conn, conn.cursor() as cur:
             cur.execute("CREATE DATABASE IF NOT EXISTS sbtest")
@@ -242,40 +268,59 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([*prepare, "cleanup"], capture_output=True, check=False, timeout=120)
         subprocess.run([*prepare, "--threads=4", "prepare"], capture_output=True, check=True, timeout=300)
 
-        haproxy_port = free_port()
-        haproxy = start_haproxy(tempdir, haproxy_port, (node.host, node.port), options.haproxy_threads)
-        backend: dict[str, Any] = (
-            {"backend_socket": node.socket} if options.gate_backend == "unix"
-            else {"backend_host": node.host, "backend_port": node.port}
-        )
-        gate = Gate(GateConfig(listen_port=0, workers=options.gate_workers, **backend)).start()
-        endpoints = {
-            "direct": direct,
-            "haproxy": Endpoint("haproxy", "127.0.0.1", haproxy_port),
-            "gate": Endpoint("gate", "127.0.0.1", gate.port),
-        }
-        print(f"gate: {gate.config.worker_count} workers, backend {options.gate_backend}; "
-              f"haproxy {options.haproxy_threads} threads; {options.rounds} rounds x {options.seconds}s",
+        endpoints: dict[str, Endpoint] = {"direct": direct}
+        proxy_pids: dict[str, list[int]] = {}
+        if "haproxy" in targets:
+            haproxy_port = free_port()
+            haproxy = start_haproxy(tempdir, haproxy_port, (node.host, node.port), options.haproxy_threads)
+            endpoints["haproxy"] = Endpoint("haproxy", "127.0.0.1", haproxy_port)
+            proxy_pids["haproxy"] = [haproxy.pid]
+        for target in (t for t in targets if t.startswith("gate")):
+            workers, backend_kind = gate_variant(target, options.gate_workers, options.gate_backend)
+            backend: dict[str, Any] = (
+                {"backend_socket": node.socket} if backend_kind == "unix"
+                else {"backend_host": node.host, "backend_port": node.port}
+            )
+            gate = Gate(GateConfig(listen_port=0, workers=workers, **backend))
+            gates[target] = gate
+            gate.start()
+            endpoints[target] = Endpoint(target, "127.0.0.1", gate.port)
+            proxy_pids[target] = gate.worker_pids()
+            print(f"{target}: {gate.config.worker_count} workers, backend {backend_kind}", flush=True)
+        print(f"haproxy: {options.haproxy_threads} threads; {options.rounds} rounds x {options.seconds}s",
               flush=True)
-        with Renewer(gate):
+        renewers = [Renewer(gate) for gate in gates.values()]
+        for renewer in renewers:
+            renewer.__enter__()
+        try:
             for workload in workloads:
                 for threads in thread_counts:
                     cell = results.setdefault(workload, {}).setdefault(str(threads), {})
                     for round_index in range(options.rounds):
                         # Rotate the order each round so no target always runs first (warm/cold).
-                        order = targets[round_index % len(targets):] + targets[: round_index % len(targets)]
-                        for target in order:
+                        shift = round_index % len(targets)
+                        for target in targets[shift:] + targets[:shift]:
                             endpoint = endpoints[target]
                             args = sysbench_args(workload, endpoint, agent.user, agent.password, tables)
+                            pids = proxy_pids.get(target, [])
+                            before = cpu_seconds(pids)
                             sample = run_sysbench(args, threads, options.seconds)
+                            if pids:
+                                used = cpu_seconds(pids) - before
+                                per_query = used / (sample.qps * options.seconds) * 1e6
+                                cpu_per_query.setdefault(target, []).append(per_query)
                             cell.setdefault(target, []).append(sample)
-                            print(f"  {workload} t={threads} round {round_index + 1} {target:8s} "
+                            print(f"  {workload} t={threads} round {round_index + 1} {target:10s} "
                                   f"{sample.qps:9.0f} qps  p95 {sample.p95_ms:6.2f} ms", flush=True)
-        gate.stop()
-        gate = None
-        cut_ms = None if options.skip_cut else measure_cut(1000, options.gate_workers)
+        finally:
+            for renewer in renewers:
+                renewer.__exit__()
+        for gate in gates.values():
+            gate.stop()
+        if not options.skip_cut:
+            cut_ms = measure_cut(1000, options.gate_workers)
     finally:
-        if gate is not None:
+        for gate in gates.values():
             gate.stop()
         if haproxy is not None:
             stop_process(haproxy)
@@ -287,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                                "gate_workers": options.gate_workers or os.cpu_count(),
                                "gate_backend": options.gate_backend, "results": {}}
     print()
-    print(f"{'workload':18s} {'thr':>3s} " + " ".join(f"{t + ' qps':>12s} {'p95':>6s}" for t in targets)
+    print(f"{'workload':18s} {'thr':>3s} " + " ".join(f"{t + ' qps':>14s} {'p95':>6s}" for t in targets)
           + "  gate/direct gate/haproxy")
     for workload, by_threads in results.items():
         for thread_key, by_target in by_threads.items():
@@ -302,11 +347,17 @@ def main(argv: list[str] | None = None) -> int:
                     if other in medians:
                         row[f"gate/{other}"] = round(medians["gate"]["qps"] / medians[other]["qps"], 3)
             summary["results"].setdefault(workload, {})[thread_key] = row
-            cells = " ".join(f"{medians[t]['qps']:12.0f} {medians[t]['p95_ms']:6.2f}" for t in targets)
+            cells = " ".join(f"{medians[t]['qps']:14.0f} {medians[t]['p95_ms']:6.2f}" for t in targets)
             print(f"{workload:18s} {thread_key:>3s} {cells}  {row.get('gate/direct', '-'):>11} "
                   f"{row.get('gate/haproxy', '-'):>13}")
+    if cpu_per_query:
+        summary["proxy_cpu_us_per_query"] = {
+            target: round(statistics.median(values), 2) for target, values in cpu_per_query.items()
+        }
+        print("\nproxy CPU per query (median, user+sys, all workloads): " + ", ".join(
+            f"{target} {value} us" for target, value in summary["proxy_cpu_us_per_query"].items()))
     if cut_ms is not None:
-        print(f"\nblock cut 1000 open connections in {cut_ms:.1f} ms")
+        print(f"block cut 1000 open connections in {cut_ms:.1f} ms")
         summary["cut_1000_ms"] = round(cut_ms, 1)
     print(json.dumps(summary, sort_keys=True))
     return 0

@@ -360,6 +360,9 @@ class Worker:
         """
         listener = self.listener
         assert listener is not None
+        # One snapshot per batch, updated locally as we place connections, so a burst of accepts
+        # does not all go to the worker whose published count has not caught up yet.
+        counts = self.shared.open_counts(self.worker_count)
         for _ in range(64):
             try:
                 sock, _ = listener.accept()
@@ -370,26 +373,26 @@ class Worker:
                 self.loop.remove_reader(listener.fileno())
                 self.loop.call_later(0.1, self._resume_accepting)
                 return
-            self.route(sock)
+            self.route(sock, counts)
 
     def _resume_accepting(self) -> None:
         if self.listener is not None and not self.stopping.is_set():
             self.loop.add_reader(self.listener.fileno(), self.on_listener_readable)
 
-    def route(self, sock: socket.socket) -> None:
+    def route(self, sock: socket.socket, counts: list[int]) -> None:
         peers = self.peers
         if len(peers) > 1:
-            counts = self.shared.open_counts(self.worker_count)
-            mine = counts[self.index]
             target = min(range(len(counts)), key=counts.__getitem__)
-            if counts[target] < mine and target != self.index:
+            if counts[target] < counts[self.index] and target != self.index:
                 try:
                     socket.send_fds(peers[target], [b"C"], [sock.fileno()], socket.MSG_DONTWAIT)
                     sock.close()
                     self.handed_off += 1
+                    counts[target] += 1
                     return
                 except OSError:
                     pass  # that worker is gone or full: keep the connection here
+        counts[self.index] += 1
         self.adopt(sock)
 
     def on_handoff_readable(self) -> None:
