@@ -54,7 +54,8 @@ class GateConfig:
 
     @property
     def worker_count(self) -> int:
-        return self.workers or (os.cpu_count() or 1)
+        # The CPUs this process may run on (cgroup/affinity aware), not every CPU of the host.
+        return self.workers or max(1, len(os.sched_getaffinity(0)))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

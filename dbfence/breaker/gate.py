@@ -49,6 +49,9 @@ from dbfence.breaker.worker import CTL_BLOCK, CTL_DRAIN, CTL_QUIT, CTL_READY, CT
 _START_TIMEOUT = 15.0
 _STATS_TIMEOUT = 2.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# Not ``-m dbfence.breaker.worker``: the package imports that module first, and runpy would then
+# run a second copy of it as __main__.
+_WORKER_ENTRY = "import sys; from dbfence.breaker.worker import main; sys.exit(main(sys.argv[1:]))"
 
 
 class GateError(Exception):
@@ -176,8 +179,8 @@ class Gate:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
         command = [
             sys.executable,
-            "-m",
-            "dbfence.breaker.worker",
+            "-c",
+            _WORKER_ENTRY,
             config.to_json(),
             str(index),
             str(shared.fd),

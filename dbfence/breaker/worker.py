@@ -1,6 +1,6 @@
 """One gate worker process: accepts on the shared port (SO_REUSEPORT) and moves bytes.
 
-Started by :class:`dbfence.breaker.gate.Gate` as ``python -m dbfence.breaker.worker``. It reads the
+Started by :class:`dbfence.breaker.gate.Gate` (a fresh interpreter that calls :func:`main`). It reads the
 fence word from shared memory before forwarding every chunk, in both directions; when the word says
 blocked, expired, or a new epoch, it forwards nothing and cuts its connections. It never writes the
 fence: only the agent does. A control socket from the agent wakes it up for blocks, drains, status
@@ -585,7 +585,3 @@ def main(argv: list[str]) -> int:
     peers = [socket.socket(fileno=int(fd)) for fd in peer_fds.split(",")]
     uvloop.run(_serve(config, int(index_text), shared, control, int(parent_pid), inbox, peers))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
