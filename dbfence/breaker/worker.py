@@ -18,7 +18,6 @@ import os
 import resource
 import signal
 import socket
-import sys
 import time
 from typing import Any, Final, cast
 
