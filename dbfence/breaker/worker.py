@@ -44,6 +44,8 @@ from dbfence.breaker.shared import (
 from dbfence.breaker.state import LEASE_EXPIRED
 
 PR_SET_PDEATHSIG: Final = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_shutdown = _LIBC.shutdown  # socket.shutdown needs a socket object; we only hold uvloop's fd
 _PENDING_LIMIT: Final = 1 << 20  # bytes a client may send before mysqld's connection is up
 _monotonic = time.monotonic
 
@@ -72,6 +74,7 @@ class ClientSide(asyncio.Protocol):
         "closed",
         "counter",
         "epoch",
+        "fd",
         "last_active",
         "last_reply",
         "opened",
@@ -90,6 +93,7 @@ class ClientSide(asyncio.Protocol):
         self.backend_transport: asyncio.Transport | None = None
         self.backend: BackendSide | None = None
         self.epoch = -1
+        self.fd = -1
         self.bytes_in = 0
         self.bytes_out = 0
         self.counter = CommandCounter()
@@ -104,6 +108,7 @@ class ClientSide(asyncio.Protocol):
     # --- lifecycle ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.fd = transport.get_extra_info("socket").fileno()
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.worker.admit_or_refuse(self)
@@ -251,6 +256,25 @@ class BackendSide(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.client.transport is not None and not self.client.closed:
             self.client.transport.resume_reading()
+
+
+def cut_links(links: list[ClientSide]) -> None:
+    """Cut many links in one go: every mysqld side first, then every client side.
+
+    Nothing runs between the two passes (one event-loop callback), so no byte can be forwarded in
+    between; doing all the backends first means the fence is complete before the (slower to
+    notice) clients are told.
+    """
+    for link in links:
+        link.closed = True
+        if link.backend_transport is not None:
+            link.backend_transport.abort()
+    for link in links:
+        if link.transport is not None:
+            # abort() closes the socket only in a later callback, one link at a time; a direct
+            # shutdown tells every client now.
+            _shutdown(link.fd, socket.SHUT_RDWR)
+            link.transport.abort()
 
 
 class Worker:
@@ -437,8 +461,7 @@ class Worker:
             self.enforced_epoch = epoch
         if not doomed:
             return
-        for link in doomed:
-            link.cut()
+        cut_links(doomed)
         self.cut_count += len(doomed)
         self.links.difference_update(doomed)
         self._publish_open()
@@ -514,8 +537,7 @@ class Worker:
             self.control.setblocking(False)
 
     def shutdown(self) -> None:
-        for link in list(self.links):
-            link.cut()
+        cut_links(list(self.links))
         self.links.clear()
         self._publish_open()
         if self.listener is not None and not self.stopping.is_set():
@@ -525,8 +547,7 @@ class Worker:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent_pid:  # the agent died before prctl took effect
         os._exit(1)
