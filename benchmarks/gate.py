@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
-import selectors
+import select
 import shutil
 import signal
 import socket
@@ -182,21 +181,19 @@ def measure_cut(links: int, workers: int) -> float:
                 sock.sendall(b"x")
             for sock in socks:
                 sock.recv(1)
-            selector = selectors.DefaultSelector()
+            poller = select.epoll()
             for sock in socks:
-                sock.setblocking(False)
-                selector.register(sock, selectors.EVENT_READ)
+                poller.register(sock, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT)
             started = time.perf_counter()
             gate.block("benchmark")
             remaining = links
             while remaining:
-                for key, _ in selector.select(timeout=5):
-                    with contextlib.suppress(ConnectionResetError):
-                        cast(socket.socket, key.fileobj).recv(1)
-                    selector.unregister(key.fileobj)
-                    remaining -= 1
+                events = poller.poll(5, links)
+                if not events:
+                    raise RuntimeError(f"{remaining} connections still open 5 s after the block")
+                remaining -= len(events)
             elapsed = time.perf_counter() - started
-            selector.close()
+            poller.close()
     finally:
         for sock in socks:
             sock.close()
