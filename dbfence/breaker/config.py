@@ -1,0 +1,66 @@
+"""Settings of a gate."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+DEFAULT_GATE_PORT = 3307
+
+
+class GateConfigError(ValueError):
+    """A gate setting is out of range or inconsistent."""
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Where the gate listens, where ``mysqld`` is, and its limits.
+
+    ``backend_socket`` (a Unix socket path) wins over ``backend_host``/``backend_port`` when set.
+    ``workers`` = 0 means one worker process per CPU core. ``idle_timeout`` = None disables it.
+    """
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_GATE_PORT
+    backend_host: str = "127.0.0.1"
+    backend_port: int = 3306
+    backend_socket: str | None = None
+    workers: int = 0
+    max_connections: int = 2000
+    idle_timeout: float | None = None
+    connect_timeout: float = 5.0
+    # How often each worker re-reads the fence without traffic (cuts idle connections after a
+    # lease expiry) and sweeps idle timeouts; the data path checks every chunk regardless.
+    tick: float = 0.02
+    # While draining, a connection is closed once its last reply ended a command outside a
+    # transaction and both directions have been quiet this long.
+    drain_quiet: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.listen_port < 65536:
+            raise GateConfigError(f"listen_port out of range: {self.listen_port}")
+        if self.backend_socket is None and not 0 < self.backend_port < 65536:
+            raise GateConfigError(f"backend_port out of range: {self.backend_port}")
+        if self.workers < 0:
+            raise GateConfigError(f"workers must be >= 0 (0 = one per core): {self.workers}")
+        if self.max_connections < 1:
+            raise GateConfigError(f"max_connections must be >= 1: {self.max_connections}")
+        if self.idle_timeout is not None and self.idle_timeout <= 0:
+            raise GateConfigError(f"idle_timeout must be positive or None: {self.idle_timeout}")
+        if self.connect_timeout <= 0 or self.tick <= 0 or self.drain_quiet < 0:
+            raise GateConfigError("connect_timeout and tick must be positive, drain_quiet >= 0")
+
+    @property
+    def worker_count(self) -> int:
+        # The CPUs this process may run on (cgroup/affinity aware), not every CPU of the host.
+        return self.workers or max(1, len(os.sched_getaffinity(0)))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> GateConfig:
+        raw: dict[str, Any] = json.loads(text)
+        return cls(**raw)

@@ -1,0 +1,425 @@
+"""The gate as the agent sees it: start worker processes, admit, extend, block, drain, read status.
+
+Only this object (in the agent process) writes the shared fence. Worker processes read it before
+every forwarded chunk, so :meth:`Gate.extend` is one 8-byte store and :meth:`Gate.block` reaches all
+workers at once: the fence word changes first (any chunk after that is refused), then each worker is
+poked over its control socket so idle connections are cut too.
+
+Call :meth:`Gate.start` from a thread that lives as long as the gate (the main thread, say): Linux
+delivers the workers' parent-death signal when the *thread* that spawned them exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dbfence.breaker.config import GateConfig
+from dbfence.breaker.shared import (
+    MAX_WORKERS,
+    STATE_ADMITTING,
+    STATE_BLOCKING,
+    STATE_DRAINING,
+    SharedRecord,
+    fence_word,
+)
+from dbfence.breaker.state import (
+    Admit,
+    Admitting,
+    Block,
+    Blocking,
+    Expire,
+    Extend,
+    GateState,
+    GateStateMachine,
+    IllegalTransition,
+)
+from dbfence.breaker.worker import CTL_BLOCK, CTL_DRAIN, CTL_QUIT, CTL_READY, CTL_STATS, listening_socket
+
+_START_TIMEOUT = 15.0
+_STATS_TIMEOUT = 2.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# Not ``-m dbfence.breaker.worker``: the package imports that module first, and runpy would then
+# run a second copy of it as __main__.
+_WORKER_ENTRY = "import sys; from dbfence.breaker.worker import main; sys.exit(main(sys.argv[1:]))"
+
+
+class GateError(Exception):
+    """The gate could not start or was used in the wrong order."""
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    worker: int
+    client: str
+    age: float
+    idle: float
+    bytes_in: int
+    bytes_out: int
+    queries: int
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    index: int
+    pid: int
+    responding: bool
+    open_connections: int
+    accepted: int
+    refused: int
+    cut: int
+
+
+@dataclass(frozen=True)
+class GateStats:
+    state: str  # "admitting", "draining" or "blocking"
+    reason: str  # why blocked; empty while admitting
+    deadline_in: float | None  # seconds of lease left while admitting
+    epoch: int
+    open_connections: int
+    workers: tuple[WorkerStats, ...]
+    connections: tuple[ConnectionInfo, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "deadline_in": self.deadline_in,
+            "epoch": self.epoch,
+            "open_connections": self.open_connections,
+            "workers": [vars(worker) for worker in self.workers],
+            "connections": [vars(connection) for connection in self.connections],
+        }
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    closed_gracefully: int
+    cut: int
+    seconds: float
+
+
+@dataclass
+class _WorkerHandle:
+    index: int
+    process: subprocess.Popen[bytes]
+    control: socket.socket
+    buffer: bytes = b""
+    requests: int = 0
+
+
+class Gate:
+    """A running gate: N worker processes proxying ``listen_port`` to the local mysqld."""
+
+    def __init__(self, config: GateConfig) -> None:
+        if config.worker_count > MAX_WORKERS:
+            raise GateError(f"at most {MAX_WORKERS} workers")
+        self.config = config
+        self._machine = GateStateMachine("not yet admitted")
+        self._lock = threading.RLock()  # transitions and fence writes
+        self._control_lock = threading.Lock()  # stats round trips
+        self._shared: SharedRecord | None = None
+        self._reserved: socket.socket | None = None
+        self._workers: list[_WorkerHandle] = []
+        self._draining = False
+        self.port = config.listen_port
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> Gate:
+        if self._shared is not None:
+            raise GateError("gate already started")
+        shared = SharedRecord.create()
+        self._shared = shared
+        shared.write_fence(fence_word(0.0, 0))
+        shared.write_status(STATE_BLOCKING, 0, 0.0, 0.0, self._reason())
+        try:
+            # Hold the port (bound, not listening) so port 0 resolves once for every worker.
+            self._reserved = listening_socket(self.config.listen_host, self.config.listen_port)
+            self.port = self._reserved.getsockname()[1]
+            worker_config = replace(self.config, listen_port=self.port)
+            # One datagram socket pair per worker for hand-offs: worker i reads the second end,
+            # every worker may write to the first one (SCM_RIGHTS, see Worker.route).
+            count = worker_config.worker_count
+            pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(count)]
+            try:
+                senders = [pair[0] for pair in pairs]
+                for index in range(count):
+                    self._workers.append(self._spawn(worker_config, index, shared, pairs[index][1], senders))
+            finally:
+                for pair in pairs:
+                    pair[0].close()
+                    pair[1].close()
+            for handle in self._workers:
+                self._await_ready(handle)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(
+        self,
+        config: GateConfig,
+        index: int,
+        shared: SharedRecord,
+        inbox: socket.socket,
+        senders: list[socket.socket],
+    ) -> _WorkerHandle:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+        command = [
+            sys.executable,
+            "-c",
+            _WORKER_ENTRY,
+            config.to_json(),
+            str(index),
+            str(shared.fd),
+            str(theirs.fileno()),
+            str(os.getpid()),
+            str(inbox.fileno()),
+            ",".join(str(sender.fileno()) for sender in senders),
+        ]
+        fds = (shared.fd, theirs.fileno(), inbox.fileno(), *(sender.fileno() for sender in senders))
+        process = subprocess.Popen(command, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        return _WorkerHandle(index, process, ours)
+
+    def _await_ready(self, handle: _WorkerHandle) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while CTL_READY not in handle.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or handle.process.poll() is not None:
+                code = handle.process.poll()
+                raise GateError(f"gate worker {handle.index} did not start (exit code {code})")
+            readable, _, _ = select.select([handle.control], [], [], min(left, 0.2))
+            if readable:
+                chunk = handle.control.recv(4096)
+                if not chunk:
+                    raise GateError(f"gate worker {handle.index} closed its control socket while starting")
+                handle.buffer += chunk
+        handle.buffer = handle.buffer.split(CTL_READY, 1)[1]
+
+    def stop(self) -> None:
+        """Cut everything and stop the workers (by their pids); idempotent."""
+        with self._lock:
+            if self._shared is not None:
+                self._publish_block_locked("gate stopped")
+            for handle in self._workers:
+                self._poke(handle, CTL_QUIT)
+            for handle in self._workers:
+                try:
+                    handle.process.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    handle.process.kill()
+                    handle.process.wait()
+                handle.control.close()
+            self._workers = []
+            if self._reserved is not None:
+                self._reserved.close()
+                self._reserved = None
+            if self._shared is not None:
+                self._shared.close()
+                self._shared = None
+
+    def __enter__(self) -> Gate:
+        return self.start() if self._shared is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def worker_pids(self) -> list[int]:
+        return [handle.process.pid for handle in self._workers]
+
+    # --- the fence ----------------------------------------------------------------------------
+    @property
+    def state(self) -> GateState:
+        """The current state; reading it notices an expired lease and blocks the gate for good."""
+        with self._lock:
+            before = self._machine.epoch
+            state = self._machine.transition(Expire(), time.monotonic())
+            if self._machine.epoch != before:
+                self._publish_block_locked(self._reason())
+            return state
+
+    def admit(self, deadline: float) -> None:
+        """Start admitting until monotonic ``deadline``; raises IllegalTransition unless blocked."""
+        with self._lock:
+            shared = self._require_started()
+            before = self._machine.epoch
+            try:
+                self._machine.transition(Admit(deadline), time.monotonic())
+            except IllegalTransition:
+                if self._machine.epoch != before:  # the old lease expired meanwhile
+                    self._publish_block_locked(self._reason())
+                raise
+            epoch = self._machine.epoch
+            self._draining = False
+            shared.write_status(STATE_ADMITTING, epoch, 0.0, deadline, "")
+            shared.write_fence(fence_word(deadline, epoch))
+            if epoch != before:
+                # A lapsed lease ended the old epoch inside this call: cut its links now.
+                for handle in self._workers:
+                    self._poke(handle, CTL_BLOCK)
+
+    def extend(self, deadline: float) -> None:
+        """Renew: move the deadline (one shared-memory store). Raises if blocked or already expired."""
+        with self._lock:
+            shared = self._require_started()
+            before = self._machine.epoch
+            try:
+                self._machine.transition(Extend(deadline), time.monotonic())
+            except IllegalTransition:
+                if self._machine.epoch != before:
+                    self._publish_block_locked(self._reason())
+                raise
+            shared.write_fence(fence_word(deadline, before))
+
+    def block(self, reason: str) -> None:
+        """Stop admitting and cut every connection in every worker; keeps the first reason."""
+        with self._lock:
+            self._require_started()
+            before = self._machine.epoch
+            self._machine.transition(Block(reason), time.monotonic())
+            if self._machine.epoch != before or self._draining:
+                self._publish_block_locked(self._reason())
+
+    def drain(self, seconds: float) -> DrainResult:
+        """Switchover: refuse new clients, close each link between transactions, cut the rest after
+        ``seconds``; the gate ends blocked ("drained for switchover")."""
+        started = time.monotonic()
+        with self._lock:
+            shared = self._require_started()
+            state = self._machine.transition(Expire(), started)
+            if not isinstance(state, Admitting):
+                raise IllegalTransition(f"cannot drain a blocked gate ({self._reason()})")
+            self._draining = True
+            shared.write_status(STATE_DRAINING, self._machine.epoch, started + seconds, state.deadline, "")
+            before = shared.open_total(len(self._workers))
+            for handle in self._workers:
+                self._poke(handle, CTL_DRAIN)
+        end = started + seconds
+        while time.monotonic() < end and shared.open_total(len(self._workers)) > 0:
+            time.sleep(0.005)
+        with self._lock:
+            left = shared.open_total(len(self._workers))
+            self._machine.transition(Block("drained for switchover"), time.monotonic())
+            self._publish_block_locked(self._reason())
+        elapsed = time.monotonic() - started
+        return DrainResult(closed_gracefully=max(0, before - left), cut=left, seconds=elapsed)
+
+    def _publish_block_locked(self, reason: str) -> None:
+        shared = self._shared
+        assert shared is not None
+        epoch = self._machine.epoch
+        shared.write_fence(fence_word(0.0, epoch))  # first: no chunk passes from here on
+        shared.write_status(STATE_BLOCKING, epoch, 0.0, 0.0, reason)
+        self._draining = False
+        for handle in self._workers:
+            self._poke(handle, CTL_BLOCK)
+
+    def _reason(self) -> str:
+        state = self._machine.state
+        return state.reason if isinstance(state, Blocking) else ""
+
+    def _require_started(self) -> SharedRecord:
+        if self._shared is None:
+            raise GateError("gate not started")
+        return self._shared
+
+    @staticmethod
+    def _poke(handle: _WorkerHandle, command: bytes) -> None:
+        # A stopped or dead worker may not take the poke: the fence word alone keeps it from forwarding.
+        with contextlib.suppress(OSError):
+            handle.control.send(command, socket.MSG_DONTWAIT)
+
+    # --- status -------------------------------------------------------------------------------
+    def stats(self) -> GateStats:
+        state = self.state
+        with self._control_lock:
+            reports = [self._ask_stats(handle) for handle in self._workers]
+        shared = self._require_started()
+        workers: list[WorkerStats] = []
+        connections: list[ConnectionInfo] = []
+        for handle, report in zip(self._workers, reports, strict=True):
+            if report is None:
+                slot = shared.read_slot(handle.index)
+                workers.append(
+                    WorkerStats(handle.index, handle.process.pid, False, slot.open_connections, 0, 0, 0)
+                )
+                continue
+            workers.append(
+                WorkerStats(
+                    handle.index,
+                    int(report["pid"]),
+                    True,
+                    int(report["open"]),
+                    int(report["accepted"]),
+                    int(report["refused"]),
+                    int(report["cut"]),
+                )
+            )
+            for row in report["connections"]:
+                connections.append(
+                    ConnectionInfo(
+                        handle.index,
+                        str(row["client"]),
+                        float(row["age"]),
+                        float(row["idle"]),
+                        int(row["bytes_in"]),
+                        int(row["bytes_out"]),
+                        int(row["queries"]),
+                    )
+                )
+        if isinstance(state, Admitting):
+            name = "draining" if self._draining else "admitting"
+            reason, left = "", state.deadline - time.monotonic()
+        else:
+            name, reason, left = "blocking", state.reason, None
+        return GateStats(
+            state=name,
+            reason=reason,
+            deadline_in=left,
+            epoch=self._machine.epoch,
+            open_connections=sum(worker.open_connections for worker in workers),
+            workers=tuple(workers),
+            connections=tuple(connections),
+        )
+
+    def _ask_stats(self, handle: _WorkerHandle) -> dict[str, Any] | None:
+        """One round trip; replies to earlier requests that timed out are recognised and skipped."""
+        handle.requests += 1
+        wanted = handle.requests
+        try:
+            handle.control.sendall(CTL_STATS)
+        except OSError:
+            return None
+        deadline = time.monotonic() + _STATS_TIMEOUT
+        while True:
+            while b"\n" in handle.buffer:
+                line, handle.buffer = handle.buffer.split(b"\n", 1)
+                report: dict[str, Any] = json.loads(line)
+                if int(report.get("request", 0)) == wanted:
+                    return report
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            readable, _, _ = select.select([handle.control], [], [], left)
+            if not readable:
+                return None
+            try:
+                chunk = handle.control.recv(1 << 16)
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            handle.buffer += chunk

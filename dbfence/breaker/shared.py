@@ -1,0 +1,154 @@
+"""The small shared-memory record the agent writes and every gate worker reads.
+
+Layout (native byte order, one 4 KiB page from ``memfd_create``):
+
+* word 0, the **fence word**: ``(deadline_us << EPOCH_BITS) | (epoch & EPOCH_MASK)``. It is the only
+  thing the data path reads, once per forwarded chunk. Being one aligned 8-byte word, it is written
+  and read with single 8-byte stores/loads, so a reader can never see a deadline from one write and
+  an epoch from another. ``deadline_us`` is the lease deadline on the CLOCK_MONOTONIC timeline
+  (system-wide on Linux, so comparable across processes), rounded *down* to a microsecond; 0 means
+  blocked. 50 bits of microseconds cover 35 years of uptime; the 14-bit epoch generation tells a
+  connection that a block happened since it was admitted.
+* a status record (state, full epoch, reason, drain end) behind a seqlock, read off the hot path
+  (refusing a client, answering status).
+* one 64-byte slot per worker, each written only by its worker: open connection count, totals.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+EPOCH_BITS: Final = 14
+EPOCH_MASK: Final = (1 << EPOCH_BITS) - 1
+MAX_DEADLINE_US: Final = (1 << (64 - EPOCH_BITS)) - 1
+
+STATE_BLOCKING: Final = 0
+STATE_ADMITTING: Final = 1
+STATE_DRAINING: Final = 2
+
+SIZE: Final = 4096
+_SEQ_OFFSET: Final = 8
+_STATUS = struct.Struct("=QQdd")  # state, epoch, drain_until, deadline (informational)
+_STATUS_OFFSET: Final = 16
+_REASON_LEN_OFFSET: Final = 48
+_REASON_OFFSET: Final = 56
+REASON_MAX: Final = 400
+_SLOTS_OFFSET: Final = 512
+_SLOT = struct.Struct("=QQQQQ")  # pid, open, accepted, refused, cut
+SLOT_SIZE: Final = 64
+MAX_WORKERS: Final = (SIZE - _SLOTS_OFFSET) // SLOT_SIZE
+
+
+def fence_word(deadline: float, epoch: int) -> int:
+    """Pack a monotonic deadline (seconds) and an epoch; a deadline of 0 or less means blocked."""
+    deadline_us = int(deadline * 1_000_000) if deadline > 0 else 0
+    if deadline_us > MAX_DEADLINE_US:
+        raise ValueError(f"deadline too far in the future: {deadline}")
+    return (deadline_us << EPOCH_BITS) | (epoch & EPOCH_MASK)
+
+
+@dataclass(frozen=True)
+class StatusRecord:
+    state: int
+    epoch: int
+    drain_until: float
+    deadline: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    pid: int
+    open_connections: int
+    accepted: int
+    refused: int
+    cut: int
+
+
+class SharedRecord:
+    """A view of the shared page; the agent writes the fence and status, each worker its own slot."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._map = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.words = memoryview(self._map).cast("Q")
+        self._view = memoryview(self._map)
+
+    @classmethod
+    def create(cls) -> SharedRecord:
+        fd = os.memfd_create("dbfence-gate", os.MFD_CLOEXEC)
+        os.ftruncate(fd, SIZE)
+        return cls(fd)
+
+    def close(self) -> None:
+        self.words.release()
+        self._view.release()
+        self._map.close()
+        os.close(self.fd)
+
+    # --- agent side -------------------------------------------------------------------------
+    def write_fence(self, word: int) -> None:
+        self.words[0] = word
+
+    def write_status(self, state: int, epoch: int, drain_until: float, deadline: float, reason: str) -> None:
+        encoded = reason.encode("utf-8", "replace")[:REASON_MAX]
+        words = self.words
+        words[1] += 1  # odd: write in progress
+        _STATUS.pack_into(self._view, _STATUS_OFFSET, state, epoch, drain_until, deadline)
+        words[_REASON_LEN_OFFSET // 8] = len(encoded)
+        self._view[_REASON_OFFSET : _REASON_OFFSET + len(encoded)] = encoded
+        words[1] += 1  # even again: consistent
+
+    # --- reader side ------------------------------------------------------------------------
+    def fence(self) -> int:
+        return int(self.words[0])
+
+    def state_word(self) -> int:
+        return int(self.words[_STATUS_OFFSET // 8])
+
+    def read_status(self) -> StatusRecord:
+        words = self.words
+        while True:
+            before = words[1]
+            if before & 1:
+                os.sched_yield()  # the agent is mid-write; it holds no lock, so this is brief
+                continue
+            state, epoch, drain_until, deadline = _STATUS.unpack_from(self._view, _STATUS_OFFSET)
+            length = min(int(words[_REASON_LEN_OFFSET // 8]), REASON_MAX)
+            reason = bytes(self._view[_REASON_OFFSET : _REASON_OFFSET + length])
+            if words[1] == before:
+                return StatusRecord(state, epoch, drain_until, deadline, reason.decode("utf-8", "replace"))
+
+    # --- worker slots -----------------------------------------------------------------------
+    def write_slot(self, index: int, slot: WorkerSlot) -> None:
+        _SLOT.pack_into(
+            self._view,
+            _SLOTS_OFFSET + index * SLOT_SIZE,
+            slot.pid,
+            slot.open_connections,
+            slot.accepted,
+            slot.refused,
+            slot.cut,
+        )
+
+    def set_open_count(self, index: int, count: int) -> None:
+        self.words[(_SLOTS_OFFSET + index * SLOT_SIZE) // 8 + 1] = count
+
+    def open_total(self, workers: int) -> int:
+        words = self.words
+        base = _SLOTS_OFFSET // 8
+        step = SLOT_SIZE // 8
+        return sum(int(words[base + i * step + 1]) for i in range(workers))
+
+    def open_counts(self, workers: int) -> list[int]:
+        words = self.words
+        base = _SLOTS_OFFSET // 8
+        step = SLOT_SIZE // 8
+        return [int(words[base + i * step + 1]) for i in range(workers)]
+
+    def read_slot(self, index: int) -> WorkerSlot:
+        return WorkerSlot(*_SLOT.unpack_from(self._view, _SLOTS_OFFSET + index * SLOT_SIZE))

@@ -1,0 +1,607 @@
+"""One gate worker process: accepts on the shared port (SO_REUSEPORT) and moves bytes.
+
+Started by :class:`dbfence.breaker.gate.Gate` (a fresh interpreter that calls :func:`main`). It reads the
+fence word from shared memory before forwarding every chunk, in both directions; when the word says
+blocked, expired, or a new epoch, it forwards nothing and cuts its connections. It never writes the
+fence: only the agent does. A control socket from the agent wakes it up for blocks, drains, status
+requests and shutdown; if the agent dies the kernel kills this process (PR_SET_PDEATHSIG), and the
+tick also checks ``getppid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import signal
+import socket
+import time
+from typing import Any, Final, cast
+
+import uvloop
+
+from dbfence.breaker.config import GateConfig
+from dbfence.breaker.packets import (
+    COM_QUIT_PACKET,
+    CR_CONN_HOST_ERROR,
+    ER_CON_COUNT_ERROR,
+    ER_OPTION_PREVENTS_STATEMENT,
+    CommandCounter,
+    handshake_error_packet,
+    not_primary_message,
+    reply_end,
+)
+from dbfence.breaker.shared import (
+    EPOCH_BITS,
+    EPOCH_MASK,
+    STATE_DRAINING,
+    SharedRecord,
+    WorkerSlot,
+)
+from dbfence.breaker.state import LEASE_EXPIRED
+
+PR_SET_PDEATHSIG: Final = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_shutdown = _LIBC.shutdown  # socket.shutdown needs a socket object; we only hold uvloop's fd
+_PENDING_LIMIT: Final = 1 << 20  # bytes a client may send before mysqld's connection is up
+_monotonic = time.monotonic
+
+# Control messages from the agent (one byte each).
+CTL_BLOCK: Final = b"B"
+CTL_DRAIN: Final = b"D"
+CTL_STATS: Final = b"S"
+CTL_QUIT: Final = b"Q"
+CTL_READY: Final = b"R\n"
+
+
+def fence_allows(word: int, epoch: int, now: float) -> bool:
+    """The data-path predicate: same epoch, and ``now`` strictly before the deadline."""
+    return (word & EPOCH_MASK) == epoch and now * 1e6 < (word >> EPOCH_BITS)
+
+
+class ClientSide(asyncio.Protocol):
+    """The client's connection; owns the link's counters and its backend half."""
+
+    __slots__ = (
+        "backend",
+        "backend_transport",
+        "bytes_in",
+        "bytes_out",
+        "client_turn",
+        "closed",
+        "counter",
+        "epoch",
+        "fd",
+        "last_active",
+        "last_reply",
+        "opened",
+        "peer",
+        "pending",
+        "pending_size",
+        "transport",
+        "words",
+        "worker",
+    )
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.words = worker.shared.words
+        self.transport: asyncio.Transport | None = None
+        self.backend_transport: asyncio.Transport | None = None
+        self.backend: BackendSide | None = None
+        self.epoch = -1
+        self.fd = -1
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.counter = CommandCounter()
+        self.client_turn = False
+        self.last_reply = b""
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.closed = False
+        self.opened = self.last_active = _monotonic()
+        self.peer = ""
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.fd = transport.get_extra_info("socket").fileno()
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.worker.admit_or_refuse(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.worker.forget(self)
+        backend = self.backend_transport
+        if backend is not None:
+            backend.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # half-close from the client: close the link
+
+    # --- data path ----------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        word = self.words[0]
+        now = _monotonic()
+        if (word & EPOCH_MASK) != self.epoch or now * 1e6 >= (word >> EPOCH_BITS):
+            self.worker.enforce(now)
+            return
+        self.last_active = now
+        self.bytes_in += len(data)
+        self.counter.feed(data)
+        self.client_turn = True
+        backend = self.backend_transport
+        if backend is not None:
+            backend.write(data)
+        else:
+            self.pending_size += len(data)
+            if self.pending_size > _PENDING_LIMIT:
+                self.cut()
+                return
+            self.pending.append(data)
+
+    def pause_writing(self) -> None:
+        if self.backend_transport is not None:
+            self.backend_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.backend_transport is not None and not self.closed:
+            self.backend_transport.resume_reading()
+
+    # --- backend ------------------------------------------------------------------------------
+    def backend_up(self, transport: asyncio.Transport) -> None:
+        if self.closed:
+            transport.abort()
+            return
+        self.backend_transport = transport
+        if self.pending:
+            word = self.words[0]
+            if not fence_allows(word, self.epoch, _monotonic()):
+                self.worker.enforce(_monotonic())
+                return
+            transport.write(b"".join(self.pending))
+            self.pending = []
+            self.pending_size = 0
+
+    # --- ending -------------------------------------------------------------------------------
+    def cut(self) -> None:
+        """Drop both directions now, discarding anything buffered (nothing more reaches mysqld)."""
+        self.closed = True
+        if self.backend_transport is not None:
+            self.backend_transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_gracefully(self) -> None:
+        """Say goodbye to mysqld (COM_QUIT) if still allowed, then close both sides."""
+        self.closed = True
+        backend = self.backend_transport
+        if backend is not None:
+            if fence_allows(self.words[0], self.epoch, _monotonic()):
+                backend.write(COM_QUIT_PACKET)
+            backend.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def refuse(self, code: int, message: str) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.write(handshake_error_packet(code, message))
+            self.transport.close()
+
+    def at_transaction_boundary(self, now: float, quiet: float) -> bool:
+        """True when the link is idle between transactions, so a drain may close it politely."""
+        if self.backend_transport is None or self.client_turn or now - self.last_active < quiet:
+            return False
+        if self.counter.opaque:
+            return True  # TLS: the best we know is that the server spoke last and all is quiet
+        if self.counter.commands == 0:
+            return False  # still logging in
+        end = reply_end(self.last_reply)
+        return end is not None and end.terminal and end.in_transaction is False
+
+    def describe(self, now: float) -> dict[str, Any]:
+        return {
+            "client": self.peer,
+            "age": round(now - self.opened, 3),
+            "idle": round(now - self.last_active, 3),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "queries": self.counter.commands,
+            "epoch": self.epoch,
+        }
+
+
+class BackendSide(asyncio.Protocol):
+    """mysqld's side of a link; forwards replies to the client after the same fence check."""
+
+    __slots__ = ("client", "words", "worker")
+
+    def __init__(self, client: ClientSide) -> None:
+        self.client = client
+        self.words = client.words
+        self.worker = client.worker
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client.backend_up(cast(asyncio.Transport, transport))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        client = self.client
+        if client.transport is not None and not client.closed:
+            client.transport.close()  # flush what mysqld said last (an ERR, say), then close
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        word = self.words[0]
+        now = _monotonic()
+        if (word & EPOCH_MASK) != client.epoch or now * 1e6 >= (word >> EPOCH_BITS):
+            self.worker.enforce(now)
+            return
+        client.last_active = now
+        client.bytes_out += len(data)
+        client.last_reply = data
+        client.client_turn = False
+        transport = client.transport
+        if transport is not None:
+            transport.write(data)
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None and not self.client.closed:
+            self.client.transport.resume_reading()
+
+
+def cut_links(links: list[ClientSide]) -> None:
+    """Cut many links in one go: every mysqld side first, then every client side.
+
+    Nothing runs between the two passes (one event-loop callback), so no byte can be forwarded in
+    between; doing all the backends first means the fence is complete before the (slower to
+    notice) clients are told.
+    """
+    for link in links:
+        link.closed = True
+        if link.backend_transport is not None:
+            link.backend_transport.abort()
+    for link in links:
+        if link.transport is not None:
+            # abort() closes the socket only in a later callback, one link at a time; a direct
+            # shutdown tells every client now.
+            _shutdown(link.fd, socket.SHUT_RDWR)
+            link.transport.abort()
+
+
+class Worker:
+    """The state of one worker process: its links, counters, and control channel."""
+
+    def __init__(
+        self,
+        config: GateConfig,
+        index: int,
+        shared: SharedRecord,
+        control: socket.socket,
+        parent_pid: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.shared = shared
+        self.control = control
+        self.parent_pid = parent_pid
+        self.loop = loop
+        self.links: set[ClientSide] = set()
+        self.accepted = 0
+        self.refused = 0
+        self.cut_count = 0
+        self.draining = False
+        self.enforced_epoch = -1
+        self.stats_requests = 0
+        self.adopting = 0
+        self.handed_off = 0
+        self.listener: socket.socket | None = None
+        self.inbox: socket.socket | None = None
+        self.peers: list[socket.socket] = []
+        self.worker_count = config.worker_count
+        self.stopping = asyncio.Event()
+        self._last_sweep = _monotonic()
+
+    # --- admission ----------------------------------------------------------------------------
+    def admit_or_refuse(self, link: ClientSide) -> None:
+        self.accepted += 1
+        word = self.shared.fence()
+        now = _monotonic()
+        epoch = word & EPOCH_MASK
+        if not fence_allows(word, epoch, now):
+            self._refuse(link, ER_OPTION_PREVENTS_STATEMENT, not_primary_message(self.block_reason(word)))
+            self.enforce(now)
+            return
+        if self.draining or self.shared.state_word() == STATE_DRAINING:
+            self._refuse(link, ER_OPTION_PREVENTS_STATEMENT, not_primary_message("draining for switchover"))
+            return
+        # The total includes this link (counted as adopting until now).
+        if self.shared.open_total(self.worker_count) > self.config.max_connections:
+            self._refuse(
+                link,
+                ER_CON_COUNT_ERROR,
+                f"dbfence: too many connections (max_connections={self.config.max_connections})",
+            )
+            return
+        link.epoch = epoch
+        self.links.add(link)
+        self._publish_open()
+        self.loop.create_task(self._connect_backend(link))
+
+    def _refuse(self, link: ClientSide, code: int, message: str) -> None:
+        self.refused += 1
+        link.refuse(code, message)
+
+    def block_reason(self, word: int) -> str:
+        if word >> EPOCH_BITS == 0:
+            return self.shared.read_status().reason or "blocked"
+        return LEASE_EXPIRED
+
+    async def _connect_backend(self, link: ClientSide) -> None:
+        config = self.config
+        try:
+            if config.backend_socket is not None:
+                connecting = self.loop.create_unix_connection(
+                    lambda: BackendSide(link), config.backend_socket
+                )
+            else:
+                connecting = self.loop.create_connection(
+                    lambda: BackendSide(link), config.backend_host, config.backend_port
+                )
+            await asyncio.wait_for(connecting, config.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as error:
+            if not link.closed:
+                self.links.discard(link)
+                self._publish_open()
+                link.refuse(CR_CONN_HOST_ERROR, f"dbfence: cannot reach the local mysqld ({error})")
+
+    def forget(self, link: ClientSide) -> None:
+        if link in self.links:
+            self.links.discard(link)
+            self._publish_open()
+
+    def _publish_open(self) -> None:
+        self.shared.set_open_count(self.index, len(self.links) + self.adopting)
+
+    # --- accepting and balancing ----------------------------------------------------------------
+    def on_listener_readable(self) -> None:
+        """Accept a batch; give each connection to the least-loaded worker.
+
+        SO_REUSEPORT spreads connections by a hash of the address pair, which for a handful of
+        long-lived pooled connections is often lopsided (7:1 for 8 sysbench threads, measured), and a
+        lopsided split halves throughput. So the accepting worker compares the open counts all
+        workers publish and passes the socket (SCM_RIGHTS) to a strictly less loaded one.
+        """
+        listener = self.listener
+        assert listener is not None
+        # One snapshot per batch, updated locally as we place connections, so a burst of accepts
+        # does not all go to the worker whose published count has not caught up yet.
+        counts = self.shared.open_counts(self.worker_count)
+        for _ in range(64):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # Out of descriptors, say: stop accepting for a moment instead of spinning.
+                self.loop.remove_reader(listener.fileno())
+                self.loop.call_later(0.1, self._resume_accepting)
+                return
+            self.route(sock, counts)
+
+    def _resume_accepting(self) -> None:
+        if self.listener is not None and not self.stopping.is_set():
+            self.loop.add_reader(self.listener.fileno(), self.on_listener_readable)
+
+    def route(self, sock: socket.socket, counts: list[int]) -> None:
+        peers = self.peers
+        if len(peers) > 1:
+            target = min(range(len(counts)), key=counts.__getitem__)
+            if counts[target] < counts[self.index] and target != self.index:
+                try:
+                    socket.send_fds(peers[target], [b"C"], [sock.fileno()], socket.MSG_DONTWAIT)
+                    sock.close()
+                    self.handed_off += 1
+                    counts[target] += 1
+                    return
+                except OSError:
+                    pass  # that worker is gone or full: keep the connection here
+        counts[self.index] += 1
+        self.adopt(sock)
+
+    def on_handoff_readable(self) -> None:
+        inbox = self.inbox
+        assert inbox is not None
+        for _ in range(64):
+            try:
+                _, fds, _, _ = socket.recv_fds(inbox, 16, 8)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            for fd in fds:
+                self.adopt(socket.socket(fileno=fd))
+
+    def adopt(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # not TCP (or already reset): nothing to tune
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.adopting += 1
+        self._publish_open()
+        self.loop.create_task(self._adopt(sock))
+
+    async def _adopt(self, sock: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: ClientSide(self), sock)
+        except OSError:
+            sock.close()
+        finally:
+            self.adopting -= 1
+            self._publish_open()
+
+    # --- fencing ------------------------------------------------------------------------------
+    def enforce(self, now: float) -> None:
+        """Cut every link the fence no longer allows (all of them once blocked or expired)."""
+        word = self.shared.fence()
+        epoch = word & EPOCH_MASK
+        valid = now * 1e6 < (word >> EPOCH_BITS)
+        if valid and epoch == self.enforced_epoch:
+            return  # every link was admitted in this epoch and the lease holds: nothing to scan
+        doomed = [link for link in self.links if not fence_allows(word, link.epoch, now)]
+        if valid:
+            self.enforced_epoch = epoch
+        if not doomed:
+            return
+        cut_links(doomed)
+        self.cut_count += len(doomed)
+        self.links.difference_update(doomed)
+        self._publish_open()
+
+    def tick(self) -> None:
+        now = _monotonic()
+        if os.getppid() != self.parent_pid:
+            self.shutdown()
+            return
+        self.enforce(now)
+        if self.draining:
+            self._drain_step(now)
+        timeout = self.config.idle_timeout
+        if timeout is not None and now - self._last_sweep >= min(1.0, timeout / 4):
+            self._last_sweep = now
+            idle = [link for link in self.links if now - link.last_active > timeout]
+            for link in idle:
+                link.close_gracefully()
+        self.loop.call_later(self.config.tick, self.tick)
+
+    def _drain_step(self, now: float) -> None:
+        quiet = self.config.drain_quiet
+        done = [link for link in self.links if link.at_transaction_boundary(now, quiet)]
+        for link in done:
+            link.close_gracefully()
+
+    # --- control channel ----------------------------------------------------------------------
+    def on_control(self) -> None:
+        try:
+            data = self.control.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.shutdown()  # the agent is gone
+            return
+        for command in data:
+            byte = bytes((command,))
+            if byte == CTL_BLOCK:
+                self.draining = False
+                self.enforce(_monotonic())
+            elif byte == CTL_DRAIN:
+                self.draining = True
+                self._drain_step(_monotonic())
+            elif byte == CTL_STATS:
+                self._send_stats()
+            elif byte == CTL_QUIT:
+                self.shutdown()
+
+    def _send_stats(self) -> None:
+        now = _monotonic()
+        self.stats_requests += 1
+        report = {
+            "request": self.stats_requests,
+            "index": self.index,
+            "pid": os.getpid(),
+            "open": len(self.links),
+            "accepted": self.accepted,
+            "refused": self.refused,
+            "cut": self.cut_count,
+            "handed_off": self.handed_off,
+            "draining": self.draining,
+            "connections": [link.describe(now) for link in self.links],
+        }
+        line = (json.dumps(report) + "\n").encode()
+        self.control.setblocking(True)
+        try:
+            self.control.sendall(line)
+        except OSError:
+            self.shutdown()
+        finally:
+            self.control.setblocking(False)
+
+    def shutdown(self) -> None:
+        cut_links(list(self.links))
+        self.links.clear()
+        self._publish_open()
+        if self.listener is not None and not self.stopping.is_set():
+            self.loop.remove_reader(self.listener.fileno())
+            self.listener.close()
+        self.stopping.set()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the agent died before prctl took effect
+        os._exit(1)
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+async def _serve(config: GateConfig, index: int, shared: SharedRecord, control: socket.socket,
+                 parent_pid: int, inbox: socket.socket, peers: list[socket.socket]) -> None:
+    loop = asyncio.get_running_loop()
+    worker = Worker(config, index, shared, control, parent_pid, loop)
+    shared.write_slot(index, WorkerSlot(os.getpid(), 0, 0, 0, 0))
+    sock = listening_socket(config.listen_host, config.listen_port)
+    sock.listen(4096)
+    sock.setblocking(False)
+    worker.listener = sock
+    worker.inbox = inbox
+    worker.peers = peers
+    inbox.setblocking(False)
+    loop.add_reader(sock.fileno(), worker.on_listener_readable)
+    loop.add_reader(inbox.fileno(), worker.on_handoff_readable)
+    control.setblocking(False)
+    loop.add_reader(control.fileno(), worker.on_control)
+    loop.call_later(config.tick, worker.tick)
+    control.setblocking(True)
+    control.sendall(CTL_READY)
+    control.setblocking(False)
+    await worker.stopping.wait()
+    loop.remove_reader(control.fileno())
+    loop.remove_reader(inbox.fileno())
+
+
+def main(argv: list[str]) -> int:
+    config_json, index_text, shared_fd, control_fd, parent_pid, inbox_fd, peer_fds = argv
+    _die_with_parent(int(parent_pid))
+    _raise_fd_limit()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the agent, which stops us
+    config = GateConfig.from_json(config_json)
+    shared = SharedRecord(int(shared_fd))
+    control = socket.socket(fileno=int(control_fd))
+    inbox = socket.socket(fileno=int(inbox_fd))
+    peers = [socket.socket(fileno=int(fd)) for fd in peer_fds.split(",")]
+    uvloop.run(_serve(config, int(index_text), shared, control, int(parent_pid), inbox, peers))
+    return 0

@@ -1,0 +1,114 @@
+"""Process-level behaviour: cutting many links at once, and workers dying with the agent."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+
+from dbfence.breaker.config import GateConfig
+from dbfence.breaker.gate import Gate
+from tests.breaker.echo_backend import EchoBackend
+from tests.breaker.waiting import wait_until
+
+LINKS = 1000
+
+
+def _open_links(port: int, count: int) -> list[socket.socket]:
+    links = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port))
+        links.append(sock)
+    for sock in links:  # a round trip through the backend proves each link is fully up
+        sock.sendall(b"ping")
+    for sock in links:
+        assert sock.recv(16) == b"ping"
+    return links
+
+
+def _seconds_until_all_closed(links: list[socket.socket], started: float) -> float:
+    """Wait for a hang-up on every socket (one-shot epoll, no reads, so the measuring side stays
+    cheap), then check that none of them received a byte after the block."""
+    poller = select.epoll()
+    for sock in links:
+        poller.register(sock, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT)
+    remaining = len(links)
+    while remaining:
+        events = poller.poll(5, len(links))
+        assert events, f"{remaining} links still open 5 s after the block"
+        remaining -= len(events)
+    elapsed = time.perf_counter() - started
+    poller.close()
+    for sock in links:
+        sock.setblocking(False)
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(16) == b"", "no byte may arrive after a block"
+    return elapsed
+
+
+def test_block_cuts_a_thousand_links_at_once() -> None:
+    with EchoBackend() as backend, Gate(
+        GateConfig(listen_port=0, backend_port=backend.port, workers=2, max_connections=5000)
+    ) as gate:
+        gate.admit(time.monotonic() + 120)
+        links = _open_links(gate.port, LINKS)
+        try:
+            assert gate.stats().open_connections == LINKS
+            started = time.perf_counter()
+            gate.block("cut test")
+            elapsed = _seconds_until_all_closed(links, started)
+            print(f"cut {LINKS} links in {elapsed * 1000:.1f} ms")
+            # The goal is <= 50 ms (see benchmarks/README-gate.md); leave room for a busy CI host.
+            assert elapsed < 1.0
+        finally:
+            for sock in links:
+                sock.close()
+
+
+AGENT_SCRIPT = """
+import sys, time
+from dbfence.breaker.config import GateConfig
+from dbfence.breaker.gate import Gate
+gate = Gate(GateConfig(listen_port=0, backend_port=int(sys.argv[1]), workers=2)).start()
+gate.admit(time.monotonic() + 600)
+print(gate.port, *gate.worker_pids(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_die_with_the_agent() -> None:
+    with EchoBackend() as backend:
+        env = dict(os.environ, PYTHONPATH=os.getcwd())
+        agent = subprocess.Popen(
+            [sys.executable, "-c", AGENT_SCRIPT, str(backend.port)], stdout=subprocess.PIPE, env=env
+        )
+        try:
+            assert agent.stdout is not None
+            port, *workers = (int(field) for field in agent.stdout.readline().split())
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"hi")
+                assert sock.recv(8) == b"hi"
+                agent.send_signal(signal.SIGKILL)
+                agent.wait(10)
+
+                def gone(pid: int) -> bool:
+                    try:
+                        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+                    except psutil.NoSuchProcess:
+                        return True
+
+                wait_until(lambda: all(gone(pid) for pid in workers), 5, "the workers to die")
+                sock.settimeout(5)
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(8) == b""
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()

@@ -1,0 +1,19 @@
+"""Poll a condition with a deadline instead of sleeping a fixed time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_past(monotonic_deadline: float, slack: float = 0.0) -> None:
+    """Return once the monotonic clock is past ``monotonic_deadline + slack``."""
+    wait_until(lambda: time.monotonic() > monotonic_deadline + slack, 60.0, "the deadline to pass")
