@@ -26,3 +26,6 @@ main.add_command(config_group)
 from dbfence.locks.cli import locks as locks_group  # noqa: E402
 
 main.add_command(locks_group)
+from dbfence.agent.cli import agent_command  # noqa: E402
+
+main.add_command(agent_command)

@@ -11,6 +11,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,10 +159,13 @@ def http_status(agent: AgentProcess, path: str = "/status", timeout: float = 1.0
         return 0, b""
 
 
-def start_all(lab: LabCluster, tuning: AgentTuning) -> list[AgentProcess]:
+def start_all(lab: LabCluster, tuning: AgentTuning,
+              on_started: Callable[[AgentProcess], None]) -> list[AgentProcess]:
     gate_port, http_port = free_port(), free_port()
     agents = []
     for index, node in enumerate(lab.mysql, start=1):
         config = write_agent_files(lab, node, index, gate_port, http_port, tuning)
-        agents.append(start_agent(node.name, agent_address(index), gate_port, http_port, config))
+        agent = start_agent(node.name, agent_address(index), gate_port, http_port, config)
+        on_started(agent)  # recorded at once, so `lab down` stops it whatever happens next
+        agents.append(agent)
     return agents

@@ -32,10 +32,11 @@ def _fail(message: str) -> None:
 @click.option("--dcs", type=click.Choice(["etcd", "consul"]), default="etcd", show_default=True)
 @click.option("--etcd-members", type=click.Choice(["1", "3"]), default="1", show_default=True)
 @click.option("--cluster", default="lab", show_default=True, help="Cluster name.")
-def up(directory: Path, mysql_count: int, dcs: str, etcd_members: str, cluster: str) -> None:
+@click.option("--agents", is_flag=True, help="Also run one dbfence agent per MariaDB server.")
+def up(directory: Path, mysql_count: int, dcs: str, etcd_members: str, cluster: str, agents: bool) -> None:
     """Start a lab and print where everything is."""
     spec = LabSpec(directory=directory, mysql_count=mysql_count, dcs=dcs,  # type: ignore[arg-type]
-                   etcd_members=int(etcd_members), cluster=cluster)
+                   etcd_members=int(etcd_members), cluster=cluster, agents=agents)
     try:
         lab = LabCluster.up(spec)
     except LabError as exc:

@@ -15,13 +15,15 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import pymysql
 
+from dbfence.lab import agents as agents_mod
 from dbfence.lab import etcd_servers, mariadb_servers
+from dbfence.lab.agents import AgentProcess, AgentTuning
 from dbfence.lab.errors import LabError
 from dbfence.lab.etcd_servers import EtcdMember
 from dbfence.lab.mariadb_servers import Account, MysqlNode
@@ -39,6 +41,8 @@ class LabSpec:
     dcs: DcsKind = "etcd"
     etcd_members: int = 1
     cluster: str = "lab"
+    agents: bool = False
+    agent_tuning: AgentTuning = field(default_factory=AgentTuning)
 
     def validate(self) -> None:
         if not 1 <= self.mysql_count <= 9:
@@ -98,6 +102,8 @@ class LabCluster:
             lab._write_manifest()
             lab._wire_replication()
             lab._wait_dcs_healthy()
+            if spec.agents:
+                lab.start_agents(spec.agent_tuning)
         except BaseException:
             lab._write_manifest()
             lab.down()
@@ -129,20 +135,63 @@ class LabCluster:
 
     def down(self) -> list[str]:
         """Stop every process the lab started, by pid; return the names that were running."""
-        stopped: list[str] = []
-        refs: list[tuple[str, ProcessRef]] = [(a["name"], ProcessRef(a["pid"], a["create_time"]))
-                                              for a in self.extra.get("agents", [])]
-        refs += [(n.name, n.process) for n in self.mysql]
+        # Agents first: an agent that watches its mysqld stop would only fence and log about it.
+        agents = [(f"agent-{a.name}", a.process) for a in self.agents]
+        self._stop_all(agents)
+        refs: list[tuple[str, ProcessRef]] = [(n.name, n.process) for n in self.mysql]
         refs += [(m.name, m.process) for m in self.etcd]
         if self.consul is not None:
             refs.append(("consul-standin", self.consul.process))
-        alive = [(name, ref) for name, ref in refs if ref.alive()]
-        with ThreadPoolExecutor(max_workers=max(1, len(alive))) as pool:
-            list(pool.map(lambda item: stop(item[1], grace=30.0), alive))
-        stopped = [name for name, _ in alive]
+        stopped = self._stop_all(agents) + self._stop_all(refs)
         if self.directory.exists():
             self._write_manifest(state="down")
         return stopped
+
+    @staticmethod
+    def _stop_all(refs: list[tuple[str, ProcessRef]]) -> list[str]:
+        alive = [(name, ref) for name, ref in refs if ref.alive()]
+        with ThreadPoolExecutor(max_workers=max(1, len(alive))) as pool:
+            list(pool.map(lambda item: stop(item[1], grace=30.0), alive))
+        return [name for name, _ in alive]
+
+    # ------------------------------------------------------------------ agents
+    @property
+    def agents(self) -> list[AgentProcess]:
+        return [AgentProcess(**a) for a in self.extra.get("agents", [])]
+
+    def agent(self, name: str) -> AgentProcess:
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        raise LabError(f"no agent named {name!r}")
+
+    def start_agents(self, tuning: AgentTuning) -> list[AgentProcess]:
+        """One agent per MariaDB server; returns once exactly one of them is an admitting primary."""
+        self.extra["agent_tuning"] = asdict(tuning)
+        started = agents_mod.start_all(self, tuning, on_started=self._record_agent)
+        wait_until(lambda: len(self.primaries()) == 1, timeout=60,
+                   what="the agents to elect exactly one primary")
+        return started
+
+    def _record_agent(self, agent: AgentProcess) -> None:
+        others = [a for a in self.extra.get("agents", []) if a["name"] != agent.name]
+        self.extra["agents"] = [*others, agent.to_json()]
+        self._write_manifest()
+
+    def restart_agent(self, name: str) -> AgentProcess:
+        old = self.agent(name)
+        if old.process.alive():
+            raise LabError(f"agent {name} is still running (pid {old.pid})")
+        new = agents_mod.start_agent(old.name, old.address, old.gate_port, old.http_port, Path(old.config))
+        self._record_agent(new)
+        return new
+
+    def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
+        self.agent(name).process.signal(sig)
+
+    def primaries(self) -> list[str]:
+        """Agents whose /primary answers 200 right now."""
+        return [a.name for a in self.agents if agents_mod.http_status(a, "/primary")[0] == 200]
 
     # ------------------------------------------------------------------ faults and restarts
     def node(self, name: str) -> MysqlNode:

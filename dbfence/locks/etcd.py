@@ -482,6 +482,44 @@ class EtcdLeaseLock(LeaseLock):
             if self._lease_id == lease_id:
                 self._token = None
 
+    def publish_primary(self, holder: HolderInfo) -> None:
+        """Write the admitting primary's gate address under ``primary``, bound to our lease.
+
+        Applications watch this key; it vanishes with our lease if we die.
+        """
+        lease_id = self._require_lease()
+        request = etcdrpc.PutRequest(key=self.keys.primary.encode(), value=encode(holder), lease=lease_id)
+        self.transport.call(
+            "publish primary",
+            self._deadline(),
+            lambda ch, timeout, md: self._kv(ch).Put(request, timeout=timeout, metadata=md),
+        )
+
+    def withdraw_primary(self) -> None:
+        """Delete the ``primary`` key if our lease wrote it (a fencing node leaves discovery)."""
+        with self._state:
+            lease_id = self._lease_id
+        if lease_id is None:
+            return
+        key = self.keys.primary.encode()
+        compare = etcdrpc.Compare(
+            key=key, target=etcdrpc.Compare.LEASE, result=etcdrpc.Compare.EQUAL, lease=lease_id
+        )
+        delete = etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key))
+        request = etcdrpc.TxnRequest(compare=[compare], success=[delete], failure=[])
+        self.transport.call(
+            "withdraw primary txn",
+            self._deadline(),
+            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
+        )
+
+    def read_primary(self) -> HolderInfo | None:
+        """The published primary (None when no primary admits)."""
+        response = self._get(self.keys.primary, self._deadline(), "read primary")
+        if not response.kvs:
+            return None
+        return parse_holder(self.keys.primary, response.kvs[0].value)
+
     def force_delete_lock(self, expected_token: int | None = None) -> LockState | None:
         key = self.keys.leader.encode()
         deadline = self._deadline()

@@ -53,6 +53,11 @@ class ClusterKeys:
         return f"{self.prefix}leader"
 
     @property
+    def primary(self) -> str:
+        """Discovery key: the admitting primary's gate address (etcd; bound to its lease)."""
+        return f"{self.prefix}primary"
+
+    @property
     def members_prefix(self) -> str:
         return f"{self.prefix}members/"
 
@@ -103,6 +108,15 @@ class MemberRecord:
     gate_state: str = ""
     version: str = ""
     last_seen: float = 0.0
+    # What peers need to rank, follow and check this node:
+    priority: int = 100
+    server_id: int | None = None
+    gtid_binlog_state: str = ""  # for errant-GTID checks against this node as primary
+    lag_seconds: float | None = None
+    address: str = ""  # the gate's address applications use
+    gate_port: int = 0
+    mysql_host: str = ""  # where replicas connect to replicate from this node
+    mysql_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -241,6 +255,14 @@ def parse_member(key: str, raw: bytes | str | None, node_in_key: str) -> MemberR
         gate_state=fields.text("gate_state"),
         version=fields.text("version"),
         last_seen=fields.number("last_seen"),
+        priority=fields.integer("priority", default=100),
+        server_id=fields.optional_integer("server_id"),
+        gtid_binlog_state=fields.text("gtid_binlog_state"),
+        lag_seconds=None if fields.data.get("lag_seconds") is None else fields.number("lag_seconds"),
+        address=fields.text("address"),
+        gate_port=fields.integer("gate_port"),
+        mysql_host=fields.text("mysql_host"),
+        mysql_port=fields.integer("mysql_port"),
     )
 
 

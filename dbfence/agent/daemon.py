@@ -1,0 +1,493 @@
+"""``dbfence agent``: observe, decide with the pure core, act — until told to stop.
+
+Threads, and why each exists:
+
+* the **decision loop** (the main thread): builds an :class:`Observation` from the sensors'
+  latest snapshots (never waiting on I/O), calls :func:`decide`, runs the actions in order;
+* the **lease keeper**: renews the lease and moves the gate's deadline with it, so a slow MySQL
+  action never delays a renewal;
+* the **database sensor**: probes with hysteresis, plus the facts the core needs;
+* the **DCS sensor**: the cluster snapshot, refreshed by a watch the moment anything changes;
+* the **HTTP API**; and the gate's own worker processes, which enforce the lease deadline on every
+  forwarded chunk even if all of the above were frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dbfence import __version__
+from dbfence.agent.core_config import CoreConfig
+from dbfence.agent.decide import Decision, decide
+from dbfence.agent.executor import Executor, NodeIdentity
+from dbfence.agent.gtid import GtidPosition
+from dbfence.agent.lease_keeper import LeaseKeeper
+from dbfence.agent.observation import (
+    GateView,
+    LocalDatabase,
+    LockView,
+    MemberInfo,
+    MemberRecord,
+    Observation,
+    OperatorIntents,
+)
+from dbfence.agent.sensors import DbSensor, DcsSensor, DcsView, PeerDatabase
+from dbfence.agent.state import Role, State
+from dbfence.breaker import Admitting, Gate, GateConfig
+from dbfence.config import AgentConfig, parse_host_port
+from dbfence.discovery.consul_catalog import ConsulCatalog, ServiceIdentity
+from dbfence.discovery.http_api import CommandResult, HttpApi, StatusBoard, StatusReport
+from dbfence.discovery.metrics import Metrics
+from dbfence.locks.base import LockSettings
+from dbfence.locks.errors import LockError
+from dbfence.locks.factory import DcsConfig, open_lock
+from dbfence.locks.model import ClusterSnapshot, Intent
+from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.connection import Endpoint, Timeouts
+from dbfence.mysql.credentials import load_credentials_file
+from dbfence.mysql.errors import MysqlAdapterError, UnsafeAccountError
+from dbfence.mysql.hysteresis import HysteresisConfig
+from dbfence.mysql.monitor import HealthMonitor
+from dbfence.mysql.probes import ProbeSettings, Target
+from dbfence.mysql.probes import Role as ProbeRole
+from dbfence.sdnotify import Notifier
+
+log = logging.getLogger("dbfence.agent")
+
+UNREADABLE_HOLDER = "<unreadable>"
+# Roles from which a node may race for the lock: their health must be positively confirmed.
+_RACING = frozenset({Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.FENCED})
+
+
+class AgentStartError(RuntimeError):
+    """The agent cannot start safely; the message says what to fix."""
+
+
+def _read_secret(path: str, what: str) -> str | None:
+    if not path:
+        return None
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise AgentStartError(f"{what} file {file} has mode {mode:04o}; chmod 0600 {file}")
+        return file.read_text().strip()
+    except OSError as exc:
+        raise AgentStartError(f"cannot read {what} file {file}: {exc.strerror}") from None
+
+
+def core_config_of(config: AgentConfig) -> CoreConfig:
+    ttl = float(int(config.dcs.ttl))
+    return CoreConfig(
+        node_name=config.node.name,
+        ttl=ttl,
+        safety_margin=config.dcs.margin,
+        renew_interval=config.renew_interval,
+        max_lag_seconds=config.failover.max_lag,
+        cooldown=config.failover.cooldown,
+        priority=config.node.priority,
+        lossless=config.failover.lossless,
+        poll_interval=min(1.0, config.renew_interval),
+        settle_interval=0.05,
+        member_stale_after=max(3.0 * config.renew_interval, ttl),
+        publish_interval=config.renew_interval,
+        relay_wait_timeout=min(1.0, config.failover.relay_wait_timeout),
+    )
+
+
+@dataclass
+class MemberTracker:
+    """Turns DCS member records into the core's records, with ``last_seen`` on our clock."""
+
+    seen: dict[str, tuple[Any, float]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def records(self, snapshot: ClusterSnapshot, now: float) -> tuple[MemberRecord, ...]:
+        out = []
+        self.problems = [str(p) for p in snapshot.problems]
+        for entry in snapshot.members:
+            raw = entry.record
+            previous = self.seen.get(raw.node)
+            changed_at = now if previous is None or previous[0] != raw else previous[1]
+            self.seen[raw.node] = (raw, changed_at)
+            try:
+                role = Role(raw.role)
+                position = GtidPosition.parse(raw.gtid_position) if raw.gtid_position else None
+            except ValueError as exc:
+                self.problems.append(f"member {raw.node}: {exc}")
+                continue
+            info = MemberInfo(name=raw.node, role=role, healthy=raw.healthy, position=position,
+                              gate_admitting=raw.gate_state == "admitting", priority=raw.priority)
+            out.append(MemberRecord(info=info, last_seen=changed_at))
+        return tuple(out)
+
+
+class Agent:
+    """One node's agent: owns the adapters, the threads and the decision loop."""
+
+    def __init__(self, config: AgentConfig, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.core_config = core_config_of(config)
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
+        self.board = StatusBoard()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.state = State.initial(time.monotonic())
+        self.last_decision: Decision | None = None
+        self.members = MemberTracker()
+        self._started_wall = time.time()
+
+        credentials_file = config.mysql.credentials_file
+        try:
+            self.credentials = load_credentials_file(credentials_file, "client")
+            self.replication = load_credentials_file(credentials_file, "replication")
+        except Exception as exc:
+            raise AgentStartError(str(exc)) from None
+
+        endpoint = Endpoint(config.mysql.host, config.mysql.port, config.mysql.socket or None)
+        self.mysql = MysqlActions(endpoint, self.credentials,
+                                  Timeouts(connect_s=1.0, read_s=5.0, write_s=5.0), name=config.node.name)
+        self._check_accounts()
+
+        detection = config.detection
+        reserved = Endpoint(config.mysql.host, config.mysql.extra_port) if config.mysql.extra_port else None
+        target = Target(endpoint=endpoint, credentials=self.credentials,
+                        pid_file=Path(config.mysql.pid_file) if config.mysql.pid_file else None,
+                        datadir=Path(config.mysql.datadir) if config.mysql.datadir else None,
+                        reserved_endpoint=reserved)
+        settings = ProbeSettings(interval_s=detection.interval, connect_timeout_s=detection.connect_timeout,
+                                 select_timeout_s=detection.select_timeout,
+                                 write_timeout_s=detection.write_timeout,
+                                 disk_min_free_bytes=detection.min_free_disk_mb * 1024 * 1024,
+                                 max_replica_lag_s=max(30.0, config.failover.max_lag * 3))
+        self.monitor = HealthMonitor(target, settings, HysteresisConfig(trip_after=detection.trip_after,
+                                                                        recover_after=detection.recover_after))
+
+        gate_host, gate_port = parse_host_port("gate.listen", config.gate.listen)
+        self.gate = Gate(GateConfig(
+            listen_host=gate_host, listen_port=gate_port,
+            backend_host=config.mysql.host, backend_port=config.mysql.port,
+            backend_socket=config.mysql.socket or None, workers=config.gate.workers,
+            max_connections=config.gate.max_connections,
+            idle_timeout=config.gate.idle_timeout or None,
+        ))
+
+        dcs = config.dcs
+        margin = dcs.margin
+        self.lock = open_lock(
+            DcsConfig(kind=dcs.kind, endpoints=tuple(dcs.endpoints), ca_cert=dcs.tls_ca or None,
+                      cert=dcs.tls_cert or None, key=dcs.tls_key or None, user=dcs.username or None,
+                      password=_read_secret(dcs.password_file, "dcs.password_file"),
+                      token=_read_secret(dcs.acl_token_file, "dcs.acl_token_file")),
+            config.cluster.name, config.node.name,
+            LockSettings(ttl=int(dcs.ttl), margin=margin, call_timeout=min(2.0, margin * 0.6),
+                         lock_delay=int(dcs.lock_delay)),
+        )
+        self.http_token = _read_secret(config.http.token_file, "http.token_file")
+        self.catalog: ConsulCatalog | None = None
+        if config.discovery.consul_agent:
+            self.catalog = ConsulCatalog(
+                config.discovery.consul_agent,
+                ServiceIdentity(config.cluster.name, config.node.name, config.node.address, gate_port),
+                check_ttl=max(dcs.ttl, 2.0), token=_read_secret(dcs.acl_token_file, "dcs.acl_token_file"),
+            )
+        self.keeper = LeaseKeeper(self.lock, self.gate, self.wake, renew_interval=config.renew_interval)
+        self.db = DbSensor(self.monitor, self.mysql, self.credentials, self.wake)
+        self.dcs = DcsSensor(self.lock, self.wake, poll=1.0)
+        self.identity = NodeIdentity(
+            cluster=config.cluster.name, node=config.node.name, address=config.node.address,
+            gate_port=gate_port, mysql_host=config.mysql.host, mysql_port=config.mysql.port,
+            priority=config.node.priority, version=__version__)
+        self.executor = Executor(
+            identity=self.identity, keeper=self.keeper, lock=self.lock, gate=self.gate, mysql=self.mysql,
+            monitor=self.monitor, db=self.db, dcs=self.dcs, replication=self.replication,
+            catalog=self.catalog, publish_etcd_primary=dcs.kind == "etcd" and config.discovery.etcd_key,
+            metrics=self.metrics, semi_sync_timeout_ms=config.failover.semi_sync_timeout_ms,
+            relay_wait_timeout=config.failover.relay_wait_timeout,
+            accounts_check=self.check_app_accounts)
+        self.http: HttpApi | None = None
+
+    def _check_accounts(self) -> None:
+        """Refuse to start if an application account can write through read_only.
+
+        If mysqld is down now, the check is repeated before the gate first admits.
+        """
+        try:
+            self.check_app_accounts()
+        except UnsafeAccountError as exc:
+            raise AgentStartError(str(exc)) from None
+        except MysqlAdapterError as exc:
+            log.warning("cannot check the application accounts yet (%s); checking before admitting", exc)
+
+    def check_app_accounts(self) -> None:
+        for app_user in self.config.mysql.app_users:
+            self.mysql.check_app_account(app_user)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Everything up with the gate blocked; the first decision comes from :meth:`run`."""
+        self.gate.start()
+        if self.config.http.listen:
+            host, port = parse_host_port("http.listen", self.config.http.listen)
+            self.http = HttpApi(host, port, self.board, self.metrics, token=self.http_token,
+                                on_command=self.handle_command).start()
+        self.keeper.start()
+        self.db.start()
+        self.dcs.start()
+        log.info(json.dumps({"event": "started", "node": self.identity.node, "cluster": self.identity.cluster,
+                             "gate_port": self.gate.port, "version": __version__}))
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        ready = False
+        while not self.stopping.is_set():
+            decision = self.step()
+            if not ready:
+                self.notifier.ready(f"{self.state.role.value}")
+                ready = True
+            self.notifier.watchdog()
+            delay = max(0.0, min(decision.next_wakeup - time.monotonic(), 1.0))
+            self.wake.wait(delay)
+            self.wake.clear()
+        self.shutdown()
+
+    def step(self) -> Decision:
+        """One round: observe, decide, act, publish status."""
+        observation = self.observe()
+        decision = decide(observation, self.state, self.core_config)
+        if decision.state.role is not self.state.role:
+            log.info(json.dumps({"event": "role", "node": self.identity.node, "from": self.state.role.value,
+                                 "to": decision.state.role.value,
+                                 "why": None if decision.state.fenced_reason is None
+                                 else decision.state.fenced_reason.value,
+                                 "db": list(observation.db.health.reasons),
+                                 "refusals": [r.reason.value for r in decision.refusals],
+                                 "token": self.keeper.status.token}))
+            if decision.state.role is Role.PRIMARY and self.state.role is Role.PROMOTING:
+                self.metrics.inc("promotions_total", "Times this node became primary.")
+        self.state = decision.state
+        self.db.want_role(self._probe_role())
+        for action in decision.actions:
+            self.executor.run(action)
+        self.executor.keep_check_passing()
+        self.executor.reconcile_semi_sync(self.state.role.value, self.config.failover.lossless)
+        self.last_decision = decision
+        self._publish_status(observation, decision)
+        return decision
+
+    def _probe_role(self) -> ProbeRole:
+        """Which probes fit: the heartbeat write only on an admitting primary, replication checks
+        only where replication is configured (a promoting node is read-only for a moment)."""
+        if self.state.role is Role.PRIMARY:
+            return ProbeRole.PRIMARY
+        if self.state.role in (Role.REPLICA, Role.CANDIDATE) and self.db.latest.replica_status is not None:
+            return ProbeRole.REPLICA
+        return ProbeRole.FENCED
+
+    def observe(self) -> Observation:
+        now = time.monotonic()
+        view: DcsView = self.dcs.latest
+        snapshot = view.snapshot
+        facts = self.db.latest
+        if snapshot is None:
+            lock = LockView(reachable=False)
+            members: tuple[MemberRecord, ...] = ()
+            intent = Intent()
+        else:
+            state = snapshot.lock
+            if state is None:
+                lock = LockView(reachable=True)
+            else:
+                holder = state.holder.node if state.holder is not None else UNREADABLE_HOLDER
+                lock = LockView(reachable=True, holder=holder, token=state.token)
+            members = self.members.records(snapshot, now)
+            intent = snapshot.intent
+        self._follow_holder(snapshot)
+        gate_state = self.gate.state
+        admitting = isinstance(gate_state, Admitting)
+        gate_token = self.keeper.gate_token
+        open_connections = 0
+        if admitting or self.state.role in (Role.FENCING, Role.PROMOTING, Role.PRIMARY):
+            try:
+                open_connections = self.gate.stats().open_connections
+            except Exception:  # unknown counts as "still open": release waits
+                open_connections = 1
+        gate = GateView(
+            admitting=admitting and gate_token is not None,
+            token=gate_token if admitting else None,
+            deadline=gate_state.deadline if isinstance(gate_state, Admitting) and gate_token is not None
+            else None,
+            open_connections=open_connections,
+        )
+        last_failover = None
+        if view.last_failover_wall is not None:
+            last_failover = now - max(0.0, time.time() - view.last_failover_wall)
+        return Observation(
+            now=now,
+            lease=self.keeper.status.view(),
+            lock=lock,
+            members=members,
+            db=LocalDatabase(health=facts.health.verdict(require_confirmation=self.state.role in _RACING),
+                             read_only=facts.read_only, position=facts.position,
+                             server_id=facts.server_id, fencing_token=facts.fencing_token,
+                             replication=facts.replication),
+            gate=gate,
+            discovery=self.executor.discovery,
+            intents=OperatorIntents(paused=intent.paused, switchover_target=intent.switchover_target),
+            last_failover_at=last_failover,
+        )
+
+    def _follow_holder(self, snapshot: ClusterSnapshot | None) -> None:
+        """Tell the database sensor whose binlog to check for errant GTIDs, and how to name sources."""
+        if snapshot is None:
+            return
+        by_address = {(e.record.mysql_host, e.record.mysql_port): e.record.node for e in snapshot.members}
+        holder = snapshot.lock.holder.node if snapshot.lock and snapshot.lock.holder else None
+        peer = None
+        if holder and holder != self.identity.node:
+            for entry in snapshot.members:
+                if entry.record.node == holder and entry.record.mysql_host and entry.record.mysql_port:
+                    peer = PeerDatabase(holder, entry.record.mysql_host, entry.record.mysql_port)
+
+        def source_of(host: str, port: int) -> str | None:
+            return by_address.get((host, port))
+
+        self.db.follow(peer, source_of)
+
+    # ------------------------------------------------------------------ status
+    def _publish_status(self, observation: Observation, decision: Decision) -> None:
+        lease = self.keeper.status
+        now = observation.now
+        gate_state = self.gate.state
+        admitting = isinstance(gate_state, Admitting)
+        role = self.state.role.value
+        self.metrics.set("role", "1 for this node's current role.", 1, {"role": role})
+        for other in Role:
+            if other is not self.state.role:
+                self.metrics.set("role", "1 for this node's current role.", 0, {"role": other.value})
+        self.metrics.set("lease_seconds_left", "Seconds until the lease deadline (0 without lease).",
+                         max(0.0, (lease.deadline or now) - now))
+        if lease.last_renew_seconds is not None:
+            self.metrics.set("lease_renew_seconds", "Latency of the last successful renewal.",
+                             lease.last_renew_seconds)
+        self.metrics.set("gate_admitting", "1 while the gate admits.", 1 if admitting else 0)
+        self.metrics.set("gate_open_connections", "Client connections through the gate.",
+                         observation.gate.open_connections)
+        self.metrics.set("db_healthy", "1 while the local database is healthy.",
+                         1 if observation.db.health.healthy else 0)
+        facts = self.db.latest
+        details = {
+            "cluster": self.identity.cluster,
+            "node": self.identity.node,
+            "role": role,
+            "since_seconds": round(now - self.state.since, 3),
+            "fenced_reason": None if self.state.fenced_reason is None else self.state.fenced_reason.value,
+            "lock": {"holder": observation.lock.holder, "token": observation.lock.token,
+                     "reachable": observation.lock.reachable},
+            "lease": {"held": lease.held, "token": lease.token,
+                      "seconds_left": None if lease.deadline is None else round(lease.deadline - now, 3),
+                      "error": lease.error},
+            "gate": {"admitting": admitting, "port": self.gate.port,
+                     "reason": getattr(gate_state, "reason", ""),
+                     "open_connections": observation.gate.open_connections},
+            "database": {"healthy": observation.db.health.healthy,
+                         "reasons": list(observation.db.health.reasons),
+                         "read_only": facts.read_only,
+                         "gtid_position": None if facts.position is None else str(facts.position),
+                         "replication_source": facts.replication.source,
+                         "lag_seconds": facts.replication.lag_seconds,
+                         "errant": None if facts.replication.errant is None
+                         else list(facts.replication.errant.gtids),
+                         "probes": list(facts.probe_summary), "error": facts.error},
+            "refusals": [f"{r.reason.value}: {r.detail}".rstrip(": ") for r in decision.refusals],
+            "intent": {"paused": observation.intents.paused,
+                       "switchover_target": observation.intents.switchover_target},
+            "dcs_problems": self.members.problems
+            + ([self.dcs.latest.error] if self.dcs.latest.error else []),
+            "action_errors": dict(self.executor.last_error),
+        }
+        self.board.publish(StatusReport(role=role, gate_admitting=admitting and role == "primary",
+                                        healthy=observation.db.health.healthy,
+                                        lag_seconds=facts.replication.lag_seconds, details=details))
+
+    # ------------------------------------------------------------------ operator commands
+    def handle_command(self, command: str, args: dict[str, str]) -> CommandResult:
+        try:
+            current = self.lock.read_intent()
+            if command == "pause":
+                self.lock.write_intent(Intent(paused=True, pause_reason=args.get("reason", "operator"),
+                                              requested_by=self.identity.node, requested_at=time.time()))
+                return CommandResult(200, "cluster paused")
+            if command == "resume":
+                self.lock.write_intent(Intent(switchover_target=current.switchover_target))
+                return CommandResult(200, "cluster resumed")
+            target = args.get("to", "")
+            if not target:
+                return CommandResult(400, "switchover needs ?to=NODE")
+            self.lock.write_intent(Intent(paused=current.paused, pause_reason=current.pause_reason,
+                                          switchover_target=target, requested_by=self.identity.node,
+                                          requested_at=time.time()))
+            return CommandResult(202, f"switchover to {target} requested")
+        except LockError as exc:
+            return CommandResult(503, f"DCS unavailable: {exc}")
+
+    # ------------------------------------------------------------------ stop
+    def shutdown(self) -> None:
+        """Fence before anything else, then hand the lock over and stop every thread."""
+        self.notifier.stopping()
+        log.info(json.dumps({"event": "stopping", "node": self.identity.node, "role": self.state.role.value}))
+        was_primary = self.state.role in (Role.PRIMARY, Role.PROMOTING, Role.FENCING)
+        self.keeper.gate_token = None
+        try:
+            self.gate.block("agent stopping")
+        except Exception:
+            log.exception("blocking the gate on stop failed")
+        if self.catalog is not None:
+            try:
+                self.catalog.fail_check("agent stopping")
+            except Exception as exc:
+                log.warning("could not fail the discovery check: %s", exc)
+        fenced = True
+        if was_primary:
+            try:
+                self.mysql.fence(keep_ids=self.monitor.agent_connection_ids())
+            except Exception as exc:
+                fenced = False
+                log.warning("could not set read_only on stop (%s): the lock is left to expire", exc)
+        self.db.stop()
+        self.dcs.stop()
+        self.keeper.stop()
+        if fenced:
+            self.keeper.close()  # releases the lock (no lock-delay) and our member record
+        self.gate.stop()
+        self.monitor.close()
+        if self.http is not None:
+            self.http.stop()
+        self.lock.close()
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def run_agent(config: AgentConfig, *, on_started: Callable[[Agent], None] | None = None) -> None:
+    agent = Agent(config)
+    signal.signal(signal.SIGTERM, agent.request_stop)
+    signal.signal(signal.SIGINT, agent.request_stop)
+    agent.start()
+    if on_started is not None:
+        on_started(agent)
+    agent.run()

@@ -1,0 +1,309 @@
+"""Carrying out the decision core's actions through the adapters, one structured log line each.
+
+The contract (see docs/decision-core.md): run every action of a decision in order, even after a
+failure, and never raise: a failed action shows up in the next observation as an unchanged level
+(gate still armed, mysqld still writable), and the core asks again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dbfence.agent.actions import (
+    AcquireLock,
+    Action,
+    AdmitGate,
+    BlockGate,
+    ClearSwitchover,
+    FailDiscoveryCheck,
+    Promote,
+    PublishMember,
+    RecordFailover,
+    RegisterDiscovery,
+    ReleaseLock,
+    RenewLock,
+    Repoint,
+    SetReadOnly,
+    WaitRelayLog,
+    WriteFencingToken,
+)
+from dbfence.agent.lease_keeper import LeaseKeeper
+from dbfence.agent.observation import DiscoveryTag, MemberInfo
+from dbfence.agent.sensors import DbSensor, DcsSensor
+from dbfence.breaker import Admitting, Gate, IllegalTransition
+from dbfence.discovery.consul_catalog import ConsulCatalog
+from dbfence.discovery.metrics import Metrics
+from dbfence.locks.base import LeaseLock
+from dbfence.locks.errors import LockError
+from dbfence.locks.model import HistoryEntry, HolderInfo, Intent, MemberRecord
+from dbfence.mysql.actions import MysqlActions, PrimaryAddress, SemiSyncSettings
+from dbfence.mysql.connection import Endpoint
+from dbfence.mysql.credentials import Credentials
+from dbfence.mysql.gtid import GtidState
+from dbfence.mysql.monitor import HealthMonitor
+
+log = logging.getLogger("dbfence.agent")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    cluster: str
+    node: str
+    address: str
+    gate_port: int
+    mysql_host: str
+    mysql_port: int
+    priority: int
+    version: str
+
+
+class Executor:
+    """Runs actions; remembers what discovery currently advertises."""
+
+    def __init__(self, *, identity: NodeIdentity, keeper: LeaseKeeper, lock: LeaseLock, gate: Gate,
+                 mysql: MysqlActions, monitor: HealthMonitor, db: DbSensor, dcs: DcsSensor,
+                 replication: Credentials, catalog: ConsulCatalog | None, publish_etcd_primary: bool,
+                 metrics: Metrics, semi_sync_timeout_ms: int, relay_wait_timeout: float,
+                 accounts_check: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.identity = identity
+        self.keeper = keeper
+        self.lock = lock
+        self.gate = gate
+        self.mysql = mysql
+        self.monitor = monitor
+        self.db = db
+        self.dcs = dcs
+        self.replication = replication
+        self.catalog = catalog
+        self.publish_etcd_primary = publish_etcd_primary
+        self.metrics = metrics
+        self.semi_sync = SemiSyncSettings(timeout_ms=semi_sync_timeout_ms)
+        self.relay_wait_timeout = relay_wait_timeout
+        self.clock = clock
+        self.accounts_check = accounts_check
+        self.accounts_checked = False
+        self.discovery: DiscoveryTag | None = None
+        self.discovery_failed = False
+        self.last_error: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ entry point
+    def run(self, action: Action) -> bool:
+        name = type(action).__name__
+        started = self.clock()
+        error = ""
+        try:
+            self._dispatch(action)
+        except Exception as exc:  # the contract: never raise; the next observation shows the level
+            error = f"{type(exc).__name__}: {exc}"
+        elapsed = self.clock() - started
+        fields = {"event": "action", "node": self.identity.node, "action": name,
+                  "reason": action.reason.value, "ok": not error, "ms": round(elapsed * 1000, 1),
+                  "token": getattr(action, "token", None) or self.keeper.status.token}
+        if error:
+            fields["error"] = error
+            self.last_error[name] = error
+        else:
+            self.last_error.pop(name, None)
+        # PublishMember and RenewLock repeat every round: log them only when they fail.
+        if error or not isinstance(action, (PublishMember, RenewLock)):
+            log.log(logging.WARNING if error else logging.INFO, json.dumps(fields, default=str))
+        self.metrics.inc("actions_total", "Actions executed, by kind and outcome.",
+                         labels={"action": name, "ok": str(not error).lower()})
+        return not error
+
+    def _dispatch(self, action: Action) -> None:
+        match action:
+            case AcquireLock():
+                ident = self.identity
+                self.keeper.acquire(HolderInfo(ident.node, ident.address, ident.gate_port, time.time()))
+                self.dcs.refresh()
+            case RenewLock():
+                self.keeper.renew_if_due()
+            case ReleaseLock():
+                self.keeper.release()
+                self.dcs.refresh()
+            case AdmitGate(token=token, deadline=deadline):
+                self._admit(token, deadline)
+            case BlockGate(reason=reason):
+                self.keeper.gate_token = None
+                self.gate.block(reason.value.replace("_", " "))
+            case SetReadOnly(read_only=True):
+                self.mysql.fence(keep_ids=self.monitor.agent_connection_ids())
+            case SetReadOnly(read_only=False):
+                self.mysql.set_read_only(False)
+            case WaitRelayLog(timeout=timeout):
+                self.mysql.wait_relay_log_applied(timeout)
+            case Promote(semi_sync=semi_sync):
+                if self.mysql.replica_status() is None:
+                    return  # already promoted; the core asks again until it observes the effect
+                # The token goes in before semi-sync is switched on: written afterwards, it would
+                # wait for an acknowledgement from replicas that have not repointed yet.
+                self.mysql.promote(fencing_token=self.keeper.status.token, holder=self.identity.node,
+                                   semi_sync=self.semi_sync if semi_sync else None,
+                                   apply_relay_log_timeout_s=self.relay_wait_timeout)
+            case Repoint(primary=primary, semi_sync=semi_sync):
+                self._repoint(primary, semi_sync)
+            case WriteFencingToken(token=token):
+                stored = self.mysql.read_fencing_token()
+                if stored is None or stored.token != token:  # promote may have written it
+                    self.mysql.write_fencing_token(token, self.identity.node)
+            case RecordFailover():
+                self.lock.append_history(HistoryEntry(
+                    at=time.time(), kind="failover", node=self.identity.node,
+                    token=self.keeper.status.token, detail=action.reason.value))
+            case ClearSwitchover():
+                current = self.lock.read_intent()
+                self.lock.write_intent(Intent(paused=current.paused, pause_reason=current.pause_reason))
+                self.lock.append_history(HistoryEntry(at=time.time(), kind="switchover",
+                                                      node=self.identity.node,
+                                                      token=self.keeper.status.token))
+            case PublishMember(info=info):
+                self._publish_member(info)
+            case RegisterDiscovery(tag=tag):
+                self._register(tag)
+            case FailDiscoveryCheck(reason=reason):
+                self._fail_discovery(reason.value)
+
+    # ------------------------------------------------------------------ gate
+    def _admit(self, token: int, deadline: float) -> None:
+        if not self.accounts_checked:
+            # An application account with SUPER / READ ONLY ADMIN would write through read_only on
+            # a fenced node: never admit before this has been checked once.
+            self.accounts_check()
+            self.accounts_checked = True
+        lease = self.keeper.status
+        if lease.held and lease.token == token and lease.deadline is not None:
+            deadline = max(deadline, lease.deadline)  # a renewal may have landed since the decision
+        self.keeper.gate_token = token
+        state = self.gate.state
+        try:
+            if isinstance(state, Admitting):
+                self.gate.extend(deadline)
+            else:
+                self.gate.admit(deadline)
+        except IllegalTransition:
+            self.keeper.gate_token = None
+            raise
+
+    # ------------------------------------------------------------------ replication
+    def _holder_record(self, node: str) -> MemberRecord:
+        snapshot = self.dcs.latest.snapshot
+        if snapshot is not None:
+            for entry in snapshot.members:
+                if entry.record.node == node:
+                    return entry.record
+        raise LookupError(f"no member record for {node}: cannot tell where its mysqld is")
+
+    def _repoint(self, primary: str, semi_sync: bool) -> None:
+        record = self._holder_record(primary)
+        if not record.mysql_host or not record.mysql_port:
+            raise LookupError(f"{primary}'s member record has no mysqld address")
+        status = self.mysql.replica_status()
+        if (status is not None and (status.primary_host, status.primary_port)
+                == (record.mysql_host, record.mysql_port) and status.sql_running == "Yes"):
+            return  # already follows it: a second CHANGE MASTER would only interrupt replication
+        target = MysqlActions(Endpoint(record.mysql_host, record.mysql_port), self.mysql.credentials,
+                              name=primary)
+        # The new primary's state, read after our own positions would be ideal; repoint reads ours
+        # inside, after this, so a replica that already follows this primary could look errant.
+        # The core only repoints a node that does not follow it yet.
+        state: GtidState = target.gtid_positions().binlog_state
+        self.mysql.repoint(PrimaryAddress(record.mysql_host, record.mysql_port, self.replication, primary),
+                           state, semi_sync_replica=semi_sync,
+                           keep_ids=self.monitor.agent_connection_ids())
+
+    # ------------------------------------------------------------------ member record
+    def _publish_member(self, info: MemberInfo) -> None:
+        facts = self.db.latest
+        ident = self.identity
+        gate_state = "admitting" if isinstance(self.gate.state, Admitting) else "blocking"
+        record = MemberRecord(
+            node=ident.node,
+            role=info.role.value,
+            healthy=info.healthy,
+            reasons=facts.health.verdict(require_confirmation=not info.healthy).reasons,
+            gtid_position="" if info.position is None else str(info.position),
+            gate_state=gate_state,
+            version=ident.version,
+            last_seen=time.time(),
+            priority=info.priority,
+            server_id=facts.server_id,
+            gtid_binlog_state=facts.binlog_state,
+            lag_seconds=facts.replication.lag_seconds,
+            address=ident.address,
+            gate_port=ident.gate_port,
+            mysql_host=ident.mysql_host,
+            mysql_port=ident.mysql_port,
+        )
+        self.lock.publish_member(record)
+
+    # ------------------------------------------------------------------ discovery
+    def _register(self, tag: DiscoveryTag) -> None:
+        if self.catalog is not None:
+            self.catalog.register(tag.value)
+            self.catalog.pass_check(f"{tag.value}, token {self.keeper.status.token}")
+        if self.publish_etcd_primary:
+            publish = getattr(self.lock, "publish_primary", None)
+            withdraw = getattr(self.lock, "withdraw_primary", None)
+            ident = self.identity
+            if tag is DiscoveryTag.PRIMARY and publish is not None:
+                publish(HolderInfo(ident.node, ident.address, ident.gate_port, time.time()))
+            elif withdraw is not None:
+                withdraw()
+        self.discovery = tag
+        self.discovery_failed = False
+
+    def reconcile_semi_sync(self, role: str, lossless: bool) -> None:
+        """Keep lossless mode's settings in place, whatever path the node took to its role.
+
+        A primary acknowledges a commit only after a replica has it (AFTER_SYNC); a replica that
+        follows the primary must acknowledge, or every commit would wait. The decision core does
+        not model these settings: they are maintenance of the role, done every round.
+        """
+        facts = self.db.latest
+        try:
+            if role == "primary":
+                want = lossless
+                if facts.semi_sync_primary is not None and facts.semi_sync_primary != want:
+                    self.mysql.set_semi_sync_primary(self.semi_sync if want else None)
+            elif role == "replica" and facts.replica_status is not None:
+                want = lossless
+                if facts.semi_sync_replica is not None and facts.semi_sync_replica != want:
+                    self.mysql.set_semi_sync_replica(want)
+        except Exception as exc:
+            self.last_error["reconcile_semi_sync"] = str(exc)
+        else:
+            self.last_error.pop("reconcile_semi_sync", None)
+
+    def keep_check_passing(self) -> None:
+        """Called every loop round: a stalled agent stops passing, and Consul drops it from DNS."""
+        if self.catalog is None or self.discovery is None or self.discovery_failed:
+            return
+        try:
+            self.catalog.pass_check(f"{self.discovery.value}, token {self.keeper.status.token}")
+        except Exception as exc:  # reported in status; the check then lapses by itself
+            self.last_error["keep_check_passing"] = str(exc)
+
+    def _fail_discovery(self, why: str) -> None:
+        errors = []
+        self.discovery_failed = True
+        if self.catalog is not None:
+            try:
+                self.catalog.fail_check(f"fencing: {why}")
+            except Exception as exc:
+                errors.append(str(exc))
+        if self.publish_etcd_primary:
+            withdraw = getattr(self.lock, "withdraw_primary", None)
+            if withdraw is not None:
+                try:
+                    withdraw()
+                except LockError as exc:
+                    errors.append(str(exc))
+        self.discovery = None
+        if errors:
+            raise RuntimeError("; ".join(errors))

@@ -1,0 +1,154 @@
+"""The lease keeper: renews this agent's lease on its own thread and carries the gate with it.
+
+Renewal must never wait behind a slow probe or a slow MySQL action, so it does not run on the
+decision loop. Each successful renewal moves the lease deadline (send time + TTL - margin, taken
+by the lock backend) and, if the gate is admitting under the same fencing token, moves the gate's
+deadline too: one shared-memory store. A failed renewal moves nothing; the gate then closes by
+itself at the old deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from dbfence.agent.observation import LeaseView
+from dbfence.breaker import Gate, IllegalTransition
+from dbfence.locks.base import LeaseGrant, LeaseLock
+from dbfence.locks.errors import (
+    DcsAccessDenied,
+    DcsUnreachable,
+    LockConflict,
+    LockError,
+    LockLost,
+    SessionExpired,
+)
+from dbfence.locks.model import HolderInfo
+
+log = logging.getLogger("dbfence.agent")
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseStatus:
+    """What the keeper knows: our lease, whether it holds the lock, the last error."""
+
+    session_id: str | None = None
+    held: bool = False
+    token: int | None = None
+    deadline: float | None = None
+    last_renew_ok: float | None = None
+    last_renew_seconds: float | None = None
+    error: str = ""
+
+    def view(self) -> LeaseView:
+        if self.held and self.token is not None and self.deadline is not None:
+            return LeaseView(held=True, token=self.token, deadline=self.deadline)
+        return LeaseView()
+
+
+class LeaseKeeper:
+    def __init__(self, lock: LeaseLock, gate: Gate, wake: threading.Event, *, renew_interval: float) -> None:
+        self._lock = lock
+        self._gate = gate
+        self._wake = wake
+        self._renew_interval = renew_interval
+        self._mutex = threading.Lock()  # one DCS lease call at a time
+        self._stop = threading.Event()
+        self.status = LeaseStatus()
+        self.gate_token: int | None = None  # the token the gate is armed with (set by the executor)
+        self._thread = threading.Thread(target=self._run, name="dbfence-lease-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ operations
+    def renew(self) -> None:
+        """Renew now (or open a session if none is open); errors are kept in ``status``."""
+        with self._mutex:
+            self._renew_locked()
+
+    def renew_if_due(self) -> None:
+        last = self.status.last_renew_ok
+        if last is None or time.monotonic() - last >= self._renew_interval / 2:
+            self.renew()
+
+    def acquire(self, holder: HolderInfo) -> None:
+        with self._mutex:
+            try:
+                grant = self._lock.try_acquire(holder)
+            except LockConflict as exc:
+                self._set(error=f"lock busy: {exc}")
+                return
+            except SessionExpired as exc:
+                self._set(session_id=None, held=False, token=None, deadline=None, error=str(exc))
+                return
+            except LockError as exc:
+                # Outcome unknown (a timed-out acquire may have succeeded): the next renewal reads
+                # the key and reports whether it is ours.
+                self._set(error=f"acquire failed: {exc}")
+                return
+            self._accept(grant)
+
+    def release(self) -> None:
+        with self._mutex:
+            try:
+                self._lock.release()
+            except LockError as exc:
+                self._set(error=f"release failed: {exc}")
+                return
+            self._set(held=False, token=None, error="")
+
+    def close(self) -> None:
+        with self._mutex:
+            try:
+                self._lock.close_session()
+            except LockError as exc:
+                log.warning("closing the DCS session failed (it will expire by itself): %s", exc)
+            self.status = LeaseStatus()
+
+    # ------------------------------------------------------------------ internals
+    def _set(self, **changes: object) -> None:
+        current = self.status
+        values = {name: getattr(current, name) for name in LeaseStatus.__dataclass_fields__}
+        values.update(changes)
+        self.status = LeaseStatus(**values)  # type: ignore[arg-type,unused-ignore]
+        self._wake.set()
+
+    def _accept(self, grant: LeaseGrant) -> None:
+        held = grant.token is not None
+        self._set(session_id=grant.session_id, held=held, token=grant.token,
+                  deadline=grant.deadline if held else None, last_renew_ok=grant.sent_at,
+                  last_renew_seconds=time.monotonic() - grant.sent_at, error="")
+        if held and self.gate_token == grant.token:
+            # Blocked meanwhile (fencing or expiry): a renewal never reopens the gate.
+            with contextlib.suppress(IllegalTransition):
+                self._gate.extend(grant.deadline)
+
+    def _renew_locked(self) -> None:
+        try:
+            grant = self._lock.open_session() if self._lock.session_id is None else self._lock.renew()
+        except SessionExpired as exc:
+            self._set(session_id=None, held=False, token=None, deadline=None, error=str(exc))
+            return
+        except LockLost as exc:
+            self._set(held=False, token=None, deadline=None, error=str(exc))
+            return
+        except (DcsUnreachable, DcsAccessDenied, LockError) as exc:
+            self._set(error=f"renew failed: {exc}")
+            return
+        self._accept(grant)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.renew_if_due()
+            except Exception:  # never let the keeper die; the deadline protects the gate
+                log.exception("lease renewal crashed")
+            self._stop.wait(self._renew_interval / 4)

@@ -1,0 +1,312 @@
+"""The agent's eyes: background threads that keep the latest view of mysqld and of the DCS.
+
+The decision loop never waits on a probe or a DCS read: each sensor runs on its own thread, with
+its own timeouts, and leaves an immutable snapshot the loop picks up. Every I/O error becomes part
+of the snapshot (a verdict, ``reachable=False``), never an exception in the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dbfence.agent.gtid import GtidPosition as CorePosition
+from dbfence.agent.observation import ErrantCheck, HealthVerdict, ReplicationState
+from dbfence.locks.base import LeaseLock
+from dbfence.locks.errors import LockError
+from dbfence.locks.model import ClusterSnapshot, HistoryEntry
+from dbfence.mysql.actions import GtidPositions, MysqlActions
+from dbfence.mysql.connection import Endpoint, query_one
+from dbfence.mysql.credentials import Credentials
+from dbfence.mysql.errors import MysqlAdapterError
+from dbfence.mysql.flavour import ReplicaStatus
+from dbfence.mysql.gtid import GtidState
+from dbfence.mysql.monitor import HealthMonitor, HealthObservation
+from dbfence.mysql.probes import Role as ProbeRole
+from dbfence.mysql.verdict import ProbeKind
+
+log = logging.getLogger("dbfence.agent")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDatabase:
+    """Where a peer's mysqld is, so replicas can follow it and check for errant GTIDs."""
+
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class DbFacts:
+    """The local database as of one probe round."""
+
+    at: float
+    health: HealthSummary
+    read_only: bool | None = None
+    position: CorePosition | None = None
+    binlog_state: str = ""
+    server_id: int | None = None
+    fencing_token: int | None = None
+    replication: ReplicationState = field(default_factory=ReplicationState)
+    replica_status: ReplicaStatus | None = None
+    probe_summary: tuple[str, ...] = ()
+    semi_sync_primary: bool | None = None
+    semi_sync_replica: bool | None = None
+    error: str = ""
+
+
+def _to_core(position: object) -> CorePosition | None:
+    try:
+        return CorePosition.parse(str(position))
+    except ValueError:
+        return None
+
+
+def relay_applied(status: ReplicaStatus | None, current: CorePosition | None) -> bool:
+    """Everything the IO thread received is applied (vacuously true when not replicating)."""
+    if status is None:
+        return True
+    received = _to_core(status.received_gtid_pos)
+    if received is None or current is None:
+        return False
+    return current.covers(received)
+
+
+class DbSensor:
+    """Runs the health monitor every round and reads the facts the core needs."""
+
+    def __init__(self, monitor: HealthMonitor, actions: MysqlActions, credentials: Credentials,
+                 wake: threading.Event, *, errant_interval: float = 1.0) -> None:
+        self._monitor = monitor
+        self._actions = actions
+        self._credentials = credentials
+        self._wake = wake
+        self._stop = threading.Event()
+        self._errant_interval = errant_interval
+        self._desired_role = ProbeRole.REPLICA
+        self._errant_peer: PeerDatabase | None = None
+        self._source_of: Callable[[str, int], str | None] = lambda host, port: None
+        self._last_errant: tuple[float, ErrantCheck | None] = (0.0, None)
+        self._server_id_cache: int | None = None
+        self.latest = DbFacts(at=time.monotonic(), health=HealthSummary())
+        self._thread = threading.Thread(target=self._run, name="dbfence-db-sensor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def want_role(self, role: ProbeRole) -> None:
+        """The probes to run follow the agent's role (the heartbeat write only on a primary)."""
+        self._desired_role = role
+
+    def follow(self, peer: PeerDatabase | None, source_of: Callable[[str, int], str | None]) -> None:
+        """The current lock holder's database (errant checks), and how to name a replication source."""
+        self._errant_peer = peer
+        self._source_of = source_of
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._round()
+            except Exception:  # the sensor must survive anything; the verdict says unhealthy
+                log.exception("database sensor round failed")
+                self.latest = DbFacts(at=time.monotonic(),
+                                      health=HealthSummary(tripped=("database sensor failed",)))
+                self._wake.set()
+            self._stop.wait(max(0.0, self._monitor_next_delay()))
+
+    def _monitor_next_delay(self) -> float:
+        return self._monitor.settings.interval_s - (time.monotonic() - self.latest.at)
+
+    def _round(self) -> None:
+        self._monitor.set_role(self._desired_role)
+        observation = self._monitor.observe()
+        health = summarize(observation)
+        summary = tuple(f"{v.kind.value}: {'ok' if v.ok else v.reason.value} {v.detail}".strip()
+                        for v in observation.verdicts)
+        facts = self._read_facts(observation.at_monotonic, health, summary)
+        changed = (facts.health != self.latest.health or facts.read_only != self.latest.read_only
+                   or facts.replication != self.latest.replication
+                   or facts.fencing_token != self.latest.fencing_token)
+        self.latest = facts
+        if changed:
+            self._wake.set()
+
+    def _read_facts(self, at: float, health: HealthSummary, summary: tuple[str, ...]) -> DbFacts:
+        try:
+            read_only = self._actions.read_only()
+            status = self._actions.replica_status()
+            positions = self._actions.gtid_positions()
+            server_id = self._server_id()
+        except MysqlAdapterError as exc:
+            return DbFacts(at=at, health=health, probe_summary=summary, error=str(exc))
+        try:
+            token_record = self._actions.read_fencing_token()
+        except MysqlAdapterError:
+            token_record = None  # no dbfence schema before the first promotion
+        try:
+            semi = self._actions.semi_sync_status()
+            semi_primary: bool | None = bool(int(str(semi["primary_enabled"])))
+            semi_replica: bool | None = bool(int(str(semi["replica_enabled"])))
+        except (MysqlAdapterError, KeyError, ValueError):
+            semi_primary = semi_replica = None
+        current = _to_core(positions.current_pos)
+        source = None
+        if status is not None:
+            source = self._source_of(status.primary_host, status.primary_port) or \
+                f"{status.primary_host}:{status.primary_port}"
+        lag = None
+        if status is None:
+            lag = 0.0
+        elif status.seconds_behind is not None:
+            lag = float(status.seconds_behind)
+        replication = ReplicationState(
+            source=source,
+            running=status is not None and status.io_running == "Yes" and status.sql_running == "Yes",
+            relay_log_applied=relay_applied(status, current),
+            lag_seconds=lag,
+            errant=self._errant_check(positions, source),
+        )
+        return DbFacts(
+            at=at, health=health, read_only=read_only, position=current,
+            binlog_state=str(positions.binlog_state), server_id=server_id,
+            fencing_token=None if token_record is None else token_record.token,
+            replication=replication, replica_status=status, probe_summary=summary,
+            semi_sync_primary=semi_primary, semi_sync_replica=semi_replica,
+        )
+
+    def _server_id(self) -> int:
+        if self._server_id_cache is None:
+            with self._actions.session() as conn:
+                self._server_id_cache = int(query_one(conn, "SELECT @@server_id AS id")["id"])
+        return self._server_id_cache
+
+    def _errant_check(self, local: GtidPositions, source: str | None) -> ErrantCheck | None:
+        """Compare our history with the holder's binlog state: local read first, then remote, so
+        anything the holder wrote in between cannot look like ours."""
+        peer = self._errant_peer
+        if peer is None:
+            return None
+        checked_at, last = self._last_errant
+        recent = time.monotonic() - checked_at < self._errant_interval
+        if last is not None and last.against == peer.name and recent:
+            return last
+        remote = MysqlActions(Endpoint(peer.host, peer.port), self._credentials, name=peer.name)
+        try:
+            remote_state: GtidState = remote.gtid_positions().binlog_state
+        except MysqlAdapterError:
+            return None  # unknown: the core waits rather than guess
+        ranges = local.history.errant_against(remote_state)
+        check = ErrantCheck(against=peer.name, gtids=tuple(str(r) for r in ranges))
+        self._last_errant = (time.monotonic(), check)
+        return check
+
+
+# read_only and replication are states the core observes and steers itself (it sets read_only,
+# it checks relay log and lag before racing); a mismatch there is not a sick database. A replica
+# whose primary just died must still count as healthy, or nobody could take over.
+_STEERED = frozenset({ProbeKind.READ_ONLY, ProbeKind.REPLICATION})
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSummary:
+    """Trips after hysteresis, and probes that have not passed yet since the last role change."""
+
+    tripped: tuple[str, ...] = ()
+    unconfirmed: tuple[str, ...] = ("not probed yet",)
+
+    def verdict(self, *, require_confirmation: bool) -> HealthVerdict:
+        """A node that holds or takes the lock is unhealthy only once a probe has tripped (N
+        failures in a row); a node that wants to race must also have seen every probe pass once,
+        so a freshly started agent never races on probes that have not answered yet."""
+        reasons = list(self.tripped)
+        if require_confirmation and self.unconfirmed:
+            reasons.append("not yet confirmed: " + ", ".join(self.unconfirmed))
+        return HealthVerdict(healthy=not reasons, reasons=tuple(reasons))
+
+
+def summarize(observation: HealthObservation) -> HealthSummary:
+    tripped = tuple(
+        f"{t.kind.value} tripped: {t.reason.value}"
+        + (f" ({t.trip_verdict.detail})" if t.trip_verdict and t.trip_verdict.detail else "")
+        for t in observation.health.tripped if t.kind not in _STEERED)
+    unconfirmed = tuple(sorted(k.value for k in observation.unconfirmed - _STEERED))
+    return HealthSummary(tripped=tripped, unconfirmed=unconfirmed)
+
+
+@dataclass(frozen=True, slots=True)
+class DcsView:
+    """The latest DCS snapshot (None while unreachable), when it was taken, and history facts."""
+
+    at: float
+    snapshot: ClusterSnapshot | None
+    error: str = ""
+    last_failover_wall: float | None = None
+    history: tuple[HistoryEntry, ...] = field(default_factory=tuple)
+
+
+class DcsSensor:
+    """Keeps the cluster snapshot fresh: a watch wakes it on any change under the cluster prefix."""
+
+    def __init__(self, lock: LeaseLock, wake: threading.Event, *, poll: float = 1.0) -> None:
+        self._lock = lock
+        self._wake = wake
+        self._poll = poll
+        self._stop = threading.Event()
+        self.latest = DcsView(at=time.monotonic(), snapshot=None, error="not read yet")
+        self._history_index = -1
+        self._thread = threading.Thread(target=self._run, name="dbfence-dcs-sensor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def refresh(self) -> None:
+        """Read now (after our own write, so the next decision sees it)."""
+        self._read()
+
+    def _read(self) -> int | None:
+        try:
+            snapshot = self._lock.snapshot(strict=False)
+        except LockError as exc:
+            self.latest = DcsView(at=time.monotonic(), snapshot=None, error=str(exc),
+                                  last_failover_wall=self.latest.last_failover_wall,
+                                  history=self.latest.history)
+            self._wake.set()
+            return None
+        history, last_failover = self.latest.history, self.latest.last_failover_wall
+        if snapshot.index != self._history_index:
+            try:
+                history = self._lock.read_history(limit=20)
+                failovers = [e.at for e in history if e.kind in ("failover", "switchover")]
+                last_failover = max(failovers) if failovers else None
+                self._history_index = snapshot.index
+            except LockError:
+                pass  # keep the previous history; it only feeds the cooldown and status
+        for problem in snapshot.problems:
+            log.warning("bad data in the DCS: %s", problem)
+        self.latest = DcsView(at=time.monotonic(), snapshot=snapshot, last_failover_wall=last_failover,
+                              history=history)
+        self._wake.set()
+        return snapshot.index
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            index = self._read()
+            if index is None:
+                self._stop.wait(0.2)
+                continue
+            try:
+                self._lock.wait_for_change(index, timeout=self._poll)
+            except LockError:
+                self._stop.wait(0.2)
