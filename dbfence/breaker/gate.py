@@ -407,7 +407,10 @@ class Gate:
         while True:
             while b"\n" in handle.buffer:
                 line, handle.buffer = handle.buffer.split(b"\n", 1)
-                report: dict[str, Any] = json.loads(line)
+                try:
+                    report: dict[str, Any] = json.loads(line)
+                except ValueError:
+                    continue  # not a report: ignore it rather than fail the status call
                 if int(report.get("request", 0)) == wanted:
                     return report
             left = deadline - time.monotonic()
