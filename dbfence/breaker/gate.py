@@ -299,7 +299,10 @@ class Gate:
         started = time.monotonic()
         with self._lock:
             shared = self._require_started()
+            epoch_before = self._machine.epoch
             state = self._machine.transition(Expire(), started)
+            if self._machine.epoch != epoch_before:
+                self._publish_block_locked(self._reason())
             if not isinstance(state, Admitting):
                 raise IllegalTransition(f"cannot drain a blocked gate ({self._reason()})")
             self._draining = True
