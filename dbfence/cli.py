@@ -20,3 +20,9 @@ main.add_command(lab_group)
 from dbfence.demo import demo_command  # noqa: E402
 
 main.add_command(demo_command)
+from dbfence.config_cli import config_group  # noqa: E402
+
+main.add_command(config_group)
+from dbfence.locks.cli import locks as locks_group  # noqa: E402
+
+main.add_command(locks_group)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from dbfence.lab.cluster import LabCluster, LabSpec
+from dbfence.lab.consul_standin import ConsulStandin
 
 LabFactory = Callable[..., LabCluster]
 
@@ -50,3 +51,23 @@ def shared_lab() -> Iterator[LabCluster]:
         yield lab
     finally:
         LabCluster.load(lab.directory).down()
+
+
+@pytest.fixture
+def standin_factory() -> Iterator[Callable[..., ConsulStandin]]:
+    """Consul stand-ins on free ports, each stopped after the test."""
+    started: list[ConsulStandin] = []
+
+    def make(**options: Any) -> ConsulStandin:
+        standin = ConsulStandin(http_port=0, dns_port=0, **options).start()
+        started.append(standin)
+        return standin
+
+    yield make
+    for standin in started:
+        standin.stop()
+
+
+@pytest.fixture
+def standin(standin_factory: Callable[..., ConsulStandin]) -> ConsulStandin:
+    return standin_factory()

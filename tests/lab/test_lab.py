@@ -144,3 +144,16 @@ def test_restarted_replica_catches_up(lab_factory: LabFactory) -> None:
             return row is not None and row[0] == 1
     wait_until(replicated, timeout=20, what="db2 to catch up after restart")
     assert json.loads((lab.directory / "lab.json").read_text())["mysql"][1]["pid"] == lab.node("db2").pid
+
+
+def test_consul_lab_runs_the_standin(lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=1, dcs="consul")
+    data = json.loads((lab.directory / "lab.json").read_text())
+    assert data["dcs"]["kind"] == "consul" and data["etcd"] == []
+    assert lab.consul is not None and lab.consul.process.alive()
+    import consul  # noqa: PLC0415 - the client is only needed here
+
+    host, port = lab.consul.http_address.rsplit(":", 1)
+    assert consul.Consul(host=host, port=int(port)).status.leader()
+    stopped = lab.down()
+    assert "consul-standin" in stopped and not lab.consul.process.alive()

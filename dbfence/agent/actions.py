@@ -1,0 +1,178 @@
+"""Actions the decision core asks the agent loop to perform, as plain data.
+
+Execution contract (the loop of the agent daemon):
+
+* Execute the actions of one :class:`~dbfence.agent.decide.Decision` **in order**,
+  each with its own timeout, and **attempt every one of them even if an earlier one
+  failed** (a failed FailDiscoveryCheck must not stop BlockGate). No action ever
+  depends on the success of an earlier action of the same batch: the core emits a
+  dependent step only in a later decision, after the observation shows the effect
+  of the earlier one (e.g. ReleaseLock only once the fence is observed complete).
+* Failures are not reported as exceptions: the next observation simply shows the
+  unchanged level (gate still admitting, read_only still False, ...), and the core
+  asks again.
+* Then observe again and call ``decide`` at the returned ``next_wakeup`` at the
+  latest (earlier on an event such as a DCS watch firing).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from dbfence.agent.observation import DiscoveryTag, MemberInfo
+
+
+class ActionReason(enum.Enum):
+    """Why an action was emitted."""
+
+    # fencing causes (also carried by the fence actions)
+    DB_UNHEALTHY = "db_unhealthy"
+    LEASE_EXPIRED = "lease_expired"
+    LEASE_LOST = "lease_lost"
+    SWITCHOVER = "switchover"
+    ERRANT_GTIDS = "errant_gtids"
+    STARTUP = "startup"
+    NOT_PRIMARY = "not_primary"
+    # lock
+    LOCK_FREE_AND_ELIGIBLE = "lock_free_and_eligible"
+    RENEWAL_DUE = "renewal_due"
+    FENCE_COMPLETE = "fence_complete"
+    UNWANTED_LEASE = "unwanted_lease"
+    # promotion
+    PROMOTION = "promotion"
+    FAILOVER_STARTED = "failover_started"
+    PRIMARY_READY = "primary_ready"
+    LEASE_EXTENDED = "lease_extended"
+    SWITCHOVER_DONE = "switchover_done"
+    # replicas
+    FOLLOW_PRIMARY = "follow_primary"
+    REJOIN = "rejoin"
+    # member record
+    MEMBER_CHANGED = "member_changed"
+    MEMBER_HEARTBEAT = "member_heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireLock:
+    """Try to create the cluster lock key with this agent's lease (never overwrite)."""
+
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class RenewLock:
+    """Keep the lease alive; on success the adapter moves the deadline to send time + ttl - margin."""
+
+    token: int
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLock:
+    """Delete the lock key only if it still carries ``token`` (compare-and-delete)."""
+
+    token: int
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitGate:
+    """Arm the gate: forward traffic while ``now < deadline`` (checked by the gate per chunk)."""
+
+    token: int
+    deadline: float
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class BlockGate:
+    """Refuse new clients; with ``cut_connections`` also close every open client connection."""
+
+    cut_connections: bool
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class SetReadOnly:
+    """``SET GLOBAL read_only`` (True also kills writing client sessions in the adapter)."""
+
+    read_only: bool
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class WaitRelayLog:
+    """Wait up to ``timeout`` seconds for the SQL thread to apply the received relay log."""
+
+    timeout: float
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class Promote:
+    """Stop replication and forget the source (no more replicated writes arrive)."""
+
+    semi_sync: bool
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class Repoint:
+    """Replicate from ``primary`` using GTID (MASTER_USE_GTID=slave_pos)."""
+
+    primary: str
+    semi_sync: bool
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFencingToken:
+    """Write the lock's fencing token into the epoch table of the local mysqld."""
+
+    token: int
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFailover:
+    """Store the observation time of this failover in the DCS (starts the cooldown)."""
+
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class ClearSwitchover:
+    """Remove the switchover intent from the DCS once it has been carried out."""
+
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class PublishMember:
+    """Write this agent's member record (attached to its own lease/session)."""
+
+    info: MemberInfo
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterDiscovery:
+    """Advertise this node under ``tag`` and keep its discovery check passing."""
+
+    tag: DiscoveryTag
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class FailDiscoveryCheck:
+    """Make the discovery check fail so clients stop resolving to this node."""
+
+    reason: ActionReason
+
+
+Action = (
+    AcquireLock | RenewLock | ReleaseLock | AdmitGate | BlockGate | SetReadOnly | WaitRelayLog
+    | Promote | Repoint | WriteFencingToken | RecordFailover | ClearSwitchover | PublishMember
+    | RegisterDiscovery | FailDiscoveryCheck
+)

@@ -1,0 +1,601 @@
+"""The decision core: ``decide(observation, state, config) -> Decision``.
+
+Pure, in the sans-I/O style: no sockets, no DCS or database clients, no clock, no
+logging. Time arrives in the observation, effects leave as :mod:`actions`, and the
+reasons for doing nothing leave as :class:`Refusal` values the CLI can show.
+
+Policy summary (details in docs/decision-core.md):
+
+* PRIMARY keeps admitting only while its lease is held and ``now < deadline``; when
+  the lease is lost or expired, or the database turns unhealthy, or an operator asks
+  for a switchover, it goes FENCING.
+* FENCING fails the discovery check, blocks the gate and cuts connections, sets
+  read-only; it releases the lock only when the observation shows all of that done
+  (and, for a switchover, once the target has applied everything).
+* A REPLICA races only when the lock is free and it is healthy, caught up, the most
+  advanced reachable candidate (ties: priority, then name), not paused, past the
+  cooldown, and holds no unreplicated writes of its own (a former primary).
+* The winner promotes step by step (relay log, stop replication, writable, token)
+  and only then admits; losers repoint to it once it is PRIMARY.
+* FENCED (a former primary) rejoins only through a clean errant-GTID check against
+  the current primary.
+* Pause freezes every role change except the safety fence of a lease holder whose
+  lease is lost or expired; renewals continue.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+from dbfence.agent.actions import (
+    AcquireLock,
+    Action,
+    ActionReason,
+    AdmitGate,
+    BlockGate,
+    ClearSwitchover,
+    FailDiscoveryCheck,
+    Promote,
+    PublishMember,
+    RecordFailover,
+    RegisterDiscovery,
+    ReleaseLock,
+    RenewLock,
+    Repoint,
+    SetReadOnly,
+    WaitRelayLog,
+    WriteFencingToken,
+)
+from dbfence.agent.core_config import CoreConfig
+from dbfence.agent.gtid import GtidPosition, candidate_sort_key
+from dbfence.agent.observation import DiscoveryTag, MemberInfo, MemberRecord, Observation
+from dbfence.agent.state import Role, State, Trigger
+
+
+class RefusalReason(enum.Enum):
+    """Why the core did not do something it otherwise would (race, rejoin, release, ...)."""
+
+    PAUSED = "paused"
+    DB_UNHEALTHY = "db_unhealthy"
+    NOT_PROMOTABLE = "not_promotable"
+    POSITION_UNKNOWN = "position_unknown"
+    RELAY_LOG_NOT_APPLIED = "relay_log_not_applied"
+    LAG_TOO_HIGH = "lag_too_high"
+    COOLDOWN = "cooldown"
+    SWITCHOVER_TO_OTHER = "switchover_to_other"
+    PEER_MORE_ADVANCED = "peer_more_advanced"
+    UNREPLICATED_OWN_WRITES = "unreplicated_own_writes"
+    DCS_UNREACHABLE = "dcs_unreachable"
+    PRIMARY_NOT_READY = "primary_not_ready"
+    ERRANT_UNCHECKED = "errant_unchecked"
+    ERRANT_GTIDS = "errant_gtids"
+    NO_PRIMARY_TO_REJOIN = "no_primary_to_rejoin"
+    FENCE_INCOMPLETE = "fence_incomplete"
+    SWITCHOVER_TARGET_UNSUITABLE = "switchover_target_unsuitable"
+    SWITCHOVER_TARGET_BEHIND = "switchover_target_behind"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: RefusalReason
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The new state, the actions to execute in order, when to decide again at the latest,
+    and the refusals that explain what the core is waiting for."""
+
+    state: State
+    actions: tuple[Action, ...]
+    next_wakeup: float
+    refusals: tuple[Refusal, ...] = ()
+
+
+#: Roles in which progress is expected soon, so the core asks to be woken quickly.
+TRANSITIONAL_ROLES = frozenset({Role.STARTING, Role.CANDIDATE, Role.PROMOTING, Role.FENCING})
+
+#: Roles whose members may be the most advanced candidate a racing replica defers to.
+_RIVAL_ROLES = frozenset({Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.PROMOTING})
+
+_FENCE_ACTION_REASON = {
+    Trigger.DB_UNHEALTHY: ActionReason.DB_UNHEALTHY,
+    Trigger.LEASE_EXPIRED: ActionReason.LEASE_EXPIRED,
+    Trigger.LEASE_LOST: ActionReason.LEASE_LOST,
+    Trigger.SWITCHOVER: ActionReason.SWITCHOVER,
+    Trigger.ERRANT_GTIDS: ActionReason.ERRANT_GTIDS,
+}
+
+
+@dataclass
+class _Round:
+    """Accumulates one decision: the evolving state, actions in order, wake-up times."""
+
+    obs: Observation
+    config: CoreConfig
+    state: State
+    actions: list[Action] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    wake_times: list[float] = field(default_factory=list)
+
+    @property
+    def me(self) -> str:
+        return self.config.node_name
+
+    @property
+    def now(self) -> float:
+        return self.obs.now
+
+    def emit(self, action: Action) -> None:
+        self.actions.append(action)
+
+    def refuse(self, reason: RefusalReason, detail: str = "") -> None:
+        self.refusals.append(Refusal(reason, detail))
+
+    def move(self, trigger: Trigger, *, switchover_target: str | None = None) -> None:
+        self.state = self.state.moved(trigger, self.now, switchover_target=switchover_target)
+
+    def wake_at(self, when: float) -> None:
+        self.wake_times.append(when)
+
+    def finish(self) -> Decision:
+        interval = (
+            self.config.settle_interval if self.state.role in TRANSITIONAL_ROLES
+            else self.config.poll_interval
+        )
+        wakeup = min([self.now + interval, *(t for t in self.wake_times if t > self.now)])
+        return Decision(self.state, tuple(self.actions), wakeup, tuple(self.refusals))
+
+
+def decide(observation: Observation, state: State, config: CoreConfig) -> Decision:
+    """Decide what this agent does next. Pure: same inputs, same decision."""
+    current = _Round(observation, config, state)
+    _HANDLERS[state.role](current)
+    _publish_member(current)
+    return current.finish()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fresh(r: _Round, record: MemberRecord) -> bool:
+    return r.now - record.last_seen <= r.config.member_stale_after
+
+
+def _fence_actions(r: _Round, reason: ActionReason, *, insist: bool) -> None:
+    """Ordered fence: discovery check failed, gate blocked with connections cut, read-only.
+
+    Emits only what the observation shows undone. ``insist`` also retries read-only
+    when mysqld could not be asked (fencing, starting); steady roles only correct an
+    observed writable mysqld.
+    """
+    obs = r.obs
+    if obs.discovery is not None:
+        r.emit(FailDiscoveryCheck(reason))
+    if obs.gate.admitting or obs.gate.open_connections > 0:
+        r.emit(BlockGate(cut_connections=True, reason=reason))
+    if obs.db.read_only is False or (insist and obs.db.read_only is None):
+        r.emit(SetReadOnly(read_only=True, reason=reason))
+
+
+def _keep_gate_closed(r: _Round) -> None:
+    if r.obs.gate.admitting or r.obs.gate.open_connections > 0:
+        r.emit(BlockGate(cut_connections=True, reason=ActionReason.NOT_PRIMARY))
+
+
+def _keep_replica_safe(r: _Round) -> None:
+    """Defensive: a replica never admits and never runs writable (discovery is separate)."""
+    _keep_gate_closed(r)
+    if r.obs.db.read_only is False:
+        r.emit(SetReadOnly(read_only=True, reason=ActionReason.NOT_PRIMARY))
+
+
+def _renew_if_due(r: _Round) -> None:
+    lease = r.obs.lease
+    if not lease.held or lease.token is None or lease.deadline is None:
+        return
+    renewed_at = lease.deadline - r.config.lease_span
+    due = renewed_at + r.config.renew_interval
+    if r.now >= due:
+        r.emit(RenewLock(lease.token, ActionReason.RENEWAL_DUE))
+    else:
+        r.wake_at(due)
+    r.wake_at(lease.deadline)
+
+
+def _release_unwanted_lease(r: _Round) -> None:
+    """A role that must not hold the lock gives it back, but only behind a complete fence."""
+    lease = r.obs.lease
+    if lease.held and lease.token is not None and r.obs.fence_complete:
+        r.emit(ReleaseLock(lease.token, ActionReason.UNWANTED_LEASE))
+
+
+def _sync_discovery(r: _Round, desired: DiscoveryTag | None, reason: ActionReason) -> None:
+    if desired is None:
+        if r.obs.discovery is not None:
+            r.emit(FailDiscoveryCheck(reason))
+    elif r.obs.discovery is not desired:
+        r.emit(RegisterDiscovery(desired, reason))
+
+
+def _lease_trouble(r: _Round) -> Trigger | None:
+    """LEASE_LOST / LEASE_EXPIRED when a lease holder may no longer act as one."""
+    obs = r.obs
+    lease = obs.lease
+    if not lease.held or (obs.lock.reachable and obs.lock.holder != r.me):
+        return Trigger.LEASE_LOST
+    if lease.deadline is None or r.now >= lease.deadline:
+        return Trigger.LEASE_EXPIRED
+    return None
+
+
+def _ready_primary(r: _Round) -> str | None:
+    """The lock holder, when it is another node whose fresh record says PRIMARY."""
+    lock = r.obs.lock
+    if not lock.reachable or lock.holder is None or lock.holder == r.me:
+        return None
+    record = r.obs.member(lock.holder)
+    if record is None or record.info.role is not Role.PRIMARY or not _fresh(r, record):
+        return None
+    return lock.holder
+
+
+def _rivals(r: _Round) -> list[tuple[MemberRecord, GtidPosition]]:
+    """Peers a racing replica must not overtake: healthy, promotable, with a position.
+
+    Stale records count too in lossless mode: a paused agent may sit on the only copy
+    of acknowledged writes until its record expires with its session.
+    """
+    rivals: list[tuple[MemberRecord, GtidPosition]] = []
+    for record in r.obs.members:
+        info = record.info
+        if record.name == r.me or info.position is None:
+            continue
+        if not info.healthy or info.priority <= 0 or info.role not in _RIVAL_ROLES:
+            continue
+        if not r.config.lossless and not _fresh(r, record):
+            continue
+        rivals.append((record, info.position))
+    return rivals
+
+
+def race_refusals(observation: Observation, config: CoreConfig) -> tuple[Refusal, ...]:
+    """Everything that stops this node from racing for a free lock (empty: it may race)."""
+    r = _Round(observation, config, State())
+    _collect_race_refusals(r)
+    return tuple(r.refusals)
+
+
+def _collect_race_refusals(r: _Round) -> None:
+    obs, config = r.obs, r.config
+    db = obs.db
+    intents = obs.intents
+    if intents.paused:
+        r.refuse(RefusalReason.PAUSED)
+    if not db.health.healthy:
+        r.refuse(RefusalReason.DB_UNHEALTHY, ", ".join(db.health.reasons))
+    if config.priority <= 0:
+        r.refuse(RefusalReason.NOT_PROMOTABLE)
+    if not db.replication.relay_log_applied:
+        r.refuse(RefusalReason.RELAY_LOG_NOT_APPLIED)
+    lag = db.replication.lag_seconds
+    if lag is None or lag > config.max_lag_seconds:
+        r.refuse(RefusalReason.LAG_TOO_HIGH, "unknown" if lag is None else f"{lag:g}s")
+    target = intents.switchover_target
+    operator_override = intents.skip_cooldown or target == r.me
+    if obs.last_failover_at is not None and not operator_override:
+        cooldown_end = obs.last_failover_at + config.cooldown
+        if r.now < cooldown_end:
+            r.refuse(RefusalReason.COOLDOWN, f"until {cooldown_end:g}")
+            r.wake_at(cooldown_end)
+    if target is not None and target != r.me:
+        record = obs.member(target)
+        if record is not None and record.info.healthy and _fresh(r, record):
+            r.refuse(RefusalReason.SWITCHOVER_TO_OTHER, target)
+    position = db.position
+    if position is None or db.server_id is None:
+        r.refuse(RefusalReason.POSITION_UNKNOWN)
+        return
+    mine = candidate_sort_key(position, config.priority, r.me)
+    for record, theirs in _rivals(r):
+        if target == r.me:
+            # The switchover target only yields to strictly more data, never to priority.
+            ahead = theirs.rank_key() > position.rank_key()
+        else:
+            ahead = candidate_sort_key(theirs, record.info.priority, record.name) > mine
+        if ahead:
+            r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{record.name} at {theirs}")
+    peer_positions = [
+        record.info.position for record in obs.members
+        if record.name != r.me and record.info.position is not None
+    ]
+    unreplicated = position.own_unreplicated_domains(db.server_id, peer_positions)
+    if unreplicated:
+        r.refuse(RefusalReason.UNREPLICATED_OWN_WRITES,
+                 "domains " + ",".join(str(domain) for domain in unreplicated))
+
+
+def _publish_member(r: _Round) -> None:
+    """Publish this node's record when it changed or is due for a heartbeat."""
+    obs = r.obs
+    if not obs.lock.reachable:
+        return
+    admitting = obs.gate.admitting
+    for action in r.actions:
+        if isinstance(action, BlockGate):
+            admitting = False
+        elif isinstance(action, AdmitGate):
+            admitting = True
+    info = MemberInfo(
+        name=r.me,
+        role=r.state.role,
+        healthy=obs.db.health.healthy,
+        position=obs.db.position,
+        gate_admitting=admitting,
+        priority=r.config.priority,
+    )
+    own = obs.member(r.me)
+    if own is None or own.info != info:
+        r.emit(PublishMember(info, ActionReason.MEMBER_CHANGED))
+    elif r.now - own.last_seen >= r.config.publish_interval:
+        r.emit(PublishMember(info, ActionReason.MEMBER_HEARTBEAT))
+    else:
+        r.wake_at(own.last_seen + r.config.publish_interval)
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def _starting(r: _Round) -> None:
+    _fence_actions(r, ActionReason.STARTUP, insist=True)
+    _release_unwanted_lease(r)
+    if r.obs.fence_complete:
+        r.move(Trigger.LOCAL_FENCE_CONFIRMED)
+    else:
+        r.refuse(RefusalReason.FENCE_INCOMPLETE)
+
+
+def _replica(r: _Round) -> None:
+    obs = r.obs
+    _keep_replica_safe(r)
+    _release_unwanted_lease(r)
+    if obs.intents.paused:
+        r.refuse(RefusalReason.PAUSED)
+        return
+    primary = _ready_primary(r)
+    if primary is not None:
+        check = obs.db.replication.errant
+        following = False
+        if check is None or check.against != primary:
+            r.refuse(RefusalReason.ERRANT_UNCHECKED, primary)
+        elif not check.clean:
+            r.refuse(RefusalReason.ERRANT_GTIDS, ",".join(check.gtids))
+            r.move(Trigger.ERRANT_GTIDS)
+            _sync_discovery(r, None, ActionReason.ERRANT_GTIDS)
+            return
+        elif obs.db.replication.source != primary:
+            r.emit(Repoint(primary, r.config.lossless, ActionReason.FOLLOW_PRIMARY))
+        else:
+            # Advertised for reads only once it provably follows the primary cleanly.
+            following = obs.db.health.healthy
+        _sync_discovery(r, DiscoveryTag.REPLICA if following else None, ActionReason.FOLLOW_PRIMARY)
+        return
+    _sync_discovery(r, None, ActionReason.NOT_PRIMARY)
+    if not obs.lock.reachable:
+        r.refuse(RefusalReason.DCS_UNREACHABLE)
+    elif obs.lock.holder is not None:
+        r.refuse(RefusalReason.PRIMARY_NOT_READY, obs.lock.holder)
+    else:
+        _collect_race_refusals(r)
+        if not r.refusals:
+            r.move(Trigger.LOCK_FREE_AND_ELIGIBLE)
+            r.emit(AcquireLock(ActionReason.LOCK_FREE_AND_ELIGIBLE))
+
+
+def _candidate(r: _Round) -> None:
+    obs = r.obs
+    _keep_gate_closed(r)
+    lease = obs.lease
+    if lease.held:
+        if obs.intents.paused:
+            # Frozen: keep what we won, promote nothing until resumed.
+            r.refuse(RefusalReason.PAUSED)
+            _renew_if_due(r)
+        elif lease.valid_at(r.now) and _lease_trouble(r) is None:
+            r.move(Trigger.LEASE_ACQUIRED)
+            r.emit(RecordFailover(ActionReason.FAILOVER_STARTED))
+            _promoting(r)
+        else:
+            r.move(Trigger.NO_LONGER_ELIGIBLE)
+            _release_unwanted_lease(r)
+        return
+    if obs.intents.paused:
+        r.refuse(RefusalReason.PAUSED)
+    elif not obs.lock.reachable:
+        r.refuse(RefusalReason.DCS_UNREACHABLE)
+        r.move(Trigger.NO_LONGER_ELIGIBLE)
+    elif obs.lock.holder is not None:
+        r.move(Trigger.RACE_LOST)
+    else:
+        _collect_race_refusals(r)
+        if r.refusals:
+            r.move(Trigger.NO_LONGER_ELIGIBLE)
+        else:
+            r.emit(AcquireLock(ActionReason.LOCK_FREE_AND_ELIGIBLE))
+
+
+def _fence_now(r: _Round, trigger: Trigger, *, switchover_target: str | None = None) -> None:
+    r.move(trigger, switchover_target=switchover_target)
+    _fence_actions(r, _FENCE_ACTION_REASON[trigger], insist=True)
+    _renew_if_due(r)
+
+
+def _promoting(r: _Round) -> None:
+    obs = r.obs
+    trouble = _lease_trouble(r)
+    if trouble is not None:
+        _fence_now(r, trouble)
+    elif not obs.db.health.healthy and not obs.intents.paused:
+        _fence_now(r, Trigger.DB_UNHEALTHY)
+    else:
+        _keep_gate_closed(r)
+        _renew_if_due(r)
+        if obs.intents.paused:
+            r.refuse(RefusalReason.PAUSED)
+        else:
+            _promotion_step(r)
+
+
+def _promotion_step(r: _Round) -> None:
+    """One observable step of the promotion; the next step waits for its effect."""
+    obs = r.obs
+    token = obs.lease.token
+    assert token is not None  # only called with a held lease
+    replication = obs.db.replication
+    if replication.source is not None:
+        if not replication.relay_log_applied:
+            r.emit(WaitRelayLog(r.config.relay_wait_timeout, ActionReason.PROMOTION))
+        else:
+            r.emit(Promote(r.config.lossless, ActionReason.PROMOTION))
+    elif obs.db.read_only is not False:
+        r.emit(SetReadOnly(read_only=False, reason=ActionReason.PROMOTION))
+        if obs.db.fencing_token != token:
+            r.emit(WriteFencingToken(token, ActionReason.PROMOTION))
+    elif obs.db.fencing_token != token:
+        r.emit(WriteFencingToken(token, ActionReason.PROMOTION))
+    else:
+        r.move(Trigger.PROMOTION_COMPLETE)
+        _serve(r)
+
+
+def _primary(r: _Round) -> None:
+    obs = r.obs
+    trouble = _lease_trouble(r)
+    target = obs.intents.switchover_target
+    if trouble is not None:
+        _fence_now(r, trouble)
+    elif obs.intents.paused:
+        r.refuse(RefusalReason.PAUSED)
+        _renew_if_due(r)
+        _serve(r)
+    elif not obs.db.health.healthy:
+        _fence_now(r, Trigger.DB_UNHEALTHY)
+    elif target is not None and target != r.me:
+        if _switchover_target_suitable(r, target):
+            _fence_now(r, Trigger.SWITCHOVER, switchover_target=target)
+        else:
+            r.refuse(RefusalReason.SWITCHOVER_TARGET_UNSUITABLE, target)
+            _renew_if_due(r)
+            _serve(r)
+    else:
+        _renew_if_due(r)
+        _serve(r)
+
+
+def _serve(r: _Round) -> None:
+    """PRIMARY with a valid lease: keep the gate armed with the current deadline."""
+    obs = r.obs
+    lease = obs.lease
+    assert lease.token is not None and lease.deadline is not None  # valid lease checked by callers
+    gate = obs.gate
+    if not gate.admitting or gate.token != lease.token or gate.deadline != lease.deadline:
+        reason = ActionReason.LEASE_EXTENDED if gate.admitting else ActionReason.PRIMARY_READY
+        r.emit(AdmitGate(lease.token, lease.deadline, reason))
+    _sync_discovery(r, DiscoveryTag.PRIMARY, ActionReason.PRIMARY_READY)
+    if obs.intents.switchover_target == r.me:
+        r.emit(ClearSwitchover(ActionReason.SWITCHOVER_DONE))
+
+
+def _switchover_target_suitable(r: _Round, target: str) -> bool:
+    record = r.obs.member(target)
+    return (
+        record is not None
+        and _fresh(r, record)
+        and record.info.healthy
+        and record.info.role is Role.REPLICA
+        and record.info.position is not None
+        and record.info.priority > 0
+    )
+
+
+def _fencing(r: _Round) -> None:
+    obs = r.obs
+    state = r.state
+    assert state.fenced_reason is not None  # set by every transition into FENCING
+    _fence_actions(r, _FENCE_ACTION_REASON[state.fenced_reason], insist=True)
+    _renew_if_due(r)
+    if obs.intents.paused:
+        r.refuse(RefusalReason.PAUSED)
+        return
+    lease = obs.lease
+    target = state.switchover_target
+    if state.fenced_reason is Trigger.SWITCHOVER and obs.intents.switchover_target != target:
+        if _lease_trouble(r) is None and obs.db.health.healthy:
+            r.move(Trigger.SWITCHOVER_ABORTED)
+            return
+        # Cannot take the role back: finish as an ordinary fence.
+        r.state = state = replace(state, fenced_reason=Trigger.SWITCHOVER, switchover_target=None)
+        target = None
+    if not obs.fence_complete:
+        r.refuse(RefusalReason.FENCE_INCOMPLETE)
+        return
+    lease_gone = not lease.held or (
+        lease.deadline is not None and r.now >= lease.deadline + r.config.safety_margin
+    )
+    if lease_gone:
+        r.move(Trigger.RELEASED)
+        return
+    assert lease.token is not None
+    if target is not None:
+        record = obs.member(target)
+        position = obs.db.position
+        caught_up = (
+            record is not None and _fresh(r, record) and record.info.healthy
+            and record.info.position is not None and position is not None
+            and record.info.position.covers(position)
+        )
+        if not caught_up:
+            r.refuse(RefusalReason.SWITCHOVER_TARGET_BEHIND, target)
+            return
+        r.emit(ReleaseLock(lease.token, ActionReason.SWITCHOVER))
+    else:
+        r.emit(ReleaseLock(lease.token, ActionReason.FENCE_COMPLETE))
+
+
+def _fenced(r: _Round) -> None:
+    obs = r.obs
+    _fence_actions(r, ActionReason.NOT_PRIMARY, insist=False)
+    _release_unwanted_lease(r)
+    if obs.intents.paused:
+        r.refuse(RefusalReason.PAUSED)
+        return
+    primary = _ready_primary(r)
+    if primary is None:
+        if obs.lock.reachable:
+            r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN)
+        else:
+            r.refuse(RefusalReason.DCS_UNREACHABLE)
+        return
+    check = obs.db.replication.errant
+    if not obs.db.health.healthy:
+        r.refuse(RefusalReason.DB_UNHEALTHY, ", ".join(obs.db.health.reasons))
+    elif check is None or check.against != primary:
+        r.refuse(RefusalReason.ERRANT_UNCHECKED, primary)
+    elif not check.clean:
+        r.refuse(RefusalReason.ERRANT_GTIDS, ",".join(check.gtids))
+        r.state = replace(r.state, fenced_reason=Trigger.ERRANT_GTIDS)
+    else:
+        r.emit(Repoint(primary, r.config.lossless, ActionReason.REJOIN))
+        r.move(Trigger.REJOINED)
+
+
+_HANDLERS = {
+    Role.STARTING: _starting,
+    Role.REPLICA: _replica,
+    Role.CANDIDATE: _candidate,
+    Role.PROMOTING: _promoting,
+    Role.PRIMARY: _primary,
+    Role.FENCING: _fencing,
+    Role.FENCED: _fenced,
+}

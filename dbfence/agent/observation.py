@@ -1,0 +1,210 @@
+"""What the agent loop tells the decision core: one immutable snapshot per decision.
+
+The loop builds an :class:`Observation` from its adapters (lock backend, MySQL
+probes and checks, gate, discovery, operator intents in the DCS) and from the
+results of the actions it executed since the last decision. Facts are reported as
+*levels* (the gate is blocked, mysqld is read-only, the token is in the table), not
+as events, so a failed or lost action is simply retried by the next decision.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from dbfence.agent.gtid import GtidPosition
+from dbfence.agent.state import Role
+
+
+class ObservationError(ValueError):
+    """An observation is internally inconsistent (an adapter bug, never a runtime condition)."""
+
+
+class DiscoveryTag(enum.Enum):
+    """The role this node currently advertises in service discovery."""
+
+    PRIMARY = "primary"
+    REPLICA = "replica"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseView:
+    """This agent's own hold on the cluster lock, as its lock adapter knows it.
+
+    ``deadline`` = send time of the last successful renewal (or acquisition) + ttl -
+    safety margin, on this host's monotonic clock. A failed renewal leaves ``held``
+    and ``deadline`` unchanged; the adapter sets ``held`` to False only once it knows
+    the key is no longer ours. The adapter must also report ``held`` when the key in
+    the DCS belongs to this agent's own lease/session (e.g. an acquire whose reply
+    was lost but which succeeded).
+    """
+
+    held: bool = False
+    token: int | None = None
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.held and (self.token is None or self.deadline is None):
+            raise ObservationError("a held lease needs its fencing token and deadline")
+
+    def valid_at(self, now: float) -> bool:
+        return self.held and self.deadline is not None and now < self.deadline
+
+
+@dataclass(frozen=True, slots=True)
+class LockView:
+    """The cluster lock key as read from the DCS in this round (``reachable`` False: read failed)."""
+
+    reachable: bool = True
+    holder: str | None = None
+    token: int | None = None
+
+    @property
+    def free(self) -> bool:
+        return self.reachable and self.holder is None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """The content of a member record, as an agent publishes it."""
+
+    name: str
+    role: Role
+    healthy: bool
+    position: GtidPosition | None
+    gate_admitting: bool
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """A member record read from the DCS; ``last_seen`` is when the observer saw it last
+    change (this host's monotonic clock)."""
+
+    info: MemberInfo
+    last_seen: float
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+@dataclass(frozen=True, slots=True)
+class HealthVerdict:
+    """The MySQL adapter's verdict after hysteresis, with the reasons of a trip."""
+
+    healthy: bool
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrantCheck:
+    """Result of the errant-GTID check of the local data against primary ``against``.
+
+    ``gtids`` lists the local transactions the primary lacks (empty: clean). The MySQL
+    adapter computes it from the primary's binlog (positions alone cannot prove a
+    clean history, see ``GtidPosition.diverging_domains``).
+    """
+
+    against: str
+    gtids: tuple[str, ...] = ()
+
+    @property
+    def clean(self) -> bool:
+        return not self.gtids
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationState:
+    """Local replication. ``source`` is the node replicated from (None: not configured,
+    i.e. promoted or never set up). ``lag_seconds`` is how far the applier is behind the
+    events already received (None: unknown). ``errant`` is the latest errant check
+    against the current lock holder, None when not available."""
+
+    source: str | None = None
+    running: bool = False
+    relay_log_applied: bool = True
+    lag_seconds: float | None = 0.0
+    errant: ErrantCheck | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDatabase:
+    """The local mysqld: health verdict, read-only flag (None: could not be read),
+    applied GTID position, server id, fencing token stored in its table, replication."""
+
+    health: HealthVerdict
+    read_only: bool | None
+    position: GtidPosition | None
+    server_id: int | None
+    fencing_token: int | None = None
+    replication: ReplicationState = ReplicationState()
+
+
+@dataclass(frozen=True, slots=True)
+class GateView:
+    """The local gate: ``admitting`` when armed (it then still refuses at/after
+    ``deadline``), the token and deadline it was armed with, open client connections."""
+
+    admitting: bool = False
+    token: int | None = None
+    deadline: float | None = None
+    open_connections: int = 0
+
+    def __post_init__(self) -> None:
+        if self.admitting and (self.token is None or self.deadline is None):
+            raise ObservationError("an admitting gate needs the token and deadline it was armed with")
+        if self.open_connections < 0:
+            raise ObservationError("open_connections cannot be negative")
+
+    def admits_at(self, now: float) -> bool:
+        """What the gate itself does with the next chunk: armed and before its deadline."""
+        return self.admitting and self.deadline is not None and now < self.deadline
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorIntents:
+    """Operator requests stored in the DCS."""
+
+    paused: bool = False
+    switchover_target: str | None = None
+    skip_cooldown: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Everything ``decide`` may know, all times on this host's monotonic clock.
+
+    ``last_failover_at`` is when the last failover started (from the DCS, converted to
+    the local clock by the adapter); None when there has been none.
+    """
+
+    now: float
+    lease: LeaseView
+    lock: LockView
+    members: tuple[MemberRecord, ...]
+    db: LocalDatabase
+    gate: GateView
+    discovery: DiscoveryTag | None = None
+    intents: OperatorIntents = OperatorIntents()
+    last_failover_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.now):
+            raise ObservationError(f"now must be finite, got {self.now!r}")
+        names = [record.name for record in self.members]
+        if len(set(names)) != len(names):
+            raise ObservationError(f"duplicate member records: {sorted(names)}")
+
+    def member(self, name: str) -> MemberRecord | None:
+        for record in self.members:
+            if record.name == name:
+                return record
+        return None
+
+    @property
+    def fence_complete(self) -> bool:
+        """Gate blocked, no client connection left, mysqld read-only or unreachable."""
+        gate_closed = not self.gate.admitting and self.gate.open_connections == 0
+        return gate_closed and self.db.read_only is not False

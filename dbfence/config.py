@@ -1,0 +1,324 @@
+"""The agent's TOML configuration: one schema that validates, documents and prints itself.
+
+Every setting is a field of a frozen dataclass with its default and a one-line description in the
+field's metadata. The loader walks that schema, so an unknown key, a wrong type or a value out of
+range is reported with its full dotted name and the form it expects, and the reference in
+``docs/configuration.md`` is generated from the same place (a test keeps it current).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the key and the expected form."""
+
+
+REQUIRED: Any = dataclasses.MISSING
+
+
+def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A documented setting; ``REQUIRED`` as default makes it mandatory."""
+    metadata = {"doc": doc, "min": minimum, "max": maximum, "choices": choices}
+    if default is REQUIRED:
+        return field(metadata=metadata)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSection:
+    name: str = setting(REQUIRED, "Cluster name: the DCS key prefix and the Consul service name.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSection:
+    name: str = setting(REQUIRED, "This node's name, unique in the cluster.")
+    address: str = setting("127.0.0.1", "Address applications use to reach this node's gate "
+                                        "(published in discovery).")
+    priority: int = setting(100, "Preference among equally advanced candidates: higher wins; "
+                                 "0 means never promote this node.", minimum=0, maximum=1000)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateSection:
+    listen: str = setting("0.0.0.0:3307", "host:port the gate accepts application connections on.")
+    workers: int = setting(0, "Gate worker processes sharing the port; 0 = one per CPU core.",
+                           minimum=0, maximum=64)
+    max_connections: int = setting(2000, "Client connections the gate admits at once; beyond it "
+                                         "clients get a MySQL 'too many connections' error.",
+                                   minimum=1, maximum=100000)
+    idle_timeout: float = setting(0.0, "Seconds of client silence before the gate closes a "
+                                       "connection; 0 = never.", minimum=0)
+    drain_timeout: float = setting(5.0, "Seconds a switchover waits for in-flight transactions "
+                                        "before cutting connections.", minimum=0, maximum=600)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MysqlSection:
+    host: str = setting("127.0.0.1", "Address of the local mysqld (ignored when socket is set).")
+    port: int = setting(3306, "TCP port of the local mysqld.", minimum=1, maximum=65535)
+    socket: str = setting("", "Unix socket of the local mysqld; preferred over host:port when set.")
+    credentials_file: str = setting(REQUIRED, "File with the agent's and the replication account "
+                                              "(mode 0600, see docs/security.md).")
+    pid_file: str = setting("", "mysqld's pid file, for the process-alive probe; empty = skip.")
+    datadir: str = setting("", "mysqld's data directory, for the free-space probe; empty = skip.")
+    app_users: list[str] = setting([], "Application accounts that must not hold SUPER or READ ONLY "
+                                       "ADMIN (checked at start).")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DcsSection:
+    kind: str = setting(REQUIRED, "Lock service: etcd or consul.", choices=("etcd", "consul"))
+    endpoints: list[str] = setting(REQUIRED, "etcd client URLs (all members), or the local Consul "
+                                             "agent's HTTP URL.")
+    ttl: float = setting(10.0, "Lease/session TTL in seconds.", minimum=1, maximum=3600)
+    margin: float = setting(2.0, "Safety margin in seconds: the holder stops admitting at "
+                                 "renewal send time + ttl - margin.", minimum=0.1)
+    renew_interval: float = setting(0.0, "Seconds between lease renewals; 0 = ttl / 5.", minimum=0)
+    lock_delay: float = setting(1.0, "Consul lock-delay after a session is invalidated (s).",
+                                minimum=0, maximum=60)
+    tls_ca: str = setting("", "CA certificate file for TLS to the DCS; empty = plain TCP.")
+    tls_cert: str = setting("", "Client certificate file for mutual TLS.")
+    tls_key: str = setting("", "Client key file for mutual TLS.")
+    username: str = setting("", "etcd user name (with password_file).")
+    password_file: str = setting("", "File holding the etcd password (mode 0600).")
+    acl_token_file: str = setting("", "File holding the Consul ACL token (mode 0600).")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectionSection:
+    interval: float = setting(0.1, "Seconds between probe rounds.", minimum=0.01, maximum=60)
+    probe_timeout: float = setting(0.25, "Per-probe timeout in seconds.", minimum=0.01, maximum=60)
+    trip_after: int = setting(3, "Consecutive failed rounds before the database counts as "
+                                 "unhealthy.", minimum=1, maximum=100)
+    recover_after: int = setting(5, "Consecutive good rounds before it counts as healthy again.",
+                                 minimum=1, maximum=1000)
+    min_free_disk_mb: int = setting(512, "Free space the data directory needs, in MiB.", minimum=0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailoverSection:
+    max_lag: float = setting(10.0, "A replica further behind than this (seconds) does not race "
+                                   "for the lock.", minimum=0)
+    cooldown: float = setting(300.0, "Seconds after a failover during which no automatic "
+                                     "failover starts.", minimum=0)
+    lossless: bool = setting(True, "Semi-synchronous replication (AFTER_SYNC): no acknowledged "
+                                   "write lost on failover.")
+    semi_sync_timeout_ms: int = setting(3600000, "rpl_semi_sync_master_timeout: how long a commit "
+                                                 "waits for a replica's acknowledgement.", minimum=1)
+    relay_wait_timeout: float = setting(30.0, "Seconds a promotion waits for the relay log to be "
+                                              "applied.", minimum=0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSection:
+    listen: str = setting("127.0.0.1:8008", "host:port of the HTTP API (/primary, /replica, "
+                                            "/health, /status, /metrics); empty = off.")
+    token_file: str = setting("", "File holding the token that mutating endpoints require; "
+                                  "empty = mutating endpoints off.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoverySection:
+    consul_agent: str = setting("", "Local Consul agent URL for service registration; empty = "
+                                    "no Consul registration.")
+    etcd_key: bool = setting(True, "Publish the primary's gate address under "
+                                   "dbfence/<cluster>/primary in etcd.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    cluster: ClusterSection
+    node: NodeSection
+    mysql: MysqlSection
+    dcs: DcsSection
+    gate: GateSection = field(default_factory=GateSection)
+    detection: DetectionSection = field(default_factory=DetectionSection)
+    failover: FailoverSection = field(default_factory=FailoverSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    discovery: DiscoverySection = field(default_factory=DiscoverySection)
+
+    @property
+    def renew_interval(self) -> float:
+        return self.dcs.renew_interval or self.dcs.ttl / 5
+
+
+SECTIONS: dict[str, type[Any]] = {f.name: typing.get_type_hints(AgentConfig)[f.name]
+                                  for f in dataclasses.fields(AgentConfig)}
+
+
+def _type_name(kind: Any) -> str:
+    if kind == list[str]:
+        return "a list of strings"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[kind]
+
+
+def _coerce(key: str, kind: Any, value: Any, meta: typing.Mapping[str, Any]) -> Any:
+    ok = (
+        (kind is str and isinstance(value, str))
+        or (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (kind == list[str] and isinstance(value, list) and all(isinstance(v, str) for v in value))
+    )
+    if not ok:
+        raise ConfigError(f"{key}: expected {_type_name(kind)}, got {value!r}")
+    if kind is float:
+        value = float(value)
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{key}: expected one of {', '.join(meta['choices'])}, got {value!r}")
+    if meta["min"] is not None and value < meta["min"]:
+        raise ConfigError(f"{key}: must be at least {meta['min']}, got {value!r}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise ConfigError(f"{key}: must be at most {meta['max']}, got {value!r}")
+    return value
+
+
+def _build_section(name: str, cls: type[Any], raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}]: expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown setting (known: {', '.join(fields)})")
+    values = {}
+    for key, spec in fields.items():
+        if key in raw:
+            values[key] = _coerce(f"{name}.{key}", hints[key], raw[key], spec.metadata)
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{name}.{key}: required ({spec.metadata['doc']})")
+    return cls(**values)
+
+
+def parse_config(raw: dict[str, Any]) -> AgentConfig:
+    """Validate a parsed TOML document and return the typed configuration."""
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"[{unknown[0]}]: unknown section (known: {', '.join(SECTIONS)})")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        section_field = next(f for f in dataclasses.fields(AgentConfig) if f.name == name)
+        required = section_field.default_factory is dataclasses.MISSING
+        if name not in raw and required:
+            raise ConfigError(f"[{name}]: required section is missing")
+        sections[name] = _build_section(name, cls, raw.get(name, {}))
+    config = AgentConfig(**sections)
+    _check_relations(config)
+    return config
+
+
+def _check_relations(config: AgentConfig) -> None:
+    dcs = config.dcs
+    if dcs.margin >= dcs.ttl:
+        raise ConfigError(f"dcs.margin: must be smaller than dcs.ttl ({dcs.ttl}), got {dcs.margin}")
+    if config.renew_interval >= dcs.ttl - dcs.margin:
+        raise ConfigError(f"dcs.renew_interval: must be shorter than ttl - margin "
+                          f"({dcs.ttl - dcs.margin}s) so a lease is renewed before it lapses")
+    if not dcs.endpoints:
+        raise ConfigError("dcs.endpoints: at least one endpoint is required")
+    for address_key, value in (("gate.listen", config.gate.listen), ("http.listen", config.http.listen)):
+        if value:
+            parse_host_port(address_key, value)
+    if config.detection.probe_timeout > config.detection.interval * config.detection.trip_after:
+        raise ConfigError("detection.probe_timeout: must not exceed interval x trip_after, or a "
+                          "hung mysqld would be noticed later than the documented detection time")
+    if bool(config.dcs.tls_cert) != bool(config.dcs.tls_key):
+        raise ConfigError("dcs.tls_cert: tls_cert and tls_key must be given together")
+
+
+def parse_host_port(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def load_config(path: Path) -> AgentConfig:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse_config(raw)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def render_config(config: AgentConfig) -> str:
+    """The effective configuration, every default filled in, as TOML with a comment per key."""
+    lines: list[str] = []
+    for name in SECTIONS:
+        section = getattr(config, name)
+        lines.append(f"[{name}]")
+        for spec in dataclasses.fields(section):
+            lines.append(f"# {spec.metadata['doc']}")
+            lines.append(f"{spec.name} = {_toml_value(getattr(section, spec.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: every key, its type, default and meaning (generated)."""
+    out = ["# Configuration reference", "",
+           "<!-- Generated by `python -m dbfence.config > docs/configuration.md`; do not edit. -->", "",
+           "The agent reads one TOML file (`dbfence agent --config /etc/dbfence/dbfence.toml`). "
+           "Unknown keys are errors. `dbfence config show --config FILE` prints the effective "
+           "configuration with every default filled in.", ""]
+    for name, cls in SECTIONS.items():
+        out += [f"## `[{name}]`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        hints = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            if spec.default is not dataclasses.MISSING:
+                default = f"`{_toml_value(spec.default)}`"
+            elif spec.default_factory is not dataclasses.MISSING:
+                default = f"`{_toml_value(spec.default_factory())}`"
+            else:
+                default = "**required**"
+            meta = spec.metadata
+            bounds = []
+            if meta["choices"]:
+                bounds.append("one of " + ", ".join(f"`{c}`" for c in meta["choices"]))
+            if meta["min"] is not None:
+                bounds.append(f"≥ {meta['min']}")
+            if meta["max"] is not None:
+                bounds.append(f"≤ {meta['max']}")
+            suffix = f" ({'; '.join(bounds)})" if bounds else ""
+            out.append(f"| `{spec.name}` | {_type_name(hints[spec.name])} | {default} | "
+                       f"{meta['doc']}{suffix} |")
+        out.append("")
+    out += ["## What the detection defaults imply", "",
+            "With `interval = 0.1`, `probe_timeout = 0.25` and `trip_after = 3`, a crashed mysqld "
+            "(connection refused at once) is declared unhealthy after 3 rounds, about 0.3 s; a hung "
+            "one after at most 3 x max(interval, probe_timeout) ≈ 0.75 s. One slow probe never trips. "
+            "Recovery needs `recover_after = 5` good rounds (≈ 0.5 s).", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference_markdown())

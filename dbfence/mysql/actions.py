@@ -1,0 +1,446 @@
+"""Role actions on one mysqld: fence, promote, repoint, rejoin, and the reads they depend on.
+
+Every method opens its own short-lived connection (actions are rare, and a fresh session carries
+no state from an earlier failure), runs plain blocking PyMySQL calls with timeouts, and raises a
+typed error from :mod:`dbfence.mysql.errors` on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+
+from dbfence.mysql import schema
+from dbfence.mysql.accounts import check_app_account
+from dbfence.mysql.connection import (
+    DbConnection,
+    Endpoint,
+    Timeouts,
+    close_quietly,
+    connect,
+    query,
+    query_one,
+    server_version,
+)
+from dbfence.mysql.credentials import Credentials
+from dbfence.mysql.errors import (
+    ErrantTransactionsError,
+    GtidWaitTimeoutError,
+    MysqlAdapterError,
+    MysqlQueryError,
+    ReplicationNotConfiguredError,
+    UnsafeOnReplicaError,
+    UnsupportedServerError,
+)
+from dbfence.mysql.flavour import Flavour, FlavourSql, ReplicaStatus, ServerVersion, sql_for
+from dbfence.mysql.gtid import (
+    ErrantRange,
+    Gtid,
+    GtidParseError,
+    GtidPosition,
+    GtidState,
+    in_errant_ranges,
+    parse_binlog_gtid_event,
+    parse_binlog_gtid_list,
+    ranges_predate,
+)
+
+ER_NO_SUCH_THREAD = 1094
+# a replica session that ended between listing and killing
+_GONE_CODES = frozenset({ER_NO_SUCH_THREAD})
+
+DEFAULT_SEMI_SYNC_TIMEOUT_MS = 86_400_000  # one day: "lossless" must not quietly become async
+
+
+@dataclass(frozen=True)
+class GtidPositions:
+    """The GTID variables of one server, read in one statement."""
+
+    binlog_pos: GtidPosition
+    slave_pos: GtidPosition
+    current_pos: GtidPosition
+    binlog_state: GtidState
+
+    @property
+    def history(self) -> GtidState:
+        """Every (domain, server) stream this node has applied or written."""
+        return GtidState.from_sources(self.binlog_state, self.slave_pos)
+
+
+@dataclass(frozen=True)
+class SemiSyncSettings:
+    """Lossless semi-sync: AFTER_SYNC wait point, and a timeout long enough to never fall back."""
+
+    timeout_ms: int = DEFAULT_SEMI_SYNC_TIMEOUT_MS
+
+
+@dataclass(frozen=True)
+class KilledSession:
+    id: int
+    user: str
+    host: str
+    command: str
+
+
+@dataclass(frozen=True)
+class PrimaryAddress:
+    """Where a replica should replicate from, and with which replication account."""
+
+    host: str
+    port: int
+    replication: Credentials
+    name: str = ""
+
+    def __str__(self) -> str:
+        return self.name or f"{self.host}:{self.port}"
+
+
+class MysqlActions:
+    """Actions on the mysqld at ``endpoint``, as the agent account ``credentials``."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        credentials: Credentials,
+        timeouts: Timeouts | None = None,
+        name: str = "",
+    ) -> None:
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.timeouts = timeouts or Timeouts(connect_s=1.0, read_s=10.0, write_s=10.0)
+        self.name = name or str(endpoint)
+        self._version: ServerVersion | None = None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def session(self, read_timeout_s: float | None = None) -> Iterator[DbConnection]:
+        timeouts = self.timeouts
+        if read_timeout_s is not None:
+            timeouts = Timeouts(timeouts.connect_s, read_timeout_s, timeouts.write_s)
+        conn = connect(self.endpoint, self.credentials, timeouts)
+        try:
+            if self._version is None:
+                self._version = server_version(conn)
+            yield conn
+        finally:
+            close_quietly(conn)
+
+    def server_version(self) -> ServerVersion:
+        """Flavour and version, detected at first connect."""
+        if self._version is None:
+            with self.session():
+                pass
+        assert self._version is not None
+        return self._version
+
+    @property
+    def sql(self) -> FlavourSql:
+        return sql_for(self.server_version())
+
+    def _require_mariadb(self, what: str) -> None:
+        if self.server_version().flavour is not Flavour.MARIADB:
+            raise UnsupportedServerError(f"{what} is implemented for MariaDB only (MySQL GTID sets: todo)")
+
+    def _run(self, conn: DbConnection, statements: list[str]) -> None:
+        for statement in statements:
+            query(conn, statement)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def read_only(self) -> bool:
+        with self.session() as conn:
+            return bool(int(query_one(conn, self.sql.read_only_query())["read_only"]))
+
+    def replica_status(self) -> ReplicaStatus | None:
+        with self.session() as conn:
+            rows = query(conn, self.sql.replica_status_query())
+        return self.sql.parse_replica_status(rows[0]) if rows else None
+
+    def gtid_positions(self) -> GtidPositions:
+        self._require_mariadb("reading GTID positions")
+        statement = (
+            "SELECT @@global.gtid_binlog_pos AS binlog_pos, @@global.gtid_slave_pos AS slave_pos, "
+            "@@global.gtid_current_pos AS current_pos, @@global.gtid_binlog_state AS binlog_state"
+        )
+        with self.session() as conn:
+            row = query_one(conn, statement)
+        try:
+            return GtidPositions(
+                binlog_pos=GtidPosition.parse(row["binlog_pos"]),
+                slave_pos=GtidPosition.parse(row["slave_pos"]),
+                current_pos=GtidPosition.parse(row["current_pos"]),
+                binlog_state=GtidState.parse(row["binlog_state"]),
+            )
+        except GtidParseError as exc:
+            raise MysqlQueryError(
+                statement, None, f"{self.name} returned a GTID we cannot read: {exc}"
+            ) from None
+
+    def read_fencing_token(self) -> schema.FencingRecord | None:
+        with self.session() as conn:
+            try:
+                return schema.read_fencing_token(conn)
+            except MysqlQueryError as exc:
+                if exc.code in (1049, 1146):  # no schema / no table yet
+                    return None
+                raise
+
+    def semi_sync_status(self) -> dict[str, object]:
+        with self.session() as conn:
+            return dict(query_one(conn, self.sql.semi_sync_status_query()))
+
+    def check_app_account(self, app_user: str) -> None:
+        """Raise UnsafeAccountError if ``app_user`` can write through read_only."""
+        with self.session() as conn:
+            check_app_account(conn, app_user, self.sql)
+
+    # -- fencing ----------------------------------------------------------------------------
+
+    def set_read_only(self, on: bool) -> None:
+        with self.session() as conn:
+            self._run(conn, self.sql.set_read_only(on))
+
+    def kill_client_connections(
+        self, keep_ids: Collection[int] = (), keep_users: Collection[str] = ()
+    ) -> tuple[KilledSession, ...]:
+        """Kill every client session except ours, ``keep_ids``, replication and system threads."""
+        sql = self.sql
+        killed: list[KilledSession] = []
+        with self.session() as conn:
+            rows = query(
+                conn,
+                "SELECT ID AS id, USER AS user, HOST AS host, COMMAND AS command "
+                "FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()",
+            )
+            for row in rows:
+                session = KilledSession(
+                    int(row["id"]), str(row["user"]), str(row["host"] or ""), str(row["command"])
+                )
+                if (
+                    session.id in keep_ids
+                    or session.user in keep_users
+                    or session.user in ("system user", "event_scheduler", "")
+                    or session.command in sql.replication_commands
+                ):
+                    continue
+                try:
+                    query(conn, f"KILL CONNECTION {session.id}")
+                except MysqlQueryError as exc:
+                    if exc.code not in _GONE_CODES:
+                        raise
+                    continue
+                killed.append(session)
+        return tuple(killed)
+
+    def fence(self, keep_ids: Collection[int] = ()) -> tuple[KilledSession, ...]:
+        """Cut client sessions, set read_only ON, cut again; returns every session killed.
+
+        Sessions go first: ``SET GLOBAL read_only`` waits for commits in progress, and a commit
+        waiting for a semi-sync ack that never comes would hold it for the whole semi-sync
+        timeout. A killed waiter's client gets an error, never an OK, so no write is
+        acknowledged that the replicas lack. Semi-sync is left on: switching it off would release
+        waiting commits with an OK.
+        """
+        killed = list(self.kill_client_connections(keep_ids))
+        self.set_read_only(True)
+        killed += self.kill_client_connections(keep_ids)
+        return tuple(killed)
+
+    # -- replication ------------------------------------------------------------------------
+
+    def wait_relay_log_applied(self, timeout_s: float) -> GtidPosition:
+        """Wait until everything received from the primary is applied; return that position."""
+        self._require_mariadb("waiting for the relay log")
+        with self.session(read_timeout_s=timeout_s + 5.0) as conn:
+            rows = query(conn, self.sql.replica_status_query())
+            if not rows:
+                raise ReplicationNotConfiguredError(f"{self.name} has no replication configured")
+            received = self.sql.parse_replica_status(rows[0]).received_gtid_pos
+            statement, params = self.sql.gtid_wait(received, timeout_s)
+            reached = int(query_one(conn, statement, params)["reached"])
+            if reached != 0:
+                applied = query_one(conn, "SELECT @@global.gtid_slave_pos AS p")["p"]
+                raise GtidWaitTimeoutError(
+                    f"{self.name} did not apply its relay log within {timeout_s:g} s: received {received!r}, "
+                    f"applied {applied!r}"
+                )
+        return GtidPosition.parse(received)
+
+    def set_semi_sync_primary(self, settings: SemiSyncSettings | None) -> None:
+        """Lossless semi-sync on the primary side (None = off)."""
+        with self.session() as conn:
+            timeout = settings.timeout_ms if settings else DEFAULT_SEMI_SYNC_TIMEOUT_MS
+            self._run(conn, self.sql.semi_sync_primary(settings is not None, timeout))
+
+    def set_semi_sync_replica(self, enabled: bool) -> None:
+        """Semi-sync replica side; restarts a running IO thread so the change takes effect."""
+        with self.session() as conn:
+            self._run(conn, self.sql.semi_sync_replica(enabled))
+            rows = query(conn, self.sql.replica_status_query())
+            if rows and self.sql.parse_replica_status(rows[0]).io_running != "No":
+                self._run(conn, self.sql.restart_io_thread())
+
+    def ensure_schema(self) -> None:
+        """Create the dbfence schema here; refused on a replica (it would be an errant write)."""
+        with self.session() as conn:
+            self._ensure_schema(conn)
+
+    def _ensure_schema(self, conn: DbConnection) -> None:
+        if query(conn, self.sql.replica_status_query()):
+            raise UnsafeOnReplicaError(
+                f"{self.name} replicates from a primary: creating the dbfence schema here would write "
+                "GTIDs the primary lacks; create it on the primary"
+            )
+        schema.ensure_schema(conn)
+
+    def write_fencing_token(self, token: int, holder: str) -> None:
+        """Record the lock's fencing token in dbfence.fencing (replicates to every replica)."""
+        with self.session() as conn:
+            self._ensure_schema(conn)
+            schema.write_fencing_token(conn, token, holder)
+
+    def promote(
+        self,
+        *,
+        fencing_token: int | None,
+        holder: str,
+        semi_sync: SemiSyncSettings | None,
+        apply_relay_log_timeout_s: float | None = 30.0,
+    ) -> GtidPositions:
+        """Make this replica the writable primary.
+
+        Order: stop receiving, apply what was received, drop the replication config, write the
+        fencing token (before semi-sync, so it cannot wait for an ack), lossless semi-sync on,
+        read_only off.
+        """
+        self._require_mariadb("promote")
+        sql = self.sql
+        status = self.replica_status()
+        if status is not None:
+            with self.session() as conn:
+                query(conn, sql.stop_io_thread())
+            if apply_relay_log_timeout_s is not None:
+                self.wait_relay_log_applied(apply_relay_log_timeout_s)
+        with self.session() as conn:
+            self._run(conn, [sql.stop_replica(), sql.reset_replica_all()])
+            self._run(conn, sql.semi_sync_replica(False))
+            self._ensure_schema(conn)
+            if fencing_token is not None:
+                schema.write_fencing_token(conn, fencing_token, holder)
+        self.set_semi_sync_primary(semi_sync)
+        self.set_read_only(False)
+        return self.gtid_positions()
+
+    def errant_against(self, primary_state: GtidState) -> tuple[ErrantRange, ...]:
+        """GTIDs this node has that a primary with ``primary_state`` lacks."""
+        return self.gtid_positions().history.errant_against(primary_state)
+
+    def list_errant_gtids(
+        self, ranges: tuple[ErrantRange, ...], max_events: int = 1_000_000
+    ) -> tuple[Gtid, ...]:
+        """The exact GTIDs of ``ranges`` found in this node's binlogs, newest file first.
+
+        MariaDB keeps only the last sequence per (domain, server) stream, and sequences are shared
+        by every server of a domain, so a range can hold gaps; the binlog says which exist. Stops
+        at the first file whose starting Gtid_list shows no older file can hold one, or after
+        ``max_events`` events.
+        """
+        if not ranges:
+            return ()
+        found: list[Gtid] = []
+        budget = max_events
+        with self.session(read_timeout_s=60.0) as conn:
+            logs = [str(row["Log_name"]) for row in query(conn, "SHOW BINARY LOGS")]
+            for log in reversed(logs):
+                if budget <= 0:
+                    break
+                events = query(conn, "SHOW BINLOG EVENTS IN %s LIMIT %s", (log, budget))
+                budget -= len(events)
+                starts_before = False
+                for event in events:
+                    kind, info = str(event["Event_type"]), str(event["Info"] or "")
+                    if kind == "Gtid_list":
+                        starts_before = ranges_predate(parse_binlog_gtid_list(info), ranges)
+                    elif kind == "Gtid":
+                        gtid = parse_binlog_gtid_event(info)
+                        if gtid is not None and in_errant_ranges(gtid, ranges):
+                            found.append(gtid)
+                if starts_before:
+                    break
+        return tuple(sorted(set(found)))
+
+    def repoint(
+        self,
+        primary: PrimaryAddress,
+        primary_state: GtidState,
+        *,
+        semi_sync_replica: bool,
+        former_primary: bool | None = None,
+        heartbeat_s: float = 1.0,
+        connect_retry_s: int = 1,
+        keep_ids: Collection[int] = (),
+    ) -> None:
+        """Replicate from ``primary`` by GTID, after refusing if this node has errant GTIDs.
+
+        ``primary_state`` is the new primary's ``gtid_binlog_state`` (see
+        :meth:`gtid_positions`). ``former_primary`` (auto-detected when None: no replication
+        configured) makes the node start from its own binlog position, since its
+        ``gtid_slave_pos`` still points at where it stopped replicating long ago. ``keep_ids``
+        are the agent's own sessions, spared if client sessions must be cut.
+        """
+        self._require_mariadb("repoint")
+        sql = self.sql
+        positions = self.gtid_positions()
+        errant = positions.history.errant_against(primary_state)
+        if errant:
+            try:
+                exact = self.list_errant_gtids(errant)
+            except MysqlAdapterError:
+                exact = ()  # the ranges alone still name them; the refusal matters more
+            raise ErrantTransactionsError(self.name, str(primary), errant, exact)
+        if int(str(self.semi_sync_status()["primary_enabled"])):
+            # a lossless primary until now: cut sessions first so that turning semi-sync off
+            # cannot release a waiting commit with an OK (see fence)
+            self.fence(keep_ids)
+            self.set_semi_sync_primary(None)
+        else:
+            self.set_read_only(True)
+        with self.session() as conn:
+            configured = bool(query(conn, sql.replica_status_query()))
+            if former_primary is None:
+                former_primary = not configured
+            if configured:
+                query(conn, sql.stop_replica())
+            if former_primary:
+                start = positions.binlog_pos.merged_latest(positions.slave_pos)
+                query(conn, "SET GLOBAL gtid_slave_pos = %s", (str(start),))
+            statement, params = sql.change_primary(
+                host=primary.host,
+                port=primary.port,
+                user=primary.replication.user,
+                password=primary.replication.password,
+                heartbeat_s=heartbeat_s,
+                retry_s=connect_retry_s,
+            )
+            query(conn, statement, params)
+            self._run(conn, sql.semi_sync_replica(semi_sync_replica))
+            query(conn, sql.start_replica())
+
+    def rejoin(
+        self,
+        primary: PrimaryAddress,
+        primary_state: GtidState,
+        *,
+        semi_sync_replica: bool,
+        keep_ids: Collection[int] = (),
+    ) -> None:
+        """A former primary comes back as a replica, or is refused with its errant GTIDs named."""
+        self.repoint(
+            primary,
+            primary_state,
+            semi_sync_replica=semi_sync_replica,
+            former_primary=True,
+            keep_ids=keep_ids,
+        )

@@ -1,0 +1,605 @@
+"""Health probes of the local mysqld, each with its own timeout, each answering with a Verdict.
+
+Probes run in *lanes*: one worker thread (and, where needed, one connection) per lane. A round
+starts every lane whose previous job has returned, then waits for each up to that lane's timeout.
+A lane whose job is still running does not start another one: it answers "still running" at
+once, as a failure with the lane's timeout reason. So a stuck write or a hung server can never
+pile up threads or connections, and never delays the other probes.
+
+Lanes and what they answer:
+
+* ``process``: psutil on the pid file (PROCESS)
+* ``disk``: free space on the data directory (DISK)
+* ``connect``: a fresh connection to the client port, handshake and login (CONNECT)
+* ``reserved``: the agent's reserved, always-open connection (preferably on MariaDB's
+  ``extra_port``, which has its own connection budget): SELECT 1, then connection slots,
+  read_only, and replica status (SELECT, CONNECTIONS, READ_ONLY, REPLICATION)
+* ``write``: a heartbeat row update on its own connection, primary only (WRITE). On timeout the
+  statement is killed (KILL QUERY) from a separate short-lived connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from dbfence.mysql.connection import (
+    DbConnection,
+    Endpoint,
+    Timeouts,
+    close_quietly,
+    connect,
+    query,
+    query_one,
+    server_version,
+    thread_id,
+)
+from dbfence.mysql.credentials import Credentials
+from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError, MysqlUnavailableError
+from dbfence.mysql.flavour import FlavourSql, sql_for
+from dbfence.mysql.schema import HEARTBEAT_AGE, HEARTBEAT_UPSERT, ensure_schema
+from dbfence.mysql.verdict import ProbeKind, Reason, Verdict
+
+MYSQLD_NAMES = frozenset({"mariadbd", "mysqld"})
+_GIB = 1024**3
+
+
+class Role(enum.Enum):
+    PRIMARY = "primary"  # expects read_only OFF; write probe runs
+    REPLICA = "replica"  # expects read_only ON and running replication
+    FENCED = "fenced"  # read_only expected ON, no replication expected, no write probe
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Timeouts and thresholds. Defaults and the detection time they imply: docs/detection.md."""
+
+    interval_s: float = 0.2
+    process_timeout_s: float = 0.2
+    disk_timeout_s: float = 0.5
+    connect_timeout_s: float = 1.0  # crashes show as refusals at once; hangs are select's job
+    select_timeout_s: float = 0.3
+    write_timeout_s: float = 0.5
+    # a heartbeat stuck this long is killed (KILL QUERY) so the lane can start afresh; until then
+    # every round reports it as still running, and it completes by itself if the stall ends
+    write_abandon_s: float = 5.0
+    # the reserved/write connections give up on a silent server after this (then reconnect)
+    session_read_timeout_s: float = 5.0
+    disk_min_free_bytes: int = _GIB // 2
+    disk_min_free_ratio: float = 0.01
+    min_free_connection_slots: int = 1
+    max_replica_lag_s: float = 30.0
+    # also measure lag by the age of the primary's replicated heartbeat row (needs synced clocks)
+    heartbeat_lag: bool = True
+
+
+@dataclass(frozen=True)
+class Target:
+    """The local mysqld the agent watches."""
+
+    endpoint: Endpoint  # the client port, as applications see it
+    credentials: Credentials  # the agent's account
+    pid_file: Path | None = None
+    datadir: Path | None = None  # read from @@datadir when not set
+    # where the reserved connection goes: MariaDB extra_port, or the client port
+    reserved_endpoint: Endpoint | None = None
+
+
+JobResult = list[Verdict]
+
+
+@dataclass
+class _Job:
+    future: Future[JobResult]
+    started: float
+    reported: bool = False  # its verdicts (result or timeout) went out in some round
+    timed_out: bool = False
+    abandoned: bool = False
+
+
+@dataclass
+class _Lane:
+    name: str
+    kinds_on_timeout: tuple[ProbeKind, ...]
+    timeout_reason: Reason
+    timeout_s: float
+    # a job still stuck this long after its start is abandoned (e.g. its statement killed)
+    abandon_after_s: float | None = None
+    on_abandon: Callable[[], None] | None = None
+    # keep failing every round while a late job is still running (hang detectors), or report a
+    # late job once (probes whose own socket timeouts end them anyway)
+    repeat_while_running: bool = True
+    executor: ThreadPoolExecutor = field(init=False)
+    job: _Job | None = None
+
+    def __post_init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dbfence-probe-{self.name}")
+
+    def start(self, work: Callable[[], JobResult], now: float) -> bool:
+        """Start ``work`` unless the previous job is running or its result is not reported yet."""
+        job = self.job
+        if job is not None and (not job.future.done() or not job.reported):
+            return False
+        self.job = _Job(self.executor.submit(_guarded(work, self.kinds_on_timeout)), now)
+        return True
+
+    def collect(self, round_end: float) -> JobResult:
+        """Verdicts of this lane for the round ending at ``round_end`` (monotonic).
+
+        Waits until the job answers, its own timeout passes, or the round ends, whichever comes
+        first. A job that is neither done nor late yet gives no verdict this round: it is
+        collected by a later one, so rounds keep their cadence.
+        """
+        job = self.job
+        if job is None:
+            return []
+        if job.timed_out:  # reported as timed out in an earlier round and still not back
+            if job.future.done():
+                return []
+            self._maybe_abandon(job)
+            if not self.repeat_while_running:
+                return []
+            return self._timeout_verdicts(job, still_running=True)
+        if job.reported:
+            return []
+        job_deadline = job.started + self.timeout_s
+        try:
+            result = job.future.result(timeout=max(0.0, min(job_deadline, round_end) - time.monotonic()))
+        except FutureTimeout:
+            if time.monotonic() < job_deadline:
+                return []  # not late yet
+            job.timed_out = job.reported = True
+            return self._timeout_verdicts(job, still_running=False)
+        job.reported = True
+        return result
+
+    def _maybe_abandon(self, job: _Job) -> None:
+        if job.abandoned or self.abandon_after_s is None or self.on_abandon is None:
+            return
+        if time.monotonic() - job.started >= self.abandon_after_s:
+            job.abandoned = True
+            self.on_abandon()
+
+    def _timeout_verdicts(self, job: _Job, *, still_running: bool) -> JobResult:
+        elapsed = time.monotonic() - job.started
+        detail = (
+            f"still running after {elapsed:.2f} s"
+            if still_running
+            else f"no answer within {self.timeout_s:.2f} s"
+        )
+        return [Verdict.failed(k, self.timeout_reason, detail, elapsed) for k in self.kinds_on_timeout]
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _guarded(work: Callable[[], JobResult], kinds: Sequence[ProbeKind]) -> Callable[[], JobResult]:
+    """A probe job never raises: an unexpected error is a failed verdict naming it."""
+
+    def run() -> JobResult:
+        started = time.monotonic()
+        try:
+            return work()
+        except Exception as exc:  # turned into a verdict, never lost
+            elapsed = time.monotonic() - started
+            return [Verdict.failed(k, Reason.QUERY_FAILED, f"probe error: {exc}", elapsed) for k in kinds]
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# single probes (plain functions, usable on their own)
+
+
+def probe_process(pid_file: Path) -> Verdict:
+    """Is the process named in ``pid_file`` a live, running mysqld?"""
+    started = time.monotonic()
+
+    def fail(reason: Reason, detail: str) -> Verdict:
+        return Verdict.failed(ProbeKind.PROCESS, reason, detail, time.monotonic() - started)
+
+    try:
+        text = pid_file.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return fail(Reason.PID_FILE_MISSING, f"{pid_file} does not exist")
+    except (OSError, UnicodeDecodeError) as exc:
+        return fail(Reason.PID_FILE_INVALID, f"cannot read {pid_file}: {exc}")
+    if not text.isdigit():
+        return fail(Reason.PID_FILE_INVALID, f"{pid_file} holds {text[:20]!r}, not a pid")
+    pid = int(text)
+    try:
+        proc = psutil.Process(pid)
+        name = proc.name()
+        status = proc.status()
+    except psutil.NoSuchProcess:
+        return fail(Reason.PROCESS_GONE, f"pid {pid} from {pid_file} is not running")
+    except psutil.Error as exc:
+        return fail(Reason.PROCESS_GONE, f"pid {pid}: {exc}")
+    if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+        return fail(Reason.PROCESS_ZOMBIE, f"pid {pid} ({name}) has exited (status {status})")
+    if name not in MYSQLD_NAMES:
+        return fail(Reason.PROCESS_NOT_MYSQLD, f"pid {pid} is {name!r}, not mysqld")
+    if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+        return fail(Reason.PROCESS_STOPPED, f"pid {pid} ({name}) is stopped (status {status})")
+    return Verdict.passed(ProbeKind.PROCESS, f"pid {pid} {name} {status}", time.monotonic() - started)
+
+
+def probe_disk(datadir: Path, min_free_bytes: int, min_free_ratio: float) -> Verdict:
+    started = time.monotonic()
+    try:
+        usage = shutil.disk_usage(datadir)
+    except OSError as exc:
+        return Verdict.failed(
+            ProbeKind.DISK, Reason.DISK_UNREADABLE, f"{datadir}: {exc}", time.monotonic() - started
+        )
+    ratio = usage.free / usage.total if usage.total else 0.0
+    detail = (
+        f"{usage.free / 1024**2:.0f} MiB free of {usage.total / 1024**2:.0f} MiB ({ratio:.1%}) on {datadir}"
+    )
+    elapsed = time.monotonic() - started
+    if usage.free < min_free_bytes or ratio < min_free_ratio:
+        limits = f"want >= {min_free_bytes / 1024**2:.0f} MiB and >= {min_free_ratio:.1%}"
+        return Verdict.failed(ProbeKind.DISK, Reason.DISK_LOW, f"{detail}; {limits}", elapsed)
+    return Verdict.passed(ProbeKind.DISK, detail, elapsed)
+
+
+def probe_connect(endpoint: Endpoint, credentials: Credentials, timeout_s: float) -> Verdict:
+    """A fresh connection completes the handshake and logs in, within ``timeout_s``."""
+    started = time.monotonic()
+    try:
+        conn = connect(endpoint, credentials, Timeouts(timeout_s, timeout_s, timeout_s))
+    except MysqlUnavailableError as exc:
+        return Verdict.failed(ProbeKind.CONNECT, exc.reason, exc.detail, time.monotonic() - started)
+    close_quietly(conn)
+    return Verdict.passed(ProbeKind.CONNECT, f"connected to {endpoint}", time.monotonic() - started)
+
+
+def replication_verdict(
+    row: dict[str, object] | None,
+    flavour: FlavourSql,
+    max_lag_s: float,
+    elapsed_s: float,
+    heartbeat_age_s: float | None = None,
+) -> Verdict:
+    """Judge one SHOW SLAVE STATUS row (None = no replication configured).
+
+    ``heartbeat_age_s`` is how old the primary's heartbeat row is on this replica (None when
+    unknown). Lag is the larger of it and Seconds_Behind_Master, which reads 0 while the IO
+    thread itself is behind.
+    """
+    kind = ProbeKind.REPLICATION
+    if row is None:
+        return Verdict.failed(kind, Reason.NOT_A_REPLICA, "no replication configured", elapsed_s)
+    status = flavour.parse_replica_status(row)
+    source = f"from {status.primary_host}:{status.primary_port}"
+    if status.last_sql_errno:
+        return Verdict.failed(
+            kind,
+            Reason.REPLICATION_ERROR,
+            f"SQL thread error {status.last_sql_errno} {source}: {status.last_sql_error}",
+            elapsed_s,
+        )
+    if status.sql_running != "Yes":
+        return Verdict.failed(
+            kind, Reason.SQL_THREAD_NOT_RUNNING, f"SQL thread {status.sql_running} {source}", elapsed_s
+        )
+    if status.io_running != "Yes":
+        error = f": error {status.last_io_errno} {status.last_io_error}" if status.last_io_errno else ""
+        return Verdict.failed(
+            kind, Reason.IO_THREAD_NOT_RUNNING, f"IO thread {status.io_running} {source}{error}", elapsed_s
+        )
+    if status.seconds_behind is None:
+        return Verdict.failed(kind, Reason.LAG_UNKNOWN, f"lag unknown {source}", elapsed_s)
+    heartbeat = "" if heartbeat_age_s is None else f", heartbeat {heartbeat_age_s:.1f} s old"
+    lag = max(float(status.seconds_behind), heartbeat_age_s or 0.0)
+    if lag > max_lag_s:
+        return Verdict.failed(
+            kind,
+            Reason.LAG_TOO_HIGH,
+            f"{status.seconds_behind} s behind {source}{heartbeat} (max {max_lag_s:g} s)",
+            elapsed_s,
+        )
+    return Verdict.passed(
+        kind,
+        f"{status.seconds_behind} s behind {source}{heartbeat}, at {status.received_gtid_pos}",
+        elapsed_s,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Prober:
+    """All probes of one local mysqld, run in non-blocking lanes.
+
+    Call :meth:`run_round` once per ``settings.interval_s`` from one thread; it returns within
+    ``interval_s``, whatever the server does. :meth:`close` stops the lanes and closes the
+    connections.
+    """
+
+    def __init__(
+        self, target: Target, settings: ProbeSettings | None = None, role: Role = Role.REPLICA
+    ) -> None:
+        self.target = target
+        self.settings = settings or ProbeSettings()
+        self._role = role
+        self._lock = threading.Lock()
+        self._reserved: DbConnection | None = None
+        self._writer: DbConnection | None = None
+        self._writer_thread_id: int | None = None
+        self._flavour: FlavourSql | None = None
+        self._datadir = target.datadir
+        s = self.settings
+        self._lanes = {
+            "process": _Lane("process", (ProbeKind.PROCESS,), Reason.PROCESS_STOPPED, s.process_timeout_s),
+            "disk": _Lane("disk", (ProbeKind.DISK,), Reason.DISK_UNREADABLE, s.disk_timeout_s),
+            "connect": _Lane(
+                "connect",
+                (ProbeKind.CONNECT,),
+                Reason.CONNECT_TIMEOUT,
+                s.connect_timeout_s,
+                repeat_while_running=False,
+            ),
+            "reserved": _Lane("reserved", (ProbeKind.SELECT,), Reason.QUERY_TIMEOUT, s.select_timeout_s),
+            "write": _Lane(
+                "write",
+                (ProbeKind.WRITE,),
+                Reason.WRITE_TIMEOUT,
+                s.write_timeout_s,
+                abandon_after_s=s.write_abandon_s,
+                on_abandon=self._kill_stuck_write,
+            ),
+        }
+
+    # -- public -----------------------------------------------------------------------------
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    def set_role(self, role: Role) -> None:
+        """Switch which probes run and what read_only is expected (takes effect next round)."""
+        self._role = role
+        if role is not Role.PRIMARY:
+            with self._lock:
+                close_quietly(self._writer)
+                self._writer, self._writer_thread_id = None, None
+
+    def expected_kinds(self, role: Role | None = None) -> frozenset[ProbeKind]:
+        """The probe kinds a round produces for ``role`` (default: the current role)."""
+        role = role or self._role
+        kinds = {
+            ProbeKind.CONNECT,
+            ProbeKind.SELECT,
+            ProbeKind.DISK,
+            ProbeKind.CONNECTIONS,
+            ProbeKind.READ_ONLY,
+        }
+        if self.target.pid_file is not None:
+            kinds.add(ProbeKind.PROCESS)
+        if role is Role.PRIMARY:
+            kinds.add(ProbeKind.WRITE)
+        if role is Role.REPLICA:
+            kinds.add(ProbeKind.REPLICATION)
+        return frozenset(kinds)
+
+    def agent_connection_ids(self) -> frozenset[int]:
+        """Server thread ids of the agent's own probe sessions: spare them when killing clients."""
+        with self._lock:
+            ids = set()
+            for conn in (self._reserved, self._writer):
+                if conn is not None and conn.open:
+                    ids.add(thread_id(conn))
+            return frozenset(ids)
+
+    def run_round(self) -> list[Verdict]:
+        """Run one round of the current role's probes; returns within ``interval_s``.
+
+        A probe that has not answered yet and is not past its own timeout gives no verdict in this
+        round; it is collected in a later one.
+        """
+        now = time.monotonic()
+        role = self._role
+        started: list[_Lane] = []
+        plan: list[tuple[str, Callable[[], JobResult]]] = [
+            ("reserved", lambda: self._reserved_probes(role)),
+            (
+                "connect",
+                lambda: [
+                    probe_connect(
+                        self.target.endpoint, self.target.credentials, self.settings.connect_timeout_s
+                    )
+                ],
+            ),
+        ]
+        if self.target.pid_file is not None:
+            pid_file = self.target.pid_file
+            plan.append(("process", lambda: [probe_process(pid_file)]))
+        if role is Role.PRIMARY:
+            plan.append(("write", self._write_probe))
+        plan.append(("disk", self._disk_probe))
+        for name, work in plan:
+            lane = self._lanes[name]
+            lane.start(work, now)
+            started.append(lane)
+        round_end = now + self.settings.interval_s
+        verdicts: list[Verdict] = []
+        for lane in started:
+            verdicts.extend(lane.collect(round_end))
+        return verdicts
+
+    def close(self) -> None:
+        for lane in self._lanes.values():
+            lane.close()
+        with self._lock:
+            close_quietly(self._reserved)
+            close_quietly(self._writer)
+            self._reserved = self._writer = None
+
+    def __enter__(self) -> Prober:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- lanes ------------------------------------------------------------------------------
+
+    def _session_timeouts(self) -> Timeouts:
+        s = self.settings
+        return Timeouts(s.connect_timeout_s, s.session_read_timeout_s, s.session_read_timeout_s)
+
+    def _reserved_conn(self) -> DbConnection:
+        with self._lock:
+            conn = self._reserved
+        if conn is not None and conn.open:
+            return conn
+        endpoint = self.target.reserved_endpoint or self.target.endpoint
+        conn = connect(endpoint, self.target.credentials, self._session_timeouts())
+        if self._flavour is None:
+            self._flavour = sql_for(server_version(conn))
+        if self._datadir is None:
+            self._datadir = Path(str(query_one(conn, "SELECT @@datadir AS d")["d"]))
+        with self._lock:
+            self._reserved = conn
+        return conn
+
+    def _drop_reserved(self) -> None:
+        with self._lock:
+            close_quietly(self._reserved)
+            self._reserved = None
+
+    def _reserved_probes(self, role: Role) -> JobResult:
+        started = time.monotonic()
+
+        def elapsed() -> float:
+            return time.monotonic() - started
+
+        try:
+            conn = self._reserved_conn()
+            query(conn, "SELECT 1")
+        except MysqlUnavailableError as exc:
+            self._drop_reserved()
+            reason = Reason.QUERY_TIMEOUT if exc.reason is Reason.QUERY_TIMEOUT else exc.reason
+            return [Verdict.failed(ProbeKind.SELECT, reason, exc.detail, elapsed())]
+        except MysqlAdapterError as exc:
+            self._drop_reserved()
+            return [Verdict.failed(ProbeKind.SELECT, Reason.QUERY_FAILED, str(exc), elapsed())]
+        verdicts = [Verdict.passed(ProbeKind.SELECT, "SELECT 1 answered", elapsed())]
+        assert self._flavour is not None
+        flavour = self._flavour
+        try:
+            verdicts.append(self._connections_verdict(conn, started))
+            verdicts.append(self._read_only_verdict(conn, flavour, role, started))
+            if role is Role.REPLICA:
+                rows = query(conn, flavour.replica_status_query())
+                row = rows[0] if rows else None
+                age = self._heartbeat_age(conn, flavour, row) if row and self.settings.heartbeat_lag else None
+                verdicts.append(
+                    replication_verdict(row, flavour, self.settings.max_replica_lag_s, elapsed(), age)
+                )
+        except MysqlAdapterError as exc:
+            # SELECT 1 worked; a later status query failed: report it on SELECT so it counts
+            if isinstance(exc, MysqlUnavailableError):
+                self._drop_reserved()
+            verdicts.append(Verdict.failed(ProbeKind.SELECT, Reason.QUERY_FAILED, str(exc), elapsed()))
+            verdicts = [v for v in verdicts if not (v.kind is ProbeKind.SELECT and v.ok)]
+        return verdicts
+
+    def _heartbeat_age(self, conn: DbConnection, flavour: FlavourSql, row: dict[str, object]) -> float | None:
+        """Age of the replicated heartbeat of this replica's primary; None if it has none yet."""
+        primary_id = flavour.parse_replica_status(row).primary_server_id
+        try:
+            rows = query(conn, HEARTBEAT_AGE, (primary_id,))
+        except MysqlQueryError:
+            return None  # no dbfence schema yet
+        return float(rows[0]["age"]) if rows and rows[0]["age"] is not None else None
+
+    def _connections_verdict(self, conn: DbConnection, started: float) -> Verdict:
+        row = query_one(
+            conn,
+            "SELECT @@global.max_connections AS max_conn, VARIABLE_VALUE AS connected "
+            "FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'THREADS_CONNECTED'",
+        )
+        max_conn, connected = int(row["max_conn"]), int(row["connected"])
+        free = max_conn - connected
+        detail = f"{connected} of {max_conn} connections in use"
+        elapsed = time.monotonic() - started
+        if free < self.settings.min_free_connection_slots:
+            return Verdict.failed(ProbeKind.CONNECTIONS, Reason.TOO_MANY_CONNECTIONS, detail, elapsed)
+        return Verdict.passed(ProbeKind.CONNECTIONS, detail, elapsed)
+
+    def _read_only_verdict(
+        self, conn: DbConnection, flavour: FlavourSql, role: Role, started: float
+    ) -> Verdict:
+        read_only = bool(int(query_one(conn, flavour.read_only_query())["read_only"]))
+        elapsed = time.monotonic() - started
+        detail = f"read_only {'ON' if read_only else 'OFF'} as {role.value}"
+        if role is Role.PRIMARY and read_only:
+            return Verdict.failed(ProbeKind.READ_ONLY, Reason.READ_ONLY_ON, detail, elapsed)
+        if role is not Role.PRIMARY and not read_only:
+            return Verdict.failed(ProbeKind.READ_ONLY, Reason.READ_ONLY_OFF, detail, elapsed)
+        return Verdict.passed(ProbeKind.READ_ONLY, detail, elapsed)
+
+    def _disk_probe(self) -> JobResult:
+        if self._datadir is None:
+            return []  # learned from @@datadir once the reserved connection is up
+        s = self.settings
+        return [probe_disk(self._datadir, s.disk_min_free_bytes, s.disk_min_free_ratio)]
+
+    def _write_probe(self) -> JobResult:
+        started = time.monotonic()
+        try:
+            with self._lock:
+                conn = self._writer
+            if conn is None or not conn.open:
+                # via the reserved endpoint too: exhausted client slots are the connections
+                # probe's finding, and must not also look like a write failure
+                endpoint = self.target.reserved_endpoint or self.target.endpoint
+                conn = connect(endpoint, self.target.credentials, self._session_timeouts())
+                # server-side bounds too, so a lock wait ends even if our KILL never arrives
+                query(conn, "SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10")
+                ensure_schema(conn)
+                with self._lock:
+                    self._writer, self._writer_thread_id = conn, thread_id(conn)
+            query(conn, HEARTBEAT_UPSERT)
+        except MysqlAdapterError as exc:
+            with self._lock:
+                close_quietly(self._writer)
+                self._writer = None
+            reason = Reason.WRITE_FAILED
+            if isinstance(exc, MysqlUnavailableError) and exc.reason is Reason.QUERY_TIMEOUT:
+                reason = Reason.WRITE_TIMEOUT
+            if isinstance(exc, MysqlUnavailableError) and exc.reason is Reason.TOO_MANY_CONNECTIONS:
+                reason = Reason.TOO_MANY_CONNECTIONS
+            return [Verdict.failed(ProbeKind.WRITE, reason, str(exc), time.monotonic() - started)]
+        return [Verdict.passed(ProbeKind.WRITE, "heartbeat committed", time.monotonic() - started)]
+
+    def _kill_stuck_write(self) -> None:
+        """KILL QUERY the stuck heartbeat from a short-lived connection, off the round's thread."""
+        with self._lock:
+            thread_id = self._writer_thread_id
+        if thread_id is None:
+            return
+        endpoint = self.target.reserved_endpoint or self.target.endpoint
+        timeouts = Timeouts(self.settings.connect_timeout_s, 2.0, 2.0)
+
+        def kill() -> None:
+            conn = None
+            try:
+                conn = connect(endpoint, self.target.credentials, timeouts)
+                query(conn, f"KILL QUERY {int(thread_id)}")
+            except MysqlAdapterError:
+                pass  # the server is unreachable: the write connection's read timeout frees the lane
+            finally:
+                close_quietly(conn)
+
+        threading.Thread(target=kill, name="dbfence-kill-write", daemon=True).start()

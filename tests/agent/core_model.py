@@ -1,0 +1,567 @@
+"""A small explicit-state model of a dbfence cluster, driven by the real ``decide``.
+
+The world has 3 nodes, each with a database (history of transactions, read-only flag,
+replication source, fencing token), a gate (armed + token + deadline), an agent
+process (core state, the lock adapter's view of its lease, actions decided but not yet
+executed, paused flag) and a DCS (lock key with TTL lease, fencing token counter,
+member records attached to each agent's session, last failover time). Time is a
+shared integer clock.
+
+Every event is a non-deterministic choice: an agent observes, decides and executes
+the decided actions in order (one step), a client writes through an admitting gate, a replica
+catches up, the clock advances (which expires leases), and faults (database crash,
+agent pause, agent crash, DCS unreachable from one node) with their recoveries
+(database restart, resume, agent restart, heal), and an operator's switchover request
+(spending the fault budget too). One more fault splits a step: the
+agent decides, then stalls, and executes only later, after time, faults and the other
+agents have moved on.
+
+Safety checks raise :class:`ModelViolationError` with the event trace that led there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+from dbfence.agent.actions import (
+    AcquireLock,
+    Action,
+    AdmitGate,
+    BlockGate,
+    ClearSwitchover,
+    FailDiscoveryCheck,
+    Promote,
+    PublishMember,
+    RecordFailover,
+    RegisterDiscovery,
+    ReleaseLock,
+    RenewLock,
+    Repoint,
+    SetReadOnly,
+    WaitRelayLog,
+    WriteFencingToken,
+)
+from dbfence.agent.core_config import CoreConfig
+from dbfence.agent.decide import decide
+from dbfence.agent.gtid import Gtid, GtidPosition, candidate_sort_key
+from dbfence.agent.observation import (
+    DiscoveryTag,
+    ErrantCheck,
+    GateView,
+    HealthVerdict,
+    LeaseView,
+    LocalDatabase,
+    LockView,
+    MemberInfo,
+    MemberRecord,
+    Observation,
+    OperatorIntents,
+    ReplicationState,
+)
+from dbfence.agent.state import Role, State
+
+NAMES = ("n1", "n2", "n3")
+
+
+def _cached_hash(self: object) -> int:
+    """Hash once per instance: worlds share most sub-objects, BFS hashes them a lot."""
+    cached: int | None = self._hash  # type: ignore[attr-defined]
+    if cached is None:
+        cached = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                            if f.name != "_hash"))
+        object.__setattr__(self, "_hash", cached)
+    return cached
+
+
+class ModelViolationError(AssertionError):
+    def __init__(self, message: str, trace: tuple[str, ...]) -> None:
+        super().__init__(message + "\ntrace:\n  " + "\n  ".join(trace))
+        self.trace = trace
+
+
+@dataclass(frozen=True, slots=True)
+class Db:
+    alive: bool = True
+    history: tuple[str, ...] = ()
+    read_only: bool = True
+    source: str | None = None
+    token: int | None = None
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+    __hash__ = _cached_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    armed: bool = False
+    token: int | None = None
+    deadline: float | None = None
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+    __hash__ = _cached_hash
+
+    def admits(self, now: float) -> bool:
+        """Exactly what the gate does per chunk: armed and before its deadline."""
+        return self.armed and self.deadline is not None and now < self.deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    state: State
+    lease: LeaseView = field(default_factory=LeaseView)
+    pending: tuple[Action, ...] = ()
+    paused: bool = False
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+    __hash__ = _cached_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    db: Db = Db()
+    gate: Gate = Gate()
+    agent: Agent | None = None
+    discovery: DiscoveryTag | None = None
+    partitioned: bool = False
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+    __hash__ = _cached_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    info: MemberInfo
+    last_seen: float
+    session_expiry: float
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+    __hash__ = _cached_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Dcs:
+    holder: str | None = None
+    token: int | None = None
+    expiry: float = 0.0
+    next_token: int = 1
+    records: tuple[tuple[str, Record], ...] = ()
+    last_failover: float | None = None
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+    __hash__ = _cached_hash
+
+    def holder_at(self, now: float) -> str | None:
+        return self.holder if self.holder is not None and now < self.expiry else None
+
+    def live_records(self, now: float) -> tuple[tuple[str, Record], ...]:
+        return tuple((name, rec) for name, rec in self.records if now < rec.session_expiry)
+
+    def with_record(self, name: str, record: Record | None) -> Dcs:
+        others = tuple((n, r) for n, r in self.records if n != name)
+        if record is None:
+            return replace(self, records=others)
+        return replace(self, records=tuple(sorted((*others, (name, record)), key=lambda item: item[0])))
+
+    def record(self, name: str) -> Record | None:
+        for n, rec in self.records:
+            if n == name:
+                return rec
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    now: int
+    nodes: tuple[Node, ...]
+    dcs: Dcs
+    faults_left: int
+    writes_left: int
+    switchover: str | None = None
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+    __hash__ = _cached_hash
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    max_time: int = 8
+    faults: int = 2
+    writes: int = 1
+    depth: int = 12
+
+
+def model_config(name: str, *, lossless: bool = True) -> CoreConfig:
+    return CoreConfig(
+        node_name=name, ttl=3.0, safety_margin=1.0, renew_interval=1.0, max_lag_seconds=1.0,
+        cooldown=0.0, priority=100, lossless=lossless, poll_interval=1.0, settle_interval=0.0,
+        member_stale_after=3.0, publish_interval=2.0, relay_wait_timeout=0.5,
+    )
+
+
+def position_of(history: tuple[str, ...]) -> GtidPosition:
+    if not history:
+        return GtidPosition()
+    return GtidPosition((Gtid(0, server_id(history[-1]), len(history)),))
+
+
+def server_id(name: str) -> int:
+    return NAMES.index(name) + 1
+
+
+def is_prefix(short: tuple[str, ...], long: tuple[str, ...]) -> bool:
+    return long[: len(short)] == short
+
+
+class Model:
+    """Transition relation and safety checks; ``explore`` runs a BFS over it."""
+
+    def __init__(self, limits: ModelLimits, *, lossless: bool = True) -> None:
+        self.limits = limits
+        self.configs = {name: model_config(name, lossless=lossless) for name in NAMES}
+        self.ttl = self.configs[NAMES[0]].ttl
+        self.span = self.configs[NAMES[0]].lease_span
+        self.promotions = 0
+        self.acquisitions_checked = 0
+
+    # ------------------------------------------------------------------ observation
+
+    def observe(self, world: World, index: int) -> Observation:
+        name = NAMES[index]
+        node = world.nodes[index]
+        assert node.agent is not None
+        now = float(world.now)
+        dcs = world.dcs
+        holder = dcs.holder_at(now)
+        lease = node.agent.lease
+        if node.partitioned:
+            lock = LockView(reachable=False)
+            members: tuple[MemberRecord, ...] = ()
+            last_failover = None
+        else:
+            if lease.held and (holder != name or dcs.token != lease.token):
+                lease = LeaseView()
+            lock = LockView(reachable=True, holder=holder, token=dcs.token if holder else None)
+            members = tuple(MemberRecord(rec.info, rec.last_seen) for _, rec in dcs.live_records(now))
+            last_failover = dcs.last_failover
+        db = node.db
+        if db.alive:
+            errant = None
+            if holder is not None and holder != name and not node.partitioned:
+                theirs = world.nodes[NAMES.index(holder)].db
+                if theirs.alive:
+                    common = 0
+                    while (common < len(db.history) and common < len(theirs.history)
+                           and db.history[common] == theirs.history[common]):
+                        common += 1
+                    extra = tuple(
+                        f"0-{server_id(writer)}-{seq}"
+                        for seq, writer in enumerate(db.history[common:], start=common + 1)
+                    )
+                    errant = ErrantCheck(holder, extra)
+            local = LocalDatabase(
+                health=HealthVerdict(True),
+                read_only=db.read_only,
+                position=position_of(db.history),
+                server_id=server_id(name),
+                fencing_token=db.token,
+                replication=ReplicationState(
+                    source=db.source, running=db.source is not None, relay_log_applied=True,
+                    lag_seconds=0.0, errant=errant,
+                ),
+            )
+        else:
+            local = LocalDatabase(
+                health=HealthVerdict(False, ("mysqld down",)), read_only=None, position=None,
+                server_id=None, fencing_token=None,
+                replication=ReplicationState(source=db.source, running=False, lag_seconds=None),
+            )
+        gate = node.gate
+        return Observation(
+            now=now, lease=lease, lock=lock, members=members, db=local,
+            gate=GateView(admitting=gate.armed, token=gate.token, deadline=gate.deadline),
+            discovery=node.discovery, last_failover_at=last_failover,
+            # Intents are cached by the adapter: a DCS blip does not withdraw them.
+            intents=OperatorIntents(switchover_target=world.switchover),
+        )
+
+    # ------------------------------------------------------------------ safety checks
+
+    def check_world(self, world: World, trace: tuple[str, ...]) -> None:
+        now = float(world.now)
+        admitting = [NAMES[i] for i, node in enumerate(world.nodes) if node.gate.admits(now)]
+        if len(admitting) > 1:
+            raise ModelViolationError(f"two gates admitting at t={now}: {admitting}", trace)
+        holder = world.dcs.holder_at(now)
+        for name in admitting:
+            if holder != name:
+                raise ModelViolationError(f"{name} admits at t={now} but the DCS lock is {holder!r}", trace)
+
+    def check_acquire_decision(self, obs: Observation, name: str, trace: tuple[str, ...]) -> None:
+        """A node decides to race only as the most advanced healthy candidate it can see."""
+        self.acquisitions_checked += 1
+        config = self.configs[name]
+        position = obs.db.position
+        if position is None or not obs.db.health.healthy:
+            raise ModelViolationError(f"{name} races without a healthy database", trace)
+        mine = candidate_sort_key(position, config.priority, name)
+        for record in obs.members:
+            info = record.info
+            if record.name == name or not info.healthy or info.position is None:
+                continue
+            if info.role not in (Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.PROMOTING):
+                continue
+            if obs.intents.switchover_target == name:
+                # The operator's choice wins ties; it still never overtakes more data.
+                behind = info.position.rank_key() > position.rank_key()
+            else:
+                behind = candidate_sort_key(info.position, info.priority, info.name) > mine
+            if behind:
+                raise ModelViolationError(
+                    f"{name} at {position} races behind {record.name} at {info.position}", trace
+                )
+
+    # ------------------------------------------------------------------ events
+
+    def successors(self, world: World) -> Iterator[tuple[str, World]]:
+        now = float(world.now)
+        for index, node in enumerate(world.nodes):
+            name = NAMES[index]
+            agent = node.agent
+            if agent is not None and not agent.paused:
+                if not agent.pending:
+                    yield f"step {name}", self._execute(self._decide(world, index), index)
+                    if world.faults_left:
+                        # Fault: the agent stalls between deciding and acting; time,
+                        # faults and the other agents may move on before it executes.
+                        stalled = replace(world, faults_left=world.faults_left - 1)
+                        yield f"decide {name}", self._decide(stalled, index)
+                else:
+                    yield f"execute {name}", self._execute(world, index)
+            if node.gate.admits(now) and node.db.alive and not node.db.read_only and world.writes_left:
+                db = replace(node.db, history=(*node.db.history, name))
+                yield f"write {name}", self._set_node(
+                    replace(world, writes_left=world.writes_left - 1), index, replace(node, db=db)
+                )
+            if node.db.alive and node.db.source is not None:
+                source = world.nodes[NAMES.index(node.db.source)].db
+                if (source.alive and len(source.history) > len(node.db.history)
+                        and is_prefix(node.db.history, source.history)):
+                    db = replace(node.db, history=source.history)
+                    yield f"replicate {name}", self._set_node(world, index, replace(node, db=db))
+            # recoveries are free, faults spend the budget
+            if not node.db.alive:
+                db = replace(node.db, alive=True, read_only=True)
+                yield f"db-restart {name}", self._set_node(world, index, replace(node, db=db))
+            if agent is None:
+                fresh = Agent(State.initial(now))
+                yield f"agent-restart {name}", self._set_node(world, index, replace(node, agent=fresh))
+            elif agent.paused:
+                yield f"agent-resume {name}", self._set_node(
+                    world, index, replace(node, agent=replace(agent, paused=False))
+                )
+            if node.partitioned:
+                yield f"heal {name}", self._set_node(world, index, replace(node, partitioned=False))
+            if world.faults_left:
+                spent = replace(world, faults_left=world.faults_left - 1)
+                if node.db.alive:
+                    db = replace(node.db, alive=False)
+                    yield f"db-crash {name}", self._set_node(spent, index, replace(node, db=db))
+                if agent is not None:
+                    # The gate lives in the agent process: it dies with it.
+                    crashed = replace(node, agent=None, gate=Gate(), discovery=None)
+                    yield f"agent-crash {name}", self._set_node(spent, index, crashed)
+                    if not agent.paused:
+                        yield f"agent-pause {name}", self._set_node(
+                            spent, index, replace(node, agent=replace(agent, paused=True))
+                        )
+                if not node.partitioned and not any(other.partitioned for other in world.nodes):
+                    yield f"partition {name}", self._set_node(spent, index, replace(node, partitioned=True))
+        if world.switchover is None and world.faults_left:
+            for name in NAMES:
+                yield f"switchover {name}", replace(world, switchover=name, faults_left=world.faults_left - 1)
+        if world.now < self.limits.max_time:
+            yield "clock", replace(world, now=world.now + 1)
+
+    def _set_node(self, world: World, index: int, node: Node) -> World:
+        nodes = list(world.nodes)
+        nodes[index] = node
+        return replace(world, nodes=tuple(nodes))
+
+    def _decide(self, world: World, index: int) -> World:
+        name = NAMES[index]
+        node = world.nodes[index]
+        assert node.agent is not None
+        obs = self.observe(world, index)
+        decision = decide(obs, node.agent.state, self.configs[name])
+        if any(isinstance(action, AcquireLock) for action in decision.actions):
+            self.check_acquire_decision(obs, name, self._trace)
+        if node.agent.state.role is not Role.PROMOTING and decision.state.role is Role.PROMOTING:
+            self.promotions += 1
+        agent = replace(node.agent, state=decision.state, lease=obs.lease, pending=decision.actions)
+        dcs = world.dcs
+        if not node.partitioned:
+            # The adapter's session keepalive rides on every successful DCS round trip.
+            record = dcs.record(name)
+            if record is not None and world.now < record.session_expiry:
+                dcs = dcs.with_record(name, replace(record, session_expiry=world.now + self.ttl))
+        return replace(self._set_node(world, index, replace(node, agent=agent)), dcs=dcs)
+
+    def _execute(self, world: World, index: int) -> World:
+        node = world.nodes[index]
+        assert node.agent is not None
+        for action in node.agent.pending:
+            world = self._apply(world, index, action)
+        node = world.nodes[index]
+        assert node.agent is not None
+        return self._set_node(world, index, replace(node, agent=replace(node.agent, pending=())))
+
+    def _apply(self, world: World, index: int, action: Action) -> World:
+        name = NAMES[index]
+        node = world.nodes[index]
+        agent = node.agent
+        assert agent is not None
+        now = float(world.now)
+        dcs = world.dcs
+        reachable = not node.partitioned
+        holder = dcs.holder_at(now)
+        db = node.db
+        if isinstance(action, AcquireLock):
+            if reachable and holder is None:
+                token = dcs.next_token
+                dcs = replace(dcs, holder=name, token=token, expiry=now + self.ttl, next_token=token + 1)
+                agent = replace(agent, lease=LeaseView(True, token, now + self.span))
+        elif isinstance(action, RenewLock):
+            if reachable:
+                if holder == name and dcs.token == action.token:
+                    dcs = replace(dcs, expiry=now + self.ttl)
+                    agent = replace(agent, lease=LeaseView(True, action.token, now + self.span))
+                else:
+                    agent = replace(agent, lease=LeaseView())
+        elif isinstance(action, ReleaseLock):
+            if node.gate.admits(now):
+                raise ModelViolationError(f"{name} releases the lock while its gate admits", self._trace)
+            if db.alive and not db.read_only:
+                raise ModelViolationError(f"{name} releases the lock while mysqld is writable", self._trace)
+            if reachable:
+                if holder == name and dcs.token == action.token:
+                    dcs = replace(dcs, holder=None, token=None)
+                agent = replace(agent, lease=LeaseView())
+        elif isinstance(action, AdmitGate):
+            node = replace(node, gate=Gate(True, action.token, action.deadline))
+        elif isinstance(action, BlockGate):
+            node = replace(node, gate=Gate())
+        elif isinstance(action, SetReadOnly):
+            if db.alive:
+                db = replace(db, read_only=action.read_only)
+        elif isinstance(action, Promote):
+            if db.alive:
+                db = replace(db, source=None)
+        elif isinstance(action, Repoint):
+            if db.alive:
+                source = world.nodes[NAMES.index(action.primary)].db
+                if source.alive and not is_prefix(db.history, source.history):
+                    raise ModelViolationError(
+                        f"{name} rejoins {action.primary} with errant transactions "
+                        f"{db.history} vs {source.history}", self._trace,
+                    )
+                db = replace(db, source=action.primary)
+        elif isinstance(action, WriteFencingToken):
+            if db.alive:
+                db = replace(db, token=action.token, history=(*db.history, name))
+        elif isinstance(action, RecordFailover):
+            if reachable:
+                dcs = replace(dcs, last_failover=now)
+        elif isinstance(action, PublishMember):
+            if reachable:
+                dcs = dcs.with_record(name, Record(action.info, now, now + self.ttl))
+        elif isinstance(action, ClearSwitchover):
+            if reachable:
+                world = replace(world, switchover=None)
+        elif isinstance(action, RegisterDiscovery):
+            node = replace(node, discovery=action.tag)
+        elif isinstance(action, FailDiscoveryCheck):
+            node = replace(node, discovery=None)
+        else:
+            assert isinstance(action, WaitRelayLog)
+        node = replace(node, db=db, agent=agent)
+        return replace(self._set_node(world, index, node), dcs=dcs)
+
+    # ------------------------------------------------------------------ search
+
+    _trace: tuple[str, ...] = ()
+
+    def initial_cold(self) -> World:
+        nodes = tuple(Node(agent=Agent(State.initial(0.0))) for _ in NAMES)
+        return World(0, nodes, Dcs(), self.limits.faults, self.limits.writes)
+
+    def settle(self, world: World, rounds: int = 40) -> World:
+        """Fault-free progress at a fixed time: agents step, replicas catch up, to a fixpoint."""
+        for _ in range(rounds):
+            before = world
+            for index in range(len(NAMES)):
+                node = world.nodes[index]
+                if node.agent is None or node.agent.paused:
+                    continue
+                world = self._execute(self._decide(world, index), index)
+                node = world.nodes[index]
+                if node.db.alive and node.db.source is not None:
+                    source = world.nodes[NAMES.index(node.db.source)].db
+                    if source.alive and is_prefix(node.db.history, source.history):
+                        world = self._set_node(world, index, replace(node, db=replace(
+                            node.db, history=source.history)))
+            if world == before:
+                return world
+        raise AssertionError("the cluster did not settle")
+
+    def drive(self, world: World, script: list[str]) -> World:
+        """Follow a scripted run: event labels (as in traces) or "settle"; then refill budgets."""
+        for label in script:
+            if label == "settle":
+                world = self.settle(world)
+                continue
+            for candidate, successor in self.successors(world):
+                if candidate == label:
+                    world = successor
+                    break
+            else:
+                raise AssertionError(f"event {label!r} is not possible here")
+        return replace(world, faults_left=self.limits.faults, writes_left=self.limits.writes)
+
+    def roles(self, world: World) -> dict[str, Role | None]:
+        return {
+            name: (node.agent.state.role if node.agent is not None else None)
+            for name, node in zip(NAMES, world.nodes, strict=True)
+        }
+
+    def explore(
+        self, roots: list[World], on_state: Callable[[World], None] | None = None,
+        depth: int | None = None,
+    ) -> int:
+        """BFS over every interleaving up to ``depth`` (default ``limits.depth``) events from
+        the roots, with state hashing; returns the number of distinct states."""
+        max_depth = self.limits.depth if depth is None else depth
+        seen: dict[World, tuple[str, ...]] = {}
+        queue: deque[tuple[World, int]] = deque()
+        for root in roots:
+            if root not in seen:
+                seen[root] = ("<root>",)
+                self.check_world(root, seen[root])
+                queue.append((root, 0))
+        while queue:
+            world, depth = queue.popleft()
+            if depth >= max_depth:
+                continue
+            trace = seen[world]
+            for label, successor in self._successors_traced(world, trace):
+                if successor in seen:
+                    continue
+                successor_trace = (*trace, label)
+                seen[successor] = successor_trace
+                self.check_world(successor, successor_trace)
+                if on_state is not None:
+                    on_state(successor)
+                queue.append((successor, depth + 1))
+        return len(seen)
+
+    def _successors_traced(self, world: World, trace: tuple[str, ...]) -> Iterator[tuple[str, World]]:
+        self._trace = trace
+        yield from self.successors(world)
+
+
+__all__ = ["NAMES", "Model", "ModelLimits", "ModelViolationError", "World", "dataclasses"]

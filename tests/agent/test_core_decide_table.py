@@ -1,0 +1,423 @@
+"""Table-driven cases: every transition and every refusal of ``decide``, with its reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+
+from dbfence.agent.actions import (
+    AcquireLock,
+    Action,
+    ActionReason,
+    AdmitGate,
+    BlockGate,
+    ClearSwitchover,
+    FailDiscoveryCheck,
+    Promote,
+    RecordFailover,
+    RegisterDiscovery,
+    ReleaseLock,
+    RenewLock,
+    Repoint,
+    SetReadOnly,
+    WaitRelayLog,
+    WriteFencingToken,
+)
+from dbfence.agent.core_config import CoreConfig
+from dbfence.agent.decide import RefusalReason, decide
+from dbfence.agent.observation import (
+    DiscoveryTag,
+    ErrantCheck,
+    GateView,
+    LeaseView,
+    LocalDatabase,
+    LockView,
+    Observation,
+    OperatorIntents,
+)
+from dbfence.agent.state import Role, State, Trigger
+from tests.agent.core_builders import (
+    ARMED,
+    CLOSED,
+    CONFIG,
+    DEADLINE,
+    HELD,
+    ME,
+    NO_INTENTS,
+    NOW,
+    TOKEN,
+    core_actions,
+    db,
+    member,
+    observe,
+)
+
+R = RefusalReason
+A = ActionReason
+PRIMARY_N2 = LockView(True, "n2", 3)
+N2_PRIMARY_PEERS = (member("n2", Role.PRIMARY, position="0-2-120"), member("n3", position="0-2-110"))
+CLEAN_VS_N2 = ErrantCheck("n2", ())
+DIRTY_VS_N2 = ErrantCheck("n2", ("0-1-101",))
+DUE_LEASE = LeaseView(True, TOKEN, NOW + 5.0)  # renewed at NOW - 3: renewal due since NOW - 1
+EXPIRED_LEASE = LeaseView(True, TOKEN, NOW)  # now == deadline: no longer valid
+WRITABLE = db(read_only=False, source=None, token=TOKEN)
+FENCE_ACTIONS_DB = (FailDiscoveryCheck(A.DB_UNHEALTHY), BlockGate(True, A.DB_UNHEALTHY),
+                    SetReadOnly(True, A.DB_UNHEALTHY))
+
+
+def n2_primary(
+    role: Role = Role.REPLICA, *, database: LocalDatabase | None = None,
+    discovery: DiscoveryTag | None = None, intents: OperatorIntents = NO_INTENTS,
+    gate: GateView = CLOSED,
+) -> Observation:
+    """Node n2 holds the lock and is PRIMARY; n3 follows it."""
+    return observe(role, lock=PRIMARY_N2, peers=N2_PRIMARY_PEERS, database=database, discovery=discovery,
+                   intents=intents, gate=gate)
+
+
+def fence(reason: ActionReason) -> tuple[Action, ...]:
+    return (FailDiscoveryCheck(reason), BlockGate(True, reason), SetReadOnly(True, reason))
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    state: State
+    obs: Observation
+    role: Role
+    actions: tuple[Action, ...] = ()
+    refusals: tuple[RefusalReason, ...] = ()
+    fenced_reason: Trigger | None = None
+    config: CoreConfig = CONFIG
+
+
+def at(role: Role, **fields: object) -> State:
+    return replace(State(role=role, since=NOW - 10), **fields)  # type: ignore[arg-type]
+
+
+FENCING_DB = at(Role.FENCING, fenced_reason=Trigger.DB_UNHEALTHY)
+FENCING_SWITCHOVER = at(Role.FENCING, fenced_reason=Trigger.SWITCHOVER, switchover_target="n2")
+SWITCH_TO_N2 = OperatorIntents(switchover_target="n2")
+FENCED_DB = at(Role.FENCED, fenced_reason=Trigger.DB_UNHEALTHY)
+
+CASES = [
+    # ---------------------------------------------------------------- STARTING
+    Case("starting: already fenced locally -> replica", at(Role.STARTING), observe(Role.STARTING),
+         Role.REPLICA),
+    Case("starting: fence first, in order", at(Role.STARTING),
+         observe(Role.STARTING, database=db(read_only=False), gate=ARMED, discovery=DiscoveryTag.PRIMARY),
+         Role.STARTING, fence(A.STARTUP), (R.FENCE_INCOMPLETE,)),
+    Case("starting: mysqld down counts as fenced, read-only still asked", at(Role.STARTING),
+         observe(Role.STARTING, database=db(healthy=False, read_only=None, position=None)),
+         Role.REPLICA, (SetReadOnly(True, A.STARTUP),)),
+    Case("starting: a lease from before is released behind the fence", at(Role.STARTING),
+         observe(Role.STARTING, lease=HELD), Role.REPLICA, (ReleaseLock(TOKEN, A.UNWANTED_LEASE),)),
+    # ---------------------------------------------------------------- REPLICA
+    Case("replica: following the primary, nothing to do", at(Role.REPLICA),
+         n2_primary(database=db(errant=CLEAN_VS_N2), discovery=DiscoveryTag.REPLICA), Role.REPLICA),
+    Case("replica: repoint to the new primary", at(Role.REPLICA),
+         n2_primary(database=db(source="n3", errant=CLEAN_VS_N2)), Role.REPLICA,
+         (Repoint("n2", True, A.FOLLOW_PRIMARY),)),
+    Case("replica: advertise once following", at(Role.REPLICA),
+         n2_primary(database=db(errant=CLEAN_VS_N2)), Role.REPLICA,
+         (RegisterDiscovery(DiscoveryTag.REPLICA, A.FOLLOW_PRIMARY),)),
+    Case("replica: unhealthy replica leaves discovery", at(Role.REPLICA),
+         n2_primary(database=db(healthy=False, errant=CLEAN_VS_N2), discovery=DiscoveryTag.REPLICA),
+         Role.REPLICA, (FailDiscoveryCheck(A.FOLLOW_PRIMARY),)),
+    Case("replica: no errant check yet", at(Role.REPLICA), n2_primary(), Role.REPLICA,
+         (), (R.ERRANT_UNCHECKED,)),
+    Case("replica: errant check against an older primary does not count", at(Role.REPLICA),
+         n2_primary(database=db(errant=ErrantCheck("n3", ()))), Role.REPLICA, (),
+         (R.ERRANT_UNCHECKED,)),
+    Case("replica: errant GTIDs -> fenced", at(Role.REPLICA),
+         n2_primary(database=db(errant=DIRTY_VS_N2), discovery=DiscoveryTag.REPLICA), Role.FENCED,
+         (FailDiscoveryCheck(A.ERRANT_GTIDS),), (R.ERRANT_GTIDS,), Trigger.ERRANT_GTIDS),
+    Case("replica: lock free and most advanced -> candidate", at(Role.REPLICA), observe(), Role.CANDIDATE,
+         (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("replica: stops advertising when no primary", at(Role.REPLICA),
+         observe(discovery=DiscoveryTag.REPLICA), Role.CANDIDATE,
+         (FailDiscoveryCheck(A.NOT_PRIMARY), AcquireLock(A.LOCK_FREE_AND_ELIGIBLE))),
+    Case("replica: paused, no race", at(Role.REPLICA), observe(intents=OperatorIntents(paused=True)),
+         Role.REPLICA, (), (R.PAUSED,)),
+    Case("replica: unhealthy database", at(Role.REPLICA),
+         observe(database=db(healthy=False, reasons=("write probe timed out",))), Role.REPLICA, (),
+         (R.DB_UNHEALTHY,)),
+    Case("replica: relay log not applied", at(Role.REPLICA), observe(database=db(relay_applied=False)),
+         Role.REPLICA, (), (R.RELAY_LOG_NOT_APPLIED,)),
+    Case("replica: lag above the limit", at(Role.REPLICA), observe(database=db(lag=5.5)), Role.REPLICA, (),
+         (R.LAG_TOO_HIGH,)),
+    Case("replica: unknown lag", at(Role.REPLICA), observe(database=db(lag=None)), Role.REPLICA, (),
+         (R.LAG_TOO_HIGH,)),
+    Case("replica: cooldown after a failover", at(Role.REPLICA), observe(last_failover_at=NOW - 10),
+         Role.REPLICA, (), (R.COOLDOWN,)),
+    Case("replica: cooldown over", at(Role.REPLICA), observe(last_failover_at=NOW - 300), Role.CANDIDATE,
+         (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("replica: operator skips the cooldown", at(Role.REPLICA),
+         observe(last_failover_at=NOW - 10, intents=OperatorIntents(skip_cooldown=True)), Role.CANDIDATE,
+         (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("replica: switchover to another node", at(Role.REPLICA), observe(intents=SWITCH_TO_N2),
+         Role.REPLICA, (), (R.SWITCHOVER_TO_OTHER,)),
+    Case("replica: switchover target is gone, normal rules", at(Role.REPLICA),
+         observe(intents=OperatorIntents(switchover_target="n9")), Role.CANDIDATE,
+         (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("replica: switchover target ignores cooldown and priority ties", at(Role.REPLICA),
+         observe(intents=OperatorIntents(switchover_target=ME), last_failover_at=NOW - 1,
+                 peers=(member("n0", position="0-1-100", priority=500),)),
+         Role.CANDIDATE, (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("replica: switchover target still yields to more data", at(Role.REPLICA),
+         observe(intents=OperatorIntents(switchover_target=ME), peers=(member("n2", position="0-1-101"),)),
+         Role.REPLICA, (), (R.PEER_MORE_ADVANCED,)),
+    Case("replica: a peer is more advanced", at(Role.REPLICA),
+         observe(peers=(member("n2", position="0-1-101"),)), Role.REPLICA, (), (R.PEER_MORE_ADVANCED,)),
+    Case("replica: tie broken by priority", at(Role.REPLICA),
+         observe(peers=(member("n2", priority=200),)), Role.REPLICA, (), (R.PEER_MORE_ADVANCED,)),
+    Case("replica: tie broken by name", at(Role.REPLICA),
+         observe(peers=(member("n0"),)), Role.REPLICA, (), (R.PEER_MORE_ADVANCED,)),
+    Case("replica: ties won by priority and name", at(Role.REPLICA),
+         observe(peers=(member("n2"), member("n0", priority=50))), Role.CANDIDATE,
+         (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("replica: more advanced but unhealthy, fenced or unpromotable peers do not count",
+         at(Role.REPLICA),
+         observe(peers=(member("n2", position="0-1-200", healthy=False),
+                        member("n3", Role.FENCED, position="0-1-200"),
+                        member("n4", position="0-1-200", priority=0),
+                        member("n5", position=None))),
+         Role.CANDIDATE, (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("replica: lossless mode defers to a stale but more advanced peer", at(Role.REPLICA),
+         observe(peers=(member("n2", position="0-1-101", last_seen=NOW - 60),)), Role.REPLICA, (),
+         (R.PEER_MORE_ADVANCED,)),
+    Case("replica: async mode ignores stale peers", at(Role.REPLICA),
+         observe(peers=(member("n2", position="0-1-101", last_seen=NOW - 60),)), Role.CANDIDATE,
+         (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),), config=replace(CONFIG, lossless=False)),
+    Case("replica: never promoted with priority 0", at(Role.REPLICA), observe(), Role.REPLICA, (),
+         (R.NOT_PROMOTABLE,), config=replace(CONFIG, priority=0)),
+    Case("replica: unknown position", at(Role.REPLICA), observe(database=db(position=None)),
+         Role.REPLICA, (), (R.POSITION_UNKNOWN,)),
+    Case("replica: unknown server id", at(Role.REPLICA), observe(database=db(server_id=None)),
+         Role.REPLICA, (), (R.POSITION_UNKNOWN,)),
+    Case("replica: a former primary with writes no peer has", at(Role.REPLICA),
+         observe(database=db(position="0-11-101")), Role.REPLICA, (), (R.UNREPLICATED_OWN_WRITES,)),
+    Case("replica: its own writes replicated to a peer are fine", at(Role.REPLICA),
+         observe(database=db(position="0-11-101"), peers=(member("n2", position="0-11-101", priority=50),)),
+         Role.CANDIDATE, (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("replica: DCS unreachable", at(Role.REPLICA), observe(lock=LockView(reachable=False)),
+         Role.REPLICA, (), (R.DCS_UNREACHABLE,)),
+    Case("replica: holder still promoting", at(Role.REPLICA),
+         observe(lock=PRIMARY_N2, peers=(member("n2", Role.PROMOTING),)), Role.REPLICA, (),
+         (R.PRIMARY_NOT_READY,)),
+    Case("replica: holder record stale", at(Role.REPLICA),
+         observe(lock=PRIMARY_N2, peers=(member("n2", Role.PRIMARY, last_seen=NOW - 60),)), Role.REPLICA, (),
+         (R.PRIMARY_NOT_READY,)),
+    Case("replica: holder without record", at(Role.REPLICA), observe(lock=PRIMARY_N2, peers=()),
+         Role.REPLICA, (), (R.PRIMARY_NOT_READY,)),
+    Case("replica: defensive: never admits, never writable", at(Role.REPLICA),
+         observe(database=db(read_only=False, errant=CLEAN_VS_N2), gate=GateView(open_connections=2),
+                 discovery=DiscoveryTag.REPLICA, lock=PRIMARY_N2, peers=N2_PRIMARY_PEERS),
+         Role.REPLICA, (BlockGate(True, A.NOT_PRIMARY), SetReadOnly(True, A.NOT_PRIMARY))),
+    Case("replica: unwanted lease released behind the fence", at(Role.REPLICA),
+         observe(lease=HELD, database=db(errant=CLEAN_VS_N2), discovery=DiscoveryTag.REPLICA,
+                 lock=LockView(True, ME, TOKEN)),
+         Role.REPLICA, (ReleaseLock(TOKEN, A.UNWANTED_LEASE), FailDiscoveryCheck(A.NOT_PRIMARY)),
+         (R.PRIMARY_NOT_READY,)),
+    # ---------------------------------------------------------------- CANDIDATE
+    Case("candidate: won -> promoting, starts promotion", at(Role.CANDIDATE),
+         observe(Role.CANDIDATE, lease=HELD), Role.PROMOTING,
+         (RecordFailover(A.FAILOVER_STARTED), Promote(True, A.PROMOTION))),
+    Case("candidate: won but paused: keep the lease, nothing else", at(Role.CANDIDATE),
+         observe(Role.CANDIDATE, lease=DUE_LEASE, intents=OperatorIntents(paused=True)), Role.CANDIDATE,
+         (RenewLock(TOKEN, A.RENEWAL_DUE),), (R.PAUSED,)),
+    Case("candidate: lease already expired -> replica, releases", at(Role.CANDIDATE),
+         observe(Role.CANDIDATE, lease=EXPIRED_LEASE), Role.REPLICA, (ReleaseLock(TOKEN, A.UNWANTED_LEASE),)),
+    Case("candidate: lease held but the DCS names another holder", at(Role.CANDIDATE),
+         observe(Role.CANDIDATE, lease=HELD, lock=LockView(True, "n2", 8)), Role.REPLICA,
+         (ReleaseLock(TOKEN, A.UNWANTED_LEASE),)),
+    Case("candidate: lost the race", at(Role.CANDIDATE), observe(Role.CANDIDATE, lock=PRIMARY_N2),
+         Role.REPLICA),
+    Case("candidate: DCS unreachable", at(Role.CANDIDATE),
+         observe(Role.CANDIDATE, lock=LockView(reachable=False)), Role.REPLICA, (), (R.DCS_UNREACHABLE,)),
+    Case("candidate: lock still free, ask again", at(Role.CANDIDATE), observe(Role.CANDIDATE),
+         Role.CANDIDATE, (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("candidate: overtaken by a peer -> replica", at(Role.CANDIDATE),
+         observe(Role.CANDIDATE, peers=(member("n2", position="0-1-105"),)), Role.REPLICA, (),
+         (R.PEER_MORE_ADVANCED,)),
+    Case("candidate: paused before winning", at(Role.CANDIDATE),
+         observe(Role.CANDIDATE, intents=OperatorIntents(paused=True)), Role.CANDIDATE, (), (R.PAUSED,)),
+    Case("candidate: gate kept closed", at(Role.CANDIDATE),
+         observe(Role.CANDIDATE, gate=GateView(open_connections=1)), Role.CANDIDATE,
+         (BlockGate(True, A.NOT_PRIMARY), AcquireLock(A.LOCK_FREE_AND_ELIGIBLE))),
+    # ---------------------------------------------------------------- PROMOTING
+    Case("promoting: wait for the relay log", at(Role.PROMOTING),
+         observe(Role.PROMOTING, lease=HELD, database=db(relay_applied=False)), Role.PROMOTING,
+         (WaitRelayLog(1.0, A.PROMOTION),)),
+    Case("promoting: stop replication", at(Role.PROMOTING), observe(Role.PROMOTING, lease=HELD),
+         Role.PROMOTING, (Promote(True, A.PROMOTION),)),
+    Case("promoting: writable and token", at(Role.PROMOTING),
+         observe(Role.PROMOTING, lease=HELD, database=db(source=None)), Role.PROMOTING,
+         (SetReadOnly(False, A.PROMOTION), WriteFencingToken(TOKEN, A.PROMOTION))),
+    Case("promoting: writable, token already there", at(Role.PROMOTING),
+         observe(Role.PROMOTING, lease=HELD, database=db(source=None, token=TOKEN)), Role.PROMOTING,
+         (SetReadOnly(False, A.PROMOTION),)),
+    Case("promoting: token still missing", at(Role.PROMOTING),
+         observe(Role.PROMOTING, lease=HELD, database=db(source=None, read_only=False, token=3)),
+         Role.PROMOTING, (WriteFencingToken(TOKEN, A.PROMOTION),)),
+    Case("promoting: done -> primary admits", at(Role.PROMOTING),
+         observe(Role.PROMOTING, lease=HELD, database=WRITABLE), Role.PRIMARY,
+         (AdmitGate(TOKEN, DEADLINE, A.PRIMARY_READY),
+          RegisterDiscovery(DiscoveryTag.PRIMARY, A.PRIMARY_READY))),
+    Case("promoting: renews while promoting", at(Role.PROMOTING),
+         observe(Role.PROMOTING, lease=DUE_LEASE, database=db(relay_applied=False)), Role.PROMOTING,
+         (RenewLock(TOKEN, A.RENEWAL_DUE), WaitRelayLog(1.0, A.PROMOTION))),
+    Case("promoting: lease lost -> fencing", at(Role.PROMOTING),
+         observe(Role.PROMOTING, lease=LeaseView(), database=db(source=None, read_only=False)),
+         Role.FENCING, (SetReadOnly(True, A.LEASE_LOST),), (), Trigger.LEASE_LOST),
+    Case("promoting: lease expired -> fencing", at(Role.PROMOTING),
+         observe(Role.PROMOTING, lease=EXPIRED_LEASE, database=db(source=None, read_only=False)),
+         Role.FENCING, (SetReadOnly(True, A.LEASE_EXPIRED), RenewLock(TOKEN, A.RENEWAL_DUE)), (),
+         Trigger.LEASE_EXPIRED),
+    Case("promoting: database unhealthy -> fencing", at(Role.PROMOTING),
+         observe(Role.PROMOTING, lease=HELD, database=db(healthy=False, read_only=None)), Role.FENCING,
+         (SetReadOnly(True, A.DB_UNHEALTHY),), (), Trigger.DB_UNHEALTHY),
+    Case("promoting: paused, even when unhealthy", at(Role.PROMOTING),
+         observe(Role.PROMOTING, lease=HELD, database=db(healthy=False),
+                 intents=OperatorIntents(paused=True)),
+         Role.PROMOTING, (), (R.PAUSED,)),
+    # ---------------------------------------------------------------- PRIMARY
+    Case("primary: steady", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, gate=ARMED, database=WRITABLE, discovery=DiscoveryTag.PRIMARY),
+         Role.PRIMARY),
+    Case("primary: renew when due", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=DUE_LEASE, gate=replace(ARMED, deadline=NOW + 5.0), database=WRITABLE,
+                 discovery=DiscoveryTag.PRIMARY),
+         Role.PRIMARY, (RenewLock(TOKEN, A.RENEWAL_DUE),)),
+    Case("primary: re-arm the gate with the extended deadline", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, gate=replace(ARMED, deadline=NOW + 5.0), database=WRITABLE,
+                 discovery=DiscoveryTag.PRIMARY),
+         Role.PRIMARY, (AdmitGate(TOKEN, DEADLINE, A.LEASE_EXTENDED),)),
+    Case("primary: re-arm the gate with a new token", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, gate=replace(ARMED, token=6), database=WRITABLE,
+                 discovery=DiscoveryTag.PRIMARY),
+         Role.PRIMARY, (AdmitGate(TOKEN, DEADLINE, A.LEASE_EXTENDED),)),
+    Case("primary: gate found closed is re-armed", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, database=WRITABLE, discovery=DiscoveryTag.PRIMARY), Role.PRIMARY,
+         (AdmitGate(TOKEN, DEADLINE, A.PRIMARY_READY),)),
+    Case("primary: lease lost -> fencing, in order", at(Role.PRIMARY),
+         observe(Role.PRIMARY, gate=ARMED, database=WRITABLE, discovery=DiscoveryTag.PRIMARY),
+         Role.FENCING, fence(A.LEASE_LOST), (), Trigger.LEASE_LOST),
+    Case("primary: deadline reached -> fencing", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=EXPIRED_LEASE, gate=ARMED, database=WRITABLE,
+                 discovery=DiscoveryTag.PRIMARY),
+         Role.FENCING, (*fence(A.LEASE_EXPIRED), RenewLock(TOKEN, A.RENEWAL_DUE)), (), Trigger.LEASE_EXPIRED),
+    Case("primary: DCS names another holder -> fencing", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, lock=LockView(True, "n2", 9), gate=ARMED, database=WRITABLE,
+                 discovery=DiscoveryTag.PRIMARY),
+         Role.FENCING, fence(A.LEASE_LOST), (), Trigger.LEASE_LOST),
+    Case("primary: DCS unreachable but lease valid: keep serving", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, lock=LockView(reachable=False), gate=ARMED, database=WRITABLE,
+                 discovery=DiscoveryTag.PRIMARY),
+         Role.PRIMARY),
+    Case("primary: database unhealthy -> fencing, in order", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, gate=ARMED, database=replace(WRITABLE, health=db(
+             healthy=False).health), discovery=DiscoveryTag.PRIMARY),
+         Role.FENCING, FENCE_ACTIONS_DB, (), Trigger.DB_UNHEALTHY),
+    Case("primary: paused and unhealthy: keeps the role and the lock", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=DUE_LEASE, gate=replace(ARMED, deadline=NOW + 5.0),
+                 database=replace(WRITABLE, health=db(healthy=False).health), discovery=DiscoveryTag.PRIMARY,
+                 intents=OperatorIntents(paused=True)),
+         Role.PRIMARY, (RenewLock(TOKEN, A.RENEWAL_DUE),), (R.PAUSED,)),
+    Case("primary: paused but deadline reached: fences anyway", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=EXPIRED_LEASE, gate=ARMED, database=WRITABLE,
+                 discovery=DiscoveryTag.PRIMARY, intents=OperatorIntents(paused=True)),
+         Role.FENCING, (*fence(A.LEASE_EXPIRED), RenewLock(TOKEN, A.RENEWAL_DUE)), (), Trigger.LEASE_EXPIRED),
+    Case("primary: switchover to a healthy replica -> fencing", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, gate=ARMED, database=WRITABLE, discovery=DiscoveryTag.PRIMARY,
+                 intents=SWITCH_TO_N2),
+         Role.FENCING, fence(A.SWITCHOVER), (), Trigger.SWITCHOVER),
+    Case("primary: switchover to an unhealthy target refused", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, gate=ARMED, database=WRITABLE, discovery=DiscoveryTag.PRIMARY,
+                 intents=SWITCH_TO_N2, peers=(member("n2", healthy=False),)),
+         Role.PRIMARY, (), (R.SWITCHOVER_TARGET_UNSUITABLE,)),
+    Case("primary: switchover to an unknown target refused", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, gate=ARMED, database=WRITABLE, discovery=DiscoveryTag.PRIMARY,
+                 intents=SWITCH_TO_N2, peers=()),
+         Role.PRIMARY, (), (R.SWITCHOVER_TARGET_UNSUITABLE,)),
+    Case("primary: switchover done: clear the intent, advertise", at(Role.PRIMARY),
+         observe(Role.PRIMARY, lease=HELD, gate=ARMED, database=WRITABLE,
+                 intents=OperatorIntents(switchover_target=ME)),
+         Role.PRIMARY, (RegisterDiscovery(DiscoveryTag.PRIMARY, A.PRIMARY_READY),
+                        ClearSwitchover(A.SWITCHOVER_DONE))),
+    # ---------------------------------------------------------------- FENCING
+    Case("fencing: not yet complete, no release", FENCING_DB,
+         observe(Role.FENCING, lease=HELD, gate=ARMED, database=WRITABLE), Role.FENCING,
+         (BlockGate(True, A.DB_UNHEALTHY), SetReadOnly(True, A.DB_UNHEALTHY)), (R.FENCE_INCOMPLETE,),
+         Trigger.DB_UNHEALTHY),
+    Case("fencing: connections still open, no release", FENCING_DB,
+         observe(Role.FENCING, lease=HELD, gate=GateView(open_connections=1)), Role.FENCING,
+         (BlockGate(True, A.DB_UNHEALTHY),), (R.FENCE_INCOMPLETE,), Trigger.DB_UNHEALTHY),
+    Case("fencing: complete -> release", FENCING_DB, observe(Role.FENCING, lease=HELD), Role.FENCING,
+         (ReleaseLock(TOKEN, A.FENCE_COMPLETE),), (), Trigger.DB_UNHEALTHY),
+    Case("fencing: mysqld unreachable counts as read-only", FENCING_DB,
+         observe(Role.FENCING, lease=HELD, database=db(read_only=None, healthy=False)), Role.FENCING,
+         (SetReadOnly(True, A.DB_UNHEALTHY), ReleaseLock(TOKEN, A.FENCE_COMPLETE)), (), Trigger.DB_UNHEALTHY),
+    Case("fencing: released -> fenced", FENCING_DB, observe(Role.FENCING), Role.FENCED, (), (),
+         Trigger.DB_UNHEALTHY),
+    Case("fencing: lease surely expired in the DCS -> fenced", FENCING_DB,
+         observe(Role.FENCING, lease=LeaseView(True, TOKEN, NOW - 2.0), lock=LockView(reachable=False)),
+         Role.FENCED, (RenewLock(TOKEN, A.RENEWAL_DUE),), (), Trigger.DB_UNHEALTHY),
+    Case("fencing: renews until released", FENCING_DB, observe(Role.FENCING, lease=DUE_LEASE),
+         Role.FENCING, (RenewLock(TOKEN, A.RENEWAL_DUE), ReleaseLock(TOKEN, A.FENCE_COMPLETE)), (),
+         Trigger.DB_UNHEALTHY),
+    Case("fencing: paused holds the lock", FENCING_DB,
+         observe(Role.FENCING, lease=HELD, intents=OperatorIntents(paused=True)), Role.FENCING, (),
+         (R.PAUSED,), Trigger.DB_UNHEALTHY),
+    Case("fencing: switchover waits for the target", FENCING_SWITCHOVER,
+         observe(Role.FENCING, lease=HELD, intents=SWITCH_TO_N2, peers=(member("n2", position="0-1-99"),)),
+         Role.FENCING, (), (R.SWITCHOVER_TARGET_BEHIND,), Trigger.SWITCHOVER),
+    Case("fencing: switchover target vanished", FENCING_SWITCHOVER,
+         observe(Role.FENCING, lease=HELD, intents=SWITCH_TO_N2, peers=()),
+         Role.FENCING, (), (R.SWITCHOVER_TARGET_BEHIND,), Trigger.SWITCHOVER),
+    Case("fencing: switchover target caught up -> release", FENCING_SWITCHOVER,
+         observe(Role.FENCING, lease=HELD, intents=SWITCH_TO_N2, peers=(member("n2", position="0-1-100"),)),
+         Role.FENCING, (ReleaseLock(TOKEN, A.SWITCHOVER),), (), Trigger.SWITCHOVER),
+    Case("fencing: switchover withdrawn -> promoting again", FENCING_SWITCHOVER,
+         observe(Role.FENCING, lease=HELD), Role.PROMOTING),
+    Case("fencing: switchover withdrawn after the lease: plain fence", FENCING_SWITCHOVER,
+         observe(Role.FENCING, lease=EXPIRED_LEASE, lock=LockView(reachable=False)), Role.FENCING,
+         (RenewLock(TOKEN, A.RENEWAL_DUE), ReleaseLock(TOKEN, A.FENCE_COMPLETE)), (), Trigger.SWITCHOVER),
+    # ---------------------------------------------------------------- FENCED
+    Case("fenced: no primary to rejoin", FENCED_DB, observe(Role.FENCED), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN,), Trigger.DB_UNHEALTHY),
+    Case("fenced: DCS unreachable", FENCED_DB, observe(Role.FENCED, lock=LockView(reachable=False)),
+         Role.FENCED, (), (R.DCS_UNREACHABLE,), Trigger.DB_UNHEALTHY),
+    Case("fenced: database unhealthy", FENCED_DB,
+         n2_primary(Role.FENCED, database=db(healthy=False, errant=CLEAN_VS_N2)), Role.FENCED, (),
+         (R.DB_UNHEALTHY,), Trigger.DB_UNHEALTHY),
+    Case("fenced: errant check pending", FENCED_DB, n2_primary(Role.FENCED), Role.FENCED, (),
+         (R.ERRANT_UNCHECKED,), Trigger.DB_UNHEALTHY),
+    Case("fenced: errant GTIDs keep it fenced, with the reason", FENCED_DB,
+         n2_primary(Role.FENCED, database=db(errant=DIRTY_VS_N2)), Role.FENCED, (),
+         (R.ERRANT_GTIDS,), Trigger.ERRANT_GTIDS),
+    Case("fenced: clean -> rejoin as replica", FENCED_DB,
+         n2_primary(Role.FENCED, database=db(source=None, errant=CLEAN_VS_N2)), Role.REPLICA,
+         (Repoint("n2", True, A.REJOIN),)),
+    Case("fenced: paused", FENCED_DB,
+         observe(Role.FENCED, database=db(errant=CLEAN_VS_N2), intents=OperatorIntents(paused=True),
+                 lock=PRIMARY_N2, peers=N2_PRIMARY_PEERS),
+         Role.FENCED, (), (R.PAUSED,), Trigger.DB_UNHEALTHY),
+    Case("fenced: stays fenced locally", FENCED_DB,
+         observe(Role.FENCED, database=db(read_only=False), discovery=DiscoveryTag.PRIMARY, lease=HELD),
+         Role.FENCED, (FailDiscoveryCheck(A.NOT_PRIMARY), SetReadOnly(True, A.NOT_PRIMARY)),
+         (R.NO_PRIMARY_TO_REJOIN,), Trigger.DB_UNHEALTHY),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_decide_table(case: Case) -> None:
+    decision = decide(case.obs, case.state, case.config)
+    assert decision.state.role is case.role
+    assert core_actions(decision) == case.actions
+    assert tuple(refusal.reason for refusal in decision.refusals) == case.refusals
+    assert decision.state.fenced_reason is case.fenced_reason
+    assert decision.next_wakeup >= case.obs.now
+    if decision.state.role is not case.state.role:
+        assert decision.state.since == case.obs.now

@@ -1,0 +1,108 @@
+"""Configuration: every mistake is named by its key; the reference doc is generated and current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dbfence.cli import main
+from dbfence.config import ConfigError, load_config, parse_config, reference_markdown, render_config
+
+MINIMAL = """
+[cluster]
+name = "orders"
+[node]
+name = "db1"
+[mysql]
+credentials_file = "/etc/dbfence/credentials.toml"
+[dcs]
+kind = "etcd"
+endpoints = ["http://127.0.0.1:2379"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dbfence.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_fills_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.cluster.name == "orders"
+    assert config.gate.listen == "0.0.0.0:3307"
+    assert config.http.listen == "127.0.0.1:8008"
+    assert config.dcs.ttl == 10.0 and config.renew_interval == 2.0
+    assert config.failover.lossless is True
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("[node]\nname = 'db1'\ncolour = 'blue'", "node.colour: unknown setting"),
+        ("[nodes]\nname = 'x'", "[nodes]: unknown section"),
+        ("[dcs]\nkind = 'zookeeper'\nendpoints = ['x']", "dcs.kind: expected one of etcd, consul"),
+        ("[dcs]\nkind = 'etcd'\nendpoints = 'http://x'", "dcs.endpoints: expected a list of strings"),
+        ("[dcs]\nkind = 'etcd'\nendpoints = ['x']\nttl = 'ten'", "dcs.ttl: expected a number"),
+        ("[dcs]\nkind = 'etcd'\nendpoints = ['x']\nttl = 5\nmargin = 5", "dcs.margin: must be smaller"),
+        ("[dcs]\nkind = 'etcd'\nendpoints = []", "dcs.endpoints: at least one"),
+        ("[gate]\nlisten = '3307'", "gate.listen: expected host:port"),
+        ("[gate]\nworkers = -1", "gate.workers: must be at least 0"),
+        ("[failover]\nlossless = 'yes'", "failover.lossless: expected true or false"),
+        ("[node]\npriority = 5000\nname = 'db1'", "node.priority: must be at most 1000"),
+    ],
+)
+def test_mistakes_name_the_key_and_the_expected_form(tmp_path: Path, change: str, message: str) -> None:
+    # Replace the section being changed, keep the rest valid.
+    section = change.split("]", 1)[0] + "]"
+    kept = []
+    skipping = False
+    for line in MINIMAL.splitlines():
+        if line.startswith("["):
+            skipping = line == section
+        if not skipping:
+            kept.append(line)
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "\n".join(kept) + "\n" + change + "\n"))
+    assert message in str(error.value)
+
+
+def test_missing_required_setting_and_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"node\.name: required"):
+        parse_config({"cluster": {"name": "c"}, "node": {}, "mysql": {"credentials_file": "f"},
+                      "dcs": {"kind": "etcd", "endpoints": ["e"]}})
+    with pytest.raises(ConfigError, match=r"\[dcs\]: required section is missing"):
+        parse_config({"cluster": {"name": "c"}, "node": {"name": "n"}, "mysql": {"credentials_file": "f"}})
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration"):
+        load_config(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[cluster\nname = "))
+
+
+def test_show_prints_an_equivalent_config(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["config", "show", "--config", str(write(tmp_path, MINIMAL))])
+    assert result.exit_code == 0, result.output
+    assert "# Lease/session TTL in seconds." in result.output
+    original = load_config(write(tmp_path, MINIMAL))
+    shown = tmp_path / "shown.toml"
+    shown.write_text(result.output)
+    assert load_config(shown) == original
+    assert render_config(load_config(shown)) == render_config(original)
+
+
+def test_check_exits_nonzero_with_the_reason(tmp_path: Path) -> None:
+    bad = write(tmp_path, MINIMAL.replace('kind = "etcd"', 'kind = "etcd"\nttl = 0'))
+    result = CliRunner().invoke(main, ["config", "check", "--config", str(bad)])
+    assert result.exit_code == 1
+    assert "dcs.ttl: must be at least 1" in result.output
+
+
+def test_reference_doc_is_current() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert doc.read_text() == reference_markdown(), (
+        "docs/configuration.md is stale: run `python -m dbfence.config > docs/configuration.md`")

@@ -1,0 +1,257 @@
+"""Role actions have their effect on real MariaDB 10.11: fence, promote (lossless semi-sync),
+repoint by GTID, clean rejoin of a former primary, refusal of one with errant GTIDs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pymysql
+import pytest
+
+from dbfence.lab.cluster import LabCluster
+from dbfence.mysql.actions import SemiSyncSettings
+from dbfence.mysql.errors import (
+    ErrantTransactionsError,
+    GtidWaitTimeoutError,
+    StaleFencingTokenError,
+    UnsafeAccountError,
+    UnsafeOnReplicaError,
+)
+from dbfence.mysql.flavour import Flavour
+from dbfence.mysql.gtid import Gtid
+from dbfence.mysql.probes import Role
+from tests.conftest import LabFactory
+from tests.mysql.mysql_lab_helpers import (
+    actions,
+    monitor,
+    observe_until_healthy,
+    one,
+    poll,
+    primary_address,
+    run,
+    sql,
+)
+
+TEST_SEMI_SYNC = SemiSyncSettings(timeout_ms=60_000)  # long enough never to expire during the test
+
+
+def count_rows(lab: LabCluster, name: str, where: str = "1") -> int:
+    conn = sql(lab, name)
+    try:
+        return int(one(conn, f"SELECT COUNT(*) AS n FROM dbtest.t WHERE {where}")["n"])
+    finally:
+        conn.close()
+
+
+def status_var(lab: LabCluster, name: str, var: str) -> str:
+    conn = sql(lab, name)
+    try:
+        return str(one(conn, "SHOW GLOBAL STATUS LIKE %s", (var,))["Value"])
+    finally:
+        conn.close()
+
+
+def in_thread(work: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run_it() -> None:
+        try:
+            work()
+        except BaseException as exc:  # surfaced by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_it, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_account_check_refuses_accounts_that_write_through_read_only(lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=1)
+    db1 = actions(lab, "db1")
+    assert db1.server_version().flavour is Flavour.MARIADB
+    db1.check_app_account("app")  # DML only: accepted
+    with pytest.raises(UnsafeAccountError, match=r"dbfence_agent@127\.0\.0\.1 has ALL PRIVILEGES"):
+        db1.check_app_account("dbfence_agent")
+    admin = sql(lab, "db1")
+    run(admin, "CREATE USER 'app2'@'%' IDENTIFIED BY 'x'")
+    run(admin, "GRANT SELECT ON *.* TO 'app2'@'%'")
+    db1.check_app_account("app2")
+    run(admin, "GRANT READ_ONLY ADMIN ON *.* TO 'app2'@'%'")
+    with pytest.raises(UnsafeAccountError, match=r"app2@% has READ ONLY ADMIN"):
+        db1.check_app_account("app2")
+    run(admin, "REVOKE READ_ONLY ADMIN ON *.* FROM 'app2'@'%'")
+    run(admin, "CREATE ROLE powerful")
+    run(admin, "GRANT SUPER ON *.* TO powerful")
+    run(admin, "GRANT powerful TO 'app2'@'%'")
+    with pytest.raises(UnsafeAccountError, match=r"app2@% has SUPER \(via role powerful\)"):
+        db1.check_app_account("app2")
+    with pytest.raises(UnsafeAccountError, match="does not exist"):
+        db1.check_app_account("nobody")
+    # and the reason it matters: SUPER writes through read_only on 10.11
+    db1.set_read_only(True)
+    run(admin, "CREATE DATABASE IF NOT EXISTS dbtest")
+    admin.close()
+
+
+def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=3)
+    db1, db2, db3 = actions(lab, "db1"), actions(lab, "db2"), actions(lab, "db3")
+    # lossless from the start: db1 waits for an ack from db2 or db3
+    db2.set_semi_sync_replica(True)
+    db3.set_semi_sync_replica(True)
+    db1.set_semi_sync_primary(TEST_SEMI_SYNC)
+    poll(lambda: status_var(lab, "db1", "Rpl_semi_sync_master_clients") == "2", 10, "two semi-sync replicas")
+    primary = sql(lab, "db1")
+    run(primary, "CREATE DATABASE dbtest")
+    run(primary, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
+    for i in range(1, 6):
+        run(primary, "INSERT INTO dbtest.t VALUES (%s, 'db1')", (i,))
+    primary.close()
+
+    # --- waiting for the relay log times out, naming both positions, while SQL is stopped ---
+    replica = sql(lab, "db3")
+    run(replica, "STOP SLAVE SQL_THREAD")
+    primary = sql(lab, "db1")
+    run(primary, "INSERT INTO dbtest.t VALUES (50, 'db1')")
+    primary.close()
+    wanted = db1.gtid_positions().binlog_pos
+    poll(lambda: db3.replica_status().received_gtid_pos == str(wanted), 10, "db3 to receive")  # type: ignore[union-attr]
+    with pytest.raises(GtidWaitTimeoutError, match=f"received '{wanted}'"):
+        db3.wait_relay_log_applied(0.3)
+    run(replica, "START SLAVE SQL_THREAD")
+    replica.close()
+
+    # --- fence db1: read_only, clients cut, the agent's probe sessions and replication kept ---
+    clients = [sql(lab, "db1", account="app") for _ in range(3)]
+    with monitor(lab, "db1", Role.PRIMARY) as probes:
+        observe_until_healthy(probes, 10)  # reserved and heartbeat sessions are open
+        keep = probes.agent_connection_ids()
+        assert keep
+        killed = db1.fence(keep_ids=keep)
+        assert {k.user for k in killed} == {"app"} and len(killed) == 3
+        for client in clients:
+            with pytest.raises(pymysql.err.MySQLError):
+                run(client, "SELECT 1")
+        watcher = sql(lab, "db1")
+        with watcher.cursor() as cur:
+            cur.execute("SELECT ID, COMMAND FROM information_schema.PROCESSLIST")
+            rows = cur.fetchall()
+        ids = {int(r["ID"]) for r in rows}
+        assert keep <= ids  # the agent's own sessions survived
+        assert sum(1 for r in rows if r["COMMAND"] == "Binlog Dump") == 2  # replicas still fed
+        watcher.close()
+    assert db1.read_only()
+    app = sql(lab, "db1", account="app")
+    with pytest.raises(pymysql.err.MySQLError) as refused:
+        run(app, "INSERT INTO dbtest.t VALUES (99, 'late')")
+    assert refused.value.args[0] == 1290  # --read-only
+    app.close()
+
+    # --- promote db2 in lossless mode, with the lock's fencing token ---
+    db1_pos = db1.gtid_positions().binlog_pos
+    assert db2.wait_relay_log_applied(10).covers(db1_pos)
+    assert db3.wait_relay_log_applied(10).covers(db1_pos)
+    with pytest.raises(UnsafeOnReplicaError):
+        db3.ensure_schema()  # would be an errant write on a replica
+    db2.promote(fencing_token=7, holder="agent-db2", semi_sync=TEST_SEMI_SYNC)
+    assert not db2.read_only() and db2.replica_status() is None
+    token = db2.read_fencing_token()
+    assert token is not None and (token.token, token.holder, token.server_id) == (7, "agent-db2", 2)
+    semi = db2.semi_sync_status()
+    assert semi["wait_point"] == "AFTER_SYNC" and int(str(semi["primary_enabled"])) == 1
+
+    # --- lossless: with no replica acknowledging, a commit does not complete ---
+    writer = sql(lab, "db2", account="app")
+    thread, errors = in_thread(lambda: run(writer, "INSERT INTO dbtest.t VALUES (6, 'db2')"))
+    poll(
+        lambda: status_var(lab, "db2", "Rpl_semi_sync_master_wait_sessions") == "1",
+        10,
+        "the commit to wait for a replica's ack",
+    )
+    for _ in range(10):  # it stays blocked while nobody acknowledges
+        thread.join(0.1)
+        assert thread.is_alive()
+        assert status_var(lab, "db2", "Rpl_semi_sync_master_status") == "ON"
+
+    # --- repoint db3 to db2 with semi-sync on: its ack releases the commit ---
+    db3.repoint(primary_address(lab, "db2"), db2.gtid_positions().binlog_state, semi_sync_replica=True)
+    thread.join(15)
+    assert not thread.is_alive() and not errors
+    assert status_var(lab, "db2", "Rpl_semi_sync_master_no_tx") == "0"  # nothing fell back to async
+    writer.close()
+    new_primary = sql(lab, "db2")
+    run(new_primary, "INSERT INTO dbtest.t VALUES (7, 'db2')")
+    new_primary.close()
+    poll(lambda: count_rows(lab, "db3", "origin = 'db2'") == 2, 10, "db2's writes on db3")
+    db3_token = actions(lab, "db3").read_fencing_token()
+    assert db3_token is not None and db3_token.token == 7  # the epoch replicated
+    db3_status = db3.replica_status()
+    assert db3_status is not None and db3_status.using_gtid == "Slave_Pos"
+
+    # --- the clean former primary rejoins and catches up ---
+    db1.rejoin(primary_address(lab, "db2"), db2.gtid_positions().binlog_state, semi_sync_replica=True)
+    poll(lambda: count_rows(lab, "db1", "origin = 'db2'") == 2, 10, "db2's writes on db1")
+    status = db1.replica_status()
+    assert status is not None and (status.io_running, status.sql_running) == ("Yes", "Yes")
+    assert db1.read_only()
+    assert int(str(db1.semi_sync_status()["primary_enabled"])) == 0  # no longer a lossless primary
+    assert status_var(lab, "db1", "Rpl_semi_sync_master_no_tx") == "0"  # every db1 commit was acked
+
+    # --- second failover: db2 fenced, db3 promoted, db1 follows db3 ---
+    db2.fence()
+    db3.promote(fencing_token=8, holder="agent-db3", semi_sync=TEST_SEMI_SYNC)
+    db1.repoint(primary_address(lab, "db3"), db3.gtid_positions().binlog_state, semi_sync_replica=True)
+    last = sql(lab, "db3")
+    run(last, "INSERT INTO dbtest.t VALUES (8, 'db3')")
+    last.close()
+    poll(lambda: count_rows(lab, "db1", "origin = 'db3'") == 1, 10, "db3's write on db1")
+
+    # --- a write lands on the fenced db2 (what the gate exists to prevent): db2 is refused ---
+    # (fence left db2's lossless semi-sync on, so a stray commit would wait for an ack forever;
+    # switch it off to let one land, as on a primary running without lossless mode)
+    db2.set_semi_sync_primary(None)
+    stray = sql(lab, "db2")  # the agent account writes through read_only
+    run(stray, "INSERT INTO dbtest.t VALUES (9, 'stray')")
+    stray_gtid = Gtid.parse(str(one(stray, "SELECT @@gtid_binlog_pos AS p")["p"]))
+    stray.close()
+    assert stray_gtid.server_id == 2
+    with pytest.raises(ErrantTransactionsError) as errant:
+        db2.rejoin(primary_address(lab, "db3"), db3.gtid_positions().binlog_state, semi_sync_replica=True)
+    assert f"errant GTIDs {stray_gtid} (per server:" in str(errant.value)
+    assert errant.value.gtids == (stray_gtid,)  # exactly the stray write, read from db2's binlog
+    assert [(r.domain, r.server_id, r.last_seq) for r in errant.value.errant] == [(0, 2, stray_gtid.seq)]
+    assert db2.replica_status() is None  # refused before touching replication
+    assert db2.read_only()
+
+    # --- the fencing token never goes backwards ---
+    with pytest.raises(StaleFencingTokenError):
+        db3.write_fencing_token(7, "agent-db2")
+    db3.write_fencing_token(9, "agent-db3")
+    poll(lambda: (actions(lab, "db1").read_fencing_token() or token).token == 9, 10, "token 9 on db1")
+
+
+def test_fence_is_not_held_up_by_a_commit_waiting_for_a_semi_sync_ack(lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=1)
+    db1 = actions(lab, "db1")
+    admin = sql(lab, "db1")
+    run(admin, "CREATE DATABASE dbtest")
+    run(admin, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
+    admin.close()
+    db1.set_semi_sync_primary(TEST_SEMI_SYNC)  # no replica at all: every commit waits for an ack
+    writer = sql(lab, "db1", account="app")
+    thread, errors = in_thread(lambda: run(writer, "INSERT INTO dbtest.t VALUES (1, 'waiting')"))
+    poll(
+        lambda: status_var(lab, "db1", "Rpl_semi_sync_master_wait_sessions") == "1",
+        10,
+        "the commit to wait for an ack",
+    )
+    started = time.monotonic()
+    killed = db1.fence()
+    assert time.monotonic() - started < 5  # not the 60 s semi-sync timeout
+    assert [k.user for k in killed] == ["app"]
+    thread.join(5)
+    assert not thread.is_alive()
+    assert errors and isinstance(errors[0], pymysql.err.MySQLError)  # the client got no OK
+    assert db1.read_only()
