@@ -299,7 +299,10 @@ class Gate:
         started = time.monotonic()
         with self._lock:
             shared = self._require_started()
+            epoch_before = self._machine.epoch
             state = self._machine.transition(Expire(), started)
+            if self._machine.epoch != epoch_before:
+                self._publish_block_locked(self._reason())
             if not isinstance(state, Admitting):
                 raise IllegalTransition(f"cannot drain a blocked gate ({self._reason()})")
             self._draining = True
@@ -407,7 +410,10 @@ class Gate:
         while True:
             while b"\n" in handle.buffer:
                 line, handle.buffer = handle.buffer.split(b"\n", 1)
-                report: dict[str, Any] = json.loads(line)
+                try:
+                    report: dict[str, Any] = json.loads(line)
+                except ValueError:
+                    continue  # not a report: ignore it rather than fail the status call
                 if int(report.get("request", 0)) == wanted:
                     return report
             left = deadline - time.monotonic()

@@ -1,6 +1,6 @@
 """The small shared-memory record the agent writes and every gate worker reads.
 
-Layout (native byte order, one 4 KiB page from ``memfd_create``):
+Layout (native byte order, 16 KiB from ``memfd_create``):
 
 * word 0, the **fence word**: ``(deadline_us << EPOCH_BITS) | (epoch & EPOCH_MASK)``. It is the only
   thing the data path reads, once per forwarded chunk. Being one aligned 8-byte word, it is written
@@ -30,7 +30,7 @@ STATE_BLOCKING: Final = 0
 STATE_ADMITTING: Final = 1
 STATE_DRAINING: Final = 2
 
-SIZE: Final = 4096
+SIZE: Final = 16384
 _SEQ_OFFSET: Final = 8
 _STATUS = struct.Struct("=QQdd")  # state, epoch, drain_until, deadline (informational)
 _STATUS_OFFSET: Final = 16

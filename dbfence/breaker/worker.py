@@ -302,6 +302,8 @@ class Worker:
         self.draining = False
         self.enforced_epoch = -1
         self.stats_requests = 0
+        self._control_out = bytearray()
+        self._control_writer = False
         self.adopting = 0
         self.handed_off = 0
         self.listener: socket.socket | None = None
@@ -527,14 +529,26 @@ class Worker:
             "draining": self.draining,
             "connections": [link.describe(now) for link in self.links],
         }
-        line = (json.dumps(report) + "\n").encode()
-        self.control.setblocking(True)
+        self._control_out += (json.dumps(report) + "\n").encode()
+        self._flush_control()
+
+    def _flush_control(self) -> None:
+        """Send queued replies without ever blocking the data path on a slow reader."""
+        fd = self.control.fileno()
         try:
-            self.control.sendall(line)
+            sent = self.control.send(self._control_out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
         except OSError:
-            self.shutdown()
-        finally:
-            self.control.setblocking(False)
+            self.shutdown()  # the agent is gone
+            return
+        del self._control_out[:sent]
+        if self._control_out and not self._control_writer:
+            self.loop.add_writer(fd, self._flush_control)
+            self._control_writer = True
+        elif not self._control_out and self._control_writer:
+            self.loop.remove_writer(fd)
+            self._control_writer = False
 
     def shutdown(self) -> None:
         cut_links(list(self.links))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ def gate_lab() -> Iterator[LabCluster]:
         yield lab
     finally:
         LabCluster.load(lab.directory).down()
+        shutil.rmtree(directory, ignore_errors=True)  # data directories are large; nothing runs here now
 
 
 @pytest.fixture

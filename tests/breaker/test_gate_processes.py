@@ -112,3 +112,20 @@ def test_workers_die_with_the_agent() -> None:
             if agent.poll() is None:
                 agent.kill()
                 agent.wait()
+
+
+def test_status_survives_a_stopped_worker() -> None:
+    with EchoBackend() as backend, Gate(
+        GateConfig(listen_port=0, backend_port=backend.port, workers=2)
+    ) as gate:
+        gate.admit(time.monotonic() + 120)
+        stopped = gate.worker_pids()[0]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            stats = gate.stats()  # waits for the stopped worker's reply up to its timeout
+            assert [w.responding for w in stats.workers] == [False, True]
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        # The late reply to the first request is recognised and skipped.
+        wait_until(lambda: all(w.responding for w in gate.stats().workers), 10, "both workers to answer")
+        assert gate.stats().state == "admitting"

@@ -340,3 +340,10 @@ def test_drain_waits_for_open_transactions_then_blocks(make_gate: GateFactory, g
             select_one(idle)
     assert mark_landed(gate_lab, mark)
     assert "drained for switchover" in refused_error(gate, gate_lab).args[1]
+
+
+def test_drain_of_a_blocked_gate_is_refused(make_gate: GateFactory, gate_lab: LabCluster) -> None:
+    gate = make_gate(workers=1)
+    with pytest.raises(IllegalTransition):
+        gate.drain(1.0)
+    assert "not yet admitted" in refused_error(gate, gate_lab).args[1]
