@@ -237,6 +237,8 @@ def _check_relations(config: AgentConfig) -> None:
     if config.renew_interval >= dcs.ttl - dcs.margin:
         raise ConfigError(f"dcs.renew_interval: must be shorter than ttl - margin "
                           f"({dcs.ttl - dcs.margin}s) so a lease is renewed before it lapses")
+    if dcs.kind == "consul" and not 10 <= dcs.ttl <= 86400:
+        raise ConfigError(f"dcs.ttl: Consul sessions take a TTL of 10 to 86400 seconds, got {dcs.ttl}")
     if not dcs.endpoints:
         raise ConfigError("dcs.endpoints: at least one endpoint is required")
     for address_key, value in (("gate.listen", config.gate.listen), ("http.listen", config.http.listen)):

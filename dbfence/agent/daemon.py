@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dbfence import __version__
+from dbfence.agent.actions import Promote, Repoint, SetReadOnly, WaitRelayLog, WriteFencingToken
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide import Decision, decide
 from dbfence.agent.executor import Executor, NodeIdentity
@@ -46,7 +47,7 @@ from dbfence.config import AgentConfig, parse_host_port
 from dbfence.discovery.consul_catalog import ConsulCatalog, ServiceIdentity
 from dbfence.discovery.http_api import CommandResult, HttpApi, StatusBoard, StatusReport
 from dbfence.discovery.metrics import Metrics
-from dbfence.locks.base import LockSettings
+from dbfence.locks.base import LeaseLock, LockSettings
 from dbfence.locks.errors import LockError
 from dbfence.locks.factory import DcsConfig, open_lock
 from dbfence.locks.model import ClusterSnapshot, Intent
@@ -65,6 +66,7 @@ log = logging.getLogger("dbfence.agent")
 UNREADABLE_HOLDER = "<unreadable>"
 # Roles from which a node may race for the lock: their health must be positively confirmed.
 _RACING = frozenset({Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.FENCED})
+_CHANGES_MYSQLD = (SetReadOnly, WaitRelayLog, Promote, Repoint, WriteFencingToken)
 
 
 class AgentStartError(RuntimeError):
@@ -182,16 +184,7 @@ class Agent:
         ))
 
         dcs = config.dcs
-        margin = dcs.margin
-        self.lock = open_lock(
-            DcsConfig(kind=dcs.kind, endpoints=tuple(dcs.endpoints), ca_cert=dcs.tls_ca or None,
-                      cert=dcs.tls_cert or None, key=dcs.tls_key or None, user=dcs.username or None,
-                      password=_read_secret(dcs.password_file, "dcs.password_file"),
-                      token=_read_secret(dcs.acl_token_file, "dcs.acl_token_file")),
-            config.cluster.name, config.node.name,
-            LockSettings(ttl=int(dcs.ttl), margin=margin, call_timeout=min(2.0, margin * 0.6),
-                         lock_delay=int(dcs.lock_delay)),
-        )
+        self.lock = self._open_lock(config)
         self.http_token = _read_secret(config.http.token_file, "http.token_file")
         self.catalog: ConsulCatalog | None = None
         if config.discovery.consul_agent:
@@ -215,6 +208,23 @@ class Agent:
             relay_wait_timeout=config.failover.relay_wait_timeout,
             accounts_check=self.check_app_accounts)
         self.http: HttpApi | None = None
+
+    @staticmethod
+    def _open_lock(config: AgentConfig) -> LeaseLock:
+        dcs = config.dcs
+        try:
+            return open_lock(
+                DcsConfig(kind=dcs.kind, endpoints=tuple(dcs.endpoints), ca_cert=dcs.tls_ca or None,
+                          cert=dcs.tls_cert or None, key=dcs.tls_key or None, user=dcs.username or None,
+                          password=_read_secret(dcs.password_file, "dcs.password_file"),
+                          token=_read_secret(dcs.acl_token_file, "dcs.acl_token_file")),
+                config.cluster.name, config.node.name,
+                # Every DCS call gives up well inside the margin it protects.
+                LockSettings(ttl=int(dcs.ttl), margin=dcs.margin, call_timeout=min(2.0, dcs.margin * 0.6),
+                             lock_delay=int(dcs.lock_delay)),
+            )
+        except ValueError as exc:
+            raise AgentStartError(f"cannot use the DCS settings: {exc}") from None
 
     def _check_accounts(self) -> None:
         """Refuse to start if an application account can write through read_only.
@@ -281,6 +291,8 @@ class Agent:
         self.db.want_role(self._probe_role())
         for action in decision.actions:
             self.executor.run(action)
+        if any(isinstance(action, _CHANGES_MYSQLD) for action in decision.actions):
+            self.db.refresh_facts()
         self.executor.keep_check_passing()
         self.executor.reconcile_semi_sync(self.state.role.value, self.config.failover.lossless)
         self.last_decision = decision

@@ -205,7 +205,9 @@ class Executor:
             raise LookupError(f"{primary}'s member record has no mysqld address")
         status = self.mysql.replica_status()
         if (status is not None and (status.primary_host, status.primary_port)
-                == (record.mysql_host, record.mysql_port) and status.sql_running == "Yes"):
+                == (record.mysql_host, record.mysql_port)
+                and not status.last_io_errno and not status.last_sql_errno
+                and status.sql_running == "Yes" and status.io_running in ("Yes", "Connecting")):
             return  # already follows it: a second CHANGE MASTER would only interrupt replication
         target = MysqlActions(Endpoint(record.mysql_host, record.mysql_port), self.mysql.credentials,
                               name=primary)

@@ -122,6 +122,12 @@ class DbSensor:
                 self._wake.set()
             self._stop.wait(max(0.0, self._monitor_next_delay()))
 
+    def refresh_facts(self) -> None:
+        """Re-read the facts (not the probes) now, after the loop changed mysqld, so the next
+        decision sees the effect instead of asking for the same action again."""
+        latest = self.latest
+        self.latest = self._read_facts(latest.at, latest.health, latest.probe_summary)
+
     def _monitor_next_delay(self) -> float:
         return self._monitor.settings.interval_s - (time.monotonic() - self.latest.at)
 
@@ -162,15 +168,19 @@ class DbSensor:
         if status is not None:
             source = self._source_of(status.primary_host, status.primary_port) or \
                 f"{status.primary_host}:{status.primary_port}"
-        lag = None
-        if status is None:
+        applied = relay_applied(status, current)
+        # The core wants how far the applier is behind what was received. Seconds_Behind_Master
+        # is NULL while the IO thread is disconnected (a dead primary!), yet with everything
+        # received applied there is nothing left to lag behind.
+        lag: float | None = None
+        if status is None or applied:
             lag = 0.0
         elif status.seconds_behind is not None:
             lag = float(status.seconds_behind)
         replication = ReplicationState(
             source=source,
             running=status is not None and status.io_running == "Yes" and status.sql_running == "Yes",
-            relay_log_applied=relay_applied(status, current),
+            relay_log_applied=applied,
             lag_seconds=lag,
             errant=self._errant_check(positions, source),
         )

@@ -80,6 +80,9 @@ def write_agent_files(lab: LabCluster, node: MysqlNode, index: int, gate_port: i
     _write_private(credentials, f"[client]\nuser = {agent.user}\npassword = {agent.password}\n\n"
                                 f"[replication]\nuser = {repl.user}\npassword = {repl.password}\n")
     address = agent_address(index)
+    # Consul refuses session TTLs under 10 s; etcd leases can be as short as the demo wants.
+    ttl, margin = (max(tuning.ttl, 10.0), max(tuning.margin, 2.0)) if lab.dcs_kind == "consul" \
+        else (tuning.ttl, tuning.margin)
     endpoints = ", ".join(f'"{url}"' for url in lab.dcs_endpoints)
     consul_agent = lab.dcs_endpoints[0] if lab.dcs_kind == "consul" else ""
     config = agent_dir / f"{node.name}.toml"
@@ -107,8 +110,8 @@ app_users = ["{lab.accounts['app'].user}"]
 [dcs]
 kind = "{lab.dcs_kind}"
 endpoints = [{endpoints}]
-ttl = {tuning.ttl}
-margin = {tuning.margin}
+ttl = {ttl}
+margin = {margin}
 lock_delay = 0.0
 
 [detection]

@@ -1,0 +1,135 @@
+"""A three-host cluster of real MariaDB, real etcd (or the Consul stand-in) and three agents.
+
+Each test drives a real fault and checks what an application and an operator would see.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psutil
+import pymysql
+import pytest
+
+from dbfence.lab.cluster import LabCluster
+from dbfence.lab.wait import wait_until
+from dbfence.locks.factory import DcsConfig, open_lock
+from tests.conftest import LabFactory
+from tests.e2e.e2e_helpers import (
+    app_connect,
+    discover,
+    resolve,
+    role,
+    rows_on,
+    status,
+    write_row,
+    write_until_acknowledged,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def only_primary(lab: LabCluster) -> str:
+    primaries = lab.primaries()
+    assert len(primaries) == 1, f"expected exactly one admitting primary, got {primaries}"
+    return primaries[0]
+
+
+def gate_address(lab: LabCluster, name: str) -> str:
+    return lab.agent(name).address
+
+
+@pytest.mark.parametrize("dcs", ["etcd", "consul"])
+def test_crashed_primary_fails_over_and_comes_back_as_a_replica(lab_factory: LabFactory, dcs: str) -> None:
+    lab = lab_factory(mysql_count=3, dcs=dcs, agents=True)
+    old = only_primary(lab)
+    assert discover(lab)[0] == gate_address(lab, old)
+    assert write_row(lab, 1) == gate_address(lab, old)
+
+    lab.kill_mysql(old)
+    host, seconds, _ = write_until_acknowledged(lab, 100, timeout=30)
+    new = only_primary(lab)
+    assert new != old and host == gate_address(lab, new)
+    if dcs == "consul":
+        assert resolve(lab, f"primary.{lab.cluster}.service.consul") == [gate_address(lab, new)]
+    other = next(n.name for n in lab.mysql if n.name not in (old, new))
+    wait_until(lambda: role(lab, other) == "replica"
+               and status(lab, other)["database"]["replication_source"] == new,
+               timeout=20, what=f"{other} to follow {new}")
+    assert role(lab, old) == "fenced"
+    print(f"\n[{dcs}] kill -9 of {old}'s mysqld -> first acknowledged write on {new}: {seconds:.2f}s")
+
+    lab.start_mysql(old)
+    wait_until(lambda: role(lab, old) == "replica", timeout=30, what=f"{old} to rejoin as a replica")
+    assert only_primary(lab) == new
+    rows = {1} | {r for r in rows_on(lab, new) if r >= 100}
+    wait_until(lambda: rows <= rows_on(lab, old), timeout=20, what=f"{old} to catch up")
+    assert lab.node(old).process.alive()
+
+
+def test_killed_agent_takes_its_gate_down_and_the_lease_moves(lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=3, dcs="etcd", agents=True)
+    old = only_primary(lab)
+    agent = lab.agent(old)
+    gate_pids = [p.pid for p in psutil.Process(agent.pid).children(recursive=True)]
+    assert gate_pids, "the gate workers run as children of the agent"
+    lab.kill_agent(old)
+    # The workers die with the agent (parent-death signal): nothing is left admitting there.
+    wait_until(lambda: not any(psutil.pid_exists(p) for p in gate_pids), timeout=10,
+               what="the gate workers to die with their agent")
+    _, seconds, _ = write_until_acknowledged(lab, 200, timeout=30)
+    new = only_primary(lab)
+    assert new != old
+    tuning = lab.extra["agent_tuning"]
+    print(f"\nagent kill -9 -> write acknowledged on {new} after {seconds:.2f}s (ttl {tuning['ttl']}s)")
+    assert seconds < tuning["ttl"] + 10
+
+
+def test_primary_that_loses_the_dcs_fences_before_its_deadline(lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=2, dcs="etcd", etcd_members=1, agents=True)
+    primary = only_primary(lab)
+    tuning = lab.extra["agent_tuning"]
+    conn_host, conn_port = discover(lab)
+    lab.kill_etcd("etcd1", signal.SIGSTOP)  # a DCS that stops answering, the hardest case
+    stopped_at = time.monotonic()
+    try:
+        wait_until(lambda: primary not in lab.primaries(), timeout=tuning["ttl"] + 5,
+                   what="the primary to stop admitting")
+        blocked_after = time.monotonic() - stopped_at
+        # The last renewal was at most one renew interval before the DCS stopped; the gate must
+        # close by ttl - margin after it, well before etcd could expire the lease.
+        assert blocked_after <= tuning["ttl"] - tuning["margin"] + 0.5, blocked_after
+        with pytest.raises(pymysql.err.OperationalError, match="this node is not the primary"):
+            app_connect(lab, conn_host, conn_port, timeout=2)
+        print(f"\nDCS frozen -> gate blocked after {blocked_after:.2f}s "
+              f"(ttl {tuning['ttl']}s, margin {tuning['margin']}s)")
+    finally:
+        lab.kill_etcd("etcd1", signal.SIGCONT)
+    wait_until(lambda: len(lab.primaries()) == 1, timeout=30, what="a primary again once etcd answers")
+
+
+def test_garbage_in_the_lock_key_is_reported_and_survived(lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=2, dcs="etcd", etcd_members=1, agents=True)
+    primary = only_primary(lab)
+    operator = open_lock(DcsConfig(kind="etcd", endpoints=tuple(lab.dcs_endpoints)), lab.cluster, "operator")
+    try:
+        import pyetcd  # noqa: PLC0415
+
+        host, port = lab.dcs_endpoints[0].removeprefix("http://").rsplit(":", 1)
+        raw = pyetcd.client(host=host, port=int(port))
+        raw.put(f"dbfence/{lab.cluster}/leader", b"\x00not json")
+        raw.put(f"dbfence/{lab.cluster}/members/ghost", b"{broken")
+        # The key is no longer bound to the primary's lease: it must fence, and nobody may admit.
+        wait_until(lambda: lab.primaries() == [], timeout=10, what="the primary to fence")
+        assert all(lab.agent(a.name).process.alive() for a in lab.agents)
+        report = status(lab, primary)
+        assert any("members/ghost" in p for p in report["dcs_problems"]), report["dcs_problems"]
+        assert report["lock"]["holder"] == "<unreadable>"
+        # The operator clears the key; the cluster elects a primary again.
+        operator.force_delete_lock()
+        raw.delete(f"dbfence/{lab.cluster}/members/ghost")
+        raw.close()
+        wait_until(lambda: len(lab.primaries()) == 1, timeout=30, what="a new primary after the force-delete")
+    finally:
+        operator.close()
