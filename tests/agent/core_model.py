@@ -340,6 +340,21 @@ class Model:
                     f"{name} at {position} races behind {record.name} at {info.position}", trace
                 )
 
+    def check_promotion(self, obs: Observation, name: str, trace: tuple[str, ...]) -> None:
+        """On winning and on completing a promotion, no healthy candidate it can see has more
+        data (ties may go either way: the data is the same)."""
+        position = obs.db.position
+        if position is None:
+            raise ModelViolationError(f"{name} promotes without a known position", trace)
+        for record in obs.members:
+            info = record.info
+            if (record.name != name and info.healthy and info.position is not None
+                    and info.role in (Role.STARTING, Role.REPLICA, Role.CANDIDATE)
+                    and info.position.rank_key() > position.rank_key()):
+                raise ModelViolationError(
+                    f"{name} at {position} promotes behind {record.name} at {info.position}", trace
+                )
+
     # ------------------------------------------------------------------ events
 
     def successors(self, world: World) -> Iterator[tuple[str, World]]:
@@ -417,6 +432,9 @@ class Model:
             self.check_acquire_decision(obs, name, self._trace)
         if node.agent.state.role is not Role.PROMOTING and decision.state.role is Role.PROMOTING:
             self.promotions += 1
+            self.check_promotion(obs, name, self._trace)
+        if decision.state.role is Role.PRIMARY and node.agent.state.role is Role.PROMOTING:
+            self.check_promotion(obs, name, self._trace)
         agent = replace(node.agent, state=decision.state, lease=obs.lease, pending=decision.actions)
         dcs = world.dcs
         if not node.partitioned:
