@@ -32,7 +32,8 @@ def test_no_two_writers_in_any_interleaving() -> None:
 
     # The primary's last write reached n3 only, then the primary died and let go: n3's record
     # still shows the old position, so n2 may win the race on stale data and must step down.
-    stale_race = model.drive(warm, ["write n1", "replicate n3", "db-crash n1", "step n1", "step n1", "step n1"])
+    stale_race = model.drive(warm, ["write n1", "replicate n3", "db-crash n1",
+                                    "step n1", "step n1", "step n1"])
     assert model.roles(stale_race)["n1"] is Role.FENCED and stale_race.dcs.holder is None
 
     admitting_nodes: set[str] = set()
