@@ -558,7 +558,7 @@ def _fencing(r: _Round) -> None:
             r.move(Trigger.SWITCHOVER_ABORTED)
             return
         # Cannot take the role back: finish as an ordinary fence.
-        r.state = state = replace(state, fenced_reason=Trigger.SWITCHOVER, switchover_target=None)
+        r.state = state = replace(state, switchover_target=None)
         target = None
     if not obs.fence_complete:
         r.refuse(RefusalReason.FENCE_INCOMPLETE)
