@@ -42,6 +42,7 @@ class ActionReason(enum.Enum):
     # promotion
     PROMOTION = "promotion"
     FAILOVER_STARTED = "failover_started"
+    OVERTAKEN = "overtaken"
     PRIMARY_READY = "primary_ready"
     LEASE_EXTENDED = "lease_extended"
     SWITCHOVER_DONE = "switchover_done"

@@ -404,7 +404,6 @@ def _candidate(r: _Round) -> None:
             _renew_if_due(r)
         elif lease.valid_at(r.now) and _lease_trouble(r) is None:
             r.move(Trigger.LEASE_ACQUIRED)
-            r.emit(RecordFailover(ActionReason.FAILOVER_STARTED))
             _promoting(r)
         else:
             r.move(Trigger.NO_LONGER_ELIGIBLE)
@@ -443,8 +442,30 @@ def _promoting(r: _Round) -> None:
         _renew_if_due(r)
         if obs.intents.paused:
             r.refuse(RefusalReason.PAUSED)
-        else:
+        elif not _overtaken(r):
             _promotion_step(r)
+
+
+def _overtaken(r: _Round) -> bool:
+    """Step down when a healthy rival has strictly more data, while nothing was written yet.
+
+    Records can lag (a peer publishes after we raced): until mysqld is made writable and
+    the token written, handing the lock back costs nothing and keeps the lossless promise.
+    Ties (priority, name) never cause a step-down: the data is the same.
+    """
+    obs = r.obs
+    position = obs.db.position
+    token = obs.lease.token
+    if obs.db.read_only is not True or obs.db.fencing_token == token or position is None:
+        return False
+    ahead = [record for record, theirs in _rivals(r) if theirs.rank_key() > position.rank_key()]
+    if not ahead:
+        return False
+    r.refuse(RefusalReason.PEER_MORE_ADVANCED, ", ".join(record.name for record in ahead))
+    r.move(Trigger.OVERTAKEN)
+    if token is not None and obs.fence_complete:
+        r.emit(ReleaseLock(token, ActionReason.OVERTAKEN))
+    return True
 
 
 def _promotion_step(r: _Round) -> None:
@@ -459,9 +480,11 @@ def _promotion_step(r: _Round) -> None:
         else:
             r.emit(Promote(r.config.lossless, ActionReason.PROMOTION))
     elif obs.db.read_only is not False:
+        # The point of no return: from here on the cooldown of this failover runs.
         r.emit(SetReadOnly(read_only=False, reason=ActionReason.PROMOTION))
         if obs.db.fencing_token != token:
             r.emit(WriteFencingToken(token, ActionReason.PROMOTION))
+        r.emit(RecordFailover(ActionReason.FAILOVER_STARTED))
     elif obs.db.fencing_token != token:
         r.emit(WriteFencingToken(token, ActionReason.PROMOTION))
     else:
@@ -535,7 +558,7 @@ def _fencing(r: _Round) -> None:
             r.move(Trigger.SWITCHOVER_ABORTED)
             return
         # Cannot take the role back: finish as an ordinary fence.
-        r.state = state = replace(state, fenced_reason=Trigger.SWITCHOVER, switchover_target=None)
+        r.state = state = replace(state, switchover_target=None)
         target = None
     if not obs.fence_complete:
         r.refuse(RefusalReason.FENCE_INCOMPLETE)

@@ -40,6 +40,7 @@ class Trigger(enum.Enum):
     RELEASED = "released"
     ERRANT_GTIDS = "errant_gtids"
     REJOINED = "rejoined"
+    OVERTAKEN = "overtaken"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(Role.CANDIDATE, Trigger.RACE_LOST, Role.REPLICA, "another node holds the lock"),
     Transition(Role.CANDIDATE, Trigger.NO_LONGER_ELIGIBLE, Role.REPLICA,
                "eligibility, DCS or lease lost before winning"),
+    Transition(Role.PROMOTING, Trigger.OVERTAKEN, Role.REPLICA,
+               "a healthy peer has strictly more data; steps down before any write"),
     Transition(Role.PROMOTING, Trigger.PROMOTION_COMPLETE, Role.PRIMARY,
                "relay applied, replication stopped, writable, token written"),
     Transition(Role.PROMOTING, Trigger.DB_UNHEALTHY, Role.FENCING, "database unhealthy"),

@@ -24,7 +24,8 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from dbfence.agent.actions import (
     AcquireLock,
@@ -66,12 +67,35 @@ from dbfence.agent.state import Role, State
 NAMES = ("n1", "n2", "n3")
 
 
+_INIT_FIELDS: dict[type, tuple[str, ...]] = {}
+_HASH_FIELDS: dict[type, tuple[str, ...]] = {}
+_T = TypeVar("_T")
+
+
+def replace(obj: _T, **changes: Any) -> _T:
+    """dataclasses.replace without its per-call introspection (the BFS calls it a lot)."""
+    cls = type(obj)
+    names = _INIT_FIELDS.get(cls)
+    if names is None:
+        names = _INIT_FIELDS[cls] = tuple(
+            f.name for f in dataclasses.fields(obj) if f.init  # type: ignore[arg-type]
+        )
+    values = {name: getattr(obj, name) for name in names}
+    values.update(changes)
+    return cls(**values)
+
+
 def _cached_hash(self: object) -> int:
     """Hash once per instance: worlds share most sub-objects, BFS hashes them a lot."""
     cached: int | None = self._hash  # type: ignore[attr-defined]
     if cached is None:
-        cached = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                            if f.name != "_hash"))
+        cls = type(self)
+        names = _HASH_FIELDS.get(cls)
+        if names is None:
+            names = _HASH_FIELDS[cls] = tuple(
+                f.name for f in dataclasses.fields(self) if f.name != "_hash"  # type: ignore[arg-type]
+            )
+        cached = hash(tuple(getattr(self, name) for name in names))
         object.__setattr__(self, "_hash", cached)
     return cached
 
@@ -316,6 +340,21 @@ class Model:
                     f"{name} at {position} races behind {record.name} at {info.position}", trace
                 )
 
+    def check_promotion(self, obs: Observation, name: str, trace: tuple[str, ...]) -> None:
+        """On winning and on completing a promotion, no healthy candidate it can see has more
+        data (ties may go either way: the data is the same)."""
+        position = obs.db.position
+        if position is None:
+            raise ModelViolationError(f"{name} promotes without a known position", trace)
+        for record in obs.members:
+            info = record.info
+            if (record.name != name and info.healthy and info.position is not None
+                    and info.role in (Role.STARTING, Role.REPLICA, Role.CANDIDATE)
+                    and info.position.rank_key() > position.rank_key()):
+                raise ModelViolationError(
+                    f"{name} at {position} promotes behind {record.name} at {info.position}", trace
+                )
+
     # ------------------------------------------------------------------ events
 
     def successors(self, world: World) -> Iterator[tuple[str, World]]:
@@ -393,6 +432,9 @@ class Model:
             self.check_acquire_decision(obs, name, self._trace)
         if node.agent.state.role is not Role.PROMOTING and decision.state.role is Role.PROMOTING:
             self.promotions += 1
+            self.check_promotion(obs, name, self._trace)
+        if decision.state.role is Role.PRIMARY and node.agent.state.role is Role.PROMOTING:
+            self.check_promotion(obs, name, self._trace)
         agent = replace(node.agent, state=decision.state, lease=obs.lease, pending=decision.actions)
         dcs = world.dcs
         if not node.partitioned:

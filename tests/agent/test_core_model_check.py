@@ -30,6 +30,12 @@ def test_no_two_writers_in_any_interleaving() -> None:
     assert model.roles(switched) == {"n1": Role.REPLICA, "n2": Role.PRIMARY, "n3": Role.REPLICA}
     assert switched.switchover is None
 
+    # The primary's last write reached n3 only, then the primary died and let go: n3's record
+    # still shows the old position, so n2 may win the race on stale data and must step down.
+    stale_race = model.drive(warm, ["write n1", "replicate n3", "db-crash n1",
+                                    "step n1", "step n1", "step n1"])
+    assert model.roles(stale_race)["n1"] is Role.FENCED and stale_race.dcs.holder is None
+
     admitting_nodes: set[str] = set()
     roles_seen: set[Role] = set()
 
@@ -45,7 +51,8 @@ def test_no_two_writers_in_any_interleaving() -> None:
     total = 0
     # Depths keep the run well under a minute on a loaded 2-core machine; the steady
     # cluster, the most important root, gets one level more.
-    for root, depth in ((cold, 5), (warm, 6), (failed_over, 5), (errant, 5), (switched, 4)):
+    roots = ((cold, 5), (warm, 6), (failed_over, 5), (errant, 4), (switched, 4), (stale_race, 4))
+    for root, depth in roots:
         total += model.explore([root], on_state=collect, depth=depth)
     elapsed = time.monotonic() - started
     cpu = time.process_time() - cpu_started

@@ -145,7 +145,7 @@ def check_step(obs: Observation, before: State, decision: Decision, config: Core
         assert decision.next_wakeup <= obs.lease.deadline
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(observations(), states(), configs)
 def test_single_decision_invariants(obs: Observation, state: State, config: CoreConfig) -> None:
     check_step(obs, state, decide(obs, state, config), config)
@@ -157,7 +157,7 @@ def observation_sequences(draw: st.DrawFn) -> list[Observation]:
     return [draw(observations(now=NOW0 + step)) for step in range(count)]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(observation_sequences(), configs)
 def test_sequence_invariants(sequence: list[Observation], config: CoreConfig) -> None:
     """Threading the state: every step keeps the invariants, and a node fenced for errant
@@ -192,7 +192,7 @@ def race_ready_observations(draw: st.DrawFn) -> Observation:
     )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(race_ready_observations(), st.sampled_from([Role.REPLICA, Role.CANDIDATE]), configs)
 def test_never_race_behind_a_more_advanced_healthy_peer(
     obs: Observation, role: Role, config: CoreConfig

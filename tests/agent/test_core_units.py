@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from dbfence.agent import core
 from dbfence.agent.actions import ActionReason, PublishMember
 from dbfence.agent.core_config import CoreConfig, CoreConfigError
 from dbfence.agent.decide import RefusalReason, decide, race_refusals
@@ -136,3 +137,9 @@ def test_race_refusals_helper_reports_everything_at_once() -> None:
     assert reasons == [RefusalReason.PAUSED, RefusalReason.DB_UNHEALTHY, RefusalReason.RELAY_LOG_NOT_APPLIED,
                        RefusalReason.LAG_TOO_HIGH, RefusalReason.POSITION_UNKNOWN]
     assert race_refusals(observe(), CONFIG) == ()
+
+
+def test_core_facade_exports_the_loop_api() -> None:
+    assert core.decide is decide
+    for name in core.__all__:
+        assert hasattr(core, name), name
