@@ -1,60 +1,222 @@
-"""``dbfence demo``: a newcomer's first look, on real servers, finishing on its own.
+"""``dbfence demo``: a newcomer's first look at a real failover, finishing on its own.
 
-Until the agents exist, the demo shows the lab they will run on: a MariaDB primary with two
-replicas and an etcd cluster, a row replicated end to end, and a clean teardown.
+Three real MariaDB servers, a three-member etcd cluster and three dbfence agents on loopback
+addresses; a small application writes through discovery (the etcd key) and the gates; the
+primary's mysqld is killed; the demo shows, as it happens, the old primary fencing and releasing,
+a replica winning the race and promoting, the other replica following it, discovery moving, and
+then the old node coming back and rejoining as a replica. It ends by counting acknowledged
+writes that are missing on the new primary: in lossless mode there must be none.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import tempfile
+import threading
 import time
-import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
+import pymysql
 
-from dbfence.lab.cli import print_status
+from dbfence.discovery import NoPrimary, primary_address
+from dbfence.lab.agents import AgentTuning, http_status
 from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.errors import LabError
-from dbfence.lab.wait import wait_until
+from dbfence.lab.wait import WaitTimeout, wait_until
+
+
+@dataclass
+class DemoWriter:
+    """An application: inserts numbered rows through discovery, reconnecting after errors."""
+
+    lab: LabCluster
+    acknowledged: dict[int, tuple[float, str]] = field(default_factory=dict)
+    refused: int = 0
+    unknown: list[int] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        app = self.lab.accounts["app"]
+        conn: Any = None
+        gate = ""
+        row_id = 0
+        while not self.stop.is_set():
+            row_id += 1
+            try:
+                if conn is None:
+                    host, port = primary_address(self.lab.cluster, etcd=self.lab.dcs_endpoints)
+                    gate = host
+                    conn = pymysql.connect(host=host, port=port, user=app.user, password=app.password,
+                                           autocommit=True, connect_timeout=2, read_timeout=10,
+                                           write_timeout=10)
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO app.demo (id, via) VALUES (%s, %s)", (row_id, gate))
+                self.acknowledged[row_id] = (time.monotonic(), gate)
+            except NoPrimary:
+                self.refused += 1
+            except (pymysql.MySQLError, OSError) as exc:
+                # Refused at connect (the gate's ERR packet) is a clean refusal; a connection lost
+                # mid-statement leaves the outcome unknown, to be checked at the end.
+                if conn is None or "not the primary" in str(exc):
+                    self.refused += 1
+                else:
+                    self.unknown.append(row_id)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+                time.sleep(0.05)
+            time.sleep(0.02)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def agent_status(lab: LabCluster, name: str) -> dict[str, Any]:
+    code, body = http_status(lab.agent(name), "/status", timeout=0.5)
+    if code == 0:
+        return {"role": "down"}
+    parsed: dict[str, Any] = json.loads(body)
+    return parsed
+
+
+def print_cluster(lab: LabCluster) -> None:
+    rows = [("NODE", "ROLE", "GATE", "LOCK HOLDER", "TOKEN", "LEASE LEFT", "GTID", "SOURCE", "HEALTH")]
+    for agent in lab.agents:
+        s = agent_status(lab, agent.name)
+        if "lease" not in s:  # agent down, or not through its first round yet
+            rows.append((agent.name, str(s.get("role", "down")), "-", "-", "-", "-", "-", "-", "-"))
+            continue
+        lease = s["lease"]
+        db = s["database"]
+        rows.append((
+            agent.name, s["role"], "admitting" if s["gate"]["admitting"] else "blocked",
+            str(s["lock"]["holder"] or "-"), str(s["lock"]["token"] or "-"),
+            "-" if lease["seconds_left"] is None else f"{lease['seconds_left']:.1f}s",
+            db["gtid_position"] or "-", db["replication_source"] or "-",
+            "ok" if db["healthy"] else "; ".join(db["reasons"])[:50],
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def watch(lab: LabCluster, started: float, until: Any, timeout: float) -> None:
+    """Print every role change and discovery change as it happens, until ``until()`` holds."""
+    roles: dict[str, str] = {}
+    discovered = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for agent in lab.agents:
+            s = agent_status(lab, agent.name)
+            now_role = str(s.get("role"))
+            if roles.get(agent.name) != now_role:
+                if agent.name in roles:
+                    why = s.get("fenced_reason") or ""
+                    click.echo(f"  +{time.monotonic() - started:5.2f}s  {agent.name}: "
+                               f"{roles[agent.name]} -> {now_role}" + (f" ({why})" if why else ""))
+                roles[agent.name] = now_role
+        try:
+            address = primary_address(lab.cluster, etcd=lab.dcs_endpoints)[0]
+        except NoPrimary:
+            address = "nobody"
+        if address != discovered:
+            click.echo(f"  +{time.monotonic() - started:5.2f}s  discovery (etcd key): primary is {address}")
+            discovered = address
+        if until():
+            return
+        time.sleep(0.05)
+    raise WaitTimeout(f"the demo waited {timeout:.0f}s for the cluster to settle")
+
+
+def verify(lab: LabCluster, writer: DemoWriter, primary: str) -> tuple[int, int]:
+    """(acknowledged writes missing on the primary, unknown-outcome writes that landed)."""
+    with lab.connect(primary) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM app.demo")
+        present = {int(row[0]) for row in cur.fetchall()}
+    missing = [i for i in writer.acknowledged if i not in present]
+    landed = [i for i in writer.unknown if i in present]
+    return len(missing), len(landed)
 
 
 @click.command("demo")
-@click.option("--keep", is_flag=True, help="Leave the lab running and print how to stop it.")
+@click.option("--keep", is_flag=True, help="Leave the cluster running and print how to use and stop it.")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Where to put the lab (default: a new temporary directory).")
 def demo_command(keep: bool, directory: Path | None) -> None:
-    """Bring up a local cluster of real servers, show it working, and tear it down."""
+    """A live failover on real servers, from start to teardown in about a minute."""
     root = directory or Path(tempfile.mkdtemp(prefix="dbfence-demo-"))
-    click.echo(f"[demo] starting 3 MariaDB servers and a 3-member etcd cluster in {root}")
+    click.echo("[demo] 1/6 starting 3 MariaDB servers, a 3-member etcd cluster and 3 dbfence agents "
+               f"in {root}")
+    started = time.monotonic()
     try:
-        lab = LabCluster.up(LabSpec(directory=root / "lab", mysql_count=3, etcd_members=3))
+        lab = LabCluster.up(LabSpec(directory=root / "lab", mysql_count=3, etcd_members=3, agents=True,
+                                    agent_tuning=AgentTuning(ttl=3.0, margin=1.0, cooldown=0.0)))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
+    writer = DemoWriter(lab)
+    thread = threading.Thread(target=writer.run, name="demo-writer", daemon=True)
     try:
-        click.echo(f"[demo] lab up in {lab.extra['up_seconds']:.1f}s")
-        print_status(lab.status())
-        marker = uuid.uuid4().hex[:12]
-        started = time.monotonic()
-        with lab.connect("db1", account="app") as conn, conn.cursor() as cur:
-            cur.execute("CREATE TABLE IF NOT EXISTS app.demo (marker VARCHAR(32) PRIMARY KEY)")
-            cur.execute("INSERT INTO app.demo VALUES (%s)", (marker,))
-        for replica in lab.mysql[1:]:
-            def arrived(name: str = replica.name) -> bool:
-                with lab.connect(name) as conn, conn.cursor() as cur:
-                    cur.execute("SELECT 1 FROM app.demo WHERE marker = %s", (marker,))
-                    return cur.fetchone() is not None
-            wait_until(arrived, timeout=10, what=f"the demo row on {replica.name}")
-        click.echo(f"[demo] a row written on db1 reached every replica in "
-                   f"{(time.monotonic() - started) * 1000:.0f} ms")
-        print_status(lab.status())
+        old = lab.primaries()[0]
+        click.echo(f"[demo] cluster up in {time.monotonic() - started:.1f}s; the agents elected {old} "
+                   "(lossless mode: semi-synchronous replication, AFTER_SYNC)")
+        print_cluster(lab)
+        with lab.connect(old) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE app.demo (id INT PRIMARY KEY, via VARCHAR(32))")
+        click.echo("[demo] 2/6 an application writes rows through discovery (etcd key) and the gates")
+        thread.start()
+        wait_until(lambda: len(writer.acknowledged) >= 20, timeout=30, what="the first writes")
+        click.echo(f"[demo]      {len(writer.acknowledged)} writes acknowledged by {old}")
+
+        click.echo(f"[demo] 3/6 kill -9 of {old}'s mysqld, under write load; watching:")
+        lab.kill_mysql(old)
+        crashed = time.monotonic()
+        old_gate = lab.agent(old).address
+
+        def new_primary_writes() -> bool:
+            return any(t > crashed and via != old_gate for t, via in writer.acknowledged.values())
+
+        watch(lab, crashed, lambda: new_primary_writes() and all(
+            agent_status(lab, a.name).get("role") in ("primary", "replica") for a in lab.agents
+            if a.name != old), timeout=60)
+        first = min(t for t, via in writer.acknowledged.values() if t > crashed and via != old_gate)
+        new = lab.primaries()[0]
+        click.echo(f"[demo]      first write acknowledged by {new} {first - crashed:.2f}s after the crash")
+        print_cluster(lab)
+
+        click.echo(f"[demo] 4/6 restarting {old}'s mysqld: it comes back fenced and must rejoin as a replica")
+        lab.start_mysql(old)
+        restarted = time.monotonic()
+        watch(lab, restarted, lambda: agent_status(lab, old).get("role") == "replica", timeout=60)
+        click.echo(f"[demo]      {old} rejoined as a replica of {new} after "
+                   f"{time.monotonic() - restarted:.2f}s")
+
+        time.sleep(1.0)  # a little more load on the new primary before the count
+        writer.stop.set()
+        thread.join(timeout=15)
+        click.echo("[demo] 5/6 counting: every acknowledged write must be on the new primary")
+        missing, landed = verify(lab, writer, new)
+        click.echo(f"[demo]      acknowledged: {len(writer.acknowledged)}, refused while no primary "
+                   f"admitted: {writer.refused}, outcome unknown: {len(writer.unknown)} "
+                   f"({landed} of them landed), acknowledged but LOST: {missing}")
+        print_cluster(lab)
+        if missing:
+            raise click.ClickException(f"{missing} acknowledged writes are missing on {new}")
     finally:
+        writer.stop.set()
         if keep:
-            click.echo(f"[demo] left running; connection details in {lab.directory / 'lab.json'}")
-            click.echo(f"[demo] stop it with: dbfence lab down --dir {lab.directory} --purge")
+            click.echo(f"[demo] 6/6 left running. Connect: mysql -h <primary gate> -P "
+                       f"{lab.agents[0].gate_port} (see {lab.directory / 'lab.json'}); "
+                       f"inspect: dbfence locks --etcd {','.join(lab.dcs_endpoints)} --cluster {lab.cluster}")
+            click.echo(f"[demo]      stop it with: dbfence lab down --dir {lab.directory} --purge")
         else:
             stopped = lab.down()
-            click.echo(f"[demo] stopped {', '.join(stopped)}")
+            click.echo(f"[demo] 6/6 stopped {len(stopped)} processes by pid; done in "
+                       f"{time.monotonic() - started:.0f}s")
             if directory is None:
                 shutil.rmtree(root, ignore_errors=True)

@@ -146,6 +146,10 @@ class Agent:
         self.state = State.initial(time.monotonic())
         self.last_decision: Decision | None = None
         self.members = MemberTracker()
+        # Long enough for a heartbeat that waited on replicas to trip and recover again.
+        detection = config.detection
+        self._starvation_grace = (detection.trip_after + detection.recover_after + 2) * detection.interval \
+            + detection.write_timeout
         self._started_wall = time.time()
 
         credentials_file = config.mysql.credentials_file
@@ -351,7 +355,10 @@ class Agent:
             lease=self.keeper.status.view(),
             lock=lock,
             members=members,
-            db=LocalDatabase(health=facts.health.verdict(require_confirmation=self.state.role in _RACING),
+            db=LocalDatabase(health=facts.health.verdict(
+                                 require_confirmation=self.state.role in _RACING,
+                                 writes_await_replicas=facts.semi_sync_starved_at is not None
+                                 and now - facts.semi_sync_starved_at < self._starvation_grace),
                              read_only=facts.read_only, position=facts.position,
                              server_id=facts.server_id, fencing_token=facts.fencing_token,
                              replication=facts.replication),

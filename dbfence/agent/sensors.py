@@ -56,6 +56,10 @@ class DbFacts:
     probe_summary: tuple[str, ...] = ()
     semi_sync_primary: bool | None = None
     semi_sync_replica: bool | None = None
+    semi_sync_clients: int | None = None  # replicas connected that acknowledge (primary side)
+    # When a lossless primary last had no replica to acknowledge: a heartbeat stuck then, and
+    # still tripped while it recovers, is a wait for replicas, not a sick database.
+    semi_sync_starved_at: float | None = None
     error: str = ""
 
 
@@ -117,8 +121,8 @@ class DbSensor:
                 self._round()
             except Exception:  # the sensor must survive anything; the verdict says unhealthy
                 log.exception("database sensor round failed")
-                self.latest = DbFacts(at=time.monotonic(),
-                                      health=HealthSummary(tripped=("database sensor failed",)))
+                self.latest = DbFacts(at=time.monotonic(), health=HealthSummary(
+                    tripped=(("sensor", "database sensor failed"),)))
                 self._wake.set()
             self._stop.wait(max(0.0, self._monitor_next_delay()))
 
@@ -163,6 +167,14 @@ class DbSensor:
             semi_replica: bool | None = bool(int(str(semi["replica_enabled"])))
         except (MysqlAdapterError, KeyError, ValueError):
             semi_primary = semi_replica = None
+        semi_clients: int | None = None
+        if semi_primary:
+            try:
+                with self._actions.session() as conn:
+                    row = query_one(conn, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")
+                semi_clients = int(str(row["Value"]))
+            except (MysqlAdapterError, KeyError, ValueError):
+                semi_clients = None
         current = _to_core(positions.current_pos)
         source = None
         if status is not None:
@@ -190,6 +202,9 @@ class DbSensor:
             fencing_token=None if token_record is None else token_record.token,
             replication=replication, replica_status=status, probe_summary=summary,
             semi_sync_primary=semi_primary, semi_sync_replica=semi_replica,
+            semi_sync_clients=semi_clients,
+            semi_sync_starved_at=at if semi_primary and semi_clients == 0
+            else self.latest.semi_sync_starved_at,
         )
 
     def _server_id(self) -> int:
@@ -229,14 +244,21 @@ _STEERED = frozenset({ProbeKind.READ_ONLY, ProbeKind.REPLICATION})
 class HealthSummary:
     """Trips after hysteresis, and probes that have not passed yet since the last role change."""
 
-    tripped: tuple[str, ...] = ()
+    tripped: tuple[tuple[str, str], ...] = ()  # (probe kind, why)
     unconfirmed: tuple[str, ...] = ("not probed yet",)
 
-    def verdict(self, *, require_confirmation: bool) -> HealthVerdict:
+    def verdict(self, *, require_confirmation: bool, writes_await_replicas: bool = False) -> HealthVerdict:
         """A node that holds or takes the lock is unhealthy only once a probe has tripped (N
         failures in a row); a node that wants to race must also have seen every probe pass once,
-        so a freshly started agent never races on probes that have not answered yet."""
-        reasons = list(self.tripped)
+        so a freshly started agent never races on probes that have not answered yet.
+
+        ``writes_await_replicas``: lossless mode with no semi-sync replica connected. Every commit
+        then waits for a replica, by design; the heartbeat write timing out says nothing about
+        this server, and failing over would not help (right after a promotion the replicas are
+        still repointing). The stall is reported, not treated as a sick database.
+        """
+        reasons = [why for kind, why in self.tripped
+                   if not (writes_await_replicas and kind == ProbeKind.WRITE.value)]
         if require_confirmation and self.unconfirmed:
             reasons.append("not yet confirmed: " + ", ".join(self.unconfirmed))
         return HealthVerdict(healthy=not reasons, reasons=tuple(reasons))
@@ -244,8 +266,8 @@ class HealthSummary:
 
 def summarize(observation: HealthObservation) -> HealthSummary:
     tripped = tuple(
-        f"{t.kind.value} tripped: {t.reason.value}"
-        + (f" ({t.trip_verdict.detail})" if t.trip_verdict and t.trip_verdict.detail else "")
+        (t.kind.value, f"{t.kind.value} tripped: {t.reason.value}"
+         + (f" ({t.trip_verdict.detail})" if t.trip_verdict and t.trip_verdict.detail else ""))
         for t in observation.health.tripped if t.kind not in _STEERED)
     unconfirmed = tuple(sorted(k.value for k in observation.unconfirmed - _STEERED))
     return HealthSummary(tripped=tripped, unconfirmed=unconfirmed)
@@ -272,6 +294,7 @@ class DcsSensor:
         self._stop = threading.Event()
         self.latest = DcsView(at=time.monotonic(), snapshot=None, error="not read yet")
         self._history_index = -1
+        self._publish = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="dbfence-dcs-sensor", daemon=True)
 
     def start(self) -> None:
@@ -303,10 +326,17 @@ class DcsSensor:
                 self._history_index = snapshot.index
             except LockError:
                 pass  # keep the previous history; it only feeds the cooldown and status
-        for problem in snapshot.problems:
-            log.warning("bad data in the DCS: %s", problem)
-        self.latest = DcsView(at=time.monotonic(), snapshot=snapshot, last_failover_wall=last_failover,
-                              history=history)
+        with self._publish:
+            current = self.latest.snapshot
+            # Reads race (the watch thread and the loop's refresh after its own write): never let
+            # an older snapshot replace a newer one, or our own fresh lock would look lost.
+            if current is not None and snapshot.index < current.index and self.latest.error == "":
+                return current.index
+            if snapshot.problems and (current is None or current.problems != snapshot.problems):
+                for problem in snapshot.problems:
+                    log.warning("bad data in the DCS: %s", problem)
+            self.latest = DcsView(at=time.monotonic(), snapshot=snapshot, last_failover_wall=last_failover,
+                                  history=history)
         self._wake.set()
         return snapshot.index
 
