@@ -146,10 +146,11 @@ class Agent:
         self.state = State.initial(time.monotonic())
         self.last_decision: Decision | None = None
         self.members = MemberTracker()
-        # Long enough for a heartbeat that waited on replicas to trip and recover again.
+        # Long enough for a heartbeat that waited on replicas to be acknowledged once one connects
+        # (IO thread restart, catch-up) and for its trip to recover.
         detection = config.detection
-        self._starvation_grace = (detection.trip_after + detection.recover_after + 2) * detection.interval \
-            + detection.write_timeout
+        self._starvation_grace = max(5.0, (detection.trip_after + detection.recover_after + 2)
+                                     * detection.interval + detection.write_timeout)
         self._started_wall = time.time()
 
         credentials_file = config.mysql.credentials_file

@@ -19,11 +19,20 @@ from dbfence.locks.base import LeaseLock
 from dbfence.locks.errors import LockError
 from dbfence.locks.model import ClusterSnapshot, HistoryEntry
 from dbfence.mysql.actions import GtidPositions, MysqlActions
-from dbfence.mysql.connection import Endpoint, query_one
+from dbfence.mysql.connection import (
+    DbConnection,
+    Endpoint,
+    Timeouts,
+    close_quietly,
+    connect,
+    query,
+    query_one,
+)
 from dbfence.mysql.credentials import Credentials
-from dbfence.mysql.errors import MysqlAdapterError
+from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
 from dbfence.mysql.flavour import ReplicaStatus
-from dbfence.mysql.gtid import GtidState
+from dbfence.mysql.gtid import GtidParseError, GtidState
+from dbfence.mysql.gtid import GtidPosition as MysqlGtidPosition
 from dbfence.mysql.monitor import HealthMonitor, HealthObservation
 from dbfence.mysql.probes import Role as ProbeRole
 from dbfence.mysql.verdict import ProbeKind
@@ -80,6 +89,82 @@ def relay_applied(status: ReplicaStatus | None, current: CorePosition | None) ->
     return current.covers(received)
 
 
+@dataclass(frozen=True, slots=True)
+class RawFacts:
+    read_only: bool
+    server_id: int
+    positions: GtidPositions
+    replica_status: ReplicaStatus | None
+    fencing_token: int | None
+    semi_sync_primary: bool
+    semi_sync_replica: bool
+    semi_sync_clients: int | None
+
+
+class FactsReader:
+    """Reads every fact of a round over one kept connection (a few statements, no reconnects):
+    at several rounds a second, a fresh connection per fact would cost more than the facts."""
+
+    def __init__(self, actions: MysqlActions) -> None:
+        self._actions = actions
+        self._conn: DbConnection | None = None
+        self._mutex = threading.Lock()  # the sensor thread and the loop's refresh share it
+
+    def read(self) -> RawFacts:
+        with self._mutex:
+            return self._read_locked()
+
+    def _read_locked(self) -> RawFacts:
+        if self._conn is None or not self._conn.open:
+            self._conn = connect(self._actions.endpoint, self._actions.credentials,
+                                 Timeouts(connect_s=1.0, read_s=2.0, write_s=2.0))
+        conn = self._conn
+        try:
+            return self._read(conn)
+        except MysqlAdapterError:
+            close_quietly(conn)
+            self._conn = None
+            raise
+
+    def _read(self, conn: DbConnection) -> RawFacts:
+        sql = self._actions.sql
+        row = query_one(conn, (
+            "SELECT @@global.read_only AS read_only, @@server_id AS server_id, "
+            "@@global.gtid_binlog_pos AS binlog_pos, @@global.gtid_slave_pos AS slave_pos, "
+            "@@global.gtid_current_pos AS current_pos, @@global.gtid_binlog_state AS binlog_state, "
+            "@@global.rpl_semi_sync_master_enabled AS semi_primary, "
+            "@@global.rpl_semi_sync_slave_enabled AS semi_replica"))
+        try:
+            positions = GtidPositions(
+                binlog_pos=MysqlGtidPosition.parse(row["binlog_pos"]),
+                slave_pos=MysqlGtidPosition.parse(row["slave_pos"]),
+                current_pos=MysqlGtidPosition.parse(row["current_pos"]),
+                binlog_state=GtidState.parse(row["binlog_state"]),
+            )
+        except GtidParseError as exc:
+            raise MysqlQueryError("gtid positions", None, f"unreadable GTID: {exc}") from None
+        rows = query(conn, sql.replica_status_query())
+        status = sql.parse_replica_status(rows[0]) if rows else None
+        try:
+            token_rows = query(conn, "SELECT token FROM dbfence.fencing WHERE id = 1")
+            token = int(token_rows[0]["token"]) if token_rows else None
+        except MysqlQueryError:
+            token = None  # no dbfence schema before the first promotion
+        semi_primary = bool(int(row["semi_primary"]))
+        clients = None
+        if semi_primary:
+            clients = int(str(query_one(
+                conn, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")["Value"]))
+        return RawFacts(read_only=bool(int(row["read_only"])), server_id=int(row["server_id"]),
+                        positions=positions, replica_status=status, fencing_token=token,
+                        semi_sync_primary=semi_primary, semi_sync_replica=bool(int(row["semi_replica"])),
+                        semi_sync_clients=clients)
+
+    def close(self) -> None:
+        close_quietly(self._conn)
+        self._conn = None
+
+
 class DbSensor:
     """Runs the health monitor every round and reads the facts the core needs."""
 
@@ -95,7 +180,7 @@ class DbSensor:
         self._errant_peer: PeerDatabase | None = None
         self._source_of: Callable[[str, int], str | None] = lambda host, port: None
         self._last_errant: tuple[float, ErrantCheck | None] = (0.0, None)
-        self._server_id_cache: int | None = None
+        self._reader = FactsReader(actions)
         self.latest = DbFacts(at=time.monotonic(), health=HealthSummary())
         self._thread = threading.Thread(target=self._run, name="dbfence-db-sensor", daemon=True)
 
@@ -151,30 +236,10 @@ class DbSensor:
 
     def _read_facts(self, at: float, health: HealthSummary, summary: tuple[str, ...]) -> DbFacts:
         try:
-            read_only = self._actions.read_only()
-            status = self._actions.replica_status()
-            positions = self._actions.gtid_positions()
-            server_id = self._server_id()
+            raw = self._reader.read()
         except MysqlAdapterError as exc:
             return DbFacts(at=at, health=health, probe_summary=summary, error=str(exc))
-        try:
-            token_record = self._actions.read_fencing_token()
-        except MysqlAdapterError:
-            token_record = None  # no dbfence schema before the first promotion
-        try:
-            semi = self._actions.semi_sync_status()
-            semi_primary: bool | None = bool(int(str(semi["primary_enabled"])))
-            semi_replica: bool | None = bool(int(str(semi["replica_enabled"])))
-        except (MysqlAdapterError, KeyError, ValueError):
-            semi_primary = semi_replica = None
-        semi_clients: int | None = None
-        if semi_primary:
-            try:
-                with self._actions.session() as conn:
-                    row = query_one(conn, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")
-                semi_clients = int(str(row["Value"]))
-            except (MysqlAdapterError, KeyError, ValueError):
-                semi_clients = None
+        status, positions = raw.replica_status, raw.positions
         current = _to_core(positions.current_pos)
         source = None
         if status is not None:
@@ -197,21 +262,14 @@ class DbSensor:
             errant=self._errant_check(positions, source),
         )
         return DbFacts(
-            at=at, health=health, read_only=read_only, position=current,
-            binlog_state=str(positions.binlog_state), server_id=server_id,
-            fencing_token=None if token_record is None else token_record.token,
-            replication=replication, replica_status=status, probe_summary=summary,
-            semi_sync_primary=semi_primary, semi_sync_replica=semi_replica,
-            semi_sync_clients=semi_clients,
-            semi_sync_starved_at=at if semi_primary and semi_clients == 0
+            at=at, health=health, read_only=raw.read_only, position=current,
+            binlog_state=str(positions.binlog_state), server_id=raw.server_id,
+            fencing_token=raw.fencing_token, replication=replication, replica_status=status,
+            probe_summary=summary, semi_sync_primary=raw.semi_sync_primary,
+            semi_sync_replica=raw.semi_sync_replica, semi_sync_clients=raw.semi_sync_clients,
+            semi_sync_starved_at=at if raw.semi_sync_primary and raw.semi_sync_clients == 0
             else self.latest.semi_sync_starved_at,
         )
-
-    def _server_id(self) -> int:
-        if self._server_id_cache is None:
-            with self._actions.session() as conn:
-                self._server_id_cache = int(query_one(conn, "SELECT @@server_id AS id")["id"])
-        return self._server_id_cache
 
     def _errant_check(self, local: GtidPositions, source: str | None) -> ErrantCheck | None:
         """Compare our history with the holder's binlog state: local read first, then remote, so
