@@ -14,6 +14,7 @@ Threads, and why each exists:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -65,7 +66,8 @@ log = logging.getLogger("dbfence.agent")
 
 UNREADABLE_HOLDER = "<unreadable>"
 # Roles from which a node may race for the lock: their health must be positively confirmed.
-_RACING = frozenset({Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.FENCED})
+# (A candidate was confirmed when it decided to race; from then on only trips count.)
+_RACING = frozenset({Role.STARTING, Role.REPLICA, Role.FENCED})
 _CHANGES_MYSQLD = (SetReadOnly, WaitRelayLog, Promote, Repoint, WriteFencingToken)
 
 
@@ -268,7 +270,18 @@ class Agent:
     def run(self) -> None:
         ready = False
         while not self.stopping.is_set():
-            decision = self.step()
+            try:
+                decision = self.step()
+            except Exception:
+                # A bug, not an I/O error (those are observations): never keep admitting because
+                # of it. The gate stays blocked until a later round decides to admit again.
+                log.exception("decision round failed; blocking the gate")
+                self.keeper.gate_token = None
+                with contextlib.suppress(Exception):
+                    self.gate.block("agent loop error")
+                self.wake.wait(0.5)
+                self.wake.clear()
+                continue
             if not ready:
                 self.notifier.ready(f"{self.state.role.value}")
                 ready = True

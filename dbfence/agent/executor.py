@@ -88,6 +88,8 @@ class Executor:
         self.accounts_check = accounts_check
         self.accounts_checked = False
         self.discovery: DiscoveryTag | None = None
+        self.check_pass_interval = 0.5
+        self._last_check_pass = float("-inf")
         self.discovery_failed = False
         self.last_error: dict[str, str] = {}
 
@@ -286,6 +288,10 @@ class Executor:
         """Called every loop round: a stalled agent stops passing, and Consul drops it from DNS."""
         if self.catalog is None or self.discovery is None or self.discovery_failed:
             return
+        now = self.clock()
+        if now - self._last_check_pass < self.check_pass_interval:
+            return  # the loop may run every 50 ms; the check's TTL is seconds
+        self._last_check_pass = now
         try:
             self.catalog.pass_check(f"{self.discovery.value}, token {self.keeper.status.token}")
         except Exception as exc:  # reported in status; the check then lapses by itself

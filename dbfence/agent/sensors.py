@@ -386,9 +386,12 @@ class DcsSensor:
                 pass  # keep the previous history; it only feeds the cooldown and status
         with self._publish:
             current = self.latest.snapshot
-            # Reads race (the watch thread and the loop's refresh after its own write): never let
-            # an older snapshot replace a newer one, or our own fresh lock would look lost.
-            if current is not None and snapshot.index < current.index and self.latest.error == "":
+            # Reads race (the watch thread and the loop's refresh after its own write): an older
+            # snapshot must not replace a newer one, or our own fresh lock would look lost. Only
+            # within a moment, though: an index that really went backwards (a DCS restored from a
+            # snapshot) must be accepted on the next read, as Consul's docs ask of clients.
+            racing = time.monotonic() - self.latest.at < 1.0
+            if current is not None and snapshot.index < current.index and racing:
                 return current.index
             if snapshot.problems and (current is None or current.problems != snapshot.problems):
                 for problem in snapshot.problems:

@@ -169,9 +169,28 @@ class LabCluster:
         """One agent per MariaDB server; returns once exactly one of them is an admitting primary."""
         self.extra["agent_tuning"] = asdict(tuning)
         started = agents_mod.start_all(self, tuning, on_started=self._record_agent)
-        wait_until(lambda: len(self.primaries()) == 1, timeout=60,
-                   what="the agents to elect exactly one primary")
+        self.wait_settled()
         return started
+
+    def wait_settled(self, timeout: float = 60) -> str:
+        """Wait until one agent admits as primary and every other one replicates from it (so
+        lossless commits are acknowledged); return the primary's name."""
+        def settled() -> str | None:
+            primaries = self.primaries()
+            if len(primaries) != 1:
+                return None
+            for agent in self.agents:
+                if agent.name == primaries[0]:
+                    continue
+                code, body = agents_mod.http_status(agent, "/status")
+                if code != 200:
+                    return None
+                status = json.loads(body)
+                if status.get("role") != "replica" or \
+                        status.get("database", {}).get("replication_source") != primaries[0]:
+                    return None
+            return primaries[0]
+        return wait_until(settled, timeout=timeout, what="one primary with every replica following it")
 
     def _record_agent(self, agent: AgentProcess) -> None:
         others = [a for a in self.extra.get("agents", []) if a["name"] != agent.name]

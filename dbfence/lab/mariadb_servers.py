@@ -133,6 +133,11 @@ def server_argv(node_dir: Path, server_id: int, port: int, extra_port: int, sock
         "--innodb-flush-log-at-trx-commit=1",
         # Every node starts read-only; only the agent (or the lab, for node 1) opens it.
         "--read-only=ON",
+        # With this on at start, crash recovery of a former lossless primary rolls back and
+        # truncates transactions that reached its binlog but were never acknowledged by a
+        # replica (AFTER_SYNC commits the engine only after the ack), instead of committing
+        # them: otherwise they would be errant and keep the node from rejoining.
+        "--rpl-semi-sync-slave-enabled=ON",
         "--skip-name-resolve",
         "--innodb-buffer-pool-size=32M",
         "--innodb-log-file-size=16M",

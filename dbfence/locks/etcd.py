@@ -465,19 +465,9 @@ class EtcdLeaseLock(LeaseLock):
             lease_id = self._lease_id
         if lease_id is None:
             return
-        key = self.keys.leader.encode()
         # Delete only if the key is still bound to OUR lease (also covers an acquire
         # whose answer we never saw).
-        compare = etcdrpc.Compare(
-            key=key, target=etcdrpc.Compare.LEASE, result=etcdrpc.Compare.EQUAL, lease=lease_id
-        )
-        delete = etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key))
-        request = etcdrpc.TxnRequest(compare=[compare], success=[delete], failure=[])
-        self.transport.call(
-            "release txn",
-            self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
-        )
+        self._delete_if_ours(self.keys.leader, lease_id, "release txn")
         with self._state:
             if self._lease_id == lease_id:
                 self._token = None
@@ -499,16 +489,19 @@ class EtcdLeaseLock(LeaseLock):
         """Delete the ``primary`` key if our lease wrote it (a fencing node leaves discovery)."""
         with self._state:
             lease_id = self._lease_id
-        if lease_id is None:
-            return
-        key = self.keys.primary.encode()
+        if lease_id is not None:
+            self._delete_if_ours(self.keys.primary, lease_id, "withdraw primary txn")
+
+    def _delete_if_ours(self, key_name: str, lease_id: int, what: str) -> None:
+        """One txn: delete ``key_name`` only while it is bound to ``lease_id``."""
+        key = key_name.encode()
         compare = etcdrpc.Compare(
             key=key, target=etcdrpc.Compare.LEASE, result=etcdrpc.Compare.EQUAL, lease=lease_id
         )
         delete = etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key))
         request = etcdrpc.TxnRequest(compare=[compare], success=[delete], failure=[])
         self.transport.call(
-            "withdraw primary txn",
+            what,
             self._deadline(),
             lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
         )

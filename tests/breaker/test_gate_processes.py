@@ -73,13 +73,13 @@ def test_block_cuts_a_thousand_links_at_once() -> None:
 
 
 AGENT_SCRIPT = """
-import sys, time
+import signal, sys, time
 from dbfence.breaker.config import GateConfig
 from dbfence.breaker.gate import Gate
 gate = Gate(GateConfig(listen_port=0, backend_port=int(sys.argv[1]), workers=2)).start()
 gate.admit(time.monotonic() + 600)
 print(gate.port, *gate.worker_pids(), flush=True)
-time.sleep(600)
+signal.pause()  # an agent that lives until the test kills it
 """
 
 
