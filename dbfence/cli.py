@@ -29,3 +29,13 @@ main.add_command(locks_group)
 from dbfence.agent.cli import agent_command  # noqa: E402
 
 main.add_command(agent_command)
+from dbfence.ops_cli import (  # noqa: E402
+    history_command,
+    pause_command,
+    resume_command,
+    status_command,
+    switchover_command,
+)
+
+for _command in (status_command, switchover_command, pause_command, resume_command, history_command):
+    main.add_command(_command)

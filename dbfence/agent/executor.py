@@ -160,6 +160,8 @@ class Executor:
                     token=self.keeper.status.token, detail=action.reason.value))
             case ClearSwitchover():
                 current = self.lock.read_intent()
+                if current.switchover_target is None:
+                    return  # cleared already; the core repeats this until it observes that
                 self.lock.write_intent(Intent(paused=current.paused, pause_reason=current.pause_reason))
                 self.lock.append_history(HistoryEntry(at=time.time(), kind="switchover",
                                                       node=self.identity.node,

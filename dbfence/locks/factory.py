@@ -83,10 +83,11 @@ def load_config(path: str | Path) -> LoadedConfig:
         config = DcsConfig(
             kind=kind,
             endpoints=tuple(endpoints),
-            ca_cert=_optional_text(dcs, "ca_cert", section),
-            cert=_optional_text(dcs, "cert", section),
-            key=_optional_text(dcs, "key", section),
-            user=_optional_text(dcs, "user", section),
+            # The agent's own configuration (docs/configuration.md) names these tls_*/username.
+            ca_cert=_optional_text(dcs, "ca_cert", section) or _optional_text(dcs, "tls_ca", section),
+            cert=_optional_text(dcs, "cert", section) or _optional_text(dcs, "tls_cert", section),
+            key=_optional_text(dcs, "key", section) or _optional_text(dcs, "tls_key", section),
+            user=_optional_text(dcs, "user", section) or _optional_text(dcs, "username", section),
             password=_optional_text(dcs, "password", section),
             token=_optional_text(dcs, "token", section),
         )
@@ -94,6 +95,11 @@ def load_config(path: str | Path) -> LoadedConfig:
         raise ValueError(f"{section}: {exc}") from None
     cluster = data.get("cluster")
     node = data.get("node")
+    # The agent's configuration has [cluster] name = ... and [node] name = ... tables.
+    if isinstance(cluster, dict):
+        cluster = cluster.get("name")
+    if isinstance(node, dict):
+        node = node.get("name")
     return LoadedConfig(
         dcs=config,
         cluster=cluster if isinstance(cluster, str) else None,

@@ -1,0 +1,223 @@
+"""Operator commands: ``dbfence status``, ``switchover``, ``pause``, ``resume``, ``history``.
+
+They talk to the DCS only (the agents act on what they read there), so they work from any host
+that can reach etcd or Consul. Exit codes scripts can rely on: 0 done / a primary admits,
+1 refused or timed out (the message says why), 2 DCS unreachable or bad usage, 3 (status) no
+primary admits right now.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from dbfence.locks.base import LeaseLock
+from dbfence.locks.cli import _connection, _dcs_errors, connection_options
+from dbfence.locks.model import ClusterSnapshot, Intent, MemberRecord
+
+EXIT_REFUSED = 1
+EXIT_NO_PRIMARY = 3
+
+
+def _open(kwargs: dict[str, Any]) -> LeaseLock:
+    lock, _ = _connection(kwargs).open()
+    return lock
+
+
+def _primary(snapshot: ClusterSnapshot) -> MemberRecord | None:
+    """The member that holds the lock and says its gate admits."""
+    holder = snapshot.lock.holder.node if snapshot.lock and snapshot.lock.holder else None
+    for entry in snapshot.members:
+        record = entry.record
+        if record.node == holder and record.role == "primary" and record.gate_state == "admitting":
+            return record
+    return None
+
+
+def _warnings(snapshot: ClusterSnapshot, now_wall: float) -> list[str]:
+    out = []
+    if snapshot.intent.paused:
+        out.append(f"cluster PAUSED ({snapshot.intent.pause_reason or 'no reason given'}): no role changes")
+    if snapshot.intent.switchover_target:
+        out.append(f"switchover to {snapshot.intent.switchover_target} requested")
+    if snapshot.lock is None:
+        out.append("nobody holds the lock")
+    elif snapshot.lock.holder is None:
+        out.append("the lock key holds unreadable data: `dbfence locks release --force` clears it")
+    for entry in snapshot.members:
+        record = entry.record
+        if record.role == "fenced":
+            out.append(f"{record.node} is FENCED: {'; '.join(record.reasons) or 'former primary'}")
+        if now_wall - record.last_seen > 30:
+            out.append(f"{record.node}'s record is {now_wall - record.last_seen:.0f}s old")
+    for problem in snapshot.problems:
+        out.append(f"bad data: {problem}")
+    return out
+
+
+def status_json(snapshot: ClusterSnapshot) -> dict[str, Any]:
+    now = time.time()
+    lock = snapshot.lock
+    primary = _primary(snapshot)
+    return {
+        "cluster": snapshot.cluster,
+        "primary": None if primary is None else primary.node,
+        "lock": None if lock is None else {
+            "holder": None if lock.holder is None else lock.holder.node, "token": lock.token,
+            "ttl_left": lock.ttl_left},
+        "intent": {"paused": snapshot.intent.paused, "switchover_target": snapshot.intent.switchover_target},
+        "members": [{
+            "node": r.node, "role": r.role, "gate": r.gate_state, "healthy": r.healthy,
+            "reasons": list(r.reasons), "gtid_position": r.gtid_position, "lag_seconds": r.lag_seconds,
+            "address": f"{r.address}:{r.gate_port}" if r.address else "", "seen_seconds_ago":
+            round(now - r.last_seen, 1)} for r in (e.record for e in snapshot.members)],
+        "warnings": _warnings(snapshot, now),
+    }
+
+
+def _render(report: dict[str, Any]) -> str:
+    lock = report["lock"]
+    lines = [f"cluster {report['cluster']}: primary {report['primary'] or 'NONE'}; lock "
+             + ("free" if lock is None else f"held by {lock['holder']} (token {lock['token']}, "
+                f"ttl left {lock['ttl_left'] if lock['ttl_left'] is not None else '?'}s)")]
+    rows = [["NODE", "ROLE", "GATE", "HEALTH", "GTID", "LAG", "GATE ADDRESS", "SEEN"]]
+    for m in report["members"]:
+        rows.append([m["node"], m["role"], m["gate"] or "-",
+                     "ok" if m["healthy"] else "; ".join(m["reasons"])[:48] or "unhealthy",
+                     m["gtid_position"] or "-", "-" if m["lag_seconds"] is None else f"{m['lag_seconds']:g}s",
+                     m["address"] or "-", f"{m['seen_seconds_ago']}s ago"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += [f"WARNING: {w}" for w in report["warnings"]]
+    return "\n".join(lines)
+
+
+@click.command("status")
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="one JSON document")
+@_dcs_errors
+def status_command(as_json: bool, **kwargs: Any) -> None:
+    """Every member's role, gate, health and position; the lock; warnings. Exit 3 if no primary."""
+    lock = _open(kwargs)
+    try:
+        report = status_json(lock.snapshot(strict=False))
+    finally:
+        lock.close()
+    click.echo(json.dumps(report, indent=2) if as_json else _render(report))
+    if report["primary"] is None:
+        sys.exit(EXIT_NO_PRIMARY)
+
+
+@click.command("pause")
+@connection_options
+@click.option("--reason", default="maintenance", show_default=True)
+@_dcs_errors
+def pause_command(reason: str, **kwargs: Any) -> None:
+    """Maintenance mode for the whole cluster: no role changes until `dbfence resume`."""
+    lock = _open(kwargs)
+    try:
+        current = lock.read_intent()
+        lock.write_intent(Intent(paused=True, pause_reason=reason,
+                                 switchover_target=current.switchover_target, requested_by="cli",
+                                 requested_at=time.time()))
+    finally:
+        lock.close()
+    click.echo(f"paused: {reason}")
+
+
+@click.command("resume")
+@connection_options
+@_dcs_errors
+def resume_command(**kwargs: Any) -> None:
+    """Leave maintenance mode."""
+    lock = _open(kwargs)
+    try:
+        current = lock.read_intent()
+        lock.write_intent(Intent(switchover_target=current.switchover_target, requested_by="cli",
+                                 requested_at=time.time()))
+    finally:
+        lock.close()
+    click.echo("resumed")
+
+
+def switchover_refusal(snapshot: ClusterSnapshot, target: str, max_lag: float) -> str | None:
+    """Why a switchover to ``target`` must not start now, or None."""
+    records = {e.record.node: e.record for e in snapshot.members}
+    primary = _primary(snapshot)
+    if target not in records:
+        return f"unknown node {target!r} (members: {', '.join(sorted(records)) or 'none'})"
+    if primary is None:
+        return "no primary admits right now: nothing to switch over from"
+    if primary.node == target:
+        return f"{target} is already the primary"
+    record = records[target]
+    if record.role != "replica":
+        return f"{target} is {record.role}, not a replica"
+    if not record.healthy:
+        return f"{target} is unhealthy: {'; '.join(record.reasons)}"
+    if record.lag_seconds is None or record.lag_seconds > max_lag:
+        return f"{target} is behind: lag {record.lag_seconds}s (limit {max_lag:g}s)"
+    if snapshot.intent.paused:
+        return "the cluster is paused: `dbfence resume` first"
+    return None
+
+
+@click.command("switchover")
+@connection_options
+@click.option("--to", "target", required=True, metavar="NODE", help="the replica to promote")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="wait until the target admits")
+@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait")
+@click.option("--max-lag", default=5.0, show_default=True, help="refuse a target further behind (s)")
+@_dcs_errors
+def switchover_command(target: str, wait: bool, timeout: float, max_lag: float, **kwargs: Any) -> None:
+    """Planned change of primary: the primary fences, waits for the target to catch up, hands over."""
+    lock = _open(kwargs)
+    try:
+        snapshot = lock.snapshot(strict=False)
+        refusal = switchover_refusal(snapshot, target, max_lag)
+        if refusal:
+            click.echo(f"refused: {refusal}", err=True)
+            sys.exit(EXIT_REFUSED)
+        current = lock.read_intent()
+        started = time.monotonic()
+        lock.write_intent(Intent(paused=current.paused, pause_reason=current.pause_reason,
+                                 switchover_target=target, requested_by="cli", requested_at=time.time()))
+        click.echo(f"switchover to {target} requested")
+        if not wait:
+            return
+        while time.monotonic() - started < timeout:
+            primary = _primary(lock.snapshot(strict=False))
+            if primary is not None and primary.node == target:
+                click.echo(f"{target} is the primary after {time.monotonic() - started:.2f}s")
+                return
+            time.sleep(0.1)
+        click.echo(f"timed out after {timeout:g}s; the request stays until `dbfence switchover` "
+                   "to another node or an operator clears it", err=True)
+        sys.exit(EXIT_REFUSED)
+    finally:
+        lock.close()
+
+
+@click.command("history")
+@connection_options
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=20, show_default=True)
+@_dcs_errors
+def history_command(as_json: bool, limit: int, **kwargs: Any) -> None:
+    """The last failovers and switchovers, with token, node and reason (kept in the DCS)."""
+    lock = _open(kwargs)
+    try:
+        entries = lock.read_history(limit=limit)
+    finally:
+        lock.close()
+    if as_json:
+        click.echo(json.dumps([{"at": e.at, "kind": e.kind, "node": e.node, "token": e.token,
+                                "detail": e.detail} for e in entries], indent=2))
+        return
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
+        click.echo(f"{when}  {e.kind:<10}  {e.node:<12}  token {e.token}  {e.detail}")
