@@ -27,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   chmod +x "$policy"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
   restore_policy
   trap - EXIT
 fi
