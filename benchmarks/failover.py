@@ -57,7 +57,7 @@ class Writer:
                     address = primary_address(self.lab.cluster, etcd=self.lab.dcs_endpoints)
                     conn = pymysql.connect(host=address[0], port=address[1], user=app.user,
                                            password=app.password, autocommit=True, connect_timeout=2,
-                                           read_timeout=10, write_timeout=10)
+                                           read_timeout=10, write_timeout=10, ssl_disabled=True)
                 with conn.cursor() as cur:
                     cur.execute("INSERT INTO app.bench (id) VALUES (%s)", (self.next_id,))
                 self.next_id += 1

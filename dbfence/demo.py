@@ -53,7 +53,7 @@ class DemoWriter:
                     gate = host
                     conn = pymysql.connect(host=host, port=port, user=app.user, password=app.password,
                                            autocommit=True, connect_timeout=2, read_timeout=10,
-                                           write_timeout=10)
+                                           write_timeout=10, ssl_disabled=True)
                 with conn.cursor() as cur:
                     cur.execute("INSERT INTO app.demo (id, via) VALUES (%s, %s)", (row_id, gate))
                 self.acknowledged[row_id] = (time.monotonic(), gate)

@@ -34,6 +34,7 @@ from dbfence.agent.gtid import GtidPosition
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.observation import (
     GateView,
+    HealthVerdict,
     LocalDatabase,
     LockView,
     MemberInfo,
@@ -41,7 +42,7 @@ from dbfence.agent.observation import (
     Observation,
     OperatorIntents,
 )
-from dbfence.agent.sensors import DbSensor, DcsSensor, DcsView, PeerDatabase
+from dbfence.agent.sensors import DbFacts, DbSensor, DcsSensor, DcsView, PeerDatabase
 from dbfence.agent.state import Role, State
 from dbfence.breaker import Admitting, Gate, GateConfig
 from dbfence.config import AgentConfig, parse_host_port
@@ -148,6 +149,7 @@ class Agent:
         self.state = State.initial(time.monotonic())
         self.last_decision: Decision | None = None
         self.members = MemberTracker()
+        self._restarts_at_promotion: int | None = None
         # Long enough for a heartbeat that waited on replicas to be acknowledged once one connects
         # (IO thread restart, catch-up) and for its trip to recover.
         detection = config.detection
@@ -369,10 +371,7 @@ class Agent:
             lease=self.keeper.status.view(),
             lock=lock,
             members=members,
-            db=LocalDatabase(health=facts.health.verdict(
-                                 require_confirmation=self.state.role in _RACING,
-                                 writes_await_replicas=facts.semi_sync_starved_at is not None
-                                 and now - facts.semi_sync_starved_at < self._starvation_grace),
+            db=LocalDatabase(health=self._health(facts, now),
                              read_only=facts.read_only, position=facts.position,
                              server_id=facts.server_id, fencing_token=facts.fencing_token,
                              replication=facts.replication),
@@ -381,6 +380,22 @@ class Agent:
             intents=OperatorIntents(paused=intent.paused, switchover_target=intent.switchover_target),
             last_failover_at=last_failover,
         )
+
+    def _health(self, facts: DbFacts, now: float) -> HealthVerdict:
+        verdict = facts.health.verdict(
+            require_confirmation=self.state.role in _RACING,
+            writes_await_replicas=facts.semi_sync_starved_at is not None
+            and now - facts.semi_sync_starved_at < self._starvation_grace)
+        # A primary's mysqld that restarted (even faster than the probes trip) must hand over:
+        # its crash recovery may have rolled back transactions that a replica already applied.
+        if self.state.role in (Role.PRIMARY, Role.PROMOTING):
+            if self._restarts_at_promotion is None:
+                self._restarts_at_promotion = facts.restarts
+            elif facts.restarts > self._restarts_at_promotion:
+                return HealthVerdict(False, (*verdict.reasons, "mysqld restarted while primary"))
+        else:
+            self._restarts_at_promotion = None
+        return verdict
 
     def _follow_holder(self, snapshot: ClusterSnapshot | None) -> None:
         """Tell the database sensor whose binlog to check for errant GTIDs, and how to name sources."""

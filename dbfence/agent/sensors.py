@@ -69,6 +69,8 @@ class DbFacts:
     # When a lossless primary last had no replica to acknowledge: a heartbeat stuck then, and
     # still tripped while it recovers, is a wait for replicas, not a sick database.
     semi_sync_starved_at: float | None = None
+    # How many times mysqld was seen to restart since the agent started (its start time moved).
+    restarts: int = 0
     error: str = ""
 
 
@@ -99,6 +101,7 @@ class RawFacts:
     semi_sync_primary: bool
     semi_sync_replica: bool
     semi_sync_clients: int | None
+    uptime: float  # seconds since mysqld started: a drop means it restarted
 
 
 class FactsReader:
@@ -133,7 +136,9 @@ class FactsReader:
             "@@global.gtid_binlog_pos AS binlog_pos, @@global.gtid_slave_pos AS slave_pos, "
             "@@global.gtid_current_pos AS current_pos, @@global.gtid_binlog_state AS binlog_state, "
             "@@global.rpl_semi_sync_master_enabled AS semi_primary, "
-            "@@global.rpl_semi_sync_slave_enabled AS semi_replica"))
+            "@@global.rpl_semi_sync_slave_enabled AS semi_replica, "
+            "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+            "WHERE VARIABLE_NAME = 'UPTIME') AS uptime"))
         try:
             positions = GtidPositions(
                 binlog_pos=MysqlGtidPosition.parse(row["binlog_pos"]),
@@ -158,7 +163,7 @@ class FactsReader:
         return RawFacts(read_only=bool(int(row["read_only"])), server_id=int(row["server_id"]),
                         positions=positions, replica_status=status, fencing_token=token,
                         semi_sync_primary=semi_primary, semi_sync_replica=bool(int(row["semi_replica"])),
-                        semi_sync_clients=clients)
+                        semi_sync_clients=clients, uptime=float(row["uptime"] or 0))
 
     def close(self) -> None:
         close_quietly(self._conn)
@@ -181,6 +186,8 @@ class DbSensor:
         self._source_of: Callable[[str, int], str | None] = lambda host, port: None
         self._last_errant: tuple[float, ErrantCheck | None] = (0.0, None)
         self._reader = FactsReader(actions)
+        self._instance_started: float | None = None
+        self._restarts = 0
         self.latest = DbFacts(at=time.monotonic(), health=HealthSummary())
         self._thread = threading.Thread(target=self._run, name="dbfence-db-sensor", daemon=True)
 
@@ -269,7 +276,18 @@ class DbSensor:
             semi_sync_replica=raw.semi_sync_replica, semi_sync_clients=raw.semi_sync_clients,
             semi_sync_starved_at=at if raw.semi_sync_primary and raw.semi_sync_clients == 0
             else self.latest.semi_sync_starved_at,
+            restarts=self._count_restart(time.monotonic() - raw.uptime),
         )
+
+    def _count_restart(self, started_at: float) -> int:
+        """A mysqld that restarted faster than the probes could trip is still a crashed primary:
+        its crash recovery may have rolled back transactions a replica already has."""
+        if self._instance_started is None:
+            self._instance_started = started_at
+        elif abs(started_at - self._instance_started) > 2.0:  # uptime has 1 s resolution
+            self._instance_started = started_at
+            self._restarts += 1
+        return self._restarts
 
     def _errant_check(self, local: GtidPositions, source: str | None) -> ErrantCheck | None:
         """Compare our history with the holder's binlog state: local read first, then remote, so

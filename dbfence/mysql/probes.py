@@ -567,10 +567,16 @@ class Prober:
                 conn = connect(endpoint, self.target.credentials, self._session_timeouts())
                 # server-side bounds too, so a lock wait ends even if our KILL never arrives
                 query(conn, "SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10")
-                ensure_schema(conn)
+                # CREATE ... IF NOT EXISTS is binlogged even when nothing changes: on a read-only
+                # server (a restarted primary) it would be an errant transaction.
+                if not int(query_one(conn, "SELECT @@global.read_only AS ro")["ro"]):
+                    ensure_schema(conn)
                 with self._lock:
                     self._writer, self._writer_thread_id = conn, thread_id(conn)
             query(conn, HEARTBEAT_UPSERT)
+            if conn.affected_rows() == 0:  # type: ignore[no-untyped-call]
+                return [Verdict.failed(ProbeKind.WRITE, Reason.READ_ONLY_ON,
+                                       "read_only is ON: heartbeat not written", time.monotonic() - started)]
         except MysqlAdapterError as exc:
             with self._lock:
                 close_quietly(self._writer)

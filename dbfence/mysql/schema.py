@@ -38,8 +38,12 @@ BOOTSTRAP = (
     ") ENGINE=InnoDB",
 )
 
+# Written only while the server is writable: the agent's account may hold privileges that write
+# through read_only, and a heartbeat on a read-only server (a restarted or fenced primary) would be
+# an errant transaction. With read_only ON the statement changes no row and logs nothing.
 HEARTBEAT_UPSERT = (
-    f"INSERT INTO {SCHEMA}.heartbeat (server_id, beat_at, beats) VALUES (@@server_id, NOW(6), 1) "
+    f"INSERT INTO {SCHEMA}.heartbeat (server_id, beat_at, beats) "
+    "SELECT @@server_id, NOW(6), 1 FROM DUAL WHERE @@global.read_only = 0 "
     "ON DUPLICATE KEY UPDATE beat_at = VALUES(beat_at), beats = beats + 1"
 )
 

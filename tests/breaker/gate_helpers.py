@@ -21,6 +21,7 @@ def connect_via(gate: Gate, lab: LabCluster, **kwargs: Any) -> pymysql.connectio
         "connect_timeout": 5,
         "read_timeout": 10,
         "write_timeout": 10,
+        "ssl_disabled": True,  # loopback: skip PyMySQL's per-connection TLS context
     }
     options.update(kwargs)
     return pymysql.connect(**options)

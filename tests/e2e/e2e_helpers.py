@@ -38,7 +38,8 @@ def resolve(lab: LabCluster, name: str) -> list[str]:
 def app_connect(lab: LabCluster, host: str, port: int, timeout: float = 5.0) -> Any:
     app = lab.accounts["app"]
     return pymysql.connect(host=host, port=port, user=app.user, password=app.password, autocommit=True,
-                           connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
+                           connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout,
+                           ssl_disabled=True)
 
 
 def write_row(lab: LabCluster, row_id: int) -> str:

@@ -143,3 +143,19 @@ def test_garbage_in_the_lock_key_is_reported_and_survived(lab_factory: LabFactor
         wait_until(lambda: len(lab.primaries()) == 1, timeout=30, what="a new primary after the force-delete")
     finally:
         operator.close()
+
+
+def test_primary_whose_mysqld_restarts_at_once_still_hands_over(lab_factory: LabFactory) -> None:
+    """A mysqld restarted (say by systemd) faster than the probes can trip is still a crashed
+    primary: its crash recovery may have rolled back what a replica already has. It must hand
+    over, and come back as a clean replica (no heartbeat written through read_only)."""
+    lab = lab_factory(mysql_count=3, dcs="etcd", agents=True)
+    old = only_primary(lab)
+    lab.kill_mysql(old)
+    wait_until(lambda: not lab.node(old).process.alive(), timeout=10, what="mysqld to die")
+    lab.start_mysql(old)
+    new = wait_until(lambda: next((p for p in lab.primaries() if p != old), None), timeout=30,
+                     what="another node to become primary")
+    wait_until(lambda: role(lab, old) == "replica", timeout=30, what=f"{old} to rejoin as a replica")
+    assert status(lab, old)["database"]["errant"] == []
+    assert only_primary(lab) == new

@@ -75,6 +75,7 @@ def sql(lab: LabCluster, name: str, account: str = "agent", **kwargs: Any) -> Db
         read_timeout=30,
         write_timeout=30,
         cursorclass=pymysql.cursors.DictCursor,
+        ssl_disabled=True,  # loopback: skip PyMySQL's per-connection TLS context
         **kwargs,
     )
     return conn
