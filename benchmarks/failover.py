@@ -56,8 +56,10 @@ class Writer:
                 if conn is None:
                     address = primary_address(self.lab.cluster, etcd=self.lab.dcs_endpoints)
                     conn = pymysql.connect(host=address[0], port=address[1], user=app.user,
-                                           password=app.password, autocommit=True, connect_timeout=2,
-                                           read_timeout=10, write_timeout=10, ssl_disabled=True)
+                                           password=app.password, autocommit=True, connect_timeout=1,
+                                           # An application's own timeouts bound how long it
+                                           # waits on a frozen host; 2 s is a common setting.
+                                           read_timeout=2, write_timeout=2, ssl_disabled=True)
                 with conn.cursor() as cur:
                     cur.execute("INSERT INTO app.bench (id) VALUES (%s)", (self.next_id,))
                 self.next_id += 1
