@@ -17,62 +17,20 @@ It prints each round, then the median and maximum, and ends with one JSON line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-import pymysql
 
-from dbfence.discovery import NoPrimary, primary_address
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.wait import wait_until
-
-
-@dataclass
-class Writer:
-    """Inserts rows through discovery; records when each was acknowledged and by which gate."""
-
-    lab: LabCluster
-    acks: list[tuple[float, str]] = field(default_factory=list)
-    refused: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-    next_id: int = 1
-
-    def run(self) -> None:
-        app = self.lab.accounts["app"]
-        conn = None
-        address = ("", 0)
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    address = primary_address(self.lab.cluster, etcd=self.lab.dcs_endpoints)
-                    conn = pymysql.connect(host=address[0], port=address[1], user=app.user,
-                                           password=app.password, autocommit=True, connect_timeout=1,
-                                           # An application's own timeouts bound how long it
-                                           # waits on a frozen host; 2 s is a common setting.
-                                           read_timeout=2, write_timeout=2, ssl_disabled=True)
-                with conn.cursor() as cur:
-                    cur.execute("INSERT INTO app.bench (id) VALUES (%s)", (self.next_id,))
-                self.next_id += 1
-                self.acks.append((time.monotonic(), address[0]))
-            except (pymysql.MySQLError, NoPrimary, OSError):
-                self.refused += 1
-                self.next_id += 1  # the outcome may be unknown: never reuse an id
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                conn = None
-                time.sleep(0.02)
-            time.sleep(0.01)
+from dbfence.lab.workload import DiscoveryWriter
 
 
 def gate_host(lab: LabCluster, name: str) -> str:
@@ -84,10 +42,10 @@ def host_processes(lab: LabCluster, name: str) -> list[psutil.Process]:
     return [psutil.Process(lab.node(name).pid), agent, *agent.children(recursive=True)]
 
 
-def one_round(lab: LabCluster, writer: Writer, fault: str) -> float:
+def one_round(lab: LabCluster, writer: DiscoveryWriter, fault: str) -> float:
     primary = lab.primaries()[0]
     old_host = gate_host(lab, primary)
-    wait_until(lambda: bool(writer.acks) and writer.acks[-1][1] == old_host, timeout=30,
+    wait_until(lambda: writer.last_gate() == old_host, timeout=30,
                what="the writer to write through the primary")
     frozen: list[psutil.Process] = []
     started = time.monotonic()
@@ -98,7 +56,7 @@ def one_round(lab: LabCluster, writer: Writer, fault: str) -> float:
         for proc in frozen:
             proc.send_signal(signal.SIGSTOP)
     try:
-        ack = wait_until(lambda: next((t for t, h in writer.acks if t > started and h != old_host), None),
+        ack = wait_until(lambda: writer.first_ack_after(started, old_host),
                          timeout=120, what="a write acknowledged by the new primary")
     finally:
         for proc in frozen:
@@ -114,10 +72,7 @@ def one_round(lab: LabCluster, writer: Writer, fault: str) -> float:
 
 
 def _role(lab: LabCluster, name: str) -> str:
-    from dbfence.lab.agents import http_status  # noqa: PLC0415
-
-    code, body = http_status(lab.agent(name), "/status")
-    return str(json.loads(body).get("role")) if code else ""
+    return str(lab.agent_status(name).get("role", ""))
 
 
 def main() -> int:
@@ -135,22 +90,20 @@ def main() -> int:
         root = Path(tempfile.mkdtemp(prefix="dbfence-bench-"))
         lab = LabCluster.up(LabSpec(directory=root / "lab", mysql_count=3, etcd_members=3, agents=True,
                                     agent_tuning=tuning))
-        writer = Writer(lab)
-        thread = threading.Thread(target=writer.run, daemon=True)
+        # An application's own timeouts bound how long it waits on a frozen host; 2 s is common.
+        writer = DiscoveryWriter(lab, "app.bench", timeout=2.0)
         try:
-            with lab.connect(lab.primaries()[0]) as conn, conn.cursor() as cur:
-                cur.execute("CREATE TABLE app.bench (id INT PRIMARY KEY)")
-            thread.start()
+            writer.create_table(lab.primaries()[0])
+            writer.start()
             for _ in range(min(rounds_per_lab, args.runs - len(results))):
                 seconds = one_round(lab, writer, args.fault)
                 results.append(seconds)
                 print(f"run {len(results)}: {args.fault} -> first acknowledged write on the new primary "
                       f"after {seconds:.2f}s", flush=True)
         finally:
-            writer.stop.set()
-            thread.join(timeout=15)
+            writer.finish()
             lab.down()
-            acknowledged += len(writer.acks)
+            acknowledged += len(writer.acknowledged)
             refused += writer.refused
     summary = {"fault": args.fault, "runs": len(results), "ttl": args.ttl, "margin": args.margin,
                "median_s": round(statistics.median(results), 3), "max_s": round(max(results), 3),

@@ -10,85 +10,26 @@ writes that are missing on the new primary: in lossless mode there must be none.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import shutil
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
-import pymysql
 
 from dbfence.discovery import NoPrimary, primary_address
-from dbfence.lab.agents import AgentTuning, http_status
+from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.errors import LabError
 from dbfence.lab.wait import WaitTimeout, wait_until
-
-
-@dataclass
-class DemoWriter:
-    """An application: inserts numbered rows through discovery, reconnecting after errors."""
-
-    lab: LabCluster
-    acknowledged: dict[int, tuple[float, str]] = field(default_factory=dict)
-    refused: int = 0
-    unknown: list[int] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        app = self.lab.accounts["app"]
-        conn: Any = None
-        gate = ""
-        row_id = 0
-        while not self.stop.is_set():
-            row_id += 1
-            try:
-                if conn is None:
-                    host, port = primary_address(self.lab.cluster, etcd=self.lab.dcs_endpoints)
-                    gate = host
-                    conn = pymysql.connect(host=host, port=port, user=app.user, password=app.password,
-                                           autocommit=True, connect_timeout=2, read_timeout=10,
-                                           write_timeout=10, ssl_disabled=True)
-                with conn.cursor() as cur:
-                    cur.execute("INSERT INTO app.demo (id, via) VALUES (%s, %s)", (row_id, gate))
-                self.acknowledged[row_id] = (time.monotonic(), gate)
-            except NoPrimary:
-                self.refused += 1
-            except (pymysql.MySQLError, OSError) as exc:
-                # Refused at connect (the gate's ERR packet) is a clean refusal; a connection lost
-                # mid-statement leaves the outcome unknown, to be checked at the end.
-                if conn is None or "not the primary" in str(exc):
-                    self.refused += 1
-                else:
-                    self.unknown.append(row_id)
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                conn = None
-                time.sleep(0.05)
-            time.sleep(0.02)
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-
-def agent_status(lab: LabCluster, name: str) -> dict[str, Any]:
-    code, body = http_status(lab.agent(name), "/status", timeout=0.5)
-    if code == 0:
-        return {"role": "down"}
-    parsed: dict[str, Any] = json.loads(body)
-    return parsed
+from dbfence.lab.workload import DiscoveryWriter
 
 
 def print_cluster(lab: LabCluster) -> None:
     rows = [("NODE", "ROLE", "GATE", "LOCK HOLDER", "TOKEN", "LEASE LEFT", "GTID", "SOURCE", "HEALTH")]
     for agent in lab.agents:
-        s = agent_status(lab, agent.name)
+        s = lab.agent_status(agent.name, timeout=0.5)
         if "lease" not in s:  # agent down, or not through its first round yet
             rows.append((agent.name, str(s.get("role", "down")), "-", "-", "-", "-", "-", "-", "-"))
             continue
@@ -113,8 +54,8 @@ def watch(lab: LabCluster, started: float, until: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for agent in lab.agents:
-            s = agent_status(lab, agent.name)
-            now_role = str(s.get("role"))
+            s = lab.agent_status(agent.name, timeout=0.5)
+            now_role = str(s.get("role", "down"))
             if roles.get(agent.name) != now_role:
                 if agent.name in roles:
                     why = s.get("fenced_reason") or ""
@@ -134,7 +75,7 @@ def watch(lab: LabCluster, started: float, until: Any, timeout: float) -> None:
     raise WaitTimeout(f"the demo waited {timeout:.0f}s for the cluster to settle")
 
 
-def verify(lab: LabCluster, writer: DemoWriter, primary: str) -> tuple[int, int]:
+def verify(lab: LabCluster, writer: DiscoveryWriter, primary: str) -> tuple[int, int]:
     """(acknowledged writes missing on the primary, unknown-outcome writes that landed)."""
     with lab.connect(primary) as conn, conn.cursor() as cur:
         cur.execute("SELECT id FROM app.demo")
@@ -159,17 +100,15 @@ def demo_command(keep: bool, directory: Path | None) -> None:
                                     agent_tuning=AgentTuning(ttl=3.0, margin=1.0, cooldown=0.0)))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
-    writer = DemoWriter(lab)
-    thread = threading.Thread(target=writer.run, name="demo-writer", daemon=True)
+    writer = DiscoveryWriter(lab, "app.demo")
     try:
         old = lab.primaries()[0]
         click.echo(f"[demo] cluster up in {time.monotonic() - started:.1f}s; the agents elected {old} "
                    "(lossless mode: semi-synchronous replication, AFTER_SYNC)")
         print_cluster(lab)
-        with lab.connect(old) as conn, conn.cursor() as cur:
-            cur.execute("CREATE TABLE app.demo (id INT PRIMARY KEY, via VARCHAR(32))")
+        writer.create_table(old)
         click.echo("[demo] 2/6 an application writes rows through discovery (etcd key) and the gates")
-        thread.start()
+        writer.start()
         wait_until(lambda: len(writer.acknowledged) >= 20, timeout=30, what="the first writes")
         click.echo(f"[demo]      {len(writer.acknowledged)} writes acknowledged by {old}")
 
@@ -178,13 +117,11 @@ def demo_command(keep: bool, directory: Path | None) -> None:
         crashed = time.monotonic()
         old_gate = lab.agent(old).address
 
-        def new_primary_writes() -> bool:
-            return any(t > crashed and via != old_gate for t, via in writer.acknowledged.values())
-
-        watch(lab, crashed, lambda: new_primary_writes() and all(
-            agent_status(lab, a.name).get("role") in ("primary", "replica") for a in lab.agents
+        watch(lab, crashed, lambda: writer.first_ack_after(crashed, old_gate) is not None and all(
+            lab.agent_status(a.name, timeout=0.5).get("role") in ("primary", "replica") for a in lab.agents
             if a.name != old), timeout=60)
-        first = min(t for t, via in writer.acknowledged.values() if t > crashed and via != old_gate)
+        first = writer.first_ack_after(crashed, old_gate)
+        assert first is not None
         new = lab.primaries()[0]
         click.echo(f"[demo]      first write acknowledged by {new} {first - crashed:.2f}s after the crash")
         print_cluster(lab)
@@ -192,13 +129,12 @@ def demo_command(keep: bool, directory: Path | None) -> None:
         click.echo(f"[demo] 4/6 restarting {old}'s mysqld: it comes back fenced and must rejoin as a replica")
         lab.start_mysql(old)
         restarted = time.monotonic()
-        watch(lab, restarted, lambda: agent_status(lab, old).get("role") == "replica", timeout=60)
+        watch(lab, restarted, lambda: lab.agent_status(old, timeout=0.5).get("role") == "replica", timeout=60)
         click.echo(f"[demo]      {old} rejoined as a replica of {new} after "
                    f"{time.monotonic() - restarted:.2f}s")
 
         time.sleep(1.0)  # a little more load on the new primary before the count
-        writer.stop.set()
-        thread.join(timeout=15)
+        writer.finish()
         click.echo("[demo] 5/6 counting: every acknowledged write must be on the new primary")
         missing, landed = verify(lab, writer, new)
         click.echo(f"[demo]      acknowledged: {len(writer.acknowledged)}, refused while no primary "
@@ -208,7 +144,7 @@ def demo_command(keep: bool, directory: Path | None) -> None:
         if missing:
             raise click.ClickException(f"{missing} acknowledged writes are missing on {new}")
     finally:
-        writer.stop.set()
+        writer.finish()
         if keep:
             click.echo(f"[demo] 6/6 left running. Connect: mysql -h <primary gate> -P "
                        f"{lab.agents[0].gate_port} (see {lab.directory / 'lab.json'}); "

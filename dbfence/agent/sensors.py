@@ -266,7 +266,7 @@ class DbSensor:
             running=status is not None and status.io_running == "Yes" and status.sql_running == "Yes",
             relay_log_applied=applied,
             lag_seconds=lag,
-            errant=self._errant_check(positions, source),
+            errant=self._errant_check(positions),
         )
         return DbFacts(
             at=at, health=health, read_only=raw.read_only, position=current,
@@ -289,7 +289,7 @@ class DbSensor:
             self._restarts += 1
         return self._restarts
 
-    def _errant_check(self, local: GtidPositions, source: str | None) -> ErrantCheck | None:
+    def _errant_check(self, local: GtidPositions) -> ErrantCheck | None:
         """Compare our history with the holder's binlog state: local read first, then remote, so
         anything the holder wrote in between cannot look like ours."""
         peer = self._errant_peer

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -182,15 +182,20 @@ class LabCluster:
             for agent in self.agents:
                 if agent.name == primaries[0]:
                     continue
-                code, body = agents_mod.http_status(agent, "/status")
-                if code != 200:
-                    return None
-                status = json.loads(body)
+                status = self.agent_status(agent.name)
                 if status.get("role") != "replica" or \
                         status.get("database", {}).get("replication_source") != primaries[0]:
                     return None
             return primaries[0]
         return wait_until(settled, timeout=timeout, what="one primary with every replica following it")
+
+    def agent_status(self, name: str, timeout: float = 1.0) -> dict[str, Any]:
+        """An agent's ``/status`` document; empty when the agent does not answer."""
+        code, body = agents_mod.http_status(self.agent(name), "/status", timeout=timeout)
+        if code != 200:
+            return {}
+        parsed: dict[str, Any] = json.loads(body)
+        return parsed
 
     def _record_agent(self, agent: AgentProcess) -> None:
         others = [a for a in self.extra.get("agents", []) if a["name"] != agent.name]
@@ -356,11 +361,6 @@ class LabCluster:
             host, port = self.consul.http_address.rsplit(":", 1)
             wait_until(lambda: port_open(host, int(port)), timeout=15, what="the Consul stand-in")
 
-    def with_extra(self, **items: Any) -> LabCluster:
-        """Record more facts in the manifest (agents, for example) and save it."""
-        self.extra.update(items)
-        self._write_manifest()
-        return replace(self)
 
 
 def _refuse_if_in_use(directory: Path) -> None:

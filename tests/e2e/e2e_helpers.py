@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -12,7 +11,6 @@ import dns.rcode
 import pymysql
 
 from dbfence.discovery import NoPrimary, primary_address
-from dbfence.lab import agents as lab_agents
 from dbfence.lab.cluster import LabCluster
 
 
@@ -69,11 +67,7 @@ def write_until_acknowledged(lab: LabCluster, first_id: int, timeout: float) -> 
 
 
 def status(lab: LabCluster, name: str) -> dict[str, Any]:
-    code, body = lab_agents.http_status(lab.agent(name), "/status")
-    if code == 0:
-        return {}
-    parsed: dict[str, Any] = json.loads(body)
-    return parsed
+    return lab.agent_status(name)
 
 
 def role(lab: LabCluster, name: str) -> str | None:
