@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 import psutil
 import pymysql
@@ -133,8 +134,14 @@ def test_garbage_in_the_lock_key_is_reported_and_survived(lab_factory: LabFactor
         # The key is no longer bound to the primary's lease: it must fence, and nobody may admit.
         wait_until(lambda: lab.primaries() == [], timeout=10, what="the primary to fence")
         assert all(lab.agent(a.name).process.alive() for a in lab.agents)
-        report = status(lab, primary)
-        assert any("members/ghost" in p for p in report["dcs_problems"]), report["dcs_problems"]
+        # The two puts are separate revisions: the agent may fence on the first before it has
+        # read the second, so wait for its report to name both.
+        def report_naming_ghost() -> dict[str, Any] | None:
+            report = status(lab, primary)
+            return report if any("members/ghost" in p for p in report["dcs_problems"]) else None
+
+        report = wait_until(report_naming_ghost, timeout=5, what="the agent to report the broken member key")
+        assert any("leader" in p for p in report["dcs_problems"]), report["dcs_problems"]
         assert report["lock"]["holder"] == "<unreadable>"
         # The operator clears the key; the cluster elects a primary again.
         operator.force_delete_lock()
