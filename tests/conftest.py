@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,29 @@ def _lab_root() -> Path:
     return root
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        item.stash[_FAILED] = True  # lab fixtures keep a failed test's files for its logs
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+def _remove_unless_failed(request: pytest.FixtureRequest, directory: Path) -> None:
+    # Each lab is ~400 MB of data directories: a full run would otherwise fill a small disk.
+    if not request.node.stash.get(_FAILED, False) and not os.environ.get("DBFENCE_KEEP_LABS"):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
-def lab_factory() -> Iterator[LabFactory]:
-    """Start labs on demand for one test; every one is torn down afterwards, even on failure."""
+def lab_factory(request: pytest.FixtureRequest) -> Iterator[LabFactory]:
+    """Start labs on demand for one test; every one is torn down afterwards, even on failure,
+    and its files removed unless the test failed (or DBFENCE_KEEP_LABS is set)."""
     labs: list[LabCluster] = []
     directory = Path(tempfile.mkdtemp(prefix="lab-", dir=_lab_root()))
 
@@ -40,6 +61,7 @@ def lab_factory() -> Iterator[LabFactory]:
     finally:
         for lab in labs:
             LabCluster.load(lab.directory).down()
+        _remove_unless_failed(request, directory)
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +73,7 @@ def shared_lab() -> Iterator[LabCluster]:
         yield lab
     finally:
         LabCluster.load(lab.directory).down()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
