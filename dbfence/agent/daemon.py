@@ -105,6 +105,7 @@ def core_config_of(config: AgentConfig) -> CoreConfig:
         member_stale_after=max(3.0 * config.renew_interval, ttl),
         publish_interval=config.renew_interval,
         relay_wait_timeout=min(1.0, config.failover.relay_wait_timeout),
+        drain_timeout=config.gate.drain_timeout,
     )
 
 
