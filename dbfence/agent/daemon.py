@@ -61,6 +61,7 @@ from dbfence.mysql.hysteresis import HysteresisConfig
 from dbfence.mysql.monitor import HealthMonitor
 from dbfence.mysql.probes import ProbeSettings, Target
 from dbfence.mysql.probes import Role as ProbeRole
+from dbfence.ops_cli import switchover_refusal
 from dbfence.sdnotify import Notifier
 
 log = logging.getLogger("dbfence.agent")
@@ -485,6 +486,10 @@ class Agent:
             target = args.get("to", "")
             if not target:
                 return CommandResult(400, "switchover needs ?to=NODE")
+            refusal = switchover_refusal(self.lock.snapshot(strict=False), target,
+                                         self.config.failover.max_lag)
+            if refusal:
+                return CommandResult(409, f"refused: {refusal}")
             self.lock.write_intent(Intent(paused=current.paused, pause_reason=current.pause_reason,
                                           switchover_target=target, requested_by=self.identity.node,
                                           requested_at=time.time()))
