@@ -303,9 +303,10 @@ class DbSensor:
         recent = time.monotonic() - checked_at < self._errant_interval
         if last is not None and last.against == peer.name and recent:
             return last
-        # Short timeouts: a frozen holder must not hold up this sensor's rounds for long.
+        # Short timeouts (one trivial read): while the holder's host is frozen every round waits
+        # this long, and a replica notices the new holder, to repoint to it, only after the wait.
         remote = MysqlActions(Endpoint(peer.host, peer.port), self._credentials,
-                              Timeouts(connect_s=1.0, read_s=2.0, write_s=2.0), name=peer.name)
+                              Timeouts(connect_s=1.0, read_s=1.0, write_s=1.0), name=peer.name)
         try:
             remote_state: GtidState = remote.gtid_positions().binlog_state
         except MysqlAdapterError:
