@@ -57,6 +57,9 @@ def switchover_round(lab: LabCluster, writer: DiscoveryWriter) -> tuple[float, f
     wait_until(lambda: writer.last_gate() == old_host, timeout=30,
                what="the writer to write through the primary")
     target = sorted(a.name for a in lab.agents if a.name != primary)[0]
+    # A replica that just rejoined confirms every probe once before it counts as healthy.
+    wait_until(lambda: lab.agent_status(target).get("database", {}).get("healthy"), timeout=30,
+               what=f"{target} to be healthy")
     started = time.monotonic()
     result = CliRunner().invoke(dbfence_main, ["switchover", "--to", target, "--timeout", "60",
                                                "--etcd", ",".join(lab.dcs_endpoints),
