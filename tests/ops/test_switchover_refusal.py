@@ -29,7 +29,8 @@ def replica(**changes: object) -> MemberRecord:
     ("db2", snapshot(replica(healthy=False, reasons=("select tripped: timeout",))),
      "db2 is unhealthy: select tripped: timeout"),
     ("db2", snapshot(replica(lag_seconds=12.0)), "db2 is behind: lag 12s (limit 5s)"),
-    ("db2", snapshot(replica(lag_seconds=None)), "db2 may be behind: its lag is unknown (is its replication running?)"),
+    ("db2", snapshot(replica(lag_seconds=None)),
+     "db2 may be behind: its lag is unknown (is its replication running?)"),
     ("db2", snapshot(replica(), paused=True), "the cluster is paused: `dbfence resume` first"),
     ("db2", snapshot(replica()), None),
 ])
