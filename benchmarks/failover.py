@@ -7,17 +7,23 @@ inserting rows through discovery (the etcd key) and the gate, and injects one fa
   promotes). The old mysqld is restarted and rejoins before the next round.
 * ``host-freeze``: SIGSTOP of the primary's mysqld, agent and gate workers together, as if the
   host vanished: nothing releases the lock, so the replicas wait for the lease to expire.
+* ``switchover``: ``dbfence switchover --to`` a replica (alternating), as an operator would. The
+  round's figure is the writer's gap: from its last write acknowledged by the old primary to its
+  first one acknowledged by the new one (the window of refused writes); the summary adds the
+  whole switchover as the command reports it.
 
 It prints each round, then the median and maximum, and ends with one JSON line.
 
     .venv/bin/python benchmarks/failover.py --fault mysqld-kill --runs 5
     .venv/bin/python benchmarks/failover.py --fault host-freeze --runs 3 --ttl 10 --margin 2
+    .venv/bin/python benchmarks/failover.py --fault switchover --runs 5 --ttl 10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import statistics
 import sys
@@ -26,7 +32,9 @@ import time
 from pathlib import Path
 
 import psutil
+from click.testing import CliRunner
 
+from dbfence.cli import main as dbfence_main
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.wait import wait_until
@@ -40,6 +48,40 @@ def gate_host(lab: LabCluster, name: str) -> str:
 def host_processes(lab: LabCluster, name: str) -> list[psutil.Process]:
     agent = psutil.Process(lab.agent(name).pid)
     return [psutil.Process(lab.node(name).pid), agent, *agent.children(recursive=True)]
+
+
+def switchover_round(lab: LabCluster, writer: DiscoveryWriter) -> tuple[float, float]:
+    """(refused-writes gap, seconds the command reported) for one switchover to another replica."""
+    primary = lab.wait_settled()
+    old_host = gate_host(lab, primary)
+    wait_until(lambda: writer.last_gate() == old_host, timeout=30,
+               what="the writer to write through the primary")
+    target = sorted(a.name for a in lab.agents if a.name != primary)[0]
+    # A replica that just rejoined confirms every probe once before it counts as healthy.
+    wait_until(lambda: lab.agent_status(target).get("database", {}).get("healthy"), timeout=30,
+               what=f"{target} to be healthy")
+    started = time.monotonic()
+    result = CliRunner().invoke(dbfence_main, ["switchover", "--to", target, "--timeout", "60",
+                                               "--etcd", ",".join(lab.dcs_endpoints),
+                                               "--cluster", lab.cluster])
+    if result.exit_code != 0:
+        raise RuntimeError(f"switchover failed: {result.output}")
+    reported = time.monotonic() - started
+    first_new = wait_until(lambda: writer.first_ack_after(started, old_host), timeout=60,
+                           what="a write acknowledged by the new primary")
+    last_old = max((t for t, via in writer.acknowledged.values() if via == old_host and t < first_new),
+                   default=started)
+    print(f"   {result.output.strip().splitlines()[-1]}", flush=True)
+    lab.wait_settled()  # the old primary rejoins before the next round switches back
+    return first_new - last_old, reported
+
+
+def lost_writes(lab: LabCluster, writer: DiscoveryWriter) -> list[int]:
+    """Acknowledged rows missing on the current primary (must be none)."""
+    with lab.connect(lab.wait_settled()) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id FROM {writer.table}")
+        present = {int(row[0]) for row in cur.fetchall()}
+    return sorted(set(writer.acknowledged) - present)
 
 
 def one_round(lab: LabCluster, writer: DiscoveryWriter, fault: str) -> float:
@@ -77,15 +119,19 @@ def _role(lab: LabCluster, name: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fault", choices=["mysqld-kill", "host-freeze"], default="mysqld-kill")
+    parser.add_argument("--fault", choices=["mysqld-kill", "host-freeze", "switchover"],
+                        default="mysqld-kill")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--ttl", type=float, default=3.0)
     parser.add_argument("--margin", type=float, default=1.0)
+    parser.add_argument("--logs", type=Path, help="keep each lab's agent logs (JSON action timelines) here")
     args = parser.parse_args()
     tuning = AgentTuning(ttl=args.ttl, margin=args.margin)
     results: list[float] = []
+    reported: list[float] = []
+    lost: list[int] = []
     acknowledged = refused = 0
-    rounds_per_lab = args.runs if args.fault == "mysqld-kill" else 1
+    rounds_per_lab = 1 if args.fault == "host-freeze" else args.runs
     while len(results) < args.runs:
         root = Path(tempfile.mkdtemp(prefix="dbfence-bench-"))
         lab = LabCluster.up(LabSpec(directory=root / "lab", mysql_count=3, etcd_members=3, agents=True,
@@ -96,19 +142,41 @@ def main() -> int:
             writer.create_table(lab.primaries()[0])
             writer.start()
             for _ in range(min(rounds_per_lab, args.runs - len(results))):
-                seconds = one_round(lab, writer, args.fault)
+                if args.fault == "switchover":
+                    seconds, whole = switchover_round(lab, writer)
+                    reported.append(whole)
+                    print(f"run {len(results) + 1}: switchover -> writes refused for {seconds:.2f}s, "
+                          f"command done after {whole:.2f}s", flush=True)
+                else:
+                    seconds = one_round(lab, writer, args.fault)
+                    print(f"run {len(results) + 1}: {args.fault} -> first acknowledged write on the new "
+                          f"primary after {seconds:.2f}s", flush=True)
                 results.append(seconds)
-                print(f"run {len(results)}: {args.fault} -> first acknowledged write on the new primary "
-                      f"after {seconds:.2f}s", flush=True)
+            if args.fault == "switchover":
+                writer.finish()
+                lost += lost_writes(lab, writer)
         finally:
             writer.finish()
             lab.down()
+            if args.logs is not None:
+                kept = args.logs / root.name
+                shutil.copytree(lab.directory / "agents", kept, ignore=shutil.ignore_patterns("*.cnf"))
+                for node in lab.mysql:
+                    shutil.copy(Path(node.datadir).parent / "error.log", kept / f"{node.name}-mysqld.log")
+            shutil.rmtree(root, ignore_errors=True)  # ~400 MB of MariaDB data per lab
             acknowledged += len(writer.acknowledged)
             refused += writer.refused
     summary = {"fault": args.fault, "runs": len(results), "ttl": args.ttl, "margin": args.margin,
                "median_s": round(statistics.median(results), 3), "max_s": round(max(results), 3),
                "all_s": [round(r, 3) for r in results], "writes_acknowledged": acknowledged,
                "attempts_refused": refused}
+    if args.fault == "switchover":
+        summary["command_median_s"] = round(statistics.median(reported), 3)
+        summary["command_max_s"] = round(max(reported), 3)
+        summary["acknowledged_writes_lost"] = len(lost)
+        print(f"switchover: writes refused for median {summary['median_s']:.2f}s (max "
+              f"{summary['max_s']:.2f}s); command median {summary['command_median_s']:.2f}s; "
+              f"acknowledged writes lost: {len(lost)}")
     print(f"{args.fault}: median {summary['median_s']:.2f}s, max {summary['max_s']:.2f}s over "
           f"{len(results)} runs (ttl {args.ttl}s, margin {args.margin}s)")
     print(json.dumps(summary))

@@ -63,8 +63,11 @@ class GateSection:
                                    minimum=1, maximum=100000)
     idle_timeout: float = setting(0.0, "Seconds of client silence before the gate closes a "
                                        "connection; 0 = never.", minimum=0)
-    drain_timeout: float = setting(5.0, "Seconds a switchover waits for in-flight transactions "
-                                        "before cutting connections.", minimum=0, maximum=600)
+    # At most 5 s: the agent's decision loop waits for the drain, and systemd's watchdog is 10 s.
+    drain_timeout: float = setting(2.0, "Seconds a switchover lets in-flight transactions finish "
+                                        "(new connections already refused) before cutting the rest; "
+                                        "writes are refused from the start of the drain until the "
+                                        "new primary admits.", minimum=0, maximum=5)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -159,8 +159,10 @@ def switchover_refusal(snapshot: ClusterSnapshot, target: str, max_lag: float) -
         return f"{target} is {record.role}, not a replica"
     if not record.healthy:
         return f"{target} is unhealthy: {'; '.join(record.reasons)}"
-    if record.lag_seconds is None or record.lag_seconds > max_lag:
-        return f"{target} is behind: lag {record.lag_seconds}s (limit {max_lag:g}s)"
+    if record.lag_seconds is None:
+        return f"{target} may be behind: its lag is unknown (is its replication running?)"
+    if record.lag_seconds > max_lag:
+        return f"{target} is behind: lag {record.lag_seconds:g}s (limit {max_lag:g}s)"
     if snapshot.intent.paused:
         return "the cluster is paused: `dbfence resume` first"
     return None

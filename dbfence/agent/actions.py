@@ -88,10 +88,15 @@ class AdmitGate:
 
 @dataclass(frozen=True, slots=True)
 class BlockGate:
-    """Refuse new clients; with ``cut_connections`` also close every open client connection."""
+    """Refuse new clients; with ``cut_connections`` also close every open client connection.
+
+    ``drain`` > 0 (switchover): an admitting gate first refuses new clients and closes each
+    connection between transactions, for up to ``drain`` seconds, then blocks and cuts the rest.
+    """
 
     cut_connections: bool
     reason: ActionReason
+    drain: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

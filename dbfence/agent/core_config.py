@@ -31,6 +31,8 @@ class CoreConfig:
     * ``member_stale_after``: a peer record older than this is unreachable;
       ``publish_interval``: this node republishes its record at least this often.
     * ``relay_wait_timeout``: upper bound of one WaitRelayLog action.
+    * ``drain_timeout``: how long a switchover lets transactions in flight finish
+      behind a gate that already refuses new clients, before it cuts them.
     """
 
     node_name: str
@@ -46,6 +48,7 @@ class CoreConfig:
     member_stale_after: float = 6.0
     publish_interval: float = 2.0
     relay_wait_timeout: float = 1.0
+    drain_timeout: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.node_name or self.node_name.strip() != self.node_name:
@@ -54,7 +57,7 @@ class CoreConfig:
             )
         for label in ("ttl", "safety_margin", "renew_interval", "max_lag_seconds", "cooldown",
                       "poll_interval", "settle_interval", "member_stale_after", "publish_interval",
-                      "relay_wait_timeout"):
+                      "relay_wait_timeout", "drain_timeout"):
             value = getattr(self, label)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise CoreConfigError(f"{label} must be a finite number, got {value!r}")

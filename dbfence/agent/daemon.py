@@ -61,6 +61,7 @@ from dbfence.mysql.hysteresis import HysteresisConfig
 from dbfence.mysql.monitor import HealthMonitor
 from dbfence.mysql.probes import ProbeSettings, Target
 from dbfence.mysql.probes import Role as ProbeRole
+from dbfence.ops_cli import switchover_refusal
 from dbfence.sdnotify import Notifier
 
 log = logging.getLogger("dbfence.agent")
@@ -105,6 +106,7 @@ def core_config_of(config: AgentConfig) -> CoreConfig:
         member_stale_after=max(3.0 * config.renew_interval, ttl),
         publish_interval=config.renew_interval,
         relay_wait_timeout=min(1.0, config.failover.relay_wait_timeout),
+        drain_timeout=config.gate.drain_timeout,
     )
 
 
@@ -484,6 +486,10 @@ class Agent:
             target = args.get("to", "")
             if not target:
                 return CommandResult(400, "switchover needs ?to=NODE")
+            refusal = switchover_refusal(self.lock.snapshot(strict=False), target,
+                                         self.config.failover.max_lag)
+            if refusal:
+                return CommandResult(409, f"refused: {refusal}")
             self.lock.write_intent(Intent(paused=current.paused, pause_reason=current.pause_reason,
                                           switchover_target=target, requested_by=self.identity.node,
                                           requested_at=time.time()))

@@ -9,9 +9,10 @@ Policy summary (details in docs/decision-core.md):
 * PRIMARY keeps admitting only while its lease is held and ``now < deadline``; when
   the lease is lost or expired, or the database turns unhealthy, or an operator asks
   for a switchover, it goes FENCING.
-* FENCING fails the discovery check, blocks the gate and cuts connections, sets
-  read-only; it releases the lock only when the observation shows all of that done
-  (and, for a switchover, once the target has applied everything).
+* FENCING fails the discovery check, blocks the gate and cuts connections (for a
+  switchover: drains it first, so transactions in flight can finish), sets read-only;
+  it releases the lock only when the observation shows all of that done (and, for a
+  switchover, once the target has applied everything).
 * A REPLICA races only when the lock is free and it is healthy, caught up, the most
   advanced reachable candidate (ties: priority, then name), not paused, past the
   cooldown, and holds no unreplicated writes of its own (a former primary).
@@ -173,7 +174,10 @@ def _fence_actions(r: _Round, reason: ActionReason, *, insist: bool) -> None:
     obs = r.obs
     if obs.discovery is not None:
         r.emit(FailDiscoveryCheck(reason))
-    if obs.gate.admitting or obs.gate.open_connections > 0:
+    if obs.gate.admitting and reason is ActionReason.SWITCHOVER:
+        # Planned: transactions in flight may finish (mysqld is still writable) before the cut.
+        r.emit(BlockGate(cut_connections=True, reason=reason, drain=r.config.drain_timeout))
+    elif obs.gate.admitting or obs.gate.open_connections > 0:
         r.emit(BlockGate(cut_connections=True, reason=reason))
     if obs.db.read_only is False or (insist and obs.db.read_only is None):
         r.emit(SetReadOnly(read_only=True, reason=reason))

@@ -131,9 +131,18 @@ class Executor:
                 self.dcs.refresh()
             case AdmitGate(token=token, deadline=deadline):
                 self._admit(token, deadline)
-            case BlockGate(reason=reason):
-                self.keeper.gate_token = None
-                self.gate.block(reason.value.replace("_", " "))
+            case BlockGate(reason=reason, drain=drain):
+                try:
+                    if drain > 0 and isinstance(self.gate.state, Admitting):
+                        # The keeper keeps extending the deadline meanwhile: a transaction in
+                        # flight must not be cut by the lease check halfway through the drain.
+                        result = self.gate.drain(drain)
+                        log.info(json.dumps({"event": "drained", "node": self.identity.node,
+                                             "closed_gracefully": result.closed_gracefully,
+                                             "cut": result.cut, "ms": round(result.seconds * 1000, 1)}))
+                finally:
+                    self.keeper.gate_token = None
+                    self.gate.block(reason.value.replace("_", " "))
             case SetReadOnly(read_only=True):
                 self.mysql.fence(keep_ids=self.monitor.agent_connection_ids())
             case SetReadOnly(read_only=False):

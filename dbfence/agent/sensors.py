@@ -246,6 +246,10 @@ class DbSensor:
             raw = self._reader.read()
         except MysqlAdapterError as exc:
             return DbFacts(at=at, health=health, probe_summary=summary, error=str(exc))
+        # Now, not after the errant check below: that one may wait seconds on a frozen holder, and
+        # an uptime dated that late looks like a mysqld that restarted (a false "restarted while
+        # primary" right after a promotion).
+        started_at = time.monotonic() - raw.uptime
         status, positions = raw.replica_status, raw.positions
         current = _to_core(positions.current_pos)
         source = None
@@ -276,7 +280,7 @@ class DbSensor:
             semi_sync_replica=raw.semi_sync_replica, semi_sync_clients=raw.semi_sync_clients,
             semi_sync_starved_at=at if raw.semi_sync_primary and raw.semi_sync_clients == 0
             else self.latest.semi_sync_starved_at,
-            restarts=self._count_restart(time.monotonic() - raw.uptime),
+            restarts=self._count_restart(started_at),
         )
 
     def _count_restart(self, started_at: float) -> int:
@@ -299,7 +303,10 @@ class DbSensor:
         recent = time.monotonic() - checked_at < self._errant_interval
         if last is not None and last.against == peer.name and recent:
             return last
-        remote = MysqlActions(Endpoint(peer.host, peer.port), self._credentials, name=peer.name)
+        # Short timeouts (one trivial read): while the holder's host is frozen every round waits
+        # this long, and a replica notices the new holder, to repoint to it, only after the wait.
+        remote = MysqlActions(Endpoint(peer.host, peer.port), self._credentials,
+                              Timeouts(connect_s=1.0, read_s=1.0, write_s=1.0), name=peer.name)
         try:
             remote_state: GtidState = remote.gtid_positions().binlog_state
         except MysqlAdapterError:

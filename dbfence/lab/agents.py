@@ -58,6 +58,7 @@ class AgentTuning:
     lossless: bool = True
     interval: float = 0.1
     trip_after: int = 3
+    drain_timeout: float = 2.0
 
 
 def agent_address(index: int) -> str:
@@ -98,6 +99,7 @@ priority = 100
 [gate]
 listen = "{address}:{gate_port}"
 workers = 2
+drain_timeout = {tuning.drain_timeout}
 
 [mysql]
 host = "{node.host}"

@@ -143,7 +143,9 @@ def server_argv(node_dir: Path, server_id: int, port: int, extra_port: int, sock
         "--innodb-log-file-size=16M",
         "--max-connections=200",
         "--performance-schema=OFF",
-        "--slave-net-timeout=5",
+        # Above any lab lease TTL: replicas of a frozen primary must still sit in their read when
+        # the lease expires (KILL stops them at once); once reconnecting, a stop takes ~2 s.
+        "--slave-net-timeout=60",
         "--character-set-server=utf8mb4",
     ]
 

@@ -8,6 +8,7 @@ typed error from :mod:`dbfence.mysql.errors` on failure.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
@@ -268,6 +269,31 @@ class MysqlActions:
                 )
         return GtidPosition.parse(received)
 
+    def _stop_io_thread(self, conn: DbConnection, patience_s: float = 0.2) -> None:
+        """STOP SLAVE IO_THREAD without waiting on a silent primary.
+
+        An IO thread blocked reading from a frozen primary misses the server's first stop signal
+        and is signalled again only 2 s later; KILL shuts its socket at once. A signal can also
+        land just before the thread blocks, so KILL is repeated for a moment. (A thread that gave
+        up on the primary and is reconnecting ignores both for ~2 s: hence the advice to keep
+        ``slave_net_timeout`` above the lease TTL, docs/operations.md.) What it had received
+        completely stays in the relay log; an event group cut in half is fetched again by GTID,
+        or discarded with the replication config on promotion.
+        """
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline:
+            ids = [int(row["id"]) for row in query(conn, self.sql.io_thread_sessions_query())]
+            if not ids:
+                break
+            for session_id in ids:
+                try:
+                    query(conn, f"KILL CONNECTION {session_id}")
+                except MysqlQueryError as exc:
+                    if exc.code not in _GONE_CODES:
+                        raise
+            time.sleep(0.01)
+        query(conn, self.sql.stop_io_thread())
+
     def set_semi_sync_primary(self, settings: SemiSyncSettings | None) -> None:
         """Lossless semi-sync on the primary side (None = off)."""
         with self.session() as conn:
@@ -320,7 +346,7 @@ class MysqlActions:
         status = self.replica_status()
         if status is not None:
             with self.session() as conn:
-                query(conn, sql.stop_io_thread())
+                self._stop_io_thread(conn)
             if apply_relay_log_timeout_s is not None:
                 self.wait_relay_log_applied(apply_relay_log_timeout_s)
         with self.session() as conn:
@@ -412,6 +438,7 @@ class MysqlActions:
             if former_primary is None:
                 former_primary = not configured
             if configured:
+                self._stop_io_thread(conn)  # the old primary may be frozen
                 query(conn, sql.stop_replica())
             if former_primary:
                 start = positions.binlog_pos.merged_latest(positions.slave_pos)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 
+import pymysql
 import pytest
 from click.testing import CliRunner, Result
 
 from dbfence.cli import main
+from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.wait import wait_until
 from tests.conftest import LabFactory
-from tests.e2e.e2e_helpers import status, write_until_acknowledged
+from tests.e2e.e2e_helpers import app_connect, rows_on, status, write_until_acknowledged
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -63,3 +65,48 @@ def test_status_without_a_dcs_is_a_clean_error() -> None:
     result = CliRunner().invoke(main, ["status", "--etcd", "http://127.0.0.1:1", "--cluster", "x"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def test_switchover_drains_the_gate_then_hands_over(lab_factory: LabFactory) -> None:
+    """Issue 7: new connections are refused at once, a transaction in flight may still commit,
+    one that outlives the drain is cut without an OK, and no acknowledged write is lost."""
+    lab = lab_factory(mysql_count=3, dcs="etcd", agents=True, agent_tuning=AgentTuning(drain_timeout=5.0))
+    primary = lab.primaries()[0]
+    target = next(a.name for a in lab.agents if a.name != primary)
+    write_until_acknowledged(lab, 1, timeout=30)  # creates app.e2e
+    old = lab.agent(primary)
+    finishing = app_connect(lab, old.address, old.gate_port)
+    stuck = app_connect(lab, old.address, old.gate_port)
+    with finishing.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("INSERT INTO app.e2e VALUES (101)")
+    with stuck.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("INSERT INTO app.e2e VALUES (201)")
+
+    requested = run(lab, "switchover", "--to", target, "--no-wait")
+    assert requested.exit_code == 0, requested.output
+
+    def refused_while_draining() -> str | None:
+        try:
+            app_connect(lab, old.address, old.gate_port, timeout=2).close()
+        except pymysql.MySQLError as exc:
+            return str(exc) if "draining for switchover" in str(exc) else None
+        return None
+
+    wait_until(refused_while_draining, timeout=30, what="the old primary's gate to refuse while draining")
+    with finishing.cursor() as cur:  # the transaction in flight finishes behind the draining gate
+        cur.execute("INSERT INTO app.e2e VALUES (102)")
+        cur.execute("COMMIT")
+    wait_until(lambda: lab.primaries() == [target], timeout=60, what=f"{target} to admit")
+    with pytest.raises(pymysql.MySQLError), stuck.cursor() as cur:
+        cur.execute("COMMIT")  # cut when the drain ran out: no OK for it
+    finishing.close()
+    stuck.close()
+
+    write_until_acknowledged(lab, 1000, timeout=30)
+    rows = rows_on(lab, target)
+    assert {101, 102} <= rows  # committed during the drain: on the new primary
+    assert 201 not in rows  # never acknowledged, and rolled back
+    wait_until(lambda: status(lab, primary).get("role") == "replica", timeout=30,
+               what=f"the old primary {primary} to rejoin as a replica")

@@ -3,6 +3,7 @@ repoint by GTID, clean rejoin of a former primary, refusal of one with errant GT
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -255,3 +256,33 @@ def test_fence_is_not_held_up_by_a_commit_waiting_for_a_semi_sync_ack(lab_factor
     assert not thread.is_alive()
     assert errors and isinstance(errors[0], pymysql.err.MySQLError)  # the client got no OK
     assert db1.read_only()
+
+
+def test_promote_and_repoint_do_not_wait_on_a_frozen_primary(lab_factory: LabFactory) -> None:
+    """A frozen primary host leaves the replicas' IO threads blocked on a silent socket; STOP
+    SLAVE alone would wait for the server's second stop signal, 2 s later, on every replica."""
+    lab = lab_factory(mysql_count=3)
+    db2, db3 = actions(lab, "db2"), actions(lab, "db3")
+    primary = sql(lab, "db1")
+    run(primary, "CREATE DATABASE dbtest")
+    run(primary, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
+    run(primary, "INSERT INTO dbtest.t VALUES (1, 'db1')")
+    primary.close()
+    poll(lambda: count_rows(lab, "db2") == 1 and count_rows(lab, "db3") == 1, 10, "the row on db2 and db3")
+    lab.kill_mysql("db1", signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        db2.promote(fencing_token=3, holder="agent-db2", semi_sync=None)
+        db3.repoint(primary_address(lab, "db2"), db2.gtid_positions().binlog_state, semi_sync_replica=False)
+        elapsed = time.monotonic() - started
+    finally:
+        lab.kill_mysql("db1", signal.SIGCONT)
+    assert elapsed < 1.5, f"promote + repoint took {elapsed:.2f} s"  # each takes ms; 2 s if blocked
+    for node in (db2, db3):
+        assert node.server_version()  # still answering
+    status = db3.replica_status()
+    assert status is not None and status.last_io_errno == 0 and status.primary_port == lab.node("db2").port
+    new_primary = sql(lab, "db2")
+    run(new_primary, "INSERT INTO dbtest.t VALUES (2, 'db2')")
+    new_primary.close()
+    poll(lambda: count_rows(lab, "db3", "origin = 'db2'") == 1, 10, "db2's write on db3")

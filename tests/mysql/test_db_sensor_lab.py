@@ -1,0 +1,33 @@
+"""The agent's database sensor against a real mysqld, with a lock holder whose host froze."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from dbfence.agent.sensors import DbSensor, PeerDatabase
+from dbfence.mysql.probes import Role
+from tests.conftest import LabFactory
+from tests.mysql.mysql_lab_helpers import actions, creds, monitor
+
+
+def test_a_frozen_holder_does_not_look_like_a_local_mysqld_restart(lab_factory: LabFactory) -> None:
+    """The errant check waits on the frozen holder's mysqld; the local uptime read before it must
+    not be dated after that wait, or the node reports "restarted" once the holder changes."""
+    lab = lab_factory(mysql_count=1)
+    frozen = socket.create_server(("127.0.0.1", 0), backlog=8)  # accepts, never says a word
+    port = frozen.getsockname()[1]
+    try:
+        with monitor(lab, "db1", Role.REPLICA) as probes:
+            sensor = DbSensor(probes, actions(lab, "db1"), creds(lab), threading.Event())
+            sensor.refresh_facts()  # local facts only
+            sensor.follow(PeerDatabase("frozen", "127.0.0.1", port), lambda host, port: None)
+            for _ in range(2):
+                sensor.refresh_facts()  # each waits on the frozen peer's greeting
+                assert sensor.latest.replication.errant is None  # unknown, not clean
+            sensor.follow(None, lambda host, port: None)  # the holder changed
+            sensor.refresh_facts()
+            assert sensor.latest.restarts == 0
+            assert sensor.latest.error == ""
+    finally:
+        frozen.close()
