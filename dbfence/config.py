@@ -56,7 +56,8 @@ class NodeSection:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateSection:
     listen: str = setting("0.0.0.0:3307", "host:port the gate accepts application connections on.")
-    workers: int = setting(0, "Gate worker processes sharing the port; 0 = one per CPU core.",
+    workers: int = setting(0, "Gate worker processes sharing the port; 0 = one per two CPU cores "
+                                       "(at least one).",
                            minimum=0, maximum=64)
     max_connections: int = setting(2000, "Client connections the gate admits at once; beyond it "
                                          "clients get a MySQL 'too many connections' error.",

@@ -19,7 +19,9 @@ class GateConfig:
     """Where the gate listens, where ``mysqld`` is, and its limits.
 
     ``backend_socket`` (a Unix socket path) wins over ``backend_host``/``backend_port`` when set.
-    ``workers`` = 0 means one worker process per CPU core. ``idle_timeout`` = None disables it.
+    ``workers`` = 0 means one worker process per two CPU cores (at least one): the gate shares its host
+    with mysqld, and on a 2-core host one worker needs about a quarter less CPU per query than two
+    (benchmarks/README-gate.md, step 5). ``idle_timeout`` = None disables it.
     """
 
     listen_host: str = "127.0.0.1"
@@ -44,7 +46,7 @@ class GateConfig:
         if self.backend_socket is None and not 0 < self.backend_port < 65536:
             raise GateConfigError(f"backend_port out of range: {self.backend_port}")
         if self.workers < 0:
-            raise GateConfigError(f"workers must be >= 0 (0 = one per core): {self.workers}")
+            raise GateConfigError(f"workers must be >= 0 (0 = one per two cores): {self.workers}")
         if self.max_connections < 1:
             raise GateConfigError(f"max_connections must be >= 1: {self.max_connections}")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
@@ -54,8 +56,9 @@ class GateConfig:
 
     @property
     def worker_count(self) -> int:
-        # The CPUs this process may run on (cgroup/affinity aware), not every CPU of the host.
-        return self.workers or max(1, len(os.sched_getaffinity(0)))
+        # The CPUs this process may run on (cgroup/affinity aware), not every CPU of the host. Half
+        # of them: mysqld needs the rest, and fewer, busier workers each serve more links per wake-up.
+        return self.workers or max(1, len(os.sched_getaffinity(0)) // 2)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

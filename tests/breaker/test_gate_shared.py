@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 
 import pytest
 
@@ -15,7 +16,7 @@ from dbfence.breaker.shared import (
     WorkerSlot,
     fence_word,
 )
-from dbfence.breaker.worker import fence_allows
+from dbfence.breaker.worker import deadline_seconds, fence_allows
 
 
 @pytest.fixture
@@ -40,6 +41,17 @@ def test_fence_allows_only_same_epoch_before_the_deadline() -> None:
     assert not fence_allows(word, 6, now)
     assert not fence_allows(word, 7, now + 1)
     assert not fence_allows(fence_word(0.0, 7), 7, now)
+
+
+@pytest.mark.parametrize(
+    "deadline_us", [1, 999_999, 1_000_000, 8_164_123_456, 31_536_000_123_457, (1 << 50) - 1]
+)
+def test_float_deadline_is_never_later_than_the_words_microsecond(deadline_us: int) -> None:
+    # The data path compares floats; no "now" may pass that the exact microsecond rule refuses.
+    exact_us = Fraction(deadline_seconds((deadline_us << EPOCH_BITS) | 3)) * 1_000_000
+    assert exact_us <= deadline_us
+    assert deadline_us - exact_us < 1  # and less than a microsecond earlier
+    assert deadline_seconds(3) == 0.0  # blocked: nothing is before it
 
 
 def test_epoch_wraps_within_its_bits() -> None:
