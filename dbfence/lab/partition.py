@@ -1,0 +1,158 @@
+"""The "partition" faults: cut the primary's host off the DCS and its peers under an application
+writer, check the outcome, heal, and see whether the old primary rejoins.
+
+The lab must run with ``netns=True`` (see :mod:`dbfence.lab.netns`). Variants:
+
+* ``partition``: the primary's host loses the DCS and both peers; the application in the client
+  namespace still reaches its gate, which is the hard case for fencing.
+* ``partition-lagging-replica``: the same while one replica applies with a delay (it has
+  received and acknowledged every write, but not applied them); the up-to-date replica must
+  win, and nothing acknowledged may be lost either way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dbfence.lab.cluster import LabCluster
+from dbfence.lab.errors import LabError
+from dbfence.lab.wait import WaitTimeout, wait_until
+from dbfence.lab.workload import DiscoveryWriter
+
+FAULTS = ("partition", "partition-lagging-replica")
+
+
+@dataclass
+class PartitionOutcome:
+    """What happened, with times in seconds from the moment the partition was applied."""
+
+    fault: str
+    isolated: str
+    cut_from: list[str]
+    lagging: str | None
+    new_primary: str | None = None
+    lock_taken_after: float | None = None  # the new holder's AcquireLock, from its log
+    first_new_ack_after: float | None = None
+    last_old_ack_after: float | None = None  # the old primary's last acknowledged write
+    old_gate_deadline_after: float = 0.0  # TTL - margin: no old ack may come later than this
+    acknowledged: int = 0
+    refused: int = 0
+    unknown: int = 0
+    lost: list[int] = field(default_factory=list)
+    overlapping: int = 0  # old-primary acks at or after the new primary's first ack
+    after_heal: str = ""  # "replica" or "fenced: <reason>"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def delay_replica(lab: LabCluster, name: str, seconds: int) -> None:
+    """Make ``name`` apply ``seconds`` behind its source (MASTER_DELAY). It still receives and
+    acknowledges every event at once, so lossless commits keep flowing."""
+    with lab.connect(name) as conn, conn.cursor() as cur:
+        cur.execute("STOP SLAVE")
+        cur.execute("CHANGE MASTER TO MASTER_DELAY = %s", (seconds,))
+        cur.execute("START SLAVE")
+
+
+def _log_times(agent_log: str, action: str, since_wall: float) -> list[float]:
+    """Wall-clock times of successful ``action`` lines in an agent log after ``since_wall``."""
+    times = []
+    for line in Path(agent_log).read_text(errors="replace").splitlines():
+        if f'"action": "{action}"' not in line or '"ok": true' not in line:
+            continue
+        stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if stamp >= since_wall:
+            times.append(stamp)
+    return times
+
+
+def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "app.partition_probe",
+                  warmup_acks: int = 20, replica_delay: int = 30, election_timeout: float = 30.0,
+                  rejoin_timeout: float = 30.0, writer_timeout: float = 2.0) -> PartitionOutcome:
+    """Run one partition fault against a settled, namespaced lab with agents; return the outcome.
+
+    The caller asserts on the outcome (tests) or aggregates it (benchmarks). The lab is healed
+    before this returns, also on failure.
+    """
+    if fault not in FAULTS:
+        raise LabError(f"unknown fault {fault!r} (have {', '.join(FAULTS)})")
+    if lab.netns is None:
+        raise LabError(f"the {fault} fault needs a lab started with netns=True")
+    old = lab.wait_settled()
+    replicas = [a.name for a in lab.agents if a.name != old]
+    lagging = replicas[-1] if fault == "partition-lagging-replica" else None
+    tuning = lab.extra.get("agent_tuning", {})
+    old_address = lab.agent(old).address
+
+    writer = DiscoveryWriter(lab, table, timeout=writer_timeout)
+    writer.create_table(old)
+    if lagging is not None:
+        delay_replica(lab, lagging, replica_delay)
+    lab.in_client(writer.start)  # the writer's thread and sockets live in the client namespace
+    outcome = PartitionOutcome(fault=fault, isolated=old, cut_from=[], lagging=lagging)
+    try:
+        wait_until(lambda: len(writer.acknowledged) >= warmup_acks, timeout=30,
+                   what=f"{warmup_acks} acknowledged writes before the partition")
+        partitioned_wall, partitioned = time.time(), time.monotonic()
+        outcome.cut_from = lab.isolate(old)
+        outcome.old_gate_deadline_after = float(tuning.get("ttl", 0.0)) - float(tuning.get("margin", 0.0))
+
+        def new_primary() -> str | None:
+            return next((p for p in lab.primaries() if p != old), None)
+        try:
+            outcome.new_primary = wait_until(new_primary, timeout=election_timeout,
+                                             what=f"a primary other than the isolated {old}")
+            first = wait_until(lambda: writer.first_ack_after(partitioned, not_via=old_address),
+                               timeout=election_timeout, what="the new primary's first acknowledged write")
+            outcome.first_new_ack_after = first - partitioned
+        except WaitTimeout:
+            pass  # reported as None; the caller decides whether that fails
+        if outcome.new_primary is not None:
+            taken = _log_times(lab.agent(outcome.new_primary).log, "AcquireLock", partitioned_wall)
+            if taken:
+                outcome.lock_taken_after = min(taken) - partitioned_wall
+    finally:
+        lab.heal(old)
+        writer.finish()
+    old_acks = [t for t, via in writer.acknowledged.values() if via == old_address]
+    if old_acks:
+        outcome.last_old_ack_after = max(old_acks) - partitioned
+    if outcome.first_new_ack_after is not None:
+        first_new = partitioned + outcome.first_new_ack_after
+        outcome.overlapping = sum(1 for t in old_acks if t >= first_new)
+    outcome.acknowledged = len(writer.acknowledged)
+    outcome.refused = writer.refused
+    outcome.unknown = len(writer.unknown)
+    if outcome.new_primary is not None:
+        outcome.lost = sorted(set(writer.acknowledged) - _row_ids(lab, outcome.new_primary, table))
+    outcome.after_heal = _after_heal(lab, old, rejoin_timeout)
+    return outcome
+
+
+def _row_ids(lab: LabCluster, node: str, table: str) -> set[int]:
+    with lab.connect(node) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id FROM {table}")
+        return {int(row[0]) for row in cur.fetchall()}
+
+
+def _after_heal(lab: LabCluster, old: str, timeout: float) -> str:
+    """Wait for the healed node to settle as a replica or stay fenced; say which, and why."""
+    def settled() -> str | None:
+        status = lab.agent_status(old)
+        if status.get("role") == "replica" and status.get("database", {}).get("replication_source"):
+            return "replica"
+        if status.get("role") == "fenced" and status.get("fenced_reason") not in (None, "lease_expired"):
+            errant = status.get("database", {}).get("errant") or []
+            detail = f" {','.join(errant)}" if errant else ""
+            return f"fenced: {status['fenced_reason']}{detail}"
+        return None
+    try:
+        return wait_until(settled, timeout=timeout, what=f"{old} to rejoin or stay fenced with a reason")
+    except WaitTimeout:
+        return f"unsettled: {json.dumps(lab.agent_status(old))[:300]}"
