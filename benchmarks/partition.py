@@ -25,7 +25,7 @@ from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.partition import FAULTS, PartitionOutcome, run_partition
 
 
-def one_run(root: Path, index: int, fault: str, tuning: AgentTuning) -> PartitionOutcome:
+def one_run(root: Path, index: int, fault: str, tuning: AgentTuning, keep: bool) -> PartitionOutcome:
     directory = root / f"run{index}"
     lab = LabCluster.up(LabSpec(directory=directory, mysql_count=3, agents=True, netns=True,
                                 agent_tuning=tuning))
@@ -33,7 +33,8 @@ def one_run(root: Path, index: int, fault: str, tuning: AgentTuning) -> Partitio
         return run_partition(lab, fault=fault)
     finally:
         LabCluster.load(directory).down()
-        shutil.rmtree(directory, ignore_errors=True)  # three MariaDB data directories per run
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)  # three MariaDB data directories per run
 
 
 def summarize(outcomes: list[PartitionOutcome]) -> dict[str, object]:
@@ -57,11 +58,13 @@ def summarize(outcomes: list[PartitionOutcome]) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--fault", choices=FAULTS, default="partition")
     parser.add_argument("--ttl", type=float, default=3.0)
     parser.add_argument("--margin", type=float, default=1.0)
+    parser.add_argument("--keep", action="store_true", help="keep each run's lab directory and logs")
     args = parser.parse_args()
     if (reason := netns.unavailable_reason()) is not None:
         print(f"partition benchmark skipped: {reason}", file=sys.stderr)
@@ -71,11 +74,14 @@ def main() -> int:
     outcomes = []
     try:
         for index in range(1, args.runs + 1):
-            outcome = one_run(root, index, args.fault, tuning)
+            outcome = one_run(root, index, args.fault, tuning, args.keep)
             outcomes.append(outcome)
             print(json.dumps(outcome.to_json()), flush=True)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"lab directories kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(summarize(outcomes), indent=1))
     return 0
 
