@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from dbfence.cli import main
 from dbfence.lab import netns
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.errors import LabError
@@ -103,3 +105,23 @@ def test_leftovers_of_a_crashed_run_are_found_by_prefix_and_removed() -> None:
     assert netns.remove_leftovers(layout.prefix) == sorted(layout.namespaces)
     assert not sleeper.alive()
     assert netns.existing_namespaces(layout.prefix) == []
+
+
+def test_partition_of_a_loopback_lab_says_it_needs_namespaces(shared_lab: LabCluster) -> None:
+    result = CliRunner().invoke(main, ["lab", "partition", "--dir", str(shared_lab.directory), "db1"])
+    assert result.exit_code == 2
+    assert "without network namespaces" in result.output
+
+
+@needs_netns
+def test_cli_partitions_and_heals_a_namespaced_lab(lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=2, netns=True)
+    layout = lab.netns
+    assert layout is not None
+    cut = CliRunner().invoke(main, ["lab", "partition", "--dir", str(lab.directory), "--from-clients", "db2"])
+    assert cut.exit_code == 0, cut.output
+    assert "db2 no longer reaches client, dcs, db1" in cut.output
+    assert netns.isolated_hosts(layout) == ["db2"]
+    healed = CliRunner().invoke(main, ["lab", "heal", "--dir", str(lab.directory), "db2"])
+    assert healed.exit_code == 0, healed.output
+    assert netns.isolated_hosts(layout) == []
