@@ -186,6 +186,8 @@ def _remove_namespaces(namespaces: list[str]) -> list[str]:
 
     for namespace in namespaces:
         for pid in pids_in(namespace):
+            if pid == os.getpid():
+                continue  # only a thread of ours entered it; setns never moves the whole process
             with contextlib.suppress(Exception):  # it may exit on its own meanwhile
                 stop(ProcessRef.of(pid), grace=10.0)
     removed = []

@@ -37,6 +37,10 @@ class PartitionOutcome:
     lagging: str | None
     new_primary: str | None = None
     lock_taken_after: float | None = None  # the new holder's AcquireLock, from its log
+    # When each step of the takeover finished, from the new primary's log (AcquireLock, Promote,
+    # AdmitGate, RegisterDiscovery), and when the old primary blocked its gate, from its own log.
+    new_primary_steps: dict[str, float] = field(default_factory=dict)
+    old_gate_blocked_after: float | None = None
     first_new_ack_after: float | None = None
     last_old_ack_after: float | None = None  # the old primary's last acknowledged write
     old_gate_deadline_after: float = 0.0  # TTL - margin: no old ack may come later than this
@@ -114,9 +118,13 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
         except WaitTimeout:
             pass  # reported as None; the caller decides whether that fails
         if outcome.new_primary is not None:
-            taken = _log_times(lab.agent(outcome.new_primary).log, "AcquireLock", partitioned_wall)
-            if taken:
-                outcome.lock_taken_after = min(taken) - partitioned_wall
+            new_log = lab.agent(outcome.new_primary).log
+            for step in ("AcquireLock", "Promote", "AdmitGate", "RegisterDiscovery"):
+                if times := _log_times(new_log, step, partitioned_wall):
+                    outcome.new_primary_steps[step] = round(min(times) - partitioned_wall, 3)
+            outcome.lock_taken_after = outcome.new_primary_steps.get("AcquireLock")
+        if blocked := _log_times(lab.agent(old).log, "BlockGate", partitioned_wall):
+            outcome.old_gate_blocked_after = round(min(blocked) - partitioned_wall, 3)
     finally:
         lab.heal(old)
         writer.finish()
