@@ -38,9 +38,10 @@ class PartitionOutcome:
     new_primary: str | None = None
     lock_taken_after: float | None = None  # the new holder's AcquireLock, from its log
     # When each step of the takeover finished, from the new primary's log (AcquireLock, Promote,
-    # AdmitGate, RegisterDiscovery), and when the old primary blocked its gate, from its own log.
+    # AdmitGate, RegisterDiscovery), and when the old primary's agent began to fence, from its
+    # own log (its gate stops forwarding at the lease deadline by itself, before that if late).
     new_primary_steps: dict[str, float] = field(default_factory=dict)
-    old_gate_blocked_after: float | None = None
+    old_fencing_after: float | None = None
     first_new_ack_after: float | None = None
     last_old_ack_after: float | None = None  # the old primary's last acknowledged write
     old_gate_deadline_after: float = 0.0  # TTL - margin: no old ack may come later than this
@@ -64,11 +65,11 @@ def delay_replica(lab: LabCluster, name: str, seconds: int) -> None:
         cur.execute("START SLAVE")
 
 
-def _log_times(agent_log: str, action: str, since_wall: float) -> list[float]:
-    """Wall-clock times of successful ``action`` lines in an agent log after ``since_wall``."""
+def _log_times(agent_log: str, since_wall: float, *marks: str) -> list[float]:
+    """Wall-clock times of the agent log lines after ``since_wall`` that contain every mark."""
     times = []
     for line in Path(agent_log).read_text(errors="replace").splitlines():
-        if f'"action": "{action}"' not in line or '"ok": true' not in line:
+        if not all(mark in line for mark in marks):
             continue
         stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
         if stamp >= since_wall:
@@ -120,11 +121,11 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
         if outcome.new_primary is not None:
             new_log = lab.agent(outcome.new_primary).log
             for step in ("AcquireLock", "Promote", "AdmitGate", "RegisterDiscovery"):
-                if times := _log_times(new_log, step, partitioned_wall):
+                if times := _log_times(new_log, partitioned_wall, f'"action": "{step}"', '"ok": true'):
                     outcome.new_primary_steps[step] = round(min(times) - partitioned_wall, 3)
             outcome.lock_taken_after = outcome.new_primary_steps.get("AcquireLock")
-        if blocked := _log_times(lab.agent(old).log, "BlockGate", partitioned_wall):
-            outcome.old_gate_blocked_after = round(min(blocked) - partitioned_wall, 3)
+        if fencing := _log_times(lab.agent(old).log, partitioned_wall, '"event": "role"', '"to": "fencing"'):
+            outcome.old_fencing_after = round(min(fencing) - partitioned_wall, 3)
     finally:
         lab.heal(old)
         writer.finish()
