@@ -365,7 +365,8 @@ class LabCluster:
     def dcs_endpoints(self) -> list[str]:
         if self.dcs_kind == "etcd":
             return [m.client_url for m in self.etcd]
-        assert self.consul is not None
+        if self.consul is None:
+            return []  # not started yet: the manifest is written before the DCS, too
         return [f"http://{self.consul.http_address}"]
 
     @property

@@ -51,9 +51,11 @@ def test_leftover_cleanup_only_touches_the_labs_own_names() -> None:
 
 
 @needs_netns
-def test_namespaced_lab_uses_only_its_namespaces_and_removes_them_all(lab_factory: LabFactory) -> None:
+@pytest.mark.parametrize("dcs", ["etcd", "consul"])
+def test_namespaced_lab_uses_only_its_namespaces_and_removes_them_all(lab_factory: LabFactory,
+                                                                      dcs: str) -> None:
     links_before = _root_links()
-    lab = lab_factory(mysql_count=2, netns=True)
+    lab = lab_factory(mysql_count=2, netns=True, dcs=dcs)
     layout = lab.netns
     assert layout is not None
     prefix = layout.prefix
