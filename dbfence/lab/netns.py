@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from dbfence.lab.errors import LabError
+from dbfence.lab.procs import ProcessRef, stop
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -182,8 +183,6 @@ def remove_leftovers(prefix: str = NAME_PREFIX) -> list[str]:
 
 
 def _remove_namespaces(namespaces: list[str]) -> list[str]:
-    from dbfence.lab.procs import ProcessRef, stop  # noqa: PLC0415  (procs imports psutil; keep this light)
-
     for namespace in namespaces:
         for pid in pids_in(namespace):
             if pid == os.getpid():
