@@ -234,22 +234,6 @@ class MysqlActions:
                 killed.append(session)
         return tuple(killed)
 
-    def _cut_io_thread(self, conn: DbConnection) -> None:
-        """Kill the replication IO thread's session, so that the STOP after it returns at once.
-
-        STOP alone only flags the IO thread, which sees the flag when its read from the source
-        returns. From a source that vanished without closing the connection (a partition, a
-        frozen host) that read hangs and MariaDB re-signals the thread every 2 s: each STOP took
-        2 s, twice per failover (promote, repoint). KILL shuts the thread's socket; everything
-        it had written to the relay log stays there.
-        """
-        for row in query(conn, self.sql.io_thread_ids_query()):
-            try:
-                query(conn, f"KILL CONNECTION {int(row['id'])}")
-            except MysqlQueryError as exc:
-                if exc.code not in _GONE_CODES:
-                    raise
-
     def fence(self, keep_ids: Collection[int] = ()) -> tuple[KilledSession, ...]:
         """Cut client sessions, set read_only ON, cut again; returns every session killed.
 
@@ -296,7 +280,6 @@ class MysqlActions:
             self._run(conn, self.sql.semi_sync_replica(enabled))
             rows = query(conn, self.sql.replica_status_query())
             if rows and self.sql.parse_replica_status(rows[0]).io_running != "No":
-                self._cut_io_thread(conn)
                 self._run(conn, self.sql.restart_io_thread())
 
     def ensure_schema(self) -> None:
@@ -337,7 +320,6 @@ class MysqlActions:
         status = self.replica_status()
         if status is not None:
             with self.session() as conn:
-                self._cut_io_thread(conn)
                 query(conn, sql.stop_io_thread())
             if apply_relay_log_timeout_s is not None:
                 self.wait_relay_log_applied(apply_relay_log_timeout_s)
@@ -430,7 +412,6 @@ class MysqlActions:
             if former_primary is None:
                 former_primary = not configured
             if configured:
-                self._cut_io_thread(conn)
                 query(conn, sql.stop_replica())
             if former_primary:
                 start = positions.binlog_pos.merged_latest(positions.slave_pos)

@@ -87,7 +87,6 @@ class FlavourSql(Protocol):
     def start_replica(self) -> str: ...
     def restart_io_thread(self) -> list[str]: ...
     def stop_io_thread(self) -> str: ...
-    def io_thread_ids_query(self) -> str: ...
     def reset_replica_all(self) -> str: ...
     def change_primary(
         self, *, host: str, port: int, user: str, password: str, heartbeat_s: float, retry_s: int
@@ -145,9 +144,6 @@ class MariaDBSql:
 
     def stop_io_thread(self) -> str:
         return "STOP SLAVE IO_THREAD"
-
-    def io_thread_ids_query(self) -> str:
-        return "SELECT ID AS id FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_IO'"
 
     def reset_replica_all(self) -> str:
         return "RESET SLAVE ALL"
@@ -234,10 +230,6 @@ class MySQL8Sql:
 
     def stop_io_thread(self) -> str:
         return "STOP REPLICA IO_THREAD"
-
-    def io_thread_ids_query(self) -> str:
-        return ("SELECT PROCESSLIST_ID AS id FROM performance_schema.threads "
-                "WHERE NAME = 'thread/sql/replica_io' AND PROCESSLIST_ID IS NOT NULL")
 
     def reset_replica_all(self) -> str:
         return "RESET REPLICA ALL"
