@@ -96,17 +96,22 @@ def bootstrap_template(template: Path, accounts: dict[str, Account], log_path: P
 
 def _run_bootstrap(install_db: str, mariadbd: str, template: Path, bootstrap_sql: str,
                    log_path: Path, user_args: list[str]) -> None:
+    # A private temporary directory: in the shared /tmp, bootstraps running at the same time
+    # (other labs, other test runs) failed now and then deleting their own #sql-temptable files.
+    tmpdir = template.parent / "bootstrap-tmp"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
     with open(log_path, "ab") as log:
         subprocess.run(
             [install_db, "--no-defaults", f"--datadir={template}", "--skip-test-db",
              "--auth-root-authentication-method=socket", *user_args],
-            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120,
+            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120, env=env,
         )
         subprocess.run(
             [mariadbd, "--no-defaults", "--bootstrap", f"--datadir={template}",
-             "--log-warnings=0", *user_args],
+             f"--tmpdir={tmpdir}", "--log-warnings=0", *user_args],
             input=bootstrap_sql.encode(),
-            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120,
+            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120, env=env,
         )
 
 
