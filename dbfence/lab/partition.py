@@ -151,17 +151,19 @@ def _row_ids(lab: LabCluster, node: str, table: str) -> set[int]:
 
 
 def _after_heal(lab: LabCluster, old: str, timeout: float) -> str:
-    """Wait for the healed node to settle as a replica or stay fenced; say which, and why."""
+    """Wait for the healed node to rejoin as a replica or to refuse for errant GTIDs (the only
+    reason that lasts); on timeout, say where it is stuck."""
     def settled() -> str | None:
         status = lab.agent_status(old)
         if status.get("role") == "replica" and status.get("database", {}).get("replication_source"):
             return "replica"
-        if status.get("role") == "fenced" and status.get("fenced_reason") not in (None, "lease_expired"):
+        if status.get("role") == "fenced" and status.get("fenced_reason") == "errant_gtids":
             errant = status.get("database", {}).get("errant") or []
-            detail = f" {','.join(errant)}" if errant else ""
-            return f"fenced: {status['fenced_reason']}{detail}"
+            return f"fenced: errant_gtids {','.join(errant)}".rstrip()
         return None
     try:
-        return wait_until(settled, timeout=timeout, what=f"{old} to rejoin or stay fenced with a reason")
+        return wait_until(settled, timeout=timeout, what=f"{old} to rejoin or refuse for errant GTIDs")
     except WaitTimeout:
-        return f"unsettled: {json.dumps(lab.agent_status(old))[:300]}"
+        status = lab.agent_status(old)
+        return (f"unsettled: role={status.get('role')} fenced_reason={status.get('fenced_reason')} "
+                f"refusals={json.dumps(status.get('refusals'))}")

@@ -38,7 +38,7 @@ def _check_safety(outcome: PartitionOutcome) -> None:
     assert outcome.overlapping == 0, report
     if outcome.last_old_ack_after is not None:
         assert outcome.last_old_ack_after <= outcome.old_gate_deadline_after + CLIENT_SLACK, report
-    assert outcome.after_heal == "replica" or outcome.after_heal.startswith("fenced: "), report
+    assert outcome.after_heal == "replica" or outcome.after_heal.startswith("fenced: errant_gtids"), report
 
 
 def test_partitioned_primary_is_replaced_without_overlap_or_loss(lab_factory: LabFactory) -> None:
