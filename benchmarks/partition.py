@@ -22,7 +22,7 @@ from pathlib import Path
 from dbfence.lab import netns
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster, LabSpec
-from dbfence.lab.partition import FAULTS, PartitionOutcome, run_partition
+from dbfence.lab.partition import FAULT_NAMES, PartitionOutcome, run_partition
 
 
 def one_run(root: Path, index: int, fault: str, tuning: AgentTuning, keep: bool) -> PartitionOutcome:
@@ -61,7 +61,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--fault", choices=FAULTS, default="partition")
+    parser.add_argument("--fault", choices=FAULT_NAMES, default="partition")
     parser.add_argument("--ttl", type=float, default=3.0)
     parser.add_argument("--margin", type=float, default=1.0)
     parser.add_argument("--keep", action="store_true", help="keep each run's lab directory and logs")

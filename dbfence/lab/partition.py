@@ -14,17 +14,80 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.errors import LabError
+from dbfence.lab.netns import CLIENT
 from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.lab.workload import DiscoveryWriter
 
-FAULTS = ("partition", "partition-lagging-replica")
+FAULT_NAMES = ("partition", "partition-lagging-replica")
+Heal = Callable[[], None]
+
+
+class FaultContext(Protocol):
+    """What the fault matrix hands an injector (dbfence.lab.faults.FaultContext has these)."""
+
+    lab: LabCluster  # started with netns=True
+    writer: DiscoveryWriter  # started with lab.in_client(writer.start)
+    primary: str
+    table: str
+
+    def others(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class NetnsFault:
+    """The fault matrix's Fault, field for field, plus ``netns``: the lab must run in namespaces."""
+
+    name: str
+    summary: str
+    inject: Callable[[FaultContext], Heal]
+    until_failover: bool
+    hold: Callable[[AgentTuning], float]
+    dcs: frozenset[str] = frozenset({"etcd", "consul"})
+    etcd_members: int = 1
+    tmpfs: bool = False
+    quiet_after: Callable[[AgentTuning], float | None] = lambda tuning: None
+    rto_goal: Callable[[AgentTuning], float | None] = lambda tuning: None
+    netns: bool = True
+
+
+def inject_partition(ctx: FaultContext) -> Heal:
+    """Cut the primary's host off the DCS and its peers (the client still reaches its gate)."""
+    ctx.lab.isolate(ctx.primary)
+    return lambda: ctx.lab.heal(ctx.primary)
+
+
+def inject_partition_lagging_replica(ctx: FaultContext, delay: int = 30) -> Heal:
+    """One replica applies ``delay`` s behind (it has received and acknowledged everything), then
+    the primary's host is partitioned: the up-to-date replica must win, and nothing may be lost."""
+    laggard = sorted(ctx.others())[-1]
+    delay_replica(ctx.lab, laggard, delay)
+    marker = len(ctx.writer.acknowledged)
+    wait_until(lambda: len(ctx.writer.acknowledged) >= marker + 10, timeout=30,
+               what="writes the laggard has received but not applied")
+    heal_partition = inject_partition(ctx)
+
+    def heal() -> None:
+        heal_partition()
+        delay_replica(ctx.lab, laggard, 0)
+    return heal
+
+
+FAULTS: tuple[NetnsFault, ...] = (
+    NetnsFault("partition", "the primary's host cut off from the DCS and its peers (network namespaces)",
+               inject_partition, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2),
+    NetnsFault("partition-lagging-replica", "a replica applies 30 s behind, then the primary's host "
+               "is cut off from the DCS and its peers", inject_partition_lagging_replica, True,
+               lambda t: 60, rto_goal=lambda t: t.ttl + 2),
+)
 
 
 @dataclass
@@ -85,8 +148,8 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
     The caller asserts on the outcome (tests) or aggregates it (benchmarks). The lab is healed
     before this returns, also on failure.
     """
-    if fault not in FAULTS:
-        raise LabError(f"unknown fault {fault!r} (have {', '.join(FAULTS)})")
+    if fault not in FAULT_NAMES:
+        raise LabError(f"unknown fault {fault!r} (have {', '.join(FAULT_NAMES)})")
     if lab.netns is None:
         raise LabError(f"the {fault} fault needs a lab started with netns=True")
     old = lab.wait_settled()
@@ -101,11 +164,15 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
         delay_replica(lab, lagging, replica_delay)
     lab.in_client(writer.start)  # the writer's thread and sockets live in the client namespace
     outcome = PartitionOutcome(fault=fault, isolated=old, cut_from=[], lagging=lagging)
+    heal: Heal = lambda: lab.heal(old)  # noqa: E731  (replaced by the injector's own heal)
     try:
         wait_until(lambda: len(writer.acknowledged) >= warmup_acks, timeout=30,
                    what=f"{warmup_acks} acknowledged writes before the partition")
         partitioned_wall, partitioned = time.time(), time.monotonic()
-        outcome.cut_from = lab.isolate(old)
+        # The delay (lagging variant) is already in place: the matrix's injector for the plain
+        # partition is the one to use here, so the tests exercise exactly what the matrix runs.
+        heal = inject_partition(_Context(lab, writer, old, table))
+        outcome.cut_from = [h for h in lab.netns.hosts if h not in (old, CLIENT)]
         outcome.old_gate_deadline_after = float(tuning.get("ttl", 0.0)) - float(tuning.get("margin", 0.0))
 
         def new_primary() -> str | None:
@@ -127,7 +194,7 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
         if fencing := _log_times(lab.agent(old).log, partitioned_wall, '"event": "role"', '"to": "fencing"'):
             outcome.old_fencing_after = round(min(fencing) - partitioned_wall, 3)
     finally:
-        lab.heal(old)
+        heal()
         writer.finish()
     old_acks = [t for t, via in writer.acknowledged.values() if via == old_address]
     if old_acks:
@@ -142,6 +209,17 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
         outcome.lost = sorted(set(writer.acknowledged) - _row_ids(lab, outcome.new_primary, table))
     outcome.after_heal = _after_heal(lab, old, rejoin_timeout)
     return outcome
+
+
+@dataclass
+class _Context:
+    lab: LabCluster
+    writer: DiscoveryWriter
+    primary: str
+    table: str
+
+    def others(self) -> list[str]:
+        return [a.name for a in self.lab.agents if a.name != self.primary]
 
 
 def _row_ids(lab: LabCluster, node: str, table: str) -> set[int]:

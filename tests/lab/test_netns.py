@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from dbfence.cli import main
 from dbfence.lab import netns
+from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.errors import LabError
 from dbfence.lab.procs import spawn
@@ -127,3 +128,10 @@ def test_cli_partitions_and_heals_a_namespaced_lab(lab_factory: LabFactory) -> N
     healed = CliRunner().invoke(main, ["lab", "heal", "--dir", str(lab.directory), "db2"])
     assert healed.exit_code == 0, healed.output
     assert netns.isolated_hosts(layout) == []
+
+
+def test_the_fault_matrix_finds_the_partition_faults_here() -> None:
+    faults = netns.FAULTS
+    assert [f.name for f in faults] == ["partition", "partition-lagging-replica"]
+    assert all(f.netns and f.until_failover and not f.tmpfs for f in faults)
+    assert faults[0].rto_goal(AgentTuning(ttl=3.0)) == 5.0
