@@ -11,7 +11,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +71,7 @@ def _write_private(path: Path, text: str) -> None:
         out.write(text)
 
 
-def write_agent_files(lab: LabCluster, node: MysqlNode, index: int, gate_port: int, http_port: int,
+def write_agent_files(lab: LabCluster, node: MysqlNode, address: str, gate_port: int, http_port: int,
                       tuning: AgentTuning) -> Path:
     """Write the agent's TOML config and its 0600 credentials file; return the config path."""
     agent_dir = lab.directory / "agents"
@@ -80,7 +80,6 @@ def write_agent_files(lab: LabCluster, node: MysqlNode, index: int, gate_port: i
     credentials = agent_dir / f"{node.name}.cnf"
     _write_private(credentials, f"[client]\nuser = {agent.user}\npassword = {agent.password}\n\n"
                                 f"[replication]\nuser = {repl.user}\npassword = {repl.password}\n")
-    address = agent_address(index)
     # Consul refuses session TTLs under 10 s; etcd leases can be as short as the demo wants.
     ttl, margin = (max(tuning.ttl, 10.0), max(tuning.margin, 2.0)) if lab.dcs_kind == "consul" \
         else (tuning.ttl, tuning.margin)
@@ -133,9 +132,11 @@ consul_agent = "{consul_agent}"
     return config
 
 
-def start_agent(name: str, address: str, gate_port: int, http_port: int, config: Path) -> AgentProcess:
+def start_agent(name: str, address: str, gate_port: int, http_port: int, config: Path,
+                argv_prefix: Sequence[str] = ()) -> AgentProcess:
+    """Start an agent and wait for its HTTP API; ``argv_prefix`` runs it in a network namespace."""
     log = config.with_suffix(".log")
-    ref = spawn([sys.executable, "-m", "dbfence", "agent", "--config", str(config)], log)
+    ref = spawn([*argv_prefix, sys.executable, "-m", "dbfence", "agent", "--config", str(config)], log)
     agent = AgentProcess(name, address, gate_port, http_port, str(config), str(log), ref.pid,
                          ref.create_time)
 
@@ -169,8 +170,11 @@ def start_all(lab: LabCluster, tuning: AgentTuning,
     gate_port, http_port = free_port(), free_port()
     agents = []
     for index, node in enumerate(lab.mysql, start=1):
-        config = write_agent_files(lab, node, index, gate_port, http_port, tuning)
-        agent = start_agent(node.name, agent_address(index), gate_port, http_port, config)
+        # A namespaced host has one address, its mysqld's; otherwise each agent gets a loopback one.
+        address = node.host if lab.netns is not None else agent_address(index)
+        config = write_agent_files(lab, node, address, gate_port, http_port, tuning)
+        agent = start_agent(node.name, address, gate_port, http_port, config,
+                            argv_prefix=lab.argv_prefix(node.name))
         on_started(agent)  # recorded at once, so `lab down` stops it whatever happens next
         agents.append(agent)
     return agents

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from dbfence.lab import netns
 from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.errors import LabError
 
@@ -33,10 +34,16 @@ def _fail(message: str) -> None:
 @click.option("--etcd-members", type=click.Choice(["1", "3"]), default="1", show_default=True)
 @click.option("--cluster", default="lab", show_default=True, help="Cluster name.")
 @click.option("--agents", is_flag=True, help="Also run one dbfence agent per MariaDB server.")
-def up(directory: Path, mysql_count: int, dcs: str, etcd_members: str, cluster: str, agents: bool) -> None:
+@click.option("--netns", "use_netns", is_flag=True,
+              help="Put each host, the DCS and the client in network namespaces (root), for partitions.")
+@click.option("--netns-subnet", default=netns.DEFAULT_SUBNET, show_default=True,
+              help="Private IPv4 subnet for the namespaces' addresses.")
+def up(directory: Path, mysql_count: int, dcs: str, etcd_members: str, cluster: str, agents: bool,
+       use_netns: bool, netns_subnet: str) -> None:
     """Start a lab and print where everything is."""
     spec = LabSpec(directory=directory, mysql_count=mysql_count, dcs=dcs,  # type: ignore[arg-type]
-                   etcd_members=int(etcd_members), cluster=cluster, agents=agents)
+                   etcd_members=int(etcd_members), cluster=cluster, agents=agents,
+                   netns=use_netns, netns_subnet=netns_subnet)
     try:
         lab = LabCluster.up(spec)
     except LabError as exc:
@@ -82,6 +89,51 @@ def down(directory: Path, purge: bool) -> None:
     if purge:
         shutil.rmtree(lab.directory, ignore_errors=True)
         click.echo(f"removed {lab.directory}")
+
+
+@lab_group.command("partition")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True)
+@click.option("--from-clients", is_flag=True, help="Cut the client namespace off too.")
+@click.argument("host")
+def partition(directory: Path, from_clients: bool, host: str) -> None:
+    """Cut HOST (db1, db2, ...) off from the DCS and its peers; needs a lab started with --netns."""
+    try:
+        cut = LabCluster.load(directory).isolate(host, from_clients=from_clients)
+    except LabError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"{host} no longer reaches {', '.join(cut)}")
+
+
+@lab_group.command("heal")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True)
+@click.argument("host")
+def heal(directory: Path, host: str) -> None:
+    """Undo `dbfence lab partition HOST`."""
+    try:
+        LabCluster.load(directory).heal(host)
+    except LabError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"{host} healed")
+
+
+@lab_group.command("netns-cleanup")
+@click.option("--yes", is_flag=True, help="Really remove them (and stop every process inside).")
+def netns_cleanup(yes: bool) -> None:
+    """List, or with --yes remove, every lab network namespace (dbf-*), e.g. after a crashed run.
+
+    This includes the namespaces of labs that are still running: stop those first.
+    """
+    if (reason := netns.unavailable_reason()) is not None:
+        _fail(reason)
+        return
+    if not yes:
+        found = netns.existing_namespaces()
+        click.echo(f"would remove {', '.join(found)} (add --yes)" if found else "no lab namespaces")
+        return
+    removed = netns.remove_leftovers()
+    click.echo(f"removed {', '.join(removed)}" if removed else "no lab namespaces left over")
 
 
 def print_status(report: dict[str, Any]) -> None:

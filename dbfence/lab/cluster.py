@@ -6,7 +6,9 @@ manifest by pid and start time, so ``down`` stops exactly those processes and no
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import ipaddress
 import json
 import os
 import secrets
@@ -14,24 +16,30 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import pymysql
 
 from dbfence.lab import agents as agents_mod
 from dbfence.lab import etcd_servers, mariadb_servers
+from dbfence.lab import netns as lab_netns
 from dbfence.lab.agents import AgentProcess, AgentTuning
 from dbfence.lab.errors import LabError
 from dbfence.lab.etcd_servers import EtcdMember
 from dbfence.lab.mariadb_servers import Account, MysqlNode
+from dbfence.lab.netns import NamespaceRunner, NetnsLayout
 from dbfence.lab.procs import ProcessRef, free_port, port_open, spawn, stop
 from dbfence.lab.wait import wait_until
 
 MANIFEST = "lab.json"
 DcsKind = Literal["etcd", "consul"]
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +51,10 @@ class LabSpec:
     cluster: str = "lab"
     agents: bool = False
     agent_tuning: AgentTuning = field(default_factory=AgentTuning)
+    # Each host (mysqld + agent), the DCS and the client in network namespaces of their own, so
+    # faults can partition the network (needs root; see dbfence.lab.netns).
+    netns: bool = False
+    netns_subnet: str = lab_netns.DEFAULT_SUBNET
 
     def validate(self) -> None:
         if not 1 <= self.mysql_count <= 9:
@@ -51,6 +63,8 @@ class LabSpec:
             raise LabError(f"--dcs must be etcd or consul, not {self.dcs!r}")
         if self.etcd_members not in (1, 3):
             raise LabError(f"--etcd-members must be 1 or 3, not {self.etcd_members}")
+        if self.netns and (reason := lab_netns.unavailable_reason()) is not None:
+            raise LabError(f"a namespaced lab cannot run here: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +79,14 @@ class ConsulStandinProcess:
         return ProcessRef(self.pid, self.create_time)
 
 
+def _in_client_namespace(method: F) -> F:
+    """Run a method that talks to the lab's servers from the client namespace when the lab has one."""
+    @functools.wraps(method)
+    def wrapper(self: LabCluster, *args: Any, **kwargs: Any) -> Any:
+        return self.in_client(method, self, *args, **kwargs)
+    return cast(F, wrapper)
+
+
 @dataclass
 class LabCluster:
     """A running (or stopped) lab; mutating methods rewrite ``lab.json``."""
@@ -77,6 +99,7 @@ class LabCluster:
     accounts: dict[str, Account]
     consul: ConsulStandinProcess | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    _client_runner: NamespaceRunner | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -95,15 +118,13 @@ class LabCluster:
                   accounts=accounts)
         started = time.monotonic()
         try:
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                dcs_future = pool.submit(lab._start_dcs, spec)
-                lab.mysql = lab._start_mysql(spec.mysql_count)
-                dcs_future.result()
-            lab._write_manifest()
-            lab._wire_replication()
-            lab._wait_dcs_healthy()
-            if spec.agents:
-                lab.start_agents(spec.agent_tuning)
+            if spec.netns:
+                db_hosts = [f"db{i}" for i in range(1, spec.mysql_count + 1)]
+                layout = lab_netns.plan(secrets.token_hex(3), db_hosts, spec.netns_subnet)
+                lab.extra["netns"] = layout.to_json()
+                lab._write_manifest()  # recorded first, so `down` removes the namespaces whatever happens
+                lab_netns.create(layout)
+            lab.in_client(lab._bring_up, spec)
         except BaseException:
             lab._write_manifest()
             lab.down()
@@ -111,6 +132,17 @@ class LabCluster:
         lab.extra["up_seconds"] = round(time.monotonic() - started, 2)
         lab._write_manifest()
         return lab
+
+    def _bring_up(self, spec: LabSpec) -> None:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            dcs_future = pool.submit(self._start_dcs, spec)
+            self.mysql = self._start_mysql(spec.mysql_count)
+            dcs_future.result()
+        self._write_manifest()
+        self._wire_replication()
+        self._wait_dcs_healthy()
+        if spec.agents:
+            self.start_agents(spec.agent_tuning)
 
     @classmethod
     def load(cls, directory: Path) -> LabCluster:
@@ -143,9 +175,52 @@ class LabCluster:
         if self.consul is not None:
             refs.append(("consul-standin", self.consul.process))
         stopped = self._stop_all(agents) + self._stop_all(refs)
+        if self._client_runner is not None:
+            self._client_runner.close()
+            self._client_runner = None
+        if self.netns is not None:
+            lab_netns.remove(self.netns)
         if self.directory.exists():
             self._write_manifest(state="down")
         return stopped
+
+    # ------------------------------------------------------------------ network namespaces
+    @property
+    def netns(self) -> NetnsLayout | None:
+        """The lab's network namespaces, or None when every server is on loopback."""
+        data = self.extra.get("netns")
+        return None if data is None else NetnsLayout.from_json(data)
+
+    def argv_prefix(self, host: str) -> list[str]:
+        """What to put before a server's argv to run it on ``host`` (db1, dcs...): nothing on loopback."""
+        layout = self.netns
+        return [] if layout is None else layout.exec_argv(host, [])
+
+    def in_client(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``fn`` where the lab's servers are reachable: in the client namespace when there is one.
+
+        Threads that ``fn`` starts stay in that namespace, e.g. ``lab.in_client(writer.start)``
+        runs an application writer as a client of the namespaced lab.
+        """
+        layout = self.netns
+        if layout is None:
+            return fn(*args, **kwargs)
+        if self._client_runner is None:
+            self._client_runner = NamespaceRunner(layout.namespace(lab_netns.CLIENT))
+        return self._client_runner.call(fn, *args, **kwargs)
+
+    def isolate(self, host: str, *, from_clients: bool = False) -> list[str]:
+        """Partition ``host`` (db1...) from the DCS and its peers (and the clients if asked)."""
+        return lab_netns.isolate(self._require_netns("partition"), host, from_clients=from_clients)
+
+    def heal(self, host: str) -> None:
+        lab_netns.heal(self._require_netns("heal"), host)
+
+    def _require_netns(self, what: str) -> NetnsLayout:
+        layout = self.netns
+        if layout is None:
+            raise LabError(f"cannot {what}: this lab was started without network namespaces (netns=True)")
+        return layout
 
     @staticmethod
     def _stop_all(refs: list[tuple[str, ProcessRef]]) -> list[str]:
@@ -165,6 +240,7 @@ class LabCluster:
                 return agent
         raise LabError(f"no agent named {name!r}")
 
+    @_in_client_namespace
     def start_agents(self, tuning: AgentTuning) -> list[AgentProcess]:
         """One agent per MariaDB server; returns once exactly one of them is an admitting primary."""
         self.extra["agent_tuning"] = asdict(tuning)
@@ -172,6 +248,7 @@ class LabCluster:
         self.wait_settled()
         return started
 
+    @_in_client_namespace
     def wait_settled(self, timeout: float = 60) -> str:
         """Wait until one agent admits as primary and every other one replicates from it (so
         lossless commits are acknowledged); return the primary's name."""
@@ -189,6 +266,7 @@ class LabCluster:
             return primaries[0]
         return wait_until(settled, timeout=timeout, what="one primary with every replica following it")
 
+    @_in_client_namespace
     def agent_status(self, name: str, timeout: float = 1.0) -> dict[str, Any]:
         """An agent's ``/status`` document; empty when the agent does not answer."""
         code, body = agents_mod.http_status(self.agent(name), "/status", timeout=timeout)
@@ -202,17 +280,20 @@ class LabCluster:
         self.extra["agents"] = [*others, agent.to_json()]
         self._write_manifest()
 
+    @_in_client_namespace
     def restart_agent(self, name: str) -> AgentProcess:
         old = self.agent(name)
         if old.process.alive():
             raise LabError(f"agent {name} is still running (pid {old.pid})")
-        new = agents_mod.start_agent(old.name, old.address, old.gate_port, old.http_port, Path(old.config))
+        new = agents_mod.start_agent(old.name, old.address, old.gate_port, old.http_port, Path(old.config),
+                                     argv_prefix=self.argv_prefix(name))
         self._record_agent(new)
         return new
 
     def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
         self.agent(name).process.signal(sig)
 
+    @_in_client_namespace
     def primaries(self) -> list[str]:
         """Agents whose /primary answers 200 right now."""
         return [a.name for a in self.agents if agents_mod.http_status(a, "/primary")[0] == 200]
@@ -227,13 +308,15 @@ class LabCluster:
     def kill_mysql(self, name: str, sig: int = signal.SIGKILL) -> None:
         self.node(name).process.signal(sig)
 
+    @_in_client_namespace
     def start_mysql(self, name: str) -> MysqlNode:
         old = self.node(name)
         if old.process.alive():
             raise LabError(f"{name} is still running (pid {old.pid})")
         node_dir = Path(old.datadir).parent
         new = mariadb_servers.start_node(node_dir, name, old.server_id, old.port, old.extra_port,
-                                         socket_path=Path(old.socket))
+                                         socket_path=Path(old.socket), host=old.host,
+                                         argv_prefix=self.argv_prefix(name))
         self.mysql = [new if n.name == name else n for n in self.mysql]
         self._write_manifest()
         return new
@@ -251,15 +334,17 @@ class LabCluster:
         old = self.etcd_member(name)
         if old.process.alive():
             raise LabError(f"{name} is still running (pid {old.pid})")
-        new = etcd_servers.restart_member(old)
+        new = etcd_servers.restart_member(old, argv_prefix=self.argv_prefix(lab_netns.DCS))
         self.etcd = [new if m.name == name else m for m in self.etcd]
         self._write_manifest()
         return new
 
+    @_in_client_namespace
     def connect(self, name: str, account: str = "agent",
                 **kwargs: Any) -> pymysql.connections.Connection[Any]:
         return mariadb_servers.connect(self.node(name), self.accounts[account], **kwargs)
 
+    @_in_client_namespace
     def status(self) -> dict[str, Any]:
         agent = self.accounts["agent"]
         with ThreadPoolExecutor(max_workers=max(1, len(self.mysql))) as pool:
@@ -280,7 +365,8 @@ class LabCluster:
     def dcs_endpoints(self) -> list[str]:
         if self.dcs_kind == "etcd":
             return [m.client_url for m in self.etcd]
-        assert self.consul is not None
+        if self.consul is None:
+            return []  # not started yet: the manifest is written before the DCS, too
         return [f"http://{self.consul.http_address}"]
 
     @property
@@ -314,7 +400,11 @@ class LabCluster:
     # ------------------------------------------------------------------ bring-up steps
     def _start_mysql(self, count: int) -> list[MysqlNode]:
         template = self.directory / "template"
-        mariadb_servers.bootstrap_template(template, self.accounts, self.directory / "bootstrap.log")
+        layout = self.netns
+        # In namespaces, agents, replicas and gates reach mysqld from the subnet, not loopback.
+        client_hosts = [] if layout is None else [_host_pattern(layout.subnet)]
+        mariadb_servers.bootstrap_template(template, self.accounts, self.directory / "bootstrap.log",
+                                           client_hosts=client_hosts)
         plans = []
         for i in range(1, count + 1):
             node_dir = self.directory / f"db{i}"
@@ -322,7 +412,9 @@ class LabCluster:
             plans.append((node_dir, f"db{i}", i, free_port(), free_port()))
         with ThreadPoolExecutor(max_workers=count) as pool:
             futures = [pool.submit(mariadb_servers.start_node, d, name, sid, port, extra,
-                                   socket_path=_socket_path(d)) for d, name, sid, port, extra in plans]
+                                   socket_path=_socket_path(d), host=self._host_address(name),
+                                   argv_prefix=self.argv_prefix(name))
+                       for d, name, sid, port, extra in plans]
             nodes = []
             errors = []
             for future in futures:
@@ -347,10 +439,15 @@ class LabCluster:
             wait_until(connected, timeout=30, what=f"{replica.name} to connect to {primary.name}")
 
     def _start_dcs(self, spec: LabSpec) -> None:
+        host, prefix = self._host_address(lab_netns.DCS), self.argv_prefix(lab_netns.DCS)
         if spec.dcs == "etcd":
-            self.etcd = etcd_servers.start_cluster(self.directory, spec.etcd_members)
+            self.etcd = etcd_servers.start_cluster(self.directory, spec.etcd_members, host, prefix)
         else:
-            self.consul = _start_consul_standin(self.directory)
+            self.consul = _start_consul_standin(self.directory, host, prefix)
+
+    def _host_address(self, host: str) -> str:
+        layout = self.netns
+        return "127.0.0.1" if layout is None else layout.address(host)
 
     def _wait_dcs_healthy(self) -> None:
         for member in self.etcd:
@@ -399,11 +496,17 @@ def _socket_path(node_dir: Path) -> Path:
     return short / f"{digest}.sock"
 
 
-def _start_consul_standin(directory: Path) -> ConsulStandinProcess:
-    http_address = f"127.0.0.1:{free_port()}"
-    dns_address = f"127.0.0.1:{free_port()}"
+def _host_pattern(subnet: str) -> str:
+    """A MariaDB account host matching every address of ``subnet`` ("10.213.0.0/255.255.255.0")."""
+    network = ipaddress.ip_network(subnet)
+    return f"{network.network_address}/{network.netmask}"
+
+
+def _start_consul_standin(directory: Path, host: str, argv_prefix: list[str]) -> ConsulStandinProcess:
+    http_address = f"{host}:{free_port()}"
+    dns_address = f"{host}:{free_port()}"
     consul_dir = directory / "consul"
     consul_dir.mkdir(parents=True, exist_ok=True)
-    ref = spawn([sys.executable, "-m", "dbfence.lab.consul_standin", "--http-addr", http_address,
-                 "--dns-addr", dns_address], consul_dir / "standin.log")
+    ref = spawn([*argv_prefix, sys.executable, "-m", "dbfence.lab.consul_standin",
+                 "--http-addr", http_address, "--dns-addr", dns_address], consul_dir / "standin.log")
     return ConsulStandinProcess(http_address, dns_address, ref.pid, ref.create_time)

@@ -1,10 +1,11 @@
-"""A real etcd cluster of one or three members on loopback ports."""
+"""A real etcd cluster of one or three members on loopback ports (or on one namespace's address)."""
 
 from __future__ import annotations
 
 import json
 import secrets
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,12 @@ class EtcdPlan:
     datadir: Path
 
 
-def plan_members(root: Path, count: int) -> list[EtcdPlan]:
+def plan_members(root: Path, count: int, host: str = HOST) -> list[EtcdPlan]:
     return [
         EtcdPlan(
             name=f"etcd{i}",
-            client_url=f"http://{HOST}:{free_port()}",
-            peer_url=f"http://{HOST}:{free_port()}",
+            client_url=f"http://{host}:{free_port()}",
+            peer_url=f"http://{host}:{free_port()}",
             datadir=root / f"etcd{i}" / "data",
         )
         for i in range(1, count + 1)
@@ -74,9 +75,11 @@ def member_argv(plan: EtcdPlan, initial_cluster: str, token: str, state: str) ->
     ]
 
 
-def start_member(plan: EtcdPlan, initial_cluster: str, token: str, state: str = "new") -> EtcdMember:
+def start_member(plan: EtcdPlan, initial_cluster: str, token: str, state: str = "new",
+                 argv_prefix: Sequence[str] = ()) -> EtcdMember:
     plan.datadir.parent.mkdir(parents=True, exist_ok=True)
-    ref = spawn(member_argv(plan, initial_cluster, token, state), plan.datadir.parent / "etcd.log")
+    ref = spawn([*argv_prefix, *member_argv(plan, initial_cluster, token, state)],
+                plan.datadir.parent / "etcd.log")
     return EtcdMember(
         name=plan.name, client_url=plan.client_url, peer_url=plan.peer_url,
         datadir=str(plan.datadir), initial_cluster=initial_cluster, cluster_token=token,
@@ -84,17 +87,19 @@ def start_member(plan: EtcdPlan, initial_cluster: str, token: str, state: str = 
     )
 
 
-def start_cluster(root: Path, count: int) -> list[EtcdMember]:
-    plans = plan_members(root, count)
+def start_cluster(root: Path, count: int, host: str = HOST,
+                  argv_prefix: Sequence[str] = ()) -> list[EtcdMember]:
+    plans = plan_members(root, count, host)
     initial = ",".join(f"{p.name}={p.peer_url}" for p in plans)
     token = f"dbfence-lab-{secrets.token_hex(4)}"
-    return [start_member(p, initial, token) for p in plans]
+    return [start_member(p, initial, token, argv_prefix=argv_prefix) for p in plans]
 
 
-def restart_member(member: EtcdMember) -> EtcdMember:
+def restart_member(member: EtcdMember, argv_prefix: Sequence[str] = ()) -> EtcdMember:
     """Start a stopped member again from its data directory (it rejoins the cluster)."""
     plan = EtcdPlan(member.name, member.client_url, member.peer_url, Path(member.datadir))
-    return start_member(plan, member.initial_cluster, member.cluster_token, state="existing")
+    return start_member(plan, member.initial_cluster, member.cluster_token, state="existing",
+                        argv_prefix=argv_prefix)
 
 
 def healthy(member: EtcdMember, timeout: float = 1.0) -> bool:

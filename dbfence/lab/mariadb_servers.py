@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,13 @@ class MysqlNode:
         return asdict(self)
 
 
-def _bootstrap_sql(accounts: dict[str, Account]) -> str:
+def _bootstrap_sql(accounts: dict[str, Account], client_hosts: Sequence[str] = ()) -> str:
     app, agent, repl = accounts["app"], accounts["agent"], accounts["repl"]
     # A schema for applications and tests, present on every node from the start.
     # Bootstrap mode starts without grant tables; FLUSH PRIVILEGES loads them so CREATE USER works.
     lines = ["FLUSH PRIVILEGES;", "CREATE DATABASE app;", "USE mysql;"]
-    for host in ("127.0.0.1", "localhost"):
+    # client_hosts: where else the lab's clients connect from (a namespaced lab's subnet).
+    for host in ("127.0.0.1", "localhost", *client_hosts):
         lines += [
             # The agent administers the server: it must write through read_only, kill sessions,
             # and change replication.
@@ -79,34 +81,42 @@ def _bootstrap_sql(accounts: dict[str, Account]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bootstrap_template(template: Path, accounts: dict[str, Account], log_path: Path) -> None:
+def bootstrap_template(template: Path, accounts: dict[str, Account], log_path: Path,
+                       client_hosts: Sequence[str] = ()) -> None:
     """Create a data directory with system tables and the lab's accounts, no server left running."""
     install_db = find_binary("mariadb-install-db")
     mariadbd = find_binary("mariadbd")
     user_args = ["--user=root"] if os.geteuid() == 0 else []
     try:
-        _run_bootstrap(install_db, mariadbd, template, accounts, log_path, user_args)
+        _run_bootstrap(install_db, mariadbd, template, _bootstrap_sql(accounts, client_hosts), log_path,
+                       user_args)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         raise LabError(f"bootstrapping MariaDB failed ({exc}); see {log_path}") from None
 
 
-def _run_bootstrap(install_db: str, mariadbd: str, template: Path, accounts: dict[str, Account],
+def _run_bootstrap(install_db: str, mariadbd: str, template: Path, bootstrap_sql: str,
                    log_path: Path, user_args: list[str]) -> None:
+    # A private temporary directory: in the shared /tmp, bootstraps running at the same time
+    # (other labs, other test runs) failed now and then deleting their own #sql-temptable files.
+    tmpdir = template.parent / "bootstrap-tmp"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
     with open(log_path, "ab") as log:
         subprocess.run(
             [install_db, "--no-defaults", f"--datadir={template}", "--skip-test-db",
              "--auth-root-authentication-method=socket", *user_args],
-            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120,
+            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120, env=env,
         )
         subprocess.run(
             [mariadbd, "--no-defaults", "--bootstrap", f"--datadir={template}",
-             "--log-warnings=0", *user_args],
-            input=_bootstrap_sql(accounts).encode(),
-            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120,
+             f"--tmpdir={tmpdir}", "--log-warnings=0", *user_args],
+            input=bootstrap_sql.encode(),
+            stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120, env=env,
         )
 
 
-def server_argv(node_dir: Path, server_id: int, port: int, extra_port: int, socket_path: Path) -> list[str]:
+def server_argv(node_dir: Path, server_id: int, port: int, extra_port: int, socket_path: Path,
+                host: str = HOST) -> list[str]:
     datadir = node_dir / "data"
     user_args = ["--user=root"] if os.geteuid() == 0 else []
     return [
@@ -117,7 +127,7 @@ def server_argv(node_dir: Path, server_id: int, port: int, extra_port: int, sock
         f"--socket={socket_path}",
         f"--pid-file={node_dir / 'mysqld.pid'}",
         f"--log-error={node_dir / 'error.log'}",
-        f"--bind-address={HOST}",
+        f"--bind-address={host}",
         f"--port={port}",
         # A second listener with its own small connection budget: the agent can still get in
         # when applications have used up max_connections.
@@ -151,22 +161,28 @@ def server_argv(node_dir: Path, server_id: int, port: int, extra_port: int, sock
 
 
 def start_node(node_dir: Path, name: str, server_id: int, port: int, extra_port: int,
-               socket_path: Path, timeout: float = 60.0) -> MysqlNode:
-    """Start (or restart) a node whose data directory exists; return once it accepts clients."""
+               socket_path: Path, timeout: float = 60.0, host: str = HOST,
+               argv_prefix: Sequence[str] = ()) -> MysqlNode:
+    """Start (or restart) a node whose data directory exists; return once it accepts clients.
+
+    ``argv_prefix`` runs the server inside a network namespace (``ip netns exec NS``); the
+    caller must then be on a thread that reaches ``host``.
+    """
     pid_file = node_dir / "mysqld.pid"
     pid_file.unlink(missing_ok=True)
     socket_path.unlink(missing_ok=True)  # a killed server leaves its socket behind
-    ref = spawn(server_argv(node_dir, server_id, port, extra_port, socket_path), node_dir / "stdout.log")
+    ref = spawn([*argv_prefix, *server_argv(node_dir, server_id, port, extra_port, socket_path, host)],
+                node_dir / "stdout.log")
     sock = str(socket_path)
 
     def ready() -> bool:
         if not ref.alive():
             raise LabError(f"{name} exited during start; see {node_dir / 'error.log'}")
-        return port_open(HOST, port)
+        return port_open(host, port)
 
     wait_until(ready, timeout=timeout, what=f"{name} to accept connections")
     return MysqlNode(
-        name=name, server_id=server_id, host=HOST, port=port, extra_port=extra_port,
+        name=name, server_id=server_id, host=host, port=port, extra_port=extra_port,
         socket=sock, datadir=str(node_dir / "data"), pid_file=str(pid_file),
         log_error=str(node_dir / "error.log"), pid=ref.pid, create_time=ref.create_time,
     )

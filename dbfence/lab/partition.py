@@ -1,0 +1,247 @@
+"""The "partition" faults: cut the primary's host off the DCS and its peers under an application
+writer, check the outcome, heal, and see whether the old primary rejoins.
+
+The lab must run with ``netns=True`` (see :mod:`dbfence.lab.netns`). Variants:
+
+* ``partition``: the primary's host loses the DCS and both peers; the application in the client
+  namespace still reaches its gate, which is the hard case for fencing.
+* ``partition-lagging-replica``: the same while one replica applies with a delay (it has
+  received and acknowledged every write, but not applied them); the up-to-date replica must
+  win, and nothing acknowledged may be lost either way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from dbfence.lab.agents import AgentTuning
+from dbfence.lab.cluster import LabCluster
+from dbfence.lab.errors import LabError
+from dbfence.lab.netns import CLIENT
+from dbfence.lab.wait import WaitTimeout, wait_until
+from dbfence.lab.workload import DiscoveryWriter
+
+FAULT_NAMES = ("partition", "partition-lagging-replica")
+Heal = Callable[[], None]
+
+
+class FaultContext(Protocol):
+    """What the fault matrix hands an injector (dbfence.lab.faults.FaultContext has these)."""
+
+    lab: LabCluster  # started with netns=True
+    writer: DiscoveryWriter  # started with lab.in_client(writer.start)
+    primary: str
+    table: str
+
+    def others(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class NetnsFault:
+    """The fault matrix's Fault, field for field, plus ``netns``: the lab must run in namespaces."""
+
+    name: str
+    summary: str
+    inject: Callable[[FaultContext], Heal]
+    until_failover: bool
+    hold: Callable[[AgentTuning], float]
+    dcs: frozenset[str] = frozenset({"etcd", "consul"})
+    etcd_members: int = 1
+    tmpfs: bool = False
+    quiet_after: Callable[[AgentTuning], float | None] = lambda tuning: None
+    rto_goal: Callable[[AgentTuning], float | None] = lambda tuning: None
+    netns: bool = True
+
+
+def inject_partition(ctx: FaultContext) -> Heal:
+    """Cut the primary's host off the DCS and its peers (the client still reaches its gate)."""
+    ctx.lab.isolate(ctx.primary)
+    return lambda: ctx.lab.heal(ctx.primary)
+
+
+def inject_partition_lagging_replica(ctx: FaultContext, delay: int = 30) -> Heal:
+    """One replica applies ``delay`` s behind (it has received and acknowledged everything), then
+    the primary's host is partitioned: the up-to-date replica must win, and nothing may be lost."""
+    laggard = sorted(ctx.others())[-1]
+    delay_replica(ctx.lab, laggard, delay)
+    marker = len(ctx.writer.acknowledged)
+    wait_until(lambda: len(ctx.writer.acknowledged) >= marker + 10, timeout=30,
+               what="writes the laggard has received but not applied")
+    heal_partition = inject_partition(ctx)
+
+    def heal() -> None:
+        heal_partition()
+        delay_replica(ctx.lab, laggard, 0)
+    return heal
+
+
+FAULTS: tuple[NetnsFault, ...] = (
+    NetnsFault("partition", "the primary's host cut off from the DCS and its peers (network namespaces)",
+               inject_partition, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2),
+    NetnsFault("partition-lagging-replica", "a replica applies 30 s behind, then the primary's host "
+               "is cut off from the DCS and its peers", inject_partition_lagging_replica, True,
+               lambda t: 60, rto_goal=lambda t: t.ttl + 2),
+)
+
+
+@dataclass
+class PartitionOutcome:
+    """What happened, with times in seconds from the moment the partition was applied."""
+
+    fault: str
+    isolated: str
+    cut_from: list[str]
+    lagging: str | None
+    new_primary: str | None = None
+    lock_taken_after: float | None = None  # the new holder's AcquireLock, from its log
+    # When each step of the takeover finished, from the new primary's log (AcquireLock, Promote,
+    # AdmitGate, RegisterDiscovery), and when the old primary's agent began to fence, from its
+    # own log (its gate stops forwarding at the lease deadline by itself, before that if late).
+    new_primary_steps: dict[str, float] = field(default_factory=dict)
+    old_fencing_after: float | None = None
+    first_new_ack_after: float | None = None
+    last_old_ack_after: float | None = None  # the old primary's last acknowledged write
+    old_gate_deadline_after: float = 0.0  # TTL - margin: no old ack may come later than this
+    acknowledged: int = 0
+    refused: int = 0
+    unknown: int = 0
+    lost: list[int] = field(default_factory=list)
+    overlapping: int = 0  # old-primary acks at or after the new primary's first ack
+    after_heal: str = ""  # "replica" or "fenced: <reason>"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def delay_replica(lab: LabCluster, name: str, seconds: int) -> None:
+    """Make ``name`` apply ``seconds`` behind its source (MASTER_DELAY). It still receives and
+    acknowledges every event at once, so lossless commits keep flowing."""
+    with lab.connect(name) as conn, conn.cursor() as cur:
+        cur.execute("STOP SLAVE")
+        cur.execute("CHANGE MASTER TO MASTER_DELAY = %s", (seconds,))
+        cur.execute("START SLAVE")
+
+
+def _log_times(agent_log: str, since_wall: float, *marks: str) -> list[float]:
+    """Wall-clock times of the agent log lines after ``since_wall`` that contain every mark."""
+    times = []
+    for line in Path(agent_log).read_text(errors="replace").splitlines():
+        if not all(mark in line for mark in marks):
+            continue
+        stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if stamp >= since_wall:
+            times.append(stamp)
+    return times
+
+
+def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "app.partition_probe",
+                  warmup_acks: int = 20, replica_delay: int = 30, election_timeout: float = 30.0,
+                  rejoin_timeout: float = 30.0, writer_timeout: float = 2.0) -> PartitionOutcome:
+    """Run one partition fault against a settled, namespaced lab with agents; return the outcome.
+
+    The caller asserts on the outcome (tests) or aggregates it (benchmarks). The lab is healed
+    before this returns, also on failure.
+    """
+    if fault not in FAULT_NAMES:
+        raise LabError(f"unknown fault {fault!r} (have {', '.join(FAULT_NAMES)})")
+    if lab.netns is None:
+        raise LabError(f"the {fault} fault needs a lab started with netns=True")
+    old = lab.wait_settled()
+    replicas = [a.name for a in lab.agents if a.name != old]
+    lagging = replicas[-1] if fault == "partition-lagging-replica" else None
+    tuning = lab.extra.get("agent_tuning", {})
+    old_address = lab.agent(old).address
+
+    writer = DiscoveryWriter(lab, table, timeout=writer_timeout)
+    writer.create_table(old)
+    if lagging is not None:
+        delay_replica(lab, lagging, replica_delay)
+    lab.in_client(writer.start)  # the writer's thread and sockets live in the client namespace
+    outcome = PartitionOutcome(fault=fault, isolated=old, cut_from=[], lagging=lagging)
+    heal: Heal = lambda: lab.heal(old)  # noqa: E731  (replaced by the injector's own heal)
+    try:
+        wait_until(lambda: len(writer.acknowledged) >= warmup_acks, timeout=30,
+                   what=f"{warmup_acks} acknowledged writes before the partition")
+        partitioned_wall, partitioned = time.time(), time.monotonic()
+        # The delay (lagging variant) is already in place: the matrix's injector for the plain
+        # partition is the one to use here, so the tests exercise exactly what the matrix runs.
+        heal = inject_partition(_Context(lab, writer, old, table))
+        outcome.cut_from = [h for h in lab.netns.hosts if h not in (old, CLIENT)]
+        outcome.old_gate_deadline_after = float(tuning.get("ttl", 0.0)) - float(tuning.get("margin", 0.0))
+
+        def new_primary() -> str | None:
+            return next((p for p in lab.primaries() if p != old), None)
+        try:
+            outcome.new_primary = wait_until(new_primary, timeout=election_timeout,
+                                             what=f"a primary other than the isolated {old}")
+            first = wait_until(lambda: writer.first_ack_after(partitioned, not_via=old_address),
+                               timeout=election_timeout, what="the new primary's first acknowledged write")
+            outcome.first_new_ack_after = first - partitioned
+        except WaitTimeout:
+            pass  # reported as None; the caller decides whether that fails
+        if outcome.new_primary is not None:
+            new_log = lab.agent(outcome.new_primary).log
+            for step in ("AcquireLock", "Promote", "AdmitGate", "RegisterDiscovery"):
+                if times := _log_times(new_log, partitioned_wall, f'"action": "{step}"', '"ok": true'):
+                    outcome.new_primary_steps[step] = round(min(times) - partitioned_wall, 3)
+            outcome.lock_taken_after = outcome.new_primary_steps.get("AcquireLock")
+        if fencing := _log_times(lab.agent(old).log, partitioned_wall, '"event": "role"', '"to": "fencing"'):
+            outcome.old_fencing_after = round(min(fencing) - partitioned_wall, 3)
+    finally:
+        heal()
+        writer.finish()
+    old_acks = [t for t, via in writer.acknowledged.values() if via == old_address]
+    if old_acks:
+        outcome.last_old_ack_after = max(old_acks) - partitioned
+    if outcome.first_new_ack_after is not None:
+        first_new = partitioned + outcome.first_new_ack_after
+        outcome.overlapping = sum(1 for t in old_acks if t >= first_new)
+    outcome.acknowledged = len(writer.acknowledged)
+    outcome.refused = writer.refused
+    outcome.unknown = len(writer.unknown)
+    if outcome.new_primary is not None:
+        outcome.lost = sorted(set(writer.acknowledged) - _row_ids(lab, outcome.new_primary, table))
+    outcome.after_heal = _after_heal(lab, old, rejoin_timeout)
+    return outcome
+
+
+@dataclass
+class _Context:
+    lab: LabCluster
+    writer: DiscoveryWriter
+    primary: str
+    table: str
+
+    def others(self) -> list[str]:
+        return [a.name for a in self.lab.agents if a.name != self.primary]
+
+
+def _row_ids(lab: LabCluster, node: str, table: str) -> set[int]:
+    with lab.connect(node) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id FROM {table}")
+        return {int(row[0]) for row in cur.fetchall()}
+
+
+def _after_heal(lab: LabCluster, old: str, timeout: float) -> str:
+    """Wait for the healed node to rejoin as a replica or to refuse for errant GTIDs (the only
+    reason that lasts); on timeout, say where it is stuck."""
+    def settled() -> str | None:
+        status = lab.agent_status(old)
+        if status.get("role") == "replica" and status.get("database", {}).get("replication_source"):
+            return "replica"
+        if status.get("role") == "fenced" and status.get("fenced_reason") == "errant_gtids":
+            errant = status.get("database", {}).get("errant") or []
+            return f"fenced: errant_gtids {','.join(errant)}".rstrip()
+        return None
+    try:
+        return wait_until(settled, timeout=timeout, what=f"{old} to rejoin or refuse for errant GTIDs")
+    except WaitTimeout:
+        status = lab.agent_status(old)
+        return (f"unsettled: role={status.get('role')} fenced_reason={status.get('fenced_reason')} "
+                f"refusals={json.dumps(status.get('refusals'))}")
