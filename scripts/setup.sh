@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mariadb-server mariadb-client etcd-server etcd-client sysbench haproxy iproute2 iptables
+packages=(mariadb-server mariadb-client etcd-server etcd-client sysbench haproxy iproute2 iptables nftables
           dnsutils openssl python3-venv)
 missing=()
 for pkg in "${packages[@]}"; do
