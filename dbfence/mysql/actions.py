@@ -207,35 +207,40 @@ class MysqlActions:
         self, keep_ids: Collection[int] = (), keep_users: Collection[str] = ()
     ) -> tuple[KilledSession, ...]:
         """Kill every client session except ours, ``keep_ids``, replication and system threads."""
+        with self.session() as conn:
+            return self._kill_clients(conn, keep_ids, keep_users)
+
+    def _kill_clients(
+        self, conn: DbConnection, keep_ids: Collection[int], keep_users: Collection[str] = ()
+    ) -> tuple[KilledSession, ...]:
         sql = self.sql
         killed: list[KilledSession] = []
-        with self.session() as conn:
-            rows = query(
-                conn,
-                "SELECT ID AS id, USER AS user, HOST AS host, COMMAND AS command "
-                "FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()",
+        rows = query(
+            conn,
+            "SELECT ID AS id, USER AS user, HOST AS host, COMMAND AS command "
+            "FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()",
+        )
+        for row in rows:
+            session = KilledSession(
+                int(row["id"]), str(row["user"]), str(row["host"] or ""), str(row["command"])
             )
-            for row in rows:
-                session = KilledSession(
-                    int(row["id"]), str(row["user"]), str(row["host"] or ""), str(row["command"])
-                )
-                if (
-                    session.id in keep_ids
-                    or session.user in keep_users
-                    or session.user in ("system user", "event_scheduler", "")
-                    or session.command in sql.replication_commands
-                ):
-                    continue
-                try:
-                    query(conn, f"KILL CONNECTION {session.id}")
-                except MysqlQueryError as exc:
-                    if exc.code not in _GONE_CODES:
-                        raise
-                    continue
-                killed.append(session)
+            if (
+                session.id in keep_ids
+                or session.user in keep_users
+                or session.user in ("system user", "event_scheduler", "")
+                or session.command in sql.replication_commands
+            ):
+                continue
+            try:
+                query(conn, f"KILL CONNECTION {session.id}")
+            except MysqlQueryError as exc:
+                if exc.code not in _GONE_CODES:
+                    raise
+                continue
+            killed.append(session)
         return tuple(killed)
 
-    def fence(self, keep_ids: Collection[int] = ()) -> tuple[KilledSession, ...]:
+    def fence(self, keep_ids: Collection[int] = (), timeout_s: float = 2.0) -> tuple[KilledSession, ...]:
         """Cut client sessions, set read_only ON, cut again; returns every session killed.
 
         Sessions go first: ``SET GLOBAL read_only`` waits for commits in progress, and a commit
@@ -243,10 +248,15 @@ class MysqlActions:
         timeout. A killed waiter's client gets an error, never an OK, so no write is
         acknowledged that the replicas lack. Semi-sync is left on: switching it off would release
         waiting commits with an OK.
+
+        One session with a short read timeout: on a hung mysqld each step would otherwise wait the
+        full timeout (three handshakes of 5 s measured on a SIGSTOPped server), and the lock is
+        released only once the fence is complete or mysqld is seen to be unreachable.
         """
-        killed = list(self.kill_client_connections(keep_ids))
-        self.set_read_only(True)
-        killed += self.kill_client_connections(keep_ids)
+        with self.session(read_timeout_s=timeout_s) as conn:
+            killed = list(self._kill_clients(conn, keep_ids))
+            self._run(conn, self.sql.set_read_only(True))
+            killed += self._kill_clients(conn, keep_ids)
         return tuple(killed)
 
     # -- replication ------------------------------------------------------------------------
