@@ -35,13 +35,16 @@ def read_final_state(lab: LabCluster, primary: str | None, table: str) -> FinalS
     if primary is None:
         return FinalState(None, frozenset())
     rows = frozenset(int(r["id"]) for r in _query(lab, primary, f"SELECT id FROM {table}"))
-    reference = _history_of(lab, primary)
-    errant: dict[str, tuple[str, ...]] = {}
+    # The others first, the primary last: it keeps writing heartbeats, and a replica read after it
+    # could hold one of them that the primary's older reading lacks (not an errant transaction).
+    others: dict[str, GtidState] = {}
     for node in lab.mysql:
         if node.name == primary or not node.process.alive():
             continue
         with contextlib.suppress(pymysql.MySQLError, OSError):  # a frozen or dead node has no say
-            errant[node.name] = tuple(str(r) for r in _history_of(lab, node.name).errant_against(reference))
+            others[node.name] = _history_of(lab, node.name)
+    reference = _history_of(lab, primary)
+    errant = {name: tuple(str(r) for r in state.errant_against(reference)) for name, state in others.items()}
     return FinalState(primary, rows, errant)
 
 
