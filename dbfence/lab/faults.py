@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 import pymysql
 
+from dbfence.lab import mariadb_servers
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
 from dbfence.lab.etcd_servers import EtcdMember
@@ -338,7 +339,7 @@ def scratch_space(directory: Path, size: str = "3g") -> Iterator[Path]:
 
 
 def start_lab(directory: Path, dcs: DcsKind, tuning: AgentTuning, *, tmpfs: bool = False,
-              tmpfs_size: str = "256m") -> FaultLab:
+              tmpfs_size: str = "1g") -> FaultLab:
     """3 MariaDB + 3 etcd (or the Consul stand-in) + agents; with ``tmpfs`` every data directory
     is moved onto a tmpfs of its own first, so that one can be filled without touching the disk."""
     lab = LabCluster.up(LabSpec(directory=directory, mysql_count=3, dcs=dcs,
@@ -361,6 +362,8 @@ def start_lab(directory: Path, dcs: DcsKind, tuning: AgentTuning, *, tmpfs: bool
             shutil.copytree(on_disk, datadir, dirs_exist_ok=True)
             shutil.rmtree(on_disk)
             lab.start_mysql(node.name)
+        # Every mysqld starts read-only: open the first again, as the lab left it before agents.
+        mariadb_servers.open_for_writes(lab.mysql[0], lab.accounts["agent"])
         lab.start_agents(tuning)
     except BaseException:
         fault_lab.down()
@@ -409,8 +412,8 @@ def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2
         begun = time.time()
         wait_until(lambda: writer.acknowledged_since(begun) >= 5, timeout=30, what="writes before the fault")
         ctx = FaultContext(lab, tuning, writer, primary, table)
-        at = time.time()
         heal = fault.inject(ctx)
+        at = time.time()  # when the fault is in full effect (filling a disk takes a moment)
         failed_over = False
         try:
             if fault.until_failover:
