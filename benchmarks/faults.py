@@ -90,11 +90,13 @@ def main() -> int:
     chosen = [f for f in faults.values() if applicable(f, args.dcs)] if args.fault == "all" \
         else [faults[args.fault]]
     tuning = AgentTuning(ttl=args.ttl, margin=args.margin)
+    logs = Path(tempfile.mkdtemp(prefix="dbfence-faults-logs-"))
     with scratch_space(Path(tempfile.mkdtemp(prefix="dbfence-faults-"))) as root:
         results = run_matrix(chosen, args.runs, root, args.dcs, tuning, clients=args.clients,
-                             report=lambda r: print(describe(r), flush=True))
+                             keep_logs=logs, report=lambda r: print(describe(r), flush=True))
     rows = [summarise(f, [r for r in results if r.fault == f.name], tuning) for f in chosen]
     print(table(rows))
+    print(f"logs of the rounds that left their lab unsettled: {logs}")
     print(json.dumps({"dcs": args.dcs, "ttl": args.ttl, "margin": args.margin, "runs": args.runs,
                       "faults": rows}))
     return 0 if all(row["lost"] == 0 and row["overlapping"] == 0 for row in rows) else 1

@@ -455,32 +455,65 @@ def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2
 
 # ---------------------------------------------------------------------------- the matrix
 
+class LabPool:
+    """Labs for consecutive rounds: one is reused while the last round left it settled and clean
+    and it suits the next fault; otherwise it goes and a fresh one comes. The logs of a round that
+    left the lab unsettled are copied to ``keep_logs`` (when given) before its files go."""
+
+    def __init__(self, root: Path, dcs: DcsKind, tuning: AgentTuning, keep_logs: Path | None = None) -> None:
+        self.root, self.dcs, self.tuning, self.keep_logs = root, dcs, tuning, keep_logs
+        self.current: FaultLab | None = None
+        self.started = 0
+        self.rounds = 0
+
+    def run(self, fault: Fault, clients: int = 2, recover_timeout: float = 90.0) -> RoundResult:
+        current = self.current
+        if current is not None and not (current.supports(fault) and bool(current.mounts) == fault.tmpfs):
+            self._drop()
+        if self.current is None:
+            self.started += 1
+            self.current = start_lab(self.root / f"lab{self.started}", self.dcs, self.tuning,
+                                     tmpfs=fault.tmpfs)
+        self.rounds += 1
+        try:
+            result = run_round(self.current, fault, f"app.round{self.rounds}", clients=clients,
+                               recover_timeout=recover_timeout)
+        except BaseException:
+            self._drop(f"round{self.rounds}-{fault.name}")
+            raise
+        if not result.settled:
+            self._drop(f"round{self.rounds}-{fault.name}")
+        return result
+
+    def _drop(self, logs_name: str | None = None) -> None:
+        if self.current is None:
+            return
+        if logs_name is not None and self.keep_logs is not None:
+            target = self.keep_logs / logs_name
+            directory = self.current.lab.directory
+            for log in [*directory.glob("agents/*.log"), *directory.glob("db*/error.log")]:
+                (target / log.parent.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(log, target / log.parent.name / log.name)
+        self.current.down()
+        self.current = None
+
+    def close(self) -> None:
+        self._drop()
+
+
 def run_matrix(faults: list[Fault], runs: int, root: Path, dcs: DcsKind, tuning: AgentTuning, *,
-               clients: int = 2, report: Callable[[RoundResult], None] = lambda result: None,
-               ) -> list[RoundResult]:
-    """Each fault ``runs`` times; a lab is reused while the last round left it settled and clean."""
+               clients: int = 2, keep_logs: Path | None = None,
+               report: Callable[[RoundResult], None] = lambda result: None) -> list[RoundResult]:
+    """Each fault ``runs`` times, reusing labs as :class:`LabPool` allows."""
+    pool = LabPool(root, dcs, tuning, keep_logs)
     results: list[RoundResult] = []
-    current: FaultLab | None = None
-    labs = 0
     try:
         for fault in faults:
             for _ in range(runs):
-                if current is not None and not (current.supports(fault)
-                                                and bool(current.mounts) == fault.tmpfs):
-                    current.down()
-                    current = None
-                if current is None:
-                    labs += 1
-                    current = start_lab(root / f"lab{labs}", dcs, tuning, tmpfs=fault.tmpfs)
-                result = run_round(current, fault, f"app.round{len(results) + 1}", clients=clients)
-                results.append(result)
-                report(result)
-                if not result.settled:
-                    current.down()
-                    current = None
+                results.append(pool.run(fault, clients))
+                report(results[-1])
     finally:
-        if current is not None:
-            current.down()
+        pool.close()
     return results
 
 
