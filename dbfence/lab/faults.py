@@ -387,6 +387,29 @@ class RoundResult:
         return self.verdict.outages[0].seconds if self.verdict.outages else None
 
 
+def _settle(lab: LabCluster, timeout: float) -> tuple[str | None, bool]:
+    """(the primary, whether every other node follows it). Gives up early once a node is
+    fenced for errant transactions: that one never follows again by design."""
+    def settled_or_stuck() -> str | None:
+        primaries = lab.primaries()
+        if len(primaries) != 1:
+            return None
+        statuses = [lab.agent_status(a.name) for a in lab.agents if a.name != primaries[0]]
+        if any(s.get("fenced_reason") == "errant_gtids" or s.get("database", {}).get("errant")
+               for s in statuses):
+            return "stuck"
+        following = all(s.get("role") == "replica" and
+                        s.get("database", {}).get("replication_source") == primaries[0] for s in statuses)
+        return "settled" if following else None
+    try:
+        outcome = wait_until(settled_or_stuck, timeout=timeout, what="every replica following one primary")
+    except WaitTimeout:
+        outcome = "late"
+    primaries = lab.primaries()
+    primary = primaries[0] if len(primaries) == 1 else None
+    return primary, outcome == "settled" and primary is not None
+
+
 def _new_primary(lab: LabCluster, old: str) -> str | None:
     primaries = lab.primaries()
     return primaries[0] if len(primaries) == 1 and primaries[0] != old else None
@@ -436,14 +459,9 @@ def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2
             notes.append(f"no writes within {recover_timeout:g}s of the heal")
     quiet = fault.quiet_after(tuning)
     event = FaultEvent(fault.name, at, healed_at, None if quiet is None else at + quiet)
-    try:
-        final_primary: str | None = lab.wait_settled(timeout=30)
-        settled = True
-    except WaitTimeout:
-        settled = False
-        primaries = lab.primaries()
-        final_primary = primaries[0] if len(primaries) == 1 else None
-        notes.append(f"not settled after the heal (primaries: {primaries})")
+    final_primary, settled = _settle(lab, timeout=30)
+    if not settled:
+        notes.append(f"not settled after the heal (primary: {final_primary})")
     history = History(tuple(writer.attempts), read_tenures(lab), (event,),
                       read_final_state(lab, final_primary, table))
     verdict = check(history)

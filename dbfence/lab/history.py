@@ -20,14 +20,16 @@ What is checked:
   etcd quorum loss, once the last lease could have run out) and were acknowledged anyway.
 * **Errant transactions** left on any node, as read from the servers.
 * **Unknown outcomes**: whether each one landed on the final primary.
-* **Outages**: per fault, the time from the injection to the end of the first write that
-  started after it and was acknowledged (the application's unavailability window, RTO).
+* **Outages**: per fault, the longest stretch without an acknowledged write between the
+  injection and the first write that started after the heal (the application's
+  unavailability window, RTO).
 """
 
 from __future__ import annotations
 
 import bisect
 import enum
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -113,13 +115,17 @@ class StaleWrite:
 
 @dataclass(frozen=True, slots=True)
 class Outage:
+    """The longest stretch without an acknowledged write around a fault: from ``start`` (the
+    injection, or the last acknowledgement before the gap) to ``end`` (the next one; ``None`` if
+    writes never came back)."""
+
     fault: str
-    at: float
-    recovered_at: float | None  # end of the first acknowledged write started after ``at``
+    start: float
+    end: float | None
 
     @property
     def seconds(self) -> float | None:
-        return None if self.recovered_at is None else self.recovered_at - self.at
+        return None if self.end is None else self.end - self.start
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,5 +238,14 @@ def admitted_while_fenced(acked: Iterable[Attempt], faults: Iterable[FaultEvent]
 
 
 def outage(acked: Iterable[Attempt], fault: FaultEvent) -> Outage:
-    ends = [a.end for a in acked if a.start >= fault.at]
-    return Outage(fault.name, fault.at, min(ends) if ends else None)
+    """Gaps between acknowledgements from the injection up to the first write that started
+    after the heal, so the old primary's last writes (a paused agent's gate admits until its
+    lease deadline) and the refusals of a switchover both count."""
+    ends = sorted(a.end for a in acked if a.end > fault.at)
+    resumed = [a.end for a in acked if a.start >= fault.healed_at]
+    last = min(resumed) if resumed else None
+    marks = [fault.at, *(e for e in ends if last is None or e <= last)]
+    if last is None:
+        return Outage(fault.name, marks[-1], None)
+    start, end = max(itertools.pairwise(marks), key=lambda gap: gap[1] - gap[0])
+    return Outage(fault.name, start, end)

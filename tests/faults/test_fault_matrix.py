@@ -46,7 +46,7 @@ def problems(result: RoundResult) -> list[str]:
         found.append(f"writes acknowledged without quorum {list(verdict.admitted_while_fenced)[:10]}")
     if verdict.final_primary is None:
         found.append("no primary after the heal")
-    if verdict.outages and verdict.outages[0].recovered_at is None:
+    if verdict.outages and verdict.outages[0].end is None:
         found.append("writes never resumed")
     notes = f" ({'; '.join(result.notes)})" if result.notes else ""
     return [f"{p}{notes}" for p in found]

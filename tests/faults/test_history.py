@@ -37,14 +37,23 @@ def clean_failover() -> list[Attempt]:
 
 
 def test_a_clean_failover_is_safe_and_its_outage_is_measured() -> None:
-    fault = FaultEvent("mysqld-kill", at=3.0, healed_at=20.0)
+    fault = FaultEvent("mysqld-kill", at=3.0, healed_at=10.5)  # mysqld restarted once db2 admits
     verdict = check(history(clean_failover(), faults=(fault,)))
     assert verdict.safe
     assert (verdict.acknowledged, verdict.refused, verdict.lost, verdict.overlapping) == (4, 1, (), 0)
     assert verdict.unknown_missing == (3,) and verdict.unknown_landed == ()
     [outage] = verdict.outages
-    assert outage.fault == "mysqld-kill" and outage.recovered_at == 11.1
+    assert (outage.fault, outage.start, outage.end) == ("mysqld-kill", 3.0, 11.1)
     assert outage.seconds is not None and abs(outage.seconds - 8.1) < 1e-9
+
+
+def test_the_outage_is_the_longest_silence_even_when_the_old_primary_writes_on_for_a_while() -> None:
+    # a paused agent: its gate admits until the lease deadline (t=5), then nothing until db2
+    attempts = [ack(1, 1.0, "db1"), ack(2, 3.5, "db1"), ack(3, 4.5, "db1"), ack(4, 11.0, "db2"),
+                ack(5, 12.0, "db2")]
+    fault = FaultEvent("agent-stop", at=3.0, healed_at=11.5)
+    [outage] = check(history(attempts, faults=(fault,))).outages
+    assert (outage.start, outage.end) == (4.6, 11.1)
 
 
 def test_an_acknowledged_write_missing_on_the_final_primary_is_lost() -> None:
@@ -105,13 +114,13 @@ def test_a_write_acknowledged_during_a_quiet_window_is_flagged() -> None:
     attempts = [ack(1, 1.0, "db1"), ack(2, 4.0, "db1"), ack(3, 7.0, "db1"), ack(4, 9.0, "db1")]
     verdict = check(history(attempts, tenures=(Tenure(10, "db1", 0.0),), faults=(quorum,)))
     assert verdict.admitted_while_fenced == (3,)
-    assert verdict.outages[0].recovered_at == 4.1
+    assert (verdict.outages[0].start, verdict.outages[0].end) == (4.1, 7.1)
 
 
 def test_a_fault_never_recovered_from_has_no_recovery_time() -> None:
     fault = FaultEvent("etcd-quorum-loss", at=3.0, healed_at=8.0)
     verdict = check(history([ack(1, 1.0, "db1")], faults=(fault,)))
-    assert verdict.outages[0].recovered_at is None and verdict.outages[0].seconds is None
+    assert verdict.outages[0].end is None and verdict.outages[0].seconds is None
 
 
 def test_errant_transactions_are_reported_per_node() -> None:
