@@ -24,11 +24,15 @@ pytestmark = pytest.mark.timeout(300)
 FAULTS = [f for f in all_faults() if applicable(f, "etcd")]
 
 
+LOGS = Path(tempfile.gettempdir()) / "dbfence-fault-logs"  # of rounds that left their lab unsettled
+LOGS.mkdir(exist_ok=True)
+
+
 @pytest.fixture(scope="module")
 def pool() -> Iterator[LabPool]:
     scratch = Path(tempfile.mkdtemp(prefix="faults-", dir=_lab_root()))
     with scratch_space(scratch) as root:
-        labs = LabPool(root, "etcd", AgentTuning())
+        labs = LabPool(root, "etcd", AgentTuning(), keep_logs=Path(tempfile.mkdtemp(prefix="run-", dir=LOGS)))
         try:
             yield labs
         finally:
@@ -56,4 +60,4 @@ def problems(result: RoundResult) -> list[str]:
 def test_the_fault_loses_nothing_and_never_has_two_writers(pool: LabPool, fault: Fault) -> None:
     result = pool.run(fault, clients=2, recover_timeout=45.0)
     assert result.verdict.acknowledged > 0
-    assert not problems(result), "\n".join(problems(result))
+    assert not problems(result), "\n".join([*problems(result), f"agent logs under {pool.keep_logs}"])
