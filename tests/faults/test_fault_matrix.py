@@ -61,7 +61,7 @@ RESUMPTION_BUG = {"mysqld-stop", "host-freeze"}
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 def test_the_fault_loses_nothing_and_never_has_two_writers(pool: LabPool, fault: Fault) -> None:
-    result = pool.run(fault, clients=2, recover_timeout=45.0)
+    result = pool.run(fault, clients=2, recover_timeout=25.0)
     notes = [*result.notes, f"agent logs under {pool.keep_logs}"]
     assert result.verdict.acknowledged > 0
     found = safety_problems(result)
