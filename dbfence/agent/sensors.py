@@ -268,6 +268,8 @@ class DbSensor:
         replication = ReplicationState(
             source=source,
             running=status is not None and status.io_running == "Yes" and status.sql_running == "Yes",
+            # "Connecting" counts: a thread retrying a frozen source gets its binlog once it thaws.
+            receiving=status is not None and status.io_running != "No",
             relay_log_applied=applied,
             lag_seconds=lag,
             errant=self._errant_check(positions),
