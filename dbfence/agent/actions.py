@@ -49,6 +49,7 @@ class ActionReason(enum.Enum):
     # replicas
     FOLLOW_PRIMARY = "follow_primary"
     REJOIN = "rejoin"
+    SOURCE_LOST_LOCK = "source_lost_lock"
     # member record
     MEMBER_CHANGED = "member_changed"
     MEMBER_HEARTBEAT = "member_heartbeat"
@@ -133,6 +134,14 @@ class Repoint:
 
 
 @dataclass(frozen=True, slots=True)
+class DetachSource:
+    """Stop receiving the source's binlog (IO thread only): the SQL thread keeps applying
+    what the relay log already holds, and the source stays configured for a later restart."""
+
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
 class WriteFencingToken:
     """Write the lock's fencing token into the epoch table of the local mysqld."""
 
@@ -179,6 +188,6 @@ class FailDiscoveryCheck:
 
 Action = (
     AcquireLock | RenewLock | ReleaseLock | AdmitGate | BlockGate | SetReadOnly | WaitRelayLog
-    | Promote | Repoint | WriteFencingToken | RecordFailover | ClearSwitchover | PublishMember
+    | Promote | Repoint | DetachSource | WriteFencingToken | RecordFailover | ClearSwitchover | PublishMember
     | RegisterDiscovery | FailDiscoveryCheck
 )

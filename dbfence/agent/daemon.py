@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dbfence import __version__
-from dbfence.agent.actions import Promote, Repoint, SetReadOnly, WaitRelayLog, WriteFencingToken
+from dbfence.agent.actions import DetachSource, Promote, Repoint, SetReadOnly, WaitRelayLog, WriteFencingToken
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide import Decision, decide
 from dbfence.agent.executor import Executor, NodeIdentity
@@ -70,7 +70,7 @@ UNREADABLE_HOLDER = "<unreadable>"
 # Roles from which a node may race for the lock: their health must be positively confirmed.
 # (A candidate was confirmed when it decided to race; from then on only trips count.)
 _RACING = frozenset({Role.STARTING, Role.REPLICA, Role.FENCED})
-_CHANGES_MYSQLD = (SetReadOnly, WaitRelayLog, Promote, Repoint, WriteFencingToken)
+_CHANGES_MYSQLD = (SetReadOnly, WaitRelayLog, Promote, Repoint, DetachSource, WriteFencingToken)
 
 
 class AgentStartError(RuntimeError):

@@ -36,6 +36,7 @@ from dbfence.agent.actions import (
     AdmitGate,
     BlockGate,
     ClearSwitchover,
+    DetachSource,
     FailDiscoveryCheck,
     Promote,
     PublishMember,
@@ -193,6 +194,27 @@ def _keep_replica_safe(r: _Round) -> None:
     _keep_gate_closed(r)
     if r.obs.db.read_only is False:
         r.emit(SetReadOnly(read_only=True, reason=ActionReason.NOT_PRIMARY))
+
+
+def _detach_lost_source(r: _Round) -> None:
+    """Stop taking the binlog of a source that no longer holds the lock (IO thread only).
+
+    A source that lost the lock has fenced: its gate blocked before it released the lock or
+    reached its deadline, so nothing it ships afterwards was acknowledged to a client. Such
+    events (e.g. commits that sat in a frozen mysqld's commit path) are missing on the new
+    primary and would only make this node errant. In lossless mode every acknowledged commit
+    is already in some replica's relay log, so detaching as soon as the lock is free loses
+    nothing and keeps race positions still. In async mode acknowledged commits may exist only
+    on the old primary, and their tail may still arrive while the lock is free: detach only
+    once another node holds it. The relay log keeps being applied either way.
+    """
+    lock = r.obs.lock
+    replication = r.obs.db.replication
+    source = replication.source
+    if source is None or not replication.receiving or not lock.reachable or lock.holder == source:
+        return
+    if lock.holder is not None or r.config.lossless:
+        r.emit(DetachSource(ActionReason.SOURCE_LOST_LOCK))
 
 
 def _renew_if_due(r: _Round) -> None:
@@ -363,6 +385,7 @@ def _starting(r: _Round) -> None:
 def _replica(r: _Round) -> None:
     obs = r.obs
     _keep_replica_safe(r)
+    _detach_lost_source(r)
     _release_unwanted_lease(r)
     if obs.intents.paused:
         r.refuse(RefusalReason.PAUSED)
@@ -378,7 +401,8 @@ def _replica(r: _Round) -> None:
             r.move(Trigger.ERRANT_GTIDS)
             _sync_discovery(r, None, ActionReason.ERRANT_GTIDS)
             return
-        elif obs.db.replication.source != primary:
+        elif obs.db.replication.source != primary or not obs.db.replication.receiving:
+            # Also restarts an IO thread stopped while its source was without the lock.
             r.emit(Repoint(primary, r.config.lossless, ActionReason.FOLLOW_PRIMARY))
         else:
             # Advertised for reads only once it provably follows the primary cleanly.
@@ -593,6 +617,7 @@ def _fencing(r: _Round) -> None:
 def _fenced(r: _Round) -> None:
     obs = r.obs
     _fence_actions(r, ActionReason.NOT_PRIMARY, insist=False)
+    _detach_lost_source(r)
     _release_unwanted_lease(r)
     if obs.intents.paused:
         r.refuse(RefusalReason.PAUSED)

@@ -19,6 +19,7 @@ from dbfence.agent.actions import (
     AdmitGate,
     BlockGate,
     ClearSwitchover,
+    DetachSource,
     FailDiscoveryCheck,
     Promote,
     PublishMember,
@@ -159,6 +160,8 @@ class Executor:
                                    apply_relay_log_timeout_s=self.relay_wait_timeout)
             case Repoint(primary=primary, semi_sync=semi_sync):
                 self._repoint(primary, semi_sync)
+            case DetachSource():
+                self.mysql.stop_receiving()
             case WriteFencingToken(token=token):
                 stored = self.mysql.read_fencing_token()
                 if stored is None or stored.token != token:  # promote may have written it

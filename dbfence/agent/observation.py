@@ -118,12 +118,15 @@ class ErrantCheck:
 @dataclass(frozen=True, slots=True)
 class ReplicationState:
     """Local replication. ``source`` is the node replicated from (None: not configured,
-    i.e. promoted or never set up). ``lag_seconds`` is how far the applier is behind the
+    i.e. promoted or never set up). ``running``: both threads run; ``receiving``: the IO
+    thread runs or is (re)connecting, i.e. the source's binlog may still arrive (False once
+    stopped, e.g. by DetachSource). ``lag_seconds`` is how far the applier is behind the
     events already received (None: unknown). ``errant`` is the latest errant check
     against the current lock holder, None when not available."""
 
     source: str | None = None
     running: bool = False
+    receiving: bool = False
     relay_log_applied: bool = True
     lag_seconds: float | None = 0.0
     errant: ErrantCheck | None = None

@@ -101,7 +101,10 @@ class RawFacts:
     semi_sync_primary: bool
     semi_sync_replica: bool
     semi_sync_clients: int | None
-    uptime: float  # seconds since mysqld started: a drop means it restarted
+    # When mysqld started (monotonic), from Uptime and the moment it was read: later statements
+    # of the same read can block for seconds (SHOW SLAVE STATUS behind a STOP SLAVE), and
+    # subtracting Uptime from a later clock reading made a slow read look like a restart.
+    started_at: float
 
 
 class FactsReader:
@@ -139,6 +142,7 @@ class FactsReader:
             "@@global.rpl_semi_sync_slave_enabled AS semi_replica, "
             "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
             "WHERE VARIABLE_NAME = 'UPTIME') AS uptime"))
+        started_at = time.monotonic() - float(row["uptime"] or 0)
         try:
             positions = GtidPositions(
                 binlog_pos=MysqlGtidPosition.parse(row["binlog_pos"]),
@@ -163,7 +167,7 @@ class FactsReader:
         return RawFacts(read_only=bool(int(row["read_only"])), server_id=int(row["server_id"]),
                         positions=positions, replica_status=status, fencing_token=token,
                         semi_sync_primary=semi_primary, semi_sync_replica=bool(int(row["semi_replica"])),
-                        semi_sync_clients=clients, uptime=float(row["uptime"] or 0))
+                        semi_sync_clients=clients, started_at=started_at)
 
     def close(self) -> None:
         close_quietly(self._conn)
@@ -246,10 +250,6 @@ class DbSensor:
             raw = self._reader.read()
         except MysqlAdapterError as exc:
             return DbFacts(at=at, health=health, probe_summary=summary, error=str(exc))
-        # Now, not after the errant check below: that one may wait seconds on a frozen holder, and
-        # an uptime dated that late looks like a mysqld that restarted (a false "restarted while
-        # primary" right after a promotion).
-        started_at = time.monotonic() - raw.uptime
         status, positions = raw.replica_status, raw.positions
         current = _to_core(positions.current_pos)
         source = None
@@ -268,6 +268,8 @@ class DbSensor:
         replication = ReplicationState(
             source=source,
             running=status is not None and status.io_running == "Yes" and status.sql_running == "Yes",
+            # "Connecting" counts: a thread retrying a frozen source gets its binlog once it thaws.
+            receiving=status is not None and status.io_running != "No",
             relay_log_applied=applied,
             lag_seconds=lag,
             errant=self._errant_check(positions),
@@ -280,7 +282,7 @@ class DbSensor:
             semi_sync_replica=raw.semi_sync_replica, semi_sync_clients=raw.semi_sync_clients,
             semi_sync_starved_at=at if raw.semi_sync_primary and raw.semi_sync_clients == 0
             else self.latest.semi_sync_starved_at,
-            restarts=self._count_restart(started_at),
+            restarts=self._count_restart(raw.started_at),
         )
 
     def _count_restart(self, started_at: float) -> int:

@@ -279,6 +279,16 @@ class MysqlActions:
                 )
         return GtidPosition.parse(received)
 
+    def stop_receiving(self) -> bool:
+        """Stop the IO thread only, so the SQL thread applies what the relay log already holds;
+        the source stays configured. False when there was nothing to stop (idempotent)."""
+        with self.session() as conn:
+            rows = query(conn, self.sql.replica_status_query())
+            if not rows or self.sql.parse_replica_status(rows[0]).io_running == "No":
+                return False
+            self._stop_io_thread(conn)
+        return True
+
     def _stop_io_thread(self, conn: DbConnection, patience_s: float = 0.2) -> None:
         """STOP SLAVE IO_THREAD without waiting on a silent primary.
 

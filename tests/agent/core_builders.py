@@ -52,7 +52,7 @@ def db(
     *, healthy: bool = True, read_only: bool | None = True, position: str | None = "0-1-100",
     server_id: int | None = 11, token: int | None = None, source: str | None = "n2",
     relay_applied: bool = True, lag: float | None = 0.0, errant: ErrantCheck | None = None,
-    reasons: tuple[str, ...] = (),
+    reasons: tuple[str, ...] = (), receiving: bool = False,
 ) -> LocalDatabase:
     return LocalDatabase(
         health=HealthVerdict(healthy, reasons if not healthy else ()),
@@ -61,6 +61,7 @@ def db(
         server_id=server_id,
         fencing_token=token,
         replication=ReplicationState(source=source, running=source is not None,
+                                     receiving=receiving,
                                      relay_log_applied=relay_applied, lag_seconds=lag, errant=errant),
     )
 

@@ -33,6 +33,7 @@ from dbfence.agent.actions import (
     AdmitGate,
     BlockGate,
     ClearSwitchover,
+    DetachSource,
     FailDiscoveryCheck,
     Promote,
     PublishMember,
@@ -112,6 +113,7 @@ class Db:
     history: tuple[str, ...] = ()
     read_only: bool = True
     source: str | None = None
+    receiving: bool = True  # the IO thread runs (False after DetachSource)
     token: int | None = None
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
@@ -285,7 +287,8 @@ class Model:
                 server_id=server_id(name),
                 fencing_token=db.token,
                 replication=ReplicationState(
-                    source=db.source, running=db.source is not None, relay_log_applied=True,
+                    source=db.source, running=db.source is not None and db.receiving,
+                    receiving=db.source is not None and db.receiving, relay_log_applied=True,
                     lag_seconds=0.0, errant=errant,
                 ),
             )
@@ -377,7 +380,7 @@ class Model:
                 yield f"write {name}", self._set_node(
                     replace(world, writes_left=world.writes_left - 1), index, replace(node, db=db)
                 )
-            if node.db.alive and node.db.source is not None:
+            if node.db.alive and node.db.source is not None and node.db.receiving:
                 source = world.nodes[NAMES.index(node.db.source)].db
                 if (source.alive and len(source.history) > len(node.db.history)
                         and is_prefix(node.db.history, source.history)):
@@ -502,7 +505,10 @@ class Model:
                         f"{name} rejoins {action.primary} with errant transactions "
                         f"{db.history} vs {source.history}", self._trace,
                     )
-                db = replace(db, source=action.primary)
+                db = replace(db, source=action.primary, receiving=True)
+        elif isinstance(action, DetachSource):
+            if db.alive:
+                db = replace(db, receiving=False)
         elif isinstance(action, WriteFencingToken):
             if db.alive:
                 db = replace(db, token=action.token, history=(*db.history, name))
@@ -542,7 +548,7 @@ class Model:
                     continue
                 world = self._execute(self._decide(world, index), index)
                 node = world.nodes[index]
-                if node.db.alive and node.db.source is not None:
+                if node.db.alive and node.db.source is not None and node.db.receiving:
                     source = world.nodes[NAMES.index(node.db.source)].db
                     if source.alive and is_prefix(node.db.history, source.history):
                         world = self._set_node(world, index, replace(node, db=replace(

@@ -62,6 +62,7 @@ def observations(draw: st.DrawFn, now: float = NOW0) -> Observation:
                                         st.sampled_from([(), (), ("0-11-9",)])))
     replication = ReplicationState(
         source=draw(st.none() | st.sampled_from(NAMES)), running=draw(st.booleans()),
+        receiving=draw(st.booleans()),
         relay_log_applied=draw(st.booleans()), lag_seconds=draw(st.sampled_from([None, 0.0, 1.0, 60.0])),
         errant=errant,
     )

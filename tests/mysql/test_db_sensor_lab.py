@@ -31,3 +31,22 @@ def test_a_frozen_holder_does_not_look_like_a_local_mysqld_restart(lab_factory: 
             assert sensor.latest.error == ""
     finally:
         frozen.close()
+
+
+def test_receiving_follows_the_io_thread_alone(lab_factory: LabFactory) -> None:
+    """The core tells "still taking the source's binlog" from "both threads run": after the IO
+    thread is stopped the replica is no longer receiving, yet still applies and counts as applied."""
+    lab = lab_factory(mysql_count=2)
+    db2 = actions(lab, "db2")
+    with monitor(lab, "db2", Role.REPLICA) as probes:
+        sensor = DbSensor(probes, db2, creds(lab), threading.Event())
+        sensor.refresh_facts()
+        replication = sensor.latest.replication
+        assert replication.receiving  # "Yes", or "Connecting" right after the lab starts
+        assert db2.stop_receiving()
+        sensor.refresh_facts()
+        replication = sensor.latest.replication
+        assert not replication.receiving and not replication.running
+        assert replication.source is not None and replication.relay_log_applied
+        status = sensor.latest.replica_status
+        assert status is not None and status.sql_running == "Yes"

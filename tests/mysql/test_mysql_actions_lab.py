@@ -22,7 +22,7 @@ from dbfence.mysql.errors import (
     UnsafeOnReplicaError,
 )
 from dbfence.mysql.flavour import Flavour
-from dbfence.mysql.gtid import Gtid
+from dbfence.mysql.gtid import Gtid, GtidPosition
 from dbfence.mysql.probes import Role
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import (
@@ -306,3 +306,55 @@ def test_promote_and_repoint_do_not_wait_on_a_frozen_primary(lab_factory: LabFac
     run(new_primary, "INSERT INTO dbtest.t VALUES (2, 'db2')")
     new_primary.close()
     poll(lambda: count_rows(lab, "db3", "origin = 'db2'") == 1, 10, "db2's write on db3")
+
+
+def test_stop_receiving_from_a_frozen_source_keeps_applying_the_relay_log(lab_factory: LabFactory) -> None:
+    """A replica whose source lost the lock stops its IO thread (at once, even with the source
+    frozen) but still applies what it received; a source thawed later ships nothing more to it,
+    and repointing to the same source resumes replication."""
+    lab = lab_factory(mysql_count=3)
+    db1, db3 = actions(lab, "db1"), actions(lab, "db3")
+    primary = sql(lab, "db1")
+    run(primary, "CREATE DATABASE dbtest")
+    run(primary, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
+    run(primary, "INSERT INTO dbtest.t VALUES (1, 'db1')")
+    poll(lambda: count_rows(lab, "db2") == 1 and count_rows(lab, "db3") == 1, 10, "the row on db2 and db3")
+    # Hold db3's applier on a row lock, so the next event sits received but unapplied.
+    blocker = sql(lab, "db3")
+    run(blocker, "BEGIN")
+    run(blocker, "SELECT * FROM dbtest.t WHERE id = 1 FOR UPDATE")
+    run(primary, "UPDATE dbtest.t SET origin = 'db1-upd' WHERE id = 1")
+    wanted = db1.gtid_positions().binlog_pos
+
+    def received() -> bool:
+        status = db3.replica_status()
+        return status is not None and GtidPosition.parse(status.received_gtid_pos).covers(wanted)
+
+    poll(received, 10, "the update in db3's relay log")
+    assert count_rows(lab, "db3", "origin = 'db1-upd'") == 0  # not applied yet
+    lab.kill_mysql("db1", signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert db3.stop_receiving()
+        elapsed = time.monotonic() - started
+    finally:
+        lab.kill_mysql("db1", signal.SIGCONT)
+    assert elapsed < 1.5, f"stop_receiving took {elapsed:.2f} s"  # ms; 2 s if blocked on the socket
+    status = db3.replica_status()
+    assert status is not None and status.io_running == "No" and status.sql_running == "Yes"
+    assert not db3.stop_receiving()  # idempotent: nothing left to stop
+    # The thawed source writes on; db2 gets it, db3 no longer receives anything from it.
+    run(primary, "INSERT INTO dbtest.t VALUES (2, 'late')")
+    poll(lambda: count_rows(lab, "db2", "id = 2") == 1, 10, "the late row on db2")
+    status = db3.replica_status()
+    assert status is not None and status.io_running == "No"
+    assert GtidPosition.parse(status.received_gtid_pos) == wanted
+    # The relay log is still applied once the applier is free.
+    run(blocker, "ROLLBACK")
+    blocker.close()
+    poll(lambda: count_rows(lab, "db3", "origin = 'db1-upd'") == 1, 10, "the received update applied on db3")
+    assert count_rows(lab, "db3", "id = 2") == 0
+    # The same source is the primary again: repointing to it resumes and fetches the rest.
+    db3.repoint(primary_address(lab, "db1"), db1.gtid_positions().binlog_state, semi_sync_replica=False)
+    poll(lambda: count_rows(lab, "db3", "id = 2") == 1, 10, "the late row on db3 after repointing")
+    primary.close()

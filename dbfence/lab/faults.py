@@ -1,0 +1,545 @@
+"""The fault matrix: named faults injected into a lab under write load, and one round's verdict.
+
+Each :class:`Fault` has an ``inject`` that breaks something on the current primary (or the DCS)
+and returns its ``heal``. :func:`run_round` starts a writer, injects, holds the fault (until
+another node admits, or for a measured time), heals, waits for service to come back, then reads
+every server and hands the history to the pure checker in :mod:`dbfence.lab.history`.
+
+Network partitions are built elsewhere (``dbfence.lab.netns``): if that module exists and
+exports ``FAULTS`` (an iterable of :class:`Fault`), they join :func:`all_faults` as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pymysql
+
+from dbfence.lab import mariadb_servers
+from dbfence.lab.agents import AgentTuning
+from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
+from dbfence.lab.etcd_servers import EtcdMember
+from dbfence.lab.final_state import read_final_state, read_tenures
+from dbfence.lab.history import FaultEvent, History, Verdict, check
+from dbfence.lab.wait import WaitTimeout, wait_until
+from dbfence.lab.workload import DiscoveryWriter
+from dbfence.locks.factory import DcsConfig, open_lock
+from dbfence.locks.model import Intent
+
+Heal = Callable[[], None]
+
+
+@dataclass
+class FaultContext:
+    lab: LabCluster
+    tuning: AgentTuning
+    writer: DiscoveryWriter
+    primary: str  # the primary when the fault was injected
+    table: str
+
+    def others(self) -> list[str]:
+        return [a.name for a in self.lab.agents if a.name != self.primary]
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    summary: str
+    inject: Callable[[FaultContext], Heal]
+    # Hold until another node admits (at most ``hold`` seconds), or for exactly ``hold`` seconds.
+    until_failover: bool
+    hold: Callable[[AgentTuning], float]
+    dcs: frozenset[str] = frozenset({"etcd", "consul"})
+    etcd_members: int = 1  # needs at least this many etcd members
+    tmpfs: bool = False  # needs the primary's data directory on a small tmpfs of its own
+    # From this many seconds after injection until heal, no write may be acknowledged.
+    quiet_after: Callable[[AgentTuning], float | None] = lambda tuning: None
+    rto_goal: Callable[[AgentTuning], float | None] = lambda tuning: None
+
+
+# ---------------------------------------------------------------------------- the faults
+
+def _kill_mysqld(ctx: FaultContext) -> Heal:
+    ctx.lab.kill_mysql(ctx.primary, signal.SIGKILL)
+    return lambda: _restart_mysqld(ctx.lab, ctx.primary)
+
+
+def _restart_mysqld(lab: LabCluster, name: str) -> None:
+    wait_until(lambda: not lab.node(name).process.alive(), timeout=30, what=f"{name}'s mysqld to exit")
+    lab.start_mysql(name)
+
+
+def _stop_mysqld(ctx: FaultContext) -> Heal:
+    ctx.lab.kill_mysql(ctx.primary, signal.SIGSTOP)
+    return lambda: ctx.lab.kill_mysql(ctx.primary, signal.SIGCONT)
+
+
+def _held_connection(ctx: FaultContext, node: str, *statements: str) -> Heal:
+    """Run ``statements`` on a connection kept open until heal (locks live as long as it)."""
+    conn = ctx.lab.connect(node, read_timeout=5)
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+
+    def heal() -> None:
+        with contextlib.suppress(pymysql.MySQLError, OSError), conn.cursor() as cur:
+            cur.execute("UNLOCK TABLES")
+        with contextlib.suppress(Exception):
+            conn.close()
+    return heal
+
+
+def _write_stall(ctx: FaultContext) -> Heal:
+    return _held_connection(ctx, ctx.primary, "FLUSH TABLES WITH READ LOCK")
+
+
+def _fill_datadir(ctx: FaultContext) -> Heal:
+    datadir = Path(ctx.lab.node(ctx.primary).datadir)
+    if not os.path.ismount(datadir):
+        raise RuntimeError(f"{datadir} is not a mount of its own; this fault needs a tmpfs lab")
+    filler = datadir / "dbfence-filler"
+    with open(filler, "wb") as out:
+        chunk = b"\0" * (1 << 20)
+        with contextlib.suppress(OSError):  # ENOSPC: full, as wanted
+            while True:
+                out.write(chunk)
+                out.flush()
+    return lambda: filler.unlink(missing_ok=True)
+
+
+def _use_up_connections(ctx: FaultContext) -> Heal:
+    """Open application connections straight to mysqld until it says "Too many connections"."""
+    node = ctx.lab.node(ctx.primary)
+    app = ctx.lab.accounts["app"]
+    held: list[Any] = []
+    for _ in range(1000):
+        try:
+            held.append(pymysql.connect(host=node.host, port=node.port, user=app.user, password=app.password,
+                                        connect_timeout=2, ssl_disabled=True))
+        except pymysql.MySQLError as exc:
+            if exc.args and exc.args[0] == 1040:  # ER_CON_COUNT_ERROR
+                break
+            raise
+
+    def heal() -> None:
+        for conn in held:
+            with contextlib.suppress(Exception):
+                conn.close()
+    return heal
+
+
+def _kill_agent(ctx: FaultContext) -> Heal:
+    agent = ctx.lab.agent(ctx.primary)
+    ctx.lab.kill_agent(ctx.primary, signal.SIGKILL)
+
+    def heal() -> None:
+        wait_until(lambda: not agent.process.alive(), timeout=10, what=f"agent {agent.name} to exit")
+        ctx.lab.restart_agent(ctx.primary)
+    return heal
+
+
+def _stop_agent(ctx: FaultContext) -> Heal:
+    # The agent process only: its gate workers keep running and must stop admitting on their own
+    # when the lease deadline passes.
+    ctx.lab.kill_agent(ctx.primary, signal.SIGSTOP)
+    return lambda: ctx.lab.kill_agent(ctx.primary, signal.SIGCONT)
+
+
+def _host_processes(lab: LabCluster, name: str) -> list[psutil.Process]:
+    agent = psutil.Process(lab.agent(name).pid)
+    return [psutil.Process(lab.node(name).pid), agent, *agent.children(recursive=True)]
+
+
+def _freeze_host(ctx: FaultContext) -> Heal:
+    frozen = _host_processes(ctx.lab, ctx.primary)
+    for proc in frozen:
+        proc.send_signal(signal.SIGSTOP)
+
+    def heal() -> None:
+        for proc in frozen:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGCONT)
+    return heal
+
+
+def etcd_leader(lab: LabCluster) -> EtcdMember:
+    """The member that leads the etcd cluster now (asked through the v3 JSON gateway)."""
+    def ask() -> EtcdMember | None:
+        ids = {}
+        leader = None
+        for member in lab.etcd:
+            request = urllib.request.Request(f"{member.client_url}/v3/maintenance/status", data=b"{}",
+                                             method="POST")
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(request, timeout=1) as resp:
+                    body = json.loads(resp.read())
+                ids[body["header"]["member_id"]] = member
+                leader = body.get("leader", leader)
+        return ids.get(leader) if leader is not None else None
+    return wait_until(ask, timeout=15, what="an etcd leader")
+
+
+def _exited(alive: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: not alive()
+
+
+def _kill_etcd(lab: LabCluster, members: list[EtcdMember]) -> Heal:
+    for member in members:
+        lab.kill_etcd(member.name, signal.SIGKILL)
+
+    def heal() -> None:
+        for member in members:
+            wait_until(_exited(member.process.alive), timeout=10, what=f"{member.name} to exit")
+            lab.start_etcd(member.name)
+    return heal
+
+
+def _kill_etcd_leader(ctx: FaultContext) -> Heal:
+    return _kill_etcd(ctx.lab, [etcd_leader(ctx.lab)])
+
+
+def _kill_etcd_follower(ctx: FaultContext) -> Heal:
+    leader = etcd_leader(ctx.lab)
+    return _kill_etcd(ctx.lab, [next(m for m in ctx.lab.etcd if m.name != leader.name)])
+
+
+def _kill_etcd_quorum(ctx: FaultContext) -> Heal:
+    leader = etcd_leader(ctx.lab)
+    follower = next(m for m in ctx.lab.etcd if m.name != leader.name)
+    return _kill_etcd(ctx.lab, [leader, follower])
+
+
+def _switchover(ctx: FaultContext) -> Heal:
+    target = min(ctx.others(), key=lambda n: ctx.lab.agent_status(n).get("database", {}).get("lag_seconds")
+                 or 0.0)
+    lock = open_lock(DcsConfig(kind=ctx.lab.dcs_kind, endpoints=tuple(ctx.lab.dcs_endpoints)),
+                     ctx.lab.cluster, "fault-matrix")
+    try:
+        current = lock.read_intent()
+        lock.write_intent(Intent(paused=current.paused, pause_reason=current.pause_reason,
+                                 switchover_target=target, requested_by="fault-matrix",
+                                 requested_at=time.time()))
+    finally:
+        lock.close()
+    return lambda: None
+
+
+def _lagging_replica_then_kill(ctx: FaultContext) -> Heal:
+    """One replica's applier is stuck behind a table lock while the primary's mysqld dies: the
+    other, up-to-date replica must win (lossless), not the laggard."""
+    laggard = sorted(ctx.others())[0]
+    unlock = _held_connection(ctx, laggard, f"LOCK TABLES {ctx.table} READ")
+    marker = len(ctx.writer.acknowledged)
+    wait_until(lambda: len(ctx.writer.acknowledged) >= marker + 10, timeout=30,
+               what="writes the laggard has not applied")
+    heal_mysqld = _kill_mysqld(ctx)
+
+    def heal() -> None:
+        unlock()
+        heal_mysqld()
+    return heal
+
+
+def _ttl(tuning: AgentTuning) -> float:
+    return tuning.ttl
+
+
+# In an order that needs few labs: the first needs a fresh lab's primary (db1, on its own tmpfs);
+# the last three usually leave an errant transaction on the old primary, which ends their lab.
+FAULTS: tuple[Fault, ...] = (
+    Fault("datadir-full", "the primary's data directory (a small tmpfs) fills up", _fill_datadir, True,
+          lambda t: 30, tmpfs=True),
+    Fault("mysqld-kill", "kill -9 of the primary's mysqld", _kill_mysqld, True, lambda t: 60,
+          rto_goal=lambda t: 1.5),
+    Fault("write-stall", "FLUSH TABLES WITH READ LOCK held on the primary", _write_stall, True,
+          lambda t: 30),
+    Fault("too-many-connections", "max_connections used up on the primary", _use_up_connections, False,
+          lambda t: 2 * t.ttl),
+    Fault("agent-kill", "kill -9 of the primary's agent", _kill_agent, True, lambda t: 60,
+          rto_goal=lambda t: t.ttl + 2),
+    Fault("etcd-leader-kill", "kill -9 of the etcd leader", _kill_etcd_leader, False, lambda t: t.ttl,
+          dcs=frozenset({"etcd"}), etcd_members=3),
+    Fault("etcd-follower-kill", "kill -9 of one etcd follower", _kill_etcd_follower, False,
+          lambda t: t.ttl, dcs=frozenset({"etcd"}), etcd_members=3),
+    # The lease may have been renewed just before the fault: it can admit for one TTL at most.
+    Fault("etcd-quorum-loss", "kill -9 of two of three etcd members", _kill_etcd_quorum, False,
+          lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl),
+    Fault("switchover", "planned switchover under load", _switchover, True, lambda t: 60,
+          rto_goal=lambda t: 1.0),
+    Fault("lagging-replica+mysqld-kill", "a replica lags (applier locked out), then kill -9 of the "
+          "primary's mysqld", _lagging_replica_then_kill, True, lambda t: 60),
+    Fault("mysqld-stop", "SIGSTOP of the primary's mysqld past detection, then SIGCONT", _stop_mysqld,
+          True, lambda t: 60),
+    Fault("agent-stop", "SIGSTOP of the primary's agent (not its gate workers) past the TTL",
+          _stop_agent, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2),
+    Fault("host-freeze", "SIGSTOP of the primary's mysqld, agent and gate workers (host loss)",
+          _freeze_host, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2),
+)
+
+
+def all_faults() -> tuple[Fault, ...]:
+    """The faults here plus any the network-namespace lab exports (``partition``...)."""
+    try:
+        netns = importlib.import_module("dbfence.lab.netns")
+    except ImportError:
+        return FAULTS
+    return FAULTS + tuple(getattr(netns, "FAULTS", ()))
+
+
+# ---------------------------------------------------------------------------- labs
+
+@dataclass
+class FaultLab:
+    """A lab for the matrix; ``mounts`` are tmpfs mounts to remove after ``lab.down()``."""
+
+    lab: LabCluster
+    tuning: AgentTuning
+    mounts: list[Path] = field(default_factory=list)
+    rounds: int = 0
+
+    def supports(self, fault: Fault) -> bool:
+        if self.lab.dcs_kind not in fault.dcs or len(self.lab.etcd) < fault.etcd_members:
+            return False
+        return not fault.tmpfs or any(str(m) == self.lab.node(p).datadir
+                                      for m in self.mounts for p in self.lab.primaries())
+
+    def down(self) -> None:
+        """Stop the lab, unmount its tmpfs and remove its files: labs are large and disks are not."""
+        try:
+            LabCluster.load(self.lab.directory).down()
+        finally:
+            for mount in self.mounts:
+                subprocess.run(["umount", str(mount)], check=False, capture_output=True)
+            shutil.rmtree(self.lab.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_space(directory: Path, size: str = "3g") -> Iterator[Path]:
+    """A tmpfs for the matrix's labs when we may mount one (root), so that no lab fills the
+    shared disk; otherwise the directory as it is. Removed afterwards either way."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+        check=False, capture_output=True).returncode == 0
+    try:
+        yield directory
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(directory)], check=False, capture_output=True)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def start_lab(directory: Path, dcs: DcsKind, tuning: AgentTuning, *, tmpfs: bool = False,
+              tmpfs_size: str = "1g") -> FaultLab:
+    """3 MariaDB + 3 etcd (or the Consul stand-in) + agents. With ``tmpfs``, db1's data directory
+    (the first primary's) is moved onto a tmpfs of its own before the agents start, so that it
+    can be filled without touching the disk (the agents want 512 MiB free: hence 1 GiB)."""
+    lab = LabCluster.up(LabSpec(directory=directory, mysql_count=3, dcs=dcs,
+                                etcd_members=3 if dcs == "etcd" else 1, agents=not tmpfs,
+                                agent_tuning=tuning))
+    fault_lab = FaultLab(lab, tuning)
+    if not tmpfs:
+        return fault_lab
+    try:
+        node = lab.mysql[0]
+        lab.kill_mysql(node.name, signal.SIGTERM)
+        wait_until(_exited(node.process.alive), timeout=60, what=f"{node.name} to stop")
+        datadir = Path(node.datadir)
+        on_disk = datadir.with_name("data.disk")
+        datadir.rename(on_disk)
+        datadir.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size}", "tmpfs", str(datadir)],
+                       check=True, capture_output=True)
+        fault_lab.mounts.append(datadir)
+        shutil.copytree(on_disk, datadir, dirs_exist_ok=True)
+        shutil.rmtree(on_disk)
+        lab.start_mysql(node.name)
+        # Every mysqld starts read-only: open db1 again, as the lab left it for the agents.
+        mariadb_servers.open_for_writes(lab.mysql[0], lab.accounts["agent"])
+        lab.start_agents(tuning)
+    except BaseException:
+        fault_lab.down()
+        raise
+    return fault_lab
+
+
+# ---------------------------------------------------------------------------- one round
+
+@dataclass(frozen=True)
+class RoundResult:
+    fault: str
+    verdict: Verdict
+    old_primary: str
+    failed_over: bool
+    settled: bool  # every node follows one primary again: the lab can take the next fault
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rto(self) -> float | None:
+        return self.verdict.outages[0].seconds if self.verdict.outages else None
+
+
+def _settle(lab: LabCluster, timeout: float) -> tuple[str | None, bool]:
+    """(the primary, whether every other node follows it). Gives up early once a node is
+    fenced for errant transactions: that one never follows again by design."""
+    def settled_or_stuck() -> str | None:
+        primaries = lab.primaries()
+        if len(primaries) != 1:
+            return None
+        statuses = [lab.agent_status(a.name) for a in lab.agents if a.name != primaries[0]]
+        if any(s.get("fenced_reason") == "errant_gtids" or s.get("database", {}).get("errant")
+               for s in statuses):
+            return "stuck"
+        following = all(s.get("role") == "replica" and
+                        s.get("database", {}).get("replication_source") == primaries[0] for s in statuses)
+        return "settled" if following else None
+    try:
+        outcome = wait_until(settled_or_stuck, timeout=timeout, what="every replica following one primary")
+    except WaitTimeout:
+        outcome = "late"
+    primaries = lab.primaries()
+    primary = primaries[0] if len(primaries) == 1 else None
+    return primary, outcome == "settled" and primary is not None
+
+
+def _new_primary(lab: LabCluster, old: str) -> str | None:
+    primaries = lab.primaries()
+    return primaries[0] if len(primaries) == 1 and primaries[0] != old else None
+
+
+@contextlib.contextmanager
+def _writing(writer: DiscoveryWriter) -> Iterator[DiscoveryWriter]:
+    writer.start()
+    try:
+        yield writer
+    finally:
+        writer.finish()
+
+
+def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2,
+              recover_timeout: float = 90.0) -> RoundResult:
+    lab, tuning = fault_lab.lab, fault_lab.tuning
+    primary = lab.wait_settled(timeout=60)
+    writer = DiscoveryWriter(lab, table, timeout=2.0, clients=clients)
+    writer.create_table(primary)
+    notes: list[str] = []
+    with _writing(writer):
+        begun = time.time()
+        wait_until(lambda: writer.acknowledged_since(begun) >= 5, timeout=30, what="writes before the fault")
+        ctx = FaultContext(lab, tuning, writer, primary, table)
+        heal = fault.inject(ctx)
+        at = time.time()  # when the fault is in full effect (filling a disk takes a moment)
+        failed_over = False
+        try:
+            if fault.until_failover:
+                try:
+                    wait_until(lambda: _new_primary(lab, primary), timeout=fault.hold(tuning),
+                               what=f"another primary than {primary}")
+                    failed_over = True
+                except WaitTimeout:
+                    notes.append(f"no other primary within {fault.hold(tuning):g}s")
+            else:
+                time.sleep(fault.hold(tuning))  # the fault's duration, not a synchronisation
+                failed_over = _new_primary(lab, primary) is not None
+        finally:
+            healed_at = time.time()
+            heal()
+        try:
+            wait_until(lambda: writer.acknowledged_since(healed_at) >= 5, timeout=recover_timeout,
+                       what="writes acknowledged after the heal")
+        except WaitTimeout:
+            notes.append(f"no writes within {recover_timeout:g}s of the heal")
+    quiet = fault.quiet_after(tuning)
+    event = FaultEvent(fault.name, at, healed_at, None if quiet is None else at + quiet)
+    final_primary, settled = _settle(lab, timeout=30)
+    if not settled:
+        notes.append(f"not settled after the heal (primary: {final_primary})")
+    history = History(tuple(writer.attempts), read_tenures(lab), (event,),
+                      read_final_state(lab, final_primary, table))
+    verdict = check(history)
+    if verdict.errant:
+        settled = False  # a node with errant transactions stays fenced: start the next fault afresh
+    fault_lab.rounds += 1
+    return RoundResult(fault.name, verdict, primary, failed_over, settled, tuple(notes))
+
+
+# ---------------------------------------------------------------------------- the matrix
+
+class LabPool:
+    """Labs for consecutive rounds: one is reused while the last round left it settled and clean
+    and it suits the next fault; otherwise it goes and a fresh one comes. The logs of a round that
+    left the lab unsettled are copied to ``keep_logs`` (when given) before its files go."""
+
+    def __init__(self, root: Path, dcs: DcsKind, tuning: AgentTuning, keep_logs: Path | None = None) -> None:
+        self.root, self.dcs, self.tuning, self.keep_logs = root, dcs, tuning, keep_logs
+        self.current: FaultLab | None = None
+        self.started = 0
+        self.rounds = 0
+
+    def run(self, fault: Fault, clients: int = 2, recover_timeout: float = 90.0) -> RoundResult:
+        current = self.current
+        if current is not None and not current.supports(fault):
+            self._drop()
+        if self.current is None:
+            self.started += 1
+            # Every lab can take the disk fault when this process may mount a tmpfs (root).
+            self.current = start_lab(self.root / f"lab{self.started}", self.dcs, self.tuning,
+                                     tmpfs=os.geteuid() == 0)
+        self.rounds += 1
+        try:
+            result = run_round(self.current, fault, f"app.round{self.rounds}", clients=clients,
+                               recover_timeout=recover_timeout)
+        except BaseException:
+            self._drop(f"round{self.rounds}-{fault.name}")
+            raise
+        if not result.settled:
+            self._drop(f"round{self.rounds}-{fault.name}")
+        return result
+
+    def _drop(self, logs_name: str | None = None) -> None:
+        if self.current is None:
+            return
+        if logs_name is not None and self.keep_logs is not None:
+            target = self.keep_logs / logs_name
+            directory = self.current.lab.directory
+            for log in [*directory.glob("agents/*.log"), *directory.glob("db*/error.log")]:
+                (target / log.parent.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(log, target / log.parent.name / log.name)
+        self.current.down()
+        self.current = None
+
+    def close(self) -> None:
+        self._drop()
+
+
+def run_matrix(faults: list[Fault], runs: int, root: Path, dcs: DcsKind, tuning: AgentTuning, *,
+               clients: int = 2, keep_logs: Path | None = None,
+               report: Callable[[RoundResult], None] = lambda result: None) -> list[RoundResult]:
+    """Each fault ``runs`` times, reusing labs as :class:`LabPool` allows."""
+    pool = LabPool(root, dcs, tuning, keep_logs)
+    results: list[RoundResult] = []
+    try:
+        for fault in faults:
+            for _ in range(runs):
+                results.append(pool.run(fault, clients))
+                report(results[-1])
+    finally:
+        pool.close()
+    return results
+
+
+def applicable(fault: Fault, dcs: DcsKind) -> bool:
+    return dcs in fault.dcs
