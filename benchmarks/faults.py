@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from dbfence.lab.agents import AgentTuning
-from dbfence.lab.faults import Fault, RoundResult, all_faults, applicable, run_matrix, scratch_space
+from dbfence.lab.faults import (
+    Fault,
+    RoundResult,
+    all_faults,
+    applicable,
+    run_matrix,
+    scratch_space,
+    unavailable,
+)
 
 
 def describe(result: RoundResult) -> str:
@@ -95,6 +103,9 @@ def main() -> int:
         parser.error(f"unknown fault {args.fault!r}; pick one of {', '.join(faults)}")
     chosen = [f for f in faults.values() if applicable(f, args.dcs)] if args.fault == "all" \
         else [faults[args.fault]]
+    for fault in [f for f in chosen if unavailable(f)]:
+        print(f"{fault.name}: {unavailable(fault)}")
+    chosen = [f for f in chosen if unavailable(f) is None]
     tuning = AgentTuning(ttl=args.ttl, margin=args.margin)
     logs = Path(tempfile.mkdtemp(prefix="dbfence-faults-logs-"))
     with scratch_space(Path(tempfile.mkdtemp(prefix="dbfence-faults-"))) as root:

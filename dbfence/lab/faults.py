@@ -313,6 +313,8 @@ class FaultLab:
     def supports(self, fault: Fault) -> bool:
         if self.lab.dcs_kind not in fault.dcs or len(self.lab.etcd) < fault.etcd_members:
             return False
+        if needs_netns(fault) != (self.lab.netns is not None):
+            return False
         return not fault.tmpfs or any(str(m) == self.lab.node(p).datadir
                                       for m in self.mounts for p in self.lab.primaries())
 
@@ -342,14 +344,19 @@ def scratch_space(directory: Path, size: str = "3g") -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def needs_netns(fault: Fault) -> bool:
+    """Partition faults (from :mod:`dbfence.lab.partition`) need a lab in network namespaces."""
+    return bool(getattr(fault, "netns", False))
+
+
 def start_lab(directory: Path, dcs: DcsKind, tuning: AgentTuning, *, tmpfs: bool = False,
-              tmpfs_size: str = "1g") -> FaultLab:
+              tmpfs_size: str = "1g", netns: bool = False) -> FaultLab:
     """3 MariaDB + 3 etcd (or the Consul stand-in) + agents. With ``tmpfs``, db1's data directory
     (the first primary's) is moved onto a tmpfs of its own before the agents start, so that it
     can be filled without touching the disk (the agents want 512 MiB free: hence 1 GiB)."""
     lab = LabCluster.up(LabSpec(directory=directory, mysql_count=3, dcs=dcs,
                                 etcd_members=3 if dcs == "etcd" else 1, agents=not tmpfs,
-                                agent_tuning=tuning))
+                                agent_tuning=tuning, netns=netns))
     fault_lab = FaultLab(lab, tuning)
     if not tmpfs:
         return fault_lab
@@ -421,8 +428,10 @@ def _new_primary(lab: LabCluster, old: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _writing(writer: DiscoveryWriter) -> Iterator[DiscoveryWriter]:
-    writer.start()
+def _writing(lab: LabCluster, writer: DiscoveryWriter) -> Iterator[DiscoveryWriter]:
+    # In a namespaced lab the writer's threads must live in the client namespace (a plain call
+    # otherwise): they inherit it from the thread that starts them.
+    lab.in_client(writer.start)
     try:
         yield writer
     finally:
@@ -436,7 +445,7 @@ def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2
     writer = DiscoveryWriter(lab, table, timeout=2.0, clients=clients)
     writer.create_table(primary)
     notes: list[str] = []
-    with _writing(writer):
+    with _writing(lab, writer):
         begun = time.time()
         wait_until(lambda: writer.acknowledged_since(begun) >= 5, timeout=30, what="writes before the fault")
         ctx = FaultContext(lab, tuning, writer, primary, table)
@@ -495,9 +504,11 @@ class LabPool:
             self._drop()
         if self.current is None:
             self.started += 1
-            # Every lab can take the disk fault when this process may mount a tmpfs (root).
+            # Every lab can take the disk fault when this process may mount a tmpfs (root);
+            # a namespaced lab (for partitions) keeps its data on the lab's own scratch space.
+            netns = needs_netns(fault)
             self.current = start_lab(self.root / f"lab{self.started}", self.dcs, self.tuning,
-                                     tmpfs=os.geteuid() == 0)
+                                     tmpfs=os.geteuid() == 0 and not netns, netns=netns)
         self.rounds += 1
         try:
             result = run_round(self.current, fault, f"app.round{self.rounds}", clients=clients,
@@ -543,3 +554,13 @@ def run_matrix(faults: list[Fault], runs: int, root: Path, dcs: DcsKind, tuning:
 
 def applicable(fault: Fault, dcs: DcsKind) -> bool:
     return dcs in fault.dcs
+
+
+def unavailable(fault: Fault) -> str | None:
+    """Why this fault cannot run on this machine (partitions need root, ip and nft), or None."""
+    if not needs_netns(fault):
+        return None
+    from dbfence.lab import netns  # noqa: PLC0415
+
+    reason = netns.unavailable_reason()
+    return None if reason is None else f"network partitions skipped: {reason}"
