@@ -113,16 +113,6 @@ class GtidPosition:
         """True when this position is at least as advanced as ``other`` in every domain."""
         return all(self.seq_no(gtid.domain_id) >= gtid.seq_no for gtid in other.gtids)
 
-    def furthest_with(self, other: GtidPosition) -> GtidPosition:
-        """Per domain, whichever of the two GTIDs is further (a replica's applied position with
-        what its IO thread received: what it will hold once its relay log is applied)."""
-        best = {gtid.domain_id: gtid for gtid in self.gtids}
-        for gtid in other.gtids:
-            mine = best.get(gtid.domain_id)
-            if mine is None or gtid.seq_no > mine.seq_no:
-                best[gtid.domain_id] = gtid
-        return GtidPosition.from_gtids(best.values())
-
     def strictly_ahead_of(self, other: GtidPosition) -> bool:
         """Covers ``other`` and is further in at least one domain."""
         return self.covers(other) and not other.covers(self)

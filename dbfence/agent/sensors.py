@@ -274,16 +274,8 @@ class DbSensor:
             lag_seconds=lag,
             errant=self._errant_check(positions),
         )
-        # Published and raced with: what this node will hold once its relay log is applied. A
-        # lagging applier may sit on commits a semi-sync ack already confirmed to a client that
-        # no other replica received; ranking by applied GTIDs alone would let another replica
-        # win without them (seen in the partition-with-a-lagging-replica fault). Racing itself
-        # still waits until the relay log is applied.
-        received = _to_core(status.received_gtid_pos) if status is not None else None
-        position = current.furthest_with(received) if current is not None and received is not None \
-            else current
         return DbFacts(
-            at=at, health=health, read_only=raw.read_only, position=position,
+            at=at, health=health, read_only=raw.read_only, position=current,
             binlog_state=str(positions.binlog_state), server_id=raw.server_id,
             fencing_token=raw.fencing_token, replication=replication, replica_status=status,
             probe_summary=summary, semi_sync_primary=raw.semi_sync_primary,

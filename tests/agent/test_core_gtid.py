@@ -40,14 +40,6 @@ def test_parse_rejects_non_strings_and_bad_parts() -> None:
         GtidPosition((Gtid(1, 1, 1), Gtid(0, 1, 1)))
 
 
-def test_furthest_with_takes_the_further_gtid_of_each_domain() -> None:
-    applied, received = p("0-1-80,1-2-5"), p("0-1-83,2-3-1")
-    assert applied.furthest_with(received) == p("0-1-83,1-2-5,2-3-1")
-    assert received.furthest_with(applied) == p("0-1-83,1-2-5,2-3-1")
-    assert p("0-1-90").furthest_with(p("0-1-83")) == p("0-1-90")
-    assert p("").furthest_with(p("")) == p("")
-
-
 def test_covers_and_strictly_ahead() -> None:
     assert p("0-1-100,1-2-5").covers(p("0-1-99,1-2-5"))
     assert p("0-1-100").covers(p(""))
