@@ -68,6 +68,7 @@ class Fault:
     # From this many seconds after injection until heal, no write may be acknowledged.
     quiet_after: Callable[[AgentTuning], float | None] = lambda tuning: None
     rto_goal: Callable[[AgentTuning], float | None] = lambda tuning: None
+    netns: bool = False  # needs a lab in network namespaces (the partition faults)
 
 
 # ---------------------------------------------------------------------------- the faults
@@ -346,7 +347,7 @@ def scratch_space(directory: Path, size: str = "3g") -> Iterator[Path]:
 
 def needs_netns(fault: Fault) -> bool:
     """Partition faults (from :mod:`dbfence.lab.partition`) need a lab in network namespaces."""
-    return bool(getattr(fault, "netns", False))
+    return fault.netns
 
 
 def start_lab(directory: Path, dcs: DcsKind, tuning: AgentTuning, *, tmpfs: bool = False,

@@ -14,49 +14,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.errors import LabError
+from dbfence.lab.faults import Fault, FaultContext, Heal
 from dbfence.lab.netns import CLIENT
 from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.lab.workload import DiscoveryWriter
 
 FAULT_NAMES = ("partition", "partition-lagging-replica")
-Heal = Callable[[], None]
-
-
-class FaultContext(Protocol):
-    """What the fault matrix hands an injector (dbfence.lab.faults.FaultContext has these)."""
-
-    lab: LabCluster  # started with netns=True
-    writer: DiscoveryWriter  # started with lab.in_client(writer.start)
-    primary: str
-    table: str
-
-    def others(self) -> list[str]: ...
-
-
-@dataclass(frozen=True)
-class NetnsFault:
-    """The fault matrix's Fault, field for field, plus ``netns``: the lab must run in namespaces."""
-
-    name: str
-    summary: str
-    inject: Callable[[FaultContext], Heal]
-    until_failover: bool
-    hold: Callable[[AgentTuning], float]
-    dcs: frozenset[str] = frozenset({"etcd", "consul"})
-    etcd_members: int = 1
-    tmpfs: bool = False
-    quiet_after: Callable[[AgentTuning], float | None] = lambda tuning: None
-    rto_goal: Callable[[AgentTuning], float | None] = lambda tuning: None
-    netns: bool = True
 
 
 def inject_partition(ctx: FaultContext) -> Heal:
@@ -81,12 +52,12 @@ def inject_partition_lagging_replica(ctx: FaultContext, delay: int = 30) -> Heal
     return heal
 
 
-FAULTS: tuple[NetnsFault, ...] = (
-    NetnsFault("partition", "the primary's host cut off from the DCS and its peers (network namespaces)",
-               inject_partition, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2),
-    NetnsFault("partition-lagging-replica", "a replica applies 30 s behind, then the primary's host "
-               "is cut off from the DCS and its peers", inject_partition_lagging_replica, True,
-               lambda t: 60, rto_goal=lambda t: t.ttl + 2),
+FAULTS: tuple[Fault, ...] = (
+    Fault("partition", "the primary's host cut off from the DCS and its peers (network namespaces)",
+          inject_partition, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2, netns=True),
+    Fault("partition-lagging-replica", "a replica applies 30 s behind, then the primary's host "
+          "is cut off from the DCS and its peers", inject_partition_lagging_replica, True,
+          lambda t: 60, rto_goal=lambda t: t.ttl + 2, netns=True),
 )
 
 
@@ -171,7 +142,7 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
         partitioned_wall, partitioned = time.time(), time.monotonic()
         # The delay (lagging variant) is already in place: the matrix's injector for the plain
         # partition is the one to use here, so the tests exercise exactly what the matrix runs.
-        heal = inject_partition(_Context(lab, writer, old, table))
+        heal = inject_partition(FaultContext(lab, AgentTuning(**tuning), writer, old, table))
         outcome.cut_from = [h for h in lab.netns.hosts if h not in (old, CLIENT)]
         outcome.old_gate_deadline_after = float(tuning.get("ttl", 0.0)) - float(tuning.get("margin", 0.0))
 
@@ -209,17 +180,6 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
         outcome.lost = sorted(set(writer.acknowledged) - _row_ids(lab, outcome.new_primary, table))
     outcome.after_heal = _after_heal(lab, old, rejoin_timeout)
     return outcome
-
-
-@dataclass
-class _Context:
-    lab: LabCluster
-    writer: DiscoveryWriter
-    primary: str
-    table: str
-
-    def others(self) -> list[str]:
-        return [a.name for a in self.lab.agents if a.name != self.primary]
 
 
 def _row_ids(lab: LabCluster, node: str, table: str) -> set[int]:
