@@ -53,6 +53,11 @@ class FaultContext:
     def others(self) -> list[str]:
         return [a.name for a in self.lab.agents if a.name != self.primary]
 
+    def wait_for_more_writes(self, count: int, *, what: str) -> None:
+        """Until ``count`` more writes are acknowledged than now (a lag to build up, say)."""
+        marker = len(self.writer.acknowledged)
+        wait_until(lambda: len(self.writer.acknowledged) >= marker + count, timeout=30, what=what)
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -243,9 +248,7 @@ def _lagging_replica_then_kill(ctx: FaultContext) -> Heal:
     other, up-to-date replica must win (lossless), not the laggard."""
     laggard = sorted(ctx.others())[0]
     unlock = _held_connection(ctx, laggard, f"LOCK TABLES {ctx.table} READ")
-    marker = len(ctx.writer.acknowledged)
-    wait_until(lambda: len(ctx.writer.acknowledged) >= marker + 10, timeout=30,
-               what="writes the laggard has not applied")
+    ctx.wait_for_more_writes(10, what="writes the laggard has not applied")
     heal_mysqld = _kill_mysqld(ctx)
 
     def heal() -> None:
@@ -314,7 +317,7 @@ class FaultLab:
     def supports(self, fault: Fault) -> bool:
         if self.lab.dcs_kind not in fault.dcs or len(self.lab.etcd) < fault.etcd_members:
             return False
-        if needs_netns(fault) != (self.lab.netns is not None):
+        if fault.netns != (self.lab.netns is not None):
             return False
         return not fault.tmpfs or any(str(m) == self.lab.node(p).datadir
                                       for m in self.mounts for p in self.lab.primaries())
@@ -343,11 +346,6 @@ def scratch_space(directory: Path, size: str = "3g") -> Iterator[Path]:
         if mounted:
             subprocess.run(["umount", str(directory)], check=False, capture_output=True)
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def needs_netns(fault: Fault) -> bool:
-    """Partition faults (from :mod:`dbfence.lab.partition`) need a lab in network namespaces."""
-    return fault.netns
 
 
 def start_lab(directory: Path, dcs: DcsKind, tuning: AgentTuning, *, tmpfs: bool = False,
@@ -507,7 +505,7 @@ class LabPool:
             self.started += 1
             # Every lab can take the disk fault when this process may mount a tmpfs (root);
             # a namespaced lab (for partitions) keeps its data on the lab's own scratch space.
-            netns = needs_netns(fault)
+            netns = fault.netns
             self.current = start_lab(self.root / f"lab{self.started}", self.dcs, self.tuning,
                                      tmpfs=os.geteuid() == 0 and not netns, netns=netns)
         self.rounds += 1
@@ -559,7 +557,7 @@ def applicable(fault: Fault, dcs: DcsKind) -> bool:
 
 def unavailable(fault: Fault) -> str | None:
     """Why this fault cannot run on this machine (partitions need root, ip and nft), or None."""
-    if not needs_netns(fault):
+    if not fault.netns:
         return None
     from dbfence.lab import netns  # noqa: PLC0415
 

@@ -41,9 +41,7 @@ def inject_partition_lagging_replica(ctx: FaultContext, delay: int = 30) -> Heal
     the primary's host is partitioned: the up-to-date replica must win, and nothing may be lost."""
     laggard = sorted(ctx.others())[-1]
     delay_replica(ctx.lab, laggard, delay)
-    marker = len(ctx.writer.acknowledged)
-    wait_until(lambda: len(ctx.writer.acknowledged) >= marker + 10, timeout=30,
-               what="writes the laggard has received but not applied")
+    ctx.wait_for_more_writes(10, what="writes the laggard has received but not applied")
     heal_partition = inject_partition(ctx)
 
     def heal() -> None:
