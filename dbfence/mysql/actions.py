@@ -256,7 +256,9 @@ class MysqlActions:
         with self.session(read_timeout_s=timeout_s) as conn:
             killed = list(self._kill_clients(conn, keep_ids))
             self._run(conn, self.sql.set_read_only(True))
-            killed += self._kill_clients(conn, keep_ids)
+            # A killed session may still be listed (command "Killed") on this same connection:
+            # the second pass is for sessions that arrived meanwhile, not for those again.
+            killed += self._kill_clients(conn, {*keep_ids, *(session.id for session in killed)})
         return tuple(killed)
 
     # -- replication ------------------------------------------------------------------------
