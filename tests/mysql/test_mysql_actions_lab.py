@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import pymysql
 import pytest
+from pymysql.constants.ER import BAD_DB_ERROR as ER_BAD_DB_ERROR
+from pymysql.constants.ER import NO_SUCH_TABLE as ER_NO_SUCH_TABLE
 
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import SemiSyncSettings
@@ -40,9 +42,14 @@ TEST_SEMI_SYNC = SemiSyncSettings(timeout_ms=60_000)  # long enough never to exp
 
 
 def count_rows(lab: LabCluster, name: str, where: str = "1") -> int:
+    """Rows of dbtest.t on ``name``; 0 while the replica has not yet applied the CREATE."""
     conn = sql(lab, name)
     try:
         return int(one(conn, f"SELECT COUNT(*) AS n FROM dbtest.t WHERE {where}")["n"])
+    except pymysql.err.ProgrammingError as exc:
+        if exc.args[0] in (ER_BAD_DB_ERROR, ER_NO_SUCH_TABLE):
+            return 0
+        raise
     finally:
         conn.close()
 
