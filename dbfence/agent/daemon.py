@@ -128,13 +128,27 @@ class MemberTracker:
             try:
                 role = Role(raw.role)
                 position = GtidPosition.parse(raw.gtid_position) if raw.gtid_position else None
+                received = GtidPosition.parse(raw.gtid_received) if raw.gtid_received else None
             except ValueError as exc:
                 self.problems.append(f"member {raw.node}: {exc}")
                 continue
             info = MemberInfo(name=raw.node, role=role, healthy=raw.healthy, position=position,
-                              gate_admitting=raw.gate_state == "admitting", priority=raw.priority)
+                              gate_admitting=raw.gate_state == "admitting", priority=raw.priority,
+                              received=received)
             out.append(MemberRecord(info=info, last_seen=changed_at))
         return tuple(out)
+
+
+def _holdings(observation: Observation) -> dict[str, list[str | None]]:
+    db = observation.db
+    out: dict[str, list[str | None]] = {"(local mysqld)": [_text(db.position), _text(db.received)]}
+    for record in observation.members:
+        out[record.name] = [_text(record.info.position), _text(record.info.received)]
+    return out
+
+
+def _text(position: GtidPosition | None) -> str | None:
+    return None if position is None else str(position)
 
 
 class Agent:
@@ -306,7 +320,9 @@ class Agent:
                                  else decision.state.fenced_reason.value,
                                  "db": list(observation.db.health.reasons),
                                  "refusals": [r.reason.value for r in decision.refusals],
-                                 "token": self.keeper.status.token}))
+                                 "token": self.keeper.status.token,
+                                 # what the race compared: each node's applied and received GTIDs
+                                 "holds": _holdings(observation)}))
             if decision.state.role is Role.PRIMARY and self.state.role is Role.PROMOTING:
                 self.metrics.inc("promotions_total", "Times this node became primary.")
         self.state = decision.state
@@ -375,6 +391,7 @@ class Agent:
             members=members,
             db=LocalDatabase(health=self._health(facts, now),
                              read_only=facts.read_only, position=facts.position,
+                             received=facts.received,
                              server_id=facts.server_id, fencing_token=facts.fencing_token,
                              replication=facts.replication),
             gate=gate,
@@ -456,6 +473,8 @@ class Agent:
                          "reasons": list(observation.db.health.reasons),
                          "read_only": facts.read_only,
                          "gtid_position": None if facts.position is None else str(facts.position),
+                         "gtid_received": None if facts.received is None else str(facts.received),
+                         "facts_age_seconds": round(now - facts.at, 3),
                          "replication_source": facts.replication.source,
                          "lag_seconds": facts.replication.lag_seconds,
                          "errant": None if facts.replication.errant is None

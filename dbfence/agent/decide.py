@@ -50,7 +50,7 @@ from dbfence.agent.actions import (
     WriteFencingToken,
 )
 from dbfence.agent.core_config import CoreConfig
-from dbfence.agent.gtid import GtidPosition, candidate_sort_key
+from dbfence.agent.gtid import GtidPosition, RankKey, candidate_sort_key
 from dbfence.agent.observation import DiscoveryTag, MemberInfo, MemberRecord, Observation
 from dbfence.agent.state import Role, State, Trigger
 
@@ -267,22 +267,39 @@ def _ready_primary(r: _Round) -> str | None:
     return lock.holder
 
 
-def _rivals(r: _Round) -> list[tuple[MemberRecord, GtidPosition]]:
-    """Peers a racing replica must not overtake: healthy, promotable, with a position.
+@dataclass(frozen=True, slots=True)
+class _Rival:
+    """A peer that could take the lock instead of this node: what it holds once its relay log
+    is applied, and what it has applied."""
 
-    Stale records count too in lossless mode: a paused agent may sit on the only copy
-    of acknowledged writes until its record expires with its session.
+    record: MemberRecord
+    holds: GtidPosition
+    applied: GtidPosition
+
+    def sort_key(self) -> tuple[RankKey, RankKey, int, tuple[int, ...]]:
+        info = self.record.info
+        return candidate_sort_key(self.holds, self.applied, info.priority, info.name)
+
+
+def _rivals(r: _Round) -> list[_Rival]:
+    """Promotable peers with a known position that a racing replica must not overtake.
+
+    In lossless mode stale and unhealthy records count too: a paused agent, or a replica whose
+    applier is stuck, may sit on the only copy of acknowledged writes (a semi-sync ack means
+    "in a relay log", not "applied"); only that node can keep them. Callers let unhealthy
+    peers win ties: they do not race, and waiting for them would stall for nothing.
     """
-    rivals: list[tuple[MemberRecord, GtidPosition]] = []
+    rivals: list[_Rival] = []
     for record in r.obs.members:
         info = record.info
-        if record.name == r.me or info.position is None:
+        holds = info.holds
+        if record.name == r.me or info.position is None or holds is None:
             continue
-        if not info.healthy or info.priority <= 0 or info.role not in _RIVAL_ROLES:
+        if info.priority <= 0 or info.role not in _RIVAL_ROLES:
             continue
-        if not r.config.lossless and not _fresh(r, record):
+        if not r.config.lossless and not (info.healthy and _fresh(r, record)):
             continue
-        rivals.append((record, info.position))
+        rivals.append(_Rival(record, holds, info.position))
     return rivals
 
 
@@ -303,11 +320,6 @@ def _collect_race_refusals(r: _Round) -> None:
         r.refuse(RefusalReason.DB_UNHEALTHY, ", ".join(db.health.reasons))
     if config.priority <= 0:
         r.refuse(RefusalReason.NOT_PROMOTABLE)
-    if not db.replication.relay_log_applied:
-        r.refuse(RefusalReason.RELAY_LOG_NOT_APPLIED)
-    lag = db.replication.lag_seconds
-    if lag is None or lag > config.max_lag_seconds:
-        r.refuse(RefusalReason.LAG_TOO_HIGH, "unknown" if lag is None else f"{lag:g}s")
     target = intents.switchover_target
     operator_override = intents.skip_cooldown or target == r.me
     if obs.last_failover_at is not None and not operator_override:
@@ -319,19 +331,26 @@ def _collect_race_refusals(r: _Round) -> None:
         record = obs.member(target)
         if record is not None and record.info.healthy and _fresh(r, record):
             r.refuse(RefusalReason.SWITCHOVER_TO_OTHER, target)
-    position = db.position
-    if position is None or db.server_id is None:
+    position, holds = db.position, db.holds
+    if position is None or holds is None or db.server_id is None:
+        _refuse_if_lagging(r)
         r.refuse(RefusalReason.POSITION_UNKNOWN)
         return
-    mine = candidate_sort_key(position, config.priority, r.me)
-    for record, theirs in _rivals(r):
-        if target == r.me:
-            # The switchover target only yields to strictly more data, never to priority.
-            ahead = theirs.rank_key() > position.rank_key()
+    rivals = _rivals(r)
+    if not (config.lossless and all(rival.holds.rank_key() < holds.rank_key() for rival in rivals)):
+        # Lossless and holding more than any rival: this node is the only one that can keep
+        # what it received, so it races and applies its relay log while promoting.
+        _refuse_if_lagging(r)
+    mine = candidate_sort_key(holds, position, config.priority, r.me)
+    for rival in rivals:
+        if rival.holds.rank_key() > holds.rank_key():
+            ahead = True  # it holds more: whatever its health or priority, only it can keep that
+        elif not rival.record.info.healthy or target == r.me:
+            ahead = False  # an unhealthy peer does not race; the switchover target yields only to data
         else:
-            ahead = candidate_sort_key(theirs, record.info.priority, record.name) > mine
+            ahead = rival.sort_key() > mine
         if ahead:
-            r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{record.name} at {theirs}")
+            r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{rival.record.name} holds {rival.holds}")
     peer_positions = [
         record.info.position for record in obs.members
         if record.name != r.me and record.info.position is not None
@@ -340,6 +359,15 @@ def _collect_race_refusals(r: _Round) -> None:
     if unreplicated:
         r.refuse(RefusalReason.UNREPLICATED_OWN_WRITES,
                  "domains " + ",".join(str(domain) for domain in unreplicated))
+
+
+def _refuse_if_lagging(r: _Round) -> None:
+    replication = r.obs.db.replication
+    if not replication.relay_log_applied:
+        r.refuse(RefusalReason.RELAY_LOG_NOT_APPLIED)
+    lag = replication.lag_seconds
+    if lag is None or lag > r.config.max_lag_seconds:
+        r.refuse(RefusalReason.LAG_TOO_HIGH, "unknown" if lag is None else f"{lag:g}s")
 
 
 def _publish_member(r: _Round) -> None:
@@ -360,6 +388,7 @@ def _publish_member(r: _Round) -> None:
         position=obs.db.position,
         gate_admitting=admitting,
         priority=r.config.priority,
+        received=obs.db.received,
     )
     own = obs.member(r.me)
     if own is None or own.info != info:
@@ -475,21 +504,21 @@ def _promoting(r: _Round) -> None:
 
 
 def _overtaken(r: _Round) -> bool:
-    """Step down when a healthy rival has strictly more data, while nothing was written yet.
+    """Step down when a rival holds strictly more data, while nothing was written yet.
 
     Records can lag (a peer publishes after we raced): until mysqld is made writable and
     the token written, handing the lock back costs nothing and keeps the lossless promise.
-    Ties (priority, name) never cause a step-down: the data is the same.
+    Ties (applied position, priority, name) never cause a step-down: the data is the same.
     """
     obs = r.obs
-    position = obs.db.position
+    holds = obs.db.holds
     token = obs.lease.token
-    if obs.db.read_only is not True or obs.db.fencing_token == token or position is None:
+    if obs.db.read_only is not True or obs.db.fencing_token == token or holds is None:
         return False
-    ahead = [record for record, theirs in _rivals(r) if theirs.rank_key() > position.rank_key()]
+    ahead = [rival.record.name for rival in _rivals(r) if rival.holds.rank_key() > holds.rank_key()]
     if not ahead:
         return False
-    r.refuse(RefusalReason.PEER_MORE_ADVANCED, ", ".join(record.name for record in ahead))
+    r.refuse(RefusalReason.PEER_MORE_ADVANCED, ", ".join(ahead))
     r.move(Trigger.OVERTAKEN)
     if token is not None and obs.fence_complete:
         r.emit(ReleaseLock(token, ActionReason.OVERTAKEN))

@@ -149,6 +149,8 @@ class Executor:
             case SetReadOnly(read_only=False):
                 self.mysql.set_read_only(False)
             case WaitRelayLog(timeout=timeout):
+                # Only a promotion waits for the relay log: a deliberate apply delay must not hold it.
+                self.mysql.lift_apply_delay()
                 self.mysql.wait_relay_log_applied(timeout)
             case Promote(semi_sync=semi_sync):
                 if self.mysql.replica_status() is None:
@@ -246,6 +248,7 @@ class Executor:
             healthy=info.healthy,
             reasons=facts.health.verdict(require_confirmation=not info.healthy).reasons,
             gtid_position="" if info.position is None else str(info.position),
+            gtid_received="" if info.received is None else str(info.received),
             gate_state=gate_state,
             version=ident.version,
             last_seen=time.time(),

@@ -16,14 +16,18 @@ Ranking rule (documented contract, used for failover candidates):
   2. for equal sums (only possible between equal or incomparable positions) the
      ``(domain, seq_no)`` pairs compared lexicographically, so the order stays total
      and deterministic on every node;
-  3. callers then break remaining ties by configured priority (higher first) and node
-     name (smaller first) - see :func:`candidate_sort_key`.
+  3. callers rank first by what a node *holds* (applied position merged with what its
+     IO thread received, i.e. what it has once its relay log is applied), then by the applied
+     position, and break remaining ties by configured priority (higher first) and node name
+     (smaller first) - see :func:`candidate_sort_key`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+RankKey = tuple[int, tuple[tuple[int, int], ...]]
 
 
 class GtidParseError(ValueError):
@@ -113,11 +117,21 @@ class GtidPosition:
         """True when this position is at least as advanced as ``other`` in every domain."""
         return all(self.seq_no(gtid.domain_id) >= gtid.seq_no for gtid in other.gtids)
 
+    def furthest_with(self, other: GtidPosition) -> GtidPosition:
+        """Per domain, whichever of the two GTIDs is further (a replica's applied position with
+        what its IO thread received: what it holds once its relay log is applied)."""
+        best = {gtid.domain_id: gtid for gtid in self.gtids}
+        for gtid in other.gtids:
+            mine = best.get(gtid.domain_id)
+            if mine is None or gtid.seq_no > mine.seq_no:
+                best[gtid.domain_id] = gtid
+        return GtidPosition.from_gtids(best.values())
+
     def strictly_ahead_of(self, other: GtidPosition) -> bool:
         """Covers ``other`` and is further in at least one domain."""
         return self.covers(other) and not other.covers(self)
 
-    def rank_key(self) -> tuple[int, tuple[tuple[int, int], ...]]:
+    def rank_key(self) -> RankKey:
         """Total order for candidate ranking (see the module docstring for the rule)."""
         return (
             sum(gtid.seq_no for gtid in self.gtids),
@@ -170,12 +184,13 @@ class GtidPosition:
 
 
 def candidate_sort_key(
-    position: GtidPosition, priority: int, name: str
-) -> tuple[tuple[int, tuple[tuple[int, int], ...]], int, tuple[int, ...]]:
-    """Key whose maximum is the preferred candidate: position, then priority, then smaller name.
+    holds: GtidPosition, applied: GtidPosition, priority: int, name: str
+) -> tuple[RankKey, RankKey, int, tuple[int, ...]]:
+    """Key whose maximum is the preferred candidate: what it holds, then what it has applied
+    (it can promote sooner), then priority, then smaller name.
 
     The name is encoded as negated code points so that a *smaller* name sorts higher
     while the whole key keeps a single "bigger wins" direction. A name that is a
     prefix of another ranks higher (shorter wins), consistent with string ordering.
     """
-    return (position.rank_key(), priority, (*(-ord(char) for char in name), 1))
+    return (holds.rank_key(), applied.rank_key(), priority, (*(-ord(char) for char in name), 1))

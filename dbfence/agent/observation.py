@@ -67,7 +67,8 @@ class LockView:
 
 @dataclass(frozen=True, slots=True)
 class MemberInfo:
-    """The content of a member record, as an agent publishes it."""
+    """The content of a member record, as an agent publishes it. ``position`` is applied;
+    ``received`` is what the node holds once its relay log is applied (None: as applied)."""
 
     name: str
     role: Role
@@ -75,6 +76,18 @@ class MemberInfo:
     position: GtidPosition | None
     gate_admitting: bool
     priority: int
+    received: GtidPosition | None = None
+
+    @property
+    def holds(self) -> GtidPosition | None:
+        return _holds(self.position, self.received)
+
+
+def _holds(applied: GtidPosition | None, received: GtidPosition | None) -> GtidPosition | None:
+    """What a node has once its relay log is applied (unknown when its applied position is)."""
+    if applied is None or received is None:
+        return applied
+    return applied.furthest_with(received)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +148,13 @@ class ReplicationState:
 @dataclass(frozen=True, slots=True)
 class LocalDatabase:
     """The local mysqld: health verdict, read-only flag (None: could not be read),
-    applied GTID position, server id, fencing token stored in its table, replication."""
+    applied GTID position, server id, fencing token stored in its table, replication,
+    and ``received``: the GTIDs its IO thread wrote to the relay log (None: not a replica).
+
+    A semi-sync replica acknowledges a commit once it is in its relay log, so a lagging
+    applier can sit on acknowledged commits no other node has: candidates rank by
+    :attr:`holds`, not by the applied position alone.
+    """
 
     health: HealthVerdict
     read_only: bool | None
@@ -143,6 +162,11 @@ class LocalDatabase:
     server_id: int | None
     fencing_token: int | None = None
     replication: ReplicationState = ReplicationState()
+    received: GtidPosition | None = None
+
+    @property
+    def holds(self) -> GtidPosition | None:
+        return _holds(self.position, self.received)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,7 @@ class DbFacts:
     health: HealthSummary
     read_only: bool | None = None
     position: CorePosition | None = None
+    received: CorePosition | None = None  # Gtid_IO_Pos: what the relay log got (None: no replica)
     binlog_state: str = ""
     server_id: int | None = None
     fencing_token: int | None = None
@@ -276,6 +277,7 @@ class DbSensor:
         )
         return DbFacts(
             at=at, health=health, read_only=raw.read_only, position=current,
+            received=_to_core(status.received_gtid_pos) if status is not None else None,
             binlog_state=str(positions.binlog_state), server_id=raw.server_id,
             fencing_token=raw.fencing_token, replication=replication, replica_status=status,
             probe_summary=summary, semi_sync_primary=raw.semi_sync_primary,

@@ -104,7 +104,7 @@ class MemberRecord:
     role: str
     healthy: bool
     reasons: tuple[str, ...] = ()
-    gtid_position: str = ""
+    gtid_position: str = ""  # applied
     gate_state: str = ""
     version: str = ""
     last_seen: float = 0.0
@@ -117,6 +117,9 @@ class MemberRecord:
     gate_port: int = 0
     mysql_host: str = ""  # where replicas connect to replicate from this node
     mysql_port: int = 0
+    # What its IO thread wrote to the relay log (a replica): it may hold acknowledged commits
+    # not applied yet, and peers must not overtake it (empty: not a replica, or an older agent).
+    gtid_received: str = ""
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,7 @@ def parse_member(key: str, raw: bytes | str | None, node_in_key: str) -> MemberR
         gate_port=fields.integer("gate_port"),
         mysql_host=fields.text("mysql_host"),
         mysql_port=fields.integer("mysql_port"),
+        gtid_received=fields.text("gtid_received"),
     )
 
 

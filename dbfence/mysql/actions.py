@@ -281,6 +281,29 @@ class MysqlActions:
                 )
         return GtidPosition.parse(received)
 
+    def lift_apply_delay(self) -> bool:
+        """Let a delayed replica (MASTER_DELAY) that is being promoted apply its relay log now.
+
+        Its relay log may hold acknowledged commits nobody else has (a semi-sync replica acks on
+        receipt), and waiting out the delay would keep the cluster without a primary. Receiving
+        stops first; then the delay is set to 0 naming the SQL thread's own relay-log
+        coordinates, the one form of CHANGE MASTER that keeps the relay log. False when there
+        was no delay. (This leaves GTID mode off until the next CHANGE MASTER: promotion resets
+        the replication config, a repoint sets MASTER_USE_GTID again.)
+        """
+        self._require_mariadb("lifting the apply delay")
+        with self.session() as conn:
+            rows = query(conn, self.sql.replica_status_query())
+            if not rows or self.sql.parse_replica_status(rows[0]).apply_delay_s == 0:
+                return False
+            self._stop_io_thread(conn)
+            query(conn, "STOP SLAVE SQL_THREAD")
+            status = self.sql.parse_replica_status(query(conn, self.sql.replica_status_query())[0])
+            query(conn, "CHANGE MASTER TO MASTER_DELAY = 0, RELAY_LOG_FILE = %s, RELAY_LOG_POS = %s",
+                  (status.relay_log_file, status.relay_log_pos))
+            query(conn, "START SLAVE SQL_THREAD")
+        return True
+
     def stop_receiving(self) -> bool:
         """Stop the IO thread only, so the SQL thread applies what the relay log already holds;
         the source stays configured. False when there was nothing to stop (idempotent)."""
@@ -369,6 +392,7 @@ class MysqlActions:
         if status is not None:
             with self.session() as conn:
                 self._stop_io_thread(conn)
+            self.lift_apply_delay()
             if apply_relay_log_timeout_s is not None:
                 self.wait_relay_log_applied(apply_relay_log_timeout_s)
         with self.session() as conn:

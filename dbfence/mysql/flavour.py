@@ -67,6 +67,9 @@ class ReplicaStatus:
     primary_server_id: int
     received_gtid_pos: str  # MariaDB Gtid_IO_Pos / MySQL Retrieved_Gtid_Set
     using_gtid: str
+    apply_delay_s: int = 0  # MASTER_DELAY: a deliberately delayed replica
+    relay_log_file: str = ""  # where the SQL thread is in the relay log
+    relay_log_pos: int = 0
 
 
 class FlavourSql(Protocol):
@@ -132,6 +135,9 @@ class MariaDBSql:
             primary_server_id=_int(row.get("Master_Server_Id")),
             received_gtid_pos=str(row.get("Gtid_IO_Pos") or ""),
             using_gtid=str(row.get("Using_Gtid") or ""),
+            apply_delay_s=_int(row.get("SQL_Delay")),
+            relay_log_file=str(row.get("Relay_Log_File") or ""),
+            relay_log_pos=_int(row.get("Relay_Log_Pos")),
         )
 
     def stop_replica(self) -> str:
@@ -221,6 +227,9 @@ class MySQL8Sql:
             primary_server_id=_int(row.get("Source_Server_Id")),
             received_gtid_pos=str(row.get("Retrieved_Gtid_Set") or ""),
             using_gtid=str(row.get("Auto_Position") or ""),
+            apply_delay_s=_int(row.get("SQL_Delay")),
+            relay_log_file=str(row.get("Relay_Log_File") or ""),
+            relay_log_pos=_int(row.get("Relay_Log_Pos")),
         )
 
     def stop_replica(self) -> str:

@@ -40,10 +40,11 @@ def pos(text: str) -> GtidPosition:
 
 def member(
     name: str, role: Role = Role.REPLICA, *, healthy: bool = True, position: str | None = "0-1-100",
-    admitting: bool = False, priority: int = 100, last_seen: float = NOW,
+    admitting: bool = False, priority: int = 100, last_seen: float = NOW, received: str | None = None,
 ) -> MemberRecord:
     return MemberRecord(
-        MemberInfo(name, role, healthy, None if position is None else pos(position), admitting, priority),
+        MemberInfo(name, role, healthy, None if position is None else pos(position), admitting, priority,
+                   None if received is None else pos(received)),
         last_seen,
     )
 
@@ -52,7 +53,7 @@ def db(
     *, healthy: bool = True, read_only: bool | None = True, position: str | None = "0-1-100",
     server_id: int | None = 11, token: int | None = None, source: str | None = "n2",
     relay_applied: bool = True, lag: float | None = 0.0, errant: ErrantCheck | None = None,
-    reasons: tuple[str, ...] = (), receiving: bool = False,
+    reasons: tuple[str, ...] = (), receiving: bool = False, received: str | None = None,
 ) -> LocalDatabase:
     return LocalDatabase(
         health=HealthVerdict(healthy, reasons if not healthy else ()),
@@ -63,6 +64,7 @@ def db(
         replication=ReplicationState(source=source, running=source is not None,
                                      receiving=receiving,
                                      relay_log_applied=relay_applied, lag_seconds=lag, errant=errant),
+        received=None if received is None else pos(received),
     )
 
 
@@ -91,7 +93,8 @@ def observe(
     if own_record is _UNSET:
         admitting = gate.admitting
         own: MemberRecord | None = MemberRecord(
-            MemberInfo(ME, role, database.health.healthy, database.position, admitting, CONFIG.priority),
+            MemberInfo(ME, role, database.health.healthy, database.position, admitting, CONFIG.priority,
+                       database.received),
             now,
         )
     else:

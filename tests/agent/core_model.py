@@ -323,21 +323,21 @@ class Model:
         """A node decides to race only as the most advanced healthy candidate it can see."""
         self.acquisitions_checked += 1
         config = self.configs[name]
-        position = obs.db.position
-        if position is None or not obs.db.health.healthy:
+        position, holds = obs.db.position, obs.db.holds
+        if position is None or holds is None or not obs.db.health.healthy:
             raise ModelViolationError(f"{name} races without a healthy database", trace)
-        mine = candidate_sort_key(position, config.priority, name)
+        mine = candidate_sort_key(holds, position, config.priority, name)
         for record in obs.members:
             info = record.info
-            if record.name == name or not info.healthy or info.position is None:
+            if record.name == name or not info.healthy or info.position is None or info.holds is None:
                 continue
             if info.role not in (Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.PROMOTING):
                 continue
             if obs.intents.switchover_target == name:
                 # The operator's choice wins ties; it still never overtakes more data.
-                behind = info.position.rank_key() > position.rank_key()
+                behind = info.holds.rank_key() > holds.rank_key()
             else:
-                behind = candidate_sort_key(info.position, info.priority, info.name) > mine
+                behind = candidate_sort_key(info.holds, info.position, info.priority, info.name) > mine
             if behind:
                 raise ModelViolationError(
                     f"{name} at {position} races behind {record.name} at {info.position}", trace

@@ -59,10 +59,26 @@ def test_rank_key_respects_domination_and_is_total() -> None:
 
 def test_candidate_key_ties_by_priority_then_smaller_name() -> None:
     same = p("0-1-100")
-    assert candidate_sort_key(same, 200, "z") > candidate_sort_key(same, 100, "a")
-    assert candidate_sort_key(same, 100, "a") > candidate_sort_key(same, 100, "b")
-    assert candidate_sort_key(same, 100, "n1") > candidate_sort_key(same, 100, "n10")
-    assert candidate_sort_key(p("0-1-101"), 0, "z") > candidate_sort_key(same, 999, "a")
+    assert candidate_sort_key(same, same, 200, "z") > candidate_sort_key(same, same, 100, "a")
+    assert candidate_sort_key(same, same, 100, "a") > candidate_sort_key(same, same, 100, "b")
+    assert candidate_sort_key(same, same, 100, "n1") > candidate_sort_key(same, same, 100, "n10")
+    assert candidate_sort_key(p("0-1-101"), same, 0, "z") > candidate_sort_key(same, same, 999, "a")
+
+
+def test_candidate_key_ranks_what_is_held_then_what_is_applied() -> None:
+    held, behind = p("0-1-100"), p("0-1-90")
+    # a laggard whose relay log got further outranks an up-to-date node
+    assert candidate_sort_key(p("0-1-101"), behind, 0, "z") > candidate_sort_key(held, held, 999, "a")
+    # same holdings: the one with less left to apply goes first, before priority
+    assert candidate_sort_key(held, held, 0, "z") > candidate_sort_key(held, behind, 999, "a")
+
+
+def test_furthest_with_takes_the_further_gtid_of_each_domain() -> None:
+    applied, received = p("0-1-80,1-2-5"), p("0-1-83,2-3-1")
+    assert applied.furthest_with(received) == p("0-1-83,1-2-5,2-3-1")
+    assert received.furthest_with(applied) == p("0-1-83,1-2-5,2-3-1")
+    assert p("0-1-90").furthest_with(p("0-1-83")) == p("0-1-90")
+    assert p("").furthest_with(p("")) == p("")
 
 
 def test_diverging_domains() -> None:

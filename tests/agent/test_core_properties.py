@@ -42,6 +42,7 @@ def members(draw: st.DrawFn, now: float) -> tuple[MemberRecord, ...]:
         info = MemberInfo(
             name, draw(st.sampled_from(list(Role))), draw(st.booleans()),
             draw(st.none() | positions), draw(st.booleans()), draw(st.sampled_from([0, 50, 100, 200])),
+            draw(st.none() | positions),
         )
         records.append(MemberRecord(info, now - draw(st.sampled_from([0.0, 1.0, 5.0, 30.0]))))
     return tuple(records)
@@ -70,6 +71,7 @@ def observations(draw: st.DrawFn, now: float = NOW0) -> Observation:
         health=HealthVerdict(draw(st.booleans())), read_only=draw(st.sampled_from([True, False, None])),
         position=draw(st.none() | positions), server_id=draw(st.sampled_from([11, 11, None])),
         fencing_token=draw(st.sampled_from([None, 1, 2, 3])), replication=replication,
+        received=draw(st.none() | positions),
     )
     intents = OperatorIntents(
         paused=draw(st.sampled_from([False, False, True])),
@@ -95,6 +97,41 @@ def states(draw: st.DrawFn) -> State:
     return State(role, NOW0 - 5.0)
 
 
+def check_acquisition(obs: Observation, config: CoreConfig) -> None:
+    db = obs.db
+    holds = db.holds
+    assert db.health.healthy and db.position is not None and holds is not None and obs.lock.free
+    assert not obs.intents.paused
+    rivals = []
+    for record in obs.members:
+        info = record.info
+        if (record.name == ME or info.holds is None or info.position is None or info.priority <= 0
+                or info.role not in (Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.PROMOTING)):
+            continue
+        stale = obs.now - record.last_seen > config.member_stale_after
+        if not config.lossless and (stale or not info.healthy):
+            continue
+        rivals.append(record)
+    # lossless: nobody, whatever its health or record age, holds more than the racer
+    for record in rivals:
+        theirs = record.info.holds
+        assert theirs is not None and theirs.rank_key() <= holds.rank_key()
+    # a lagging racer is the only node that holds what it holds (lossless) or does not lag
+    lagging = not db.replication.relay_log_applied or db.replication.lag_seconds is None \
+        or db.replication.lag_seconds > config.max_lag_seconds
+    if lagging:
+        assert config.lossless
+        assert all(record.info.holds.rank_key() < holds.rank_key() for record in rivals
+                   if record.info.holds is not None)
+    # ties in holdings go to the healthy peer with the better (applied, priority, name) key
+    mine = candidate_sort_key(holds, db.position, config.priority, ME)
+    for record in rivals:
+        info = record.info
+        assert info.holds is not None and info.position is not None
+        if info.healthy and obs.intents.switchover_target != ME:
+            assert candidate_sort_key(info.holds, info.position, info.priority, record.name) <= mine
+
+
 def check_step(obs: Observation, before: State, decision: Decision, config: CoreConfig) -> None:
     actions = decision.actions
     after = decision.state
@@ -112,24 +149,9 @@ def check_step(obs: Observation, before: State, decision: Decision, config: Core
         assert not admits
         assert obs.fence_complete and not obs.gate.admits_at(obs.now)
         assert after.role is not Role.PRIMARY
-    # never acquire while unhealthy, behind, paused, or with a busy lock
+    # never acquire while unhealthy, paused, with a busy lock, or behind a peer that holds more
     if any(isinstance(a, AcquireLock) for a in actions):
-        db = obs.db
-        assert db.health.healthy and db.position is not None and obs.lock.free
-        assert db.replication.relay_log_applied and not obs.intents.paused
-        assert db.replication.lag_seconds is not None and db.replication.lag_seconds <= config.max_lag_seconds
-        mine = candidate_sort_key(db.position, config.priority, ME)
-        for record in obs.members:
-            info = record.info
-            if (record.name == ME or not info.healthy or info.position is None or info.priority <= 0
-                    or info.role not in (Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.PROMOTING)):
-                continue
-            if not config.lossless and obs.now - record.last_seen > config.member_stale_after:
-                continue
-            if obs.intents.switchover_target == ME:
-                assert info.position.rank_key() <= db.position.rank_key()
-            else:
-                assert candidate_sort_key(info.position, info.priority, record.name) <= mine
+        check_acquisition(obs, config)
     # a former primary rejoins only through a clean errant check against the current holder
     if before.role is Role.FENCED and after.role is not Role.FENCED:
         check = obs.db.replication.errant

@@ -33,6 +33,7 @@ def member(node: str, role: str = "replica", healthy: bool = True) -> MemberReco
         healthy=healthy,
         reasons=() if healthy else ("select1 failed 3 times",),
         gtid_position="0-1-42",
+        gtid_received="0-1-45",
         gate_state="closed",
         version="test",
         last_seen=time.time(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -27,8 +29,13 @@ def test_key_layout() -> None:
 def test_records_round_trip() -> None:
     holder = HolderInfo(node="db1", address="10.0.0.1", gate_port=3307, acquired_at=1700000000.5)
     assert parse_holder("k", encode(holder)) == holder
-    record = MemberRecord("db2", "replica", False, ("lag 30s",), "0-1-9", "closed", "1.0", 1700000001.0)
+    record = MemberRecord("db2", "replica", False, ("lag 30s",), "0-1-9", "closed", "1.0", 1700000001.0,
+                          gtid_received="0-1-12")
     assert parse_member("k", encode(record), "db2") == record
+    # a record from an agent that does not publish what it received reads as "nothing more"
+    older = json.loads(encode(record))
+    del older["gtid_received"]
+    assert parse_member("k", json.dumps(older), "db2").gtid_received == ""
     intent = Intent(paused=True, switchover_target="db3")
     assert parse_intent("k", encode(intent)) == intent
 
