@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -209,9 +209,12 @@ class LabCluster:
             self._client_runner = NamespaceRunner(layout.namespace(lab_netns.CLIENT))
         return self._client_runner.call(fn, *args, **kwargs)
 
-    def isolate(self, host: str, *, from_clients: bool = False) -> list[str]:
-        """Partition ``host`` (db1...) from the DCS and its peers (and the clients if asked)."""
-        return lab_netns.isolate(self._require_netns("partition"), host, from_clients=from_clients)
+    def isolate(self, host: str, *, from_clients: bool = False,
+                from_hosts: Iterable[str] | None = None) -> list[str]:
+        """Partition ``host`` (db1...) from the DCS and its peers (and the clients if asked), or
+        from ``from_hosts`` only."""
+        return lab_netns.isolate(self._require_netns("partition"), host, from_clients=from_clients,
+                                 from_hosts=from_hosts)
 
     def heal(self, host: str) -> None:
         lab_netns.heal(self._require_netns("heal"), host)

@@ -6,8 +6,11 @@ The lab must run with ``netns=True`` (see :mod:`dbfence.lab.netns`). Variants:
 * ``partition``: the primary's host loses the DCS and both peers; the application in the client
   namespace still reaches its gate, which is the hard case for fencing.
 * ``partition-lagging-replica``: the same while one replica applies with a delay (it has
-  received and acknowledged every write, but not applied them); the up-to-date replica must
-  win, and nothing acknowledged may be lost either way.
+  received and acknowledged every write, but not applied them); nothing acknowledged may be
+  lost, whichever replica wins (the up-to-date one, unless the laggard received more).
+* ``partition-laggard-holds-more``: the same, but the up-to-date replica was cut off from the
+  primary first, so the last acknowledged commits are only in the laggard's relay log: the
+  laggard must win and apply them at once.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pymysql
+
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.errors import LabError
@@ -27,7 +32,8 @@ from dbfence.lab.netns import CLIENT
 from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.lab.workload import DiscoveryWriter
 
-FAULT_NAMES = ("partition", "partition-lagging-replica")
+FAULT_NAMES = ("partition", "partition-lagging-replica", "partition-laggard-holds-more")
+LAGGING_VARIANTS = frozenset(FAULT_NAMES[1:])
 
 
 def inject_partition(ctx: FaultContext) -> Heal:
@@ -50,12 +56,39 @@ def inject_partition_lagging_replica(ctx: FaultContext, delay: int = 30) -> Heal
     return heal
 
 
+def cut_from_primary(ctx: FaultContext, replica: str) -> Heal:
+    """``replica`` no longer reaches the primary (it keeps the DCS and its other peers), so the
+    other replica alone receives and acknowledges what follows."""
+    ctx.lab.isolate(replica, from_hosts=[ctx.primary])
+    ctx.wait_for_more_writes(10, what=f"writes acknowledged without {replica}")
+    return lambda: ctx.lab.heal(replica)
+
+
+def inject_partition_laggard_holds_more(ctx: FaultContext, delay: int = 30) -> Heal:
+    """One replica applies ``delay`` s behind, the other is cut off from the primary, then the
+    primary's host is partitioned: only the laggard holds the last acknowledged commits."""
+    up_to_date, laggard = sorted(ctx.others())
+    delay_replica(ctx.lab, laggard, delay)
+    heal_cut = cut_from_primary(ctx, up_to_date)
+    heal_partition = inject_partition(ctx)
+
+    def heal() -> None:
+        heal_partition()
+        heal_cut()
+        delay_replica(ctx.lab, laggard, 0)
+    return heal
+
+
 FAULTS: tuple[Fault, ...] = (
     Fault("partition", "the primary's host cut off from the DCS and its peers (network namespaces)",
           inject_partition, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2, netns=True),
     Fault("partition-lagging-replica", "a replica applies 30 s behind, then the primary's host "
           "is cut off from the DCS and its peers", inject_partition_lagging_replica, True,
           lambda t: 60, rto_goal=lambda t: t.ttl + 2, netns=True),
+    Fault("partition-laggard-holds-more", "a replica applies 30 s behind, the other loses the "
+          "primary, then the primary's host is cut off: only the laggard has the last commits",
+          inject_partition_laggard_holds_more, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2,
+          netns=True),
 )
 
 
@@ -67,6 +100,7 @@ class PartitionOutcome:
     isolated: str
     cut_from: list[str]
     lagging: str | None
+    cut_from_primary_first: str | None = None  # partition-laggard-holds-more
     new_primary: str | None = None
     lock_taken_after: float | None = None  # the new holder's AcquireLock, from its log
     # When each step of the takeover finished, from the new primary's log (AcquireLock, Promote,
@@ -90,11 +124,30 @@ class PartitionOutcome:
 
 def delay_replica(lab: LabCluster, name: str, seconds: int) -> None:
     """Make ``name`` apply ``seconds`` behind its source (MASTER_DELAY). It still receives and
-    acknowledges every event at once, so lossless commits keep flowing."""
-    with lab.connect(name) as conn, conn.cursor() as cur:
-        cur.execute("STOP SLAVE")
-        cur.execute("CHANGE MASTER TO MASTER_DELAY = %s", (seconds,))
-        cur.execute("START SLAVE")
+    acknowledges every event at once, so lossless commits keep flowing. Nothing to do on a node
+    without replication (a laggard that was promoted meanwhile).
+
+    A replica whose agent stopped its IO thread (its source lost the lock) only has its applier
+    changed, keeping the relay log: restarting the IO thread would fetch the fenced old primary's
+    unacknowledged commits and make the replica errant, which no operator would do either.
+    """
+    with lab.connect(name) as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute("SHOW SLAVE STATUS")
+        status = cur.fetchone()
+        if status is None:
+            return
+        if status["Slave_IO_Running"] != "No":
+            cur.execute("STOP SLAVE")
+            cur.execute("CHANGE MASTER TO MASTER_DELAY = %s", (seconds,))
+            cur.execute("START SLAVE")
+            return
+        cur.execute("STOP SLAVE SQL_THREAD")
+        cur.execute("SHOW SLAVE STATUS")
+        applier = cur.fetchone()
+        assert applier is not None  # stopping a thread keeps the replication configured
+        cur.execute("CHANGE MASTER TO MASTER_DELAY = %s, RELAY_LOG_FILE = %s, RELAY_LOG_POS = %s",
+                    (seconds, applier["Relay_Log_File"], applier["Relay_Log_Pos"]))
+        cur.execute("START SLAVE SQL_THREAD")
 
 
 def _log_times(agent_log: str, since_wall: float, *marks: str) -> list[float]:
@@ -123,7 +176,8 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
         raise LabError(f"the {fault} fault needs a lab started with netns=True")
     old = lab.wait_settled()
     replicas = [a.name for a in lab.agents if a.name != old]
-    lagging = replicas[-1] if fault == "partition-lagging-replica" else None
+    lagging = replicas[-1] if fault in LAGGING_VARIANTS else None
+    cut_first = replicas[0] if fault == "partition-laggard-holds-more" else None
     tuning = lab.extra.get("agent_tuning", {})
     old_address = lab.agent(old).address
 
@@ -132,15 +186,20 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
     if lagging is not None:
         delay_replica(lab, lagging, replica_delay)
     lab.in_client(writer.start)  # the writer's thread and sockets live in the client namespace
-    outcome = PartitionOutcome(fault=fault, isolated=old, cut_from=[], lagging=lagging)
+    outcome = PartitionOutcome(fault=fault, isolated=old, cut_from=[], lagging=lagging,
+                               cut_from_primary_first=cut_first)
     heal: Heal = lambda: lab.heal(old)  # noqa: E731  (replaced by the injector's own heal)
+    heal_cut: Heal = lambda: None  # noqa: E731
+    context = FaultContext(lab, AgentTuning(**tuning), writer, old, table)
     try:
         wait_until(lambda: len(writer.acknowledged) >= warmup_acks, timeout=30,
                    what=f"{warmup_acks} acknowledged writes before the partition")
+        if cut_first is not None:
+            heal_cut = cut_from_primary(context, cut_first)
         partitioned_wall, partitioned = time.time(), time.monotonic()
-        # The delay (lagging variant) is already in place: the matrix's injector for the plain
-        # partition is the one to use here, so the tests exercise exactly what the matrix runs.
-        heal = inject_partition(FaultContext(lab, AgentTuning(**tuning), writer, old, table))
+        # The delay (lagging variants) and the first cut are already in place: the matrix's
+        # injector for the plain partition is the one to use here, as the matrix runs it.
+        heal = inject_partition(context)
         outcome.cut_from = [h for h in lab.netns.hosts if h not in (old, CLIENT)]
         outcome.old_gate_deadline_after = float(tuning.get("ttl", 0.0)) - float(tuning.get("margin", 0.0))
 
@@ -164,6 +223,7 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
             outcome.old_fencing_after = round(min(fencing) - partitioned_wall, 3)
     finally:
         heal()
+        heal_cut()
         writer.finish()
     old_acks = [t for t, via in writer.acknowledged.values() if via == old_address]
     if old_acks:

@@ -21,17 +21,7 @@ from tests.conftest import _lab_root
 
 pytestmark = pytest.mark.timeout(300)
 
-# Known and open (issue 8): with a replica applying 30 s behind, the other replica sometimes wins
-# the race although the laggard holds semi-sync-acknowledged commits it lacks; 1 of 3 rounds lost
-# an acknowledged write in `benchmarks/faults.py --fault partition-lagging-replica --runs 3`. The
-# round still runs and reports; it must not pass silently, and must not block the rest.
-KNOWN_UNSAFE = {"partition-lagging-replica": "a lagging replica's acknowledged commits can be lost (issue 8)"}
-
-FAULTS = [
-    pytest.param(f, id=f.name, marks=[pytest.mark.xfail(reason=KNOWN_UNSAFE[f.name], strict=False)]
-                 if f.name in KNOWN_UNSAFE else [])
-    for f in all_faults() if applicable(f, "etcd")
-]
+FAULTS = [pytest.param(f, id=f.name) for f in all_faults() if applicable(f, "etcd")]
 
 
 LOGS = Path(tempfile.gettempdir()) / "dbfence-fault-logs"  # of rounds that left their lab unsettled
