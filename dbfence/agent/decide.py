@@ -217,6 +217,12 @@ def _detach_lost_source(r: _Round) -> None:
         r.emit(DetachSource(ActionReason.SOURCE_LOST_LOCK))
 
 
+def _acknowledges(r: _Round) -> bool:
+    """Whether this replica acknowledges lossless commits: only if it can become primary. A
+    commit whose one copy sits on a node that never races would be lost at the next failover."""
+    return r.config.lossless and r.config.priority > 0
+
+
 def _renew_if_due(r: _Round) -> None:
     lease = r.obs.lease
     if not lease.held or lease.token is None or lease.deadline is None:
@@ -432,7 +438,7 @@ def _replica(r: _Round) -> None:
             return
         elif obs.db.replication.source != primary or not obs.db.replication.receiving:
             # Also restarts an IO thread stopped while its source was without the lock.
-            r.emit(Repoint(primary, r.config.lossless, ActionReason.FOLLOW_PRIMARY))
+            r.emit(Repoint(primary, _acknowledges(r), ActionReason.FOLLOW_PRIMARY))
         else:
             # Advertised for reads only once it provably follows the primary cleanly.
             following = obs.db.health.healthy
@@ -667,7 +673,7 @@ def _fenced(r: _Round) -> None:
         r.refuse(RefusalReason.ERRANT_GTIDS, ",".join(check.gtids))
         r.state = replace(r.state, fenced_reason=Trigger.ERRANT_GTIDS)
     else:
-        r.emit(Repoint(primary, r.config.lossless, ActionReason.REJOIN))
+        r.emit(Repoint(primary, _acknowledges(r), ActionReason.REJOIN))
         r.move(Trigger.REJOINED)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import dns.message
@@ -12,6 +14,7 @@ import pymysql
 
 from dbfence.discovery import NoPrimary, primary_address
 from dbfence.lab.cluster import LabCluster
+from dbfence.lab.wait import WaitTimeout, wait_until
 
 
 def discover(lab: LabCluster) -> tuple[str, int]:
@@ -73,6 +76,22 @@ def status(lab: LabCluster, name: str) -> dict[str, Any]:
 def role(lab: LabCluster, name: str) -> str | None:
     value = status(lab, name).get("role")
     return None if value is None else str(value)
+
+
+def wait_for_role(lab: LabCluster, name: str, wanted: str, timeout: float) -> None:
+    """Poll ``name``'s agent until it reports ``wanted``; on timeout fail with its last status
+    (refusals, database probes, action errors) and the tail of its log, which say why."""
+    last: dict[str, Any] = {}
+
+    def reached() -> bool:
+        nonlocal last
+        last = status(lab, name)
+        return last.get("role") == wanted
+    try:
+        wait_until(reached, timeout=timeout, what=f"{name} to become {wanted}")
+    except WaitTimeout as exc:
+        tail = Path(lab.agent(name).log).read_text(errors="replace").splitlines()[-15:]
+        raise AssertionError("\n".join([str(exc), json.dumps(last, indent=1, default=str), *tail])) from exc
 
 
 def rows_on(lab: LabCluster, node: str) -> set[int]:

@@ -24,6 +24,7 @@ from tests.e2e.e2e_helpers import (
     role,
     rows_on,
     status,
+    wait_for_role,
     write_row,
     write_until_acknowledged,
 )
@@ -62,7 +63,7 @@ def test_crashed_primary_fails_over_and_comes_back_as_a_replica(lab_factory: Lab
     print(f"\n[{dcs}] kill -9 of {old}'s mysqld -> first acknowledged write on {new}: {seconds:.2f}s")
 
     lab.start_mysql(old)
-    wait_until(lambda: role(lab, old) == "replica", timeout=30, what=f"{old} to rejoin as a replica")
+    wait_for_role(lab, old, "replica", timeout=30)  # rejoins
     assert only_primary(lab) == new
     rows = {1} | {r for r in rows_on(lab, new) if r >= 100}
     wait_until(lambda: rows <= rows_on(lab, old), timeout=20, what=f"{old} to catch up")
@@ -163,6 +164,6 @@ def test_primary_whose_mysqld_restarts_at_once_still_hands_over(lab_factory: Lab
     lab.start_mysql(old)
     new = wait_until(lambda: next((p for p in lab.primaries() if p != old), None), timeout=30,
                      what="another node to become primary")
-    wait_until(lambda: role(lab, old) == "replica", timeout=30, what=f"{old} to rejoin as a replica")
+    wait_for_role(lab, old, "replica", timeout=30)  # rejoins
     assert status(lab, old)["database"]["errant"] == []
     assert only_primary(lab) == new
