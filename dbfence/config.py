@@ -50,7 +50,8 @@ class NodeSection:
     address: str = setting("127.0.0.1", "Address applications use to reach this node's gate "
                                         "(published in discovery).")
     priority: int = setting(100, "Preference among equally advanced candidates: higher wins; "
-                                 "0 means never promote this node.", minimum=0, maximum=1000)
+                                 "0 means never promote this node (it then does not acknowledge "
+                                 "lossless commits either).", minimum=0, maximum=1000)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,7 +126,9 @@ class DetectionSection:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FailoverSection:
     max_lag: float = setting(10.0, "A replica further behind than this (seconds) does not race "
-                                   "for the lock.", minimum=0)
+                                   "for the lock, unless (lossless mode) it holds commits no other "
+                                   "candidate received: it then races and applies them first.",
+                             minimum=0)
     cooldown: float = setting(300.0, "Seconds after a failover during which no automatic "
                                      "failover starts.", minimum=0)
     lossless: bool = setting(True, "Semi-synchronous replication (AFTER_SYNC): no acknowledged "

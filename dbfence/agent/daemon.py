@@ -134,7 +134,7 @@ class MemberTracker:
                 continue
             info = MemberInfo(name=raw.node, role=role, healthy=raw.healthy, position=position,
                               gate_admitting=raw.gate_state == "admitting", priority=raw.priority,
-                              received=received)
+                              received=received, seen_token=raw.seen_token)
             out.append(MemberRecord(info=info, last_seen=changed_at))
         return tuple(out)
 

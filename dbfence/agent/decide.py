@@ -76,6 +76,7 @@ class RefusalReason(enum.Enum):
     FENCE_INCOMPLETE = "fence_incomplete"
     SWITCHOVER_TARGET_UNSUITABLE = "switchover_target_unsuitable"
     SWITCHOVER_TARGET_BEHIND = "switchover_target_behind"
+    AWAITING_PEERS = "awaiting_peers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +396,7 @@ def _publish_member(r: _Round) -> None:
         gate_admitting=admitting,
         priority=r.config.priority,
         received=obs.db.received,
+        seen_token=obs.lock.token if obs.lock.holder is not None else None,
     )
     own = obs.member(r.me)
     if own is None or own.info != info:
@@ -505,7 +507,7 @@ def _promoting(r: _Round) -> None:
         _renew_if_due(r)
         if obs.intents.paused:
             r.refuse(RefusalReason.PAUSED)
-        elif not _overtaken(r):
+        elif not _overtaken(r) and not _awaiting_peers(r):
             _promotion_step(r)
 
 
@@ -528,6 +530,28 @@ def _overtaken(r: _Round) -> bool:
     r.move(Trigger.OVERTAKEN)
     if token is not None and obs.fence_complete:
         r.emit(ReleaseLock(token, ActionReason.OVERTAKEN))
+    return True
+
+
+def _awaiting_peers(r: _Round) -> bool:
+    """Before anything is written, wait for every live rival to publish a record that saw our
+    lease.
+
+    We raced on records that can be a round old: a replica that received the old primary's
+    last (acknowledged) commits may not have published them yet. A rival that sees a new
+    holder has stopped receiving from the old one (lossless) and publishes what it holds, which
+    ``_overtaken`` then compares. Stale records (their agent is gone or cut off) are not waited
+    for; they vanish with their session.
+    """
+    obs = r.obs
+    token = obs.lease.token
+    if obs.db.read_only is not True or obs.db.fencing_token == token:
+        return False
+    waiting = [rival.record.name for rival in _rivals(r)
+               if rival.record.info.seen_token != token and _fresh(r, rival.record)]
+    if not waiting:
+        return False
+    r.refuse(RefusalReason.AWAITING_PEERS, ", ".join(waiting))  # PROMOTING wakes up soon anyway
     return True
 
 

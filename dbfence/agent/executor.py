@@ -249,6 +249,7 @@ class Executor:
             reasons=facts.health.verdict(require_confirmation=not info.healthy).reasons,
             gtid_position="" if info.position is None else str(info.position),
             gtid_received="" if info.received is None else str(info.received),
+            seen_token=info.seen_token,
             gate_state=gate_state,
             version=ident.version,
             last_seen=time.time(),

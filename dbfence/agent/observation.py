@@ -68,7 +68,11 @@ class LockView:
 @dataclass(frozen=True, slots=True)
 class MemberInfo:
     """The content of a member record, as an agent publishes it. ``position`` is applied;
-    ``received`` is what the node holds once its relay log is applied (None: as applied)."""
+    ``received`` is what its IO thread wrote to the relay log (None: nothing beyond applied);
+    ``seen_token`` is the fencing token of the lock holder it saw when it published (None:
+    lock free or unreadable) - a new holder waits for its rivals to have seen its token, so
+    it compares itself with what they hold once they stopped receiving from the old primary.
+    """
 
     name: str
     role: Role
@@ -77,6 +81,7 @@ class MemberInfo:
     gate_admitting: bool
     priority: int
     received: GtidPosition | None = None
+    seen_token: int | None = None
 
     @property
     def holds(self) -> GtidPosition | None:

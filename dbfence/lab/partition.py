@@ -140,6 +140,9 @@ def delay_replica(lab: LabCluster, name: str, seconds: int) -> None:
             cur.execute("STOP SLAVE")
             cur.execute("CHANGE MASTER TO MASTER_DELAY = %s", (seconds,))
             cur.execute("START SLAVE")
+            # Until it reconnects it acknowledges nothing: a fault that cuts the other replica
+            # right after this would stall the primary's commits instead of testing the race.
+            wait_until(lambda: _io_thread_connected(cur), timeout=10, what=f"{name} to reconnect")
             return
         cur.execute("STOP SLAVE SQL_THREAD")
         cur.execute("SHOW SLAVE STATUS")
@@ -148,6 +151,12 @@ def delay_replica(lab: LabCluster, name: str, seconds: int) -> None:
         cur.execute("CHANGE MASTER TO MASTER_DELAY = %s, RELAY_LOG_FILE = %s, RELAY_LOG_POS = %s",
                     (seconds, applier["Relay_Log_File"], applier["Relay_Log_Pos"]))
         cur.execute("START SLAVE SQL_THREAD")
+
+
+def _io_thread_connected(cur: Any) -> bool:
+    cur.execute("SHOW SLAVE STATUS")
+    row = cur.fetchone()
+    return row is not None and row["Slave_IO_Running"] == "Yes"
 
 
 def _log_times(agent_log: str, since_wall: float, *marks: str) -> list[float]:

@@ -120,6 +120,8 @@ class MemberRecord:
     # What its IO thread wrote to the relay log (a replica): it may hold acknowledged commits
     # not applied yet, and peers must not overtake it (empty: not a replica, or an older agent).
     gtid_received: str = ""
+    # The lock holder's fencing token when this record was written (None: free or unknown).
+    seen_token: int | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ def parse_member(key: str, raw: bytes | str | None, node_in_key: str) -> MemberR
         mysql_host=fields.text("mysql_host"),
         mysql_port=fields.integer("mysql_port"),
         gtid_received=fields.text("gtid_received"),
+        seen_token=fields.optional_integer("seen_token"),
     )
 
 
