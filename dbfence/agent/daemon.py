@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,7 @@ class Agent:
         self.state = State.initial(time.monotonic())
         self.last_decision: Decision | None = None
         self.members = MemberTracker()
+        self._names_by_address: dict[tuple[str, int], str] = {}  # mysqld address -> node name
         self._restarts_at_promotion: int | None = None
         # Long enough for a heartbeat that waited on replicas to be acknowledged once one connects
         # (IO thread restart, catch-up) and for its trip to recover.
@@ -365,6 +366,15 @@ class Agent:
             members = self.members.records(snapshot, now)
             intent = snapshot.intent
         self._follow_holder(snapshot)
+        replication = facts.replication
+        status = facts.replica_status
+        if status is not None:
+            # The sensor may have read this before the first DCS snapshot named the source; an
+            # unnamed source looks like one that lost the lock (detach, then repoint: seconds
+            # without acknowledging lossless commits, at every agent start).
+            name = self._names_by_address.get((status.primary_host, status.primary_port))
+            if name is not None and name != replication.source:
+                replication = replace(replication, source=name)
         gate_state = self.gate.state
         admitting = isinstance(gate_state, Admitting)
         gate_token = self.keeper.gate_token
@@ -393,7 +403,7 @@ class Agent:
                              read_only=facts.read_only, position=facts.position,
                              received=facts.received,
                              server_id=facts.server_id, fencing_token=facts.fencing_token,
-                             replication=facts.replication),
+                             replication=replication),
             gate=gate,
             discovery=self.executor.discovery,
             intents=OperatorIntents(paused=intent.paused, switchover_target=intent.switchover_target),
@@ -420,7 +430,11 @@ class Agent:
         """Tell the database sensor whose binlog to check for errant GTIDs, and how to name sources."""
         if snapshot is None:
             return
-        by_address = {(e.record.mysql_host, e.record.mysql_port): e.record.node for e in snapshot.members}
+        # Remembered, not just current: a source whose record expired (a partitioned old primary)
+        # must still be named, or a replica could not tell that it lost the lock.
+        self._names_by_address.update(
+            {(e.record.mysql_host, e.record.mysql_port): e.record.node for e in snapshot.members})
+        by_address = dict(self._names_by_address)
         holder = snapshot.lock.holder.node if snapshot.lock and snapshot.lock.holder else None
         peer = None
         if holder and holder != self.identity.node:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -68,6 +69,25 @@ def test_crashed_primary_fails_over_and_comes_back_as_a_replica(lab_factory: Lab
     rows = {1} | {r for r in rows_on(lab, new) if r >= 100}
     wait_until(lambda: rows <= rows_on(lab, old), timeout=20, what=f"{old} to catch up")
     assert lab.node(old).process.alive()
+
+
+def test_a_fresh_cluster_settles_without_touching_replication(lab_factory: LabFactory) -> None:
+    """Agents starting on a replicating cluster leave replication alone: an agent that acted on
+    its first facts, read before the DCS named its source, detached and repointed its replica,
+    which then acknowledged no lossless commit for a second or two."""
+    lab = lab_factory(mysql_count=3, dcs="etcd", agents=True)
+    primary = only_primary(lab)
+    replicas = [n.name for n in lab.mysql if n.name != primary]
+    def following(name: str) -> bool:
+        return role(lab, name) == "replica" and status(lab, name)["database"]["replication_source"] == primary
+
+    wait_until(lambda: all(following(name) for name in replicas), timeout=20,
+               what=f"the replicas to follow {primary}")
+    for name in replicas:
+        log = Path(lab.agent(name).log).read_text(errors="replace")
+        touched = [line for line in log.splitlines()
+                   if '"action": "DetachSource"' in line or '"action": "Repoint"' in line]
+        assert not touched, "\n".join(touched)
 
 
 def test_killed_agent_takes_its_gate_down_and_the_lease_moves(lab_factory: LabFactory) -> None:
