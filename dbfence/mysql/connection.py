@@ -9,10 +9,12 @@ import contextlib
 import errno
 import ipaddress
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import pymysql
 import pymysql.cursors
 from pymysql.connections import Connection
@@ -118,15 +120,39 @@ def connect(
 
 
 def is_local(endpoint: Endpoint) -> bool:
-    """A Unix socket or a loopback address: traffic that never leaves the host."""
+    """A Unix socket, a loopback address or an address of this host's own interfaces: traffic
+    that never leaves the host (the kernel routes it over loopback)."""
     if endpoint.unix_socket:
         return True
     if endpoint.host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(endpoint.host).is_loopback
+        address = ipaddress.ip_address(endpoint.host)
     except ValueError:
         return False
+    return address.is_loopback or address in _own_addresses()
+
+
+_OWN_ADDRESSES_TTL_S = 30.0
+_own_cache: tuple[float, frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]] = (-1e9, frozenset())
+
+
+def _own_addresses() -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """This host's interface addresses, re-read every 30 s (an address moved away must not stay
+    "local" for long: connections to it would then cross the network without TLS)."""
+    global _own_cache
+    read_at, addresses = _own_cache
+    now = time.monotonic()
+    if now - read_at < _OWN_ADDRESSES_TTL_S:
+        return addresses
+    found = set()
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(ValueError):
+                    found.add(ipaddress.ip_address(entry.address.split("%")[0]))
+    _own_cache = (now, frozenset(found))
+    return _own_cache[1]
 
 
 def query(conn: DbConnection, statement: str, params: Sequence[Any] | None = None) -> list[Row]:
