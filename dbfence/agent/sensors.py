@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dbfence.agent.gtid import GtidPosition as CorePosition
 from dbfence.agent.observation import ErrantCheck, HealthVerdict, ReplicationState
@@ -73,6 +73,7 @@ class DbFacts:
     # How many times mysqld was seen to restart since the agent started (its start time moved).
     restarts: int = 0
     error: str = ""
+    read_at: float = 0.0  # when the read of these facts began (monotonic): the newer read wins
 
 
 def _to_core(position: object) -> CorePosition | None:
@@ -194,6 +195,7 @@ class DbSensor:
         self._instance_started: float | None = None
         self._restarts = 0
         self.latest = DbFacts(at=time.monotonic(), health=HealthSummary())
+        self._facts_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="dbfence-db-sensor", daemon=True)
 
     def start(self) -> None:
@@ -227,7 +229,18 @@ class DbSensor:
         """Re-read the facts (not the probes) now, after the loop changed mysqld, so the next
         decision sees the effect instead of asking for the same action again."""
         latest = self.latest
-        self.latest = self._read_facts(latest.at, latest.health, latest.probe_summary)
+        self._install(self._read_facts(latest.at, latest.health, latest.probe_summary))
+
+    def _install(self, facts: DbFacts) -> DbFacts:
+        """Publish ``facts`` unless a read that began later is already published (a probe round
+        that started before the loop's refresh would undo what the loop saw its action do, and
+        the loop would repeat the action); then only the probe verdicts are taken from it."""
+        with self._facts_lock:
+            latest = self.latest
+            if facts.read_at < latest.read_at:
+                facts = replace(latest, at=facts.at, health=facts.health, probe_summary=facts.probe_summary)
+            self.latest = facts
+            return latest
 
     def _monitor_next_delay(self) -> float:
         return self._monitor.settings.interval_s - (time.monotonic() - self.latest.at)
@@ -238,19 +251,20 @@ class DbSensor:
         health = summarize(observation)
         summary = tuple(f"{v.kind.value}: {'ok' if v.ok else v.reason.value} {v.detail}".strip()
                         for v in observation.verdicts)
-        facts = self._read_facts(observation.at_monotonic, health, summary)
-        changed = (facts.health != self.latest.health or facts.read_only != self.latest.read_only
-                   or facts.replication != self.latest.replication
-                   or facts.fencing_token != self.latest.fencing_token)
-        self.latest = facts
+        previous = self._install(self._read_facts(observation.at_monotonic, health, summary))
+        facts = self.latest
+        changed = (facts.health != previous.health or facts.read_only != previous.read_only
+                   or facts.replication != previous.replication
+                   or facts.fencing_token != previous.fencing_token)
         if changed:
             self._wake.set()
 
     def _read_facts(self, at: float, health: HealthSummary, summary: tuple[str, ...]) -> DbFacts:
+        read_at = time.monotonic()
         try:
             raw = self._reader.read()
         except MysqlAdapterError as exc:
-            return DbFacts(at=at, health=health, probe_summary=summary, error=str(exc))
+            return DbFacts(at=at, health=health, probe_summary=summary, error=str(exc), read_at=read_at)
         status, positions = raw.replica_status, raw.positions
         current = _to_core(positions.current_pos)
         source = None
@@ -285,6 +299,7 @@ class DbSensor:
             semi_sync_starved_at=at if raw.semi_sync_primary and raw.semi_sync_clients == 0
             else self.latest.semi_sync_starved_at,
             restarts=self._count_restart(raw.started_at),
+            read_at=read_at,
         )
 
     def _count_restart(self, started_at: float) -> int:

@@ -50,3 +50,22 @@ def test_receiving_follows_the_io_thread_alone(lab_factory: LabFactory) -> None:
         assert replication.source is not None and replication.relay_log_applied
         status = sensor.latest.replica_status
         assert status is not None and status.sql_running == "Yes"
+
+
+def test_a_probe_round_read_before_a_refresh_does_not_undo_it(lab_factory: LabFactory) -> None:
+    """The sensor thread's round can begin reading before the loop acts and finish after the
+    loop's refresh; publishing it would show the loop the state before its action (it would
+    then repeat DetachSource, say). The newer read's facts stay; the round's probe verdicts
+    are still taken."""
+    lab = lab_factory(mysql_count=2)
+    db2 = actions(lab, "db2")
+    with monitor(lab, "db2", Role.REPLICA) as probes:
+        sensor = DbSensor(probes, db2, creds(lab), threading.Event())
+        latest = sensor.latest
+        round_started_first = sensor._read_facts(latest.at, latest.health, ("round verdicts",))
+        assert round_started_first.replication.receiving
+        assert db2.stop_receiving()
+        sensor.refresh_facts()  # the loop's re-read after its action
+        sensor._install(round_started_first)  # the round finishes late
+        assert not sensor.latest.replication.receiving
+        assert sensor.latest.probe_summary == ("round verdicts",)
