@@ -328,9 +328,12 @@ class Agent:
                 self.metrics.inc("promotions_total", "Times this node became primary.")
         self.state = decision.state
         self.db.want_role(self._probe_role())
+        self.executor.mysqld_unreachable = None
         for action in decision.actions:
             self.executor.run(action)
-        if any(isinstance(action, _CHANGES_MYSQLD) for action in decision.actions):
+        if self.executor.mysqld_unreachable is not None:
+            self.db.mark_unreachable(self.executor.mysqld_unreachable)
+        elif any(isinstance(action, _CHANGES_MYSQLD) for action in decision.actions):
             self.db.refresh_facts()
         self.executor.keep_check_passing()
         self.executor.reconcile_semi_sync(self.state.role.value, self.config.failover.lossless)

@@ -630,10 +630,19 @@ def _switchover_target_suitable(r: _Round, target: str) -> bool:
 
 
 def _fencing(r: _Round) -> None:
+    reason = r.state.fenced_reason
+    assert reason is not None  # set by every transition into FENCING
+    _fencing_steps(r, _FENCE_ACTION_REASON[reason])
+    if r.obs.db.read_only is None and not any(isinstance(a, SetReadOnly) for a in r.actions):
+        # mysqld could not be asked: ask again, but last. A hung mysqld makes the attempt wait
+        # for a connect timeout, and a release that is due must not wait behind it.
+        r.emit(SetReadOnly(read_only=True, reason=_FENCE_ACTION_REASON[reason]))
+
+
+def _fencing_steps(r: _Round, reason: ActionReason) -> None:
     obs = r.obs
     state = r.state
-    assert state.fenced_reason is not None  # set by every transition into FENCING
-    _fence_actions(r, _FENCE_ACTION_REASON[state.fenced_reason], insist=True)
+    _fence_actions(r, reason, insist=False)
     _renew_if_due(r)
     if obs.intents.paused:
         r.refuse(RefusalReason.PAUSED)

@@ -44,6 +44,7 @@ from dbfence.locks.model import HistoryEntry, HolderInfo, Intent, MemberRecord
 from dbfence.mysql.actions import MysqlActions, PrimaryAddress, SemiSyncSettings
 from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.credentials import Credentials
+from dbfence.mysql.errors import MysqlUnavailableError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.monitor import HealthMonitor
 
@@ -93,6 +94,7 @@ class Executor:
         self._last_check_pass = float("-inf")
         self.discovery_failed = False
         self.last_error: dict[str, str] = {}
+        self.mysqld_unreachable: str | None = None  # set when an action found mysqld not answering
 
     # ------------------------------------------------------------------ entry point
     def run(self, action: Action) -> bool:
@@ -101,6 +103,10 @@ class Executor:
         error = ""
         try:
             self._dispatch(action)
+        except MysqlUnavailableError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(action, SetReadOnly):  # it talks to the local mysqld only
+                self.mysqld_unreachable = error
         except Exception as exc:  # the contract: never raise; the next observation shows the level
             error = f"{type(exc).__name__}: {exc}"
         elapsed = self.clock() - started

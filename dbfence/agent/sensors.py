@@ -231,6 +231,13 @@ class DbSensor:
         latest = self.latest
         self._install(self._read_facts(latest.at, latest.health, latest.probe_summary))
 
+    def mark_unreachable(self, error: str) -> None:
+        """The loop's action just found mysqld not answering: publish that instead of re-reading
+        (a hung mysqld would make the re-read wait for its own connect timeout first)."""
+        latest = self.latest
+        self._install(DbFacts(at=latest.at, health=latest.health, probe_summary=latest.probe_summary,
+                              error=error, read_at=time.monotonic(), restarts=self._restarts))
+
     def _install(self, facts: DbFacts) -> DbFacts:
         """Publish ``facts`` unless a read that began later is already published (a probe round
         that started before the loop's refresh would undo what the loop saw its action do, and
@@ -264,7 +271,8 @@ class DbSensor:
         try:
             raw = self._reader.read()
         except MysqlAdapterError as exc:
-            return DbFacts(at=at, health=health, probe_summary=summary, error=str(exc), read_at=read_at)
+            return DbFacts(at=at, health=health, probe_summary=summary, error=str(exc), read_at=read_at,
+                           restarts=self._restarts)
         status, positions = raw.replica_status, raw.positions
         current = _to_core(positions.current_pos)
         source = None
