@@ -47,6 +47,8 @@ from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.errors import MysqlUnavailableError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.monitor import HealthMonitor
+from dbfence.mysql.probes import probe_process
+from dbfence.mysql.verdict import Reason
 
 log = logging.getLogger("dbfence.agent")
 
@@ -151,6 +153,7 @@ class Executor:
                     self.keeper.gate_token = None
                     self.gate.block(reason.value.replace("_", " "))
             case SetReadOnly(read_only=True):
+                self._refuse_if_mysqld_stopped()
                 self.mysql.fence(keep_ids=self.monitor.agent_connection_ids())
             case SetReadOnly(read_only=False):
                 self.mysql.set_read_only(False)
@@ -242,6 +245,16 @@ class Executor:
         self.mysql.repoint(PrimaryAddress(record.mysql_host, record.mysql_port, self.replication, primary),
                            state, semi_sync_replica=semi_sync,
                            keep_ids=self.monitor.agent_connection_ids())
+
+    def _refuse_if_mysqld_stopped(self) -> None:
+        """A stopped mysqld (SIGSTOP, traced) answers nothing: asking it would only wait for the
+        connect timeout, and the release of a complete fence would wait behind it."""
+        pid_file = self.monitor.prober.target.pid_file
+        if pid_file is None:
+            return
+        verdict = probe_process(pid_file)
+        if verdict.reason is Reason.PROCESS_STOPPED:
+            raise MysqlUnavailableError(Reason.PROCESS_STOPPED, f"not asked: {verdict.detail}")
 
     # ------------------------------------------------------------------ member record
     def _publish_member(self, info: MemberInfo) -> None:
