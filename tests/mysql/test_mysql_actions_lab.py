@@ -15,6 +15,7 @@ from pymysql.constants.ER import NO_SUCH_TABLE as ER_NO_SUCH_TABLE
 
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import SemiSyncSettings
+from dbfence.mysql.connection import DbConnection
 from dbfence.mysql.errors import (
     ErrantTransactionsError,
     GtidWaitTimeoutError,
@@ -52,6 +53,18 @@ def count_rows(lab: LabCluster, name: str, where: str = "1") -> int:
         raise
     finally:
         conn.close()
+
+
+def create_test_table(primary: DbConnection) -> None:
+    run(primary, "CREATE DATABASE dbtest")
+    run(primary, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
+
+
+def seed_one_row_on_every_replica(lab: LabCluster, primary: DbConnection) -> None:
+    """dbtest.t with one row from db1, applied on db2 and db3."""
+    create_test_table(primary)
+    run(primary, "INSERT INTO dbtest.t VALUES (1, 'db1')")
+    poll(lambda: count_rows(lab, "db2") == 1 and count_rows(lab, "db3") == 1, 10, "the row on db2 and db3")
 
 
 def status_var(lab: LabCluster, name: str, var: str) -> str:
@@ -113,8 +126,7 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
     db1.set_semi_sync_primary(TEST_SEMI_SYNC)
     poll(lambda: status_var(lab, "db1", "Rpl_semi_sync_master_clients") == "2", 10, "two semi-sync replicas")
     primary = sql(lab, "db1")
-    run(primary, "CREATE DATABASE dbtest")
-    run(primary, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
+    create_test_table(primary)
     for i in range(1, 6):
         run(primary, "INSERT INTO dbtest.t VALUES (%s, 'db1')", (i,))
     primary.close()
@@ -291,11 +303,8 @@ def test_promote_and_repoint_do_not_wait_on_a_frozen_primary(lab_factory: LabFac
     lab = lab_factory(mysql_count=3)
     db2, db3 = actions(lab, "db2"), actions(lab, "db3")
     primary = sql(lab, "db1")
-    run(primary, "CREATE DATABASE dbtest")
-    run(primary, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
-    run(primary, "INSERT INTO dbtest.t VALUES (1, 'db1')")
+    seed_one_row_on_every_replica(lab, primary)
     primary.close()
-    poll(lambda: count_rows(lab, "db2") == 1 and count_rows(lab, "db3") == 1, 10, "the row on db2 and db3")
     lab.kill_mysql("db1", signal.SIGSTOP)
     try:
         started = time.monotonic()
@@ -322,10 +331,7 @@ def test_stop_receiving_from_a_frozen_source_keeps_applying_the_relay_log(lab_fa
     lab = lab_factory(mysql_count=3)
     db1, db3 = actions(lab, "db1"), actions(lab, "db3")
     primary = sql(lab, "db1")
-    run(primary, "CREATE DATABASE dbtest")
-    run(primary, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
-    run(primary, "INSERT INTO dbtest.t VALUES (1, 'db1')")
-    poll(lambda: count_rows(lab, "db2") == 1 and count_rows(lab, "db3") == 1, 10, "the row on db2 and db3")
+    seed_one_row_on_every_replica(lab, primary)
     # Hold db3's applier on a row lock, so the next event sits received but unapplied.
     blocker = sql(lab, "db3")
     run(blocker, "BEGIN")
@@ -374,8 +380,7 @@ def test_promoting_a_delayed_replica_applies_its_relay_log_at_once(lab_factory: 
     lab = lab_factory(mysql_count=2)
     db1, db2 = actions(lab, "db1"), actions(lab, "db2")
     primary = sql(lab, "db1")
-    run(primary, "CREATE DATABASE dbtest")
-    run(primary, "CREATE TABLE dbtest.t (id INT PRIMARY KEY, origin VARCHAR(10))")
+    create_test_table(primary)
     poll(lambda: count_rows(lab, "db2") == 0 and db2.replica_status() is not None, 10, "the table on db2")
     replica = sql(lab, "db2")
     run(replica, "STOP SLAVE")
