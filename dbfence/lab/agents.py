@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -178,3 +179,16 @@ def start_all(lab: LabCluster, tuning: AgentTuning,
         on_started(agent)  # recorded at once, so `lab down` stops it whatever happens next
         agents.append(agent)
     return agents
+
+
+def log_times(agent_log: str, since_wall: float, *marks: str) -> list[float]:
+    """Wall-clock times of the agent log lines after ``since_wall`` that contain every mark
+    (e.g. ``'"action": "ReleaseLock"', '"ok": true'``), in log order."""
+    times = []
+    for line in Path(agent_log).read_text(errors="replace").splitlines():
+        if not all(mark in line for mark in marks):
+            continue
+        stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if stamp >= since_wall:
+            times.append(stamp)
+    return times

@@ -18,13 +18,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pymysql
 
-from dbfence.lab.agents import AgentTuning
+from dbfence.lab.agents import AgentTuning, log_times
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.errors import LabError
 from dbfence.lab.faults import Fault, FaultContext, Heal
@@ -159,18 +157,6 @@ def _io_thread_connected(cur: Any) -> bool:
     return row is not None and row["Slave_IO_Running"] == "Yes"
 
 
-def _log_times(agent_log: str, since_wall: float, *marks: str) -> list[float]:
-    """Wall-clock times of the agent log lines after ``since_wall`` that contain every mark."""
-    times = []
-    for line in Path(agent_log).read_text(errors="replace").splitlines():
-        if not all(mark in line for mark in marks):
-            continue
-        stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        if stamp >= since_wall:
-            times.append(stamp)
-    return times
-
-
 def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "app.partition_probe",
                   warmup_acks: int = 20, replica_delay: int = 30, election_timeout: float = 30.0,
                   rejoin_timeout: float = 30.0, writer_timeout: float = 2.0) -> PartitionOutcome:
@@ -225,10 +211,10 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
         if outcome.new_primary is not None:
             new_log = lab.agent(outcome.new_primary).log
             for step in ("AcquireLock", "Promote", "AdmitGate", "RegisterDiscovery"):
-                if times := _log_times(new_log, partitioned_wall, f'"action": "{step}"', '"ok": true'):
+                if times := log_times(new_log, partitioned_wall, f'"action": "{step}"', '"ok": true'):
                     outcome.new_primary_steps[step] = round(min(times) - partitioned_wall, 3)
             outcome.lock_taken_after = outcome.new_primary_steps.get("AcquireLock")
-        if fencing := _log_times(lab.agent(old).log, partitioned_wall, '"event": "role"', '"to": "fencing"'):
+        if fencing := log_times(lab.agent(old).log, partitioned_wall, '"event": "role"', '"to": "fencing"'):
             outcome.old_fencing_after = round(min(fencing) - partitioned_wall, 3)
     finally:
         heal()

@@ -5,10 +5,8 @@ Each test drives a real fault and checks what an application and an operator wou
 
 from __future__ import annotations
 
-import json
 import signal
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import psutil
 import pymysql
 import pytest
 
+from dbfence.lab.agents import log_times
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.wait import wait_until
 from dbfence.locks.factory import DcsConfig, open_lock
@@ -86,13 +85,10 @@ def test_a_hung_primary_mysqld_is_handed_over_without_waiting_on_it(lab_factory:
         assert only_primary(lab) != old
     finally:
         lab.kill_mysql(old, signal.SIGCONT)
-    events = [(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"),
-               json.loads(line.split(" dbfence.agent ", 1)[1]))
-              for line in Path(lab.agent(old).log).read_text(errors="replace").splitlines()
-              if " dbfence.agent {" in line]
-    fenced_at = next(at for at, e in events if e.get("event") == "role" and e.get("to") == "fencing")
-    released_at = next(at for at, e in events if e.get("action") == "ReleaseLock" and e.get("ok"))
-    held = (released_at - fenced_at).total_seconds()
+    log = lab.agent(old).log
+    fenced_at = log_times(log, 0.0, '"event": "role"', '"to": "fencing"')[0]
+    released_at = log_times(log, 0.0, '"action": "ReleaseLock"', '"ok": true')[0]
+    held = released_at - fenced_at
     print(f"\nSIGSTOP of {old}'s mysqld -> lock released {held:.2f}s after fencing began, "
           f"first write on the new primary after {seconds:.2f}s")
     assert held < 1.0, f"the lock was held {held:.2f}s after fencing began"
