@@ -521,7 +521,7 @@ def _overtaken(r: _Round) -> bool:
     obs = r.obs
     holds = obs.db.holds
     token = obs.lease.token
-    if obs.db.read_only is not True or obs.db.fencing_token == token or holds is None:
+    if _written_anything(r) or holds is None:
         return False
     ahead = [rival.record.name for rival in _rivals(r) if rival.holds.rank_key() > holds.rank_key()]
     if not ahead:
@@ -531,6 +531,12 @@ def _overtaken(r: _Round) -> bool:
     if token is not None and obs.fence_complete:
         r.emit(ReleaseLock(token, ActionReason.OVERTAKEN))
     return True
+
+
+def _written_anything(r: _Round) -> bool:
+    """Past the promotion's point of no return: mysqld writable, or our fencing token written."""
+    db = r.obs.db
+    return db.read_only is not True or db.fencing_token == r.obs.lease.token
 
 
 def _awaiting_peers(r: _Round) -> bool:
@@ -543,9 +549,8 @@ def _awaiting_peers(r: _Round) -> bool:
     ``_overtaken`` then compares. Stale records (their agent is gone or cut off) are not waited
     for; they vanish with their session.
     """
-    obs = r.obs
-    token = obs.lease.token
-    if obs.db.read_only is not True or obs.db.fencing_token == token:
+    token = r.obs.lease.token
+    if _written_anything(r):
         return False
     waiting = [rival.record.name for rival in _rivals(r)
                if rival.record.info.seen_token != token and _fresh(r, rival.record)]
