@@ -15,7 +15,6 @@ by pid. Example::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -31,18 +30,20 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psutil
 
 from dbfence.breaker.config import GateConfig
 from dbfence.breaker.gate import Gate
 from dbfence.lab.cluster import LabCluster, LabSpec
+from dbfence.lab.echo import LOGIN_OK, EchoBackend
 from dbfence.lab.procs import free_port
 
-# "gate" runs the Gate's defaults (one worker per two CPUs, at least one); "gate-w2" two workers, the
-# old default on a 2-CPU host, which costs more CPU per query there (see README-gate.md).
-TARGETS = ("direct", "haproxy", "gate", "gate-w2")
+# "gate" runs the Gate's defaults (one worker per two CPUs, at least one; TCP to mysqld; logged-in
+# links forwarded in the kernel where the host allows it); "gate-user-unix" keeps every byte in the
+# worker and reaches mysqld over its Unix socket, the fastest worker-only setup (README-gate.md).
+TARGETS = ("direct", "haproxy", "gate", "gate-user-unix")
 _QPS = re.compile(r"queries:\s+\d+\s+\(([\d.]+) per sec\.\)")
 _P95 = re.compile(r"95th percentile:\s+([\d.]+)")
 
@@ -156,66 +157,59 @@ class Renewer:
 
 
 # --- cutting 1,000 connections ---------------------------------------------------------------
-class _Echo(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-
-
-def measure_cut(links: int, workers: int) -> float:
+def measure_cut(links: int, workers: int, kernel_forwarding: str) -> float:
     """Milliseconds from ``block()`` until every one of ``links`` client sockets saw its end."""
-    loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(loop.create_server(_Echo, "127.0.0.1", 0, backlog=4096))
-    port = server.sockets[0].getsockname()[1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     socks: list[socket.socket] = []
-    try:
-        config = GateConfig(listen_port=0, backend_port=port, workers=workers, max_connections=links * 2)
-        with Gate(config) as gate:
-            gate.admit(time.monotonic() + 600)
-            socks = [socket.create_connection(("127.0.0.1", gate.port)) for _ in range(links)]
+    with EchoBackend(login_ok=True) as backend:
+        config = GateConfig(listen_port=0, backend_port=backend.port, workers=workers,
+                            max_connections=links * 2, kernel_forwarding=kernel_forwarding)
+        try:
+            with Gate(config) as gate:
+                gate.admit(time.monotonic() + 600)
+                socks = [socket.create_connection(("127.0.0.1", gate.port)) for _ in range(links)]
+                for message, size in ((b"login", len(LOGIN_OK)), (b"x", 1)):
+                    for sock in socks:
+                        sock.sendall(message)
+                    for sock in socks:
+                        got = b""
+                        while len(got) < size:
+                            got += sock.recv(size - len(got))
+                forwarding = {row.forwarding for row in gate.stats().connections}
+                poller = select.epoll()
+                for sock in socks:
+                    poller.register(sock, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT)
+                started = time.perf_counter()
+                gate.block("benchmark")
+                remaining = links
+                while remaining:
+                    events = poller.poll(5, links)
+                    if not events:
+                        raise RuntimeError(f"{remaining} connections still open 5 s after the block")
+                    remaining -= len(events)
+                elapsed = time.perf_counter() - started
+                poller.close()
+        finally:
             for sock in socks:
-                sock.sendall(b"x")
-            for sock in socks:
-                sock.recv(1)
-            poller = select.epoll()
-            for sock in socks:
-                poller.register(sock, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT)
-            started = time.perf_counter()
-            gate.block("benchmark")
-            remaining = links
-            while remaining:
-                events = poller.poll(5, links)
-                if not events:
-                    raise RuntimeError(f"{remaining} connections still open 5 s after the block")
-                remaining -= len(events)
-            elapsed = time.perf_counter() - started
-            poller.close()
-    finally:
-        for sock in socks:
-            sock.close()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        server.close()
-        loop.close()
+                sock.close()
+    print(f"cut {links} links forwarded by: {', '.join(sorted(forwarding))}", flush=True)
     return elapsed * 1000
 
 
 # --- main ------------------------------------------------------------------------------------
-def gate_variant(target: str, default_workers: int, default_backend: str) -> tuple[int, str]:
-    """``gate`` uses the command-line settings; ``gate-w1``, ``gate-tcp``, ``gate-w2-unix``... override."""
-    workers, backend = default_workers, default_backend
+def gate_variant(target: str, default_workers: int, default_backend: str) -> tuple[int, str, str]:
+    """``gate`` uses the command-line settings; ``gate-w1``, ``gate-unix``, ``gate-user`` (no kernel
+    forwarding), ``gate-kernel`` (kernel forwarding or fail), ``gate-w2-user-unix``... override."""
+    workers, backend, kernel_forwarding = default_workers, default_backend, "auto"
     for token in target.split("-")[1:]:
         if token in ("tcp", "unix"):
             backend = token
         elif token.startswith("w") and token[1:].isdigit():
             workers = int(token[1:])
+        elif token in ("user", "kernel"):
+            kernel_forwarding = "off" if token == "user" else "on"
         else:
             raise SystemExit(f"unknown gate variant {target!r}")
-    return workers, backend
+    return workers, backend, kernel_forwarding
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -224,6 +218,16 @@ def cpu_seconds(pids: list[int]) -> float:
         times = psutil.Process(pid).cpu_times()
         total += times.user + times.system
     return total
+
+
+def host_busy_seconds() -> float:
+    """CPU time of the whole host (every core, every process, softirqs and kernel threads).
+
+    Kernel forwarding does its work in softirq and kworker context, which no proxy process is
+    charged for: only the host's total says what a query really costs.
+    """
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "steal", 0.0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help="direct, haproxy, gate and gate variants such as gate-w1 or gate-tcp")
     parser.add_argument("--gate-workers", type=int, default=0, help="0 = one per two cores")
-    parser.add_argument("--gate-backend", choices=("tcp", "unix"), default="unix")
+    parser.add_argument("--gate-backend", choices=("tcp", "unix"), default="tcp")
     parser.add_argument("--haproxy-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--lab", type=Path, help="attach to a running lab instead of starting one")
     parser.add_argument("--skip-cut", action="store_true", help="skip the 1,000-connection cut measurement")
@@ -259,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     gates: dict[str, Gate] = {}
     results: dict[str, dict[str, dict[str, list[Sample]]]] = {}
     cpu_per_query: dict[str, list[float]] = {}
-    cut_ms: float | None = None
+    host_cpu_per_query: dict[str, list[float]] = {}
+    cut_ms: dict[str, float] = {}
     try:
         with lab.connect(node.name) as conn, conn.cursor() as cur:
             cur.execute("CREATE DATABASE IF NOT EXISTS sbtest")
@@ -277,17 +282,21 @@ def main(argv: list[str] | None = None) -> int:
             endpoints["haproxy"] = Endpoint("haproxy", "127.0.0.1", haproxy_port)
             proxy_pids["haproxy"] = [haproxy.pid]
         for target in (t for t in targets if t.startswith("gate")):
-            workers, backend_kind = gate_variant(target, options.gate_workers, options.gate_backend)
+            workers, backend_kind, kernel_forwarding = gate_variant(
+                target, options.gate_workers, options.gate_backend)
             backend: dict[str, Any] = (
                 {"backend_socket": node.socket} if backend_kind == "unix"
                 else {"backend_host": node.host, "backend_port": node.port}
             )
-            gate = Gate(GateConfig(listen_port=0, workers=workers, **backend))
+            gate = Gate(GateConfig(listen_port=0, workers=workers, kernel_forwarding=kernel_forwarding,
+                                   **backend))
             gates[target] = gate
             gate.start()
             endpoints[target] = Endpoint(target, "127.0.0.1", gate.port)
             proxy_pids[target] = gate.worker_pids()
-            print(f"{target}: {gate.config.worker_count} workers, backend {backend_kind}", flush=True)
+            forwarding = f"off ({gate.kernel_forwarding_off})" if gate.kernel_forwarding_off else "on"
+            print(f"{target}: {gate.config.worker_count} workers, backend {backend_kind}, "
+                  f"kernel forwarding {forwarding}", flush=True)
         print(f"haproxy: {options.haproxy_threads} threads; {options.rounds} rounds x {options.seconds}s",
               flush=True)
         renewers = [Renewer(gate) for gate in gates.values()]
@@ -304,12 +313,14 @@ def main(argv: list[str] | None = None) -> int:
                             endpoint = endpoints[target]
                             args = sysbench_args(workload, endpoint, agent.user, agent.password, tables)
                             pids = proxy_pids.get(target, [])
-                            before = cpu_seconds(pids)
+                            before, host_before = cpu_seconds(pids), host_busy_seconds()
                             sample = run_sysbench(args, threads, options.seconds)
+                            queries = sample.qps * options.seconds
+                            host_used = host_busy_seconds() - host_before
+                            host_cpu_per_query.setdefault(target, []).append(host_used / queries * 1e6)
                             if pids:
                                 used = cpu_seconds(pids) - before
-                                per_query = used / (sample.qps * options.seconds) * 1e6
-                                cpu_per_query.setdefault(target, []).append(per_query)
+                                cpu_per_query.setdefault(target, []).append(used / queries * 1e6)
                             cell.setdefault(target, []).append(sample)
                             print(f"  {workload} t={threads} round {round_index + 1} {target:10s} "
                                   f"{sample.qps:9.0f} qps  p95 {sample.p95_ms:6.2f} ms", flush=True)
@@ -319,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         for gate in gates.values():
             gate.stop()
         if not options.skip_cut:
-            cut_ms = measure_cut(1000, options.gate_workers)
+            for kernel_forwarding in ("auto", "off"):
+                cut_ms[kernel_forwarding] = measure_cut(1000, options.gate_workers, kernel_forwarding)
     finally:
         for gate in gates.values():
             gate.stop()
@@ -355,11 +367,18 @@ def main(argv: list[str] | None = None) -> int:
         summary["proxy_cpu_us_per_query"] = {
             target: round(statistics.median(values), 2) for target, values in cpu_per_query.items()
         }
-        print("\nproxy CPU per query (median, user+sys, all workloads): " + ", ".join(
+        print("\nproxy processes' CPU per query (median, user+sys, all workloads): " + ", ".join(
             f"{target} {value} us" for target, value in summary["proxy_cpu_us_per_query"].items()))
-    if cut_ms is not None:
-        print(f"block cut 1000 open connections in {cut_ms:.1f} ms")
-        summary["cut_1000_ms"] = round(cut_ms, 1)
+    if host_cpu_per_query:
+        summary["host_cpu_us_per_query"] = {
+            target: round(statistics.median(values), 2) for target, values in host_cpu_per_query.items()
+        }
+        print("whole host's CPU per query (median; sysbench, mysqld, proxy, kernel): " + ", ".join(
+            f"{target} {value} us" for target, value in summary["host_cpu_us_per_query"].items()))
+    for kernel_forwarding, milliseconds in cut_ms.items():
+        print(f"block cut 1000 open connections in {milliseconds:.1f} ms "
+              f"(kernel_forwarding={kernel_forwarding})")
+        summary.setdefault("cut_1000_ms", {})[kernel_forwarding] = round(milliseconds, 1)
     print(json.dumps(summary, sort_keys=True))
     return 0
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gate import Endpoint, Renewer, cpu_seconds, gate_variant, sysbench_args
+from benchmarks.gate import Endpoint, Renewer, cpu_seconds, gate_variant, host_busy_seconds, sysbench_args
 from dbfence.breaker.config import GateConfig
 from dbfence.breaker.gate import Gate
 from dbfence.lab.cluster import LabCluster, LabSpec
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     gates: dict[str, Gate] = {}
     cpu_us: dict[str, list[float]] = {}
     wall_us: dict[str, list[float]] = {}
+    host_us: dict[str, list[float]] = {}
     try:
         direct = Endpoint("direct", node.host, node.port)
         prepare = sysbench_args("oltp_point_select", direct, agent.user, agent.password, 4)
@@ -69,12 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([*prepare, "--threads=4", "prepare"], capture_output=True, check=True, timeout=300)
         targets = options.targets.split(",")
         for target in targets:
-            workers, backend_kind = gate_variant(target, 0, "unix")
+            workers, backend_kind, kernel_forwarding = gate_variant(target, 0, "unix")
             backend: dict[str, Any] = (
                 {"backend_socket": node.socket} if backend_kind == "unix"
                 else {"backend_host": node.host, "backend_port": node.port}
             )
-            gates[target] = Gate(GateConfig(listen_port=0, workers=workers, **backend)).start()
+            config = GateConfig(listen_port=0, workers=workers, kernel_forwarding=kernel_forwarding,
+                                **backend)
+            gates[target] = Gate(config).start()
         renewers = [Renewer(gate) for gate in gates.values()]
         for renewer in renewers:
             renewer.__enter__()
@@ -86,12 +89,15 @@ def main(argv: list[str] | None = None) -> int:
                     args = sysbench_args("oltp_point_select", Endpoint(target, "127.0.0.1", gate.port),
                                          agent.user, agent.password, 4)
                     pids = gate.worker_pids()
-                    before = cpu_seconds(pids)
+                    before, host_before = cpu_seconds(pids), host_busy_seconds()
                     wall = run_fixed(args, options.threads, options.events)
                     used = cpu_seconds(pids) - before
                     cpu_us.setdefault(target, []).append(used / options.events * 1e6)
                     wall_us.setdefault(target, []).append(wall / options.events * 1e6)
+                    host_used = host_busy_seconds() - host_before
+                    host_us.setdefault(target, []).append(host_used / options.events * 1e6)
                     print(f"round {round_index + 1} {target:14s} cpu {cpu_us[target][-1]:6.2f} us/query  "
+                          f"host {host_us[target][-1]:6.2f} us/query  "
                           f"wall {wall_us[target][-1]:6.2f} us/query", flush=True)
         finally:
             for renewer in renewers:
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     for target in targets:
         print(f"{target:14s} cpu median {statistics.median(cpu_us[target]):6.2f} us/query "
               f"(all: {', '.join(f'{v:.2f}' for v in cpu_us[target])}); "
-              f"wall median {statistics.median(wall_us[target]):6.2f} us/query")
+              f"wall median {statistics.median(wall_us[target]):6.2f} us/query; "
+              f"whole host median {statistics.median(host_us[target]):6.2f} us/query")
     return 0
 
 

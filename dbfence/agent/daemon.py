@@ -207,6 +207,7 @@ class Agent:
             backend_socket=config.mysql.socket or None, workers=config.gate.workers,
             max_connections=config.gate.max_connections,
             idle_timeout=config.gate.idle_timeout or None,
+            kernel_forwarding=config.gate.kernel_forwarding,
         ))
 
         dcs = config.dcs

@@ -39,8 +39,13 @@ class GateConfig:
     # While draining, a connection is closed once its last reply ended a command outside a
     # transaction and both directions have been quiet this long.
     drain_quiet: float = 0.02
+    # "auto": hand logged-in links to the kernel when this host can (BPF sockmap, root, TCP to
+    # mysqld), else forward in the workers; "on": refuse to start without it; "off": never.
+    kernel_forwarding: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.kernel_forwarding not in ("auto", "on", "off"):
+            raise GateConfigError(f"kernel_forwarding must be auto, on or off: {self.kernel_forwarding!r}")
         if not 0 <= self.listen_port < 65536:
             raise GateConfigError(f"listen_port out of range: {self.listen_port}")
         if self.backend_socket is None and not 0 < self.backend_port < 65536:

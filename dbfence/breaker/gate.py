@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dbfence.breaker.config import GateConfig
+from dbfence.breaker.kernel import KernelForwarder, KernelForwardingUnavailable
 from dbfence.breaker.shared import (
     MAX_WORKERS,
     STATE_ADMITTING,
@@ -67,6 +68,7 @@ class ConnectionInfo:
     bytes_in: int
     bytes_out: int
     queries: int
+    forwarding: str  # "kernel" once handed to the kernel after the login, else "worker"
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,11 @@ class GateStats:
     open_connections: int
     workers: tuple[WorkerStats, ...]
     connections: tuple[ConnectionInfo, ...]
+    kernel_forwarding: str = "on"  # "on", or "off: why"
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kernel_forwarding": self.kernel_forwarding,
             "state": self.state,
             "reason": self.reason,
             "deadline_in": self.deadline_in,
@@ -133,6 +137,10 @@ class Gate:
         self._workers: list[_WorkerHandle] = []
         self._draining = False
         self.port = config.listen_port
+        self._kernel: KernelForwarder | None = None
+        self._kernel_fence: memoryview | None = None
+        # Why links are not forwarded in the kernel ("" when they are), for the status.
+        self.kernel_forwarding_off = "not started"
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Gate:
@@ -140,9 +148,10 @@ class Gate:
             raise GateError("gate already started")
         shared = SharedRecord.create()
         self._shared = shared
-        shared.write_fence(fence_word(0.0, 0))
-        shared.write_status(STATE_BLOCKING, 0, 0.0, 0.0, self._reason())
         try:
+            self._start_kernel_forwarding()
+            self._write_fence(fence_word(0.0, 0))
+            shared.write_status(STATE_BLOCKING, 0, 0.0, 0.0, self._reason())
             # Hold the port (bound, not listening) so port 0 resolves once for every worker.
             self._reserved = listening_socket(self.config.listen_host, self.config.listen_port)
             self.port = self._reserved.getsockname()[1]
@@ -166,6 +175,33 @@ class Gate:
             raise
         return self
 
+    def _start_kernel_forwarding(self) -> None:
+        mode = self.config.kernel_forwarding
+        if mode == "off":
+            self.kernel_forwarding_off = "kernel_forwarding = off"
+            return
+        if self.config.backend_socket is not None:
+            reason = "mysqld is reached over a Unix socket; kernel forwarding needs TCP"
+        else:
+            try:
+                self._kernel = KernelForwarder.create(self.config.max_connections)
+            except KernelForwardingUnavailable as error:
+                reason = str(error)
+            else:
+                self._kernel_fence = self._kernel.fence_words()
+                self.kernel_forwarding_off = ""
+                return
+        if mode == "on":
+            raise GateError(f"kernel forwarding unavailable: {reason}")
+        self.kernel_forwarding_off = reason
+
+    def _write_fence(self, word: int) -> None:
+        """The one place the fence word changes: the kernel's copy first, then the workers'."""
+        if self._kernel_fence is not None:
+            self._kernel_fence[0] = word
+        assert self._shared is not None
+        self._shared.write_fence(word)
+
     def _spawn(
         self,
         config: GateConfig,
@@ -175,6 +211,7 @@ class Gate:
         senders: list[socket.socket],
     ) -> _WorkerHandle:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        kernel_fds = self._kernel.descriptors() if self._kernel is not None else ()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
         command = [
@@ -188,8 +225,9 @@ class Gate:
             str(os.getpid()),
             str(inbox.fileno()),
             ",".join(str(sender.fileno()) for sender in senders),
+            ",".join(str(fd) for fd in kernel_fds),
         ]
-        fds = (shared.fd, theirs.fileno(), inbox.fileno(), *(sender.fileno() for sender in senders))
+        fds = (shared.fd, theirs.fileno(), inbox.fileno(), *(s.fileno() for s in senders), *kernel_fds)
         process = subprocess.Popen(command, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         return _WorkerHandle(index, process, ours)
@@ -227,6 +265,12 @@ class Gate:
             if self._reserved is not None:
                 self._reserved.close()
                 self._reserved = None
+            if self._kernel_fence is not None:
+                self._kernel_fence.release()
+                self._kernel_fence = None
+            if self._kernel is not None:
+                self._kernel.close()
+                self._kernel = None
             if self._shared is not None:
                 self._shared.close()
                 self._shared = None
@@ -265,16 +309,16 @@ class Gate:
             epoch = self._machine.epoch
             self._draining = False
             shared.write_status(STATE_ADMITTING, epoch, 0.0, deadline, "")
-            shared.write_fence(fence_word(deadline, epoch))
+            self._write_fence(fence_word(deadline, epoch))
             if epoch != before:
                 # A lapsed lease ended the old epoch inside this call: cut its links now.
                 for handle in self._workers:
                     self._poke(handle, CTL_BLOCK)
 
     def extend(self, deadline: float) -> None:
-        """Renew: move the deadline (one shared-memory store). Raises if blocked or already expired."""
+        """Renew: move the deadline (one store per copy of the fence). Raises if blocked or expired."""
         with self._lock:
-            shared = self._require_started()
+            self._require_started()
             before = self._machine.epoch
             try:
                 self._machine.transition(Extend(deadline), time.monotonic())
@@ -282,7 +326,7 @@ class Gate:
                 if self._machine.epoch != before:
                     self._publish_block_locked(self._reason())
                 raise
-            shared.write_fence(fence_word(deadline, before))
+            self._write_fence(fence_word(deadline, before))
 
     def block(self, reason: str) -> None:
         """Stop admitting and cut every connection in every worker; keeps the first reason."""
@@ -324,7 +368,7 @@ class Gate:
         shared = self._shared
         assert shared is not None
         epoch = self._machine.epoch
-        shared.write_fence(fence_word(0.0, epoch))  # first: no chunk passes from here on
+        self._write_fence(fence_word(0.0, epoch))  # first: no chunk passes from here on
         shared.write_status(STATE_BLOCKING, epoch, 0.0, 0.0, reason)
         self._draining = False
         for handle in self._workers:
@@ -381,6 +425,7 @@ class Gate:
                         int(row["bytes_in"]),
                         int(row["bytes_out"]),
                         int(row["queries"]),
+                        str(row.get("forwarding", "worker")),
                     )
                 )
         if isinstance(state, Admitting):
@@ -396,6 +441,7 @@ class Gate:
             open_connections=sum(worker.open_connections for worker in workers),
             workers=tuple(workers),
             connections=tuple(connections),
+            kernel_forwarding=f"off: {self.kernel_forwarding_off}" if self.kernel_forwarding_off else "on",
         )
 
     def _ask_stats(self, handle: _WorkerHandle) -> dict[str, Any] | None:

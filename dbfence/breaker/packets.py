@@ -144,3 +144,39 @@ def reply_end(chunk: bytes) -> ReplyEnd | None:
     if status & SERVER_MORE_RESULTS_EXISTS:
         return ReplyEnd(terminal=False, in_transaction=bool(status & SERVER_STATUS_IN_TRANS))
     return ReplyEnd(terminal=True, in_transaction=bool(status & SERVER_STATUS_IN_TRANS))
+
+
+def ends_login(chunk: bytes) -> bool:
+    """True when a server chunk of the login phase ends with the OK that completes the login.
+
+    The greeting starts with the protocol version (10), auth-switch requests with 0xFE, extra auth
+    data with 0x01, a failed login with 0xFF: only the final OK starts with 0x00. A chunk that does
+    not parse as whole packets is not taken for the end (the caller keeps watching).
+    """
+    pos, end, last = 0, len(chunk), -1
+    while pos + 4 <= end:
+        last = pos
+        pos += 4 + (chunk[pos] | (chunk[pos + 1] << 8) | (chunk[pos + 2] << 16))
+    if pos != end or last < 0:
+        return False
+    payload = chunk[last + 4 :]
+    return len(payload) >= 7 and payload[0] == 0x00
+
+
+def reply_end_of_tail(tail: bytes, complete: bool) -> ReplyEnd | None:
+    """:func:`reply_end` for a chunk of which only the last bytes are known.
+
+    With the whole chunk (``complete``) this is exact. Otherwise every offset where a packet header
+    would end exactly at the tail's end is a candidate last packet; the answer stands only if all
+    candidates that parse agree, else None (the caller then waits, as for any unknown reply).
+    """
+    if complete:
+        return reply_end(tail)
+    answers = set()
+    for start in range(len(tail) - 4):
+        length = tail[start] | (tail[start + 1] << 8) | (tail[start + 2] << 16)
+        if start + 4 + length == len(tail):
+            answer = reply_end(tail[start:])
+            if answer is not None:
+                answers.add(answer)
+    return answers.pop() if len(answers) == 1 else None

@@ -25,15 +25,18 @@ from typing import Any, Final, cast
 import uvloop
 
 from dbfence.breaker.config import GateConfig
+from dbfence.breaker.kernel import KernelForwarder, LinkCounters
 from dbfence.breaker.packets import (
     COM_QUIT_PACKET,
     CR_CONN_HOST_ERROR,
     ER_CON_COUNT_ERROR,
     ER_OPTION_PREVENTS_STATEMENT,
     CommandCounter,
+    ends_login,
     handshake_error_packet,
     not_primary_message,
     reply_end,
+    reply_end_of_tail,
 )
 from dbfence.breaker.shared import (
     EPOCH_BITS,
@@ -80,17 +83,20 @@ class ClientSide(asyncio.Protocol):
 
     __slots__ = (
         "backend",
+        "backend_fd",
         "backend_transport",
         "bytes_in",
         "bytes_out",
         "client_turn",
         "closed",
+        "cookies",
         "counter",
         "deadline",
         "epoch",
         "fd",
         "last_active",
         "last_reply",
+        "logging_in",
         "opened",
         "peer",
         "pending",
@@ -113,6 +119,7 @@ class ClientSide(asyncio.Protocol):
         self.valid_word = -1
         self.deadline = 0.0
         self.fd = -1
+        self.backend_fd = -1
         self.bytes_in = 0
         self.bytes_out = 0
         self.counter = CommandCounter()
@@ -123,6 +130,10 @@ class ClientSide(asyncio.Protocol):
         self.closed = False
         self.opened = self.last_active = _monotonic()
         self.peer = ""
+        # Watching mysqld's login replies for the moment to hand the link to the kernel (if the
+        # worker can); the cookies of its two sockets once handed.
+        self.logging_in = worker.kernel is not None
+        self.cookies: tuple[int, int] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -144,6 +155,9 @@ class ClientSide(asyncio.Protocol):
 
     # --- data path ----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self.cookies is not None:
+            self.worker.refused_in_kernel(self)
+            return
         word = self.words[0]
         if word != self.valid_word and not self.adopt_word(word):
             return
@@ -188,6 +202,7 @@ class ClientSide(asyncio.Protocol):
             transport.abort()
             return
         self.backend_transport = transport
+        self.backend_fd = transport.get_extra_info("socket").fileno()
         if self.pending:
             word = self.words[0]
             if not fence_allows(word, self.epoch, _monotonic()):
@@ -223,26 +238,62 @@ class ClientSide(asyncio.Protocol):
             self.transport.write(handshake_error_packet(code, message))
             self.transport.close()
 
+    def kernel_counters(self) -> tuple[LinkCounters, LinkCounters] | None:
+        """What the kernel counted for the client's and mysqld's sockets since the hand-off."""
+        kernel = self.worker.kernel
+        if self.cookies is None or kernel is None:
+            return None
+        client, backend = kernel.counters(self.cookies[0]), kernel.counters(self.cookies[1])
+        return None if client is None or backend is None else (client, backend)
+
+    def activity(self) -> float:
+        """Monotonic time of the last chunk in either direction, in this worker or in the kernel."""
+        counted = self.kernel_counters()
+        if counted is None:
+            return self.last_active
+        return max(self.last_active, counted[0].last_active, counted[1].last_active)
+
     def at_transaction_boundary(self, now: float, quiet: float) -> bool:
         """True when the link is idle between transactions, so a drain may close it politely."""
-        if self.backend_transport is None or self.client_turn or now - self.last_active < quiet:
+        if self.backend_transport is None:
+            return False
+        client_turn, last_active, end = self.client_turn, self.last_active, None
+        counted = self.kernel_counters()
+        if counted is not None and counted[0].chunks:  # commands went through the kernel
+            client, backend = counted
+            last_active = max(last_active, client.last_active, backend.last_active)
+            client_turn = client.last_active > backend.last_active
+            if backend.chunks and not client_turn:
+                end = reply_end_of_tail(backend.tail, backend.tail_complete)
+        elif counted is not None or self.counter.commands > 0:  # logged in (handed off = logged in)
+            end = reply_end(self.last_reply)
+        if client_turn or now - last_active < quiet:
             return False
         if self.counter.opaque:
             return True  # TLS: the best we know is that the server spoke last and all is quiet
-        if self.counter.commands == 0:
-            return False  # still logging in
-        end = reply_end(self.last_reply)
         return end is not None and end.terminal and end.in_transaction is False
 
     def describe(self, now: float) -> dict[str, Any]:
+        bytes_in, bytes_out, queries = self.bytes_in, self.bytes_out, self.counter.commands
+        last_active = self.last_active
+        counted = self.kernel_counters()
+        if counted is not None:
+            # In the kernel a "query" is a chunk the client sent: the same for drivers that write
+            # each command at once, more for a command larger than one segment.
+            client, backend = counted
+            bytes_in += client.received
+            bytes_out += backend.received
+            queries += client.chunks
+            last_active = max(last_active, client.last_active, backend.last_active)
         return {
             "client": self.peer,
             "age": round(now - self.opened, 3),
-            "idle": round(now - self.last_active, 3),
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "queries": self.counter.commands,
+            "idle": round(now - last_active, 3),
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "queries": queries,
             "epoch": self.epoch,
+            "forwarding": "kernel" if self.cookies is not None else "worker",
         }
 
 
@@ -266,6 +317,9 @@ class BackendSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
+        if client.cookies is not None:
+            self.worker.refused_in_kernel(client)
+            return
         word = self.words[0]
         if word != client.valid_word and not client.adopt_word(word):
             return
@@ -277,6 +331,8 @@ class BackendSide(asyncio.Protocol):
         client.bytes_out += len(data)
         client.last_reply = data
         client.client_turn = False
+        if client.logging_in:
+            self.worker.watch_login(client, data)
         transport = client.transport
         if transport is not None:
             transport.write(data)
@@ -320,8 +376,13 @@ class Worker:
         control: socket.socket,
         parent_pid: int,
         loop: asyncio.AbstractEventLoop,
+        kernel: KernelForwarder | None = None,
     ) -> None:
         self.config = config
+        self.kernel = kernel
+        self.handed_to_kernel = 0
+        self.kernel_refusals = 0
+        self.kernel_error = ""
         self.index = index
         self.shared = shared
         self.control = control
@@ -402,6 +463,48 @@ class Worker:
         if link in self.links:
             self.links.discard(link)
             self._publish_open()
+        if link.cookies is not None and self.kernel is not None:
+            self.kernel.forget(link.cookies)
+            link.cookies = None
+
+    def refused_in_kernel(self, link: ClientSide) -> None:
+        """A chunk of a link in the kernel reached the worker: the program would not forward it.
+
+        That happens when the fence fails (or the link's entry is gone). Never forward it from
+        here, even if the word has been renewed meanwhile: the kernel may already have sent a later
+        chunk of the same stream. Enforce the fence, and cut this link in any case.
+        """
+        self.enforce(_monotonic())
+        if not link.closed:
+            self.cut_count += 1
+            self.links.discard(link)
+            cut_links([link])
+            self._publish_open()
+
+    def watch_login(self, link: ClientSide, chunk: bytes) -> None:
+        """Hand a link to the kernel at the end of its login: before its OK reaches the client.
+
+        Then the client is still waiting and mysqld has said all it will, so neither socket holds
+        a byte the kernel could overtake. TLS links stay here (the login's end is not visible),
+        and so does a link with bytes already queued (a client that did not wait for the OK).
+        """
+        kernel = self.kernel
+        if kernel is None or link.counter.opaque:
+            link.logging_in = False
+            return
+        if not ends_login(chunk):
+            return
+        link.logging_in = False
+        if _queued(link.fd) or _queued(link.backend_fd):
+            self.kernel_refusals += 1
+            return
+        try:
+            link.cookies = kernel.splice(link.fd, link.backend_fd, link.epoch)
+        except OSError as error:  # the maps are full, say: this link stays in the worker
+            self.kernel_refusals += 1
+            self.kernel_error = str(error)
+            return
+        self.handed_to_kernel += 1
 
     def _publish_open(self) -> None:
         self.shared.set_open_count(self.index, len(self.links) + self.adopting)
@@ -511,7 +614,7 @@ class Worker:
         timeout = self.config.idle_timeout
         if timeout is not None and now - self._last_sweep >= min(1.0, timeout / 4):
             self._last_sweep = now
-            idle = [link for link in self.links if now - link.last_active > timeout]
+            idle = [link for link in self.links if now - link.activity() > timeout]
             for link in idle:
                 link.close_gracefully()
         self.loop.call_later(self.config.tick, self.tick)
@@ -558,6 +661,8 @@ class Worker:
             "refused": self.refused,
             "cut": self.cut_count,
             "handed_off": self.handed_off,
+            "kernel": {"handed": self.handed_to_kernel, "kept": self.kernel_refusals,
+                       "error": self.kernel_error} if self.kernel is not None else None,
             "draining": self.draining,
             "connections": [link.describe(now) for link in self.links],
         }
@@ -592,6 +697,17 @@ class Worker:
         self.stopping.set()
 
 
+_FIONREAD: Final = 0x541B
+
+
+def _queued(fd: int) -> bool:
+    """Whether a socket has received bytes nobody has read yet."""
+    count = ctypes.c_int(0)
+    if _LIBC.ioctl(fd, _FIONREAD, ctypes.byref(count)) != 0:
+        return True  # cannot tell: assume the worst
+    return count.value > 0
+
+
 def _die_with_parent(parent_pid: int) -> None:
     if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
@@ -615,9 +731,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def _serve(config: GateConfig, index: int, shared: SharedRecord, control: socket.socket,
-                 parent_pid: int, inbox: socket.socket, peers: list[socket.socket]) -> None:
+                 parent_pid: int, inbox: socket.socket, peers: list[socket.socket],
+                 kernel: KernelForwarder | None) -> None:
     loop = asyncio.get_running_loop()
-    worker = Worker(config, index, shared, control, parent_pid, loop)
+    worker = Worker(config, index, shared, control, parent_pid, loop, kernel)
     shared.write_slot(index, WorkerSlot(os.getpid(), 0, 0, 0, 0))
     sock = listening_socket(config.listen_host, config.listen_port)
     sock.listen(4096)
@@ -640,7 +757,7 @@ async def _serve(config: GateConfig, index: int, shared: SharedRecord, control: 
 
 
 def main(argv: list[str]) -> int:
-    config_json, index_text, shared_fd, control_fd, parent_pid, inbox_fd, peer_fds = argv
+    config_json, index_text, shared_fd, control_fd, parent_pid, inbox_fd, peer_fds, kernel_fds = argv
     _die_with_parent(int(parent_pid))
     _raise_fd_limit()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the agent, which stops us
@@ -649,5 +766,9 @@ def main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(control_fd))
     inbox = socket.socket(fileno=int(inbox_fd))
     peers = [socket.socket(fileno=int(fd)) for fd in peer_fds.split(",")]
-    uvloop.run(_serve(config, int(index_text), shared, control, int(parent_pid), inbox, peers))
+    kernel = None
+    if kernel_fds:
+        fence_fd, links_fd, sockets_fd, program_fd = (int(fd) for fd in kernel_fds.split(","))
+        kernel = KernelForwarder(fence_fd, links_fd, sockets_fd, program_fd)
+    uvloop.run(_serve(config, int(index_text), shared, control, int(parent_pid), inbox, peers, kernel))
     return 0

@@ -12,6 +12,7 @@ import pytest
 
 from dbfence.breaker.config import GateConfig
 from dbfence.breaker.gate import Gate
+from dbfence.breaker.kernel import probe
 from dbfence.lab.cluster import LabCluster, LabSpec
 
 GateFactory = Callable[..., Gate]
@@ -33,8 +34,19 @@ def gate_lab() -> Iterator[LabCluster]:
         shutil.rmtree(directory, ignore_errors=True)  # data directories are large; nothing runs here now
 
 
+@pytest.fixture(params=["worker", "kernel"])
+def forwarding(request: pytest.FixtureRequest) -> str:
+    """Where admitted links move their bytes: every gate test runs both ways."""
+    mode = str(request.param)
+    if mode == "kernel":
+        missing = probe()
+        if missing is not None:
+            pytest.skip(f"this host cannot forward in the kernel: {missing}")
+    return mode
+
+
 @pytest.fixture
-def make_gate(gate_lab: LabCluster) -> Iterator[GateFactory]:
+def make_gate(gate_lab: LabCluster, forwarding: str) -> Iterator[GateFactory]:
     gates: list[Gate] = []
     node = gate_lab.mysql[0]
 
@@ -44,6 +56,8 @@ def make_gate(gate_lab: LabCluster) -> Iterator[GateFactory]:
             "backend_host": node.host,
             "backend_port": node.port,
             "workers": 2,
+            # "on", not "auto": a kernel test must fail, not quietly test the worker path.
+            "kernel_forwarding": "on" if forwarding == "kernel" else "off",
         }
         settings.update(overrides)
         gate = Gate(GateConfig(**settings))

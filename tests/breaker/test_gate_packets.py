@@ -8,12 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dbfence.breaker.kernel import TAIL_SIZE
 from dbfence.breaker.packets import (
     CommandCounter,
     ReplyEnd,
+    ends_login,
     handshake_error_packet,
     not_primary_message,
     reply_end,
+    reply_end_of_tail,
 )
 
 
@@ -84,3 +87,51 @@ def test_reply_end_of_a_chunk_that_does_not_parse_is_unknown() -> None:
 
 def test_reply_end_of_an_err_packet_knows_no_transaction_state() -> None:
     assert reply_end(packet(1, b"\xff\x28\x04#42000oops")) == ReplyEnd(terminal=True, in_transaction=None)
+
+
+GREETING = packet(0, b"\x0a" + b"10.11.6-MariaDB\x00" + b"\x00" * 40)
+
+
+@pytest.mark.parametrize(
+    ("chunk", "ends"),
+    [
+        (GREETING, False),
+        (packet(2, b"\xfemysql_native_password\x00" + b"s" * 20), False),  # auth switch request
+        (packet(2, b"\x01\x03"), False),  # more auth data (fast auth)
+        (packet(2, b"\xff\x15\x04#28000Access denied"), False),  # failed login
+        (ok(0x0002), True),
+        (packet(2, b"\x01\x03") + ok(0x0002), True),  # fast auth and the OK in one chunk
+        (ok(0x0002)[:-1], False),  # cut short: keep watching
+    ],
+    ids=["greeting", "auth-switch", "more-data", "err", "ok", "more-data-then-ok", "partial"],
+)
+def test_ends_login_recognises_only_the_final_ok(chunk: bytes, ends: bool) -> None:
+    assert ends_login(chunk) is ends
+
+
+def test_reply_end_of_a_short_tail_is_exact() -> None:
+    assert reply_end_of_tail(ok(0x0003), complete=True) == ReplyEnd(terminal=True, in_transaction=True)
+
+
+def test_reply_end_of_a_tail_finds_the_last_packet_of_a_long_result() -> None:
+    rows = b"".join(packet(2 + i, b"\x05" + bytes([65 + i % 26]) * 5) for i in range(40))
+    chunk = packet(1, b"\x01") + rows + packet(42, b"\xfe\x00\x00\x03\x00\x00\x00")
+    assert reply_end_of_tail(chunk[-TAIL_SIZE:], complete=False) == reply_end(chunk)
+
+
+def test_reply_end_of_a_tail_whose_last_packet_is_longer_than_the_tail_is_unknown() -> None:
+    chunk = packet(1, b"\x00\x00\x00\x02\x00\x00\x00" + b"i" * 100)  # an OK with a long info text
+    assert reply_end_of_tail(chunk[-TAIL_SIZE:], complete=False) is None
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=90), max_size=8),
+    st.sampled_from([ok(0x0002), ok(0x0003), ok(0x000A), packet(9, b"\xfe\x00\x00\x03\x00"),
+                     packet(9, b"\xff\x28\x04#42000oops")]),
+)
+def test_a_tail_never_contradicts_the_whole_chunk(bodies: list[bytes], last: bytes) -> None:
+    # Whatever came before it, a last packet that fits in the tail is read right or not at all:
+    # a wrong "not in a transaction" could let a drain close a link mid-transaction.
+    chunk = b"".join(packet(1 + i, body) for i, body in enumerate(bodies)) + last
+    answer = reply_end_of_tail(chunk[-TAIL_SIZE:], complete=len(chunk) <= TAIL_SIZE)
+    assert answer is None or answer == reply_end(chunk)

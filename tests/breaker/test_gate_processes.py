@@ -10,26 +10,43 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import psutil
+import pytest
 
 from dbfence.breaker.config import GateConfig
 from dbfence.breaker.gate import Gate
-from tests.breaker.echo_backend import EchoBackend
+from dbfence.breaker.kernel import probe
+from dbfence.lab.echo import LOGIN_OK, EchoBackend
 from tests.breaker.waiting import wait_until
 
 LINKS = 1000
 
 
-def _open_links(port: int, count: int) -> list[socket.socket]:
+def _receive(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "closed"
+        data += chunk
+    return data
+
+
+def _open_links(port: int, count: int, login: bool = False) -> list[socket.socket]:
     links = []
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", port))
         links.append(sock)
+    if login:  # the stand-in mysqld's login OK: the gate hands the link to the kernel
+        for sock in links:
+            sock.sendall(b"login")
+        for sock in links:
+            assert _receive(sock, len(LOGIN_OK)) == LOGIN_OK
     for sock in links:  # a round trip through the backend proves each link is fully up
         sock.sendall(b"ping")
     for sock in links:
-        assert sock.recv(16) == b"ping"
+        assert _receive(sock, 4) == b"ping"
     return links
 
 
@@ -53,14 +70,20 @@ def _seconds_until_all_closed(links: list[socket.socket], started: float) -> flo
     return elapsed
 
 
-def test_block_cuts_a_thousand_links_at_once() -> None:
-    with EchoBackend() as backend, Gate(
-        GateConfig(listen_port=0, backend_port=backend.port, workers=2, max_connections=5000)
-    ) as gate:
+@pytest.mark.parametrize("forwarding", ["worker", "kernel"])
+def test_block_cuts_a_thousand_links_at_once(forwarding: str) -> None:
+    kernel = forwarding == "kernel"
+    if kernel and (missing := probe()) is not None:
+        pytest.skip(f"this host cannot forward in the kernel: {missing}")
+    config = GateConfig(listen_port=0, workers=2, max_connections=5000,
+                        kernel_forwarding="on" if kernel else "off")
+    with EchoBackend(login_ok=kernel) as backend, Gate(replace(config, backend_port=backend.port)) as gate:
         gate.admit(time.monotonic() + 120)
-        links = _open_links(gate.port, LINKS)
+        links = _open_links(gate.port, LINKS, login=kernel)
         try:
-            assert gate.stats().open_connections == LINKS
+            stats = gate.stats()
+            assert stats.open_connections == LINKS
+            assert {row.forwarding for row in stats.connections} == {forwarding}
             started = time.perf_counter()
             gate.block("cut test")
             elapsed = _seconds_until_all_closed(links, started)

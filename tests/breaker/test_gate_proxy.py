@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql
 import pytest
 
-from dbfence.breaker.gate import Gate
+from dbfence.breaker.gate import Gate, GateError
 from dbfence.breaker.packets import CR_CONN_HOST_ERROR, ER_CON_COUNT_ERROR, ER_OPTION_PREVENTS_STATEMENT
 from dbfence.breaker.state import Blocking, IllegalTransition
 from dbfence.lab.cluster import LabCluster
@@ -50,7 +50,7 @@ def refused_error(gate: Gate, lab: LabCluster) -> pymysql.err.OperationalError:
 
 
 def test_queries_flow_while_admitting_and_show_in_the_connection_table(
-    make_gate: GateFactory, gate_lab: LabCluster
+    make_gate: GateFactory, gate_lab: LabCluster, forwarding: str
 ) -> None:
     gate = make_gate()
     gate.admit(time.monotonic() + 30)
@@ -66,14 +66,26 @@ def test_queries_flow_while_admitting_and_show_in_the_connection_table(
         assert row.client.startswith("127.0.0.1:")
         assert row.queries >= 6  # the 5 SELECTs and the INSERT, plus the driver's own commands
         assert row.bytes_in > 0 and row.bytes_out > 0 and row.age > 0
+        assert row.forwarding == forwarding
+        assert stats.kernel_forwarding == ("on" if forwarding == "kernel" else "off: kernel_forwarding = off")
     assert mark_landed(gate_lab, mark)
 
 
 def test_unix_socket_backend(make_gate: GateFactory, gate_lab: LabCluster) -> None:
-    gate = make_gate(backend_socket=gate_lab.mysql[0].socket, workers=1)
+    # Kernel forwarding needs TCP to mysqld: "auto" falls back to the workers and says why.
+    gate = make_gate(backend_socket=gate_lab.mysql[0].socket, workers=1, kernel_forwarding="auto")
+    assert "Unix socket" in gate.kernel_forwarding_off
     gate.admit(time.monotonic() + 30)
     with connect_via(gate, gate_lab) as conn:
         assert select_one(conn) == 1
+        assert [row.forwarding for row in gate.stats().connections] == ["worker"]
+
+
+def test_kernel_forwarding_on_refuses_to_start_where_it_cannot_work(
+    make_gate: GateFactory, gate_lab: LabCluster
+) -> None:
+    with pytest.raises(GateError, match="Unix socket"):
+        make_gate(backend_socket=gate_lab.mysql[0].socket, workers=1, kernel_forwarding="on")
 
 
 def test_a_new_connection_to_a_gate_never_admitted_gets_the_err_packet(
@@ -210,9 +222,15 @@ def _insert_in_background(conn: Connection, mark: str) -> tuple[threading.Thread
 
 
 def _sigstop_window(
-    gate: Gate, gate_lab: LabCluster, renew_while_stopped: bool
-) -> tuple[str, list[BaseException]]:
-    """Stop the worker, send an INSERT into the window, let the deadline pass, continue."""
+    gate: Gate, gate_lab: LabCluster, renew_while_stopped: bool, forwarding: str
+) -> tuple[str, list[BaseException], bool]:
+    """Stop the worker, send an INSERT, let the deadline pass, continue.
+
+    Returns the mark, the client's errors, and whether the row had landed before SIGCONT. In the
+    worker the INSERT is sent before the deadline (the hard case: the chunk waits in the socket
+    for a process that wakes up too late). In the kernel it is sent after the deadline: one sent
+    before it is forwarded at once, frozen process or not.
+    """
     [worker_pid] = gate.worker_pids()
     deadline = time.monotonic() + 0.6
     gate.admit(deadline)
@@ -221,36 +239,45 @@ def _sigstop_window(
         assert select_one(conn) == 1
         os.kill(worker_pid, signal.SIGSTOP)
         try:
-            thread, errors = _insert_in_background(conn, mark)
             if renew_while_stopped:
                 gate.extend(time.monotonic() + 30)
+            if forwarding == "kernel" and not renew_while_stopped:
+                wait_past(deadline, slack=0.05)
+            thread, errors = _insert_in_background(conn, mark)
+            if forwarding == "kernel" and renew_while_stopped:
+                wait_until(lambda: mark_landed(gate_lab, mark), 5, "the kernel to forward without the worker")
             wait_past(deadline, slack=0.2)
+            landed_while_stopped = mark_landed(gate_lab, mark)
         finally:
             os.kill(worker_pid, signal.SIGCONT)
         thread.join(15)
         assert not thread.is_alive()
-    return mark, errors
+    return mark, errors, landed_while_stopped
 
 
 @pytest.mark.parametrize("tick", [0.02, 60.0], ids=["with-tick", "data-path-only"])
 def test_sigstop_past_the_deadline_wakes_up_blocking(
-    make_gate: GateFactory, gate_lab: LabCluster, tick: float
+    make_gate: GateFactory, gate_lab: LabCluster, forwarding: str, tick: float
 ) -> None:
-    # With a 60 s tick only the per-chunk check in the data path can stop the INSERT.
+    # With a 60 s tick only the per-chunk check in the data path can stop the INSERT (in the
+    # kernel: the program's check, and the CTL_BLOCK-free wake-up then cuts the link).
     gate = make_gate(workers=1, tick=tick)
-    mark, errors = _sigstop_window(gate, gate_lab, renew_while_stopped=False)
+    mark, errors, landed_while_stopped = _sigstop_window(gate, gate_lab, False, forwarding)
     assert errors and isinstance(errors[0], pymysql.err.OperationalError)
+    assert not landed_while_stopped
     assert not mark_landed(gate_lab, mark)
 
 
-def test_sigstop_with_a_renewed_lease_forwards_after_waking(
-    make_gate: GateFactory, gate_lab: LabCluster
+def test_sigstop_with_a_renewed_lease_forwards(
+    make_gate: GateFactory, gate_lab: LabCluster, forwarding: str
 ) -> None:
-    # The control case for the test above: the same window with a valid lease does forward.
+    # The control case for the test above: the same window with a valid lease does forward; in
+    # the kernel even before the worker wakes up.
     gate = make_gate(workers=1)
-    mark, errors = _sigstop_window(gate, gate_lab, renew_while_stopped=True)
+    mark, errors, landed_while_stopped = _sigstop_window(gate, gate_lab, True, forwarding)
     assert errors == []
     assert mark_landed(gate_lab, mark)
+    assert landed_while_stopped == (forwarding == "kernel")
 
 
 def test_garbage_silent_and_flooding_clients_do_not_disturb_others(
