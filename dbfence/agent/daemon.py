@@ -44,7 +44,7 @@ from dbfence.agent.observation import (
 )
 from dbfence.agent.sensors import DbFacts, DbSensor, DcsSensor, DcsView, PeerDatabase
 from dbfence.agent.state import Role, State
-from dbfence.breaker import Admitting, Gate, GateConfig
+from dbfence.breaker import Admitting, Gate, GateConfig, GateStats
 from dbfence.config import AgentConfig, parse_host_port
 from dbfence.discovery.consul_catalog import ConsulCatalog, ServiceIdentity
 from dbfence.discovery.http_api import CommandResult, HttpApi, StatusBoard, StatusReport
@@ -71,6 +71,7 @@ UNREADABLE_HOLDER = "<unreadable>"
 # (A candidate was confirmed when it decided to race; from then on only trips count.)
 _RACING = frozenset({Role.STARTING, Role.REPLICA, Role.FENCED})
 _CHANGES_MYSQLD = (SetReadOnly, WaitRelayLog, Promote, Repoint, DetachSource, WriteFencingToken)
+_CONNECTIONS_SHOWN = 200  # rows of the gate's connection table in /status
 
 
 class AgentStartError(RuntimeError):
@@ -209,6 +210,7 @@ class Agent:
             idle_timeout=config.gate.idle_timeout or None,
             kernel_forwarding=config.gate.kernel_forwarding,
         ))
+        self._gate_stats: GateStats | None = None  # the latest connection table, when read
 
         dcs = config.dcs
         self.lock = self._open_lock(config)
@@ -383,9 +385,11 @@ class Agent:
         admitting = isinstance(gate_state, Admitting)
         gate_token = self.keeper.gate_token
         open_connections = 0
+        self._gate_stats = None
         if admitting or self.state.role in (Role.FENCING, Role.PROMOTING, Role.PRIMARY):
             try:
-                open_connections = self.gate.stats().open_connections
+                self._gate_stats = self.gate.stats()
+                open_connections = self._gate_stats.open_connections
             except Exception:  # unknown counts as "still open": release waits
                 open_connections = 1
         gate = GateView(
@@ -486,7 +490,12 @@ class Agent:
                       "error": lease.error},
             "gate": {"admitting": admitting, "port": self.gate.port,
                      "reason": getattr(gate_state, "reason", ""),
-                     "open_connections": observation.gate.open_connections},
+                     "open_connections": observation.gate.open_connections,
+                     "kernel_forwarding": self.gate.kernel_forwarding,
+                     # The oldest first, at most _CONNECTIONS_SHOWN: the status must stay small.
+                     "connections": [] if self._gate_stats is None else [
+                         vars(row) for row in sorted(self._gate_stats.connections, key=lambda r: -r.age)
+                     ][:_CONNECTIONS_SHOWN]},
             "database": {"healthy": observation.db.health.healthy,
                          "reasons": list(observation.db.health.reasons),
                          "read_only": facts.read_only,

@@ -195,6 +195,11 @@ class Gate:
             raise GateError(f"kernel forwarding unavailable: {reason}")
         self.kernel_forwarding_off = reason
 
+    @property
+    def kernel_forwarding(self) -> str:
+        """"on", or "off: why" (for the status)."""
+        return f"off: {self.kernel_forwarding_off}" if self.kernel_forwarding_off else "on"
+
     def _write_fence(self, word: int) -> None:
         """The one place the fence word changes: the kernel's copy first, then the workers'."""
         if self._kernel_fence is not None:
@@ -441,7 +446,7 @@ class Gate:
             open_connections=sum(worker.open_connections for worker in workers),
             workers=tuple(workers),
             connections=tuple(connections),
-            kernel_forwarding=f"off: {self.kernel_forwarding_off}" if self.kernel_forwarding_off else "on",
+            kernel_forwarding=self.kernel_forwarding,
         )
 
     def _ask_stats(self, handle: _WorkerHandle) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ import psutil
 import pymysql
 import pytest
 
+from dbfence.breaker.kernel import probe
 from dbfence.lab.agents import log_times
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.wait import wait_until
@@ -111,6 +112,32 @@ def test_a_fresh_cluster_settles_without_touching_replication(lab_factory: LabFa
         touched = [line for line in log.splitlines()
                    if '"action": "DetachSource"' in line or '"action": "Repoint"' in line]
         assert not touched, "\n".join(touched)
+
+
+def test_the_primary_status_shows_its_gate_connections_and_where_they_are_forwarded(
+    lab_factory: LabFactory,
+) -> None:
+    lab = lab_factory(mysql_count=2, dcs="etcd", etcd_members=1, agents=True)
+    primary = only_primary(lab)
+    kernel = probe() is None  # the lab's agents run with kernel_forwarding = auto
+    host, port = discover(lab)
+    with app_connect(lab, host, port) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        gate: dict[str, Any] = {}
+
+        def listed() -> bool:
+            nonlocal gate
+            gate = status(lab, primary)["gate"]
+            return any(row["queries"] >= 1 for row in gate["connections"])
+
+        wait_until(listed, timeout=10, what="the app's connection in the primary's /status")
+    if kernel:
+        assert gate["kernel_forwarding"] == "on"
+    else:
+        assert gate["kernel_forwarding"].startswith("off: ")
+    [row] = [row for row in gate["connections"] if row["queries"] >= 1]
+    assert row["forwarding"] == ("kernel" if kernel else "worker")
+    assert row["bytes_in"] > 0 and row["bytes_out"] > 0
 
 
 def test_killed_agent_takes_its_gate_down_and_the_lease_moves(lab_factory: LabFactory) -> None:
