@@ -100,12 +100,14 @@ class EtcdTrio:
 
 @pytest.fixture(scope="session")
 def etcd_trio() -> Iterator[EtcdTrio]:
-    trio = EtcdTrio(etcd_servers.start_cluster(_tmp_root(), 3))
+    directory = _tmp_root()
+    trio = EtcdTrio(etcd_servers.start_cluster(directory, 3))
     try:
         trio.ensure_all_up()
         yield trio
     finally:
         trio.stop_all()
+        shutil.rmtree(directory, ignore_errors=True)  # its processes are stopped: nothing to keep
 
 
 @dataclass
@@ -129,6 +131,7 @@ def consul_standin() -> Iterator[ConsulServer]:
         yield ConsulServer(address, ref)
     finally:
         stop(ref, grace=5.0)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +156,7 @@ def consul_real() -> Iterator[ConsulServer]:
         yield server
     finally:
         stop(ref, grace=10.0)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _consul_has_leader(address: str) -> bool:
