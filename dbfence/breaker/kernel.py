@@ -387,8 +387,3 @@ def probe() -> str | None:
     except OSError as error:
         return str(error)
     return None
-
-
-def deadline_ns(word: int) -> int:
-    """The deadline the program derives from a fence word (for tests and status)."""
-    return (word >> EPOCH_BITS) * 1000
