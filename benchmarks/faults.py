@@ -113,7 +113,10 @@ def main() -> int:
                              keep_logs=logs, report=lambda r: print(describe(r), flush=True))
     rows = [summarise(f, [r for r in results if r.fault == f.name], tuning) for f in chosen]
     print(table(rows))
-    print(f"logs of the rounds that left their lab unsettled: {logs}")
+    if any(logs.iterdir()):
+        print(f"logs of the rounds that left their lab unsettled: {logs}")
+    else:
+        logs.rmdir()
     print(json.dumps({"dcs": args.dcs, "ttl": args.ttl, "margin": args.margin, "runs": args.runs,
                       "faults": rows}))
     return 0 if all(row["lost"] == 0 and row["overlapping"] == 0 and row["unrecovered"] == 0

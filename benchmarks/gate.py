@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_process(haproxy)
         if not options.lab:
             lab.down()
-            shutil.rmtree(tempdir, ignore_errors=True)
+        shutil.rmtree(tempdir, ignore_errors=True)  # the lab (unless attached to) and haproxy.cfg
 
     summary: dict[str, Any] = {"seconds": options.seconds, "rounds": options.rounds,
                                "gate_workers": GateConfig(workers=options.gate_workers).worker_count,

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             gate.stop()
         if not options.lab:
             lab.down()
-            shutil.rmtree(tempdir, ignore_errors=True)
+        shutil.rmtree(tempdir, ignore_errors=True)  # the lab (unless attached to) and haproxy.cfg
     print()
     for target in targets:
         print(f"{target:14s} cpu median {statistics.median(cpu_us[target]):6.2f} us/query "

@@ -9,6 +9,7 @@ could have run out, until quorum is back. Labs are shared between rounds while t
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,14 +30,20 @@ LOGS.mkdir(exist_ok=True)
 
 
 @pytest.fixture(scope="module")
-def pool() -> Iterator[LabPool]:
+def pool(request: pytest.FixtureRequest) -> Iterator[LabPool]:
     scratch = Path(tempfile.mkdtemp(prefix="faults-", dir=_lab_root()))
+    logs = Path(tempfile.mkdtemp(prefix="run-", dir=LOGS))
+    failed_before = request.session.testsfailed
     with scratch_space(scratch) as root:
-        labs = LabPool(root, "etcd", AgentTuning(), keep_logs=Path(tempfile.mkdtemp(prefix="run-", dir=LOGS)))
+        labs = LabPool(root, "etcd", AgentTuning(), keep_logs=logs)
         try:
             yield labs
         finally:
             labs.close()
+    # The faults that freeze or cut off a primary always leave it fenced ("unsettled"), so
+    # logs are kept every run: worth keeping only if a test here failed.
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 def safety_problems(result: RoundResult) -> list[str]:
