@@ -1,9 +1,10 @@
 """The gate as the agent sees it: start worker processes, admit, extend, block, drain, read status.
 
-Only this object (in the agent process) writes the shared fence. Worker processes read it before
-every forwarded chunk, so :meth:`Gate.extend` is one 8-byte store and :meth:`Gate.block` reaches all
-workers at once: the fence word changes first (any chunk after that is refused), then each worker is
-poked over its control socket so idle connections are cut too.
+Only this object (in the agent process) writes the shared fence, and its mirror in the kernel
+forwarding program's map. Worker processes (and that program) read it before every forwarded chunk,
+so :meth:`Gate.extend` is one 8-byte store per copy and :meth:`Gate.block` reaches all workers at
+once: the fence word changes first (any chunk after that is refused), then each worker is poked
+over its control socket so idle connections are cut too.
 
 Call :meth:`Gate.start` from a thread that lives as long as the gate (the main thread, say): Linux
 delivers the workers' parent-death signal when the *thread* that spawned them exits.
@@ -91,7 +92,7 @@ class GateStats:
     open_connections: int
     workers: tuple[WorkerStats, ...]
     connections: tuple[ConnectionInfo, ...]
-    kernel_forwarding: str = "on"  # "on", or "off: why"
+    kernel_forwarding: str  # "on", or "off: why"
 
     def to_dict(self) -> dict[str, Any]:
         return {

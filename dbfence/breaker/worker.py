@@ -2,7 +2,10 @@
 
 Started by :class:`dbfence.breaker.gate.Gate` (a fresh interpreter that calls :func:`main`). It reads the
 fence word from shared memory before forwarding every chunk, in both directions; when the word says
-blocked, expired, or a new epoch, it forwards nothing and cuts its connections. It never writes the
+blocked, expired, or a new epoch, it forwards nothing and cuts its connections. Where the gate has
+kernel forwarding (:mod:`dbfence.breaker.kernel`), a link's bytes pass through here only until its
+login ends; then the kernel moves them, behind the same fence, and the worker keeps the link's
+bookkeeping (status, idle timeout, drain, cuts). It never writes the
 fence: only the agent does. A control socket from the agent wakes it up for blocks, drains, status
 requests and shutdown; if the agent dies the kernel kills this process (PR_SET_PDEATHSIG), and the
 tick also checks ``getppid``.
