@@ -8,7 +8,7 @@ proxies' CPU time per query; prints QPS, p95 latency and ratios (medians over ro
 block takes to cut 1,000 open connections; ends with one JSON line. Everything it starts is stopped
 by pid. Example::
 
-    PYTHONPATH=. python benchmarks/gate.py            # about 5 minutes
+    PYTHONPATH=. python benchmarks/gate.py            # about 6 minutes
     PYTHONPATH=. python benchmarks/gate.py --lab DIR --targets direct,haproxy,gate-w1-tcp
 """
 
