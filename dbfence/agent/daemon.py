@@ -44,7 +44,7 @@ from dbfence.agent.observation import (
 )
 from dbfence.agent.sensors import DbFacts, DbSensor, DcsSensor, DcsView, PeerDatabase
 from dbfence.agent.state import Role, State
-from dbfence.breaker import Admitting, Gate, GateConfig, GateStats
+from dbfence.breaker import Admitting, Gate, GateConfig, GateError, GateStats
 from dbfence.config import AgentConfig, parse_host_port
 from dbfence.discovery.consul_catalog import ConsulCatalog, ServiceIdentity
 from dbfence.discovery.http_api import CommandResult, HttpApi, StatusBoard, StatusReport
@@ -274,7 +274,10 @@ class Agent:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Everything up with the gate blocked; the first decision comes from :meth:`run`."""
-        self.gate.start()
+        try:
+            self.gate.start()
+        except GateError as exc:  # its port is taken, say, or kernel_forwarding = "on" cannot work
+            raise AgentStartError(f"the gate cannot start: {exc}") from None
         if self.config.http.listen:
             host, port = parse_host_port("http.listen", self.config.http.listen)
             self.http = HttpApi(host, port, self.board, self.metrics, token=self.http_token,
@@ -283,7 +286,8 @@ class Agent:
         self.db.start()
         self.dcs.start()
         log.info(json.dumps({"event": "started", "node": self.identity.node, "cluster": self.identity.cluster,
-                             "gate_port": self.gate.port, "version": __version__}))
+                             "gate_port": self.gate.port, "kernel_forwarding": self.gate.kernel_forwarding,
+                             "version": __version__}))
 
     def request_stop(self, *_: object) -> None:
         self.stopping.set()

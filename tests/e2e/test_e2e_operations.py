@@ -4,6 +4,9 @@ history. They talk to the DCS only; the agents act on what they read there."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -110,3 +113,23 @@ def test_switchover_drains_the_gate_then_hands_over(lab_factory: LabFactory) -> 
     assert 201 not in rows  # never acknowledged, and rolled back
     wait_until(lambda: status(lab, primary).get("role") == "replica", timeout=30,
                what=f"the old primary {primary} to rejoin as a replica")
+
+
+def test_an_agent_whose_gate_cannot_start_refuses_with_the_reason(
+    lab_factory: LabFactory, tmp_path: Path
+) -> None:
+    # kernel_forwarding = "on" with mysqld behind its Unix socket cannot work: the agent must say
+    # so and exit, not run with a different gate than asked for (nor die with a traceback).
+    lab = lab_factory(mysql_count=1, dcs="etcd", etcd_members=1, agents=True)
+    [agent] = lab.agents
+    config = Path(agent.config).read_text()
+    config = config.replace("[gate]\n", '[gate]\nkernel_forwarding = "on"\n', 1)
+    config = config.replace("[mysql]\n", f'[mysql]\nsocket = "{lab.mysql[0].socket}"\n', 1)
+    path = tmp_path / "agent.toml"
+    path.write_text(config)
+    done = subprocess.run([sys.executable, "-m", "dbfence", "agent", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "refusing to start: the gate cannot start: kernel forwarding unavailable" in done.stderr
+    assert "Unix socket" in done.stderr
+    assert "Traceback" not in done.stderr
