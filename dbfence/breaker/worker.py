@@ -479,10 +479,7 @@ class Worker:
         """
         self.enforce(_monotonic())
         if not link.closed:
-            self.cut_count += 1
-            self.links.discard(link)
-            cut_links([link])
-            self._publish_open()
+            self._cut([link])
 
     def watch_login(self, link: ClientSide, chunk: bytes) -> None:
         """Hand a link to the kernel at the end of its login: before its OK reaches the client.
@@ -599,8 +596,11 @@ class Worker:
         doomed = [link for link in self.links if not fence_allows(word, link.epoch, now)]
         if valid:
             self.enforced_epoch = epoch
-        if not doomed:
-            return
+        if doomed:
+            self._cut(doomed)
+
+    def _cut(self, doomed: list[ClientSide]) -> None:
+        """Cut links at once and stop counting them as open."""
         cut_links(doomed)
         self.cut_count += len(doomed)
         self.links.difference_update(doomed)
