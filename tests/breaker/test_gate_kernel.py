@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import select
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -10,8 +10,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from dbfence.breaker.config import GateConfig
 from dbfence.breaker.kernel import TAIL_SIZE, KernelForwarder, probe
-from dbfence.breaker.shared import fence_word
+from dbfence.breaker.shared import SharedRecord, fence_word
+from dbfence.breaker.worker import ClientSide, Worker
+from dbfence.lab.echo import LOGIN_OK
+from tests.breaker.waiting import receive_exactly, wait_until
 
 _MISSING = probe()
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"no kernel forwarding here: {_MISSING}")
@@ -64,20 +68,6 @@ def link(kernel: KernelForwarder) -> Iterator[Link]:
             sock.close()
 
 
-def receive(sock: socket.socket, size: int, timeout: float = 5.0) -> bytes:
-    """Read exactly ``size`` bytes, polling with a deadline."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while len(data) < size:
-        readable, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
-        if not readable:
-            raise AssertionError(f"got {len(data)} of {size} bytes")
-        chunk = sock.recv(size - len(data))
-        assert chunk, "connection closed"
-        data += chunk
-    return data
-
-
 def nothing_waiting(sock: socket.socket) -> bool:
     sock.setblocking(False)
     try:
@@ -98,10 +88,10 @@ def set_fence(kernel: KernelForwarder, deadline: float, epoch: int) -> None:
 def test_both_directions_pass_and_are_counted(kernel: KernelForwarder, link: Link) -> None:
     query = b"\x06\x00\x00\x00\x03query"
     link.app.sendall(query)
-    assert receive(link.server, len(query)) == query
+    assert receive_exactly(link.server, len(query)) == query
     reply = bytes(range(200))
     link.server.sendall(reply)
-    assert receive(link.app, 200) == reply
+    assert receive_exactly(link.app, 200) == reply
     client, backend = kernel.counters(link.cookies[0]), kernel.counters(link.cookies[1])
     assert client is not None and backend is not None
     assert (client.received, client.chunks) == (len(query), 1)
@@ -113,7 +103,7 @@ def test_both_directions_pass_and_are_counted(kernel: KernelForwarder, link: Lin
 
 def test_a_short_reply_is_kept_whole(kernel: KernelForwarder, link: Link) -> None:
     link.server.sendall(b"ok")
-    assert receive(link.app, 2) == b"ok"
+    assert receive_exactly(link.app, 2) == b"ok"
     backend = kernel.counters(link.cookies[1])
     assert backend is not None and backend.tail == b"ok" and backend.tail_complete
 
@@ -129,7 +119,7 @@ def test_a_chunk_the_fence_refuses_goes_to_the_worker_not_to_mysqld(
     set_fence(kernel, 0.0 if deadline_in is None else time.monotonic() + deadline_in, epoch)
     link.app.sendall(b"\x01\x00\x00\x00\x0e")
     # The worker's socket receives it (the worker then refuses it and cuts the link) ...
-    assert receive(link.client_side, 5) == b"\x01\x00\x00\x00\x0e"
+    assert receive_exactly(link.client_side, 5) == b"\x01\x00\x00\x00\x0e"
     # ... and so the server never does: one chunk, one verdict.
     assert nothing_waiting(link.server)
     client = kernel.counters(link.cookies[0])
@@ -139,13 +129,51 @@ def test_a_chunk_the_fence_refuses_goes_to_the_worker_not_to_mysqld(
 def test_forwarding_resumes_with_a_valid_word_for_the_same_epoch(kernel: KernelForwarder, link: Link) -> None:
     set_fence(kernel, time.monotonic() - 1, EPOCH)
     link.app.sendall(b"late")
-    assert receive(link.client_side, 4) == b"late"
+    assert receive_exactly(link.client_side, 4) == b"late"
     set_fence(kernel, time.monotonic() + 60, EPOCH)  # a renewal in time (the gate itself never
     link.app.sendall(b"renewed")                      # renews an expired lease: see GateState)
-    assert receive(link.server, 7) == b"renewed"
+    assert receive_exactly(link.server, 7) == b"renewed"
 
 
 def test_forgotten_links_have_no_counters(kernel: KernelForwarder, link: Link) -> None:
     kernel.forget(link.cookies)
     assert kernel.counters(link.cookies[0]) is None
     kernel.forget(link.cookies)  # twice is harmless
+
+
+@pytest.mark.parametrize("client_speaks_early", [False, True], ids=["client-waits", "client-speaks-early"])
+def test_the_worker_hands_a_link_over_only_if_no_byte_could_be_overtaken(
+    kernel: KernelForwarder, client_speaks_early: bool
+) -> None:
+    """At the login OK the worker splices the link, unless a byte waits unread in one of its
+    sockets (a client that did not wait for the OK): the kernel could send a later chunk first.
+    Driven directly, with real sockets, so which of two ready sockets the loop serves first
+    does not decide the case."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    app, client_side = _pair(listener)
+    backend_side, server = _pair(listener)
+    listener.close()
+    shared = SharedRecord.create()
+    control, agent_end = socket.socketpair()
+    loop = asyncio.new_event_loop()
+    try:
+        worker = Worker(GateConfig(listen_port=0), 0, shared, control, 0, loop, kernel)
+        link = ClientSide(worker)
+        link.fd, link.backend_fd, link.epoch = client_side.fileno(), backend_side.fileno(), EPOCH
+        if client_speaks_early:
+            app.sendall(b"early")
+            wait_until(lambda: not nothing_waiting(client_side), 5, "the early bytes to arrive")
+        worker.watch_login(link, LOGIN_OK)
+        assert link.logging_in is False
+        if client_speaks_early:
+            assert link.cookies is None and worker.kernel_refusals == 1
+            assert receive_exactly(client_side, 5) == b"early"  # still the worker's to forward
+        else:
+            assert link.cookies is not None and worker.handed_to_kernel == 1
+            app.sendall(b"query")
+            assert receive_exactly(server, 5) == b"query"  # the kernel forwards it
+    finally:
+        loop.close()
+        for sock in (app, client_side, backend_side, server, control, agent_end):
+            sock.close()
+        shared.close()

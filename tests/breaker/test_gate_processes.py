@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import psutil
 import pytest
@@ -20,18 +19,9 @@ from dbfence.breaker.config import GateConfig
 from dbfence.breaker.gate import Gate
 from dbfence.breaker.kernel import probe
 from dbfence.lab.echo import LOGIN_OK, EchoBackend
-from tests.breaker.waiting import wait_until
+from tests.breaker.waiting import receive_exactly, wait_until
 
 LINKS = 1000
-
-
-def _receive(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, "closed"
-        data += chunk
-    return data
 
 
 def _open_links(port: int, count: int, login: bool = False) -> list[socket.socket]:
@@ -43,11 +33,11 @@ def _open_links(port: int, count: int, login: bool = False) -> list[socket.socke
         for sock in links:
             sock.sendall(b"login")
         for sock in links:
-            assert _receive(sock, len(LOGIN_OK)) == LOGIN_OK
+            assert receive_exactly(sock, len(LOGIN_OK)) == LOGIN_OK
     for sock in links:  # a round trip through the backend proves each link is fully up
         sock.sendall(b"ping")
     for sock in links:
-        assert _receive(sock, 4) == b"ping"
+        assert receive_exactly(sock, 4) == b"ping"
     return links
 
 
@@ -153,51 +143,3 @@ def test_status_survives_a_stopped_worker() -> None:
         # The late reply to the first request is recognised and skipped.
         wait_until(lambda: all(w.responding for w in gate.stats().workers), 10, "both workers to answer")
         assert gate.stats().state == "admitting"
-
-
-def _unread_bytes(local_port: int) -> int:
-    """Bytes received and not yet read by the loopback TCP socket bound to ``local_port``."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        address, port = fields[1].split(":")
-        if address == "0100007F" and int(port, 16) == local_port:
-            return int(fields[4].split(":")[1], 16)  # tx_queue:rx_queue
-    raise AssertionError(f"no loopback socket on port {local_port}")
-
-
-@pytest.mark.parametrize("client_waits", [True, False], ids=["client-waits", "client-speaks-early"])
-def test_a_link_goes_to_the_kernel_only_if_no_byte_could_be_overtaken(client_waits: bool) -> None:
-    """The hand-off happens when mysqld's login OK reaches the worker. A client that already sent
-    more (still unread in its socket when the OK is handled) stays in the worker, and its bytes
-    reach mysqld after the login, in order. The worker is stopped while the OK and the early
-    bytes arrive, so both are waiting when it wakes, the OK first (epoll reports in arrival order)."""
-    if (missing := probe()) is not None:
-        pytest.skip(f"this host cannot forward in the kernel: {missing}")
-    with socket.create_server(("127.0.0.1", 0)) as server, Gate(GateConfig(
-        listen_port=0, backend_port=server.getsockname()[1], workers=1, kernel_forwarding="on",
-    )) as gate:
-        gate.admit(time.monotonic() + 120)
-        [worker] = gate.worker_pids()
-        with socket.create_connection(("127.0.0.1", gate.port)) as client:
-            mysqld, _ = server.accept()
-            with mysqld:
-                client.sendall(b"login")
-                assert _receive(mysqld, 5) == b"login"
-                os.kill(worker, signal.SIGSTOP)
-                try:
-                    mysqld.sendall(LOGIN_OK)
-                    gate_side = mysqld.getpeername()[1]  # the worker's socket towards "mysqld"
-                    wait_until(lambda: _unread_bytes(gate_side) == len(LOGIN_OK), 5,
-                               "the OK to wait in the stopped worker's socket")
-                    if not client_waits:
-                        client.sendall(b"early")
-                finally:
-                    os.kill(worker, signal.SIGCONT)
-                assert _receive(client, len(LOGIN_OK)) == LOGIN_OK
-                if client_waits:
-                    client.sendall(b"query")
-                assert _receive(mysqld, 5) == (b"query" if client_waits else b"early")
-                mysqld.sendall(b"reply")
-                assert _receive(client, 5) == b"reply"
-                [row] = gate.stats().connections
-                assert row.forwarding == ("kernel" if client_waits else "worker")
