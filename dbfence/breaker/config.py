@@ -39,8 +39,9 @@ class GateConfig:
     # While draining, a connection is closed once its last reply ended a command outside a
     # transaction and both directions have been quiet this long.
     drain_quiet: float = 0.02
-    # "auto": hand logged-in links to the kernel when this host can (BPF sockmap, root, TCP to
-    # mysqld), else forward in the workers; "on": refuse to start without it; "off": never.
+    # "auto": join a logged-in client of this host to mysqld's socket in the kernel when the host
+    # can (BPF, root, cgroup v2, TCP to mysqld at an IPv4 address), else forward in the workers;
+    # "on": refuse to start without it; "off": never.
     kernel_forwarding: str = "auto"
 
     def __post_init__(self) -> None:

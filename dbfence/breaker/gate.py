@@ -13,6 +13,7 @@ delivers the workers' parent-death signal when the *thread* that spawned them ex
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import select
@@ -150,12 +151,13 @@ class Gate:
         shared = SharedRecord.create()
         self._shared = shared
         try:
+            # Hold the port (bound, not listening) so port 0 resolves once for every worker (and
+            # for the kernel's program, which watches connections to it).
+            self._reserved = listening_socket(self.config.listen_host, self.config.listen_port)
+            self.port = self._reserved.getsockname()[1]
             self._start_kernel_forwarding()
             self._write_fence(fence_word(0.0, 0))
             shared.write_status(STATE_BLOCKING, 0, 0.0, 0.0, self._reason())
-            # Hold the port (bound, not listening) so port 0 resolves once for every worker.
-            self._reserved = listening_socket(self.config.listen_host, self.config.listen_port)
-            self.port = self._reserved.getsockname()[1]
             worker_config = replace(self.config, listen_port=self.port)
             # One datagram socket pair per worker for hand-offs: worker i reads the second end,
             # every worker may write to the first one (SCM_RIGHTS, see Worker.route).
@@ -177,22 +179,24 @@ class Gate:
         return self
 
     def _start_kernel_forwarding(self) -> None:
-        mode = self.config.kernel_forwarding
-        if mode == "off":
+        config = self.config
+        if config.kernel_forwarding == "off":
             self.kernel_forwarding_off = "kernel_forwarding = off"
             return
-        if self.config.backend_socket is not None:
+        if config.backend_socket is not None:
             reason = "mysqld is reached over a Unix socket; kernel forwarding needs TCP"
+        elif not _is_ipv4(config.backend_host):
+            reason = f"mysqld's address is not an IPv4 address: {config.backend_host}"
         else:
             try:
-                self._kernel = KernelForwarder.create(self.config.max_connections)
+                self._kernel = KernelForwarder.create(self.port, config.backend_port, config.max_connections)
             except KernelForwardingUnavailable as error:
                 reason = str(error)
             else:
                 self._kernel_fence = self._kernel.fence_words()
                 self.kernel_forwarding_off = ""
                 return
-        if mode == "on":
+        if config.kernel_forwarding == "on":
             raise GateError(f"kernel forwarding unavailable: {reason}")
         self.kernel_forwarding_off = reason
 
@@ -481,3 +485,11 @@ class Gate:
             if not chunk:
                 return None
             handle.buffer += chunk
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,29 +1,46 @@
-"""Kernel forwarding: admitted connections move their bytes inside the kernel, behind the same fence.
+"""Kernel forwarding: a client on the database host talks to mysqld socket to socket, behind the fence.
 
-A userspace proxy pays, per query, two wake-ups, four socket syscalls and two copies, and on a small
-host that CPU is taken from mysqld (benchmarks/README-gate.md). Once a client has logged in, the
-worker hands the pair of sockets (client, mysqld) to the kernel: both go into a BPF ``SOCKHASH``
-whose ``sk_skb`` verdict program redirects each received chunk to the other socket's send side.
+Through a userspace proxy each query costs two more TCP hops, two wake-ups, four socket syscalls
+and two copies, and on a small host that CPU is taken from mysqld (benchmarks/README-gate.md). When
+the client runs on this host, its socket and mysqld's socket are both in this kernel. Once the
+client has logged in through the gate, the worker *joins* them: an ``sk_msg`` program runs on every
+send of either socket and puts the bytes straight into the other one's receive queue. No TCP, no
+gate socket, no worker. The gate's own two sockets of the link stay connected and idle, so a cut
+(or a close from either side) travels exactly as before.
 
-The program checks the fence before every chunk, like the userspace path does: it loads the fence
-word (the agent mirrors it into a one-entry BPF array it maps into its own memory, so renewing is
-still one store), and passes a chunk only if ``bpf_ktime_get_ns()`` (CLOCK_MONOTONIC, the agent's
-timeline) is before the word's deadline and the word's epoch is the link's. Otherwise it gives the
-chunk to the worker (the socket's own receive queue), whose check refuses it and cuts the link. So
-the deadline holds even while every dbfence process is frozen: no byte reaches mysqld past it.
+The fence is checked on every send, as the workers do: the program loads the fence word (the agent
+mirrors it into a one-entry BPF array it maps into its own memory, so renewing is still one store)
+and passes a message only if ``bpf_ktime_get_ns()`` (CLOCK_MONOTONIC, the agent's timeline) is
+before the word's deadline and the word's epoch is the link's. Otherwise the message takes the
+normal way, over TCP to the gate's socket, where the worker refuses it and cuts the link; the link
+is marked refused first, so no later message of it can slip past on either path. So the deadline
+holds even while every dbfence process is frozen: no byte reaches mysqld past it.
 
-The program also keeps per-socket counters (bytes, chunks, last activity) and, for the mysqld side,
-the last 64 bytes of the latest chunk, from which a drain reads the reply's transaction status.
+Flow control: a message put into a receive queue this way is not limited by the receiver's buffer
+(the kernel's sockmap has no backpressure), so a client that stops reading while mysqld sends a
+large result would let it queue without bound. Each direction therefore has a budget: at most
+``SHORTCUT_BUDGET`` bytes since the other side last spoke (a MySQL reply follows a command; a
+command follows a read reply). A message beyond it, and every later one in that direction, goes
+over TCP through the worker, which forwards with ordinary flow control. The receiver reads the
+queued messages before the TCP bytes, so the order holds.
 
-The program is assembled here (a few dozen instructions) and loaded with the ``bpf(2)`` syscall
-through ctypes: no compiler, headers or BPF library on the host. It needs CAP_BPF and CAP_NET_ADMIN
-(root) and a kernel with sockmap (5.13+ for the verdict attach point); :func:`probe` says why not.
+How the outside sockets are found: a ``sock_ops`` program on the root of the cgroup v2 hierarchy
+sees every TCP connection of the host being established and keeps, keyed by its four-tuple, each
+socket of the gate's network namespace that (a) connects to the gate's port or (b) is mysqld's end
+of a connection from a worker's backend socket (the worker binds that socket first and announces
+its address, so no other connection to mysqld is touched). The programs are attached through a BPF
+link owned by the agent: if the agent dies, the kernel detaches them and nothing stays behind.
+
+Clients on other hosts (or over IPv6) are not joined: the workers forward their bytes. Needs
+CAP_BPF and CAP_NET_ADMIN (root), cgroup v2, and TCP to mysqld at an IPv4 address; :func:`probe`
+says why not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import mmap
 import os
 import socket
@@ -31,301 +48,416 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from dbfence.breaker.bpf import (
+    ATTACH_CGROUP_SOCK_OPS,
+    ATTACH_SK_MSG_VERDICT,
+    CALL_KTIME_NS,
+    CALL_MAP_LOOKUP,
+    CALL_MSG_PULL_DATA,
+    CALL_MSG_REDIRECT_HASH,
+    CALL_NETNS_COOKIE,
+    CALL_SOCK_HASH_UPDATE,
+    F_MMAPABLE,
+    FP,
+    JA,
+    JEQ_IMM,
+    JGE_REG,
+    JGT_IMM,
+    JGT_REG,
+    JLT_IMM,
+    JNE32_IMM,
+    JNE_IMM,
+    JNE_REG,
+    LINK_CREATE,
+    MAP_ARRAY,
+    MAP_HASH,
+    MAP_SOCKHASH,
+    PROG_ATTACH,
+    PROG_SK_MSG,
+    PROG_SOCK_OPS,
+    R0,
+    R1,
+    R2,
+    R3,
+    R4,
+    R5,
+    R6,
+    R7,
+    R8,
+    R9,
+    BpfUnavailable,
+    Program,
+    bpf,
+    create_map,
+    load_program,
+    map_delete,
+    map_lookup,
+    map_update,
+    program_id,
+)
 from dbfence.breaker.shared import EPOCH_BITS, EPOCH_MASK
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_SYS_BPF: Final = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
-_ATTR_SIZE: Final = 144
+KernelForwardingUnavailable = BpfUnavailable
+
 SO_COOKIE: Final = 57
-
-# bpf(2) commands, map and program types, attach point, helpers (include/uapi/linux/bpf.h).
-_MAP_CREATE, _MAP_LOOKUP, _MAP_UPDATE, _MAP_DELETE, _PROG_LOAD, _PROG_ATTACH = 0, 1, 2, 3, 5, 8
-_MAP_HASH, _MAP_ARRAY, _MAP_SOCKHASH = 1, 2, 18
-_PROG_SK_SKB: Final = 14
-_ATTACH_SK_SKB_VERDICT: Final = 38
-_F_MMAPABLE: Final = 1 << 10
-_CALL_MAP_LOOKUP, _CALL_KTIME_NS, _CALL_SKB_LOAD_BYTES = 1, 5, 26
-_CALL_SOCKET_COOKIE, _CALL_SK_REDIRECT_HASH = 46, 72
-
-# One entry per socket in the links map, keyed by the socket's cookie (never reused while the
-# system is up). Offsets are shared by the program and by LinkCounters.
-_EPOCH, _BYTES, _CHUNKS, _LAST_NS, _PEER, _KEEP_TAIL, _TAIL_LEN, _TAIL = 0, 8, 16, 24, 32, 40, 48, 56
+SO_NETNS_COOKIE: Final = 71
+# Bytes one direction may deliver since the other side last spoke, before it goes through the
+# worker (see the module docstring). Far above an OLTP reply; a dump or a report overflows.
+SHORTCUT_BUDGET: Final = 1 << 20
 TAIL_SIZE: Final = 64
-_VALUE = struct.Struct("=QQQQQQQ64s")
-assert _VALUE.size == _TAIL + TAIL_SIZE
 
+# One entry per direction in the links map, keyed by the cookie of the gate socket that would have
+# received those bytes (the client side for commands, the mysqld side for replies). Offsets are
+# shared by the program and by LinkCounters.
+_EPOCH, _BYTES, _CHUNKS, _LAST_NS, _PEER, _KEEP_TAIL, _TAIL_LEN, _SINCE, _OVERFLOW, _TAIL = (
+    0, 8, 16, 24, 32, 40, 48, 56, 64, 72
+)
+_ENTRY = struct.Struct("=QQQQQQQQQ64s")
+assert _ENTRY.size == _TAIL + TAIL_SIZE
+_REFUSED: Final = (1 << 64) - 1  # the epoch of a refused link: no fence word carries it
 
-class KernelForwardingUnavailable(OSError):
-    """This host (kernel, privileges or architecture) cannot forward in the kernel."""
+# A socket's key: local IPv4, remote IPv4 (network order, as the kernel stores them), local port
+# (host order), remote port (network order in the upper half: how both contexts present it).
+_KEY = struct.Struct("=IIII")
+# A route: the link entry of this direction, and the key of the socket to deliver to.
+_ROUTE = struct.Struct("=Q16s8x")
+# An announced backend socket: (address, port) as a key's remote half.
+_ANNOUNCED = struct.Struct("=II")
 
-
-def _bpf(command: int, attr: bytes) -> int:
-    if _SYS_BPF is None:
-        raise KernelForwardingUnavailable(f"bpf(2) syscall number unknown on {os.uname().machine}")
-    buffer = ctypes.create_string_buffer(attr, _ATTR_SIZE)
-    result = int(_LIBC.syscall(_SYS_BPF, command, buffer, _ATTR_SIZE))
-    if result < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-    return result
-
-
-def _map_call(command: int, map_fd: int, key: int, value: ctypes.Array[ctypes.c_char] | None = None) -> None:
-    """One map operation on the entry keyed by a cookie (``value`` is read or written)."""
-    key_buffer = ctypes.create_string_buffer(struct.pack("=Q", key), 8)  # alive until the call returns
-    value_address = ctypes.addressof(value) if value is not None else 0
-    _bpf(command, struct.pack("=IIQQQ", map_fd, 0, ctypes.addressof(key_buffer), value_address, 0))
-
-
-def _create_map(kind: int, key_size: int, value_size: int, entries: int, flags: int = 0) -> int:
-    return _bpf(_MAP_CREATE, struct.pack("=IIIII", kind, key_size, value_size, entries, flags))
-
-
-def socket_cookie(fd: int) -> int:
-    """The kernel's id of a socket, the key of its entries in the maps (by descriptor: uvloop
-    transports do not lend out their socket objects)."""
-    value = ctypes.c_uint64()
-    size = ctypes.c_uint32(8)
-    if _LIBC.getsockopt(fd, socket.SOL_SOCKET, SO_COOKIE, ctypes.byref(value), ctypes.byref(size)) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-    return value.value
-
-
-# --- a small assembler ----------------------------------------------------------------------------
-R0, R1, R2, R3, R4, R6, R7, R8, R9, FP = 0, 1, 2, 3, 4, 6, 7, 8, 9, 10
-
-
-class _Program:
-    """Instructions with forward jumps to named labels, resolved by :meth:`assemble`."""
-
-    def __init__(self) -> None:
-        self._slots: list[bytes | tuple[int, int, int, int, str]] = []
-        self._labels: dict[str, int] = {}
-
-    def _emit(self, code: int, dst: int = 0, src: int = 0, offset: int = 0, imm: int = 0) -> None:
-        self._slots.append(struct.pack("<BBhi", code, (src << 4) | dst, offset, imm))
-
-    def label(self, name: str) -> None:
-        self._labels[name] = len(self._slots)
-
-    def mov(self, dst: int, src: int) -> None:
-        self._emit(0xBF, dst, src)
-
-    def mov_imm(self, dst: int, imm: int) -> None:
-        self._emit(0xB7, dst, imm=imm)
-
-    def add_imm(self, dst: int, imm: int) -> None:
-        self._emit(0x07, dst, imm=imm)
-
-    def rsh_imm(self, dst: int, imm: int) -> None:
-        self._emit(0x77, dst, imm=imm)
-
-    def mul_imm(self, dst: int, imm: int) -> None:
-        self._emit(0x27, dst, imm=imm)
-
-    def and_imm(self, dst: int, imm: int) -> None:
-        self._emit(0x57, dst, imm=imm)
-
-    def load_u64(self, dst: int, src: int, offset: int) -> None:
-        self._emit(0x79, dst, src, offset)
-
-    def load_u32(self, dst: int, src: int, offset: int) -> None:
-        self._emit(0x61, dst, src, offset)
-
-    def store_u64(self, dst: int, offset: int, src: int) -> None:
-        self._emit(0x7B, dst, src, offset)
-
-    def store_u32_imm(self, dst: int, offset: int, imm: int) -> None:
-        self._emit(0x62, dst, offset=offset, imm=imm)
-
-    def atomic_add_u64(self, dst: int, offset: int, src: int) -> None:
-        self._emit(0xDB, dst, src, offset, 0x00)
-
-    def load_map(self, dst: int, map_fd: int) -> None:
-        self._emit(0x18, dst, 1, imm=map_fd)  # BPF_PSEUDO_MAP_FD: the loader swaps in the map
-        self._emit(0x00)
-
-    def call(self, helper: int) -> None:
-        self._emit(0x85, imm=helper)
-
-    def exit(self) -> None:
-        self._emit(0x95)
-
-    def jump(self, code: int, dst: int, target: str, src: int = 0, imm: int = 0) -> None:
-        self._slots.append((code, dst, src, imm, target))
-
-    def assemble(self) -> bytes:
-        out = []
-        for index, slot in enumerate(self._slots):
-            if isinstance(slot, tuple):
-                code, dst, src, imm, target = slot
-                offset = self._labels[target] - index - 1
-                out.append(struct.pack("<BBhi", code, (src << 4) | dst, offset, imm))
-            else:
-                out.append(slot)
-        return b"".join(out)
-
-
-# Conditional jumps (BPF_JMP class): immediate (…5) or register (…d) operand.
-_JEQ_IMM, _JNE_REG, _JGE_REG, _JLT_IMM, _JA = 0x15, 0x5D, 0x3D, 0xA5, 0x05
-# Any chunk the program will not forward goes to the worker (SK_PASS: into the socket's own receive
-# queue), whose own fence check then refuses it and cuts the link. Dropping it would leave the
-# client waiting with nobody told.
+# struct bpf_sock_ops and struct sk_msg_md (include/uapi/linux/bpf.h): where the four-tuple is.
+_OPS_OP, _OPS_FAMILY, _OPS_REMOTE_IP, _OPS_LOCAL_IP, _OPS_REMOTE_PORT, _OPS_LOCAL_PORT = 0, 20, 24, 28, 64, 68
+_MSG_DATA, _MSG_DATA_END, _MSG_FAMILY, _MSG_REMOTE_IP, _MSG_LOCAL_IP = 0, 8, 16, 20, 24
+_MSG_REMOTE_PORT, _MSG_LOCAL_PORT, _MSG_SIZE = 60, 64, 68
+_OPS_ACTIVE_ESTABLISHED, _OPS_PASSIVE_ESTABLISHED = 4, 5
+_F_INGRESS: Final = 1
 _SK_PASS: Final = 1
 
 
-def verdict_program(fence_fd: int, links_fd: int, sockets_fd: int) -> bytes:
-    """The sk_skb verdict: fence check, counters, tail copy, redirect to the peer socket."""
-    p = _Program()
-    p.mov(R6, R1)  # r6 = the skb (context)
-    # r7 = the fence word (the map always has its one entry).
-    p.load_map(R1, fence_fd)
-    p.store_u32_imm(FP, -4, 0)
-    p.mov(R2, FP)
-    p.add_imm(R2, -4)
-    p.call(_CALL_MAP_LOOKUP)
-    p.jump(_JEQ_IMM, R0, "to_worker")
-    p.load_u64(R7, R0, 0)
-    # r8 = deadline in ns (0 when blocked); forward only if now < deadline. The word keeps
-    # microseconds, rounded down, so this is never later than the agent's deadline.
-    p.mov(R8, R7)
-    p.rsh_imm(R8, EPOCH_BITS)
-    p.mul_imm(R8, 1000)
-    p.call(_CALL_KTIME_NS)
-    p.jump(_JGE_REG, R0, "to_worker", src=R8)
-    p.mov(R8, R0)  # r8 = now
-    # r9 = this socket's entry; none, or one admitted in another epoch: the worker decides.
+# --- addresses and keys ---------------------------------------------------------------------------
+def _address(ip: str) -> int:
+    parsed = ipaddress.ip_address(ip)
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
+    if not isinstance(parsed, ipaddress.IPv4Address):
+        raise ValueError(f"not an IPv4 address: {ip}")
+    return int(struct.unpack("=I", parsed.packed)[0])
+
+
+def _remote_port(port: int) -> int:
+    return socket.htons(port) << 16
+
+
+def socket_key(local: tuple[str, int], remote: tuple[str, int]) -> bytes:
+    """The key of the socket with this local and remote address, as the programs build it."""
+    return _KEY.pack(_address(local[0]), _address(remote[0]), local[1], _remote_port(remote[1]))
+
+
+def socket_cookie(fd: int) -> int:
+    """The kernel's id of a socket (never reused while the system is up), by descriptor: uvloop
+    transports do not lend out their socket objects."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        return int(struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0])
+
+
+def netns_cookie() -> int:
+    """The kernel's id of this process's network namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe_socket:
+        return int(struct.unpack("=Q", probe_socket.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
+
+
+def cgroup2_root() -> str | None:
+    """Where the root of the cgroup v2 hierarchy is mounted, if it is."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+            for line in mounts:
+                fields = line.split()
+                separator = fields.index("-")
+                if fields[separator + 1] == "cgroup2" and fields[3] == "/":
+                    return fields[4]
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# --- the programs -----------------------------------------------------------------------------------
+def ops_program(sockets_fd: int, announced_fd: int, gate_port: int, backend_port: int, netns: int) -> bytes:
+    """sock_ops: keep the gate's local clients and mysqld's end of the workers' backend sockets."""
+    p = Program()
+    p.mov(R6, R1)
+    p.load_u32(R1, R6, _OPS_FAMILY)
+    p.jump(JNE_IMM, R1, "out", imm=socket.AF_INET)
+    # Only the gate's own network namespace: the program sees the whole host, and other
+    # namespaces (containers, a lab's hosts) reuse the same addresses.
     p.mov(R1, R6)
-    p.call(_CALL_SOCKET_COOKIE)
-    p.store_u64(FP, -16, R0)
-    p.load_map(R1, links_fd)
+    p.call(CALL_NETNS_COOKIE)
+    p.load_imm64(R1, netns)
+    p.jump(JNE_REG, R0, "out", src=R1)
+    # The key at fp-16; the remote half again at fp-24 (the announced map's key).
+    fields = ((-16, _OPS_LOCAL_IP), (-12, _OPS_REMOTE_IP), (-8, _OPS_LOCAL_PORT), (-4, _OPS_REMOTE_PORT),
+              (-24, _OPS_REMOTE_IP), (-20, _OPS_REMOTE_PORT))
+    for offset, field in fields:
+        p.load_u32(R1, R6, field)
+        p.store_u32(FP, offset, R1)
+    p.load_u32(R1, R6, _OPS_OP)
+    p.jump(JEQ_IMM, R1, "active", imm=_OPS_ACTIVE_ESTABLISHED)
+    p.jump(JEQ_IMM, R1, "passive", imm=_OPS_PASSIVE_ESTABLISHED)
+    p.jump(JA, 0, "out")
+    p.label("active")  # a client of this host connecting to the gate's port
+    p.load_u32(R1, FP, -4)
+    p.jump(JNE32_IMM, R1, "out", imm=_remote_port(gate_port))
+    p.jump(JA, 0, "keep")
+    p.label("passive")  # mysqld accepting a connection from an announced backend socket
+    p.load_u32(R1, FP, -8)
+    p.jump(JNE_IMM, R1, "out", imm=backend_port)
+    p.load_map(R1, announced_fd)
+    p.mov(R2, FP)
+    p.add_imm(R2, -24)
+    p.call(CALL_MAP_LOOKUP)
+    p.jump(JEQ_IMM, R0, "out")
+    p.label("keep")
+    p.mov(R1, R6)
+    p.load_map(R2, sockets_fd)
+    p.mov(R3, FP)
+    p.add_imm(R3, -16)
+    p.mov_imm(R4, 0)
+    p.call(CALL_SOCK_HASH_UPDATE)  # a full map only means this connection is not joined
+    p.label("out")
+    p.mov_imm(R0, 1)
+    p.exit()
+    return p.assemble()
+
+
+def msg_program(fence_fd: int, links_fd: int, sockets_fd: int, routes_fd: int) -> bytes:
+    """sk_msg: fence check, budget, counters and tail, then deliver to the peer socket."""
+    p = Program()
+    p.mov(R6, R1)
+    p.load_u32(R1, R6, _MSG_FAMILY)
+    p.jump(JNE_IMM, R1, "pass", imm=socket.AF_INET)
+    key_fields = ((-16, _MSG_LOCAL_IP), (-12, _MSG_REMOTE_IP), (-8, _MSG_LOCAL_PORT), (-4, _MSG_REMOTE_PORT))
+    for offset, field in key_fields:
+        p.load_u32(R1, R6, field)
+        p.store_u32(FP, offset, R1)
+    p.load_map(R1, routes_fd)
     p.mov(R2, FP)
     p.add_imm(R2, -16)
-    p.call(_CALL_MAP_LOOKUP)
-    p.jump(_JEQ_IMM, R0, "to_worker")
-    p.mov(R9, R0)
-    p.load_u64(R1, R9, _EPOCH)
-    p.mov(R2, R7)
-    p.and_imm(R2, EPOCH_MASK)
-    p.jump(_JNE_REG, R1, "to_worker", src=R2)
-    # Counters: bytes, chunks, last activity.
-    p.load_u32(R1, R6, 0)  # skb->len
+    p.call(CALL_MAP_LOOKUP)
+    p.jump(JEQ_IMM, R0, "pass")  # not joined: TCP, as always
+    p.mov(R7, R0)  # r7 = the route
+    p.load_map(R1, links_fd)
+    p.mov(R2, R7)  # its first field is the entry's key
+    p.call(CALL_MAP_LOOKUP)
+    p.jump(JEQ_IMM, R0, "pass")
+    p.mov(R9, R0)  # r9 = this direction's entry
+    _fence_check(p, fence_fd)  # r8 = now
+    # This side spoke: the other direction's budget starts again.
+    p.load_map(R1, links_fd)
+    p.mov(R2, R9)
+    p.add_imm(R2, _PEER)
+    p.call(CALL_MAP_LOOKUP)
+    p.jump(JEQ_IMM, R0, "budget")
+    p.store_u64_imm(R0, _SINCE, 0)
+    p.label("budget")
+    p.load_u64(R1, R9, _OVERFLOW)
+    p.jump(JNE_IMM, R1, "pass", imm=0)  # once over, always over: the order of the bytes
+    p.load_u32(R1, R6, _MSG_SIZE)
+    p.load_u64(R2, R9, _SINCE)
+    p.add(R2, R1)
+    p.jump(JGT_IMM, R2, "overflow", imm=SHORTCUT_BUDGET)
+    p.store_u64(R9, _SINCE, R2)
     p.atomic_add_u64(R9, _BYTES, R1)
     p.mov_imm(R1, 1)
     p.atomic_add_u64(R9, _CHUNKS, R1)
     p.store_u64(R9, _LAST_NS, R8)
-    # mysqld's side: keep the chunk's last TAIL_SIZE bytes (all of it if shorter).
     p.load_u64(R1, R9, _KEEP_TAIL)
-    p.jump(_JEQ_IMM, R1, "redirect")
-    p.load_u32(R4, R6, 0)
-    p.store_u64(R9, _TAIL_LEN, R4)  # the whole chunk's length: tells whether the tail is all of it
-    p.mov(R3, R9)
-    p.add_imm(R3, _TAIL)
-    p.jump(_JLT_IMM, R4, "short", imm=TAIL_SIZE)
-    p.mov(R2, R4)
-    p.add_imm(R2, -TAIL_SIZE)
-    p.mov_imm(R4, TAIL_SIZE)
-    p.jump(_JA, 0, "copy")
-    p.label("short")
-    p.jump(_JLT_IMM, R4, "redirect", imm=1)
-    p.mov_imm(R2, 0)
-    p.label("copy")
-    p.mov(R1, R6)
-    p.call(_CALL_SKB_LOAD_BYTES)
-    # Send it out of the peer socket (its entry is keyed by this socket's peer's cookie).
-    p.label("redirect")
-    p.load_u64(R1, R9, _PEER)
-    p.store_u64(FP, -24, R1)
+    p.jump(JEQ_IMM, R1, "deliver")
+    _copy_tail(p)
+    p.label("deliver")
     p.mov(R1, R6)
     p.load_map(R2, sockets_fd)
-    p.mov(R3, FP)
-    p.add_imm(R3, -24)
-    p.mov_imm(R4, 0)  # flags 0: the peer's egress, i.e. send it to mysqld (or the client)
-    p.call(_CALL_SK_REDIRECT_HASH)
+    p.mov(R3, R7)
+    p.add_imm(R3, 8)  # the route's second field: the peer socket's key
+    p.mov_imm(R4, _F_INGRESS)  # into its receive queue, as if it had come over TCP
+    p.call(CALL_MSG_REDIRECT_HASH)
     p.exit()
-    p.label("to_worker")
+    p.label("overflow")
+    p.store_u64_imm(R9, _OVERFLOW, 1)
+    p.jump(JA, 0, "pass")
+    p.label("refuse")
+    # No fence word has this epoch: every later message of the link is refused too, even if the
+    # word is renewed meanwhile (the refused one must not be overtaken).
+    p.mov_imm(R1, -1)
+    p.store_u64(R9, _EPOCH, R1)
+    p.label("pass")
     p.mov_imm(R0, _SK_PASS)
     p.exit()
     return p.assemble()
 
 
-def _load_program(instructions: bytes) -> int:
-    code = ctypes.create_string_buffer(instructions, len(instructions))
-    license_text = ctypes.create_string_buffer(b"GPL")  # the redirect helpers are GPL-only
-    log = ctypes.create_string_buffer(1 << 16)
-    attr = struct.pack(
-        "=IIQQIIQ",
-        _PROG_SK_SKB,
-        len(instructions) // 8,
-        ctypes.addressof(code),
-        ctypes.addressof(license_text),
-        1,  # log level: the verifier says why it refused
-        len(log),
-        ctypes.addressof(log),
-    )
-    try:
-        return _bpf(_PROG_LOAD, attr)
-    except OSError as error:
-        detail = log.value.decode("ascii", "replace").strip().splitlines()[-3:]
-        message = f"BPF program refused: {error.strerror}; {' | '.join(detail)}"
-        raise KernelForwardingUnavailable(error.errno, message) from None
+def _fence_check(p: Program, fence_fd: int) -> None:
+    """Jump to "refuse" unless now < the fence word's deadline and its epoch is the link's (r9);
+    leaves r8 = now. The word keeps microseconds, rounded down: never later than the agent's."""
+    p.load_map(R1, fence_fd)
+    p.store_u32_imm(FP, -36, 0)
+    p.mov(R2, FP)
+    p.add_imm(R2, -36)
+    p.call(CALL_MAP_LOOKUP)
+    p.jump(JEQ_IMM, R0, "refuse")  # the map always has its one entry
+    p.load_u64(R1, R0, 0)
+    p.store_u64(FP, -32, R1)
+    p.mov(R8, R1)
+    p.rsh_imm(R8, EPOCH_BITS)
+    p.mul_imm(R8, 1000)  # the deadline in ns; 0 when blocked
+    p.call(CALL_KTIME_NS)
+    p.jump(JGE_REG, R0, "refuse", src=R8)
+    p.mov(R8, R0)
+    p.load_u64(R1, R9, _EPOCH)
+    p.load_u64(R2, FP, -32)
+    p.and_imm(R2, EPOCH_MASK)
+    p.jump(JNE_REG, R1, "refuse", src=R2)
+
+
+def _copy_tail(p: Program) -> None:
+    """The message's last TAIL_SIZE bytes (all if shorter) into the entry's tail, for the drain.
+
+    Moved with direct loads, unrolled (eight 8-byte words, then at most seven bytes): the helper
+    that copies arbitrary memory needs CAP_PERFMON, which the agent does not otherwise need.
+    """
+    p.load_u32(R4, R6, _MSG_SIZE)
+    p.store_u64_imm(R9, _TAIL_LEN, 0)  # "nothing known" until the copy is done
+    p.jump(JEQ_IMM, R4, "deliver")
+    p.mov_imm(R2, 0)
+    p.jump(JLT_IMM, R4, "pull", imm=TAIL_SIZE)
+    p.mov(R2, R4)
+    p.add_imm(R2, -TAIL_SIZE)
+    p.label("pull")
+    p.mov(R3, R4)
+    p.mov(R1, R6)
+    p.mov_imm(R4, 0)
+    p.call(CALL_MSG_PULL_DATA)  # makes [start, size) one contiguous run at data
+    p.jump(JNE_IMM, R0, "deliver", imm=0)
+    p.load_u64(R2, R6, _MSG_DATA)
+    p.load_u64(R3, R6, _MSG_DATA_END)
+    p.mov(R1, R9)
+    p.add_imm(R1, _TAIL)
+    words = TAIL_SIZE // 8
+    for word in range(words):
+        p.mov(R4, R2)
+        p.add_imm(R4, 8)
+        p.jump(JGT_REG, R4, f"bytes{word}", src=R3)
+        p.load_u64(R5, R2, 0)
+        p.store_u64(R1, 0, R5)
+        if word < words - 1:  # never past the entry's end, not even unused (refused without root)
+            p.add_imm(R2, 8)
+            p.add_imm(R1, 8)
+    p.jump(JA, 0, "tail_done")
+    for word in range(words):
+        p.label(f"bytes{word}")
+        for index in range(7):
+            p.mov(R4, R2)
+            p.add_imm(R4, 1)
+            p.jump(JGT_REG, R4, "tail_done", src=R3)
+            p.load_u8(R5, R2, 0)
+            p.store_u8(R1, 0, R5)
+            if index < 6:
+                p.add_imm(R2, 1)
+                p.add_imm(R1, 1)
+        p.jump(JA, 0, "tail_done")
+    p.label("tail_done")
+    p.load_u32(R4, R6, _MSG_SIZE)
+    p.store_u64(R9, _TAIL_LEN, R4)
+
+
+# --- what the workers read ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LinkCounters:
+    """What the kernel counted for one direction of a joined link."""
+
+    received: int  # bytes delivered socket to socket
+    chunks: int  # messages (a client's commands, for drivers that write each at once)
+    last_active: float  # monotonic seconds; 0.0 if nothing passed yet
+    tail: bytes  # the last message's last TAIL_SIZE bytes (mysqld's direction only)
+    tail_complete: bool  # the tail is the whole last message
+    overflowed: bool  # over its budget: this direction now goes through the worker
+    refused: bool  # the fence refused a message: the worker must cut the link
 
 
 @dataclass(frozen=True)
-class LinkCounters:
-    """What the kernel counted for one socket: received bytes and chunks, last chunk, its tail."""
+class Joined:
+    """A link whose outside sockets were joined: the two directions' entries and the two routes."""
 
-    received: int  # bytes
-    chunks: int
-    last_active: float  # monotonic seconds; 0.0 if nothing passed yet
-    tail: bytes  # the last chunk's last TAIL_SIZE bytes (mysqld's side only)
-    tail_complete: bool  # the tail is the whole last chunk (it was at most TAIL_SIZE bytes)
+    cookies: tuple[int, int]  # the gate's client-side and mysqld-side sockets
+    keys: tuple[bytes, bytes]  # the client's and mysqld's sockets
 
 
 class KernelForwarder:
-    """The maps and the program. The agent creates them; workers get the descriptors."""
+    """The maps (shared by the agent and its workers) and, in the agent, the programs and link."""
 
-    def __init__(self, fence_fd: int, links_fd: int, sockets_fd: int, program_fd: int) -> None:
+    def __init__(self, fence_fd: int, links_fd: int, sockets_fd: int, routes_fd: int, announced_fd: int,
+                 owned: tuple[int, ...] = ()) -> None:
         self.fence_fd = fence_fd
         self.links_fd = links_fd
         self.sockets_fd = sockets_fd
-        self.program_fd = program_fd
+        self.routes_fd = routes_fd
+        self.announced_fd = announced_fd
+        self._owned = owned  # the programs and the cgroup link: the agent's only
         self._fence_map: mmap.mmap | None = None
-        self._value = ctypes.create_string_buffer(_VALUE.size)
+        self._entry = ctypes.create_string_buffer(_ENTRY.size)
+        self._cookie = ctypes.create_string_buffer(8)
 
     @classmethod
-    def create(cls, max_links: int) -> KernelForwarder:
-        """Make the maps, load and attach the program; raises KernelForwardingUnavailable."""
+    def create(cls, gate_port: int, backend_port: int, max_links: int) -> KernelForwarder:
+        """Make the maps, load and attach the programs; raises KernelForwardingUnavailable."""
+        root = cgroup2_root()
+        if root is None:
+            raise KernelForwardingUnavailable("no cgroup v2 hierarchy is mounted")
         fds: list[int] = []
         try:
             try:
-                fds.append(_create_map(_MAP_ARRAY, 4, 8, 1, _F_MMAPABLE))
-                fds.append(_create_map(_MAP_HASH, 8, _VALUE.size, 2 * max_links))
-                fds.append(_create_map(_MAP_SOCKHASH, 8, 4, 2 * max_links))
+                fds.append(create_map(MAP_ARRAY, 4, 8, 1, F_MMAPABLE))
+                fds.append(create_map(MAP_HASH, 8, _ENTRY.size, 2 * max_links))
+                fds.append(create_map(MAP_SOCKHASH, _KEY.size, 8, 2 * max_links))
+                fds.append(create_map(MAP_HASH, _KEY.size, _ROUTE.size, 2 * max_links))
+                fds.append(create_map(MAP_HASH, _ANNOUNCED.size, 4, 2 * max_links))
             except OSError as error:
                 message = f"cannot create BPF maps: {error.strerror}"
                 raise KernelForwardingUnavailable(error.errno, message) from None
-            fds.append(_load_program(verdict_program(*fds)))
+            fence_fd, links_fd, sockets_fd, routes_fd, announced_fd = fds
+            msg_code = msg_program(fence_fd, links_fd, sockets_fd, routes_fd)
+            msg = load_program(msg_code, PROG_SK_MSG, "dbfence_msg")
+            fds.append(msg)
+            ops = ops_program(sockets_fd, announced_fd, gate_port, backend_port, netns_cookie())
+            fds.append(load_program(ops, PROG_SOCK_OPS, "dbfence_ops"))
             try:
-                _bpf(_PROG_ATTACH, struct.pack("=IIII", fds[2], fds[3], _ATTACH_SK_SKB_VERDICT, 0))
+                bpf(PROG_ATTACH, struct.pack("=IIII", sockets_fd, msg, ATTACH_SK_MSG_VERDICT, 0))
+                cgroup = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    link = struct.pack("=IIII", fds[-1], cgroup, ATTACH_CGROUP_SOCK_OPS, 0)
+                    fds.append(bpf(LINK_CREATE, link))  # detached when the last holder closes it
+                finally:
+                    os.close(cgroup)
             except OSError as error:
-                message = f"cannot attach the verdict program: {error.strerror}"
+                message = f"cannot attach the programs: {error.strerror}"
                 raise KernelForwardingUnavailable(error.errno, message) from None
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        return cls(*fds)
+        fence_fd, links_fd, sockets_fd, routes_fd, announced_fd = fds[:5]
+        return cls(fence_fd, links_fd, sockets_fd, routes_fd, announced_fd, owned=tuple(fds[5:]))
 
-    def descriptors(self) -> tuple[int, int, int, int]:
-        return (self.fence_fd, self.links_fd, self.sockets_fd, self.program_fd)
+    def descriptors(self) -> tuple[int, int, int, int, int]:
+        """What a worker needs."""
+        return (self.fence_fd, self.links_fd, self.sockets_fd, self.routes_fd, self.announced_fd)
+
+    def program_ids(self) -> list[int]:
+        """The kernel-wide ids of the programs (the agent's copy only): ``bpftool prog show id N``."""
+        return [program_id(fd) for fd in self._owned[:2]]
 
     def close(self) -> None:
         if self._fence_map is not None:
             self._fence_map.close()
             self._fence_map = None
-        for fd in self.descriptors():
+        for fd in (*self._owned, *self.descriptors()):
             os.close(fd)
 
     # --- the agent's side -------------------------------------------------------------------
@@ -337,53 +469,90 @@ class KernelForwarder:
         return memoryview(self._fence_map).cast("Q")
 
     # --- a worker's side ----------------------------------------------------------------------
-    def splice(self, client_fd: int, backend_fd: int, epoch: int) -> tuple[int, int]:
-        """Hand a logged-in link to the kernel; returns the two cookies (client's, mysqld's).
+    def announce(self, address: tuple[str, int]) -> bytes:
+        """A backend socket bound to ``address`` is about to connect to mysqld: keep mysqld's end."""
+        key = _ANNOUNCED.pack(_address(address[0]), _remote_port(address[1]))
+        map_update(self.announced_fd, key, b"\x01\x00\x00\x00")
+        return key
 
-        Call it only while both receive queues are empty and neither side may speak first (the
-        worker does so just before passing mysqld's login OK to the client): a chunk queued
-        before the hand-off would be read by the worker and could overtake one the kernel sends.
+    def withdraw(self, key: bytes) -> None:
+        map_delete(self.announced_fd, key)
+
+    def join(
+        self,
+        client: tuple[tuple[str, int], tuple[str, int]],
+        backend: tuple[tuple[str, int], tuple[str, int]],
+        cookies: tuple[int, int],
+        epoch: int,
+    ) -> Joined | None:
+        """Join the outside ends of a logged-in link, if both are sockets of this host.
+
+        ``client`` and ``backend`` are the gate sockets' (local, peer) addresses, ``cookies`` their
+        cookies. Call it only while neither side may speak and nothing is queued (the worker does
+        so just before passing mysqld's login OK on). Returns None for a client elsewhere; then
+        mysqld's end is let go, so its sends meet no program at all.
         """
-        client_cookie, backend_cookie = socket_cookie(client_fd), socket_cookie(backend_fd)
-        pairs = ((client_cookie, backend_cookie, 0), (backend_cookie, client_cookie, 1))
-        for own, peer, keep_tail in pairs:
-            value = _VALUE.pack(epoch & EPOCH_MASK, 0, 0, 0, peer, keep_tail, 0, b"")
-            self._update(self.links_fd, own, ctypes.create_string_buffer(value, len(value)))
+        (gate_local, client_address), (backend_local, mysqld_address) = client, backend
         try:
-            # Entries first, sockets last: a socket with no entry would have its chunks go to the worker.
-            for own, fd in ((client_cookie, client_fd), (backend_cookie, backend_fd)):
-                self._update(self.sockets_fd, own, ctypes.create_string_buffer(struct.pack("=I", fd), 4))
+            client_key = socket_key(client_address, gate_local)
+            mysqld_key = socket_key(mysqld_address, backend_local)
+        except ValueError:
+            return None
+        if not self.holds(mysqld_key):
+            return None
+        if not self.holds(client_key):
+            map_delete(self.sockets_fd, mysqld_key)
+            return None
+        joined = Joined(cookies, (client_key, mysqld_key))
+        directions = ((cookies[0], cookies[1], 0, client_key, mysqld_key),
+                      (cookies[1], cookies[0], 1, mysqld_key, client_key))
+        try:
+            for own, peer, keep_tail, sender, receiver in directions:
+                entry = _ENTRY.pack(epoch & EPOCH_MASK, 0, 0, 0, peer, keep_tail, 0, 0, 0, b"")
+                map_update(self.links_fd, struct.pack("=Q", own), entry)
+                map_update(self.routes_fd, sender, _ROUTE.pack(own, receiver))  # routes last: live now
         except OSError:
-            self.forget((client_cookie, backend_cookie))
+            self.forget(joined)
+            map_delete(self.sockets_fd, mysqld_key)
             raise
-        return client_cookie, backend_cookie
+        return joined
+
+    def holds(self, key: bytes) -> bool:
+        """Whether the socket with this key was kept by the sock_ops program."""
+        try:
+            map_lookup(self.sockets_fd, key, self._cookie)
+        except FileNotFoundError:
+            return False
+        return True
 
     def counters(self, cookie: int) -> LinkCounters | None:
-        """The socket's counters, or None once its entry is gone."""
+        """One direction's counters, or None once its entry is gone."""
         try:
-            _map_call(_MAP_LOOKUP, self.links_fd, cookie, self._value)
+            map_lookup(self.links_fd, struct.pack("=Q", cookie), self._entry)
         except FileNotFoundError:
             return None
-        _, received, chunks, last_ns, _, _, chunk_len, tail = _VALUE.unpack(self._value.raw)
+        epoch, received, chunks, last_ns, _, _, length, _, overflow, tail = _ENTRY.unpack(self._entry.raw)
         # The tail is written without a lock: read it only while the link is quiet.
-        tail = tail[: min(chunk_len, TAIL_SIZE)]
-        return LinkCounters(received, chunks, last_ns / 1e9, tail, chunk_len <= TAIL_SIZE)
+        tail = tail[: min(length, TAIL_SIZE)]
+        return LinkCounters(received, chunks, last_ns / 1e9, tail, length <= TAIL_SIZE,
+                            overflow != 0, epoch == _REFUSED)
 
-    def forget(self, cookies: tuple[int, ...]) -> None:
-        """Drop the entries of closed sockets (the sockhash forgets a socket when it closes)."""
-        for cookie in cookies:
-            with contextlib.suppress(FileNotFoundError):
-                _map_call(_MAP_DELETE, self.links_fd, cookie)
-
-    @staticmethod
-    def _update(map_fd: int, cookie: int, value: ctypes.Array[ctypes.c_char]) -> None:
-        _map_call(_MAP_UPDATE, map_fd, cookie, value)
+    def forget(self, joined: Joined) -> None:
+        """Drop a link's routes and entries (the sockets map forgets a socket when it closes)."""
+        for key in joined.keys:
+            map_delete(self.routes_fd, key)
+        for cookie in joined.cookies:
+            map_delete(self.links_fd, struct.pack("=Q", cookie))
 
 
 def probe() -> str | None:
     """None if this host can forward in the kernel, else why not (for the status and the logs)."""
-    try:
-        KernelForwarder.create(1).close()
-    except OSError as error:
-        return str(error)
-    return None
+    with contextlib.suppress(OSError), socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        try:
+            KernelForwarder.create(port, 3306, 1).close()
+        except OSError as error:
+            return str(error)
+        return None
+    return "cannot bind a loopback port"

@@ -3,9 +3,10 @@
 Started by :class:`dbfence.breaker.gate.Gate` (a fresh interpreter that calls :func:`main`). It reads the
 fence word from shared memory before forwarding every chunk, in both directions; when the word says
 blocked, expired, or a new epoch, it forwards nothing and cuts its connections. Where the gate has
-kernel forwarding (:mod:`dbfence.breaker.kernel`), a link's bytes pass through here only until its
-login ends; then the kernel moves them, behind the same fence, and the worker keeps the link's
-bookkeeping (status, idle timeout, drain, cuts). It never writes the
+kernel forwarding (:mod:`dbfence.breaker.kernel`) and the client runs on this host, a link's bytes
+pass through here only until its login ends; then the kernel joins the client's socket to mysqld's,
+behind the same fence, and the worker keeps the link's bookkeeping (status, idle timeout, drain,
+cuts) and forwards only what the kernel sends its way (a direction over its budget). It never writes the
 fence: only the agent does. A control socket from the agent wakes it up for blocks, drains, status
 requests and shutdown; if the agent dies the kernel kills this process (PR_SET_PDEATHSIG), and the
 tick also checks ``getppid``.
@@ -23,12 +24,13 @@ import resource
 import signal
 import socket
 import time
+from collections.abc import Awaitable
 from typing import Any, Final, cast
 
 import uvloop
 
 from dbfence.breaker.config import GateConfig
-from dbfence.breaker.kernel import KernelForwarder, LinkCounters
+from dbfence.breaker.kernel import Joined, KernelForwarder, LinkCounters, socket_cookie
 from dbfence.breaker.packets import (
     COM_QUIT_PACKET,
     CR_CONN_HOST_ERROR,
@@ -85,6 +87,7 @@ class ClientSide(asyncio.Protocol):
     """The client's connection; owns the link's counters and its backend half."""
 
     __slots__ = (
+        "announced",
         "backend",
         "backend_fd",
         "backend_transport",
@@ -92,15 +95,19 @@ class ClientSide(asyncio.Protocol):
         "bytes_out",
         "client_turn",
         "closed",
-        "cookies",
         "counter",
         "deadline",
         "epoch",
         "fd",
+        "joined",
         "last_active",
         "last_reply",
+        "last_reply_at",
+        "last_request_at",
         "logging_in",
         "opened",
+        "overflow_in",
+        "overflow_out",
         "peer",
         "pending",
         "pending_size",
@@ -133,10 +140,14 @@ class ClientSide(asyncio.Protocol):
         self.closed = False
         self.opened = self.last_active = _monotonic()
         self.peer = ""
-        # Watching mysqld's login replies for the moment to hand the link to the kernel (if the
-        # worker can); the cookies of its two sockets once handed.
+        self.last_request_at = self.last_reply_at = 0.0
+        # Watching mysqld's login replies for the moment to join the link in the kernel (if the
+        # worker can); the backend socket's announced address until then; the joined link after.
         self.logging_in = worker.kernel is not None
-        self.cookies: tuple[int, int] | None = None
+        self.announced: bytes | None = None
+        self.joined: Joined | None = None
+        # A joined link's direction that went over its budget is forwarded here from then on.
+        self.overflow_in = self.overflow_out = False
 
     # --- lifecycle ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -158,9 +169,10 @@ class ClientSide(asyncio.Protocol):
 
     # --- data path ----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self.cookies is not None:
-            self.worker.refused_in_kernel(self)
-            return
+        if self.joined is not None and not self.overflow_in:
+            if not self.worker.overflowed(self, self.joined.cookies[0]):
+                return
+            self.overflow_in = True
         word = self.words[0]
         if word != self.valid_word and not self.adopt_word(word):
             return
@@ -168,7 +180,7 @@ class ClientSide(asyncio.Protocol):
         if now >= self.deadline:
             self.worker.enforce(now)
             return
-        self.last_active = now
+        self.last_active = self.last_request_at = now
         self.bytes_in += len(data)
         self.counter.feed(data)
         self.client_turn = True
@@ -203,6 +215,7 @@ class ClientSide(asyncio.Protocol):
     def backend_up(self, transport: asyncio.Transport) -> None:
         if self.closed:
             transport.abort()
+            self.worker.forget(self)  # whatever was set up for it while connecting
             return
         self.backend_transport = transport
         self.backend_fd = transport.get_extra_info("socket").fileno()
@@ -242,11 +255,12 @@ class ClientSide(asyncio.Protocol):
             self.transport.close()
 
     def kernel_counters(self) -> tuple[LinkCounters, LinkCounters] | None:
-        """What the kernel counted for the client's and mysqld's sockets since the hand-off."""
+        """What the kernel counted for the two directions (commands, replies) since the join."""
         kernel = self.worker.kernel
-        if self.cookies is None or kernel is None:
+        if self.joined is None or kernel is None:
             return None
-        client, backend = kernel.counters(self.cookies[0]), kernel.counters(self.cookies[1])
+        cookies = self.joined.cookies
+        client, backend = kernel.counters(cookies[0]), kernel.counters(cookies[1])
         return None if client is None or backend is None else (client, backend)
 
     def activity(self) -> float:
@@ -262,19 +276,32 @@ class ClientSide(asyncio.Protocol):
             return False
         client_turn, last_active, end = self.client_turn, self.last_active, None
         counted = self.kernel_counters()
-        if counted is not None and counted[0].chunks:  # commands went through the kernel
+        if counted is not None:
+            # Joined: each direction's last message went through the kernel or through here.
             client, backend = counted
-            last_active = max(last_active, client.last_active, backend.last_active)
-            client_turn = client.last_active > backend.last_active
-            if backend.chunks and not client_turn:
+            last_request = max(self.last_request_at, client.last_active)
+            last_reply = max(self.last_reply_at, backend.last_active)
+            last_active = max(last_active, last_request, last_reply)
+            client_turn = last_request > last_reply
+            if self.last_reply_at >= backend.last_active:
+                end = reply_end(self.last_reply)  # the login OK, or a reply that overflowed
+            else:
                 end = reply_end_of_tail(backend.tail, backend.tail_complete)
-        elif counted is not None or self.counter.commands > 0:  # logged in (handed off = logged in)
+        elif self.counter.commands > 0:  # logged in
             end = reply_end(self.last_reply)
         if client_turn or now - last_active < quiet:
             return False
         if self.counter.opaque:
             return True  # TLS: the best we know is that the server spoke last and all is quiet
         return end is not None and end.terminal and end.in_transaction is False
+
+    @property
+    def forwarding(self) -> str:
+        """Who moves this link's bytes: "kernel", "worker", or "kernel+worker" (joined, with a
+        direction over its budget)."""
+        if self.joined is None:
+            return "worker"
+        return "kernel+worker" if self.overflow_in or self.overflow_out else "kernel"
 
     def describe(self, now: float) -> dict[str, Any]:
         bytes_in, bytes_out, queries = self.bytes_in, self.bytes_out, self.counter.commands
@@ -296,7 +323,7 @@ class ClientSide(asyncio.Protocol):
             "bytes_out": bytes_out,
             "queries": queries,
             "epoch": self.epoch,
-            "forwarding": "kernel" if self.cookies is not None else "worker",
+            "forwarding": self.forwarding,
         }
 
 
@@ -320,9 +347,10 @@ class BackendSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
-        if client.cookies is not None:
-            self.worker.refused_in_kernel(client)
-            return
+        if client.joined is not None and not client.overflow_out:
+            if not self.worker.overflowed(client, client.joined.cookies[1]):
+                return
+            client.overflow_out = True
         word = self.words[0]
         if word != client.valid_word and not client.adopt_word(word):
             return
@@ -330,7 +358,7 @@ class BackendSide(asyncio.Protocol):
         if now >= client.deadline:
             self.worker.enforce(now)
             return
-        client.last_active = now
+        client.last_active = client.last_reply_at = now
         client.bytes_out += len(data)
         client.last_reply = data
         client.client_turn = False
@@ -447,10 +475,13 @@ class Worker:
     async def _connect_backend(self, link: ClientSide) -> None:
         config = self.config
         try:
+            connecting: Awaitable[object]
             if config.backend_socket is not None:
                 connecting = self.loop.create_unix_connection(
                     lambda: BackendSide(link), config.backend_socket
                 )
+            elif self.kernel is not None:
+                connecting = self._connect_announced(link, self.kernel)
             else:
                 connecting = self.loop.create_connection(
                     lambda: BackendSide(link), config.backend_host, config.backend_port
@@ -462,31 +493,64 @@ class Worker:
                 self._publish_open()
                 link.refuse(CR_CONN_HOST_ERROR, f"dbfence: cannot reach the local mysqld ({error})")
 
+    async def _connect_announced(self, link: ClientSide, kernel: KernelForwarder) -> None:
+        """Connect to mysqld from a socket whose address the kernel knows beforehand, so that
+        mysqld's end of this connection (and no other) can be joined to a local client later."""
+        config = self.config
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((config.backend_host, 0))
+            try:
+                link.announced = kernel.announce(sock.getsockname())
+            except OSError:  # the map is full, say: this link just takes the longer way
+                link.announced = None
+            await self.loop.sock_connect(sock, (config.backend_host, config.backend_port))
+            await self.loop.create_connection(lambda: BackendSide(link), sock=sock)
+        except BaseException:
+            sock.close()
+            self._withdraw(link, kernel)
+            raise
+
     def forget(self, link: ClientSide) -> None:
         if link in self.links:
             self.links.discard(link)
             self._publish_open()
-        if link.cookies is not None and self.kernel is not None:
-            self.kernel.forget(link.cookies)
-            link.cookies = None
+        kernel = self.kernel
+        if kernel is None:
+            return
+        self._withdraw(link, kernel)
+        if link.joined is not None:
+            kernel.forget(link.joined)
+            link.joined = None
 
-    def refused_in_kernel(self, link: ClientSide) -> None:
-        """A chunk of a link in the kernel reached the worker: the program would not forward it.
+    @staticmethod
+    def _withdraw(link: ClientSide, kernel: KernelForwarder) -> None:
+        if link.announced is not None:
+            kernel.withdraw(link.announced)
+            link.announced = None
 
-        That happens when the fence fails (or the link's entry is gone). Never forward it from
-        here, even if the word has been renewed meanwhile: the kernel may already have sent a later
-        chunk of the same stream. Enforce the fence, and cut this link in any case.
-        """
+    def overflowed(self, link: ClientSide, cookie: int) -> bool:
+        """Bytes of a joined link reached the worker over TCP. True if the kernel sent them because
+        their direction went over its budget (the worker forwards that direction from now on);
+        otherwise the kernel refused them (fence) or the link's entry is gone: never forward
+        those, even if the word has been renewed meanwhile, and cut the link."""
+        assert self.kernel is not None
+        counted = self.kernel.counters(cookie)
+        if counted is not None and counted.overflowed and not counted.refused:
+            return True
         self.enforce(_monotonic())
         if not link.closed:
             self._cut([link])
+        return False
 
     def watch_login(self, link: ClientSide, chunk: bytes) -> None:
-        """Hand a link to the kernel at the end of its login: before its OK reaches the client.
+        """Join a link in the kernel at the end of its login: before its OK reaches the client.
 
         Then the client is still waiting and mysqld has said all it will, so neither socket holds
         a byte the kernel could overtake. TLS links stay here (the login's end is not visible),
-        and so does a link with bytes already queued (a client that did not wait for the OK).
+        and so does a link with bytes already queued (a client that did not wait for the OK), and
+        one whose client is on another host.
         """
         kernel = self.kernel
         if kernel is None or link.counter.opaque:
@@ -495,16 +559,21 @@ class Worker:
         if not ends_login(chunk):
             return
         link.logging_in = False
-        if _queued(link.fd) or _queued(link.backend_fd):
+        self._withdraw(link, kernel)  # mysqld's end is established: it has sent its greeting
+        client, backend = link.transport, link.backend_transport
+        if client is None or backend is None or _queued(link.fd) or _queued(link.backend_fd):
             self.kernel_refusals += 1
             return
+        ends = [(t.get_extra_info("sockname"), t.get_extra_info("peername")) for t in (client, backend)]
         try:
-            link.cookies = kernel.splice(link.fd, link.backend_fd, link.epoch)
+            cookies = (socket_cookie(link.fd), socket_cookie(link.backend_fd))
+            link.joined = kernel.join(ends[0], ends[1], cookies, link.epoch)
         except OSError as error:  # the maps are full, say: this link stays in the worker
             self.kernel_refusals += 1
             self.kernel_error = str(error)
             return
-        self.handed_to_kernel += 1
+        if link.joined is not None:
+            self.handed_to_kernel += 1
 
     def _publish_open(self) -> None:
         self.shared.set_open_count(self.index, len(self.links) + self.adopting)
@@ -771,7 +840,7 @@ def main(argv: list[str]) -> int:
     peers = [socket.socket(fileno=int(fd)) for fd in peer_fds.split(",")]
     kernel = None
     if kernel_fds:
-        fence_fd, links_fd, sockets_fd, program_fd = (int(fd) for fd in kernel_fds.split(","))
-        kernel = KernelForwarder(fence_fd, links_fd, sockets_fd, program_fd)
+        fence_fd, links_fd, sockets_fd, routes_fd, announced_fd = (int(fd) for fd in kernel_fds.split(","))
+        kernel = KernelForwarder(fence_fd, links_fd, sockets_fd, routes_fd, announced_fd)
     uvloop.run(_serve(config, int(index_text), shared, control, int(parent_pid), inbox, peers, kernel))
     return 0

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 
@@ -143,3 +144,74 @@ def test_status_survives_a_stopped_worker() -> None:
         # The late reply to the first request is recognised and skipped.
         wait_until(lambda: all(w.responding for w in gate.stats().workers), 10, "both workers to answer")
         assert gate.stats().state == "admitting"
+
+
+class _Streamer:
+    """A stand-in mysqld that, after the login, answers one command with ``total`` bytes as fast
+    as its socket takes them (block i is filled with i's 4-byte tag), counting what it sent."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.sent = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.peer: socket.socket | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        peer, _ = self.listener.accept()
+        self.peer = peer
+        with contextlib.suppress(OSError):
+            peer.recv(100)
+            peer.sendall(LOGIN_OK)
+            peer.recv(100)
+            for index in range(self.total // self.BLOCK):
+                peer.sendall(index.to_bytes(4, "big") * (self.BLOCK // 4))
+                self.sent += self.BLOCK
+
+    def close(self) -> None:
+        if self.peer is not None:
+            self.peer.close()
+        self.listener.close()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("forwarding", ["worker", "kernel"])
+def test_a_client_that_stops_reading_holds_mysqld_back(forwarding: str) -> None:
+    """Flow control end to end: mysqld may run ahead of a slow client only by what the buffers
+    on the way hold (as on a direct TCP connection), never by the whole result."""
+    kernel = forwarding == "kernel"
+    if kernel and (missing := probe()) is not None:
+        pytest.skip(f"this host cannot forward in the kernel: {missing}")
+    streamer = _Streamer(total=512 << 20)
+    config = GateConfig(listen_port=0, backend_port=streamer.port, workers=1,
+                        kernel_forwarding="on" if kernel else "off")
+    try:
+        with Gate(config) as gate, socket.create_connection(("127.0.0.1", gate.port)) as client:
+            gate.admit(time.monotonic() + 120)
+            client.sendall(b"login")
+            assert receive_exactly(client, len(LOGIN_OK)) == LOGIN_OK
+            assert [row.forwarding for row in gate.stats().connections] == [forwarding]
+            client.sendall(b"SELECT everything")
+
+            def settled() -> bool:
+                before = streamer.sent
+                time.sleep(0.3)  # "no progress for a while" is the condition itself
+                return streamer.sent == before and before > 0
+
+            wait_until(settled, 30, "mysqld to be held back")
+            assert streamer.sent <= 64 << 20, f"mysqld ran {streamer.sent >> 20} MiB ahead of the client"
+            # All of it then arrives, in order, once the client reads.
+            expected, buffered = 0, b""
+            client.settimeout(10)
+            while expected < 48:
+                buffered += client.recv(1 << 20)
+                while len(buffered) >= _Streamer.BLOCK:
+                    block, buffered = buffered[: _Streamer.BLOCK], buffered[_Streamer.BLOCK:]
+                    assert block == expected.to_bytes(4, "big") * (_Streamer.BLOCK // 4), f"block {expected}"
+                    expected += 1
+    finally:
+        streamer.close()
