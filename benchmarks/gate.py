@@ -40,10 +40,10 @@ from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.echo import LOGIN_OK, EchoBackend
 from dbfence.lab.procs import free_port
 
-# "gate" runs the Gate's defaults (one worker per two CPUs, at least one; TCP to mysqld; logged-in
-# links forwarded in the kernel where the host allows it); "gate-user-unix" keeps every byte in the
-# worker and reaches mysqld over its Unix socket, the fastest worker-only setup (README-gate.md).
-TARGETS = ("direct", "haproxy", "gate", "gate-user-unix")
+# "gate" runs the Gate's defaults (one worker per two CPUs, at least one; TCP to mysqld; a logged-in
+# client of this host, as sysbench is, joined to mysqld's socket in the kernel where the host
+# allows it); "gate-user" keeps every byte in the worker: the path of a client on another host.
+TARGETS = ("direct", "haproxy", "gate", "gate-user")
 _QPS = re.compile(r"queries:\s+\d+\s+\(([\d.]+) per sec\.\)")
 _P95 = re.compile(r"95th percentile:\s+([\d.]+)")
 

@@ -70,7 +70,7 @@ class ConnectionInfo:
     bytes_in: int
     bytes_out: int
     queries: int
-    forwarding: str  # "kernel" once handed to the kernel after the login, else "worker"
+    forwarding: str  # "kernel" (joined after the login), "worker", or "kernel+worker" (over budget)
 
 
 @dataclass(frozen=True)

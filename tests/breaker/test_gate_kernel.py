@@ -182,24 +182,32 @@ def test_a_refused_link_stays_refused_after_a_renewal(lab: Lab, link: Link) -> N
     assert nothing_waiting(link.server)
 
 
-def test_a_direction_over_its_budget_goes_through_the_worker_in_order(lab: Lab, link: Link) -> None:
-    """A client that stops reading must not let mysqld queue without bound in its socket: past
-    the budget, replies go over TCP (to the worker, which has flow control), and stay there."""
+@pytest.mark.parametrize("direction", ["replies", "commands"])
+def test_a_direction_over_its_budget_goes_through_the_worker_in_order(
+    lab: Lab, link: Link, direction: str
+) -> None:
+    """A client that stops reading (or a mysqld that does) must not let the other side queue
+    without bound in its socket: past the budget, that direction goes over TCP (to the worker,
+    which has flow control), and stays there."""
     joined = lab.join(link)
+    replies = direction == "replies"
+    sender, receiver = (link.server, link.app) if replies else (link.app, link.server)
+    gate_side = link.backend_side if replies else link.client_side
+    index = 1 if replies else 0
     first, second = b"a" * (SHORTCUT_BUDGET - 100), b"b" * 1000
-    link.server.sendall(first)
-    link.server.sendall(second)  # over the budget: over TCP
-    assert receive_exactly(link.backend_side, len(second)) == second
-    link.server.sendall(b"c")  # and everything after it
-    assert receive_exactly(link.backend_side, 1) == b"c"
-    backend = lab.kernel.counters(joined.cookies[1])
-    assert backend is not None and backend.overflowed and not backend.refused
-    assert backend.received == len(first)
-    # The client reads what the kernel delivered; what the worker would forward comes after it.
-    assert receive_exactly(link.app, len(first)) == first
-    assert nothing_waiting(link.app)
-    client = lab.kernel.counters(joined.cookies[0])
-    assert client is not None and not client.overflowed
+    sender.sendall(first)
+    sender.sendall(second)  # over the budget: over TCP
+    assert receive_exactly(gate_side, len(second)) == second
+    sender.sendall(b"c")  # and everything after it
+    assert receive_exactly(gate_side, 1) == b"c"
+    counted = lab.kernel.counters(joined.cookies[index])
+    assert counted is not None and counted.overflowed and not counted.refused
+    assert counted.received == len(first)
+    # The receiver gets what the kernel delivered; what the worker forwards comes after it.
+    assert receive_exactly(receiver, len(first)) == first
+    assert nothing_waiting(receiver)
+    other = lab.kernel.counters(joined.cookies[1 - index])
+    assert other is not None and not other.overflowed
 
 
 def test_the_budget_starts_again_when_the_other_side_speaks(lab: Lab, link: Link) -> None:
