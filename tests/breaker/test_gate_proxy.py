@@ -374,3 +374,28 @@ def test_drain_of_a_blocked_gate_is_refused(make_gate: GateFactory, gate_lab: La
     with pytest.raises(IllegalTransition):
         gate.drain(1.0)
     assert "not yet admitted" in refused_error(gate, gate_lab).args[1]
+
+
+def test_a_result_past_the_kernel_budget_arrives_whole_and_the_link_goes_on(
+    make_gate: GateFactory, gate_lab: LabCluster, forwarding: str
+) -> None:
+    """A 4 MiB result: in the kernel its first MiB is delivered socket to socket and the rest
+    through the worker (the budget). Every row arrives, in order; the link then keeps working and
+    a drain still sees the transaction boundary in a reply that came through the worker."""
+    gate = make_gate(workers=1)
+    gate.admit(time.monotonic() + 60)
+    with connect_via(gate, gate_lab, cursorclass=pymysql.cursors.SSCursor) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT seq, REPEAT(CHAR(65 + seq % 26), 1024) FROM gate_t.seq_1_to_4000")
+            count = 0
+            for seq, text in cur:
+                count += 1
+                assert (seq, text) == (count, bytes([65 + count % 26]) * 1024)  # CHAR() is binary
+            assert count == 4000
+        [row] = gate.stats().connections
+        assert row.forwarding == ("kernel+worker" if forwarding == "kernel" else "worker")
+        assert row.bytes_out > 4_000_000
+        for _ in range(3):
+            assert select_one(conn) == 1
+        result = gate.drain(5.0)
+        assert result.closed_gracefully == 1 and result.cut == 0
