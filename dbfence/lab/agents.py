@@ -60,6 +60,7 @@ class AgentTuning:
     interval: float = 0.1
     trip_after: int = 3
     drain_timeout: float = 2.0
+    kernel_forwarding: str = "off"  # the product's default; tests opt in
 
 
 def agent_address(index: int) -> str:
@@ -100,6 +101,7 @@ priority = 100
 listen = "{address}:{gate_port}"
 workers = 2
 drain_timeout = {tuning.drain_timeout}
+kernel_forwarding = "{tuning.kernel_forwarding}"
 
 [mysql]
 host = "{node.host}"

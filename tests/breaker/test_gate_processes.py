@@ -190,8 +190,9 @@ def test_a_client_that_stops_reading_holds_mysqld_back(forwarding: str) -> None:
     config = GateConfig(listen_port=0, backend_port=streamer.port, workers=1,
                         kernel_forwarding="on" if kernel else "off")
     try:
-        with Gate(config) as gate, socket.create_connection(("127.0.0.1", gate.port)) as client:
+        with Gate(config) as gate:
             gate.admit(time.monotonic() + 120)
+            client = socket.create_connection(("127.0.0.1", gate.port))
             client.sendall(b"login")
             assert receive_exactly(client, len(LOGIN_OK)) == LOGIN_OK
             assert [row.forwarding for row in gate.stats().connections] == [forwarding]
@@ -213,5 +214,6 @@ def test_a_client_that_stops_reading_holds_mysqld_back(forwarding: str) -> None:
                     block, buffered = buffered[: _Streamer.BLOCK], buffered[_Streamer.BLOCK:]
                     assert block == expected.to_bytes(4, "big") * (_Streamer.BLOCK // 4), f"block {expected}"
                     expected += 1
+            client.close()
     finally:
         streamer.close()

@@ -15,7 +15,7 @@ import pymysql
 import pytest
 
 from dbfence.breaker.kernel import probe
-from dbfence.lab.agents import log_times
+from dbfence.lab.agents import AgentTuning, log_times
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.wait import wait_until
 from dbfence.locks.factory import DcsConfig, open_lock
@@ -117,9 +117,11 @@ def test_a_fresh_cluster_settles_without_touching_replication(lab_factory: LabFa
 def test_the_primary_status_shows_its_gate_connections_and_where_they_are_forwarded(
     lab_factory: LabFactory,
 ) -> None:
-    lab = lab_factory(mysql_count=2, dcs="etcd", etcd_members=1, agents=True)
+    # Kernel forwarding is opt-in: these agents opt in ("auto"), and use it where the host allows.
+    lab = lab_factory(mysql_count=2, dcs="etcd", etcd_members=1, agents=True,
+                      agent_tuning=AgentTuning(kernel_forwarding="auto"))
     primary = only_primary(lab)
-    kernel = probe() is None  # the lab's agents run with kernel_forwarding = auto
+    kernel = probe() is None
     host, port = discover(lab)
     with app_connect(lab, host, port) as conn, conn.cursor() as cur:
         cur.execute("SELECT 1")
