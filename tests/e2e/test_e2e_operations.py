@@ -123,7 +123,8 @@ def test_an_agent_whose_gate_cannot_start_refuses_with_the_reason(
     lab = lab_factory(mysql_count=1, dcs="etcd", etcd_members=1, agents=True)
     [agent] = lab.agents
     config = Path(agent.config).read_text()
-    config = config.replace("[gate]\n", '[gate]\nkernel_forwarding = "on"\n', 1)
+    assert 'kernel_forwarding = "off"' in config  # the lab writes the product's default
+    config = config.replace('kernel_forwarding = "off"', 'kernel_forwarding = "on"', 1)
     config = config.replace("[mysql]\n", f'[mysql]\nsocket = "{lab.mysql[0].socket}"\n', 1)
     path = tmp_path / "agent.toml"
     path.write_text(config)
