@@ -508,9 +508,14 @@ class Worker:
             await self.loop.sock_connect(sock, (config.backend_host, config.backend_port))
             await self.loop.create_connection(lambda: BackendSide(link), sock=sock)
         except BaseException:
-            sock.close()
+            sock.close()  # a no-op if create_connection failed: uvloop has detached it then
             self._withdraw(link, kernel)
             raise
+        # The transport owns the descriptor now and closes it itself; it may already have (a link
+        # whose client left while connecting is aborted in connection_made, before uvloop takes
+        # the socket object). The object must never close that number again: by the time it is
+        # collected, the number may belong to another link's socket (seen under a connect flood).
+        sock.detach()
 
     def forget(self, link: ClientSide) -> None:
         if link in self.links:
