@@ -65,14 +65,12 @@ class GateSection:
                                    minimum=1, maximum=100000)
     idle_timeout: float = setting(0.0, "Seconds of client silence before the gate closes a "
                                        "connection; 0 = never.", minimum=0)
-    kernel_forwarding: str = setting("off", "Opt-in. Once a client on this host has logged in, "
-                                            "join its socket to mysqld's in the kernel (BPF, behind "
-                                            "the same fence; clients on other hosts always go through "
-                                            "the workers): auto = when the host allows it (root, "
-                                            "cgroup v2, TCP to mysqld at an IPv4 address), on = refuse "
-                                            "to start without it, off = never. Off by default: under "
-                                            "a connection flood on a saturated host an open joined "
-                                            "connection was seen aborted (docs/operations.md).",
+    kernel_forwarding: str = setting("auto", "Once a client on this host has logged in, join its "
+                                             "socket to mysqld's in the kernel (BPF, behind the same "
+                                             "fence; clients on other hosts always go through the "
+                                             "workers): auto = when the host allows it (root, cgroup "
+                                             "v2, TCP to mysqld at an IPv4 address), on = refuse to "
+                                             "start without it, off = never.",
                                      choices=("auto", "on", "off"))
     # At most 5 s: the agent's decision loop waits for the drain, and systemd's watchdog is 10 s.
     drain_timeout: float = setting(2.0, "Seconds a switchover lets in-flight transactions finish "

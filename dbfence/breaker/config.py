@@ -41,9 +41,8 @@ class GateConfig:
     drain_quiet: float = 0.02
     # "auto": join a logged-in client of this host to mysqld's socket in the kernel when the host
     # can (BPF, root, cgroup v2, TCP to mysqld at an IPv4 address), else forward in the workers;
-    # "on": refuse to start without it; "off" (the default, until the abort seen under a
-    # connection flood is understood: docs/operations.md): never.
-    kernel_forwarding: str = "off"
+    # "on": refuse to start without it; "off": never.
+    kernel_forwarding: str = "auto"
 
     def __post_init__(self) -> None:
         if self.kernel_forwarding not in ("auto", "on", "off"):

@@ -60,7 +60,7 @@ class AgentTuning:
     interval: float = 0.1
     trip_after: int = 3
     drain_timeout: float = 2.0
-    kernel_forwarding: str = "off"  # the product's default; tests opt in
+    kernel_forwarding: str = "auto"  # the product's default
 
 
 def agent_address(index: int) -> str:

@@ -376,4 +376,3 @@ def test_the_worker_joins_a_link_only_if_no_byte_could_be_overtaken(
         for sock in (made.app, made.server, control, agent_end):
             sock.close()
         shared.close()
-

@@ -117,7 +117,7 @@ def test_a_fresh_cluster_settles_without_touching_replication(lab_factory: LabFa
 def test_the_primary_status_shows_its_gate_connections_and_where_they_are_forwarded(
     lab_factory: LabFactory,
 ) -> None:
-    # Kernel forwarding is opt-in: these agents opt in ("auto"), and use it where the host allows.
+    # kernel_forwarding = "auto" (the default): used where the host allows it.
     lab = lab_factory(mysql_count=2, dcs="etcd", etcd_members=1, agents=True,
                       agent_tuning=AgentTuning(kernel_forwarding="auto"))
     primary = only_primary(lab)

@@ -4,6 +4,7 @@ history. They talk to the DCS only; the agents act on what they read there."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,8 +124,8 @@ def test_an_agent_whose_gate_cannot_start_refuses_with_the_reason(
     lab = lab_factory(mysql_count=1, dcs="etcd", etcd_members=1, agents=True)
     [agent] = lab.agents
     config = Path(agent.config).read_text()
-    assert 'kernel_forwarding = "off"' in config  # the lab writes the product's default
-    config = config.replace('kernel_forwarding = "off"', 'kernel_forwarding = "on"', 1)
+    config, replaced = re.subn(r'(?m)^kernel_forwarding = ".*"$', 'kernel_forwarding = "on"', config)
+    assert replaced == 1, "the lab writes one kernel_forwarding line"
     config = config.replace("[mysql]\n", f'[mysql]\nsocket = "{lab.mysql[0].socket}"\n', 1)
     path = tmp_path / "agent.toml"
     path.write_text(config)
