@@ -39,3 +39,6 @@ from dbfence.ops_cli import (  # noqa: E402
 
 for _command in (status_command, switchover_command, pause_command, resume_command, history_command):
     main.add_command(_command)
+from dbfence.preflight.cli import check_command  # noqa: E402
+
+main.add_command(check_command)

@@ -1,0 +1,106 @@
+"""Checks of the host itself: secret files, free ports, clock synchronisation."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import stat
+from pathlib import Path
+
+from dbfence.config import AgentConfig, parse_host_port
+from dbfence.mysql.credentials import load_credentials_file
+from dbfence.mysql.errors import CredentialsError
+from dbfence.preflight.result import Check, fail, ok, warn
+
+_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
+
+
+def _user() -> str:
+    try:
+        import pwd  # noqa: PLC0415 - POSIX only, and only for a message
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())
+
+
+def check_credentials(config: AgentConfig) -> list[Check]:
+    """The agent reads [client] and [replication]; the file must be 0600 and the agent's own."""
+    path = config.mysql.credentials_file
+    fix = f"chmod 0600 {path} && chown {_user()} {path} (run dbfence check as the agent's user)"
+    checks = []
+    for section in ("client", "replication"):
+        name = f"credentials [{section}]"
+        try:
+            credentials = load_credentials_file(path, section)
+        except CredentialsError as exc:
+            text = str(exc)
+            section_fix = fix if "mode" in text or "owned" in text else \
+                f"add [{section}] with user = ... and password = ... to {path}"
+            checks.append(fail(name, text, section_fix))
+            continue
+        checks.append(ok(name, f"{path}: user {credentials.user}, mode 0600"))
+    return checks
+
+
+def check_secret_files(config: AgentConfig) -> list[Check]:
+    checks = []
+    for key, value in (("http.token_file", config.http.token_file),
+                       ("dcs.password_file", config.dcs.password_file),
+                       ("dcs.acl_token_file", config.dcs.acl_token_file)):
+        if not value:
+            continue
+        try:
+            mode = stat.S_IMODE(Path(value).stat().st_mode)
+            Path(value).read_bytes()
+        except OSError as exc:
+            checks.append(fail(key, f"cannot read {value}: {exc.strerror}",
+                               f"create {value} (mode 0600, owned by {_user()}) or empty {key}"))
+            continue
+        if mode & 0o077:
+            checks.append(fail(key, f"{value} has mode {mode:04o}", f"chmod 0600 {value}"))
+        else:
+            checks.append(ok(key, f"{value}, mode {mode:04o}"))
+    return checks
+
+
+def check_port_free(key: str, listen: str) -> Check:
+    """The agent binds these at start; something already there (an agent?) would stop it."""
+    if not listen:
+        return ok(key, "off")
+    host, port = parse_host_port(key, listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return fail(key, f"{listen} is already in use (another agent, or another service?)",
+                            f"ss -ltnp 'sport = :{port}' shows who; stop it, or change {key}")
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return fail(key, f"this host has no address {host}", f"{key} = \"<an address of this "
+                                                                     f"host>:{port}\"")
+            return fail(key, f"cannot bind {listen}: {exc.strerror}")
+    return ok(key, f"{listen} is free")
+
+
+def check_clock() -> Check:
+    """Leases run on monotonic time, so an unsynchronised clock only skews history and log
+    timestamps: a warning, never a failure."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return warn("clock_sync", "cannot ask the kernel (no libc found)")
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    buffer = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
+    state = libc.adjtimex(buffer)
+    if state < 0:
+        return warn("clock_sync", f"adjtimex failed: {os.strerror(ctypes.get_errno())}")
+    if state == _TIME_ERROR:
+        return warn("clock_sync", "the kernel reports the clock as not synchronised (history and "
+                                  "log times may be off; leases do not depend on it)",
+                    "apt-get install chrony (or enable systemd-timesyncd)")
+    return ok("clock_sync", "synchronised (kernel clock state)")
