@@ -48,7 +48,7 @@ from dbfence.breaker import Admitting, Gate, GateConfig, GateError, GateStats
 from dbfence.config import AgentConfig, parse_host_port
 from dbfence.discovery.consul_catalog import ConsulCatalog, ServiceIdentity
 from dbfence.discovery.http_api import CommandResult, HttpApi, StatusBoard, StatusReport
-from dbfence.discovery.metrics import Metrics
+from dbfence.discovery.metrics import GateCollector, Metrics, ProbeCollector
 from dbfence.locks.base import LeaseLock, LockSettings
 from dbfence.locks.errors import LockError
 from dbfence.locks.factory import DcsConfig, open_lock
@@ -211,6 +211,9 @@ class Agent:
             kernel_forwarding=config.gate.kernel_forwarding,
         ))
         self._gate_stats: GateStats | None = None  # the latest connection table, when read
+        # Read at scrape time: the workers' own counters, and the probes' latest results.
+        self.metrics.add_collector(GateCollector(self.gate))
+        self.metrics.add_collector(ProbeCollector(lambda: self.monitor.health))
 
         dcs = config.dcs
         self.lock = self._open_lock(config)

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from dbfence.discovery.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dbfence.discovery.metrics import Metrics
 
 
@@ -114,7 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/status":
             self._send_json(HTTPStatus.OK, {**summary, **report.details})
         elif url.path == "/metrics":
-            self._send(HTTPStatus.OK, self.server.metrics.render(), "text/plain; version=0.0.4")
+            self._send(HTTPStatus.OK, self.server.metrics.render(), METRICS_CONTENT_TYPE)
         else:
             self._send(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}\n")
 

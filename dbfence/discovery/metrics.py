@@ -1,114 +1,194 @@
-"""A small Prometheus text-format registry: counters, gauges and latency summaries.
+"""The agent's Prometheus metrics, served with ``prometheus_client``.
 
-The agent needs a dozen series, not a client library: names, help, labels, and the exposition
-format (https://prometheus.io/docs/instrumenting/exposition_formats/) written out by hand.
-Thread-safe, because the HTTP API reads while the loop writes.
+:class:`Metrics` keeps the small interface the agent loop already used (``inc``, ``set``,
+``observe``), creating each metric in its own registry on first use. Two collectors read state at
+scrape time instead of copying it on every loop turn:
+
+* :class:`GateCollector`: the gate workers' own counters (accepted, refused, cut, open), one series
+  per worker. The workers are separate processes that keep these counts themselves and answer the
+  gate's control socket; the collector asks them when Prometheus scrapes. That is the equivalent of
+  ``prometheus_client``'s multiprocess mode without its per-pid files (which need a directory
+  wiped at every start and a file write on every increment in the workers' event loops); see
+  ``benchmarks/metrics_scrape.py`` for the cost of either.
+* :class:`ProbeCollector`: the latest result of every health probe, from the monitor's hysteresis
+  state (an immutable value the probe thread swaps in).
+
+Metric names are those of the hand-written exposition this replaces (``dbfence_role``,
+``dbfence_lease_seconds_left``, ``dbfence_actions_total``, ...): dashboards keep working.
 """
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
-LabelSet = tuple[tuple[str, str], ...]
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Summary
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
+if TYPE_CHECKING:
+    from dbfence.breaker import GateStats
+    from dbfence.mysql.hysteresis import Health
 
-def _labels(labels: dict[str, str] | None) -> LabelSet:
-    return tuple(sorted((labels or {}).items()))
+# The ``_created`` series double every counter and summary, and nothing here reads them.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
-
-def _format_labels(labels: LabelSet) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels) + "}"
-
-
-def _escape(value: str) -> str:
-    """Label values escape backslash, double quote and newline (the exposition format's rule)."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-@dataclass
-class _Family:
-    name: str
-    kind: str  # counter | gauge | summary
-    help: str
-    samples: dict[LabelSet, list[float]] = field(default_factory=dict)
+# What generate_latest() writes: the text format 0.0.4 (the library's CONTENT_TYPE_LATEST names a
+# newer version whose escaping rules need the scraper to negotiate them).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PREFIX = "dbfence_"
 
 
 class Metrics:
-    """The agent's metrics. Names get the ``dbfence_`` prefix."""
+    """The agent's metrics registry. Names get the ``dbfence_`` prefix."""
 
     def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
-        self._families: dict[str, _Family] = {}
+        self._metrics: dict[str, tuple[str, Any]] = {}  # full name -> (kind, metric)
+        self._peaks: dict[str, Gauge] = {}  # summary name -> its _max gauge
+        self._peak_values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
-    def _family(self, name: str, kind: str, help_text: str) -> _Family:
-        full = f"dbfence_{name}"
-        family = self._families.get(full)
-        if family is None:
-            family = self._families[full] = _Family(full, kind, help_text)
-        elif family.kind != kind:
-            raise ValueError(f"{full} is a {family.kind}, not a {kind}")
-        return family
+    def _metric(self, name: str, kind: str, help_text: str, labels: dict[str, str] | None) -> Any:
+        full = PREFIX + name
+        with self._lock:
+            known = self._metrics.get(full)
+            if known is None:
+                names = sorted(labels or {})
+                cls = {"counter": Counter, "gauge": Gauge, "summary": Summary}[kind]
+                known = self._metrics[full] = (kind, cls(full, help_text, names, registry=self.registry))
+                if kind == "summary":  # the worst case, as its own gauge
+                    self._peaks[full] = Gauge(f"{full}_max", f"Maximum of {full}.", names,
+                                              registry=self.registry)
+            elif known[0] != kind:
+                raise ValueError(f"{full} is a {known[0]}, not a {kind}")
+            return known[1]
+
+    @staticmethod
+    def _child(metric: Any, labels: dict[str, str] | None) -> Any:
+        return metric.labels(**labels) if labels else metric
 
     def inc(self, name: str, help_text: str, amount: float = 1.0,
             labels: dict[str, str] | None = None) -> None:
         if amount < 0:
             raise ValueError("a counter only goes up")
-        with self._lock:
-            samples = self._family(name, "counter", help_text).samples
-            key = _labels(labels)
-            samples[key] = [samples.get(key, [0.0])[0] + amount]
+        self._child(self._metric(name, "counter", help_text, labels), labels).inc(amount)
 
     def set(self, name: str, help_text: str, value: float, labels: dict[str, str] | None = None) -> None:
-        with self._lock:
-            self._family(name, "gauge", help_text).samples[_labels(labels)] = [value]
+        self._child(self._metric(name, "gauge", help_text, labels), labels).set(value)
 
     def observe(self, name: str, help_text: str, seconds: float,
                 labels: dict[str, str] | None = None) -> None:
         """Record a duration: a summary (count, sum) plus a ``<name>_max`` gauge of the worst seen."""
-        with self._lock:
-            samples = self._family(name, "summary", help_text).samples
-            count, total, peak = samples.get(_labels(labels), [0.0, 0.0, 0.0])
-            samples[_labels(labels)] = [count + 1, total + seconds, max(peak, seconds)]
+        summary = self._metric(name, "summary", help_text, labels)
+        self._child(summary, labels).observe(seconds)
+        full = PREFIX + name
+        key = (full, tuple(sorted((labels or {}).items())))
+        with self._lock:  # read-modify-write of the peak
+            if seconds > self._peak_values.get(key, float("-inf")):
+                self._peak_values[key] = seconds
+                self._child(self._peaks[full], labels).set(seconds)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
-        with self._lock:
-            family = self._families.get(f"dbfence_{name}")
-            if family is None or _labels(labels) not in family.samples:
-                return None
-            return family.samples[_labels(labels)][0]
+        """A counter's or gauge's current value (a summary's count); None if never set."""
+        full = PREFIX + name
+        kind = self._metrics.get(full, ("", None))[0]
+        sample = f"{full}_count" if kind == "summary" else full
+        if kind == "counter" and not full.endswith("_total"):
+            sample = f"{full}_total"
+        return self.registry.get_sample_value(sample, labels or {})
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
 
     def render(self) -> str:
-        with self._lock:
-            families = [(f.name, f.kind, f.help, dict(f.samples)) for f in self._families.values()]
-        lines: list[str] = []
-        for name, kind, help_text, samples in sorted(families):
-            lines += _render_family(name, kind, help_text, samples.items())
-            if kind == "summary":  # the worst case, as its own gauge family
-                peaks = [(labels, [values[2]]) for labels, values in samples.items()]
-                lines += _render_family(f"{name}_max", "gauge", f"Maximum of {name}.", peaks)
-        return "\n".join(lines) + "\n"
+        return prometheus_client.generate_latest(self.registry).decode("utf-8")
 
 
-def _render_family(name: str, kind: str, help_text: str,
-                   samples: Iterable[tuple[LabelSet, list[float]]]) -> list[str]:
-    out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    for labels, values in sorted(samples):
-        if kind == "summary":
-            out.append(f"{name}_count{_format_labels(labels)} {_format_value(values[0])}")
-            out.append(f"{name}_sum{_format_labels(labels)} {_format_value(values[1])}")
-        else:
-            out.append(f"{name}{_format_labels(labels)} {_format_value(values[0])}")
-    return out
+class GateStatsSource(Protocol):
+    def stats(self) -> GateStats: ...
+
+
+class GateCollector(Collector):
+    """The gate's state and its workers' counters, asked of the workers at scrape time."""
+
+    def __init__(self, gate: GateStatsSource) -> None:
+        self._gate = gate
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # dynamic: nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(f"{PREFIX}gate_stats_up",
+                               "1 when the gate's workers answered the last scrape.")
+        try:
+            stats = self._gate.stats()
+        except Exception:  # a gate not started yet, or stopping: no counters, never a failed scrape
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        state = GaugeMetricFamily(f"{PREFIX}gate_state", "1 for the gate's current state.", labels=["state"])
+        for name in ("admitting", "draining", "blocking"):
+            state.add_metric([name], 1 if stats.state == name else 0)
+        yield state
+        families = {
+            "accepted": CounterMetricFamily(f"{PREFIX}gate_connections_accepted",
+                                            "Client connections a gate worker accepted (admitted or "
+                                            "refused after).",
+                                            labels=["worker"]),
+            "refused": CounterMetricFamily(f"{PREFIX}gate_connections_refused",
+                                           "Client connections a gate worker refused (gate blocked, "
+                                           "or max_connections reached).", labels=["worker"]),
+            "cut": CounterMetricFamily(f"{PREFIX}gate_connections_cut",
+                                       "Admitted connections a gate worker cut (fence, drain).",
+                                       labels=["worker"]),
+        }
+        open_now = GaugeMetricFamily(f"{PREFIX}gate_worker_open_connections",
+                                     "Client connections open in a gate worker.", labels=["worker"])
+        responding = GaugeMetricFamily(f"{PREFIX}gate_worker_up", "1 when the gate worker answered.",
+                                       labels=["worker"])
+        for worker in stats.workers:
+            label = [str(worker.index)]
+            responding.add_metric(label, 1 if worker.responding else 0)
+            open_now.add_metric(label, worker.open_connections)
+            if worker.responding:  # a silent worker's totals are unknown, not zero
+                families["accepted"].add_metric(label, worker.accepted)
+                families["refused"].add_metric(label, worker.refused)
+                families["cut"].add_metric(label, worker.cut)
+        yield responding
+        yield open_now
+        yield from families.values()
+
+
+class ProbeCollector(Collector):
+    """The latest verdict of every health probe, from the monitor's hysteresis state."""
+
+    def __init__(self, health: Callable[[], Health]) -> None:
+        self._health = health
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        tracks = self._health().tracks
+        passed = GaugeMetricFamily(f"{PREFIX}probe_ok", "1 when the probe's last round passed.",
+                                   labels=["probe"])
+        tripped = GaugeMetricFamily(f"{PREFIX}probe_tripped", "1 while the probe counts as failed "
+                                                              "(after trip_after failures in a row).",
+                                    labels=["probe"])
+        failures = GaugeMetricFamily(f"{PREFIX}probe_failures_in_row", "Consecutive failed rounds.",
+                                     labels=["probe"])
+        seconds = GaugeMetricFamily(f"{PREFIX}probe_seconds", "How long the probe's last round took.",
+                                    labels=["probe"])
+        for kind, track in sorted(tracks.items(), key=lambda item: item[0].value):
+            label = [kind.value]
+            passed.add_metric(label, 1 if track.last is not None and track.last.ok else 0)
+            tripped.add_metric(label, 1 if track.tripped else 0)
+            failures.add_metric(label, track.failures_in_row)
+            seconds.add_metric(label, track.last.elapsed_s if track.last is not None else 0.0)
+        yield from (passed, tripped, failures, seconds)

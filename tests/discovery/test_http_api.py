@@ -101,9 +101,9 @@ def test_metrics_exposition_format() -> None:
     metrics.observe("renew_seconds", "Lease renewal latency.", 0.010)
     metrics.set("label_escape", "Escaping.", 1, {"reason": 'say "hi"\\n'})
     text = metrics.render()
-    assert "# TYPE dbfence_failovers_total counter\ndbfence_failovers_total 1\n" in text
-    assert 'dbfence_role{role="primary"} 1' in text
-    assert "dbfence_renew_seconds_count 2\ndbfence_renew_seconds_sum 0.014" in text
+    assert "# TYPE dbfence_failovers_total counter\ndbfence_failovers_total 1.0\n" in text
+    assert 'dbfence_role{role="primary"} 1.0' in text
+    assert "dbfence_renew_seconds_count 2.0\ndbfence_renew_seconds_sum 0.014" in text
     assert "# TYPE dbfence_renew_seconds_max gauge\ndbfence_renew_seconds_max 0.01" in text
     assert 'reason="say \\"hi\\"\\\\n"' in text
     with pytest.raises(ValueError, match="only goes up"):
