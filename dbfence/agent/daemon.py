@@ -214,6 +214,8 @@ class Agent:
         # Read at scrape time: the workers' own counters, and the probes' latest results.
         self.metrics.add_collector(GateCollector(self.gate))
         self.metrics.add_collector(ProbeCollector(lambda: self.monitor.health))
+        self.metrics.set("info", "1; the labels name this agent's cluster and node (for joins).", 1,
+                         {"cluster": config.cluster.name, "node": config.node.name, "version": __version__})
 
         dcs = config.dcs
         self.lock = self._open_lock(config)
