@@ -81,7 +81,11 @@ class GateSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MysqlSection:
-    host: str = setting("127.0.0.1", "Address of the local mysqld (ignored when socket is set).")
+    host: str = setting("127.0.0.1", "Address of the local mysqld on the network: the agent "
+                                     "connects there unless socket is set, and publishes it, so "
+                                     "that the other nodes replicate from it and read its GTIDs "
+                                     "(on several hosts it must be reachable from them, not "
+                                     "127.0.0.1).")
     port: int = setting(3306, "TCP port of the local mysqld.", minimum=1, maximum=65535)
     socket: str = setting("", "Unix socket of the local mysqld; preferred over host:port when set.")
     extra_port: int = setting(0, "MariaDB extra_port for the agent's reserved connection, so it "

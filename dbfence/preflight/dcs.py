@@ -117,3 +117,16 @@ def read_lock(config: AgentConfig) -> LockView:
     holder = Holder(holder_info.node, record.mysql_host if record else "", record.mysql_port if record else 0)
     return LockView(ok("dcs_read", f"cluster {config.cluster.name!r}: {holder_info.node} holds the lock"),
                     holder, True)
+
+
+def check_published_address(config: AgentConfig) -> Check:
+    """Peers replicate from the mysqld address this agent publishes (mysql.host): 127.0.0.1 is
+    right only when every node and the DCS share one host (a lab)."""
+    host = config.mysql.host
+    remote = [url for url in config.dcs.endpoints
+              if not _is_loopback(urlsplit(url if "://" in url else f"http://{url}").hostname or "")]
+    if _is_loopback(host) and (remote or not _is_loopback(config.node.address)):
+        return fail("mysql.host", f"{host} is published for the other nodes to replicate from, but "
+                                  "they run on other hosts",
+                    'mysql.host = "<this host\'s address the other database hosts reach>"')
+    return ok("mysql.host", f"peers replicate from {host}:{config.mysql.port}")

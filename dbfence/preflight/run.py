@@ -30,6 +30,7 @@ def check_config(config: AgentConfig) -> list[Check]:
     checks.append(host_checks.check_port_free("gate.listen", config.gate.listen))
     checks.append(host_checks.check_port_free("http.listen", config.http.listen))
     checks.append(host_checks.check_clock())
+    checks.append(dcs_checks.check_published_address(config))
     checks += dcs_checks.check_tls(config)
     checks += dcs_checks.check_endpoints(config)
     lock = dcs_checks.read_lock(config)

@@ -17,7 +17,7 @@ from dbfence.mysql.preflight import (
     check_source,
 )
 from dbfence.preflight import Check, Status, worst
-from dbfence.preflight.dcs import check_tls
+from dbfence.preflight.dcs import check_published_address, check_tls
 
 MARIADB = ServerVersion(Flavour.MARIADB, (10, 11, 6), "10.11.6-MariaDB")
 GOOD = {"log_bin": "ON", "log_slave_updates": "ON", "binlog_format": "ROW", "gtid_strict_mode": "ON",
@@ -108,3 +108,11 @@ def test_dcs_tls_rules() -> None:
 def test_line_format() -> None:
     assert Check("x", Status.OK, "fine").line() == "ok   x: fine"
     assert Check("x", Status.FAIL, "bad", "do it").line() == "fail x: bad -- fix: do it"
+
+
+def test_published_mysql_address_must_reach_other_hosts() -> None:
+    remote = _config(["https://10.0.0.21:2379"], "/etc/ca.pem")
+    assert check_published_address(parse_config(remote)).status is Status.FAIL
+    remote["mysql"] = {"credentials_file": "/x", "host": "10.0.0.11", "socket": "/run/mysqld/mysqld.sock"}
+    assert check_published_address(parse_config(remote)).status is Status.OK
+    assert check_published_address(parse_config(_config(["http://127.0.0.1:2379"]))).status is Status.OK
