@@ -254,11 +254,18 @@ def check_source(settings: ServerSettings, node: str, holder: Holder | None, rep
         return fail("replication_source", f"cannot read the replication status: {settings.replica_error}",
                     "give the agent account its privileges (see agent_account)")
     if holder is None:
-        role = "writable (read_only OFF)" if not read_only else "read-only"
-        source = f", replicating from {replica.primary_host}:{replica.primary_port}" if replica else ""
-        return warn("replication_source", f"no agent holds the lock yet; this node is {role}{source}. "
-                                          "Start the first agent on the current primary",
-                    "start the agents on the current primary first (docs/install.md)")
+        if replica is not None:
+            # Measured: a replica's agent started while its source has none takes the free lock
+            # and promotes itself while the source still takes writes (two writers, errant GTIDs).
+            return fail("replication_source",
+                        f"no agent holds the lock, and this node replicates from "
+                        f"{replica.primary_host}:{replica.primary_port}: started now, this agent could "
+                        "take the lock and promote this node while that source still takes writes",
+                        f"start the agent on {replica.primary_host} first and wait until `dbfence status` "
+                        "shows it admitting, then this one")
+        role = "writable" if not read_only else "read-only and not replicating"
+        return warn("replication_source", f"no agent holds the lock yet; this node is {role}",
+                    "start the agent on the current primary first (docs/install.md)")
     if holder.node == node:
         return ok("replication_source", "this node holds the lock (it is the primary)")
     if not holder.mysql_host or not holder.mysql_port:

@@ -63,10 +63,10 @@ def test_check_names_every_broken_requirement(lab_factory: Callable[..., LabClus
     config_path = write_agent_files(lab, lab.node("db2"), address, _free_port(address), _free_port(address),
                                     AgentTuning(ttl=3.0, margin=1.0))
 
-    # Nobody holds the lock yet: that is a warning (start the primary's agent first), not a failure.
+    # Nobody holds the lock yet and db2 replicates from db1: its agent must not start before db1's.
     baseline = _results(config_path)
-    assert _failures(baseline) == {}, _failures(baseline)
-    assert baseline["replication_source"].status is Status.WARN
+    assert set(_failures(baseline)) == {"replication_source"}, _failures(baseline)
+    assert "start the agent on 127.0.0.1 first" in baseline["replication_source"].fix
     assert baseline["gtid_strict_mode"].status is Status.OK
     assert baseline["app_account app"].status is Status.OK
 
@@ -115,62 +115,68 @@ def test_check_names_every_broken_requirement(lab_factory: Callable[..., LabClus
         assert f"MASTER_PORT = {db1.port + 1}" in failures["replication_source"].fix
         lock.publish_member(MemberRecord(node="db1", role="primary", healthy=True,
                                          mysql_host=db1.host, mysql_port=db1.port))
+
+        # The host's side: a readable credentials file, an agent account without its privileges,
+        # a port already taken, an unreachable DCS.
+        credentials = Path(load_config(config_path).mysql.credentials_file)
+        os.chmod(credentials, 0o644)
+        failures = _failures(_results(config_path))
+        os.chmod(credentials, 0o600)
+        assert {"credentials [client]", "credentials [replication]"} <= set(failures)
+        assert f"chmod 0600 {credentials}" in failures["credentials [client]"].fix
+
+        original = credentials.read_text()
+        app = lab.accounts["app"]
+        credentials.write_text(original.replace(
+            f"user = {lab.accounts['agent'].user}\npassword = {lab.accounts['agent'].password}",
+            f"user = {app.user}\npassword = {app.password}", 1))
+        results = _results(config_path)
+        failures = _failures(results)
+        credentials.write_text(original)
+        # Without its privileges the agent cannot read grants or the replication status either:
+        # those checks say so, and every other check still runs.
+        assert "agent_account" in failures, failures
+        assert all(check.fix == "give the agent account its privileges (see agent_account)"
+                   for name, check in failures.items() if name != "agent_account"), failures
+        assert results["gtid_strict_mode"].status is Status.OK
+        assert "GRANT ALL PRIVILEGES ON *.* TO 'app'" in failures["agent_account"].fix
+
+        gate = load_config(config_path).gate.listen
+        host, port = gate.rsplit(":", 1)
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind((host, int(port)))
+            squatter.listen()
+            failures = _failures(_results(config_path))
+        assert set(failures) == {"gate.listen"}
+        assert f"sport = :{port}" in failures["gate.listen"].fix
+
+        text = config_path.read_text()
+        dead = f"http://127.0.0.1:{_free_port('127.0.0.1')}"
+        config_path.write_text(text.replace(f'endpoints = ["{lab.dcs_endpoints[0]}"]',
+                                            f'endpoints = ["{dead}"]'))
+        failures = _failures(_results(config_path))
+        config_path.write_text(text)
+        assert {"dcs_endpoints", "dcs_read", "replication_source"} == set(failures), failures
     finally:
         lock.close_session()
         lock.close()
 
-    # The host's side: a readable credentials file, an agent account without its privileges,
-    # a port already taken, an unreachable DCS.
-    credentials = Path(load_config(config_path).mysql.credentials_file)
-    os.chmod(credentials, 0o644)
-    failures = _failures(_results(config_path))
-    os.chmod(credentials, 0o600)
-    assert {"credentials [client]", "credentials [replication]"} <= set(failures)
-    assert f"chmod 0600 {credentials}" in failures["credentials [client]"].fix
-
-    original = credentials.read_text()
-    app = lab.accounts["app"]
-    credentials.write_text(original.replace(
-        f"user = {lab.accounts['agent'].user}\npassword = {lab.accounts['agent'].password}",
-        f"user = {app.user}\npassword = {app.password}", 1))
-    results = _results(config_path)
-    failures = _failures(results)
-    credentials.write_text(original)
-    # Without its privileges the agent cannot read grants or the replication status either:
-    # those checks say so, and every other check still runs.
-    assert "agent_account" in failures, failures
-    assert all(check.fix == "give the agent account its privileges (see agent_account)"
-               for name, check in failures.items() if name != "agent_account"), failures
-    assert results["gtid_strict_mode"].status is Status.OK
-    assert "GRANT ALL PRIVILEGES ON *.* TO 'app'" in failures["agent_account"].fix
-
-    gate = load_config(config_path).gate.listen
-    host, port = gate.rsplit(":", 1)
-    with socket.socket() as squatter:
-        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        squatter.bind((host, int(port)))
-        squatter.listen()
-        failures = _failures(_results(config_path))
-    assert set(failures) == {"gate.listen"}
-    assert f"sport = :{port}" in failures["gate.listen"].fix
-
-    text = config_path.read_text()
-    dead = f"http://127.0.0.1:{_free_port('127.0.0.1')}"
-    config_path.write_text(text.replace(f'endpoints = ["{lab.dcs_endpoints[0]}"]', f'endpoints = ["{dead}"]'))
-    failures = _failures(_results(config_path))
-    config_path.write_text(text)
-    assert {"dcs_endpoints", "dcs_read", "replication_source"} == set(failures), failures
-
     # The command itself: one line per check, JSON on request, exit status by the worst result.
+    # db1's own configuration: nobody holds the lock and it is writable, a warning at most.
+    db1_config = write_agent_files(lab, db1, agent_address(1), _free_port(agent_address(1)),
+                                   _free_port(agent_address(1)), AgentTuning(ttl=3.0, margin=1.0))
     runner = CliRunner()
-    plain = runner.invoke(main, ["check", "--config", str(config_path)])
-    assert plain.exit_code in (0, 1), plain.output  # warnings: no lock holder, maybe the clock
+    plain = runner.invoke(main, ["check", "--config", str(db1_config)])
+    assert plain.exit_code == 1, plain.output  # warned: no lock holder yet (and maybe the clock)
     assert any(line.startswith("ok   gtid_strict_mode: ON") for line in plain.output.splitlines())
+    assert any(line.startswith("warn replication_source: no agent holds the lock yet; this node is writable")
+               for line in plain.output.splitlines()), plain.output
     as_json = runner.invoke(main, ["check", "--config", str(config_path), "--json"])
     rows = json.loads(as_json.output)
     assert {row["name"] for row in rows} >= {"gtid_strict_mode", "log_slave_updates", "dcs_read"}
-    assert as_json.exit_code == max({"ok": 0, "warn": 1, "fail": 2}[row["status"]] for row in rows)
-    with _broken(lab, "db2", ["SET GLOBAL gtid_strict_mode = OFF"], ["SET GLOBAL gtid_strict_mode = ON"]):
-        failing = runner.invoke(main, ["check", "--config", str(config_path)])
+    assert as_json.exit_code == max({"ok": 0, "warn": 1, "fail": 2}[row["status"]] for row in rows) == 2
+    with _broken(lab, "db1", ["SET GLOBAL gtid_strict_mode = OFF"], ["SET GLOBAL gtid_strict_mode = ON"]):
+        failing = runner.invoke(main, ["check", "--config", str(db1_config)])
     assert failing.exit_code == 2
     assert any(line.startswith("fail gtid_strict_mode: OFF") for line in failing.output.splitlines())

@@ -86,6 +86,10 @@ def test_replication_source() -> None:
     running = ReplicaStatus("Yes", "Yes", 0, "", 0, "", 0, "10.0.0.11", 3306, 1, "0-1-5", "Slave_Pos")
     replicating = ServerSettings(MARIADB, GOOD, running)
     assert check_source(replicating, "db2", holder, "repl").status is Status.OK
+    # Nobody holds the lock: a replica's agent must wait for its source's (it would promote).
+    premature = check_source(replicating, "db2", None, "repl")
+    assert premature.status is Status.FAIL
+    assert premature.fix.startswith("start the agent on 10.0.0.11 first")
 
 
 def _config(endpoints: list[str], tls_ca: str = "") -> dict[str, object]:
