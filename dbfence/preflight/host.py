@@ -5,9 +5,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import socket
 import stat
+import urllib.request
 from pathlib import Path
 
 from dbfence.config import AgentConfig, parse_host_port
@@ -67,7 +69,21 @@ def check_secret_files(config: AgentConfig) -> list[Check]:
     return checks
 
 
-def check_port_free(key: str, listen: str) -> Check:
+def _own_agent_answers(config: AgentConfig) -> bool:
+    """This node's agent is running and answers on http.listen (then its ports are in use by it)."""
+    if not config.http.listen:
+        return False
+    host, port = parse_host_port("http.listen", config.http.listen)
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=1.0) as response:
+            status = json.loads(response.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(status, dict) and status.get("node") == config.node.name
+
+
+def check_port_free(key: str, listen: str, config: AgentConfig | None = None) -> Check:
     """The agent binds these at start; something already there (an agent?) would stop it."""
     if not listen:
         return ok(key, "off")
@@ -79,6 +95,8 @@ def check_port_free(key: str, listen: str) -> Check:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
+                if config is not None and _own_agent_answers(config):
+                    return ok(key, f"{listen} is in use by this node's running agent")
                 return fail(key, f"{listen} is already in use (another agent, or another service?)",
                             f"ss -ltnp 'sport = :{port}' shows who; stop it, or change {key}")
             if exc.errno == errno.EADDRNOTAVAIL:

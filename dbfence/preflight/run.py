@@ -27,8 +27,8 @@ def run_checks(path: Path) -> list[Check]:
 
 def check_config(config: AgentConfig) -> list[Check]:
     checks = host_checks.check_credentials(config) + host_checks.check_secret_files(config)
-    checks.append(host_checks.check_port_free("gate.listen", config.gate.listen))
-    checks.append(host_checks.check_port_free("http.listen", config.http.listen))
+    checks.append(host_checks.check_port_free("gate.listen", config.gate.listen, config))
+    checks.append(host_checks.check_port_free("http.listen", config.http.listen, config))
     checks.append(host_checks.check_clock())
     checks.append(dcs_checks.check_published_address(config))
     checks += dcs_checks.check_tls(config)

@@ -180,3 +180,14 @@ def test_check_names_every_broken_requirement(lab_factory: Callable[..., LabClus
         failing = runner.invoke(main, ["check", "--config", str(db1_config)])
     assert failing.exit_code == 2
     assert any(line.startswith("fail gtid_strict_mode: OFF") for line in failing.output.splitlines())
+
+
+def test_check_on_a_node_whose_agent_runs(lab_factory: Callable[..., LabCluster]) -> None:
+    """Its ports are in use by its own agent (asked on http.listen): not a failure."""
+    lab = lab_factory(mysql_count=1, agents=True, agent_tuning=AgentTuning(lossless=False))
+    lab.wait_settled(timeout=60)
+    results = _results(Path(lab.agent("db1").config))
+    assert _failures(results) == {}, _failures(results)
+    assert "in use by this node's running agent" in results["gate.listen"].detail
+    assert "in use by this node's running agent" in results["http.listen"].detail
+    assert results["replication_source"].detail == "this node holds the lock (it is the primary)"
