@@ -1,7 +1,9 @@
 """``dbfence demo``: a newcomer's first look at a real failover, finishing on its own.
 
-Three real MariaDB servers, a three-member etcd cluster and three dbfence agents on loopback
-addresses; a small application writes through discovery (the etcd key) and the gates; the
+Three real MariaDB servers, a three-member etcd cluster (or, with ``--dcs consul``, the Consul
+stand-in, whose DNS the demo queries as ``dig`` would and prints before, during and after the
+crash) and three dbfence agents on loopback addresses; a small application writes through
+discovery (the etcd key, or Consul DNS) and the gates; the
 primary's mysqld is killed; the demo shows, as it happens, the old primary fencing and releasing,
 a replica winning the race and promoting, the other replica following it, discovery moving, and
 then the old node coming back and rejoining as a replica. It ends by counting acknowledged
@@ -17,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
 
 from dbfence.discovery import NoPrimary, primary_address
 from dbfence.lab.agents import AgentTuning
@@ -47,10 +54,40 @@ def print_cluster(lab: LabCluster) -> None:
         click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def consul_dns_answer(dns_address: str, cluster: str, timeout: float = 0.5) -> list[str]:
+    """``primary.<cluster>.service.consul`` A and SRV, as ``dig +noall +answer`` prints them."""
+    host, port = dns_address.rsplit(":", 1)
+    name = f"primary.{cluster}.service.consul"
+    lines: list[str] = []
+    for rdtype in (dns.rdatatype.A, dns.rdatatype.SRV):
+        try:
+            query = dns.message.make_query(name, rdtype)
+            answer = dns.query.udp(query, host, port=int(port), timeout=timeout)
+        except (dns.exception.DNSException, OSError) as exc:
+            lines.append(f";; {dns.rdatatype.to_text(rdtype)}: no answer ({type(exc).__name__})")
+            continue
+        if answer.rcode() != dns.rcode.NOERROR or not answer.answer:
+            lines.append(f";; {dns.rdatatype.to_text(rdtype)}: {dns.rcode.to_text(answer.rcode())}, "
+                         "no record")
+            continue
+        lines += [line for rrset in answer.answer for line in rrset.to_text().splitlines()]
+    return lines
+
+
+def _print_dns(dns_address: str, cluster: str, offset: float | None, answer: list[str]) -> None:
+    when = "       " if offset is None else f"  +{offset:5.2f}s"
+    host, port = dns_address.rsplit(":", 1)
+    click.echo(f"{when}  Consul DNS, as `dig @{host} -p {port} primary.{cluster}.service.consul A` "
+               "(and SRV) prints it:")
+    for line in answer:
+        click.echo(f"             {line}")
+
+
 def watch(lab: LabCluster, started: float, until: Any, timeout: float) -> None:
     """Print every role change and discovery change as it happens, until ``until()`` holds."""
     roles: dict[str, str] = {}
     discovered = ""
+    dns_seen: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for agent in lab.agents:
@@ -62,13 +99,20 @@ def watch(lab: LabCluster, started: float, until: Any, timeout: float) -> None:
                     click.echo(f"  +{time.monotonic() - started:5.2f}s  {agent.name}: "
                                f"{roles[agent.name]} -> {now_role}" + (f" ({why})" if why else ""))
                 roles[agent.name] = now_role
-        try:
-            address = primary_address(lab.cluster, etcd=lab.dcs_endpoints)[0]
-        except NoPrimary:
-            address = "nobody"
-        if address != discovered:
-            click.echo(f"  +{time.monotonic() - started:5.2f}s  discovery (etcd key): primary is {address}")
-            discovered = address
+        if lab.consul is not None:
+            answer = consul_dns_answer(lab.consul.dns_address, lab.cluster)
+            if answer != dns_seen:
+                _print_dns(lab.consul.dns_address, lab.cluster, time.monotonic() - started, answer)
+                dns_seen = answer
+        else:
+            try:
+                address = primary_address(lab.cluster, etcd=lab.dcs_endpoints)[0]
+            except NoPrimary:
+                address = "nobody"
+            if address != discovered:
+                click.echo(f"  +{time.monotonic() - started:5.2f}s  discovery (etcd key): "
+                           f"primary is {address}")
+                discovered = address
         if until():
             return
         time.sleep(0.05)
@@ -89,14 +133,19 @@ def verify(lab: LabCluster, writer: DiscoveryWriter, primary: str) -> tuple[int,
 @click.option("--keep", is_flag=True, help="Leave the cluster running and print how to use and stop it.")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Where to put the lab (default: a new temporary directory).")
-def demo_command(keep: bool, directory: Path | None) -> None:
+@click.option("--dcs", type=click.Choice(["etcd", "consul"]), default="etcd", show_default=True,
+              help="The lock service and discovery: etcd (the primary key), or the Consul stand-in "
+                   "(applications resolve primary.<cluster>.service.consul).")
+def demo_command(keep: bool, directory: Path | None, dcs: str) -> None:
     """A live failover on real servers, from start to teardown in about a minute."""
     root = directory or Path(tempfile.mkdtemp(prefix="dbfence-demo-"))
-    click.echo("[demo] 1/6 starting 3 MariaDB servers, a 3-member etcd cluster and 3 dbfence agents "
-               f"in {root}")
+    what = "a 3-member etcd cluster" if dcs == "etcd" else "the Consul stand-in (HTTP API and DNS)"
+    click.echo(f"[demo] 1/6 starting 3 MariaDB servers, {what} and 3 dbfence agents in {root}")
     started = time.monotonic()
     try:
-        lab = LabCluster.up(LabSpec(directory=root / "lab", mysql_count=3, etcd_members=3, agents=True,
+        lab = LabCluster.up(LabSpec(directory=root / "lab", mysql_count=3,
+                                    dcs="etcd" if dcs == "etcd" else "consul",
+                                    etcd_members=3 if dcs == "etcd" else 1, agents=True,
                                     agent_tuning=AgentTuning(ttl=3.0, margin=1.0, cooldown=0.0)))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
@@ -107,7 +156,11 @@ def demo_command(keep: bool, directory: Path | None) -> None:
                    "(lossless mode: semi-synchronous replication, AFTER_SYNC)")
         print_cluster(lab)
         writer.create_table(old)
-        click.echo("[demo] 2/6 an application writes rows through discovery (etcd key) and the gates")
+        how = "the etcd key" if dcs == "etcd" else "Consul DNS"
+        click.echo(f"[demo] 2/6 an application writes rows through discovery ({how}) and the gates")
+        if lab.consul is not None:
+            _print_dns(lab.consul.dns_address, lab.cluster, None,
+                       consul_dns_answer(lab.consul.dns_address, lab.cluster))
         writer.start()
         wait_until(lambda: len(writer.acknowledged) >= 20, timeout=30, what="the first writes")
         click.echo(f"[demo]      {len(writer.acknowledged)} writes acknowledged by {old}")
@@ -125,6 +178,9 @@ def demo_command(keep: bool, directory: Path | None) -> None:
         new = lab.primaries()[0]
         click.echo(f"[demo]      first write acknowledged by {new} {first - crashed:.2f}s after the crash")
         print_cluster(lab)
+        if lab.consul is not None:
+            _print_dns(lab.consul.dns_address, lab.cluster, None,
+                       consul_dns_answer(lab.consul.dns_address, lab.cluster))
 
         click.echo(f"[demo] 4/6 restarting {old}'s mysqld: it comes back fenced and must rejoin as a replica")
         lab.start_mysql(old)
@@ -146,9 +202,11 @@ def demo_command(keep: bool, directory: Path | None) -> None:
     finally:
         writer.finish()
         if keep:
+            where = f"--etcd {','.join(lab.dcs_endpoints)}" if lab.consul is None \
+                else f"--consul {lab.consul.http_address}"
             click.echo(f"[demo] 6/6 left running. Connect: mysql -h <primary gate> -P "
                        f"{lab.agents[0].gate_port} (see {lab.directory / 'lab.json'}); "
-                       f"inspect: dbfence locks --etcd {','.join(lab.dcs_endpoints)} --cluster {lab.cluster}")
+                       f"inspect: dbfence locks {where} --cluster {lab.cluster}")
             click.echo(f"[demo]      stop it with: dbfence lab down --dir {lab.directory} --purge")
         else:
             stopped = lab.down()

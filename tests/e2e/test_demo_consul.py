@@ -1,0 +1,33 @@
+"""`dbfence demo --dcs consul`: the live failover through the Consul stand-in, showing what an
+application resolves (A and SRV of primary.<cluster>.service.consul) before, during and after."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from dbfence.cli import main
+
+
+@pytest.mark.timeout(240)
+def test_demo_through_consul_shows_dns_moving() -> None:
+    result = CliRunner().invoke(main, ["demo", "--dcs", "consul"])
+    output = result.output
+    assert result.exit_code == 0, output
+    before, after_crash = output.split("3/6 kill -9 of ", 1)
+    old = re.search(r"the agents elected (db\d)", before)
+    new = re.search(r"first write acknowledged by (db\d)", after_crash)
+    assert old and new and old[1] != new[1], output
+    old_address, new_address = f"127.0.0.{10 + int(old[1][2:])}", f"127.0.0.{10 + int(new[1][2:])}"
+    assert f"primary.lab.service.consul. 0 IN A {old_address}" in before
+    assert re.search(r"primary\.lab\.service\.consul\. 0 IN SRV 1 1 \d+ \S+\.addr\.dc1\.consul\.", before)
+    during, after = after_crash.split("first write acknowledged by", 1)
+    # DNS never names both: the old primary's check fails when it fences, before it releases.
+    answers = during.split("Consul DNS, as")[1:]
+    assert any(f"IN A {new_address}" in answer for answer in answers), during
+    assert not any(f"IN A {old_address}" in answer and f"IN A {new_address}" in answer
+                   for answer in answers), during
+    assert f"primary.lab.service.consul. 0 IN A {new_address}" in after
+    assert "acknowledged but LOST: 0" in after
