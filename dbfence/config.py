@@ -60,9 +60,19 @@ class GateSection:
     workers: int = setting(0, "Gate worker processes sharing the port; 0 = one per two CPU cores "
                                        "(at least one).",
                            minimum=0, maximum=64)
-    max_connections: int = setting(2000, "Client connections the gate admits at once; beyond it "
-                                         "clients get a MySQL 'too many connections' error.",
-                                   minimum=1, maximum=100000)
+    max_connections: int = setting(0, "Upper bound on the gate's connections to mysqld (one per "
+                                      "admitted client); 0 = mysqld's @@max_connections minus "
+                                      "reserved_connections, re-read every probe round. The gate "
+                                      "never exceeds that figure, whatever this says. Beyond the "
+                                      "cap clients get MySQL error 1040 (too many connections) and "
+                                      "no connection to mysqld is opened for them.",
+                                   minimum=0, maximum=100000)
+    reserved_connections: int = setting(10, "mysqld connection slots the gate leaves free for the "
+                                            "agent, the replicas' IO threads, other agents' checks "
+                                            "and administrators.", minimum=0, maximum=10000)
+    login_timeout: float = setting(5.0, "Seconds a client has, from connecting, to finish its login "
+                                        "(or switch to TLS) before the gate drops it with its "
+                                        "connection to mysqld.", minimum=0.1, maximum=300)
     idle_timeout: float = setting(0.0, "Seconds of client silence before the gate closes a "
                                        "connection; 0 = never.", minimum=0)
     kernel_forwarding: str = setting("auto", "Once a client on this host has logged in, join its "

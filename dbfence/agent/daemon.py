@@ -206,7 +206,9 @@ class Agent:
             listen_host=gate_host, listen_port=gate_port,
             backend_host=config.mysql.host, backend_port=config.mysql.port,
             backend_socket=config.mysql.socket or None, workers=config.gate.workers,
-            max_connections=config.gate.max_connections,
+            max_connections=config.gate.max_connections or None,
+            reserved_connections=config.gate.reserved_connections,
+            login_timeout=config.gate.login_timeout,
             idle_timeout=config.gate.idle_timeout or None,
             kernel_forwarding=config.gate.kernel_forwarding,
         ))
@@ -275,6 +277,15 @@ class Agent:
     def check_app_accounts(self) -> None:
         for app_user in self.config.mysql.app_users:
             self.mysql.check_app_account(app_user)
+
+    def _follow_max_connections(self) -> None:
+        """The gate's backend cap follows mysqld's @@max_connections (read by the probes every
+        round: at start, after a reconnect, after SET GLOBAL)."""
+        mysqld_max = self.monitor.prober.max_connections
+        if self.gate.set_mysqld_max_connections(mysqld_max):
+            log.info(json.dumps({"event": "gate_cap", "node": self.identity.node,
+                                 "mysqld_max_connections": mysqld_max, "backend_cap": self.gate.backend_cap,
+                                 "reserved": self.config.gate.reserved_connections}))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -364,6 +375,7 @@ class Agent:
 
     def observe(self) -> Observation:
         now = time.monotonic()
+        self._follow_max_connections()
         view: DcsView = self.dcs.latest
         snapshot = view.snapshot
         facts = self.db.latest
@@ -501,6 +513,10 @@ class Agent:
                      "reason": getattr(gate_state, "reason", ""),
                      "open_connections": observation.gate.open_connections,
                      "kernel_forwarding": self.gate.kernel_forwarding,
+                     "backend_cap": self.gate.backend_cap,
+                     "mysqld_max_connections": self.gate.mysqld_max_connections,
+                     "refused_full": None if self._gate_stats is None else self._gate_stats.refused_full,
+                     "login_timeouts": None if self._gate_stats is None else self._gate_stats.login_timeouts,
                      # The oldest first, at most _CONNECTIONS_SHOWN: the status must stay small.
                      "connections": [] if self._gate_stats is None else [
                          vars(row) for row in sorted(self._gate_stats.connections, key=lambda r: -r.age)

@@ -8,6 +8,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 DEFAULT_GATE_PORT = 3307
+# mysqld's compiled-in max_connections: the gate's assumption until it has read the real one (it
+# cannot admit before then anyway: admitting needs the probes that read it to pass).
+MYSQLD_DEFAULT_MAX_CONNECTIONS = 151
+# Backend links the kernel's maps are sized for when max_connections is derived from mysqld's (a
+# link that does not fit there is forwarded by its worker).
+KERNEL_LINKS_DEFAULT = 4096
 
 
 class GateConfigError(ValueError):
@@ -22,6 +28,14 @@ class GateConfig:
     ``workers`` = 0 means one worker process per two CPU cores (at least one): the gate shares its host
     with mysqld, and on a 2-core host one worker needs about a quarter less CPU per query than two
     (benchmarks/README-gate.md, step 5). ``idle_timeout`` = None disables it.
+
+    The workers together hold at most :meth:`backend_cap` connections to mysqld: mysqld's own
+    ``max_connections`` less ``reserved_connections`` (kept for the agent, the replicas' IO
+    threads, peers' checks and administrators), and no more than ``max_connections`` when that is
+    set. A client beyond it gets ERR 1040 and no backend connection is opened for it. A client
+    that has not finished its login ``login_timeout`` seconds after it connected is dropped (a TLS
+    login counts as finished once it switches to TLS; mysqld's own ``connect_timeout`` bounds the
+    rest).
     """
 
     listen_host: str = "127.0.0.1"
@@ -30,7 +44,9 @@ class GateConfig:
     backend_port: int = 3306
     backend_socket: str | None = None
     workers: int = 0
-    max_connections: int = 2000
+    max_connections: int | None = None
+    reserved_connections: int = 10
+    login_timeout: float = 5.0
     idle_timeout: float | None = None
     connect_timeout: float = 5.0
     # How often each worker re-reads the fence without traffic (cuts idle connections after a
@@ -53,8 +69,12 @@ class GateConfig:
             raise GateConfigError(f"backend_port out of range: {self.backend_port}")
         if self.workers < 0:
             raise GateConfigError(f"workers must be >= 0 (0 = one per two cores): {self.workers}")
-        if self.max_connections < 1:
-            raise GateConfigError(f"max_connections must be >= 1: {self.max_connections}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise GateConfigError(f"max_connections must be >= 1 or None: {self.max_connections}")
+        if self.reserved_connections < 0:
+            raise GateConfigError(f"reserved_connections must be >= 0: {self.reserved_connections}")
+        if not self.login_timeout > 0:
+            raise GateConfigError(f"login_timeout must be positive: {self.login_timeout}")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
             raise GateConfigError(f"idle_timeout must be positive or None: {self.idle_timeout}")
         if self.connect_timeout <= 0 or self.tick <= 0 or self.drain_quiet < 0:
@@ -65,6 +85,21 @@ class GateConfig:
         # The CPUs this process may run on (cgroup/affinity aware), not every CPU of the host. Half
         # of them: mysqld needs the rest, and fewer, busier workers each serve more links per wake-up.
         return self.workers or max(1, len(os.sched_getaffinity(0)) // 2)
+
+    def backend_cap(self, mysqld_max_connections: int | None) -> int:
+        """Backend connections the workers may hold together, given mysqld's ``max_connections``
+        (None while unknown: its compiled-in default is assumed, unless ``max_connections`` is set)."""
+        if mysqld_max_connections is None:
+            if self.max_connections is not None:
+                return self.max_connections
+            mysqld_max_connections = MYSQLD_DEFAULT_MAX_CONNECTIONS
+        derived = max(0, mysqld_max_connections - self.reserved_connections)
+        return derived if self.max_connections is None else min(self.max_connections, derived)
+
+    @property
+    def kernel_links(self) -> int:
+        """How many joined links the kernel's maps are sized for."""
+        return self.max_connections or KERNEL_LINKS_DEFAULT
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -47,72 +47,20 @@ from dbfence.breaker.state import (
     GateStateMachine,
     IllegalTransition,
 )
-from dbfence.breaker.worker import CTL_BLOCK, CTL_DRAIN, CTL_QUIT, CTL_READY, CTL_STATS, listening_socket
+from dbfence.breaker.stats import ConnectionInfo, DrainResult, GateStats, WorkerStats
+from dbfence.breaker.worker import CTL_BLOCK, CTL_DRAIN, CTL_QUIT, CTL_READY, CTL_STATS
+from dbfence.breaker.worker_main import listening_socket
 
 _START_TIMEOUT = 15.0
 _STATS_TIMEOUT = 2.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-# Not ``-m dbfence.breaker.worker``: the package imports that module first, and runpy would then
+# Not ``-m dbfence.breaker.worker_main``: the package imports that module first, and runpy would then
 # run a second copy of it as __main__.
-_WORKER_ENTRY = "import sys; from dbfence.breaker.worker import main; sys.exit(main(sys.argv[1:]))"
+_WORKER_ENTRY = "import sys; from dbfence.breaker.worker_main import main; sys.exit(main(sys.argv[1:]))"
 
 
 class GateError(Exception):
     """The gate could not start or was used in the wrong order."""
-
-
-@dataclass(frozen=True)
-class ConnectionInfo:
-    worker: int
-    client: str
-    age: float
-    idle: float
-    bytes_in: int
-    bytes_out: int
-    queries: int
-    forwarding: str  # "kernel" (joined after the login), "worker", or "kernel+worker" (over budget)
-
-
-@dataclass(frozen=True)
-class WorkerStats:
-    index: int
-    pid: int
-    responding: bool
-    open_connections: int
-    accepted: int
-    refused: int
-    cut: int
-
-
-@dataclass(frozen=True)
-class GateStats:
-    state: str  # "admitting", "draining" or "blocking"
-    reason: str  # why blocked; empty while admitting
-    deadline_in: float | None  # seconds of lease left while admitting
-    epoch: int
-    open_connections: int
-    workers: tuple[WorkerStats, ...]
-    connections: tuple[ConnectionInfo, ...]
-    kernel_forwarding: str  # "on", or "off: why"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kernel_forwarding": self.kernel_forwarding,
-            "state": self.state,
-            "reason": self.reason,
-            "deadline_in": self.deadline_in,
-            "epoch": self.epoch,
-            "open_connections": self.open_connections,
-            "workers": [vars(worker) for worker in self.workers],
-            "connections": [vars(connection) for connection in self.connections],
-        }
-
-
-@dataclass(frozen=True)
-class DrainResult:
-    closed_gracefully: int
-    cut: int
-    seconds: float
 
 
 @dataclass
@@ -143,6 +91,7 @@ class Gate:
         self._kernel_fence: memoryview | None = None
         # Why links are not forwarded in the kernel ("" when they are), for the status.
         self.kernel_forwarding_off = "not started"
+        self.mysqld_max_connections: int | None = None  # as last read from mysqld
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Gate:
@@ -158,6 +107,7 @@ class Gate:
             self._start_kernel_forwarding()
             self._write_fence(fence_word(0.0, 0))
             shared.write_status(STATE_BLOCKING, 0, 0.0, 0.0, self._reason())
+            shared.write_backend_cap(self.backend_cap)
             worker_config = replace(self.config, listen_port=self.port)
             # One datagram socket pair per worker for hand-offs: worker i reads the second end,
             # every worker may write to the first one (SCM_RIGHTS, see Worker.route).
@@ -189,7 +139,7 @@ class Gate:
             reason = f"mysqld's address is not an IPv4 address: {config.backend_host}"
         else:
             try:
-                self._kernel = KernelForwarder.create(self.port, config.backend_port, config.max_connections)
+                self._kernel = KernelForwarder.create(self.port, config.backend_port, config.kernel_links)
             except KernelForwardingUnavailable as error:
                 reason = str(error)
             else:
@@ -293,6 +243,27 @@ class Gate:
 
     def worker_pids(self) -> list[int]:
         return [handle.process.pid for handle in self._workers]
+
+    # --- the backend cap ------------------------------------------------------------------------
+    @property
+    def backend_cap(self) -> int:
+        """Backend connections the workers may hold together (see GateConfig.backend_cap)."""
+        return self.config.backend_cap(self.mysqld_max_connections)
+
+    def set_mysqld_max_connections(self, value: int | None) -> bool:
+        """mysqld's ``@@max_connections`` as just read (None: unknown, the last value stands).
+        Returns True if it differs from the last value. Lowering the cap cuts nobody: new clients
+        are refused until enough links have ended."""
+        if value is None or value == self.mysqld_max_connections:
+            return False
+        self.mysqld_max_connections = value
+        if self._shared is not None:
+            self._shared.write_backend_cap(self.backend_cap)
+        return True
+
+    def backend_connections(self) -> int:
+        """Backend connections the workers hold now (slots taken), across every worker."""
+        return self._require_started().backend_slots_held()
 
     # --- the fence ----------------------------------------------------------------------------
     @property
@@ -407,6 +378,7 @@ class Gate:
         shared = self._require_started()
         workers: list[WorkerStats] = []
         connections: list[ConnectionInfo] = []
+        refused_full = login_timeouts = 0
         for handle, report in zip(self._workers, reports, strict=True):
             if report is None:
                 slot = shared.read_slot(handle.index)
@@ -414,6 +386,8 @@ class Gate:
                     WorkerStats(handle.index, handle.process.pid, False, slot.open_connections, 0, 0, 0)
                 )
                 continue
+            refused_full += int(report.get("refused_full", 0))
+            login_timeouts += int(report.get("login_timeouts", 0))
             workers.append(
                 WorkerStats(
                     handle.index,
@@ -452,6 +426,10 @@ class Gate:
             workers=tuple(workers),
             connections=tuple(connections),
             kernel_forwarding=self.kernel_forwarding,
+            backend_cap=self.backend_cap,
+            backend_connections=shared.backend_slots_held(),
+            refused_full=refused_full,
+            login_timeouts=login_timeouts,
         )
 
     def _ask_stats(self, handle: _WorkerHandle) -> dict[str, Any] | None:

@@ -11,11 +11,20 @@ Layout (native byte order, 16 KiB from ``memfd_create``):
   connection that a block happened since it was admitted.
 * a status record (state, full epoch, reason, drain end) behind a seqlock, read off the hot path
   (refusing a client, answering status).
+* the **backend cap** (written by the agent) and a process-shared POSIX semaphore that counts the
+  backend connections every worker holds. A worker takes a slot *before* it opens a backend
+  connection: it increments the count (``sem_post``, an atomic read-modify-write), then reads it
+  back; above the cap it gives the slot back and refuses the client. Increment-then-check can only
+  refuse too many, never admit too many: when the last admitted link read the count, every other
+  link still held had already incremented it, so the number held never exceeds the cap, whatever
+  the workers do at the same time. A plain per-worker counter could not promise this (a store
+  followed by loads of the other workers' counters may be reordered, even on x86).
 * one 64-byte slot per worker, each written only by its worker: open connection count, totals.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import struct
@@ -37,10 +46,20 @@ _STATUS_OFFSET: Final = 16
 _REASON_LEN_OFFSET: Final = 48
 _REASON_OFFSET: Final = 56
 REASON_MAX: Final = 400
+_CAP_OFFSET: Final = 456  # after the reason
+_SEM_OFFSET: Final = 464  # a glibc sem_t (32 bytes on 64-bit Linux, 8-byte aligned)
+_SEM_SIZE: Final = 32
 _SLOTS_OFFSET: Final = 512
 _SLOT = struct.Struct("=QQQQQ")  # pid, open, accepted, refused, cut
 SLOT_SIZE: Final = 64
 MAX_WORKERS: Final = (SIZE - _SLOTS_OFFSET) // SLOT_SIZE
+assert _REASON_OFFSET + REASON_MAX <= _CAP_OFFSET and _SEM_OFFSET + _SEM_SIZE <= _SLOTS_OFFSET
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.sem_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
+_LIBC.sem_post.argtypes = [ctypes.c_void_p]
+_LIBC.sem_trywait.argtypes = [ctypes.c_void_p]
+_LIBC.sem_getvalue.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
 
 
 def fence_word(deadline: float, epoch: int) -> int:
@@ -77,18 +96,56 @@ class SharedRecord:
         self._map = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.words = memoryview(self._map).cast("Q")
         self._view = memoryview(self._map)
+        self._sem_buffer: ctypes.Array[ctypes.c_char] | None = (ctypes.c_char * _SEM_SIZE).from_buffer(
+            self._map, _SEM_OFFSET)
+        self._sem = ctypes.addressof(self._sem_buffer)
+        self._value = ctypes.c_int(0)
 
     @classmethod
     def create(cls) -> SharedRecord:
         fd = os.memfd_create("dbfence-gate", os.MFD_CLOEXEC)
         os.ftruncate(fd, SIZE)
-        return cls(fd)
+        record = cls(fd)
+        if _LIBC.sem_init(record._sem, 1, 0) != 0:  # shared between processes, no slot held
+            error = ctypes.get_errno()
+            record.close()
+            raise OSError(error, "sem_init failed")
+        return record
 
     def close(self) -> None:
+        self._sem_buffer = None  # the ctypes view pins the map: let it go first
         self.words.release()
         self._view.release()
         self._map.close()
         os.close(self.fd)
+
+    # --- the backend cap ------------------------------------------------------------------------
+    def write_backend_cap(self, cap: int) -> None:
+        """The agent: how many backend connections the workers may hold together (0: none)."""
+        self.words[_CAP_OFFSET // 8] = max(0, cap)
+
+    def backend_cap(self) -> int:
+        return int(self.words[_CAP_OFFSET // 8])
+
+    def take_backend_slot(self) -> bool:
+        """A worker, before it opens a backend connection: True if a slot under the cap is now
+        held (give it back with :meth:`release_backend_slot`), False if the cap is reached."""
+        if _LIBC.sem_post(self._sem) != 0:  # the count is at SEM_VALUE_MAX: surely over the cap
+            return False
+        if self.backend_slots_held() <= self.backend_cap():
+            return True
+        self.release_backend_slot()
+        return False
+
+    def release_backend_slot(self) -> None:
+        # Never blocks: the caller holds a slot, so the count is at least one.
+        if _LIBC.sem_trywait(self._sem) != 0:
+            raise OSError(ctypes.get_errno(), "release of a backend slot nobody held")
+
+    def backend_slots_held(self) -> int:
+        """Backend connections held by every worker together (slots taken, not yet given back)."""
+        _LIBC.sem_getvalue(self._sem, ctypes.byref(self._value))
+        return self._value.value
 
     # --- agent side -------------------------------------------------------------------------
     def write_fence(self, word: int) -> None:

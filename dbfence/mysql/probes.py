@@ -338,6 +338,9 @@ class Prober:
         self._writer_thread_id: int | None = None
         self._flavour: FlavourSql | None = None
         self._datadir = target.datadir
+        # mysqld's @@max_connections as last read (each round, on the reserved connection), for
+        # the gate's backend cap; None until read once.
+        self.max_connections: int | None = None
         s = self.settings
         self._lanes = {
             "process": _Lane("process", (ProbeKind.PROCESS,), Reason.PROCESS_STOPPED, s.process_timeout_s),
@@ -530,6 +533,7 @@ class Prober:
             "FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'THREADS_CONNECTED'",
         )
         max_conn, connected = int(row["max_conn"]), int(row["connected"])
+        self.max_connections = max_conn
         free = max_conn - connected
         detail = f"{connected} of {max_conn} connections in use"
         elapsed = time.monotonic() - started

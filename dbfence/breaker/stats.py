@@ -1,0 +1,68 @@
+"""What the gate reports about itself: its state, its workers, its links (``Gate.stats``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    worker: int
+    client: str
+    age: float
+    idle: float
+    bytes_in: int
+    bytes_out: int
+    queries: int
+    forwarding: str  # "kernel" (joined after the login), "worker", or "kernel+worker" (over budget)
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    index: int
+    pid: int
+    responding: bool
+    open_connections: int
+    accepted: int
+    refused: int
+    cut: int
+
+
+@dataclass(frozen=True)
+class GateStats:
+    state: str  # "admitting", "draining" or "blocking"
+    reason: str  # why blocked; empty while admitting
+    deadline_in: float | None  # seconds of lease left while admitting
+    epoch: int
+    open_connections: int
+    workers: tuple[WorkerStats, ...]
+    connections: tuple[ConnectionInfo, ...]
+    kernel_forwarding: str  # "on", or "off: why"
+    backend_cap: int = 0  # backend connections the workers may hold together
+    backend_connections: int = 0  # held now
+    refused_full: int = 0  # clients refused at the cap (ERR 1040), since start
+    login_timeouts: int = 0  # clients dropped for not logging in in time, since start
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kernel_forwarding": self.kernel_forwarding,
+            "backend_cap": self.backend_cap,
+            "backend_connections": self.backend_connections,
+            "refused_full": self.refused_full,
+            "login_timeouts": self.login_timeouts,
+            "state": self.state,
+            "reason": self.reason,
+            "deadline_in": self.deadline_in,
+            "epoch": self.epoch,
+            "open_connections": self.open_connections,
+            "workers": [vars(worker) for worker in self.workers],
+            "connections": [vars(connection) for connection in self.connections],
+        }
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    closed_gracefully: int
+    cut: int
+    seconds: float
