@@ -106,6 +106,7 @@ kernel_forwarding = "{tuning.kernel_forwarding}"
 [mysql]
 host = "{node.host}"
 port = {node.port}
+extra_port = {node.extra_port}
 credentials_file = "{credentials}"
 pid_file = "{node.pid_file}"
 datadir = "{node.datadir}"

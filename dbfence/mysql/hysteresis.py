@@ -2,6 +2,11 @@
 
 Pure module. Time is not read here: callers feed verdicts in round order. See docs/detection.md
 for the defaults and the detection time they imply.
+
+A *saturated* verdict ("too many connections": mysqld answered, it only has no room for another
+client) counts as a sign of life, like a pass: it never trips a probe and it helps a tripped one
+recover (a server that answers with a protocol error is up). It is kept as the probe's last
+verdict, so :attr:`Health.saturated` and the status still say that clients are being refused.
 """
 
 from __future__ import annotations
@@ -56,13 +61,18 @@ class Health:
     def healthy(self) -> bool:
         return not self.tripped
 
+    @property
+    def saturated(self) -> tuple[ProbeTrack, ...]:
+        """Probes whose last verdict says mysqld is refusing clients for lack of slots."""
+        return tuple(t for t in self.tracks.values() if t.last is not None and t.last.saturated)
+
     def describe(self) -> str:
-        if self.healthy:
-            return "healthy"
-        return "; ".join(
+        parts = [
             f"{t.kind.value} tripped: {t.reason.value} ({t.trip_verdict.detail if t.trip_verdict else ''})"
             for t in self.tripped
-        )
+        ]
+        parts += [f"{t.kind.value} saturated ({t.last.detail})" for t in self.saturated if t.last is not None]
+        return "; ".join(parts) or "healthy"
 
     def feed(self, verdicts: Iterable[Verdict]) -> Health:
         """Return the state after one more round of verdicts."""
@@ -74,7 +84,7 @@ class Health:
 
 
 def _step(track: ProbeTrack, verdict: Verdict, config: HysteresisConfig) -> ProbeTrack:
-    if verdict.ok:
+    if verdict.ok or verdict.saturated:
         successes = track.successes_in_row + 1
         recovered = track.tripped and successes >= config.recover_after
         return replace(

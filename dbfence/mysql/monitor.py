@@ -68,7 +68,9 @@ class HealthMonitor:
         unconfirmed = frozenset(
             kind
             for kind in self.prober.expected_kinds()
-            if (track := self.health.tracks.get(kind)) is None or track.last is None or not track.last.ok
+            # a saturated verdict (too many connections) confirms a live server, like a pass
+            if (track := self.health.tracks.get(kind)) is None or track.last is None
+            or not (track.last.ok or track.last.saturated)
         )
         return HealthObservation(started, self.prober.role, verdicts, self.health, unconfirmed)
 

@@ -56,6 +56,13 @@ class Reason(enum.Enum):
     READ_ONLY_OFF = "read_only_off"  # replica that is writable
 
 
+# Failures that show mysqld alive and answering, only out of room for more clients (it accepted
+# the TCP connection and sent a protocol error, or reported every slot in use). They are reported
+# but never trip a probe: failing over for them moves the flood to the next primary and drops
+# every transaction in flight (docs/detection.md, "Too many connections is not a failure").
+SATURATION_REASONS = frozenset({Reason.TOO_MANY_CONNECTIONS})
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One probe result. ``elapsed_s`` is how long the probe took (or has been running)."""
@@ -76,6 +83,12 @@ class Verdict:
             raise ValueError("a failed verdict needs a failure reason")
         return cls(kind, False, reason, detail, elapsed_s)
 
+    @property
+    def saturated(self) -> bool:
+        """A failure that proves mysqld alive, only refusing clients: it never trips a probe."""
+        return not self.ok and self.reason in SATURATION_REASONS
+
     def __str__(self) -> str:
-        state = "ok" if self.ok else f"FAIL {self.reason.value}"
+        state = "ok" if self.ok else f"SATURATED {self.reason.value}" if self.saturated \
+            else f"FAIL {self.reason.value}"
         return f"{self.kind.value}: {state} ({self.detail}, {self.elapsed_s * 1000:.0f} ms)"

@@ -11,13 +11,30 @@ OK = Verdict.passed(ProbeKind.SELECT, "1", 0.001)
 FAIL = Verdict.failed(ProbeKind.SELECT, Reason.QUERY_TIMEOUT, "no answer in 0.3 s", 0.3)
 
 
+FULL = Verdict.failed(ProbeKind.SELECT, Reason.TOO_MANY_CONNECTIONS, "(1040) Too many connections", 0.01)
+
+
 def run(config: HysteresisConfig, seq: str) -> list[bool]:
+    """"." a pass, "x" a failure, "s" a saturated verdict (too many connections)."""
     health = Health(config)
     out = []
     for ch in seq:
-        health = health.feed([OK if ch == "." else FAIL])
+        health = health.feed([{".": OK, "s": FULL}.get(ch, FAIL)])
         out.append(health.healthy)
     return out
+
+
+def test_too_many_connections_never_trips_and_counts_as_a_sign_of_life() -> None:
+    cfg = HysteresisConfig(trip_after=2, recover_after=2)
+    assert FULL.saturated and not FAIL.saturated and not OK.saturated
+    assert run(cfg, "ssssssss") == [True] * 8
+    assert run(cfg, "xsxsxs") == [True] * 6  # a refusal with 1040 breaks a run of failures
+    assert run(cfg, "xxss") == [True, False, False, True]  # mysqld answers again: it recovers
+    health = Health(cfg).feed([FULL])
+    assert [t.kind for t in health.saturated] == [ProbeKind.SELECT]
+    assert health.healthy and "select saturated" in health.describe()
+    assert "SATURATED too_many_connections" in str(FULL)
+    assert not health.feed([OK]).saturated
 
 
 def test_trips_after_n_failures_in_a_row_only() -> None:

@@ -22,6 +22,7 @@ import pymysql
 import pytest
 
 from dbfence.lab.cluster import LabCluster, LabSpec
+from dbfence.mysql.connection import DbConnection
 from dbfence.mysql.hysteresis import Health
 from dbfence.mysql.monitor import HealthMonitor
 from dbfence.mysql.probes import ProbeSettings, Role, probe_disk
@@ -158,27 +159,72 @@ def test_one_slow_write_does_not_trip(lab: LabCluster) -> None:
             assert mon.observe().healthy, mon.health.describe()
 
 
-def test_exhausted_max_connections_trips_while_the_agent_still_sees(lab: LabCluster) -> None:
-    admin = sql(lab, "db1")
-    clients: list[pymysql.connections.Connection[pymysql.cursors.DictCursor]] = []
+@contextlib.contextmanager
+def _every_slot_taken(lab: LabCluster, name: str) -> Iterator[list[DbConnection]]:
+    """max_connections down to 12 and used up by the application, plus MariaDB's one extra slot
+    for SUPER taken by another agent-account session: the client port refuses everyone (1040)."""
+    admin = sql(lab, name)
+    clients: list[DbConnection] = []
+    run(admin, "SET GLOBAL max_connections = 12")
+    try:
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            for _ in range(40):
+                clients.append(sql(lab, name, account="app"))
+        assert refused.value.args[0] == 1040
+        with contextlib.suppress(pymysql.err.OperationalError):
+            for _ in range(3):
+                clients.append(sql(lab, name))
+        with pytest.raises(pymysql.err.OperationalError) as refused_too:
+            clients.append(sql(lab, name))
+        assert refused_too.value.args[0] == 1040
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+        run(admin, "SET GLOBAL max_connections = 200")
+        admin.close()
+
+
+def test_exhausted_max_connections_is_reported_but_never_trips(lab: LabCluster) -> None:
+    # Clients that use up mysqld's slots are not a failing mysqld (docs/detection.md): the
+    # probes say so (saturated) and the monitor stays healthy round after round.
     with monitor(lab, "db1", Role.PRIMARY) as mon:
         observe_until_healthy(mon, 5)
-        run(admin, "SET GLOBAL max_connections = 12")
-        try:
-            with pytest.raises(pymysql.err.OperationalError) as refused:
-                for _ in range(40):
-                    clients.append(sql(lab, "db1", account="app"))
-            assert refused.value.args[0] == 1040
-            obs, _ = observe_until_tripped(mon, 5)
-            assert tripped_kinds(obs.health).get(ProbeKind.CONNECTIONS) is Reason.TOO_MANY_CONNECTIONS
-            select = [v for v in obs.verdicts if v.kind is ProbeKind.SELECT]
-            assert select and select[0].ok  # the reserved connection still works
-        finally:
-            for client in clients:
-                client.close()
-            run(admin, "SET GLOBAL max_connections = 200")
-            admin.close()
+        with _every_slot_taken(lab, "db1"):
+            saturated: set[ProbeKind] = set()
+            for _ in range(3 * mon.health.config.trip_after):
+                mon.sleep_until_next_round()
+                obs = mon.observe()
+                assert obs.healthy, obs.describe()
+                saturated |= {t.kind for t in obs.health.saturated}
+                select = [v for v in obs.verdicts if v.kind is ProbeKind.SELECT]
+                assert all(v.ok for v in select)  # the reserved connection (extra_port) still works
+            assert {ProbeKind.CONNECT, ProbeKind.CONNECTIONS} <= saturated
+            assert "saturated" in mon.health.describe()
+            assert mon.prober.max_connections == 12
         observe_until_healthy(mon, 5)
+        assert not mon.health.saturated
+
+
+def test_a_saturated_mysqld_that_hangs_still_trips(lab: LabCluster) -> None:
+    # Saturation must not hide a real failure: SIGSTOP while every slot is taken is caught by the
+    # reserved connection's SELECT timing out, as it is without the flood.
+    mon = monitor(lab, "db1", Role.PRIMARY, settings=ProbeSettings())
+    mon.prober.target = replace(target(lab, "db1"), pid_file=None)
+    with mon, _every_slot_taken(lab, "db1"):
+        for _ in range(3):
+            mon.sleep_until_next_round()
+            assert mon.observe().healthy, mon.health.describe()
+        injected = time.monotonic()
+        lab.kill_mysql("db1", signal.SIGSTOP)
+        try:
+            obs, tripped_at = observe_until_tripped(mon, 5)
+        finally:
+            lab.kill_mysql("db1", signal.SIGCONT)
+        print(f"\nSIGSTOP of a saturated db1: tripped in {(tripped_at - injected) * 1000:.0f} ms: "
+              f"{obs.describe()}")
+        assert tripped_kinds(obs.health).keys() & {ProbeKind.SELECT, ProbeKind.WRITE}
+        assert tripped_at - injected <= DETECTION_BUDGET_S
 
 
 def test_conflicting_row_on_a_replica_trips_replication_with_the_error(lab: LabCluster) -> None:
