@@ -13,8 +13,9 @@ fresh one.
 It prints one line per round, then a table (fault, runs, acknowledged writes lost, overlapping
 writers, RTO median and max over the rounds where writes came back, rounds where they never did,
 unknown outcomes and how many landed, rounds that left errant transactions, failovers), and ends
-with one JSON line. The exit status is 1 when a row lost a write, had two writers, or never
-recovered.
+with one JSON line. The exit status is 1 when a row lost a write, had two writers, never
+recovered, or (for the faults that must keep the primary: too many connections, a connection
+flood through the gate) failed over or stalled the connected writers.
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ def describe(result: RoundResult) -> str:
     rto = "-" if result.rto is None else f"{result.rto:.2f}s"
     extra = f" errant={dict(v.errant)}" if v.errant else ""
     notes = f" ({'; '.join(result.notes)})" if result.notes else ""
+    problems = f" PROBLEMS: {'; '.join(result.problems)}" if result.problems else ""
+    gap = "-" if result.longest_gap_during_fault is None else f"{result.longest_gap_during_fault:.2f}s"
     return (f"{result.fault}: primary {result.old_primary} -> {v.final_primary}, rto {rto}, "
             f"acknowledged {v.acknowledged}, lost {len(v.lost)}, overlapping {v.overlapping}, "
-            f"unknown {v.unknown} (landed {len(v.unknown_landed)}){extra}{notes}")
+            f"unknown {v.unknown} (landed {len(v.unknown_landed)}), longest gap during the fault "
+            f"{gap}{extra}{notes}{problems}")
 
 
 def summarise(fault: Fault, results: list[RoundResult], tuning: AgentTuning) -> dict[str, Any]:
@@ -64,6 +68,11 @@ def summarise(fault: Fault, results: list[RoundResult], tuning: AgentTuning) -> 
         "unknown_landed": sum(len(r.verdict.unknown_landed) for r in results),
         "errant_rounds": sum(1 for r in results if r.verdict.errant),
         "failovers": sum(1 for r in results if r.failed_over),
+        # faults that must keep the primary: rounds whose own checks failed, and the longest stretch
+        # without an acknowledged write while the fault was held
+        "problem_rounds": sum(1 for r in results if r.problems),
+        "longest_gap_during_fault_s": max((r.longest_gap_during_fault for r in results
+                                           if r.longest_gap_during_fault is not None), default=None),
         "acknowledged": sum(r.verdict.acknowledged for r in results),
         "rto_goal_s": goal,
         # met only when every round recovered and the median is within the goal
@@ -120,7 +129,7 @@ def main() -> int:
     print(json.dumps({"dcs": args.dcs, "ttl": args.ttl, "margin": args.margin, "runs": args.runs,
                       "faults": rows}))
     return 0 if all(row["lost"] == 0 and row["overlapping"] == 0 and row["unrecovered"] == 0
-                    for row in rows) else 1
+                    and row["problem_rounds"] == 0 for row in rows) else 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
 from dbfence.lab.etcd_servers import EtcdMember
 from dbfence.lab.final_state import read_final_state, read_tenures
-from dbfence.lab.history import FaultEvent, History, Verdict, check
+from dbfence.lab.flood import BareFlood, ConnectionWatch
+from dbfence.lab.history import Attempt, FaultEvent, History, Outcome, Verdict, check
 from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.lab.workload import DiscoveryWriter
 from dbfence.locks.factory import DcsConfig, open_lock
@@ -49,6 +51,8 @@ class FaultContext:
     writer: DiscoveryWriter
     primary: str  # the primary when the fault was injected
     table: str
+    notes: list[str] = field(default_factory=list)  # figures the fault measured, for the report
+    problems: list[str] = field(default_factory=list)  # what the fault's own checks found wrong
 
     def others(self) -> list[str]:
         return [a.name for a in self.lab.agents if a.name != self.primary]
@@ -74,6 +78,9 @@ class Fault:
     quiet_after: Callable[[AgentTuning], float | None] = lambda tuning: None
     rto_goal: Callable[[AgentTuning], float | None] = lambda tuning: None
     netns: bool = False  # needs a lab in network namespaces (the partition faults)
+    # The primary must keep its role through the fault (no failover), and the writers already
+    # connected must keep getting acknowledgements while it lasts.
+    keeps_primary: bool = False
 
 
 # ---------------------------------------------------------------------------- the faults
@@ -139,11 +146,54 @@ def _use_up_connections(ctx: FaultContext) -> Heal:
             if exc.args and exc.args[0] == 1040:  # ER_CON_COUNT_ERROR
                 break
             raise
+    ctx.notes.append(f"{len(held)} application connections held straight to mysqld")
+    _expect_1040_through_the_gate(ctx, "mysqld's slots used up")
 
     def heal() -> None:
         for conn in held:
             with contextlib.suppress(Exception):
                 conn.close()
+    return heal
+
+
+def _expect_1040_through_the_gate(ctx: FaultContext, why: str) -> None:
+    """One more application client through the primary's gate must get ERR 1040."""
+    agent, app = ctx.lab.agent(ctx.primary), ctx.lab.accounts["app"]
+    try:
+        pymysql.connect(host=agent.address, port=agent.gate_port, user=app.user, password=app.password,
+                        connect_timeout=5, ssl_disabled=True).close()
+    except pymysql.MySQLError as exc:
+        if exc.args and exc.args[0] == 1040:
+            ctx.notes.append(f"a new client through the gate got 1040 ({why}): {exc.args[1]}")
+            return
+        ctx.problems.append(f"a new client through the gate got {exc!r}, not 1040 ({why})")
+        return
+    ctx.problems.append(f"a new client through the gate was admitted ({why})")
+
+
+def _flood_the_gate(ctx: FaultContext) -> Heal:
+    """5,000 bare TCP connections to the primary's gate, opened at once and kept open (the closed
+    ones replaced every second): the gate must keep mysqld under its own limit."""
+    agent, node = ctx.lab.agent(ctx.primary), ctx.lab.node(ctx.primary)
+    account = ctx.lab.accounts["agent"]
+    watch = ConnectionWatch(node.host, node.extra_port, account.user, account.password).start()
+    flood = BareFlood(agent.address, agent.gate_port, size=5000).start()
+    _expect_1040_through_the_gate(ctx, "the gate's backend cap reached")
+
+    def heal() -> None:
+        flood.stop()
+        watch.stop()
+        ctx.notes.append(flood.summary())
+        ctx.notes.append(f"mysqld: peak Threads_connected {watch.peak} of max_connections "
+                         f"{watch.max_connections} ({watch.samples} samples over extra_port)")
+        if watch.samples == 0:
+            ctx.problems.append("mysqld's connection count could not be read during the flood")
+        elif watch.peak >= watch.max_connections:
+            ctx.problems.append(f"mysqld ran out of connections: {watch.peak} of {watch.max_connections}")
+        if flood.greeted + sum(flood.refused.values()) == 0:
+            ctx.problems.append("the flood got no answer from the gate at all")
+        if flood.refused.get(1040, 0) == 0:
+            ctx.problems.append("no flooding client was refused with 1040")
     return heal
 
 
@@ -270,8 +320,12 @@ FAULTS: tuple[Fault, ...] = (
           rto_goal=lambda t: 1.5),
     Fault("write-stall", "FLUSH TABLES WITH READ LOCK held on the primary", _write_stall, True,
           lambda t: 30),
+    # Clients that use up mysqld's slots are not a failing mysqld (docs/detection.md): the
+    # primary keeps its role, new clients get 1040, the connected writers keep writing.
     Fault("too-many-connections", "max_connections used up on the primary", _use_up_connections, False,
-          lambda t: 2 * t.ttl),
+          lambda t: 2 * t.ttl, keeps_primary=True),
+    Fault("gate-connection-flood", "5,000 bare TCP connections to the primary's gate, kept open",
+          _flood_the_gate, False, lambda t: max(2 * t.ttl, 12.0), keeps_primary=True),
     Fault("agent-kill", "kill -9 of the primary's agent", _kill_agent, True, lambda t: 60,
           rto_goal=lambda t: t.ttl + 2),
     Fault("etcd-leader-kill", "kill -9 of the etcd leader", _kill_etcd_leader, False, lambda t: t.ttl,
@@ -392,6 +446,9 @@ class RoundResult:
     failed_over: bool
     settled: bool  # every node follows one primary again: the lab can take the next fault
     notes: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()  # what the fault's own checks found wrong (keeps_primary...)
+    # the longest stretch without an acknowledged write while the fault was held (s)
+    longest_gap_during_fault: float | None = None
 
     @property
     def rto(self) -> float | None:
@@ -481,7 +538,23 @@ def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2
     if verdict.errant:
         settled = False  # a node with errant transactions stays fenced: start the next fault afresh
     fault_lab.rounds += 1
-    return RoundResult(fault.name, verdict, primary, failed_over, settled, tuple(notes))
+    gap = longest_gap(writer.attempts, at, healed_at)
+    problems = list(ctx.problems)
+    if fault.keeps_primary:
+        if failed_over or final_primary != primary:
+            problems.append(f"the primary did not keep its role: {primary} -> {final_primary}")
+        # The writers' connections were open before the fault: they must not have stopped.
+        if gap > max(2.0, 0.5 * (healed_at - at)):
+            problems.append(f"the connected writers stalled for {gap:.2f}s during the fault")
+    return RoundResult(fault.name, verdict, primary, failed_over, settled, (*notes, *ctx.notes),
+                       tuple(problems), round(gap, 3))
+
+
+def longest_gap(attempts: Sequence[Attempt], start: float, end: float) -> float:
+    """The longest stretch of wall time in [start, end] without an acknowledged write."""
+    acks = sorted(a.end for a in attempts if a.outcome is Outcome.ACKNOWLEDGED and start <= a.end <= end)
+    edges = [start, *acks, end]
+    return max(later - earlier for earlier, later in itertools.pairwise(edges))
 
 
 # ---------------------------------------------------------------------------- the matrix

@@ -69,6 +69,9 @@ def test_the_fault_loses_nothing_and_never_has_two_writers(pool: LabPool, fault:
     assert result.verdict.acknowledged > 0
     found = safety_problems(result)
     assert not found, "\n".join([*found, *notes])
+    # The faults that must keep the primary (too many connections, a flood through the gate)
+    # check that, and what the clients saw, themselves.
+    assert not result.problems, "\n".join([*result.problems, *notes])
     # mysqld-stop and host-freeze used to stall here: the other replica took the thawed old
     # primary's unacknowledged commits, went errant, and left the lossless primary without a
     # semi-sync replica. Replicas now stop receiving from a source without the lock (DetachSource).
