@@ -196,3 +196,26 @@ def _refused(gate: Any, lab: LabCluster) -> pymysql.err.OperationalError:
     with pytest.raises(pymysql.err.OperationalError) as caught:
         connect_via(gate, lab).close()
     return caught.value
+
+
+def test_the_cap_follows_mysqlds_max_connections_at_run_time(
+    make_gate: GateFactory, gate_lab: LabCluster
+) -> None:
+    gate = make_gate(workers=2, reserved_connections=10)
+    assert gate.backend_cap == 141  # mysqld's compiled-in 151 until the agent has read the real one
+    gate.set_mysqld_max_connections(12)
+    gate.admit(time.monotonic() + 60)
+    first, second = connect_via(gate, gate_lab), connect_via(gate, gate_lab)
+    try:
+        assert gate.backend_cap == 2
+        assert _refused(gate, gate_lab).args[0] == ER_CON_COUNT_ERROR
+        gate.set_mysqld_max_connections(11)  # lowered below what is held: nobody is cut
+        assert gate.backend_cap == 1
+        assert scalar(first, "SELECT 1") == scalar(second, "SELECT 1") == 1
+        assert _refused(gate, gate_lab).args[0] == ER_CON_COUNT_ERROR
+        gate.set_mysqld_max_connections(200)
+        with connect_via(gate, gate_lab) as third:
+            assert scalar(third, "SELECT 1") == 1
+    finally:
+        first.close()
+        second.close()
