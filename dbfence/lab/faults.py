@@ -177,6 +177,14 @@ def _flood_the_gate(ctx: FaultContext) -> Heal:
     agent, node = ctx.lab.agent(ctx.primary), ctx.lab.node(ctx.primary)
     account = ctx.lab.accounts["agent"]
     watch = ConnectionWatch(node.host, node.extra_port, account.user, account.password).start()
+    gate = ctx.lab.agent_status(ctx.primary).get("gate", {})
+    with ctx.lab.connect(ctx.primary) as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@global.max_connections")
+        row = cur.fetchone()
+    mysqld_max = int(row[0]) if row else 0
+    if gate.get("mysqld_max_connections") != mysqld_max or gate.get("backend_cap", 0) >= mysqld_max:
+        ctx.problems.append(f"the gate's cap does not follow mysqld's max_connections {mysqld_max}: "
+                            f"{ {k: gate.get(k) for k in ('mysqld_max_connections', 'backend_cap')} }")
     flood = BareFlood(agent.address, agent.gate_port, size=5000).start()
     _expect_1040_through_the_gate(ctx, "the gate's backend cap reached")
 
