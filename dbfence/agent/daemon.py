@@ -218,6 +218,7 @@ class Agent:
         self.metrics.add_collector(ProbeCollector(lambda: self.monitor.health))
         self.metrics.set("info", "1; the labels name this agent's cluster and node (for joins).", 1,
                          {"cluster": config.cluster.name, "node": config.node.name, "version": __version__})
+        self._saturated = False  # mysqld refusing clients (too many connections), as last logged
 
         dcs = config.dcs
         self.lock = self._open_lock(config)
@@ -277,6 +278,18 @@ class Agent:
     def check_app_accounts(self) -> None:
         for app_user in self.config.mysql.app_users:
             self.mysql.check_app_account(app_user)
+
+    def _publish_saturation(self) -> None:
+        """mysqld refusing clients for lack of slots is not a failure (docs/detection.md), but
+        operators must see it: one log line per change (and dbfence_probe_saturated)."""
+        health = self.monitor.health
+        saturated = bool(health.saturated)
+        if saturated != self._saturated:
+            self._saturated = saturated
+            log.log(logging.WARNING if saturated else logging.INFO, json.dumps({
+                "event": "mysqld_saturated" if saturated else "mysqld_not_saturated",
+                "node": self.identity.node, "probes": health.describe(),
+                "gate_backend_cap": self.gate.backend_cap}))
 
     def _follow_max_connections(self) -> None:
         """The gate's backend cap follows mysqld's @@max_connections (read by the probes every
@@ -497,6 +510,7 @@ class Agent:
                          observation.gate.open_connections)
         self.metrics.set("db_healthy", "1 while the local database is healthy.",
                          1 if observation.db.health.healthy else 0)
+        self._publish_saturation()
         facts = self.db.latest
         details = {
             "cluster": self.identity.cluster,

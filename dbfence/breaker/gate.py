@@ -397,6 +397,8 @@ class Gate:
                     int(report["accepted"]),
                     int(report["refused"]),
                     int(report["cut"]),
+                    int(report.get("refused_full", 0)),
+                    int(report.get("login_timeouts", 0)),
                 )
             )
             for row in report["connections"]:

@@ -27,6 +27,8 @@ class WorkerStats:
     accepted: int
     refused: int
     cut: int
+    refused_full: int = 0  # of ``refused``: at the backend cap (ERR 1040)
+    login_timeouts: int = 0  # dropped for not logging in within login_timeout
 
 
 @dataclass(frozen=True)

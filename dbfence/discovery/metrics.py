@@ -147,7 +147,21 @@ class GateCollector(Collector):
             "cut": CounterMetricFamily(f"{PREFIX}gate_connections_cut",
                                        "Admitted connections a gate worker cut (fence, drain).",
                                        labels=["worker"]),
+            "refused_full": CounterMetricFamily(f"{PREFIX}gate_connections_refused_full",
+                                                "Of the refused: at the gate's backend cap (ERR 1040, "
+                                                "no connection to mysqld opened).", labels=["worker"]),
+            "login_timeouts": CounterMetricFamily(f"{PREFIX}gate_login_timeouts",
+                                                  "Clients dropped for not logging in within "
+                                                  "gate.login_timeout.", labels=["worker"]),
         }
+        cap = GaugeMetricFamily(f"{PREFIX}gate_backend_cap",
+                                "Connections to mysqld the gate's workers may hold together.")
+        cap.add_metric([], stats.backend_cap)
+        held = GaugeMetricFamily(f"{PREFIX}gate_backend_connections",
+                                 "Connections to mysqld the gate's workers hold now.")
+        held.add_metric([], stats.backend_connections)
+        yield cap
+        yield held
         open_now = GaugeMetricFamily(f"{PREFIX}gate_worker_open_connections",
                                      "Client connections open in a gate worker.", labels=["worker"])
         responding = GaugeMetricFamily(f"{PREFIX}gate_worker_up", "1 when the gate worker answered.",
@@ -160,6 +174,8 @@ class GateCollector(Collector):
                 families["accepted"].add_metric(label, worker.accepted)
                 families["refused"].add_metric(label, worker.refused)
                 families["cut"].add_metric(label, worker.cut)
+                families["refused_full"].add_metric(label, worker.refused_full)
+                families["login_timeouts"].add_metric(label, worker.login_timeouts)
         yield responding
         yield open_now
         yield from families.values()
@@ -185,10 +201,15 @@ class ProbeCollector(Collector):
                                      labels=["probe"])
         seconds = GaugeMetricFamily(f"{PREFIX}probe_seconds", "How long the probe's last round took.",
                                     labels=["probe"])
+        saturated = GaugeMetricFamily(f"{PREFIX}probe_saturated", "1 when the probe's last round found "
+                                                                  "mysqld refusing clients: too many "
+                                                                  "connections (never trips).",
+                                      labels=["probe"])
         for kind, track in sorted(tracks.items(), key=lambda item: item[0].value):
             label = [kind.value]
             passed.add_metric(label, 1 if track.last is not None and track.last.ok else 0)
             tripped.add_metric(label, 1 if track.tripped else 0)
             failures.add_metric(label, track.failures_in_row)
             seconds.add_metric(label, track.last.elapsed_s if track.last is not None else 0.0)
-        yield from (passed, tripped, failures, seconds)
+            saturated.add_metric(label, 1 if track.last is not None and track.last.saturated else 0)
+        yield from (passed, tripped, failures, seconds, saturated)
