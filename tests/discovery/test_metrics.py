@@ -91,6 +91,28 @@ def test_probe_results() -> None:
     assert found[("dbfence_probe_tripped", (("probe", "select"),))] == 1
     assert found[("dbfence_probe_failures_in_row", (("probe", "select"),))] == 2
     assert found[("dbfence_probe_seconds", (("probe", "select"),))] == 0.3
+    assert found[("dbfence_probe_saturated", (("probe", "select"),))] == 0
+
+
+def test_saturation_and_the_gate_cap_are_exported() -> None:
+    full = Verdict.failed(ProbeKind.CONNECTIONS, Reason.TOO_MANY_CONNECTIONS, "200 of 200 in use", 0.01)
+    health = Health(HysteresisConfig(trip_after=1)).feed([full])
+    metrics = Metrics()
+    metrics.add_collector(ProbeCollector(lambda: health))
+    with EchoBackend() as backend, Gate(GateConfig(listen_port=0, workers=2, backend_port=backend.port,
+                                                   max_connections=1, kernel_forwarding="off")) as gate:
+        metrics.add_collector(GateCollector(gate))
+        gate.admit(time.monotonic() + 60)
+        with socket.create_connection(("127.0.0.1", gate.port), timeout=5) as held:
+            held.sendall(b"ping")
+            assert held.recv(4) == b"ping"
+            _refused_once(gate.port)  # over the cap of one
+            found = samples(metrics)
+            assert found[("dbfence_probe_saturated", (("probe", "connections"),))] == 1
+            assert found[("dbfence_probe_tripped", (("probe", "connections"),))] == 0
+            assert found[("dbfence_gate_backend_cap", ())] == 1
+            assert found[("dbfence_gate_backend_connections", ())] == 1
+            assert total(found, "dbfence_gate_connections_refused_full_total") == 1
 
 
 def test_value_reads_back_each_kind() -> None:
