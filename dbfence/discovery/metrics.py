@@ -143,7 +143,7 @@ class GateCollector(Collector):
                                             labels=["worker"]),
             "refused": CounterMetricFamily(f"{PREFIX}gate_connections_refused",
                                            "Client connections a gate worker refused (gate blocked, "
-                                           "or max_connections reached).", labels=["worker"]),
+                                           "or the backend cap reached).", labels=["worker"]),
             "cut": CounterMetricFamily(f"{PREFIX}gate_connections_cut",
                                        "Admitted connections a gate worker cut (fence, drain).",
                                        labels=["worker"]),
