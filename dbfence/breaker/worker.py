@@ -132,8 +132,10 @@ class Worker:
         link.login_timer = None
         if link.closed:
             return
-        self.login_timeouts += 1
-        self._cut([link])
+        self.login_timeouts += 1  # counted apart from the cuts (those are fencing and drains)
+        cut_links([link])
+        self.links.discard(link)
+        self._publish_open()
 
     def _refuse(self, link: ClientSide, code: int, message: str) -> None:
         self.refused += 1

@@ -67,7 +67,8 @@ def test_block_cuts_a_thousand_links_at_once(forwarding: str) -> None:
     kernel = forwarding == "kernel"
     if kernel and (missing := probe()) is not None:
         pytest.skip(f"this host cannot forward in the kernel: {missing}")
-    config = GateConfig(listen_port=0, workers=2, max_connections=5000,
+    # login_timeout: the worker-path links never log in, and opening them all may take a while.
+    config = GateConfig(listen_port=0, workers=2, max_connections=5000, login_timeout=120,
                         kernel_forwarding="on" if kernel else "off")
     with EchoBackend(login_ok=kernel) as backend, Gate(replace(config, backend_port=backend.port)) as gate:
         gate.admit(time.monotonic() + 120)
