@@ -6,10 +6,18 @@ so a renew made of two requests still ends within ``call_timeout``.
 
 Session: ``TTL = settings.ttl`` (Consul accepts 10..86400 s), ``Behavior=delete``
 (when the session is invalidated, the lock key and our member record are deleted,
-so a dead agent's record vanishes), explicit ``LockDelay = settings.lock_delay``.
-Consul may take up to 2 x TTL to invalidate a session and then refuses the keys
-for the lock-delay; our own deadline uses 1 x TTL, so the holder stops first.
-A voluntary ``?release`` applies no lock-delay.
+so a dead agent's record vanishes), bound to NO health check, and a lock-delay of at
+least ``TTL - margin`` (see :func:`effective_lock_delay`).
+
+Why both: a session bound to the node's ``serfHealth`` check (Consul's default when
+no check list is sent) dies the moment that check goes critical - a gossip hiccup,
+``consul leave``, a restarted client agent - seconds after our last renewal, while our
+gate keeps admitting until ``last renewal + TTL - margin``. Without checks only the TTL
+(never before 1 x TTL), an explicit destroy and the node's deregistration can end the
+session; the last two can still come early, so the lock-delay makes Consul refuse
+every ``?acquire`` of the keys the session held until our gate deadline has passed,
+whatever ended it. A voluntary ``?release`` applies no lock-delay, so a clean
+hand-over is not slowed down. docs/locks.md walks through every invalidation path.
 
 Fencing token: the ``ModifyIndex`` of the acquiring write. Consul's ``LockIndex``
 (also exposed) restarts at 1 when the key is deleted and recreated - which
@@ -21,6 +29,8 @@ for the whole term.
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
 import warnings
@@ -70,6 +80,24 @@ from dbfence.locks.model import (
 
 T = TypeVar("T")
 _MIN_ATTEMPT = 0.05
+# structs.MaxLockDelay: Consul silently caps a session's lock-delay at 60 s.
+MAX_LOCK_DELAY = 60.0
+
+
+def effective_lock_delay(settings: LockSettings) -> float:
+    """The lock-delay sent to Consul: at least ``ttl - margin``, so that no rival acquires the keys of
+    an invalidated session before the holder's gate deadline (last renewal send time + ttl - margin).
+
+    ``settings.lock_delay`` only raises it. Raises ``ValueError`` when it would exceed Consul's 60 s cap.
+    """
+    delay = max(float(settings.lock_delay), settings.ttl - settings.margin)
+    if delay > MAX_LOCK_DELAY:
+        raise ValueError(
+            f"Consul caps lock-delay at {MAX_LOCK_DELAY:g} s, but ttl - margin = "
+            f"{settings.ttl - settings.margin:g} s (lock_delay {settings.lock_delay}) needs "
+            f"{delay:g} s to keep a rival out until the holder's gate closes: lower ttl or raise margin"
+        )
+    return delay
 _BUDGET = threading.local()
 
 
@@ -159,6 +187,7 @@ class ConsulLeaseLock(LeaseLock):
     def __init__(self, options: ConsulOptions, cluster: str, node: str, settings: LockSettings) -> None:
         if not 10 <= settings.ttl <= 86400:
             raise ValueError(f"Consul session TTL must be 10..86400 seconds, got {settings.ttl}")
+        self.lock_delay = effective_lock_delay(settings)
         self.keys = ClusterKeys(cluster)
         self.keys.member(node)  # validates the node name
         self.node = node
@@ -282,22 +311,40 @@ class ConsulLeaseLock(LeaseLock):
             except SessionExpired:
                 pass  # it expired behind our back: open a new one below
         sent_at = time.monotonic()
-        session = self._call(
-            "session create",
-            sent_at + self.settings.call_timeout,
-            lambda: self._consul.session.create(
-                name=f"dbfence-{self.keys.cluster}-{self.node}",
-                behavior="delete",
-                ttl=self.settings.ttl,
-                lock_delay=self.settings.lock_delay,
-            ),
-        )
+        session = self._call("session create", sent_at + self.settings.call_timeout, self._create_session)
         if not isinstance(session, str) or not session:
             raise DcsUnreachable(f"session create: unexpected answer {session!r:.80}", self.endpoint)
         with self._state:
             self._session = session
             self._token = None
         return make_grant(session, self.settings.ttl, sent_at, self.settings.margin, None)
+
+    def _session_body(self) -> dict[str, Any]:
+        # python-consul2's session.create can send ``checks`` but not NodeChecks/ServiceChecks, and
+        # formats the lock-delay in whole seconds: send the body ourselves. An empty ``Checks`` stops
+        # Consul binding the session to serfHealth (every version); the empty NodeChecks and
+        # ServiceChecks say the same to Consul >= 1.7, which reads those fields first.
+        return {
+            "Name": f"dbfence-{self.keys.cluster}-{self.node}",
+            "Behavior": "delete",
+            "TTL": f"{self.settings.ttl}s",
+            "LockDelay": f"{math.ceil(self.lock_delay * 1000)}ms",
+            "Checks": [],
+            "NodeChecks": [],
+            "ServiceChecks": [],
+        }
+
+    def _create_session(self) -> Any:
+        params = [("dc", self.options.datacenter)] if self.options.datacenter else []
+        token = self._consul.token
+        headers = {"X-Consul-Token": token} if token else {}
+        return self._consul.http.put(
+            consul.base.CB.json(is_id=True),
+            path="/v1/session/create",
+            params=params,
+            headers=headers,
+            data=json.dumps(self._session_body()),
+        )
 
     def renew(self) -> LeaseGrant:
         session = self._require_session()
@@ -548,4 +595,11 @@ def consul_lock(
     )
 
 
-__all__ = ["ConsulLeaseLock", "ConsulOptions", "LockError", "consul_lock"]
+__all__ = [
+    "MAX_LOCK_DELAY",
+    "ConsulLeaseLock",
+    "ConsulOptions",
+    "LockError",
+    "consul_lock",
+    "effective_lock_delay",
+]

@@ -371,7 +371,10 @@ class ConsulDNS:
         except DNSFormatError:
             return error_response(packet, RCODE_FORMERR)
         try:
-            answer = self.resolve(question, transport_limit=udp)
+            # Consul trims to udp_answer_limit only for plain 512-byte UDP clients; with EDNS it
+            # answers as many records as the advertised size holds.
+            small_udp = udp and (question.edns_payload or UDP_DEFAULT_SIZE) <= UDP_DEFAULT_SIZE
+            answer = self.resolve(question, transport_limit=small_udp)
         except Exception as error:  # never let one bad packet kill the server
             sys.stderr.write(f"consul-standin dns: {question.name}: {error!r}\n")
             answer = Answer(RCODE_SERVFAIL)

@@ -17,6 +17,7 @@ from dbfence.lab.consul_standin.state import (
     CHECK_STATUSES,
     CRITICAL,
     PASSING,
+    SERF_CHECK_ID,
     WARNING,
     Check,
     CheckDefinition,
@@ -195,13 +196,30 @@ class ConsulAPI:
         add(r"/v1/catalog/nodes", GET=("filter", self.catalog_nodes))
         add(r"/v1/status/leader", GET=("none", self.status_leader))
         add(r"/v1/status/peers", GET=("none", self.status_peers))
+        add(r"/v1/catalog/register", PUT=("write", self.catalog_register))
+        add(r"/v1/catalog/deregister", PUT=("write", self.catalog_deregister))
+        # Not Consul: the stand-in's own fault switches (see docs/consul-standin.md).
+        add(r"/v1/standin/control", PUT=("none", self.standin_control))
 
     def _add(self, pattern: str, **methods: tuple[str, RouteHandler]) -> None:
         self._routes.append((re.compile(pattern + r"\Z"), methods))
 
     # ------------------------------------------------------------------ dispatch
 
+    def _injected_fault(self, request: Request) -> Reply | None:
+        """The answers a real cluster gives while it has no leader or is shedding load."""
+        if request.path == "/v1/standin/control":
+            return None
+        if self.state.no_leader and not request.path.startswith("/v1/status/"):
+            return _text(500, "No cluster leader")
+        if self.state.rate_limited:
+            return _text(429, "rate limit exceeded, try again later or against a different server")
+        return None
+
     def handle(self, request: Request) -> Reply:
+        fault = self._injected_fault(request)
+        if fault is not None:
+            return fault
         try:
             for pattern, methods in self._routes:
                 match = pattern.match(request.path)
@@ -367,7 +385,7 @@ class ConsulAPI:
 
     def render_check(self, check: Check) -> dict[str, JSONValue]:
         return {
-            "Node": self.config.node,
+            "Node": check.node or self.config.node,
             "CheckID": check.id,
             "Name": check.name,
             "Status": check.status,
@@ -505,10 +523,20 @@ class ConsulAPI:
         lock_delay = 15.0
         if _present(body, "LockDelay"):
             lock_delay = self._lock_delay(_pick(body, "LockDelay"))
-        node_checks: tuple[str, ...] = ("serfHealth",)
-        if _present(body, "Checks"):  # an explicit Checks list (even empty) replaces the default serfHealth
-            node_checks = _strings(body, "Checks")
-        node_checks = node_checks + _strings(body, "NodeChecks")
+        # Consul >= 1.7 (agent/session_endpoint.go): both Checks and NodeChecks default to serfHealth, the
+        # body overrides either, then an empty Checks empties NodeChecks, a Checks of just serfHealth
+        # defers to NodeChecks, and an empty NodeChecks drops Checks. No field at all: bound to serfHealth.
+        checks: tuple[str, ...] = (SERF_CHECK_ID,)
+        node_checks: tuple[str, ...] = (SERF_CHECK_ID,)
+        if _present(body, "Checks"):
+            checks = _strings(body, "Checks")
+        if _present(body, "NodeChecks"):
+            node_checks = _strings(body, "NodeChecks")
+        if not checks:
+            node_checks = ()
+        elif checks == (SERF_CHECK_ID,) or not node_checks:
+            checks = ()
+        node_checks = checks + node_checks
         service_checks_raw = _pick(body, "ServiceChecks") or []
         if not isinstance(service_checks_raw, list):
             raise StandinError(400, "Request decode failed: ServiceChecks must be a list")
@@ -670,6 +698,12 @@ class ConsulAPI:
 
     def agent_check_ttl(self, request: Request, match: re.Match[str]) -> Reply:
         status = {"pass": PASSING, "warn": WARNING, "fail": CRITICAL}[match.group("verb")]
+        if match.group("id") == SERF_CHECK_ID:
+            # Not Consul (it answers 404: serfHealth belongs to the servers, not the agent): the stand-in's
+            # way to fail its own node as a gossip failure, `consul leave` or an agent restart would.
+            note = request.get("note", "") or f"Agent {status} (stand-in control)"
+            self.state.set_serf_health(status, note)
+            return Reply(200, b"", "text/plain")
         self.state.update_check(match.group("id"), status, request.get("note", "") or "")
         return Reply(200, b"", "text/plain")
 
@@ -769,11 +803,71 @@ class ConsulAPI:
         return _json([self.config.datacenter])
 
     def catalog_nodes(self, request: Request, match: re.Match[str]) -> Reply:
-        node = self.render_node()
-        node["TaggedAddresses"] = self._tagged_addresses()
-        return _json([node], headers=self._meta(self.state.node_index))
+        rendered = []
+        for node in self.state.nodes():
+            row = self.render_node()
+            if node.name != self.config.node:
+                row.update(ID="", Node=node.name, Address=node.address, CreateIndex=node.create_index,
+                           ModifyIndex=node.modify_index)
+                row["TaggedAddresses"] = {"lan": node.address, "wan": node.address}
+            rendered.append(row)
+        return _json(rendered, headers=self._meta(self.state.node_index))
+
+    def catalog_register(self, request: Request, match: re.Match[str]) -> Reply:
+        """Nodes and node-level checks only (no services): enough to fail a node's serfHealth."""
+        body = _decode_object(request.body)
+        node = _string(body, "Node")
+        if not node:
+            raise StandinError(400, "Must provide node")
+        if _pick(body, "Service"):
+            raise StandinError(400, "the Consul stand-in registers services through /v1/agent/service only")
+        raw_checks: list[Any] = []
+        if _pick(body, "Check"):
+            raw_checks.append(_pick(body, "Check"))
+        raw_checks.extend(_pick(body, "Checks") or [])
+        checks = []
+        for raw in raw_checks:
+            if not isinstance(raw, dict):
+                raise StandinError(400, "Request decode failed: a check must be a JSON object")
+            if _string(raw, "ServiceID"):
+                raise StandinError(400, "the Consul stand-in registers node-level catalog checks only")
+            check_id = _string(raw, "CheckID") or _string(raw, "Name")
+            if not check_id:
+                raise StandinError(400, "Must provide check ID or name")
+            status = _string(raw, "Status") or CRITICAL  # Consul's default for a catalog check
+            if status not in CHECK_STATUSES:
+                raise StandinError(400, f'Invalid check status: "{status}"')
+            checks.append((check_id, _string(raw, "Name"), status, _string(raw, "Output")))
+        address = _string(body, "Address")
+        if node not in {n.name for n in self.state.nodes()} and not address:
+            raise StandinError(400, "Must provide address")
+        self.state.catalog_register(node, address, checks)
+        return _json(True)
+
+    def catalog_deregister(self, request: Request, match: re.Match[str]) -> Reply:
+        body = _decode_object(request.body)
+        node = _string(body, "Node")
+        if not node:
+            raise StandinError(400, "Must provide node")
+        if _string(body, "ServiceID"):
+            raise StandinError(400, "the Consul stand-in deregisters services through /v1/agent/service only")
+        self.state.catalog_deregister(node, _string(body, "CheckID"))
+        return _json(True)
+
+    def standin_control(self, request: Request, match: re.Match[str]) -> Reply:
+        """Stand-in only: {"NoLeader": bool, "RateLimited": bool, "ReapTombstones": true}."""
+        body = _decode_object(request.body)
+        if _present(body, "NoLeader"):
+            self.state.no_leader = bool(_pick(body, "NoLeader"))
+        if _present(body, "RateLimited"):
+            self.state.rate_limited = bool(_pick(body, "RateLimited"))
+        reaped = self.state.reap_tombstones() if _pick(body, "ReapTombstones") else 0
+        return _json({"NoLeader": self.state.no_leader, "RateLimited": self.state.rate_limited,
+                      "ReapedTombstones": reaped})
 
     def status_leader(self, request: Request, match: re.Match[str]) -> Reply:
+        if self.state.no_leader:
+            return _json("")
         return _json(f"{self.config.node_address}:8300")
 
     def status_peers(self, request: Request, match: re.Match[str]) -> Reply:

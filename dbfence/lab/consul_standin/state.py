@@ -28,6 +28,8 @@ CRITICAL = "critical"
 CHECK_STATUSES = (PASSING, WARNING, CRITICAL)
 BEHAVIOR_RELEASE = "release"
 BEHAVIOR_DELETE = "delete"
+# structs.MaxLockDelay: Consul caps every session's lock-delay at 60 s when it applies it.
+MAX_LOCK_DELAY = 60.0
 
 T = TypeVar("T")
 
@@ -76,6 +78,8 @@ class StandinConfig:
     default_query_wait: float = 300.0
     max_query_wait: float = 600.0
     kv_max_value_size: int = 512 * 1024
+    # Consul's tombstone_ttl (15 min): deleted keys' tombstones keep a prefix's index up until reaped.
+    tombstone_ttl: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,17 @@ class Check:
     ttl: float | None
     ttl_text: str
     deregister_critical_after: float | None
+    create_index: int
+    modify_index: int
+    node: str = ""  # "" = the stand-in's own node
+
+
+@dataclass(frozen=True)
+class CatalogNode:
+    """A node in the catalog: the stand-in's own, or one registered with /v1/catalog/register."""
+
+    name: str
+    address: str
     create_index: int
     modify_index: int
 
@@ -233,10 +248,14 @@ class StandinState:
         self.cond = threading.Condition(self._lock)
         self._stopping = False
         self._index = 0
+        # Fault switches (PUT /v1/standin/control): answer 500 "No cluster leader" / 429 to every request.
+        self.no_leader = False
+        self.rate_limited = False
         self._blocked_queries = 0
         # KV
         self._kv: dict[str, KVEntry] = {}
         self._tombstones: dict[str, int] = {}
+        self._tombstone_born: dict[str, float] = {}
         self._kv_table_index = 0
         self._lock_delay_until: dict[str, float] = {}
         # sessions
@@ -251,21 +270,14 @@ class StandinState:
         self._service_index: dict[str, int] = {}
         self._catalog_index = 0
         self._node_index = self._next_index()
-        self._serf_check = Check(
-            id=SERF_CHECK_ID,
-            name="Serf Health Status",
-            status=PASSING,
-            notes="",
-            output="Agent alive and reachable",
-            service_id="",
-            service_name="",
-            service_tags=(),
-            ttl=None,
-            ttl_text="",
-            deregister_critical_after=None,
-            create_index=self._node_index,
-            modify_index=self._node_index,
-        )
+        # Every node of the catalog, and the checks the catalog (not this agent) owns on them: each
+        # node's serfHealth, set by the leader from gossip, plus checks registered via the catalog API.
+        self._nodes: dict[str, CatalogNode] = {
+            config.node: CatalogNode(config.node, config.node_address, self._node_index, self._node_index)
+        }
+        self._catalog_checks: dict[str, dict[str, Check]] = {
+            config.node: {SERF_CHECK_ID: self._new_serf_check(config.node, self._node_index)}
+        }
         consul_index = self._next_index()
         # The catalog of a real server lists its own "consul" service; agent/services does not.
         self._consul_service = Service(
@@ -283,6 +295,29 @@ class StandinState:
         )
         self._service_index["consul"] = consul_index
         self._catalog_index = consul_index
+
+    @staticmethod
+    def _new_serf_check(node: str, index: int) -> Check:
+        return Check(
+            id=SERF_CHECK_ID,
+            name="Serf Health Status",
+            status=PASSING,
+            notes="",
+            output="Agent alive and reachable",
+            service_id="",
+            service_name="",
+            service_tags=(),
+            ttl=None,
+            ttl_text="",
+            deregister_critical_after=None,
+            create_index=index,
+            modify_index=index,
+            node=node,
+        )
+
+    @property
+    def _serf_check(self) -> Check:
+        return self._catalog_checks[self.config.node][SERF_CHECK_ID]
 
     # ------------------------------------------------------------------ plumbing
 
@@ -346,12 +381,33 @@ class StandinState:
     def _kv_write(self, entry: KVEntry, index: int) -> None:
         self._kv[entry.key] = entry
         self._tombstones.pop(entry.key, None)
+        self._tombstone_born.pop(entry.key, None)
         self._kv_table_index = max(self._kv_table_index, index)
 
     def _kv_remove(self, key: str, index: int) -> None:
         if self._kv.pop(key, None) is not None:
             self._tombstones[key] = index
+            self._tombstone_born[key] = self.clock()
             self._kv_table_index = max(self._kv_table_index, index)
+
+    def reap_tombstones(self, older_than: float = 0.0) -> int:
+        """Forget tombstones at least ``older_than`` seconds old (Consul's tombstone GC); returns how many.
+
+        A prefix whose newest change was a delete then reports the lower index of what is left: the
+        index goes backwards, as it does on Consul, and blocking clients must cope.
+        """
+        with self.cond:
+            return self._reap_tombstones_locked(older_than)
+
+    def _reap_tombstones_locked(self, older_than: float) -> int:
+        now = self.clock()
+        doomed = [k for k, born in self._tombstone_born.items() if now - born >= older_than]
+        for key in doomed:
+            self._tombstones.pop(key, None)
+            self._tombstone_born.pop(key, None)
+        if doomed:
+            self._changed()
+        return len(doomed)
 
     def _kv_set(self, proposed: KVEntry, existing: KVEntry | None) -> None:
         """Store unless unchanged (Consul skips no-op writes, keeping ModifyIndex)."""
@@ -509,10 +565,10 @@ class StandinState:
                         f"[{self.config.session_ttl_min:g}s={self.config.session_ttl_max:g}s]",
                     )
             node = request.node or self.config.node
-            if node != self.config.node:
-                raise StandinError(500, f"Missing node registration: node {node!r} is unknown")
+            if node not in self._nodes:
+                raise StandinError(500, "Missing node registration")
             for check_id in (*request.node_checks, *request.service_checks):
-                check = self._check_by_id(check_id)
+                check = self._check_by_id(node, check_id)
                 if check is None:
                     raise StandinError(500, f"Missing check '{check_id}' registration")
                 if check.status == CRITICAL:
@@ -575,11 +631,12 @@ class StandinState:
         index = self._next_index()
         self._sessions_index = index
         now = self.clock()
+        delay = min(session.lock_delay, MAX_LOCK_DELAY)
         for key, entry in list(self._kv.items()):
             if entry.session != session_id:
                 continue
-            if session.lock_delay > 0:
-                self._lock_delay_until[key] = now + session.lock_delay
+            if delay > 0:
+                self._lock_delay_until[key] = now + delay
             if session.behavior == BEHAVIOR_DELETE:
                 self._kv_remove(key, index)
             else:
@@ -588,10 +645,95 @@ class StandinState:
 
     # ------------------------------------------------------------------ agent services and checks
 
-    def _check_by_id(self, check_id: str) -> Check | None:
-        if check_id == SERF_CHECK_ID:
-            return self._serf_check
+    def _check_by_id(self, node: str, check_id: str) -> Check | None:
+        catalog_check = self._catalog_checks.get(node, {}).get(check_id)
+        if catalog_check is not None or node != self.config.node:
+            return catalog_check
         return self._checks.get(check_id)
+
+    # ------------------------------------------------------------------ catalog nodes and their checks
+
+    def catalog_register(
+        self, node: str, address: str, checks: Iterable[tuple[str, str, str, str]]
+    ) -> None:
+        """PUT /v1/catalog/register of a node and node-level checks ``(id, name, status, output)``.
+
+        A check going critical invalidates the sessions bound to it, as Consul's state store does;
+        this is also how a test fails a node's serfHealth the way the leader would on a gossip failure.
+        """
+        with self.cond:
+            self._catalog_register_locked(node, address, checks)
+
+    def _catalog_register_locked(
+        self, node: str, address: str, checks: Iterable[tuple[str, str, str, str]]
+    ) -> None:
+        index = self._next_index()
+        previous = self._nodes.get(node)
+        if previous is None:
+            self._nodes[node] = CatalogNode(node, address, index, index)
+            self._catalog_checks[node] = {}
+        elif address and address != previous.address:
+            self._nodes[node] = dataclasses.replace(previous, address=address, modify_index=index)
+        for check_id, name, status, output in checks:
+            self._set_catalog_check(node, check_id, name, status, output, index)
+        self._touch_all_services(index)
+        self._changed()
+
+    def _set_catalog_check(
+        self, node: str, check_id: str, name: str, status: str, output: str, index: int
+    ) -> None:
+        owned = self._catalog_checks[node]
+        previous = owned.get(check_id)
+        if previous is None:
+            previous = dataclasses.replace(
+                self._new_serf_check(node, index), id=check_id, name=name or check_id, output=""
+            )
+        owned[check_id] = dataclasses.replace(
+            previous, name=name or previous.name, status=status, output=output, modify_index=index
+        )
+        if status == CRITICAL:
+            self._invalidate_sessions_using(node, check_id)
+
+    def set_serf_health(self, status: str, output: str, node: str | None = None) -> None:
+        """Set a node's serfHealth, as Consul's leader does when gossip marks the node failed or alive."""
+        node = node or self.config.node
+        with self.cond:
+            if node not in self._nodes:
+                raise StandinError(404, f"Unknown node {node!r}")
+            check = self._catalog_checks[node].get(SERF_CHECK_ID)
+            if check is not None and check.status == status:
+                return
+            self._catalog_register_locked(node, "", [(SERF_CHECK_ID, "Serf Health Status", status, output)])
+
+    def catalog_deregister(self, node: str, check_id: str = "") -> None:
+        """PUT /v1/catalog/deregister: a node (and every session on it), or one of its checks.
+
+        Deregistering the stand-in's own node ends its sessions; its agent re-registers it, its
+        services and checks at once (Consul's anti-entropy does so within its next sync).
+        """
+        with self.cond:
+            if node not in self._nodes:
+                return  # Consul: deregistering an unknown node is a no-op
+            index = self._next_index()
+            if check_id:
+                self._catalog_checks[node].pop(check_id, None)
+                self._invalidate_sessions_using(node, check_id)
+            else:
+                for session_id, session in list(self._sessions.items()):
+                    if session.node == node:
+                        self._invalidate_session(session_id)
+                if node == self.config.node:
+                    self._nodes[node] = dataclasses.replace(self._nodes[node], modify_index=index)
+                    self._catalog_checks[node] = {SERF_CHECK_ID: self._new_serf_check(node, index)}
+                else:
+                    del self._nodes[node]
+                    del self._catalog_checks[node]
+            self._touch_all_services(index)
+            self._changed()
+
+    def nodes(self) -> list[CatalogNode]:
+        with self.cond:
+            return sorted(self._nodes.values(), key=lambda n: n.name)
 
     def _touch_service(self, name: str, index: int) -> None:
         self._service_index[name] = index
@@ -676,7 +818,7 @@ class StandinState:
         self._check_deadline[definition.check_id] = now + definition.ttl
         if status == CRITICAL:
             self._critical_since.setdefault(definition.check_id, now)
-            self._invalidate_sessions_using(definition.check_id)
+            self._invalidate_sessions_using(self.config.node, definition.check_id)
         else:
             self._critical_since.pop(definition.check_id, None)
 
@@ -714,7 +856,7 @@ class StandinState:
         self._checks.pop(check_id, None)
         self._check_deadline.pop(check_id, None)
         self._critical_since.pop(check_id, None)
-        self._invalidate_sessions_using(check_id)
+        self._invalidate_sessions_using(self.config.node, check_id)
 
     def deregister_check(self, check_id: str) -> None:
         with self.cond:
@@ -773,13 +915,13 @@ class StandinState:
             self._touch_all_services(index)
         if status == CRITICAL:
             self._critical_since[check.id] = now
-            self._invalidate_sessions_using(check.id)
+            self._invalidate_sessions_using(self.config.node, check.id)
         else:
             self._critical_since.pop(check.id, None)
 
-    def _invalidate_sessions_using(self, check_id: str) -> None:
+    def _invalidate_sessions_using(self, node: str, check_id: str) -> None:
         for session_id, session in list(self._sessions.items()):
-            if check_id in session.check_ids:
+            if session.node == node and check_id in session.check_ids:
                 self._invalidate_session(session_id)
 
     def agent_services(self) -> list[Service]:
@@ -799,8 +941,12 @@ class StandinState:
         instances = []
         for service in sorted(services, key=lambda s: s.id):
             own = sorted((c for c in self._checks.values() if c.service_id == service.id), key=lambda c: c.id)
-            node_level = sorted((c for c in self._checks.values() if not c.service_id), key=lambda c: c.id)
-            instances.append(ServiceInstance(service, (self._serf_check, *node_level, *own)))
+            node_level = sorted(
+                [*(c for c in self._checks.values() if not c.service_id),
+                 *self._catalog_checks[self.config.node].values()],
+                key=lambda c: c.id,
+            )
+            instances.append(ServiceInstance(service, (*node_level, *own)))
         return instances
 
     def service_view(
@@ -811,7 +957,9 @@ class StandinState:
         rows = [
             i
             for i in self._instances(service_name)
-            if all(t in i.service.tags for t in tags) and (not passing_only or i.aggregate_status == PASSING)
+            # Consul matches tag filters case-insensitively (strings.EqualFold).
+            if all(t.lower() in (own.lower() for own in i.service.tags) for t in tags)
+            and (not passing_only or i.aggregate_status == PASSING)
         ]
         return max(index, 1), rows
 
@@ -825,7 +973,8 @@ class StandinState:
     def checks_view(
         self, service_name: str | None = None, state: str | None = None
     ) -> tuple[int, list[Check]]:
-        checks = [self._serf_check, *self._checks.values()]
+        catalog_owned = (c for owned in self._catalog_checks.values() for c in owned.values())
+        checks = [*catalog_owned, *self._checks.values()]
         if service_name is not None:
             checks = [c for c in checks if c.service_name == service_name]
             index = self._service_index.get(service_name, self._catalog_index)
@@ -888,6 +1037,7 @@ class StandinState:
         for key, until in list(self._lock_delay_until.items()):
             if until <= now:
                 del self._lock_delay_until[key]
+        self._reap_tombstones_locked(self.config.tombstone_ttl)
         deadlines = [
             *self._session_deadline.values(),
             *self._check_deadline.values(),
