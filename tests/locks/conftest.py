@@ -189,6 +189,14 @@ class Dcs:
         """Write a value behind dbfence's back (to plant garbage)."""
         put_raw(self.config, key, value)
 
+    def takeover_delay(self) -> float:
+        """How long the DCS refuses the keys of an invalidated lease after it ends (Consul's lock-delay)."""
+        if self.kind == "etcd":
+            return 0.0
+        from dbfence.locks.consul import effective_lock_delay  # noqa: PLC0415
+
+        return effective_lock_delay(self.settings)
+
     def expiry_timeout(self) -> float:
         """How long a lease may take to vanish on the server after its last renewal."""
         if self.kind == "etcd":
@@ -213,6 +221,18 @@ def dcs(request: pytest.FixtureRequest) -> Iterator[Dcs]:
         server: ConsulServer = request.getfixturevalue(request.param.replace("-", "_"))
         config = DcsConfig(kind="consul", endpoints=(server.address,))
         under_test = Dcs(request.param, config, CONSUL_SETTINGS)
+    try:
+        yield under_test
+    finally:
+        under_test.cleanup()
+
+
+@pytest.fixture(params=["consul-standin", "consul-real"])
+def consul_dcs(request: pytest.FixtureRequest) -> Iterator[Dcs]:
+    """Consul only (the Consul contract): the stand-in, and a real ``consul agent -dev`` when on PATH."""
+    server: ConsulServer = request.getfixturevalue(request.param.replace("-", "_"))
+    config = DcsConfig(kind="consul", endpoints=(server.address,))
+    under_test = Dcs(request.param, config, CONSUL_SETTINGS)
     try:
         yield under_test
     finally:
