@@ -133,7 +133,7 @@ def test_warning_instances_follow_dns_only_passing(standin_factory: Callable[...
         assert ask(standin, "replica.lab.service.consul").rcode() == expected
 
 
-def test_udp_answers_are_limited_to_three_records_tcp_is_not(standin: ConsulStandin) -> None:
+def test_udp_answers_without_edns_are_limited_to_three_records(standin: ConsulStandin) -> None:
     client = client_for(standin)
     for n in range(5):
         client.agent.service.register(
@@ -142,6 +142,13 @@ def test_udp_answers_are_limited_to_three_records_tcp_is_not(standin: ConsulStan
         client.agent.check.ttl_pass(f"service:m{n}")
     assert len(answers(ask(standin, "many.service.consul"), "A")) == 3
     assert len(answers(ask(standin, "many.service.consul", tcp=True), "A")) == 5
+    # Like Consul, the limit is for plain 512-byte UDP only: an EDNS client gets what fits its size.
+    edns = dns.message.make_query("many.service.consul", "A", use_edns=0, payload=4096)
+    reply = dns.query.udp(edns, "127.0.0.1", port=standin.dns_port, timeout=2)
+    assert len(answers(reply, "A")) == 5
+    small = dns.message.make_query("many.service.consul", "A", use_edns=0, payload=512)
+    reply = dns.query.udp(small, "127.0.0.1", port=standin.dns_port, timeout=2)
+    assert len(answers(reply, "A")) == 3
 
 
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed")
