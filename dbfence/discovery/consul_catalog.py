@@ -3,11 +3,19 @@
 Each agent registers service ``<cluster>`` (id ``<cluster>-<node>``) on its local Consul agent
 with tag ``primary`` or ``replica`` and a TTL check it keeps passing. Consul DNS answers
 ``primary.<cluster>.service.consul`` with the instances tagged ``primary`` whose checks pass, so
-failing the check is how a fencing node leaves DNS at once, before it releases the lock.
+failing the check is how a fencing node leaves DNS, before it releases the lock. It leaves
+DNS within moments, not at once: the agent syncs the check to the servers in the background and
+DNS may answer from any server (stale reads allowed), see docs/operations.md.
+
+A check can vanish behind our back (the Consul agent restarted without our registration, an
+operator deregistered the service). python-consul2 then answers ``False`` instead of raising, so
+every check update is verified and a vanished check is registered again with the current role.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +23,7 @@ import consul
 import requests
 
 Role = Literal["primary", "replica"]
+log = logging.getLogger(__name__)
 
 
 class DiscoveryUnavailable(RuntimeError):
@@ -52,6 +61,7 @@ class ConsulCatalog:
         self.identity = identity
         self._check_ttl = check_ttl
         self.role: Role | None = None
+        self.reregistrations = 0  # how often a vanished check was registered again
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -74,11 +84,25 @@ class ConsulCatalog:
         self.role = role
 
     def pass_check(self, note: str = "") -> None:
-        self._call("check pass", self._client.agent.check.ttl_pass, self.identity.check_id, notes=note)
+        self._update_check("pass", self._client.agent.check.ttl_pass, note)
 
     def fail_check(self, note: str) -> None:
-        """Take this node out of DNS now: called before the lock is released."""
-        self._call("check fail", self._client.agent.check.ttl_fail, self.identity.check_id, notes=note)
+        """Take this node out of DNS: called before the lock is released."""
+        self._update_check("fail", self._client.agent.check.ttl_fail, note)
+
+    def _update_check(self, verb: str, update: Callable[..., Any], note: str) -> None:
+        check_id = self.identity.check_id
+        if self._call(f"check {verb}", update, check_id, notes=note) is True:
+            return
+        # A 404: the agent no longer knows the check. Register again (it starts critical) and retry once.
+        if self.role is None:
+            raise DiscoveryUnavailable(f"Consul has no check {check_id}, and no role is known to restore")
+        log.warning("Consul forgot check %s (agent restarted? service deregistered?): registering %s again",
+                    check_id, self.identity.service_id)
+        self.register(self.role)
+        self.reregistrations += 1
+        if self._call(f"check {verb}", update, check_id, notes=note) is not True:
+            raise DiscoveryUnavailable(f"Consul check {check_id} vanished again right after registering it")
 
     def deregister(self) -> None:
         self._call("service deregister", self._client.agent.service.deregister, self.identity.service_id)

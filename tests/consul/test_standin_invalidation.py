@@ -4,6 +4,7 @@ deregistration, the lock-delay cap, tombstone reaping, and the fault answers a r
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import consul
@@ -12,7 +13,7 @@ from consul.base import CB
 
 from dbfence.lab.consul_standin import ConsulStandin, StandinConfig
 from dbfence.lab.consul_standin.state import SessionRequest, StandinState
-from tests.consul.standin_helpers import client_for, create_session, kv_session
+from tests.consul.standin_helpers import client_for, create_session, kv_session, wait_until
 
 
 def session_checks(client: Any, **body: Any) -> list[str]:
@@ -35,6 +36,8 @@ def test_session_checks_default_to_serf_health_exactly_as_consul_1_7_decodes_the
     assert session_checks(client, NodeChecks=["app"]) == ["app"]
     # A non-default Checks list is kept next to the default NodeChecks: serfHealth stays bound.
     assert session_checks(client, Checks=["app"]) == ["app", "serfHealth"]
+    # ...and a Checks list next to an empty NodeChecks is dropped: Consul binds nothing at all.
+    assert session_checks(client, Checks=["app"], NodeChecks=[]) == []
     # python-consul2's checks=[] sends a lowercase key; Go decodes JSON names case-insensitively.
     session_id = client.session.create(checks=[])
     assert client.session.info(session_id)[1]["NodeChecks"] is None
@@ -167,3 +170,27 @@ def test_tag_filters_are_case_insensitive(standin: ConsulStandin) -> None:
         assert [row["Service"]["ID"] for row in client.health.service("db", tag=tag)[1]] == ["db-1"]
         assert [row["ServiceID"] for row in client.catalog.service("db", tag=tag)[1]] == ["db-1"]
     assert client.health.service("db", tag="replica")[1] == []
+
+
+def test_a_check_change_reaches_the_catalog_and_the_sessions_only_when_synced(
+    standin_factory: Any,
+) -> None:
+    standin = standin_factory(catalog_sync_delay=0.5)
+    client = client_for(standin)
+    client.agent.service.register("db", service_id="db-1", port=3307, check=consul.Check.ttl("30s"))
+    client.agent.check.ttl_pass("service:db-1")
+    wait_until(lambda: client.health.service("db", passing=True)[1], timeout=5, what="db-1 passing")
+    session_id = create_session(client, Checks=[], ServiceChecks=[{"ID": "service:db-1"}], LockDelay="0s")
+    assert client.kv.put("leader", "db1", acquire=session_id)
+    index, _ = client.health.service("db")
+    client.agent.check.ttl_fail("service:db-1")
+    failed_at = time.monotonic()
+    # The agent knows at once; the servers still answer the old status and keep the session.
+    assert client.agent.checks()["service:db-1"]["Status"] == "critical"
+    assert client.health.service("db", passing=True)[1] != []
+    assert client.session.info(session_id)[1] is not None
+    woke_index, _ = client.health.service("db", index=index, wait="5s")
+    synced_after = time.monotonic() - failed_at
+    assert int(woke_index) > int(index) and 0.4 <= synced_after < 2.0, synced_after
+    assert client.health.service("db", passing=True)[1] == []
+    assert client.session.info(session_id)[1] is None and client.kv.get("leader")[1] is not None

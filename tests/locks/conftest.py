@@ -27,6 +27,7 @@ from dbfence.lab.procs import ProcessRef, free_port, port_open, spawn, stop
 from dbfence.lab.wait import wait_until
 from dbfence.locks import DcsConfig, LeaseLock, LockSettings, open_lock
 from dbfence.locks.etcd import EtcdLeaseLock
+from tests.consul.real_consul import start_real_consul
 from tests.locks.locks_support import put_raw
 
 # Short TTLs keep the suite fast. etcd accepts 2 s and more with the lab's 500 ms
@@ -136,34 +137,15 @@ def consul_standin() -> Iterator[ConsulServer]:
 
 @pytest.fixture(scope="session")
 def consul_real() -> Iterator[ConsulServer]:
-    binary = shutil.which("consul")
-    if binary is None:
-        pytest.skip("no `consul` binary on PATH: the real-Consul run of the contract suite needs one")
     directory = _tmp_root()
-    http_port = free_port()
-    ports = (
-        f"ports {{ http = {http_port}, dns = {free_port()}, server = {free_port()}, "
-        f"serf_lan = {free_port()}, serf_wan = -1, grpc = -1 }}"
-    )
-    argv = [binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-            "-data-dir", str(directory / "data"), "-hcl", ports]
-    ref = spawn(argv, directory / "consul.log")
     try:
-        wait_until(lambda: port_open("127.0.0.1", http_port), timeout=30, what="consul agent -dev")
-        server = ConsulServer(f"127.0.0.1:{http_port}", ref)
-        # Wait for a raft leader: before it, KV writes fail.
-        wait_until(lambda: _consul_has_leader(server.address), timeout=30, what="a Consul leader")
-        yield server
+        real = start_real_consul(directory)
+        try:
+            yield ConsulServer(real.http_address, real.process)
+        finally:
+            real.stop()
     finally:
-        stop(ref, grace=10.0)
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _consul_has_leader(address: str) -> bool:
-    import urllib.request  # noqa: PLC0415
-
-    with urllib.request.urlopen(f"http://{address}/v1/status/leader", timeout=1.0) as response:
-        return len(response.read().strip()) > 2
 
 
 @dataclass

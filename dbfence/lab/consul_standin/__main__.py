@@ -82,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="DNS omits instances with warning checks too (Consul's dns_config.only_passing)",
     )
+    parser.add_argument(
+        "--catalog-sync-delay",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="a check's status change reaches health, DNS and sessions this late (default 0: at once)",
+    )
+    parser.add_argument(
+        "--tombstone-ttl",
+        type=_duration,
+        default=900.0,
+        metavar="DURATION",
+        help="deleted keys' tombstones are reaped this long after the delete (Consul: 15m, the default)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every HTTP request to stderr")
     return parser
 
@@ -103,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         session_ttl_min=args.session_ttl_min,
         session_ttl_multiplier=args.session_ttl_multiplier,
         dns_only_passing=args.dns_only_passing,
+        catalog_sync_delay=args.catalog_sync_delay,
+        tombstone_ttl=args.tombstone_ttl,
     )
     stop = threading.Event()
 

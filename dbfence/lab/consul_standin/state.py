@@ -78,6 +78,10 @@ class StandinConfig:
     default_query_wait: float = 300.0
     max_query_wait: float = 600.0
     kv_max_value_size: int = 512 * 1024
+    # Seconds before a check's status change made on the agent reaches the servers (catalog, health,
+    # DNS, sessions bound to it). Consul's agent triggers that sync at once, and it takes moments; 0 (the
+    # default) makes it instant, a test sets a delay to prove that its clients poll instead.
+    catalog_sync_delay: float = 0.0
     # Consul's tombstone_ttl (15 min): deleted keys' tombstones keep a prefix's index up until reaped.
     tombstone_ttl: float = 900.0
 
@@ -267,6 +271,8 @@ class StandinState:
         self._checks: dict[str, Check] = {}
         self._check_deadline: dict[str, float] = {}
         self._critical_since: dict[str, float] = {}
+        # Checks whose new status has not reached the catalog yet: (sync due, status the catalog still has).
+        self._unsynced: dict[str, tuple[float, str]] = {}
         self._service_index: dict[str, int] = {}
         self._catalog_index = 0
         self._node_index = self._next_index()
@@ -816,6 +822,7 @@ class StandinState:
             modify_index=index,
         )
         self._check_deadline[definition.check_id] = now + definition.ttl
+        self._unsynced.pop(definition.check_id, None)
         if status == CRITICAL:
             self._critical_since.setdefault(definition.check_id, now)
             self._invalidate_sessions_using(self.config.node, definition.check_id)
@@ -856,6 +863,7 @@ class StandinState:
         self._checks.pop(check_id, None)
         self._check_deadline.pop(check_id, None)
         self._critical_since.pop(check_id, None)
+        self._unsynced.pop(check_id, None)
         self._invalidate_sessions_using(self.config.node, check_id)
 
     def deregister_check(self, check_id: str) -> None:
@@ -907,17 +915,43 @@ class StandinState:
             # Consul syncs output-only changes lazily (check_update_interval); no index bump here either.
             self._checks[check.id] = dataclasses.replace(check, output=output)
             return
+        if self.config.catalog_sync_delay > 0:
+            # The agent knows at once; the servers learn it when the agent syncs.
+            self._checks[check.id] = dataclasses.replace(check, status=status, output=output)
+            self._unsynced.setdefault(check.id, (now + self.config.catalog_sync_delay, check.status))
+            return
+        self._checks[check.id] = dataclasses.replace(check, status=status, output=output)
+        self._sync_check_status(check.id, now)
+
+    def _sync_check_status(self, check_id: str, now: float) -> None:
+        """The servers take the agent's status of the check: indexes move, bound sessions may end."""
+        check = self._checks[check_id]
         index = self._next_index()
-        self._checks[check.id] = dataclasses.replace(check, status=status, output=output, modify_index=index)
+        self._checks[check_id] = dataclasses.replace(check, modify_index=index)
         if check.service_name:
             self._touch_service(check.service_name, index)
         else:
             self._touch_all_services(index)
-        if status == CRITICAL:
-            self._critical_since[check.id] = now
-            self._invalidate_sessions_using(self.config.node, check.id)
+        if check.status == CRITICAL:
+            self._critical_since[check_id] = now
+            self._invalidate_sessions_using(self.config.node, check_id)
         else:
-            self._critical_since.pop(check.id, None)
+            self._critical_since.pop(check_id, None)
+
+    def _as_synced(self, check: Check) -> Check:
+        """The check as the catalog (health, DNS) sees it: its last synced status."""
+        pending = self._unsynced.get(check.id)
+        return check if pending is None else dataclasses.replace(check, status=pending[1])
+
+    def _sync_due_checks(self, now: float) -> None:
+        for check_id, (due, synced_status) in list(self._unsynced.items()):
+            if due > now:
+                continue
+            del self._unsynced[check_id]
+            check = self._checks.get(check_id)
+            if check is not None and check.status != synced_status:
+                self._sync_check_status(check_id, now)
+                self._changed()
 
     def _invalidate_sessions_using(self, node: str, check_id: str) -> None:
         for session_id, session in list(self._sessions.items()):
@@ -939,10 +973,11 @@ class StandinState:
         if service_name == "consul":
             services.append(self._consul_service)
         instances = []
+        synced = [self._as_synced(c) for c in self._checks.values()]
         for service in sorted(services, key=lambda s: s.id):
-            own = sorted((c for c in self._checks.values() if c.service_id == service.id), key=lambda c: c.id)
+            own = sorted((c for c in synced if c.service_id == service.id), key=lambda c: c.id)
             node_level = sorted(
-                [*(c for c in self._checks.values() if not c.service_id),
+                [*(c for c in synced if not c.service_id),
                  *self._catalog_checks[self.config.node].values()],
                 key=lambda c: c.id,
             )
@@ -974,7 +1009,7 @@ class StandinState:
         self, service_name: str | None = None, state: str | None = None
     ) -> tuple[int, list[Check]]:
         catalog_owned = (c for owned in self._catalog_checks.values() for c in owned.values())
-        checks = [*catalog_owned, *self._checks.values()]
+        checks = [*catalog_owned, *(self._as_synced(c) for c in self._checks.values())]
         if service_name is not None:
             checks = [c for c in checks if c.service_name == service_name]
             index = self._service_index.get(service_name, self._catalog_index)
@@ -1038,7 +1073,9 @@ class StandinState:
             if until <= now:
                 del self._lock_delay_until[key]
         self._reap_tombstones_locked(self.config.tombstone_ttl)
+        self._sync_due_checks(now)
         deadlines = [
+            *(due for due, _ in self._unsynced.values()),
             *self._session_deadline.values(),
             *self._check_deadline.values(),
             *(
