@@ -9,6 +9,7 @@ fresh one.
 
     .venv/bin/python benchmarks/faults.py --fault all --runs 3
     .venv/bin/python benchmarks/faults.py --fault mysqld-kill --runs 5 --dcs consul
+    .venv/bin/python benchmarks/faults.py --fault consul-agent-restart --runs 2 --dcs consul
 
 It prints one line per round, then a table (fault, runs, acknowledged writes lost, overlapping
 writers, RTO median and max over the rounds where writes came back, rounds where they never did,

@@ -315,6 +315,43 @@ def _lagging_replica_then_kill(ctx: FaultContext) -> Heal:
     return heal
 
 
+def _consul_api(lab: LabCluster, method: str, path: str, body: Any = None) -> Any:
+    """One call to the lab's Consul agent (the stand-in)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{lab.dcs_endpoints[0]}{path}", data=data, method=method)
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def _fail_serf_health(ctx: FaultContext) -> Heal:
+    """The primary host's Consul agent misses gossip: the leader marks its node's serfHealth critical.
+    A session bound to serfHealth (Consul's default) would end at once. The lab's agents share the
+    stand-in's node, so every instance leaves DNS for the fault: writes stop, and must not overlap."""
+    _consul_api(ctx.lab, "PUT", "/v1/agent/check/fail/serfHealth?note=fault-matrix")
+    return lambda: _consul_api(ctx.lab, "PUT", "/v1/agent/check/pass/serfHealth")
+
+
+def _restart_consul_agent(ctx: FaultContext) -> Heal:
+    """The primary host's Consul agent restarts: a client agent leaves on SIGTERM, which deregisters its
+    node and ends every session on it, checks or not. Meanwhile the primary's dbfence agent cannot reach
+    it (modelled by pausing the agent process, not its gate workers): it can neither renew nor see the
+    lock go, and its gate admits until its own deadline. Only the lock-delay keeps a rival out until
+    then. The lab's agents all share the stand-in's node, whereas in production each host is a node of
+    its own: so only the primary's sessions are ended here, as its node's deregistration would."""
+    ctx.lab.kill_agent(ctx.primary, signal.SIGSTOP)
+    try:
+        node = _consul_api(ctx.lab, "GET", "/v1/agent/self")["Config"]["NodeName"]
+        name = f"dbfence-{ctx.lab.cluster}-{ctx.primary}"
+        for session in _consul_api(ctx.lab, "GET", f"/v1/session/node/{node}"):
+            if session["Name"] == name:
+                _consul_api(ctx.lab, "PUT", f"/v1/session/destroy/{session['ID']}")
+    except BaseException:
+        ctx.lab.kill_agent(ctx.primary, signal.SIGCONT)
+        raise
+    return lambda: ctx.lab.kill_agent(ctx.primary, signal.SIGCONT)
+
+
 def _ttl(tuning: AgentTuning) -> float:
     return tuning.ttl
 
@@ -353,6 +390,11 @@ FAULTS: tuple[Fault, ...] = (
           _stop_agent, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2),
     Fault("host-freeze", "SIGSTOP of the primary's mysqld, agent and gate workers (host loss)",
           _freeze_host, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2),
+    Fault("consul-serf-fail", "the primary node's serfHealth critical for 5 s (a gossip failure)",
+          _fail_serf_health, False, lambda t: 5.0, dcs=frozenset({"consul"})),
+    Fault("consul-agent-restart", "the primary host's Consul agent restarts (its node deregistered, "
+          "every session on it ended) while the primary's agent cannot reach it",
+          _restart_consul_agent, True, lambda t: 60, dcs=frozenset({"consul"})),
 )
 
 
