@@ -12,7 +12,8 @@ import pytest
 from consul.base import CB
 
 from dbfence.lab.consul_standin import ConsulStandin, StandinConfig
-from dbfence.lab.consul_standin.state import SessionRequest, StandinState
+from dbfence.lab.consul_standin.model import SessionRequest
+from dbfence.lab.consul_standin.state import StandinState
 from tests.consul.standin_helpers import client_for, create_session, kv_session, wait_until
 
 

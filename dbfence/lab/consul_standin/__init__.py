@@ -26,7 +26,7 @@ or embed it::
         print(standin.http_address, standin.dns_address)
 """
 
+from dbfence.lab.consul_standin.model import StandinConfig
 from dbfence.lab.consul_standin.server import ConsulStandin, StandinNotRunningError
-from dbfence.lab.consul_standin.state import StandinConfig
 
 __all__ = ["ConsulStandin", "StandinConfig", "StandinNotRunningError"]

@@ -9,8 +9,8 @@ import threading
 from types import FrameType
 
 from dbfence.lab.consul_standin.durations import DurationError, parse_duration
+from dbfence.lab.consul_standin.model import StandinConfig
 from dbfence.lab.consul_standin.server import ConsulStandin
-from dbfence.lab.consul_standin.state import StandinConfig
 
 
 def _address(text: str) -> tuple[str, int]:

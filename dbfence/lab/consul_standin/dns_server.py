@@ -24,7 +24,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from dbfence.lab.consul_standin.state import PASSING, ServiceInstance, StandinState
+from dbfence.lab.consul_standin.model import PASSING, ServiceInstance
+from dbfence.lab.consul_standin.state import StandinState
 
 TYPE_A = 1
 TYPE_NS = 2

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from dbfence.lab.consul_standin.durations import DurationError, parse_duration, to_nanoseconds
-from dbfence.lab.consul_standin.state import (
+from dbfence.lab.consul_standin.model import (
     CHECK_STATUSES,
     CRITICAL,
     PASSING,
@@ -28,9 +28,9 @@ from dbfence.lab.consul_standin.state import (
     Session,
     SessionRequest,
     StandinError,
-    StandinState,
     validate_kv_key,
 )
+from dbfence.lab.consul_standin.state import StandinState
 
 JSONValue = Any
 STANDIN_VERSION = "1.17.0-dbfence-standin"
