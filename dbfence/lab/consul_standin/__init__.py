@@ -9,8 +9,12 @@ It implements, with Consul's JSON field names, status codes and documented seman
 * KV: GET (``raw``, ``recurse``, ``keys``/``separator``), PUT (``flags``, ``cas``, ``acquire``,
   ``release``), DELETE (``recurse``, ``cas``), ``X-Consul-Index`` and blocking ``index``/``wait``;
 * sessions: create/renew/destroy/info/list/node, TTLs invalidated after TTL x multiplier (2, as in
-  Consul), lock-delay on invalidation (not on ``?release``), behavior ``release`` and ``delete``,
-  invalidation when a session's check goes critical;
+  Consul), lock-delay on invalidation (not on ``?release``, at most 60 s), behavior ``release`` and
+  ``delete``, bound to ``serfHealth`` unless the body says otherwise (Consul 1.7's decoding), and
+  invalidated when a bound check goes critical or the node is deregistered;
+* catalog nodes: each with a ``serfHealth`` that can be failed (``catalog/register``, or the
+  stand-in's own ``agent/check/fail/serfHealth``), ``catalog/deregister``;
+* faults on demand (``PUT /v1/standin/control``): 500 "No cluster leader", 429, tombstone reaping;
 * agent services and TTL checks (pass/warn/fail/update, TTL expiry, DeregisterCriticalServiceAfter),
   health and catalog queries (blocking), status and a minimal agent/self;
 * an optional ACL token (403 "Permission denied" / "ACL not found");
