@@ -18,8 +18,9 @@ from dbfence.cli import main
 from dbfence.lab.procs import free_port, port_open, spawn, stop
 from dbfence.lab.wait import wait_until
 from dbfence.locks import DcsAccessDenied, LockSettings
-from dbfence.locks.consul import ConsulLeaseLock, ConsulOptions
+from dbfence.locks.consul import ConsulLeaseLock, ConsulOptions, effective_lock_delay
 from tests.locks.conftest import CONSUL_SETTINGS
+from tests.locks.consul_http import consul_request
 from tests.locks.locks_support import holder
 
 TOKEN = "s3cret-token"
@@ -89,3 +90,25 @@ def test_explicit_address_wins_over_consul_http_addr(
 def test_consul_rejects_ttl_below_ten_seconds(acl_standin: str) -> None:
     with pytest.raises(ValueError, match=r"10\.\.86400"):
         _lock(acl_standin, settings=LockSettings(ttl=5, margin=2, call_timeout=1))
+
+
+def test_lock_delay_covers_the_holders_deadline_within_consuls_cap(acl_standin: str) -> None:
+    assert effective_lock_delay(LockSettings(ttl=10, margin=3, call_timeout=2, lock_delay=1)) == 7
+    assert effective_lock_delay(LockSettings(ttl=10, margin=3, call_timeout=2, lock_delay=9)) == 9
+    assert effective_lock_delay(LockSettings(ttl=62, margin=2, call_timeout=1)) == 60
+    with pytest.raises(ValueError, match="60 s"):
+        _lock(acl_standin, settings=LockSettings(ttl=70, margin=3, call_timeout=2))
+
+
+def test_the_session_binds_no_check_and_carries_the_lock_delay(acl_standin: str) -> None:
+    lock = _lock(acl_standin, token=TOKEN)
+    try:
+        session_id = lock.open_session().session_id
+        status, _, info = consul_request(acl_standin, "GET", f"/v1/session/info/{session_id}?token={TOKEN}")
+        assert status == 200, info
+        assert info[0]["NodeChecks"] is None and info[0]["ServiceChecks"] is None
+        assert info[0]["LockDelay"] == 7_000_000_000 and info[0]["Behavior"] == "delete"
+        assert info[0]["TTL"] == f"{CONSUL_SETTINGS.ttl}s"
+    finally:
+        lock.close_session()
+        lock.close()
