@@ -103,7 +103,7 @@ def test_unrenewed_lease_loses_lock_and_member_record(dcs: Dcs) -> None:
         except LockConflict:
             return None
 
-    assert wait_until(acquire, timeout=dcs.takeover_delay() + 5.0, what="db2 to acquire", interval=0.2)
+    assert wait_until(acquire, timeout=dcs.takeover_delay() + 6.0, what="db2 to acquire", interval=0.2)
     with pytest.raises(SessionExpired):
         holder_lock.renew()
     assert holder_lock.session_id is None
