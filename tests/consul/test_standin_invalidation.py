@@ -195,3 +195,14 @@ def test_a_check_change_reaches_the_catalog_and_the_sessions_only_when_synced(
     assert int(woke_index) > int(index) and 0.4 <= synced_after < 2.0, synced_after
     assert client.health.service("db", passing=True)[1] == []
     assert client.session.info(session_id)[1] is None and client.kv.get("leader")[1] is not None
+
+
+def test_catalog_register_wants_a_node_and_an_address_like_consul(standin: ConsulStandin) -> None:
+    client = client_for(standin)
+    with pytest.raises(consul.ConsulException, match="Must provide node"):
+        _raw_put(client, "/v1/catalog/register", {"Address": "127.0.0.9"})
+    with pytest.raises(consul.ConsulException, match="SkipNodeUpdate"):
+        _raw_put(client, "/v1/catalog/register", {"Node": "standin"})
+    assert _raw_put(client, "/v1/catalog/register", {
+        "Node": "standin", "SkipNodeUpdate": True, "Check": {"CheckID": "serfHealth", "Status": "passing"},
+    }) is True

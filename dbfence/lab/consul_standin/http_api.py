@@ -818,7 +818,7 @@ class ConsulAPI:
         body = _decode_object(request.body)
         node = _string(body, "Node")
         if not node:
-            raise StandinError(400, "Must provide node")
+            raise StandinError(500, "Must provide node")  # Consul's RPC errors answer 500
         if _pick(body, "Service"):
             raise StandinError(400, "the Consul stand-in registers services through /v1/agent/service only")
         raw_checks: list[Any] = []
@@ -839,8 +839,10 @@ class ConsulAPI:
                 raise StandinError(400, f'Invalid check status: "{status}"')
             checks.append((check_id, _string(raw, "Name"), status, _string(raw, "Output")))
         address = _string(body, "Address")
-        if node not in {n.name for n in self.state.nodes()} and not address:
-            raise StandinError(400, "Must provide address")
+        if not address and not _pick(body, "SkipNodeUpdate"):
+            raise StandinError(500, "Must provide address if SkipNodeUpdate is not set")
+        if not address and node not in {n.name for n in self.state.nodes()}:
+            raise StandinError(500, "Missing node registration")
         self.state.catalog_register(node, address, checks)
         return _json(True)
 
@@ -848,7 +850,7 @@ class ConsulAPI:
         body = _decode_object(request.body)
         node = _string(body, "Node")
         if not node:
-            raise StandinError(400, "Must provide node")
+            raise StandinError(500, "Must provide node")
         if _string(body, "ServiceID"):
             raise StandinError(400, "the Consul stand-in deregisters services through /v1/agent/service only")
         self.state.catalog_deregister(node, _string(body, "CheckID"))
