@@ -80,6 +80,7 @@ from dbfence.locks.model import (
 
 T = TypeVar("T")
 _MIN_ATTEMPT = 0.05
+_BUDGET = threading.local()
 # structs.MaxLockDelay: Consul silently caps a session's lock-delay at 60 s.
 MAX_LOCK_DELAY = 60.0
 
@@ -98,7 +99,6 @@ def effective_lock_delay(settings: LockSettings) -> float:
             f"{delay:g} s to keep a rival out until the holder's gate closes: lower ttl or raise margin"
         )
     return delay
-_BUDGET = threading.local()
 
 
 class _BudgetedHTTPClient(consul.std.HTTPClient):  # type: ignore[misc,unused-ignore]
@@ -322,8 +322,8 @@ class ConsulLeaseLock(LeaseLock):
     def _session_body(self) -> dict[str, Any]:
         # python-consul2's session.create can send ``checks`` but not NodeChecks/ServiceChecks, and
         # formats the lock-delay in whole seconds: send the body ourselves. An empty ``Checks`` stops
-        # Consul binding the session to serfHealth (every version); the empty NodeChecks and
-        # ServiceChecks say the same to Consul >= 1.7, which reads those fields first.
+        # Consul binding the session to serfHealth (every version: Consul >= 1.7 then empties its
+        # NodeChecks default too); the empty NodeChecks and ServiceChecks say so explicitly.
         return {
             "Name": f"dbfence-{self.keys.cluster}-{self.node}",
             "Behavior": "delete",
