@@ -338,13 +338,15 @@ def _restart_consul_agent(ctx: FaultContext) -> Heal:
     it (modelled by pausing the agent process, not its gate workers): it can neither renew nor see the
     lock go, and its gate admits until its own deadline. Only the lock-delay keeps a rival out until
     then. The lab's agents all share the stand-in's node, whereas in production each host is a node of
-    its own: so only the primary's sessions are ended here, as its node's deregistration would."""
+    its own: so only the primary's sessions (lock and member record) are ended here, as its node's
+    deregistration would."""
     ctx.lab.kill_agent(ctx.primary, signal.SIGSTOP)
     try:
         node = _consul_api(ctx.lab, "GET", "/v1/agent/self")["Config"]["NodeName"]
-        name = f"dbfence-{ctx.lab.cluster}-{ctx.primary}"
+        ours = f"dbfence-{ctx.lab.cluster}-{ctx.primary}"
+        names = {ours, f"{ours}-member"}
         for session in _consul_api(ctx.lab, "GET", f"/v1/session/node/{node}"):
-            if session["Name"] == name:
+            if session["Name"] in names:
                 _consul_api(ctx.lab, "PUT", f"/v1/session/destroy/{session['ID']}")
     except BaseException:
         ctx.lab.kill_agent(ctx.primary, signal.SIGCONT)

@@ -19,6 +19,12 @@ every ``?acquire`` of the keys the session held until our gate deadline has pass
 whatever ended it. A voluntary ``?release`` applies no lock-delay, so a clean
 hand-over is not slowed down. docs/locks.md walks through every invalidation path.
 
+Member record: bound to a second session of ours, like the first but with no
+lock-delay, renewed with it. The lock-delay guards the lock key only: on the member
+key it would hide this node's record (and its GTID position) from the others for
+``ttl - margin`` after its session ended early, and a failover in that window could
+not see that this node holds more than the racing candidate.
+
 Fencing token: the ``ModifyIndex`` of the acquiring write. Consul's ``LockIndex``
 (also exposed) restarts at 1 when the key is deleted and recreated - which
 ``Behavior=delete`` does on every invalidation - whereas Raft indexes only grow,
@@ -199,6 +205,7 @@ class ConsulLeaseLock(LeaseLock):
         self._watch_consul = _client(options, settings.call_timeout)
         self._state = threading.Lock()
         self._session: str | None = None
+        self._member_session: str | None = None  # binds members/<node>; see the module docstring
         self._token: int | None = None
 
     @property
@@ -209,6 +216,12 @@ class ConsulLeaseLock(LeaseLock):
     def session_id(self) -> str | None:
         with self._state:
             return self._session
+
+    @property
+    def member_session_id(self) -> str | None:
+        """The session our member record is bound to (Consul only: not the lock's session)."""
+        with self._state:
+            return self._member_session
 
     # ------------------------------------------------------------------ plumbing
 
@@ -249,6 +262,11 @@ class ConsulLeaseLock(LeaseLock):
             if self._session == session:
                 self._session = None
                 self._token = None
+
+    def _forget_member_session(self, session: str) -> None:
+        with self._state:
+            if self._member_session == session:
+                self._member_session = None
 
     def _require_session(self) -> str:
         with self._state:
@@ -319,22 +337,23 @@ class ConsulLeaseLock(LeaseLock):
             self._token = None
         return make_grant(session, self.settings.ttl, sent_at, self.settings.margin, None)
 
-    def _session_body(self) -> dict[str, Any]:
+    def _session_body(self, *, member: bool = False) -> dict[str, Any]:
         # python-consul2's session.create can send ``checks`` but not NodeChecks/ServiceChecks, and
         # formats the lock-delay in whole seconds: send the body ourselves. An empty ``Checks`` stops
         # Consul binding the session to serfHealth (every version: Consul >= 1.7 then empties its
         # NodeChecks default too); the empty NodeChecks and ServiceChecks say so explicitly.
+        lock_delay = 0.0 if member else self.lock_delay
         return {
-            "Name": f"dbfence-{self.keys.cluster}-{self.node}",
+            "Name": f"dbfence-{self.keys.cluster}-{self.node}" + ("-member" if member else ""),
             "Behavior": "delete",
             "TTL": f"{self.settings.ttl}s",
-            "LockDelay": f"{math.ceil(self.lock_delay * 1000)}ms",
+            "LockDelay": f"{math.ceil(lock_delay * 1000)}ms",
             "Checks": [],
             "NodeChecks": [],
             "ServiceChecks": [],
         }
 
-    def _create_session(self) -> Any:
+    def _create_session(self, member: bool = False) -> Any:
         params = [("dc", self.options.datacenter)] if self.options.datacenter else []
         token = self._consul.token
         headers = {"X-Consul-Token": token} if token else {}
@@ -343,7 +362,7 @@ class ConsulLeaseLock(LeaseLock):
             path="/v1/session/create",
             params=params,
             headers=headers,
-            data=json.dumps(self._session_body()),
+            data=json.dumps(self._session_body(member=member)),
         )
 
     def renew(self) -> LeaseGrant:
@@ -363,25 +382,43 @@ class ConsulLeaseLock(LeaseLock):
             token = self._token
         if held_before and not ours:
             raise LockLost(f"{self.keys.leader} is no longer held by session {session}")
+        self._renew_member_session(deadline)
         return make_grant(session, self.settings.ttl, sent_at, self.settings.margin, token)
+
+    def _renew_member_session(self, deadline: float) -> None:
+        with self._state:
+            member = self._member_session
+        if member is None:
+            return
+        try:
+            self._call("member session renew", deadline, lambda: self._consul.session.renew(member))
+        except (consul.base.NotFound, SessionExpired):
+            # Gone, and our record with it: the next publish_member opens a new one.
+            self._forget_member_session(member)
 
     def close_session(self) -> None:
         with self._state:
-            session = self._session
-        if session is None:
+            session, member = self._session, self._member_session
+        if session is None and member is None:
             return
         deadline = self._deadline()
         try:
             # Release first: a released key gets no lock-delay, a destroyed session's keys do.
             self.release()
-            member_key = self.keys.member(self.node)
-            entry = self._get(member_key, deadline, "read own member record")
-            if entry is not None and entry.get("Session") == session:
-                self._call("delete member record", deadline, lambda: self._consul.kv.delete(member_key))
-            self._call("session destroy", deadline, lambda: self._consul.session.destroy(session))
+            if member is not None:
+                member_key = self.keys.member(self.node)
+                entry = self._get(member_key, deadline, "read own member record")
+                if entry is not None and entry.get("Session") == member:
+                    self._call("delete member record", deadline, lambda: self._consul.kv.delete(member_key))
+                self._call("member session destroy", deadline, lambda: self._consul.session.destroy(member))
+            if session is not None:
+                self._call("session destroy", deadline, lambda: self._consul.session.destroy(session))
         except SessionExpired:
             pass  # already gone, and its keys with it
-        self._forget_session(session)
+        if session is not None:
+            self._forget_session(session)
+        if member is not None:
+            self._forget_member_session(member)
 
     # ------------------------------------------------------------------ the lock
 
@@ -468,25 +505,51 @@ class ConsulLeaseLock(LeaseLock):
     def publish_member(self, record: MemberRecord) -> None:
         self._check_own_node("member record", record.node)
         with self._state:
-            session = self._session
-        if session is None:
-            self.open_session()
-            session = self._require_session()
+            open_already = self._session is not None
+        if not open_already:
+            self.open_session()  # the contract: publishing opens our lease; renew() keeps both alive
         deadline = self._deadline()
         key = self.keys.member(self.node)
+        session = self._open_member_session(deadline)
         try:
             stored = self._call(
                 "publish member", deadline, lambda: self._consul.kv.put(key, encode(record), acquire=session)
             )
         except SessionExpired:
-            self._forget_session(session)
-            raise
+            # The member session ended behind our back (and the record with it): open another, once.
+            self._forget_member_session(session)
+            session = self._open_member_session(deadline)
+            try:
+                stored = self._call(
+                    "publish member", deadline,
+                    lambda: self._consul.kv.put(key, encode(record), acquire=session),
+                )
+            except SessionExpired:
+                self._forget_member_session(session)
+                raise
         if stored is not True:
             entry = self._get(key, deadline, "read member record")
             other = entry.get("Session") if entry else None
             if other and other != session:
                 raise LockConflict(key, f"held by another session {other} (two agents named {self.node}?)")
             raise LockConflict(key, "Consul refused the write (lock-delay after an invalidated session)")
+
+    def _open_member_session(self, deadline: float) -> str:
+        with self._state:
+            member = self._member_session
+        if member is not None:
+            return member
+        created = self._call("member session create", deadline, lambda: self._create_session(member=True))
+        if not isinstance(created, str) or not created:
+            raise DcsUnreachable(f"session create: unexpected answer {created!r:.80}", self.endpoint)
+        with self._state:
+            if self._member_session is None:
+                self._member_session = created
+                return created
+            member = self._member_session
+        # Another thread opened one meanwhile: keep theirs, drop ours.
+        self._call("member session destroy", deadline, lambda: self._consul.session.destroy(created))
+        return member
 
     def _read_prefix(self, deadline: float) -> tuple[int, list[dict[str, Any]]]:
         index, entries = self._call(

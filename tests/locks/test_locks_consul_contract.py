@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from dbfence.locks import DcsUnreachable, LeaseGrant, LeaseLock, LockConflict, SessionExpired
+from dbfence.locks.consul import ConsulLeaseLock
 from tests.locks.conftest import Dcs
 from tests.locks.consul_http import (
     consul_request,
@@ -159,13 +160,16 @@ def test_the_index_moves_and_wakes_a_watcher_on_acquire_release_and_invalidation
         _watched(observer, owner.release, "release"),
         _watched(observer, lambda: owner.try_acquire(holder("db1")), "acquire again"),
     ]
-    session = owner.session_id
-    assert session is not None
+    session, member_session = owner.session_id, _consul(owner).member_session_id
+    assert session is not None and member_session is not None
     indexes.append(_watched(observer, lambda: destroy_session(_address(consul_dcs), session),
                             "delete on invalidation"))
-    assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes), indexes
     snapshot = observer.snapshot()
-    assert snapshot.lock is None and snapshot.member("db1") is None  # Behavior=delete took both keys
+    assert snapshot.lock is None and snapshot.member("db1") is not None  # Behavior=delete: the lock
+    indexes.append(_watched(observer, lambda: destroy_session(_address(consul_dcs), member_session),
+                            "the member record's delete on invalidation"))
+    assert observer.snapshot().member("db1") is None
+    assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes), indexes
 
 
 def test_a_watcher_copes_with_an_index_ahead_of_the_server(consul_dcs: Dcs) -> None:
@@ -212,15 +216,45 @@ def test_a_vanished_session_is_session_expired_on_renew_and_on_write(consul_dcs:
     destroy_session(address, session)
     with pytest.raises(SessionExpired):  # 404 from session/renew
         renewing.renew()
-    writing = consul_dcs.lock("db2")
-    session = writing.open_session().session_id
-    destroy_session(address, session)
-    status, _, text = consul_request(address, "PUT", f"/v1/kv/{writing.keys.member('db2')}?acquire={session}",
-                                     {"x": 1})
+    writing = _consul(consul_dcs.lock("db2"))
+    writing.publish_member(_member("db2"))
+    member_session = writing.member_session_id
+    assert member_session is not None
+    destroy_session(address, member_session)
+    status, _, text = consul_request(
+        address, "PUT", f"/v1/kv/{writing.keys.member('db2')}?acquire={member_session}", {"x": 1})
     assert status == 500 and "invalid session" in str(text).lower(), (status, text)
-    with pytest.raises(SessionExpired):  # the same 500 through the lock
-        writing.publish_member(_member("db2"))
-    assert writing.session_id is None
+    # Any write of the lock's that meets this 500 sees SessionExpired (the lock's own call wrapper)...
+    with pytest.raises(SessionExpired):
+        writing._call("acquire with a dead session", time.monotonic() + 2.0,
+                      lambda: writing._consul.kv.put(writing.keys.leader, b"x", acquire=member_session))
+    # ...and publish_member takes it as the member session's end: it opens a new one and writes.
+    writing.publish_member(_member("db2"))
+    assert writing.member_session_id not in (None, member_session)
+    assert consul_dcs.lock("observer").snapshot().member("db2") is not None
+
+
+def test_the_member_record_has_no_lock_delay(consul_dcs: Dcs) -> None:
+    """Its session ends early (the node deregistered): the record is back at the next publish, not
+    after the lock's lock-delay, so a failover in between still sees this node's position."""
+    lock = _consul(consul_dcs.lock("db1"))
+    lock.try_acquire(holder("db1"))
+    lock.publish_member(_member("db1"))
+    session, member_session = lock.session_id, lock.member_session_id
+    assert session is not None and member_session is not None
+    destroy_session(_address(consul_dcs), session)
+    destroy_session(_address(consul_dcs), member_session)
+    with pytest.raises(SessionExpired):
+        lock.renew()
+    lock.publish_member(_member("db1"))
+    assert consul_dcs.lock("observer").snapshot().member("db1") is not None
+    with pytest.raises(LockConflict):  # the lock key itself stays in lock-delay
+        lock.try_acquire(holder("db1"))
+
+
+def _consul(lock: LeaseLock) -> ConsulLeaseLock:
+    assert isinstance(lock, ConsulLeaseLock)
+    return lock
 
 
 @pytest.mark.parametrize("fault", ["NoLeader", "RateLimited"])
