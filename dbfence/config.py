@@ -119,7 +119,9 @@ class DcsSection:
     margin: float = setting(2.0, "Safety margin in seconds: the holder stops admitting at "
                                  "renewal send time + ttl - margin.", minimum=0.1)
     renew_interval: float = setting(0.0, "Seconds between lease renewals; 0 = ttl / 5.", minimum=0)
-    lock_delay: float = setting(1.0, "Consul lock-delay after a session is invalidated (s).",
+    lock_delay: float = setting(1.0, "Consul: a floor for the lock-delay after a session is invalidated "
+                                     "(s); the lock uses at least ttl - margin, so no rival acquires "
+                                     "before the old holder's gate has closed (docs/locks.md).",
                                 minimum=0, maximum=60)
     tls_ca: str = setting("", "CA certificate file for TLS to the DCS; empty = plain TCP.")
     tls_cert: str = setting("", "Client certificate file for mutual TLS.")
