@@ -179,6 +179,34 @@ class DiscoverySection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RejoinSection:
+    # manual by default: the fence kills sessions that wait for a semi-sync ack, which commits
+    # them in the engine (durable within ~1 s), so after most partitions and freezes crash
+    # recovery has nothing left to truncate; and the agent needs the rights to SIGKILL and start
+    # mysqld (docs/operations.md, "Repairing a former primary").
+    mode: str = setting("manual", "What a fenced former primary does about errant transactions "
+                                  "(GTIDs the new primary lacks): manual = stay fenced until an "
+                                  "operator rebuilds it; truncate = when the evidence recorded at "
+                                  "fencing proves they were never acknowledged (lossless AFTER_SYNC "
+                                  "semi-sync that never fell back to async), save them to a file "
+                                  "in state_dir, kill -9 mysqld and start it so that crash "
+                                  "recovery removes them, then rejoin if nothing errant is left.",
+                        choices=("manual", "truncate"))
+    state_dir: str = setting("/var/lib/dbfence", "Directory for the fencing evidence and the "
+                                                 "saved errant transactions (systemd's "
+                                                 "StateDirectory).")
+    start_command: list[str] = setting(["systemctl", "start", "mariadb.service"],
+                                       "Command that starts mysqld after the repair killed it; it "
+                                       "must start it with rpl_semi_sync_slave_enabled = ON and "
+                                       "init_rpl_role = SLAVE (put both in my.cnf).")
+    start_timeout: float = setting(600.0, "Seconds to wait for mysqld to answer again after the "
+                                          "start command (crash recovery can take minutes).",
+                                   minimum=1)
+    binlog_tool: str = setting("mariadb-binlog", "Program that writes the errant transactions out "
+                                                 "of the binlog files.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
     cluster: ClusterSection
     node: NodeSection
@@ -189,6 +217,7 @@ class AgentConfig:
     failover: FailoverSection = field(default_factory=FailoverSection)
     http: HttpSection = field(default_factory=HttpSection)
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
+    rejoin: RejoinSection = field(default_factory=RejoinSection)
 
     @property
     def renew_interval(self) -> float:
@@ -271,6 +300,12 @@ def _check_relations(config: AgentConfig) -> None:
         raise ConfigError(f"dcs.ttl: Consul sessions take a TTL of 10 to 86400 seconds, got {dcs.ttl}")
     if not dcs.endpoints:
         raise ConfigError("dcs.endpoints: at least one endpoint is required")
+    if config.rejoin.mode != "manual" and not config.rejoin.start_command:
+        raise ConfigError("rejoin.start_command: required when rejoin.mode is not manual "
+                          "(the repair kills mysqld and must start it again)")
+    if config.rejoin.mode != "manual" and not config.mysql.pid_file:
+        raise ConfigError("mysql.pid_file: required when rejoin.mode is not manual "
+                          "(the repair kills mysqld by the pid in it)")
     for address_key, value in (("gate.listen", config.gate.listen), ("http.listen", config.http.listen)):
         if value:
             parse_host_port(address_key, value)

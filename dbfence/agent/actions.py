@@ -50,6 +50,7 @@ class ActionReason(enum.Enum):
     FOLLOW_PRIMARY = "follow_primary"
     REJOIN = "rejoin"
     SOURCE_LOST_LOCK = "source_lost_lock"
+    REPAIR_UNACKNOWLEDGED = "repair_unacknowledged"
     # member record
     MEMBER_CHANGED = "member_changed"
     MEMBER_HEARTBEAT = "member_heartbeat"
@@ -134,6 +135,17 @@ class Repoint:
 
 
 @dataclass(frozen=True, slots=True)
+class TruncateErrant:
+    """Remove errant transactions that were provably never acknowledged: save them to a file,
+    SIGKILL mysqld, start it so that crash recovery truncates the in-doubt binlog tail, and check
+    that what remains is contained in ``primary``'s GTID set (docs/operations.md, repair)."""
+
+    primary: str
+    gtids: tuple[str, ...]
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
 class DetachSource:
     """Stop receiving the source's binlog (IO thread only): the SQL thread keeps applying
     what the relay log already holds, and the source stays configured for a later restart."""
@@ -188,6 +200,7 @@ class FailDiscoveryCheck:
 
 Action = (
     AcquireLock | RenewLock | ReleaseLock | AdmitGate | BlockGate | SetReadOnly | WaitRelayLog
-    | Promote | Repoint | DetachSource | WriteFencingToken | RecordFailover | ClearSwitchover | PublishMember
+    | Promote | Repoint | TruncateErrant | DetachSource | WriteFencingToken | RecordFailover | ClearSwitchover
+    | PublishMember
     | RegisterDiscovery | FailDiscoveryCheck
 )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+#: ``[rejoin] mode`` values the core knows (rebuild is not built yet: issue 15).
+REJOIN_MODES = ("manual", "truncate")
+
 
 class CoreConfigError(ValueError):
     """A decision-core setting is out of range or inconsistent with another."""
@@ -33,6 +36,8 @@ class CoreConfig:
     * ``relay_wait_timeout``: upper bound of one WaitRelayLog action.
     * ``drain_timeout``: how long a switchover lets transactions in flight finish
       behind a gate that already refuses new clients, before it cuts them.
+    * ``rejoin_mode``: what a FENCED former primary does about errant transactions: ``manual``
+      (stay fenced) or ``truncate`` (remove them when provably never acknowledged).
     """
 
     node_name: str
@@ -49,6 +54,7 @@ class CoreConfig:
     publish_interval: float = 2.0
     relay_wait_timeout: float = 1.0
     drain_timeout: float = 2.0
+    rejoin_mode: str = "manual"
 
     def __post_init__(self) -> None:
         if not self.node_name or self.node_name.strip() != self.node_name:
@@ -70,6 +76,9 @@ class CoreConfig:
                 f"renew_interval must be in (0, ttl - safety_margin = {self.ttl - self.safety_margin}), "
                 f"got {self.renew_interval}"
             )
+        if self.rejoin_mode not in REJOIN_MODES:
+            raise CoreConfigError(f"rejoin_mode must be one of {', '.join(REJOIN_MODES)}, "
+                                  f"got {self.rejoin_mode!r}")
         if self.poll_interval <= 0:
             raise CoreConfigError("poll_interval must be positive")
         if isinstance(self.priority, bool) or not isinstance(self.priority, int) or self.priority < 0:

@@ -108,6 +108,7 @@ def core_config_of(config: AgentConfig) -> CoreConfig:
         publish_interval=config.renew_interval,
         relay_wait_timeout=min(1.0, config.failover.relay_wait_timeout),
         drain_timeout=config.gate.drain_timeout,
+        rejoin_mode=config.rejoin.mode,
     )
 
 

@@ -19,7 +19,8 @@ Policy summary (details in docs/decision-core.md):
 * The winner promotes step by step (relay log, stop replication, writable, token)
   and only then admits; losers repoint to it once it is PRIMARY.
 * FENCED (a former primary) rejoins only through a clean errant-GTID check against
-  the current primary.
+  the current primary; with ``rejoin_mode = truncate`` it may first remove errant
+  transactions that were provably never acknowledged (:mod:`rejoin`).
 * Pause freezes every role change except the safety fence of a lease holder whose
   lease is lost or expired; renewals continue.
 """
@@ -51,7 +52,8 @@ from dbfence.agent.actions import (
 )
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.gtid import GtidPosition, RankKey, candidate_sort_key
-from dbfence.agent.observation import DiscoveryTag, MemberInfo, MemberRecord, Observation
+from dbfence.agent.observation import DiscoveryTag, ErrantCheck, MemberInfo, MemberRecord, Observation
+from dbfence.agent.rejoin import plan_repair
 from dbfence.agent.state import Role, State, Trigger
 
 
@@ -77,6 +79,9 @@ class RefusalReason(enum.Enum):
     SWITCHOVER_TARGET_UNSUITABLE = "switchover_target_unsuitable"
     SWITCHOVER_TARGET_BEHIND = "switchover_target_behind"
     AWAITING_PEERS = "awaiting_peers"
+    REPAIR_RUNNING = "repair_running"
+    REPAIR_UNSAFE = "repair_unsafe"
+    REPAIR_GAVE_UP = "repair_gave_up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -710,9 +715,20 @@ def _fenced(r: _Round) -> None:
     elif not check.clean:
         r.refuse(RefusalReason.ERRANT_GTIDS, ",".join(check.gtids))
         r.state = replace(r.state, fenced_reason=Trigger.ERRANT_GTIDS)
+        _repair(r, check)
     else:
         r.emit(Repoint(primary, _acknowledges(r), ActionReason.REJOIN))
         r.move(Trigger.REJOINED)
+
+
+def _repair(r: _Round, check: ErrantCheck) -> None:
+    """``[rejoin]``: remove errant transactions that were provably never acknowledged, or say why
+    not (the rules are in :mod:`dbfence.agent.rejoin`)."""
+    plan = plan_repair(r.config.rejoin_mode, r.obs.repair, check, r.obs.db.server_id)
+    if isinstance(plan, tuple):
+        r.refuse(RefusalReason(plan[0].value), plan[1])
+    elif plan is not None:
+        r.emit(plan)
 
 
 _HANDLERS = {

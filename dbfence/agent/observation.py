@@ -196,6 +196,24 @@ class GateView:
 
 
 @dataclass(frozen=True, slots=True)
+class RepairView:
+    """What the agent knows about repairing this node's errant transactions (``[rejoin]``).
+
+    ``evidence_problem`` is None only when the evidence recorded at fencing proves lossless
+    operation while this node was primary (AFTER_SYNC semi-sync on, never fell back to
+    asynchronous replication); otherwise it says what is missing or what happened. ``running``:
+    a repair is under way (mysqld may be down meanwhile). ``gave_up``: why an earlier attempt
+    failed (non-empty: the agent never tries again by itself). ``saved_file``: where the errant
+    transactions were written before anything was removed.
+    """
+
+    evidence_problem: str | None = "no evidence recorded"
+    running: bool = False
+    gave_up: str = ""
+    saved_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class OperatorIntents:
     """Operator requests stored in the DCS."""
 
@@ -221,6 +239,7 @@ class Observation:
     discovery: DiscoveryTag | None = None
     intents: OperatorIntents = OperatorIntents()
     last_failover_at: float | None = None
+    repair: RepairView = RepairView()
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.now):

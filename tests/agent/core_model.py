@@ -43,6 +43,7 @@ from dbfence.agent.actions import (
     RenewLock,
     Repoint,
     SetReadOnly,
+    TruncateErrant,
     WaitRelayLog,
     WriteFencingToken,
 )
@@ -61,6 +62,7 @@ from dbfence.agent.observation import (
     MemberRecord,
     Observation,
     OperatorIntents,
+    RepairView,
     ReplicationState,
 )
 from dbfence.agent.state import Role, State
@@ -212,11 +214,11 @@ class ModelLimits:
     depth: int = 12
 
 
-def model_config(name: str, *, lossless: bool = True) -> CoreConfig:
+def model_config(name: str, *, lossless: bool = True, rejoin_mode: str = "manual") -> CoreConfig:
     return CoreConfig(
         node_name=name, ttl=3.0, safety_margin=1.0, renew_interval=1.0, max_lag_seconds=1.0,
         cooldown=0.0, priority=100, lossless=lossless, poll_interval=1.0, settle_interval=0.0,
-        member_stale_after=3.0, publish_interval=2.0, relay_wait_timeout=0.5,
+        member_stale_after=3.0, publish_interval=2.0, relay_wait_timeout=0.5, rejoin_mode=rejoin_mode,
     )
 
 
@@ -237,9 +239,13 @@ def is_prefix(short: tuple[str, ...], long: tuple[str, ...]) -> bool:
 class Model:
     """Transition relation and safety checks; ``explore`` runs a BFS over it."""
 
-    def __init__(self, limits: ModelLimits, *, lossless: bool = True) -> None:
+    def __init__(self, limits: ModelLimits, *, lossless: bool = True, rejoin_mode: str = "manual") -> None:
         self.limits = limits
-        self.configs = {name: model_config(name, lossless=lossless) for name in NAMES}
+        self.configs = {name: model_config(name, lossless=lossless, rejoin_mode=rejoin_mode)
+                        for name in NAMES}
+        # The evidence a fenced primary recorded: the model's lossless cluster never falls back.
+        self.repair_view = RepairView(evidence_problem=None if lossless else "asynchronous replication")
+        self.truncations = 0
         self.ttl = self.configs[NAMES[0]].ttl
         self.span = self.configs[NAMES[0]].lease_span
         self.promotions = 0
@@ -305,6 +311,7 @@ class Model:
             discovery=node.discovery, last_failover_at=last_failover,
             # Intents are cached by the adapter: a DCS blip does not withdraw them.
             intents=OperatorIntents(switchover_target=world.switchover),
+            repair=self.repair_view,
         )
 
     # ------------------------------------------------------------------ safety checks
@@ -506,6 +513,9 @@ class Model:
                         f"{db.history} vs {source.history}", self._trace,
                     )
                 db = replace(db, source=action.primary, receiving=True)
+        elif isinstance(action, TruncateErrant):
+            if db.alive:
+                db = self._truncate(world, index, action.primary)
         elif isinstance(action, DetachSource):
             if db.alive:
                 db = replace(db, receiving=False)
@@ -529,6 +539,25 @@ class Model:
             assert isinstance(action, WaitRelayLog)
         node = replace(node, db=db, agent=agent)
         return replace(self._set_node(world, index, node), dcs=dcs)
+
+    def _truncate(self, world: World, index: int, primary: str) -> Db:
+        """Crash recovery cuts the history back to what the primary shares with it. A removed
+        transaction that any other node holds reached a replica: it may have been acknowledged,
+        and removing it is the violation this checks."""
+        db = world.nodes[index].db
+        theirs = world.nodes[NAMES.index(primary)].db.history
+        common = 0
+        while common < len(db.history) and common < len(theirs) and db.history[common] == theirs[common]:
+            common += 1
+        first_removed = db.history[: common + 1]
+        for other_index, other in enumerate(world.nodes):
+            holds_it = len(db.history) > common and is_prefix(first_removed, other.db.history)
+            if other_index != index and holds_it:
+                raise ModelViolationError(
+                    f"{NAMES[index]} truncates {db.history[common:]} which {NAMES[other_index]} holds "
+                    f"(it reached a replica: maybe acknowledged)", self._trace)
+        self.truncations += 1
+        return replace(db, history=db.history[:common])
 
     # ------------------------------------------------------------------ search
 

@@ -106,3 +106,17 @@ def test_reference_doc_is_current() -> None:
     doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert doc.read_text() == reference_markdown(), (
         "docs/configuration.md is stale: run `python -m dbfence.config > docs/configuration.md`")
+
+
+def test_rejoin_defaults_to_manual_and_truncate_needs_a_pid_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.rejoin.mode == "manual"
+    assert config.rejoin.start_command == ["systemctl", "start", "mariadb.service"]
+    with pytest.raises(ConfigError, match=r"mysql.pid_file: required when rejoin.mode"):
+        load_config(write(tmp_path, MINIMAL + '[rejoin]\nmode = "truncate"\n'))
+    with_pid = MINIMAL.replace("[mysql]\n", '[mysql]\npid_file = "/run/mysqld/mysqld.pid"\n')
+    assert load_config(write(tmp_path, with_pid + '[rejoin]\nmode = "truncate"\n')).rejoin.mode == "truncate"
+    with pytest.raises(ConfigError, match=r"rejoin.start_command: required"):
+        load_config(write(tmp_path, with_pid + '[rejoin]\nmode = "truncate"\nstart_command = []\n'))
+    with pytest.raises(ConfigError, match=r"rejoin.mode: expected one of manual, truncate, got 'rebuild'"):
+        load_config(write(tmp_path, MINIMAL + '[rejoin]\nmode = "rebuild"\n'))

@@ -1,0 +1,111 @@
+"""Table tests of ``[rejoin]``: when a FENCED former primary removes its errant transactions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+
+from dbfence.agent.actions import Action, ActionReason, Repoint, TruncateErrant
+from dbfence.agent.core_config import CoreConfig, CoreConfigError
+from dbfence.agent.decide import RefusalReason, decide
+from dbfence.agent.observation import (
+    ErrantCheck,
+    LockView,
+    Observation,
+    OperatorIntents,
+    RepairView,
+)
+from dbfence.agent.rejoin import RepairHold, plan_repair
+from dbfence.agent.state import Role, State, Trigger
+from tests.agent.core_builders import CONFIG, NOW, core_actions, db, member, observe
+
+R = RefusalReason
+TRUNCATE = replace(CONFIG, rejoin_mode="truncate")
+FENCED = State(role=Role.FENCED, since=NOW - 10, fenced_reason=Trigger.LEASE_EXPIRED)
+OWN_ERRANT = ErrantCheck("n2", ("0-11-101", "1-11-5..1-11-7"))  # the builders' server_id is 11
+LOSSLESS = RepairView(evidence_problem=None)
+
+
+def fenced_seeing_n2(errant: ErrantCheck | None = OWN_ERRANT, repair: RepairView = LOSSLESS,
+                     **db_fields: object) -> Observation:
+    obs = observe(Role.FENCED, lock=LockView(True, "n2", 3),
+                  peers=(member("n2", Role.PRIMARY, position="0-2-120"), member("n3", position="0-2-110")),
+                  database=db(errant=errant, **db_fields))  # type: ignore[arg-type]
+    return replace(obs, repair=repair)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    config: CoreConfig
+    observation: Observation
+    actions: tuple[Action, ...]
+    refusals: tuple[tuple[RefusalReason, str], ...]
+    role: Role = Role.FENCED
+
+
+CASES = [
+    Case("manual: errant GTIDs keep it fenced, nothing removed", CONFIG, fenced_seeing_n2(),
+         (), ((R.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7"),)),
+    Case("truncate: lossless evidence and its own transactions -> truncate", TRUNCATE, fenced_seeing_n2(),
+         (TruncateErrant("n2", OWN_ERRANT.gtids, ActionReason.REPAIR_UNACKNOWLEDGED),),
+         ((R.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7"),)),
+    Case("truncate: no evidence recorded -> stays fenced, says why", TRUNCATE,
+         fenced_seeing_n2(repair=RepairView()),
+         (), ((R.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7"), (R.REPAIR_UNSAFE, "no evidence recorded"))),
+    Case("truncate: semi-sync fell back to async -> never", TRUNCATE,
+         fenced_seeing_n2(repair=RepairView(evidence_problem="semi-sync fell back to asynchronous 2 times")),
+         (), ((R.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7"),
+              (R.REPAIR_UNSAFE, "semi-sync fell back to asynchronous 2 times"))),
+    Case("truncate: a transaction of another server -> never", TRUNCATE,
+         fenced_seeing_n2(ErrantCheck("n2", ("0-11-101", "0-3-7"))),
+         (), ((R.ERRANT_GTIDS, "0-11-101,0-3-7"), (R.REPAIR_UNSAFE, "not written by this node: 0-3-7"))),
+    Case("truncate: an errant range it cannot read -> never", TRUNCATE,
+         fenced_seeing_n2(ErrantCheck("n2", ("garbage",))),
+         (), ((R.ERRANT_GTIDS, "garbage"), (R.REPAIR_UNSAFE, "not written by this node: garbage"))),
+    Case("truncate: own server id unknown -> never", TRUNCATE, fenced_seeing_n2(server_id=None),
+         (), ((R.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7"),
+              (R.REPAIR_UNSAFE, "not written by this node: 0-11-101,1-11-5..1-11-7"))),
+    Case("truncate: a repair under way is not started again", TRUNCATE,
+         fenced_seeing_n2(repair=RepairView(None, running=True, saved_file="/s/errant.sql")),
+         (), ((R.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7"), (R.REPAIR_RUNNING, "/s/errant.sql"))),
+    Case("truncate: after a failed attempt it gives up, with the reason", TRUNCATE,
+         fenced_seeing_n2(repair=RepairView(None, gave_up="0-11-101 survived crash recovery")),
+         (), ((R.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7"),
+              (R.REPAIR_GAVE_UP, "0-11-101 survived crash recovery"))),
+    Case("truncate: mysqld down (restarting for the repair) -> waits", TRUNCATE,
+         fenced_seeing_n2(repair=RepairView(None, running=True), healthy=False, reasons=("mysqld down",)),
+         (), ((R.DB_UNHEALTHY, "mysqld down"),)),
+    Case("truncate: clean after the repair -> the ordinary rejoin", TRUNCATE,
+         fenced_seeing_n2(ErrantCheck("n2", ()), source=None),
+         (Repoint("n2", True, ActionReason.REJOIN),), (), Role.REPLICA),
+    Case("truncate: paused -> no repair", TRUNCATE,
+         replace(fenced_seeing_n2(), intents=OperatorIntents(paused=True)), (), ((R.PAUSED, ""),)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_rejoin_table(case: Case) -> None:
+    decision = decide(case.observation, FENCED, case.config)
+    assert decision.state.role is case.role
+    assert core_actions(decision) == case.actions
+    assert tuple((refusal.reason, refusal.detail) for refusal in decision.refusals) == case.refusals
+
+
+def test_the_fence_stays_up_while_truncating() -> None:
+    """Truncating never opens anything: the gate stays blocked, mysqld read-only."""
+    decision = decide(fenced_seeing_n2(), FENCED, TRUNCATE)
+    assert decision.state.fenced_reason is Trigger.ERRANT_GTIDS
+    assert [type(action).__name__ for action in core_actions(decision)] == ["TruncateErrant"]
+
+
+def test_plan_repair_is_none_in_manual_mode_whatever_the_evidence() -> None:
+    assert plan_repair("manual", LOSSLESS, OWN_ERRANT, 11) is None
+    unsafe = (RepairHold.UNSAFE, "no evidence recorded")
+    assert plan_repair("truncate", RepairView(), OWN_ERRANT, 11) == unsafe
+
+
+def test_rebuild_is_not_a_mode_yet() -> None:
+    with pytest.raises(CoreConfigError, match="rejoin_mode must be one of manual, truncate"):
+        replace(CONFIG, rejoin_mode="rebuild")
