@@ -13,6 +13,7 @@ import click
 from dbfence.lab import netns
 from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.errors import LabError
+from dbfence.lab.mariadb_servers import RECOVERY_ARGS
 
 
 @click.group("lab")
@@ -103,6 +104,22 @@ def partition(directory: Path, from_clients: bool, host: str) -> None:
         _fail(str(exc))
         return
     click.echo(f"{host} no longer reaches {', '.join(cut)}")
+
+
+@lab_group.command("start-mysql")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True)
+@click.option("--recovery", is_flag=True,
+              help="Start with --init-rpl-role=SLAVE: crash recovery truncates the binlog tail that "
+                   "was never committed in the engine (the repair's start command).")
+@click.argument("name")
+def start_mysql(directory: Path, recovery: bool, name: str) -> None:
+    """Start the lab's mysqld NAME again (after it was killed); returns once it accepts clients."""
+    try:
+        node = LabCluster.load(directory).start_mysql(name, extra_args=RECOVERY_ARGS if recovery else ())
+    except LabError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"{name} started, pid {node.pid}")
 
 
 @lab_group.command("heal")

@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -312,14 +312,14 @@ class LabCluster:
         self.node(name).process.signal(sig)
 
     @_in_client_namespace
-    def start_mysql(self, name: str) -> MysqlNode:
+    def start_mysql(self, name: str, extra_args: Sequence[str] = ()) -> MysqlNode:
         old = self.node(name)
         if old.process.alive():
             raise LabError(f"{name} is still running (pid {old.pid})")
         node_dir = Path(old.datadir).parent
         new = mariadb_servers.start_node(node_dir, name, old.server_id, old.port, old.extra_port,
                                          socket_path=Path(old.socket), host=old.host,
-                                         argv_prefix=self.argv_prefix(name))
+                                         argv_prefix=self.argv_prefix(name), extra_args=extra_args)
         self.mysql = [new if n.name == name else n for n in self.mysql]
         self._write_manifest()
         return new

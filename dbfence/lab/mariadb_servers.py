@@ -23,6 +23,9 @@ from dbfence.lab.procs import ProcessRef, port_open, spawn, stop
 from dbfence.lab.wait import wait_until
 
 HOST = "127.0.0.1"
+#: Added to a restart so that crash recovery rolls back and truncates the binlog tail that was
+#: never committed in the engine (with --rpl-semi-sync-slave-enabled=ON, always on in the lab).
+RECOVERY_ARGS = ("--init-rpl-role=SLAVE",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +146,9 @@ def server_argv(node_dir: Path, server_id: int, port: int, extra_port: int, sock
         "--innodb-flush-log-at-trx-commit=1",
         # Every node starts read-only; only the agent (or the lab, for node 1) opens it.
         "--read-only=ON",
-        # With this on at start, crash recovery of a former lossless primary rolls back and
-        # truncates transactions that reached its binlog but were never acknowledged by a
-        # replica (AFTER_SYNC commits the engine only after the ack), instead of committing
-        # them: otherwise they would be errant and keep the node from rejoining.
+        # Alone, this does NOT make crash recovery truncate a former primary's unacknowledged
+        # tail (measured: benchmarks/semisync_recovery.py); it takes --init-rpl-role=SLAVE too,
+        # which the repair's restart adds (RECOVERY_ARGS, `dbfence lab start-mysql --recovery`).
         "--rpl-semi-sync-slave-enabled=ON",
         "--skip-name-resolve",
         "--innodb-buffer-pool-size=32M",
@@ -162,7 +164,7 @@ def server_argv(node_dir: Path, server_id: int, port: int, extra_port: int, sock
 
 def start_node(node_dir: Path, name: str, server_id: int, port: int, extra_port: int,
                socket_path: Path, timeout: float = 60.0, host: str = HOST,
-               argv_prefix: Sequence[str] = ()) -> MysqlNode:
+               argv_prefix: Sequence[str] = (), extra_args: Sequence[str] = ()) -> MysqlNode:
     """Start (or restart) a node whose data directory exists; return once it accepts clients.
 
     ``argv_prefix`` runs the server inside a network namespace (``ip netns exec NS``); the
@@ -171,8 +173,8 @@ def start_node(node_dir: Path, name: str, server_id: int, port: int, extra_port:
     pid_file = node_dir / "mysqld.pid"
     pid_file.unlink(missing_ok=True)
     socket_path.unlink(missing_ok=True)  # a killed server leaves its socket behind
-    ref = spawn([*argv_prefix, *server_argv(node_dir, server_id, port, extra_port, socket_path, host)],
-                node_dir / "stdout.log")
+    ref = spawn([*argv_prefix, *server_argv(node_dir, server_id, port, extra_port, socket_path, host),
+                 *extra_args], node_dir / "stdout.log")
     sock = str(socket_path)
 
     def ready() -> bool:

@@ -1,0 +1,205 @@
+"""Truncating a fenced former primary's unacknowledged transactions through crash recovery.
+
+What MariaDB 10.11 does (measured, docs/operations.md "Repairing a former primary"): a commit
+that waits for a semi-sync ack is in the binlog and *prepared* in InnoDB; after SIGKILL, a server
+started with ``rpl_semi_sync_slave_enabled = ON`` and ``init_rpl_role = SLAVE`` rolls it back
+and truncates the binlog before it. A clean shutdown, or a KILL of the waiting session, commits
+it instead, and recovery then keeps it. So the repair is:
+
+1. write the errant transactions out of the binlog files (``mariadb-binlog``) into a file in
+   the agent's state directory, and check that the file holds every one of them;
+2. SIGKILL mysqld (the pid in its pid file), never a clean stop;
+3. run the start command (which must start mysqld with both options) and wait for it to answer;
+4. read its GTID state again: whatever is still errant against the primary survived recovery
+   (committed in the engine) and the repair has failed.
+
+Nothing here decides whether the transactions may go: that is the decision core's
+(``dbfence.agent.rejoin``), from the evidence in :mod:`repair_evidence`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.connection import query_one
+from dbfence.mysql.errors import MysqlAdapterError
+from dbfence.mysql.gtid import ErrantRange, Gtid, GtidState, describe_errant, in_errant_ranges
+
+_GTID_IN_DUMP = re.compile(r"^#.*\bGTID (\d+-\d+-\d+)\b", re.MULTILINE)
+
+
+class RepairError(MysqlAdapterError):
+    """A repair step failed; the message says which and what was left as it was."""
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """What a repair did: the saved file, the GTIDs before and after, and the time it took."""
+
+    saved_file: Path
+    errant_before: str
+    errant_after: str
+    binlog_pos_before: str
+    binlog_pos_after: str
+    seconds: float
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.errant_after
+
+
+@dataclass(frozen=True)
+class MysqldControl:
+    """How the agent stops and starts its mysqld for a repair."""
+
+    pid_file: Path
+    start_command: Sequence[str]
+    start_timeout: float = 600.0
+    binlog_tool: str = "mariadb-binlog"
+
+
+def binlog_files(mysql: MysqlActions) -> list[Path]:
+    """The binlog files of the local mysqld, oldest first, as absolute paths."""
+    with mysql.session() as conn:
+        row = query_one(conn, "SELECT @@global.log_bin_basename AS base, @@global.datadir AS datadir")
+    base, datadir = row["base"], row["datadir"]
+    if not base:
+        raise RepairError("binary logging is off: nothing to save or truncate")
+    index = Path(f"{base}.index")
+    try:
+        names = [line.strip() for line in index.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise RepairError(f"cannot read the binlog index {index}: {exc.strerror}") from None
+    return [Path(name) if os.path.isabs(name) else Path(str(datadir)) / name for name in names]
+
+
+def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange], out: Path,
+                header: str) -> list[Gtid]:
+    """Write exactly the transactions of ``ranges`` as replayable binlog events to ``out``
+    (mode 0600); returns the GTIDs written. Raises RepairError unless every one is there."""
+    if not ranges:
+        raise RepairError("no errant transactions to save")
+    server_ids = {r.server_id for r in ranges}
+    if len(server_ids) != 1:
+        raise RepairError(f"errant transactions of several servers ({sorted(server_ids)}): not saved")
+    starts: dict[int, Gtid] = {}
+    for r in ranges:  # start after the last GTID the primary has in each errant domain
+        if r.domain not in starts or r.after_seq < starts[r.domain].seq:
+            starts[r.domain] = Gtid(r.domain, r.server_id, r.after_seq)
+    # --verbose adds each row as a commented pseudo-statement: readable, and still replayable.
+    argv = [tool, "--verbose", "--start-position=" + ",".join(str(g) for g in sorted(starts.values())),
+            f"--server-id={server_ids.pop()}", *map(str, files)]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RepairError(f"{tool} failed: {exc}") from None
+    text = done.stdout.decode("utf-8", "replace")
+    if done.returncode != 0:
+        raise RepairError(f"{tool} exited {done.returncode}: {done.stderr.decode(errors='replace')[:500]}")
+    found = [Gtid.parse(m) for m in _GTID_IN_DUMP.findall(text)]
+    written = [g for g in found if in_errant_ranges(g, ranges)]
+    expected = sum(r.last_seq - r.after_seq for r in ranges if r.primary_has_stream)
+    missing_stream = [r for r in ranges if not r.primary_has_stream]
+    if missing_stream or len(written) != expected or len(written) != len(found):
+        raise RepairError(
+            f"the binlog excerpt does not match the errant set {describe_errant(ranges)}: "
+            f"found {','.join(map(str, found)) or 'nothing'}")
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as dump:
+        dump.write(header)
+        dump.write(text)
+        dump.flush()
+        os.fsync(dump.fileno())
+    return written
+
+
+def kill_mysqld(pid_file: Path, timeout: float = 30.0) -> int:
+    """SIGKILL the mysqld named by ``pid_file`` and wait until it is gone; returns its pid.
+
+    SIGKILL, never a clean stop: a shutdown commits the transactions that wait for an ack.
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise RepairError(f"cannot read mysqld's pid from {pid_file}: {exc}") from None
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        raise RepairError(f"pid {pid} from {pid_file} is not running") from None
+    if comm not in ("mariadbd", "mysqld"):
+        raise RepairError(f"pid {pid} from {pid_file} is {comm!r}, not mysqld: not killed")
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except PermissionError:
+        raise RepairError(f"not allowed to kill mysqld (pid {pid}): run the agent as the mysql user "
+                          "or give it CAP_KILL (docs/operations.md)") from None
+    except ProcessLookupError:
+        return pid
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
+        if time.monotonic() > deadline:
+            raise RepairError(f"mysqld (pid {pid}) still there {timeout:g} s after SIGKILL")
+        time.sleep(0.02)
+    return pid
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat.rsplit(")", 1)[-1].split()[0]
+
+
+def start_mysqld(control: MysqldControl, mysql: MysqlActions) -> None:
+    """Run the start command and wait until mysqld answers (crash recovery happens meanwhile)."""
+    try:
+        done = subprocess.run(list(control.start_command), capture_output=True, timeout=control.start_timeout,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RepairError(f"start command {list(control.start_command)} failed: {exc}") from None
+    if done.returncode != 0:
+        raise RepairError(f"start command {list(control.start_command)} exited {done.returncode}: "
+                          f"{done.stderr.decode(errors='replace')[:500]}")
+    deadline = time.monotonic() + control.start_timeout
+    while True:
+        try:
+            mysql.gtid_positions()
+            return
+        except MysqlAdapterError as exc:
+            if time.monotonic() > deadline:
+                raise RepairError(f"mysqld did not answer {control.start_timeout:g} s after the start "
+                                  f"command: {exc}") from None
+            time.sleep(0.1)
+
+
+def truncate_unacknowledged(mysql: MysqlActions, control: MysqldControl,
+                            primary_state: Callable[[], GtidState], out: Path, header: str) -> RepairResult:
+    """Save the errant transactions, SIGKILL mysqld, start it so that recovery truncates them,
+    and report what is still errant against the primary (empty: repaired).
+
+    Raises RepairError before the kill when anything about the copy is wrong: nothing is
+    removed without a complete copy.
+    """
+    started = time.monotonic()
+    before = mysql.gtid_positions()
+    ranges = before.history.errant_against(primary_state())
+    if not ranges:
+        raise RepairError("nothing errant against the primary any more")
+    save_errant(control.binlog_tool, binlog_files(mysql), ranges, out, header)
+    kill_mysqld(control.pid_file)
+    start_mysqld(control, mysql)
+    after = mysql.gtid_positions()
+    left = after.history.errant_against(primary_state())
+    return RepairResult(saved_file=out, errant_before=describe_errant(ranges),
+                        errant_after=describe_errant(left),
+                        binlog_pos_before=str(before.binlog_pos), binlog_pos_after=str(after.binlog_pos),
+                        seconds=time.monotonic() - started)

@@ -1,0 +1,151 @@
+"""The repair on real MariaDB 10.11: a commit that waited for a semi-sync ack on a fenced primary is
+saved and truncated, never lost; a committed errant transaction is never removed."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pymysql
+
+from dbfence.lab.cluster import LabCluster
+from dbfence.mysql.actions import SemiSyncSettings
+from dbfence.mysql.connection import DbConnection
+from dbfence.mysql.repair import MysqldControl, RepairResult, truncate_unacknowledged
+from dbfence.mysql.repair_evidence import load_evidence, read_evidence, save_evidence
+from tests.conftest import LabFactory
+from tests.mysql.mysql_lab_helpers import actions, one, poll, primary_address, run, sql
+
+# Long enough never to fall back while a test waits; a test that wants a fallback sets less.
+NEVER_FALLS_BACK = SemiSyncSettings(timeout_ms=600_000)
+
+
+def lossless_pair(lab_factory: LabFactory, semi_sync: SemiSyncSettings = NEVER_FALLS_BACK) -> LabCluster:
+    """db1 primary with AFTER_SYNC semi-sync, db2 its semi-sync replica, one acknowledged row."""
+    lab = lab_factory(mysql_count=2)
+    actions(lab, "db1").set_semi_sync_primary(semi_sync)
+    actions(lab, "db2").set_semi_sync_replica(True)
+    primary = sql(lab, "db1")
+    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")["Value"] == "1",
+         30, "db2 to be a semi-sync replica of db1")
+    run(primary, "CREATE TABLE app.t (id INT PRIMARY KEY, note VARCHAR(40))")
+    run(primary, "INSERT INTO app.t VALUES (1, 'acknowledged')")
+    primary.close()
+    poll(lambda: rows(lab, "db2") == [(1, "acknowledged")], 30, "db2 to apply the acknowledged row")
+    return lab
+
+
+def rows(lab: LabCluster, name: str) -> list[tuple[int, str]]:
+    conn = sql(lab, name)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id, note FROM app.t ORDER BY id")
+            return [(int(row["id"]), str(row["note"])) for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def innodb_log_flushed(conn: DbConnection) -> bool:
+    status = str(one(conn, "SHOW ENGINE INNODB STATUS")["Status"])
+    numbers = dict(re.findall(r"^(Log sequence number|Log flushed up to)\s+(\d+)", status, re.MULTILINE))
+    return len(numbers) == 2 and numbers["Log sequence number"] == numbers["Log flushed up to"]
+
+
+def cut_replica_and_promote_it(lab: LabCluster) -> None:
+    """db2 stops receiving from db1 and becomes the new primary with a commit of its own."""
+    replica = sql(lab, "db2")
+    run(replica, "STOP SLAVE")
+    run(replica, "RESET SLAVE ALL")
+    run(replica, "SET GLOBAL read_only = OFF")
+    run(replica, "INSERT INTO app.t VALUES (3, 'new primary')")
+    replica.close()
+
+
+def repair(lab: LabCluster, tmp_path: Path) -> RepairResult:
+    node = lab.node("db1")
+    control = MysqldControl(
+        pid_file=Path(node.pid_file),
+        # The lab's own start command: the same server, with --init-rpl-role=SLAVE for recovery.
+        start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir", str(lab.directory),
+                       "--recovery", "db1"],
+        start_timeout=120.0,
+    )
+    return truncate_unacknowledged(actions(lab, "db1"), control,
+                                   lambda: actions(lab, "db2").gtid_positions().history,
+                                   tmp_path / "errant-db1.sql", "-- dbfence test excerpt\n")
+
+
+def test_a_commit_waiting_for_its_ack_is_saved_and_truncated_not_lost(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    lab = lossless_pair(lab_factory)
+    evidence = read_evidence(actions(lab, "db1"))
+    assert evidence.problem() is None, evidence
+    save_evidence(tmp_path, evidence)
+    assert load_evidence(tmp_path) == evidence
+
+    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
+    outcome: list[object] = []
+
+    def commit() -> None:
+        try:
+            run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")
+            outcome.append("OK")
+        except pymysql.MySQLError as exc:
+            outcome.append(exc.args[0])
+
+    writer = threading.Thread(target=commit, daemon=True)
+    writer.start()
+    primary = sql(lab, "db1")
+    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
+         30, "the commit to wait for its ack")
+    waiting_pos = one(primary, "SELECT @@gtid_binlog_pos AS p")["p"]
+    primary.close()
+    cut_replica_and_promote_it(lab)
+
+    result = repair(lab, tmp_path)
+    writer.join(10)
+    print(f"\nrepair: {result}")
+    assert outcome and outcome[0] != "OK", outcome  # its client never saw an OK
+    assert result.succeeded, result
+    assert result.binlog_pos_before == waiting_pos == "0-1-3"
+    assert result.binlog_pos_after == "0-1-2"
+    assert rows(lab, "db1") == [(1, "acknowledged")]
+    saved = result.saved_file.read_text()
+    assert "GTID 0-1-3" in saved and "never acknowledged" in saved  # kept, not lost
+    assert "0-1-2 " not in saved and "'acknowledged'" not in saved  # exactly the errant one
+    assert result.saved_file.stat().st_mode & 0o077 == 0
+
+    # Contained in the new primary's GTID set: it rejoins and takes the new primary's commit.
+    actions(lab, "db1").repoint(primary_address(lab, "db2"), actions(lab, "db2").gtid_positions().history,
+                                semi_sync_replica=True)
+    poll(lambda: rows(lab, "db1") == [(1, "acknowledged"), (3, "new primary")], 30,
+         "db1 to replicate from db2")
+
+
+def test_a_commit_acknowledged_after_a_fallback_to_async_is_never_truncated(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    lab = lossless_pair(lab_factory, SemiSyncSettings(timeout_ms=300))
+    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
+    started = time.monotonic()
+    run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'acknowledged without a replica')")
+    assert time.monotonic() - started >= 0.25  # it waited for the ack, then fell back and said OK
+    evidence = read_evidence(actions(lab, "db1"))
+    assert evidence.problem() == ("semi-sync fell back to asynchronous 1 time(s) "
+                                  "(Rpl_semi_sync_master_no_times)")
+    # Durable in InnoDB, as it is about a second after any commit. (Killed before that, recovery
+    # DOES truncate it, acknowledged or not: measured. The core's evidence check is the safety.)
+    primary = sql(lab, "db1")
+    poll(lambda: innodb_log_flushed(primary), 30, "InnoDB to flush its redo log")
+    primary.close()
+    cut_replica_and_promote_it(lab)
+
+    # The core refuses on this evidence; even forced, crash recovery keeps a durable transaction.
+    result = repair(lab, tmp_path)
+    print(f"\nrepair of a committed transaction: {result}")
+    assert not result.succeeded
+    assert result.errant_after == "0-1-3"
+    assert rows(lab, "db1") == [(1, "acknowledged"), (2, "acknowledged without a replica")]
+    assert "acknowledged without a replica" in result.saved_file.read_text()
