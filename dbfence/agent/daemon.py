@@ -42,6 +42,7 @@ from dbfence.agent.observation import (
     Observation,
     OperatorIntents,
 )
+from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbFacts, DbSensor, DcsSensor, DcsView, PeerDatabase
 from dbfence.agent.state import Role, State
 from dbfence.breaker import Admitting, Gate, GateConfig, GateError, GateStats
@@ -52,7 +53,7 @@ from dbfence.discovery.metrics import GateCollector, Metrics, ProbeCollector
 from dbfence.locks.base import LeaseLock, LockSettings
 from dbfence.locks.errors import LockError
 from dbfence.locks.factory import DcsConfig, open_lock
-from dbfence.locks.model import ClusterSnapshot, Intent
+from dbfence.locks.model import ClusterSnapshot, HistoryEntry, Intent
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import Endpoint, Timeouts
 from dbfence.mysql.credentials import load_credentials_file
@@ -61,6 +62,7 @@ from dbfence.mysql.hysteresis import HysteresisConfig
 from dbfence.mysql.monitor import HealthMonitor
 from dbfence.mysql.probes import ProbeSettings, Target
 from dbfence.mysql.probes import Role as ProbeRole
+from dbfence.mysql.repair import MysqldControl
 from dbfence.ops_cli import switchover_refusal
 from dbfence.sdnotify import Notifier
 
@@ -238,13 +240,20 @@ class Agent:
             cluster=config.cluster.name, node=config.node.name, address=config.node.address,
             gate_port=gate_port, mysql_host=config.mysql.host, mysql_port=config.mysql.port,
             priority=config.node.priority, version=__version__)
+        rejoin = config.rejoin
+        self.repair = RepairKeeper(
+            mode=rejoin.mode, state_dir=Path(rejoin.state_dir), node=config.node.name, mysql=self.mysql,
+            control=MysqldControl(pid_file=Path(config.mysql.pid_file),
+                                  start_command=tuple(rejoin.start_command),
+                                  start_timeout=rejoin.start_timeout, binlog_tool=rejoin.binlog_tool),
+            on_done=self._record_repair)
         self.executor = Executor(
             identity=self.identity, keeper=self.keeper, lock=self.lock, gate=self.gate, mysql=self.mysql,
             monitor=self.monitor, db=self.db, dcs=self.dcs, replication=self.replication,
             catalog=self.catalog, publish_etcd_primary=dcs.kind == "etcd" and config.discovery.etcd_key,
             metrics=self.metrics, semi_sync_timeout_ms=config.failover.semi_sync_timeout_ms,
             relay_wait_timeout=config.failover.relay_wait_timeout,
-            accounts_check=self.check_app_accounts)
+            accounts_check=self.check_app_accounts, repair=self.repair)
         self.http: HttpApi | None = None
 
     @staticmethod
@@ -275,6 +284,15 @@ class Agent:
             raise AgentStartError(str(exc)) from None
         except MysqlAdapterError as exc:
             log.warning("cannot check the application accounts yet (%s); checking before admitting", exc)
+
+    def _record_repair(self, kind: str, detail: str) -> None:
+        """A repair ended (its own thread): `dbfence history` names it and the saved file."""
+        try:
+            self.lock.append_history(HistoryEntry(at=time.time(), kind=kind, node=self.identity.node,
+                                                  detail=detail))
+        except LockError as exc:
+            log.warning("cannot record the repair in the DCS history (%s): %s", exc, detail)
+        self.wake.set()
 
     def check_app_accounts(self) -> None:
         for app_user in self.config.mysql.app_users:
@@ -363,6 +381,7 @@ class Agent:
                                  "holds": _holdings(observation)}))
             if decision.state.role is Role.PRIMARY and self.state.role is Role.PROMOTING:
                 self.metrics.inc("promotions_total", "Times this node became primary.")
+            self._repair_role_change(self.state.role, decision.state.role)
         self.state = decision.state
         self.db.want_role(self._probe_role())
         self.executor.mysqld_unreachable = None
@@ -377,6 +396,13 @@ class Agent:
         self.last_decision = decision
         self._publish_status(observation, decision)
         return decision
+
+    def _repair_role_change(self, old: Role, new: Role) -> None:
+        """Evidence for [rejoin]: read when a primary fences, spent once it serves again."""
+        if new is Role.FENCING and old in (Role.PRIMARY, Role.PROMOTING):
+            self.repair.on_fencing()
+        elif new is Role.PRIMARY or (old is Role.FENCED and new is Role.REPLICA):
+            self.repair.on_serving()
 
     def _probe_role(self) -> ProbeRole:
         """Which probes fit: the heartbeat write only on an admitting primary, replication checks
@@ -451,6 +477,7 @@ class Agent:
             discovery=self.executor.discovery,
             intents=OperatorIntents(paused=intent.paused, switchover_target=intent.switchover_target),
             last_failover_at=last_failover,
+            repair=self.repair.view(),
         )
 
     def _health(self, facts: DbFacts, now: float) -> HealthVerdict:
@@ -553,6 +580,7 @@ class Agent:
             "dcs_problems": self.members.problems
             + ([self.dcs.latest.error] if self.dcs.latest.error else []),
             "action_errors": dict(self.executor.last_error),
+            "repair": self.repair.status(),
         }
         self.board.publish(StatusReport(role=role, gate_admitting=admitting and role == "primary",
                                         healthy=observation.db.health.healthy,

@@ -29,11 +29,13 @@ from dbfence.agent.actions import (
     RenewLock,
     Repoint,
     SetReadOnly,
+    TruncateErrant,
     WaitRelayLog,
     WriteFencingToken,
 )
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.observation import DiscoveryTag, MemberInfo
+from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbSensor, DcsSensor
 from dbfence.breaker import Admitting, Gate, IllegalTransition
 from dbfence.discovery.consul_catalog import ConsulCatalog
@@ -73,7 +75,7 @@ class Executor:
                  replication: Credentials, catalog: ConsulCatalog | None, publish_etcd_primary: bool,
                  metrics: Metrics, semi_sync_timeout_ms: int, relay_wait_timeout: float,
                  accounts_check: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, repair: RepairKeeper | None = None) -> None:
         self.identity = identity
         self.keeper = keeper
         self.lock = lock
@@ -90,6 +92,7 @@ class Executor:
         self.relay_wait_timeout = relay_wait_timeout
         self.clock = clock
         self.accounts_check = accounts_check
+        self.repair = repair
         self.accounts_checked = False
         self.discovery: DiscoveryTag | None = None
         self.check_pass_interval = 0.5
@@ -171,6 +174,8 @@ class Executor:
                                    apply_relay_log_timeout_s=self.relay_wait_timeout)
             case Repoint(primary=primary, semi_sync=semi_sync):
                 self._repoint(primary, semi_sync)
+            case TruncateErrant():
+                self._truncate(action)
             case DetachSource():
                 self.mysql.stop_receiving()
             case WriteFencingToken(token=token):
@@ -246,6 +251,15 @@ class Executor:
                            state, semi_sync_replica=semi_sync,
                            keep_ids=self.monitor.agent_connection_ids())
 
+    def _truncate(self, action: TruncateErrant) -> None:
+        """Start the repair in its own thread (it kills and restarts mysqld: seconds to minutes)."""
+        if self.repair is None:
+            raise RuntimeError("no repair keeper: [rejoin] is not configured")
+        record = self._holder_record(action.primary)
+        target = MysqlActions(Endpoint(record.mysql_host, record.mysql_port), self.mysql.credentials,
+                              name=action.primary)
+        self.repair.start_truncate(action, lambda: target.gtid_positions().history)
+
     def _refuse_if_mysqld_stopped(self) -> None:
         """A stopped mysqld (SIGSTOP, traced) answers nothing: asking it would only wait for the
         connect timeout, and the release of a complete fence would wait behind it."""
@@ -265,7 +279,8 @@ class Executor:
             node=ident.node,
             role=info.role.value,
             healthy=info.healthy,
-            reasons=facts.health.verdict(require_confirmation=not info.healthy).reasons,
+            reasons=(*facts.health.verdict(require_confirmation=not info.healthy).reasons,
+                     *self._repair_reasons(info)),
             gtid_position="" if info.position is None else str(info.position),
             gtid_received="" if info.received is None else str(info.received),
             seen_token=info.seen_token,
@@ -282,6 +297,20 @@ class Executor:
             mysql_port=ident.mysql_port,
         )
         self.lock.publish_member(record)
+
+    def _repair_reasons(self, info: MemberInfo) -> tuple[str, ...]:
+        """What `dbfence status` shows of a repair: the saved file, or why it gave up."""
+        if self.repair is None or info.role.value != "fenced":
+            return ()
+        view = self.repair.view()
+        reasons = []
+        if view.running:
+            reasons.append("repair running")
+        if view.gave_up:
+            reasons.append(f"repair gave up: {view.gave_up}")
+        if view.saved_file:
+            reasons.append(f"errant transactions saved to {view.saved_file}")
+        return tuple(reasons)
 
     # ------------------------------------------------------------------ discovery
     def _register(self, tag: DiscoveryTag) -> None:

@@ -28,8 +28,9 @@ EVIDENCE_FILE = "fencing-evidence.json"
 class FencingEvidence:
     """Semi-sync facts of the local mysqld, read while (or right after) it was primary.
 
-    ``started_at`` is when that mysqld started (wall clock, from ``Uptime``): the counters are
-    since then, so the evidence only speaks for that run of mysqld.
+    The counters are since mysqld started (``started_at``, from ``Uptime``, for the record), so
+    the evidence only speaks for that run of mysqld: the agent reads it from the process that
+    was primary (same pid as at fencing).
     """
 
     recorded_at: float

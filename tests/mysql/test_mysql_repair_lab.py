@@ -3,14 +3,18 @@ saved and truncated, never lost; a committed errant transaction is never removed
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pymysql
 
+from dbfence.agent.actions import ActionReason, TruncateErrant
+from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import SemiSyncSettings
 from dbfence.mysql.connection import DbConnection
@@ -149,3 +153,51 @@ def test_a_commit_acknowledged_after_a_fallback_to_async_is_never_truncated(
     assert result.errant_after == "0-1-3"
     assert rows(lab, "db1") == [(1, "acknowledged"), (2, "acknowledged without a replica")]
     assert "acknowledged without a replica" in result.saved_file.read_text()
+
+
+def test_the_agents_repair_keeper_records_evidence_saves_truncates_and_reports(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    lab = lossless_pair(lab_factory)
+    node = lab.node("db1")
+    history: list[tuple[str, str]] = []
+    keeper = RepairKeeper(
+        mode="truncate", state_dir=tmp_path / "state", node="db1", mysql=actions(lab, "db1"),
+        control=MysqldControl(pid_file=Path(node.pid_file), start_timeout=120.0,
+                              start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir",
+                                             str(lab.directory), "--recovery", "db1"]),
+        on_done=lambda kind, detail: history.append((kind, detail)))
+    assert keeper.view().evidence_problem == "no evidence recorded"
+    keeper.on_fencing()
+    poll(lambda: keeper.view().evidence_problem is None, 30, "the fencing evidence")
+    assert (tmp_path / "state" / "fencing-evidence.json").exists()
+
+    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
+    writer = threading.Thread(target=lambda: _quietly(lambda: run(
+        sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")), daemon=True)
+    writer.start()
+    primary = sql(lab, "db1")
+    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
+         30, "the commit to wait for its ack")
+    primary.close()
+    cut_replica_and_promote_it(lab)
+
+    started = time.monotonic()
+    keeper.start_truncate(TruncateErrant("db2", ("0-1-3",), ActionReason.REPAIR_UNACKNOWLEDGED),
+                          lambda: actions(lab, "db2").gtid_positions().history)
+    assert keeper.view().running
+    poll(lambda: not keeper.view().running, 120, "the repair to finish")
+    print(f"\nkeeper repair: {time.monotonic() - started:.2f} s, {keeper.status()}")
+    view = keeper.view()
+    assert view.gave_up == "" and view.saved_file.startswith(str(tmp_path / "state" / "errant-db1-"))
+    assert "never acknowledged" in Path(view.saved_file).read_text()
+    assert rows(lab, "db1") == [(1, "acknowledged")]
+    assert len(history) == 1 and history[0][0] == "repair"
+    assert history[0][1].startswith("truncated 0-1-3 in ") and view.saved_file in history[0][1]
+    keeper.on_serving()  # rejoined: the evidence of that fence is spent
+    assert not (tmp_path / "state" / "fencing-evidence.json").exists()
+    assert keeper.view().evidence_problem == "no evidence recorded"
+
+
+def _quietly(fn: Callable[[], None]) -> None:
+    with contextlib.suppress(pymysql.MySQLError):
+        fn()

@@ -1,0 +1,193 @@
+"""The agent's side of ``[rejoin]``: the fencing evidence and the repair, off the decision loop.
+
+Both read or restart mysqld, which can take seconds (a hung mysqld, crash recovery), so each runs
+in a thread of its own and the loop only reads :meth:`RepairKeeper.view`. The decision whether to
+repair is the core's (``dbfence.agent.rejoin``); this carries it out and reports back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dbfence.agent.actions import TruncateErrant
+from dbfence.agent.observation import RepairView
+from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.errors import MysqlAdapterError
+from dbfence.mysql.gtid import GtidState
+from dbfence.mysql.repair import MysqldControl, RepairError, RepairResult, truncate_unacknowledged
+from dbfence.mysql.repair_evidence import (
+    FencingEvidence,
+    clear_evidence,
+    load_evidence,
+    read_evidence,
+    save_evidence,
+)
+
+log = logging.getLogger("dbfence.agent")
+
+#: How long after fencing the evidence may still be read from the same run of mysqld (a hung one
+#: that resumes); a run that started after the fence says nothing about the primary's commits.
+EVIDENCE_RETRY_FOR = 600.0
+
+
+class RepairKeeper:
+    """Records the evidence when this node fences, runs a truncation when the core asks."""
+
+    def __init__(self, *, mode: str, state_dir: Path, node: str, mysql: MysqlActions,
+                 control: MysqldControl, on_done: Callable[[str, str], None] = lambda kind, detail: None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.mode = mode
+        self.state_dir = state_dir
+        self.node = node
+        self.mysql = mysql
+        self.control = control
+        self.on_done = on_done  # (history kind, detail): the agent appends it to the DCS history
+        self.wall = wall
+        self._lock = threading.Lock()
+        self._fenced_at: float | None = None
+        self._evidence: FencingEvidence | str = "no evidence recorded"
+        self._reader: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
+        self.saved_file = ""
+        self.gave_up = ""
+        self.last_result: RepairResult | None = None
+        if mode != "manual":
+            self._evidence = load_evidence(state_dir)  # an agent restarted while fenced keeps it
+
+    # ------------------------------------------------------------------ role changes
+    def on_fencing(self) -> None:
+        """The node stops being primary: forget older evidence and read this run's."""
+        if self.mode == "manual":
+            return
+        with self._lock:
+            self._fenced_at = self.wall()
+            self._evidence = "evidence not read yet"
+            self.gave_up = ""
+        clear_evidence(self.state_dir)
+        self._reader = threading.Thread(target=self._read_evidence, name="repair-evidence", daemon=True)
+        self._reader.start()
+
+    def on_serving(self) -> None:
+        """Primary again, or rejoined as a replica: the evidence of the last fence is spent."""
+        if self.mode == "manual":
+            return
+        with self._lock:
+            self._fenced_at = None
+            self._evidence = "no evidence recorded"
+            self.gave_up = ""
+        clear_evidence(self.state_dir)
+
+    def _mysqld_pid(self) -> str:
+        try:
+            return self.control.pid_file.read_text().strip()
+        except OSError:
+            return ""
+
+    def _read_evidence(self) -> None:
+        """Read the semi-sync counters of the run of mysqld that was primary: the same pid as at
+        fencing (a hung one may answer later); a restarted mysqld's counters say nothing."""
+        fenced_at = self._fenced_at
+        assert fenced_at is not None
+        pid = self._mysqld_pid()
+        problem = "mysqld did not answer after fencing"
+        while pid and self.wall() < fenced_at + EVIDENCE_RETRY_FOR:
+            try:
+                evidence = read_evidence(self.mysql)
+            except MysqlAdapterError as exc:
+                problem = f"mysqld did not answer after fencing ({exc})"
+                time.sleep(1.0)
+                continue
+            if self._mysqld_pid() != pid:
+                problem = "mysqld restarted after fencing before its semi-sync counters were read"
+                break
+            with self._lock:
+                if self._fenced_at == fenced_at:
+                    save_evidence(self.state_dir, evidence)
+                    self._evidence = evidence
+            log.info(json.dumps({"event": "fencing_evidence", "node": self.node, **asdict(evidence),
+                                 "problem": evidence.problem()}))
+            return
+        if not pid:
+            problem = f"mysqld was not running at fencing (no pid in {self.control.pid_file})"
+        with self._lock:
+            if self._fenced_at == fenced_at:
+                self._evidence = problem
+        log.warning(json.dumps({"event": "fencing_evidence", "node": self.node, "problem": problem}))
+
+    # ------------------------------------------------------------------ the core's view
+    def view(self) -> RepairView:
+        with self._lock:
+            evidence = self._evidence
+            running = self._worker is not None and self._worker.is_alive()
+            problem = evidence if isinstance(evidence, str) else evidence.problem()
+            return RepairView(evidence_problem=problem, running=running, gave_up=self.gave_up,
+                              saved_file=self.saved_file)
+
+    def status(self) -> dict[str, Any]:
+        view = self.view()
+        result = self.last_result
+        return {"mode": self.mode, "evidence_problem": view.evidence_problem, "running": view.running,
+                "saved_file": view.saved_file, "gave_up": view.gave_up,
+                "last": None if result is None else {
+                    "errant_before": result.errant_before, "errant_after": result.errant_after,
+                    "binlog_pos_before": result.binlog_pos_before,
+                    "binlog_pos_after": result.binlog_pos_after, "seconds": round(result.seconds, 3)}}
+
+    # ------------------------------------------------------------------ the repair
+    def start_truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState]) -> None:
+        """Start the truncation the core asked for, unless one is already running."""
+        with self._lock:
+            if self._worker is not None and self._worker.is_alive():
+                return
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.wall()))
+            out = self.state_dir / f"errant-{self.node}-{stamp}.sql"
+            self._worker = threading.Thread(target=self._truncate, args=(action, primary_state, out),
+                                            name="repair", daemon=True)
+            self._worker.start()
+
+    def _truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState], out: Path) -> None:
+        evidence = self._evidence
+        header = (f"-- dbfence: errant transactions of {self.node}, removed so that it can replicate "
+                  f"from {action.primary}\n-- GTIDs: {', '.join(action.gtids)}\n"
+                  f"-- never acknowledged to a client; evidence recorded at fencing: "
+                  f"{json.dumps(asdict(evidence)) if isinstance(evidence, FencingEvidence) else evidence}\n"
+                  f"-- to apply them anyway (after review): mariadb < {out.name}\n")
+        log.info(json.dumps({"event": "repair_started", "node": self.node, "primary": action.primary,
+                             "gtids": list(action.gtids), "file": str(out)}))
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            result = truncate_unacknowledged(self.mysql, self.control, primary_state, out, header)
+        except (RepairError, MysqlAdapterError, OSError) as exc:
+            self._finish(out, f"repair failed: {exc}", None)
+            return
+        if result.succeeded:
+            self._finish(out, "", result)
+        else:
+            self._finish(out, f"{result.errant_after} survived crash recovery (committed in the engine): "
+                              "rebuild this node", result)
+
+    def _finish(self, out: Path, gave_up: str, result: RepairResult | None) -> None:
+        saved = str(out) if out.exists() else ""
+        with self._lock:
+            self.saved_file = saved
+            self.gave_up = gave_up
+            self.last_result = result
+        fields: dict[str, Any] = {"event": "repair_done", "node": self.node, "ok": not gave_up,
+                                  "file": saved, "gave_up": gave_up}
+        if result is not None:
+            fields.update(removed=result.errant_before, left=result.errant_after,
+                          seconds=round(result.seconds, 3))
+        (log.info if not gave_up else log.warning)(json.dumps(fields))
+        where = f"; saved to {saved}" if saved else "; nothing saved"
+        if gave_up:
+            self.on_done("repair_failed", gave_up + where)
+        else:
+            assert result is not None
+            self.on_done("repair", f"truncated {result.errant_before} in {result.seconds:.1f} s{where}")
