@@ -710,6 +710,8 @@ def _fenced(r: _Round) -> None:
     check = obs.db.replication.errant
     if not obs.db.health.healthy:
         r.refuse(RefusalReason.DB_UNHEALTHY, ", ".join(obs.db.health.reasons))
+        if obs.repair.awaiting_restart:  # killed by the fence: what is errant shows after recovery
+            _repair(r, ErrantCheck(primary))
     elif check is None or check.against != primary:
         r.refuse(RefusalReason.ERRANT_UNCHECKED, primary)
     elif not check.clean:

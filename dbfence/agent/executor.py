@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from dbfence.agent.actions import (
     AcquireLock,
     Action,
+    ActionReason,
     AdmitGate,
     BlockGate,
     ClearSwitchover,
@@ -155,8 +156,12 @@ class Executor:
                 finally:
                     self.keeper.gate_token = None
                     self.gate.block(reason.value.replace("_", " "))
-            case SetReadOnly(read_only=True):
+            case SetReadOnly(read_only=True, reason=reason):
                 self._refuse_if_mysqld_stopped()
+                if (self.repair is not None and reason is not ActionReason.SWITCHOVER
+                        and self.repair.fence_by_crash()):
+                    raise MysqlUnavailableError(Reason.PROCESS_GONE, "killed by the fence: commits waited "
+                                                "for a semi-sync ack ([rejoin] mode = truncate)")
                 self.mysql.fence(keep_ids=self.monitor.agent_connection_ids())
             case SetReadOnly(read_only=False):
                 self.mysql.set_read_only(False)

@@ -204,13 +204,16 @@ class RepairView:
     asynchronous replication); otherwise it says what is missing or what happened. ``running``:
     a repair is under way (mysqld may be down meanwhile). ``gave_up``: why an earlier attempt
     failed (non-empty: the agent never tries again by itself). ``saved_file``: where the errant
-    transactions were written before anything was removed.
+    transactions were written before anything was removed. ``awaiting_restart``: the agent
+    killed mysqld while commits waited for an ack (the fence by crash, which keeps them in doubt)
+    and it has not been started since: the repair starts it, for crash recovery to truncate them.
     """
 
     evidence_problem: str | None = "no evidence recorded"
     running: bool = False
     gave_up: str = ""
     saved_file: str = ""
+    awaiting_restart: bool = False
 
 
 @dataclass(frozen=True, slots=True)

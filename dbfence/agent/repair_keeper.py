@@ -19,9 +19,18 @@ from typing import Any
 from dbfence.agent.actions import TruncateErrant
 from dbfence.agent.observation import RepairView
 from dbfence.mysql.actions import MysqlActions
-from dbfence.mysql.errors import MysqlAdapterError
+from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
 from dbfence.mysql.gtid import GtidState
-from dbfence.mysql.repair import MysqldControl, RepairError, RepairResult, truncate_unacknowledged
+from dbfence.mysql.repair import (
+    MysqldControl,
+    RepairError,
+    RepairResult,
+    binlog_files_of,
+    kill_mysqld,
+    mysqld_running,
+    recover_killed,
+    truncate_unacknowledged,
+)
 from dbfence.mysql.repair_evidence import (
     FencingEvidence,
     clear_evidence,
@@ -58,6 +67,7 @@ class RepairKeeper:
         self.saved_file = ""
         self.gave_up = ""
         self.last_result: RepairResult | None = None
+        self._killed = False  # the fence killed mysqld; nobody has started it since
         if mode != "manual":
             self._evidence = load_evidence(state_dir)  # an agent restarted while fenced keeps it
 
@@ -82,7 +92,38 @@ class RepairKeeper:
             self._fenced_at = None
             self._evidence = "no evidence recorded"
             self.gave_up = ""
+            self._killed = False
         clear_evidence(self.state_dir)
+
+    def fence_by_crash(self) -> bool:
+        """Fence mysqld by SIGKILL when commits wait for a semi-sync ack, instead of killing their
+        sessions: a killed session's commit is committed in InnoDB (durable within about a
+        second), a SIGKILLed server's stays prepared and crash recovery can truncate it (measured,
+        docs/operations.md). Only with ``truncate`` and evidence that proves lossless operation;
+        False: fence as usual. Raises MysqlAdapterError when mysqld does not answer."""
+        if self.mode != "truncate":
+            return False
+        try:
+            evidence = read_evidence(self.mysql)
+        except MysqlQueryError:
+            return False  # a query failed on a reachable server: fence as usual
+        if evidence.wait_sessions == 0 or evidence.problem() is not None:
+            return False
+        pid = self._mysqld_pid()
+        with self._lock:
+            self._evidence = evidence
+            self._killed = True
+        save_evidence(self.state_dir, evidence)
+        try:
+            kill_mysqld(self.control.pid_file)
+        except RepairError:
+            with self._lock:
+                self._killed = False
+            raise
+        log.warning(json.dumps({"event": "fenced_by_crash", "node": self.node, "pid": pid,
+                                "waiting_commits": evidence.wait_sessions,
+                                "gtid_binlog_pos": evidence.gtid_binlog_pos}))
+        return True
 
     def _mysqld_pid(self) -> str:
         try:
@@ -98,17 +139,19 @@ class RepairKeeper:
         pid = self._mysqld_pid()
         problem = "mysqld did not answer after fencing"
         while pid and self.wall() < fenced_at + EVIDENCE_RETRY_FOR:
+            if self._killed:
+                return  # the fence by crash read it first
             try:
                 evidence = read_evidence(self.mysql)
             except MysqlAdapterError as exc:
                 problem = f"mysqld did not answer after fencing ({exc})"
                 time.sleep(1.0)
                 continue
-            if self._mysqld_pid() != pid:
+            if self._mysqld_pid() != pid or self._killed:
                 problem = "mysqld restarted after fencing before its semi-sync counters were read"
                 break
             with self._lock:
-                if self._fenced_at == fenced_at:
+                if self._fenced_at == fenced_at and not self._killed:
                     save_evidence(self.state_dir, evidence)
                     self._evidence = evidence
             log.info(json.dumps({"event": "fencing_evidence", "node": self.node, **asdict(evidence),
@@ -117,7 +160,7 @@ class RepairKeeper:
         if not pid:
             problem = f"mysqld was not running at fencing (no pid in {self.control.pid_file})"
         with self._lock:
-            if self._fenced_at == fenced_at:
+            if self._fenced_at == fenced_at and not self._killed:
                 self._evidence = problem
         log.warning(json.dumps({"event": "fencing_evidence", "node": self.node, "problem": problem}))
 
@@ -128,7 +171,7 @@ class RepairKeeper:
             running = self._worker is not None and self._worker.is_alive()
             problem = evidence if isinstance(evidence, str) else evidence.problem()
             return RepairView(evidence_problem=problem, running=running, gave_up=self.gave_up,
-                              saved_file=self.saved_file)
+                              saved_file=self.saved_file, awaiting_restart=self._killed)
 
     def status(self) -> dict[str, Any]:
         view = self.view()
@@ -163,8 +206,16 @@ class RepairKeeper:
                              "gtids": list(action.gtids), "file": str(out)}))
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            result = truncate_unacknowledged(self.mysql, self.control, primary_state, out, header)
+            if self._killed and isinstance(evidence, FencingEvidence):
+                files = binlog_files_of(evidence.log_bin_basename, evidence.datadir)
+                result = recover_killed(self.mysql, self.control, primary_state, files, evidence.server_id,
+                                        evidence.gtid_binlog_pos, out, header)
+            else:
+                result = truncate_unacknowledged(self.mysql, self.control, primary_state, out, header)
         except (RepairError, MysqlAdapterError, OSError) as exc:
+            if not mysqld_running(self.control.pid_file):
+                exc = RepairError(f"{exc}; mysqld is not running")
+            self._killed = self._killed and not mysqld_running(self.control.pid_file)
             self._finish(out, f"repair failed: {exc}", None)
             return
         if result.succeeded:
@@ -176,6 +227,8 @@ class RepairKeeper:
     def _finish(self, out: Path, gave_up: str, result: RepairResult | None) -> None:
         saved = str(out) if out.exists() else ""
         with self._lock:
+            if result is not None:
+                self._killed = False
             self.saved_file = saved
             self.gave_up = gave_up
             self.last_result = result

@@ -61,6 +61,7 @@ class AgentTuning:
     trip_after: int = 3
     drain_timeout: float = 2.0
     kernel_forwarding: str = "auto"  # the product's default
+    rejoin: str = "manual"  # [rejoin] mode; truncate restarts mysqld with `lab start-mysql --recovery`
 
 
 def agent_address(index: int) -> str:
@@ -132,6 +133,13 @@ listen = "{address}:{http_port}"
 
 [discovery]
 consul_agent = "{consul_agent}"
+
+[rejoin]
+mode = "{tuning.rejoin}"
+state_dir = "{agent_dir / (node.name + '-state')}"
+start_command = ["{sys.executable}", "-m", "dbfence", "lab", "start-mysql", "--dir", "{lab.directory}",
+                 "--recovery", "{node.name}"]
+start_timeout = 120.0
 """)
     return config
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
+import psutil
 import pymysql
 
 from dbfence.lab import agents as agents_mod
@@ -171,6 +172,7 @@ class LabCluster:
         agents = [(f"agent-{a.name}", a.process) for a in self.agents]
         self._stop_all(agents)
         refs: list[tuple[str, ProcessRef]] = [(n.name, n.process) for n in self.mysql]
+        refs += [(n.name, ref) for n in self.mysql if (ref := _restarted_elsewhere(n)) is not None]
         refs += [(m.name, m.process) for m in self.etcd]
         if self.consul is not None:
             refs.append(("consul-standin", self.consul.process))
@@ -461,6 +463,22 @@ class LabCluster:
             host, port = self.consul.http_address.rsplit(":", 1)
             wait_until(lambda: port_open(host, int(port)), timeout=15, what="the Consul stand-in")
 
+
+
+def _restarted_elsewhere(node: MysqlNode) -> ProcessRef | None:
+    """The node's mysqld when another process restarted it (an agent's repair runs
+    `dbfence lab start-mysql`, which this process's manifest may not show yet): the pid in its
+    pid file, if that is a mariadbd on this node's data directory."""
+    try:
+        pid = int(Path(node.pid_file).read_text().strip())
+        if pid == node.pid:
+            return None
+        process = psutil.Process(pid)
+        if f"--datadir={node.datadir}" not in process.cmdline():
+            return None
+        return ProcessRef(pid, process.create_time())
+    except (OSError, ValueError, psutil.Error):
+        return None
 
 
 def _refuse_if_in_use(directory: Path) -> None:

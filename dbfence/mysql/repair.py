@@ -70,7 +70,11 @@ def binlog_files(mysql: MysqlActions) -> list[Path]:
     """The binlog files of the local mysqld, oldest first, as absolute paths."""
     with mysql.session() as conn:
         row = query_one(conn, "SELECT @@global.log_bin_basename AS base, @@global.datadir AS datadir")
-    base, datadir = row["base"], row["datadir"]
+    return binlog_files_of(str(row["base"] or ""), str(row["datadir"] or ""))
+
+
+def binlog_files_of(base: str, datadir: str) -> list[Path]:
+    """The binlog files named in ``<base>.index`` (mysqld may be down), oldest first."""
     if not base:
         raise RepairError("binary logging is off: nothing to save or truncate")
     index = Path(f"{base}.index")
@@ -82,9 +86,11 @@ def binlog_files(mysql: MysqlActions) -> list[Path]:
 
 
 def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange], out: Path,
-                header: str) -> list[Gtid]:
+                header: str, *, exact: bool = True) -> list[Gtid]:
     """Write exactly the transactions of ``ranges`` as replayable binlog events to ``out``
-    (mode 0600); returns the GTIDs written. Raises RepairError unless every one is there."""
+    (mode 0600); returns the GTIDs written. Raises RepairError unless every one is there
+    (``exact``), or (not ``exact``: open-ended ranges of a mysqld that is down) unless everything
+    found lies in them."""
     if not ranges:
         raise RepairError("no errant transactions to save")
     server_ids = {r.server_id for r in ranges}
@@ -108,7 +114,7 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
     written = [g for g in found if in_errant_ranges(g, ranges)]
     expected = sum(r.last_seq - r.after_seq for r in ranges if r.primary_has_stream)
     missing_stream = [r for r in ranges if not r.primary_has_stream]
-    if missing_stream or len(written) != expected or len(written) != len(found):
+    if missing_stream or (exact and len(written) != expected) or len(written) != len(found):
         raise RepairError(
             f"the binlog excerpt does not match the errant set {describe_errant(ranges)}: "
             f"found {','.join(map(str, found)) or 'nothing'}")
@@ -179,6 +185,44 @@ def start_mysqld(control: MysqldControl, mysql: MysqlActions) -> None:
                 raise RepairError(f"mysqld did not answer {control.start_timeout:g} s after the start "
                                   f"command: {exc}") from None
             time.sleep(0.1)
+
+
+def recover_killed(mysql: MysqlActions, control: MysqldControl, primary_state: Callable[[], GtidState],
+                   files: Sequence[Path], server_id: int, binlog_pos_before: str, out: Path,
+                   header: str) -> RepairResult:
+    """The same repair for a mysqld the agent killed while commits waited for an ack (the fence by
+    crash): save this server's transactions the primary lacks straight from the binlog files,
+    then start mysqld so that recovery truncates the in-doubt ones, and report what is left."""
+    started = time.monotonic()
+    if mysqld_running(control.pid_file):
+        raise RepairError(f"mysqld ({control.pid_file}) is running again, not started by the repair: "
+                          "its recovery may have kept the transactions that waited")
+    primary = primary_state()
+    ranges = [ErrantRange(domain, server_id, seq, _MAX_SEQ, primary_has_stream=True)
+              for (domain, writer), seq in sorted(primary.streams.items()) if writer == server_id]
+    if not ranges:
+        raise RepairError(f"the primary holds no transaction of server {server_id}: cannot tell which "
+                          "of its transactions are errant")
+    saved = save_errant(control.binlog_tool, files, ranges, out, header, exact=False)
+    start_mysqld(control, mysql)
+    after = mysql.gtid_positions()
+    left = after.history.errant_against(primary_state())
+    return RepairResult(saved_file=out, errant_before=",".join(map(str, saved)),
+                        errant_after=describe_errant(left), binlog_pos_before=binlog_pos_before,
+                        binlog_pos_after=str(after.binlog_pos), seconds=time.monotonic() - started)
+
+
+_MAX_SEQ = 2**64 - 1
+
+
+def mysqld_running(pid_file: Path) -> bool:
+    """Whether the pid in ``pid_file`` is a live mysqld (a killed one leaves its pid file)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return False
+    return comm in ("mariadbd", "mysqld") and _state(pid) not in ("Z", "gone")
 
 
 def truncate_unacknowledged(mysql: MysqlActions, control: MysqldControl,

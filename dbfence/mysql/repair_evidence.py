@@ -43,6 +43,10 @@ class FencingEvidence:
     no_tx: int
     yes_tx: int
     gtid_binlog_pos: str
+    wait_sessions: int = 0
+    server_id: int = 0
+    log_bin_basename: str = ""
+    datadir: str = ""
 
     def problem(self) -> str | None:
         """None when this proves lossless operation; else what it lacks, in one line."""
@@ -62,18 +66,19 @@ class FencingEvidence:
 
 def read_evidence(mysql: MysqlActions) -> FencingEvidence:
     """Read the evidence from the local mysqld (raises a MysqlAdapterError when it cannot)."""
-    with mysql.session(read_timeout_s=2.0) as conn:
+    with mysql.session(read_timeout_s=1.0) as conn:
         variables = query_one(
             conn,
             "SELECT @@global.rpl_semi_sync_master_enabled AS enabled, "
             "@@global.rpl_semi_sync_master_wait_point AS wait_point, "
             "@@global.rpl_semi_sync_master_timeout AS timeout_ms, "
-            "@@global.gtid_binlog_pos AS binlog_pos",
+            "@@global.gtid_binlog_pos AS binlog_pos, @@global.server_id AS server_id, "
+            "@@global.log_bin_basename AS log_bin_basename, @@global.datadir AS datadir",
         )
         status = {str(row["Variable_name"]).lower(): str(row["Value"]) for row in query(
             conn, "SHOW GLOBAL STATUS WHERE Variable_name IN ('Rpl_semi_sync_master_status', "
                   "'Rpl_semi_sync_master_no_times', 'Rpl_semi_sync_master_no_tx', "
-                  "'Rpl_semi_sync_master_yes_tx', 'Uptime')")}
+                  "'Rpl_semi_sync_master_yes_tx', 'Rpl_semi_sync_master_wait_sessions', 'Uptime')")}
     now = time.time()
     return FencingEvidence(
         recorded_at=now,
@@ -86,6 +91,10 @@ def read_evidence(mysql: MysqlActions) -> FencingEvidence:
         no_tx=int(status.get("rpl_semi_sync_master_no_tx", "-1")),
         yes_tx=int(status.get("rpl_semi_sync_master_yes_tx", "0")),
         gtid_binlog_pos=str(variables["binlog_pos"]),
+        wait_sessions=int(status.get("rpl_semi_sync_master_wait_sessions", "0")),
+        server_id=int(variables["server_id"]),
+        log_bin_basename=str(variables["log_bin_basename"] or ""),
+        datadir=str(variables["datadir"] or ""),
     )
 
 

@@ -198,6 +198,50 @@ def test_the_agents_repair_keeper_records_evidence_saves_truncates_and_reports(
     assert keeper.view().evidence_problem == "no evidence recorded"
 
 
+def lab_keeper(lab: LabCluster, tmp_path: Path, history: list[tuple[str, str]]) -> RepairKeeper:
+    node = lab.node("db1")
+    return RepairKeeper(
+        mode="truncate", state_dir=tmp_path / "state", node="db1", mysql=actions(lab, "db1"),
+        control=MysqldControl(pid_file=Path(node.pid_file), start_timeout=120.0,
+                              start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir",
+                                             str(lab.directory), "--recovery", "db1"]),
+        on_done=lambda kind, detail: history.append((kind, detail)))
+
+
+def test_the_fence_by_crash_keeps_a_waiting_commit_in_doubt_and_the_repair_truncates_it(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    lab = lossless_pair(lab_factory)
+    history: list[tuple[str, str]] = []
+    keeper = lab_keeper(lab, tmp_path, history)
+    assert not keeper.fence_by_crash()  # nothing waits for an ack: fence as usual
+    assert lab.node("db1").process.alive()
+
+    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
+    writer = threading.Thread(target=lambda: _quietly(lambda: run(
+        sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")), daemon=True)
+    writer.start()
+    primary = sql(lab, "db1")
+    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
+         30, "the commit to wait for its ack")
+    primary.close()
+    assert keeper.fence_by_crash()
+    assert not lab.node("db1").process.alive()
+    view = keeper.view()
+    assert view.awaiting_restart and view.evidence_problem is None
+    time.sleep(2.0)  # the point: longer than InnoDB's once-a-second flush; a KILLed waiter would be durable
+    cut_replica_and_promote_it(lab)
+
+    keeper.start_truncate(TruncateErrant("db2", (), ActionReason.REPAIR_UNACKNOWLEDGED),
+                          lambda: actions(lab, "db2").gtid_positions().history)
+    poll(lambda: not keeper.view().running, 120, "the repair to finish")
+    print(f"\nrepair after the fence by crash: {keeper.status()}")
+    view = keeper.view()
+    assert view.gave_up == "" and not view.awaiting_restart, keeper.status()
+    assert "never acknowledged" in Path(view.saved_file).read_text()
+    assert rows(lab, "db1") == [(1, "acknowledged")]
+    assert history[0][0] == "repair" and history[0][1].startswith("truncated 0-1-3 in ")
+
+
 def _quietly(fn: Callable[[], None]) -> None:
     with contextlib.suppress(pymysql.MySQLError):
         fn()
