@@ -108,6 +108,8 @@ def main() -> int:
     parser.add_argument("--ttl", type=float, default=3.0)
     parser.add_argument("--margin", type=float, default=1.0)
     parser.add_argument("--clients", type=int, default=2, help="concurrent writer connections")
+    parser.add_argument("--rejoin", choices=["manual", "truncate"], default="manual",
+                        help="the agents' [rejoin] mode (truncate: the old primary repairs itself)")
     args = parser.parse_args()
     if args.fault != "all" and args.fault not in faults:
         parser.error(f"unknown fault {args.fault!r}; pick one of {', '.join(faults)}")
@@ -116,7 +118,7 @@ def main() -> int:
     for fault in [f for f in chosen if unavailable(f)]:
         print(f"{fault.name}: {unavailable(fault)}")
     chosen = [f for f in chosen if unavailable(f) is None]
-    tuning = AgentTuning(ttl=args.ttl, margin=args.margin)
+    tuning = AgentTuning(ttl=args.ttl, margin=args.margin, rejoin=args.rejoin)
     logs = Path(tempfile.mkdtemp(prefix="dbfence-faults-logs-"))
     with scratch_space(Path(tempfile.mkdtemp(prefix="dbfence-faults-"))) as root:
         results = run_matrix(chosen, args.runs, root, args.dcs, tuning, clients=args.clients,

@@ -37,8 +37,9 @@ def plan_repair(mode: str, repair: RepairView, errant: ErrantCheck,
         return RepairHold.GAVE_UP, repair.gave_up
     if repair.evidence_problem is not None:
         return RepairHold.UNSAFE, repair.evidence_problem
-    foreign = [text for text in errant.gtids if _writer(text) != server_id]
-    if server_id is None or foreign:
+    # No GTIDs: mysqld is down (killed by the fence) and the adapter takes only this server's.
+    foreign = [text for text in errant.gtids if server_id is None or _writer(text) != server_id]
+    if foreign:
         return RepairHold.UNSAFE, "not written by this node: " + ",".join(foreign or errant.gtids)
     return TruncateErrant(errant.against, errant.gtids, ActionReason.REPAIR_UNACKNOWLEDGED)
 

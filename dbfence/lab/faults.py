@@ -515,8 +515,8 @@ def _settle(lab: LabCluster, timeout: float) -> tuple[str | None, bool]:
         if len(primaries) != 1:
             return None
         statuses = [lab.agent_status(a.name) for a in lab.agents if a.name != primaries[0]]
-        if any(s.get("fenced_reason") == "errant_gtids" or s.get("database", {}).get("errant")
-               for s in statuses):
+        if any((s.get("fenced_reason") == "errant_gtids" or s.get("database", {}).get("errant"))
+               and not _repair_pending(s) for s in statuses):
             return "stuck"
         following = all(s.get("role") == "replica" and
                         s.get("database", {}).get("replication_source") == primaries[0] for s in statuses)
@@ -528,6 +528,29 @@ def _settle(lab: LabCluster, timeout: float) -> tuple[str | None, bool]:
     primaries = lab.primaries()
     primary = primaries[0] if len(primaries) == 1 else None
     return primary, outcome == "settled" and primary is not None
+
+
+def _repair_pending(status: dict[str, Any]) -> bool:
+    """A fenced node with errant transactions that its agent may still repair ([rejoin])."""
+    repair = status.get("repair") or {}
+    if repair.get("mode", "manual") == "manual" or repair.get("gave_up"):
+        return False
+    return not any(str(refusal).startswith("repair_unsafe") for refusal in status.get("refusals", []))
+
+
+def _repair_note(lab: LabCluster, old_primary: str, healed_at: float) -> str:
+    """What the old primary's agent did about its errant transactions ([rejoin] not manual)."""
+    status = lab.agent_status(old_primary)
+    repair = status.get("repair") or {}
+    last = repair.get("last") or {}
+    role = status.get("role")
+    back = f"old primary {role} {time.time() - healed_at:.1f} s after the heal"
+    if repair.get("gave_up"):
+        return f"{back}; repair gave up: {repair['gave_up']}"
+    if repair.get("saved_file"):
+        return (f"{back}; removed {last.get('errant_before') or 'nothing'} in {last.get('seconds')} s "
+                f"(saved to {repair['saved_file']})")
+    return f"{back}; nothing removed"
 
 
 def _new_primary(lab: LabCluster, old: str) -> str | None:
@@ -584,6 +607,8 @@ def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2
     final_primary, settled = _settle(lab, timeout=30)
     if not settled:
         notes.append(f"not settled after the heal (primary: {final_primary})")
+    if tuning.rejoin != "manual" and final_primary != primary:
+        notes.append(_repair_note(lab, primary, healed_at))
     history = History(tuple(writer.attempts), read_tenures(lab), (event,),
                       read_final_state(lab, final_primary, table))
     verdict = check(history)
