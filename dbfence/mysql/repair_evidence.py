@@ -54,6 +54,8 @@ class FencingEvidence:
             return "semi-sync was off on this node as primary (rpl_semi_sync_master_enabled = OFF)"
         if self.wait_point.upper() != "AFTER_SYNC":
             return f"semi-sync wait point {self.wait_point}, not AFTER_SYNC"
+        if self.no_times < 0 or self.no_tx < 0:
+            return "the semi-sync counters could not be read"
         if self.no_times:
             return (f"semi-sync fell back to asynchronous {self.no_times} time(s) "
                     "(Rpl_semi_sync_master_no_times)")

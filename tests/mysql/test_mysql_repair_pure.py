@@ -1,0 +1,81 @@
+"""The repair's parts that need no server: judging the evidence, keeping it, refusing early."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from dbfence.mysql.gtid import ErrantRange
+from dbfence.mysql.repair import RepairError, binlog_files_of, kill_mysqld, save_errant
+from dbfence.mysql.repair_evidence import (
+    FencingEvidence,
+    clear_evidence,
+    load_evidence,
+    save_evidence,
+)
+
+CLEAN = FencingEvidence(recorded_at=100.0, started_at=50.0, master_enabled=True, master_status=True,
+                        wait_point="AFTER_SYNC", timeout_ms=86_400_000, no_times=0, no_tx=0, yes_tx=42,
+                        gtid_binlog_pos="0-1-42", wait_sessions=1, server_id=1,
+                        log_bin_basename="/var/lib/mysql/mysql-bin", datadir="/var/lib/mysql/")
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({}, None),
+    ({"master_enabled": False},
+     "semi-sync was off on this node as primary (rpl_semi_sync_master_enabled = OFF)"),
+    ({"wait_point": "AFTER_COMMIT"}, "semi-sync wait point AFTER_COMMIT, not AFTER_SYNC"),
+    ({"no_times": 2}, "semi-sync fell back to asynchronous 2 time(s) (Rpl_semi_sync_master_no_times)"),
+    ({"no_times": -1}, "the semi-sync counters could not be read"),
+    ({"no_tx": -1}, "the semi-sync counters could not be read"),
+    ({"no_tx": 3}, "3 commit(s) were not acknowledged by a replica (Rpl_semi_sync_master_no_tx)"),
+    ({"master_status": False}, "semi-sync was not active at fencing (Rpl_semi_sync_master_status = OFF)"),
+])
+def test_only_lossless_evidence_has_no_problem(change: dict[str, object], problem: str | None) -> None:
+    assert replace(CLEAN, **change).problem() == problem  # type: ignore[arg-type]
+
+
+def test_evidence_is_kept_private_and_forgotten(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert load_evidence(state) == "no evidence recorded"
+    path = save_evidence(state, CLEAN)
+    assert os.stat(path).st_mode & 0o077 == 0
+    assert load_evidence(state) == CLEAN
+    path.write_text("{not json")
+    assert str(load_evidence(state)).startswith(f"evidence file {path} unusable")
+    clear_evidence(state)
+    assert load_evidence(state) == "no evidence recorded"
+
+
+def test_nothing_is_saved_for_transactions_of_several_servers(tmp_path: Path) -> None:
+    ranges = [ErrantRange(0, 1, 5, 6, True), ErrantRange(0, 2, 7, 8, True)]
+    with pytest.raises(RepairError, match=r"several servers \(\[1, 2\]\)"):
+        save_errant("mariadb-binlog", [], ranges, tmp_path / "out.sql", "")
+    assert not (tmp_path / "out.sql").exists()
+
+
+def test_a_missing_binlog_tool_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RepairError, match="no-such-binlog-tool failed"):
+        save_errant("no-such-binlog-tool", [], [ErrantRange(0, 1, 5, 6, True)], tmp_path / "o.sql", "")
+
+
+def test_kill_refuses_a_pid_that_is_not_mysqld(tmp_path: Path) -> None:
+    pid_file = tmp_path / "mysqld.pid"
+    pid_file.write_text(f"{os.getpid()}\n")  # this test process: must never be killed
+    with pytest.raises(RepairError, match="not mysqld: not killed"):
+        kill_mysqld(pid_file)
+    with pytest.raises(RepairError, match="cannot read mysqld's pid"):
+        kill_mysqld(tmp_path / "missing.pid")
+
+
+def test_binlog_files_come_from_the_index_even_with_mysqld_down(tmp_path: Path) -> None:
+    (tmp_path / "mysql-bin.index").write_text("./mysql-bin.000001\n/elsewhere/mysql-bin.000002\n")
+    assert binlog_files_of(str(tmp_path / "mysql-bin"), str(tmp_path)) == [
+        tmp_path / "./mysql-bin.000001", Path("/elsewhere/mysql-bin.000002")]
+    with pytest.raises(RepairError, match="binary logging is off"):
+        binlog_files_of("", str(tmp_path))
+    with pytest.raises(RepairError, match="cannot read the binlog index"):
+        binlog_files_of(str(tmp_path / "other-bin"), str(tmp_path))
