@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,8 @@ class RepairKeeper:
         self._killed = False  # the fence killed mysqld; nobody has started it since
         if mode != "manual":
             self._evidence = load_evidence(state_dir)  # an agent restarted while fenced keeps it
+            self._killed = (isinstance(self._evidence, FencingEvidence) and self._evidence.killed_by_fence
+                            and not mysqld_running(control.pid_file))
 
     # ------------------------------------------------------------------ role changes
     def on_fencing(self) -> None:
@@ -110,6 +112,7 @@ class RepairKeeper:
         if evidence.wait_sessions == 0 or evidence.problem() is not None:
             return False
         pid = self._mysqld_pid()
+        evidence = replace(evidence, killed_by_fence=True)  # an agent restarted later still knows
         with self._lock:
             self._evidence = evidence
             self._killed = True

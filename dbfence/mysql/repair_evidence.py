@@ -47,6 +47,7 @@ class FencingEvidence:
     server_id: int = 0
     log_bin_basename: str = ""
     datadir: str = ""
+    killed_by_fence: bool = False  # the fence SIGKILLed this mysqld to keep its waiting commits in doubt
 
     def problem(self) -> str | None:
         """None when this proves lossless operation; else what it lacks, in one line."""

@@ -228,6 +228,8 @@ def test_the_fence_by_crash_keeps_a_waiting_commit_in_doubt_and_the_repair_trunc
     assert not lab.node("db1").process.alive()
     view = keeper.view()
     assert view.awaiting_restart and view.evidence_problem is None
+    restarted_agent = lab_keeper(lab, tmp_path, []).view()  # the evidence file says it too
+    assert restarted_agent.awaiting_restart and restarted_agent.evidence_problem is None
     time.sleep(2.0)  # the point: longer than InnoDB's once-a-second flush; a KILLed waiter would be durable
     cut_replica_and_promote_it(lab)
 
