@@ -101,9 +101,10 @@ class RepairKeeper:
         """Fence mysqld by SIGKILL when commits wait for a semi-sync ack, instead of killing their
         sessions: a killed session's commit is committed in InnoDB (durable within about a
         second), a SIGKILLed server's stays prepared and crash recovery can truncate it (measured,
-        docs/operations.md). Only with ``truncate`` and evidence that proves lossless operation;
+        docs/operations.md). Only with ``truncate``, after this agent saw the node leave PRIMARY
+        (only FENCED starts mysqld again), and with evidence that proves lossless operation;
         False: fence as usual. Raises MysqlAdapterError when mysqld does not answer."""
-        if self.mode != "truncate":
+        if self.mode != "truncate" or self._fenced_at is None:
             return False
         try:
             evidence = read_evidence(self.mysql)

@@ -213,6 +213,7 @@ def test_the_fence_by_crash_keeps_a_waiting_commit_in_doubt_and_the_repair_trunc
     lab = lossless_pair(lab_factory)
     history: list[tuple[str, str]] = []
     keeper = lab_keeper(lab, tmp_path, history)
+    keeper.on_fencing()
     assert not keeper.fence_by_crash()  # nothing waits for an ack: fence as usual
     assert lab.node("db1").process.alive()
 
@@ -224,6 +225,9 @@ def test_the_fence_by_crash_keeps_a_waiting_commit_in_doubt_and_the_repair_trunc
     poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
          30, "the commit to wait for its ack")
     primary.close()
+    # An agent that did not see this node leave PRIMARY (just started) fences as usual: only a
+    # FENCED node starts mysqld again.
+    assert not lab_keeper(lab, tmp_path / "fresh-agent", []).fence_by_crash()
     assert keeper.fence_by_crash()
     assert not lab.node("db1").process.alive()
     view = keeper.view()
