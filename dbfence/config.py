@@ -9,6 +9,7 @@ range is reported with its full dotted name and the form it expects, and the ref
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -82,6 +83,20 @@ class GateSection:
                                              "v2, TCP to mysqld at an IPv4 address), on = refuse to "
                                              "start without it, off = never.",
                                      choices=("auto", "on", "off"))
+    proxy_protocol: bool = setting(False, "Start each connection to mysqld with a PROXY protocol "
+                                          "(version 2) header naming the client, so that mysqld "
+                                          "authenticates, shows and logs the client's address "
+                                          "instead of the gate's (on every path: the kernel joins "
+                                          "a link after its login). mysqld's "
+                                          "proxy_protocol_networks must list the gate's backend "
+                                          "address (backend_source, or localhost with "
+                                          "mysql.socket); `dbfence check` verifies it. MariaDB "
+                                          "only.")
+    backend_source: str = setting("", "Local IP address the gate's TCP connections to mysqld "
+                                      "come from; empty = the kernel's choice. With "
+                                      "proxy_protocol, an address only the gate uses (127.0.0.2 "
+                                      "with mysqld on loopback) keeps proxy_protocol_networks to "
+                                      "the gate alone. Not with mysql.socket.")
     # At most 5 s: the agent's decision loop waits for the drain, and systemd's watchdog is 10 s.
     drain_timeout: float = setting(2.0, "Seconds a switchover lets in-flight transactions finish "
                                         "(new connections already refused) before cutting the rest; "
@@ -309,6 +324,15 @@ def _check_relations(config: AgentConfig) -> None:
     for address_key, value in (("gate.listen", config.gate.listen), ("http.listen", config.http.listen)):
         if value:
             parse_host_port(address_key, value)
+    source = config.gate.backend_source
+    if source:
+        if config.mysql.socket:
+            raise ConfigError("gate.backend_source: the gate reaches mysqld over mysql.socket, not TCP; "
+                              "unset one of them")
+        try:
+            ipaddress.ip_address(source)
+        except ValueError:
+            raise ConfigError(f"gate.backend_source: expected an IP address, got {source!r}") from None
     if bool(config.dcs.tls_cert) != bool(config.dcs.tls_key):
         raise ConfigError("dcs.tls_cert: tls_cert and tls_key must be given together")
 

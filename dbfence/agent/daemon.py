@@ -214,6 +214,8 @@ class Agent:
             login_timeout=config.gate.login_timeout,
             idle_timeout=config.gate.idle_timeout or None,
             kernel_forwarding=config.gate.kernel_forwarding,
+            proxy_protocol=config.gate.proxy_protocol,
+            backend_source=config.gate.backend_source or None,
         ))
         self._gate_stats: GateStats | None = None  # the latest connection table, when read
         # Read at scrape time: the workers' own counters, and the probes' latest results.

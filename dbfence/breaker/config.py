@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -36,6 +37,12 @@ class GateConfig:
     that has not finished its login ``login_timeout`` seconds after it connected is dropped (a TLS
     login counts as finished once it switches to TLS; mysqld's own ``connect_timeout`` bounds the
     rest).
+
+    With ``proxy_protocol`` each backend connection starts with a PROXY protocol header naming the
+    client (:mod:`dbfence.breaker.proxy_header`), so mysqld authenticates and shows the client's
+    address instead of the gate's. ``backend_source`` is the local address the backend connections
+    come from over TCP (None: the kernel's choice): one that only the gate uses, such as 127.0.0.2,
+    lets mysqld's ``proxy_protocol_networks`` name just the gate.
     """
 
     listen_host: str = "127.0.0.1"
@@ -59,8 +66,18 @@ class GateConfig:
     # can (BPF, root, cgroup v2, TCP to mysqld at an IPv4 address), else forward in the workers;
     # "on": refuse to start without it; "off": never.
     kernel_forwarding: str = "auto"
+    proxy_protocol: bool = False
+    backend_source: str | None = None
 
     def __post_init__(self) -> None:
+        if self.backend_source is not None:
+            if self.backend_socket is not None:
+                raise GateConfigError("backend_source applies to TCP to mysqld, not to a Unix socket")
+            try:
+                ipaddress.ip_address(self.backend_source)
+            except ValueError:
+                message = f"backend_source must be an IP address: {self.backend_source!r}"
+                raise GateConfigError(message) from None
         if self.kernel_forwarding not in ("auto", "on", "off"):
             raise GateConfigError(f"kernel_forwarding must be auto, on or off: {self.kernel_forwarding!r}")
         if not 0 <= self.listen_port < 65536:

@@ -137,6 +137,8 @@ class Gate:
             reason = "mysqld is reached over a Unix socket; kernel forwarding needs TCP"
         elif not _is_ipv4(config.backend_host):
             reason = f"mysqld's address is not an IPv4 address: {config.backend_host}"
+        elif config.backend_source is not None and not _is_ipv4(config.backend_source):
+            reason = f"backend_source is not an IPv4 address: {config.backend_source}"
         else:
             try:
                 self._kernel = KernelForwarder.create(self.port, config.backend_port, config.kernel_links)

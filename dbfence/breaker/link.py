@@ -84,6 +84,7 @@ class ClientSide(asyncio.Protocol):
         "peer",
         "pending",
         "pending_size",
+        "proxy_header",
         "transport",
         "valid_word",
         "words",
@@ -124,6 +125,8 @@ class ClientSide(asyncio.Protocol):
         # Holds one of the workers' shared backend slots (given back once, when forgotten).
         self.backend_slot = False
         self.connecting = False  # a backend connection is being opened for it
+        # Sent to mysqld ahead of everything else when gate.proxy_protocol is on (b"" when off).
+        self.proxy_header = b""
         # Drops the link unless its login ends in time (cancelled when it does).
         self.login_timer: asyncio.TimerHandle | None = None
 
@@ -205,6 +208,8 @@ class ClientSide(asyncio.Protocol):
             return
         self.backend_transport = transport
         self.backend_fd = transport.get_extra_info("socket").fileno()
+        if self.proxy_header:
+            transport.write(self.proxy_header)  # not the client's bytes: before any fence check
         if self.pending:
             word = self.words[0]
             if not fence_allows(word, self.epoch, _monotonic()):

@@ -39,6 +39,7 @@ from dbfence.breaker.packets import (
     ends_login,
     not_primary_message,
 )
+from dbfence.breaker.proxy_header import proxy_header
 from dbfence.breaker.shared import EPOCH_BITS, EPOCH_MASK, STATE_DRAINING, SharedRecord
 from dbfence.breaker.state import LEASE_EXPIRED
 
@@ -149,6 +150,13 @@ class Worker:
     async def _connect_backend(self, link: ClientSide) -> None:
         config = self.config
         link.connecting = True
+        if config.proxy_protocol and link.transport is not None:
+            # Written first on the backend connection (ClientSide.backend_up): mysqld reads it
+            # ahead of the client's login, whichever path the link takes after the login.
+            transport = link.transport
+            link.proxy_header = proxy_header(transport.get_extra_info("peername"),
+                                             transport.get_extra_info("sockname"))
+        source = None if config.backend_source is None else (config.backend_source, 0)
         try:
             connecting: Awaitable[object]
             if config.backend_socket is not None:
@@ -159,7 +167,7 @@ class Worker:
                 connecting = self._connect_announced(link, self.kernel)
             else:
                 connecting = self.loop.create_connection(
-                    lambda: BackendSide(link), config.backend_host, config.backend_port
+                    lambda: BackendSide(link), config.backend_host, config.backend_port, local_addr=source
                 )
             await asyncio.wait_for(connecting, config.connect_timeout)
         except (OSError, asyncio.TimeoutError) as error:
@@ -179,7 +187,7 @@ class Worker:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            sock.bind((config.backend_host, 0))
+            sock.bind((config.backend_source or config.backend_host, 0))
             try:
                 link.announced = kernel.announce(sock.getsockname())
             except OSError:  # the map is full, say: this link just takes the longer way
