@@ -8,6 +8,7 @@ the statement to run now and the ``my.cnf`` line that keeps it after a restart.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ _VARIABLES = (
     "log_bin", "log_slave_updates", "binlog_format", "gtid_strict_mode", "gtid_mode",
     "enforce_gtid_consistency", "server_id", "slave_net_timeout", "read_only",
     "rpl_semi_sync_master_enabled", "rpl_semi_sync_slave_enabled", "rpl_semi_sync_master_wait_point",
+    "proxy_protocol_networks",
 )
 
 
@@ -154,6 +156,64 @@ def check_net_timeout(settings: ServerSettings, ttl: float) -> Check:
     return fail("slave_net_timeout", f"{raw} s is not above the lease TTL ({ttl:g} s): promotions "
                                      "and repointing would wait on a reconnecting IO thread",
                 _persist("slave_net_timeout", str(wanted), dynamic=True))
+
+
+# ---------------------------------------------------------------------------------- PROXY protocol
+LOCAL_SOCKET = "localhost"  # how proxy_protocol_networks names connections over mysqld's Unix socket
+
+
+def _entries(networks: str) -> list[str]:
+    return [entry for entry in networks.replace(",", " ").split() if entry]
+
+
+def _entry_covers(entry: str, address: str) -> bool:
+    if entry == "*":
+        return True
+    if entry.lower() == LOCAL_SOCKET or address == LOCAL_SOCKET:
+        return entry.lower() == address
+    try:
+        return ipaddress.ip_address(address) in ipaddress.ip_network(entry, strict=False)
+    except ValueError:  # an entry mysqld would have refused, or IPv4 against IPv6
+        return False
+
+
+def _entry_is_exactly(entry: str, address: str) -> bool:
+    if address == LOCAL_SOCKET or entry.lower() == LOCAL_SOCKET:
+        return entry.lower() == address
+    try:
+        network = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return network.num_addresses == 1 and _entry_covers(entry, address)
+
+
+def check_proxy_protocol(settings: ServerSettings, backend_address: str | None) -> Check:
+    """With gate.proxy_protocol, mysqld must take the header from the gate's backend address
+    (``localhost`` when the gate reaches it over the Unix socket), or every client through the gate
+    is refused. Every other listed address may claim any client address: worth a warning."""
+    name = "proxy_protocol_networks"
+    if "proxy_protocol_networks" not in settings.variables:
+        return fail(name, f"{settings.version} does not accept the PROXY protocol (MariaDB does, from "
+                          "10.3), so the gate's clients could not log in", "gate.proxy_protocol = false")
+    if backend_address is None:
+        return fail(name, "cannot tell which address the gate's connections to mysqld come from",
+                    'set gate.backend_source = "127.0.0.2" (with mysqld on loopback)')
+    networks = settings.variables["proxy_protocol_networks"]
+    entries = _entries(networks)
+    listed = ", ".join(entries) if entries else "(empty)"
+    gate_only = (backend_address if backend_address == LOCAL_SOCKET
+                 else str(ipaddress.ip_network(backend_address)))  # 127.0.0.2/32
+    if not any(_entry_covers(entry, backend_address) for entry in entries):
+        value = ",".join([*entries, gate_only])
+        return fail(name, f"{listed} does not include the gate's backend address {backend_address}: mysqld "
+                          "would refuse every client through the gate",
+                    _persist(name, f"'{value}'", dynamic=True))
+    others = [entry for entry in entries if not _entry_is_exactly(entry, backend_address)]
+    if others:
+        return warn(name, f"{listed}: besides the gate ({backend_address}), any client connecting from "
+                          f"{', '.join(others)} may claim any client address",
+                    _persist(name, f"'{gate_only}'", dynamic=True) + " (unless those are proxies you trust)")
+    return ok(name, f"{listed}: mysqld takes the client's address from the gate ({backend_address}) only")
 
 
 # ---------------------------------------------------------------------------------- accounts

