@@ -62,6 +62,10 @@ class AgentTuning:
     drain_timeout: float = 2.0
     kernel_forwarding: str = "auto"  # the product's default
     rejoin: str = "manual"  # [rejoin] mode; truncate restarts mysqld with `lab start-mysql --recovery`
+    # gate.proxy_protocol and gate.backend_source ("" = the kernel's choice); the lab leaves
+    # mysqld's proxy_protocol_networks to whoever turns this on.
+    proxy_protocol: bool = False
+    backend_source: str = ""
 
 
 def agent_address(index: int) -> str:
@@ -103,6 +107,8 @@ listen = "{address}:{gate_port}"
 workers = 2
 drain_timeout = {tuning.drain_timeout}
 kernel_forwarding = "{tuning.kernel_forwarding}"
+proxy_protocol = {"true" if tuning.proxy_protocol else "false"}
+backend_source = "{tuning.backend_source}"
 
 [mysql]
 host = "{node.host}"
