@@ -380,7 +380,7 @@ class Gate:
         shared = self._require_started()
         workers: list[WorkerStats] = []
         connections: list[ConnectionInfo] = []
-        refused_full = login_timeouts = 0
+        refused_full = login_timeouts = spoofed_headers = 0
         for handle, report in zip(self._workers, reports, strict=True):
             if report is None:
                 slot = shared.read_slot(handle.index)
@@ -390,6 +390,7 @@ class Gate:
                 continue
             refused_full += int(report.get("refused_full", 0))
             login_timeouts += int(report.get("login_timeouts", 0))
+            spoofed_headers += int(report.get("spoofed_headers", 0))
             workers.append(
                 WorkerStats(
                     handle.index,
@@ -401,6 +402,7 @@ class Gate:
                     int(report["cut"]),
                     int(report.get("refused_full", 0)),
                     int(report.get("login_timeouts", 0)),
+                    int(report.get("spoofed_headers", 0)),
                 )
             )
             for row in report["connections"]:
@@ -434,6 +436,7 @@ class Gate:
             backend_connections=shared.backend_slots_held(),
             refused_full=refused_full,
             login_timeouts=login_timeouts,
+            spoofed_headers=spoofed_headers,
         )
 
     def _ask_stats(self, handle: _WorkerHandle) -> dict[str, Any] | None:

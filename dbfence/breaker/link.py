@@ -25,6 +25,7 @@ from dbfence.breaker.packets import (
     reply_end,
     reply_end_of_tail,
 )
+from dbfence.breaker.proxy_header import PROXY_HEADER_STARTS
 from dbfence.breaker.shared import EPOCH_BITS, EPOCH_MASK
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class ClientSide(asyncio.Protocol):
         "last_reply_at",
         "last_request_at",
         "logging_in",
+        "login_head",
         "login_timer",
         "opened",
         "overflow_in",
@@ -127,6 +129,9 @@ class ClientSide(asyncio.Protocol):
         self.connecting = False  # a backend connection is being opened for it
         # Sent to mysqld ahead of everything else when gate.proxy_protocol is on (b"" when off).
         self.proxy_header = b""
+        # The client's first bytes until there are 4 of them (None once they passed): a client
+        # may not start with a PROXY header of its own (see first_bytes_allowed).
+        self.login_head: bytes | None = b""
         # Drops the link unless its login ends in time (cancelled when it does).
         self.login_timer: asyncio.TimerHandle | None = None
 
@@ -161,6 +166,8 @@ class ClientSide(asyncio.Protocol):
         if now >= self.deadline:
             self.worker.enforce(now)
             return
+        if self.login_head is not None and not self.first_bytes_allowed(data):
+            return
         self.last_active = self.last_request_at = now
         self.bytes_in += len(data)
         self.counter.feed(data)
@@ -176,6 +183,22 @@ class ClientSide(asyncio.Protocol):
                 self.cut()
                 return
             self.pending.append(data)
+
+    def first_bytes_allowed(self, data: bytes) -> bool:
+        """Cut a client whose first bytes are a PROXY protocol header: mysqld would take the address
+        in it (measured: MariaDB honours a second header after the gate's, and a first one if the
+        gate's backend address is listed in proxy_protocol_networks), so any client could claim any
+        address. A MySQL client starts with its handshake response, never with these bytes."""
+        head = self.login_head + data[:4] if self.login_head is not None else data[:4]
+        if len(head) < 4:
+            self.login_head = head  # forwarding 1-3 bytes is harmless: mysqld needs all 4 to decide
+            return True
+        self.login_head = None
+        if head[:4] in PROXY_HEADER_STARTS:
+            self.worker.spoofed_headers += 1
+            self.cut()
+            return False
+        return True
 
     def adopt_word(self, word: int) -> bool:
         """Take a new fence word for this link if it carries the link's epoch; else enforce."""

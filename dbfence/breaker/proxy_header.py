@@ -20,9 +20,12 @@ import ipaddress
 import struct
 from typing import Final
 
-__all__ = ["SIGNATURE", "proxy_header"]
+__all__ = ["PROXY_HEADER_STARTS", "SIGNATURE", "proxy_header"]
 
 SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
+# The first 4 bytes by which mysqld recognises a header of either version, where it expects the
+# header of a MySQL packet.
+PROXY_HEADER_STARTS: Final = (b"PROX", SIGNATURE[:4])
 _VERSION_2_PROXY: Final = 0x21  # version 2, command PROXY (the addresses follow)
 _VERSION_2_LOCAL: Final = 0x20  # version 2, command LOCAL (no addresses: use the socket's own)
 _TCP_OVER_IPV4: Final = 0x11

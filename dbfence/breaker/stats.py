@@ -29,6 +29,7 @@ class WorkerStats:
     cut: int
     refused_full: int = 0  # of ``refused``: at the backend cap (ERR 1040)
     login_timeouts: int = 0  # dropped for not logging in within login_timeout
+    spoofed_headers: int = 0  # cut for sending a PROXY protocol header of their own
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class GateStats:
     backend_connections: int = 0  # held now
     refused_full: int = 0  # clients refused at the cap (ERR 1040), since start
     login_timeouts: int = 0  # clients dropped for not logging in in time, since start
+    spoofed_headers: int = 0  # clients cut for sending a PROXY protocol header, since start
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,7 @@ class GateStats:
             "backend_connections": self.backend_connections,
             "refused_full": self.refused_full,
             "login_timeouts": self.login_timeouts,
+            "spoofed_headers": self.spoofed_headers,
             "state": self.state,
             "reason": self.reason,
             "deadline_in": self.deadline_in,

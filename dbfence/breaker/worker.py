@@ -93,6 +93,7 @@ class Worker:
         self.handed_off = 0
         self.refused_full = 0  # refused at the backend cap (ERR 1040)
         self.login_timeouts = 0  # dropped for not logging in within login_timeout
+        self.spoofed_headers = 0  # cut for starting with a PROXY protocol header of their own
         self.listener: socket.socket | None = None
         self.inbox: socket.socket | None = None
         self.peers: list[socket.socket] = []
@@ -435,6 +436,7 @@ class Worker:
             "handed_off": self.handed_off,
             "refused_full": self.refused_full,
             "login_timeouts": self.login_timeouts,
+            "spoofed_headers": self.spoofed_headers,
             "kernel": {"handed": self.handed_to_kernel, "kept": self.kernel_refusals,
                        "error": self.kernel_error} if self.kernel is not None else None,
             "draining": self.draining,

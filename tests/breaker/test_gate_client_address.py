@@ -10,13 +10,15 @@ them) go socket to socket while mysqld keeps the address the header gave the ses
 from __future__ import annotations
 
 import secrets
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pymysql
 import pytest
 
+from dbfence.breaker.proxy_header import proxy_header
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.mariadb_servers import connect
 from tests.breaker.conftest import GateFactory
@@ -28,6 +30,7 @@ UNLISTED_SOURCE = "127.0.0.3"
 USER = "dbf_client_addr"
 ER_ACCESS_DENIED = 1045
 ER_HOST_NOT_PRIVILEGED = 1130
+CR_SERVER_LOST = 2013
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +138,68 @@ def test_a_listed_address_may_still_connect_without_a_header(gate_lab: LabCluste
                 assert _own_processlist_host(direct).startswith("127.0.0.1:")
         finally:
             cur.execute("SET GLOBAL proxy_protocol_networks = %s", (before,))
+
+
+CLAIMED_ADDRESS = "127.0.0.9"  # what a spoofing client claims to be
+
+
+@pytest.fixture(scope="module")
+def claimed_account(gate_lab: LabCluster, client_password: str) -> Iterator[str]:
+    """An account granted only to an address the spoofing client is not at."""
+    with gate_lab.connect("db1") as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{USER}'@'{CLAIMED_ADDRESS}' IDENTIFIED BY %s", (client_password,))
+    try:
+        yield client_password
+    finally:
+        with gate_lab.connect("db1") as conn, conn.cursor() as cur:
+            cur.execute(f"DROP USER '{USER}'@'{CLAIMED_ADDRESS}'")
+
+
+def _header_first(conn: pymysql.connections.Connection[Any], header: bytes) -> None:
+    """Make the client put ``header`` (a PROXY header of its own) in front of its handshake response."""
+    write: Callable[[bytes], None] = conn._write_bytes  # type: ignore[attr-defined]  # not in the stubs
+    pending = [header]
+
+    def prefixed(data: bytes) -> None:
+        write((pending.pop() if pending else b"") + data)
+
+    conn._write_bytes = prefixed  # type: ignore[attr-defined]
+
+
+def _login_claiming(port: int, password: str, claimed: str, *, bind: str) -> str:
+    conn = pymysql.connect(host="127.0.0.1", port=port, user=USER, password=password, bind_address=bind,
+                           defer_connect=True, ssl_disabled=True, connect_timeout=5, read_timeout=10)
+    _header_first(conn, proxy_header((claimed, 4242), ("127.0.0.1", port)))
+    conn.connect()
+    with conn:
+        return str(_one(conn, "SELECT USER()")[0])
+
+
+def test_mysqld_would_take_a_header_the_client_sends_after_the_gate_s(
+    gate_lab: LabCluster, claimed_account: str
+) -> None:
+    """Why the gate must stop them: straight from the gate's listed address, a second header wins."""
+    node = gate_lab.mysql[0]
+    with socket.socket() as sock:
+        sock.bind((GATE_SOURCE, 0))
+        sock.connect((node.host, node.port))
+        sock.sendall(proxy_header((CLIENT_ADDRESS, 4141), ("127.0.0.1", 3307)))
+        conn = pymysql.connect(user=USER, password=claimed_account, defer_connect=True, ssl_disabled=True)
+        _header_first(conn, proxy_header((CLAIMED_ADDRESS, 4242), ("127.0.0.1", 3307)))
+        conn.connect(sock=sock)
+        with conn:
+            assert _one(conn, "SELECT USER()") == (f"{USER}@{CLAIMED_ADDRESS}",)
+
+
+@pytest.mark.parametrize("proxy_protocol", [True, False])
+def test_a_client_that_sends_its_own_proxy_header_is_cut(
+    make_gate: GateFactory, gate_lab: LabCluster, claimed_account: str, proxy_protocol: bool
+) -> None:
+    # Without proxy_protocol the gate's backend address is still listed here: a client's header
+    # would be the first one mysqld reads, and be believed.
+    gate = make_gate(proxy_protocol=proxy_protocol, backend_source=GATE_SOURCE)
+    gate.admit(time.monotonic() + 60)
+    with pytest.raises(pymysql.err.OperationalError) as cut:
+        _login_claiming(gate.port, claimed_account, CLAIMED_ADDRESS, bind=CLIENT_ADDRESS)
+    assert cut.value.args[0] == CR_SERVER_LOST, cut.value.args
+    assert gate.stats().spoofed_headers == 1
