@@ -9,14 +9,17 @@ LOCAL command for a connection that carries no client address (mysqld then uses 
 The header is written first on each backend connection, before anything the client sends. mysqld
 speaks first, but it only reads its socket after its greeting, and then takes the header from the
 front of the client's first packet, so sending it at connect is enough. mysqld accepts it only from an
-address its ``proxy_protocol_networks`` lists (``localhost`` stands for its Unix socket); from any
-other it drops the connection. A listed address may still connect without a header (then its own
-address counts), so listing the gate's backend address does not disturb the agent's own sessions.
+address its ``proxy_protocol_networks`` lists (``localhost`` stands for its Unix socket); any other
+is refused (ERR 1130 if no account is granted to that address, else the connection is dropped once
+mysqld reads the header). A listed address may still connect without a header (then its own address
+counts), so listing the gate's backend address does not disturb the agent's own sessions. mysqld
+also believes a second header sent right after the first (measured), so the gate cuts a client whose
+own first bytes are one (``dbfence.breaker.link.ClientSide.first_bytes_allowed``).
 """
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 from typing import Final
 
@@ -32,37 +35,40 @@ _TCP_OVER_IPV4: Final = 0x11
 _TCP_OVER_IPV6: Final = 0x21
 _PORTS = struct.Struct("!HH")
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d
 
 
-def _ip_and_port(address: object) -> tuple[Address, int] | None:
-    """An (address, port) pair of a TCP socket, as transports report them; None for anything else."""
+def _packed(address: object) -> tuple[bytes, int] | None:
+    """A TCP socket's (address, port) as packed address bytes (4 for IPv4, IPv4-mapped IPv6
+    included, else 16) and the port; None for anything else."""
     if not isinstance(address, tuple) or len(address) < 2:
         return None
+    host = str(address[0])
     try:
-        ip = ipaddress.ip_address(str(address[0]).split("%", 1)[0])  # no IPv6 zone in the header
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET, host), int(address[1])
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])  # no zone in the header
+    except OSError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # a client of a dual-stack listener: mysqld should see plain IPv4
-    return ip, int(address[1])
-
-
-def _as_ipv6(ip: Address) -> ipaddress.IPv6Address:
-    return ip if isinstance(ip, ipaddress.IPv6Address) else ipaddress.IPv6Address(f"::ffff:{ip}")
+    if packed.startswith(_MAPPED_PREFIX):
+        packed = packed[12:]  # a client of a dual-stack listener: mysqld should see plain IPv4
+    return packed, int(address[1])
 
 
 def proxy_header(client: object, gate: object) -> bytes:
     """The header for a client at ``client`` connected to the gate at ``gate`` (the client socket's
     peer and local addresses). A LOCAL header when either is not an IP address and port."""
-    source, destination = _ip_and_port(client), _ip_and_port(gate)
+    source, destination = _packed(client), _packed(gate)
     if source is None or destination is None:
         return SIGNATURE + struct.pack("!BBH", _VERSION_2_LOCAL, 0, 0)
     (source_ip, source_port), (destination_ip, destination_port) = source, destination
-    ports = _PORTS.pack(source_port, destination_port)
-    if isinstance(source_ip, ipaddress.IPv4Address) and isinstance(destination_ip, ipaddress.IPv4Address):
-        family, addresses = _TCP_OVER_IPV4, source_ip.packed + destination_ip.packed
+    if len(source_ip) == len(destination_ip) == 4:
+        family = _TCP_OVER_IPV4
     else:  # one family for both: an IPv4 end is written as its IPv4-mapped IPv6 address
-        family, addresses = _TCP_OVER_IPV6, _as_ipv6(source_ip).packed + _as_ipv6(destination_ip).packed
-    body = addresses + ports
+        family = _TCP_OVER_IPV6
+        source_ip, destination_ip = (ip if len(ip) == 16 else _MAPPED_PREFIX + ip
+                                     for ip in (source_ip, destination_ip))
+    body = source_ip + destination_ip + _PORTS.pack(source_port, destination_port)
     return SIGNATURE + struct.pack("!BBH", _VERSION_2_PROXY, family, len(body)) + body
