@@ -153,8 +153,8 @@ def test_check_names_every_broken_requirement(lab_factory: Callable[..., LabClus
 
         # gate.proxy_protocol: mysqld must take the header from the gate's backend address.
         text = config_path.read_text()
-        config_path.write_text(text.replace("[gate]\n", '[gate]\nproxy_protocol = true\n'
-                                                      'backend_source = "127.0.0.2"\n', 1))
+        config_path.write_text(text.replace("proxy_protocol = false", "proxy_protocol = true", 1)
+                                   .replace('backend_source = ""', 'backend_source = "127.0.0.2"', 1))
         failures = _failures(_results(config_path))
         assert set(failures) == {"proxy_protocol_networks"}, failures
         fix = failures["proxy_protocol_networks"].fix
