@@ -153,6 +153,10 @@ class GateCollector(Collector):
             "login_timeouts": CounterMetricFamily(f"{PREFIX}gate_login_timeouts",
                                                   "Clients dropped for not logging in within "
                                                   "gate.login_timeout.", labels=["worker"]),
+            "spoofed_headers": CounterMetricFamily(f"{PREFIX}gate_spoofed_headers",
+                                                   "Clients cut for sending a PROXY protocol header "
+                                                   "of their own (claiming another address).",
+                                                   labels=["worker"]),
         }
         cap = GaugeMetricFamily(f"{PREFIX}gate_backend_cap",
                                 "Connections to mysqld the gate's workers may hold together.")
@@ -176,6 +180,7 @@ class GateCollector(Collector):
                 families["cut"].add_metric(label, worker.cut)
                 families["refused_full"].add_metric(label, worker.refused_full)
                 families["login_timeouts"].add_metric(label, worker.login_timeouts)
+                families["spoofed_headers"].add_metric(label, worker.spoofed_headers)
         yield responding
         yield open_now
         yield from families.values()

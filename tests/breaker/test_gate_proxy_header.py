@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
 
 import pytest
 
 from dbfence.breaker.config import GateConfig, GateConfigError
+from dbfence.breaker.gate import Gate
 from dbfence.breaker.proxy_header import SIGNATURE, proxy_header
+from dbfence.lab.echo import EchoBackend
+from tests.breaker.waiting import receive_exactly
 
 
 def test_an_ipv4_client_gives_a_28_byte_tcp4_header() -> None:
@@ -41,3 +46,14 @@ def test_backend_source_is_an_ip_address_and_only_for_tcp() -> None:
         GateConfig(backend_source="gate-host")
     with pytest.raises(GateConfigError, match="not to a Unix socket"):
         GateConfig(backend_source="127.0.0.2", backend_socket="/run/mysqld/mysqld.sock")
+
+
+def test_the_header_is_the_first_thing_mysqld_receives() -> None:
+    """Against an echo server: the header, then the client's bytes, on the one backend connection."""
+    with EchoBackend() as backend, Gate(GateConfig(listen_port=0, workers=1, backend_port=backend.port,
+                                                   kernel_forwarding="off", proxy_protocol=True)) as gate:
+        gate.admit(time.monotonic() + 60)
+        with socket.create_connection(("127.0.0.1", gate.port), timeout=5) as sock:
+            sock.sendall(b"ping")
+            expected = proxy_header(sock.getsockname(), ("127.0.0.1", gate.port)) + b"ping"
+            assert receive_exactly(sock, len(expected)) == expected

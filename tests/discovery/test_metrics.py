@@ -124,3 +124,15 @@ def test_value_reads_back_each_kind() -> None:
     assert metrics.value("lease_seconds_left") == 2.5
     assert metrics.value("renew_seconds") == 1
     assert metrics.value("never_set") is None
+
+
+def test_clients_cut_for_a_proxy_header_of_their_own_are_counted() -> None:
+    metrics = Metrics()
+    with EchoBackend() as backend, Gate(GateConfig(listen_port=0, workers=1, backend_port=backend.port,
+                                                   kernel_forwarding="off")) as gate:
+        metrics.add_collector(GateCollector(gate))
+        gate.admit(time.monotonic() + 60)
+        with socket.create_connection(("127.0.0.1", gate.port), timeout=5) as sock:
+            sock.sendall(b"PROXY TCP4 127.0.0.9 127.0.0.1 4242 3307\r\n")
+            assert sock.recv(64) == b""  # cut, nothing echoed
+        assert total(samples(metrics), "dbfence_gate_spoofed_headers_total") == 1
