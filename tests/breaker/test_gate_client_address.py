@@ -110,6 +110,23 @@ def test_without_proxy_protocol_mysqld_sees_the_gate_and_refuses_the_account(
         assert row.client.startswith(f"{CLIENT_ADDRESS}:") and row.forwarding == forwarding
 
 
+def test_over_the_unix_socket_mysqld_takes_the_header_if_it_lists_localhost(
+    make_gate: GateFactory, gate_lab: LabCluster, client_password: str
+) -> None:
+    node = gate_lab.mysql[0]
+    gate = make_gate(proxy_protocol=True, backend_socket=node.socket, kernel_forwarding="auto")
+    gate.admit(time.monotonic() + 60)
+    login = {"user": USER, "password": client_password, "bind_address": CLIENT_ADDRESS}
+    with gate_lab.connect("db1") as admin, admin.cursor() as cur:
+        cur.execute("SET GLOBAL proxy_protocol_networks = 'localhost'")
+        try:
+            with connect_via(gate, gate_lab, **login) as conn:
+                client_port = conn._sock.getsockname()[1]  # type: ignore[attr-defined]  # PyMySQL's socket
+                assert _own_processlist_host(conn) == f"{CLIENT_ADDRESS}:{client_port}"
+        finally:
+            cur.execute(f"SET GLOBAL proxy_protocol_networks = '{GATE_SOURCE}/32'")
+
+
 def test_a_header_from_an_address_mysqld_does_not_list_loses_the_connection(
     make_gate: GateFactory, gate_lab: LabCluster, client_password: str
 ) -> None:
