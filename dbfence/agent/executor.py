@@ -295,7 +295,7 @@ class Executor:
             priority=info.priority,
             server_id=facts.server_id,
             gtid_binlog_state=facts.binlog_state,
-            lag_seconds=facts.replication.lag_seconds,
+            lag_seconds=facts.replica_lag_seconds,  # None when unknown: status says what is true
             address=ident.address,
             gate_port=ident.gate_port,
             mysql_host=ident.mysql_host,

@@ -19,20 +19,12 @@ from dbfence.locks.base import LeaseLock
 from dbfence.locks.errors import LockError
 from dbfence.locks.model import ClusterSnapshot, HistoryEntry
 from dbfence.mysql.actions import GtidPositions, MysqlActions
-from dbfence.mysql.connection import (
-    DbConnection,
-    Endpoint,
-    Timeouts,
-    close_quietly,
-    connect,
-    query,
-    query_one,
-)
+from dbfence.mysql.connection import Endpoint, Timeouts
 from dbfence.mysql.credentials import Credentials
-from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
+from dbfence.mysql.errors import MysqlAdapterError
+from dbfence.mysql.facts import FactsReader
 from dbfence.mysql.flavour import ReplicaStatus
-from dbfence.mysql.gtid import GtidParseError, GtidState
-from dbfence.mysql.gtid import GtidPosition as MysqlGtidPosition
+from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.monitor import HealthMonitor, HealthObservation
 from dbfence.mysql.probes import Role as ProbeRole
 from dbfence.mysql.verdict import ProbeKind
@@ -63,6 +55,13 @@ class DbFacts:
     fencing_token: int | None = None
     replication: ReplicationState = field(default_factory=ReplicationState)
     replica_status: ReplicaStatus | None = None
+    # For status and metrics, what is true: how far behind its source this replica is, None when
+    # unknown (a thread stopped, or not a replica), and why replication is not working. The
+    # core's ``replication.lag_seconds`` is another quantity: the applier's backlog (0 once all
+    # that was received is applied, even with the IO thread stopped).
+    replica_lag_seconds: float | None = None
+    replication_problem: str = ""
+    errant_problem: str = ""  # why ``replication.errant`` is None while a holder is followed
     probe_summary: tuple[str, ...] = ()
     semi_sync_primary: bool | None = None
     semi_sync_replica: bool | None = None
@@ -91,89 +90,6 @@ def relay_applied(status: ReplicaStatus | None, current: CorePosition | None) ->
     if received is None or current is None:
         return False
     return current.covers(received)
-
-
-@dataclass(frozen=True, slots=True)
-class RawFacts:
-    read_only: bool
-    server_id: int
-    positions: GtidPositions
-    replica_status: ReplicaStatus | None
-    fencing_token: int | None
-    semi_sync_primary: bool
-    semi_sync_replica: bool
-    semi_sync_clients: int | None
-    # When mysqld started (monotonic), from Uptime and the moment it was read: later statements
-    # of the same read can block for seconds (SHOW SLAVE STATUS behind a STOP SLAVE), and
-    # subtracting Uptime from a later clock reading made a slow read look like a restart.
-    started_at: float
-
-
-class FactsReader:
-    """Reads every fact of a round over one kept connection (a few statements, no reconnects):
-    at several rounds a second, a fresh connection per fact would cost more than the facts."""
-
-    def __init__(self, actions: MysqlActions) -> None:
-        self._actions = actions
-        self._conn: DbConnection | None = None
-        self._mutex = threading.Lock()  # the sensor thread and the loop's refresh share it
-
-    def read(self) -> RawFacts:
-        with self._mutex:
-            return self._read_locked()
-
-    def _read_locked(self) -> RawFacts:
-        if self._conn is None or not self._conn.open:
-            self._conn = connect(self._actions.endpoint, self._actions.credentials,
-                                 Timeouts(connect_s=1.0, read_s=2.0, write_s=2.0))
-        conn = self._conn
-        try:
-            return self._read(conn)
-        except MysqlAdapterError:
-            close_quietly(conn)
-            self._conn = None
-            raise
-
-    def _read(self, conn: DbConnection) -> RawFacts:
-        sql = self._actions.sql
-        row = query_one(conn, (
-            "SELECT @@global.read_only AS read_only, @@server_id AS server_id, "
-            "@@global.gtid_binlog_pos AS binlog_pos, @@global.gtid_slave_pos AS slave_pos, "
-            "@@global.gtid_current_pos AS current_pos, @@global.gtid_binlog_state AS binlog_state, "
-            "@@global.rpl_semi_sync_master_enabled AS semi_primary, "
-            "@@global.rpl_semi_sync_slave_enabled AS semi_replica, "
-            "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-            "WHERE VARIABLE_NAME = 'UPTIME') AS uptime"))
-        started_at = time.monotonic() - float(row["uptime"] or 0)
-        try:
-            positions = GtidPositions(
-                binlog_pos=MysqlGtidPosition.parse(row["binlog_pos"]),
-                slave_pos=MysqlGtidPosition.parse(row["slave_pos"]),
-                current_pos=MysqlGtidPosition.parse(row["current_pos"]),
-                binlog_state=GtidState.parse(row["binlog_state"]),
-            )
-        except GtidParseError as exc:
-            raise MysqlQueryError("gtid positions", None, f"unreadable GTID: {exc}") from None
-        rows = query(conn, sql.replica_status_query())
-        status = sql.parse_replica_status(rows[0]) if rows else None
-        try:
-            token_rows = query(conn, "SELECT token FROM dbfence.fencing WHERE id = 1")
-            token = int(token_rows[0]["token"]) if token_rows else None
-        except MysqlQueryError:
-            token = None  # no dbfence schema before the first promotion
-        semi_primary = bool(int(row["semi_primary"]))
-        clients = None
-        if semi_primary:
-            clients = int(str(query_one(
-                conn, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")["Value"]))
-        return RawFacts(read_only=bool(int(row["read_only"])), server_id=int(row["server_id"]),
-                        positions=positions, replica_status=status, fencing_token=token,
-                        semi_sync_primary=semi_primary, semi_sync_replica=bool(int(row["semi_replica"])),
-                        semi_sync_clients=clients, started_at=started_at)
-
-    def close(self) -> None:
-        close_quietly(self._conn)
-        self._conn = None
 
 
 class DbSensor:
@@ -288,6 +204,7 @@ class DbSensor:
             lag = 0.0
         elif status.seconds_behind is not None:
             lag = float(status.seconds_behind)
+        errant, errant_problem = self._errant_check(positions)
         replication = ReplicationState(
             source=source,
             running=status is not None and status.io_running == "Yes" and status.sql_running == "Yes",
@@ -295,13 +212,15 @@ class DbSensor:
             receiving=status is not None and status.io_running != "No",
             relay_log_applied=applied,
             lag_seconds=lag,
-            errant=self._errant_check(positions),
+            errant=errant,
         )
         return DbFacts(
             at=at, health=health, read_only=raw.read_only, position=current,
             received=_to_core(status.received_gtid_pos) if status is not None else None,
             binlog_state=str(positions.binlog_state), server_id=raw.server_id,
             fencing_token=raw.fencing_token, replication=replication, replica_status=status,
+            replica_lag_seconds=None if status is None else status.lag_seconds,
+            replication_problem="" if status is None else status.problem, errant_problem=errant_problem,
             probe_summary=summary, semi_sync_primary=raw.semi_sync_primary,
             semi_sync_replica=raw.semi_sync_replica, semi_sync_clients=raw.semi_sync_clients,
             semi_sync_starved_at=at if raw.semi_sync_primary and raw.semi_sync_clients == 0
@@ -320,28 +239,30 @@ class DbSensor:
             self._restarts += 1
         return self._restarts
 
-    def _errant_check(self, local: GtidPositions) -> ErrantCheck | None:
+    def _errant_check(self, local: GtidPositions) -> tuple[ErrantCheck | None, str]:
         """Compare our history with the holder's binlog state: local read first, then remote, so
-        anything the holder wrote in between cannot look like ours."""
+        anything the holder wrote in between cannot look like ours. Returns the check, or None
+        and why there is none ("" when no holder is followed)."""
         peer = self._errant_peer
         if peer is None:
-            return None
+            return None, ""
         checked_at, last = self._last_errant
         recent = time.monotonic() - checked_at < self._errant_interval
         if last is not None and last.against == peer.name and recent:
-            return last
+            return last, ""
         # Short timeouts (one trivial read): while the holder's host is frozen every round waits
         # this long, and a replica notices the new holder, to repoint to it, only after the wait.
         remote = MysqlActions(Endpoint(peer.host, peer.port), self._credentials,
                               Timeouts(connect_s=1.0, read_s=1.0, write_s=1.0), name=peer.name)
         try:
             remote_state: GtidState = remote.gtid_positions().binlog_state
-        except MysqlAdapterError:
-            return None  # unknown: the core waits rather than guess
+        except MysqlAdapterError as exc:
+            # unknown: the core waits rather than guess
+            return None, f"cannot read {peer.name}'s binlog state: {exc}"
         ranges = local.history.errant_against(remote_state)
         check = ErrantCheck(against=peer.name, gtids=tuple(str(r) for r in ranges))
         self._last_errant = (time.monotonic(), check)
-        return check
+        return check, ""
 
 
 # read_only and replication are states the core observes and steers itself (it sets read_only,

@@ -71,6 +71,31 @@ class ReplicaStatus:
     relay_log_file: str = ""  # where the SQL thread is in the relay log
     relay_log_pos: int = 0
 
+    @property
+    def lag_seconds(self) -> float | None:
+        """How far behind its source this replica is, or None when nobody can know: unless both
+        threads run, Seconds_Behind_Master is NULL or (with everything received applied) a
+        meaningless 0, while the source's newer binlog events are not even being fetched."""
+        if self.problem or self.seconds_behind is None:
+            return None
+        return float(self.seconds_behind)
+
+    @property
+    def problem(self) -> str:
+        """Why this replica is not replicating, "" when both threads run and the lag is known."""
+        source = f"from {self.primary_host}:{self.primary_port}"
+        if self.last_sql_errno:
+            error = f"{self.last_sql_errno} {source}: {self.last_sql_error}"
+            return f"replication_error: SQL thread error {error}"
+        if self.sql_running != "Yes":
+            return f"sql_thread_not_running: SQL thread {self.sql_running} {source}"
+        if self.io_running != "Yes":
+            error = f": error {self.last_io_errno} {self.last_io_error}" if self.last_io_errno else ""
+            return f"io_thread_not_running: IO thread {self.io_running} {source}{error}"
+        if self.seconds_behind is None:
+            return f"lag_unknown: lag unknown {source}"
+        return ""
+
 
 class FlavourSql(Protocol):
     """Statements one flavour needs. Parameters use PyMySQL ``%s`` placeholders."""

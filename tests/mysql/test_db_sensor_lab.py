@@ -6,6 +6,7 @@ import socket
 import threading
 
 from dbfence.agent.sensors import DbSensor, PeerDatabase
+from dbfence.lab.wait import wait_until
 from dbfence.mysql.probes import Role
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, creds, monitor
@@ -69,3 +70,47 @@ def test_a_probe_round_read_before_a_refresh_does_not_undo_it(lab_factory: LabFa
         sensor._install(round_started_first)  # the round finishes late
         assert not sensor.latest.replication.receiving
         assert sensor.latest.probe_summary == ("round verdicts",)
+
+
+def test_a_stopped_io_thread_has_no_lag_to_report(lab_factory: LabFactory) -> None:
+    """With the IO thread stopped everything received is applied, so the core's applier backlog is
+    0; but how far the replica is behind its source is unknown, and status must not say 0."""
+    lab = lab_factory(mysql_count=2)
+    db2 = actions(lab, "db2")
+    with monitor(lab, "db2", Role.REPLICA) as probes:
+        sensor = DbSensor(probes, db2, creds(lab), threading.Event())
+
+        def lag_known() -> bool:
+            sensor.refresh_facts()
+            return sensor.latest.replica_lag_seconds is not None
+
+        wait_until(lag_known, timeout=20, what="db2 to report a lag while replicating")
+        assert sensor.latest.replication_problem == ""
+        assert db2.stop_receiving()
+        sensor.refresh_facts()
+        facts = sensor.latest
+        assert facts.replication.lag_seconds == 0.0 and facts.replication.relay_log_applied  # the core's
+        assert facts.replica_lag_seconds is None
+        assert facts.replication_problem.startswith("io_thread_not_running: IO thread No from ")
+
+
+def test_a_fence_that_kills_the_facts_connection_does_not_blank_the_next_read(
+        lab_factory: LabFactory) -> None:
+    """Fencing and repointing kill every session but the probes', including the sensor's kept
+    facts connection; the loop then re-reads to see its effect. That read must not come back
+    empty (no errant check, no position): a rejoined replica reported ``errant: None``."""
+    lab = lab_factory(mysql_count=2)
+    db2 = actions(lab, "db2")
+    holder = lab.node("db1")
+    with monitor(lab, "db2", Role.REPLICA) as probes:
+        sensor = DbSensor(probes, db2, creds(lab), threading.Event())
+        sensor.follow(PeerDatabase("db1", holder.host, holder.port), lambda host, port: None)
+        sensor.refresh_facts()
+        assert sensor.latest.error == "" and sensor.latest.replication.errant is not None
+        killed = db2.fence(keep_ids=probes.agent_connection_ids())
+        assert killed, "the fence killed no session: the sensor's connection was not open"
+        sensor.refresh_facts()
+        facts = sensor.latest
+        assert facts.error == ""
+        assert facts.position is not None and facts.replication.errant is not None
+        assert facts.replication.errant.gtids == () and facts.errant_problem == ""
