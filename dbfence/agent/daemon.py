@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -33,6 +34,7 @@ from dbfence.agent.executor import Executor, NodeIdentity
 from dbfence.agent.gtid import GtidPosition
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.observation import (
+    DiscoveryTag,
     GateView,
     HealthVerdict,
     LocalDatabase,
@@ -163,7 +165,6 @@ class Agent:
         self.core_config = core_config_of(config)
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
-        self.board = StatusBoard()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.state = State.initial(time.monotonic())
@@ -224,6 +225,9 @@ class Agent:
         self.metrics.set("info", "1; the labels name this agent's cluster and node (for joins).", 1,
                          {"cluster": config.cluster.name, "node": config.node.name, "version": __version__})
         self._saturated = False  # mysqld refusing clients (too many connections), as last logged
+        # Answers about our role read the gate's fence word when they are given; the report's own
+        # facts count for /replica and /health only while younger than a lease.
+        self.board = StatusBoard(self.gate.admits_at, stale_after=float(int(config.dcs.ttl)))
 
         dcs = config.dcs
         self.lock = self._open_lock(config)
@@ -393,7 +397,10 @@ class Agent:
             self.db.mark_unreachable(self.executor.mysqld_unreachable)
         elif any(isinstance(action, _CHANGES_MYSQLD) for action in decision.actions):
             self.db.refresh_facts()
-        self.executor.keep_check_passing()
+        if self.executor.discovery is not DiscoveryTag.PRIMARY or self.gate.admits_at(time.monotonic()):
+            # Never pass the primary's check for a gate whose fence has closed (a pause that
+            # outlived the lease ends between this round's observation and here).
+            self.executor.keep_check_passing()
         self.executor.reconcile_semi_sync(self.state.role.value, self.config.failover.lossless)
         self.last_decision = decision
         self._publish_status(observation, decision)
@@ -542,6 +549,14 @@ class Agent:
                          1 if observation.db.health.healthy else 0)
         self._publish_saturation()
         facts = self.db.latest
+        replicating = (facts.replica_status is not None and not facts.replication_problem
+                       and facts.replication.source is not None
+                       and facts.replication.source == observation.lock.holder)
+        self.metrics.set("replication_running", "1 while this node replicates from the lock holder "
+                         "(both threads run, lag known).", 1 if replicating else 0)
+        self.metrics.set("replication_lag_seconds", "Seconds behind the source (NaN: unknown or not a "
+                         "replica).", math.nan if facts.replica_lag_seconds is None
+                         else facts.replica_lag_seconds)
         details = {
             "cluster": self.identity.cluster,
             "node": self.identity.node,
@@ -572,9 +587,12 @@ class Agent:
                          "gtid_received": _text(facts.received),
                          "facts_age_seconds": round(now - facts.at, 3),
                          "replication_source": facts.replication.source,
-                         "lag_seconds": facts.replication.lag_seconds,
+                         # None, never 0, when it cannot be known (IO thread stopped, say)
+                         "lag_seconds": facts.replica_lag_seconds,
+                         "replication_problem": facts.replication_problem or None,
                          "errant": None if facts.replication.errant is None
                          else list(facts.replication.errant.gtids),
+                         "errant_problem": facts.errant_problem or None,
                          "probes": list(facts.probe_summary), "error": facts.error},
             "refusals": [f"{r.reason.value}: {r.detail}".rstrip(": ") for r in decision.refusals],
             "intent": {"paused": observation.intents.paused,
@@ -584,9 +602,9 @@ class Agent:
             "action_errors": dict(self.executor.last_error),
             "repair": self.repair.status(),
         }
-        self.board.publish(StatusReport(role=role, gate_admitting=admitting and role == "primary",
-                                        healthy=observation.db.health.healthy,
-                                        lag_seconds=facts.replication.lag_seconds, details=details))
+        self.board.publish(StatusReport(role=role, healthy=observation.db.health.healthy,
+                                        lag_seconds=facts.replica_lag_seconds, replicating=replicating,
+                                        details=details, at=now, lease_deadline=lease.deadline))
 
     # ------------------------------------------------------------------ operator commands
     def handle_command(self, command: str, args: dict[str, str]) -> CommandResult:

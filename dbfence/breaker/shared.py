@@ -25,6 +25,7 @@ Layout (native byte order, 16 KiB from ``memfd_create``):
 from __future__ import annotations
 
 import ctypes
+import math
 import mmap
 import os
 import struct
@@ -68,6 +69,13 @@ def fence_word(deadline: float, epoch: int) -> int:
     if deadline_us > MAX_DEADLINE_US:
         raise ValueError(f"deadline too far in the future: {deadline}")
     return (deadline_us << EPOCH_BITS) | (epoch & EPOCH_MASK)
+
+
+def fence_deadline(word: int) -> float:
+    """A fence word's deadline (monotonic seconds; 0.0 when blocked), rounded towards zero by one
+    ulp so that ``now < fence_deadline(word)`` is never looser than the exact microsecond test."""
+    deadline_us = word >> EPOCH_BITS
+    return math.nextafter(deadline_us / 1_000_000, 0.0) if deadline_us else 0.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,13 @@ class SharedRecord:
 
     def state_word(self) -> int:
         return int(self.words[_STATUS_OFFSET // 8])
+
+    def admits_at(self, now: float) -> bool:
+        """Would a new client be admitted at monotonic ``now``? The workers' own test: ``now``
+        before the fence word's deadline, and not draining. Lock-free, so answers about this
+        node's role can be computed from it at the moment they are given, even while the agent
+        loop is busy or has only just resumed from a pause that outlived the lease."""
+        return now < fence_deadline(self.fence()) and self.state_word() == STATE_ADMITTING
 
     def read_status(self) -> StatusRecord:
         words = self.words

@@ -1,12 +1,17 @@
 """The agent's HTTP API: health checks for load balancers, status for humans, metrics for Prometheus.
 
 ``GET /primary`` answers 200 only on the node whose gate admits, ``GET /replica`` 200 only on a
-healthy replica (optionally within ``?lag=SECONDS``): the convention HAProxy's ``httpchk`` and
-other load balancers already use. Mutating endpoints (switchover, pause, resume) are off unless a
-token is configured, and then require ``Authorization: Bearer <token>``.
+replica that replicates (optionally within ``?lag=SECONDS``): the convention HAProxy's ``httpchk``
+and other load balancers already use. Mutating endpoints (switchover, pause, resume) are off unless
+a token is configured, and then require ``Authorization: Bearer <token>``.
 
-The server runs on its own threads and only reads an immutable :class:`StatusReport` the agent
-loop swaps in, so a slow HTTP client can never hold up the loop.
+The server runs on its own threads and reads an immutable :class:`StatusReport` the agent loop
+swaps in, so a slow HTTP client can never hold up the loop. That report can be old: the loop may
+be busy, or the whole agent may just have been resumed from a pause (SIGSTOP, a VM freeze) that
+outlived its lease. So whether this node admits is never taken from the report: every answer
+reads the gate's fence word (what the gate workers read) at the moment it is given, and answers
+that depend on the report's facts (replica, health) refuse once the report is older than
+``stale_after``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -24,16 +30,61 @@ from urllib.parse import parse_qs, urlsplit
 from dbfence.discovery.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dbfence.discovery.metrics import Metrics
 
+# Would the gate admit a new client at this monotonic time? (the gate's fence word)
+FenceReader = Callable[[float], bool]
+
+
+def _never_admits(now: float) -> bool:
+    return False
+
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
-    """What the endpoints need to answer; ``details`` is the /status JSON body."""
+    """What the loop knew when it made the report (monotonic ``at``); ``details`` is the /status
+    JSON body. ``replicating``: replication from the primary works (both threads run, lag known)."""
 
     role: str = "starting"
-    gate_admitting: bool = False
     healthy: bool = False
     lag_seconds: float | None = None
+    replicating: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic)
+    lease_deadline: float | None = None  # monotonic; the lease's seconds left are computed per answer
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One answer about this node, computed when the request arrives."""
+
+    report: StatusReport
+    now: float
+    gate_admitting: bool  # from the fence word, at ``now``
+    stale: bool  # the report is older than the board's ``stale_after``
+
+    @property
+    def primary(self) -> bool:
+        return self.report.role == "primary" and self.gate_admitting
+
+    @property
+    def healthy(self) -> bool:
+        return self.report.healthy and not self.stale
+
+    def replica(self, max_lag: str | None) -> bool:
+        report = self.report
+        if report.role != "replica" or self.gate_admitting or not self.healthy or not report.replicating:
+            return False
+        if max_lag is None:
+            return True
+        try:
+            bound = float(max_lag)
+        except ValueError:
+            return False
+        return report.lag_seconds is not None and report.lag_seconds <= bound
+
+    def summary(self) -> dict[str, Any]:
+        return {"role": self.report.role, "gate_admitting": self.gate_admitting, "healthy": self.healthy,
+                "lag_seconds": self.report.lag_seconds,
+                "report_age_seconds": round(self.now - self.report.at, 3)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +98,15 @@ CommandHandler = Callable[[str, dict[str, str]], CommandResult]
 
 
 class StatusBoard:
-    """Holds the latest report; the loop publishes, HTTP threads read (an atomic swap)."""
+    """Holds the latest report (the loop publishes, HTTP threads read: an atomic swap) and the
+    fence reader every answer consults at the moment it is given."""
 
-    def __init__(self) -> None:
+    def __init__(self, admits: FenceReader = _never_admits, *, stale_after: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._report = StatusReport()
+        self._admits = admits
+        self._clock = clock
+        self.stale_after = stale_after
 
     def publish(self, report: StatusReport) -> None:
         self._report = report
@@ -58,6 +114,12 @@ class StatusBoard:
     @property
     def report(self) -> StatusReport:
         return self._report
+
+    def answer(self) -> Answer:
+        report = self._report
+        now = self._clock()
+        return Answer(report=report, now=now, gate_admitting=self._admits(now),
+                      stale=now - report.at > self.stale_after)
 
 
 class _Server(ThreadingHTTPServer):
@@ -101,19 +163,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        report = self.server.board.report
-        summary = {"role": report.role, "gate_admitting": report.gate_admitting,
-                   "healthy": report.healthy, "lag_seconds": report.lag_seconds}
+        board = self.server.board
         if url.path in ("/primary", "/master", "/read-write"):
-            ok = report.gate_admitting and report.role == "primary"
-            self._send_json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, summary)
+            # Read last, right before the reply goes out: the fence may close at any moment.
+            answer = board.answer()
+            self._send_json(HTTPStatus.OK if answer.primary else HTTPStatus.SERVICE_UNAVAILABLE,
+                            answer.summary())
         elif url.path in ("/replica", "/read-only"):
-            self._send_json(HTTPStatus.OK if _replica_ok(report, query.get("lag"))
-                            else HTTPStatus.SERVICE_UNAVAILABLE, summary)
+            answer = board.answer()
+            self._send_json(HTTPStatus.OK if answer.replica(query.get("lag"))
+                            else HTTPStatus.SERVICE_UNAVAILABLE, answer.summary())
         elif url.path in ("/health", "/liveness"):
-            self._send_json(HTTPStatus.OK if report.healthy else HTTPStatus.SERVICE_UNAVAILABLE, summary)
+            answer = board.answer()
+            self._send_json(HTTPStatus.OK if answer.healthy else HTTPStatus.SERVICE_UNAVAILABLE,
+                            answer.summary())
         elif url.path == "/status":
-            self._send_json(HTTPStatus.OK, {**summary, **report.details})
+            self._send_json(HTTPStatus.OK, _status_document(board.answer()))
         elif url.path == "/metrics":
             self._send(HTTPStatus.OK, self.server.metrics.render(), METRICS_CONTENT_TYPE)
         else:
@@ -138,16 +203,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(result.status, result.message.rstrip("\n") + "\n")
 
 
-def _replica_ok(report: StatusReport, max_lag: str | None) -> bool:
-    if report.role != "replica" or not report.healthy or report.gate_admitting:
-        return False
-    if max_lag is None:
-        return True
-    try:
-        bound = float(max_lag)
-    except ValueError:
-        return False
-    return report.lag_seconds is not None and report.lag_seconds <= bound
+def _status_document(answer: Answer) -> dict[str, Any]:
+    """The loop's details, with what can change between report and answer computed now."""
+    document: dict[str, Any] = {**answer.summary(), **answer.report.details}
+    document["gate_admitting"] = answer.gate_admitting
+    document["healthy"] = answer.healthy
+    gate = document.get("gate")
+    if isinstance(gate, Mapping):
+        document["gate"] = {**gate, "admitting": answer.gate_admitting}
+    lease = document.get("lease")
+    deadline = answer.report.lease_deadline
+    if isinstance(lease, Mapping) and deadline is not None:
+        document["lease"] = {**lease, "seconds_left": round(deadline - answer.now, 3)}
+    return document
 
 
 class HttpApi:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
+from dbfence.breaker.shared import STATE_ADMITTING, STATE_BLOCKING, STATE_DRAINING, SharedRecord, fence_word
 from dbfence.discovery.http_api import CommandResult, HttpApi, StatusBoard, StatusReport
 from dbfence.discovery.metrics import Metrics
 
@@ -25,8 +27,29 @@ def request(api: HttpApi, path: str, method: str = "GET",
 
 
 @pytest.fixture
-def board() -> StatusBoard:
-    return StatusBoard()
+def fence() -> Iterator[SharedRecord]:
+    """The gate's real shared record: the fence word its workers read (blocked until written)."""
+    record = SharedRecord.create()
+    try:
+        yield record
+    finally:
+        record.close()
+
+
+def admit(fence: SharedRecord, deadline: float, epoch: int = 1) -> None:
+    """What Gate.admit writes: the status first, then the fence word."""
+    fence.write_status(STATE_ADMITTING, epoch, 0.0, deadline, "")
+    fence.write_fence(fence_word(deadline, epoch))
+
+
+def block(fence: SharedRecord, epoch: int = 2) -> None:
+    fence.write_fence(fence_word(0.0, epoch))
+    fence.write_status(STATE_BLOCKING, epoch, 0.0, 0.0, "fencing")
+
+
+@pytest.fixture
+def board(fence: SharedRecord) -> StatusBoard:
+    return StatusBoard(fence.admits_at, stale_after=5.0)
 
 
 @pytest.fixture
@@ -47,31 +70,86 @@ def api(board: StatusBoard, commands: list[tuple[str, dict[str, str]]]) -> Itera
         server.stop()
 
 
-def test_primary_endpoint_is_200_only_on_the_admitting_primary(api: HttpApi, board: StatusBoard) -> None:
+def test_primary_endpoint_is_200_only_while_the_gate_admits(
+        api: HttpApi, board: StatusBoard, fence: SharedRecord) -> None:
     assert request(api, "/primary")[0] == 503  # starting
-    board.publish(StatusReport(role="primary", gate_admitting=True, healthy=True))
+    board.publish(StatusReport(role="primary", healthy=True))
+    assert request(api, "/primary")[0] == 503  # the loop says primary, but the gate is blocked
+    admit(fence, time.monotonic() + 60)
     assert request(api, "/primary")[0] == 200
     assert request(api, "/replica")[0] == 503
-    board.publish(StatusReport(role="primary", gate_admitting=False, healthy=False))  # fencing
+    block(fence)  # fencing: the report has not caught up yet
     assert request(api, "/primary")[0] == 503
+    admit(fence, time.monotonic() + 60, epoch=3)
+    fence.write_status(STATE_DRAINING, 3, time.monotonic() + 5, time.monotonic() + 60, "")
+    assert request(api, "/primary")[0] == 503  # a switchover drain refuses new clients
+
+
+def test_primary_endpoint_stops_at_the_fence_deadline_without_a_new_report(
+        api: HttpApi, board: StatusBoard, fence: SharedRecord) -> None:
+    """The agent loop made its report, then stopped (SIGSTOP): nothing republishes. /primary must
+    turn 503 by itself the moment the fence word's deadline passes, as the gate does."""
+    deadline = time.monotonic() + 0.4
+    admit(fence, deadline)
+    board.publish(StatusReport(role="primary", healthy=True, lease_deadline=deadline))
+    answers = []
+    while True:
+        asked_at = time.monotonic()
+        code, body = request(api, "/primary")
+        answers.append(code)
+        if code == 200:
+            assert asked_at < deadline, f"200 for a request sent {asked_at - deadline:.4f}s past the deadline"
+        elif asked_at > deadline:
+            break
+        assert asked_at < deadline + 5, "still 200 long after the deadline"
+    assert 200 in answers and answers[-1] == 503
+    assert json.loads(body)["gate_admitting"] is False
+    status = json.loads(request(api, "/status")[1])
+    assert status["gate_admitting"] is False and status["role"] == "primary"  # the loop's word, as of
+    assert status["report_age_seconds"] >= 0.4
 
 
 def test_replica_endpoint_honours_the_lag_bound(api: HttpApi, board: StatusBoard) -> None:
-    board.publish(StatusReport(role="replica", healthy=True, lag_seconds=4.0))
+    board.publish(StatusReport(role="replica", healthy=True, lag_seconds=4.0, replicating=True))
     assert request(api, "/replica")[0] == 200
     assert request(api, "/replica?lag=5")[0] == 200
     assert request(api, "/replica?lag=3")[0] == 503
     assert request(api, "/replica?lag=junk")[0] == 503
-    board.publish(StatusReport(role="replica", healthy=False, lag_seconds=0.0))
+    board.publish(StatusReport(role="replica", healthy=False, lag_seconds=0.0, replicating=True))
     assert request(api, "/replica")[0] == 503
 
 
-def test_status_is_json_with_details(api: HttpApi, board: StatusBoard) -> None:
-    board.publish(StatusReport(role="replica", healthy=True, details={"token": 7, "lock_holder": "db1"}))
+def test_a_replica_that_does_not_replicate_is_not_a_replica(api: HttpApi, board: StatusBoard) -> None:
+    """IO thread stopped: its lag is unknown, and a healthy mysqld is not a usable replica."""
+    board.publish(StatusReport(role="replica", healthy=True, lag_seconds=None, replicating=False))
+    code, body = request(api, "/replica")
+    assert code == 503 and json.loads(body)["lag_seconds"] is None
+    assert request(api, "/health")[0] == 200  # the database itself is fine
+
+
+def test_answers_from_a_report_older_than_stale_after_refuse(fence: SharedRecord) -> None:
+    now = [100.0]
+    board = StatusBoard(fence.admits_at, stale_after=5.0, clock=lambda: now[0])
+    board.publish(StatusReport(role="replica", healthy=True, lag_seconds=0.0, replicating=True, at=100.0))
+    assert board.answer().replica(None) and board.answer().healthy
+    now[0] = 105.5  # the agent was paused: its facts are from before the pause
+    assert not board.answer().replica(None) and not board.answer().healthy
+
+
+def test_status_is_json_with_details(api: HttpApi, board: StatusBoard, fence: SharedRecord) -> None:
+    deadline = time.monotonic() + 30
+    admit(fence, deadline)
+    board.publish(StatusReport(role="primary", healthy=True, lease_deadline=deadline,
+                               details={"token": 7, "lock_holder": "db1", "gate": {"port": 3307},
+                                        "lease": {"held": True, "seconds_left": 99.0}}))
     status, body = request(api, "/status")
     assert status == 200
-    assert json.loads(body) == {"role": "replica", "gate_admitting": False, "healthy": True,
-                                "lag_seconds": None, "token": 7, "lock_holder": "db1"}
+    document = json.loads(body)
+    assert 0 <= document.pop("report_age_seconds") < 5
+    assert 25 < document["lease"].pop("seconds_left") <= 30  # computed when asked, not published
+    assert document == {"role": "primary", "gate_admitting": True, "healthy": True,
+                        "lag_seconds": None, "token": 7, "lock_holder": "db1",
+                        "gate": {"port": 3307, "admitting": True}, "lease": {"held": True}}
     assert request(api, "/nope")[0] == 404
 
 
