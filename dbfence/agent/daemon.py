@@ -633,37 +633,68 @@ class Agent:
 
     # ------------------------------------------------------------------ stop
     def shutdown(self) -> None:
-        """Fence before anything else, then hand the lock over and stop every thread."""
+        """Fence before anything else, then hand the lock over and stop every thread.
+
+        Each step is logged as the executor logs an action (what, why, ok, how long), then one
+        ``stopped`` line with the total: a stop that hangs or fails shows where."""
+        started = time.monotonic()
         self.notifier.stopping()
-        log.info(json.dumps({"event": "stopping", "node": self.identity.node, "role": self.state.role.value}))
-        was_primary = self.state.role in (Role.PRIMARY, Role.PROMOTING, Role.FENCING)
+        role = self.state.role
+        token = self.keeper.status.token
+        log.info(json.dumps({"event": "stopping", "node": self.identity.node, "role": role.value,
+                             "token": token}))
+        was_primary = role in (Role.PRIMARY, Role.PROMOTING, Role.FENCING)
         self.keeper.gate_token = None
-        try:
-            self.gate.block("agent stopping")
-        except Exception:
-            log.exception("blocking the gate on stop failed")
-        if self.catalog is not None:
-            try:
-                self.catalog.fail_check("agent stopping")
-            except Exception as exc:
-                log.warning("could not fail the discovery check: %s", exc)
+        self._stop_step("BlockGate", lambda: self.gate.block("agent stopping"), token)
+        catalog = self.catalog
+        if catalog is not None:
+            self._stop_step("FailDiscoveryCheck", lambda: catalog.fail_check("agent stopping"), token)
         fenced = True
         if was_primary:
-            try:
-                self.mysql.fence(keep_ids=self.monitor.agent_connection_ids())
-            except Exception as exc:
-                fenced = False
-                log.warning("could not set read_only on stop (%s): the lock is left to expire", exc)
+            fenced = self._stop_step("SetReadOnly", lambda: self.mysql.fence(
+                keep_ids=self.monitor.agent_connection_ids()), token)
+        threads_started = time.monotonic()
         self.db.stop()
         self.dcs.stop()
         self.keeper.stop()
+        threads_ms = round((time.monotonic() - threads_started) * 1000, 1)
+        held = self.keeper.status.held
+        release = "ReleaseLock" if held else "CloseSession"
         if fenced:
-            self.keeper.close()  # releases the lock (no lock-delay) and our member record
+            # Closing the session releases the lock at once (no lock-delay) and our member record.
+            released = self._stop_step(release, self.keeper.close, token)
+        else:
+            released = False
+            self._log_stop_step(release, 0.0, "skipped: mysqld was not set read-only, so the lock is "
+                                "left to expire by itself (TTL) rather than handed over unfenced", token)
         self.gate.stop()
         self.monitor.close()
         if self.http is not None:
             self.http.stop()
         self.lock.close()
+        log.info(json.dumps({"event": "stopped", "node": self.identity.node, "role": role.value,
+                             "token": token, "lock_released": released and held,
+                             "ms": round((time.monotonic() - started) * 1000, 1),
+                             "threads_ms": threads_ms}))
+
+    def _stop_step(self, action: str, step: Callable[[], object], token: int | None) -> bool:
+        """Run one step of the stop; never raise (the next steps must still run)."""
+        started = time.monotonic()
+        error = ""
+        try:
+            step()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        self._log_stop_step(action, time.monotonic() - started, error, token)
+        return not error
+
+    def _log_stop_step(self, action: str, seconds: float, error: str, token: int | None) -> None:
+        fields: dict[str, Any] = {"event": "action", "node": self.identity.node, "action": action,
+                                  "reason": "agent_stopping", "ok": not error,
+                                  "ms": round(seconds * 1000, 1), "token": token}
+        if error:
+            fields["error"] = error
+        log.log(logging.WARNING if error else logging.INFO, json.dumps(fields, default=str))
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -106,12 +106,13 @@ class LeaseKeeper:
             self._set(held=False, token=None, error="")
 
     def close(self) -> None:
+        """Close the session: the lock (if held) and our member record go with it. Raises
+        LockError if the DCS could not be told; the session then expires by itself."""
         with self._mutex:
             try:
                 self._lock.close_session()
-            except LockError as exc:
-                log.warning("closing the DCS session failed (it will expire by itself): %s", exc)
-            self.status = LeaseStatus()
+            finally:
+                self.status = LeaseStatus()
 
     # ------------------------------------------------------------------ internals
     def _set(self, **changes: object) -> None:

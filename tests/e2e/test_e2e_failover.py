@@ -5,6 +5,7 @@ Each test drives a real fault and checks what an application and an operator wou
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -239,3 +240,32 @@ def test_primary_whose_mysqld_restarts_at_once_still_hands_over(lab_factory: Lab
     wait_for_role(lab, old, "replica", timeout=30)  # rejoins
     assert status(lab, old)["database"]["errant"] == []
     assert only_primary(lab) == new
+
+
+def test_sigterm_of_the_primary_agent_logs_each_stop_step_and_hands_the_lock_over(
+        lab_factory: LabFactory) -> None:
+    """``systemctl stop dbfence`` on the primary: the agent fences (gate, read-only), releases the
+    lock and says so, step by step with how long each took, like every other action."""
+    lab = lab_factory(mysql_count=2, dcs="etcd", agents=True)
+    old = only_primary(lab)
+    since = time.time() - 1
+    lab.kill_agent(old, signal.SIGTERM)
+    stopped_at = time.monotonic()
+    wait_until(lambda: not lab.agent(old).process.alive(), timeout=30, what="the agent to exit")
+    new = wait_until(lambda: next(iter(lab.primaries()), None), timeout=30, what="a new primary")
+    took_over = time.monotonic() - stopped_at
+    assert new != old
+    lines = [json.loads(line.split(" dbfence.agent ", 1)[1]) for line in
+             Path(lab.agent(old).log).read_text().splitlines() if " dbfence.agent {" in line]
+    stop = next(i for i, entry in enumerate(lines) if entry.get("event") == "stopping")
+    steps = lines[stop:]
+    assert steps[0]["role"] == "primary" and steps[0]["token"] is not None
+    actions = [(e["action"], e["reason"], e["ok"]) for e in steps if e.get("event") == "action"]
+    assert actions == [("BlockGate", "agent_stopping", True), ("SetReadOnly", "agent_stopping", True),
+                       ("ReleaseLock", "agent_stopping", True)], steps
+    assert all(e["ms"] >= 0 and e["token"] == steps[0]["token"] for e in steps if e.get("event") == "action")
+    assert steps[-1]["event"] == "stopped" and steps[-1]["lock_released"] is True
+    timings = ", ".join(f"{e['action']} {e['ms']} ms" for e in steps if e.get("event") == "action")
+    print(f"\nSIGTERM of {old}'s agent: {timings}; stopped after {steps[-1]['ms']} ms; "
+          f"{new} admitted {took_over:.2f}s after the signal")
+    assert log_times(lab.agent(old).log, since, '"event": "stopped"')
