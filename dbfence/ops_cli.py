@@ -88,12 +88,20 @@ def _render(report: dict[str, Any]) -> str:
     for m in report["members"]:
         rows.append([m["node"], m["role"], m["gate"] or "-",
                      "ok" if m["healthy"] else "; ".join(m["reasons"])[:48] or "unhealthy",
-                     m["gtid_position"] or "-", "-" if m["lag_seconds"] is None else f"{m['lag_seconds']:g}s",
+                     m["gtid_position"] or "-", _lag_text(m),
                      m["address"] or "-", f"{m['seen_seconds_ago']}s ago"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines += [f"WARNING: {w}" for w in report["warnings"]]
     return "\n".join(lines)
+
+
+def _lag_text(member: dict[str, Any]) -> str:
+    """A replica whose lag is unknown (a replication thread stopped) says so: "-" would read as
+    "not applicable", and 0 would be a lie."""
+    if member["lag_seconds"] is not None:
+        return f"{member['lag_seconds']:g}s"
+    return "unknown" if member["role"] == "replica" else "-"
 
 
 @click.command("status")

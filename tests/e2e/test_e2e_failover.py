@@ -17,9 +17,12 @@ import pytest
 
 from dbfence.breaker.kernel import probe
 from dbfence.lab.agents import AgentTuning, log_times
+from dbfence.lab.agents import http_status as agent_http_status
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.wait import wait_until
 from dbfence.locks.factory import DcsConfig, open_lock
+from dbfence.locks.model import Intent
+from dbfence.ops_cli import status_json
 from tests.conftest import LabFactory
 from tests.e2e.e2e_helpers import (
     app_connect,
@@ -32,6 +35,7 @@ from tests.e2e.e2e_helpers import (
     write_row,
     write_until_acknowledged,
 )
+from tests.mysql.mysql_lab_helpers import actions as mysql_actions
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,6 +44,10 @@ def only_primary(lab: LabCluster) -> str:
     primaries = lab.primaries()
     assert len(primaries) == 1, f"expected exactly one admitting primary, got {primaries}"
     return primaries[0]
+
+
+def agents_http(lab: LabCluster, name: str, path: str) -> tuple[int, bytes]:
+    return agent_http_status(lab.agent(name), path)
 
 
 def gate_address(lab: LabCluster, name: str) -> str:
@@ -269,3 +277,41 @@ def test_sigterm_of_the_primary_agent_logs_each_stop_step_and_hands_the_lock_ove
     print(f"\nSIGTERM of {old}'s agent: {timings}; stopped after {steps[-1]['ms']} ms; "
           f"{new} admitted {took_over:.2f}s after the signal")
     assert log_times(lab.agent(old).log, since, '"event": "stopped"')
+
+
+def test_a_replica_with_its_io_thread_stopped_reports_no_lag_and_is_no_replica(
+        lab_factory: LabFactory) -> None:
+    """Its applier has nothing left to apply, but how far behind its source it is cannot be
+    known: /status, the member record (``dbfence status``) and /metrics must not say 0, and
+    /replica must not send reads to it. The cluster is paused so the agent leaves the thread
+    stopped (it would otherwise restart it within a round)."""
+    lab = lab_factory(mysql_count=2, dcs="etcd", etcd_members=1, agents=True)
+    primary = only_primary(lab)
+    replica = next(a.name for a in lab.agents if a.name != primary)
+    wait_until(lambda: agents_http(lab, replica, "/replica")[0] == 200, timeout=30, what="a working replica")
+    operator = open_lock(DcsConfig(kind="etcd", endpoints=tuple(lab.dcs_endpoints)), lab.cluster, "operator")
+    try:
+        operator.write_intent(Intent(paused=True, pause_reason="test"))
+        wait_until(lambda: status(lab, replica)["intent"]["paused"], timeout=10, what="the pause")
+        assert mysql_actions(lab, replica).stop_receiving()
+
+        def stopped_report() -> dict[str, Any] | None:
+            report = status(lab, replica)
+            problem = report.get("database", {}).get("replication_problem") or ""
+            return report if problem.startswith("io_thread_not_running") else None
+
+        report = wait_until(stopped_report, timeout=10, what="the status to name the stopped IO thread")
+        assert report["database"]["lag_seconds"] is None and report["lag_seconds"] is None
+        assert report["database"]["healthy"] is True  # the database is fine: it can still be promoted
+        assert agents_http(lab, replica, "/replica")[0] == 503
+        metrics = agents_http(lab, replica, "/metrics")[1].decode()
+        assert "dbfence_replication_running 0" in metrics and "dbfence_replication_lag_seconds NaN" in metrics
+        wait_until(lambda: next(m for m in status_json(operator.snapshot(strict=False))["members"]
+                                if m["node"] == replica)["lag_seconds"] is None,
+                   timeout=10, what="the member record to carry no lag")
+        operator.write_intent(Intent())
+        wait_until(lambda: agents_http(lab, replica, "/replica")[0] == 200, timeout=30,
+                   what="the agent to restart the IO thread once resumed")
+        assert status(lab, replica)["database"]["lag_seconds"] is not None
+    finally:
+        operator.close()
