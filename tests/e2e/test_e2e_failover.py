@@ -19,7 +19,7 @@ from dbfence.breaker.kernel import probe
 from dbfence.lab.agents import AgentTuning, log_times
 from dbfence.lab.agents import http_status as agent_http_status
 from dbfence.lab.cluster import LabCluster
-from dbfence.lab.wait import wait_until
+from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.locks.factory import DcsConfig, open_lock
 from dbfence.locks.model import Intent
 from dbfence.ops_cli import status_json
@@ -237,7 +237,13 @@ def test_garbage_in_the_lock_key_is_reported_and_survived(lab_factory: LabFactor
 def test_primary_whose_mysqld_restarts_at_once_still_hands_over(lab_factory: LabFactory) -> None:
     """A mysqld restarted (say by systemd) faster than the probes can trip is still a crashed
     primary: its crash recovery may have rolled back what a replica already has. It must hand
-    over, and come back as a clean replica (no heartbeat written through read_only)."""
+    over, and come back as a clean replica (no heartbeat written through read_only).
+
+    Unless the kill caught a heartbeat between the binlog write and the replicas' ack (lossless
+    mode, AFTER_SYNC): crash recovery then commits it, the old primary holds a transaction no
+    other node has, and it must stay fenced naming it (seen once in ~40 runs: GTID 0-1-98 in the
+    old binlog, the others at 0-1-97). Either outcome is checked; a rejoin with errant GTIDs is
+    never acceptable."""
     lab = lab_factory(mysql_count=3, dcs="etcd", agents=True)
     old = only_primary(lab)
     lab.kill_mysql(old)
@@ -245,8 +251,25 @@ def test_primary_whose_mysqld_restarts_at_once_still_hands_over(lab_factory: Lab
     lab.start_mysql(old)
     new = wait_until(lambda: next((p for p in lab.primaries() if p != old), None), timeout=30,
                      what="another node to become primary")
-    wait_for_role(lab, old, "replica", timeout=30)  # rejoins
-    assert status(lab, old)["database"]["errant"] == []
+
+    def settled() -> dict[str, Any] | None:
+        report = status(lab, old)
+        if report.get("role") == "replica" or report.get("fenced_reason") == "errant_gtids":
+            return report
+        return None
+
+    try:
+        report = wait_until(settled, timeout=30, what=f"{old} to rejoin (or stay fenced, errant)")
+    except WaitTimeout:
+        wait_for_role(lab, old, "replica", timeout=0.1)  # fails with the agent's status and log
+        raise
+    errant = report["database"]["errant"]
+    if report["role"] == "replica":
+        assert errant == [], report  # the check that allowed the rejoin is in the same report
+    else:
+        own = f"0-{lab.node(old).server_id}-"
+        assert errant and all(gtid.startswith(own) for gtid in errant), report
+        print(f"\n{old} stays fenced: the kill caught its own write in flight ({errant})")
     assert only_primary(lab) == new
 
 
