@@ -227,7 +227,7 @@ class Agent:
         self._saturated = False  # mysqld refusing clients (too many connections), as last logged
         # Answers about our role read the gate's fence word when they are given; the report's own
         # facts count for /replica and /health only while younger than a lease.
-        self.board = StatusBoard(self.gate.admits_at, stale_after=float(int(config.dcs.ttl)))
+        self.board = StatusBoard(self.gate.admits_now, stale_after=float(int(config.dcs.ttl)))
 
         dcs = config.dcs
         self.lock = self._open_lock(config)
@@ -397,7 +397,7 @@ class Agent:
             self.db.mark_unreachable(self.executor.mysqld_unreachable)
         elif any(isinstance(action, _CHANGES_MYSQLD) for action in decision.actions):
             self.db.refresh_facts()
-        if self.executor.discovery is not DiscoveryTag.PRIMARY or self.gate.admits_at(time.monotonic()):
+        if self.executor.discovery is not DiscoveryTag.PRIMARY or self.gate.admits_now():
             # Never pass the primary's check for a gate whose fence has closed (a pause that
             # outlived the lease ends between this round's observation and here).
             self.executor.keep_check_passing()

@@ -278,14 +278,14 @@ class Gate:
                 self._publish_block_locked(self._reason())
             return state
 
-    def admits_at(self, now: float) -> bool:
-        """Would the workers admit a new client at monotonic ``now`` (see SharedRecord.admits_at)?
-        Takes no lock: HTTP threads answer from it while the agent loop holds the gate."""
+    def admits_now(self) -> bool:
+        """Would the workers admit a new client right now (see SharedRecord.admits_now)? Takes
+        no lock: HTTP threads answer from it while the agent loop holds the gate."""
         shared = self._shared
         if shared is None:
             return False
         try:
-            return shared.admits_at(now)
+            return shared.admits_now()
         except ValueError:  # stop() released the shared page meanwhile: nothing is admitted
             return False
 

@@ -29,6 +29,7 @@ import math
 import mmap
 import os
 import struct
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -177,10 +178,16 @@ class SharedRecord:
 
     def admits_at(self, now: float) -> bool:
         """Would a new client be admitted at monotonic ``now``? The workers' own test: ``now``
-        before the fence word's deadline, and not draining. Lock-free, so answers about this
-        node's role can be computed from it at the moment they are given, even while the agent
-        loop is busy or has only just resumed from a pause that outlived the lease."""
+        before the fence word's deadline, and not draining."""
         return now < fence_deadline(self.fence()) and self.state_word() == STATE_ADMITTING
+
+    def admits_now(self) -> bool:
+        """:meth:`admits_at` with the clock read *after* the words, so that a deadline passing
+        meanwhile is never missed. Lock-free: answers about this node's role are computed from
+        it when they are given, even while the agent loop is busy or has only just resumed from
+        a pause that outlived the lease."""
+        word, state = self.fence(), self.state_word()
+        return time.monotonic() < fence_deadline(word) and state == STATE_ADMITTING
 
     def read_status(self) -> StatusRecord:
         words = self.words

@@ -30,11 +30,11 @@ from urllib.parse import parse_qs, urlsplit
 from dbfence.discovery.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dbfence.discovery.metrics import Metrics
 
-# Would the gate admit a new client at this monotonic time? (the gate's fence word)
-FenceReader = Callable[[float], bool]
+# Would the gate admit a new client right now? (the gate's fence word, read when called)
+FenceReader = Callable[[], bool]
 
 
-def _never_admits(now: float) -> bool:
+def _never_admits() -> bool:
     return False
 
 
@@ -58,7 +58,7 @@ class Answer:
 
     report: StatusReport
     now: float
-    gate_admitting: bool  # from the fence word, at ``now``
+    gate_admitting: bool  # from the fence word, read after ``now``
     stale: bool  # the report is older than the board's ``stale_after``
 
     @property
@@ -118,7 +118,7 @@ class StatusBoard:
     def answer(self) -> Answer:
         report = self._report
         now = self._clock()
-        return Answer(report=report, now=now, gate_admitting=self._admits(now),
+        return Answer(report=report, now=now, gate_admitting=self._admits(),
                       stale=now - report.at > self.stale_after)
 
 

@@ -49,7 +49,7 @@ def block(fence: SharedRecord, epoch: int = 2) -> None:
 
 @pytest.fixture
 def board(fence: SharedRecord) -> StatusBoard:
-    return StatusBoard(fence.admits_at, stale_after=5.0)
+    return StatusBoard(fence.admits_now, stale_after=5.0)
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_a_replica_that_does_not_replicate_is_not_a_replica(api: HttpApi, board:
 
 def test_answers_from_a_report_older_than_stale_after_refuse(fence: SharedRecord) -> None:
     now = [100.0]
-    board = StatusBoard(fence.admits_at, stale_after=5.0, clock=lambda: now[0])
+    board = StatusBoard(fence.admits_now, stale_after=5.0, clock=lambda: now[0])
     board.publish(StatusReport(role="replica", healthy=True, lag_seconds=0.0, replicating=True, at=100.0))
     assert board.answer().replica(None) and board.answer().healthy
     now[0] = 105.5  # the agent was paused: its facts are from before the pause
