@@ -19,6 +19,9 @@ What is checked:
 * **Admitted while fenced**: writes that started inside a fault's quiet window (for example
   etcd quorum loss, once the last lease could have run out) and were acknowledged anyway.
 * **Errant transactions** left on any node, as read from the servers.
+* **Stale reads**: a read acknowledged through a gate that misses a write acknowledged before
+  the read began. Each read covers the ids from its ``low`` mark up (see :class:`Read`); the
+  gate's guarantee is that a read admitted by it sees every write acknowledged before it began.
 * **Unknown outcomes**: whether each one landed on the final primary.
 * **Outages**: per fault, the longest stretch without an acknowledged write between the
   injection and the first write that started after the heal (the application's
@@ -83,11 +86,34 @@ class FinalState:
 
 
 @dataclass(frozen=True, slots=True)
+class Read:
+    """One acknowledged ``SELECT id ... WHERE id >= low`` through ``node``'s gate, over
+    ``[start, end]``, and the ids it returned. Reads that failed prove nothing and are not kept."""
+
+    start: float
+    end: float
+    node: str
+    low: int
+    ids: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class StaleRead:
+    """A read through ``node`` that began at ``start`` and missed ``missing``, writes
+    acknowledged before it began."""
+
+    start: float
+    node: str
+    missing: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class History:
     attempts: tuple[Attempt, ...]
     tenures: tuple[Tenure, ...]
     faults: tuple[FaultEvent, ...]
     final: FinalState
+    reads: tuple[Read, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +167,7 @@ class Verdict:
     unknown_landed: tuple[int, ...]
     unknown_missing: tuple[int, ...]
     outages: tuple[Outage, ...]
+    stale_reads: tuple[StaleRead, ...] = ()
 
     @property
     def overlapping(self) -> int:
@@ -152,8 +179,8 @@ class Verdict:
 
     @property
     def safe(self) -> bool:
-        """No acknowledged write lost and never two writers."""
-        return not self.lost and self.overlapping == 0
+        """No acknowledged write lost, never two writers, and no stale read."""
+        return not self.lost and self.overlapping == 0 and not self.stale_reads
 
 
 def check(history: History) -> Verdict:
@@ -172,7 +199,22 @@ def check(history: History) -> Verdict:
         unknown_landed=tuple(sorted(i for i in unknown if i in rows)),
         unknown_missing=tuple(sorted(i for i in unknown if i not in rows)),
         outages=tuple(outage(acked, fault) for fault in history.faults),
+        stale_reads=find_stale_reads(acked, history.reads),
     )
+
+
+def find_stale_reads(acked: Iterable[Attempt], reads: Iterable[Read]) -> tuple[StaleRead, ...]:
+    """Reads that miss a write with an id at or above their ``low`` mark that was acknowledged
+    (ended) before the read started."""
+    by_id = sorted(acked, key=lambda a: a.id)
+    ids = [a.id for a in by_id]
+    stale: list[StaleRead] = []
+    for read in reads:
+        required = (a.id for a in by_id[bisect.bisect_left(ids, read.low):] if a.end < read.start)
+        missing = tuple(i for i in required if i not in read.ids)
+        if missing:
+            stale.append(StaleRead(read.start, read.node, missing))
+    return tuple(sorted(stale, key=lambda s: s.start))
 
 
 def find_interleavings(acked: Iterable[Attempt], tenures: Iterable[Tenure]) -> tuple[Interleaving, ...]:

@@ -1,0 +1,55 @@
+"""The soak's nemesis plan: the same seed gives the same schedule, and a schedule overlaps faults."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbfence.lab.nemesis import NemesisTuning, Trigger, plan
+
+KINDS = ("mysqld-kill", "agent-stop", "switchover", "host-freeze", "etcd-quorum-loss")
+
+
+def test_the_same_seed_gives_the_same_schedule_whatever_order_the_kinds_come_in() -> None:
+    first = plan(42, 600, KINDS, ttl=3.0, quiet=20)
+    again = plan(42, 600, tuple(reversed(KINDS)), ttl=3.0, quiet=20)
+    assert first == again
+    assert first.describe() == again.describe()
+
+
+def test_another_seed_gives_another_schedule() -> None:
+    assert plan(1, 600, KINDS, ttl=3.0, quiet=20).bursts != plan(2, 600, KINDS, ttl=3.0, quiet=20).bursts
+
+
+def test_a_long_schedule_uses_every_kind_overlaps_faults_and_holds_some_past_the_ttl() -> None:
+    schedule = plan(7, 1800, KINDS, ttl=3.0, quiet=30)
+    faults = [f for b in schedule.bursts for f in b.faults]
+    assert {f.kind for f in faults} == set(KINDS)
+    triggers = {f.trigger for f in faults}
+    assert triggers == {Trigger.AT_ONCE, Trigger.RECOVERING, Trigger.PROMOTION}
+    assert all(b.faults[0].trigger is Trigger.AT_ONCE for b in schedule.bursts)
+    assert all(f.trigger is not Trigger.AT_ONCE for b in schedule.bursts for f in b.faults[1:])
+    assert any(b.overlapping for b in schedule.bursts)
+    assert any(f.hold > 3.0 for f in faults) and any(f.hold < 3.0 for f in faults)
+    # an overlap "while recovering" can strike before the previous fault is healed
+    assert any(b.faults[i].trigger is Trigger.RECOVERING and b.faults[i].delay < b.faults[i - 1].hold
+               for b in schedule.bursts for i in range(1, len(b.faults)))
+
+
+def test_the_schedule_fills_the_duration() -> None:
+    schedule = plan(3, 600, KINDS, ttl=3.0, quiet=20)
+    planned = sum(b.estimate() + 3.0 + 20 + NemesisTuning().overhead for b in schedule.bursts)
+    assert planned >= 600
+    assert str(schedule.seed) in schedule.describe().splitlines()[0]
+    assert schedule.faults == sum(len(b.faults) for b in schedule.bursts)
+
+
+def test_no_overlap_when_the_tuning_forbids_it() -> None:
+    schedule = plan(5, 300, KINDS, ttl=3.0, quiet=10, tuning=NemesisTuning(overlap_chance=0.0))
+    assert not any(b.overlapping for b in schedule.bursts)
+
+
+def test_a_plan_without_fault_kinds_or_with_nonsense_times_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one fault kind"):
+        plan(1, 60, (), ttl=3.0, quiet=10)
+    with pytest.raises(ValueError, match="positive"):
+        plan(1, 0, KINDS, ttl=3.0, quiet=10)

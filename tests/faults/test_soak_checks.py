@@ -1,0 +1,110 @@
+"""The soak's checks on hand-made histories and cluster views: each fails when its invariant
+is broken and passes when it holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbfence.lab.history import Attempt, FinalState, History, Outcome, Read, Tenure, check, find_stale_reads
+from dbfence.lab.soak_checks import NodeView, wholeness
+from dbfence.lab.soak_report import FaultRecord, percentile, rto_by_kind, timeline
+
+ACK = Outcome.ACKNOWLEDGED
+
+
+def ack(row: int, start: float, node: str = "db1", took: float = 0.1) -> Attempt:
+    return Attempt(row, start, start + took, node, ACK)
+
+
+WRITES = [ack(1, 1.0), ack(2, 2.0), ack(3, 3.0), Attempt(4, 4.0, 4.5, "db1", Outcome.UNKNOWN)]
+
+
+def test_a_read_that_sees_every_earlier_acknowledged_write_is_not_stale() -> None:
+    reads = [Read(3.5, 3.6, "db1", 1, frozenset({1, 2, 3})),
+             # write 3 was still in flight when this read began: it need not see it
+             Read(3.05, 3.2, "db1", 2, frozenset({2}))]
+    assert find_stale_reads(WRITES, reads) == ()
+
+
+def test_a_read_that_misses_a_write_acknowledged_before_it_began_is_stale() -> None:
+    [stale] = find_stale_reads(WRITES, [Read(3.5, 3.6, "db2", 2, frozenset({3}))])
+    assert (stale.node, stale.missing, stale.start) == ("db2", (2,), 3.5)
+
+
+def test_a_read_is_held_only_to_the_ids_from_its_low_mark_up() -> None:
+    assert find_stale_reads(WRITES, [Read(3.5, 3.6, "db1", 3, frozenset({3}))]) == ()
+
+
+def test_a_stale_read_makes_the_verdict_unsafe() -> None:
+    history = History(tuple(WRITES), (Tenure(1, "db1", 0.0),), (), FinalState("db1", frozenset({1, 2, 3})),
+                      (Read(3.5, 3.6, "db1", 1, frozenset({1, 3})),))
+    verdict = check(history)
+    assert not verdict.safe and verdict.lost == () and verdict.overlapping == 0
+    assert verdict.stale_reads[0].missing == (2,)
+    assert check(History(tuple(WRITES), (Tenure(1, "db1", 0.0),), (),
+                         FinalState("db1", frozenset({1, 2, 3})))).safe
+
+
+def replica(name: str, source: str = "db1") -> NodeView:
+    return NodeView(name, True, "replica", None, source, True)
+
+
+PRIMARY = NodeView("db1", True, "primary", None, None, True)
+
+
+def test_one_primary_with_every_other_node_following_it_is_whole() -> None:
+    judged = wholeness([PRIMARY, replica("db2"), replica("db3")], ["db1"])
+    assert judged.whole and judged.primary == "db1"
+
+
+def test_a_node_fenced_with_its_reason_named_still_counts_as_whole() -> None:
+    fenced = NodeView("db3", True, "fenced", "errant_gtids", None, True, ("0-1-5",))
+    judged = wholeness([PRIMARY, replica("db2"), fenced], ["db1"])
+    assert judged.whole and judged.fenced == ("db3",)
+    assert "fenced (errant_gtids 0-1-5)" in judged.describe()
+
+
+@pytest.mark.parametrize(("nodes", "admitting", "problem"), [
+    ([PRIMARY, replica("db2")], [], "no node admits"),
+    ([PRIMARY, NodeView("db2", True, "primary")], ["db1", "db2"], "2 nodes admit"),
+    ([PRIMARY, replica("db2", source="db3")], ["db1"], "replicates from db3, not db1"),
+    ([PRIMARY, NodeView("db2", False)], ["db1"], "does not answer"),
+    ([PRIMARY, NodeView("db2", True, "fenced", None)], ["db1"], "fenced with no reason"),
+    ([PRIMARY, NodeView("db2", True, "promoting")], ["db1"], "still promoting"),
+    ([PRIMARY, NodeView("db2", True, "replica", None, "db1", False)], ["db1"], "unhealthy replica"),
+    ([NodeView("db1", True, "fencing"), replica("db2")], ["db1"], "admits but says it is fencing"),
+])
+def test_anything_else_is_not_whole(nodes: list[NodeView], admitting: list[str], problem: str) -> None:
+    judged = wholeness(nodes, admitting)
+    assert not judged.whole
+    assert any(problem in p for p in judged.problems), judged.problems
+
+
+def test_a_node_view_is_read_from_an_agent_status_document() -> None:
+    status = {"role": "fenced", "fenced_reason": "errant_gtids",
+              "database": {"replication_source": None, "healthy": True, "errant": ["0-1-7"]}}
+    assert NodeView.from_status("db2", status) == NodeView("db2", True, "fenced", "errant_gtids", None, True,
+                                                           ("0-1-7",))
+    assert NodeView.from_status("db3", {}) == NodeView("db3", False)
+
+
+def record(kind: str, rto: float | None, injected: float | None = 1.0) -> FaultRecord:
+    return FaultRecord(1, kind, "at-once", "db1", 2.0, injected, None if injected is None else injected + 2,
+                       None if injected is not None else "ProcessLookupError", rto, injected is not None)
+
+
+def test_the_rto_distribution_per_kind_counts_faults_never_recovered_and_skipped() -> None:
+    records = [record("mysqld-kill", float(s)) for s in range(1, 101)]
+    records += [record("mysqld-kill", None), record("mysqld-kill", None, injected=None)]
+    [stats] = rto_by_kind(records)
+    assert (stats.injected, stats.not_injected, stats.recovered, stats.never) == (101, 1, 100, 1)
+    assert (stats.p50, stats.p95, stats.p99, stats.max) == (50.0, 95.0, 99.0, 100.0)
+    text = timeline(records)
+    assert "never" in text and "not injected: ProcessLookupError" in text
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    assert percentile([3.0], 0.99) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
