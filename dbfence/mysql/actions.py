@@ -264,13 +264,22 @@ class MysqlActions:
     # -- replication ------------------------------------------------------------------------
 
     def wait_relay_log_applied(self, timeout_s: float) -> GtidPosition:
-        """Wait until everything received from the primary is applied; return that position."""
+        """Wait until everything received from the primary is applied; return that position.
+
+        A stopped SQL thread is started first (the IO thread is left as it is): nothing else
+        would apply the relay log, and the wait would time out forever. It happens when a
+        ``STOP SLAVE`` that timed out on our side (an applier blocked on a lock) completes in the
+        server later, leaving the applier stopped under a node that has since won the lock.
+        """
         self._require_mariadb("waiting for the relay log")
         with self.session(read_timeout_s=timeout_s + 5.0) as conn:
             rows = query(conn, self.sql.replica_status_query())
             if not rows:
                 raise ReplicationNotConfiguredError(f"{self.name} has no replication configured")
-            received = self.sql.parse_replica_status(rows[0]).received_gtid_pos
+            status = self.sql.parse_replica_status(rows[0])
+            received = status.received_gtid_pos
+            if status.sql_running == "No":
+                query(conn, "START SLAVE SQL_THREAD")
             statement, params = self.sql.gtid_wait(received, timeout_s)
             reached = int(query_one(conn, statement, params)["reached"])
             if reached != 0:

@@ -131,9 +131,10 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
         run(primary, "INSERT INTO dbtest.t VALUES (%s, 'db1')", (i,))
     primary.close()
 
-    # --- waiting for the relay log times out, naming both positions, while SQL is stopped ---
+    # --- waiting for the relay log times out, naming both positions, while the applier is
+    # blocked (a table lock held on the replica) ---
     replica = sql(lab, "db3")
-    run(replica, "STOP SLAVE SQL_THREAD")
+    run(replica, "LOCK TABLES dbtest.t READ")
     primary = sql(lab, "db1")
     run(primary, "INSERT INTO dbtest.t VALUES (50, 'db1')")
     primary.close()
@@ -141,7 +142,20 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
     poll(lambda: db3.replica_status().received_gtid_pos == str(wanted), 10, "db3 to receive")  # type: ignore[union-attr]
     with pytest.raises(GtidWaitTimeoutError, match=f"received '{wanted}'"):
         db3.wait_relay_log_applied(0.3)
-    run(replica, "START SLAVE SQL_THREAD")
+    run(replica, "UNLOCK TABLES")
+
+    # --- a stopped applier is started by the wait (found by the soak, seed 3: a STOP SLAVE
+    # that timed out on the agent's side completed later and left a promoting node's applier
+    # stopped, so its promotion waited for its relay log forever) ---
+    run(replica, "STOP SLAVE SQL_THREAD")
+    primary = sql(lab, "db1")
+    run(primary, "INSERT INTO dbtest.t VALUES (51, 'db1')")
+    primary.close()
+    wanted = db1.gtid_positions().binlog_pos
+    poll(lambda: db3.replica_status().received_gtid_pos == str(wanted), 10, "db3 to receive")  # type: ignore[union-attr]
+    assert db3.wait_relay_log_applied(10).covers(wanted)
+    assert db3.replica_status().sql_running == "Yes"  # type: ignore[union-attr]
+    assert count_rows(lab, "db3", "id = 51") == 1
     replica.close()
 
     # --- fence db1: read_only, clients cut, the agent's probe sessions and replication kept ---
