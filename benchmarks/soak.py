@@ -1,0 +1,83 @@
+"""A long random-fault soak on real servers: a seeded nemesis, writers and readers through
+discovery and the gates, and the history checker at every quiet point and at the end.
+
+    .venv/bin/python benchmarks/soak.py --duration 30m --seed 1
+    .venv/bin/python benchmarks/soak.py --duration 10m --seed 7 --dcs consul --quiet 20
+
+It prints the nemesis schedule (all of it derived from the seed), one line per fault as it
+strikes, a check after every quiet period, then the fault timeline, the RTO distribution per
+fault kind, the counts, any invariant broken (with the seed, the time, and the command that
+replays the run), saves a plot (PNG), and ends with one JSON line. Exit status 1 when an
+invariant broke; the agents' logs and the history are then kept and their directory printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from dbfence.lab.agents import AgentTuning
+from dbfence.lab.faults import scratch_space
+from dbfence.lab.soak import Soak, SoakConfig
+from dbfence.lab.soak_plot import draw
+from dbfence.lab.soak_report import rto_by_kind, rto_table, summary, timeline
+
+
+def seconds(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m or 1h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--duration", type=seconds, default=seconds("30m"))
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--dcs", choices=["etcd", "consul"], default="etcd")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--quiet", type=seconds, default=30.0,
+                        help="seconds without faults before each check that the cluster is whole")
+    parser.add_argument("--ttl", type=float, default=3.0)
+    parser.add_argument("--margin", type=float, default=1.0)
+    parser.add_argument("--plot", type=Path, default=None, help="where to save the PNG "
+                        "(default: soak-seed<S>.png in the current directory)")
+    args = parser.parse_args()
+    tuning = AgentTuning(ttl=args.ttl, margin=args.margin)
+    with scratch_space(Path(tempfile.mkdtemp(prefix="dbfence-soak-"))) as root:
+        config = SoakConfig(seed=args.seed, duration=args.duration, root=root, dcs=args.dcs,
+                            nodes=args.nodes, quiet=args.quiet, tuning=tuning)
+        result = Soak(config, say=lambda line: print(line, flush=True)).run()
+    stats = rto_by_kind(result.records)
+    print()
+    print(timeline(result.records))
+    print()
+    print(rto_table(stats))
+    print()
+    c = result.counts
+    print(f"writes: {c.acknowledged} acknowledged, {c.refused} refused, {c.unknown} unknown "
+          f"({c.unknown_landed} landed); reads: {c.reads} checked, {c.extra['failed_reads']} failed; "
+          f"lost {c.lost}, two writers {c.two_writers}, stale reads {c.stale_reads}; "
+          f"quiet checks {c.quiet_checks}, not whole {c.not_whole}")
+    for breach in result.breaches:
+        print(f"INVARIANT BROKEN: seed {args.seed}, at {breach.at:.1f}s: {breach.invariant}: {breach.detail}")
+    if result.kept is not None:
+        print(f"logs and history kept in {result.kept}")
+        print(f"replay: {config.replay_command()}")
+    plot = args.plot or Path(f"soak-seed{args.seed}.png")
+    draw(plot, result.attempts, result.started, result.ended - result.started, result.records,
+         result.role_changes, f"dbfence soak, seed {args.seed}, {args.dcs}, {args.nodes} nodes",
+         [(at, whole.whole) for at, whole in result.checks])
+    print(f"plot: {plot}")
+    print(json.dumps({**summary(args.seed, args.dcs, args.nodes, result.ended - result.started, c, stats,
+                                result.breaches, result.records, config.replay_command()),
+                      "plot": str(plot)}))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""The random-fault soak: one lab, writers and readers through discovery and the gates for the
+whole run, a seeded nemesis (:mod:`dbfence.lab.nemesis`) striking with every fault kind of
+:func:`dbfence.lab.faults.all_faults` that the lab can take, and the history checker at every
+quiet point and at the end.
+
+The fault kinds are the matrix's :class:`dbfence.lab.faults.Fault` rows as they are: a new row
+joins the soak without a change here, held for the nemesis's random duration instead of its own
+``hold``. Each fault strikes the node that is primary (or promoting) when it is injected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from dbfence.discovery import NoPrimary
+from dbfence.lab import netns as lab_netns
+from dbfence.lab.agents import AgentTuning
+from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
+from dbfence.lab.faults import Fault, FaultContext, Heal, all_faults
+from dbfence.lab.final_state import read_final_state, read_tenures
+from dbfence.lab.history import Attempt, FaultEvent, History, Outcome, Read, Verdict, check, outage
+from dbfence.lab.nemesis import Burst, PlannedFault, Schedule, Trigger, plan
+from dbfence.lab.soak_checks import Breach, NodeView, Wholeness, wholeness
+from dbfence.lab.soak_report import Counts, FaultRecord, RoleChange
+from dbfence.lab.workload import DiscoveryWriter, discover
+
+TABLE = "app.soak"
+READ_WINDOW = 10.0  # a read covers the writes of (at least) the last this many seconds
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    seed: int
+    duration: float
+    root: Path  # the lab goes in root/lab
+    dcs: DcsKind = "etcd"
+    nodes: int = 3
+    quiet: float = 30.0
+    tuning: AgentTuning = field(default_factory=AgentTuning)
+    writers: int = 2
+    readers: int = 1
+    netns: bool | None = None  # None: in namespaces where this machine allows it
+
+    def replay_command(self) -> str:
+        return (f".venv/bin/python benchmarks/soak.py --duration {self.duration:g}s --seed {self.seed} "
+                f"--dcs {self.dcs} --nodes {self.nodes} --quiet {self.quiet:g} --ttl {self.tuning.ttl:g} "
+                f"--margin {self.tuning.margin:g}")
+
+
+def usable_faults(dcs: DcsKind, etcd_members: int, netns: bool) -> list[Fault]:
+    """The fault kinds this lab can take (the disk fault needs a tmpfs per data directory,
+    which the soak's lab does not have)."""
+    return [f for f in all_faults() if dcs in f.dcs and etcd_members >= f.etcd_members
+            and not f.tmpfs and (netns or not f.netns)]
+
+
+# ---------------------------------------------------------------------------- the clients
+
+@dataclass
+class PooledReader:
+    """Reads through discovery and the gate on a small pool of sticky connections, as an
+    application's pool keeps them: a connection is dropped only when it fails. Each read asks
+    for the ids from a low mark that covers the writer's last ``READ_WINDOW`` seconds."""
+
+    lab: LabCluster
+    writer: DiscoveryWriter
+    table: str
+    pool_size: int = 2
+    timeout: float = 2.0
+    pause: float = 0.1
+    reads: list[Read] = field(default_factory=list)
+    failed: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="soak-reader", daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 5)
+
+    def low_mark(self, now: float) -> int | None:
+        """The smallest id among the attempts that ended in the window (at least the last
+        acknowledged one), or None before any acknowledgement."""
+        attempts = self.writer.attempts
+        low: int | None = None
+        for index in range(len(attempts) - 1, -1, -1):
+            attempt = attempts[index]
+            if attempt.end < now - READ_WINDOW and low is not None:
+                break
+            if attempt.outcome is Outcome.ACKNOWLEDGED or low is not None:
+                low = attempt.id if low is None else min(low, attempt.id)
+        return low
+
+    def run(self) -> None:
+        app = self.lab.accounts["app"]
+        node_of_gate = {a.address: a.name for a in self.lab.agents}
+        pool: list[tuple[Any, str]] = []
+        turn = 0
+        while not self.stop.wait(self.pause):
+            low = self.low_mark(time.time())
+            if low is None:
+                continue
+            turn += 1
+            conn, gate = None, ""
+            try:
+                if len(pool) < self.pool_size:
+                    host, port = discover(self.lab)
+                    conn = pymysql.connect(host=host, port=port, user=app.user, password=app.password,
+                                           autocommit=True, connect_timeout=self.timeout,
+                                           read_timeout=self.timeout, write_timeout=self.timeout,
+                                           ssl_disabled=True)
+                    pool.append((conn, host))
+                conn, gate = pool[turn % len(pool)]
+                start = time.time()
+                with conn.cursor() as cur:
+                    cur.execute(f"SELECT id FROM {self.table} WHERE id >= %s", (low,))
+                    ids = frozenset(int(row[0]) for row in cur.fetchall())
+                self.reads.append(Read(start, time.time(), node_of_gate.get(gate, gate), low, ids))
+            except (NoPrimary, pymysql.MySQLError, OSError):
+                self.failed += 1
+                if conn is not None:
+                    pool = [(c, g) for c, g in pool if c is not conn]
+                    with contextlib.suppress(Exception):
+                        conn.close()
+        for conn, _ in pool:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+@dataclass
+class Monitor:
+    """Polls every agent's /status: the latest view of each node, and when nodes were first
+    seen promoting (for the nemesis's promotion trigger)."""
+
+    lab: LabCluster
+    interval: float = 0.2
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    promotions: list[tuple[float, str]] = field(default_factory=list)  # (wall, node)
+    stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="soak-monitor", daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            for agent in self.lab.agents:
+                status = self.lab.agent_status(agent.name, timeout=0.5)
+                before = self.latest.get(agent.name, {}).get("role")
+                if status.get("role") in ("promoting", "primary") and before not in ("promoting", "primary"):
+                    self.promotions.append((time.time(), agent.name))
+                self.latest[agent.name] = status
+
+    def target(self, fallback: str) -> str:
+        """The node to strike: the admitting primary, else a promoting one, else ``fallback``."""
+        for wanted in ("primary", "promoting"):
+            for name, status in list(self.latest.items()):
+                if status.get("role") == wanted:
+                    return name
+        return fallback
+
+    def promotion_after(self, wall: float) -> float | None:
+        return next((at for at, _ in list(self.promotions) if at > wall), None)
+
+
+# ---------------------------------------------------------------------------- the run
+
+@dataclass
+class _Striking:
+    """One fault in flight: its record grows as it is injected and healed."""
+
+    planned: PlannedFault
+    fault: Fault
+    burst: int
+    target: str | None = None
+    injected: float | None = None  # wall clock
+    healed: float | None = None
+    error: str | None = None
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class SoakResult:
+    config: SoakConfig
+    schedule: Schedule
+    started: float  # wall clock
+    ended: float
+    records: list[FaultRecord]
+    counts: Counts
+    breaches: list[Breach]
+    checks: list[tuple[float, Wholeness]]
+    role_changes: list[RoleChange]
+    attempts: tuple[Attempt, ...]
+    kept: Path | None  # logs and history kept because an invariant broke
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaches
+
+
+class Soak:
+    def __init__(self, config: SoakConfig, say: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.say = say
+        self.breaches: list[Breach] = []
+        self.checks: list[tuple[float, Wholeness]] = []
+        self.strikes: list[_Striking] = []
+        self.burst_ends: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.started = time.time()
+
+    def rel(self, wall: float) -> float:
+        return wall - self.started
+
+    # ------------------------------------------------------------------ lab
+    def start_lab(self) -> LabCluster:
+        cfg = self.config
+        netns = cfg.netns if cfg.netns is not None else lab_netns.unavailable_reason() is None
+        return LabCluster.up(LabSpec(directory=cfg.root / "lab", mysql_count=cfg.nodes, dcs=cfg.dcs,
+                                     etcd_members=3 if cfg.dcs == "etcd" else 1, agents=True,
+                                     agent_tuning=cfg.tuning, netns=netns))
+
+    def run(self) -> SoakResult:
+        lab = self.start_lab()
+        try:
+            return self._run(lab)
+        finally:
+            lab.down()
+
+    def _run(self, lab: LabCluster) -> SoakResult:
+        cfg = self.config
+        faults = {f.name: f for f in usable_faults(cfg.dcs, len(lab.etcd), lab.netns is not None)}
+        schedule = plan(cfg.seed, cfg.duration, faults, ttl=cfg.tuning.ttl, quiet=cfg.quiet)
+        self.say(schedule.describe())
+        primary = lab.wait_settled(timeout=60)
+        writer = DiscoveryWriter(lab, TABLE, timeout=2.0, clients=cfg.writers)
+        writer.create_table(primary)
+        reader = PooledReader(lab, writer, TABLE)
+        monitor = Monitor(lab)
+        self.started = time.time()
+        for client in (writer, reader, monitor):
+            lab.in_client(client.start)
+        try:
+            last_primary = primary
+            for burst in schedule.bursts:
+                if self.rel(time.time()) + burst.gap >= cfg.duration:
+                    break
+                last_primary = self._burst(lab, burst, faults, writer, monitor, last_primary)
+                if self.stop.wait(cfg.quiet):
+                    break
+                self._quiet_check(lab, writer, reader, monitor, burst.index)
+                last_primary = monitor.target(last_primary)
+        finally:
+            writer.finish()
+            reader.finish()
+            monitor.finish()
+        ended = time.time()
+        final = self._quiet_check(lab, writer, reader, monitor, None)
+        role_changes = read_role_changes(lab, self.started)
+        records = self._records(writer, role_changes)
+        kept = self._keep(lab, writer, reader, records) if self.breaches else None
+        counts = Counts(acknowledged=final.acknowledged, refused=final.refused, unknown=final.unknown,
+                        unknown_landed=len(final.unknown_landed), reads=len(reader.reads),
+                        lost=len(final.lost),
+                        two_writers=final.overlapping,
+                        stale_reads=len(final.stale_reads), quiet_checks=len(self.checks),
+                        not_whole=sum(1 for _, w in self.checks if not w.whole),
+                        extra={"failed_reads": reader.failed})
+        return SoakResult(cfg, schedule, self.started, ended, records, counts, self.breaches, self.checks,
+                          role_changes, tuple(writer.attempts), kept)
+
+    # ------------------------------------------------------------------ bursts
+    def _burst(self, lab: LabCluster, burst: Burst, faults: dict[str, Fault], writer: DiscoveryWriter,
+               monitor: Monitor, last_primary: str) -> str:
+        if self.stop.wait(burst.gap):
+            return last_primary
+        self.say(f"[{self.rel(time.time()):7.1f}s] burst {burst.index}")
+        previous: _Striking | None = None
+        mine: list[_Striking] = []
+        for planned in burst.faults:
+            self._await_trigger(planned, previous, monitor)
+            strike = _Striking(planned, faults[planned.kind], burst.index)
+            target = monitor.target(last_primary)
+            strike.target = target
+            strike.thread = threading.Thread(target=self._strike, args=(lab, strike, writer),
+                                             name=f"nemesis-{planned.kind}", daemon=True)
+            lab.in_client(strike.thread.start)  # the thread lives in the client namespace
+            self.strikes.append(strike)
+            mine.append(strike)
+            # wait for the injection itself (some faults build up first, e.g. a lag)
+            deadline = time.time() + 60
+            while strike.injected is None and strike.error is None and time.time() < deadline:
+                time.sleep(0.02)
+            previous = strike
+        for strike in mine:
+            assert strike.thread is not None
+            strike.thread.join()
+        self.burst_ends[burst.index] = time.time()
+        return monitor.target(last_primary)
+
+    def _await_trigger(self, planned: PlannedFault, previous: _Striking | None, monitor: Monitor) -> None:
+        if planned.trigger is Trigger.AT_ONCE or previous is None or previous.injected is None:
+            return
+        since = previous.injected
+        if planned.trigger is Trigger.PROMOTION:
+            give_up = since + 4 * self.config.tuning.ttl + 10
+            while (seen := monitor.promotion_after(since)) is None and time.time() < give_up:
+                time.sleep(0.02)
+            since = seen if seen is not None else time.time()
+        wait = since + planned.delay - time.time()
+        if wait > 0:
+            time.sleep(wait)
+
+    def _strike(self, lab: LabCluster, strike: _Striking, writer: DiscoveryWriter) -> None:
+        assert strike.target is not None
+        ctx = FaultContext(lab, self.config.tuning, writer, strike.target, TABLE)
+        try:
+            heal: Heal = strike.fault.inject(ctx)
+        except Exception as exc:  # the fault does not apply now (its target is down, say)
+            strike.error = f"{type(exc).__name__}: {exc}"[:200]
+            self.say(f"[{self.rel(time.time()):7.1f}s]   {strike.planned.kind} on {strike.target}: "
+                     f"not injected ({strike.error})")
+            return
+        strike.injected = time.time()
+        self.say(f"[{self.rel(strike.injected):7.1f}s]   {strike.planned.kind} on {strike.target} "
+                 f"({strike.planned.trigger.value}), held {strike.planned.hold:.1f}s")
+        self.stop.wait(strike.planned.hold)
+        try:
+            heal()
+        except Exception as exc:  # a lab step that failed, not a broken invariant: say so
+            strike.error = f"heal failed: {type(exc).__name__}: {exc}"[:200]
+            self.say(f"[{self.rel(time.time()):7.1f}s]   {strike.planned.kind}: {strike.error}")
+        strike.healed = time.time()
+
+    # ------------------------------------------------------------------ checks
+    def _events(self) -> tuple[FaultEvent, ...]:
+        events = []
+        for strike in self.strikes:
+            if strike.injected is None or strike.healed is None:
+                continue
+            quiet = strike.fault.quiet_after(self.config.tuning)
+            events.append(FaultEvent(strike.planned.kind, strike.injected, strike.healed,
+                                     None if quiet is None else strike.injected + quiet))
+        return tuple(events)
+
+    def _quiet_check(self, lab: LabCluster, writer: DiscoveryWriter, reader: PooledReader, monitor: Monitor,
+                     burst: int | None) -> Verdict:
+        """Whole again? Then the history so far: lost writes, two writers, stale reads."""
+        if burst is None:  # the end: give the cluster its quiet period after the last burst
+            self.stop.wait(1.0)
+        now = time.time()
+        admitting = lab.primaries()
+        views = [NodeView.from_status(a.name, lab.agent_status(a.name)) for a in lab.agents]
+        whole = wholeness(views, admitting)
+        self.checks.append((self.rel(now), whole))
+        where = "end" if burst is None else f"after burst {burst}"
+        self.say(f"[{self.rel(now):7.1f}s] quiet check {where}: {whole.describe()}")
+        if not whole.whole:
+            self._breach("whole again", now, f"{where}: {'; '.join(whole.problems)}")
+        attempts = tuple(a for a in list(writer.attempts) if a.end <= now)
+        reads = tuple(r for r in list(reader.reads) if r.end <= now)
+        history = History(attempts, lab.in_client(read_tenures, lab), self._events(),
+                          lab.in_client(read_final_state, lab, whole.primary, TABLE), reads)
+        verdict = check(history)
+        self._judge(verdict, attempts, where)
+        return verdict
+
+    def _judge(self, verdict: Verdict, attempts: tuple[Attempt, ...], where: str) -> None:
+        ends = {a.id: a.end for a in attempts}
+        if verdict.final_primary is not None and verdict.lost:
+            first = min(verdict.lost, key=lambda i: ends[i])
+            self._breach("0 acknowledged writes lost", ends[first],
+                         f"{where}: {len(verdict.lost)} lost on {verdict.final_primary}, e.g. ids "
+                         f"{list(verdict.lost)[:10]}")
+        for item in verdict.interleaved[:5]:
+            self._breach("never two writers", ends[item.after], f"{where}: {item}")
+        for stale in verdict.stale[:5]:
+            self._breach("never two writers", ends[stale.id], f"{where}: {stale}")
+        for write_id in verdict.admitted_while_fenced[:5]:
+            self._breach("never two writers", ends[write_id],
+                         f"{where}: write {write_id} acknowledged while the DCS could grant no lease")
+        for read in verdict.stale_reads[:5]:
+            self._breach("reads see every acknowledged write", read.start,
+                         f"{where}: read through {read.node} missed {list(read.missing)[:10]}")
+
+    def _breach(self, invariant: str, wall: float, detail: str) -> None:
+        # Checks repeat over the growing history: report each finding once.
+        if any(b.invariant == invariant and b.detail.split(": ", 1)[-1] == detail.split(": ", 1)[-1]
+               for b in self.breaches):
+            return
+        breach = Breach(invariant, self.rel(wall), wall, detail)
+        self.breaches.append(breach)
+        self.say(f"INVARIANT BROKEN (seed {self.config.seed}, {breach.at:.1f}s into the run): "
+                 f"{invariant}: {detail}")
+
+    # ------------------------------------------------------------------ output
+    def _records(self, writer: DiscoveryWriter, changes: list[RoleChange]) -> list[FaultRecord]:
+        acked = [a for a in writer.attempts if a.outcome is Outcome.ACKNOWLEDGED]
+        records = []
+        for number, strike in enumerate(self.strikes):
+            rto, known, did = None, False, tuple[str, ...]()
+            if strike.injected is not None and strike.healed is not None:
+                gap = outage(acked, FaultEvent(strike.planned.kind, strike.injected, strike.healed))
+                rto, known = gap.seconds, True
+                # what the cluster did: until the burst's next fault, or its quiet check
+                later = [s.injected for s in self.strikes[number + 1:]
+                         if s.burst == strike.burst and s.injected is not None]
+                until = later[0] if later else \
+                    self.burst_ends.get(strike.burst, time.time()) + self.config.quiet
+                did = cluster_did(changes, self.rel(strike.injected), self.rel(until))
+            records.append(FaultRecord(
+                strike.burst, strike.planned.kind, strike.planned.trigger.value, strike.target,
+                strike.planned.hold, None if strike.injected is None else self.rel(strike.injected),
+                None if strike.healed is None else self.rel(strike.healed), strike.error, rto, known, did))
+        return records
+
+    def _keep(self, lab: LabCluster, writer: DiscoveryWriter, reader: PooledReader,
+              records: list[FaultRecord]) -> Path:
+        """Every agent's action log, the servers' error logs and the whole history."""
+        target = self.config.root.parent / f"soak-kept-seed{self.config.seed}-{int(self.started)}"
+        for log in [*lab.directory.glob("agents/*.log"), *lab.directory.glob("db*/error.log")]:
+            (target / log.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, target / log.parent.name / log.name)
+        target.mkdir(parents=True, exist_ok=True)
+        with open(target / "writes.jsonl", "w") as out:
+            for a in writer.attempts:
+                out.write(json.dumps({"id": a.id, "start": a.start, "end": a.end, "node": a.node,
+                                      "outcome": a.outcome.value}) + "\n")
+        with open(target / "reads.jsonl", "w") as out:
+            for r in reader.reads:
+                out.write(json.dumps({"start": r.start, "end": r.end, "node": r.node, "low": r.low,
+                                      "ids": sorted(r.ids)}) + "\n")
+        (target / "faults.json").write_text(json.dumps([asdict(r) for r in records], indent=1))
+        (target / "breaches.json").write_text(json.dumps([b.to_json() for b in self.breaches], indent=1))
+        (target / "replay.txt").write_text(self.config.replay_command() + "\n")
+        return target
+
+
+def read_role_changes(lab: LabCluster, since_wall: float) -> list[RoleChange]:
+    """Every agent's role changes after ``since_wall``, from its log, in time order."""
+    changes = []
+    for agent in lab.agents:
+        for line in Path(agent.log).read_text(errors="replace").splitlines():
+            if '"event": "role"' not in line or "{" not in line:
+                continue
+            try:
+                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                event = json.loads(line[line.index("{"):])
+            except ValueError:
+                continue
+            if stamp >= since_wall:
+                changes.append(RoleChange(stamp - since_wall, agent.name, str(event.get("from")),
+                                          str(event.get("to")), event.get("why")))
+    return sorted(changes, key=lambda c: c.at)
+
+
+def cluster_did(changes: list[RoleChange], start: float, end: float) -> tuple[str, ...]:
+    """The role changes in [start, end), as ``db2 replica->candidate`` texts, time-ordered."""
+    return tuple(f"{c.at:.1f}s {c.node} {c.old}->{c.new}" + (f" ({c.why})" if c.why else "")
+                 for c in changes if start <= c.at < end)

@@ -1,0 +1,46 @@
+"""A short seeded soak on real servers: a few overlapping faults (a partition at the moment of the
+promotion a host freeze started, faults during the repair of a killed primary...), writers and
+readers through discovery and the gates, and every check of the long soak after each quiet period.
+
+The long runs are ``benchmarks/soak.py``; this one replays seed 3's first bursts in about two
+minutes. On a failure the agents' logs and the history are kept, and the message says where.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from dbfence.lab.agents import AgentTuning
+from dbfence.lab.faults import scratch_space
+from dbfence.lab.nemesis import Trigger
+from dbfence.lab.soak import Soak, SoakConfig
+from dbfence.lab.soak_plot import draw
+from tests.conftest import _lab_root
+
+pytestmark = pytest.mark.timeout(420)
+
+SEED = 3  # host freeze, then a partition of the promoted node; a lagging replica and a kill...
+
+
+def test_a_short_seeded_soak_loses_nothing_never_has_two_writers_and_is_whole_after_each_quiet_period(
+        tmp_path: Path) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="soak-", dir=_lab_root()))
+    lines: list[str] = []
+    with scratch_space(scratch) as root:
+        config = SoakConfig(seed=SEED, duration=45, root=root, quiet=8, tuning=AgentTuning())
+        result = Soak(config, say=lines.append).run()
+    story = "\n".join(lines)
+    assert result.ok, f"{story}\nkept: {result.kept}\nreplay: {config.replay_command()}"
+    injected = [r for r in result.records if r.injected is not None]
+    overlaps = [r for r in injected if r.trigger != Trigger.AT_ONCE.value]
+    assert len(injected) >= 3 and overlaps, story
+    assert result.counts.acknowledged > 100 and result.counts.reads > 10, story
+    assert result.counts.quiet_checks >= 2 and result.counts.not_whole == 0, story
+    assert any(c.new == "primary" for c in result.role_changes), story  # a failover happened
+    picture = draw(tmp_path / "soak.png", result.attempts, result.started, result.ended - result.started,
+                   result.records, result.role_changes, f"seed {SEED}",
+                   [(at, whole.whole) for at, whole in result.checks])
+    assert picture.stat().st_size > 10_000
