@@ -44,14 +44,21 @@ def main() -> int:
                         help="seconds without faults before each check that the cluster is whole")
     parser.add_argument("--ttl", type=float, default=3.0)
     parser.add_argument("--margin", type=float, default=1.0)
+    parser.add_argument("--kinds", default=None, help="comma-separated fault kinds to use (default: "
+                        "every kind the lab can take; the replay command names them)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="go on after two quiet checks in a row found the cluster not whole")
     parser.add_argument("--plot", type=Path, default=None, help="where to save the PNG "
                         "(default: soak-seed<S>.png in the current directory)")
     args = parser.parse_args()
     tuning = AgentTuning(ttl=args.ttl, margin=args.margin)
     with scratch_space(Path(tempfile.mkdtemp(prefix="dbfence-soak-"))) as root:
         config = SoakConfig(seed=args.seed, duration=args.duration, root=root, dcs=args.dcs,
-                            nodes=args.nodes, quiet=args.quiet, tuning=tuning)
+                            nodes=args.nodes, quiet=args.quiet, tuning=tuning,
+                            kinds=None if args.kinds is None else tuple(args.kinds.split(",")),
+                            stop_when_stuck=not args.keep_going)
         result = Soak(config, say=lambda line: print(line, flush=True)).run()
+    config = result.config
     stats = rto_by_kind(result.records)
     print()
     print(timeline(result.records))
@@ -61,7 +68,8 @@ def main() -> int:
     c = result.counts
     print(f"writes: {c.acknowledged} acknowledged, {c.refused} refused, {c.unknown} unknown "
           f"({c.unknown_landed} landed); reads: {c.reads} checked, {c.extra['failed_reads']} failed; "
-          f"lost {c.lost}, two writers {c.two_writers}, stale reads {c.stale_reads}; "
+          f"lost {c.lost} (counted at {c.extra['lost_checked_at_s']}s, the last check with a primary), "
+          f"two writers {c.two_writers}, stale reads {c.stale_reads}; "
           f"quiet checks {c.quiet_checks}, not whole {c.not_whole}")
     for breach in result.breaches:
         print(f"INVARIANT BROKEN: seed {args.seed}, at {breach.at:.1f}s: {breach.invariant}: {breach.detail}")

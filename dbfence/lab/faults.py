@@ -32,6 +32,7 @@ import pymysql
 from dbfence.lab import mariadb_servers
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
+from dbfence.lab.errors import LabError
 from dbfence.lab.etcd_servers import EtcdMember
 from dbfence.lab.final_state import read_final_state, read_tenures
 from dbfence.lab.flood import BareFlood, ConnectionWatch
@@ -40,6 +41,7 @@ from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.lab.workload import DiscoveryWriter
 from dbfence.locks.factory import DcsConfig, open_lock
 from dbfence.locks.model import Intent
+from dbfence.ops_cli import switchover_refusal
 
 Heal = Callable[[], None]
 
@@ -287,11 +289,19 @@ def _kill_etcd_quorum(ctx: FaultContext) -> Heal:
 
 
 def _switchover(ctx: FaultContext) -> Heal:
-    target = min(ctx.others(), key=lambda n: ctx.lab.agent_status(n).get("database", {}).get("lag_seconds")
-                 or 0.0)
     lock = open_lock(DcsConfig(kind=ctx.lab.dcs_kind, endpoints=tuple(ctx.lab.dcs_endpoints)),
                      ctx.lab.cluster, "fault-matrix")
     try:
+        # Only a target that `dbfence switchover` would accept (a fenced node or one whose lag is
+        # unknown counted as lag 0 here once, and its request stayed in the DCS for ever).
+        snapshot = lock.snapshot(strict=False)
+        suitable = [n for n in ctx.others() if switchover_refusal(snapshot, n, max_lag=5.0) is None]
+        if not suitable:
+            raise LabError("no replica that a switchover would accept: "
+                           + "; ".join(f"{n}: {switchover_refusal(snapshot, n, max_lag=5.0)}"
+                                       for n in ctx.others()))
+        target = min(suitable, key=lambda n: ctx.lab.agent_status(n).get("database", {}).get("lag_seconds")
+                     or 0.0)
         current = lock.read_intent()
         lock.write_intent(Intent(paused=current.paused, pause_reason=current.pause_reason,
                                  switchover_target=target, requested_by="fault-matrix",

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,15 +27,19 @@ from typing import Any
 import pymysql
 
 from dbfence.discovery import NoPrimary
+from dbfence.lab import mariadb_servers
 from dbfence.lab import netns as lab_netns
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
+from dbfence.lab.errors import LabError
 from dbfence.lab.faults import Fault, FaultContext, Heal, all_faults
 from dbfence.lab.final_state import read_final_state, read_tenures
 from dbfence.lab.history import Attempt, FaultEvent, History, Outcome, Read, Verdict, check, outage
 from dbfence.lab.nemesis import Burst, PlannedFault, Schedule, Trigger, plan
+from dbfence.lab.procs import ProcessRef
 from dbfence.lab.soak_checks import Breach, NodeView, Wholeness, wholeness
 from dbfence.lab.soak_report import Counts, FaultRecord, RoleChange
+from dbfence.lab.wait import wait_until
 from dbfence.lab.workload import DiscoveryWriter, discover
 
 TABLE = "app.soak"
@@ -51,18 +58,52 @@ class SoakConfig:
     writers: int = 2
     readers: int = 1
     netns: bool | None = None  # None: in namespaces where this machine allows it
+    # Only these fault kinds (None: every kind the lab can take). The schedule depends on the
+    # seed and on this list, so a replay names the kinds that were used.
+    kinds: tuple[str, ...] | None = None
+    stop_when_stuck: bool = True  # stop after two quiet checks in a row found it not whole
+    used_kinds: tuple[str, ...] = ()  # filled in by the run, for the replay command
 
     def replay_command(self) -> str:
-        return (f".venv/bin/python benchmarks/soak.py --duration {self.duration:g}s --seed {self.seed} "
-                f"--dcs {self.dcs} --nodes {self.nodes} --quiet {self.quiet:g} --ttl {self.tuning.ttl:g} "
-                f"--margin {self.tuning.margin:g}")
+        kinds = self.used_kinds or self.kinds
+        return (f"PYTHONPATH=. .venv/bin/python benchmarks/soak.py --duration {self.duration:g}s "
+                f"--seed {self.seed} --dcs {self.dcs} --nodes {self.nodes} --quiet {self.quiet:g} "
+                f"--ttl {self.tuning.ttl:g} --margin {self.tuning.margin:g}"
+                + (f" --kinds {','.join(kinds)}" if kinds else ""))
 
 
-def usable_faults(dcs: DcsKind, etcd_members: int, netns: bool) -> list[Fault]:
-    """The fault kinds this lab can take (the disk fault needs a tmpfs per data directory,
-    which the soak's lab does not have)."""
+def usable_faults(dcs: DcsKind, etcd_members: int, netns: bool, tmpfs: bool = False) -> list[Fault]:
+    """The fault kinds this lab can take (the disk fault needs every data directory on a tmpfs
+    of its own, as whichever node is primary may be struck)."""
     return [f for f in all_faults() if dcs in f.dcs and etcd_members >= f.etcd_members
-            and not f.tmpfs and (netns or not f.netns)]
+            and (tmpfs or not f.tmpfs) and (netns or not f.netns)]
+
+
+def _stopped(process: ProcessRef) -> Callable[[], bool]:
+    return lambda: not process.alive()
+
+
+def datadirs_on_tmpfs(lab: LabCluster, size: str = "1g") -> list[Path]:
+    """Move every node's data directory onto a tmpfs of its own (root only; before the agents
+    start), so that the disk-full fault can strike any primary. Returns the mounts, which the
+    caller unmounts after ``lab.down()``. The first node is opened for writes again, as the lab
+    left it (every mysqld starts read-only); the replicas keep their replication settings."""
+    mounts: list[Path] = []
+    for node in list(lab.mysql):
+        lab.kill_mysql(node.name, signal.SIGTERM)
+        wait_until(_stopped(node.process), timeout=60, what=f"{node.name} to stop")
+        datadir = Path(node.datadir)
+        on_disk = datadir.with_name("data.disk")
+        datadir.rename(on_disk)
+        datadir.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(datadir)],
+                       check=True, capture_output=True)
+        mounts.append(datadir)
+        shutil.copytree(on_disk, datadir, dirs_exist_ok=True)
+        shutil.rmtree(on_disk)
+        lab.start_mysql(node.name)
+    lab.in_client(mariadb_servers.open_for_writes, lab.mysql[0], lab.accounts["agent"])
+    return mounts
 
 
 # ---------------------------------------------------------------------------- the clients
@@ -229,6 +270,9 @@ class Soak:
         self.burst_ends: dict[int, float] = {}
         self.stop = threading.Event()
         self.started = time.time()
+        self.mounts: list[Path] = []  # tmpfs data directories, unmounted after the lab is down
+        # (when, how many) of the last check that had a primary to count lost writes on
+        self.lost_checked: tuple[float, int] | None = None
 
     def rel(self, wall: float) -> float:
         return wall - self.started
@@ -237,20 +281,43 @@ class Soak:
     def start_lab(self) -> LabCluster:
         cfg = self.config
         netns = cfg.netns if cfg.netns is not None else lab_netns.unavailable_reason() is None
-        return LabCluster.up(LabSpec(directory=cfg.root / "lab", mysql_count=cfg.nodes, dcs=cfg.dcs,
-                                     etcd_members=3 if cfg.dcs == "etcd" else 1, agents=True,
-                                     agent_tuning=cfg.tuning, netns=netns))
+        lab = LabCluster.up(LabSpec(directory=cfg.root / "lab", mysql_count=cfg.nodes, dcs=cfg.dcs,
+                                    etcd_members=3 if cfg.dcs == "etcd" else 1, agents=False,
+                                    agent_tuning=cfg.tuning, netns=netns))
+        try:
+            if os.geteuid() == 0:
+                self.mounts = datadirs_on_tmpfs(lab)
+            lab.start_agents(cfg.tuning)
+        except BaseException:
+            self._down(lab)
+            raise
+        return lab
+
+    def _down(self, lab: LabCluster) -> None:
+        try:
+            lab.down()
+        finally:
+            for mount in self.mounts:
+                subprocess.run(["umount", str(mount)], check=False, capture_output=True)
 
     def run(self) -> SoakResult:
         lab = self.start_lab()
         try:
             return self._run(lab)
         finally:
-            lab.down()
+            self._down(lab)
 
     def _run(self, lab: LabCluster) -> SoakResult:
         cfg = self.config
-        faults = {f.name: f for f in usable_faults(cfg.dcs, len(lab.etcd), lab.netns is not None)}
+        faults = {f.name: f for f in usable_faults(cfg.dcs, len(lab.etcd), lab.netns is not None,
+                                                   tmpfs=bool(self.mounts))}
+        if cfg.kinds is not None:
+            unknown = sorted(set(cfg.kinds) - set(faults))
+            if unknown:
+                raise LabError(f"fault kinds this lab cannot take: {', '.join(unknown)} "
+                               f"(it can take {', '.join(sorted(faults))})")
+            faults = {name: faults[name] for name in cfg.kinds}
+        self.config = cfg = replace(cfg, used_kinds=tuple(sorted(faults)))
         schedule = plan(cfg.seed, cfg.duration, faults, ttl=cfg.tuning.ttl, quiet=cfg.quiet)
         self.say(schedule.describe())
         primary = lab.wait_settled(timeout=60)
@@ -271,6 +338,11 @@ class Soak:
                     break
                 self._quiet_check(lab, writer, reader, monitor, burst.index)
                 last_primary = monitor.target(last_primary)
+                if cfg.stop_when_stuck and len(self.checks) >= 2 and \
+                        not any(whole.whole for _, whole in self.checks[-2:]):
+                    self.say(f"[{self.rel(time.time()):7.1f}s] not whole after two quiet periods in a row: "
+                             f"the cluster is stuck, the run stops here (--keep-going to go on)")
+                    break
         finally:
             writer.finish()
             reader.finish()
@@ -282,11 +354,15 @@ class Soak:
         kept = self._keep(lab, writer, reader, records) if self.breaches else None
         counts = Counts(acknowledged=final.acknowledged, refused=final.refused, unknown=final.unknown,
                         unknown_landed=len(final.unknown_landed), reads=len(reader.reads),
-                        lost=len(final.lost),
+                        lost=0 if self.lost_checked is None else self.lost_checked[1],
                         two_writers=final.overlapping,
                         stale_reads=len(final.stale_reads), quiet_checks=len(self.checks),
                         not_whole=sum(1 for _, w in self.checks if not w.whole),
-                        extra={"failed_reads": reader.failed})
+                        extra={"failed_reads": reader.failed,
+                               # lost writes are counted on a primary: when the run ended without
+                               # one, the figure is that of the last check that had one
+                               "lost_checked_at_s": -1 if self.lost_checked is None
+                               else round(self.lost_checked[0])})
         return SoakResult(cfg, schedule, self.started, ended, records, counts, self.breaches, self.checks,
                           role_changes, tuple(writer.attempts), kept)
 
@@ -372,7 +448,10 @@ class Soak:
         now = time.time()
         admitting = lab.primaries()
         views = [NodeView.from_status(a.name, lab.agent_status(a.name)) for a in lab.agents]
-        whole = wholeness(views, admitting)
+        quiet_since = max(self.burst_ends.values(), default=self.started)
+        acked_in_quiet = sum(1 for a in list(writer.attempts)
+                             if a.outcome is Outcome.ACKNOWLEDGED and a.start >= quiet_since)
+        whole = wholeness(views, admitting, acked_in_quiet)
         self.checks.append((self.rel(now), whole))
         where = "end" if burst is None else f"after burst {burst}"
         self.say(f"[{self.rel(now):7.1f}s] quiet check {where}: {whole.describe()}")
@@ -384,6 +463,8 @@ class Soak:
                           lab.in_client(read_final_state, lab, whole.primary, TABLE), reads)
         verdict = check(history)
         self._judge(verdict, attempts, where)
+        if verdict.final_primary is not None:
+            self.lost_checked = (self.rel(now), len(verdict.lost))
         return verdict
 
     def _judge(self, verdict: Verdict, attempts: tuple[Attempt, ...], where: str) -> None:

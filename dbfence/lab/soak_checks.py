@@ -1,11 +1,12 @@
 """The soak's "whole again" check, and its record of what broke: pure functions over what the
 agents said (their ``/status`` documents and which ones answer ``/primary``).
 
-A cluster is **whole** when exactly one node admits as primary and every other node is either a
-healthy replica replicating from it, or fenced with its reason named (a former primary with
-errant GTIDs stays fenced by design until it is repaired). Anything else after a quiet period is
-an invariant broken: no primary, two, a replica that follows nobody or another node, an agent
-that does not answer, a node fenced without a reason, or one stuck in a passing role.
+A cluster is **whole** when exactly one node admits as primary and acknowledges writes, and
+every other node is either a healthy replica replicating from it, or fenced with its reason
+named (a former primary with errant GTIDs stays fenced by design until it is repaired). Anything
+else after a quiet period is an invariant broken: no primary, two, a primary that acknowledges
+nothing, a replica that follows nobody or another node, an agent that does not answer, a node
+fenced without a reason, or one stuck in a passing role.
 """
 
 from __future__ import annotations
@@ -66,14 +67,19 @@ class Wholeness:
         return f"{state} [{'; '.join(n.describe() for n in self.nodes)}]"
 
 
-def wholeness(nodes: Sequence[NodeView], admitting: Sequence[str]) -> Wholeness:
-    """Judge the cluster from every node's view and the nodes whose /primary answers 200."""
+def wholeness(nodes: Sequence[NodeView], admitting: Sequence[str],
+              writes_acknowledged: int | None = None) -> Wholeness:
+    """Judge the cluster from every node's view, the nodes whose /primary answers 200 and, when
+    given, how many writes were acknowledged during the quiet period: a primary that admits but
+    acknowledges nothing (a lossless primary with no replica left to ack) is not whole either."""
     problems: list[str] = []
     primary = admitting[0] if len(admitting) == 1 else None
     if not admitting:
         problems.append("no node admits as primary")
     elif len(admitting) > 1:
         problems.append(f"{len(admitting)} nodes admit as primary: {', '.join(admitting)}")
+    elif writes_acknowledged == 0:
+        problems.append(f"{primary} admits but acknowledged no write during the quiet period")
     for node in nodes:
         if node.name in admitting:
             if node.answering and node.role != "primary":

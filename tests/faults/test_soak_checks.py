@@ -57,6 +57,13 @@ def test_one_primary_with_every_other_node_following_it_is_whole() -> None:
     assert judged.whole and judged.primary == "db1"
 
 
+def test_a_primary_that_acknowledged_no_write_in_the_quiet_period_is_not_whole() -> None:
+    nodes = [PRIMARY, replica("db2"), replica("db3")]
+    assert wholeness(nodes, ["db1"], writes_acknowledged=120).whole
+    stalled = wholeness(nodes, ["db1"], writes_acknowledged=0)
+    assert stalled.problems == ("db1 admits but acknowledged no write during the quiet period",)
+
+
 def test_a_node_fenced_with_its_reason_named_still_counts_as_whole() -> None:
     fenced = NodeView("db3", True, "fenced", "errant_gtids", None, True, ("0-1-5",))
     judged = wholeness([PRIMARY, replica("db2"), fenced], ["db1"])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dbfence.lab import netns
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.faults import scratch_space
 from dbfence.lab.nemesis import Trigger
@@ -27,6 +28,11 @@ from tests.conftest import _lab_root
 pytestmark = pytest.mark.timeout(420)
 
 SEED = 1
+# The schedule depends on the seed and the kinds: pinned, so new fault rows do not change it.
+KINDS = ("agent-kill", "agent-stop", "etcd-follower-kill", "etcd-leader-kill", "etcd-quorum-loss",
+         "host-freeze", "lagging-replica+mysqld-kill", "mysqld-kill", "mysqld-stop", "partition",
+         "partition-laggard-holds-more", "partition-lagging-replica", "switchover",
+         "too-many-connections", "write-stall")
 
 
 def test_a_short_seeded_soak_loses_nothing_never_has_two_writers_and_is_whole_after_each_quiet_period(
@@ -34,7 +40,10 @@ def test_a_short_seeded_soak_loses_nothing_never_has_two_writers_and_is_whole_af
     scratch = Path(tempfile.mkdtemp(prefix="soak-", dir=_lab_root()))
     lines: list[str] = []
     with scratch_space(scratch) as root:
-        config = SoakConfig(seed=SEED, duration=45, root=root, quiet=8, tuning=AgentTuning())
+        # without root (no namespaces) the partitions drop out, and the schedule differs
+        kinds = KINDS if netns.unavailable_reason() is None else \
+            tuple(k for k in KINDS if "partition" not in k)
+        config = SoakConfig(seed=SEED, duration=45, root=root, quiet=8, tuning=AgentTuning(), kinds=kinds)
         result = Soak(config, say=lines.append).run()
     story = "\n".join(lines)
     assert result.ok, f"{story}\nkept: {result.kept}\nreplay: {config.replay_command()}"
