@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -133,6 +134,13 @@ class _Server(ThreadingHTTPServer):
         self.metrics = metrics
         self.token = token
         self.on_command = on_command
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A prober that gave up before its answer (a load balancer's or a monitor's timeout)
+        is routine: the standard server would print a traceback to the agent's log each time."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -188,3 +190,23 @@ def test_metrics_exposition_format() -> None:
         metrics.inc("failovers_total", "x", -1)
     with pytest.raises(ValueError, match="is a counter"):
         metrics.set("failovers_total", "x", 3)
+
+
+def test_a_prober_that_hangs_up_before_its_answer_leaves_no_traceback(
+        api: HttpApi, board: StatusBoard, capfd: pytest.CaptureFixture[str]) -> None:
+    # Found by the soak: its monitor's 0.5 s timeouts filled the agents' logs with tracebacks.
+    big = {"pad": "x" * 200_000}  # an answer larger than the socket buffers
+    board.publish(StatusReport(role="primary", gate_admitting=True, healthy=True, details=big))
+    host, port = api.address
+    for _ in range(20):
+        with socket.create_connection((host, port), timeout=5) as client:
+            client.sendall(b"GET /status HTTP/1.1\r\nHost: agent\r\n\r\n")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+    assert request(api, "/primary")[0] == 200  # still serving
+    assert "Traceback" not in capfd.readouterr().err
+    # and the same error inside the handler's own write, deterministically
+    try:
+        raise BrokenPipeError(32, "Broken pipe")
+    except BrokenPipeError:
+        api._server.handle_error(None, ("127.0.0.1", 1))
+    assert capfd.readouterr().err == ""
