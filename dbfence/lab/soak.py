@@ -75,7 +75,7 @@ class SoakConfig:
 def usable_faults(dcs: DcsKind, etcd_members: int, netns: bool, tmpfs: bool = False) -> list[Fault]:
     """The fault kinds this lab can take (the disk fault needs every data directory on a tmpfs
     of its own, as whichever node is primary may be struck)."""
-    return [f for f in all_faults() if dcs in f.dcs and etcd_members >= f.etcd_members
+    return [f for f in all_faults() if dcs in f.dcs and (dcs != "etcd" or etcd_members >= f.etcd_members)
             and (tmpfs or not f.tmpfs) and (netns or not f.netns)]
 
 
@@ -271,6 +271,7 @@ class Soak:
         self.stop = threading.Event()
         self.started = time.time()
         self.mounts: list[Path] = []  # tmpfs data directories, unmounted after the lab is down
+        self.ttl = config.tuning.ttl
         # (when, how many) of the last check that had a primary to count lost writes on
         self.lost_checked: tuple[float, int] | None = None
 
@@ -318,7 +319,9 @@ class Soak:
                                f"(it can take {', '.join(sorted(faults))})")
             faults = {name: faults[name] for name in cfg.kinds}
         self.config = cfg = replace(cfg, used_kinds=tuple(sorted(faults)))
-        schedule = plan(cfg.seed, cfg.duration, faults, ttl=cfg.tuning.ttl, quiet=cfg.quiet)
+        # the lab's agents use at least 10 s with Consul (its minimum session TTL): holds follow
+        self.ttl = cfg.tuning.ttl if cfg.dcs == "etcd" else max(cfg.tuning.ttl, 10.0)
+        schedule = plan(cfg.seed, cfg.duration, faults, ttl=self.ttl, quiet=cfg.quiet)
         self.say(schedule.describe())
         primary = lab.wait_settled(timeout=60)
         writer = DiscoveryWriter(lab, TABLE, timeout=2.0, clients=cfg.writers)
@@ -400,7 +403,7 @@ class Soak:
             return
         since = previous.injected
         if planned.trigger is Trigger.PROMOTION:
-            give_up = since + 4 * self.config.tuning.ttl + 10
+            give_up = since + 4 * self.ttl + 10
             while (seen := monitor.promotion_after(since)) is None and time.time() < give_up:
                 time.sleep(0.02)
             since = seen if seen is not None else time.time()

@@ -53,3 +53,18 @@ def test_a_plan_without_fault_kinds_or_with_nonsense_times_is_refused() -> None:
         plan(1, 60, (), ttl=3.0, quiet=10)
     with pytest.raises(ValueError, match="positive"):
         plan(1, 0, KINDS, ttl=3.0, quiet=10)
+
+
+def test_the_soak_takes_every_fault_kind_its_lab_can_take() -> None:
+    from dbfence.lab.faults import all_faults  # noqa: PLC0415
+    from dbfence.lab.soak import usable_faults  # noqa: PLC0415
+
+    everything = {f.name for f in all_faults()}
+    etcd = {f.name for f in usable_faults("etcd", 3, netns=True, tmpfs=True)}
+    assert etcd == {f.name for f in all_faults() if "etcd" in f.dcs}
+    consul = {f.name for f in usable_faults("consul", 0, netns=True, tmpfs=True)}
+    assert consul and not any(name.startswith("etcd") for name in consul)
+    assert consul | {n for n in everything if n.startswith("etcd")} == everything
+    plain = {f.name for f in usable_faults("etcd", 3, netns=False, tmpfs=False)}
+    assert not any(f.netns or f.tmpfs for f in all_faults() if f.name in plain)
+    assert "mysqld-kill" in plain
