@@ -46,12 +46,15 @@ def main() -> int:
     parser.add_argument("--margin", type=float, default=1.0)
     parser.add_argument("--kinds", default=None, help="comma-separated fault kinds to use (default: "
                         "every kind the lab can take; the replay command names them)")
+    parser.add_argument("--rejoin", choices=["manual", "truncate"], default="truncate",
+                        help="the agents' [rejoin] mode (truncate: a fenced former primary repairs itself "
+                        "where it can prove its errant transactions were never acknowledged)")
     parser.add_argument("--keep-going", action="store_true",
                         help="go on after two quiet checks in a row found the cluster not whole")
     parser.add_argument("--plot", type=Path, default=None, help="where to save the PNG "
                         "(default: soak-seed<S>.png in the current directory)")
     args = parser.parse_args()
-    tuning = AgentTuning(ttl=args.ttl, margin=args.margin)
+    tuning = AgentTuning(ttl=args.ttl, margin=args.margin, rejoin=args.rejoin)
     with scratch_space(Path(tempfile.mkdtemp(prefix="dbfence-soak-"))) as root:
         config = SoakConfig(seed=args.seed, duration=args.duration, root=root, dcs=args.dcs,
                             nodes=args.nodes, quiet=args.quiet, tuning=tuning,

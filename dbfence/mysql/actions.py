@@ -269,7 +269,11 @@ class MysqlActions:
         A stopped SQL thread is started first (the IO thread is left as it is): nothing else
         would apply the relay log, and the wait would time out forever. It happens when a
         ``STOP SLAVE`` that timed out on our side (an applier blocked on a lock) completes in the
-        server later, leaving the applier stopped under a node that has since won the lock.
+        server later, leaving the applier stopped under a node that has since won the lock. With
+        the IO thread stopped too, MariaDB in GTID mode would start the applier on a new relay
+        log from the applied position, dropping what was received (commits this node may have
+        acknowledged): so the SQL thread's own relay-log coordinates are named first, the form
+        of CHANGE MASTER that keeps the relay log (as :meth:`lift_apply_delay` does).
         """
         self._require_mariadb("waiting for the relay log")
         with self.session(read_timeout_s=timeout_s + 5.0) as conn:
@@ -279,6 +283,9 @@ class MysqlActions:
             status = self.sql.parse_replica_status(rows[0])
             received = status.received_gtid_pos
             if status.sql_running == "No":
+                if status.io_running == "No":
+                    query(conn, "CHANGE MASTER TO RELAY_LOG_FILE = %s, RELAY_LOG_POS = %s",
+                          (status.relay_log_file, status.relay_log_pos))
                 query(conn, "START SLAVE SQL_THREAD")
             statement, params = self.sql.gtid_wait(received, timeout_s)
             reached = int(query_one(conn, statement, params)["reached"])
@@ -288,7 +295,20 @@ class MysqlActions:
                     f"{self.name} did not apply its relay log within {timeout_s:g} s: received {received!r}, "
                     f"applied {applied!r}"
                 )
+            self._gtid_mode_back(conn)
         return GtidPosition.parse(received)
+
+    def _gtid_mode_back(self, conn: DbConnection) -> None:
+        """Naming relay-log coordinates turned GTID mode off, and without it the received
+        position is no longer kept up to date. Once the relay log is applied with the IO thread
+        stopped nothing is left to lose: stop the idle applier and turn GTID mode back on."""
+        rows = query(conn, self.sql.replica_status_query())
+        if not rows:
+            return
+        status = self.sql.parse_replica_status(rows[0])
+        if status.io_running == "No" and status.using_gtid == "No":
+            query(conn, "STOP SLAVE SQL_THREAD")
+            query(conn, "CHANGE MASTER TO MASTER_USE_GTID = slave_pos")
 
     def lift_apply_delay(self) -> bool:
         """Let a delayed replica (MASTER_DELAY) that is being promoted apply its relay log now.

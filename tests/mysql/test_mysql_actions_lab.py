@@ -156,6 +156,24 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
     assert db3.wait_relay_log_applied(10).covers(wanted)
     assert db3.replica_status().sql_running == "Yes"  # type: ignore[union-attr]
     assert count_rows(lab, "db3", "id = 51") == 1
+
+    # --- the same with both threads stopped (the source lost the lock, then a repoint's
+    # STOP SLAVE stopped the applier): in GTID mode a plain START SLAVE SQL_THREAD would begin a
+    # new relay log from the applied position, dropping received (acknowledged) commits; found by
+    # the soak, seed 11 with [rejoin] truncate: 11 lost ---
+    run(replica, "STOP SLAVE SQL_THREAD")
+    primary = sql(lab, "db1")
+    run(primary, "INSERT INTO dbtest.t VALUES (52, 'db1')")
+    primary.close()
+    wanted = db1.gtid_positions().binlog_pos
+    poll(lambda: db3.replica_status().received_gtid_pos == str(wanted), 10, "db3 to receive")  # type: ignore[union-attr]
+    run(replica, "STOP SLAVE IO_THREAD")
+    assert db3.wait_relay_log_applied(10).covers(wanted)
+    assert count_rows(lab, "db3", "id = 52") == 1
+    status = db3.replica_status()
+    assert status is not None and status.received_gtid_pos == str(wanted)
+    assert status.using_gtid == "Slave_Pos"  # GTID mode back once nothing is left to apply
+    run(replica, "START SLAVE")  # as it was: the rest of the test replicates on
     replica.close()
 
     # --- fence db1: read_only, clients cut, the agent's probe sessions and replication kept ---
