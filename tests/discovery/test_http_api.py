@@ -196,13 +196,13 @@ def test_a_prober_that_hangs_up_before_its_answer_leaves_no_traceback(
         api: HttpApi, board: StatusBoard, capfd: pytest.CaptureFixture[str]) -> None:
     # Found by the soak: its monitor's 0.5 s timeouts filled the agents' logs with tracebacks.
     big = {"pad": "x" * 200_000}  # an answer larger than the socket buffers
-    board.publish(StatusReport(role="primary", gate_admitting=True, healthy=True, details=big))
+    board.publish(StatusReport(role="replica", healthy=True, details=big))
     host, port = api.address
     for _ in range(20):
         with socket.create_connection((host, port), timeout=5) as client:
             client.sendall(b"GET /status HTTP/1.1\r\nHost: agent\r\n\r\n")
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
-    assert request(api, "/primary")[0] == 200  # still serving
+    assert request(api, "/health")[0] == 200  # still serving
     assert "Traceback" not in capfd.readouterr().err
     # and the same error inside the handler's own write, deterministically
     try:
