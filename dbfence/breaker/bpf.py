@@ -15,20 +15,21 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _SYS_BPF: Final = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
 _ATTR_SIZE: Final = 144
 
-MAP_CREATE, MAP_LOOKUP, MAP_UPDATE, MAP_DELETE, PROG_LOAD, PROG_ATTACH = 0, 1, 2, 3, 5, 8
-PROG_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, LINK_CREATE = 13, 15, 28
+MAP_CREATE, MAP_LOOKUP, MAP_UPDATE, MAP_DELETE, MAP_GET_NEXT_KEY = 0, 1, 2, 3, 4
+PROG_LOAD, PROG_ATTACH, PROG_DETACH = 5, 8, 9
+PROG_GET_FD_BY_ID, MAP_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, PROG_QUERY, LINK_CREATE = 13, 14, 15, 16, 28
 MAP_HASH, MAP_ARRAY, MAP_SOCKHASH = 1, 2, 18
-PROG_SOCK_OPS, PROG_SK_MSG = 13, 16
-ATTACH_CGROUP_SOCK_OPS, ATTACH_SK_MSG_VERDICT = 3, 7
+PROG_SCHED_CLS, PROG_SOCK_OPS, PROG_SK_MSG = 3, 13, 16
+ATTACH_CGROUP_SOCK_OPS, ATTACH_SK_MSG_VERDICT, ATTACH_TCX_INGRESS, ATTACH_TCX_EGRESS = 3, 7, 46, 47
 F_MMAPABLE: Final = 1 << 10
 
 # Helpers.
-CALL_MAP_LOOKUP, CALL_KTIME_NS, CALL_MSG_PULL_DATA = 1, 5, 63
+CALL_MAP_LOOKUP, CALL_MAP_UPDATE, CALL_KTIME_NS, CALL_SKB_LOAD_BYTES, CALL_MSG_PULL_DATA = 1, 2, 5, 26, 63
 CALL_SOCK_HASH_UPDATE, CALL_MSG_REDIRECT_HASH, CALL_NETNS_COOKIE = 70, 71, 122
 
 # Registers, and jumps (BPF_JMP class; JMP32 compares the low 32 bits, no sign extension).
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, FP = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
-JEQ_IMM, JNE_IMM, JGT_IMM, JLT_IMM, JA = 0x15, 0x55, 0x25, 0xA5, 0x05
+JEQ_IMM, JNE_IMM, JGT_IMM, JLT_IMM, JSET_IMM, JA = 0x15, 0x55, 0x25, 0xA5, 0x45, 0x05
 JNE_REG, JGE_REG, JGT_REG = 0x5D, 0x3D, 0x2D
 JNE32_IMM: Final = 0x56
 
@@ -112,6 +113,52 @@ def program_id(program_fd: int) -> int:
     return int(struct.unpack_from("=I", info.raw, 4)[0])
 
 
+def map_next_key(map_fd: int, key: bytes | None, size: int) -> bytes | None:
+    """The key after ``key`` (the first one for None); None past the last."""
+    key_buffer = ctypes.create_string_buffer(key or b"\0" * size, size)
+    next_buffer = ctypes.create_string_buffer(size)
+    key_pointer = ctypes.addressof(key_buffer) if key is not None else 0
+    try:
+        bpf(MAP_GET_NEXT_KEY, struct.pack("=IIQQ", map_fd, 0, key_pointer, ctypes.addressof(next_buffer)))
+    except FileNotFoundError:
+        return None
+    return next_buffer.raw
+
+
+def program_info(program_fd: int) -> tuple[int, str, list[int]]:
+    """A loaded program's id, name and the ids of the maps it uses."""
+    map_ids = (ctypes.c_uint32 * 16)()
+    info = ctypes.create_string_buffer(struct.pack("=52xIQ", 16, ctypes.addressof(map_ids)), 128)
+    bpf(OBJ_GET_INFO_BY_FD, struct.pack("=IIQ", program_fd, len(info), ctypes.addressof(info)))
+    identifier, = struct.unpack_from("=I", info.raw, 4)
+    count, = struct.unpack_from("=I", info.raw, 52)
+    name = info.raw[64:80].split(b"\0", 1)[0].decode("ascii", "replace")
+    return int(identifier), name, [int(map_ids[i]) for i in range(min(count, 16))]
+
+
+def program_by_id(identifier: int) -> int:
+    """A descriptor of the program with this id (FileNotFoundError once it is gone)."""
+    return bpf(PROG_GET_FD_BY_ID, struct.pack("=I", identifier))
+
+
+def map_by_id(identifier: int) -> int:
+    return bpf(MAP_GET_FD_BY_ID, struct.pack("=I", identifier))
+
+
+def attached_programs(ifindex: int, attach_type: int) -> list[int]:
+    """The ids of the programs attached to an interface's tcx hook (this network namespace)."""
+    ids = (ctypes.c_uint32 * 64)()
+    attr = struct.pack("=IIIIQI", ifindex, attach_type, 0, 0, ctypes.addressof(ids), 64)
+    buffer = ctypes.create_string_buffer(attr, _ATTR_SIZE)
+    if _SYS_BPF is None:
+        raise BpfUnavailable(f"bpf(2) syscall number unknown on {os.uname().machine}")
+    if int(_LIBC.syscall(_SYS_BPF, PROG_QUERY, buffer, _ATTR_SIZE)) < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    count, = struct.unpack_from("=I", buffer.raw, 24)
+    return [int(ids[i]) for i in range(min(count, 64))]
+
+
 def program_exists(identifier: int) -> bool:
     try:
         fd = bpf(PROG_GET_FD_BY_ID, struct.pack("=I", identifier))
@@ -149,6 +196,12 @@ class Program:
     def rsh_imm(self, dst: int, imm: int) -> None:
         self._emit(0x77, dst, imm=imm)
 
+    def lsh_imm(self, dst: int, imm: int) -> None:
+        self._emit(0x67, dst, imm=imm)
+
+    def or_imm(self, dst: int, imm: int) -> None:
+        self._emit(0x47, dst, imm=imm)
+
     def mul_imm(self, dst: int, imm: int) -> None:
         self._emit(0x27, dst, imm=imm)
 
@@ -158,6 +211,9 @@ class Program:
     def load_u8(self, dst: int, src: int, offset: int) -> None:
         self._emit(0x71, dst, src, offset)
 
+    def load_u16(self, dst: int, src: int, offset: int) -> None:
+        self._emit(0x69, dst, src, offset)
+
     def load_u32(self, dst: int, src: int, offset: int) -> None:
         self._emit(0x61, dst, src, offset)
 
@@ -166,6 +222,9 @@ class Program:
 
     def store_u8(self, dst: int, offset: int, src: int) -> None:
         self._emit(0x73, dst, src, offset)
+
+    def store_u16(self, dst: int, offset: int, src: int) -> None:
+        self._emit(0x6B, dst, src, offset)
 
     def store_u32(self, dst: int, offset: int, src: int) -> None:
         self._emit(0x63, dst, src, offset)

@@ -68,6 +68,13 @@ class GateConfig:
     kernel_forwarding: str = "auto"
     proxy_protocol: bool = False
     backend_source: str | None = None
+    # Clients on other hosts: "on" = forward their connections to mysqld (backend_host:backend_port,
+    # even when backend_socket is set) in the kernel, with no relay, behind a per-packet BPF fence
+    # (breaker/passthrough.py), or refuse to start; "auto" = when the host allows it, else the
+    # workers relay them; "off" = the workers always relay them.
+    remote_path: str = "off"
+    # The interfaces remote clients arrive on, comma-separated; "" = every Ethernet interface up.
+    remote_interfaces: str = ""
 
     def __post_init__(self) -> None:
         if self.backend_source is not None:
@@ -80,6 +87,8 @@ class GateConfig:
                 raise GateConfigError(message) from None
         if self.kernel_forwarding not in ("auto", "on", "off"):
             raise GateConfigError(f"kernel_forwarding must be auto, on or off: {self.kernel_forwarding!r}")
+        if self.remote_path not in ("auto", "on", "off"):
+            raise GateConfigError(f"remote_path must be auto, on or off: {self.remote_path!r}")
         if not 0 <= self.listen_port < 65536:
             raise GateConfigError(f"listen_port out of range: {self.listen_port}")
         if self.backend_socket is None and not 0 < self.backend_port < 65536:

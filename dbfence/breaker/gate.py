@@ -28,6 +28,7 @@ from typing import Any
 
 from dbfence.breaker.config import GateConfig
 from dbfence.breaker.kernel import KernelForwarder, KernelForwardingUnavailable
+from dbfence.breaker.passthrough import RemotePath, RemotePathUnavailable
 from dbfence.breaker.shared import (
     MAX_WORKERS,
     STATE_ADMITTING,
@@ -92,6 +93,9 @@ class Gate:
         # Why links are not forwarded in the kernel ("" when they are), for the status.
         self.kernel_forwarding_off = "not started"
         self.mysqld_max_connections: int | None = None  # as last read from mysqld
+        self._remote: RemotePath | None = None
+        self._remote_fence: memoryview | None = None
+        self.remote_path_off = "not started"
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Gate:
@@ -105,6 +109,7 @@ class Gate:
             self._reserved = listening_socket(self.config.listen_host, self.config.listen_port)
             self.port = self._reserved.getsockname()[1]
             self._start_kernel_forwarding()
+            self._start_remote_path()
             self._write_fence(fence_word(0.0, 0))
             shared.write_status(STATE_BLOCKING, 0, 0.0, 0.0, self._reason())
             shared.write_backend_cap(self.backend_cap)
@@ -152,13 +157,39 @@ class Gate:
             raise GateError(f"kernel forwarding unavailable: {reason}")
         self.kernel_forwarding_off = reason
 
+    def _start_remote_path(self) -> None:
+        config = self.config
+        if config.remote_path == "off":
+            self.remote_path_off = "remote_path = off"
+            return
+        interfaces = [name.strip() for name in config.remote_interfaces.split(",") if name.strip()]
+        try:
+            self._remote = RemotePath.create(self.port, config.backend_host, config.backend_port, interfaces,
+                                             4 * config.max_connections)
+        except (RemotePathUnavailable, OSError) as error:
+            if config.remote_path == "on":
+                raise GateError(f"remote path unavailable: {error}") from None
+            self.remote_path_off = str(error)
+            return
+        self._remote_fence = self._remote.fence_words()
+        self.remote_path_off = ""
+
+    @property
+    def remote_path(self) -> str:
+        """"on: <interfaces>", or "off: why" (for the status)."""
+        if self._remote is not None:
+            return f"on: {','.join(self._remote.interfaces)}"
+        return f"off: {self.remote_path_off}"
+
     @property
     def kernel_forwarding(self) -> str:
         """"on", or "off: why" (for the status)."""
         return f"off: {self.kernel_forwarding_off}" if self.kernel_forwarding_off else "on"
 
     def _write_fence(self, word: int) -> None:
-        """The one place the fence word changes: the kernel's copy first, then the workers'."""
+        """The one place the fence word changes: the kernel's copies first, then the workers'."""
+        if self._remote_fence is not None:
+            self._remote_fence[0] = word
         if self._kernel_fence is not None:
             self._kernel_fence[0] = word
         assert self._shared is not None
@@ -233,6 +264,10 @@ class Gate:
             if self._kernel is not None:
                 self._kernel.close()
                 self._kernel = None
+            if self._remote is not None:
+                self._remote_fence = None  # the path's own view: it releases it
+                self._remote.close()  # after the block above: destroys its flows, then detaches
+                self._remote = None
             if self._shared is not None:
                 self._shared.close()
                 self._shared = None
@@ -304,10 +339,14 @@ class Gate:
             self._draining = False
             shared.write_status(STATE_ADMITTING, epoch, 0.0, deadline, "")
             self._write_fence(fence_word(deadline, epoch))
+            if self._remote is not None:
+                self._remote.accept_new(True)
             if epoch != before:
                 # A lapsed lease ended the old epoch inside this call: cut its links now.
                 for handle in self._workers:
                     self._poke(handle, CTL_BLOCK)
+                if self._remote is not None:
+                    self._remote.cut()
 
     def extend(self, deadline: float) -> None:
         """Renew: move the deadline (one store per copy of the fence). Raises if blocked or expired."""
@@ -344,6 +383,8 @@ class Gate:
             if not isinstance(state, Admitting):
                 raise IllegalTransition(f"cannot drain a blocked gate ({self._reason()})")
             self._draining = True
+            if self._remote is not None:
+                self._remote.accept_new(False)  # new remote clients go to the workers, which refuse
             shared.write_status(STATE_DRAINING, self._machine.epoch, started + seconds, state.deadline, "")
             before = shared.open_total(len(self._workers))
             for handle in self._workers:
@@ -363,10 +404,14 @@ class Gate:
         assert shared is not None
         epoch = self._machine.epoch
         self._write_fence(fence_word(0.0, epoch))  # first: no chunk passes from here on
+        if self._remote is not None:
+            self._remote.accept_new(False)
         shared.write_status(STATE_BLOCKING, epoch, 0.0, 0.0, reason)
         self._draining = False
         for handle in self._workers:
             self._poke(handle, CTL_BLOCK)
+        if self._remote is not None:
+            self._remote.cut()  # the filter already drops their packets; this sends the RSTs
 
     def _reason(self) -> str:
         state = self._machine.state
@@ -429,6 +474,11 @@ class Gate:
                         str(row.get("forwarding", "worker")),
                     )
                 )
+        remote = self._remote
+        for flow in remote.flows() if remote is not None else ():
+            if flow.passthrough:
+                connections.append(ConnectionInfo(-1, f"{flow.client[0]}:{flow.client[1]}", 0.0, flow.idle,
+                                                  0, 0, 0, "remote-kernel"))
         if isinstance(state, Admitting):
             name = "draining" if self._draining else "admitting"
             reason, left = "", state.deadline - time.monotonic()
@@ -439,7 +489,8 @@ class Gate:
             reason=reason,
             deadline_in=left,
             epoch=self._machine.epoch,
-            open_connections=sum(worker.open_connections for worker in workers),
+            open_connections=sum(worker.open_connections for worker in workers)
+            + sum(1 for row in connections if row.forwarding == "remote-kernel"),
             workers=tuple(workers),
             connections=tuple(connections),
             kernel_forwarding=self.kernel_forwarding,
@@ -448,6 +499,7 @@ class Gate:
             refused_full=refused_full,
             login_timeouts=login_timeouts,
             spoofed_headers=spoofed_headers,
+            remote_path=self.remote_path,
         )
 
     def _ask_stats(self, handle: _WorkerHandle) -> dict[str, Any] | None:

@@ -15,7 +15,9 @@ class ConnectionInfo:
     bytes_in: int
     bytes_out: int
     queries: int
-    forwarding: str  # "kernel" (joined after the login), "worker", or "kernel+worker" (over budget)
+    # "kernel" (joined after the login), "worker", "kernel+worker" (over budget), or "remote-kernel"
+    # (a client of another host forwarded by the kernel: worker -1, no byte counts).
+    forwarding: str
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,12 @@ class GateStats:
     refused_full: int = 0  # clients refused at the cap (ERR 1040), since start
     login_timeouts: int = 0  # clients dropped for not logging in in time, since start
     spoofed_headers: int = 0  # clients cut for sending a PROXY protocol header, since start
+    remote_path: str = "off: remote_path = off"  # "on: interfaces", or "off: why"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kernel_forwarding": self.kernel_forwarding,
+            "remote_path": self.remote_path,
             "backend_cap": self.backend_cap,
             "backend_connections": self.backend_connections,
             "refused_full": self.refused_full,

@@ -1,0 +1,435 @@
+"""The remote path: clients on other hosts reach mysqld through the kernel, with no relay, behind the fence.
+
+Through a relay every query of a remote client costs the database host two more socket hops and a
+worker's CPU (benchmarks/README-gate.md). On this path the kernel forwards the connection itself:
+
+* an nftables table (``ip dbfence_remote_<gate port>``) DNATs a SYN to the gate's port, arriving on
+  one of the filtered interfaces **and marked by the filter**, to mysqld's address and port;
+  conntrack then forwards the whole flow (``redirect`` when mysqld's address is loopback: to the
+  address the packet came to). TCP runs end to end between the client and mysqld, so a client
+  that stops reading holds mysqld back exactly as on a direct connection, TLS passes untouched,
+  and mysqld sees the client's real address (DNAT changes the destination only);
+* the filter (:mod:`dbfence.breaker.remote_filter`) on the tcx ingress and egress hooks of those
+  interfaces checks the fence word on every packet of those flows, both ways, and drops them from
+  the deadline on, even while the agent and the workers are frozen. It marks a SYN for DNAT only
+  while the fence admits; otherwise the SYN reaches the gate's workers, which refuse it with the
+  MySQL ERR packet as before.
+
+When the node blocks, the agent destroys the admitted flows' mysqld sockets (``ss -K``: the kernel
+sends an RST, which the filter lets through, so the client's pool learns at once). The filter is
+attached with PROG_ATTACH, not through a link: it outlives the agent, so an agent that dies leaves
+its flows fenced at the last deadline, never open. The next agent on this port (or
+:meth:`RemotePath.close`) destroys what the old filter admitted, then detaches it.
+
+Never caught: anything that does not use the gate's port. Replication, the agent's own sessions and
+monitoring reach mysqld at its own port (or socket); the DNAT rule and the filter match only TCP to
+the gate's port (before DNAT) on the listed interfaces, and replies from it (after un-DNAT).
+Clients of this host (loopback) keep the workers' path (and the kernel join).
+
+Needs root (CAP_BPF, CAP_NET_ADMIN), tcx (Linux 6.6+), nftables with NAT, ``ss`` with socket
+destroy (CONFIG_INET_DIAG_DESTROY), TCP to mysqld at an IPv4 address, and Ethernet interfaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import logging
+import mmap
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from dbfence.breaker.bpf import (
+    ATTACH_TCX_EGRESS,
+    ATTACH_TCX_INGRESS,
+    F_MMAPABLE,
+    MAP_ARRAY,
+    MAP_HASH,
+    PROG_ATTACH,
+    PROG_DETACH,
+    PROG_SCHED_CLS,
+    BpfUnavailable,
+    attached_programs,
+    bpf,
+    create_map,
+    load_program,
+    map_by_id,
+    map_delete,
+    map_lookup,
+    map_next_key,
+    program_by_id,
+    program_info,
+)
+from dbfence.breaker.remote_filter import (
+    FLOW_KEY,
+    FLOW_VALUE,
+    MODE_PASSTHROUGH,
+    PASS_MARK,
+    SEEN_FIN_IN,
+    SEEN_FIN_OUT,
+    SEEN_RST,
+    filter_program,
+)
+from dbfence.breaker.shared import EPOCH_BITS, EPOCH_MASK
+
+log = logging.getLogger(__name__)
+
+TABLE_PREFIX: Final = "dbfence_remote_"
+SYS_NET = Path("/sys/class/net")
+_ARPHRD_ETHER: Final = 1
+# Closed flows (both FINs or an RST) and flows with no socket left are forgotten after this long.
+_SWEEP_AFTER: Final = 10.0
+_SWEEP_EVERY: Final = 5.0
+_DESTROY_BATCH: Final = 100
+
+
+class RemotePathUnavailable(OSError):
+    """This host cannot run the remote path (privileges, kernel, tools, configuration)."""
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One remote client's connection as the filter recorded it at its SYN."""
+
+    client: tuple[str, int]
+    local: tuple[str, int]
+    passthrough: bool  # forwarded by the kernel; False: the SYN went to a worker (fence closed)
+    epoch: int
+    idle: float  # seconds since its last packet passed (since its SYN for a worker's flow)
+    closing: bool  # a FIN both ways or an RST was seen
+
+
+def unavailable_reason() -> str | None:
+    """Why the remote path cannot run here (before trying), or None."""
+    if os.geteuid() != 0:
+        return f"the remote path needs root (CAP_BPF, CAP_NET_ADMIN); running as uid {os.geteuid()}"
+    for tool in ("nft", "ss"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not on PATH"
+    return None
+
+
+def outside_interfaces() -> list[str]:
+    """This namespace's Ethernet interfaces that are up, loopback excluded."""
+    names = []
+    for entry in sorted(SYS_NET.iterdir()):
+        try:
+            kind = int((entry / "type").read_text())
+            flags = int((entry / "flags").read_text(), 16)
+        except (OSError, ValueError):
+            continue
+        if kind == _ARPHRD_ETHER and flags & 1:  # IFF_UP
+            names.append(entry.name)
+    return names
+
+
+def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=10, check=False)
+
+
+def _ip(value: int) -> str:
+    return socket.inet_ntoa(struct.pack("=I", value))
+
+
+def _port(wire: int) -> int:
+    return int(struct.unpack("!H", struct.pack("<H", wire))[0])
+
+
+class RemotePath:
+    """The nftables table, the filter programs and their maps, and the sweeper, for one gate port."""
+
+    def __init__(self, gate_port: int, backend: tuple[str, int], interfaces: list[str]) -> None:
+        self.gate_port = gate_port
+        self.backend = backend
+        self.interfaces = interfaces
+        self.table = f"{TABLE_PREFIX}{gate_port}"
+        self.fence_fd = -1
+        self.flows_fd = -1
+        self._programs: list[int] = []
+        self._attached: list[tuple[int, int, int]] = []  # (ifindex, attach type, program fd)
+        self._fence_map: mmap.mmap | None = None
+        self._fence_view: memoryview | None = None
+        self._value = ctypes.create_string_buffer(FLOW_VALUE.size)
+        self._lock = threading.Lock()  # destroy/sweep/close
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pending_cut = threading.Event()
+        self._sweeper: threading.Thread | None = None
+
+    # --- set-up and removal -----------------------------------------------------------------------
+    @classmethod
+    def create(cls, gate_port: int, backend_host: str, backend_port: int, interfaces: Iterable[str],
+               max_flows: int) -> RemotePath:
+        """Remove what an earlier agent on this port left, then load, attach and add the DNAT rule."""
+        reason = unavailable_reason()
+        if reason is not None:
+            raise RemotePathUnavailable(reason)
+        try:
+            address = ipaddress.IPv4Address(backend_host)
+        except ValueError:
+            raise RemotePathUnavailable(f"mysqld's address is not an IPv4 address: {backend_host}") from None
+        names = list(interfaces) or outside_interfaces()
+        if not names:
+            raise RemotePathUnavailable("no Ethernet interface is up in this network namespace")
+        path = cls(gate_port, (str(address), backend_port), names)
+        try:
+            remove_stale(gate_port, names, backend_port)
+            path._load(max_flows)
+            path._add_table(address.is_loopback)
+        except BaseException:
+            path.close()
+            raise
+        path._sweeper = threading.Thread(target=path._sweep_loop, name="dbfence-remote-sweep", daemon=True)
+        path._sweeper.start()
+        return path
+
+    def _load(self, max_flows: int) -> None:
+        try:
+            self.fence_fd = create_map(MAP_ARRAY, 4, 8, 2, F_MMAPABLE)
+            self.flows_fd = create_map(MAP_HASH, FLOW_KEY.size, FLOW_VALUE.size, max_flows)
+        except OSError as error:
+            raise RemotePathUnavailable(error.errno, f"cannot create BPF maps: {error.strerror}") from None
+        for ingress, attach_type in ((True, ATTACH_TCX_INGRESS), (False, ATTACH_TCX_EGRESS)):
+            code = filter_program(ingress, self.fence_fd, self.flows_fd, self.gate_port)
+            name = f"dbf_r{'in' if ingress else 'out'}_{self.gate_port}"
+            program = load_program(code, PROG_SCHED_CLS, name)
+            self._programs.append(program)
+            for interface in self.interfaces:
+                try:
+                    ifindex = socket.if_nametoindex(interface)
+                    bpf(PROG_ATTACH, struct.pack("=IIII", ifindex, program, attach_type, 0))
+                except OSError as error:
+                    message = f"cannot attach the filter to {interface}: {error.strerror}"
+                    raise RemotePathUnavailable(error.errno, message) from None
+                self._attached.append((ifindex, attach_type, program))
+
+    def _add_table(self, loopback_backend: bool) -> None:
+        host, port = self.backend
+        target = f"redirect to :{port}" if loopback_backend else f"dnat to {host}:{port}"
+        interfaces = ", ".join(f'"{name}"' for name in self.interfaces)
+        rules = (
+            f"table ip {self.table} {{\n"
+            "  chain prerouting {\n"
+            "    type nat hook prerouting priority dstnat; policy accept;\n"
+            f"    iifname {{ {interfaces} }} tcp dport {self.gate_port} "
+            f"meta mark & {PASS_MARK:#x} == {PASS_MARK:#x} {target}\n"
+            "  }\n"
+            "}\n"
+        )
+        _run(["nft", "delete", "table", "ip", self.table])  # an earlier agent's: absent is fine
+        done = _run(["nft", "-f", "-"], rules)
+        if done.returncode != 0:
+            raise RemotePathUnavailable(f"nftables refused the DNAT rule: {done.stderr.strip()}")
+
+    def close(self) -> None:
+        """Destroy every admitted flow, remove the rule, detach the filter. Block the fence first."""
+        self._stop.set()
+        self._wake.set()
+        if self._sweeper is not None and self._sweeper is not threading.current_thread():
+            self._sweeper.join(5)
+        with self._lock:
+            if self.flows_fd >= 0:
+                self._destroy(None)
+            _run(["nft", "delete", "table", "ip", self.table])
+            for ifindex, attach_type, program in self._attached:
+                with contextlib.suppress(OSError):
+                    bpf(PROG_DETACH, struct.pack("=IIII", ifindex, program, attach_type, 0))
+            self._attached = []
+            if self._fence_view is not None:
+                self._fence_view.release()  # the caller's references are this same view
+                self._fence_view = None
+            if self._fence_map is not None:
+                self._fence_map.close()
+                self._fence_map = None
+            for fd in (*self._programs, self.fence_fd, self.flows_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._programs, self.fence_fd, self.flows_fd = [], -1, -1
+
+    # --- the fence ------------------------------------------------------------------------------
+    def fence_words(self) -> memoryview:
+        """The fence word as the filter reads it, mapped here (one 8-byte store renews it)."""
+        if self._fence_view is None:
+            protection = mmap.PROT_READ | mmap.PROT_WRITE
+            self._fence_map = mmap.mmap(self.fence_fd, mmap.PAGESIZE, mmap.MAP_SHARED, protection)
+            self._fence_view = memoryview(self._fence_map).cast("Q")
+        return self._fence_view
+
+    def accept_new(self, allowed: bool) -> None:
+        """Whether a SYN may start a new kernel-forwarded flow (the fence must admit too)."""
+        self.fence_words()[1] = 1 if allowed else 0
+
+    def cut(self) -> None:
+        """Destroy, soon (on the sweeper's thread), every admitted flow the fence no longer admits:
+        all when blocked, those of older epochs when admitting. The filter already drops their packets."""
+        self._pending_cut.set()
+        self._wake.set()
+
+    # --- status ---------------------------------------------------------------------------------
+    def flows(self) -> list[Flow]:
+        return [flow for _, flow in self._read_flows()]
+
+    def _read_flows(self) -> Iterator[tuple[bytes, Flow]]:
+        if self.flows_fd < 0:
+            return
+        yield from _flows_of(self.flows_fd, self._value)
+
+    # --- the sweeper ------------------------------------------------------------------------------
+    def _sweep_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(_SWEEP_EVERY)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                with self._lock:
+                    if self._pending_cut.is_set():
+                        self._pending_cut.clear()
+                        self._destroy(self._admitted_epoch())
+                    self._sweep()
+            except Exception:  # a failed round must not end the thread: log it, try again later
+                log.exception("remote path: destroying or sweeping flows failed")
+
+    def _admitted_epoch(self) -> int | None:
+        """The epoch the fence admits now, None when it admits nothing (read as the filter does)."""
+        word = int(self.fence_words()[0])
+        deadline_ns = (word >> EPOCH_BITS) * 1000
+        return word & EPOCH_MASK if time.clock_gettime_ns(time.CLOCK_MONOTONIC) < deadline_ns else None
+
+    def _destroy(self, keep_epoch: int | None) -> int:
+        """Destroy mysqld's end of each passthrough flow not of ``keep_epoch``; forget them."""
+        doomed = [(key, flow) for key, flow in self._read_flows()
+                  if flow.passthrough and (keep_epoch is None or flow.epoch != keep_epoch & EPOCH_MASK)]
+        destroy_backend_sockets(self.backend[1], [flow.client for _, flow in doomed])
+        for key, _ in doomed:
+            map_delete(self.flows_fd, key)  # a packet of a forgotten flow is dropped: fail safe
+        return len(doomed)
+
+    def _sweep(self) -> None:
+        """Forget flows that ended (a FIN both ways or an RST) or whose socket is gone."""
+        live = _peers_on_ports((self.gate_port, self.backend[1]))
+        for key, flow in list(self._read_flows()):
+            if (flow.closing or flow.client not in live) and flow.idle > _SWEEP_AFTER:
+                map_delete(self.flows_fd, key)  # a late packet of it is dropped: fail safe
+
+
+def _flows_of(flows_fd: int, value: ctypes.Array[ctypes.c_char]) -> Iterator[tuple[bytes, Flow]]:
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    key = map_next_key(flows_fd, None, FLOW_KEY.size)
+    while key is not None:
+        following = map_next_key(flows_fd, key, FLOW_KEY.size)
+        try:
+            map_lookup(flows_fd, key, value)
+        except FileNotFoundError:
+            key = following
+            continue
+        client_ip, local_ip, client_port, local_port, _ = FLOW_KEY.unpack(key)
+        epoch, mode, last_ns, seen = FLOW_VALUE.unpack(value.raw)
+        closing = bool(seen & SEEN_RST) or (seen & (SEEN_FIN_IN | SEEN_FIN_OUT)) == SEEN_FIN_IN | SEEN_FIN_OUT
+        yield key, Flow((_ip(client_ip), _port(client_port)), (_ip(local_ip), _port(local_port)),
+                        mode == MODE_PASSTHROUGH, int(epoch), max(0.0, (now - last_ns) / 1e9), closing)
+        key = following
+
+
+def destroy_backend_sockets(backend_port: int, clients: list[tuple[str, int]]) -> None:
+    """Abort mysqld's sockets of these client addresses (the kernel sends each client an RST)."""
+    for start in range(0, len(clients), _DESTROY_BATCH):
+        batch = clients[start : start + _DESTROY_BATCH]
+        peers = " or ".join(f"dst {ip}:{port}" for ip, port in batch)
+        done = _run(["ss", "-K", "-tn", "state", "connected", f"sport = :{backend_port} and ( {peers} )"])
+        if done.returncode != 0:
+            log.warning("remote path: ss -K failed: %s", done.stderr.strip())
+
+
+def _peers_on_ports(ports: tuple[int, ...]) -> set[tuple[str, int]]:
+    """The peers of this namespace's TCP sockets whose local port is one of ``ports``."""
+    done = _run(["ss", "-tnH", "state", "all"])
+    peers: set[tuple[str, int]] = set()
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        local, peer = fields[3], fields[4]
+        try:
+            local_port = int(local.rsplit(":", 1)[1])
+            peer_ip, peer_port = peer.rsplit(":", 1)
+            if local_port in ports:
+                peers.add((peer_ip.strip("[]"), int(peer_port)))
+        except (IndexError, ValueError):
+            continue
+    return peers
+
+
+def remove_stale(gate_port: int, interfaces: list[str], backend_port: int) -> int:
+    """Detach the filter an earlier agent on this port left attached, after destroying the flows it
+    admitted (it is what keeps them fenced). Returns how many programs were detached."""
+    names = {f"dbf_rin_{gate_port}", f"dbf_rout_{gate_port}"}
+    stale: list[tuple[int, int, int]] = []
+    for interface in interfaces:
+        try:
+            ifindex = socket.if_nametoindex(interface)
+        except OSError:
+            continue
+        for attach_type in (ATTACH_TCX_INGRESS, ATTACH_TCX_EGRESS):
+            try:
+                ids = attached_programs(ifindex, attach_type)
+            except OSError as error:
+                raise RemotePathUnavailable(error.errno, f"tcx is not available: {error.strerror}") from None
+            for identifier in ids:
+                try:
+                    fd = program_by_id(identifier)
+                except FileNotFoundError:
+                    continue
+                if program_info(fd)[1] in names:
+                    stale.append((ifindex, attach_type, fd))
+                else:
+                    os.close(fd)
+    value = ctypes.create_string_buffer(FLOW_VALUE.size)
+    for _, _, fd in stale:
+        for map_id in program_info(fd)[2]:
+            with contextlib.suppress(OSError), _closing(map_by_id(map_id)) as map_fd:
+                clients = [flow.client for _, flow in _flows_of(map_fd, value) if flow.passthrough]
+                destroy_backend_sockets(backend_port, clients)
+    for ifindex, attach_type, fd in stale:
+        with contextlib.suppress(OSError):
+            bpf(PROG_DETACH, struct.pack("=IIII", ifindex, fd, attach_type, 0))
+        os.close(fd)
+    return len(stale)
+
+
+@contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def probe() -> str | None:
+    """None if the filter loads here, else why not (does not attach anything)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+    try:
+        fence = create_map(MAP_ARRAY, 4, 8, 2, F_MMAPABLE)
+        flows = create_map(MAP_HASH, FLOW_KEY.size, FLOW_VALUE.size, 1)
+        try:
+            for ingress in (True, False):
+                code = filter_program(ingress, fence, flows, 3307)
+                os.close(load_program(code, PROG_SCHED_CLS, "dbf_probe"))
+        finally:
+            os.close(fence)
+            os.close(flows)
+    except (BpfUnavailable, OSError) as error:
+        return str(error)
+    return None

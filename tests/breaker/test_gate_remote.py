@@ -1,0 +1,196 @@
+"""The remote path end to end: a client in its own network namespace, the agent and a stand-in mysqld
+in the database host's, the kernel forwarding and fencing the client's connection (no relay).
+
+Each test builds its two namespaces (tests/breaker/remote_lab.py) and removes them.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dbfence.breaker.bpf import ATTACH_TCX_EGRESS, ATTACH_TCX_INGRESS, attached_programs
+from dbfence.breaker.passthrough import probe
+from dbfence.lab.netns import NamespaceRunner, unavailable_reason
+from tests.breaker.remote_lab import BACKEND_PORT, CLIENT_IP, DB_IP, FLOOD, GATE_PORT, RemoteLab
+from tests.breaker.waiting import receive_exactly, wait_until
+
+_MISSING = unavailable_reason() or probe()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"no remote path here: {_MISSING}")
+
+
+@pytest.fixture
+def lab() -> Iterator[RemoteLab]:
+    with tempfile.TemporaryDirectory(prefix="dbfence-remote-") as directory:
+        built = RemoteLab(Path(directory))
+        try:
+            built.start_backend()
+            built.start_agent()
+            yield built
+        finally:
+            built.close()
+
+
+@pytest.fixture
+def client(lab: RemoteLab) -> Iterator[NamespaceRunner]:
+    runner = NamespaceRunner(lab.client_ns, threads=4)
+    yield runner
+    runner.close()
+
+
+def connect(client: NamespaceRunner, port: int = GATE_PORT) -> socket.socket:
+    return client.call(socket.create_connection, (DB_IP, port), 5)
+
+
+def peer_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def received_by_backend(lab: RemoteLab, sock: socket.socket) -> int:
+    return lab.backend_peers().get(peer_of(sock), {}).get("received", -1)
+
+
+def stays(condition_value: object, read: object, seconds: float) -> bool:
+    """Whether ``read()`` keeps returning ``condition_value`` for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if read() != condition_value:  # type: ignore[operator]
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_an_admitted_remote_client_reaches_mysqld_in_the_kernel_with_its_own_address(
+        lab: RemoteLab, client: NamespaceRunner) -> None:
+    assert lab.remote_path == "on: eth0"
+    lab.command(admit_for=60)
+    with connect(client) as sock:
+        sock.sendall(b"ping")
+        assert receive_exactly(sock, 4) == b"ping"
+        # mysqld's peer is the client's own address and port: no proxy in between.
+        wait_until(lambda: received_by_backend(lab, sock) == 4, 5, "the backend to count the bytes")
+        assert sock.getsockname()[0] == CLIENT_IP
+        stats = lab.command(stats=True)
+        rows = [row for row in stats["connections"] if row["client"] == peer_of(sock)]
+        assert [row["forwarding"] for row in rows] == ["remote-kernel"]
+        assert all(worker["open_connections"] == 0 for worker in stats["workers"])  # no relay
+        assert stats["remote_path"] == "on: eth0"
+
+
+def test_from_the_deadline_not_one_byte_passes_either_way_with_the_agent_frozen(
+        lab: RemoteLab, client: NamespaceRunner) -> None:
+    deadline = float(lab.command(admit_for=3.0)["deadline"])
+    commands, replies = connect(client), connect(client)
+    try:
+        commands.sendall(b"before")
+        assert receive_exactly(commands, 6) == b"before"
+        replies.sendall(FLOOD)  # mysqld sends without end; the client reads all it gets
+        received = [0]
+
+        def read() -> None:
+            replies.settimeout(0.2)
+            while True:
+                try:
+                    chunk = replies.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                received[0] += len(chunk)
+
+        threading.Thread(target=read, daemon=True).start()
+        wait_until(lambda: received[0] > 1 << 20, 10, "mysqld's flood to arrive")
+        lab.freeze_agent(True)
+        wait_until(lambda: time.monotonic() > deadline + 0.5, 10, "the deadline to pass")
+        commands.sendall(b"after the deadline")
+        count = received_by_backend(lab, commands)
+        assert count == 6
+        # Nothing more reaches mysqld, and nothing more of mysqld's flood reaches the client.
+        settled = received[0]
+        assert stays(settled, lambda: received[0], 2.0), "bytes of mysqld reached the client"
+        assert stays(6, lambda: received_by_backend(lab, commands), 0.5)
+    finally:
+        lab.freeze_agent(False)
+        commands.close()
+        replies.close()
+
+
+def test_a_client_that_stops_reading_holds_mysqld_back(lab: RemoteLab, client: NamespaceRunner) -> None:
+    lab.command(admit_for=60)
+    with connect(client) as sock:
+        sock.sendall(FLOOD)  # and never read
+
+        def sent() -> int:
+            return lab.backend_peers().get(peer_of(sock), {}).get("sent", 0)
+
+        wait_until(lambda: sent() > 0, 5, "mysqld to start sending")
+        # TCP end to end: mysqld blocks once the client's window and its own buffer are full.
+        wait_until(lambda: stays(sent(), sent, 1.0), 30, "mysqld to be held back")
+        assert sent() < 64 << 20
+
+
+def test_replication_and_other_ports_are_never_caught(lab: RemoteLab, client: NamespaceRunner) -> None:
+    deadline = float(lab.command(admit_for=1.5)["deadline"])
+    with connect(client, BACKEND_PORT) as direct:  # what a replica or a monitor does
+        direct.sendall(b"binlog")
+        assert receive_exactly(direct, 6) == b"binlog"
+        lab.freeze_agent(True)
+        try:
+            wait_until(lambda: time.monotonic() > deadline + 0.2, 10, "the deadline to pass")
+            direct.sendall(b"still flowing")
+            assert receive_exactly(direct, 13) == b"still flowing"
+        finally:
+            lab.freeze_agent(False)
+    rows = lab.command(stats=True)["connections"]
+    assert all(row["client"] != peer_of(direct) for row in rows)
+
+
+def test_a_block_cuts_admitted_clients_and_sends_new_ones_to_the_worker(
+        lab: RemoteLab, client: NamespaceRunner) -> None:
+    lab.command(admit_for=60)
+    admitted = connect(client)
+    try:
+        admitted.sendall(b"hi")
+        assert receive_exactly(admitted, 2) == b"hi"
+        name = peer_of(admitted)  # before the reset, which unbinds the socket
+        lab.command(block="test block")
+        # The agent destroys mysqld's socket: the client's pool hears an RST.
+        admitted.settimeout(10)
+        with pytest.raises((ConnectionResetError, ConnectionAbortedError)):
+            while admitted.recv(100):
+                pass
+            raise ConnectionResetError  # a FIN instead of an RST still ends the link
+        wait_until(lambda: lab.backend_peers().get(name, {}).get("closed") == 1, 10, "mysqld's end to close")
+    finally:
+        admitted.close()
+    with connect(client) as refused:
+        header = receive_exactly(refused, 4)
+        body = receive_exactly(refused, header[0] | header[1] << 8 | header[2] << 16)
+        assert body[0] == 0xFF and struct.unpack("<H", body[1:3])[0] == 1290
+        assert b"test block" in body
+
+
+def test_the_path_is_removed_when_the_agent_stops(lab: RemoteLab) -> None:
+    db = NamespaceRunner(lab.db_ns, threads=1)
+    try:
+        def programs() -> list[int]:
+            index = socket.if_nametoindex("eth0")
+            return attached_programs(index, ATTACH_TCX_INGRESS) + attached_programs(index, ATTACH_TCX_EGRESS)
+
+        assert len(db.call(programs)) == 2
+        assert f"dbfence_remote_{GATE_PORT}" in lab.in_db("nft", "list", "tables")
+        assert lab.command(stop=True) == {"stopped": True}
+        assert db.call(programs) == []
+        assert "dbfence_remote" not in lab.in_db("nft", "list", "tables")
+    finally:
+        db.close()
