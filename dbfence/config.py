@@ -97,6 +97,15 @@ class GateSection:
                                       "proxy_protocol, an address only the gate uses (127.0.0.2 "
                                       "with mysqld on loopback) keeps proxy_protocol_networks to "
                                       "the gate alone. Not with mysql.socket.")
+    remote_path: str = setting("off", "Clients on other hosts: forward their connections to mysqld "
+                                      "(mysql.host:mysql.port) in the kernel, with no relay: nftables "
+                                      "DNAT, fenced on every packet by a BPF filter on the interfaces "
+                                      "(docs/gate-paths.md). on = refuse to start without it, auto = "
+                                      "when the host allows it (root, Linux 6.6+ tcx, nftables NAT, "
+                                      "ss -K, mysql.host an IPv4 address), off = the workers relay them.",
+                               choices=("auto", "on", "off"))
+    remote_interfaces: list[str] = setting([], "Interfaces remote clients arrive on, for remote_path; "
+                                               "empty = every Ethernet interface that is up at start.")
     # At most 5 s: the agent's decision loop waits for the drain, and systemd's watchdog is 10 s.
     drain_timeout: float = setting(2.0, "Seconds a switchover lets in-flight transactions finish "
                                         "(new connections already refused) before cutting the rest; "

@@ -217,6 +217,7 @@ class Agent:
             kernel_forwarding=config.gate.kernel_forwarding,
             proxy_protocol=config.gate.proxy_protocol,
             backend_source=config.gate.backend_source or None,
+            remote_path=config.gate.remote_path, remote_interfaces=",".join(config.gate.remote_interfaces),
         ))
         self._gate_stats: GateStats | None = None  # the latest connection table, when read
         # Read at scrape time: the workers' own counters, and the probes' latest results.
@@ -341,7 +342,7 @@ class Agent:
         self.dcs.start()
         log.info(json.dumps({"event": "started", "node": self.identity.node, "cluster": self.identity.cluster,
                              "gate_port": self.gate.port, "kernel_forwarding": self.gate.kernel_forwarding,
-                             "version": __version__}))
+                             "remote_path": self.gate.remote_path, "version": __version__}))
 
     def request_stop(self, *_: object) -> None:
         self.stopping.set()
@@ -576,6 +577,7 @@ class Agent:
                      "mysqld_max_connections": self.gate.mysqld_max_connections,
                      "refused_full": None if self._gate_stats is None else self._gate_stats.refused_full,
                      "login_timeouts": None if self._gate_stats is None else self._gate_stats.login_timeouts,
+                     "remote_path": self.gate.remote_path,
                      # The oldest first, at most _CONNECTIONS_SHOWN: the status must stay small.
                      "connections": [] if self._gate_stats is None else [
                          vars(row) for row in sorted(self._gate_stats.connections, key=lambda r: -r.age)

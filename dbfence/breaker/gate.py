@@ -165,7 +165,7 @@ class Gate:
         interfaces = [name.strip() for name in config.remote_interfaces.split(",") if name.strip()]
         try:
             self._remote = RemotePath.create(self.port, config.backend_host, config.backend_port, interfaces,
-                                             4 * config.max_connections)
+                                             4 * config.kernel_links)
         except (RemotePathUnavailable, OSError) as error:
             if config.remote_path == "on":
                 raise GateError(f"remote path unavailable: {error}") from None

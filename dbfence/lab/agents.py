@@ -66,6 +66,7 @@ class AgentTuning:
     # mysqld's proxy_protocol_networks to whoever turns this on.
     proxy_protocol: bool = False
     backend_source: str = ""
+    remote_path: str = "off"  # the product's default (docs/gate-paths.md)
 
 
 def agent_address(index: int) -> str:
@@ -109,6 +110,7 @@ drain_timeout = {tuning.drain_timeout}
 kernel_forwarding = "{tuning.kernel_forwarding}"
 proxy_protocol = {"true" if tuning.proxy_protocol else "false"}
 backend_source = "{tuning.backend_source}"
+remote_path = "{tuning.remote_path}"
 
 [mysql]
 host = "{node.host}"

@@ -194,3 +194,29 @@ def test_the_path_is_removed_when_the_agent_stops(lab: RemoteLab) -> None:
         assert "dbfence_remote" not in lab.in_db("nft", "list", "tables")
     finally:
         db.close()
+
+
+def test_a_killed_agent_leaves_its_flows_fenced_and_the_next_agent_cuts_them(
+        lab: RemoteLab, client: NamespaceRunner) -> None:
+    deadline = float(lab.command(admit_for=2.0)["deadline"])
+    orphan = connect(client)
+    try:
+        orphan.sendall(b"before")
+        assert receive_exactly(orphan, 6) == b"before"
+        name = peer_of(orphan)
+        assert lab.agent is not None
+        lab.agent.kill()  # no stop, no block: the filter stays attached with the last fence word
+        lab.agent.wait()
+        wait_until(lambda: time.monotonic() > deadline + 0.2, 10, "the deadline to pass")
+        orphan.sendall(b"after")
+        assert stays(6, lambda: lab.backend_peers().get(name, {}).get("received"), 1.0)
+        lab.start_agent()  # finds the old filter, destroys what it admitted, then detaches it
+        assert lab.remote_path == "on: eth0"
+        wait_until(lambda: lab.backend_peers().get(name, {}).get("closed") == 1, 10, "the orphan to be cut")
+        assert lab.backend_peers()[name]["received"] == 6
+    finally:
+        orphan.close()
+    lab.command(admit_for=60)
+    with connect(client) as fresh:
+        fresh.sendall(b"new")
+        assert receive_exactly(fresh, 3) == b"new"
