@@ -10,6 +10,7 @@ by pid. Example::
 
     PYTHONPATH=. python benchmarks/gate.py            # about 6 minutes
     PYTHONPATH=. python benchmarks/gate.py --lab DIR --targets direct,haproxy,gate-w1-tcp
+    PYTHONPATH=. python benchmarks/gate.py --topology remote   # a client on another host
 """
 
 from __future__ import annotations
@@ -231,6 +232,12 @@ def host_busy_seconds() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if "--topology=remote" in arguments or " ".join(arguments).find("--topology remote") >= 0:
+        # The client on another host (its own network namespace): benchmarks/gate_remote.py.
+        from benchmarks.gate_remote import main as remote_main  # noqa: PLC0415 (needs root, namespaces)
+
+        return remote_main(arguments)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -245,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--haproxy-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--lab", type=Path, help="attach to a running lab instead of starting one")
     parser.add_argument("--skip-cut", action="store_true", help="skip the 1,000-connection cut measurement")
+    parser.add_argument("--topology", choices=("local", "remote"), default="local",
+                        help="local: sysbench on the database host; remote: in a namespace of its own "
+                             "(benchmarks/gate_remote.py: direct, haproxy, gate-worker, gate-remote)")
     options = parser.parse_args(argv)
     if shutil.which("sysbench") is None or shutil.which("haproxy") is None:
         print("sysbench and haproxy must be on PATH", file=sys.stderr)
