@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -28,7 +29,8 @@ ROOT = str(Path(__file__).resolve().parents[2])
 SUBNET = "10.214.7"
 CLIENT_IP, DB_IP = f"{SUBNET}.2", f"{SUBNET}.11"
 BACKEND_PORT, GATE_PORT = 3306, 3307
-FLOOD = b"FLOOD"
+FLOOD = b"FLOOD"  # the backend sends without end, as fast as TCP lets it
+TICK = b"TICK"  # the backend sends its CLOCK_MONOTONIC (8 bytes, ns) every 20 ms, on its own
 
 
 # --- the backend ----------------------------------------------------------------------------------
@@ -45,6 +47,12 @@ def run_backend(port: int, state_file: Path) -> None:
                     return
                 with lock:
                     counts["received"] += len(data)
+                if data.startswith(TICK):
+                    while True:
+                        conn.sendall(struct.pack("=Q", time.monotonic_ns()))  # stamped before it is sent
+                        with lock:
+                            counts["sent"] += 8
+                        time.sleep(0.02)
                 if data.startswith(FLOOD):
                     chunk = b"\0" * 65536
                     while True:

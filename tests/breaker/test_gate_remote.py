@@ -19,7 +19,7 @@ import pytest
 from dbfence.breaker.bpf import ATTACH_TCX_EGRESS, ATTACH_TCX_INGRESS, attached_programs
 from dbfence.breaker.passthrough import probe
 from dbfence.lab.netns import NamespaceRunner, unavailable_reason
-from tests.breaker.remote_lab import BACKEND_PORT, CLIENT_IP, DB_IP, FLOOD, GATE_PORT, RemoteLab
+from tests.breaker.remote_lab import BACKEND_PORT, CLIENT_IP, DB_IP, FLOOD, GATE_PORT, TICK, RemoteLab
 from tests.breaker.waiting import receive_exactly, wait_until
 
 _MISSING = unavailable_reason() or probe()
@@ -85,44 +85,61 @@ def test_an_admitted_remote_client_reaches_mysqld_in_the_kernel_with_its_own_add
         assert stats["remote_path"] == "on: eth0"
 
 
+class Reader:
+    """Counts the bytes a socket receives, on a thread of its own."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.received, self.data = sock, 0, bytearray()
+        sock.settimeout(0.2)
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.received += len(chunk)
+            if len(self.data) < 1 << 16:
+                self.data += chunk
+
+    def stamps(self) -> list[int]:
+        """The ticks' send times (ns): a tick is stamped before it is sent, never after."""
+        whole = len(self.data) // 8 * 8
+        return [value for (value,) in struct.iter_unpack("=Q", bytes(self.data[:whole]))]
+
+
 def test_from_the_deadline_not_one_byte_passes_either_way_with_the_agent_frozen(
         lab: RemoteLab, client: NamespaceRunner) -> None:
     deadline = float(lab.command(admit_for=3.0)["deadline"])
-    commands, replies = connect(client), connect(client)
+    commands, flood, ticks = connect(client), connect(client), connect(client)
     try:
         commands.sendall(b"before")
         assert receive_exactly(commands, 6) == b"before"
-        replies.sendall(FLOOD)  # mysqld sends without end; the client reads all it gets
-        received = [0]
-
-        def read() -> None:
-            replies.settimeout(0.2)
-            while True:
-                try:
-                    chunk = replies.recv(1 << 16)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                received[0] += len(chunk)
-
-        threading.Thread(target=read, daemon=True).start()
-        wait_until(lambda: received[0] > 1 << 20, 10, "mysqld's flood to arrive")
+        flood.sendall(FLOOD)  # mysqld sends as fast as TCP lets it; the client reads all it gets
+        # mysqld stamps and sends 8 bytes every 20 ms: a stamp later than the deadline reaching the
+        # client is a byte that passed after it (whatever the ingress side did to the ACKs).
+        ticks.sendall(TICK)
+        flooded, ticked = Reader(flood), Reader(ticks)
+        wait_until(lambda: flooded.received > 1 << 20 and ticked.received > 40, 10, "mysqld's bytes")
         lab.freeze_agent(True)
         wait_until(lambda: time.monotonic() > deadline + 0.5, 10, "the deadline to pass")
         commands.sendall(b"after the deadline")
-        count = received_by_backend(lab, commands)
-        assert count == 6
-        # Nothing more reaches mysqld, and nothing more of mysqld's flood reaches the client.
-        settled = received[0]
-        assert stays(settled, lambda: received[0], 2.0), "bytes of mysqld reached the client"
+        assert received_by_backend(lab, commands) == 6
+        # Nothing more reaches mysqld, and nothing more of mysqld's reaches the client.
+        assert stays(flooded.received, lambda: flooded.received, 1.0), "mysqld's flood reached the client"
         assert stays(6, lambda: received_by_backend(lab, commands), 0.5)
+        late = [stamp for stamp in ticked.stamps() if stamp > deadline * 1e9]
+        assert late == [], f"{len(late)} ticks sent after the deadline reached the client"
+        assert lab.backend_peers()[peer_of(ticks)]["sent"] > ticked.received  # mysqld did try
     finally:
         lab.freeze_agent(False)
-        commands.close()
-        replies.close()
+        for sock in (commands, flood, ticks):
+            sock.close()
 
 
 def test_a_client_that_stops_reading_holds_mysqld_back(lab: RemoteLab, client: NamespaceRunner) -> None:
