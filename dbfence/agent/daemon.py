@@ -568,6 +568,9 @@ class Agent:
                      "reachable": observation.lock.reachable},
             "lease": {"held": lease.held, "token": lease.token,
                       "seconds_left": None if lease.deadline is None else round(lease.deadline - now, 3),
+                      "worst_renew_gap": round(lease.worst_renew_gap, 3),
+                      "least_lease_left": None if lease.least_lease_left is None
+                      else round(lease.least_lease_left, 3),
                       "error": lease.error},
             "gate": {"admitting": admitting, "port": self.gate.port,
                      "reason": getattr(gate_state, "reason", ""),

@@ -41,6 +41,10 @@ class LeaseStatus:
     deadline: float | None = None
     last_renew_ok: float | None = None
     last_renew_seconds: float | None = None
+    # The longest time between two successful renewals' send times since start (a CPU storm or a
+    # slow DCS shows here first), and the least lease that was left when one landed.
+    worst_renew_gap: float = 0.0
+    least_lease_left: float | None = None
     error: str = ""
 
     def view(self) -> LeaseView:
@@ -124,9 +128,20 @@ class LeaseKeeper:
 
     def _accept(self, grant: LeaseGrant) -> None:
         held = grant.token is not None
+        before, now = self.status, time.monotonic()
+        gap = 0.0 if before.last_renew_ok is None else grant.sent_at - before.last_renew_ok
+        left = None if before.deadline is None else before.deadline - now
+        least = before.least_lease_left if left is None or (
+            before.least_lease_left is not None and before.least_lease_left <= left) else left
         self._set(session_id=grant.session_id, held=held, token=grant.token,
                   deadline=grant.deadline if held else None, last_renew_ok=grant.sent_at,
-                  last_renew_seconds=time.monotonic() - grant.sent_at, error="")
+                  last_renew_seconds=now - grant.sent_at, worst_renew_gap=max(before.worst_renew_gap, gap),
+                  least_lease_left=least, error="")
+        if gap > 2 * self._renew_interval and left is not None:
+            # Late enough to eat into the lease (not only into the schedule): say so, with numbers.
+            log.warning("lease renewal late: %.2f s since the previous one (every %.2f s planned), "
+                        "%.2f s of lease were left when it landed (worst gap so far %.2f s)",
+                        gap, self._renew_interval, left, max(before.worst_renew_gap, gap))
         if held and self.gate_token == grant.token:
             # Blocked meanwhile (fencing or expiry): a renewal never reopens the gate.
             with contextlib.suppress(IllegalTransition):
