@@ -317,8 +317,11 @@ class RemotePath:
 
     def _sweep(self) -> None:
         """Forget flows that ended (a FIN both ways or an RST) or whose socket is gone."""
+        flows = list(self._read_flows())
+        if not flows:
+            return  # an idle gate runs no `ss`
         live = _peers_on_ports((self.gate_port, self.backend[1]))
-        for key, flow in list(self._read_flows()):
+        for key, flow in flows:
             if (flow.closing or flow.client not in live) and flow.idle > _SWEEP_AFTER:
                 map_delete(self.flows_fd, key)  # a late packet of it is dropped: fail safe
 
