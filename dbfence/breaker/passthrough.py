@@ -6,7 +6,8 @@ worker's CPU (benchmarks/README-gate.md). On this path the kernel forwards the c
 * an nftables table (``ip dbfence_remote_<gate port>``) DNATs a SYN to the gate's port, arriving on
   one of the filtered interfaces **and marked by the filter**, to mysqld's address and port;
   conntrack then forwards the whole flow (``redirect`` when mysqld's address is loopback: to the
-  address the packet came to). TCP runs end to end between the client and mysqld, so a client
+  address the packet came to). Its ``output`` chain drops mysqld's side of such a flow routed out
+  of any other interface, so replies cannot go around the egress filter. TCP runs end to end between the client and mysqld, so a client
   that stops reading holds mysqld back exactly as on a direct connection, TLS passes untouched,
   and mysqld sees the client's real address (DNAT changes the destination only);
 * the filter (:mod:`dbfence.breaker.remote_filter`) on the tcx ingress and egress hooks of those
@@ -223,6 +224,13 @@ class RemotePath:
             "    type nat hook prerouting priority dstnat; policy accept;\n"
             f"    iifname {{ {interfaces} }} tcp dport {self.gate_port} "
             f"meta mark & {PASS_MARK:#x} == {PASS_MARK:#x} {target}\n"
+            "  }\n"
+            # mysqld's side of a forwarded flow may leave only through a filtered interface (the
+            # egress program fences it there): never around the filter by another route.
+            "  chain output {\n"
+            "    type filter hook output priority filter; policy accept;\n"
+            f"    meta l4proto tcp ct status dnat ct original proto-dst {self.gate_port} "
+            f"oifname != {{ {interfaces} }} drop\n"
             "  }\n"
             "}\n"
         )
