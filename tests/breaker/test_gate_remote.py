@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -237,3 +238,22 @@ def test_a_killed_agent_leaves_its_flows_fenced_and_the_next_agent_cuts_them(
     with connect(client) as fresh:
         fresh.sendall(b"new")
         assert receive_exactly(fresh, 3) == b"new"
+
+
+def test_replies_routed_around_the_filtered_interfaces_are_dropped(
+        lab: RemoteLab, client: NamespaceRunner) -> None:
+    # A second link, made after the agent started (so not filtered), and a route that sends the
+    # database host's packets for the client over it: an asymmetric path around the egress filter.
+    subprocess.run(["ip", "-n", lab.client_ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1",
+                    "netns", lab.db_ns], check=True, timeout=30)
+    for namespace, address in ((lab.client_ns, "10.214.8.2/24"), (lab.db_ns, "10.214.8.11/24")):
+        subprocess.run(["ip", "-n", namespace, "addr", "add", address, "dev", "eth1"], check=True, timeout=30)
+        subprocess.run(["ip", "-n", namespace, "link", "set", "eth1", "up"], check=True, timeout=30)
+    subprocess.run(["ip", "-n", lab.db_ns, "route", "add", f"{CLIENT_IP}/32", "via", "10.214.8.2",
+                    "dev", "eth1"], check=True, timeout=30)
+    lab.command(admit_for=60)
+    with pytest.raises(OSError):  # the SYN was forwarded to mysqld; its SYN-ACK may not leave
+        client.call(socket.create_connection, (DB_IP, GATE_PORT), 2).close()
+    with connect(client, BACKEND_PORT) as direct:  # not a forwarded flow: the same route is fine
+        direct.sendall(b"ok")
+        assert receive_exactly(direct, 2) == b"ok"
