@@ -7,9 +7,10 @@ worker's CPU (benchmarks/README-gate.md). On this path the kernel forwards the c
   one of the filtered interfaces **and marked by the filter**, to mysqld's address and port;
   conntrack then forwards the whole flow (``redirect`` when mysqld's address is loopback: to the
   address the packet came to). Its ``output`` chain drops mysqld's side of such a flow routed out
-  of any other interface, so replies cannot go around the egress filter. TCP runs end to end between the client and mysqld, so a client
-  that stops reading holds mysqld back exactly as on a direct connection, TLS passes untouched,
-  and mysqld sees the client's real address (DNAT changes the destination only);
+  of any other interface, so replies cannot go around the egress filter. TCP runs end to end
+  between the client and mysqld, so a client that stops reading holds mysqld back exactly as on
+  a direct connection, TLS passes untouched, and mysqld sees the client's real address (DNAT
+  changes the destination only);
 * the filter (:mod:`dbfence.breaker.remote_filter`) on the tcx ingress and egress hooks of those
   interfaces checks the fence word on every packet of those flows, both ways, and drops them from
   the deadline on, even while the agent and the workers are frozen. It marks a SYN for DNAT only
