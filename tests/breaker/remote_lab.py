@@ -110,6 +110,9 @@ def run_agent(gate_port: int, backend_ip: str, backend_port: int) -> None:
             reply = {"deadline": deadline}
         elif "block" in command:
             gate.block(str(command["block"]))
+        elif "drain" in command:  # in the background: the test acts while it runs
+            seconds = float(command["drain"])
+            threading.Thread(target=gate.drain, args=(seconds,), daemon=True).start()
         elif "stats" in command:
             reply = gate.stats().to_dict()
         elif "stop" in command:

@@ -257,3 +257,27 @@ def test_replies_routed_around_the_filtered_interfaces_are_dropped(
     with connect(client, BACKEND_PORT) as direct:  # not a forwarded flow: the same route is fine
         direct.sendall(b"ok")
         assert receive_exactly(direct, 2) == b"ok"
+
+
+def test_a_drain_sends_new_remote_clients_to_the_workers_at_once(
+        lab: RemoteLab, client: NamespaceRunner) -> None:
+    lab.command(admit_for=60)
+    db = NamespaceRunner(lab.db_ns, threads=1)
+    try:
+        # A client of the database host itself (loopback: the workers relay it) keeps the drain open.
+        local = db.call(socket.create_connection, (DB_IP, GATE_PORT), 5)
+        local.sendall(b"busy")
+        assert receive_exactly(local, 4) == b"busy"
+        admitted = connect(client)
+        admitted.sendall(b"hi")
+        assert receive_exactly(admitted, 2) == b"hi"
+        lab.command(drain=5.0)
+        wait_until(lambda: lab.command(stats=True)["state"] == "draining", 5, "the drain to start")
+        with connect(client) as refused:  # not forwarded to mysqld: the worker answers
+            header = receive_exactly(refused, 4)
+            body = receive_exactly(refused, header[0] | header[1] << 8 | header[2] << 16)
+            assert body[0] == 0xFF and b"draining for switchover" in body
+        local.close()
+        admitted.close()
+    finally:
+        db.close()
