@@ -31,6 +31,7 @@ CALL_SOCK_HASH_UPDATE, CALL_MSG_REDIRECT_HASH, CALL_NETNS_COOKIE = 70, 71, 122
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, FP = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 JEQ_IMM, JNE_IMM, JGT_IMM, JLT_IMM, JSET_IMM, JA = 0x15, 0x55, 0x25, 0xA5, 0x45, 0x05
 JNE_REG, JGE_REG, JGT_REG = 0x5D, 0x3D, 0x2D
+JSLE_IMM: Final = 0xD5  # signed <=
 JNE32_IMM: Final = 0x56
 
 
@@ -240,6 +241,10 @@ class Program:
 
     def atomic_add_u64(self, dst: int, offset: int, src: int) -> None:
         self._emit(0xDB, dst, src, offset, 0x00)
+
+    def atomic_fetch_add_u64(self, dst: int, offset: int, src: int) -> None:
+        """*(u64 *)(dst + offset) += src, and src = the value before (BPF_ADD | BPF_FETCH)."""
+        self._emit(0xDB, dst, src, offset, 0x01)
 
     def load_imm64(self, dst: int, value: int) -> None:
         low, high = value & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF

@@ -96,6 +96,7 @@ class Gate:
         self._remote: RemotePath | None = None
         self._remote_fence: memoryview | None = None
         self.remote_path_off = "not started"
+        self._remote_live = 0  # forwarded flows holding mysqld connections, as last counted
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Gate:
@@ -112,7 +113,7 @@ class Gate:
             self._start_remote_path()
             self._write_fence(fence_word(0.0, 0))
             shared.write_status(STATE_BLOCKING, 0, 0.0, 0.0, self._reason())
-            shared.write_backend_cap(self.backend_cap)
+            self._publish_backend_cap()
             worker_config = replace(self.config, listen_port=self.port)
             # One datagram socket pair per worker for hand-offs: worker i reads the second end,
             # every worker may write to the first one (SCM_RIGHTS, see Worker.route).
@@ -172,6 +173,7 @@ class Gate:
             self.remote_path_off = str(error)
             return
         self._remote_fence = self._remote.fence_words()
+        self._remote.on_refresh = self._remote_room
         self.remote_path_off = ""
 
     @property
@@ -294,9 +296,22 @@ class Gate:
         if value is None or value == self.mysqld_max_connections:
             return False
         self.mysqld_max_connections = value
-        if self._shared is not None:
-            self._shared.write_backend_cap(self.backend_cap)
+        self._publish_backend_cap()
         return True
+
+    def _publish_backend_cap(self) -> None:
+        """The workers' share of the cap: what the kernel's forwarded flows hold is not theirs."""
+        if self._shared is not None:
+            self._shared.write_backend_cap(max(0, self.backend_cap - self._remote_live))
+
+    def _remote_room(self, live: int) -> int:
+        """The remote path's refresh (its thread): count its flows against the cap, and say how
+        many more it may forward besides what the workers hold."""
+        self._remote_live = live
+        self._publish_backend_cap()
+        shared = self._shared
+        held = shared.backend_slots_held() if shared is not None else 0
+        return max(0, self.backend_cap - live - held)
 
     def backend_connections(self) -> int:
         """Backend connections the workers hold now (slots taken), across every worker."""
@@ -340,6 +355,7 @@ class Gate:
             shared.write_status(STATE_ADMITTING, epoch, 0.0, deadline, "")
             self._write_fence(fence_word(deadline, epoch))
             if self._remote is not None:
+                self._remote.set_room(self._remote_room(self._remote.passthrough_live()))
                 self._remote.accept_new(True)
             if epoch != before:
                 # A lapsed lease ended the old epoch inside this call: cut its links now.

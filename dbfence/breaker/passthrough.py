@@ -46,7 +46,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -92,6 +92,9 @@ _ARPHRD_ETHER: Final = 1
 # Closed flows (both FINs or an RST) and flows with no socket left are forgotten after this long.
 _SWEEP_AFTER: Final = 10.0
 _SWEEP_EVERY: Final = 5.0
+_REFRESH_EVERY: Final = 1.0  # the room under the backend cap
+MIN_FLOWS: Final = 65536  # flow records the filter can hold at least (~100 bytes each, when used)
+F_NO_PREALLOC: Final = 1
 _DESTROY_BATCH: Final = 100
 
 
@@ -167,6 +170,8 @@ class RemotePath:
         self._wake = threading.Event()
         self._pending_cut = threading.Event()
         self._sweeper: threading.Thread | None = None
+        # Called about every second with the live forwarded flows; returns the room for more.
+        self.on_refresh: Callable[[int], int] | None = None
 
     # --- set-up and removal -----------------------------------------------------------------------
     @classmethod
@@ -197,8 +202,11 @@ class RemotePath:
 
     def _load(self, max_flows: int) -> None:
         try:
-            self.fence_fd = create_map(MAP_ARRAY, 4, 8, 2, F_MMAPABLE)
-            self.flows_fd = create_map(MAP_HASH, FLOW_KEY.size, FLOW_VALUE.size, max_flows)
+            self.fence_fd = create_map(MAP_ARRAY, 4, 8, 3, F_MMAPABLE)
+            # Entries are made as flows come (no preallocation): refused clients' flows stay
+            # recorded until swept (10 s after they close), so a retry storm needs the room.
+            entries = max(max_flows, MIN_FLOWS)
+            self.flows_fd = create_map(MAP_HASH, FLOW_KEY.size, FLOW_VALUE.size, entries, F_NO_PREALLOC)
         except OSError as error:
             raise RemotePathUnavailable(error.errno, f"cannot create BPF maps: {error.strerror}") from None
         for ingress, attach_type in ((True, ATTACH_TCX_INGRESS), (False, ATTACH_TCX_EGRESS)):
@@ -278,6 +286,15 @@ class RemotePath:
         """Whether a SYN may start a new kernel-forwarded flow (the fence must admit too)."""
         self.fence_words()[1] = 1 if allowed else 0
 
+    def set_room(self, flows: int) -> None:
+        """How many more flows the filter may forward (it takes one per flow) before it leaves new
+        clients to the workers; the agent rewrites it from the cap and what is held."""
+        self.fence_words()[2] = max(0, flows)
+
+    def passthrough_live(self) -> int:
+        """Forwarded flows not yet seen closing (each holds a mysqld connection)."""
+        return sum(1 for flow in self.flows() if flow.passthrough and not flow.closing)
+
     def cut(self) -> None:
         """Destroy, soon (on the sweeper's thread), every admitted flow the fence no longer admits:
         all when blocked, those of older epochs when admitting. The filter already drops their packets."""
@@ -295,8 +312,9 @@ class RemotePath:
 
     # --- the sweeper ------------------------------------------------------------------------------
     def _sweep_loop(self) -> None:
+        last_sweep = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait(_SWEEP_EVERY)
+            self._wake.wait(_REFRESH_EVERY)
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -305,9 +323,13 @@ class RemotePath:
                     if self._pending_cut.is_set():
                         self._pending_cut.clear()
                         self._destroy(self._admitted_epoch())
-                    self._sweep()
+                    if time.monotonic() - last_sweep >= _SWEEP_EVERY:
+                        last_sweep = time.monotonic()
+                        self._sweep()
+                    if self.on_refresh is not None:
+                        self.set_room(self.on_refresh(self.passthrough_live()))
             except Exception:  # a failed round must not end the thread: log it, try again later
-                log.exception("remote path: destroying or sweeping flows failed")
+                log.exception("remote path: destroying, sweeping or counting flows failed")
 
     def _admitted_epoch(self) -> int | None:
         """The epoch the fence admits now, None when it admits nothing (read as the filter does)."""
@@ -433,7 +455,7 @@ def probe() -> str | None:
     if reason is not None:
         return reason
     try:
-        fence = create_map(MAP_ARRAY, 4, 8, 2, F_MMAPABLE)
+        fence = create_map(MAP_ARRAY, 4, 8, 3, F_MMAPABLE)
         flows = create_map(MAP_HASH, FLOW_KEY.size, FLOW_VALUE.size, 1)
         try:
             for ingress in (True, False):

@@ -17,7 +17,8 @@ port, gate port), as the ingress side sees it.
 At a client's SYN, ingress reads the fence word (the same word the workers read: lease deadline in
 µs on CLOCK_MONOTONIC and the block epoch; the agent mirrors it into a one-entry BPF array it has
 mapped, so renewing stays one store; its second word says whether new flows may start, 0 while
-the gate drains). If ``bpf_ktime_get_ns()`` is before the deadline (and new flows may start) it records
+the gate drains, and its third the room left under the gate's backend cap, one taken per flow). If
+``bpf_ktime_get_ns()`` is before the deadline (and new flows may start, and there is room) it records
 the flow as *passthrough* with the current epoch, then sets :data:`PASS_MARK` in the packet's mark:
 the nftables rule DNATs only marked SYNs, and conntrack remembers the decision for the flow. If the
 fence says no, the flow is recorded as *worker* and left unmarked: the SYN reaches the gate's
@@ -54,6 +55,7 @@ from dbfence.breaker.bpf import (
     JNE_IMM,
     JNE_REG,
     JSET_IMM,
+    JSLE_IMM,
     R0,
     R1,
     R2,
@@ -197,6 +199,17 @@ def _syn(p: Program, fence_fd: int, flows_fd: int) -> None:
     p.jump(JEQ_IMM, R0, "to_worker")
     p.load_u64(R1, R0, 0)
     p.jump(JEQ_IMM, R1, "to_worker")
+    # The third word: room for more forwarded flows under the gate's backend cap (the agent
+    # refreshes it). Take one; none left (or below zero): the worker, which counts its own.
+    p.store_u32_imm(FP, _FENCE_KEY, 2)
+    p.load_map(R1, fence_fd)
+    p.mov(R2, FP)
+    p.add_imm(R2, _FENCE_KEY)
+    p.call(CALL_MAP_LOOKUP)
+    p.jump(JEQ_IMM, R0, "to_worker")
+    p.mov_imm(R1, -1)
+    p.atomic_fetch_add_u64(R0, 0, R1)
+    p.jump(JSLE_IMM, R1, "to_worker", imm=0)
     p.load_u64(R1, FP, _FENCE_EPOCH)
     p.store_u64(FP, _VALUE + _EPOCH, R1)
     p.store_u64_imm(FP, _VALUE + _MODE, MODE_PASSTHROUGH)

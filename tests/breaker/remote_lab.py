@@ -92,12 +92,13 @@ def run_backend(port: int, state_file: Path) -> None:
 
 
 # --- the agent --------------------------------------------------------------------------------
-def run_agent(gate_port: int, backend_ip: str, backend_port: int) -> None:
+def run_agent(gate_port: int, backend_ip: str, backend_port: int, max_connections: int | None) -> None:
     from dbfence.breaker.config import GateConfig  # noqa: PLC0415 (only the agent process needs it)
     from dbfence.breaker.gate import Gate  # noqa: PLC0415
 
     config = GateConfig(listen_host="0.0.0.0", listen_port=gate_port, backend_host=backend_ip,
-                        backend_port=backend_port, workers=1, kernel_forwarding="off", remote_path="on")
+                        backend_port=backend_port, workers=1, kernel_forwarding="off", remote_path="on",
+                        max_connections=max_connections)
     gate = Gate(config).start()
     print(json.dumps({"ready": True, "workers": gate.worker_pids(), "remote_path": gate.remote_path}),
           flush=True)
@@ -162,8 +163,9 @@ class RemoteLab:
                 raise AssertionError("the backend did not start")
             time.sleep(0.01)
 
-    def start_agent(self) -> None:
-        self.agent = self._spawn("agent", str(GATE_PORT), DB_IP, str(BACKEND_PORT), text=True)
+    def start_agent(self, max_connections: int | None = None) -> None:
+        self.agent = self._spawn("agent", str(GATE_PORT), DB_IP, str(BACKEND_PORT), str(max_connections or 0),
+                                 text=True)
         hello = self._reply()
         self.workers = [int(pid) for pid in hello["workers"]]
         self.remote_path = str(hello["remote_path"])
@@ -219,4 +221,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "backend":
         run_backend(int(sys.argv[2]), Path(sys.argv[3]))
     else:
-        run_agent(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        run_agent(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) or None)

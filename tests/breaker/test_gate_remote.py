@@ -281,3 +281,41 @@ def test_a_drain_sends_new_remote_clients_to_the_workers_at_once(
         admitted.close()
     finally:
         db.close()
+
+
+def read_error(sock: socket.socket, timeout: float) -> int:
+    """The MySQL error code of the packet a worker answers with (0 if it is no ERR packet)."""
+    header = receive_exactly(sock, 4, timeout)
+    body = receive_exactly(sock, header[0] | header[1] << 8 | header[2] << 16, timeout)
+    return int(struct.unpack("<H", body[1:3])[0]) if body[0] == 0xFF else 0
+
+
+def test_forwarded_flows_count_against_the_backend_cap(lab: RemoteLab, client: NamespaceRunner) -> None:
+    lab.command(stop=True)
+    lab.start_agent(max_connections=2)  # the gate's backend cap: 2 connections to mysqld in all
+    lab.command(admit_for=60)
+    forwarded = [connect(client) for _ in range(2)]
+    try:
+        for sock in forwarded:
+            sock.sendall(b"hold")
+            assert receive_exactly(sock, 4) == b"hold"
+        names = [peer_of(sock) for sock in forwarded]
+        # The filter's room is used up: the next client is not forwarded. Once the agent has
+        # counted the two flows (about a second), the workers' share of the cap is 0: ERR 1040.
+        refused = False
+        deadline = time.monotonic() + 10
+        while not refused and time.monotonic() < deadline:
+            with connect(client) as extra:
+                # A refusing worker speaks first; a relayed link waits for mysqld's greeting, which
+                # the stand-in never sends (allowed until the agent has counted the flows).
+                try:
+                    refused = read_error(extra, 0.5) == 1040
+                except AssertionError:
+                    refused = False
+        assert refused, "the workers did not count the forwarded flows against the cap"
+        peers = lab.backend_peers()
+        assert sum(1 for peer in peers if peer.startswith(f"{CLIENT_IP}:")) == 2, peers
+        assert set(names) <= set(peers)
+    finally:
+        for sock in forwarded:
+            sock.close()
