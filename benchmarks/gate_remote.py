@@ -18,9 +18,14 @@ import json
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
+import pymysql
+import pymysql.cursors
 
 from benchmarks.gate import (
     Endpoint,
@@ -65,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="oltp_point_select")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--haproxy-threads", type=int, default=2)
+    parser.add_argument("--large-result-mib", type=int, default=0,
+                        help="also read a result of this many MiB slowly through each target (0 = skip), "
+                             "sampling mysqld's RSS and the kernel's TCP memory meanwhile")
     options = parser.parse_args(argv)
     targets = options.targets.split(",")
     tempdir = Path(tempfile.mkdtemp(prefix="dbfence-bench-remote-"))
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict[str, list[Sample]]]] = {}
     cpu_per_query: dict[str, list[float]] = {}
     host_cpu_per_query: dict[str, list[float]] = {}
+    large: dict[str, dict[str, float]] = {}
     try:
         lab.in_client(_create_database, lab, node.name)
         direct = Endpoint("direct", node.host, node.port)
@@ -129,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                             cell.setdefault(target, []).append(sample)
                             print(f"  {workload} t={threads} round {round_index + 1} {target:12s} "
                                   f"{sample.qps:9.0f} qps  p95 {sample.p95_ms:6.2f} ms", flush=True)
+            for target in targets if options.large_result_mib else ():
+                large[target] = read_large_result(lab, node.name, endpoints[target], options.large_result_mib)
+                print(f"  large result through {target}: {large[target]}", flush=True)
         finally:
             for renewer in renewers:
                 renewer.__exit__()
@@ -166,8 +178,61 @@ def main(argv: list[str] | None = None) -> int:
         f"{t} {v} us" for t, v in summary["proxy_cpu_us_per_query"].items()))
     print("whole host's CPU per query (median): " + ", ".join(
         f"{t} {v} us" for t, v in summary["host_cpu_us_per_query"].items()))
+    if large:
+        summary["large_result"] = large
+        print("large result read slowly (MiB): " + "; ".join(
+            f"{t}: mysqld RSS +{v['mysqld_rss_growth_mib']}, kernel TCP memory max {v['tcp_mem_max_mib']}, "
+            f"{v['seconds']} s" for t, v in large.items()))
     print(json.dumps(summary, sort_keys=True))
     return 0
+
+
+def _tcp_memory_mib() -> float:
+    """The kernel's memory for TCP buffers (every namespace), from /proc/net/sockstat (pages)."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1]) * 4096 / 2**20
+    return 0.0
+
+
+def read_large_result(lab: LabCluster, name: str, endpoint: Endpoint, mib: int) -> dict[str, float]:
+    """A client (in the client namespace) reads a ``mib`` MiB result one row (1 MiB) per 50 ms,
+    while mysqld's RSS and the kernel's TCP memory are sampled: a path without flow control
+    would show the result piling up in one of them."""
+    node = lab.node(name)
+    mysqld = psutil.Process(node.pid)
+    app = lab.accounts["app"]
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.1):
+            samples.append((mysqld.memory_info().rss / 2**20, _tcp_memory_mib()))
+
+    def read() -> None:
+        conn = pymysql.connect(host=endpoint.host, port=endpoint.port, user=app.user, password=app.password,
+                               cursorclass=pymysql.cursors.SSCursor, ssl_disabled=True, read_timeout=120)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT REPEAT('x', 1048576) FROM app.seq_1_to_{mib}")
+                for _ in cur:
+                    time.sleep(0.05)
+        finally:
+            conn.close()
+
+    before = mysqld.memory_info().rss / 2**20
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        lab.in_client(read)
+    finally:
+        stop.set()
+        sampler.join()
+    return {"seconds": round(time.monotonic() - started, 1),
+            "mysqld_rss_growth_mib": round(max((s[0] for s in samples), default=before) - before, 1),
+            "tcp_mem_max_mib": round(max((s[1] for s in samples), default=0.0), 1)}
 
 
 def _create_database(lab: LabCluster, name: str) -> None:
