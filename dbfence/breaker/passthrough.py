@@ -359,8 +359,10 @@ class RemotePath:
 
 def _flows_of(flows_fd: int, value: ctypes.Array[ctypes.c_char]) -> Iterator[tuple[bytes, Flow]]:
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    walked: set[bytes] = set()
     key = map_next_key(flows_fd, None, FLOW_KEY.size)
-    while key is not None:
+    while key is not None and key not in walked:  # a key deleted meanwhile restarts the walk: stop
+        walked.add(key)
         following = map_next_key(flows_fd, key, FLOW_KEY.size)
         try:
             map_lookup(flows_fd, key, value)
