@@ -110,6 +110,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2, help="concurrent writer connections")
     parser.add_argument("--rejoin", choices=["manual", "truncate"], default="manual",
                         help="the agents' [rejoin] mode (truncate: the old primary repairs itself)")
+    parser.add_argument("--remote-path", choices=["off", "on"], default="off",
+                        help="gate.remote_path: on = the writers of namespaced labs (partition faults) "
+                             "reach mysqld through the kernel's forwarding (docs/gate-paths.md)")
     args = parser.parse_args()
     if args.fault != "all" and args.fault not in faults:
         parser.error(f"unknown fault {args.fault!r}; pick one of {', '.join(faults)}")
@@ -118,7 +121,7 @@ def main() -> int:
     for fault in [f for f in chosen if unavailable(f)]:
         print(f"{fault.name}: {unavailable(fault)}")
     chosen = [f for f in chosen if unavailable(f) is None]
-    tuning = AgentTuning(ttl=args.ttl, margin=args.margin, rejoin=args.rejoin)
+    tuning = AgentTuning(ttl=args.ttl, margin=args.margin, rejoin=args.rejoin, remote_path=args.remote_path)
     logs = Path(tempfile.mkdtemp(prefix="dbfence-faults-logs-"))
     with scratch_space(Path(tempfile.mkdtemp(prefix="dbfence-faults-"))) as root:
         results = run_matrix(chosen, args.runs, root, args.dcs, tuning, clients=args.clients,
