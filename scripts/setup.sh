@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mariadb-server mariadb-client etcd-server etcd-client sysbench haproxy iproute2 iptables nftables
+packages=(mariadb-server mariadb-client mariadb-backup etcd-server etcd-client sysbench haproxy iproute2 iptables nftables
           dnsutils openssl python3-venv prometheus)
 missing=()
 for pkg in "${packages[@]}"; do

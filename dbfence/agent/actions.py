@@ -51,6 +51,8 @@ class ActionReason(enum.Enum):
     REJOIN = "rejoin"
     SOURCE_LOST_LOCK = "source_lost_lock"
     REPAIR_UNACKNOWLEDGED = "repair_unacknowledged"
+    REBUILD_UNACKNOWLEDGED = "rebuild_unacknowledged"  # proven never acknowledged, not truncatable
+    REBUILD_APPROVED = "rebuild_approved"  # not proven: an operator approved this rebuild
     # member record
     MEMBER_CHANGED = "member_changed"
     MEMBER_HEARTBEAT = "member_heartbeat"
@@ -146,6 +148,17 @@ class TruncateErrant:
 
 
 @dataclass(frozen=True, slots=True)
+class RebuildNode:
+    """Clone this node from ``donor`` with mariadb-backup: save the errant transactions, keep the
+    old data directory aside, start mysqld on the copy and replicate from its GTID position
+    (docs/operations.md, repair)."""
+
+    donor: str
+    gtids: tuple[str, ...]
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
 class DetachSource:
     """Stop receiving the source's binlog (IO thread only): the SQL thread keeps applying
     what the relay log already holds, and the source stays configured for a later restart."""
@@ -200,7 +213,7 @@ class FailDiscoveryCheck:
 
 Action = (
     AcquireLock | RenewLock | ReleaseLock | AdmitGate | BlockGate | SetReadOnly | WaitRelayLog
-    | Promote | Repoint | TruncateErrant | DetachSource | WriteFencingToken | RecordFailover | ClearSwitchover
+    | Promote | Repoint | TruncateErrant | RebuildNode | DetachSource | WriteFencingToken | RecordFailover | ClearSwitchover
     | PublishMember
     | RegisterDiscovery | FailDiscoveryCheck
 )

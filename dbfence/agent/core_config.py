@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 #: ``[rejoin] mode`` values the core knows (rebuild is not built yet: issue 15).
-REJOIN_MODES = ("manual", "truncate")
+REJOIN_MODES = ("manual", "truncate", "rebuild")
 
 
 class CoreConfigError(ValueError):
@@ -37,7 +37,9 @@ class CoreConfig:
     * ``drain_timeout``: how long a switchover lets transactions in flight finish
       behind a gate that already refuses new clients, before it cuts them.
     * ``rejoin_mode``: what a FENCED former primary does about errant transactions: ``manual``
-      (stay fenced) or ``truncate`` (remove them when provably never acknowledged).
+      (stay fenced), ``truncate`` (remove them when provably never acknowledged) or ``rebuild``
+      (truncate when provably safe, else clone the node from the primary: by itself only when
+      they were provably never acknowledged, otherwise on an operator's one-time approval).
     """
 
     node_name: str

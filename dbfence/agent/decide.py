@@ -19,8 +19,8 @@ Policy summary (details in docs/decision-core.md):
 * The winner promotes step by step (relay log, stop replication, writable, token)
   and only then admits; losers repoint to it once it is PRIMARY.
 * FENCED (a former primary) rejoins only through a clean errant-GTID check against
-  the current primary; with ``rejoin_mode = truncate`` it may first remove errant
-  transactions that were provably never acknowledged (:mod:`rejoin`).
+  the current primary; with ``rejoin_mode = truncate`` or ``rebuild`` it may first remove
+  errant transactions that were provably never acknowledged, or be rebuilt (:mod:`rejoin`).
 * Pause freezes every role change except the safety fence of a lease holder whose
   lease is lost or expired; renewals continue.
 """
@@ -724,8 +724,8 @@ def _fenced(r: _Round) -> None:
 
 
 def _repair(r: _Round, check: ErrantCheck) -> None:
-    """``[rejoin]``: remove errant transactions that were provably never acknowledged, or say why
-    not (the rules are in :mod:`dbfence.agent.rejoin`)."""
+    """``[rejoin]``: remove errant transactions that were provably never acknowledged (truncate
+    or rebuild), or say why not (the rules are in :mod:`dbfence.agent.rejoin`)."""
     plan = plan_repair(r.config.rejoin_mode, r.obs.repair, check, r.obs.db.server_id)
     if isinstance(plan, tuple):
         r.refuse(RefusalReason(plan[0].value), plan[1])

@@ -207,6 +207,9 @@ class RepairView:
     transactions were written before anything was removed. ``awaiting_restart``: the agent
     killed mysqld while commits waited for an ack (the fence by crash, which keeps them in doubt)
     and it has not been started since: the repair starts it, for crash recovery to truncate them.
+    ``gave_up_on``: which kind of attempt failed (``truncate`` or ``rebuild``).
+    ``rebuild_approved``: an operator approved one rebuild that the evidence cannot justify
+    (``[rejoin] mode = rebuild``; the approval is spent when the rebuild starts).
     """
 
     evidence_problem: str | None = "no evidence recorded"
@@ -214,6 +217,8 @@ class RepairView:
     gave_up: str = ""
     saved_file: str = ""
     awaiting_restart: bool = False
+    gave_up_on: str = ""
+    rebuild_approved: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,16 +4,24 @@ A former primary's errant transactions (GTIDs the new primary lacks) were never 
 any client when the node ran lossless: AFTER_SYNC semi-sync returns OK only once a replica holds
 the commit, and the new primary holds everything any replica held. That is only proven when the
 evidence recorded at fencing shows semi-sync on, AFTER_SYNC, and no fallback to asynchronous
-replication. Then the node may truncate them (the adapter saves them to a file first); otherwise,
-or once an attempt failed, it stays FENCED and says why. The transactions must also be this
-node's own: anything written by another server id came from elsewhere and is never removed here.
+replication. The transactions must also be this node's own: anything written by another server
+id came from elsewhere.
+
+* ``truncate``: proven → TruncateErrant (the adapter saves them to a file first); otherwise, or
+  once an attempt failed, the node stays FENCED and says why.
+* ``rebuild``: proven → truncate first; if that fails (committed in the engine, so crash
+  recovery keeps them) → RebuildNode from the primary, by itself: they were never acknowledged
+  either way. Not proven (asynchronous, a fallback, no evidence, foreign GTIDs): a rebuild would
+  throw away writes a client may have seen, so the node stays FENCED unless an operator approved
+  one rebuild (Guarantee 4: "by itself only when it can prove none was ever acknowledged").
+  A failed rebuild is not retried by itself.
 """
 
 from __future__ import annotations
 
 import enum
 
-from dbfence.agent.actions import ActionReason, TruncateErrant
+from dbfence.agent.actions import ActionReason, RebuildNode, TruncateErrant
 from dbfence.agent.observation import ErrantCheck, RepairView
 
 
@@ -25,23 +33,42 @@ class RepairHold(enum.Enum):
     GAVE_UP = "repair_gave_up"
 
 
+#: Appended to a refusal in rebuild mode, so that `dbfence status` says what would unblock it.
+NEEDS_APPROVAL = "; a rebuild needs an operator's approval (docs/operations.md)"
+
+
 def plan_repair(mode: str, repair: RepairView, errant: ErrantCheck,
-                server_id: int | None) -> TruncateErrant | tuple[RepairHold, str] | None:
+                server_id: int | None) -> TruncateErrant | RebuildNode | tuple[RepairHold, str] | None:
     """The repair to start for ``errant`` (against the ready primary ``errant.against``), why
     not, or None when ``mode`` leaves errant transactions to an operator."""
     if mode == "manual":
         return None
     if repair.running:
         return RepairHold.RUNNING, repair.saved_file
-    if repair.gave_up:
+    if repair.gave_up and (mode != "rebuild" or repair.gave_up_on == "rebuild"):
         return RepairHold.GAVE_UP, repair.gave_up
+    problem = _unproven(repair, errant, server_id)
+    if problem is None and not repair.gave_up:
+        return TruncateErrant(errant.against, errant.gtids, ActionReason.REPAIR_UNACKNOWLEDGED)
+    if mode != "rebuild":
+        assert problem is not None  # a failed truncation returned GAVE_UP above
+        return RepairHold.UNSAFE, problem
+    if problem is None:  # proven never acknowledged, but the truncation could not remove them
+        return RebuildNode(errant.against, errant.gtids, ActionReason.REBUILD_UNACKNOWLEDGED)
+    if repair.rebuild_approved:
+        return RebuildNode(errant.against, errant.gtids, ActionReason.REBUILD_APPROVED)
+    return RepairHold.UNSAFE, problem + NEEDS_APPROVAL
+
+
+def _unproven(repair: RepairView, errant: ErrantCheck, server_id: int | None) -> str | None:
+    """Why the errant transactions are not proven unacknowledged (None: proven)."""
     if repair.evidence_problem is not None:
-        return RepairHold.UNSAFE, repair.evidence_problem
+        return repair.evidence_problem
     # No GTIDs: mysqld is down (killed by the fence) and the adapter takes only this server's.
     foreign = [text for text in errant.gtids if server_id is None or _writer(text) != server_id]
     if foreign:
-        return RepairHold.UNSAFE, "not written by this node: " + ",".join(foreign or errant.gtids)
-    return TruncateErrant(errant.against, errant.gtids, ActionReason.REPAIR_UNACKNOWLEDGED)
+        return "not written by this node: " + ",".join(foreign)
+    return None
 
 
 def _writer(text: str) -> int | None:

@@ -37,6 +37,7 @@ from dbfence.agent.actions import (
     FailDiscoveryCheck,
     Promote,
     PublishMember,
+    RebuildNode,
     RecordFailover,
     RegisterDiscovery,
     ReleaseLock,
@@ -239,13 +240,16 @@ def is_prefix(short: tuple[str, ...], long: tuple[str, ...]) -> bool:
 class Model:
     """Transition relation and safety checks; ``explore`` runs a BFS over it."""
 
-    def __init__(self, limits: ModelLimits, *, lossless: bool = True, rejoin_mode: str = "manual") -> None:
+    def __init__(self, limits: ModelLimits, *, lossless: bool = True, rejoin_mode: str = "manual",
+                 rebuild_approved: bool = False) -> None:
         self.limits = limits
         self.configs = {name: model_config(name, lossless=lossless, rejoin_mode=rejoin_mode)
                         for name in NAMES}
         # The evidence a fenced primary recorded: the model's lossless cluster never falls back.
-        self.repair_view = RepairView(evidence_problem=None if lossless else "asynchronous replication")
+        self.repair_view = RepairView(evidence_problem=None if lossless else "asynchronous replication",
+                                      rebuild_approved=rebuild_approved)
         self.truncations = 0
+        self.rebuilds = 0
         self.ttl = self.configs[NAMES[0]].ttl
         self.span = self.configs[NAMES[0]].lease_span
         self.promotions = 0
@@ -516,6 +520,9 @@ class Model:
         elif isinstance(action, TruncateErrant):
             if db.alive:
                 db = self._truncate(world, index, action.primary)
+        elif isinstance(action, RebuildNode):
+            if db.alive:
+                db = self._rebuild(world, index, action.donor)
         elif isinstance(action, DetachSource):
             if db.alive:
                 db = replace(db, receiving=False)
@@ -558,6 +565,16 @@ class Model:
                     f"(it reached a replica: maybe acknowledged)", self._trace)
         self.truncations += 1
         return replace(db, history=db.history[:common])
+
+    def _rebuild(self, world: World, index: int, donor: str) -> Db:
+        """A copy of the donor replaces the node's data. Without an operator's approval that is a
+        truncation (the same check); approved, the operator accepted losing what it held."""
+        if not self.repair_view.rebuild_approved:
+            self._truncate(world, index, donor)
+            self.truncations -= 1
+        self.rebuilds += 1
+        theirs = world.nodes[NAMES.index(donor)].db
+        return replace(world.nodes[index].db, history=theirs.history, source=None, receiving=False)
 
     # ------------------------------------------------------------------ search
 

@@ -48,3 +48,21 @@ def test_without_lossless_evidence_it_stays_fenced_and_says_why() -> None:
     assert model.truncations == 0
     model.explore([errant], depth=4)
     assert model.truncations == 0
+
+
+def test_rebuild_without_proof_waits_for_the_operator_then_rebuilds_and_converges() -> None:
+    limits = ModelLimits(depth=4, faults=2, writes=1, max_time=12)
+    waiting = Model(limits, lossless=False, rejoin_mode="rebuild")
+    errant = waiting.drive(waiting.drive(waiting.initial_cold(), ["settle"]), ERRANT)
+    n1 = errant.nodes[NAMES.index("n1")]
+    assert n1.agent is not None and n1.agent.state.role is Role.FENCED
+    waiting.explore([errant], depth=3)
+    assert waiting.rebuilds == 0 and waiting.truncations == 0
+
+    approved = Model(limits, lossless=False, rejoin_mode="rebuild", rebuild_approved=True)
+    warm = approved.drive(approved.initial_cold(), ["settle"])
+    rebuilt = approved.drive(warm, ERRANT)
+    assert approved.rebuilds >= 1
+    assert approved.roles(rebuilt) == {"n1": Role.REPLICA, "n2": Role.PRIMARY, "n3": Role.REPLICA}
+    assert len({node.db.history for node in rebuilt.nodes}) == 1  # n1 holds the donor's copy
+    approved.explore([approved.drive(warm, ERRANT[:-3])], depth=4)

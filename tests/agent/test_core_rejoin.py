@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from dbfence.agent.actions import Action, ActionReason, Repoint, TruncateErrant
+from dbfence.agent.actions import Action, ActionReason, RebuildNode, Repoint, TruncateErrant
 from dbfence.agent.core_config import CoreConfig, CoreConfigError
 from dbfence.agent.decide import RefusalReason, decide
 from dbfence.agent.observation import (
@@ -16,15 +16,18 @@ from dbfence.agent.observation import (
     OperatorIntents,
     RepairView,
 )
-from dbfence.agent.rejoin import RepairHold, plan_repair
+from dbfence.agent.rejoin import NEEDS_APPROVAL, RepairHold, plan_repair
 from dbfence.agent.state import Role, State, Trigger
 from tests.agent.core_builders import CONFIG, NOW, core_actions, db, member, observe
 
 R = RefusalReason
 TRUNCATE = replace(CONFIG, rejoin_mode="truncate")
+REBUILD = replace(CONFIG, rejoin_mode="rebuild")
 FENCED = State(role=Role.FENCED, since=NOW - 10, fenced_reason=Trigger.LEASE_EXPIRED)
 OWN_ERRANT = ErrantCheck("n2", ("0-11-101", "1-11-5..1-11-7"))  # the builders' server_id is 11
 LOSSLESS = RepairView(evidence_problem=None)
+SURVIVED = "0-11-101 survived crash recovery (committed in the engine): rebuild this node"
+ERRANT_REFUSAL = (RefusalReason.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7")
 
 
 def fenced_seeing_n2(errant: ErrantCheck | None = OWN_ERRANT, repair: RepairView = LOSSLESS,
@@ -94,6 +97,40 @@ CASES = [
          (Repoint("n2", True, ActionReason.REJOIN),), (), Role.REPLICA),
     Case("truncate: paused -> no repair", TRUNCATE,
          replace(fenced_seeing_n2(), intents=OperatorIntents(paused=True)), (), ((R.PAUSED, ""),)),
+    # rebuild: truncate when provably safe, else rebuild; by itself only when never acknowledged.
+    Case("rebuild: lossless evidence -> truncate first (cheap, keeps the node's data)", REBUILD,
+         fenced_seeing_n2(), (TruncateErrant("n2", OWN_ERRANT.gtids, ActionReason.REPAIR_UNACKNOWLEDGED),),
+         (ERRANT_REFUSAL,)),
+    Case("rebuild: lossless, but the truncation could not remove them -> rebuild from the primary",
+         REBUILD, fenced_seeing_n2(repair=RepairView(None, gave_up=SURVIVED, gave_up_on="truncate")),
+         (RebuildNode("n2", OWN_ERRANT.gtids, ActionReason.REBUILD_UNACKNOWLEDGED),), (ERRANT_REFUSAL,)),
+    Case("truncate: the same failure -> gives up (rebuild is not its job)", TRUNCATE,
+         fenced_seeing_n2(repair=RepairView(None, gave_up=SURVIVED, gave_up_on="truncate")),
+         (), (ERRANT_REFUSAL, (R.REPAIR_GAVE_UP, SURVIVED))),
+    Case("rebuild: asynchronous (maybe acknowledged) -> stays fenced, says how to approve", REBUILD,
+         fenced_seeing_n2(repair=RepairView(evidence_problem="semi-sync is off")),
+         (), (ERRANT_REFUSAL, (R.REPAIR_UNSAFE, "semi-sync is off" + NEEDS_APPROVAL))),
+    Case("rebuild: no evidence and a truncation failed -> still needs the approval", REBUILD,
+         fenced_seeing_n2(repair=RepairView(gave_up="binlog unreadable", gave_up_on="truncate")),
+         (), (ERRANT_REFUSAL, (R.REPAIR_UNSAFE, "no evidence recorded" + NEEDS_APPROVAL))),
+    Case("rebuild: a transaction of another server -> needs the approval", REBUILD,
+         fenced_seeing_n2(ErrantCheck("n2", ("0-11-101", "0-3-7"))),
+         (), ((R.ERRANT_GTIDS, "0-11-101,0-3-7"),
+              (R.REPAIR_UNSAFE, "not written by this node: 0-3-7" + NEEDS_APPROVAL))),
+    Case("rebuild: not proven, but an operator approved -> rebuild", REBUILD,
+         fenced_seeing_n2(repair=RepairView(evidence_problem="semi-sync is off", rebuild_approved=True)),
+         (RebuildNode("n2", OWN_ERRANT.gtids, ActionReason.REBUILD_APPROVED),), (ERRANT_REFUSAL,)),
+    Case("rebuild: a rebuild under way is not started again", REBUILD,
+         fenced_seeing_n2(repair=RepairView(None, running=True, gave_up=SURVIVED, gave_up_on="truncate",
+                                            saved_file="/s/errant.sql")),
+         (), (ERRANT_REFUSAL, (R.REPAIR_RUNNING, "/s/errant.sql"))),
+    Case("rebuild: a failed rebuild is not retried by itself", REBUILD,
+         fenced_seeing_n2(repair=RepairView(None, gave_up="mbstream -x exited 1", gave_up_on="rebuild",
+                                            rebuild_approved=True)),
+         (), (ERRANT_REFUSAL, (R.REPAIR_GAVE_UP, "mbstream -x exited 1"))),
+    Case("rebuild: clean after the rebuild -> the ordinary rejoin", REBUILD,
+         fenced_seeing_n2(ErrantCheck("n2", ()), source=None),
+         (Repoint("n2", True, ActionReason.REJOIN),), (), Role.REPLICA),
 ]
 
 
@@ -118,6 +155,6 @@ def test_plan_repair_is_none_in_manual_mode_whatever_the_evidence() -> None:
     assert plan_repair("truncate", RepairView(), OWN_ERRANT, 11) == unsafe
 
 
-def test_rebuild_is_not_a_mode_yet() -> None:
-    with pytest.raises(CoreConfigError, match="rejoin_mode must be one of manual, truncate"):
-        replace(CONFIG, rejoin_mode="rebuild")
+def test_an_unknown_rejoin_mode_is_refused() -> None:
+    with pytest.raises(CoreConfigError, match="rejoin_mode must be one of manual, truncate, rebuild"):
+        replace(CONFIG, rejoin_mode="clone")
