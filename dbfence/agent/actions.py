@@ -213,7 +213,8 @@ class FailDiscoveryCheck:
 
 Action = (
     AcquireLock | RenewLock | ReleaseLock | AdmitGate | BlockGate | SetReadOnly | WaitRelayLog
-    | Promote | Repoint | TruncateErrant | RebuildNode | DetachSource | WriteFencingToken | RecordFailover | ClearSwitchover
+    | Promote | Repoint | TruncateErrant | RebuildNode | DetachSource | WriteFencingToken | RecordFailover
+    | ClearSwitchover
     | PublishMember
     | RegisterDiscovery | FailDiscoveryCheck
 )

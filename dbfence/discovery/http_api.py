@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from dbfence.discovery.backup_stream import PATH as BACKUP_PATH
+from dbfence.discovery.backup_stream import BackupSource, serve_backup
 from dbfence.discovery.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dbfence.discovery.metrics import Metrics
 
@@ -128,12 +130,14 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], board: StatusBoard, metrics: Metrics,
-                 token: str | None, on_command: CommandHandler | None) -> None:
+                 token: str | None, on_command: CommandHandler | None,
+                 backup: BackupSource | None = None) -> None:
         super().__init__(address, _Handler)
         self.board = board
         self.metrics = metrics
         self.token = token
         self.on_command = on_command
+        self.backup = backup  # [rejoin] mode = rebuild: this node can be a donor
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A prober that gave up before its answer (a load balancer's or a monitor's timeout)
@@ -189,6 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.OK, _status_document(board.answer()))
         elif url.path == "/metrics":
             self._send(HTTPStatus.OK, self.server.metrics.render(), METRICS_CONTENT_TYPE)
+        elif url.path == BACKUP_PATH and self.server.backup is not None:
+            serve_backup(self, self.server.backup, self.server.token)  # checks the token
         else:
             self._send(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}\n")
 
@@ -230,8 +236,9 @@ class HttpApi:
     """The agent's HTTP endpoints on ``host:port`` (port 0 picks a free one)."""
 
     def __init__(self, host: str, port: int, board: StatusBoard, metrics: Metrics,
-                 token: str | None = None, on_command: CommandHandler | None = None) -> None:
-        self._server = _Server((host, port), board, metrics, token, on_command)
+                 token: str | None = None, on_command: CommandHandler | None = None,
+                 backup: BackupSource | None = None) -> None:
+        self._server = _Server((host, port), board, metrics, token, on_command, backup)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="dbfence-http", daemon=True)
 

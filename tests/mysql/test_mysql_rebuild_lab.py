@@ -1,18 +1,27 @@
 """The rebuild on real MariaDB 10.11: a node whose errant transaction is committed (crash recovery
-cannot remove it) is cloned from a donor with mariadb-backup, keeps its old data directory and
-the saved errant transaction, and ends a replica of the new primary."""
+cannot remove it) is cloned from a donor with mariadb-backup, streamed over the donor agent's
+HTTP API, keeps its old data directory and the saved errant transaction, and ends a replica of
+the new primary."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from dbfence.discovery.backup_stream import BackupFetchError, fetch_backup
+from dbfence.discovery.http_api import HttpApi, StatusBoard
+from dbfence.discovery.metrics import Metrics
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.rebuild import BackupStream, Progress, RebuildResult, rebuild_from_stream
 from dbfence.mysql.repair import MysqldControl
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, poll, primary_address, run, sql
 from tests.mysql.test_mysql_repair_lab import cut_replica_and_promote_it, rows
+
+TOKEN = "donor-s3cret"
 
 
 def committed_errant_pair(lab_factory: LabFactory) -> LabCluster:
@@ -29,33 +38,53 @@ def committed_errant_pair(lab_factory: LabFactory) -> LabCluster:
     return lab
 
 
-def rebuild(lab: LabCluster, tmp_path: Path, progress: list[Progress], rate: int = 0) -> RebuildResult:
-    node = lab.node("db1")
-    control = MysqldControl(
-        pid_file=Path(node.pid_file), start_timeout=120.0,
-        start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir", str(lab.directory), "db1"])
-    donor = BackupStream(actions(lab, "db2"), bytes_per_second=rate)
-    return rebuild_from_stream(actions(lab, "db1"), control, lambda: actions(lab, "db2").gtid_positions().history,
-                               lambda: (donor.estimate, donor.chunks()), tmp_path / "errant-db1.sql",
+@pytest.fixture
+def donor_api(lab_factory: LabFactory) -> Iterator[tuple[LabCluster, str]]:
+    """The lab, and the URL of db2's backup endpoint (what its agent serves as a donor)."""
+    lab = committed_errant_pair(lab_factory)
+    api = HttpApi("127.0.0.1", 0, StatusBoard(), Metrics(), token=TOKEN,
+                  backup=lambda: open_donor(lab)).start()
+    host, port = api.address
+    try:
+        yield lab, f"http://{host}:{port}"
+    finally:
+        api.stop()
+
+
+def open_donor(lab: LabCluster) -> tuple[int, Iterator[bytes]]:
+    donor = BackupStream(actions(lab, "db2"), bytes_per_second=64 << 20)
+    return donor.estimate, donor.chunks()
+
+
+def rebuild(lab: LabCluster, tmp_path: Path, url: str, token: str, progress: list[Progress]) -> RebuildResult:
+    control = MysqldControl(pid_file=Path(lab.node("db1").pid_file), start_timeout=120.0,
+                            start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir",
+                                           str(lab.directory), "db1"])
+    return rebuild_from_stream(actions(lab, "db1"), control,
+                               lambda: actions(lab, "db2").gtid_positions().history,
+                               lambda: fetch_backup(url, token), tmp_path / "errant-db1.sql",
                                "-- dbfence test excerpt\n", progress.append, stamp="test")
 
 
 def test_a_committed_errant_transaction_is_saved_and_the_node_is_rebuilt_from_the_donor(
-        lab_factory: LabFactory, tmp_path: Path) -> None:
-    lab = committed_errant_pair(lab_factory)
+        donor_api: tuple[LabCluster, str], tmp_path: Path) -> None:
+    lab, url = donor_api
     datadir = Path(lab.node("db1").datadir)
     progress: list[Progress] = []
 
-    result = rebuild(lab, tmp_path, progress)
+    result = rebuild(lab, tmp_path, url, TOKEN, progress)
     print(f"\nrebuild: {result}")
 
     assert result.errant_before == "0-1-3"
     assert result.saved_file is not None
     saved = result.saved_file.read_text()
     assert "GTID 0-1-3" in saved and "errant, committed" in saved
+    assert result.saved_file.stat().st_mode & 0o077 == 0
     assert result.old_datadir == datadir.with_name(f"{datadir.name}.dbfence-old-test")
     assert (result.old_datadir / "mysql-bin.index").exists()  # the old data directory is kept
-    assert progress and progress[-1].done == result.progress.done > 0
+    assert not datadir.with_name(f"{datadir.name}.dbfence-rebuild-test").exists()
+    assert result.position == "0-2-3"
+    assert progress and progress[-1].done == result.progress.done > 0 and progress[-1].estimate > 0
     assert rows(lab, "db1") == [(1, "replicated"), (3, "new primary")]  # the donor's data, not its own
 
     actions(lab, "db1").repoint(primary_address(lab, "db2"), actions(lab, "db2").gtid_positions().history,
@@ -63,3 +92,15 @@ def test_a_committed_errant_transaction_is_saved_and_the_node_is_rebuilt_from_th
     run(sql(lab, "db2"), "INSERT INTO app.t VALUES (4, 'after the rebuild')")
     poll(lambda: rows(lab, "db1") == [(1, "replicated"), (3, "new primary"), (4, "after the rebuild")], 30,
          "db1 to replicate from db2 after the rebuild")
+
+
+def test_without_the_token_the_donor_refuses_and_the_node_is_left_as_it_was(
+        donor_api: tuple[LabCluster, str], tmp_path: Path) -> None:
+    lab, url = donor_api
+    datadir = Path(lab.node("db1").datadir)
+    with pytest.raises(BackupFetchError, match="answered 401"):
+        rebuild(lab, tmp_path, url, "wrong", [])
+    assert lab.node("db1").process.alive()
+    assert rows(lab, "db1") == [(1, "replicated"), (2, "errant, committed")]
+    siblings = sorted(p.name for p in datadir.parent.iterdir() if p.name.startswith(datadir.name))
+    assert siblings == [datadir.name]  # nothing moved aside, no staging left
