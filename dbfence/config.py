@@ -214,8 +214,13 @@ class RejoinSection:
                                   "fencing proves they were never acknowledged (lossless AFTER_SYNC "
                                   "semi-sync that never fell back to async), save them to a file "
                                   "in state_dir, kill -9 mysqld and start it so that crash "
-                                  "recovery removes them, then rejoin if nothing errant is left.",
-                        choices=("manual", "truncate"))
+                                  "recovery removes them, then rejoin if nothing errant is left; "
+                                  "rebuild = truncate when that is proven safe, else clone the "
+                                  "node from the primary with mariadb-backup over the agents' "
+                                  "HTTP API (the old data directory is kept): by itself only when "
+                                  "the evidence proves them never acknowledged, otherwise after "
+                                  "an operator creates state_dir/rebuild-approved.",
+                        choices=("manual", "truncate", "rebuild"))
     state_dir: str = setting("/var/lib/dbfence", "Directory for the fencing evidence and the "
                                                  "saved errant transactions (systemd's "
                                                  "StateDirectory).")
@@ -228,6 +233,12 @@ class RejoinSection:
                                    minimum=1)
     binlog_tool: str = setting("mariadb-binlog", "Program that writes the errant transactions out "
                                                  "of the binlog files.")
+    donor_rate_mib: int = setting(32, "With mode = rebuild: MiB/s at most that this node streams "
+                                      "a backup to a node being rebuilt, so that its own clients "
+                                      "stay served (0 = unlimited).", minimum=0)
+    backup_tool: str = setting("mariadb-backup", "Program that copies and prepares a backup "
+                                                 "(mode = rebuild; Debian package mariadb-backup).")
+    mbstream_tool: str = setting("mbstream", "Program that unpacks the donor's backup stream.")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -330,6 +341,9 @@ def _check_relations(config: AgentConfig) -> None:
     if config.rejoin.mode != "manual" and not config.mysql.pid_file:
         raise ConfigError("mysql.pid_file: required when rejoin.mode is not manual "
                           "(the repair kills mysqld by the pid in it)")
+    if config.rejoin.mode == "rebuild" and not (config.http.token_file and config.http.listen):
+        raise ConfigError("http.token_file: rebuild copies the donor over the agents' HTTP API, which "
+                          "needs http.listen and the same token on every node")
     for address_key, value in (("gate.listen", config.gate.listen), ("http.listen", config.http.listen)):
         if value:
             parse_host_port(address_key, value)
@@ -344,6 +358,17 @@ def _check_relations(config: AgentConfig) -> None:
             raise ConfigError(f"gate.backend_source: expected an IP address, got {source!r}") from None
     if bool(config.dcs.tls_cert) != bool(config.dcs.tls_key):
         raise ConfigError("dcs.tls_cert: tls_cert and tls_key must be given together")
+
+
+def api_url_of(config: AgentConfig) -> str:
+    """The agent's HTTP API as peers reach it (empty: off); a wildcard listen address is
+    replaced by node.address."""
+    if not config.http.listen:
+        return ""
+    host, port = parse_host_port("http.listen", config.http.listen)
+    if host in ("", "0.0.0.0", "::"):
+        host = config.node.address
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def parse_host_port(key: str, value: str) -> tuple[str, int]:

@@ -21,7 +21,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbFacts, DbSensor, DcsSensor, DcsView, PeerDatabase
 from dbfence.agent.state import Role, State
 from dbfence.breaker import Admitting, Gate, GateConfig, GateError, GateStats
-from dbfence.config import AgentConfig, parse_host_port
+from dbfence.config import AgentConfig, api_url_of, parse_host_port
 from dbfence.discovery.consul_catalog import ConsulCatalog, ServiceIdentity
 from dbfence.discovery.http_api import CommandResult, HttpApi, StatusBoard, StatusReport
 from dbfence.discovery.metrics import GateCollector, Metrics, ProbeCollector
@@ -64,7 +64,8 @@ from dbfence.mysql.hysteresis import HysteresisConfig
 from dbfence.mysql.monitor import HealthMonitor
 from dbfence.mysql.probes import ProbeSettings, Target
 from dbfence.mysql.probes import Role as ProbeRole
-from dbfence.mysql.repair import MysqldControl
+from dbfence.mysql.rebuild import BackupStream
+from dbfence.mysql.repair import MysqldControl, RepairError
 from dbfence.ops_cli import switchover_refusal
 from dbfence.sdnotify import Notifier
 
@@ -246,14 +247,15 @@ class Agent:
         self.identity = NodeIdentity(
             cluster=config.cluster.name, node=config.node.name, address=config.node.address,
             gate_port=gate_port, mysql_host=config.mysql.host, mysql_port=config.mysql.port,
-            priority=config.node.priority, version=__version__)
+            priority=config.node.priority, version=__version__, api_url=api_url_of(config))
         rejoin = config.rejoin
         self.repair = RepairKeeper(
             mode=rejoin.mode, state_dir=Path(rejoin.state_dir), node=config.node.name, mysql=self.mysql,
             control=MysqldControl(pid_file=Path(config.mysql.pid_file),
                                   start_command=tuple(rejoin.start_command),
                                   start_timeout=rejoin.start_timeout, binlog_tool=rejoin.binlog_tool),
-            on_done=self._record_repair)
+            on_done=self._record_repair, api_token=self.http_token, backup_tool=rejoin.backup_tool,
+            mbstream_tool=rejoin.mbstream_tool)
         self.executor = Executor(
             identity=self.identity, keeper=self.keeper, lock=self.lock, gate=self.gate, mysql=self.mysql,
             monitor=self.monitor, db=self.db, dcs=self.dcs, replication=self.replication,
@@ -291,6 +293,14 @@ class Agent:
             raise AgentStartError(str(exc)) from None
         except MysqlAdapterError as exc:
             log.warning("cannot check the application accounts yet (%s); checking before admitting", exc)
+
+    def _serve_backup(self) -> tuple[int, Iterable[bytes]]:
+        """Be a donor ([rejoin] mode = rebuild): a fenced or starting node's data may be errant."""
+        if self.state.role not in (Role.PRIMARY, Role.REPLICA):
+            raise RepairError(f"this node is {self.state.role.value}, not a healthy primary or replica")
+        stream = BackupStream(self.mysql, self.config.rejoin.donor_rate_mib << 20,
+                              tool=self.config.rejoin.backup_tool)
+        return stream.estimate, stream.chunks()
 
     def _record_repair(self, kind: str, detail: str) -> None:
         """A repair ended (its own thread): `dbfence history` names it and the saved file."""
@@ -335,8 +345,9 @@ class Agent:
             raise AgentStartError(f"the gate cannot start: {exc}") from None
         if self.config.http.listen:
             host, port = parse_host_port("http.listen", self.config.http.listen)
+            donor = self._serve_backup if self.config.rejoin.mode == "rebuild" else None
             self.http = HttpApi(host, port, self.board, self.metrics, token=self.http_token,
-                                on_command=self.handle_command).start()
+                                on_command=self.handle_command, backup=donor).start()
         self.keeper.start()
         self.db.start()
         self.dcs.start()

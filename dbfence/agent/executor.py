@@ -24,6 +24,7 @@ from dbfence.agent.actions import (
     FailDiscoveryCheck,
     Promote,
     PublishMember,
+    RebuildNode,
     RecordFailover,
     RegisterDiscovery,
     ReleaseLock,
@@ -66,6 +67,7 @@ class NodeIdentity:
     mysql_port: int
     priority: int
     version: str
+    api_url: str = ""
 
 
 class Executor:
@@ -179,6 +181,8 @@ class Executor:
                                    apply_relay_log_timeout_s=self.relay_wait_timeout)
             case Repoint(primary=primary, semi_sync=semi_sync):
                 self._repoint(primary, semi_sync)
+            case RebuildNode():
+                self._rebuild(action)
             case TruncateErrant():
                 self._truncate(action)
             case DetachSource():
@@ -265,6 +269,17 @@ class Executor:
                               name=action.primary)
         self.repair.start_truncate(action, lambda: target.gtid_positions().history)
 
+    def _rebuild(self, action: RebuildNode) -> None:
+        """Start the rebuild from the donor in its own thread (minutes: copy, prepare, restart)."""
+        if self.repair is None:
+            raise RuntimeError("no repair keeper: [rejoin] is not configured")
+        record = self._holder_record(action.donor)
+        if not record.api_url:
+            raise LookupError(f"{action.donor}'s member record has no HTTP API address to copy from")
+        target = MysqlActions(Endpoint(record.mysql_host, record.mysql_port), self.mysql.credentials,
+                              name=action.donor)
+        self.repair.start_rebuild(action, record.api_url, lambda: target.gtid_positions().history)
+
     def _refuse_if_mysqld_stopped(self) -> None:
         """A stopped mysqld (SIGSTOP, traced) answers nothing: asking it would only wait for the
         connect timeout, and the release of a complete fence would wait behind it."""
@@ -300,6 +315,7 @@ class Executor:
             gate_port=ident.gate_port,
             mysql_host=ident.mysql_host,
             mysql_port=ident.mysql_port,
+            api_url=ident.api_url,
         )
         self.lock.publish_member(record)
 

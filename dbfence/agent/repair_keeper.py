@@ -16,11 +16,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from dbfence.agent.actions import TruncateErrant
+from dbfence.agent.actions import RebuildNode, TruncateErrant
 from dbfence.agent.observation import RepairView
+from dbfence.discovery.backup_stream import fetch_backup
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
 from dbfence.mysql.gtid import GtidState
+from dbfence.mysql.rebuild import Progress, RebuildResult, rebuild_from_stream
 from dbfence.mysql.repair import (
     MysqldControl,
     RepairError,
@@ -44,6 +46,8 @@ log = logging.getLogger("dbfence.agent")
 #: How long after fencing the evidence may still be read from the same run of mysqld (a hung one
 #: that resumes); a run that started after the fence says nothing about the primary's commits.
 EVIDENCE_RETRY_FOR = 600.0
+#: An operator's approval of one rebuild the evidence cannot justify ([rejoin] mode = rebuild).
+APPROVAL_FILE = "rebuild-approved"
 
 
 class RepairKeeper:
@@ -51,8 +55,12 @@ class RepairKeeper:
 
     def __init__(self, *, mode: str, state_dir: Path, node: str, mysql: MysqlActions,
                  control: MysqldControl, on_done: Callable[[str, str], None] = lambda kind, detail: None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, api_token: str | None = None,
+                 backup_tool: str = "mariadb-backup", mbstream_tool: str = "mbstream") -> None:
         self.mode = mode
+        self.api_token = api_token  # the donor's HTTP API token (the same on every node)
+        self.backup_tool = backup_tool
+        self.mbstream_tool = mbstream_tool
         self.state_dir = state_dir
         self.node = node
         self.mysql = mysql
@@ -67,6 +75,9 @@ class RepairKeeper:
         self.saved_file = ""
         self.gave_up = ""
         self.last_result: RepairResult | None = None
+        self.gave_up_on = ""  # truncate | rebuild
+        self.progress: Progress | None = None  # of the rebuild's copy
+        self.last_rebuild: RebuildResult | None = None
         self._killed = False  # the fence killed mysqld; nobody has started it since
         if mode != "manual":
             self._evidence = load_evidence(state_dir)  # an agent restarted while fenced keeps it
@@ -81,7 +92,7 @@ class RepairKeeper:
         with self._lock:
             self._fenced_at = self.wall()
             self._evidence = "evidence not read yet"
-            self.gave_up = ""
+            self.gave_up = self.gave_up_on = ""
         clear_evidence(self.state_dir)
         self._reader = threading.Thread(target=self._read_evidence, name="repair-evidence", daemon=True)
         self._reader.start()
@@ -93,7 +104,7 @@ class RepairKeeper:
         with self._lock:
             self._fenced_at = None
             self._evidence = "no evidence recorded"
-            self.gave_up = ""
+            self.gave_up = self.gave_up_on = ""
             self._killed = False
         clear_evidence(self.state_dir)
 
@@ -175,7 +186,11 @@ class RepairKeeper:
             running = self._worker is not None and self._worker.is_alive()
             problem = evidence if isinstance(evidence, str) else evidence.problem()
             return RepairView(evidence_problem=problem, running=running, gave_up=self.gave_up,
-                              saved_file=self.saved_file, awaiting_restart=self._killed)
+                              saved_file=self.saved_file, awaiting_restart=self._killed,
+                              gave_up_on=self.gave_up_on, rebuild_approved=self._approved())
+
+    def _approved(self) -> bool:
+        return self.mode == "rebuild" and (self.state_dir / APPROVAL_FILE).exists()
 
     def status(self) -> dict[str, Any]:
         view = self.view()
@@ -185,7 +200,17 @@ class RepairKeeper:
                 "last": None if result is None else {
                     "errant_before": result.errant_before, "errant_after": result.errant_after,
                     "binlog_pos_before": result.binlog_pos_before,
-                    "binlog_pos_after": result.binlog_pos_after, "seconds": round(result.seconds, 3)}}
+                    "binlog_pos_after": result.binlog_pos_after, "seconds": round(result.seconds, 3)},
+                "rebuild": self._rebuild_status()}
+
+    def _rebuild_status(self) -> dict[str, Any] | None:
+        progress, done = self.progress, self.last_rebuild
+        if progress is None and done is None:
+            return None
+        return {"progress": None if progress is None else progress.as_dict(),
+                "last": None if done is None else {
+                    "old_datadir": str(done.old_datadir), "position": done.position,
+                    "removed": done.errant_before, "seconds": round(done.seconds, 1)}}
 
     # ------------------------------------------------------------------ the repair
     def start_truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState]) -> None:
@@ -235,6 +260,7 @@ class RepairKeeper:
                 self._killed = False
             self.saved_file = saved
             self.gave_up = gave_up
+            self.gave_up_on = "truncate" if gave_up else ""
             self.last_result = result
         fields: dict[str, Any] = {"event": "repair_done", "node": self.node, "ok": not gave_up,
                                   "file": saved, "gave_up": gave_up}
@@ -248,3 +274,68 @@ class RepairKeeper:
         else:
             assert result is not None
             self.on_done("repair", f"truncated {result.errant_before} in {result.seconds:.1f} s{where}")
+
+    # ------------------------------------------------------------------ the rebuild
+    def start_rebuild(self, action: RebuildNode, donor_api: str,
+                      primary_state: Callable[[], GtidState]) -> None:
+        """Start the rebuild from ``donor_api`` the core asked for, unless a repair is running.
+        An operator's approval is spent here: one approval, one attempt."""
+        with self._lock:
+            if self._worker is not None and self._worker.is_alive():
+                return
+            if not self.api_token:
+                self.gave_up = "rebuild needs http.token_file (the donor's API token)"
+                self.gave_up_on = "rebuild"
+                return
+            (self.state_dir / APPROVAL_FILE).unlink(missing_ok=True)
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.wall()))
+            out = self.state_dir / f"errant-{self.node}-{stamp}.sql"
+            self.progress = None
+            self._worker = threading.Thread(target=self._rebuild, args=(action, donor_api, primary_state, out,
+                                                                        stamp), name="rebuild", daemon=True)
+            self._worker.start()
+
+    def _rebuild(self, action: RebuildNode, donor_api: str, primary_state: Callable[[], GtidState], out: Path,
+                 stamp: str) -> None:
+        token = self.api_token or ""
+        header = (f"-- dbfence: errant transactions of {self.node}, thrown away by a rebuild from "
+                  f"{action.donor}\n-- GTIDs: {', '.join(action.gtids)}\n-- reason: {action.reason.value}\n"
+                  f"-- to apply them anyway (after review): mariadb < {out.name}\n")
+        log.warning(json.dumps({"event": "rebuild_started", "node": self.node, "donor": action.donor,
+                                "url": donor_api, "gtids": list(action.gtids),
+                                "reason": action.reason.value}))
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            result = rebuild_from_stream(self.mysql, self.control, primary_state,
+                                         lambda: fetch_backup(donor_api, token), out, header,
+                                         self._on_progress, stamp, backup_tool=self.backup_tool,
+                                         mbstream_tool=self.mbstream_tool)
+        except (RepairError, MysqlAdapterError, OSError) as exc:
+            saved = str(out) if out.exists() else ""
+            with self._lock:
+                self.saved_file = saved or self.saved_file
+                self.gave_up, self.gave_up_on = f"rebuild failed: {exc}", "rebuild"
+            log.warning(json.dumps({"event": "rebuild_done", "node": self.node, "ok": False,
+                                    "error": str(exc), "file": saved}))
+            self.on_done("repair_failed", f"rebuild from {action.donor} failed: {exc}"
+                                          + (f"; saved to {saved}" if saved else ""))
+            return
+        saved = str(result.saved_file or "")
+        with self._lock:
+            self.saved_file = saved
+            self.gave_up = self.gave_up_on = ""
+            self._killed = False
+            self.last_rebuild = result
+        log.info(json.dumps({"event": "rebuild_done", "node": self.node, "ok": True, "donor": action.donor,
+                             "removed": result.errant_before, "file": saved,
+                             "old_datadir": str(result.old_datadir),
+                             "position": result.position, "seconds": round(result.seconds, 1),
+                             **result.progress.as_dict()}))
+        self.on_done("repair", f"rebuilt from {action.donor} in {result.seconds:.1f} s "
+                               f"({result.progress.done} bytes), old data in {result.old_datadir}; "
+                               f"removed {result.errant_before or 'nothing'}"
+                               + (f"; saved to {saved}" if saved else ""))
+
+    def _on_progress(self, progress: Progress) -> None:
+        self.progress = progress
+        log.info(json.dumps({"event": "rebuild_progress", "node": self.node, **progress.as_dict()}))

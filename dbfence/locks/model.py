@@ -122,6 +122,9 @@ class MemberRecord:
     gtid_received: str = ""
     # The lock holder's fencing token when this record was written (None: free or unknown).
     seen_token: int | None = None
+    # The agent's HTTP API (``http://host:port``; empty: none): where a node being rebuilt
+    # fetches this one's backup stream ([rejoin] mode = rebuild).
+    api_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,7 @@ def parse_member(key: str, raw: bytes | str | None, node_in_key: str) -> MemberR
         mysql_port=fields.integer("mysql_port"),
         gtid_received=fields.text("gtid_received"),
         seen_token=fields.optional_integer("seen_token"),
+        api_url=fields.text("api_url"),
     )
 
 

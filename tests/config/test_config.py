@@ -8,7 +8,14 @@ import pytest
 from click.testing import CliRunner
 
 from dbfence.cli import main
-from dbfence.config import ConfigError, load_config, parse_config, reference_markdown, render_config
+from dbfence.config import (
+    ConfigError,
+    api_url_of,
+    load_config,
+    parse_config,
+    reference_markdown,
+    render_config,
+)
 
 MINIMAL = """
 [cluster]
@@ -122,5 +129,15 @@ def test_rejoin_defaults_to_manual_and_truncate_needs_a_pid_file(tmp_path: Path)
     assert load_config(write(tmp_path, with_pid + '[rejoin]\nmode = "truncate"\n')).rejoin.mode == "truncate"
     with pytest.raises(ConfigError, match=r"rejoin.start_command: required"):
         load_config(write(tmp_path, with_pid + '[rejoin]\nmode = "truncate"\nstart_command = []\n'))
-    with pytest.raises(ConfigError, match=r"rejoin.mode: expected one of manual, truncate, got 'rebuild'"):
-        load_config(write(tmp_path, MINIMAL + '[rejoin]\nmode = "rebuild"\n'))
+    with pytest.raises(ConfigError, match=r"rejoin.mode: expected one of manual, truncate, rebuild, got 'cl"):
+        load_config(write(tmp_path, MINIMAL + '[rejoin]\nmode = "clone"\n'))
+
+
+def test_rebuild_needs_the_api_token_and_names_this_agents_api(tmp_path: Path) -> None:
+    with_pid = MINIMAL.replace("[mysql]\n", '[mysql]\npid_file = "/run/mysqld/mysqld.pid"\n')
+    with pytest.raises(ConfigError, match=r"http.token_file: rebuild copies the donor"):
+        load_config(write(tmp_path, with_pid + '[rejoin]\nmode = "rebuild"\n'))
+    api = '[http]\nlisten = "0.0.0.0:8008"\ntoken_file = "/etc/t"\n'
+    config = load_config(write(tmp_path, with_pid + '[rejoin]\nmode = "rebuild"\n' + api))
+    assert config.rejoin.mode == "rebuild" and config.rejoin.donor_rate_mib == 32
+    assert api_url_of(config) == f"http://{config.node.address}:8008"
