@@ -149,10 +149,11 @@ class TruncateErrant:
 
 @dataclass(frozen=True, slots=True)
 class RebuildNode:
-    """Clone this node from ``donor`` with mariadb-backup: save the errant transactions, keep the
-    old data directory aside, start mysqld on the copy and replicate from its GTID position
-    (docs/operations.md, repair)."""
+    """Clone this node from ``donor`` (a healthy replica) with mariadb-backup: save the errant
+    transactions against ``primary``, keep the old data directory aside, start mysqld on the copy
+    and replicate from its GTID position (docs/operations.md, repair)."""
 
+    primary: str
     donor: str
     gtids: tuple[str, ...]
     reason: ActionReason

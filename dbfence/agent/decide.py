@@ -726,7 +726,9 @@ def _fenced(r: _Round) -> None:
 def _repair(r: _Round, check: ErrantCheck) -> None:
     """``[rejoin]``: remove errant transactions that were provably never acknowledged (truncate
     or rebuild), or say why not (the rules are in :mod:`dbfence.agent.rejoin`)."""
-    plan = plan_repair(r.config.rejoin_mode, r.obs.repair, check, r.obs.db.server_id)
+    donors = tuple(sorted(m.name for m in r.obs.members if m.name != r.me and m.info.role is Role.REPLICA
+                          and m.info.healthy and _fresh(r, m)))
+    plan = plan_repair(r.config.rejoin_mode, r.obs.repair, check, r.obs.db.server_id, donors)
     if isinstance(plan, tuple):
         r.refuse(RefusalReason(plan[0].value), plan[1])
     elif plan is not None:

@@ -276,8 +276,9 @@ class Executor:
         record = self._holder_record(action.donor)
         if not record.api_url:
             raise LookupError(f"{action.donor}'s member record has no HTTP API address to copy from")
-        target = MysqlActions(Endpoint(record.mysql_host, record.mysql_port), self.mysql.credentials,
-                              name=action.donor)
+        primary = self._holder_record(action.primary)
+        target = MysqlActions(Endpoint(primary.mysql_host, primary.mysql_port), self.mysql.credentials,
+                              name=action.primary)
         self.repair.start_rebuild(action, record.api_url, lambda: target.gtid_positions().history)
 
     def _refuse_if_mysqld_stopped(self) -> None:

@@ -14,7 +14,10 @@ id came from elsewhere.
   either way. Not proven (asynchronous, a fallback, no evidence, foreign GTIDs): a rebuild would
   throw away writes a client may have seen, so the node stays FENCED unless an operator approved
   one rebuild (Guarantee 4: "by itself only when it can prove none was ever acknowledged").
-  A failed rebuild is not retried by itself.
+  A failed rebuild is not retried by itself. The donor is a healthy replica, never the
+  primary: mariadb-backup blocks commits on its source for a moment (BACKUP STAGE BLOCK_COMMIT),
+  long enough under load for the primary's write probe to trip and fail it over (seen in the
+  lab). Without a healthy replica the node waits for one.
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ class RepairHold(enum.Enum):
 
 #: Appended to a refusal in rebuild mode, so that `dbfence status` says what would unblock it.
 NEEDS_APPROVAL = "; a rebuild needs an operator's approval (docs/operations.md)"
+NO_DONOR = "no healthy replica to copy from (a copy blocks its donor's commits: never the primary)"
 
 
-def plan_repair(mode: str, repair: RepairView, errant: ErrantCheck,
-                server_id: int | None) -> TruncateErrant | RebuildNode | tuple[RepairHold, str] | None:
+def plan_repair(mode: str, repair: RepairView, errant: ErrantCheck, server_id: int | None,
+                donors: tuple[str, ...] = ()) -> TruncateErrant | RebuildNode | tuple[RepairHold, str] | None:
     """The repair to start for ``errant`` (against the ready primary ``errant.against``), why
-    not, or None when ``mode`` leaves errant transactions to an operator."""
+    not, or None when ``mode`` leaves errant transactions to an operator. ``donors``: the
+    healthy replicas a rebuild may copy from, in order of preference."""
     if mode == "manual":
         return None
     if repair.running:
@@ -53,11 +58,13 @@ def plan_repair(mode: str, repair: RepairView, errant: ErrantCheck,
     if mode != "rebuild":
         assert problem is not None  # a failed truncation returned GAVE_UP above
         return RepairHold.UNSAFE, problem
-    if problem is None:  # proven never acknowledged, but the truncation could not remove them
-        return RebuildNode(errant.against, errant.gtids, ActionReason.REBUILD_UNACKNOWLEDGED)
-    if repair.rebuild_approved:
-        return RebuildNode(errant.against, errant.gtids, ActionReason.REBUILD_APPROVED)
-    return RepairHold.UNSAFE, problem + NEEDS_APPROVAL
+    if problem is not None and not repair.rebuild_approved:
+        return RepairHold.UNSAFE, problem + NEEDS_APPROVAL
+    if not donors:
+        return RepairHold.UNSAFE, NO_DONOR
+    # proven never acknowledged (the truncation could not remove them), or approved
+    reason = ActionReason.REBUILD_UNACKNOWLEDGED if problem is None else ActionReason.REBUILD_APPROVED
+    return RebuildNode(errant.against, donors[0], errant.gtids, reason)
 
 
 def _unproven(repair: RepairView, errant: ErrantCheck, server_id: int | None) -> str | None:

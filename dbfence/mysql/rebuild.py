@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -46,6 +47,9 @@ from dbfence.mysql.repair import (
 CHUNK = 1 << 20
 #: The files mariadb-backup writes with the GTID position of the copy (older releases: xtrabackup_).
 POSITION_FILES = ("mariadb_backup_binlog_info", "xtrabackup_binlog_info")
+#: With --slave-info, a replica donor's applied position (right even without log_slave_updates).
+REPLICA_POSITION_FILES = ("mariadb_backup_slave_info", "xtrabackup_slave_info")
+_SLAVE_POS = re.compile(r"gtid_slave_pos\s*=\s*'([^']*)'")
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ class BackupStream:
         scratch = Path(tempfile.mkdtemp(prefix="dbfence-backup-"))
         try:
             argv = [self.tool, f"--defaults-extra-file={options}", "--backup", "--stream=mbstream",
-                    f"--datadir={self.datadir}", f"--target-dir={scratch}", *self.extra_args]
+                    "--slave-info", f"--datadir={self.datadir}", f"--target-dir={scratch}", *self.extra_args]
             with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
                 assert proc.stdout is not None and proc.stderr is not None
                 stderr: list[bytes] = []
@@ -223,7 +227,12 @@ def prepare(target: Path, tool: str = "mariadb-backup", timeout: float = 3600.0)
 
 
 def backup_position(target: Path) -> GtidPosition:
-    """The GTID position the copy is consistent with (third field of the binlog info file)."""
+    """The GTID position the copy is consistent with: a replica donor's gtid_slave_pos, else the
+    third field of the binlog info file (a primary donor)."""
+    for name in REPLICA_POSITION_FILES:
+        path = target / name
+        if path.exists() and (found := _SLAVE_POS.search(path.read_text())) and found.group(1).strip():
+            return GtidPosition.parse(found.group(1))
     for name in POSITION_FILES:
         path = target / name
         if path.exists():

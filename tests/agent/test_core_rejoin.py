@@ -12,11 +12,12 @@ from dbfence.agent.decide import RefusalReason, decide
 from dbfence.agent.observation import (
     ErrantCheck,
     LockView,
+    MemberRecord,
     Observation,
     OperatorIntents,
     RepairView,
 )
-from dbfence.agent.rejoin import NEEDS_APPROVAL, RepairHold, plan_repair
+from dbfence.agent.rejoin import NEEDS_APPROVAL, NO_DONOR, RepairHold, plan_repair
 from dbfence.agent.state import Role, State, Trigger
 from tests.agent.core_builders import CONFIG, NOW, core_actions, db, member, observe
 
@@ -31,9 +32,10 @@ ERRANT_REFUSAL = (RefusalReason.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7")
 
 
 def fenced_seeing_n2(errant: ErrantCheck | None = OWN_ERRANT, repair: RepairView = LOSSLESS,
-                     **db_fields: object) -> Observation:
+                     n3: MemberRecord | None = None, **db_fields: object) -> Observation:
     obs = observe(Role.FENCED, lock=LockView(True, "n2", 3),
-                  peers=(member("n2", Role.PRIMARY, position="0-2-120"), member("n3", position="0-2-110")),
+                  peers=(member("n2", Role.PRIMARY, position="0-2-120"),
+                         n3 or member("n3", position="0-2-110")),
                   database=db(errant=errant, **db_fields))  # type: ignore[arg-type]
     return replace(obs, repair=repair)
 
@@ -101,9 +103,10 @@ CASES = [
     Case("rebuild: lossless evidence -> truncate first (cheap, keeps the node's data)", REBUILD,
          fenced_seeing_n2(), (TruncateErrant("n2", OWN_ERRANT.gtids, ActionReason.REPAIR_UNACKNOWLEDGED),),
          (ERRANT_REFUSAL,)),
-    Case("rebuild: lossless, but the truncation could not remove them -> rebuild from the primary",
+    Case("rebuild: lossless, but the truncation could not remove them -> rebuild from a replica",
          REBUILD, fenced_seeing_n2(repair=RepairView(None, gave_up=SURVIVED, gave_up_on="truncate")),
-         (RebuildNode("n2", OWN_ERRANT.gtids, ActionReason.REBUILD_UNACKNOWLEDGED),), (ERRANT_REFUSAL,)),
+         (RebuildNode("n2", "n3", OWN_ERRANT.gtids, ActionReason.REBUILD_UNACKNOWLEDGED),),
+         (ERRANT_REFUSAL,)),
     Case("truncate: the same failure -> gives up (rebuild is not its job)", TRUNCATE,
          fenced_seeing_n2(repair=RepairView(None, gave_up=SURVIVED, gave_up_on="truncate")),
          (), (ERRANT_REFUSAL, (R.REPAIR_GAVE_UP, SURVIVED))),
@@ -119,7 +122,15 @@ CASES = [
               (R.REPAIR_UNSAFE, "not written by this node: 0-3-7" + NEEDS_APPROVAL))),
     Case("rebuild: not proven, but an operator approved -> rebuild", REBUILD,
          fenced_seeing_n2(repair=RepairView(evidence_problem="semi-sync is off", rebuild_approved=True)),
-         (RebuildNode("n2", OWN_ERRANT.gtids, ActionReason.REBUILD_APPROVED),), (ERRANT_REFUSAL,)),
+         (RebuildNode("n2", "n3", OWN_ERRANT.gtids, ActionReason.REBUILD_APPROVED),), (ERRANT_REFUSAL,)),
+    Case("rebuild: the only replica is unhealthy -> waits for one, never copies the primary", REBUILD,
+         fenced_seeing_n2(repair=RepairView(None, gave_up=SURVIVED, gave_up_on="truncate"),
+                          n3=member("n3", healthy=False)),
+         (), (ERRANT_REFUSAL, (R.REPAIR_UNSAFE, NO_DONOR))),
+    Case("rebuild: the only replica's record is stale -> waits for one", REBUILD,
+         fenced_seeing_n2(repair=RepairView(evidence_problem="semi-sync is off", rebuild_approved=True),
+                          n3=member("n3", last_seen=NOW - 60)),
+         (), (ERRANT_REFUSAL, (R.REPAIR_UNSAFE, NO_DONOR))),
     Case("rebuild: a rebuild under way is not started again", REBUILD,
          fenced_seeing_n2(repair=RepairView(None, running=True, gave_up=SURVIVED, gave_up_on="truncate",
                                             saved_file="/s/errant.sql")),
