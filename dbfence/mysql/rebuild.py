@@ -59,6 +59,7 @@ class Progress:
     done: int
     estimate: int
     seconds: float
+    complete: bool = False
 
     @property
     def rate(self) -> float:
@@ -66,6 +67,8 @@ class Progress:
 
     @property
     def eta(self) -> float | None:
+        if self.complete:
+            return 0.0
         if not self.estimate or self.rate <= 0 or self.done >= self.estimate:
             return None
         return (self.estimate - self.done) / self.rate
@@ -77,25 +80,25 @@ class Progress:
 
 
 class RateLimit:
-    """Paces a byte stream to ``bytes_per_second`` on average (0: unlimited)."""
+    """Paces a byte stream to ``bytes_per_second`` (0: unlimited). An idle spell saves up at most
+    ``burst`` seconds' worth, so a stall of the source is not followed by a full-speed burst."""
 
     def __init__(self, bytes_per_second: int, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, burst: float = 0.25) -> None:
         self.bytes_per_second = bytes_per_second
         self.clock = clock
         self.sleep = sleep
-        self._started = clock()
-        self._sent = 0
+        self.burst = burst
+        self._paid_until = clock()
 
     def pace(self, nbytes: int) -> None:
-        """Account for ``nbytes`` about to be sent; sleep until the average allows them."""
-        self._sent += nbytes
+        """Account for ``nbytes`` about to be sent; sleep until the rate allows them."""
         if self.bytes_per_second <= 0:
             return
-        due = self._started + self._sent / self.bytes_per_second
-        wait = due - self.clock()
-        if wait > 0:
-            self.sleep(wait)
+        now = self.clock()
+        self._paid_until = max(self._paid_until, now - self.burst) + nbytes / self.bytes_per_second
+        if self._paid_until > now:
+            self.sleep(self._paid_until - now)
 
 
 def datadir_estimate(datadir: Path, binlog_base: str = "") -> int:
@@ -209,7 +212,7 @@ def extract_stream(chunks: Iterable[bytes], into: Path, estimate: int,
         code = proc.wait()
     if code != 0:
         raise RepairError(f"{tool} -x exited {code}: {err[-500:]}")
-    final = Progress(done, estimate, time.monotonic() - started)
+    final = Progress(done, estimate, time.monotonic() - started, complete=True)
     on_progress(final)
     return final
 
