@@ -49,13 +49,12 @@ def fill(lab: LabCluster, name: str, gib: float) -> int:
     with lab.connect(name, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute("SET SESSION sql_log_bin = 0")
         cur.execute("CREATE TABLE app.filler (id INT PRIMARY KEY, pad VARCHAR(4000)) ENGINE=InnoDB")
-        cur.execute("INSERT INTO app.filler VALUES (1, REPEAT('x', %s))", (ROW,))
-        have = 1
-        while have < rows:
-            batch = min(have, rows - have)
-            cur.execute("INSERT INTO app.filler SELECT id + %s, pad FROM app.filler WHERE id <= %s",
-                        (have, batch))
-            have += batch
+        # The sequence engine, in batches: INSERT ... SELECT from the table itself needs a temporary
+        # table as large as the batch.
+        for first in range(1, rows + 1, 16384):
+            last = min(rows, first + 16383)
+            cur.execute(f"INSERT INTO app.filler SELECT seq, REPEAT('x', {ROW}) "
+                        f"FROM app.seq_{first}_to_{last}")
     return rows
 
 
