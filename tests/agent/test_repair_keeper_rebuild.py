@@ -1,0 +1,55 @@
+"""The repair keeper's rebuild bookkeeping that needs no server: approvals and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dbfence.agent.actions import ActionReason, RebuildNode
+from dbfence.agent.repair_keeper import APPROVAL_FILE, RepairKeeper
+from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.connection import Endpoint
+from dbfence.mysql.credentials import Credentials
+from dbfence.mysql.gtid import GtidState
+from dbfence.mysql.repair import MysqldControl
+
+
+def keeper(tmp_path: Path, mode: str = "rebuild", token: str | None = "t") -> RepairKeeper:
+    # Port 9 on loopback: nothing listens; these tests never get as far as mysqld.
+    mysql = MysqlActions(Endpoint("127.0.0.1", 9), Credentials("u", "p"), name="db1")
+    control = MysqldControl(pid_file=tmp_path / "none.pid", start_command=["true"])
+    return RepairKeeper(mode=mode, state_dir=tmp_path, node="db1", mysql=mysql, control=control,
+                        api_token=token)
+
+
+def test_the_approval_is_a_file_the_operator_creates_and_only_rebuild_reads(tmp_path: Path) -> None:
+    assert not keeper(tmp_path).view().rebuild_approved
+    (tmp_path / APPROVAL_FILE).touch()
+    assert keeper(tmp_path).view().rebuild_approved
+    assert not keeper(tmp_path, mode="truncate").view().rebuild_approved
+
+
+def test_without_the_api_token_the_rebuild_gives_up_saying_why(tmp_path: Path) -> None:
+    (tmp_path / APPROVAL_FILE).touch()
+    k = keeper(tmp_path, token=None)
+    k.start_rebuild(RebuildNode("db2", "db3", ("0-1-5",), ActionReason.REBUILD_APPROVED),
+                    "http://127.0.0.1:9", lambda: GtidState.parse(""))
+    view = k.view()
+    assert view.gave_up_on == "rebuild" and "http.token_file" in view.gave_up
+    assert (tmp_path / APPROVAL_FILE).exists()  # not spent: nothing was tried
+
+
+def test_a_rebuild_that_fails_spends_the_approval_and_is_reported(tmp_path: Path) -> None:
+    (tmp_path / APPROVAL_FILE).touch()
+    history: list[tuple[str, str]] = []
+    k = keeper(tmp_path)
+    k.on_done = lambda kind, detail: history.append((kind, detail))
+    k.start_rebuild(RebuildNode("db2", "db3", ("0-1-5",), ActionReason.REBUILD_APPROVED),
+                    "http://127.0.0.1:9", lambda: GtidState.parse(""))
+    assert not (tmp_path / APPROVAL_FILE).exists()  # one approval, one attempt
+    assert k._worker is not None
+    k._worker.join(30)
+    view = k.view()
+    assert not view.running and view.gave_up_on == "rebuild"
+    assert view.gave_up.startswith("rebuild failed: ")
+    assert history and history[0][0] == "repair_failed" and "rebuild from db3 failed" in history[0][1]
+    assert k.status()["rebuild"] is None  # nothing was copied
