@@ -25,6 +25,7 @@ from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.rebuild import Progress, RebuildResult, rebuild_from_stream
 from dbfence.mysql.repair import (
     MysqldControl,
+    NothingErrant,
     RepairError,
     RepairResult,
     binlog_files_of,
@@ -241,6 +242,9 @@ class RepairKeeper:
                                         evidence.gtid_binlog_pos, out, header)
             else:
                 result = truncate_unacknowledged(self.mysql, self.control, primary_state, out, header)
+        except NothingErrant as exc:
+            self._skipped(exc)
+            return
         except (RepairError, MysqlAdapterError, OSError) as exc:
             if not mysqld_running(self.control.pid_file):
                 exc = RepairError(f"{exc}; mysqld is not running")
@@ -310,6 +314,9 @@ class RepairKeeper:
                                          lambda: fetch_backup(donor_api, token), out, header,
                                          self._on_progress, stamp, backup_tool=self.backup_tool,
                                          mbstream_tool=self.mbstream_tool)
+        except NothingErrant as exc:
+            self._skipped(exc)
+            return
         except (RepairError, MysqlAdapterError, OSError) as exc:
             saved = str(out) if out.exists() else ""
             with self._lock:
@@ -320,7 +327,7 @@ class RepairKeeper:
             self.on_done("repair_failed", f"rebuild from {action.donor} failed: {exc}"
                                           + (f"; saved to {saved}" if saved else ""))
             return
-        saved = str(result.saved_file or "")
+        saved = str(result.saved_file)
         with self._lock:
             self.saved_file = saved
             self.gave_up = self.gave_up_on = ""
@@ -335,6 +342,10 @@ class RepairKeeper:
                                f"({result.progress.done} bytes), old data in {result.old_datadir}; "
                                f"removed {result.errant_before or 'nothing'}"
                                + (f"; saved to {saved}" if saved else ""))
+
+    def _skipped(self, exc: NothingErrant) -> None:
+        """A request from facts read before the last repair finished: nothing done, nothing failed."""
+        log.info(json.dumps({"event": "repair_skipped", "node": self.node, "why": str(exc)}))
 
     def _on_progress(self, progress: Progress) -> None:
         self.progress = progress

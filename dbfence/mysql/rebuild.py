@@ -37,6 +37,7 @@ from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.gtid import GtidPosition, GtidState, describe_errant
 from dbfence.mysql.repair import (
     MysqldControl,
+    NothingErrant,
     RepairError,
     binlog_files,
     kill_mysqld,
@@ -267,7 +268,7 @@ def swap_datadir(datadir: Path, new: Path, aside: Path) -> None:
 class RebuildResult:
     """What a rebuild did."""
 
-    saved_file: Path | None
+    saved_file: Path
     errant_before: str
     old_datadir: Path
     position: str
@@ -296,10 +297,9 @@ def rebuild_from_stream(mysql: MysqlActions, control: MysqldControl, primary_sta
     if base and not Path(base).resolve().is_relative_to(datadir):
         raise RepairError(f"the binlogs ({base}) are outside the data directory {datadir}: moving the "
                           "data directory aside would leave the errant ones behind; not rebuilt")
-    saved: Path | None = None
-    if ranges:
-        save_errant(control.binlog_tool, binlog_files(mysql), ranges, out, header)
-        saved = out
+    if not ranges:  # a stale request: never copy a node that is already clean
+        raise NothingErrant("nothing errant against the primary any more")
+    save_errant(control.binlog_tool, binlog_files(mysql), ranges, out, header)
     staging = datadir.with_name(f"{datadir.name}.dbfence-rebuild-{stamp}")
     aside = datadir.with_name(f"{datadir.name}.dbfence-old-{stamp}")
     try:
@@ -322,5 +322,5 @@ def rebuild_from_stream(mysql: MysqlActions, control: MysqldControl, primary_sta
     left = mysql.gtid_positions().history.errant_against(primary_state())
     if left:
         raise RepairError(f"still errant after the rebuild: {describe_errant(left)} (old data in {aside})")
-    return RebuildResult(saved_file=saved, errant_before=describe_errant(ranges), old_datadir=aside,
+    return RebuildResult(saved_file=out, errant_before=describe_errant(ranges), old_datadir=aside,
                          position=str(position), progress=progress, seconds=time.monotonic() - started)

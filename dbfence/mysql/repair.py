@@ -40,6 +40,11 @@ class RepairError(MysqlAdapterError):
     """A repair step failed; the message says which and what was left as it was."""
 
 
+class NothingErrant(RepairError):
+    """Nothing is errant against the primary (any more): the request came from facts read before
+    an earlier repair finished. Nothing was done, and nothing failed."""
+
+
 @dataclass(frozen=True)
 class RepairResult:
     """What a repair did: the saved file, the GTIDs before and after, and the time it took."""
@@ -237,7 +242,7 @@ def truncate_unacknowledged(mysql: MysqlActions, control: MysqldControl,
     before = mysql.gtid_positions()
     ranges = before.history.errant_against(primary_state())
     if not ranges:
-        raise RepairError("nothing errant against the primary any more")
+        raise NothingErrant("nothing errant against the primary any more")
     save_errant(control.binlog_tool, binlog_files(mysql), ranges, out, header)
     kill_mysqld(control.pid_file)
     start_mysqld(control, mysql)

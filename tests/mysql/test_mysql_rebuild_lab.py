@@ -16,7 +16,7 @@ from dbfence.discovery.http_api import HttpApi, StatusBoard
 from dbfence.discovery.metrics import Metrics
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.rebuild import BackupStream, Progress, RebuildResult, rebuild_from_stream
-from dbfence.mysql.repair import MysqldControl
+from dbfence.mysql.repair import MysqldControl, NothingErrant
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, poll, primary_address, run, sql
 from tests.mysql.test_mysql_repair_lab import cut_replica_and_promote_it, rows
@@ -76,7 +76,6 @@ def test_a_committed_errant_transaction_is_saved_and_the_node_is_rebuilt_from_th
     print(f"\nrebuild: {result}")
 
     assert result.errant_before == "0-1-3"
-    assert result.saved_file is not None
     saved = result.saved_file.read_text()
     assert "GTID 0-1-3" in saved and "errant, committed" in saved
     assert result.saved_file.stat().st_mode & 0o077 == 0
@@ -86,6 +85,12 @@ def test_a_committed_errant_transaction_is_saved_and_the_node_is_rebuilt_from_th
     assert result.position == "0-2-3"
     assert progress and progress[-1].done == result.progress.done > 0 and progress[-1].estimate > 0
     assert rows(lab, "db1") == [(1, "replicated"), (3, "new primary")]  # the donor's data, not its own
+
+    # A second request (from facts read before the first finished) copies nothing.
+    with pytest.raises(NothingErrant):
+        rebuild(lab, tmp_path, url, TOKEN, [])
+    siblings = sorted(p.name for p in datadir.parent.iterdir() if p.name.startswith(datadir.name))
+    assert siblings == [datadir.name, f"{datadir.name}.dbfence-old-test"]
 
     actions(lab, "db1").repoint(primary_address(lab, "db2"), actions(lab, "db2").gtid_positions().history,
                                 semi_sync_replica=False)
