@@ -108,8 +108,9 @@ def main() -> int:
     parser.add_argument("--ttl", type=float, default=3.0)
     parser.add_argument("--margin", type=float, default=1.0)
     parser.add_argument("--clients", type=int, default=2, help="concurrent writer connections")
-    parser.add_argument("--rejoin", choices=["manual", "truncate"], default="manual",
-                        help="the agents' [rejoin] mode (truncate: the old primary repairs itself)")
+    parser.add_argument("--rejoin", choices=["manual", "truncate", "rebuild"], default="manual",
+                        help="the agents' [rejoin] mode (truncate: the old primary repairs itself; "
+                             "rebuild: and is cloned from a replica when truncation fails)")
     parser.add_argument("--remote-path", choices=["off", "on"], default="off",
                         help="gate.remote_path: on = the writers of namespaced labs (partition faults) "
                              "reach mysqld through the kernel's forwarding (docs/gate-paths.md)")

@@ -197,7 +197,7 @@ class RepairKeeper:
         view = self.view()
         result = self.last_result
         return {"mode": self.mode, "evidence_problem": view.evidence_problem, "running": view.running,
-                "saved_file": view.saved_file, "gave_up": view.gave_up,
+                "saved_file": view.saved_file, "gave_up": view.gave_up, "gave_up_on": view.gave_up_on,
                 "last": None if result is None else {
                     "errant_before": result.errant_before, "errant_after": result.errant_after,
                     "binlog_pos_before": result.binlog_pos_before,

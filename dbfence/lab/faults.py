@@ -543,7 +543,8 @@ def _settle(lab: LabCluster, timeout: float) -> tuple[str | None, bool]:
 def _repair_pending(status: dict[str, Any]) -> bool:
     """A fenced node with errant transactions that its agent may still repair ([rejoin])."""
     repair = status.get("repair") or {}
-    if repair.get("mode", "manual") == "manual" or repair.get("gave_up"):
+    rebuild_next = repair.get("mode") == "rebuild" and repair.get("gave_up_on") == "truncate"
+    if repair.get("mode", "manual") == "manual" or (repair.get("gave_up") and not rebuild_next):
         return False
     return not any(str(refusal).startswith("repair_unsafe") for refusal in status.get("refusals", []))
 
@@ -557,6 +558,10 @@ def _repair_note(lab: LabCluster, old_primary: str, healed_at: float) -> str:
     back = f"old primary {role} {time.time() - healed_at:.1f} s after the heal"
     if repair.get("gave_up"):
         return f"{back}; repair gave up: {repair['gave_up']}"
+    rebuilt = (repair.get("rebuild") or {}).get("last")
+    if rebuilt:
+        return (f"{back}; rebuilt in {rebuilt['seconds']} s, removed {rebuilt['removed']} "
+                f"(saved to {repair['saved_file']}, old data in {rebuilt['old_datadir']})")
     if repair.get("saved_file"):
         return (f"{back}; removed {last.get('errant_before') or 'nothing'} in {last.get('seconds')} s "
                 f"(saved to {repair['saved_file']})")

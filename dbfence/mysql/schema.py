@@ -62,7 +62,18 @@ class FencingRecord:
 
 
 def ensure_schema(conn: DbConnection) -> None:
-    """Create the schema and tables if missing (idempotent). Call on the primary only."""
+    """Create the schema and tables if missing (idempotent). Call on the primary only.
+
+    Nothing is run when they all exist: ``CREATE ... IF NOT EXISTS`` is binlogged (a GTID of its
+    own) even when it changes nothing, and a DDL binlogged after commits that wait for an ack makes
+    MariaDB's crash recovery refuse to truncate them, and refuse to start at all ("Cannot truncate
+    the binary log ... unsafe statement ... Crash recovery failed"; seen when the write probe
+    reconnected to a former primary right after SIGCONT, before it was read-only).
+    """
+    present = query(conn, "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = %s",
+                    (SCHEMA,))
+    if int(present[0]["n"]) >= len(BOOTSTRAP) - 1:  # every table (the first statement is the schema)
+        return
     for statement in BOOTSTRAP:
         query(conn, statement)
 

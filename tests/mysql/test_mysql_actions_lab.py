@@ -214,6 +214,9 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
     assert token is not None and (token.token, token.holder, token.server_id) == (7, "agent-db2", 2)
     semi = db2.semi_sync_status()
     assert semi["wait_point"] == "AFTER_SYNC" and int(str(semi["primary_enabled"])) == 1
+    before = db2.gtid_positions().binlog_pos
+    db2.ensure_schema()  # present: no DDL, no GTID (a DDL binlogged after commits waiting for an
+    assert db2.gtid_positions().binlog_pos == before  # ack stops crash recovery from truncating them)
 
     # --- lossless: with no replica acknowledging, a commit does not complete ---
     writer = sql(lab, "db2", account="app")
