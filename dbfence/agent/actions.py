@@ -46,6 +46,7 @@ class ActionReason(enum.Enum):
     PRIMARY_READY = "primary_ready"
     LEASE_EXTENDED = "lease_extended"
     SWITCHOVER_DONE = "switchover_done"
+    SWITCHOVER_FAILED = "switchover_failed"
     # replicas
     FOLLOW_PRIMARY = "follow_primary"
     REJOIN = "rejoin"

@@ -141,7 +141,7 @@ class MemberTracker:
                 continue
             info = MemberInfo(name=raw.node, role=role, healthy=raw.healthy, position=position,
                               gate_admitting=raw.gate_state == "admitting", priority=raw.priority,
-                              received=received, seen_token=raw.seen_token)
+                              received=received, seen_token=raw.seen_token, server_id=raw.server_id)
             out.append(MemberRecord(info=info, last_seen=changed_at))
         return tuple(out)
 

@@ -17,7 +17,8 @@ Policy summary (details in docs/decision-core.md):
   advanced reachable candidate (ties: priority, then name), not paused, past the
   cooldown, and holds no unreplicated writes of its own (a former primary).
 * The winner promotes step by step (relay log, stop replication, writable, token)
-  and only then admits; losers repoint to it once it is PRIMARY.
+  and only then admits; replicas follow the lock holder as soon as its record says
+  PROMOTING (a lossless token write may wait for their ack), FENCING or PRIMARY.
 * FENCED (a former primary) rejoins only through a clean errant-GTID check against
   the current primary; with ``rejoin_mode = truncate`` or ``rebuild`` it may first remove
   errant transactions that were provably never acknowledged, or be rebuilt (:mod:`rejoin`).
@@ -243,10 +244,17 @@ def _renew_if_due(r: _Round) -> None:
 
 
 def _release_unwanted_lease(r: _Round) -> None:
-    """A role that must not hold the lock gives it back, but only behind a complete fence."""
+    """A role that must not hold the lock gives it back, but only behind a complete fence, and
+    only while giving it back can do something: not while the DCS is unreachable, nor once the
+    lease has surely expired there (deadline + margin; the adapter may still report a lease it
+    could not renew as held). Asked for regardless, a release that cannot happen repeats every
+    round for as long as the DCS is gone."""
     lease = r.obs.lease
-    if lease.held and lease.token is not None and r.obs.fence_complete:
-        r.emit(ReleaseLock(lease.token, ActionReason.UNWANTED_LEASE))
+    if not lease.held or lease.token is None or not r.obs.fence_complete or not r.obs.lock.reachable:
+        return
+    if lease.deadline is not None and r.now >= lease.deadline + r.config.safety_margin:
+        return
+    r.emit(ReleaseLock(lease.token, ActionReason.UNWANTED_LEASE))
 
 
 def _sync_discovery(r: _Round, desired: DiscoveryTag | None, reason: ActionReason) -> None:
@@ -275,6 +283,21 @@ def _ready_primary(r: _Round) -> str | None:
         return None
     record = r.obs.member(lock.holder)
     if record is None or record.info.role is not Role.PRIMARY or not _fresh(r, record):
+        return None
+    return lock.holder
+
+
+#: Roles of a lock holder that replicas follow before it admits (see ``_follow_holder``).
+_FOLLOWED_UNREADY_ROLES = frozenset({Role.PROMOTING, Role.FENCING})
+
+
+def _unready_holder(r: _Round) -> str | None:
+    """The lock holder, when it is another node whose fresh record says PROMOTING or FENCING."""
+    lock = r.obs.lock
+    if not lock.reachable or lock.holder is None or lock.holder == r.me:
+        return None
+    record = r.obs.member(lock.holder)
+    if record is None or record.info.role not in _FOLLOWED_UNREADY_ROLES or not _fresh(r, record):
         return None
     return lock.holder
 
@@ -311,8 +334,59 @@ def _rivals(r: _Round) -> list[_Rival]:
             continue
         if not r.config.lossless and not (info.healthy and _fresh(r, record)):
             continue
+        if _stays_out_for_own_writes(r, record):
+            continue
         rivals.append(_Rival(record, holds, info.position))
     return rivals
+
+
+def _stays_out_for_own_writes(r: _Round, rival: MemberRecord) -> bool:
+    """Whether ``rival`` refuses to race for unreplicated writes of its own (judged as it does,
+    from the other positions it sees: ours and the other records).
+
+    What it holds beyond the rest of us is then its own writes that no other node received: in
+    lossless mode never acknowledged (no replica had them), so nothing is lost without them, and
+    deferring to a node that will not race would leave the cluster without a primary. It rejoins
+    under the winner (or is fenced for its errant writes). A rival that received more than it
+    applied may hold others' (acknowledged) writes: it still counts.
+    """
+    info = rival.info
+    if info.server_id is None or info.position is None or info.holds != info.position:
+        return False
+    peers = [(r.obs.db.position, r.obs.db.holds)] + [
+        (record.info.position, record.info.holds) for record in r.obs.members
+        if record.name not in (r.me, info.name)
+    ]
+    return bool(_unreplicated_own_domains(info.position, info.server_id, peers))
+
+
+def _unreplicated_own_domains(
+    position: GtidPosition, server_id: int,
+    peers: list[tuple[GtidPosition | None, GtidPosition | None]],
+) -> list[int]:
+    """Domains whose last transaction this server wrote, no peer reached, and that do not simply
+    extend every peer's stream (``_own_writes_lead``): the node must rejoin under a primary."""
+    applied = [peer_position for peer_position, _ in peers if peer_position is not None]
+    domains = set(position.own_unreplicated_domains(server_id, applied)) | _forked_own_domains(
+        position, server_id, [holds for _, holds in peers])
+    return [domain for domain in sorted(domains)
+            if not _own_writes_lead(position, server_id, domain, [holds for _, holds in peers])]
+
+
+def _forked_own_domains(position: GtidPosition, server_id: int,
+                        peer_holds: list[GtidPosition | None]) -> set[int]:
+    """Domains whose last transaction this server wrote while a peer holds another server's
+    transaction with the same sequence number: two histories, surely forked there, whatever a
+    higher sequence number elsewhere suggests (it may have passed the other branch only)."""
+    forked = set()
+    for gtid in position.gtids:
+        if gtid.server_id != server_id:
+            continue
+        for holds in peer_holds:
+            theirs = None if holds is None else holds.get(gtid.domain_id)
+            if theirs is not None and theirs.seq_no == gtid.seq_no and theirs.server_id != server_id:
+                forked.add(gtid.domain_id)
+    return forked
 
 
 def race_refusals(observation: Observation, config: CoreConfig) -> tuple[Refusal, ...]:
@@ -339,10 +413,8 @@ def _collect_race_refusals(r: _Round) -> None:
         if r.now < cooldown_end:
             r.refuse(RefusalReason.COOLDOWN, f"until {cooldown_end:g}")
             r.wake_at(cooldown_end)
-    if target is not None and target != r.me:
-        record = obs.member(target)
-        if record is not None and record.info.healthy and _fresh(r, record):
-            r.refuse(RefusalReason.SWITCHOVER_TO_OTHER, target)
+    if target is not None and target != r.me and _switchover_target_can_race(r, target):
+        r.refuse(RefusalReason.SWITCHOVER_TO_OTHER, target)
     position, holds = db.position, db.holds
     if position is None or holds is None or db.server_id is None:
         _refuse_if_lagging(r)
@@ -363,14 +435,52 @@ def _collect_race_refusals(r: _Round) -> None:
             ahead = rival.sort_key() > mine
         if ahead:
             r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{rival.record.name} holds {rival.holds}")
-    peer_positions = [
-        record.info.position for record in obs.members
-        if record.name != r.me and record.info.position is not None
-    ]
-    unreplicated = position.own_unreplicated_domains(db.server_id, peer_positions)
+    peers = [(record.info.position, record.info.holds) for record in obs.members if record.name != r.me]
+    unreplicated = _unreplicated_own_domains(position, db.server_id, peers)
     if unreplicated:
         r.refuse(RefusalReason.UNREPLICATED_OWN_WRITES,
                  "domains " + ",".join(str(domain) for domain in unreplicated))
+
+
+def _own_writes_lead(position: GtidPosition, server_id: int, domain: int,
+                     peer_holds: list[GtidPosition | None]) -> bool:
+    """Whether this node's own unreplicated writes in ``domain`` only extend what every peer has.
+
+    They do when every peer's record is known and, in that domain, has nothing or an earlier
+    transaction of this very server: the peer's stream ends inside ours, so it has nothing we
+    lack there. Such a node (a primary whose agent restarted with a commit no replica received:
+    never acknowledged, as semi-sync had no ack for it) is the most advanced, and the others
+    rightly defer to it; refusing it too would leave the cluster without a primary for good. A
+    peer whose last transaction there came from another server may hold writes we lack (we
+    wrote as a primary and were fenced): then we must rejoin under a primary first.
+    """
+    own = position.get(domain)
+    assert own is not None  # one of our own unreplicated domains
+    for holds in peer_holds:
+        if holds is None:
+            return False
+        theirs = holds.get(domain)
+        if theirs is not None and (theirs.server_id != server_id or theirs.seq_no >= own.seq_no):
+            return False
+    return True
+
+
+def _switchover_target_can_race(r: _Round, target: str) -> bool:
+    """Whether a switchover target may still take the lock, so the others leave it to it.
+
+    An intent can outlive its use: a target that became primary and fenced before it cleared
+    the intent (a stall, a pause) is FENCED and never races, nor does one with writes of its own
+    that nobody else has (a former primary: it must rejoin first); a target that holds less
+    than this node yields to it (it never overtakes data). Deferring to either would leave the cluster
+    without a primary until an operator cleared the intent.
+    """
+    record = r.obs.member(target)
+    if record is None or not record.info.healthy or not _fresh(r, record):
+        return False
+    theirs, mine = record.info.holds, r.obs.db.holds
+    if record.info.role not in _RIVAL_ROLES or theirs is None or _stays_out_for_own_writes(r, record):
+        return False
+    return mine is None or theirs.rank_key() >= mine.rank_key()
 
 
 def _refuse_if_lagging(r: _Round) -> None:
@@ -402,6 +512,7 @@ def _publish_member(r: _Round) -> None:
         priority=r.config.priority,
         received=obs.db.received,
         seen_token=obs.lock.token if obs.lock.holder is not None else None,
+        server_id=obs.db.server_id,
     )
     own = obs.member(r.me)
     if own is None or own.info != info:
@@ -434,22 +545,13 @@ def _replica(r: _Round) -> None:
         return
     primary = _ready_primary(r)
     if primary is not None:
-        check = obs.db.replication.errant
-        following = False
-        if check is None or check.against != primary:
-            r.refuse(RefusalReason.ERRANT_UNCHECKED, primary)
-        elif not check.clean:
-            r.refuse(RefusalReason.ERRANT_GTIDS, ",".join(check.gtids))
-            r.move(Trigger.ERRANT_GTIDS)
-            _sync_discovery(r, None, ActionReason.ERRANT_GTIDS)
-            return
-        elif obs.db.replication.source != primary or not obs.db.replication.receiving:
-            # Also restarts an IO thread stopped while its source was without the lock.
-            r.emit(Repoint(primary, _acknowledges(r), ActionReason.FOLLOW_PRIMARY))
-        else:
-            # Advertised for reads only once it provably follows the primary cleanly.
-            following = obs.db.health.healthy
-        _sync_discovery(r, DiscoveryTag.REPLICA if following else None, ActionReason.FOLLOW_PRIMARY)
+        _follow_holder(r, primary, Role.PRIMARY)
+        return
+    holder = _unready_holder(r)
+    if holder is not None:
+        record = obs.member(holder)
+        assert record is not None  # _unready_holder checked it
+        _follow_holder(r, holder, record.info.role)
         return
     _sync_discovery(r, None, ActionReason.NOT_PRIMARY)
     if not obs.lock.reachable:
@@ -461,6 +563,44 @@ def _replica(r: _Round) -> None:
         if not r.refusals:
             r.move(Trigger.LOCK_FREE_AND_ELIGIBLE)
             r.emit(AcquireLock(ActionReason.LOCK_FREE_AND_ELIGIBLE))
+
+
+def _follow_holder(r: _Round, holder: str, role: Role) -> None:
+    """Replicate from the lock holder (``role``: what its record says): a PRIMARY, or one still
+    PROMOTING or FENCING. The lock holder's binlog is the cluster's history whatever its role.
+
+    Following a promoting holder is what lets its promotion finish: a lossless holder whose
+    semi-sync was left on (a primary whose agent restarted and won again) writes its fencing
+    token only once a replica acknowledges it. Following a fencing holder is what lets a
+    switchover finish: it releases the lock only once the target has everything it has. It is
+    safe: such a holder's gate is closed (it admits only as PRIMARY), a promoting holder steps
+    down only before writing anything (and then holds a prefix of what the more advanced peer
+    holds, so nothing here forks), and the repoint needs a clean errant check against it. What
+    looks errant against a holder that has not applied its relay log yet may not be once it
+    has, and a FENCING holder may be a promotion that failed behind us: only a PRIMARY's check
+    fences.
+    """
+    obs = r.obs
+    replication = obs.db.replication
+    check = replication.errant
+    following = False
+    if check is None or check.against != holder:
+        r.refuse(RefusalReason.ERRANT_UNCHECKED, holder)
+    elif not check.clean and role is not Role.PRIMARY:
+        errant = ",".join(check.gtids)
+        r.refuse(RefusalReason.PRIMARY_NOT_READY, f"{holder} (errant against it so far: {errant})")
+    elif not check.clean:
+        r.refuse(RefusalReason.ERRANT_GTIDS, ",".join(check.gtids))
+        r.move(Trigger.ERRANT_GTIDS)
+        _sync_discovery(r, None, ActionReason.ERRANT_GTIDS)
+        return
+    elif replication.source != holder or not replication.receiving:
+        # Also restarts an IO thread stopped while its source was without the lock.
+        r.emit(Repoint(holder, _acknowledges(r), ActionReason.FOLLOW_PRIMARY))
+    else:
+        # Advertised for reads only once it provably follows a primary cleanly.
+        following = role is Role.PRIMARY and obs.db.health.healthy
+    _sync_discovery(r, DiscoveryTag.REPLICA if following else None, ActionReason.FOLLOW_PRIMARY)
 
 
 def _candidate(r: _Round) -> None:
@@ -627,8 +767,8 @@ def _serve(r: _Round) -> None:
         r.emit(ClearSwitchover(ActionReason.SWITCHOVER_DONE))
 
 
-def _switchover_target_suitable(r: _Round, target: str) -> bool:
-    record = r.obs.member(target)
+def _switchover_target_suitable(r: _Round, target: str | None) -> bool:
+    record = None if target is None else r.obs.member(target)
     return (
         record is not None
         and _fresh(r, record)
@@ -636,6 +776,8 @@ def _switchover_target_suitable(r: _Round, target: str) -> bool:
         and record.info.role is Role.REPLICA
         and record.info.position is not None
         and record.info.priority > 0
+        # A target with writes of its own nobody else has (it was a primary) would not race.
+        and not _stays_out_for_own_writes(r, record)
     )
 
 
@@ -659,8 +801,16 @@ def _fencing_steps(r: _Round, reason: ActionReason) -> None:
         return
     lease = obs.lease
     target = state.switchover_target
-    if state.fenced_reason is Trigger.SWITCHOVER and obs.intents.switchover_target != target:
+    overdue = r.now >= state.since + r.config.drain_timeout + r.config.ttl
+    if state.fenced_reason is Trigger.SWITCHOVER and (
+        obs.intents.switchover_target != target or not _switchover_target_suitable(r, target) or overdue
+    ):
+        # Withdrawn, or the target can no longer take over (it vanished, or never catches up:
+        # it may hold errant GTIDs that its position does not show): waiting for it would
+        # leave the cluster without a primary, so take the role back if we still can.
         if _lease_trouble(r) is None and obs.db.health.healthy:
+            if obs.intents.switchover_target == target:
+                r.emit(ClearSwitchover(ActionReason.SWITCHOVER_FAILED))  # or it starts again
             r.move(Trigger.SWITCHOVER_ABORTED)
             return
         # Cannot take the role back: finish as an ordinary fence.
@@ -686,6 +836,7 @@ def _fencing_steps(r: _Round, reason: ActionReason) -> None:
         )
         if not caught_up:
             r.refuse(RefusalReason.SWITCHOVER_TARGET_BEHIND, target)
+            r.wake_at(state.since + r.config.drain_timeout + r.config.ttl)
             return
         r.emit(ReleaseLock(lease.token, ActionReason.SWITCHOVER))
     else:

@@ -309,7 +309,7 @@ class Executor:
             version=ident.version,
             last_seen=time.time(),
             priority=info.priority,
-            server_id=facts.server_id,
+            server_id=info.server_id,  # as the core published it: it compares records with this
             gtid_binlog_state=facts.binlog_state,
             lag_seconds=facts.replica_lag_seconds,  # None when unknown: status says what is true
             address=ident.address,

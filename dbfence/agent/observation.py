@@ -72,6 +72,7 @@ class MemberInfo:
     ``seen_token`` is the fencing token of the lock holder it saw when it published (None:
     lock free or unreadable) - a new holder waits for its rivals to have seen its token, so
     it compares itself with what they hold once they stopped receiving from the old primary.
+    ``server_id`` is its mysqld's (None: unknown), so peers can tell its own writes apart.
     """
 
     name: str
@@ -82,6 +83,7 @@ class MemberInfo:
     priority: int
     received: GtidPosition | None = None
     seen_token: int | None = None
+    server_id: int | None = None
 
     @property
     def holds(self) -> GtidPosition | None:

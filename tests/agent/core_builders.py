@@ -41,12 +41,12 @@ def pos(text: str) -> GtidPosition:
 def member(
     name: str, role: Role = Role.REPLICA, *, healthy: bool = True, position: str | None = "0-1-100",
     admitting: bool = False, priority: int = 100, last_seen: float = NOW, received: str | None = None,
-    seen_token: int | None = TOKEN,
+    seen_token: int | None = TOKEN, server_id: int | None = None,
 ) -> MemberRecord:
     """A peer's record; by default it has seen our lease (TOKEN), so a promotion need not wait."""
     return MemberRecord(
         MemberInfo(name, role, healthy, None if position is None else pos(position), admitting, priority,
-                   None if received is None else pos(received), seen_token),
+                   None if received is None else pos(received), seen_token, server_id),
         last_seen,
     )
 
@@ -96,7 +96,7 @@ def observe(
         admitting = gate.admitting
         own: MemberRecord | None = MemberRecord(
             MemberInfo(ME, role, database.health.healthy, database.position, admitting, CONFIG.priority,
-                       database.received),
+                       database.received, server_id=database.server_id),
             now,
         )
     else:

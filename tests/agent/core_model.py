@@ -16,7 +16,12 @@ agent pause, agent crash, DCS unreachable from one node) with their recoveries
 agent decides, then stalls, and executes only later, after time, faults and the other
 agents have moved on.
 
-Safety checks raise :class:`ModelViolationError` with the event trace that led there.
+Lossless semi-sync is modelled where progress depends on it: a fencing-token write on a node
+whose primary-side semi-sync is on waits (invisible) until an attached replica received it.
+
+Safety checks raise :class:`ModelViolationError` with the event trace that led there, and so
+does the liveness check (``ticks_to_good``): once faults stop, the fair fault-free schedule
+must reach one admitting primary that every other node follows.
 """
 
 from __future__ import annotations
@@ -118,6 +123,12 @@ class Db:
     source: str | None = None
     receiving: bool = True  # the IO thread runs (False after DetachSource)
     token: int | None = None
+    # Lossless semi-sync, primary side: on after Promote and while PRIMARY, off after Repoint;
+    # a fence leaves it on (turning it off would release waiting commits with an OK).
+    semi_sync: bool = False
+    # A fencing-token write that is in the binlog but waits for a semi-sync acknowledgement:
+    # invisible (not committed) until an acknowledging replica has received it.
+    unacked_token: int | None = None
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -237,6 +248,30 @@ def is_prefix(short: tuple[str, ...], long: tuple[str, ...]) -> bool:
     return long[: len(short)] == short
 
 
+def _commit_unacked(db: Db) -> Db:
+    """The semi-sync wait of the token write ends (ack, semi-sync off, crash recovery): committed."""
+    if db.unacked_token is None:
+        return db
+    return replace(db, token=db.unacked_token, unacked_token=None)
+
+
+def acknowledge(world: World) -> World:
+    """A token write waiting for semi-sync completes once an acknowledging replica (every node of
+    the model has priority > 0) attached to it has received it."""
+    if all(node.db.unacked_token is None for node in world.nodes):
+        return world
+    nodes = list(world.nodes)
+    for index, node in enumerate(nodes):
+        db = node.db
+        if db.unacked_token is None or not db.alive:
+            continue
+        name = NAMES[index]
+        if any(other.db.alive and other.db.source == name and other.db.receiving
+               and is_prefix(db.history, other.db.history) for other in nodes if other is not node):
+            nodes[index] = replace(node, db=_commit_unacked(db))
+    return replace(world, nodes=tuple(nodes))
+
+
 class Model:
     """Transition relation and safety checks; ``explore`` runs a BFS over it."""
 
@@ -245,6 +280,7 @@ class Model:
         self.limits = limits
         self.configs = {name: model_config(name, lossless=lossless, rejoin_mode=rejoin_mode)
                         for name in NAMES}
+        self.lossless = lossless
         # The evidence a fenced primary recorded: the model's lossless cluster never falls back.
         self.repair_view = RepairView(evidence_problem=None if lossless else "asynchronous replication",
                                       rebuild_approved=rebuild_approved)
@@ -253,6 +289,7 @@ class Model:
         self.ttl = self.configs[NAMES[0]].ttl
         self.span = self.configs[NAMES[0]].lease_span
         self.promotions = 0
+        self.liveness_memo = {}
         self.acquisitions_checked = 0
 
     # ------------------------------------------------------------------ observation
@@ -344,6 +381,8 @@ class Model:
                 continue
             if info.role not in (Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.PROMOTING):
                 continue
+            if self._sits_on_unacknowledged_own_write(obs, name, record):
+                continue
             if obs.intents.switchover_target == name:
                 # The operator's choice wins ties; it still never overtakes more data.
                 behind = info.holds.rank_key() > holds.rank_key()
@@ -353,6 +392,26 @@ class Model:
                 raise ModelViolationError(
                     f"{name} at {position} races behind {record.name} at {info.position}", trace
                 )
+
+    @staticmethod
+    def _sits_on_unacknowledged_own_write(obs: Observation, observer: str, record: MemberRecord) -> bool:
+        """The peer's last transaction is its own and no other node reached it (never acknowledged
+        in lossless mode), and it cannot race with it: some other node's last transaction is
+        another server's, so the peer's history may have forked. Racing past it loses nothing."""
+        info = record.info
+        own = info.position.gtids[0] if info.position is not None and info.position.gtids else None
+        if own is None or own.server_id != info.server_id or info.holds != info.position:
+            return False
+        others = [obs.db.holds] + [other.info.holds for other in obs.members
+                                   if other.name not in (record.name, observer)]
+        if any(theirs is not None and theirs.gtids and theirs.gtids[0].seq_no == own.seq_no
+               and theirs.gtids[0].server_id != own.server_id for theirs in others):
+            return True  # another server's transaction at the same sequence number: forked
+        if any(theirs is not None and theirs.gtids
+               and (theirs.gtids[0].seq_no > own.seq_no or theirs.gtids[0] == own) for theirs in others):
+            return False  # reached (or passed) by someone: no claim here
+        return any(theirs is None or (theirs.gtids and theirs.gtids[0].server_id != own.server_id)
+                   for theirs in others)
 
     def check_promotion(self, obs: Observation, name: str, trace: tuple[str, ...]) -> None:
         """On winning and on completing a promotion, no healthy candidate it can see has more
@@ -364,7 +423,8 @@ class Model:
             info = record.info
             if (record.name != name and info.healthy and info.position is not None
                     and info.role in (Role.STARTING, Role.REPLICA, Role.CANDIDATE)
-                    and info.position.rank_key() > position.rank_key()):
+                    and info.position.rank_key() > position.rank_key()
+                    and not self._sits_on_unacknowledged_own_write(obs, name, record)):
                 raise ModelViolationError(
                     f"{name} at {position} promotes behind {record.name} at {info.position}", trace
                 )
@@ -372,6 +432,10 @@ class Model:
     # ------------------------------------------------------------------ events
 
     def successors(self, world: World) -> Iterator[tuple[str, World]]:
+        for label, successor in self._successors(world):
+            yield label, acknowledge(successor)
+
+    def _successors(self, world: World) -> Iterator[tuple[str, World]]:
         now = float(world.now)
         for index, node in enumerate(world.nodes):
             name = NAMES[index]
@@ -399,7 +463,8 @@ class Model:
                     yield f"replicate {name}", self._set_node(world, index, replace(node, db=db))
             # recoveries are free, faults spend the budget
             if not node.db.alive:
-                db = replace(node.db, alive=True, read_only=True)
+                # Crash recovery commits what the binlog holds, a commit that awaited an ack too.
+                db = replace(_commit_unacked(node.db), alive=True, read_only=True)
                 yield f"db-restart {name}", self._set_node(world, index, replace(node, db=db))
             if agent is None:
                 fresh = Agent(State.initial(now))
@@ -465,7 +530,11 @@ class Model:
             world = self._apply(world, index, action)
         node = world.nodes[index]
         assert node.agent is not None
-        return self._set_node(world, index, replace(node, agent=replace(node.agent, pending=())))
+        db = node.db
+        if self.lossless and node.agent.state.role is Role.PRIMARY and db.alive and not db.semi_sync:
+            # The executor's reconcile_semi_sync: a primary keeps lossless semi-sync on.
+            db = replace(db, semi_sync=True)
+        return self._set_node(world, index, replace(node, db=db, agent=replace(node.agent, pending=())))
 
     def _apply(self, world: World, index: int, action: Action) -> World:
         name = NAMES[index]
@@ -506,8 +575,12 @@ class Model:
             if db.alive:
                 db = replace(db, read_only=action.read_only)
         elif isinstance(action, Promote):
-            if db.alive:
-                db = replace(db, source=None)
+            if db.alive and db.source is not None:
+                # Like the adapter: the token goes in before semi-sync is switched on, so it
+                # never waits for an acknowledgement.
+                if agent.lease.token is not None:
+                    db = replace(db, token=agent.lease.token, history=(*db.history, name))
+                db = replace(db, source=None, semi_sync=self.lossless)
         elif isinstance(action, Repoint):
             if db.alive:
                 source = world.nodes[NAMES.index(action.primary)].db
@@ -516,7 +589,8 @@ class Model:
                         f"{name} rejoins {action.primary} with errant transactions "
                         f"{db.history} vs {source.history}", self._trace,
                     )
-                db = replace(db, source=action.primary, receiving=True)
+                # The adapter turns a former primary's semi-sync off: a waiting commit completes.
+                db = replace(_commit_unacked(db), source=action.primary, receiving=True, semi_sync=False)
         elif isinstance(action, TruncateErrant):
             if db.alive:
                 db = self._truncate(world, index, action.primary)
@@ -527,7 +601,11 @@ class Model:
             if db.alive:
                 db = replace(db, receiving=False)
         elif isinstance(action, WriteFencingToken):
-            if db.alive:
+            if db.alive and db.semi_sync:
+                # Lossless semi-sync is on: the commit is in the binlog, and waits for an ack.
+                if db.unacked_token != action.token:
+                    db = replace(db, unacked_token=action.token, history=(*db.history, name))
+            elif db.alive:
                 db = replace(db, token=action.token, history=(*db.history, name))
         elif isinstance(action, RecordFailover):
             if reachable:
@@ -564,7 +642,7 @@ class Model:
                     f"{NAMES[index]} truncates {db.history[common:]} which {NAMES[other_index]} holds "
                     f"(it reached a replica: maybe acknowledged)", self._trace)
         self.truncations += 1
-        return replace(db, history=db.history[:common])
+        return replace(db, history=db.history[:common], unacked_token=None)  # a waiting write goes too
 
     def _rebuild(self, world: World, index: int, donor: str) -> Db:
         """A copy of the donor replaces the node's data. Without an operator's approval that is a
@@ -599,6 +677,7 @@ class Model:
                     if source.alive and is_prefix(node.db.history, source.history):
                         world = self._set_node(world, index, replace(node, db=replace(
                             node.db, history=source.history)))
+                world = acknowledge(world)
             if world == before:
                 return world
         raise AssertionError("the cluster did not settle")
@@ -616,6 +695,85 @@ class Model:
             else:
                 raise AssertionError(f"event {label!r} is not possible here")
         return replace(world, faults_left=self.limits.faults, writes_left=self.limits.writes)
+
+    # ------------------------------------------------------------------ liveness
+
+    def good(self, world: World) -> bool:
+        """One admitting PRIMARY holding the lock, every other node replicating from it (a node
+        whose history forked from the primary's may instead stay FENCED: it needs an operator)."""
+        now = float(world.now)
+        holder = world.dcs.holder_at(now)
+        if holder is None:
+            return False
+        primary = world.nodes[NAMES.index(holder)]
+        if (primary.agent is None or primary.agent.state.role is not Role.PRIMARY
+                or not primary.gate.admits(now)):
+            return False
+        for name, node in zip(NAMES, world.nodes, strict=True):
+            if name == holder:
+                continue
+            if node.agent is None:
+                return False
+            if not is_prefix(node.db.history, primary.db.history):
+                if node.agent.state.role is not Role.FENCED:
+                    return False
+            elif (node.agent.state.role is not Role.REPLICA or node.db.source != holder
+                  or not node.db.receiving):
+                return False
+        return True
+
+    def faults_stop(self, world: World) -> World:
+        """Every failed part comes back (database, agent, DCS link), paused agents resume and a
+        stalled agent carries out what it decided; no fault budget is left."""
+        now = float(world.now)
+        nodes = []
+        for node in world.nodes:
+            db = node.db if node.db.alive else replace(_commit_unacked(node.db), alive=True, read_only=True)
+            agent = node.agent if node.agent is not None else Agent(State.initial(now))
+            nodes.append(replace(node, db=db, agent=replace(agent, paused=False), partitioned=False))
+        world = replace(world, nodes=tuple(nodes), faults_left=0, writes_left=0)
+        for index, node in enumerate(world.nodes):
+            if node.agent is not None and node.agent.pending:
+                world = acknowledge(self._execute(world, index))
+        return world
+
+    def ticks_to_good(self, world: World, trace: tuple[str, ...], max_ticks: int) -> int:
+        """From ``world``, stop the faults and run the fair fault-free schedule: at each clock
+        tick every agent steps in turn and replicas catch up until nothing changes (``settle``),
+        then time moves on. Returns how many ticks it took to reach a good state; raises
+        :class:`ModelViolationError` if it takes more than ``max_ticks``. Memoised: many
+        reachable states share their fault-free future."""
+        self._trace = (*trace, "<faults stop>")
+        current = self.faults_stop(world)
+        chain: list[World] = []
+        ticks = 0
+        while True:
+            known = self.liveness_memo.get(current)
+            if known is not None:
+                ticks += known
+                break
+            chain.append(current)
+            try:
+                settled = self.settle(current)
+            except AssertionError as exc:
+                raise ModelViolationError(f"no fault-free progress: {exc}", self._trace) from None
+            self.check_world(settled, self._trace)
+            if self.good(settled):
+                break
+            ticks += 1
+            if ticks > max_ticks:
+                roles = {name: role.value if role else None for name, role in self.roles(settled).items()}
+                raise ModelViolationError(
+                    f"liveness: no admitting primary followed by every node {max_ticks} ticks after "
+                    f"the faults stopped (t={settled.now}, lock {settled.dcs.holder_at(settled.now)!r},"
+                    f" roles {roles})", self._trace)
+            current = replace(settled, now=settled.now + 1)
+        total = ticks
+        for step, state in enumerate(chain):
+            self.liveness_memo[state] = total - step
+        return total
+
+    liveness_memo: dict[World, int]
 
     def roles(self, world: World) -> dict[str, Role | None]:
         return {
@@ -651,7 +809,10 @@ class Model:
                 if on_state is not None:
                     on_state(successor)
                 queue.append((successor, depth + 1))
+        self.explored = seen
         return len(seen)
+
+    explored: dict[World, tuple[str, ...]]
 
     def _successors_traced(self, world: World, trace: tuple[str, ...]) -> Iterator[tuple[str, World]]:
         self._trace = trace

@@ -97,7 +97,8 @@ def test_member_record_published_on_change_and_as_heartbeat() -> None:
     missing = observe(intents=OperatorIntents(paused=True), own_record=None)
     [action] = publishes(missing, replica)
     assert action.reason is ActionReason.MEMBER_CHANGED
-    assert action.info == MemberInfo(ME, Role.REPLICA, True, db().position, False, CONFIG.priority)
+    assert action.info == MemberInfo(ME, Role.REPLICA, True, db().position, False, CONFIG.priority,
+                                     server_id=db().server_id)
     old = observe(intents=OperatorIntents(paused=True), own_record=MemberRecord(action.info, NOW - 2.0))
     [beat] = publishes(old, replica)
     assert beat.reason is ActionReason.MEMBER_HEARTBEAT
