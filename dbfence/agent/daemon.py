@@ -378,6 +378,11 @@ class Agent:
                 self.notifier.ready(f"{self.state.role.value}")
                 ready = True
             self.notifier.watchdog()
+            backoff = self.executor.backoff.after_round(decision.actions)
+            if backoff > 0:
+                # The same actions again achieved nothing; their own failures wake the loop (the
+                # keeper's, say), so only a stop request cuts this wait short.
+                self.stopping.wait(backoff)
             delay = max(0.0, min(decision.next_wakeup - time.monotonic(), 1.0))
             self.wake.wait(delay)
             self.wake.clear()

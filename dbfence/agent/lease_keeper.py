@@ -124,7 +124,10 @@ class LeaseKeeper:
         values = {name: getattr(current, name) for name in LeaseStatus.__dataclass_fields__}
         values.update(changes)
         self.status = LeaseStatus(**values)  # type: ignore[arg-type,unused-ignore]
-        self._wake.set()
+        if self.status.view() != current.view():
+            # Only what the core sees wakes the loop: a renewal failing every quarter interval
+            # while the DCS is gone would otherwise run a decision round each time.
+            self._wake.set()
 
     def _accept(self, grant: LeaseGrant) -> None:
         held = grant.token is not None
@@ -162,9 +165,16 @@ class LeaseKeeper:
         self._accept(grant)
 
     def _run(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 self.renew_if_due()
             except Exception:  # never let the keeper die; the deadline protects the gate
                 log.exception("lease renewal crashed")
-            self._stop.wait(self._renew_interval / 4)
+            status = self.status
+            quick = self._renew_interval / 4
+            valid = status.held and status.deadline is not None and time.monotonic() < status.deadline
+            # Retry quickly while there is a valid lease to keep; without one (the DCS is gone),
+            # back off to one attempt per renewal interval.
+            failures = failures + 1 if status.error and not valid else 0
+            self._stop.wait(min(self._renew_interval, quick * 2 ** failures))

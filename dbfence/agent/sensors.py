@@ -318,6 +318,9 @@ class DcsView:
 class DcsSensor:
     """Keeps the cluster snapshot fresh: a watch wakes it on any change under the cluster prefix."""
 
+    RETRY_FIRST = 0.2  # seconds before reading again after a failed read, doubling up to:
+    RETRY_LIMIT = 1.0
+
     def __init__(self, lock: LeaseLock, wake: threading.Event, *, poll: float = 1.0) -> None:
         self._lock = lock
         self._wake = wake
@@ -343,10 +346,12 @@ class DcsSensor:
         try:
             snapshot = self._lock.snapshot(strict=False)
         except LockError as exc:
+            was_reachable = self.latest.snapshot is not None
             self.latest = DcsView(at=time.monotonic(), snapshot=None, error=str(exc),
                                   last_failover_wall=self.latest.last_failover_wall,
                                   history=self.latest.history)
-            self._wake.set()
+            if was_reachable:  # the loop sees "unreachable" once, not at every failed retry
+                self._wake.set()
             return None
         history, last_failover = self.latest.history, self.latest.last_failover_wall
         if snapshot.index != self._history_index:
@@ -375,11 +380,15 @@ class DcsSensor:
         return snapshot.index
 
     def _run(self) -> None:
+        retry = self.RETRY_FIRST
         while not self._stop.is_set():
             index = self._read()
             if index is None:
-                self._stop.wait(0.2)
+                # Unreachable: retry soon, then less often (a DCS that is gone stays gone a while).
+                self._stop.wait(retry)
+                retry = min(self.RETRY_LIMIT, retry * 2)
                 continue
+            retry = self.RETRY_FIRST
             try:
                 self._lock.wait_for_change(index, timeout=self._poll)
             except LockError:
