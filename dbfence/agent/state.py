@@ -74,7 +74,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(Role.PRIMARY, Trigger.LEASE_LOST, Role.FENCING, "lock no longer ours"),
     Transition(Role.PRIMARY, Trigger.SWITCHOVER, Role.FENCING, "operator switchover to a replica"),
     Transition(Role.FENCING, Trigger.SWITCHOVER_ABORTED, Role.PROMOTING,
-               "switchover withdrawn while the lease is still valid"),
+               "switchover withdrawn, or its target cannot take over, while the lease is still valid"),
     Transition(Role.FENCING, Trigger.RELEASED, Role.FENCED,
                "fence complete and the lock released or expired"),
     Transition(Role.FENCED, Trigger.REJOINED, Role.REPLICA,
