@@ -12,7 +12,9 @@ from pathlib import Path
 import psutil
 import pymysql
 import pytest
+from click.testing import CliRunner
 
+from dbfence.cli import main
 from dbfence.lab import agents as agents_mod
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.wait import wait_until
@@ -89,6 +91,48 @@ def slow_write_in_flight(lab: LabCluster, row_id: int) -> threading.Thread:
     started.wait(5)
     time.sleep(0.1)  # the statement is on its way (it sleeps 0.5 s inside mysqld)
     return thread
+
+
+def operator(lab: LabCluster, *args: str) -> None:
+    argv = [*args, "--etcd", ",".join(lab.dcs_endpoints), "--cluster", lab.cluster]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_primary_whose_agent_restarts_wins_again_and_its_promotion_finishes(
+    lab_factory: LabFactory,
+) -> None:
+    """The first finding, made deterministic: the primary's agent restarts while its replicas
+    detach (the lock is free), then it wins the race again (same data, smallest name). Its
+    semi-sync is still on and it has no replication to stop, so its fencing-token write waits
+    for an acknowledgement: the replicas used to wait for it to be PRIMARY, forever. A pause
+    holds the race until all of that is in place (replicas detach while paused)."""
+    lab = lab_factory(mysql_count=3, dcs="etcd", agents=True)
+    primary = lab.wait_settled()
+    replicas = [agent.name for agent in lab.agents if agent.name != primary]
+    if primary != min(agent.name for agent in lab.agents):
+        pytest.skip(f"{primary} would not win a tie on names")  # the lab elects db1 first
+    operator(lab, "pause", "--reason", "test")
+    wait_until(lambda: all(lab.agent_status(name)["intent"]["paused"] for name in replicas),
+               timeout=10, what="the replicas to see the pause")
+    lab.kill_agent(primary, signal.SIGTERM)
+    wait_until(lambda: not lab.agent(primary).process.alive(), timeout=30,
+               what=f"{primary}'s agent to stop")
+    wait_until(lambda: all(any('"action": "DetachSource"' in line for line in agent_lines(lab, name))
+                           for name in replicas),
+               timeout=20, what="the replicas to detach from the old primary")
+    lab.restart_agent(primary)
+    wait_until(lambda: lab.agent_status(primary).get("role") == "replica", timeout=20,
+               what=f"{primary}'s agent to start")
+    operator(lab, "resume")
+    resumed = time.monotonic()
+    winner, seconds = wait_for_admitting_primary(lab, resumed)
+    print(f"\n{primary}'s agent restarted, replicas detached, resume -> {winner} admits "
+          f"after {seconds:.2f} s")
+    assert winner == primary, f"{winner} won, not the restarted primary: the path was not taken"
+    assert any('"to": "promoting"' in line for line in agent_lines(lab, primary))
+    assert seconds <= 2 * TTL
+    lab.wait_settled(timeout=30)
 
 
 def test_every_agent_restarted_at_once_gives_a_primary_within_two_ttl_and_loses_no_write(
