@@ -123,8 +123,11 @@ def test_a_primary_whose_agent_restarts_wins_again_and_its_promotion_finishes(
                            for name in replicas),
                timeout=20, what="the replicas to detach from the old primary")
     lab.restart_agent(primary)
-    wait_until(lambda: lab.agent_status(primary).get("role") == "replica", timeout=20,
-               what=f"{primary}'s agent to start")
+    def ready_to_race() -> bool:  # as a replica whose health is confirmed, as a racer needs
+        status = lab.agent_status(primary)
+        return status.get("role") == "replica" and status.get("database", {}).get("healthy") is True
+
+    wait_until(ready_to_race, timeout=20, what=f"{primary}'s agent to start")
     operator(lab, "resume")
     resumed = time.monotonic()
     winner, seconds = wait_for_admitting_primary(lab, resumed)
