@@ -657,16 +657,19 @@ def _promoting(r: _Round) -> None:
 
 
 def _overtaken(r: _Round) -> bool:
-    """Step down when a rival holds strictly more data, while nothing was written yet.
+    """Step down when a rival holds strictly more data, until our token is in.
 
-    Records can lag (a peer publishes after we raced): until mysqld is made writable and
-    the token written, handing the lock back costs nothing and keeps the lossless promise.
+    Records can lag (a peer publishes after we raced; after a restart of every agent, their
+    records come back one by one): until the token is written, handing the lock back keeps
+    the lossless promise. The gate never admitted (PROMOTING), so a token write still waiting
+    for a semi-sync ack — which the rival, holding writes we lack, will never give — is only
+    an unacknowledged transaction of our own; we rejoin without it (errant: fenced, repaired).
     Ties (applied position, priority, name) never cause a step-down: the data is the same.
     """
     obs = r.obs
     holds = obs.db.holds
     token = obs.lease.token
-    if _written_anything(r) or holds is None:
+    if obs.db.fencing_token == token or holds is None:
         return False
     ahead = [rival.record.name for rival in _rivals(r) if rival.holds.rank_key() > holds.rank_key()]
     if not ahead:
