@@ -456,6 +456,8 @@ def _own_writes_lead(position: GtidPosition, server_id: int, domain: int,
     """
     own = position.get(domain)
     assert own is not None  # one of our own unreplicated domains
+    if not peer_holds:
+        return False  # no record to compare with (every agent restarting): nothing shows it leads
     for holds in peer_holds:
         if holds is None:
             return False

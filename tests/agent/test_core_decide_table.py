@@ -281,6 +281,8 @@ CASES = [
          observe(database=db(position="0-11-101"),
                  peers=(member("n2", position="0-11-100"), member("n3", position=None, received=None))),
          Role.REPLICA, (), (R.UNREPLICATED_OWN_WRITES,)),
+    Case("replica: own unreplicated writes and no peer record at all -> no race", at(Role.REPLICA),
+         observe(database=db(position="0-11-101"), peers=()), Role.REPLICA, (), (R.UNREPLICATED_OWN_WRITES,)),
     Case("replica: own writes that extend every peer's stream -> race", at(Role.REPLICA),
          observe(database=db(position="0-11-101"),
                  peers=(member("n2", position="0-11-100"), member("n3", position="1-5-3"))),
