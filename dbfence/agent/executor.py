@@ -233,12 +233,12 @@ class Executor:
                     self.keeper.gate_token = None
                     self.gate.block(reason.value.replace("_", " "))
             case SetReadOnly(read_only=True, reason=reason):
-                self._refuse_if_mysqld_stopped()
-                if (self.repair is not None and reason is not ActionReason.SWITCHOVER
-                        and self.repair.fence_by_crash()):
-                    raise MysqlUnavailableError(Reason.PROCESS_GONE, "killed by the fence: commits waited "
-                                                "for a semi-sync ack ([rejoin] mode = truncate)")
-                self.mysql.fence(keep_ids=self.monitor.agent_connection_ids())
+                try:
+                    self._fence(reason)
+                except MysqlUnavailableError:
+                    if self.repair is not None:
+                        self.repair.fence_unreached()
+                    raise
             case SetReadOnly(read_only=False):
                 self.mysql.set_read_only(False)
             case WaitRelayLog(timeout=timeout):
@@ -354,6 +354,18 @@ class Executor:
         target = MysqlActions(Endpoint(primary.mysql_host, primary.mysql_port), self.mysql.credentials,
                               name=action.primary)
         self.repair.start_rebuild(action, record.api_url, lambda: target.gtid_positions().history)
+
+    def _fence(self, reason: ActionReason) -> None:
+        self._refuse_if_mysqld_stopped()
+        if (self.repair is not None and reason is not ActionReason.SWITCHOVER
+                and self.repair.fence_by_crash()):
+            raise MysqlUnavailableError(Reason.PROCESS_GONE, "killed by the fence: commits waited "
+                                        "for a semi-sync ack ([rejoin] mode = truncate)")
+        keep_ids = self.monitor.agent_connection_ids()
+        if self.repair is None:
+            self.mysql.fence(keep_ids=keep_ids)
+        else:  # counts the ack waits its KILLs end, for the evidence
+            self.repair.fence(lambda: self.mysql.fence(keep_ids=keep_ids))
 
     def _refuse_if_mysqld_stopped(self) -> None:
         """A stopped mysqld (SIGSTOP, traced) answers nothing: asking it would only wait for the

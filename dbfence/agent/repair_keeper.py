@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dbfence.agent.actions import RebuildNode, TruncateErrant
 from dbfence.agent.observation import RepairView
@@ -39,6 +39,7 @@ from dbfence.mysql.repair_evidence import (
     clear_evidence,
     load_evidence,
     read_evidence,
+    read_unacknowledged_count,
     save_evidence,
 )
 
@@ -49,6 +50,8 @@ log = logging.getLogger("dbfence.agent")
 EVIDENCE_RETRY_FOR = 600.0
 #: An operator's approval of one rebuild the evidence cannot justify ([rejoin] mode = rebuild).
 APPROVAL_FILE = "rebuild-approved"
+
+_T = TypeVar("_T")
 
 
 class RepairKeeper:
@@ -80,6 +83,14 @@ class RepairKeeper:
         self.progress: Progress | None = None  # of the rebuild's copy
         self.last_rebuild: RebuildResult | None = None
         self._killed = False  # the fence killed mysqld; nobody has started it since
+        # Commits whose ack wait our own fence's KILLs ended since this node last left PRIMARY
+        # (RepairKeeper.fence); only grows between on_fencing and on_serving.
+        self._ended_by_fence = 0
+        # A fence since this node left PRIMARY could not reach mysqld (stopped, hung): whatever
+        # it had buffered (its clients' statements, our heartbeat) runs when it answers again,
+        # with read_only still OFF, and commits then wait for acks that never come.
+        self._unreached = False
+        self._fenced_pid = ""  # the mysqld that was primary: the only one the fence may crash
         if mode != "manual":
             self._evidence = load_evidence(state_dir)  # an agent restarted while fenced keeps it
             self._killed = (isinstance(self._evidence, FencingEvidence) and self._evidence.killed_by_fence
@@ -94,6 +105,9 @@ class RepairKeeper:
             self._fenced_at = self.wall()
             self._evidence = "evidence not read yet"
             self.gave_up = self.gave_up_on = ""
+            self._ended_by_fence = 0
+            self._unreached = False
+            self._fenced_pid = self._mysqld_pid()
         clear_evidence(self.state_dir)
         self._reader = threading.Thread(target=self._read_evidence, name="repair-evidence", daemon=True)
         self._reader.start()
@@ -107,22 +121,71 @@ class RepairKeeper:
             self._evidence = "no evidence recorded"
             self.gave_up = self.gave_up_on = ""
             self._killed = False
+            self._ended_by_fence = 0
+            self._unreached = False
         clear_evidence(self.state_dir)
+
+    def fence_unreached(self) -> None:
+        """A fence could not reach mysqld (stopped or not answering); see fence_by_crash."""
+        if self._fenced_at is not None and not self._killed:
+            self._unreached = True
+
+    def fence(self, run_fence: Callable[[], _T]) -> _T:
+        """Run the fence (KILL the client sessions, read_only ON) between two reads of
+        ``Rpl_semi_sync_master_no_tx``. A commit waiting for an ack whose session the fence kills
+        ends its wait with an error to its client, never an OK, yet MariaDB counts it there (and
+        InnoDB commits it). What grew across the fence is put down to the fence (the gate is
+        blocked before it) and is not held against this node's evidence; anything else that ended
+        a wait then (a client's own KILL) has also cost its client only an error. A read that
+        fails, or a mysqld restarted in between, attributes nothing: the evidence stays strict."""
+        if self.mode == "manual" or self._fenced_at is None:
+            return run_fence()
+        pid = self._mysqld_pid()
+        before = self._unacknowledged_count()
+        result = run_fence()
+        if before is None:
+            return result
+        after = self._unacknowledged_count()
+        if after is not None and after > before and pid and self._mysqld_pid() == pid:
+            with self._lock:
+                self._ended_by_fence += after - before
+            log.info(json.dumps({"event": "fence_ended_ack_waits", "node": self.node,
+                                 "commits": after - before, "no_tx_before": before, "no_tx_after": after}))
+        return result
+
+    def _unacknowledged_count(self) -> int | None:
+        try:
+            return read_unacknowledged_count(self.mysql)
+        except (MysqlAdapterError, ValueError):
+            return None
 
     def fence_by_crash(self) -> bool:
         """Fence mysqld by SIGKILL when commits wait for a semi-sync ack, instead of killing their
         sessions: a killed session's commit is committed in InnoDB (durable within about a
         second), a SIGKILLed server's stays prepared and crash recovery can truncate it (measured,
-        docs/operations.md). Only with ``truncate``, after this agent saw the node leave PRIMARY
-        (only FENCED starts mysqld again), and with evidence that proves lossless operation;
-        False: fence as usual. Raises MysqlAdapterError when mysqld does not answer."""
+        docs/operations.md). Also, with nothing waiting yet, the first time mysqld answers after a
+        fence could not reach it: statements it had buffered meanwhile start committing as it
+        resumes, and a KILL racing them would commit them too. Only with ``truncate``, after this
+        agent saw the node leave PRIMARY (only FENCED starts mysqld again), and with evidence that
+        proves lossless operation; False: fence as usual. Raises MysqlAdapterError when mysqld
+        does not answer."""
         if self.mode != "truncate" or self._fenced_at is None:
             return False
+        if not self._fenced_pid or self._mysqld_pid() != self._fenced_pid:
+            return False  # not the mysqld that was primary (restarted since): its counters say nothing
         try:
-            evidence = read_evidence(self.mysql)
+            evidence = self._read_attributed()
         except MysqlQueryError:
             return False  # a query failed on a reachable server: fence as usual
-        if evidence.wait_sessions == 0 or evidence.problem() is not None:
+        if evidence.problem() is not None:
+            return False
+        if evidence.wait_sessions:
+            why = "commits waited for a semi-sync ack"
+        elif self._unreached:
+            # Commits may be starting right now from statements sent before it stopped answering;
+            # killing their sessions would commit them, a killed server keeps them in doubt.
+            why = "mysqld answered again after a fence could not reach it"
+        else:
             return False
         pid = self._mysqld_pid()
         evidence = replace(evidence, killed_by_fence=True)  # an agent restarted later still knows
@@ -136,10 +199,16 @@ class RepairKeeper:
             with self._lock:
                 self._killed = False
             raise
-        log.warning(json.dumps({"event": "fenced_by_crash", "node": self.node, "pid": pid,
+        log.warning(json.dumps({"event": "fenced_by_crash", "node": self.node, "pid": pid, "why": why,
                                 "waiting_commits": evidence.wait_sessions,
                                 "gtid_binlog_pos": evidence.gtid_binlog_pos}))
         return True
+
+    def _read_attributed(self) -> FencingEvidence:
+        """The evidence now, with what the fence ended so far: counted before the read, so never
+        more than the counters read include (a fence running meanwhile only makes it stricter)."""
+        ended = self._ended_by_fence
+        return replace(read_evidence(self.mysql), ended_by_fence=ended)
 
     def _mysqld_pid(self) -> str:
         try:
@@ -158,7 +227,7 @@ class RepairKeeper:
             if self._killed:
                 return  # the fence by crash read it first
             try:
-                evidence = read_evidence(self.mysql)
+                evidence = self._read_attributed()
             except MysqlAdapterError as exc:
                 problem = f"mysqld did not answer after fencing ({exc})"
                 time.sleep(1.0)
@@ -198,6 +267,7 @@ class RepairKeeper:
         result = self.last_result
         return {"mode": self.mode, "evidence_problem": view.evidence_problem, "running": view.running,
                 "saved_file": view.saved_file, "gave_up": view.gave_up, "gave_up_on": view.gave_up_on,
+                "ended_by_fence": self._ended_by_fence,
                 "last": None if result is None else {
                     "errant_before": result.errant_before, "errant_after": result.errant_after,
                     "binlog_pos_before": result.binlog_pos_before,

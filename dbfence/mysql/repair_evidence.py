@@ -48,6 +48,10 @@ class FencingEvidence:
     log_bin_basename: str = ""
     datadir: str = ""
     killed_by_fence: bool = False  # the fence SIGKILLed this mysqld to keep its waiting commits in doubt
+    # Of ``no_tx``, the commits whose ack wait ended because our own fence killed their session (the
+    # gate already blocked): their clients got an error, never an OK. Counted around the fence's
+    # KILLs (RepairKeeper.fence), never more than this read of the counters includes.
+    ended_by_fence: int = 0
 
     def problem(self) -> str | None:
         """None when this proves lossless operation; else what it lacks, in one line."""
@@ -55,13 +59,16 @@ class FencingEvidence:
             return "semi-sync was off on this node as primary (rpl_semi_sync_master_enabled = OFF)"
         if self.wait_point.upper() != "AFTER_SYNC":
             return f"semi-sync wait point {self.wait_point}, not AFTER_SYNC"
-        if self.no_times < 0 or self.no_tx < 0:
+        if self.no_times < 0 or self.no_tx < 0 or not 0 <= self.ended_by_fence <= self.no_tx:
             return "the semi-sync counters could not be read"
         if self.no_times:
             return (f"semi-sync fell back to asynchronous {self.no_times} time(s) "
                     "(Rpl_semi_sync_master_no_times)")
-        if self.no_tx:
-            return f"{self.no_tx} commit(s) were not acknowledged by a replica (Rpl_semi_sync_master_no_tx)"
+        unacknowledged = self.no_tx - self.ended_by_fence
+        if unacknowledged:
+            fence = f", besides {self.ended_by_fence} whose wait the fence ended" * bool(self.ended_by_fence)
+            return (f"{unacknowledged} commit(s) were not acknowledged by a replica "
+                    f"(Rpl_semi_sync_master_no_tx{fence})")
         if not self.master_status:
             return "semi-sync was not active at fencing (Rpl_semi_sync_master_status = OFF)"
         return None
@@ -99,6 +106,13 @@ def read_evidence(mysql: MysqlActions) -> FencingEvidence:
         log_bin_basename=str(variables["log_bin_basename"] or ""),
         datadir=str(variables["datadir"] or ""),
     )
+
+
+def read_unacknowledged_count(mysql: MysqlActions) -> int:
+    """``Rpl_semi_sync_master_no_tx`` alone: read around the fence's KILLs, which end ack waits."""
+    with mysql.session(read_timeout_s=1.0) as conn:
+        row = query_one(conn, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_no_tx'")
+    return int(str(row["Value"]))
 
 
 def save_evidence(state_dir: Path, evidence: FencingEvidence) -> Path:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pymysql
@@ -246,6 +248,66 @@ def test_the_fence_by_crash_keeps_a_waiting_commit_in_doubt_and_the_repair_trunc
     assert "never acknowledged" in Path(view.saved_file).read_text()
     assert rows(lab, "db1") == [(1, "acknowledged")]
     assert history[0][0] == "repair" and history[0][1].startswith("truncated 0-1-3 in ")
+
+
+def test_an_ack_wait_the_fence_ends_is_not_held_against_the_evidence_another_is(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    lab = lossless_pair(lab_factory)
+    keeper = lab_keeper(lab, tmp_path, [])
+    keeper.mode = "rebuild"  # no fence by crash: the fence's KILL ends the wait
+    keeper.on_fencing()
+    poll(lambda: keeper.view().evidence_problem is None, 30, "the evidence to be read")
+    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
+    outcome: list[object] = []
+
+    def commit() -> None:
+        try:
+            run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")
+            outcome.append("OK")
+        except pymysql.MySQLError as exc:
+            outcome.append(exc.args[0])
+
+    writer = threading.Thread(target=commit, daemon=True)
+    writer.start()
+    primary = sql(lab, "db1")
+    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
+         30, "the commit to wait for its ack")
+    primary.close()
+
+    killed = keeper.fence(lambda: actions(lab, "db1").fence())
+    writer.join(10)
+    assert outcome and outcome[0] != "OK", outcome  # its client never saw an OK
+    assert any(session.user == "app" for session in killed)
+    assert keeper.status()["ended_by_fence"] == 1
+    # MariaDB counts the ended wait as not acknowledged; put down to the fence, it is not held against us.
+    after = read_evidence(actions(lab, "db1"))
+    assert after.no_tx == 1 and after.no_times == 0
+    assert after.problem() == "1 commit(s) were not acknowledged by a replica (Rpl_semi_sync_master_no_tx)"
+    assert replace(after, ended_by_fence=1).problem() is None
+    # A fence later than the one that ended it did not see it end: the evidence stays strict.
+    keeper.on_fencing()
+    poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 30, "the evidence to be read")
+    assert keeper.view().evidence_problem == after.problem()
+
+
+def test_a_mysqld_the_fence_could_not_reach_is_crashed_when_it_answers_again(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    lab = lossless_pair(lab_factory)
+    keeper = lab_keeper(lab, tmp_path, [])
+    keeper.on_fencing()
+    poll(lambda: keeper.view().evidence_problem is None, 30, "the evidence to be read")
+    assert not keeper.fence_by_crash()  # reachable, nothing waits: fence as usual
+    process = lab.node("db1").process
+    process.signal(signal.SIGSTOP)
+    try:
+        keeper.fence_unreached()  # what the executor reports when the fence finds it stopped
+    finally:
+        process.signal(signal.SIGCONT)
+    # Nothing waits for an ack yet, but statements it had buffered may start committing now.
+    assert keeper.fence_by_crash()
+    assert not process.alive()
+    view = keeper.view()
+    assert view.awaiting_restart and view.evidence_problem is None
 
 
 def _quietly(fn: Callable[[], None]) -> None:

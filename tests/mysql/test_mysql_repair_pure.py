@@ -32,6 +32,12 @@ CLEAN = FencingEvidence(recorded_at=100.0, started_at=50.0, master_enabled=True,
     ({"no_times": -1}, "the semi-sync counters could not be read"),
     ({"no_tx": -1}, "the semi-sync counters could not be read"),
     ({"no_tx": 3}, "3 commit(s) were not acknowledged by a replica (Rpl_semi_sync_master_no_tx)"),
+    # Commits whose wait our own fence ended (gate blocked, client got an error) are not held against it.
+    ({"no_tx": 2, "ended_by_fence": 2}, None),
+    ({"no_tx": 3, "ended_by_fence": 2}, "1 commit(s) were not acknowledged by a replica "
+                                        "(Rpl_semi_sync_master_no_tx, besides 2 whose wait the fence ended)"),
+    ({"no_tx": 1, "ended_by_fence": 2}, "the semi-sync counters could not be read"),
+    ({"no_tx": 1, "ended_by_fence": -1}, "the semi-sync counters could not be read"),
     ({"master_status": False}, "semi-sync was not active at fencing (Rpl_semi_sync_master_status = OFF)"),
 ])
 def test_only_lossless_evidence_has_no_problem(change: dict[str, object], problem: str | None) -> None:
