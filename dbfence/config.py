@@ -53,6 +53,9 @@ class NodeSection:
     priority: int = setting(100, "Preference among equally advanced candidates: higher wins; "
                                  "0 means never promote this node (it then does not acknowledge "
                                  "lossless commits either).", minimum=0, maximum=1000)
+    state_dir: str = setting("/var/lib/dbfence", "Directory where the agent keeps what must survive "
+                                                 "its restart (the failsafe promises it gave, "
+                                                 "written with fsync).")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,6 +187,11 @@ class FailoverSection:
                                                  "waits for a replica's acknowledgement.", minimum=1)
     relay_wait_timeout: float = setting(30.0, "Seconds a promotion waits for the relay log to be "
                                               "applied.", minimum=0)
+    failsafe: bool = setting(False, "Keep admitting writes through a DCS outage while every member "
+                                    "of the last membership promises not to race (see "
+                                    "docs/failsafe.md). Off by default: it needs http.token_file "
+                                    "and node.state_dir on every agent, and a member that is "
+                                    "paused or cut off during an outage still ends writes.")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,6 +366,14 @@ def _check_relations(config: AgentConfig) -> None:
             raise ConfigError(f"gate.backend_source: expected an IP address, got {source!r}") from None
     if bool(config.dcs.tls_cert) != bool(config.dcs.tls_key):
         raise ConfigError("dcs.tls_cert: tls_cert and tls_key must be given together")
+    if config.failover.failsafe:
+        # Promises are asked over the HTTP API, authenticated with the cluster token, and kept
+        # across restarts in the state directory (docs/failsafe.md).
+        if not config.http.listen or not config.http.token_file:
+            raise ConfigError("failover.failsafe: needs http.listen and http.token_file (the same "
+                              "cluster token on every agent authenticates promise requests)")
+        if not config.node.state_dir:
+            raise ConfigError("failover.failsafe: needs node.state_dir (promises survive restarts)")
 
 
 def api_url_of(config: AgentConfig) -> str:
