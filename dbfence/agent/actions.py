@@ -54,6 +54,9 @@ class ActionReason(enum.Enum):
     REPAIR_UNACKNOWLEDGED = "repair_unacknowledged"
     REBUILD_UNACKNOWLEDGED = "rebuild_unacknowledged"  # proven never acknowledged, not truncatable
     REBUILD_APPROVED = "rebuild_approved"  # not proven: an operator approved this rebuild
+    # failsafe (docs/failsafe.md)
+    DCS_UNREACHABLE = "dcs_unreachable"
+    FAILSAFE_MEMBERS_CHANGED = "failsafe_members_changed"
     # member record
     MEMBER_CHANGED = "member_changed"
     MEMBER_HEARTBEAT = "member_heartbeat"
@@ -213,10 +216,31 @@ class FailDiscoveryCheck:
     reason: ActionReason
 
 
+@dataclass(frozen=True, slots=True)
+class AskPromises:
+    """Ask every one of ``members`` to promise not to race for ``duration`` seconds, since we hold
+    ``token``; the answers arrive in later observations (``FailsafeView.last_round``)."""
+
+    token: int
+    members: tuple[str, ...]
+    duration: float
+    reason: ActionReason
+
+
+@dataclass(frozen=True, slots=True)
+class PublishFailsafeMembers:
+    """Write the failsafe member list (not attached to any lease) while we hold ``token``."""
+
+    token: int
+    members: tuple[str, ...]
+    reason: ActionReason
+
+
 Action = (
     AcquireLock | RenewLock | ReleaseLock | AdmitGate | BlockGate | SetReadOnly | WaitRelayLog
     | Promote | Repoint | TruncateErrant | RebuildNode | DetachSource | WriteFencingToken | RecordFailover
     | ClearSwitchover
     | PublishMember
     | RegisterDiscovery | FailDiscoveryCheck
+    | AskPromises | PublishFailsafeMembers
 )

@@ -40,6 +40,8 @@ class CoreConfig:
       (stay fenced), ``truncate`` (remove them when provably never acknowledged) or ``rebuild``
       (truncate when provably safe, else clone the node from the primary: by itself only when
       they were provably never acknowledged, otherwise on an operator's one-time approval).
+    * ``failsafe``: a primary whose DCS cannot be asked keeps admitting on promises from every
+      member (docs/failsafe.md); a promise lasts at most ``ttl``.
     """
 
     node_name: str
@@ -57,6 +59,7 @@ class CoreConfig:
     relay_wait_timeout: float = 1.0
     drain_timeout: float = 2.0
     rejoin_mode: str = "manual"
+    failsafe: bool = False
 
     def __post_init__(self) -> None:
         if not self.node_name or self.node_name.strip() != self.node_name:

@@ -31,16 +31,19 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 
+from dbfence.agent import failsafe
 from dbfence.agent.actions import (
     AcquireLock,
     Action,
     ActionReason,
     AdmitGate,
+    AskPromises,
     BlockGate,
     ClearSwitchover,
     DetachSource,
     FailDiscoveryCheck,
     Promote,
+    PublishFailsafeMembers,
     PublishMember,
     RecordFailover,
     RegisterDiscovery,
@@ -83,6 +86,8 @@ class RefusalReason(enum.Enum):
     REPAIR_RUNNING = "repair_running"
     REPAIR_UNSAFE = "repair_unsafe"
     REPAIR_GAVE_UP = "repair_gave_up"
+    PROMISE_GIVEN = "promise_given"
+    NOT_IN_FAILSAFE_LIST = "not_in_failsafe_list"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +225,8 @@ def _detach_lost_source(r: _Round) -> None:
     source = replication.source
     if source is None or not replication.receiving or not lock.reachable or lock.holder == source:
         return
+    if failsafe.keeps_source(r.obs.failsafe, source, r.now):
+        return  # promised: it may still be admitting, and its commits wait for our acks
     if lock.holder is not None or r.config.lossless:
         r.emit(DetachSource(ActionReason.SOURCE_LOST_LOCK))
 
@@ -241,6 +248,9 @@ def _renew_if_due(r: _Round) -> None:
     else:
         r.wake_at(due)
     r.wake_at(lease.deadline)
+    promised = failsafe.promise_deadline(r.obs.failsafe, lease, r.config)
+    if promised is not None:
+        r.wake_at(promised)
 
 
 def _release_unwanted_lease(r: _Round) -> None:
@@ -271,7 +281,8 @@ def _lease_trouble(r: _Round) -> Trigger | None:
     lease = obs.lease
     if not lease.held or (obs.lock.reachable and obs.lock.holder != r.me):
         return Trigger.LEASE_LOST
-    if lease.deadline is None or r.now >= lease.deadline:
+    deadline = failsafe.effective_deadline(obs.failsafe, lease, r.config)
+    if deadline is None or r.now >= deadline:
         return Trigger.LEASE_EXPIRED
     return None
 
@@ -402,6 +413,12 @@ def _collect_race_refusals(r: _Round) -> None:
     intents = obs.intents
     if intents.paused:
         r.refuse(RefusalReason.PAUSED)
+    blocked = failsafe.race_blocked(obs.failsafe, r.me, r.now, config)
+    if blocked is not None:
+        r.refuse(RefusalReason(blocked[0]), blocked[1])
+        given = obs.failsafe.given
+        if given is not None and obs.failsafe.promise_live(r.now):
+            r.wake_at(given.until)
     if not db.health.healthy:
         r.refuse(RefusalReason.DB_UNHEALTHY, ", ".join(db.health.reasons))
     if config.priority <= 0:
@@ -762,14 +779,37 @@ def _serve(r: _Round) -> None:
     """PRIMARY with a valid lease: keep the gate armed with the current deadline."""
     obs = r.obs
     lease = obs.lease
-    assert lease.token is not None and lease.deadline is not None  # valid lease checked by callers
+    deadline = failsafe.effective_deadline(obs.failsafe, lease, r.config)
+    assert lease.token is not None and deadline is not None  # valid lease checked by callers
     gate = obs.gate
-    if not gate.admitting or gate.token != lease.token or gate.deadline != lease.deadline:
+    if not gate.admitting or gate.token != lease.token or gate.deadline != deadline:
         reason = ActionReason.LEASE_EXTENDED if gate.admitting else ActionReason.PRIMARY_READY
-        r.emit(AdmitGate(lease.token, lease.deadline, reason))
+        r.emit(AdmitGate(lease.token, deadline, reason))
+    _failsafe_upkeep(r, lease.token)
     _sync_discovery(r, DiscoveryTag.PRIMARY, ActionReason.PRIMARY_READY)
     if obs.intents.switchover_target == r.me:
         r.emit(ClearSwitchover(ActionReason.SWITCHOVER_DONE))
+
+
+def _failsafe_upkeep(r: _Round, token: int) -> None:
+    """A serving primary keeps the failsafe list in the DCS current while it can write there,
+    and asks its peers for promises while the DCS cannot be asked (docs/failsafe.md)."""
+    obs = r.obs
+    view = obs.failsafe
+    if obs.lock.reachable and obs.lock.holder == r.me:
+        live = frozenset(record.name for record in obs.members) | {r.me}
+        listed = failsafe.list_to_publish(view, live, token, r.config)
+        if listed is not None:
+            r.emit(PublishFailsafeMembers(token, tuple(sorted(listed)),
+                                          ActionReason.FAILSAFE_MEMBERS_CHANGED))
+    due = failsafe.round_due(view, obs.lease, r.now, r.config)
+    if due is None:
+        return
+    if r.now >= due:
+        members = tuple(sorted(failsafe.required_members(view, r.me)))
+        r.emit(AskPromises(token, members, r.config.ttl, ActionReason.DCS_UNREACHABLE))
+    else:
+        r.wake_at(due)
 
 
 def _switchover_target_suitable(r: _Round, target: str | None) -> bool:

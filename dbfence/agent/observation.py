@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from dbfence.agent.failsafe_view import FailsafeView
 from dbfence.agent.gtid import GtidPosition
 from dbfence.agent.state import Role
 
@@ -237,7 +238,8 @@ class Observation:
     """Everything ``decide`` may know, all times on this host's monotonic clock.
 
     ``last_failover_at`` is when the last failover started (from the DCS, converted to
-    the local clock by the adapter); None when there has been none.
+    the local clock by the adapter); None when there has been none. ``failsafe`` carries the
+    peer promises asked and given (docs/failsafe.md).
     """
 
     now: float
@@ -250,6 +252,7 @@ class Observation:
     intents: OperatorIntents = OperatorIntents()
     last_failover_at: float | None = None
     repair: RepairView = RepairView()
+    failsafe: FailsafeView = field(default_factory=FailsafeView)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.now):

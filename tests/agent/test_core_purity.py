@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "dbfence" / "agent"
-CORE_MARKERS = ("decide", "core", "state", "observ", "action", "gtid", "rejoin")
+CORE_MARKERS = ("decide", "core", "state", "observ", "action", "gtid", "rejoin", "failsafe")
 
 #: Standard-library modules the pure core may use: data structures and arithmetic only.
 ALLOWED_STDLIB = {"__future__", "dataclasses", "enum", "math", "typing", "collections.abc",
