@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 
 from dbfence.agent.core_config import CoreConfig
-from dbfence.agent.failsafe_view import FailsafeView
+from dbfence.agent.failsafe_view import FailsafeView, PromiseRound
 from dbfence.agent.observation import LeaseView, LockView
 from dbfence.agent.state import Role
 
@@ -88,18 +88,22 @@ def required_members(view: FailsafeView, me: str) -> frozenset[str]:
 
 
 def promise_deadline(view: FailsafeView, lease: LeaseView, config: CoreConfig) -> float | None:
-    """The deadline the latest complete round grants a lease holder (None: it grants nothing).
+    """The deadline the rounds grant a lease holder (None: they grant nothing).
 
     Every required member must have promised, in one round, for the token of our lease, and
     the list in the DCS must carry our token: only then can no node outside it race.
     """
-    current = view.last_round
-    if not config.failsafe or not lease.held or lease.token is None or current is None:
-        return None
-    if current.token != lease.token or view.listed_token != lease.token:
+    if not config.failsafe or not lease.held or lease.token is None or view.listed_token != lease.token:
         return None
     required = required_members(view, config.node_name)
-    if not required <= current.asked:
+    deadlines = [_granted_until(round_, lease.token, required, config)
+                 for round_ in (view.last_round, view.complete_round) if round_ is not None]
+    return max((d for d in deadlines if d is not None), default=None)
+
+
+def _granted_until(current: PromiseRound, token: int, required: frozenset[str],
+                   config: CoreConfig) -> float | None:
+    if current.token != token or not required <= current.asked:
         return None
     granted = current.granted()
     if not required <= granted.keys():

@@ -47,7 +47,9 @@ class FailsafeView:
       read) and ``listed_token`` the token it was written under.
     * ``membership``: the last membership seen: the last list read, the member records of the
       last good snapshot and the names of list writes not yet read back.
-    * ``last_round``: the latest promise round this node asked; ``asking``: one is in flight.
+    * ``last_round``: the latest promise round this node asked; ``asking``: one is in flight;
+      ``complete_round``: the latest round in which every member asked promised (a new round
+      in flight must not hide the deadline an earlier one granted).
     * ``given``: the latest-ending promise this node gave (persisted across restarts).
     """
 
@@ -57,6 +59,7 @@ class FailsafeView:
     membership: frozenset[str] = frozenset()
     last_round: PromiseRound | None = None
     asking: bool = False
+    complete_round: PromiseRound | None = None
     given: GivenPromise | None = None
 
     def promise_live(self, now: float) -> bool:

@@ -16,6 +16,13 @@ agent pause, agent crash, DCS unreachable from one node) with their recoveries
 agent decides, then stalls, and executes only later, after time, faults and the other
 agents have moved on.
 
+With ``failsafe=True`` the agents run the failsafe (docs/failsafe.md): the DCS can go down
+for everyone and come back (leases keep expiring meanwhile: the conservative case), a primary
+asks its peers for promises, each request is received (the promise is given and persisted) and
+each answer delivered as separate events that may never happen (lost, late, a partition between
+two members, a paused agent). Extra invariants: no node decides to race or promote while a
+promise it gave is live, and a gate admits only while no other node holds the lock.
+
 Lossless semi-sync is modelled where progress depends on it: a fencing-token write on a node
 whose primary-side semi-sync is on waits (invisible) until an attached replica received it.
 
@@ -36,11 +43,13 @@ from dbfence.agent.actions import (
     AcquireLock,
     Action,
     AdmitGate,
+    AskPromises,
     BlockGate,
     ClearSwitchover,
     DetachSource,
     FailDiscoveryCheck,
     Promote,
+    PublishFailsafeMembers,
     PublishMember,
     RebuildNode,
     RecordFailover,
@@ -55,6 +64,8 @@ from dbfence.agent.actions import (
 )
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide import decide
+from dbfence.agent.failsafe import PromiseRequest, PromiserView, answer_promise
+from dbfence.agent.failsafe_view import FailsafeView, GivenPromise, PromiseAnswer, PromiseRound
 from dbfence.agent.gtid import Gtid, GtidPosition, candidate_sort_key
 from dbfence.agent.observation import (
     DiscoveryTag,
@@ -147,11 +158,31 @@ class Gate:
 
 
 @dataclass(frozen=True, slots=True)
+class Memory:
+    """The failsafe adapter's memory in the agent process (lost when it crashes): what it last
+    read from the DCS, since when renewals fail as unreachable, its current promise round."""
+
+    last_holder: str | None = None
+    last_token: int | None = None
+    listed: frozenset[str] | None = None
+    listed_token: int | None = None
+    membership: frozenset[str] = frozenset()
+    unreachable_since: float | None = None
+    round: PromiseRound | None = None
+    complete: PromiseRound | None = None  # the latest round every member asked answered yes
+    unreceived: frozenset[str] = frozenset()  # asked, request not (yet) received
+    undelivered: tuple[PromiseAnswer, ...] = ()  # given, answer not (yet) back
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+    __hash__ = _cached_hash
+
+
+@dataclass(frozen=True, slots=True)
 class Agent:
     state: State
     lease: LeaseView = field(default_factory=LeaseView)
     pending: tuple[Action, ...] = ()
     paused: bool = False
+    memory: Memory = Memory()
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -163,6 +194,7 @@ class Node:
     agent: Agent | None = None
     discovery: DiscoveryTag | None = None
     partitioned: bool = False
+    promise: GivenPromise | None = None  # persisted with fsync: survives the agent
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -184,6 +216,8 @@ class Dcs:
     next_token: int = 1
     records: tuple[tuple[str, Record], ...] = ()
     last_failover: float | None = None
+    listed: frozenset[str] | None = None  # the failsafe member list, not attached to a lease
+    listed_token: int | None = None
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -214,6 +248,7 @@ class World:
     faults_left: int
     writes_left: int
     switchover: str | None = None
+    dcs_down: bool = False
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -226,11 +261,13 @@ class ModelLimits:
     depth: int = 12
 
 
-def model_config(name: str, *, lossless: bool = True, rejoin_mode: str = "manual") -> CoreConfig:
+def model_config(name: str, *, lossless: bool = True, rejoin_mode: str = "manual",
+                 failsafe: bool = False) -> CoreConfig:
     return CoreConfig(
         node_name=name, ttl=3.0, safety_margin=1.0, renew_interval=1.0, max_lag_seconds=1.0,
         cooldown=0.0, priority=100, lossless=lossless, poll_interval=1.0, settle_interval=0.0,
         member_stale_after=3.0, publish_interval=2.0, relay_wait_timeout=0.5, rejoin_mode=rejoin_mode,
+        failsafe=failsafe,
     )
 
 
@@ -276,10 +313,13 @@ class Model:
     """Transition relation and safety checks; ``explore`` runs a BFS over it."""
 
     def __init__(self, limits: ModelLimits, *, lossless: bool = True, rejoin_mode: str = "manual",
-                 rebuild_approved: bool = False) -> None:
+                 rebuild_approved: bool = False, failsafe: bool = False) -> None:
         self.limits = limits
-        self.configs = {name: model_config(name, lossless=lossless, rejoin_mode=rejoin_mode)
-                        for name in NAMES}
+        self.failsafe = failsafe
+        self.promises_given = 0
+        self.extensions = 0  # decisions that admitted beyond the lease deadline on promises
+        self.configs = {name: model_config(name, lossless=lossless, rejoin_mode=rejoin_mode,
+                                           failsafe=failsafe) for name in NAMES}
         self.lossless = lossless
         # The evidence a fenced primary recorded: the model's lossless cluster never falls back.
         self.repair_view = RepairView(evidence_problem=None if lossless else "asynchronous replication",
@@ -302,7 +342,7 @@ class Model:
         dcs = world.dcs
         holder = dcs.holder_at(now)
         lease = node.agent.lease
-        if node.partitioned:
+        if node.partitioned or world.dcs_down:
             lock = LockView(reachable=False)
             members: tuple[MemberRecord, ...] = ()
             last_failover = None
@@ -315,7 +355,7 @@ class Model:
         db = node.db
         if db.alive:
             errant = None
-            if holder is not None and holder != name and not node.partitioned:
+            if holder is not None and holder != name and self.reachable(world, index):
                 theirs = world.nodes[NAMES.index(holder)].db
                 if theirs.alive:
                     common = 0
@@ -346,6 +386,12 @@ class Model:
                 replication=ReplicationState(source=db.source, running=False, lag_seconds=None),
             )
         gate = node.gate
+        memory = self.remembered(world, index)
+        view = FailsafeView(
+            dcs_unreachable_since=memory.unreachable_since, listed=memory.listed,
+            listed_token=memory.listed_token, membership=memory.membership,
+            last_round=memory.round, complete_round=memory.complete, given=node.promise,
+        )
         return Observation(
             now=now, lease=lease, lock=lock, members=members, db=local,
             gate=GateView(admitting=gate.armed, token=gate.token, deadline=gate.deadline),
@@ -353,7 +399,26 @@ class Model:
             # Intents are cached by the adapter: a DCS blip does not withdraw them.
             intents=OperatorIntents(switchover_target=world.switchover),
             repair=self.repair_view,
+            failsafe=view,
         )
+
+    def reachable(self, world: World, index: int) -> bool:
+        return not world.dcs_down and not world.nodes[index].partitioned
+
+    def remembered(self, world: World, index: int) -> Memory:
+        """The adapter's memory after reading the DCS now (unchanged when it cannot)."""
+        agent = world.nodes[index].agent
+        assert agent is not None
+        memory = agent.memory
+        if not self.failsafe or not self.reachable(world, index):
+            return memory  # without failsafe nothing reads it: keep the state space as it was
+        now = float(world.now)
+        dcs = world.dcs
+        holder = dcs.holder_at(now)
+        live = frozenset(name for name, _ in dcs.live_records(now))
+        return replace(memory, last_holder=holder, last_token=dcs.token if holder else None,
+                       listed=dcs.listed, listed_token=dcs.listed_token,
+                       membership=live | (dcs.listed or frozenset()))
 
     # ------------------------------------------------------------------ safety checks
 
@@ -364,7 +429,9 @@ class Model:
             raise ModelViolationError(f"two gates admitting at t={now}: {admitting}", trace)
         holder = world.dcs.holder_at(now)
         for name in admitting:
-            if holder != name:
+            # Without failsafe an admitting gate's lease is always alive in the DCS; with it, a
+            # primary may outlive its lease on promises, but never while another node holds it.
+            if holder != name and (not self.failsafe or holder is not None):
                 raise ModelViolationError(f"{name} admits at t={now} but the DCS lock is {holder!r}", trace)
 
     def check_acquire_decision(self, obs: Observation, name: str, trace: tuple[str, ...]) -> None:
@@ -412,6 +479,16 @@ class Model:
             return False  # reached (or passed) by someone: no claim here
         return any(theirs is None or (theirs.gtids and theirs.gtids[0].server_id != own.server_id)
                    for theirs in others)
+
+    def check_bound_by_promise(self, before: State, after: State, actions: tuple[Action, ...],
+                               name: str) -> None:
+        """A member bound by a live promise neither races nor promotes."""
+        if any(isinstance(action, AcquireLock) for action in actions):
+            raise ModelViolationError(f"{name} races while a promise it gave is live", self._trace)
+        promotes = any(isinstance(action, Promote)
+                       or (isinstance(action, SetReadOnly) and not action.read_only) for action in actions)
+        if promotes or (after.role is Role.PROMOTING and before.role is not Role.PROMOTING):
+            raise ModelViolationError(f"{name} promotes while a promise it gave is live", self._trace)
 
     def check_promotion(self, obs: Observation, name: str, trace: tuple[str, ...]) -> None:
         """On winning and on completing a promotion, no healthy candidate it can see has more
@@ -490,11 +567,69 @@ class Model:
                         )
                 if not node.partitioned and not any(other.partitioned for other in world.nodes):
                     yield f"partition {name}", self._set_node(spent, index, replace(node, partitioned=True))
+        if self.failsafe:
+            yield from self._failsafe_events(world)
         if world.switchover is None and world.faults_left:
             for name in NAMES:
                 yield f"switchover {name}", replace(world, switchover=name, faults_left=world.faults_left - 1)
         if world.now < self.limits.max_time:
             yield "clock", replace(world, now=world.now + 1)
+
+    def _failsafe_events(self, world: World) -> Iterator[tuple[str, World]]:
+        """DCS outage and return; promise requests received and answers delivered (each may
+        never happen: lost, late, a partition between two members, a paused agent)."""
+        if world.dcs_down:
+            # Leases kept expiring meanwhile (a Consul session invalidated; the worst case) ...
+            yield "dcs-up", replace(world, dcs_down=False)
+            dcs = world.dcs
+            if dcs.holder is not None:
+                # ... or etcd, electing a leader when quorum returns, refreshed every lease.
+                kept = replace(dcs, expiry=max(dcs.expiry, world.now + self.ttl))
+                yield "dcs-up-kept", replace(world, dcs_down=False, dcs=kept)
+        elif world.faults_left:
+            yield "dcs-down", replace(world, dcs_down=True, faults_left=world.faults_left - 1)
+        now = float(world.now)
+        for asker_index, asker_node in enumerate(world.nodes):
+            asker = asker_node.agent
+            if asker is None or asker.memory.round is None:
+                continue
+            asker_name = NAMES[asker_index]
+            current = asker.memory.round
+            for name in sorted(asker.memory.unreceived):
+                index = NAMES.index(name)
+                node = world.nodes[index]
+                if node.agent is None or node.agent.paused:
+                    continue  # its HTTP API is gone or frozen with it: no answer
+                request = PromiseRequest(asker_name, current.token, self.ttl)
+                memory = self.remembered(world, index)
+                lock = self.observe(world, index).lock
+                view = PromiserView(node.agent.state.role, node.agent.lease, lock,
+                                    memory.last_holder, memory.last_token)
+                decided = answer_promise(request, view, self.configs[name])
+                asked = replace(asker.memory, unreceived=asker.memory.unreceived - {name})
+                if decided.granted is not None:
+                    self.promises_given += 1
+                    until = now + decided.granted
+                    if node.promise is None or node.promise.until < until:
+                        node = replace(node, promise=GivenPromise(asker_name, current.token, until))
+                    asked = replace(asked, undelivered=(
+                        *asked.undelivered, PromiseAnswer(name, decided.granted, f"{current.sent_at}")))
+                changed = self._set_node(world, index, node)
+                changed = self._set_node(changed, asker_index, replace(
+                    changed.nodes[asker_index], agent=replace(asker, memory=asked)))
+                yield f"promise {name}->{asker_name}", changed
+            if asker.paused:
+                continue
+            for answer in asker.memory.undelivered:
+                rest = tuple(a for a in asker.memory.undelivered if a != answer)
+                memory = replace(asker.memory, undelivered=rest)
+                if answer.detail == f"{current.sent_at}":  # a late answer to an older round is dropped
+                    grown = replace(current, answers=(*current.answers, answer))
+                    memory = replace(memory, round=grown)
+                    if grown.asked <= grown.granted().keys():
+                        memory = replace(memory, complete=grown)
+                yield f"reply {answer.member}->{asker_name}", self._set_node(
+                    world, asker_index, replace(asker_node, agent=replace(asker, memory=memory)))
 
     def _set_node(self, world: World, index: int, node: Node) -> World:
         nodes = list(world.nodes)
@@ -507,6 +642,11 @@ class Model:
         assert node.agent is not None
         obs = self.observe(world, index)
         decision = decide(obs, node.agent.state, self.configs[name])
+        if obs.failsafe.promise_live(obs.now):
+            self.check_bound_by_promise(node.agent.state, decision.state, decision.actions, name)
+        if (decision.state.role is Role.PRIMARY and obs.lease.deadline is not None
+                and obs.now >= obs.lease.deadline):
+            self.extensions += 1
         if any(isinstance(action, AcquireLock) for action in decision.actions):
             self.check_acquire_decision(obs, name, self._trace)
         if node.agent.state.role is not Role.PROMOTING and decision.state.role is Role.PROMOTING:
@@ -514,9 +654,10 @@ class Model:
             self.check_promotion(obs, name, self._trace)
         if decision.state.role is Role.PRIMARY and node.agent.state.role is Role.PROMOTING:
             self.check_promotion(obs, name, self._trace)
-        agent = replace(node.agent, state=decision.state, lease=obs.lease, pending=decision.actions)
+        agent = replace(node.agent, state=decision.state, lease=obs.lease, pending=decision.actions,
+                        memory=self.remembered(world, index))
         dcs = world.dcs
-        if not node.partitioned:
+        if self.reachable(world, index):
             # The adapter's session keepalive rides on every successful DCS round trip.
             record = dcs.record(name)
             if record is not None and world.now < record.session_expiry:
@@ -543,11 +684,13 @@ class Model:
         assert agent is not None
         now = float(world.now)
         dcs = world.dcs
-        reachable = not node.partitioned
+        reachable = self.reachable(world, index)
         holder = dcs.holder_at(now)
         db = node.db
         if isinstance(action, AcquireLock):
-            if reachable and holder is None:
+            if node.promise is not None and now < node.promise.until:
+                pass  # the executor re-checks the promise book before it sends an acquire
+            elif reachable and holder is None:
                 token = dcs.next_token
                 dcs = replace(dcs, holder=name, token=token, expiry=now + self.ttl, next_token=token + 1)
                 agent = replace(agent, lease=LeaseView(True, token, now + self.span))
@@ -555,9 +698,13 @@ class Model:
             if reachable:
                 if holder == name and dcs.token == action.token:
                     dcs = replace(dcs, expiry=now + self.ttl)
-                    agent = replace(agent, lease=LeaseView(True, action.token, now + self.span))
+                    agent = replace(agent, lease=LeaseView(True, action.token, now + self.span),
+                                    memory=replace(agent.memory, unreachable_since=None))
                 else:
                     agent = replace(agent, lease=LeaseView())
+            elif self.failsafe and agent.memory.unreachable_since is None:
+                # The lease keeper classifies the failure: the DCS cannot be asked.
+                agent = replace(agent, memory=replace(agent.memory, unreachable_since=now))
         elif isinstance(action, ReleaseLock):
             if node.gate.admits(now):
                 raise ModelViolationError(f"{name} releases the lock while its gate admits", self._trace)
@@ -616,6 +763,13 @@ class Model:
         elif isinstance(action, ClearSwitchover):
             if reachable:
                 world = replace(world, switchover=None)
+        elif isinstance(action, AskPromises):
+            asked = PromiseRound(action.token, now, frozenset(action.members))
+            agent = replace(agent, memory=replace(agent.memory, round=asked,
+                                                  unreceived=frozenset(action.members), undelivered=()))
+        elif isinstance(action, PublishFailsafeMembers):
+            if reachable and holder == name and dcs.token == action.token:
+                dcs = replace(dcs, listed=frozenset(action.members), listed_token=action.token)
         elif isinstance(action, RegisterDiscovery):
             node = replace(node, discovery=action.tag)
         elif isinstance(action, FailDiscoveryCheck):
