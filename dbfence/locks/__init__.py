@@ -19,6 +19,7 @@ from dbfence.locks.factory import DcsConfig, load_config, open_lock
 from dbfence.locks.model import (
     ClusterKeys,
     ClusterSnapshot,
+    FailsafeList,
     HistoryEntry,
     HolderInfo,
     Intent,
@@ -34,6 +35,7 @@ __all__ = [
     "DcsAccessDenied",
     "DcsConfig",
     "DcsUnreachable",
+    "FailsafeList",
     "HistoryEntry",
     "HolderInfo",
     "Intent",

@@ -36,6 +36,7 @@ from dbfence.locks.errors import BadData, LockConflict
 from dbfence.locks.model import (
     ClusterKeys,
     ClusterSnapshot,
+    FailsafeList,
     HistoryEntry,
     HolderInfo,
     Intent,
@@ -233,6 +234,11 @@ class LeaseLock(abc.ABC):
         operator should only do this when the holder is known dead or fenced.
         Raises DcsUnreachable, DcsAccessDenied.
         """
+
+    @abc.abstractmethod
+    def write_failsafe_list(self, listing: FailsafeList) -> None:
+        """Write the failsafe member list, only while we hold the lock with ``listing.token``
+        (raises LockLost otherwise). Not leased: it must outlive the writer's lease."""
 
     @abc.abstractmethod
     def read_intent(self) -> Intent:

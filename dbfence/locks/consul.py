@@ -71,6 +71,7 @@ from dbfence.locks.errors import (
 from dbfence.locks.model import (
     ClusterKeys,
     ClusterSnapshot,
+    FailsafeList,
     HistoryEntry,
     HolderInfo,
     Intent,
@@ -78,6 +79,7 @@ from dbfence.locks.model import (
     MemberEntry,
     MemberRecord,
     encode,
+    parse_failsafe_list,
     parse_history,
     parse_holder,
     parse_intent,
@@ -578,6 +580,12 @@ class ConsulLeaseLock(LeaseLock):
                 intent = parse_intent(self.keys.intent, by_key[self.keys.intent].get("Value"))
             except BadData as error:
                 snapshot_problem(strict, problems, error)
+        failsafe = None
+        if self.keys.failsafe in by_key:
+            try:
+                failsafe = parse_failsafe_list(self.keys.failsafe, by_key[self.keys.failsafe].get("Value"))
+            except BadData as error:
+                snapshot_problem(strict, problems, error)
         return ClusterSnapshot(
             cluster=self.keys.cluster,
             index=index,
@@ -585,6 +593,7 @@ class ConsulLeaseLock(LeaseLock):
             members=tuple(members),
             intent=intent,
             problems=tuple(problems),
+            failsafe=failsafe,
         )
 
     def wait_for_change(self, after_index: int, timeout: float) -> int:
@@ -603,6 +612,20 @@ class ConsulLeaseLock(LeaseLock):
             return after_index
         # Consul documents that an index may go backwards (state reset): report a change.
         return new_index if new_index > after_index else after_index + 1
+
+    def write_failsafe_list(self, listing: FailsafeList) -> None:
+        # Consul's KV has no put conditional on another key: check, then write. A deposed holder
+        # could only overwrite a newer list in that moment, which its successor sees (another
+        # token) and rewrites before it relies on the failsafe.
+        deadline = self._deadline()
+        entry = self._get(self.keys.leader, deadline, "read lock")
+        with self._state:
+            ours = (entry is not None and self._session is not None and entry.get("Session") == self._session
+                    and self._token == listing.token)
+        if not ours:
+            raise LockLost(f"{self.keys.leader} is not held by us with token {listing.token}")
+        self._call("write failsafe list", deadline,
+                   lambda: self._consul.kv.put(self.keys.failsafe, encode(listing)))
 
     def read_intent(self) -> Intent:
         entry = self._get(self.keys.intent, self._deadline(), "read intent")

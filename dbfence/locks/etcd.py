@@ -52,6 +52,7 @@ from dbfence.locks.errors import (
 from dbfence.locks.model import (
     ClusterKeys,
     ClusterSnapshot,
+    FailsafeList,
     HistoryEntry,
     HolderInfo,
     Intent,
@@ -59,6 +60,7 @@ from dbfence.locks.model import (
     MemberEntry,
     MemberRecord,
     encode,
+    parse_failsafe_list,
     parse_history,
     parse_holder,
     parse_intent,
@@ -574,6 +576,7 @@ class EtcdLeaseLock(LeaseLock):
             etcdrpc.RequestOp(request_range=self._range(self.keys.leader)),
             etcdrpc.RequestOp(request_range=self._range(self.keys.members_prefix, prefix=True)),
             etcdrpc.RequestOp(request_range=self._range(self.keys.intent)),
+            etcdrpc.RequestOp(request_range=self._range(self.keys.failsafe)),
         ]
         # A txn of reads is served at one revision: a consistent picture.
         request = etcdrpc.TxnRequest(compare=[], success=ops, failure=[])
@@ -604,6 +607,13 @@ class EtcdLeaseLock(LeaseLock):
                 intent = parse_intent(self.keys.intent, intent_kvs[0].value)
             except BadData as error:
                 snapshot_problem(strict, problems, error)
+        failsafe = None
+        failsafe_kvs = response.responses[3].response_range.kvs
+        if failsafe_kvs:
+            try:
+                failsafe = parse_failsafe_list(self.keys.failsafe, failsafe_kvs[0].value)
+            except BadData as error:
+                snapshot_problem(strict, problems, error)
         return ClusterSnapshot(
             cluster=self.keys.cluster,
             index=int(response.header.revision),
@@ -611,6 +621,7 @@ class EtcdLeaseLock(LeaseLock):
             members=tuple(sorted(members, key=lambda entry: entry.record.node)),
             intent=intent,
             problems=tuple(problems),
+            failsafe=failsafe,
         )
 
     def _ttl_left(self, lease_id: int, deadline: float) -> float | None:
@@ -680,6 +691,29 @@ class EtcdLeaseLock(LeaseLock):
         if created:
             return after_index
         raise DcsUnreachable("watch stream ended before it was created")
+
+    def write_failsafe_list(self, listing: FailsafeList) -> None:
+        with self._state:
+            lease_id = self._lease_id
+        if lease_id is None:
+            raise LockLost("no lease: the failsafe list is written by the lock holder only")
+        leader = self.keys.leader.encode()
+        compare = [
+            etcdrpc.Compare(key=leader, target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL,
+                            create_revision=listing.token),
+            etcdrpc.Compare(key=leader, target=etcdrpc.Compare.LEASE, result=etcdrpc.Compare.EQUAL,
+                            lease=lease_id),
+        ]
+        put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=self.keys.failsafe.encode(),
+                                                               value=encode(listing)))
+        request = etcdrpc.TxnRequest(compare=compare, success=[put], failure=[])
+        response = self.transport.call(
+            "write failsafe list",
+            self._deadline(),
+            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
+        )
+        if not response.succeeded:
+            raise LockLost(f"{self.keys.leader} no longer has token {listing.token}")
 
     def read_intent(self) -> Intent:
         kvs = self._get(self.keys.intent, self._deadline(), "read intent").kvs

@@ -69,6 +69,11 @@ class ClusterKeys:
         return f"{self.prefix}intent"
 
     @property
+    def failsafe(self) -> str:
+        """The failsafe member list (docs/failsafe.md): not bound to any lease."""
+        return f"{self.prefix}failsafe"
+
+    @property
     def history_prefix(self) -> str:
         return f"{self.prefix}history/"
 
@@ -125,6 +130,19 @@ class MemberRecord:
     # The agent's HTTP API (``http://host:port``; empty: none): where a node being rebuilt
     # fetches this one's backup stream ([rejoin] mode = rebuild).
     api_url: str = ""
+    # host:port of the agent's HTTP API, where a primary asks for failsafe promises ("": none).
+    http_address: str = ""
+
+
+@dataclass(frozen=True)
+class FailsafeList:
+    """The members a primary asks for promises during a DCS outage, written under its token;
+    a node not named here does not race while it exists (docs/failsafe.md)."""
+
+    token: int
+    members: tuple[str, ...]
+    written_by: str = ""
+    written_at: float = 0.0  # wall time, for display only
 
 
 @dataclass(frozen=True)
@@ -152,10 +170,12 @@ class HistoryEntry:
 # ---------------------------------------------------------------------------- encoding
 
 
-def encode(record: HolderInfo | MemberRecord | Intent | HistoryEntry) -> bytes:
+def encode(record: HolderInfo | MemberRecord | Intent | HistoryEntry | FailsafeList) -> bytes:
     data = asdict(record)
     if isinstance(record, MemberRecord):
         data["reasons"] = list(record.reasons)
+    if isinstance(record, FailsafeList):
+        data["members"] = list(record.members)
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -274,7 +294,20 @@ def parse_member(key: str, raw: bytes | str | None, node_in_key: str) -> MemberR
         gtid_received=fields.text("gtid_received"),
         seen_token=fields.optional_integer("seen_token"),
         api_url=fields.text("api_url"),
+        http_address=fields.text("http_address"),
     )
+
+
+def parse_failsafe_list(key: str, raw: bytes | str | None) -> FailsafeList:
+    fields = _Fields(key, _load_object(key, raw))
+    members = fields.texts("members")
+    for node in members:
+        try:
+            check_name("node", node)
+        except ValueError as exc:
+            raise BadData(key, str(exc)) from None
+    return FailsafeList(token=fields.integer("token", required=True), members=members,
+                        written_by=fields.text("written_by"), written_at=fields.number("written_at"))
 
 
 def parse_intent(key: str, raw: bytes | str | None) -> Intent:
@@ -347,6 +380,7 @@ class ClusterSnapshot:
     members: tuple[MemberEntry, ...]
     intent: Intent = field(default_factory=Intent)
     problems: tuple[BadData, ...] = ()
+    failsafe: FailsafeList | None = None
 
     def member(self, node: str) -> MemberRecord | None:
         for entry in self.members:

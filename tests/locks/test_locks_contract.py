@@ -14,6 +14,7 @@ from dbfence.lab.wait import wait_until
 from dbfence.locks import (
     BadData,
     ClusterSnapshot,
+    FailsafeList,
     HistoryEntry,
     Intent,
     LeaseLock,
@@ -298,3 +299,29 @@ def test_intent_and_history_helpers(dcs: Dcs) -> None:
     with pytest.raises(BadData) as caught:
         lock.read_intent()
     assert caught.value.key == lock.keys.intent
+
+
+def test_failsafe_list_is_written_only_by_the_holder_and_outlives_its_session(dcs: Dcs) -> None:
+    holder_lock = dcs.lock("db1")
+    other = dcs.lock("db2")
+    holder_lock.open_session()
+    grant = holder_lock.try_acquire(holder("db1"))
+    assert grant.token is not None
+    assert holder_lock.snapshot().failsafe is None
+    listing = FailsafeList(token=grant.token, members=("db1", "db2"), written_by="db1",
+                           written_at=time.time())
+    holder_lock.write_failsafe_list(listing)
+    assert other.snapshot().failsafe == listing
+    other.open_session()
+    with pytest.raises(LockLost):
+        other.write_failsafe_list(FailsafeList(token=grant.token, members=("db2",)))
+    with pytest.raises(LockLost):
+        holder_lock.write_failsafe_list(FailsafeList(token=grant.token + 1000, members=("db1",)))
+    holder_lock.close_session()
+    # Not leased: the list stays when its writer's session is gone (a node not in it must not
+    # race while a primary cut off from the DCS may still run on promises).
+    assert other.snapshot().failsafe == listing
+    dcs.put_raw(holder_lock.keys.failsafe, b"members=db1")
+    with pytest.raises(BadData):
+        other.snapshot()
+    assert other.snapshot(strict=False).failsafe is None
