@@ -31,12 +31,15 @@ from dbfence.agent.actions import DetachSource, Promote, Repoint, SetReadOnly, W
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide import Decision, decide
 from dbfence.agent.executor import Executor, NodeIdentity
+from dbfence.agent.failsafe_adapter import FailsafeAdapter
+from dbfence.agent.failsafe_view import FailsafeView
 from dbfence.agent.gtid import GtidPosition
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.observation import (
     DiscoveryTag,
     GateView,
     HealthVerdict,
+    LeaseView,
     LocalDatabase,
     LockView,
     MemberInfo,
@@ -44,6 +47,7 @@ from dbfence.agent.observation import (
     Observation,
     OperatorIntents,
 )
+from dbfence.agent.promise_book import PromiseBookError
 from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbFacts, DbSensor, DcsSensor, DcsView, PeerDatabase
 from dbfence.agent.state import Role, State
@@ -114,7 +118,18 @@ def core_config_of(config: AgentConfig) -> CoreConfig:
         relay_wait_timeout=min(1.0, config.failover.relay_wait_timeout),
         drain_timeout=config.gate.drain_timeout,
         rejoin_mode=config.rejoin.mode,
+        failsafe=config.failover.failsafe,
     )
+
+
+def http_address_of(config: AgentConfig) -> str:
+    """host:port where peers reach this agent's HTTP API ("" when it is off)."""
+    if not config.http.listen:
+        return ""
+    host, port = parse_host_port("http.listen", config.http.listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = config.node.address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass
@@ -247,7 +262,8 @@ class Agent:
         self.identity = NodeIdentity(
             cluster=config.cluster.name, node=config.node.name, address=config.node.address,
             gate_port=gate_port, mysql_host=config.mysql.host, mysql_port=config.mysql.port,
-            priority=config.node.priority, version=__version__, api_url=api_url_of(config))
+            priority=config.node.priority, version=__version__, api_url=api_url_of(config),
+            http_address=http_address_of(config))
         rejoin = config.rejoin
         self.repair = RepairKeeper(
             mode=rejoin.mode, state_dir=Path(rejoin.state_dir), node=config.node.name, mysql=self.mysql,
@@ -263,7 +279,23 @@ class Agent:
             metrics=self.metrics, semi_sync_timeout_ms=config.failover.semi_sync_timeout_ms,
             relay_wait_timeout=config.failover.relay_wait_timeout,
             accounts_check=self.check_app_accounts, repair=self.repair)
+        self.failsafe: FailsafeAdapter | None = None
+        if config.failover.failsafe:
+            assert self.http_token is not None  # the configuration requires http.token_file
+            try:
+                self.failsafe = FailsafeAdapter(
+                    config=self.core_config, cluster=config.cluster.name, token=self.http_token,
+                    state_dir=Path(config.node.state_dir), wake=self.wake, dcs=self.dcs,
+                    state_of=lambda: self.state, lease_of=self._lease_view,
+                    request_timeout=max(0.2, min(1.0, config.renew_interval / 2)))
+            except PromiseBookError as exc:
+                raise AgentStartError(f"failover.failsafe: {exc}") from None
+            self.executor.promise_book = self.failsafe.book
+            self.executor.promise_client = self.failsafe.client
         self.http: HttpApi | None = None
+
+    def _lease_view(self) -> LeaseView:
+        return self.keeper.status.view()  # the keeper swaps its status: read it at call time
 
     @staticmethod
     def _open_lock(config: AgentConfig) -> LeaseLock:
@@ -347,7 +379,8 @@ class Agent:
             host, port = parse_host_port("http.listen", self.config.http.listen)
             donor = self._serve_backup if self.config.rejoin.mode == "rebuild" else None
             self.http = HttpApi(host, port, self.board, self.metrics, token=self.http_token,
-                                on_command=self.handle_command, backup=donor).start()
+                                on_command=self.handle_command, backup=donor,
+                                on_promise=None if self.failsafe is None else self.failsafe.answer).start()
         self.keeper.start()
         self.db.start()
         self.dcs.start()
@@ -489,9 +522,12 @@ class Agent:
         last_failover = None
         if view.last_failover_wall is not None:
             last_failover = now - max(0.0, time.time() - view.last_failover_wall)
+        lease_status = self.keeper.status
+        failsafe = (FailsafeView() if self.failsafe is None
+                    else self.failsafe.observe(snapshot, lease_status))
         return Observation(
             now=now,
-            lease=self.keeper.status.view(),
+            lease=lease_status.view(),
             lock=lock,
             members=members,
             db=LocalDatabase(health=self._health(facts, now),
@@ -504,6 +540,7 @@ class Agent:
             intents=OperatorIntents(paused=intent.paused, switchover_target=intent.switchover_target),
             last_failover_at=last_failover,
             repair=self.repair.view(),
+            failsafe=failsafe,
         )
 
     def _health(self, facts: DbFacts, now: float) -> HealthVerdict:
@@ -622,10 +659,24 @@ class Agent:
             + ([self.dcs.latest.error] if self.dcs.latest.error else []),
             "action_errors": dict(self.executor.last_error),
             "repair": self.repair.status(),
+            "failsafe": None if self.failsafe is None else self.failsafe.report(observation, self.metrics),
         }
+        self._flush_failsafe_history(observation)
         self.board.publish(StatusReport(role=role, healthy=observation.db.health.healthy,
                                         lag_seconds=facts.replica_lag_seconds, replicating=replicating,
                                         details=details, at=now, lease_deadline=lease.deadline))
+
+    def _flush_failsafe_history(self, observation: Observation) -> None:
+        """Failsafe episodes go to the DCS history once the DCS answers again."""
+        if self.failsafe is None or not self.failsafe.pending_history or not observation.lock.reachable:
+            return
+        entry = self.failsafe.pending_history[0]
+        try:
+            self.lock.append_history(entry)
+        except LockError as exc:
+            log.warning("cannot record the failsafe episode in the DCS history yet: %s", exc)
+            return
+        self.failsafe.pending_history.pop(0)
 
     # ------------------------------------------------------------------ operator commands
     def handle_command(self, command: str, args: dict[str, str]) -> CommandResult:
@@ -678,6 +729,8 @@ class Agent:
         self.db.stop()
         self.dcs.stop()
         self.keeper.stop()
+        if self.failsafe is not None:
+            self.failsafe.stop()
         threads_ms = round((time.monotonic() - threads_started) * 1000, 1)
         held = self.keeper.status.held
         release = "ReleaseLock" if held else "CloseSession"

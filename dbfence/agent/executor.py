@@ -18,11 +18,13 @@ from dbfence.agent.actions import (
     Action,
     ActionReason,
     AdmitGate,
+    AskPromises,
     BlockGate,
     ClearSwitchover,
     DetachSource,
     FailDiscoveryCheck,
     Promote,
+    PublishFailsafeMembers,
     PublishMember,
     RebuildNode,
     RecordFailover,
@@ -37,6 +39,8 @@ from dbfence.agent.actions import (
 )
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.observation import DiscoveryTag, MemberInfo
+from dbfence.agent.promise_book import PromiseBook
+from dbfence.agent.promise_client import PromiseClient
 from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbSensor, DcsSensor
 from dbfence.breaker import Admitting, Gate, IllegalTransition
@@ -44,7 +48,7 @@ from dbfence.discovery.consul_catalog import ConsulCatalog
 from dbfence.discovery.metrics import Metrics
 from dbfence.locks.base import LeaseLock
 from dbfence.locks.errors import LockError
-from dbfence.locks.model import HistoryEntry, HolderInfo, Intent, MemberRecord
+from dbfence.locks.model import FailsafeList, HistoryEntry, HolderInfo, Intent, MemberRecord
 from dbfence.mysql.actions import MysqlActions, PrimaryAddress, SemiSyncSettings
 from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.credentials import Credentials
@@ -134,6 +138,7 @@ class NodeIdentity:
     priority: int
     version: str
     api_url: str = ""
+    http_address: str = ""  # where peers ask this agent for failsafe promises
 
 
 class Executor:
@@ -171,6 +176,8 @@ class Executor:
         self.mysqld_unreachable: str | None = None  # set when an action found mysqld not answering
         self.lines = RepeatedLines(clock)
         self.backoff = RepeatBackoff()
+        self.promise_book: PromiseBook | None = None  # failsafe: promises this agent gave
+        self.promise_client: PromiseClient | None = None  # failsafe: asks the peers
 
     # ------------------------------------------------------------------ entry point
     def run(self, action: Action) -> bool:
@@ -208,9 +215,7 @@ class Executor:
     def _dispatch(self, action: Action) -> None:
         match action:
             case AcquireLock():
-                ident = self.identity
-                self.keeper.acquire(HolderInfo(ident.node, ident.address, ident.gate_port, time.time()))
-                self.dcs.refresh()
+                self._acquire()
             case RenewLock():
                 self.keeper.renew_if_due()
             case ReleaseLock():
@@ -279,10 +284,30 @@ class Executor:
                                                       token=self.keeper.status.token))
             case PublishMember(info=info):
                 self._publish_member(info)
+            case AskPromises(token=token, members=members, duration=duration):
+                if self.promise_client is None:
+                    raise RuntimeError("failsafe is off: no promise client")
+                self.promise_client.ask(token, members, duration)
+            case PublishFailsafeMembers(token=token, members=members):
+                self.lock.write_failsafe_list(FailsafeList(token, members, self.identity.node, time.time()))
+                self.dcs.refresh()
             case RegisterDiscovery(tag=tag):
                 self._register(tag)
             case FailDiscoveryCheck(reason=reason):
                 self._fail_discovery(reason.value)
+
+    def _acquire(self) -> None:
+        ident = self.identity
+        holder = HolderInfo(ident.node, ident.address, ident.gate_port, time.time())
+        if self.promise_book is None:
+            self.keeper.acquire(holder)
+        else:
+            # A promise given after the decision to race (between observing and acting) wins.
+            with self.promise_book.may_acquire() as allowed:
+                if not allowed:
+                    raise RuntimeError("a failsafe promise given meanwhile forbids racing")
+                self.keeper.acquire(holder)
+        self.dcs.refresh()
 
     # ------------------------------------------------------------------ gate
     def _admit(self, token: int, deadline: float) -> None:
@@ -403,6 +428,7 @@ class Executor:
             mysql_host=ident.mysql_host,
             mysql_port=ident.mysql_port,
             api_url=ident.api_url,
+            http_address=ident.http_address,
         )
         self.lock.publish_member(record)
 

@@ -5,6 +5,10 @@ decision loop. Each successful renewal moves the lease deadline (send time + TTL
 by the lock backend) and, if the gate is admitting under the same fencing token, moves the gate's
 deadline too: one shared-memory store. A failed renewal moves nothing; the gate then closes by
 itself at the old deadline.
+
+Failures are classified for the failsafe (docs/failsafe.md): a DCS that cannot be asked
+(unreachable, no quorum, timed out, access refused) starts ``unreachable_since``; a lock taken, a
+key changed or a lease revoked ends the lease (``held`` False), which no promise can save.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class LeaseStatus:
     worst_renew_gap: float = 0.0
     least_lease_left: float | None = None
     error: str = ""
+    unreachable_since: float | None = None  # renewals fail because the DCS cannot be asked
 
     def view(self) -> LeaseView:
         if self.held and self.token is not None and self.deadline is not None:
@@ -139,7 +144,7 @@ class LeaseKeeper:
         self._set(session_id=grant.session_id, held=held, token=grant.token,
                   deadline=grant.deadline if held else None, last_renew_ok=grant.sent_at,
                   last_renew_seconds=now - grant.sent_at, worst_renew_gap=max(before.worst_renew_gap, gap),
-                  least_lease_left=least, error="")
+                  least_lease_left=least, error="", unreachable_since=None)
         if gap > 2 * self._renew_interval and left is not None:
             # Late enough to eat into the lease (not only into the schedule): say so, with numbers.
             log.warning("lease renewal late: %.2f s since the previous one (every %.2f s planned), "
@@ -151,16 +156,24 @@ class LeaseKeeper:
                 self._gate.extend(grant.deadline)
 
     def _renew_locked(self) -> None:
+        attempted_at = time.monotonic()
         try:
             grant = self._lock.open_session() if self._lock.session_id is None else self._lock.renew()
         except SessionExpired as exc:
-            self._set(session_id=None, held=False, token=None, deadline=None, error=str(exc))
+            self._set(session_id=None, held=False, token=None, deadline=None, error=str(exc),
+                      unreachable_since=None)
             return
         except LockLost as exc:
-            self._set(held=False, token=None, deadline=None, error=str(exc))
+            self._set(held=False, token=None, deadline=None, error=str(exc), unreachable_since=None)
             return
-        except (DcsUnreachable, DcsAccessDenied, LockError) as exc:
-            self._set(error=f"renew failed: {exc}")
+        except (DcsUnreachable, DcsAccessDenied) as exc:
+            # The DCS cannot be asked: nothing says the lease is gone (failsafe may keep writes).
+            since = self.status.unreachable_since
+            self._set(error=f"renew failed: {exc}",
+                      unreachable_since=attempted_at if since is None else since)
+            return
+        except LockError as exc:
+            self._set(error=f"renew failed: {exc}", unreachable_since=None)
             return
         self._accept(grant)
 

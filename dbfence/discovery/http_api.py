@@ -3,7 +3,9 @@
 ``GET /primary`` answers 200 only on the node whose gate admits, ``GET /replica`` 200 only on a
 replica that replicates (optionally within ``?lag=SECONDS``): the convention HAProxy's ``httpchk``
 and other load balancers already use. Mutating endpoints (switchover, pause, resume) are off unless
-a token is configured, and then require ``Authorization: Bearer <token>``.
+a token is configured, and then require ``Authorization: Bearer <token>``. So does
+``POST /failsafe/promise``, where a primary cut off from the DCS asks this agent for a promise
+(docs/failsafe.md); it is off unless the agent runs with failsafe.
 
 The server runs on its own threads and reads an immutable :class:`StatusReport` the agent loop
 swaps in, so a slow HTTP client can never hold up the loop. That report can be old: the loop may
@@ -98,6 +100,10 @@ class CommandResult:
 
 # (command, arguments) -> result; commands: "switchover" (to=NODE), "pause", "resume".
 CommandHandler = Callable[[str, dict[str, str]], CommandResult]
+# A failsafe promise request (the JSON body) -> (HTTP status, JSON answer).
+PromiseHandler = Callable[[Mapping[str, Any]], tuple[int, Mapping[str, Any]]]
+PROMISE_PATH = "/failsafe/promise"
+_MAX_PROMISE_BODY = 4096
 
 
 class StatusBoard:
@@ -131,13 +137,15 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], board: StatusBoard, metrics: Metrics,
                  token: str | None, on_command: CommandHandler | None,
-                 backup: BackupSource | None = None) -> None:
+                 backup: BackupSource | None = None,
+                 on_promise: PromiseHandler | None = None) -> None:
         super().__init__(address, _Handler)
         self.board = board
         self.metrics = metrics
         self.token = token
         self.on_command = on_command
         self.backup = backup  # [rejoin] mode = rebuild: this node can be a donor
+        self.on_promise = on_promise
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A prober that gave up before its answer (a load balancer's or a monitor's timeout)
@@ -198,8 +206,40 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}\n")
 
+    def _authorized(self) -> bool:
+        """Answers 401 itself when the bearer token is missing or wrong."""
+        token = self.server.token
+        supplied = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if token and hmac.compare_digest(supplied.encode(), token.encode()):
+            return True
+        self._send(HTTPStatus.UNAUTHORIZED, "a valid 'Authorization: Bearer <token>' is required\n")
+        return False
+
+    def _promise(self) -> None:
+        handler = self.server.on_promise
+        if handler is None or not self.server.token:
+            self._send(HTTPStatus.FORBIDDEN, "failsafe is off on this agent\n")
+            return
+        if not self._authorized():
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+            if not 0 < length <= _MAX_PROMISE_BODY:
+                raise ValueError(f"body of {length} bytes")
+            payload = json.loads(self.rfile.read(length))
+            if not isinstance(payload, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self._send(HTTPStatus.BAD_REQUEST, f"a promise request is a small JSON object: {exc}\n")
+            return
+        status, answer = handler(payload)
+        self._send_json(status, answer)
+
     def do_POST(self) -> None:
         url = urlsplit(self.path)
+        if url.path == PROMISE_PATH:
+            self._promise()
+            return
         command = url.path.strip("/")
         if command not in ("switchover", "pause", "resume"):
             self._send(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}\n")
@@ -237,8 +277,9 @@ class HttpApi:
 
     def __init__(self, host: str, port: int, board: StatusBoard, metrics: Metrics,
                  token: str | None = None, on_command: CommandHandler | None = None,
-                 backup: BackupSource | None = None) -> None:
-        self._server = _Server((host, port), board, metrics, token, on_command, backup)
+                 backup: BackupSource | None = None,
+                 on_promise: PromiseHandler | None = None) -> None:
+        self._server = _Server((host, port), board, metrics, token, on_command, backup, on_promise)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="dbfence-http", daemon=True)
 
