@@ -51,7 +51,7 @@ from dbfence.agent.promise_book import PromiseBookError
 from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbFacts, DbSensor, DcsSensor, DcsView, PeerDatabase
 from dbfence.agent.state import Role, State
-from dbfence.breaker import Admitting, Gate, GateConfig, GateError, GateStats
+from dbfence.breaker import Admitting, Gate, GateConfig, GateError, GateStats, IllegalTransition
 from dbfence.config import AgentConfig, api_url_of, parse_host_port
 from dbfence.discovery.consul_catalog import ConsulCatalog, ServiceIdentity
 from dbfence.discovery.http_api import CommandResult, HttpApi, StatusBoard, StatusReport
@@ -287,7 +287,9 @@ class Agent:
                     config=self.core_config, cluster=config.cluster.name, token=self.http_token,
                     state_dir=Path(config.node.state_dir), wake=self.wake, dcs=self.dcs,
                     state_of=lambda: self.state, lease_of=self._lease_view,
-                    request_timeout=max(0.2, min(1.0, config.renew_interval / 2)))
+                    request_timeout=max(0.2, min(1.0, config.renew_interval / 2)),
+                    extend_gate=self._extend_gate_on_promises,
+                    unreachable_since=self._unreachable_since)
             except PromiseBookError as exc:
                 raise AgentStartError(f"failover.failsafe: {exc}") from None
             self.executor.promise_book = self.failsafe.book
@@ -296,6 +298,18 @@ class Agent:
 
     def _lease_view(self) -> LeaseView:
         return self.keeper.status.view()  # the keeper swaps its status: read it at call time
+
+    def _unreachable_since(self) -> float | None:
+        return self.keeper.status.unreachable_since
+
+    def _extend_gate_on_promises(self, token: int, deadline: float) -> None:
+        """As the lease keeper does on a renewal: only a gate admitting under this token, never
+        reopening a blocked one, never moving its deadline back."""
+        state = self.gate.state
+        if self.keeper.gate_token != token or not isinstance(state, Admitting) or state.deadline >= deadline:
+            return
+        with contextlib.suppress(IllegalTransition):  # blocked or expired meanwhile: stays so
+            self.gate.extend(deadline)
 
     @staticmethod
     def _open_lock(config: AgentConfig) -> LeaseLock:

@@ -33,7 +33,11 @@ log = logging.getLogger("dbfence.agent")
 class FailsafeAdapter:
     def __init__(self, *, config: CoreConfig, cluster: str, token: str, state_dir: Path,
                  wake: threading.Event, dcs: DcsSensor, state_of: Callable[[], State],
-                 lease_of: Callable[[], LeaseView], request_timeout: float) -> None:
+                 lease_of: Callable[[], LeaseView], request_timeout: float,
+                 extend_gate: Callable[[int, float], None] = lambda token, deadline: None,
+                 unreachable_since: Callable[[], float | None] = lambda: None) -> None:
+        self._extend_gate = extend_gate
+        self._unreachable_since = unreachable_since
         self._config = config
         self._cluster = cluster
         self._dcs = dcs
@@ -41,12 +45,16 @@ class FailsafeAdapter:
         self._lease_of = lease_of
         self.book = PromiseBook(state_dir, config.ttl)
         self.book.check_writable()  # PromiseBookError: the agent refuses to start
-        self.book.load()
+        kept = self.book.load()
         self._addresses: dict[str, str] = {}
         self.client = PromiseClient(cluster=cluster, node=config.node_name, token=token, wake=wake,
-                                    timeout=request_timeout, addresses=lambda: dict(self._addresses))
-        self._last_holder: str | None = None
-        self._last_token: int | None = None
+                                    timeout=request_timeout, addresses=lambda: dict(self._addresses),
+                                    on_complete=self._round_complete)
+        # A promise kept across a restart proves this agent saw its primary hold that token: it
+        # may promise again while the DCS is still down (a restart alone must not end writes).
+        known = kept is not None and kept.token > 0
+        self._last_holder: str | None = kept.to if known and kept is not None else None
+        self._last_token: int | None = kept.token if known and kept is not None else None
         self._listed: frozenset[str] | None = None
         self._listed_token: int | None = None
         self._membership: frozenset[str] = frozenset()
@@ -77,6 +85,18 @@ class FailsafeAdapter:
         for entry in snapshot.members:
             if entry.record.http_address:
                 self._addresses[entry.record.node] = entry.record.http_address
+
+    def _round_complete(self) -> None:
+        """Move the gate's deadline at once when a round grants more, exactly as a renewal does;
+        the deadline comes from the core's own rule (:func:`promise_deadline`)."""
+        lease = self._lease_of()
+        last, complete, asking = self.client.view()
+        view = FailsafeView(dcs_unreachable_since=self._unreachable_since(), listed=self._listed,
+                            listed_token=self._listed_token, membership=self._membership,
+                            last_round=last, asking=asking, complete_round=complete)
+        deadline = promise_deadline(view, lease, self._config)
+        if deadline is not None and lease.token is not None and deadline > time.monotonic():
+            self._extend_gate(lease.token, deadline)
 
     # ------------------------------------------------------------------ a peer asks us
     def answer(self, payload: Mapping[str, Any]) -> tuple[int, Mapping[str, Any]]:

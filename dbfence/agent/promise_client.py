@@ -3,7 +3,8 @@
 One round at a time: the send time is taken before the first request leaves, every member is
 asked in parallel with a timeout, and answers are recorded as they arrive. A member that does
 not answer in time counts as a no. The loop reads the rounds through :meth:`PromiseClient.view`
-and is woken when a round completes.
+and is woken when a round completes; ``on_complete`` runs first, so the gate's deadline can move
+at once, as a renewal moves it (the decision loop may be busy for a while).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ PROMISE_PATH = "/failsafe/promise"
 
 class PromiseClient:
     def __init__(self, *, cluster: str, node: str, token: str, wake: threading.Event, timeout: float,
-                 addresses: Callable[[], Mapping[str, str]]) -> None:
+                 addresses: Callable[[], Mapping[str, str]],
+                 on_complete: Callable[[], None] = lambda: None) -> None:
+        self._on_complete = on_complete
         self._cluster = cluster
         self._node = node
         self._token = token
@@ -81,6 +84,10 @@ class PromiseClient:
                 if current.asked <= current.granted().keys():
                     self._complete = current
                 self._asking = False
+        try:
+            self._on_complete()
+        except Exception:  # the loop re-arms the gate from the same rounds anyway
+            log.exception("applying a promise round failed")
         self._wake.set()
 
     def _request(self, member: str, address: str, token: int, duration: float) -> PromiseAnswer:

@@ -12,6 +12,7 @@ exports ``FAULTS`` (an iterable of :class:`Fault`), they join :func:`all_faults`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import itertools
 import json
@@ -83,6 +84,8 @@ class Fault:
     # The primary must keep its role through the fault (no failover), and the writers already
     # connected must keep getting acknowledgements while it lasts.
     keeps_primary: bool = False
+    failsafe: bool = False  # needs agents with [failover] failsafe = true (docs/failsafe.md)
+    long: bool = False  # too long for `make test`: benchmarks/faults.py only
 
 
 # ---------------------------------------------------------------------------- the faults
@@ -368,6 +371,38 @@ def _ttl(tuning: AgentTuning) -> float:
     return tuning.ttl
 
 
+def _failsafe_active(ctx: FaultContext) -> None:
+    """Until the primary admits on its peers' promises (its lease deadline has passed)."""
+    wait_until(lambda: (ctx.lab.agent_status(ctx.primary).get("failsafe") or {}).get("active") or None,
+               timeout=3 * ctx.tuning.ttl + 5, what=f"{ctx.primary} writing on peer promises")
+
+
+def _quorum_loss_restarting_a_promiser(ctx: FaultContext) -> Heal:
+    """etcd quorum lost; once the primary runs on promises, kill -9 and restart a replica's agent:
+    it must keep the promise it gave (persisted) and the writes must go on."""
+    heal_etcd = _kill_etcd_quorum(ctx)
+    _failsafe_active(ctx)
+    replica = sorted(ctx.others())[0]
+    agent = ctx.lab.agent(replica)
+    ctx.lab.kill_agent(replica, signal.SIGKILL)
+    wait_until(_exited(agent.process.alive), timeout=10, what=f"agent {replica} to exit")
+    ctx.lab.restart_agent(replica)
+    return heal_etcd
+
+
+def _quorum_loss_with_a_frozen_peer(ctx: FaultContext) -> Heal:
+    """A replica's agent is frozen (SIGSTOP), then etcd loses quorum: not every member can
+    promise, so the primary fences at its lease deadline, as without failsafe."""
+    replica = sorted(ctx.others())[0]
+    ctx.lab.kill_agent(replica, signal.SIGSTOP)
+    heal_etcd = _kill_etcd_quorum(ctx)
+
+    def heal() -> None:
+        ctx.lab.kill_agent(replica, signal.SIGCONT)
+        heal_etcd()
+    return heal
+
+
 # In an order that needs few labs: the first needs a fresh lab's primary (db1, on its own tmpfs);
 # the last three usually leave an errant transaction on the old primary, which ends their lab.
 FAULTS: tuple[Fault, ...] = (
@@ -392,6 +427,20 @@ FAULTS: tuple[Fault, ...] = (
     # The lease may have been renewed just before the fault: it can admit for one TTL at most.
     Fault("etcd-quorum-loss", "kill -9 of two of three etcd members", _kill_etcd_quorum, False,
           lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl),
+    # Failsafe (docs/failsafe.md): the primary keeps writing on its peers' promises.
+    Fault("etcd-quorum-loss+failsafe", "kill -9 of two of three etcd members, failsafe on (12 s)",
+          _kill_etcd_quorum, False, lambda t: 4 * t.ttl, dcs=frozenset({"etcd"}), etcd_members=3,
+          failsafe=True, rto_goal=lambda t: 0.5),
+    Fault("etcd-quorum-loss-60s+failsafe", "kill -9 of two of three etcd members for 60 s, failsafe on",
+          _kill_etcd_quorum, False, lambda t: 60, dcs=frozenset({"etcd"}), etcd_members=3,
+          failsafe=True, rto_goal=lambda t: 0.5, long=True),
+    Fault("etcd-quorum-loss+promiser-restart+failsafe", "etcd quorum lost, failsafe on; a replica's "
+          "agent is killed and restarted while the primary runs on promises",
+          _quorum_loss_restarting_a_promiser, False, lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}),
+          etcd_members=3, failsafe=True, rto_goal=lambda t: 0.5),
+    Fault("etcd-quorum-loss+frozen-peer+failsafe", "a replica's agent SIGSTOPped, then etcd quorum "
+          "lost, failsafe on: the primary fences at its deadline", _quorum_loss_with_a_frozen_peer, False,
+          lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl, failsafe=True),
     Fault("switchover", "planned switchover under load", _switchover, True, lambda t: 60,
           rto_goal=lambda t: 1.0),
     Fault("lagging-replica+mysqld-kill", "a replica lags (applier locked out), then kill -9 of the "
@@ -433,7 +482,7 @@ class FaultLab:
     def supports(self, fault: Fault) -> bool:
         if self.lab.dcs_kind not in fault.dcs or len(self.lab.etcd) < fault.etcd_members:
             return False
-        if fault.netns != (self.lab.netns is not None):
+        if fault.netns != (self.lab.netns is not None) or fault.failsafe != self.tuning.failsafe:
             return False
         return not fault.tmpfs or any(str(m) == self.lab.node(p).datadir
                                       for m in self.mounts for p in self.lab.primaries())
@@ -511,6 +560,9 @@ class RoundResult:
     problems: tuple[str, ...] = ()  # what the fault's own checks found wrong (keeps_primary...)
     # the longest stretch without an acknowledged write while the fault was held (s)
     longest_gap_during_fault: float | None = None
+    # Writes acknowledged that started once the primary's last lease could have run out (one TTL
+    # after the fault) and before the heal: with failsafe on, the peers' promises kept them.
+    beyond_lease: int = 0
 
     @property
     def rto(self) -> float | None:
@@ -617,6 +669,7 @@ def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2
                        what="writes acknowledged after the heal")
         except WaitTimeout:
             notes.append(f"no writes within {recover_timeout:g}s of the heal")
+    beyond_lease = writer.acknowledged_since(at + tuning.ttl) - writer.acknowledged_since(healed_at)
     quiet = fault.quiet_after(tuning)
     event = FaultEvent(fault.name, at, healed_at, None if quiet is None else at + quiet)
     final_primary, settled = _settle(lab, timeout=30)
@@ -639,7 +692,7 @@ def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2
         if gap > max(2.0, 0.5 * (healed_at - at)):
             problems.append(f"the connected writers stalled for {gap:.2f}s during the fault")
     return RoundResult(fault.name, verdict, primary, failed_over, settled, (*notes, *ctx.notes),
-                       tuple(problems), round(gap, 3))
+                       tuple(problems), round(gap, 3), beyond_lease)
 
 
 def longest_gap(attempts: Sequence[Attempt], start: float, end: float) -> float:
@@ -671,7 +724,8 @@ class LabPool:
             # Every lab can take the disk fault when this process may mount a tmpfs (root);
             # a namespaced lab (for partitions) keeps its data on the lab's own scratch space.
             netns = fault.netns
-            self.current = start_lab(self.root / f"lab{self.started}", self.dcs, self.tuning,
+            tuning = dataclasses.replace(self.tuning, failsafe=fault.failsafe)
+            self.current = start_lab(self.root / f"lab{self.started}", self.dcs, tuning,
                                      tmpfs=os.geteuid() == 0 and not netns, netns=netns)
         self.rounds += 1
         try:
