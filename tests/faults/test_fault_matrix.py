@@ -77,6 +77,6 @@ def test_the_fault_loses_nothing_and_never_has_two_writers(pool: LabPool, fault:
     # semi-sync replica. Replicas now stop receiving from a source without the lock (DetachSource).
     resumed = bool(result.verdict.outages) and result.verdict.outages[0].end is not None
     assert resumed, "writes never resumed\n" + "\n".join(notes)
-    if fault.failsafe and fault.quiet_after(AgentTuning()) is None:
+    if fault.failsafe and fault.rto_goal(AgentTuning()) is not None:
         # Failsafe: the primary kept writing past its lease on its peers' promises, and nothing moved.
         assert result.beyond_lease > 0 and not result.failed_over, "\n".join(notes)
