@@ -1,9 +1,10 @@
 """Operator commands: ``dbfence status``, ``switchover``, ``pause``, ``resume``, ``history``.
 
 They talk to the DCS only (the agents act on what they read there), so they work from any host
-that can reach etcd or Consul. Exit codes scripts can rely on: 0 done / a primary admits,
-1 refused or timed out (the message says why), 2 DCS unreachable or bad usage, 3 (status) no
-primary admits right now.
+that can reach etcd or Consul; ``status --agent`` also asks agents' HTTP APIs, which still answer
+during a DCS outage (their failsafe state, docs/failsafe.md). Exit codes scripts can rely on:
+0 done / a primary admits, 1 refused or timed out (the message says why), 2 DCS unreachable or
+bad usage, 3 (status) no primary admits right now.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.request
 from typing import Any
 
 import click
 
 from dbfence.locks.base import LeaseLock
 from dbfence.locks.cli import _connection, _dcs_errors, connection_options
+from dbfence.locks.errors import LockError
 from dbfence.locks.model import ClusterSnapshot, Intent, MemberRecord
 
 EXIT_REFUSED = 1
@@ -76,7 +79,33 @@ def status_json(snapshot: ClusterSnapshot) -> dict[str, Any]:
             "address": f"{r.address}:{r.gate_port}" if r.address else "", "seen_seconds_ago":
             round(now - r.last_seen, 1)} for r in (e.record for e in snapshot.members)],
         "warnings": _warnings(snapshot, now),
+        "failsafe_list": None if snapshot.failsafe is None else {
+            "members": list(snapshot.failsafe.members), "token": snapshot.failsafe.token},
     }
+
+
+def agent_failsafe(address: str, timeout: float = 2.0) -> dict[str, Any]:
+    """One agent's role and failsafe state from its HTTP API (``host:port``)."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/status", timeout=timeout) as response:
+            status = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        return {"agent": address, "error": str(exc)}
+    failsafe = status.get("failsafe") or {}
+    return {"agent": address, "node": status.get("node"), "role": status.get("role"),
+            "gate_admitting": status.get("gate_admitting"), "failsafe": failsafe.get("line", "")}
+
+
+def _render_agents(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for row in rows:
+        if "error" in row:
+            lines.append(f"agent {row['agent']}: no answer ({row['error']})")
+        else:
+            gate = "admitting" if row["gate_admitting"] else "blocked"
+            line = f"agent {row['node']} ({row['agent']}): {row['role']}, gate {gate}"
+            lines.append(line + (f"; {row['failsafe']}" if row["failsafe"] else ""))
+    return "\n".join(lines)
 
 
 def _render(report: dict[str, Any]) -> str:
@@ -93,6 +122,9 @@ def _render(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines += [f"WARNING: {w}" for w in report["warnings"]]
+    listing = report.get("failsafe_list")
+    if listing is not None:
+        lines.append(f"failsafe list (token {listing['token']}): {', '.join(listing['members'])}")
     return "\n".join(lines)
 
 
@@ -107,15 +139,28 @@ def _lag_text(member: dict[str, Any]) -> str:
 @click.command("status")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="one JSON document")
+@click.option("--agent", "agents", multiple=True, metavar="HOST:PORT",
+              help="also ask this agent's HTTP API (repeatable); it answers during a DCS outage")
 @_dcs_errors
-def status_command(as_json: bool, **kwargs: Any) -> None:
+def status_command(as_json: bool, agents: tuple[str, ...], **kwargs: Any) -> None:
     """Every member's role, gate, health and position; the lock; warnings. Exit 3 if no primary."""
-    lock = _open(kwargs)
+    rows = [agent_failsafe(address) for address in agents]
     try:
-        report = status_json(lock.snapshot(strict=False))
-    finally:
-        lock.close()
-    click.echo(json.dumps(report, indent=2) if as_json else _render(report))
+        lock = _open(kwargs)
+        try:
+            report = status_json(lock.snapshot(strict=False))
+        finally:
+            lock.close()
+    except LockError:
+        if rows:  # the DCS is down: what the agents say is all there is
+            click.echo(json.dumps({"agents": rows}, indent=2) if as_json else _render_agents(rows))
+        raise
+    if rows:
+        report["agents"] = rows
+    text = _render(report)
+    if rows:
+        text += "\n" + _render_agents(rows)
+    click.echo(json.dumps(report, indent=2) if as_json else text)
     if report["primary"] is None:
         sys.exit(EXIT_NO_PRIMARY)
 
