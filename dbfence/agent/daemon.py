@@ -31,7 +31,6 @@ from dbfence.agent.actions import DetachSource, Promote, Repoint, SetReadOnly, W
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide import Decision, decide
 from dbfence.agent.executor import Executor, NodeIdentity
-from dbfence.agent.failsafe_adapter import FailsafeAdapter
 from dbfence.agent.failsafe_view import FailsafeView
 from dbfence.agent.gtid import GtidPosition
 from dbfence.agent.lease_keeper import LeaseKeeper
@@ -47,6 +46,7 @@ from dbfence.agent.observation import (
     Observation,
     OperatorIntents,
 )
+from dbfence.agent.peer_promises import FailsafeAdapter
 from dbfence.agent.promise_book import PromiseBookError
 from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbFacts, DbSensor, DcsSensor, DcsView, PeerDatabase

@@ -413,7 +413,7 @@ def _collect_race_refusals(r: _Round) -> None:
     intents = obs.intents
     if intents.paused:
         r.refuse(RefusalReason.PAUSED)
-    blocked = failsafe.race_blocked(obs.failsafe, r.me, r.now, config)
+    blocked = failsafe.race_blocked(obs.failsafe, r.me, r.now)
     if blocked is not None:
         r.refuse(RefusalReason(blocked[0]), blocked[1])
         given = obs.failsafe.given

@@ -132,12 +132,14 @@ def round_due(view: FailsafeView, lease: LeaseView, now: float, config: CoreConf
     return previous.sent_at + config.renew_interval
 
 
-def race_blocked(view: FailsafeView, me: str, now: float, config: CoreConfig) -> tuple[str, str] | None:
+def race_blocked(view: FailsafeView, me: str, now: float) -> tuple[str, str] | None:
     """(refusal, detail) when a promise or the failsafe list forbids this node to race."""
     given = view.given
     if given is not None and now < given.until:
         return "promise_given", f"to {given.to} (token {given.token}) until {given.until:g}"
-    if config.failsafe and view.listed is not None and me not in view.listed:
+    # Whatever our own setting: a list exists only where a primary may run on promises, and a
+    # node it never asks must not race (with failsafe off here too: configurations can differ).
+    if view.listed is not None and me not in view.listed:
         return "not_in_failsafe_list", ",".join(sorted(view.listed))
     return None
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from dbfence.agent.core_config import CoreConfig
-from dbfence.agent.failsafe_adapter import FailsafeAdapter
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.observation import LeaseView
+from dbfence.agent.peer_promises import FailsafeAdapter
 from dbfence.agent.promise_book import PromiseBook
 from dbfence.agent.promise_client import PromiseClient
 from dbfence.agent.sensors import DcsSensor
