@@ -392,6 +392,19 @@ def _quorum_loss_restarting_a_promiser(ctx: FaultContext) -> Heal:
     return heal_etcd
 
 
+def _quorum_loss_then_mysqld_kill(ctx: FaultContext) -> Heal:
+    """etcd quorum lost; once the primary runs on promises, kill -9 of its mysqld: no failover is
+    possible without a DCS, writes are refused until it returns, then the ordinary failover runs."""
+    heal_etcd = _kill_etcd_quorum(ctx)
+    _failsafe_active(ctx)
+    heal_mysqld = _kill_mysqld(ctx)
+
+    def heal() -> None:
+        heal_etcd()
+        heal_mysqld()
+    return heal
+
+
 def _quorum_loss_with_a_frozen_peer(ctx: FaultContext) -> Heal:
     """A replica's agent is frozen (SIGSTOP), then etcd loses quorum: not every member can
     promise, so the primary fences at its lease deadline, as without failsafe."""
@@ -440,6 +453,10 @@ FAULTS: tuple[Fault, ...] = (
           "agent is killed and restarted while the primary runs on promises",
           _quorum_loss_restarting_a_promiser, False, lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}),
           etcd_members=3, failsafe=True),
+    Fault("etcd-quorum-loss+mysqld-kill+failsafe", "etcd quorum lost, failsafe on; then kill -9 of "
+          "the primary's mysqld while it runs on promises", _quorum_loss_then_mysqld_kill, False,
+          lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=lambda t: 0.0,
+          failsafe=True),
     Fault("etcd-quorum-loss+frozen-peer+failsafe", "a replica's agent SIGSTOPped, then etcd quorum "
           "lost, failsafe on: the primary fences at its deadline", _quorum_loss_with_a_frozen_peer, False,
           lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl, failsafe=True),

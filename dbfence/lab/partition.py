@@ -26,7 +26,7 @@ from dbfence.lab.agents import AgentTuning, log_times
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.errors import LabError
 from dbfence.lab.faults import Fault, FaultContext, Heal
-from dbfence.lab.netns import CLIENT
+from dbfence.lab.netns import CLIENT, DCS
 from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.lab.workload import DiscoveryWriter
 
@@ -77,6 +77,21 @@ def inject_partition_laggard_holds_more(ctx: FaultContext, delay: int = 30) -> H
     return heal
 
 
+def inject_dcs_cut(ctx: FaultContext) -> Heal:
+    """Failsafe: the primary's host loses the DCS only; its peers still reach it and the DCS. They
+    promise while the lock names it, refuse once its lease has expired there; it fences within
+    one promise period, and a peer races once its own promise has ended."""
+    ctx.lab.isolate(ctx.primary, from_hosts=[DCS])
+    return lambda: ctx.lab.heal(ctx.primary)
+
+
+def inject_dcs_and_peer_cut(ctx: FaultContext) -> Heal:
+    """Failsafe: the primary's host loses the DCS and one peer: that peer cannot promise, so the
+    primary fences at its lease deadline, as without failsafe."""
+    ctx.lab.isolate(ctx.primary, from_hosts=[DCS, sorted(ctx.others())[0]])
+    return lambda: ctx.lab.heal(ctx.primary)
+
+
 FAULTS: tuple[Fault, ...] = (
     Fault("partition", "the primary's host cut off from the DCS and its peers (network namespaces)",
           inject_partition, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2, netns=True),
@@ -87,6 +102,10 @@ FAULTS: tuple[Fault, ...] = (
           "primary, then the primary's host is cut off: only the laggard has the last commits",
           inject_partition_laggard_holds_more, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2,
           netns=True),
+    Fault("dcs-cut+failsafe", "failsafe on: the primary's host cut off from the DCS only (its peers "
+          "still reach it and the DCS)", inject_dcs_cut, True, lambda t: 60, netns=True, failsafe=True),
+    Fault("dcs-and-peer-cut+failsafe", "failsafe on: the primary's host cut off from the DCS and one "
+          "peer", inject_dcs_and_peer_cut, True, lambda t: 60, netns=True, failsafe=True),
 )
 
 
