@@ -442,24 +442,6 @@ FAULTS: tuple[Fault, ...] = (
     # The lease may have been renewed just before the fault: it can admit for one TTL at most.
     Fault("etcd-quorum-loss", "kill -9 of two of three etcd members", _kill_etcd_quorum, False,
           lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl),
-    # Failsafe (docs/failsafe.md): the primary keeps writing on its peers' promises.
-    Fault("etcd-quorum-loss+failsafe", "kill -9 of two of three etcd members, failsafe on (12 s)",
-          _kill_etcd_quorum, False, lambda t: 4 * t.ttl, dcs=frozenset({"etcd"}), etcd_members=3,
-          failsafe=True, rto_goal=lambda t: 0.5),
-    Fault("etcd-quorum-loss-60s+failsafe", "kill -9 of two of three etcd members for 60 s, failsafe on",
-          _kill_etcd_quorum, False, lambda t: 60, dcs=frozenset({"etcd"}), etcd_members=3,
-          failsafe=True, rto_goal=lambda t: 0.5, long=True),
-    Fault("etcd-quorum-loss+promiser-restart+failsafe", "etcd quorum lost, failsafe on; a replica's "
-          "agent is killed and restarted while the primary runs on promises",
-          _quorum_loss_restarting_a_promiser, False, lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}),
-          etcd_members=3, failsafe=True),
-    Fault("etcd-quorum-loss+mysqld-kill+failsafe", "etcd quorum lost, failsafe on; then kill -9 of "
-          "the primary's mysqld while it runs on promises", _quorum_loss_then_mysqld_kill, False,
-          lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=lambda t: 0.0,
-          failsafe=True),
-    Fault("etcd-quorum-loss+frozen-peer+failsafe", "a replica's agent SIGSTOPped, then etcd quorum "
-          "lost, failsafe on: the primary fences at its deadline", _quorum_loss_with_a_frozen_peer, False,
-          lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl, failsafe=True),
     Fault("switchover", "planned switchover under load", _switchover, True, lambda t: 60,
           rto_goal=lambda t: 1.0),
     Fault("lagging-replica+mysqld-kill", "a replica lags (applier locked out), then kill -9 of the "
@@ -475,6 +457,24 @@ FAULTS: tuple[Fault, ...] = (
     Fault("consul-agent-restart", "the primary host's Consul agent restarts (its node deregistered, "
           "every session on it ended) while the primary's agent cannot reach it",
           _restart_consul_agent, True, lambda t: 60, dcs=frozenset({"consul"})),
+    # Failsafe (last: these rows share a lab whose agents run with failsafe on).
+    Fault("etcd-quorum-loss+failsafe", "kill -9 of two of three etcd members, failsafe on (12 s)",
+          _kill_etcd_quorum, False, lambda t: 4 * t.ttl, dcs=frozenset({"etcd"}), etcd_members=3,
+          failsafe=True, rto_goal=lambda t: 0.5),
+    Fault("etcd-quorum-loss-60s+failsafe", "kill -9 of two of three etcd members for 60 s, failsafe on",
+          _kill_etcd_quorum, False, lambda t: 60, dcs=frozenset({"etcd"}), etcd_members=3,
+          failsafe=True, rto_goal=lambda t: 0.5, long=True),
+    Fault("etcd-quorum-loss+promiser-restart+failsafe", "etcd quorum lost, failsafe on; a replica's "
+          "agent is killed and restarted while the primary runs on promises",
+          _quorum_loss_restarting_a_promiser, False, lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}),
+          etcd_members=3, failsafe=True),
+    Fault("etcd-quorum-loss+mysqld-kill+failsafe", "etcd quorum lost, failsafe on; then kill -9 of "
+          "the primary's mysqld while it runs on promises", _quorum_loss_then_mysqld_kill, False,
+          lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=lambda t: 0.0,
+          failsafe=True, long=True),
+    Fault("etcd-quorum-loss+frozen-peer+failsafe", "a replica's agent SIGSTOPped, then etcd quorum "
+          "lost, failsafe on: the primary fences at its deadline", _quorum_loss_with_a_frozen_peer, False,
+          lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl, failsafe=True),
 )
 
 

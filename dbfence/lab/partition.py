@@ -105,7 +105,7 @@ FAULTS: tuple[Fault, ...] = (
     Fault("dcs-cut+failsafe", "failsafe on: the primary's host cut off from the DCS only (its peers "
           "still reach it and the DCS)", inject_dcs_cut, True, lambda t: 60, netns=True, failsafe=True),
     Fault("dcs-and-peer-cut+failsafe", "failsafe on: the primary's host cut off from the DCS and one "
-          "peer", inject_dcs_and_peer_cut, True, lambda t: 60, netns=True, failsafe=True),
+          "peer", inject_dcs_and_peer_cut, True, lambda t: 60, netns=True, failsafe=True, long=True),
 )
 
 
