@@ -46,7 +46,7 @@ from dbfence.agent.observation import (
     Observation,
     OperatorIntents,
 )
-from dbfence.agent.peer_promises import FailsafeAdapter
+from dbfence.agent.peer_promises import FAILSAFE_ACTIVE_HELP, FailsafeAdapter
 from dbfence.agent.promise_book import PromiseBookError
 from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbFacts, DbSensor, DcsSensor, DcsView, PeerDatabase
@@ -673,12 +673,19 @@ class Agent:
             + ([self.dcs.latest.error] if self.dcs.latest.error else []),
             "action_errors": dict(self.executor.last_error),
             "repair": self.repair.status(),
-            "failsafe": None if self.failsafe is None else self.failsafe.report(observation, self.metrics),
+            "failsafe": self._failsafe_report(observation),
         }
         self._flush_failsafe_history(observation)
         self.board.publish(StatusReport(role=role, healthy=observation.db.health.healthy,
                                         lag_seconds=facts.replica_lag_seconds, replicating=replicating,
                                         details=details, at=now, lease_deadline=lease.deadline))
+
+    def _failsafe_report(self, observation: Observation) -> dict[str, Any] | None:
+        if self.failsafe is None:
+            # Exported anyway (0), so that alert rules see the series on every agent.
+            self.metrics.set("failsafe_active", FAILSAFE_ACTIVE_HELP, 0)
+            return None
+        return self.failsafe.report(observation, self.metrics)
 
     def _flush_failsafe_history(self, observation: Observation) -> None:
         """Failsafe episodes go to the DCS history once the DCS answers again."""

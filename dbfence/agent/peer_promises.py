@@ -29,6 +29,8 @@ from dbfence.locks.model import ClusterSnapshot, HistoryEntry
 
 log = logging.getLogger("dbfence.agent")
 
+FAILSAFE_ACTIVE_HELP = "1 while the gate admits on peer promises past the lease (docs/failsafe.md)."
+
 
 class FailsafeAdapter:
     def __init__(self, *, config: CoreConfig, cluster: str, token: str, state_dir: Path,
@@ -150,8 +152,7 @@ class FailsafeAdapter:
         current = view.complete_round if active else view.last_round
         granted = len(current.granted().keys() & required) if current is not None else 0
         unreachable = None if view.dcs_unreachable_since is None else now - view.dcs_unreachable_since
-        metrics.set("failsafe_active", "1 while the gate admits on peer promises past the lease.",
-                    1 if active else 0)
+        metrics.set("failsafe_active", FAILSAFE_ACTIVE_HELP, 1 if active else 0)
         metrics.set("failsafe_promises", "Members that promised in the latest round.", granted)
         metrics.set("dcs_unreachable_seconds", "Seconds the lease renewals have failed as unreachable.",
                     unreachable or 0.0)

@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "contrib" / "prometheus" / "dbfence-alerts.yml"
 RULE_TESTS = ROOT / "contrib" / "prometheus" / "dbfence-alerts.test.yml"
 DASHBOARD = ROOT / "contrib" / "grafana" / "dbfence-dashboard.json"
-# Exported by agents with the failsafe mode and the repair command (other changes); the rules
-# and the dashboard name them already so that they work as soon as the agents export them.
-NOT_YET_EXPORTED = {"dbfence_failsafe_active", "dbfence_repair_in_progress"}
+# Exported by agents with the repair command (another change); the rules and the dashboard name
+# it already so that they work as soon as the agents export it.
+NOT_YET_EXPORTED = {"dbfence_repair_in_progress"}
 METRIC = re.compile(r"\bdbfence_[a-z_]+\b")
 
 
@@ -72,7 +72,7 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(filled)} rules found" in _run(promtool, "check", "rules", path, cwd=tmp_path)
 
 
-def test_the_two_pending_metrics_are_still_used() -> None:
+def test_the_pending_metrics_are_still_used() -> None:
     used = {name for query in _rule_queries() + _dashboard_queries() for name in METRIC.findall(query)}
     assert used >= NOT_YET_EXPORTED
 
