@@ -405,6 +405,19 @@ def _quorum_loss_then_mysqld_kill(ctx: FaultContext) -> Heal:
     return heal
 
 
+def _freeze_consul(ctx: FaultContext) -> Heal:
+    """The Consul stand-in frozen (SIGSTOP): every agent's DCS stops answering at once. On its
+    return it invalidates the sessions whose TTL passed meanwhile (the primary's too)."""
+    consul = ctx.lab.consul
+    if consul is None:
+        raise RuntimeError("this fault needs a lab with the Consul stand-in")
+    consul.process.signal(signal.SIGSTOP)
+
+    def heal() -> None:
+        consul.process.signal(signal.SIGCONT)
+    return heal
+
+
 def _quorum_loss_with_a_frozen_peer(ctx: FaultContext) -> Heal:
     """A replica's agent is frozen (SIGSTOP), then etcd loses quorum: not every member can
     promise, so the primary fences at its lease deadline, as without failsafe."""
@@ -471,6 +484,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("etcd-quorum-loss+mysqld-kill+failsafe", "etcd quorum lost, failsafe on; then kill -9 of "
           "the primary's mysqld while it runs on promises", _quorum_loss_then_mysqld_kill, False,
           lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=lambda t: 0.0,
+          failsafe=True, long=True),
+    Fault("consul-down+failsafe", "the Consul stand-in frozen for 30 s, failsafe on (its session is "
+          "invalidated when it returns)", _freeze_consul, False, lambda t: 30, dcs=frozenset({"consul"}),
           failsafe=True, long=True),
     Fault("etcd-quorum-loss+frozen-peer+failsafe", "a replica's agent SIGSTOPped, then etcd quorum "
           "lost, failsafe on: the primary fences at its deadline", _quorum_loss_with_a_frozen_peer, False,
