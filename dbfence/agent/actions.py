@@ -57,6 +57,7 @@ class ActionReason(enum.Enum):
     # failsafe (docs/failsafe.md)
     DCS_UNREACHABLE = "dcs_unreachable"
     FAILSAFE_MEMBERS_CHANGED = "failsafe_members_changed"
+    LEASE_RETAKEN = "lease_retaken"
     # member record
     MEMBER_CHANGED = "member_changed"
     MEMBER_HEARTBEAT = "member_heartbeat"

@@ -756,7 +756,8 @@ def _primary(r: _Round) -> None:
     trouble = _lease_trouble(r)
     target = obs.intents.switchover_target
     if trouble is not None:
-        _fence_now(r, trouble)
+        if not _retake_lease(r, trouble):
+            _fence_now(r, trouble)
     elif obs.intents.paused:
         r.refuse(RefusalReason.PAUSED)
         _renew_if_due(r)
@@ -775,6 +776,25 @@ def _primary(r: _Round) -> None:
         _serve(r)
 
 
+def _retake_lease(r: _Round, trouble: Trigger) -> bool:
+    """Failsafe: the DCS came back without our lease (a Consul session invalidated during the
+    outage). The promises for the token the gate runs on still bind every member: keep the gate
+    on them and take the lock again while the DCS shows it free. The new token goes into mysqld
+    before the gate admits under it (``_serve``)."""
+    obs = r.obs
+    gate = obs.gate
+    if trouble is not Trigger.LEASE_LOST or obs.lease.held or not gate.admitting or gate.token is None:
+        return False
+    until = failsafe.promised_until(obs.failsafe, gate.token, r.config)
+    if until is None or r.now >= until or not obs.lock.free:
+        return False  # no promises left, or another node holds the lock: fence
+    if obs.intents.paused or not obs.db.health.healthy or obs.failsafe.promise_live(r.now):
+        return False
+    r.emit(AcquireLock(ActionReason.LEASE_RETAKEN))
+    r.wake_at(until)
+    return True
+
+
 def _serve(r: _Round) -> None:
     """PRIMARY with a valid lease: keep the gate armed with the current deadline."""
     obs = r.obs
@@ -782,7 +802,11 @@ def _serve(r: _Round) -> None:
     deadline = failsafe.effective_deadline(obs.failsafe, lease, r.config)
     assert lease.token is not None and deadline is not None  # valid lease checked by callers
     gate = obs.gate
-    if not gate.admitting or gate.token != lease.token or gate.deadline != deadline:
+    if gate.admitting and lease.token not in (gate.token, obs.db.fencing_token):
+        # A lease taken back after a DCS outage: its token goes into mysqld first; meanwhile the
+        # gate keeps the deadline the promises gave the old token.
+        r.emit(WriteFencingToken(lease.token, ActionReason.LEASE_RETAKEN))
+    elif not gate.admitting or gate.token != lease.token or gate.deadline != deadline:
         reason = ActionReason.LEASE_EXTENDED if gate.admitting else ActionReason.PRIMARY_READY
         r.emit(AdmitGate(lease.token, deadline, reason))
     _failsafe_upkeep(r, lease.token)

@@ -93,10 +93,18 @@ def promise_deadline(view: FailsafeView, lease: LeaseView, config: CoreConfig) -
     Every required member must have promised, in one round, for the token of our lease, and
     the list in the DCS must carry our token: only then can no node outside it race.
     """
-    if not config.failsafe or not lease.held or lease.token is None or view.listed_token != lease.token:
+    if not lease.held or lease.token is None:
+        return None
+    return promised_until(view, lease.token, config)
+
+
+def promised_until(view: FailsafeView, token: int, config: CoreConfig) -> float | None:
+    """Until when every member is bound by promises to the holder of ``token`` (None: they are
+    not). Facts about the members, whatever became of the lease in the DCS since."""
+    if not config.failsafe or view.listed_token != token:
         return None
     required = required_members(view, config.node_name)
-    deadlines = [_granted_until(round_, lease.token, required, config)
+    deadlines = [_granted_until(round_, token, required, config)
                  for round_ in (view.last_round, view.complete_round) if round_ is not None]
     return max((d for d in deadlines if d is not None), default=None)
 

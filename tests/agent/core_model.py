@@ -647,7 +647,8 @@ class Model:
         if (decision.state.role is Role.PRIMARY and obs.lease.deadline is not None
                 and obs.now >= obs.lease.deadline):
             self.extensions += 1
-        if any(isinstance(action, AcquireLock) for action in decision.actions):
+        if (any(isinstance(action, AcquireLock) for action in decision.actions)
+                and node.agent.state.role is not Role.PRIMARY):  # a primary retaking its lease
             self.check_acquire_decision(obs, name, self._trace)
         if node.agent.state.role is not Role.PROMOTING and decision.state.role is Role.PROMOTING:
             self.promotions += 1

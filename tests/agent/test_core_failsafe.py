@@ -8,10 +8,13 @@ import pytest
 
 from dbfence.agent.actions import (
     AcquireLock,
+    ActionReason,
     AdmitGate,
     AskPromises,
+    BlockGate,
     DetachSource,
     PublishFailsafeMembers,
+    WriteFencingToken,
 )
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide import RefusalReason, decide
@@ -24,7 +27,7 @@ from dbfence.agent.failsafe import (
     promise_deadline,
 )
 from dbfence.agent.failsafe_view import FailsafeView, GivenPromise, PromiseAnswer, PromiseRound
-from dbfence.agent.observation import GateView, LeaseView, LockView, Observation
+from dbfence.agent.observation import GateView, LeaseView, LockView, Observation, OperatorIntents
 from dbfence.agent.state import Role, State, Trigger
 from tests.agent.core_builders import ARMED, CONFIG, DEADLINE, HELD, ME, NOW, TOKEN, core_actions, db, observe
 
@@ -267,3 +270,60 @@ def test_a_promise_never_exceeds_the_ttl_and_never_answers_oneself() -> None:
     view = PromiserView(Role.REPLICA, LeaseView(), N2, "n2", 3)
     assert answer_promise(PromiseRequest("n2", 3, 600.0), view, ON).granted == ON.ttl
     assert answer_promise(PromiseRequest(ME, 3, 5.0), view, ON).refusal is PromiseRefusal.SELF
+
+
+# ------------------------------------------------------------------ the DCS returns without our lease
+
+NEW_TOKEN = TOKEN + 5
+ON_PROMISES = replace(OUTAGE, dcs_unreachable_since=None,
+                      last_round=answered("n2", "n3", sent_at=NOW - 0.5))  # until NOW + 8.5
+ARMED_ON_PROMISES = GateView(admitting=True, token=TOKEN, deadline=NOW - 0.5 + 10.0 - 2.0)
+
+
+@pytest.mark.parametrize(("case", "view", "lock", "gate", "paused", "healthy", "retakes"), [
+    ("lock free, promises live: take it again", ON_PROMISES, FREE, ARMED_ON_PROMISES, False, True, True),
+    ("another node holds the lock", ON_PROMISES, LockView(True, "n2", NEW_TOKEN), ARMED_ON_PROMISES,
+     False, True, False),
+    ("the DCS still does not answer", ON_PROMISES, UNREACHABLE, ARMED_ON_PROMISES, False, True, False),
+    ("no promises for the gate's token", replace(ON_PROMISES, last_round=None), FREE, ARMED_ON_PROMISES,
+     False, True, False),
+    ("the gate no longer admits", ON_PROMISES, FREE, GateView(), False, True, False),
+    ("paused: only the safety fence", ON_PROMISES, FREE, ARMED_ON_PROMISES, True, True, False),
+    ("database unhealthy", ON_PROMISES, FREE, ARMED_ON_PROMISES, False, False, False),
+    ("bound by a promise of its own", replace(ON_PROMISES, given=GivenPromise("n3", 2, NOW + 1)), FREE,
+     ARMED_ON_PROMISES, False, True, False),
+])
+def test_a_primary_takes_its_lease_back_while_promises_bind_the_members(
+        case: str, view: FailsafeView, lock: LockView, gate: GateView, paused: bool, healthy: bool,
+        retakes: bool) -> None:
+    obs = replace(observe(Role.PRIMARY, lease=LeaseView(), gate=gate, lock=lock,
+                          database=db(read_only=False, source=None, token=TOKEN, healthy=healthy,
+                                      reasons=("probe failed",)),
+                          intents=OperatorIntents(paused=paused)), failsafe=view)
+    decision = decide(obs, PRIMARY, ON)
+    if retakes:
+        assert decision.state.role is Role.PRIMARY, case
+        assert [a for a in decision.actions if isinstance(a, AcquireLock)], case
+        assert not any(isinstance(a, BlockGate) for a in decision.actions), case
+        assert decision.next_wakeup <= NOW + 8.5
+    else:
+        assert decision.state.role is Role.FENCING, case
+        assert not any(isinstance(a, AcquireLock) for a in decision.actions), case
+    assert decide(obs, PRIMARY, CONFIG).state.role is not Role.PRIMARY  # failsafe off: fence
+
+
+def test_the_new_token_is_written_before_the_gate_admits_under_it() -> None:
+    lease = LeaseView(True, NEW_TOKEN, NOW + 7.0)
+    obs = replace(observe(Role.PRIMARY, lease=lease, gate=ARMED_ON_PROMISES,
+                          lock=LockView(True, ME, NEW_TOKEN),
+                          database=db(read_only=False, source=None, token=TOKEN)), failsafe=ON_PROMISES)
+    first = decide(obs, PRIMARY, ON)
+    assert first.state.role is Role.PRIMARY
+    assert [a for a in first.actions if isinstance(a, WriteFencingToken)] == [
+        WriteFencingToken(NEW_TOKEN, ActionReason.LEASE_RETAKEN)]
+    assert not any(isinstance(a, AdmitGate) for a in first.actions)
+    written = replace(obs, db=db(read_only=False, source=None, token=NEW_TOKEN))
+    second = decide(written, PRIMARY, ON)
+    admitted = [(a.token, a.deadline) for a in second.actions if isinstance(a, AdmitGate)]
+    assert admitted == [(NEW_TOKEN, NOW + 7.0)]
+    assert not any(isinstance(a, WriteFencingToken) for a in second.actions)
