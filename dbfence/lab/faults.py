@@ -407,7 +407,8 @@ def _quorum_loss_then_mysqld_kill(ctx: FaultContext) -> Heal:
 
 def _freeze_consul(ctx: FaultContext) -> Heal:
     """The Consul stand-in frozen (SIGSTOP): every agent's DCS stops answering at once. On its
-    return it invalidates the sessions whose TTL passed meanwhile (the primary's too)."""
+    return it invalidates the sessions whose TTL passed meanwhile (the primary's too), and the
+    primary takes the lock again while its peers' promises still hold."""
     consul = ctx.lab.consul
     if consul is None:
         raise RuntimeError("this fault needs a lab with the Consul stand-in")
@@ -486,8 +487,8 @@ FAULTS: tuple[Fault, ...] = (
           lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=lambda t: 0.0,
           failsafe=True, long=True),
     Fault("consul-down+failsafe", "the Consul stand-in frozen for 30 s, failsafe on (its session is "
-          "invalidated when it returns)", _freeze_consul, False, lambda t: 30, dcs=frozenset({"consul"}),
-          failsafe=True, long=True),
+          "invalidated when it returns: the primary takes the lock again)", _freeze_consul, False,
+          lambda t: 30, dcs=frozenset({"consul"}), failsafe=True, rto_goal=lambda t: 0.5, long=True),
     Fault("etcd-quorum-loss+frozen-peer+failsafe", "a replica's agent SIGSTOPped, then etcd quorum "
           "lost, failsafe on: the primary fences at its deadline", _quorum_loss_with_a_frozen_peer, False,
           lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl, failsafe=True),
