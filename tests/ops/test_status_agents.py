@@ -21,8 +21,8 @@ def _closed_port() -> int:
 
 
 def test_status_shows_the_agents_failsafe_line_when_the_dcs_is_down() -> None:
-    board = StatusBoard()
-    board.publish(StatusReport(role="primary", gate_admitting=True, healthy=True,
+    board = StatusBoard(admits=lambda: True)
+    board.publish(StatusReport(role="primary", healthy=True,
                                details={"node": "db1", "failsafe": {"active": True, "line": LINE}}))
     http = HttpApi("127.0.0.1", 0, board, Metrics()).start()
     try:
