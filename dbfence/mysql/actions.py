@@ -277,26 +277,43 @@ class MysqlActions:
         """
         self._require_mariadb("waiting for the relay log")
         with self.session(read_timeout_s=timeout_s + 5.0) as conn:
-            rows = query(conn, self.sql.replica_status_query())
-            if not rows:
-                raise ReplicationNotConfiguredError(f"{self.name} has no replication configured")
-            status = self.sql.parse_replica_status(rows[0])
-            received = status.received_gtid_pos
-            if status.sql_running == "No":
-                if status.io_running == "No":
-                    query(conn, "CHANGE MASTER TO RELAY_LOG_FILE = %s, RELAY_LOG_POS = %s",
-                          (status.relay_log_file, status.relay_log_pos))
-                query(conn, "START SLAVE SQL_THREAD")
-            statement, params = self.sql.gtid_wait(received, timeout_s)
-            reached = int(query_one(conn, statement, params)["reached"])
-            if reached != 0:
-                applied = query_one(conn, "SELECT @@global.gtid_slave_pos AS p")["p"]
-                raise GtidWaitTimeoutError(
-                    f"{self.name} did not apply its relay log within {timeout_s:g} s: received {received!r}, "
-                    f"applied {applied!r}"
-                )
-            self._gtid_mode_back(conn)
-        return GtidPosition.parse(received)
+            return GtidPosition.parse(self._apply_relay_log(conn, timeout_s))
+
+    def _apply_relay_log_the_primary_has(self, conn: DbConnection, primary_state: GtidState,
+                                         timeout_s: float) -> None:
+        """Before a repoint's CHANGE MASTER deletes the relay log, apply it if the new primary
+        has all of it: the new primary may fail before this node fetches it again, and then
+        this node would hold less than it acknowledged. What the new primary lacks is left as
+        before (applying it would fork this node from its new primary)."""
+        rows = query(conn, self.sql.replica_status_query())
+        received = self.sql.parse_replica_status(rows[0]).received_gtid_pos if rows else ""
+        if not received or GtidState.parse(received).errant_against(primary_state):
+            return
+        self._apply_relay_log(conn, timeout_s)
+
+    def _apply_relay_log(self, conn: DbConnection, timeout_s: float) -> str:
+        """Apply everything received (see :meth:`wait_relay_log_applied`); return the received
+        position. Raises GtidWaitTimeoutError, with the applier left running, if not done in time."""
+        rows = query(conn, self.sql.replica_status_query())
+        if not rows:
+            raise ReplicationNotConfiguredError(f"{self.name} has no replication configured")
+        status = self.sql.parse_replica_status(rows[0])
+        received = status.received_gtid_pos
+        if status.sql_running == "No":
+            if status.io_running == "No":
+                query(conn, "CHANGE MASTER TO RELAY_LOG_FILE = %s, RELAY_LOG_POS = %s",
+                      (status.relay_log_file, status.relay_log_pos))
+            query(conn, "START SLAVE SQL_THREAD")
+        statement, params = self.sql.gtid_wait(received, timeout_s)
+        reached = int(query_one(conn, statement, params)["reached"])
+        if reached != 0:
+            applied = query_one(conn, "SELECT @@global.gtid_slave_pos AS p")["p"]
+            raise GtidWaitTimeoutError(
+                f"{self.name} did not apply its relay log within {timeout_s:g} s: received {received!r}, "
+                f"applied {applied!r}"
+            )
+        self._gtid_mode_back(conn)
+        return received
 
     def _gtid_mode_back(self, conn: DbConnection) -> None:
         """Naming relay-log coordinates turned GTID mode off, and without it the received
@@ -482,8 +499,17 @@ class MysqlActions:
         heartbeat_s: float = 1.0,
         connect_retry_s: int = 1,
         keep_ids: Collection[int] = (),
+        apply_timeout_s: float = 1.0,
     ) -> None:
         """Replicate from ``primary`` by GTID, after refusing if this node has errant GTIDs.
+
+        A configured replica first stops receiving and, when the new primary has all it received,
+        applies its whole relay log: in GTID mode CHANGE MASTER deletes the relay log, and what
+        it received but had not applied may be acknowledged commits that only this node and a
+        holder that can still fail hold (soak seed 11: lost when the new primary failed right
+        after). If that takes longer than
+        ``apply_timeout_s`` (a blocked applier), it raises GtidWaitTimeoutError with the applier
+        still running and the relay log kept; the next attempt goes on from there.
 
         ``primary_state`` is the new primary's ``gtid_binlog_state`` (see
         :meth:`gtid_positions`). ``former_primary`` (auto-detected when None: no replication
@@ -508,12 +534,13 @@ class MysqlActions:
             self.set_semi_sync_primary(None)
         else:
             self.set_read_only(True)
-        with self.session() as conn:
+        with self.session(read_timeout_s=max(self.timeouts.read_s, apply_timeout_s + 5.0)) as conn:
             configured = bool(query(conn, sql.replica_status_query()))
             if former_primary is None:
                 former_primary = not configured
             if configured:
                 self._stop_io_thread(conn)  # the old primary may be frozen
+                self._apply_relay_log_the_primary_has(conn, primary_state, apply_timeout_s)
                 query(conn, sql.stop_replica())
             if former_primary:
                 start = positions.binlog_pos.merged_latest(positions.slave_pos)

@@ -408,6 +408,50 @@ def test_stop_receiving_from_a_frozen_source_keeps_applying_the_relay_log(lab_fa
     primary.close()
 
 
+def test_repoint_applies_the_relay_log_before_change_master_deletes_it(lab_factory: LabFactory) -> None:
+    """Soak seed 11 (item G): a replica with a blocked applier held received, acknowledged
+    commits; its repoint's CHANGE MASTER deleted them, the new primary failed, and the replica was
+    then promoted without them. The repoint now applies the relay log first, or fails with the
+    relay log kept and the applier running, so the commits land even if the new primary is gone."""
+    lab = lab_factory(mysql_count=3)
+    db1, db2, db3 = actions(lab, "db1"), actions(lab, "db2"), actions(lab, "db3")
+    primary = sql(lab, "db1")
+    seed_one_row_on_every_replica(lab, primary)
+    blocker = sql(lab, "db3")
+    run(blocker, "BEGIN")
+    run(blocker, "SELECT * FROM dbtest.t WHERE id = 1 FOR UPDATE")
+    run(primary, "UPDATE dbtest.t SET origin = 'db1-upd' WHERE id = 1")
+    primary.close()
+    wanted = db1.gtid_positions().binlog_pos
+
+    def received() -> bool:
+        status = db3.replica_status()
+        return status is not None and GtidPosition.parse(status.received_gtid_pos).covers(wanted)
+
+    poll(received, 10, "the update in db3's relay log")
+    poll(lambda: count_rows(lab, "db2", "origin = 'db1-upd'") == 1, 10, "the update on db2")
+    db2.promote(fencing_token=3, holder="agent-db2", semi_sync=None)
+    db2_state = db2.gtid_positions().binlog_state
+    with pytest.raises(GtidWaitTimeoutError, match="did not apply its relay log"):
+        db3.repoint(primary_address(lab, "db2"), db2_state, semi_sync_replica=False, apply_timeout_s=0.5)
+    assert count_rows(lab, "db3", "origin = 'db1-upd'") == 0  # still blocked, but kept:
+    lab.kill_mysql("db2", signal.SIGSTOP)  # the new primary fails before db3 could fetch it again
+    try:
+        run(blocker, "ROLLBACK")
+        blocker.close()
+        poll(lambda: count_rows(lab, "db3", "origin = 'db1-upd'") == 1, 10, "db3's own relay log applied")
+    finally:
+        lab.kill_mysql("db2", signal.SIGCONT)
+    db3.repoint(primary_address(lab, "db2"), db2_state, semi_sync_replica=False)
+    status = db3.replica_status()
+    assert status is not None and status.primary_port == lab.node("db2").port
+    assert status.using_gtid == "Slave_Pos"
+    new_primary = sql(lab, "db2")
+    run(new_primary, "INSERT INTO dbtest.t VALUES (2, 'db2')")
+    new_primary.close()
+    poll(lambda: count_rows(lab, "db3", "origin = 'db2'") == 1, 10, "db2's write on db3")
+
+
 def test_promoting_a_delayed_replica_applies_its_relay_log_at_once(lab_factory: LabFactory) -> None:
     """A replica applying an hour behind (MASTER_DELAY) still acknowledges on receipt, so it may
     be the one node holding the last commits: promoting it lifts the delay without discarding
