@@ -754,10 +754,11 @@ class Agent:
             self.failsafe.stop()
         threads_ms = round((time.monotonic() - threads_started) * 1000, 1)
         held = self.keeper.status.held
-        release = "ReleaseLock" if held else "CloseSession"
+        release = "ReleaseLock" if held else "LeaveSession"
         if fenced:
-            # Closing the session releases the lock at once (no lock-delay) and our member record.
-            released = self._stop_step(release, self.keeper.close, token)
+            # The lock goes at once; our member record stays until the session expires, so agents
+            # restarted with us do not race as if this node held nothing (LeaseLock.leave).
+            released = self._stop_step(release, self.keeper.leave, token)
         else:
             released = False
             self._log_stop_step(release, 0.0, "skipped: mysqld was not set read-only, so the lock is "

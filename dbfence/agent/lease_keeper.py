@@ -123,6 +123,15 @@ class LeaseKeeper:
             finally:
                 self.status = LeaseStatus()
 
+    def leave(self) -> None:
+        """Release the lock and stop; the session and our member record expire by themselves
+        (:meth:`LeaseLock.leave`). Raises LockError if the DCS could not be told."""
+        with self._mutex:
+            try:
+                self._lock.leave()
+            finally:
+                self.status = LeaseStatus()
+
     # ------------------------------------------------------------------ internals
     def _set(self, **changes: object) -> None:
         current = self.status

@@ -193,6 +193,19 @@ class LeaseLock(abc.ABC):
         (everything then expires with the TTL).
         """
 
+    def leave(self) -> None:
+        """Stop using the DCS for good (an agent stopping): release the lock at once, but leave
+        our lease/session and the member record bound to it to expire by themselves (one TTL).
+
+        Peers racing meanwhile still see what this node holds: when every agent restarts at once,
+        the fastest would otherwise race before the others' records are back, and could take the
+        lock holding less than a peer that acknowledged more. A restarted agent writes over its
+        old record with its new lease. This default closes the session (for a backend whose
+        restarted agent could not write over a record its old session still holds). Raises
+        DcsUnreachable if the DCS cannot be told (everything then expires with the TTL).
+        """
+        self.close_session()
+
     @abc.abstractmethod
     def publish_member(self, record: MemberRecord) -> None:
         """Write our member record under ``members/<node>``, bound to our lease/session.

@@ -420,6 +420,18 @@ class EtcdLeaseLock(LeaseLock):
             )
         self._forget_session(lease_id)
 
+    def leave(self) -> None:
+        """Release the lock and the ``primary`` key; the lease, and our member record bound to
+        it, expire by themselves (see :meth:`LeaseLock.leave`): a new lease writes over the record."""
+        with self._state:
+            lease_id = self._lease_id
+        if lease_id is None:
+            return
+        with contextlib.suppress(SessionExpired):  # already gone: so are the keys
+            self.release()
+            self.withdraw_primary()
+        self._forget_session(lease_id)
+
     # ------------------------------------------------------------------ the lock
 
     def try_acquire(self, holder: HolderInfo) -> LeaseGrant:

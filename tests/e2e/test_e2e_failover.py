@@ -280,11 +280,18 @@ def test_sigterm_of_the_primary_agent_logs_each_stop_step_and_hands_the_lock_ove
     lab = lab_factory(mysql_count=2, dcs="etcd", agents=True)
     old = only_primary(lab)
     since = time.time() - 1
+    operator = open_lock(DcsConfig(kind="etcd", endpoints=tuple(lab.dcs_endpoints)), lab.cluster, "operator")
     lab.kill_agent(old, signal.SIGTERM)
     stopped_at = time.monotonic()
     wait_until(lambda: not lab.agent(old).process.alive(), timeout=30, what="the agent to exit")
+    # Its record outlives it until its lease expires: agents restarted with it still see what it
+    # holds (LeaseLock.leave), and then it goes by itself.
+    kept = operator.snapshot().member(old)
+    assert kept is not None and kept.role == "primary"
     new = wait_until(lambda: next(iter(lab.primaries()), None), timeout=30, what="a new primary")
     took_over = time.monotonic() - stopped_at
+    wait_until(lambda: operator.snapshot().member(old) is None, timeout=30, what=f"{old}'s record to expire")
+    operator.close()
     assert new != old
     lines = [json.loads(line.split(" dbfence.agent ", 1)[1]) for line in
              Path(lab.agent(old).log).read_text().splitlines() if " dbfence.agent {" in line]

@@ -225,6 +225,48 @@ def test_member_records_are_published_and_read_back(dcs: Dcs) -> None:
     assert dcs.lock("observer2").snapshot().member("db1") is None
 
 
+def test_leave_releases_the_lock_at_once_and_the_record_follows_its_lease(dcs: Dcs) -> None:
+    """A stopping agent leaves: the lock is free at once. On etcd its record stays until the lease
+    expires (peers restarting with it still see what it holds) and a restarted agent writes over
+    it; Consul closes the session (a live member session would block the restarted agent's record)."""
+    leaving = dcs.lock("db1")
+    leaving.try_acquire(holder("db1"))
+    leaving.publish_member(member("db1", role="primary"))
+    leaving.leave()
+    assert leaving.session_id is None
+    peer = dcs.lock("db2")
+    snapshot = peer.snapshot()
+    assert snapshot.lock is None
+    if dcs.kind != "etcd":
+        assert snapshot.member("db1") is None
+        return
+    kept = snapshot.member("db1")
+    assert kept is not None and kept.role == "primary"
+    assert peer.try_acquire(holder("db2")).token  # no lock-delay on a released lock
+
+    def expired() -> bool:
+        peer.renew()
+        return peer.snapshot().member("db1") is None
+
+    wait_until(expired, timeout=dcs.expiry_timeout(), what="db1's record to expire", interval=0.5)
+    # A restarted agent's record, written over a live old one, is bound to its new lease.
+    old = dcs.lock("db3")
+    old.publish_member(member("db3"))
+    old.leave()
+    left_at = time.monotonic()
+    restarted = dcs.lock("db3")
+    restarted.publish_member(member("db3", healthy=False))
+
+    def outlived_old_lease() -> bool:
+        peer.renew()
+        restarted.renew()
+        return time.monotonic() > left_at + dcs.settings.ttl + 1.0
+
+    wait_until(outlived_old_lease, timeout=dcs.expiry_timeout(), what="the old lease to expire", interval=0.5)
+    record = peer.snapshot().member("db3")
+    assert record is not None and record.healthy is False
+
+
 def test_operator_force_delete_makes_holder_lose_the_lock(dcs: Dcs) -> None:
     owner = dcs.lock("db1")
     operator = dcs.lock("cli")
