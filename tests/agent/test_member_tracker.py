@@ -1,0 +1,68 @@
+"""MemberTracker: a peer's vanished record keeps counting for one TTL (lossless races wait for it)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dbfence.agent.daemon import MemberTracker
+from dbfence.agent.decide import RefusalReason, race_refusals
+from dbfence.agent.observation import LockView, Observation
+from dbfence.locks.model import ClusterSnapshot, MemberEntry
+from dbfence.locks.model import MemberRecord as RawRecord
+from tests.agent.core_builders import CONFIG, ME, observe
+
+TTL = 10.0
+
+
+def raw(node: str, position: str, received: str = "") -> RawRecord:
+    return RawRecord(node=node, role="replica", healthy=True, gtid_position=position, gtid_received=received,
+                     priority=100, server_id=2)
+
+
+def snapshot(*records: RawRecord) -> ClusterSnapshot:
+    return ClusterSnapshot(cluster="c", index=1, lock=None,
+                           members=tuple(MemberEntry(f"members/{r.node}", r, "s") for r in records))
+
+
+def names(tracker: MemberTracker, snap: ClusterSnapshot, now: float) -> list[str]:
+    return [record.name for record in tracker.records(snap, now)]
+
+
+def test_a_vanished_peer_record_is_kept_unchanged_for_one_ttl_then_dropped() -> None:
+    tracker = MemberTracker(node=ME, keep_vanished=TTL)
+    peer = raw("n2", "0-1-100", "0-1-110")
+    assert names(tracker, snapshot(raw(ME, "0-1-100"), peer), 100.0) == [ME, "n2"]
+    kept = tracker.records(snapshot(raw(ME, "0-1-100")), 104.0)
+    assert [record.name for record in kept] == [ME, "n2"]
+    assert kept[1].last_seen == 100.0  # unchanged since it was last read: stale, not fresh
+    assert kept[1].info.holds is not None and str(kept[1].info.holds) == "0-1-110"
+    assert names(tracker, snapshot(raw(ME, "0-1-100")), 110.0) == [ME, "n2"]
+    assert names(tracker, snapshot(raw(ME, "0-1-100")), 110.5) == [ME]
+    assert names(tracker, snapshot(raw(ME, "0-1-100")), 111.0) == [ME]  # gone for good
+    # It counts again, as new, once its node publishes again.
+    assert names(tracker, snapshot(raw(ME, "0-1-100"), peer), 112.0) == [ME, "n2"]
+
+
+def test_our_own_vanished_record_is_not_kept() -> None:
+    """We write ours anew at once; a kept copy would make the core think it is still there."""
+    tracker = MemberTracker(node=ME, keep_vanished=TTL)
+    tracker.records(snapshot(raw(ME, "0-1-100")), 100.0)
+    assert tracker.records(snapshot(), 101.0) == ()
+
+
+def test_a_lossless_replica_does_not_race_past_a_peer_whose_record_just_vanished() -> None:
+    """i20: a Consul session that ended early took a peer's record (holding more) with it; until a
+    TTL has passed, the race waits for it as for any stale record that holds more."""
+    tracker = MemberTracker(node=ME, keep_vanished=TTL)
+    ahead = raw("n2", "0-1-100", "0-1-120")
+    tracker.records(snapshot(ahead), 100.0)
+
+    def race_at(now: float) -> tuple[RefusalReason, ...]:
+        members = tracker.records(snapshot(), now)
+        base = observe(now=now, lock=LockView(reachable=True), peers=())
+        obs: Observation = replace(base, members=(*base.members, *members))
+        return tuple(refusal.reason for refusal in race_refusals(obs, CONFIG))
+
+    assert race_at(101.0) == (RefusalReason.PEER_MORE_ADVANCED,)
+    assert race_at(109.0) == (RefusalReason.PEER_MORE_ADVANCED,)
+    assert race_at(111.0) == ()  # surely gone (its session has expired): the race goes on
