@@ -284,10 +284,16 @@ class MysqlActions:
         """Before a repoint's CHANGE MASTER deletes the relay log, apply it if the new primary
         has all of it: the new primary may fail before this node fetches it again, and then
         this node would hold less than it acknowledged. What the new primary lacks is left as
-        before (applying it would fork this node from its new primary)."""
+        before (applying it would fork this node from its new primary), and so is the relay log of
+        a deliberately delayed replica (MASTER_DELAY: it would stay off for the whole delay)."""
         rows = query(conn, self.sql.replica_status_query())
-        received = self.sql.parse_replica_status(rows[0]).received_gtid_pos if rows else ""
-        if not received or GtidState.parse(received).errant_against(primary_state):
+        if not rows:
+            return
+        status = self.sql.parse_replica_status(rows[0])
+        received = status.received_gtid_pos
+        if not received or status.apply_delay_s > 0:
+            return
+        if GtidState.parse(received).errant_against(primary_state):
             return
         self._apply_relay_log(conn, timeout_s)
 
