@@ -484,3 +484,35 @@ def test_promoting_a_delayed_replica_applies_its_relay_log_at_once(lab_factory: 
     assert elapsed < 5, f"promotion took {elapsed:.2f} s"
     assert db2.replica_status() is None
     assert not db2.lift_apply_delay()  # nothing to lift on a primary
+
+
+def test_repointing_a_delayed_replica_does_not_wait_out_its_delay(lab_factory: LabFactory) -> None:
+    """The repoint applies the relay log first only for undelayed replicas: a replica applying an
+    hour behind (MASTER_DELAY) would otherwise stay off replication for that hour."""
+    lab = lab_factory(mysql_count=3)
+    db1, db2, db3 = actions(lab, "db1"), actions(lab, "db2"), actions(lab, "db3")
+    primary = sql(lab, "db1")
+    seed_one_row_on_every_replica(lab, primary)
+    replica = sql(lab, "db3")
+    run(replica, "STOP SLAVE")
+    run(replica, "CHANGE MASTER TO MASTER_DELAY = 3600")
+    run(replica, "START SLAVE")
+    replica.close()
+    run(primary, "INSERT INTO dbtest.t VALUES (2, 'db1')")
+    primary.close()
+    wanted = db1.gtid_positions().binlog_pos
+
+    def received() -> bool:
+        status = db3.replica_status()
+        return status is not None and GtidPosition.parse(status.received_gtid_pos).covers(wanted)
+
+    poll(received, 10, "the insert in db3's relay log")
+    poll(lambda: count_rows(lab, "db2", "id = 2") == 1, 10, "the insert on db2")
+    db2.promote(fencing_token=3, holder="agent-db2", semi_sync=None)
+    started = time.monotonic()
+    db3.repoint(primary_address(lab, "db2"), db2.gtid_positions().binlog_state, semi_sync_replica=False,
+                apply_timeout_s=0.5)
+    assert time.monotonic() - started < 5
+    status = db3.replica_status()
+    assert status is not None and status.primary_port == lab.node("db2").port and status.apply_delay_s == 3600
+    assert count_rows(lab, "db3", "id = 2") == 0  # still held back by the delay, as intended
