@@ -19,9 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import consul
-import requests
-
 Role = Literal["primary", "replica"]
 log = logging.getLogger(__name__)
 
@@ -56,6 +53,10 @@ class ConsulCatalog:
         host, _, port = rest.rstrip("/").rpartition(":")
         if not scheme or not host or not port.isdigit():
             raise ValueError(f"Consul agent URL must look like http://host:port, got {agent_url!r}")
+        # Imported here, not at the top: consul pulls in requests (~7 MB) that an agent which
+        # does not register in Consul should not carry.
+        import consul  # noqa: PLC0415
+
         self._client = consul.Consul(host=host, port=int(port), scheme=scheme, token=token,
                                      timeout=timeout)
         self.identity = identity
@@ -64,6 +65,9 @@ class ConsulCatalog:
         self.reregistrations = 0  # how often a vanished check was registered again
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import consul  # noqa: PLC0415  (loaded by __init__ already)
+        import requests  # noqa: PLC0415
+
         try:
             return fn(*args, **kwargs)
         except (requests.RequestException, consul.ConsulException, OSError, ValueError) as exc:
