@@ -109,6 +109,7 @@ class FlavourSql(Protocol):
 
     def set_read_only(self, on: bool) -> list[str]: ...
     def read_only_query(self) -> str: ...
+    def read_only_expression(self) -> str: ...
     def replica_status_query(self) -> str: ...
     def parse_replica_status(self, row: Mapping[str, Any]) -> ReplicaStatus: ...
     def stop_replica(self) -> str: ...
@@ -140,7 +141,11 @@ class MariaDBSql:
         return [f"SET GLOBAL read_only = {'ON' if on else 'OFF'}"]
 
     def read_only_query(self) -> str:
-        return "SELECT @@global.read_only AS read_only"
+        return f"SELECT {self.read_only_expression()} AS read_only"
+
+    def read_only_expression(self) -> str:
+        """read_only as one SQL expression, 1 when writes are refused (for combined selects)."""
+        return "@@global.read_only"
 
     def replica_status_query(self) -> str:
         return "SHOW SLAVE STATUS"
@@ -232,7 +237,10 @@ class MySQL8Sql:
         return ["SET GLOBAL super_read_only = ON"] if on else ["SET GLOBAL read_only = OFF"]
 
     def read_only_query(self) -> str:
-        return "SELECT @@global.read_only AND @@global.super_read_only AS read_only"
+        return f"SELECT {self.read_only_expression()} AS read_only"
+
+    def read_only_expression(self) -> str:
+        return "@@global.read_only AND @@global.super_read_only"
 
     def replica_status_query(self) -> str:
         return "SHOW REPLICA STATUS"

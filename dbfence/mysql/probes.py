@@ -12,8 +12,8 @@ Lanes and what they answer:
 * ``disk``: free space on the data directory (DISK)
 * ``connect``: a fresh connection to the client port, handshake and login (CONNECT)
 * ``reserved``: the agent's reserved, always-open connection (preferably on MariaDB's
-  ``extra_port``, which has its own connection budget): SELECT 1, then connection slots,
-  read_only, and replica status (SELECT, CONNECTIONS, READ_ONLY, REPLICATION)
+  ``extra_port``, which has its own connection budget): one SELECT of connection slots and
+  read_only, then replica status on a replica (SELECT, CONNECTIONS, READ_ONLY, REPLICATION)
 * ``write``: a heartbeat row update on its own connection, primary only (WRITE). On timeout the
   statement is killed (KILL QUERY) from a separate short-lived connection.
 """
@@ -263,6 +263,25 @@ def probe_connect(endpoint: Endpoint, credentials: Credentials, timeout_s: float
     return Verdict.passed(ProbeKind.CONNECT, f"connected to {endpoint}", time.monotonic() - started)
 
 
+def _status_query(flavour: FlavourSql) -> str:
+    """The reserved connection's per-round statement: liveness, connection slots, read_only."""
+    return (
+        "SELECT @@global.max_connections AS max_conn, "
+        f"{flavour.read_only_expression()} AS read_only, "
+        "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+        "WHERE VARIABLE_NAME = 'THREADS_CONNECTED') AS connected"
+    )
+
+
+def _read_only_verdict(read_only: bool, role: Role, elapsed: float) -> Verdict:
+    detail = f"read_only {'ON' if read_only else 'OFF'} as {role.value}"
+    if role is Role.PRIMARY and read_only:
+        return Verdict.failed(ProbeKind.READ_ONLY, Reason.READ_ONLY_ON, detail, elapsed)
+    if role is not Role.PRIMARY and not read_only:
+        return Verdict.failed(ProbeKind.READ_ONLY, Reason.READ_ONLY_OFF, detail, elapsed)
+    return Verdict.passed(ProbeKind.READ_ONLY, detail, elapsed)
+
+
 def replication_verdict(
     row: dict[str, object] | None,
     flavour: FlavourSql,
@@ -488,7 +507,11 @@ class Prober:
 
         try:
             conn = self._reserved_conn()
-            query(conn, "SELECT 1")
+            assert self._flavour is not None
+            flavour = self._flavour
+            # One statement answers select, connections and read_only: each statement is a round
+            # trip and a result to parse, several times a second, on every node.
+            row = query_one(conn, _status_query(flavour))
         except MysqlUnavailableError as exc:
             self._drop_reserved()
             reason = Reason.QUERY_TIMEOUT if exc.reason is Reason.QUERY_TIMEOUT else exc.reason
@@ -496,21 +519,23 @@ class Prober:
         except MysqlAdapterError as exc:
             self._drop_reserved()
             return [Verdict.failed(ProbeKind.SELECT, Reason.QUERY_FAILED, str(exc), elapsed())]
-        verdicts = [Verdict.passed(ProbeKind.SELECT, "SELECT 1 answered", elapsed())]
-        assert self._flavour is not None
-        flavour = self._flavour
+        verdicts = [
+            Verdict.passed(ProbeKind.SELECT, "SELECT answered", elapsed()),
+            self._connections_verdict(row, elapsed()),
+            _read_only_verdict(bool(int(str(row["read_only"]))), role, elapsed()),
+        ]
+        if role is not Role.REPLICA:
+            return verdicts
         try:
-            verdicts.append(self._connections_verdict(conn, started))
-            verdicts.append(self._read_only_verdict(conn, flavour, role, started))
-            if role is Role.REPLICA:
-                rows = query(conn, flavour.replica_status_query())
-                row = rows[0] if rows else None
-                age = self._heartbeat_age(conn, flavour, row) if row and self.settings.heartbeat_lag else None
-                verdicts.append(
-                    replication_verdict(row, flavour, self.settings.max_replica_lag_s, elapsed(), age)
-                )
+            rows = query(conn, flavour.replica_status_query())
+            replica_row = rows[0] if rows else None
+            age = (self._heartbeat_age(conn, flavour, replica_row)
+                   if replica_row and self.settings.heartbeat_lag else None)
+            verdicts.append(
+                replication_verdict(replica_row, flavour, self.settings.max_replica_lag_s, elapsed(), age)
+            )
         except MysqlAdapterError as exc:
-            # SELECT 1 worked; a later status query failed: report it on SELECT so it counts
+            # the status select worked; a later query failed: report it on SELECT so it counts
             if isinstance(exc, MysqlUnavailableError):
                 self._drop_reserved()
             verdicts.append(Verdict.failed(ProbeKind.SELECT, Reason.QUERY_FAILED, str(exc), elapsed()))
@@ -526,32 +551,14 @@ class Prober:
             return None  # no dbfence schema yet
         return float(rows[0]["age"]) if rows and rows[0]["age"] is not None else None
 
-    def _connections_verdict(self, conn: DbConnection, started: float) -> Verdict:
-        row = query_one(
-            conn,
-            "SELECT @@global.max_connections AS max_conn, VARIABLE_VALUE AS connected "
-            "FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'THREADS_CONNECTED'",
-        )
-        max_conn, connected = int(row["max_conn"]), int(row["connected"])
+    def _connections_verdict(self, row: dict[str, object], elapsed: float) -> Verdict:
+        max_conn, connected = int(str(row["max_conn"])), int(str(row["connected"]))
         self.max_connections = max_conn
         free = max_conn - connected
         detail = f"{connected} of {max_conn} connections in use"
-        elapsed = time.monotonic() - started
         if free < self.settings.min_free_connection_slots:
             return Verdict.failed(ProbeKind.CONNECTIONS, Reason.TOO_MANY_CONNECTIONS, detail, elapsed)
         return Verdict.passed(ProbeKind.CONNECTIONS, detail, elapsed)
-
-    def _read_only_verdict(
-        self, conn: DbConnection, flavour: FlavourSql, role: Role, started: float
-    ) -> Verdict:
-        read_only = bool(int(query_one(conn, flavour.read_only_query())["read_only"]))
-        elapsed = time.monotonic() - started
-        detail = f"read_only {'ON' if read_only else 'OFF'} as {role.value}"
-        if role is Role.PRIMARY and read_only:
-            return Verdict.failed(ProbeKind.READ_ONLY, Reason.READ_ONLY_ON, detail, elapsed)
-        if role is not Role.PRIMARY and not read_only:
-            return Verdict.failed(ProbeKind.READ_ONLY, Reason.READ_ONLY_OFF, detail, elapsed)
-        return Verdict.passed(ProbeKind.READ_ONLY, detail, elapsed)
 
     def _disk_probe(self) -> JobResult:
         if self._datadir is None:
