@@ -22,7 +22,7 @@ from dbfence.mysql.actions import GtidPositions, MysqlActions
 from dbfence.mysql.connection import Endpoint, Timeouts
 from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.errors import MysqlAdapterError
-from dbfence.mysql.facts import FactsReader
+from dbfence.mysql.facts import FactsReader, PeerBinlogState
 from dbfence.mysql.flavour import ReplicaStatus
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.monitor import HealthMonitor, HealthObservation
@@ -108,6 +108,9 @@ class DbSensor:
         self._source_of: Callable[[str, int], str | None] = lambda host, port: None
         self._last_errant: tuple[float, ErrantCheck | None] = (0.0, None)
         self._reader = FactsReader(actions)
+        # Short timeouts (one trivial read): while the holder's host is frozen every round waits
+        # this long, and a replica notices the new holder, to repoint to it, only after the wait.
+        self._peer_state = PeerBinlogState(credentials, Timeouts(connect_s=1.0, read_s=1.0, write_s=1.0))
         self._instance_started: float | None = None
         self._restarts = 0
         self.latest = DbFacts(at=time.monotonic(), health=HealthSummary())
@@ -120,6 +123,8 @@ class DbSensor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._peer_state.close()
 
     def want_role(self, role: ProbeRole) -> None:
         """The probes to run follow the agent's role (the heartbeat write only on a primary)."""
@@ -250,12 +255,8 @@ class DbSensor:
         recent = time.monotonic() - checked_at < self._errant_interval
         if last is not None and last.against == peer.name and recent:
             return last, ""
-        # Short timeouts (one trivial read): while the holder's host is frozen every round waits
-        # this long, and a replica notices the new holder, to repoint to it, only after the wait.
-        remote = MysqlActions(Endpoint(peer.host, peer.port), self._credentials,
-                              Timeouts(connect_s=1.0, read_s=1.0, write_s=1.0), name=peer.name)
         try:
-            remote_state: GtidState = remote.gtid_positions().binlog_state
+            remote_state: GtidState = self._peer_state.read(Endpoint(peer.host, peer.port))
         except MysqlAdapterError as exc:
             # unknown: the core waits rather than guess
             return None, f"cannot read {peer.name}'s binlog state: {exc}"

@@ -11,7 +11,16 @@ import time
 from dataclasses import dataclass
 
 from dbfence.mysql.actions import GtidPositions, MysqlActions
-from dbfence.mysql.connection import DbConnection, Timeouts, close_quietly, connect, query, query_one
+from dbfence.mysql.connection import (
+    DbConnection,
+    Endpoint,
+    Timeouts,
+    close_quietly,
+    connect,
+    query,
+    query_one,
+)
+from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError, MysqlUnavailableError
 from dbfence.mysql.flavour import FlavourSql, ReplicaStatus
 from dbfence.mysql.gtid import GtidParseError, GtidPosition, GtidState
@@ -25,10 +34,12 @@ _VARIABLES = (
     "@@global.rpl_semi_sync_master_enabled AS semi_primary, "
     "@@global.rpl_semi_sync_slave_enabled AS semi_replica, "
     "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-    "WHERE VARIABLE_NAME = 'UPTIME') AS uptime"
+    "WHERE VARIABLE_NAME = 'UPTIME') AS uptime, "
+    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    "WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS') AS semi_clients"
 )
 _FENCING_TOKEN = f"SELECT token FROM {SCHEMA}.fencing WHERE id = 1"
-_SEMI_SYNC_CLIENTS = "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'"
+_PEER_BINLOG_STATE = "SELECT @@global.gtid_binlog_state AS binlog_state"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +81,7 @@ def read_facts(conn: DbConnection, sql: FlavourSql) -> RawFacts:
     semi_primary = bool(int(row["semi_primary"]))
     clients = None
     if semi_primary:
-        clients = int(str(query_one(conn, _SEMI_SYNC_CLIENTS)["Value"]))
+        clients = int(str(row["semi_clients"] or 0))
     return RawFacts(read_only=bool(int(row["read_only"])), server_id=int(row["server_id"]),
                     positions=positions, replica_status=status, fencing_token=token,
                     semi_sync_primary=semi_primary, semi_sync_replica=bool(int(row["semi_replica"])),
@@ -120,3 +131,55 @@ class FactsReader:
 def _server_hung(exc: MysqlAdapterError) -> bool:
     """A statement that timed out: a second try would only wait as long again."""
     return isinstance(exc, MysqlUnavailableError) and exc.reason is Reason.QUERY_TIMEOUT
+
+
+class PeerBinlogState:
+    """Reads another server's ``gtid_binlog_state`` (the errant check) over one kept connection.
+
+    A replica compares its history with the lock holder's about once a second: a fresh
+    connection (handshake, login) each time cost more than the read.
+    """
+
+    def __init__(self, credentials: Credentials, timeouts: Timeouts) -> None:
+        self._credentials = credentials
+        self._timeouts = timeouts
+        self._endpoint: Endpoint | None = None
+        self._conn: DbConnection | None = None
+        self._mutex = threading.Lock()  # the sensor thread and the loop's refresh share it
+
+    def read(self, endpoint: Endpoint) -> GtidState:
+        """The binlog state of ``endpoint``; raises MysqlAdapterError."""
+        with self._mutex:
+            return self._read(endpoint)
+
+    def _read(self, endpoint: Endpoint) -> GtidState:
+        if endpoint != self._endpoint:
+            self.close()
+            self._endpoint = endpoint
+        kept = self._conn is not None and self._conn.open
+        try:
+            return self._read_once(endpoint)
+        except MysqlAdapterError as exc:
+            if not kept or _server_hung(exc):
+                raise
+        return self._read_once(endpoint)  # the kept session was gone (peer restarted): once more
+
+    def _read_once(self, endpoint: Endpoint) -> GtidState:
+        if self._conn is None or not self._conn.open:
+            self._conn = connect(endpoint, self._credentials, self._timeouts)
+        try:
+            value = query_one(self._conn, _PEER_BINLOG_STATE)["binlog_state"]
+        except MysqlAdapterError:
+            close_quietly(self._conn)
+            self._conn = None
+            raise
+        try:
+            return GtidState.parse(str(value or ""))
+        except GtidParseError as exc:
+            raise MysqlQueryError(_PEER_BINLOG_STATE, None, f"{endpoint} returned a GTID we cannot read: "
+                                  f"{exc}") from None
+
+    def close(self) -> None:
+        close_quietly(self._conn)
+        self._conn = None
+        self._endpoint = None

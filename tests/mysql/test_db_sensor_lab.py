@@ -7,6 +7,7 @@ import threading
 
 from dbfence.agent.sensors import DbSensor, PeerDatabase
 from dbfence.lab.wait import wait_until
+from dbfence.mysql.connection import query_one
 from dbfence.mysql.probes import Role
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, creds, monitor
@@ -114,3 +115,31 @@ def test_a_fence_that_kills_the_facts_connection_does_not_blank_the_next_read(
         assert facts.error == ""
         assert facts.position is not None and facts.replication.errant is not None
         assert facts.replication.errant.gtids == () and facts.errant_problem == ""
+
+
+def test_the_errant_check_keeps_one_session_to_the_holder(lab_factory: LabFactory) -> None:
+    """A replica compares its history with the holder's about once a second: over one kept
+    session, not a new login each time, and a session the holder killed (its fence) is opened
+    again at once instead of costing an unknown errant check."""
+    lab = lab_factory(mysql_count=2)
+    holder = lab.node("db1")
+    db1 = actions(lab, "db1")
+
+    def logins() -> int:
+        with db1.session() as conn:
+            return int(str(query_one(conn, "SHOW GLOBAL STATUS LIKE 'Connections'")["Value"]))
+
+    with monitor(lab, "db2", Role.REPLICA) as probes:
+        sensor = DbSensor(probes, actions(lab, "db2"), creds(lab), threading.Event(), errant_interval=0.0)
+        sensor.follow(PeerDatabase("db1", holder.host, holder.port), lambda host, port: None)
+        sensor.refresh_facts()
+        assert sensor.latest.replication.errant is not None
+        before = logins()
+        for _ in range(5):
+            sensor.refresh_facts()
+            assert sensor.latest.replication.errant is not None and sensor.latest.errant_problem == ""
+        # one login: the count's own; none by the five checks
+        assert logins() - before == 1, "each errant check logged in to the holder again"
+        db1.fence(keep_ids=frozenset())  # kills our kept session on the holder
+        sensor.refresh_facts()
+        assert sensor.latest.replication.errant is not None and sensor.latest.errant_problem == ""
