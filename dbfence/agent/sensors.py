@@ -345,7 +345,8 @@ class DcsSensor:
 
     def _read(self) -> int | None:
         try:
-            snapshot = self._lock.snapshot(strict=False)
+            # The lock's TTL left is for display (dbfence locks/status read their own snapshot).
+            snapshot = self._lock.snapshot(strict=False, lease_ttl=False)
         except LockError as exc:
             was_reachable = self.latest.snapshot is not None
             self.latest = DcsView(at=time.monotonic(), snapshot=None, error=str(exc),

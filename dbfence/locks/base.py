@@ -217,8 +217,11 @@ class LeaseLock(abc.ABC):
         """
 
     @abc.abstractmethod
-    def snapshot(self, strict: bool = True) -> ClusterSnapshot:
+    def snapshot(self, strict: bool = True, *, lease_ttl: bool = True) -> ClusterSnapshot:
         """Read the lock, every member record and the intent at one DCS index.
+
+        ``lease_ttl=False`` skips reading the lock's remaining TTL (``lock.ttl_left`` is then
+        None): it is for display, and costs etcd a second request on every read.
 
         Strict (the agent): any unparseable key raises BadData naming it. Lenient (the
         CLI): unparseable member/intent keys are skipped and listed in ``problems``; an

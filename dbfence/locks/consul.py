@@ -559,7 +559,7 @@ class ConsulLeaseLock(LeaseLock):
         )
         return _index(index), list(entries or [])
 
-    def snapshot(self, strict: bool = True) -> ClusterSnapshot:
+    def snapshot(self, strict: bool = True, *, lease_ttl: bool = True) -> ClusterSnapshot:
         index, entries = self._read_prefix(self._deadline())
         problems: list[BadData] = []
         by_key = {str(entry.get("Key")): entry for entry in entries if isinstance(entry, dict)}

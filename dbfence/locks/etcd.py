@@ -582,7 +582,7 @@ class EtcdLeaseLock(LeaseLock):
             self._forget_session(lease_id)
             raise
 
-    def snapshot(self, strict: bool = True) -> ClusterSnapshot:
+    def snapshot(self, strict: bool = True, *, lease_ttl: bool = True) -> ClusterSnapshot:
         deadline = self._deadline()
         ops = [
             etcdrpc.RequestOp(request_range=self._range(self.keys.leader)),
@@ -601,7 +601,7 @@ class EtcdLeaseLock(LeaseLock):
         lock_kvs = response.responses[0].response_range.kvs
         lock = None
         if lock_kvs:
-            ttl_left = self._ttl_left(int(lock_kvs[0].lease), deadline)
+            ttl_left = self._ttl_left(int(lock_kvs[0].lease), deadline) if lease_ttl else None
             lock = self._lock_state(lock_kvs[0], ttl_left, strict, problems)
         members = []
         for kv in response.responses[1].response_range.kvs:
