@@ -50,6 +50,9 @@ log = logging.getLogger("dbfence.agent")
 EVIDENCE_RETRY_FOR = 600.0
 #: An operator's approval of one rebuild the evidence cannot justify ([rejoin] mode = rebuild).
 APPROVAL_FILE = "rebuild-approved"
+#: Backoff of a repair of a mysqld the fence killed (it stays down until one attempt succeeds).
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
 
 _T = TypeVar("_T")
 
@@ -80,6 +83,7 @@ class RepairKeeper:
         self.gave_up = ""
         self.last_result: RepairResult | None = None
         self.gave_up_on = ""  # truncate | rebuild
+        self.retrying = ""  # why a repair of a mysqld the fence killed waits to try again
         self.progress: Progress | None = None  # of the rebuild's copy
         self.last_rebuild: RebuildResult | None = None
         self._killed = False  # the fence killed mysqld; nobody has started it since
@@ -267,7 +271,7 @@ class RepairKeeper:
         result = self.last_result
         return {"mode": self.mode, "evidence_problem": view.evidence_problem, "running": view.running,
                 "saved_file": view.saved_file, "gave_up": view.gave_up, "gave_up_on": view.gave_up_on,
-                "ended_by_fence": self._ended_by_fence,
+                "ended_by_fence": self._ended_by_fence, "retrying": self.retrying,
                 "last": None if result is None else {
                     "errant_before": result.errant_before, "errant_after": result.errant_after,
                     "binlog_pos_before": result.binlog_pos_before,
@@ -304,32 +308,59 @@ class RepairKeeper:
                   f"-- to apply them anyway (after review): mariadb < {out.name}\n")
         log.info(json.dumps({"event": "repair_started", "node": self.node, "primary": action.primary,
                              "gtids": list(action.gtids), "file": str(out)}))
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            if self._killed and isinstance(evidence, FencingEvidence):
-                files = binlog_files_of(evidence.log_bin_basename, evidence.datadir)
-                result = recover_killed(self.mysql, self.control, primary_state, files, evidence.server_id,
-                                        evidence.gtid_binlog_pos, out, header)
-            else:
-                result = truncate_unacknowledged(self.mysql, self.control, primary_state, out, header)
-        except NothingErrant as exc:
-            self._skipped(exc)
-            return
-        except (RepairError, MysqlAdapterError, OSError) as exc:
-            if not mysqld_running(self.control.pid_file):
-                exc = RepairError(f"{exc}; mysqld is not running")
-            self._killed = self._killed and not mysqld_running(self.control.pid_file)
-            self._finish(out, f"repair failed: {exc}", None)
-            return
+        attempt, delay, last_error = 0, RETRY_FIRST, ""
+        while True:
+            attempt_out = out if attempt == 0 else out.with_name(f"{out.stem}-retry{attempt}{out.suffix}")
+            try:
+                result = self._attempt(evidence, primary_state, attempt_out, header)
+                break
+            except NothingErrant as exc:
+                self._skipped(exc)
+                return
+            except (RepairError, MysqlAdapterError, OSError) as exc:
+                if self._killed and not mysqld_running(self.control.pid_file):
+                    # The fence killed mysqld and only a start recovers it, which removes the in-doubt
+                    # commits: never without their copy. So mysqld stays down, and says so, until an
+                    # attempt succeeds (a full disk freed, the primary reachable again).
+                    attempt += 1
+                    self._retrying(attempt, delay, str(exc), first=str(exc) != last_error)
+                    last_error = str(exc)
+                    time.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
+                if not mysqld_running(self.control.pid_file):
+                    exc = RepairError(f"{exc}; mysqld is not running")
+                self._killed = self._killed and not mysqld_running(self.control.pid_file)
+                self._finish(attempt_out, f"repair failed: {exc}", None)
+                return
+        out = attempt_out
         if result.succeeded:
             self._finish(out, "", result)
         else:
             self._finish(out, f"{result.errant_after} survived crash recovery (committed in the engine): "
                               "rebuild this node", result)
 
+    def _attempt(self, evidence: FencingEvidence | str, primary_state: Callable[[], GtidState], out: Path,
+                 header: str) -> RepairResult:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self._killed and isinstance(evidence, FencingEvidence):
+            files = binlog_files_of(evidence.log_bin_basename, evidence.datadir)
+            return recover_killed(self.mysql, self.control, primary_state, files, evidence.server_id,
+                                  evidence.gtid_binlog_pos, out, header)
+        return truncate_unacknowledged(self.mysql, self.control, primary_state, out, header)
+
+    def _retrying(self, attempt: int, delay: float, error: str, *, first: bool) -> None:
+        with self._lock:
+            self.retrying = f"mysqld left down (killed by the fence) until the repair can save what " \
+                            f"its recovery removes; attempt {attempt} failed: {error}; next in {delay:g} s"
+        if first:  # an identical error again is only counted (status: retrying)
+            log.warning(json.dumps({"event": "repair_retry", "node": self.node, "attempt": attempt,
+                                    "next_in_s": delay, "error": error, "mysqld": "down"}))
+
     def _finish(self, out: Path, gave_up: str, result: RepairResult | None) -> None:
         saved = str(out) if out.exists() else ""
         with self._lock:
+            self.retrying = ""
             if result is not None:
                 self._killed = False
             self.saved_file = saved

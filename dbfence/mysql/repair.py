@@ -31,9 +31,19 @@ from pathlib import Path
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import query_one
 from dbfence.mysql.errors import MysqlAdapterError
-from dbfence.mysql.gtid import ErrantRange, Gtid, GtidState, describe_errant, in_errant_ranges
+from dbfence.mysql.gtid import (
+    ErrantRange,
+    Gtid,
+    GtidPosition,
+    GtidState,
+    describe_errant,
+    in_errant_ranges,
+    parse_binlog_gtid_list,
+    ranges_predate,
+)
 
 _GTID_IN_DUMP = re.compile(r"^#.*\bGTID (\d+-\d+-\d+)\b", re.MULTILINE)
+_GTID_LIST_IN_DUMP = re.compile(r"^#.*\bGtid list (\[[^\]]*\])", re.MULTILINE)
 
 
 class RepairError(MysqlAdapterError):
@@ -101,13 +111,18 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
     server_ids = {r.server_id for r in ranges}
     if len(server_ids) != 1:
         raise RepairError(f"errant transactions of several servers ({sorted(server_ids)}): not saved")
+    whole_stream = [r for r in ranges if not r.primary_has_stream]
     starts: dict[int, Gtid] = {}
     for r in ranges:  # start after the last GTID the primary has in each errant domain
         if r.domain not in starts or r.after_seq < starts[r.domain].seq:
             starts[r.domain] = Gtid(r.domain, r.server_id, r.after_seq)
+    # A stream the primary never saw (this node's first transactions as primary): every GTID of
+    # it is errant, so read the files from their start; the first file's Gtid list then proves
+    # that no older (purged) file held one of them.
+    start = ",".join(str(g) for g in sorted(starts.values()))
+    position = [] if whole_stream else [f"--start-position={start}"]
     # --verbose adds each row as a commented pseudo-statement: readable, and still replayable.
-    argv = [tool, "--verbose", "--start-position=" + ",".join(str(g) for g in sorted(starts.values())),
-            f"--server-id={server_ids.pop()}", *map(str, files)]
+    argv = [tool, "--verbose", *position, f"--server-id={server_ids.pop()}", *map(str, files)]
     try:
         done = subprocess.run(argv, capture_output=True, timeout=300, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -118,8 +133,18 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
     found = [Gtid.parse(m) for m in _GTID_IN_DUMP.findall(text)]
     written = [g for g in found if in_errant_ranges(g, ranges)]
     expected = sum(r.last_seq - r.after_seq for r in ranges if r.primary_has_stream)
-    missing_stream = [r for r in ranges if not r.primary_has_stream]
-    if missing_stream or (exact and len(written) != expected) or len(written) != len(found):
+    if whole_stream:
+        first_list = _GTID_LIST_IN_DUMP.search(text)
+        complete = first_list is not None and ranges_predate(parse_binlog_gtid_list(first_list.group(1)),
+                                                             whole_stream)
+        # Seq numbers of a stream the primary lacks need not be consecutive (its domain had other
+        # writers before): the whole stream is there from the first file on, and its last GTID.
+        counted = [g for g in written if not in_errant_ranges(g, whole_stream)]
+        ends = all(r.last in written for r in whole_stream if r.last_seq != _MAX_SEQ)
+        ok = complete and ends and (not exact or len(counted) == expected) and len(written) == len(found)
+    else:
+        ok = (not exact or len(written) == expected) and len(written) == len(found)
+    if not ok:
         raise RepairError(
             f"the binlog excerpt does not match the errant set {describe_errant(ranges)}: "
             f"found {','.join(map(str, found)) or 'nothing'}")
@@ -205,9 +230,14 @@ def recover_killed(mysql: MysqlActions, control: MysqldControl, primary_state: C
     primary = primary_state()
     ranges = [ErrantRange(domain, server_id, seq, _MAX_SEQ, primary_has_stream=True)
               for (domain, writer), seq in sorted(primary.streams.items()) if writer == server_id]
+    # A domain this node last wrote in (its position at fencing) of which the primary holds nothing
+    # of this server: its first transactions as primary; all of that stream is errant.
+    ranges += [ErrantRange(gtid.domain, server_id, 0, _MAX_SEQ, primary_has_stream=False)
+               for gtid in GtidPosition.parse(binlog_pos_before).gtids
+               if gtid.server_id == server_id and (gtid.domain, server_id) not in primary.streams]
     if not ranges:
-        raise RepairError(f"the primary holds no transaction of server {server_id}: cannot tell which "
-                          "of its transactions are errant")
+        raise RepairError(f"neither the primary nor this node's position at fencing ({binlog_pos_before}) "
+                          f"holds a transaction of server {server_id}: cannot tell which are errant")
     saved = save_errant(control.binlog_tool, files, ranges, out, header, exact=False)
     start_mysqld(control, mysql)
     after = mysql.gtid_positions()

@@ -14,13 +14,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pymysql
+import pytest
 
 from dbfence.agent.actions import ActionReason, TruncateErrant
 from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import SemiSyncSettings
 from dbfence.mysql.connection import DbConnection
-from dbfence.mysql.repair import MysqldControl, RepairResult, truncate_unacknowledged
+from dbfence.mysql.errors import MysqlAdapterError
+from dbfence.mysql.gtid import GtidState
+from dbfence.mysql.repair import MysqldControl, RepairResult, mysqld_running, truncate_unacknowledged
 from dbfence.mysql.repair_evidence import load_evidence, read_evidence, save_evidence
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, one, poll, primary_address, run, sql
@@ -313,3 +316,66 @@ def test_a_mysqld_the_fence_could_not_reach_is_crashed_when_it_answers_again(
 def _quietly(fn: Callable[[], None]) -> None:
     with contextlib.suppress(pymysql.MySQLError):
         fn()
+
+
+@pytest.mark.parametrize("primary_unreadable", [0, 2], ids=["primary-readable", "primary-unreadable-twice"])
+def test_a_new_primarys_first_commit_killed_by_the_fence_is_saved_truncated_and_mysqld_started(
+        lab_factory: LabFactory, tmp_path: Path, primary_unreadable: int) -> None:
+    """The soak's case (seed 11): db1's first transaction as primary waits for an ack, the fence
+    kills mysqld, and the new primary holds nothing ever written by server 1, so every
+    transaction of server 1 is errant. The repair saves it, starts mysqld (recovery truncates
+    it), and the node has nothing errant left: it can rejoin. When an attempt fails (the
+    primary cannot be read), mysqld stays down, the status says why, and the repair retries."""
+    lab = lab_factory(mysql_count=2)
+    actions(lab, "db1").set_semi_sync_primary(NEVER_FALLS_BACK)
+    actions(lab, "db2").set_semi_sync_replica(True)
+    primary = sql(lab, "db1")
+    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")["Value"] == "1",
+         30, "db2 to be a semi-sync replica of db1")
+    run(primary, "SET SESSION server_id = 99")  # written by an earlier primary, not by server 1
+    run(primary, "CREATE TABLE app.t (id INT PRIMARY KEY, note VARCHAR(40))")
+    run(primary, "INSERT INTO app.t VALUES (1, 'acknowledged')")
+    primary.close()
+    poll(lambda: rows(lab, "db2") == [(1, "acknowledged")], 30, "db2 to apply the acknowledged row")
+    history: list[tuple[str, str]] = []
+    keeper = lab_keeper(lab, tmp_path, history)
+    keeper.on_fencing()
+    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
+    writer = threading.Thread(target=lambda: _quietly(lambda: run(
+        sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")), daemon=True)
+    writer.start()
+    primary = sql(lab, "db1")
+    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
+         30, "the commit to wait for its ack")
+    primary.close()
+    assert keeper.fence_by_crash()
+    assert not lab.node("db1").process.alive()
+    cut_replica_and_promote_it(lab)
+    new_primary = actions(lab, "db2").gtid_positions().history
+    assert all(server != 1 for _, server in new_primary.streams), new_primary
+
+    failures: list[str] = []
+
+    def primary_state() -> GtidState:
+        if len(failures) < primary_unreadable:  # what a primary that does not answer raises
+            failures.append("unreadable")
+            raise MysqlAdapterError("the primary did not answer (test)")
+        return actions(lab, "db2").gtid_positions().history
+
+    keeper.start_truncate(TruncateErrant("db2", (), ActionReason.REPAIR_UNACKNOWLEDGED), primary_state)
+    if primary_unreadable:
+        poll(lambda: bool(keeper.status().get("retrying")), 60, "the repair to retry")
+        assert "mysqld left down" in keeper.status()["retrying"] and keeper.view().running
+        assert not mysqld_running(Path(lab.node("db1").pid_file))
+    poll(lambda: not keeper.view().running, 120, "the repair to finish")
+    print(f"\nrepair of a first transaction as primary: {keeper.status()}")
+    view = keeper.view()
+    assert view.gave_up == "" and not view.running and not view.awaiting_restart, keeper.status()
+    assert mysqld_running(Path(lab.node("db1").pid_file))
+    saved = Path(view.saved_file).read_text()
+    assert "never acknowledged" in saved and "acknowledged')" not in saved.replace("never acknowledged')", "")
+    assert rows(lab, "db1") == [(1, "acknowledged")]
+    left = actions(lab, "db1").gtid_positions().history.errant_against(
+        actions(lab, "db2").gtid_positions().history)
+    assert left == (), left
+    assert history[0][0] == "repair" and history[0][1].startswith("truncated 0-1-3 in "), history

@@ -85,3 +85,32 @@ def test_binlog_files_come_from_the_index_even_with_mysqld_down(tmp_path: Path) 
         binlog_files_of("", str(tmp_path))
     with pytest.raises(RepairError, match="cannot read the binlog index"):
         binlog_files_of(str(tmp_path / "other-bin"), str(tmp_path))
+
+
+def _binlog_tool_printing(tmp_path: Path, gtid_list: str, gtids: list[str]) -> str:
+    """A stand-in for the binlog tool that prints a dump's comment lines as mariadb-binlog writes
+    them (the real tool on real files: tests/mysql/test_mysql_repair_lab.py)."""
+    dump = tmp_path / "dump.txt"
+    prefix = "#261207  3:30:27 server id 1  end_log_pos 285 CRC32 0x3ac74636 \t"
+    lines = [f"{prefix}Gtid list [{gtid_list}]", *(f"{prefix}GTID {g} trans" for g in gtids)]
+    dump.write_text("\n".join(lines) + "\n")
+    tool = tmp_path / "binlog-tool"
+    tool.write_text(f"#!/bin/sh\ncat {dump}\n")
+    tool.chmod(0o755)
+    return str(tool)
+
+
+def test_a_stream_the_primary_never_saw_is_saved_whole_only_from_its_first_file(tmp_path: Path) -> None:
+    whole = [ErrantRange(0, 1, 0, 2**64 - 1, primary_has_stream=False)]
+    tool = _binlog_tool_printing(tmp_path, "0-99-2", ["0-1-3", "0-1-4"])
+    saved = save_errant(tool, [], whole, tmp_path / "ok.sql", "", exact=False)
+    assert [str(g) for g in saved] == ["0-1-3", "0-1-4"]
+    # The first file began after a GTID of server 1: an older, purged file held some of it.
+    tool = _binlog_tool_printing(tmp_path, "0-1-2,0-99-1", ["0-1-3"])
+    with pytest.raises(RepairError, match="does not match the errant set"):
+        save_errant(tool, [], whole, tmp_path / "purged.sql", "", exact=False)
+    assert not (tmp_path / "purged.sql").exists()
+    # Known end (mysqld up): the last GTID of the stream must be in the excerpt.
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3"])
+    with pytest.raises(RepairError, match="does not match the errant set"):
+        save_errant(tool, [], [ErrantRange(0, 1, 0, 4, primary_has_stream=False)], tmp_path / "short.sql", "")
