@@ -133,6 +133,9 @@ def test_cli_partitions_and_heals_a_namespaced_lab(lab_factory: LabFactory) -> N
 def test_the_fault_matrix_finds_the_partition_faults_here() -> None:
     faults = netns.FAULTS
     assert [f.name for f in faults] == ["partition", "partition-lagging-replica",
-                                        "partition-laggard-holds-more"]
+                                        "partition-laggard-holds-more",
+                                        # the failsafe rows: the primary cut off from the DCS only,
+                                        # and from the DCS and one peer
+                                        "dcs-cut+failsafe", "dcs-and-peer-cut+failsafe"]
     assert all(f.netns and f.until_failover and not f.tmpfs for f in faults)
     assert faults[0].rto_goal(AgentTuning(ttl=3.0)) == 5.0
