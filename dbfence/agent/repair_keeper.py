@@ -96,6 +96,10 @@ class RepairKeeper:
         self._unreached = False
         self._fenced_pid = ""  # the mysqld that was primary: the only one the fence may crash
         if mode != "manual":
+            # Made at start, not at the first fence: an operator's rebuild approval is a file here,
+            # and a fence that could not read its evidence (a stopped mysqld) would otherwise leave
+            # no directory to put it in. An unwritable state directory fails the start, loudly.
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._evidence = load_evidence(state_dir)  # an agent restarted while fenced keeps it
             self._killed = (isinstance(self._evidence, FencingEvidence) and self._evidence.killed_by_fence
                             and not mysqld_running(control.pid_file))
