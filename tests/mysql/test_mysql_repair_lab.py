@@ -3,13 +3,11 @@ saved and truncated, never lost; a committed errant transaction is never removed
 
 from __future__ import annotations
 
-import contextlib
 import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,6 +71,28 @@ def cut_replica_and_promote_it(lab: LabCluster) -> None:
     replica.close()
 
 
+def commit_waiting_for_an_ack(lab: LabCluster) -> tuple[threading.Thread, list[object]]:
+    """db2 stops receiving, then a client's commit on db1 waits for its ack. Returns the client's
+    thread and its outcome, filled when the commit ends: "OK", or the MySQL error number."""
+    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
+    outcome: list[object] = []
+
+    def commit() -> None:
+        try:
+            run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")
+            outcome.append("OK")
+        except pymysql.MySQLError as exc:
+            outcome.append(exc.args[0])
+
+    writer = threading.Thread(target=commit, daemon=True)
+    writer.start()
+    primary = sql(lab, "db1")
+    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
+         30, "the commit to wait for its ack")
+    primary.close()
+    return writer, outcome
+
+
 def repair(lab: LabCluster, tmp_path: Path) -> RepairResult:
     node = lab.node("db1")
     control = MysqldControl(
@@ -95,21 +115,8 @@ def test_a_commit_waiting_for_its_ack_is_saved_and_truncated_not_lost(
     save_evidence(tmp_path, evidence)
     assert load_evidence(tmp_path) == evidence
 
-    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
-    outcome: list[object] = []
-
-    def commit() -> None:
-        try:
-            run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")
-            outcome.append("OK")
-        except pymysql.MySQLError as exc:
-            outcome.append(exc.args[0])
-
-    writer = threading.Thread(target=commit, daemon=True)
-    writer.start()
+    writer, outcome = commit_waiting_for_an_ack(lab)
     primary = sql(lab, "db1")
-    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
-         30, "the commit to wait for its ack")
     waiting_pos = one(primary, "SELECT @@gtid_binlog_pos AS p")["p"]
     primary.close()
     cut_replica_and_promote_it(lab)
@@ -176,14 +183,7 @@ def test_the_agents_repair_keeper_records_evidence_saves_truncates_and_reports(
     poll(lambda: keeper.view().evidence_problem is None, 30, "the fencing evidence")
     assert (tmp_path / "state" / "fencing-evidence.json").exists()
 
-    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
-    writer = threading.Thread(target=lambda: _quietly(lambda: run(
-        sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")), daemon=True)
-    writer.start()
-    primary = sql(lab, "db1")
-    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
-         30, "the commit to wait for its ack")
-    primary.close()
+    commit_waiting_for_an_ack(lab)
     cut_replica_and_promote_it(lab)
 
     started = time.monotonic()
@@ -222,14 +222,7 @@ def test_the_fence_by_crash_keeps_a_waiting_commit_in_doubt_and_the_repair_trunc
     assert not keeper.fence_by_crash()  # nothing waits for an ack: fence as usual
     assert lab.node("db1").process.alive()
 
-    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
-    writer = threading.Thread(target=lambda: _quietly(lambda: run(
-        sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")), daemon=True)
-    writer.start()
-    primary = sql(lab, "db1")
-    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
-         30, "the commit to wait for its ack")
-    primary.close()
+    commit_waiting_for_an_ack(lab)
     # An agent that did not see this node leave PRIMARY (just started) fences as usual: only a
     # FENCED node starts mysqld again.
     assert not lab_keeper(lab, tmp_path / "fresh-agent", []).fence_by_crash()
@@ -260,22 +253,7 @@ def test_an_ack_wait_the_fence_ends_is_not_held_against_the_evidence_another_is(
     keeper.mode = "rebuild"  # no fence by crash: the fence's KILL ends the wait
     keeper.on_fencing()
     poll(lambda: keeper.view().evidence_problem is None, 30, "the evidence to be read")
-    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
-    outcome: list[object] = []
-
-    def commit() -> None:
-        try:
-            run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")
-            outcome.append("OK")
-        except pymysql.MySQLError as exc:
-            outcome.append(exc.args[0])
-
-    writer = threading.Thread(target=commit, daemon=True)
-    writer.start()
-    primary = sql(lab, "db1")
-    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
-         30, "the commit to wait for its ack")
-    primary.close()
+    writer, outcome = commit_waiting_for_an_ack(lab)
 
     killed = keeper.fence(lambda: actions(lab, "db1").fence())
     writer.join(10)
@@ -313,11 +291,6 @@ def test_a_mysqld_the_fence_could_not_reach_is_crashed_when_it_answers_again(
     assert view.awaiting_restart and view.evidence_problem is None
 
 
-def _quietly(fn: Callable[[], None]) -> None:
-    with contextlib.suppress(pymysql.MySQLError):
-        fn()
-
-
 @pytest.mark.parametrize("primary_unreadable", [0, 2], ids=["primary-readable", "primary-unreadable-twice"])
 def test_a_new_primarys_first_commit_killed_by_the_fence_is_saved_truncated_and_mysqld_started(
         lab_factory: LabFactory, tmp_path: Path, primary_unreadable: int) -> None:
@@ -340,14 +313,7 @@ def test_a_new_primarys_first_commit_killed_by_the_fence_is_saved_truncated_and_
     history: list[tuple[str, str]] = []
     keeper = lab_keeper(lab, tmp_path, history)
     keeper.on_fencing()
-    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
-    writer = threading.Thread(target=lambda: _quietly(lambda: run(
-        sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")), daemon=True)
-    writer.start()
-    primary = sql(lab, "db1")
-    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
-         30, "the commit to wait for its ack")
-    primary.close()
+    commit_waiting_for_an_ack(lab)
     assert keeper.fence_by_crash()
     assert not lab.node("db1").process.alive()
     cut_replica_and_promote_it(lab)
