@@ -1,0 +1,134 @@
+"""STARTING, FENCING and FENCED: close everything, release the lock, rejoin only when clean.
+
+STARTING confirms the local fence; FENCING fences in order and releases the lock only once the
+fence is complete (for a switchover: once the target caught up); FENCED (a former primary)
+rejoins only through a clean errant-GTID check against the current primary, or is repaired per
+``[rejoin]`` (:mod:`dbfence.agent.rejoin`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dbfence.agent.actions import ActionReason, ClearSwitchover, ReleaseLock, Repoint, SetReadOnly
+from dbfence.agent.decide_lease import fence_actions, lease_trouble, release_unwanted_lease, renew_if_due
+from dbfence.agent.decide_race import switchover_target_suitable
+from dbfence.agent.decide_replica import acknowledges, detach_lost_source, ready_primary
+from dbfence.agent.decide_round import FENCE_ACTION_REASON, RefusalReason, Round, fresh
+from dbfence.agent.observation import ErrantCheck
+from dbfence.agent.rejoin import plan_repair
+from dbfence.agent.state import Role, Trigger
+
+
+def handle_starting(r: Round) -> None:
+    fence_actions(r, ActionReason.STARTUP, insist=True)
+    release_unwanted_lease(r)
+    if r.obs.fence_complete:
+        r.move(Trigger.LOCAL_FENCE_CONFIRMED)
+    else:
+        r.refuse(RefusalReason.FENCE_INCOMPLETE)
+
+
+def handle_fencing(r: Round) -> None:
+    reason = r.state.fenced_reason
+    assert reason is not None  # set by every transition into FENCING
+    _fencing_steps(r, FENCE_ACTION_REASON[reason])
+    if r.obs.db.read_only is None and not any(isinstance(a, SetReadOnly) for a in r.actions):
+        # mysqld could not be asked: ask again, but last. A hung mysqld makes the attempt wait
+        # for a connect timeout, and a release that is due must not wait behind it.
+        r.emit(SetReadOnly(read_only=True, reason=FENCE_ACTION_REASON[reason]))
+
+
+def _fencing_steps(r: Round, reason: ActionReason) -> None:
+    obs = r.obs
+    state = r.state
+    fence_actions(r, reason, insist=False)
+    renew_if_due(r)
+    if obs.intents.paused:
+        r.refuse(RefusalReason.PAUSED)
+        return
+    lease = obs.lease
+    target = state.switchover_target
+    overdue = r.now >= state.since + r.config.drain_timeout + r.config.ttl
+    if state.fenced_reason is Trigger.SWITCHOVER and (
+        obs.intents.switchover_target != target or not switchover_target_suitable(r, target) or overdue
+    ):
+        # Withdrawn, or the target can no longer take over (it vanished, or never catches up:
+        # it may hold errant GTIDs that its position does not show): waiting for it would
+        # leave the cluster without a primary, so take the role back if we still can.
+        if lease_trouble(r) is None and obs.db.health.healthy:
+            if obs.intents.switchover_target == target:
+                r.emit(ClearSwitchover(ActionReason.SWITCHOVER_FAILED))  # or it starts again
+            r.move(Trigger.SWITCHOVER_ABORTED)
+            return
+        # Cannot take the role back: finish as an ordinary fence.
+        r.state = state = replace(state, switchover_target=None)
+        target = None
+    if not obs.fence_complete:
+        r.refuse(RefusalReason.FENCE_INCOMPLETE)
+        return
+    lease_gone = not lease.held or (
+        lease.deadline is not None and r.now >= lease.deadline + r.config.safety_margin
+    )
+    if lease_gone:
+        r.move(Trigger.RELEASED)
+        return
+    assert lease.token is not None
+    if target is not None:
+        record = obs.member(target)
+        position = obs.db.position
+        caught_up = (
+            record is not None and fresh(r, record) and record.info.healthy
+            and record.info.position is not None and position is not None
+            and record.info.position.covers(position)
+        )
+        if not caught_up:
+            r.refuse(RefusalReason.SWITCHOVER_TARGET_BEHIND, target)
+            r.wake_at(state.since + r.config.drain_timeout + r.config.ttl)
+            return
+        r.emit(ReleaseLock(lease.token, ActionReason.SWITCHOVER))
+    else:
+        r.emit(ReleaseLock(lease.token, ActionReason.FENCE_COMPLETE))
+
+
+def handle_fenced(r: Round) -> None:
+    obs = r.obs
+    fence_actions(r, ActionReason.NOT_PRIMARY, insist=False)
+    detach_lost_source(r)
+    release_unwanted_lease(r)
+    if obs.intents.paused:
+        r.refuse(RefusalReason.PAUSED)
+        return
+    primary = ready_primary(r)
+    if primary is None:
+        if obs.lock.reachable:
+            r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN)
+        else:
+            r.refuse(RefusalReason.DCS_UNREACHABLE)
+        return
+    check = obs.db.replication.errant
+    if not obs.db.health.healthy:
+        r.refuse(RefusalReason.DB_UNHEALTHY, ", ".join(obs.db.health.reasons))
+        if obs.repair.awaiting_restart:  # killed by the fence: what is errant shows after recovery
+            _repair(r, ErrantCheck(primary))
+    elif check is None or check.against != primary:
+        r.refuse(RefusalReason.ERRANT_UNCHECKED, primary)
+    elif not check.clean:
+        r.refuse(RefusalReason.ERRANT_GTIDS, ",".join(check.gtids))
+        r.state = replace(r.state, fenced_reason=Trigger.ERRANT_GTIDS)
+        _repair(r, check)
+    else:
+        r.emit(Repoint(primary, acknowledges(r), ActionReason.REJOIN))
+        r.move(Trigger.REJOINED)
+
+
+def _repair(r: Round, check: ErrantCheck) -> None:
+    """``[rejoin]``: remove errant transactions that were provably never acknowledged (truncate
+    or rebuild), or say why not (the rules are in :mod:`dbfence.agent.rejoin`)."""
+    donors = tuple(sorted(m.name for m in r.obs.members if m.name != r.me and m.info.role is Role.REPLICA
+                          and m.info.healthy and fresh(r, m)))
+    plan = plan_repair(r.config.rejoin_mode, r.obs.repair, check, r.obs.db.server_id, donors)
+    if isinstance(plan, tuple):
+        r.refuse(RefusalReason(plan[0].value), plan[1])
+    elif plan is not None:
+        r.emit(plan)

@@ -1,0 +1,153 @@
+"""CANDIDATE and PROMOTING: from a won race to an admitting primary, one observable step a round.
+
+Before anything is written the winner waits for its rivals to see its lease and steps down if
+one holds more data than it (``_overtaken``); then relay log, stop replication, writable, fencing
+token, and only then PRIMARY.
+"""
+
+from __future__ import annotations
+
+from dbfence.agent.actions import (
+    AcquireLock,
+    ActionReason,
+    Promote,
+    RecordFailover,
+    ReleaseLock,
+    SetReadOnly,
+    WaitRelayLog,
+    WriteFencingToken,
+)
+from dbfence.agent.decide_lease import (
+    fence_now,
+    keep_gate_closed,
+    lease_trouble,
+    release_unwanted_lease,
+    renew_if_due,
+)
+from dbfence.agent.decide_primary import serve
+from dbfence.agent.decide_race import collect_race_refusals, rivals_of
+from dbfence.agent.decide_round import RefusalReason, Round, fresh
+from dbfence.agent.state import Trigger
+
+
+def handle_candidate(r: Round) -> None:
+    obs = r.obs
+    keep_gate_closed(r)
+    lease = obs.lease
+    if lease.held:
+        if obs.intents.paused:
+            # Frozen: keep what we won, promote nothing until resumed.
+            r.refuse(RefusalReason.PAUSED)
+            renew_if_due(r)
+        elif lease.valid_at(r.now) and lease_trouble(r) is None:
+            r.move(Trigger.LEASE_ACQUIRED)
+            handle_promoting(r)
+        else:
+            r.move(Trigger.NO_LONGER_ELIGIBLE)
+            release_unwanted_lease(r)
+        return
+    if obs.intents.paused:
+        r.refuse(RefusalReason.PAUSED)
+    elif not obs.lock.reachable:
+        r.refuse(RefusalReason.DCS_UNREACHABLE)
+        r.move(Trigger.NO_LONGER_ELIGIBLE)
+    elif obs.lock.holder is not None:
+        r.move(Trigger.RACE_LOST)
+    else:
+        collect_race_refusals(r)
+        if r.refusals:
+            r.move(Trigger.NO_LONGER_ELIGIBLE)
+        else:
+            r.emit(AcquireLock(ActionReason.LOCK_FREE_AND_ELIGIBLE))
+
+
+def handle_promoting(r: Round) -> None:
+    obs = r.obs
+    trouble = lease_trouble(r)
+    if trouble is not None:
+        fence_now(r, trouble)
+    elif not obs.db.health.healthy and not obs.intents.paused:
+        fence_now(r, Trigger.DB_UNHEALTHY)
+    else:
+        keep_gate_closed(r)
+        renew_if_due(r)
+        if obs.intents.paused:
+            r.refuse(RefusalReason.PAUSED)
+        elif not _overtaken(r) and not _awaiting_peers(r):
+            _promotion_step(r)
+
+
+def _overtaken(r: Round) -> bool:
+    """Step down when a rival holds strictly more data, until our token is in.
+
+    Records can lag (a peer publishes after we raced; after a restart of every agent, their
+    records come back one by one): until the token is written, handing the lock back keeps
+    the lossless promise. The gate never admitted (PROMOTING), so a token write still waiting
+    for a semi-sync ack — which the rival, holding writes we lack, will never give — is only
+    an unacknowledged transaction of our own; we rejoin without it (errant: fenced, repaired).
+    Ties (applied position, priority, name) never cause a step-down: the data is the same.
+    """
+    obs = r.obs
+    holds = obs.db.holds
+    token = obs.lease.token
+    if obs.db.fencing_token == token or holds is None:
+        return False
+    ahead = [rival.record.name for rival in rivals_of(r) if rival.holds.rank_key() > holds.rank_key()]
+    if not ahead:
+        return False
+    r.refuse(RefusalReason.PEER_MORE_ADVANCED, ", ".join(ahead))
+    r.move(Trigger.OVERTAKEN)
+    if token is not None and obs.fence_complete:
+        r.emit(ReleaseLock(token, ActionReason.OVERTAKEN))
+    return True
+
+
+def _written_anything(r: Round) -> bool:
+    """Past the promotion's point of no return: mysqld writable, or our fencing token written."""
+    db = r.obs.db
+    return db.read_only is not True or db.fencing_token == r.obs.lease.token
+
+
+def _awaiting_peers(r: Round) -> bool:
+    """Before anything is written, wait for every live rival to publish a record that saw our
+    lease.
+
+    We raced on records that can be a round old: a replica that received the old primary's
+    last (acknowledged) commits may not have published them yet. A rival that sees a new
+    holder has stopped receiving from the old one (lossless) and publishes what it holds, which
+    ``_overtaken`` then compares. Stale records (their agent is gone or cut off) are not waited
+    for; they vanish with their session.
+    """
+    token = r.obs.lease.token
+    if _written_anything(r):
+        return False
+    waiting = [rival.record.name for rival in rivals_of(r)
+               if rival.record.info.seen_token != token and fresh(r, rival.record)]
+    if not waiting:
+        return False
+    r.refuse(RefusalReason.AWAITING_PEERS, ", ".join(waiting))  # PROMOTING wakes up soon anyway
+    return True
+
+
+def _promotion_step(r: Round) -> None:
+    """One observable step of the promotion; the next step waits for its effect."""
+    obs = r.obs
+    token = obs.lease.token
+    assert token is not None  # only called with a held lease
+    replication = obs.db.replication
+    if replication.source is not None:
+        if not replication.relay_log_applied:
+            r.emit(WaitRelayLog(r.config.relay_wait_timeout, ActionReason.PROMOTION))
+        else:
+            r.emit(Promote(r.config.lossless, ActionReason.PROMOTION))
+    elif obs.db.read_only is not False:
+        # The point of no return: from here on the cooldown of this failover runs.
+        r.emit(SetReadOnly(read_only=False, reason=ActionReason.PROMOTION))
+        if obs.db.fencing_token != token:
+            r.emit(WriteFencingToken(token, ActionReason.PROMOTION))
+        r.emit(RecordFailover(ActionReason.FAILOVER_STARTED))
+    elif obs.db.fencing_token != token:
+        r.emit(WriteFencingToken(token, ActionReason.PROMOTION))
+    else:
+        r.move(Trigger.PROMOTION_COMPLETE)
+        serve(r)

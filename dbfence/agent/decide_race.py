@@ -1,0 +1,233 @@
+"""The race rules: who may take a free lock, and who a racing replica defers to.
+
+``race_refusals`` lists everything that stops this node from racing (pause, health, cooldown,
+lag, a more advanced rival, unreplicated writes of its own). The rival and own-writes rules are
+shared with promotion (step down when overtaken) and switchover (is the target suitable), so a
+rule holds the same wherever it is judged: no acknowledged write is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dbfence.agent import failsafe
+from dbfence.agent.core_config import CoreConfig
+from dbfence.agent.decide_round import Refusal, RefusalReason, Round, fresh
+from dbfence.agent.gtid import GtidPosition, RankKey, candidate_sort_key
+from dbfence.agent.observation import MemberRecord, Observation
+from dbfence.agent.state import Role, State
+
+#: Roles whose members may be the most advanced candidate a racing replica defers to.
+RIVAL_ROLES = frozenset({Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.PROMOTING})
+
+
+@dataclass(frozen=True, slots=True)
+class Rival:
+    """A peer that could take the lock instead of this node: what it holds once its relay log
+    is applied, and what it has applied."""
+
+    record: MemberRecord
+    holds: GtidPosition
+    applied: GtidPosition
+
+    def sort_key(self) -> tuple[RankKey, RankKey, int, tuple[int, ...]]:
+        info = self.record.info
+        return candidate_sort_key(self.holds, self.applied, info.priority, info.name)
+
+
+def rivals_of(r: Round) -> list[Rival]:
+    """Promotable peers with a known position that a racing replica must not overtake.
+
+    In lossless mode stale and unhealthy records count too: a paused agent, or a replica whose
+    applier is stuck, may sit on the only copy of acknowledged writes (a semi-sync ack means
+    "in a relay log", not "applied"); only that node can keep them. Callers let unhealthy
+    peers win ties: they do not race, and waiting for them would stall for nothing.
+    """
+    rivals: list[Rival] = []
+    for record in r.obs.members:
+        info = record.info
+        holds = info.holds
+        if record.name == r.me or info.position is None or holds is None:
+            continue
+        if info.priority <= 0 or info.role not in RIVAL_ROLES:
+            continue
+        if not r.config.lossless and not (info.healthy and fresh(r, record)):
+            continue
+        if stays_out_for_own_writes(r, record):
+            continue
+        rivals.append(Rival(record, holds, info.position))
+    return rivals
+
+
+def stays_out_for_own_writes(r: Round, rival: MemberRecord) -> bool:
+    """Whether ``rival`` refuses to race for unreplicated writes of its own (judged as it does,
+    from the other positions it sees: ours and the other records).
+
+    What it holds beyond the rest of us is then its own writes that no other node received: in
+    lossless mode never acknowledged (no replica had them), so nothing is lost without them, and
+    deferring to a node that will not race would leave the cluster without a primary. It rejoins
+    under the winner (or is fenced for its errant writes). A rival that received more than it
+    applied may hold others' (acknowledged) writes: it still counts.
+    """
+    info = rival.info
+    if info.server_id is None or info.position is None or info.holds != info.position:
+        return False
+    peers = [(r.obs.db.position, r.obs.db.holds)] + [
+        (record.info.position, record.info.holds) for record in r.obs.members
+        if record.name not in (r.me, info.name)
+    ]
+    return bool(_unreplicated_own_domains(info.position, info.server_id, peers))
+
+
+def _unreplicated_own_domains(
+    position: GtidPosition, server_id: int,
+    peers: list[tuple[GtidPosition | None, GtidPosition | None]],
+) -> list[int]:
+    """Domains whose last transaction this server wrote, no peer reached, and that do not simply
+    extend every peer's stream (``_own_writes_lead``): the node must rejoin under a primary."""
+    applied = [peer_position for peer_position, _ in peers if peer_position is not None]
+    domains = set(position.own_unreplicated_domains(server_id, applied)) | _forked_own_domains(
+        position, server_id, [holds for _, holds in peers])
+    return [domain for domain in sorted(domains)
+            if not _own_writes_lead(position, server_id, domain, [holds for _, holds in peers])]
+
+
+def _forked_own_domains(position: GtidPosition, server_id: int,
+                        peer_holds: list[GtidPosition | None]) -> set[int]:
+    """Domains whose last transaction this server wrote while a peer holds another server's
+    transaction with the same sequence number: two histories, surely forked there, whatever a
+    higher sequence number elsewhere suggests (it may have passed the other branch only)."""
+    forked = set()
+    for gtid in position.gtids:
+        if gtid.server_id != server_id:
+            continue
+        for holds in peer_holds:
+            theirs = None if holds is None else holds.get(gtid.domain_id)
+            if theirs is not None and theirs.seq_no == gtid.seq_no and theirs.server_id != server_id:
+                forked.add(gtid.domain_id)
+    return forked
+
+
+def race_refusals(observation: Observation, config: CoreConfig) -> tuple[Refusal, ...]:
+    """Everything that stops this node from racing for a free lock (empty: it may race)."""
+    r = Round(observation, config, State())
+    collect_race_refusals(r)
+    return tuple(r.refusals)
+
+
+def collect_race_refusals(r: Round) -> None:
+    obs, config = r.obs, r.config
+    db = obs.db
+    intents = obs.intents
+    if intents.paused:
+        r.refuse(RefusalReason.PAUSED)
+    blocked = failsafe.race_blocked(obs.failsafe, r.me, r.now)
+    if blocked is not None:
+        r.refuse(RefusalReason(blocked[0]), blocked[1])
+        given = obs.failsafe.given
+        if given is not None and obs.failsafe.promise_live(r.now):
+            r.wake_at(given.until)
+    if not db.health.healthy:
+        r.refuse(RefusalReason.DB_UNHEALTHY, ", ".join(db.health.reasons))
+    if config.priority <= 0:
+        r.refuse(RefusalReason.NOT_PROMOTABLE)
+    target = intents.switchover_target
+    operator_override = intents.skip_cooldown or target == r.me
+    if obs.last_failover_at is not None and not operator_override:
+        cooldown_end = obs.last_failover_at + config.cooldown
+        if r.now < cooldown_end:
+            r.refuse(RefusalReason.COOLDOWN, f"until {cooldown_end:g}")
+            r.wake_at(cooldown_end)
+    if target is not None and target != r.me and _switchover_target_can_race(r, target):
+        r.refuse(RefusalReason.SWITCHOVER_TO_OTHER, target)
+    position, holds = db.position, db.holds
+    if position is None or holds is None or db.server_id is None:
+        _refuse_if_lagging(r)
+        r.refuse(RefusalReason.POSITION_UNKNOWN)
+        return
+    rivals = rivals_of(r)
+    if not (config.lossless and all(rival.holds.rank_key() < holds.rank_key() for rival in rivals)):
+        # Lossless and holding more than any rival: this node is the only one that can keep
+        # what it received, so it races and applies its relay log while promoting.
+        _refuse_if_lagging(r)
+    mine = candidate_sort_key(holds, position, config.priority, r.me)
+    for rival in rivals:
+        if rival.holds.rank_key() > holds.rank_key():
+            ahead = True  # it holds more: whatever its health or priority, only it can keep that
+        elif not rival.record.info.healthy or target == r.me:
+            ahead = False  # an unhealthy peer does not race; the switchover target yields only to data
+        else:
+            ahead = rival.sort_key() > mine
+        if ahead:
+            r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{rival.record.name} holds {rival.holds}")
+    peers = [(record.info.position, record.info.holds) for record in obs.members if record.name != r.me]
+    unreplicated = _unreplicated_own_domains(position, db.server_id, peers)
+    if unreplicated:
+        r.refuse(RefusalReason.UNREPLICATED_OWN_WRITES,
+                 "domains " + ",".join(str(domain) for domain in unreplicated))
+
+
+def _own_writes_lead(position: GtidPosition, server_id: int, domain: int,
+                     peer_holds: list[GtidPosition | None]) -> bool:
+    """Whether this node's own unreplicated writes in ``domain`` only extend what every peer has.
+
+    They do when every peer's record is known and, in that domain, has nothing or an earlier
+    transaction of this very server: the peer's stream ends inside ours, so it has nothing we
+    lack there. Such a node (a primary whose agent restarted with a commit no replica received:
+    never acknowledged, as semi-sync had no ack for it) is the most advanced, and the others
+    rightly defer to it; refusing it too would leave the cluster without a primary for good. A
+    peer whose last transaction there came from another server may hold writes we lack (we
+    wrote as a primary and were fenced): then we must rejoin under a primary first.
+    """
+    own = position.get(domain)
+    assert own is not None  # one of our own unreplicated domains
+    if not peer_holds:
+        return False  # no record to compare with (every agent restarting): nothing shows it leads
+    for holds in peer_holds:
+        if holds is None:
+            return False
+        theirs = holds.get(domain)
+        if theirs is not None and (theirs.server_id != server_id or theirs.seq_no >= own.seq_no):
+            return False
+    return True
+
+
+def _switchover_target_can_race(r: Round, target: str) -> bool:
+    """Whether a switchover target may still take the lock, so the others leave it to it.
+
+    An intent can outlive its use: a target that became primary and fenced before it cleared
+    the intent (a stall, a pause) is FENCED and never races, nor does one with writes of its own
+    that nobody else has (a former primary: it must rejoin first); a target that holds less
+    than this node yields to it (it never overtakes data). Deferring to either would leave the cluster
+    without a primary until an operator cleared the intent.
+    """
+    record = r.obs.member(target)
+    if record is None or not record.info.healthy or not fresh(r, record):
+        return False
+    theirs, mine = record.info.holds, r.obs.db.holds
+    if record.info.role not in RIVAL_ROLES or theirs is None or stays_out_for_own_writes(r, record):
+        return False
+    return mine is None or theirs.rank_key() >= mine.rank_key()
+
+
+def _refuse_if_lagging(r: Round) -> None:
+    replication = r.obs.db.replication
+    if not replication.relay_log_applied:
+        r.refuse(RefusalReason.RELAY_LOG_NOT_APPLIED)
+    lag = replication.lag_seconds
+    if lag is None or lag > r.config.max_lag_seconds:
+        r.refuse(RefusalReason.LAG_TOO_HIGH, "unknown" if lag is None else f"{lag:g}s")
+
+
+def switchover_target_suitable(r: Round, target: str | None) -> bool:
+    record = None if target is None else r.obs.member(target)
+    return (
+        record is not None
+        and fresh(r, record)
+        and record.info.healthy
+        and record.info.role is Role.REPLICA
+        and record.info.position is not None
+        and record.info.priority > 0
+        # A target with writes of its own nobody else has (it was a primary) would not race.
+        and not stays_out_for_own_writes(r, record)
+    )
