@@ -1,0 +1,37 @@
+"""Operator commands the agent's HTTP API accepts, turned into the cluster's intent in the DCS."""
+
+from __future__ import annotations
+
+import time
+
+from dbfence.discovery.http_api import CommandResult
+from dbfence.locks.base import LeaseLock
+from dbfence.locks.errors import LockError
+from dbfence.locks.model import Intent
+from dbfence.ops_cli import switchover_refusal
+
+
+def answer_command(lock: LeaseLock, node: str, max_lag: float, command: str,
+                   args: dict[str, str]) -> CommandResult:
+    """``pause``, ``resume`` or ``switchover?to=NODE``, written as the cluster's intent in the DCS
+    (a switchover only when ``switchover_refusal`` finds nothing against its target)."""
+    try:
+        current = lock.read_intent()
+        if command == "pause":
+            lock.write_intent(Intent(paused=True, pause_reason=args.get("reason", "operator"),
+                                     requested_by=node, requested_at=time.time()))
+            return CommandResult(200, "cluster paused")
+        if command == "resume":
+            lock.write_intent(Intent(switchover_target=current.switchover_target))
+            return CommandResult(200, "cluster resumed")
+        target = args.get("to", "")
+        if not target:
+            return CommandResult(400, "switchover needs ?to=NODE")
+        refusal = switchover_refusal(lock.snapshot(strict=False), target, max_lag)
+        if refusal:
+            return CommandResult(409, f"refused: {refusal}")
+        lock.write_intent(Intent(paused=current.paused, pause_reason=current.pause_reason,
+                                 switchover_target=target, requested_by=node, requested_at=time.time()))
+        return CommandResult(202, f"switchover to {target} requested")
+    except LockError as exc:
+        return CommandResult(503, f"DCS unavailable: {exc}")
