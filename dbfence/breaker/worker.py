@@ -29,7 +29,6 @@ from dbfence.breaker.link import (
     BackendSide,
     ClientSide,
     cut_links,
-    deadline_seconds,
     fence_allows,
 )
 from dbfence.breaker.packets import (
@@ -40,11 +39,11 @@ from dbfence.breaker.packets import (
     not_primary_message,
 )
 from dbfence.breaker.proxy_header import proxy_header
-from dbfence.breaker.shared import EPOCH_BITS, EPOCH_MASK, STATE_DRAINING, SharedRecord
+from dbfence.breaker.shared import EPOCH_BITS, EPOCH_MASK, STATE_DRAINING, SharedRecord, fence_deadline
 from dbfence.breaker.state import LEASE_EXPIRED
 
 __all__ = ["CTL_BLOCK", "CTL_DRAIN", "CTL_QUIT", "CTL_READY", "CTL_STATS", "ClientSide", "Worker",
-           "deadline_seconds", "fence_allows"]
+           "fence_allows"]
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _monotonic = time.monotonic
@@ -360,7 +359,7 @@ class Worker:
         """Cut every link the fence no longer allows (all of them once blocked or expired)."""
         word = self.shared.fence()
         epoch = word & EPOCH_MASK
-        valid = now < deadline_seconds(word)
+        valid = now < fence_deadline(word)
         if valid and epoch == self.enforced_epoch:
             return  # every link was admitted in this epoch and the lease holds: nothing to scan
         doomed = [link for link in self.links if not fence_allows(word, link.epoch, now)]

@@ -14,9 +14,10 @@ from dbfence.breaker.shared import (
     STATE_ADMITTING,
     SharedRecord,
     WorkerSlot,
+    fence_deadline,
     fence_word,
 )
-from dbfence.breaker.worker import deadline_seconds, fence_allows
+from dbfence.breaker.worker import fence_allows
 
 
 @pytest.fixture
@@ -48,10 +49,10 @@ def test_fence_allows_only_same_epoch_before_the_deadline() -> None:
 )
 def test_float_deadline_is_never_later_than_the_words_microsecond(deadline_us: int) -> None:
     # The data path compares floats; no "now" may pass that the exact microsecond rule refuses.
-    exact_us = Fraction(deadline_seconds((deadline_us << EPOCH_BITS) | 3)) * 1_000_000
+    exact_us = Fraction(fence_deadline((deadline_us << EPOCH_BITS) | 3)) * 1_000_000
     assert exact_us <= deadline_us
     assert deadline_us - exact_us < 1  # and less than a microsecond earlier
-    assert deadline_seconds(3) == 0.0  # blocked: nothing is before it
+    assert fence_deadline(3) == 0.0  # blocked: nothing is before it
 
 
 def test_epoch_wraps_within_its_bits() -> None:
