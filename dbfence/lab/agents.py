@@ -16,15 +16,37 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dbfence.lab.errors import LabError
 from dbfence.lab.procs import ProcessRef, free_port, spawn, stop
 from dbfence.lab.wait import wait_until
 
 if TYPE_CHECKING:
-    from dbfence.lab.cluster import LabCluster
-    from dbfence.lab.mariadb_servers import MysqlNode
+    from dbfence.lab.mariadb_servers import Account, MysqlNode
+    from dbfence.lab.netns import NetnsLayout
+
+
+class AgentHostLab(Protocol):
+    """What starting agents reads of a lab (a :class:`dbfence.lab.cluster.LabCluster`), named here
+    so that this module does not import the cluster module, which imports it."""
+
+    @property
+    def directory(self) -> Path: ...
+    @property
+    def cluster(self) -> str: ...
+    @property
+    def dcs_kind(self) -> str: ...
+    @property
+    def dcs_endpoints(self) -> list[str]: ...
+    @property
+    def accounts(self) -> dict[str, Account]: ...
+    @property
+    def mysql(self) -> list[MysqlNode]: ...
+    @property
+    def netns(self) -> NetnsLayout | None: ...
+
+    def argv_prefix(self, host: str) -> list[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +104,7 @@ def _write_private(path: Path, text: str) -> None:
         out.write(text)
 
 
-def write_agent_files(lab: LabCluster, node: MysqlNode, address: str, gate_port: int, http_port: int,
+def write_agent_files(lab: AgentHostLab, node: MysqlNode, address: str, gate_port: int, http_port: int,
                       tuning: AgentTuning) -> Path:
     """Write the agent's TOML config and its 0600 credentials file; return the config path."""
     agent_dir = lab.directory / "agents"
@@ -203,7 +225,7 @@ def http_status(agent: AgentProcess, path: str = "/status", timeout: float = 1.0
         return 0, b""
 
 
-def start_all(lab: LabCluster, tuning: AgentTuning,
+def start_all(lab: AgentHostLab, tuning: AgentTuning,
               on_started: Callable[[AgentProcess], None]) -> list[AgentProcess]:
     gate_port, http_port = free_port(), free_port()
     agents = []
