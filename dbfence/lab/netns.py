@@ -307,12 +307,3 @@ class NamespaceRunner:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-def __getattr__(name: str) -> Any:
-    """``FAULTS`` for the fault matrix, which looks for it here; imported late, because the
-    faults need the lab and the lab needs this module."""
-    if name == "FAULTS":
-        from dbfence.lab.partition import FAULTS  # noqa: PLC0415
-
-        return FAULTS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ import pymysql
 from dbfence.lab.agents import AgentTuning, log_times
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.errors import LabError
-from dbfence.lab.faults import Fault, FaultContext, Heal
+from dbfence.lab.fault_model import Fault, FaultContext, Heal
 from dbfence.lab.netns import CLIENT, DCS
 from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.lab.workload import DiscoveryWriter

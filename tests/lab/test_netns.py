@@ -13,10 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from dbfence.cli import main
-from dbfence.lab import netns
+from dbfence.lab import netns, partition
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.errors import LabError
+from dbfence.lab.faults import all_faults
 from dbfence.lab.procs import spawn
 from dbfence.lab.wait import wait_until
 from tests.conftest import LabFactory
@@ -130,8 +131,9 @@ def test_cli_partitions_and_heals_a_namespaced_lab(lab_factory: LabFactory) -> N
     assert netns.isolated_hosts(layout) == []
 
 
-def test_the_fault_matrix_finds_the_partition_faults_here() -> None:
-    faults = netns.FAULTS
+def test_the_fault_registry_lists_the_partition_faults() -> None:
+    faults = partition.FAULTS
+    assert all_faults()[-len(faults):] == faults
     assert [f.name for f in faults] == ["partition", "partition-lagging-replica",
                                         "partition-laggard-holds-more",
                                         # the failsafe rows: the primary cut off from the DCS only,

@@ -1,0 +1,68 @@
+"""Process faults: a signal to the primary's mysqld, its agent, or every process of its host.
+
+Each injector takes a :class:`~dbfence.lab.fault_model.FaultContext` and returns the heal that
+undoes it (restart after a kill, SIGCONT after a SIGSTOP). The rows that use them are in the
+registry, :mod:`dbfence.lab.faults`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+import psutil
+
+from dbfence.lab.cluster import LabCluster
+from dbfence.lab.fault_model import FaultContext, Heal
+from dbfence.lab.wait import wait_until
+
+
+def kill_mysqld(ctx: FaultContext) -> Heal:
+    ctx.lab.kill_mysql(ctx.primary, signal.SIGKILL)
+    return lambda: _restart_mysqld(ctx.lab, ctx.primary)
+
+
+def _restart_mysqld(lab: LabCluster, name: str) -> None:
+    wait_until(lambda: not lab.node(name).process.alive(), timeout=30, what=f"{name}'s mysqld to exit")
+    lab.start_mysql(name)
+
+
+def stop_mysqld(ctx: FaultContext) -> Heal:
+    ctx.lab.kill_mysql(ctx.primary, signal.SIGSTOP)
+    return lambda: ctx.lab.kill_mysql(ctx.primary, signal.SIGCONT)
+
+
+
+def kill_agent(ctx: FaultContext) -> Heal:
+    agent = ctx.lab.agent(ctx.primary)
+    ctx.lab.kill_agent(ctx.primary, signal.SIGKILL)
+
+    def heal() -> None:
+        wait_until(lambda: not agent.process.alive(), timeout=10, what=f"agent {agent.name} to exit")
+        ctx.lab.restart_agent(ctx.primary)
+    return heal
+
+
+def stop_agent(ctx: FaultContext) -> Heal:
+    # The agent process only: its gate workers keep running and must stop admitting on their own
+    # when the lease deadline passes.
+    ctx.lab.kill_agent(ctx.primary, signal.SIGSTOP)
+    return lambda: ctx.lab.kill_agent(ctx.primary, signal.SIGCONT)
+
+
+def _host_processes(lab: LabCluster, name: str) -> list[psutil.Process]:
+    agent = psutil.Process(lab.agent(name).pid)
+    return [psutil.Process(lab.node(name).pid), agent, *agent.children(recursive=True)]
+
+
+def freeze_host(ctx: FaultContext) -> Heal:
+    frozen = _host_processes(ctx.lab, ctx.primary)
+    for proc in frozen:
+        proc.send_signal(signal.SIGSTOP)
+
+    def heal() -> None:
+        for proc in frozen:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGCONT)
+    return heal
+
