@@ -8,7 +8,8 @@ from types import TracebackType
 from typing import Any
 
 from dbfence.lab.consul_standin.dns_server import ConsulDNS, DNSServers
-from dbfence.lab.consul_standin.http_api import ConsulAPI, StandinHTTPServer, make_http_server
+from dbfence.lab.consul_standin.http_api import ConsulAPI
+from dbfence.lab.consul_standin.http_server import StandinHTTPServer, make_http_server
 from dbfence.lab.consul_standin.model import StandinConfig
 from dbfence.lab.consul_standin.state import StandinState
 
