@@ -2,19 +2,18 @@
 
 The lab is for the demo, the tests and the benchmarks. Everything it starts is recorded in the
 manifest by pid and start time, so ``down`` stops exactly those processes and nothing else.
+Each kind of server is started by a module of its own (:mod:`dbfence.lab.mariadb_servers`,
+:mod:`dbfence.lab.etcd_servers`, :mod:`dbfence.lab.consul_servers`, :mod:`dbfence.lab.agents`);
+this one composes them into a cluster, wires replication, and keeps the manifest.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import ipaddress
 import json
 import os
 import secrets
 import signal
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,18 +21,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
-import psutil
 import pymysql
 
 from dbfence.lab import agents as agents_mod
 from dbfence.lab import etcd_servers, mariadb_servers
 from dbfence.lab import netns as lab_netns
 from dbfence.lab.agents import AgentProcess, AgentTuning
+from dbfence.lab.consul_servers import ConsulStandinProcess, start_consul_standin
 from dbfence.lab.errors import LabError
 from dbfence.lab.etcd_servers import EtcdMember
 from dbfence.lab.mariadb_servers import Account, MysqlNode
 from dbfence.lab.netns import NamespaceRunner, NetnsLayout
-from dbfence.lab.procs import ProcessRef, free_port, port_open, spawn, stop
+from dbfence.lab.procs import ProcessRef, free_port, port_open, stop
 from dbfence.lab.wait import wait_until
 
 MANIFEST = "lab.json"
@@ -66,18 +65,6 @@ class LabSpec:
             raise LabError(f"--etcd-members must be 1 or 3, not {self.etcd_members}")
         if self.netns and (reason := lab_netns.unavailable_reason()) is not None:
             raise LabError(f"a namespaced lab cannot run here: {reason}")
-
-
-@dataclass(frozen=True, slots=True)
-class ConsulStandinProcess:
-    http_address: str
-    dns_address: str
-    pid: int
-    create_time: float
-
-    @property
-    def process(self) -> ProcessRef:
-        return ProcessRef(self.pid, self.create_time)
 
 
 def _in_client_namespace(method: F) -> F:
@@ -172,7 +159,8 @@ class LabCluster:
         agents = [(f"agent-{a.name}", a.process) for a in self.agents]
         self._stop_all(agents)
         refs: list[tuple[str, ProcessRef]] = [(n.name, n.process) for n in self.mysql]
-        refs += [(n.name, ref) for n in self.mysql if (ref := _restarted_elsewhere(n)) is not None]
+        refs += [(n.name, ref) for n in self.mysql
+                 if (ref := mariadb_servers.restarted_elsewhere(n)) is not None]
         refs += [(m.name, m.process) for m in self.etcd]
         if self.consul is not None:
             refs.append(("consul-standin", self.consul.process))
@@ -407,7 +395,7 @@ class LabCluster:
         template = self.directory / "template"
         layout = self.netns
         # In namespaces, agents, replicas and gates reach mysqld from the subnet, not loopback.
-        client_hosts = [] if layout is None else [_host_pattern(layout.subnet)]
+        client_hosts = [] if layout is None else [mariadb_servers.account_host_pattern(layout.subnet)]
         mariadb_servers.bootstrap_template(template, self.accounts, self.directory / "bootstrap.log",
                                            client_hosts=client_hosts)
         plans = []
@@ -417,8 +405,8 @@ class LabCluster:
             plans.append((node_dir, f"db{i}", i, free_port(), free_port()))
         with ThreadPoolExecutor(max_workers=count) as pool:
             futures = [pool.submit(mariadb_servers.start_node, d, name, sid, port, extra,
-                                   socket_path=_socket_path(d), host=self._host_address(name),
-                                   argv_prefix=self.argv_prefix(name))
+                                   socket_path=mariadb_servers.short_socket_path(d),
+                                   host=self._host_address(name), argv_prefix=self.argv_prefix(name))
                        for d, name, sid, port, extra in plans]
             nodes = []
             errors = []
@@ -448,7 +436,7 @@ class LabCluster:
         if spec.dcs == "etcd":
             self.etcd = etcd_servers.start_cluster(self.directory, spec.etcd_members, host, prefix)
         else:
-            self.consul = _start_consul_standin(self.directory, host, prefix)
+            self.consul = start_consul_standin(self.directory, host, prefix)
 
     def _host_address(self, host: str) -> str:
         layout = self.netns
@@ -462,23 +450,6 @@ class LabCluster:
         if self.consul is not None:
             host, port = self.consul.http_address.rsplit(":", 1)
             wait_until(lambda: port_open(host, int(port)), timeout=15, what="the Consul stand-in")
-
-
-
-def _restarted_elsewhere(node: MysqlNode) -> ProcessRef | None:
-    """The node's mysqld when another process restarted it (an agent's repair runs
-    `dbfence lab start-mysql`, which this process's manifest may not show yet): the pid in its
-    pid file, if that is a mariadbd on this node's data directory."""
-    try:
-        pid = int(Path(node.pid_file).read_text().strip())
-        if pid == node.pid:
-            return None
-        process = psutil.Process(pid)
-        if f"--datadir={node.datadir}" not in process.cmdline():
-            return None
-        return ProcessRef(pid, process.create_time())
-    except (OSError, ValueError, psutil.Error):
-        return None
 
 
 def _refuse_if_in_use(directory: Path) -> None:
@@ -505,29 +476,3 @@ def _running_names(lab: LabCluster) -> list[str]:
         names.append("consul-standin")
     return names
 
-
-def _socket_path(node_dir: Path) -> Path:
-    """Unix socket paths are limited to ~107 bytes; deep test directories need a short stand-in."""
-    path = node_dir / "mysqld.sock"
-    if len(str(path)) < 100:
-        return path
-    digest = hashlib.sha1(str(node_dir).encode()).hexdigest()[:12]
-    short = Path(tempfile.gettempdir()) / "dbfence-sockets"
-    short.mkdir(mode=0o700, exist_ok=True)
-    return short / f"{digest}.sock"
-
-
-def _host_pattern(subnet: str) -> str:
-    """A MariaDB account host matching every address of ``subnet`` ("10.213.0.0/255.255.255.0")."""
-    network = ipaddress.ip_network(subnet)
-    return f"{network.network_address}/{network.netmask}"
-
-
-def _start_consul_standin(directory: Path, host: str, argv_prefix: list[str]) -> ConsulStandinProcess:
-    http_address = f"{host}:{free_port()}"
-    dns_address = f"{host}:{free_port()}"
-    consul_dir = directory / "consul"
-    consul_dir.mkdir(parents=True, exist_ok=True)
-    ref = spawn([*argv_prefix, sys.executable, "-m", "dbfence.lab.consul_standin",
-                 "--http-addr", http_address, "--dns-addr", dns_address], consul_dir / "standin.log")
-    return ConsulStandinProcess(http_address, dns_address, ref.pid, ref.create_time)

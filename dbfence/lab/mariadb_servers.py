@@ -6,14 +6,18 @@ node, which is several times faster than running ``mariadb-install-db`` per node
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pymysql
 import pymysql.cursors
 
@@ -253,3 +257,37 @@ def describe(node: MysqlNode, agent: Account) -> dict[str, Any]:
 
 def stop_node(node: MysqlNode) -> None:
     stop(node.process, grace=30.0)
+
+
+def restarted_elsewhere(node: MysqlNode) -> ProcessRef | None:
+    """The node's mysqld when another process restarted it (an agent's repair runs
+    `dbfence lab start-mysql`, which this process's manifest may not show yet): the pid in its
+    pid file, if that is a mariadbd on this node's data directory."""
+    try:
+        pid = int(Path(node.pid_file).read_text().strip())
+        if pid == node.pid:
+            return None
+        process = psutil.Process(pid)
+        if f"--datadir={node.datadir}" not in process.cmdline():
+            return None
+        return ProcessRef(pid, process.create_time())
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
+
+def short_socket_path(node_dir: Path) -> Path:
+    """Unix socket paths are limited to ~107 bytes; deep test directories need a short stand-in."""
+    path = node_dir / "mysqld.sock"
+    if len(str(path)) < 100:
+        return path
+    digest = hashlib.sha1(str(node_dir).encode()).hexdigest()[:12]
+    short = Path(tempfile.gettempdir()) / "dbfence-sockets"
+    short.mkdir(mode=0o700, exist_ok=True)
+    return short / f"{digest}.sock"
+
+
+def account_host_pattern(subnet: str) -> str:
+    """A MariaDB account host matching every address of ``subnet`` ("10.213.0.0/255.255.255.0")."""
+    network = ipaddress.ip_network(subnet)
+    return f"{network.network_address}/{network.netmask}"
