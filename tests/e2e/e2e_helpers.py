@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,12 @@ import dns.rcode
 import pymysql
 
 from dbfence.discovery import NoPrimary, primary_address
+from dbfence.lab.agents import http_status
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.wait import WaitTimeout, wait_until
+from dbfence.locks.factory import DcsConfig, open_lock
+from dbfence.locks.model import Intent
+from tests.mysql.mysql_lab_helpers import actions as mysql_actions
 
 
 def discover(lab: LabCluster) -> tuple[str, int]:
@@ -98,3 +104,54 @@ def rows_on(lab: LabCluster, node: str) -> set[int]:
     with lab.connect(node) as conn, conn.cursor() as cur:
         cur.execute("SELECT id FROM app.e2e")
         return {int(row[0]) for row in cur.fetchall()}
+
+
+def only_primary(lab: LabCluster) -> str:
+    primaries = lab.primaries()
+    assert len(primaries) == 1, f"expected exactly one admitting primary, got {primaries}"
+    return primaries[0]
+
+
+def hang_the_primary_after(lab: LabCluster, commit_only_there: Callable[[str], object]) -> tuple[str, str]:
+    """Make the primary end with a commit that no replica has, hang it (SIGSTOP) until another node
+    takes over and acknowledges writes, then resume it (SIGCONT); return (old primary, new primary).
+
+    ``commit_only_there(old)`` makes that commit: an acknowledged asynchronous write, or a wait
+    until a commit waits for its semi-sync ack. It runs while the agents are paused and the
+    replicas have stopped receiving: paused, the replicas' agents leave their IO threads stopped
+    (they would restart them within a round), so the commit reaches the old primary only. The
+    pause ends once its mysqld is stopped.
+    """
+    old = only_primary(lab)
+    write_row(lab, 1)
+    replicas = [n.name for n in lab.mysql if n.name != old]
+    wait_until(lambda: all(http_status(lab.agent(n), "/replica")[0] == 200 for n in replicas),
+               timeout=60, what="the replicas to replicate")
+    operator = open_lock(DcsConfig(kind=lab.dcs_kind, endpoints=tuple(lab.dcs_endpoints)), lab.cluster,
+                         "operator")
+    try:
+        operator.write_intent(Intent(paused=True, pause_reason="test"))
+        wait_until(lambda: all(status(lab, n)["intent"]["paused"] for n in (old, *replicas)), timeout=10,
+                   what="every agent to see the pause")
+        for name in replicas:
+            assert mysql_actions(lab, name).stop_receiving()
+        commit_only_there(old)
+        lab.kill_mysql(old, signal.SIGSTOP)
+        operator.write_intent(Intent())
+    finally:
+        operator.close()
+    write_until_acknowledged(lab, 100, timeout=60)
+    new = only_primary(lab)
+    assert new != old
+    lab.kill_mysql(old, signal.SIGCONT)
+    return old, new
+
+
+def assert_follows(lab: LabCluster, old: str, new: str) -> None:
+    """``old`` replicates ``new``: a new write reaches it, and it has exactly ``new``'s rows."""
+    write_row(lab, 1000)
+    deadline = time.monotonic() + 30
+    while rows_on(lab, old) != rows_on(lab, new) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rows_on(lab, old) == rows_on(lab, new)
+    assert not status(lab, old)["database"]["errant"]

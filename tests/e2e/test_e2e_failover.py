@@ -27,6 +27,7 @@ from tests.conftest import LabFactory
 from tests.e2e.e2e_helpers import (
     app_connect,
     discover,
+    only_primary,
     resolve,
     role,
     rows_on,
@@ -38,12 +39,6 @@ from tests.e2e.e2e_helpers import (
 from tests.mysql.mysql_lab_helpers import actions as mysql_actions
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def only_primary(lab: LabCluster) -> str:
-    primaries = lab.primaries()
-    assert len(primaries) == 1, f"expected exactly one admitting primary, got {primaries}"
-    return primaries[0]
 
 
 def agents_http(lab: LabCluster, name: str, path: str) -> tuple[int, bytes]:
