@@ -75,19 +75,7 @@ def start_lab(directory: Path, dcs: DcsKind, tuning: AgentTuning, *, tmpfs: bool
     if not tmpfs:
         return fault_lab
     try:
-        node = lab.mysql[0]
-        lab.kill_mysql(node.name, signal.SIGTERM)
-        wait_until(exited(node.process.alive), timeout=60, what=f"{node.name} to stop")
-        datadir = Path(node.datadir)
-        on_disk = datadir.with_name("data.disk")
-        datadir.rename(on_disk)
-        datadir.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size}", "tmpfs", str(datadir)],
-                       check=True, capture_output=True)
-        fault_lab.mounts.append(datadir)
-        shutil.copytree(on_disk, datadir, dirs_exist_ok=True)
-        shutil.rmtree(on_disk)
-        lab.start_mysql(node.name)
+        move_datadir_to_tmpfs(lab, lab.mysql[0].name, tmpfs_size, fault_lab.mounts)
         # Every mysqld starts read-only: open db1 again, as the lab left it for the agents.
         mariadb_servers.open_for_writes(lab.mysql[0], lab.accounts["agent"])
         lab.start_agents(tuning)
@@ -96,3 +84,21 @@ def start_lab(directory: Path, dcs: DcsKind, tuning: AgentTuning, *, tmpfs: bool
         raise
     return fault_lab
 
+
+def move_datadir_to_tmpfs(lab: LabCluster, name: str, size: str, mounts: list[Path]) -> None:
+    """Stop ``name``'s mysqld, move its data directory onto a tmpfs of its own (root only) and
+    start it again (read-only, as every mysqld starts). The mount joins ``mounts`` as soon as it
+    exists, so that whoever cleans up after a failure unmounts it (after ``lab.down()``)."""
+    node = lab.node(name)
+    lab.kill_mysql(name, signal.SIGTERM)
+    wait_until(exited(node.process.alive), timeout=60, what=f"{name} to stop")
+    datadir = Path(node.datadir)
+    on_disk = datadir.with_name("data.disk")
+    datadir.rename(on_disk)
+    datadir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(datadir)],
+                   check=True, capture_output=True)
+    mounts.append(datadir)
+    shutil.copytree(on_disk, datadir, dirs_exist_ok=True)
+    shutil.rmtree(on_disk)
+    lab.start_mysql(name)

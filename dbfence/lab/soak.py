@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -27,15 +26,14 @@ from dbfence.lab import netns as lab_netns
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
 from dbfence.lab.errors import LabError
+from dbfence.lab.fault_labs import move_datadir_to_tmpfs
 from dbfence.lab.faults import Fault, FaultContext, Heal, all_faults
 from dbfence.lab.final_state import read_final_state, read_tenures
 from dbfence.lab.history import Attempt, FaultEvent, History, Outcome, Verdict, check, outage
 from dbfence.lab.nemesis import Burst, PlannedFault, Schedule, Trigger, plan
-from dbfence.lab.procs import ProcessRef
 from dbfence.lab.soak_checks import Breach, NodeView, Wholeness, wholeness
 from dbfence.lab.soak_clients import Monitor, PooledReader
 from dbfence.lab.soak_report import Counts, FaultRecord, RoleChange
-from dbfence.lab.wait import wait_until
 from dbfence.lab.workload import DiscoveryWriter
 
 TABLE = "app.soak"
@@ -74,10 +72,6 @@ def usable_faults(dcs: DcsKind, etcd_members: int, netns: bool, tmpfs: bool = Fa
             and (tmpfs or not f.tmpfs) and (netns or not f.netns)]
 
 
-def _stopped(process: ProcessRef) -> Callable[[], bool]:
-    return lambda: not process.alive()
-
-
 def datadirs_on_tmpfs(lab: LabCluster, size: str = "1g") -> list[Path]:
     """Move every node's data directory onto a tmpfs of its own (root only; before the agents
     start), so that the disk-full fault can strike any primary. Returns the mounts, which the
@@ -85,18 +79,7 @@ def datadirs_on_tmpfs(lab: LabCluster, size: str = "1g") -> list[Path]:
     left it (every mysqld starts read-only); the replicas keep their replication settings."""
     mounts: list[Path] = []
     for node in list(lab.mysql):
-        lab.kill_mysql(node.name, signal.SIGTERM)
-        wait_until(_stopped(node.process), timeout=60, what=f"{node.name} to stop")
-        datadir = Path(node.datadir)
-        on_disk = datadir.with_name("data.disk")
-        datadir.rename(on_disk)
-        datadir.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(datadir)],
-                       check=True, capture_output=True)
-        mounts.append(datadir)
-        shutil.copytree(on_disk, datadir, dirs_exist_ok=True)
-        shutil.rmtree(on_disk)
-        lab.start_mysql(node.name)
+        move_datadir_to_tmpfs(lab, node.name, size, mounts)
     lab.in_client(mariadb_servers.open_for_writes, lab.mysql[0], lab.accounts["agent"])
     return mounts
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dbfence.lab.consul_standin.http_render import STANDIN_VERSION, Renderer
+from dbfence.lab.consul_standin.http_render import STANDIN_VERSION
 from dbfence.lab.consul_standin.http_wire import (
     Reply,
     Request,
@@ -33,7 +33,7 @@ from dbfence.lab.consul_standin.model import (
     ServiceDefinition,
     StandinError,
 )
-from dbfence.lab.consul_standin.state import StandinState
+from dbfence.lab.consul_standin.route_group import RouteGroup
 
 # Fields whose presence makes a check something other than a TTL check (the stand-in runs no probes).
 _ACTIVE_CHECK_FIELDS = (
@@ -52,13 +52,8 @@ _ACTIVE_CHECK_FIELDS = (
 )
 
 
-class AgentRoutes:
+class AgentRoutes(RouteGroup):
     """``/v1/agent/...``: services, TTL checks, self, members."""
-
-    def __init__(self, state: StandinState, render: Renderer) -> None:
-        self.state = state
-        self.config = state.config
-        self.render = render
 
     def routes(self) -> list[Route]:
         return [

@@ -12,12 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dbfence.lab.consul_standin.http_render import Renderer
 from dbfence.lab.consul_standin.http_wire import (
     Reply,
     Request,
     Route,
-    blocking_args,
     decode_object,
     index_headers,
     json_reply,
@@ -30,16 +28,11 @@ from dbfence.lab.consul_standin.model import (
     CRITICAL,
     StandinError,
 )
-from dbfence.lab.consul_standin.state import StandinState
+from dbfence.lab.consul_standin.route_group import RouteGroup
 
 
-class CatalogRoutes:
+class CatalogRoutes(RouteGroup):
     """``/v1/health/...``, ``/v1/catalog/...`` and ``/v1/status/...``."""
-
-    def __init__(self, state: StandinState, render: Renderer) -> None:
-        self.state = state
-        self.config = state.config
-        self.render = render
 
     def routes(self) -> list[Route]:
         return [
@@ -60,10 +53,7 @@ class CatalogRoutes:
         name = match.group("name")
         tags = tuple(request.query.get("tag", []))
         passing = request.flag("passing")
-        min_index, wait = blocking_args(request)
-        index, rows = self.state.blocking(
-            min_index, wait, lambda: self.state.service_view(name, tags, passing)
-        )
+        index, rows = self.blocking_query(request, lambda: self.state.service_view(name, tags, passing))
         node = self.render.node()
         rendered = [
             {
@@ -77,30 +67,24 @@ class CatalogRoutes:
 
     def health_checks(self, request: Request, match: re.Match[str]) -> Reply:
         name = match.group("name")
-        min_index, wait = blocking_args(request)
-        index, checks = self.state.blocking(
-            min_index, wait, lambda: self.state.checks_view(service_name=name)
-        )
+        index, checks = self.blocking_query(request, lambda: self.state.checks_view(service_name=name))
         return json_reply([self.render.check(c) for c in checks], headers=index_headers(index))
 
     def health_state(self, request: Request, match: re.Match[str]) -> Reply:
         wanted = match.group("state")
         if wanted not in (*CHECK_STATUSES, "any"):
             raise StandinError(400, "Bad state")
-        min_index, wait = blocking_args(request)
-        index, checks = self.state.blocking(min_index, wait, lambda: self.state.checks_view(state=wanted))
+        index, checks = self.blocking_query(request, lambda: self.state.checks_view(state=wanted))
         return json_reply([self.render.check(c) for c in checks], headers=index_headers(index))
 
     def catalog_service(self, request: Request, match: re.Match[str]) -> Reply:
         name = match.group("name")
         tags = tuple(request.query.get("tag", []))
-        min_index, wait = blocking_args(request)
-        index, rows = self.state.blocking(min_index, wait, lambda: self.state.service_view(name, tags, False))
+        index, rows = self.blocking_query(request, lambda: self.state.service_view(name, tags, False))
         return json_reply([self.render.catalog_row(r) for r in rows], headers=index_headers(index))
 
     def catalog_services(self, request: Request, match: re.Match[str]) -> Reply:
-        min_index, wait = blocking_args(request)
-        index, services = self.state.blocking(min_index, wait, self.state.services_view)
+        index, services = self.blocking_query(request, self.state.services_view)
         return json_reply(services, headers=index_headers(index))
 
     def catalog_datacenters(self, request: Request, match: re.Match[str]) -> Reply:

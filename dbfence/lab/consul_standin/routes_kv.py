@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-from dbfence.lab.consul_standin.http_render import Renderer
 from dbfence.lab.consul_standin.http_wire import (
     Reply,
     Request,
@@ -25,16 +24,11 @@ from dbfence.lab.consul_standin.model import (
     StandinError,
     validate_kv_key,
 )
-from dbfence.lab.consul_standin.state import StandinState
+from dbfence.lab.consul_standin.route_group import RouteGroup
 
 
-class KVRoutes:
+class KVRoutes(RouteGroup):
     """``/v1/kv/<key>``: GET (raw, recurse, keys), PUT (flags, cas, acquire, release), DELETE."""
-
-    def __init__(self, state: StandinState, render: Renderer) -> None:
-        self.state = state
-        self.config = state.config
-        self.render = render
 
     def routes(self) -> list[Route]:
         return [

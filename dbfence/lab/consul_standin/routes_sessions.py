@@ -11,12 +11,10 @@ import re
 from typing import Any
 
 from dbfence.lab.consul_standin.durations import DurationError, parse_duration
-from dbfence.lab.consul_standin.http_render import Renderer
 from dbfence.lab.consul_standin.http_wire import (
     Reply,
     Request,
     Route,
-    blocking_args,
     decode_object,
     index_headers,
     json_reply,
@@ -32,16 +30,11 @@ from dbfence.lab.consul_standin.model import (
     SessionRequest,
     StandinError,
 )
-from dbfence.lab.consul_standin.state import StandinState
+from dbfence.lab.consul_standin.route_group import RouteGroup
 
 
-class SessionRoutes:
+class SessionRoutes(RouteGroup):
     """``/v1/session/...``: create, destroy, renew, info, list, node."""
-
-    def __init__(self, state: StandinState, render: Renderer) -> None:
-        self.state = state
-        self.config = state.config
-        self.render = render
 
     def routes(self) -> list[Route]:
         return [
@@ -127,17 +120,14 @@ class SessionRoutes:
 
     def session_info(self, request: Request, match: re.Match[str]) -> Reply:
         session_id = self._session_id(match)
-        min_index, wait = blocking_args(request)
-        index, session = self.state.blocking(min_index, wait, lambda: self.state.session_get(session_id))
+        index, session = self.blocking_query(request, lambda: self.state.session_get(session_id))
         return json_reply([self.render.session(session)] if session else [], headers=index_headers(index))
 
     def session_list(self, request: Request, match: re.Match[str]) -> Reply:
-        min_index, wait = blocking_args(request)
-        index, sessions = self.state.blocking(min_index, wait, self.state.session_list)
+        index, sessions = self.blocking_query(request, self.state.session_list)
         return json_reply([self.render.session(s) for s in sessions], headers=index_headers(index))
 
     def session_node(self, request: Request, match: re.Match[str]) -> Reply:
         node = match.group("node")
-        min_index, wait = blocking_args(request)
-        index, sessions = self.state.blocking(min_index, wait, lambda: self.state.session_list(node))
+        index, sessions = self.blocking_query(request, lambda: self.state.session_list(node))
         return json_reply([self.render.session(s) for s in sessions], headers=index_headers(index))

@@ -1,0 +1,34 @@
+"""The base of the stand-in's route modules (``routes_*.py``): a group of routes over the state.
+
+Why: every area's routes read the same state and render through the same :class:`Renderer`; the
+dispatcher (``http_api.py``) only asks each group for its :meth:`RouteGroup.routes`. Invariant: a
+group holds no state of its own (it is shared by every handler thread); all it changes goes
+through :class:`StandinState`, under its lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from dbfence.lab.consul_standin.http_render import Renderer
+from dbfence.lab.consul_standin.http_wire import Request, Route, blocking_args
+from dbfence.lab.consul_standin.state import StandinState
+
+T = TypeVar("T")
+
+
+class RouteGroup:
+    def __init__(self, state: StandinState, render: Renderer) -> None:
+        self.state = state
+        self.config = state.config
+        self.render = render
+
+    def routes(self) -> list[Route]:
+        """The group's paths, with the ACL access and the handler of each method."""
+        raise NotImplementedError
+
+    def blocking_query(self, request: Request, view: Callable[[], tuple[int, T]]) -> tuple[int, T]:
+        """Answer ``view`` as Consul's blocking query, with the request's ``index`` and ``wait``."""
+        min_index, wait = blocking_args(request)
+        return self.state.blocking(min_index, wait, view)
