@@ -14,7 +14,7 @@ from pymysql.constants.ER import BAD_DB_ERROR as ER_BAD_DB_ERROR
 from pymysql.constants.ER import NO_SUCH_TABLE as ER_NO_SUCH_TABLE
 
 from dbfence.lab.cluster import LabCluster
-from dbfence.mysql.actions import SemiSyncSettings
+from dbfence.mysql.actions import MysqlActions, SemiSyncSettings
 from dbfence.mysql.connection import DbConnection
 from dbfence.mysql.errors import (
     ErrantTransactionsError,
@@ -73,6 +73,24 @@ def status_var(lab: LabCluster, name: str, var: str) -> str:
         return str(one(conn, "SHOW GLOBAL STATUS LIKE %s", (var,))["Value"])
     finally:
         conn.close()
+
+
+def poll_received(replica: MysqlActions, wanted: GtidPosition, what: str) -> None:
+    """Until ``replica``'s relay log holds ``wanted`` (received; applied or not)."""
+    def received() -> bool:
+        status = replica.replica_status()
+        return status is not None and GtidPosition.parse(status.received_gtid_pos).covers(wanted)
+
+    poll(received, 10, what)
+
+
+def delay_applier(lab: LabCluster, name: str, seconds: int) -> None:
+    """``name`` keeps receiving (and acknowledging) but applies ``seconds`` behind (MASTER_DELAY)."""
+    replica = sql(lab, name)
+    run(replica, "STOP SLAVE")
+    run(replica, f"CHANGE MASTER TO MASTER_DELAY = {seconds}")
+    run(replica, "START SLAVE")
+    replica.close()
 
 
 def in_thread(work: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
@@ -373,12 +391,7 @@ def test_stop_receiving_from_a_frozen_source_keeps_applying_the_relay_log(lab_fa
     run(blocker, "SELECT * FROM dbtest.t WHERE id = 1 FOR UPDATE")
     run(primary, "UPDATE dbtest.t SET origin = 'db1-upd' WHERE id = 1")
     wanted = db1.gtid_positions().binlog_pos
-
-    def received() -> bool:
-        status = db3.replica_status()
-        return status is not None and GtidPosition.parse(status.received_gtid_pos).covers(wanted)
-
-    poll(received, 10, "the update in db3's relay log")
+    poll_received(db3, wanted, "the update in db3's relay log")
     assert count_rows(lab, "db3", "origin = 'db1-upd'") == 0  # not applied yet
     lab.kill_mysql("db1", signal.SIGSTOP)
     try:
@@ -423,12 +436,7 @@ def test_repoint_applies_the_relay_log_before_change_master_deletes_it(lab_facto
     run(primary, "UPDATE dbtest.t SET origin = 'db1-upd' WHERE id = 1")
     primary.close()
     wanted = db1.gtid_positions().binlog_pos
-
-    def received() -> bool:
-        status = db3.replica_status()
-        return status is not None and GtidPosition.parse(status.received_gtid_pos).covers(wanted)
-
-    poll(received, 10, "the update in db3's relay log")
+    poll_received(db3, wanted, "the update in db3's relay log")
     poll(lambda: count_rows(lab, "db2", "origin = 'db1-upd'") == 1, 10, "the update on db2")
     db2.promote(fencing_token=3, holder="agent-db2", semi_sync=None)
     db2_state = db2.gtid_positions().binlog_state
@@ -461,21 +469,12 @@ def test_promoting_a_delayed_replica_applies_its_relay_log_at_once(lab_factory: 
     primary = sql(lab, "db1")
     create_test_table(primary)
     poll(lambda: count_rows(lab, "db2") == 0 and db2.replica_status() is not None, 10, "the table on db2")
-    replica = sql(lab, "db2")
-    run(replica, "STOP SLAVE")
-    run(replica, "CHANGE MASTER TO MASTER_DELAY = 3600")
-    run(replica, "START SLAVE")
-    replica.close()
+    delay_applier(lab, "db2", 3600)
     for i in range(1, 4):
         run(primary, "INSERT INTO dbtest.t VALUES (%s, 'db1')", (i,))
     primary.close()
     wanted = db1.gtid_positions().binlog_pos
-
-    def received() -> bool:
-        status = db2.replica_status()
-        return status is not None and GtidPosition.parse(status.received_gtid_pos).covers(wanted)
-
-    poll(received, 10, "the inserts in db2's relay log")
+    poll_received(db2, wanted, "the inserts in db2's relay log")
     assert count_rows(lab, "db2") == 0  # held back by the delay
     started = time.monotonic()
     db2.promote(fencing_token=3, holder="agent-db2", semi_sync=None, apply_relay_log_timeout_s=10.0)
@@ -493,20 +492,11 @@ def test_repointing_a_delayed_replica_does_not_wait_out_its_delay(lab_factory: L
     db1, db2, db3 = actions(lab, "db1"), actions(lab, "db2"), actions(lab, "db3")
     primary = sql(lab, "db1")
     seed_one_row_on_every_replica(lab, primary)
-    replica = sql(lab, "db3")
-    run(replica, "STOP SLAVE")
-    run(replica, "CHANGE MASTER TO MASTER_DELAY = 3600")
-    run(replica, "START SLAVE")
-    replica.close()
+    delay_applier(lab, "db3", 3600)
     run(primary, "INSERT INTO dbtest.t VALUES (2, 'db1')")
     primary.close()
     wanted = db1.gtid_positions().binlog_pos
-
-    def received() -> bool:
-        status = db3.replica_status()
-        return status is not None and GtidPosition.parse(status.received_gtid_pos).covers(wanted)
-
-    poll(received, 10, "the insert in db3's relay log")
+    poll_received(db3, wanted, "the insert in db3's relay log")
     poll(lambda: count_rows(lab, "db2", "id = 2") == 1, 10, "the insert on db2")
     db2.promote(fencing_token=3, holder="agent-db2", semi_sync=None)
     started = time.monotonic()
