@@ -1,5 +1,6 @@
 """Labs for the fault matrix: a :class:`FaultLab` (a lab plus the tmpfs mounts it needs),
 started by :func:`start_lab` on :func:`scratch_space`, and removed whole afterwards.
+:func:`move_datadir_to_tmpfs` (the disk-full fault's small disk) serves the soak's labs too.
 """
 
 from __future__ import annotations
