@@ -25,7 +25,6 @@ class ConsulStandinProcess:
         return ProcessRef(self.pid, self.create_time)
 
 
-
 def start_consul_standin(directory: Path, host: str, argv_prefix: list[str]) -> ConsulStandinProcess:
     http_address = f"{host}:{free_port()}"
     dns_address = f"{host}:{free_port()}"

@@ -124,7 +124,6 @@ def flood_the_gate(ctx: FaultContext) -> Heal:
     return heal
 
 
-
 def lagging_replica_then_kill(ctx: FaultContext) -> Heal:
     """One replica's applier is stuck behind a table lock while the primary's mysqld dies: the
     other, up-to-date replica must win (lossless), not the laggard."""

@@ -92,7 +92,6 @@ def switchover(ctx: FaultContext) -> Heal:
     return lambda: None
 
 
-
 def _consul_api(lab: LabCluster, method: str, path: str, body: Any = None) -> Any:
     """One call to the lab's Consul agent (the stand-in)."""
     data = json.dumps(body).encode() if body is not None else None
@@ -130,7 +129,6 @@ def restart_consul_agent(ctx: FaultContext) -> Heal:
         ctx.lab.kill_agent(ctx.primary, signal.SIGCONT)
         raise
     return lambda: ctx.lab.kill_agent(ctx.primary, signal.SIGCONT)
-
 
 
 def _failsafe_active(ctx: FaultContext) -> None:

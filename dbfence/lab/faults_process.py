@@ -32,7 +32,6 @@ def stop_mysqld(ctx: FaultContext) -> Heal:
     return lambda: ctx.lab.kill_mysql(ctx.primary, signal.SIGCONT)
 
 
-
 def kill_agent(ctx: FaultContext) -> Heal:
     agent = ctx.lab.agent(ctx.primary)
     ctx.lab.kill_agent(ctx.primary, signal.SIGKILL)

@@ -275,7 +275,6 @@ def restarted_elsewhere(node: MysqlNode) -> ProcessRef | None:
         return None
 
 
-
 def short_socket_path(node_dir: Path) -> Path:
     """Unix socket paths are limited to ~107 bytes; deep test directories need a short stand-in."""
     path = node_dir / "mysqld.sock"
