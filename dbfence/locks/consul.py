@@ -1,8 +1,9 @@
 """Consul backend: a TTL session, and the lock key taken with ``PUT ?acquire=<session>``.
 
-Client library: python-consul2 (module ``consul``). Its HTTP client has one fixed
-timeout; we give it a per-call budget instead (see :class:`_BudgetedHTTPClient`),
-so a renew made of two requests still ends within ``call_timeout``.
+Client library: python-consul2 (module ``consul``), with a per-call time budget so a renew
+made of two requests still ends within ``call_timeout`` (:mod:`dbfence.locks.consul_http`).
+This module keeps the sessions' and the lock's state; the session parameters are in
+:mod:`dbfence.locks.consul_session`, the reading of KV entries in :mod:`dbfence.locks.consul_kv`.
 
 Session: ``TTL = settings.ttl`` (Consul accepts 10..86400 s), ``Behavior=delete``
 (when the session is invalidated, the lock key and our member record are deleted,
@@ -35,21 +36,12 @@ for the whole term.
 
 from __future__ import annotations
 
-import json
-import math
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-import consul
 import consul.base
-import consul.std
-import requests
 
 from dbfence.locks.base import (
     LeaseGrant,
@@ -57,11 +49,11 @@ from dbfence.locks.base import (
     LockSettings,
     history_id,
     make_grant,
-    snapshot_problem,
 )
+from dbfence.locks.consul_http import ConsulOptions, call_within, consul_index, make_client
+from dbfence.locks.consul_kv import lock_state, newest_history, snapshot_of
+from dbfence.locks.consul_session import MAX_LOCK_DELAY, create_session, effective_lock_delay, session_body
 from dbfence.locks.errors import (
-    BadData,
-    DcsAccessDenied,
     DcsUnreachable,
     LockConflict,
     LockError,
@@ -76,117 +68,12 @@ from dbfence.locks.model import (
     HolderInfo,
     Intent,
     LockState,
-    MemberEntry,
     MemberRecord,
     encode,
-    parse_failsafe_list,
-    parse_history,
-    parse_holder,
     parse_intent,
-    parse_member,
 )
 
 T = TypeVar("T")
-_MIN_ATTEMPT = 0.05
-_BUDGET = threading.local()
-# structs.MaxLockDelay: Consul silently caps a session's lock-delay at 60 s.
-MAX_LOCK_DELAY = 60.0
-
-
-def effective_lock_delay(settings: LockSettings) -> float:
-    """The lock-delay sent to Consul: at least ``ttl - margin``, so that no rival acquires the keys of
-    an invalidated session before the holder's gate deadline (last renewal send time + ttl - margin).
-
-    ``settings.lock_delay`` only raises it. Raises ``ValueError`` when it would exceed Consul's 60 s cap.
-    """
-    delay = max(float(settings.lock_delay), settings.ttl - settings.margin)
-    if delay > MAX_LOCK_DELAY:
-        raise ValueError(
-            f"Consul caps lock-delay at {MAX_LOCK_DELAY:g} s, but ttl - margin = "
-            f"{settings.ttl - settings.margin:g} s (lock_delay {settings.lock_delay}) needs "
-            f"{delay:g} s to keep a rival out until the holder's gate closes: lower ttl or raise margin"
-        )
-    return delay
-
-
-class _BudgetedHTTPClient(consul.std.HTTPClient):  # type: ignore[misc,unused-ignore]
-    """python-consul2's requests-based client, with the timeout taken from the caller's budget.
-
-    ``requests`` applies the timeout to the connection and to each read; our answers are
-    small, so this bounds the whole request in practice.
-    """
-
-    @property
-    def timeout(self) -> float:
-        deadline: float | None = getattr(_BUDGET, "deadline", None)
-        if deadline is None:
-            return self._default_timeout
-        return max(_MIN_ATTEMPT, deadline - time.monotonic())
-
-    @timeout.setter
-    def timeout(self, value: float) -> None:
-        self._default_timeout = value
-
-
-@contextmanager
-def _budget(deadline: float) -> Iterator[None]:
-    previous = getattr(_BUDGET, "deadline", None)
-    _BUDGET.deadline = deadline
-    try:
-        yield
-    finally:
-        _BUDGET.deadline = previous
-
-
-@dataclass(frozen=True)
-class ConsulOptions:
-    """How to reach the Consul agent.
-
-    ``address``: ``host:port``, ``http://host:port`` or ``https://host:port``.
-    ``token``: ACL token (default: ``CONSUL_HTTP_TOKEN`` from the environment).
-    ``ca_cert``: CA bundle to verify an https agent; ``cert``/``key``: client certificate.
-    """
-
-    address: str
-    token: str | None = None
-    ca_cert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    datacenter: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("a client certificate needs both cert and key")
-
-
-def _client(options: ConsulOptions, default_timeout: float) -> Any:
-    parts = urlsplit(options.address if "://" in options.address else f"http://{options.address}")
-    if not parts.hostname or not parts.port:
-        raise ValueError(f"Consul address {options.address!r} must name a host and a port")
-    verify: bool | str = options.ca_cert if options.ca_cert else True
-    cert = (options.cert, options.key) if options.cert and options.key else None
-    with warnings.catch_warnings():
-        # python-consul2 warns about deprecated Consul APIs we never call, on every construction.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        client = consul.Consul(
-            host=parts.hostname,
-            port=parts.port,
-            scheme=parts.scheme,
-            verify=verify,
-            cert=cert,
-            dc=options.datacenter,
-        )
-    # python-consul2 lets CONSUL_HTTP_ADDR override the address we were given: an
-    # explicit address must win, so build the HTTP client ourselves.
-    client.http = _BudgetedHTTPClient(parts.hostname, parts.port, parts.scheme, verify, cert, default_timeout)
-    if options.token:
-        client.token = options.token
-    return client
-
-
-def _looks_like_bad_session(text: str) -> bool:
-    lowered = text.lower()
-    return "session" in lowered and ("invalid" in lowered or "not found" in lowered or "unknown" in lowered)
 
 
 class ConsulLeaseLock(LeaseLock):
@@ -202,9 +89,9 @@ class ConsulLeaseLock(LeaseLock):
         self.settings = settings
         self.options = options
         self.endpoint = options.address
-        self._consul = _client(options, settings.call_timeout)
+        self._consul = make_client(options, settings.call_timeout)
         # Blocking queries use their own connection pool, so they never queue a renew.
-        self._watch_consul = _client(options, settings.call_timeout)
+        self._watch_consul = make_client(options, settings.call_timeout)
         self._state = threading.Lock()
         self._session: str | None = None
         self._member_session: str | None = None  # binds members/<node>; see the module docstring
@@ -229,23 +116,7 @@ class ConsulLeaseLock(LeaseLock):
 
     def _call(self, what: str, deadline: float, fn: Callable[[], T]) -> T:
         """Run one python-consul2 call within ``deadline``, translating every failure."""
-        if deadline - time.monotonic() < _MIN_ATTEMPT:
-            raise DcsUnreachable(f"{what}: no time left in the call budget", self.endpoint)
-        try:
-            with _budget(deadline):
-                return fn()
-        except requests.exceptions.RequestException as exc:
-            raise DcsUnreachable(f"{what}: {exc.__class__.__name__}: {exc}", self.endpoint) from None
-        except (consul.base.ACLPermissionDenied, consul.base.ACLDisabled) as exc:
-            raise DcsAccessDenied(f"{what}: {exc}") from None
-        except consul.base.NotFound:
-            raise  # only session renew asks for 404 as an exception: it handles it
-        except consul.base.ConsulException as exc:
-            if _looks_like_bad_session(str(exc)):
-                raise SessionExpired(f"{what}: Consul says {exc}") from None
-            raise DcsUnreachable(f"{what}: {exc}", self.endpoint) from None
-        except ValueError as exc:  # a proxy answering HTML, truncated JSON...
-            raise DcsUnreachable(f"{what}: unreadable answer: {exc}", self.endpoint) from None
+        return call_within(what, deadline, fn, self.endpoint)
 
     def _deadline(self) -> float:
         return time.monotonic() + self.settings.call_timeout
@@ -286,39 +157,8 @@ class ConsulLeaseLock(LeaseLock):
             self._forget_session(session)
             raise
 
-    def _lock_state(self, entry: dict[str, Any], strict: bool, problems: list[BadData]) -> LockState:
-        holder: HolderInfo | None
-        try:
-            holder = parse_holder(self.keys.leader, entry.get("Value"))
-        except BadData as error:
-            snapshot_problem(strict, problems, error)
-            holder = None
-        return LockState(
-            key=self.keys.leader,
-            holder=holder,
-            token=int(entry.get("ModifyIndex", 0)),
-            session_id=str(entry.get("Session") or ""),
-            ttl_left=None,
-            lock_index=int(entry.get("LockIndex", 0)),
-            modify_index=int(entry.get("ModifyIndex", 0)),
-        )
-
-    def _held_lock(
-        self, entry: dict[str, Any] | None, strict: bool, problems: list[BadData]
-    ) -> LockState | None:
-        """The lock state, or ``None`` when the key is absent or not held by any session."""
-        if entry is None:
-            return None
-        if entry.get("Session"):
-            return self._lock_state(entry, strict, problems)
-        value = entry.get("Value")
-        if value:
-            # Released keys keep the last holder's JSON: it must still parse.
-            try:
-                parse_holder(self.keys.leader, value)
-            except BadData as error:
-                snapshot_problem(strict, problems, error)
-        return None
+    def _lock_state(self, entry: dict[str, Any]) -> LockState:
+        return lock_state(self.keys, entry, False, [])
 
     # ------------------------------------------------------------------ session
 
@@ -339,33 +179,9 @@ class ConsulLeaseLock(LeaseLock):
             self._token = None
         return make_grant(session, self.settings.ttl, sent_at, self.settings.margin, None)
 
-    def _session_body(self, *, member: bool = False) -> dict[str, Any]:
-        # python-consul2's session.create can send ``checks`` but not NodeChecks/ServiceChecks, and
-        # formats the lock-delay in whole seconds: send the body ourselves. An empty ``Checks`` stops
-        # Consul binding the session to serfHealth (every version: Consul >= 1.7 then empties its
-        # NodeChecks default too); the empty NodeChecks and ServiceChecks say so explicitly.
-        lock_delay = 0.0 if member else self.lock_delay
-        return {
-            "Name": f"dbfence-{self.keys.cluster}-{self.node}" + ("-member" if member else ""),
-            "Behavior": "delete",
-            "TTL": f"{self.settings.ttl}s",
-            "LockDelay": f"{math.ceil(lock_delay * 1000)}ms",
-            "Checks": [],
-            "NodeChecks": [],
-            "ServiceChecks": [],
-        }
-
     def _create_session(self, member: bool = False) -> Any:
-        params = [("dc", self.options.datacenter)] if self.options.datacenter else []
-        token = self._consul.token
-        headers = {"X-Consul-Token": token} if token else {}
-        return self._consul.http.put(
-            consul.base.CB.json(is_id=True),
-            path="/v1/session/create",
-            params=params,
-            headers=headers,
-            data=json.dumps(self._session_body(member=member)),
-        )
+        body = session_body(self.keys.cluster, self.node, self.settings.ttl, self.lock_delay, member=member)
+        return create_session(self._consul, self.options.datacenter, body)
 
     def renew(self) -> LeaseGrant:
         session = self._require_session()
@@ -464,7 +280,7 @@ class ConsulLeaseLock(LeaseLock):
         return make_grant(session, self.settings.ttl, sent_at, self.settings.margin, token)
 
     def _conflict(self, entry: dict[str, Any]) -> LockConflict:
-        state = self._lock_state(entry, False, [])
+        state = self._lock_state(entry)
         who = state.holder.describe() if state.holder else f"session {state.session_id}"
         return LockConflict(
             self.keys.leader, f"held by {who} (token {state.token})", holder=who, token=state.token
@@ -490,7 +306,7 @@ class ConsulLeaseLock(LeaseLock):
             if expected_token is not None:
                 raise LockConflict(key, f"expected token {expected_token}, found no lock; nothing deleted")
             return None
-        state = self._lock_state(entry, False, [])
+        state = self._lock_state(entry)
         if expected_token is not None and state.token != expected_token:
             raise LockConflict(
                 key, f"expected token {expected_token}, found token {state.token}; nothing deleted"
@@ -557,44 +373,11 @@ class ConsulLeaseLock(LeaseLock):
         index, entries = self._call(
             "snapshot", deadline, lambda: self._consul.kv.get(self.keys.prefix, recurse=True)
         )
-        return _index(index), list(entries or [])
+        return consul_index(index), list(entries or [])
 
     def snapshot(self, strict: bool = True, *, lease_ttl: bool = True) -> ClusterSnapshot:
         index, entries = self._read_prefix(self._deadline())
-        problems: list[BadData] = []
-        by_key = {str(entry.get("Key")): entry for entry in entries if isinstance(entry, dict)}
-        lock = self._held_lock(by_key.get(self.keys.leader), strict, problems)
-        members = []
-        for key, entry in sorted(by_key.items()):
-            if not key.startswith(self.keys.members_prefix):
-                continue
-            try:
-                record = parse_member(key, entry.get("Value"), self.keys.node_of_member_key(key))
-            except BadData as error:
-                snapshot_problem(strict, problems, error)
-                continue
-            members.append(MemberEntry(key=key, record=record, session_id=str(entry.get("Session") or "")))
-        intent = Intent()
-        if self.keys.intent in by_key:
-            try:
-                intent = parse_intent(self.keys.intent, by_key[self.keys.intent].get("Value"))
-            except BadData as error:
-                snapshot_problem(strict, problems, error)
-        failsafe = None
-        if self.keys.failsafe in by_key:
-            try:
-                failsafe = parse_failsafe_list(self.keys.failsafe, by_key[self.keys.failsafe].get("Value"))
-            except BadData as error:
-                snapshot_problem(strict, problems, error)
-        return ClusterSnapshot(
-            cluster=self.keys.cluster,
-            index=index,
-            lock=lock,
-            members=tuple(members),
-            intent=intent,
-            problems=tuple(problems),
-            failsafe=failsafe,
-        )
+        return snapshot_of(self.keys, index, entries, strict)
 
     def wait_for_change(self, after_index: int, timeout: float) -> int:
         wait_ms = max(1, int(timeout * 1000))
@@ -607,7 +390,7 @@ class ConsulLeaseLock(LeaseLock):
                 self.keys.prefix, recurse=True, index=after_index, wait=f"{wait_ms}ms"
             ),
         )
-        new_index = _index(index)
+        new_index = consul_index(index)
         if new_index == after_index:
             return after_index
         # Consul documents that an index may go backwards (state reset): report a change.
@@ -653,23 +436,13 @@ class ConsulLeaseLock(LeaseLock):
             self._deadline(),
             lambda: self._consul.kv.get(self.keys.history_prefix, recurse=True),
         )
-        newest = sorted((e for e in entries or [] if isinstance(e, dict)), key=lambda e: str(e.get("Key")))[
-            -limit:
-        ]
-        return tuple(parse_history(str(e.get("Key")), e.get("Value")) for e in newest)
+        return newest_history(entries, limit)
 
     def close(self) -> None:
         for client in (self._consul, self._watch_consul):
             session = getattr(client.http, "session", None)
             if session is not None:
                 session.close()
-
-
-def _index(raw: object) -> int:
-    try:
-        return int(str(raw))
-    except ValueError:
-        raise DcsUnreachable(f"Consul answered without a usable X-Consul-Index ({raw!r:.40})") from None
 
 
 def consul_lock(
