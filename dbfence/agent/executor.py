@@ -42,6 +42,7 @@ from dbfence.agent.observation import DiscoveryTag, MemberInfo
 from dbfence.agent.promise_book import PromiseBook
 from dbfence.agent.promise_client import PromiseClient
 from dbfence.agent.repair_keeper import RepairKeeper
+from dbfence.agent.repeats import ROUTINE_ACTIONS, RepeatBackoff, RepeatedLines
 from dbfence.agent.sensors import DbSensor, DcsSensor
 from dbfence.breaker import Admitting, Gate, IllegalTransition
 from dbfence.discovery.consul_catalog import ConsulCatalog
@@ -59,73 +60,6 @@ from dbfence.mysql.probes import probe_process
 from dbfence.mysql.verdict import Reason
 
 log = logging.getLogger("dbfence.agent")
-
-#: Actions that repeat every round by design (their own pacing): never a sign of a stuck loop.
-_ROUTINE = (PublishMember, RenewLock)
-
-
-class RepeatedLines:
-    """Logs a line once, then counts identical repeats instead of writing them.
-
-    Keyed by a *topic* (one per action kind); lines are compared by ``same_as`` (the line
-    without what always differs, such as its duration). A different line on the topic, or
-    ``every`` seconds, ends the run with a line that says how many times it repeated.
-    """
-
-    def __init__(self, clock: Callable[[], float], every: float = 60.0) -> None:
-        self._clock = clock
-        self._every = every
-        self._runs: dict[str, tuple[str, str, float, int]] = {}  # topic -> (key, line, at, repeats)
-
-    def log(self, topic: str, line: str, level: int = logging.INFO, *, same_as: str | None = None) -> None:
-        now = self._clock()
-        key = line if same_as is None else same_as
-        run = self._runs.get(topic)
-        if run is not None and run[0] == key:
-            repeats = run[3] + 1
-            if now - run[2] < self._every:
-                self._runs[topic] = (key, line, run[2], repeats)
-                return
-            self._summary(topic, line, repeats, now - run[2], level)
-            self._runs[topic] = (key, line, now, 0)
-            return
-        if run is not None and run[3] > 0:
-            self._summary(topic, run[1], run[3], now - run[2], logging.INFO)
-        log.log(level, line)
-        self._runs[topic] = (key, line, now, 0)
-
-    @staticmethod
-    def _summary(topic: str, line: str, times: int, seconds: float, level: int) -> None:
-        log.log(level, json.dumps({"event": "repeated", "topic": topic, "times": times,
-                                   "seconds": round(seconds, 1), "last": json.loads(line)}))
-
-
-class RepeatBackoff:
-    """How long the loop waits before deciding again when a round achieved nothing.
-
-    A round achieved nothing when the core asks for exactly the actions of the round before
-    (routine renewals and record heartbeats aside): had they worked, the observation would have
-    changed and so would the decision. From the ``after``-th such round on the wait doubles from
-    ``first`` up to ``limit``; the limit stays well inside a lease, and the gate enforces the
-    deadline by itself whatever the loop does.
-    """
-
-    def __init__(self, *, first: float = 0.1, limit: float = 2.0, after: int = 3) -> None:
-        self.first, self.limit, self.after = first, limit, after
-        self._last: tuple[Action, ...] = ()
-        self.repeats = 0
-
-    def after_round(self, actions: tuple[Action, ...]) -> float:
-        significant = tuple(action for action in actions if not isinstance(action, _ROUTINE))
-        if significant and significant == self._last:
-            self.repeats += 1
-        else:
-            self.repeats = 0
-        self._last = significant
-        if self.repeats < self.after:
-            return 0.0
-        return float(min(self.limit, self.first * 2.0 ** (self.repeats - self.after)))
-
 
 @dataclass(frozen=True, slots=True)
 class NodeIdentity:
@@ -204,7 +138,7 @@ class Executor:
         # PublishMember and RenewLock repeat every round: log them only when they fail. An action
         # repeated with the same outcome is logged once, then counted (the time is left out of
         # the comparison and added to the line).
-        if error or not isinstance(action, _ROUTINE):
+        if error or not isinstance(action, ROUTINE_ACTIONS):
             line = json.dumps(fields, default=str)
             self.lines.log(name, line[:-1] + f', "ms": {round(elapsed * 1000, 1)}}}',
                            logging.WARNING if error else logging.INFO, same_as=line)

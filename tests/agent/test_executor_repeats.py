@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from dbfence.agent.actions import ActionReason, PublishMember, ReleaseLock, RenewLock, SetReadOnly
-from dbfence.agent.executor import RepeatBackoff, RepeatedLines
 from dbfence.agent.observation import MemberInfo
+from dbfence.agent.repeats import RepeatBackoff, RepeatedLines
 from dbfence.agent.state import Role
 
 
