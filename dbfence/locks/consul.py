@@ -54,6 +54,7 @@ from dbfence.locks.consul_http import ConsulOptions, call_within, consul_index, 
 from dbfence.locks.consul_kv import lock_state, newest_history, snapshot_of
 from dbfence.locks.consul_session import MAX_LOCK_DELAY, create_session, effective_lock_delay, session_body
 from dbfence.locks.errors import (
+    BadData,
     DcsUnreachable,
     LockConflict,
     LockError,
@@ -157,8 +158,8 @@ class ConsulLeaseLock(LeaseLock):
             self._forget_session(session)
             raise
 
-    def _lock_state(self, entry: dict[str, Any]) -> LockState:
-        return lock_state(self.keys, entry, False, [])
+    def _lock_state(self, entry: dict[str, Any], strict: bool, problems: list[BadData]) -> LockState:
+        return lock_state(self.keys, entry, strict, problems)
 
     # ------------------------------------------------------------------ session
 
@@ -280,7 +281,7 @@ class ConsulLeaseLock(LeaseLock):
         return make_grant(session, self.settings.ttl, sent_at, self.settings.margin, token)
 
     def _conflict(self, entry: dict[str, Any]) -> LockConflict:
-        state = self._lock_state(entry)
+        state = self._lock_state(entry, False, [])
         who = state.holder.describe() if state.holder else f"session {state.session_id}"
         return LockConflict(
             self.keys.leader, f"held by {who} (token {state.token})", holder=who, token=state.token
@@ -306,7 +307,7 @@ class ConsulLeaseLock(LeaseLock):
             if expected_token is not None:
                 raise LockConflict(key, f"expected token {expected_token}, found no lock; nothing deleted")
             return None
-        state = self._lock_state(entry)
+        state = self._lock_state(entry, False, [])
         if expected_token is not None and state.token != expected_token:
             raise LockConflict(
                 key, f"expected token {expected_token}, found token {state.token}; nothing deleted"
