@@ -257,6 +257,17 @@ class LeaseLock(abc.ABC):
         (raises LockLost otherwise). Not leased: it must outlive the writer's lease."""
 
     @abc.abstractmethod
+    def delete_failsafe_list(self, *, while_held: bool = False) -> bytes | None:
+        """Operator action: delete the failsafe member list (a stale one names nodes that are
+        gone, and a node not in it never races; docs/failsafe.md).
+
+        Deletes exactly the value it read (LockConflict if the list changed meanwhile) and,
+        unless ``while_held``, only while nobody holds the lock (LockConflict naming the holder
+        otherwise: a live holder relies on the list). Returns the deleted value, as stored
+        (``None``: there was no list). Raises DcsUnreachable, DcsAccessDenied.
+        """
+
+    @abc.abstractmethod
     def read_intent(self) -> Intent:
         """The operator intent (``Intent()`` when the key is absent). Raises BadData etc."""
 

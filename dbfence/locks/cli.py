@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 import click
 
 from dbfence.locks.base import LeaseLock, LockSettings
-from dbfence.locks.errors import DcsAccessDenied, DcsUnreachable, LockConflict, LockError
+from dbfence.locks.errors import BadData, DcsAccessDenied, DcsUnreachable, LockConflict, LockError
 from dbfence.locks.factory import DcsConfig, load_config, open_lock
-from dbfence.locks.model import ClusterSnapshot, LockState
+from dbfence.locks.model import ClusterSnapshot, LockState, parse_failsafe_list
 
 F = TypeVar("F", bound=Callable[..., Any])
 CLI_NODE = "dbfence-cli"  # the CLI never opens a session: this name is never written
@@ -344,5 +344,63 @@ def release(ctx: click.Context, /, force: bool, yes: bool, **kwargs: Any) -> Non
             click.echo(f"not deleted: {exc}", err=True)
             sys.exit(1)
         click.echo(f"deleted the lock held by {who} (token {current.token})")
+    finally:
+        lock.close()
+
+
+def _describe_failsafe(raw: bytes, key: str) -> str:
+    try:
+        listing = parse_failsafe_list(key, raw)
+    except BadData:
+        return f"an unreadable value ({raw[:80]!r})"
+    written = f", written by {listing.written_by}" if listing.written_by else ""
+    if listing.written_at:
+        written += f" {_ago(listing.written_at, time.time())} ({_when(listing.written_at)})"
+    return f"members {', '.join(listing.members) or '(none)'}, token {listing.token}{written}"
+
+
+@locks.command("clear-failsafe")
+@connection_options
+@click.option("--force", is_flag=True, help="delete it even while a node holds the lock or a listed "
+                                            "member is alive")
+@click.option("--yes", is_flag=True, help="with --force: do not ask for confirmation")
+@click.pass_context
+@_dcs_errors
+def clear_failsafe(ctx: click.Context, /, force: bool, yes: bool, **kwargs: Any) -> None:
+    """Delete a stale failsafe member list (docs/failsafe.md).
+
+    While the list exists, a node not named in it never races for the lock: a list naming only
+    nodes that are gone leaves a new cluster without a primary. Refused while a node holds the
+    lock (it relies on the list) or while a listed node is alive (it can take the lock itself),
+    unless --force. Prints what it deleted.
+    """
+    connection = _connection(kwargs).merged_over(ctx.obj if isinstance(ctx.obj, Connection) else None)
+    lock, _config = connection.open()
+    try:
+        snapshot = lock.snapshot(strict=False)
+        key = lock.keys.failsafe
+        listing = snapshot.failsafe
+        alive = sorted({e.record.node for e in snapshot.members} & set(listing.members if listing else ()))
+        refusals = []
+        if snapshot.lock is not None:
+            who = snapshot.lock.holder.describe() if snapshot.lock.holder else "an unreadable holder"
+            refusals.append(f"the lock is held by {who} (token {snapshot.lock.token}), which relies on "
+                            "the list")
+        if alive:
+            refusals.append(f"listed node(s) {', '.join(alive)} are alive and can take the lock: the list "
+                            "is not stale")
+        if refusals and not force:
+            click.echo(f"not deleted: {'; '.join(refusals)} (--force to delete it anyway)", err=True)
+            sys.exit(1)
+        if refusals and not yes:
+            click.confirm(f"{'; '.join(refusals)}. Delete the failsafe list anyway?", abort=True)
+        deleted = lock.delete_failsafe_list(while_held=force)
+        if deleted is None:
+            click.echo(f"cluster {snapshot.cluster} has no failsafe list: nothing to delete")
+            return
+        click.echo(f"deleted the failsafe list {key}: {_describe_failsafe(deleted, key)}")
+    except LockConflict as exc:
+        click.echo(f"not deleted: {exc}", err=True)
+        sys.exit(1)
     finally:
         lock.close()

@@ -411,6 +411,29 @@ class ConsulLeaseLock(LeaseLock):
         self._call("write failsafe list", deadline,
                    lambda: self._consul.kv.put(self.keys.failsafe, encode(listing)))
 
+    def delete_failsafe_list(self, *, while_held: bool = False) -> bytes | None:
+        deadline = self._deadline()
+        entry = self._get(self.keys.failsafe, deadline, "read failsafe list")
+        if entry is None:
+            return None
+        lock = self._get(self.keys.leader, deadline, "read lock")
+        if lock is not None and lock.get("Session") and not while_held:
+            state = self._lock_state(lock, False, [])
+            who = state.holder.describe() if state.holder else "an unreadable holder"
+            raise LockConflict(self.keys.leader, f"held by {who} (token {state.token}), which relies on "
+                               "the failsafe list; nothing deleted", state.holder.node if state.holder
+                               else None, state.token)
+        # Consul's KV cannot make a delete conditional on another key: the check above and a
+        # delete of exactly the value read (check-and-set on its index).
+        index = int(entry.get("ModifyIndex", 0))
+        deleted = self._call("delete failsafe list", deadline,
+                             lambda: self._consul.kv.delete(self.keys.failsafe, cas=index))
+        if deleted is not True:
+            raise LockConflict(self.keys.failsafe, "the failsafe list changed while deleting it; nothing "
+                               "deleted")
+        value = entry.get("Value")
+        return value if isinstance(value, bytes) else str(value or "").encode()
+
     def read_intent(self) -> Intent:
         entry = self._get(self.keys.intent, self._deadline(), "read intent")
         return parse_intent(self.keys.intent, entry.get("Value")) if entry else Intent()

@@ -727,6 +727,39 @@ class EtcdLeaseLock(LeaseLock):
         if not response.succeeded:
             raise LockLost(f"{self.keys.leader} no longer has token {listing.token}")
 
+    def delete_failsafe_list(self, *, while_held: bool = False) -> bytes | None:
+        failsafe, leader = self.keys.failsafe.encode(), self.keys.leader.encode()
+        read = etcdrpc.TxnRequest(success=[etcdrpc.RequestOp(request_range=self._range(self.keys.failsafe)),
+                                           etcdrpc.RequestOp(request_range=self._range(self.keys.leader))])
+        seen = self.transport.call(
+            "read failsafe list", self._deadline(),
+            lambda ch, timeout, md: self._kv(ch).Txn(read, timeout=timeout, metadata=md))
+        listing = seen.responses[0].response_range.kvs
+        if not listing:
+            return None
+        held = seen.responses[1].response_range.kvs
+        if held and not while_held:
+            state = self._lock_state(held[0], None, False, [])
+            who = state.holder.describe() if state.holder else "an unreadable holder"
+            raise LockConflict(self.keys.leader, f"held by {who} (token {state.token}), which relies on "
+                               "the failsafe list; nothing deleted", state.holder.node if state.holder
+                               else None, state.token)
+        # Delete what we read, and only while the lock is still free (unless told otherwise).
+        compare = [etcdrpc.Compare(key=failsafe, target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
+                                   mod_revision=listing[0].mod_revision)]
+        if not while_held:
+            compare.append(etcdrpc.Compare(key=leader, target=etcdrpc.Compare.CREATE,
+                                           result=etcdrpc.Compare.EQUAL, create_revision=0))
+        delete = etcdrpc.TxnRequest(compare=compare, success=[etcdrpc.RequestOp(
+            request_delete_range=etcdrpc.DeleteRangeRequest(key=failsafe))], failure=[])
+        response = self.transport.call(
+            "delete failsafe list", self._deadline(),
+            lambda ch, timeout, md: self._kv(ch).Txn(delete, timeout=timeout, metadata=md))
+        if not response.succeeded:
+            raise LockConflict(self.keys.failsafe, "the failsafe list or the lock changed while deleting "
+                               "it; nothing deleted")
+        return bytes(listing[0].value)
+
     def read_intent(self) -> Intent:
         kvs = self._get(self.keys.intent, self._deadline(), "read intent").kvs
         return parse_intent(self.keys.intent, kvs[0].value) if kvs else Intent()
