@@ -190,7 +190,8 @@ class FailoverSection:
     failsafe: bool = setting(False, "Keep admitting writes through a DCS outage while every member "
                                     "of the last membership promises not to race (see "
                                     "docs/failsafe.md). Off by default: it needs http.token_file "
-                                    "and node.state_dir on every agent, and a member that is "
+                                    "(or mutual TLS) and node.state_dir on every agent, and a "
+                                    "member that is "
                                     "paused or cut off during an outage still ends writes.")
 
 
@@ -198,8 +199,23 @@ class FailoverSection:
 class HttpSection:
     listen: str = setting("127.0.0.1:8008", "host:port of the HTTP API (/primary, /replica, "
                                             "/health, /status, /metrics); empty = off.")
-    token_file: str = setting("", "File holding the token that mutating endpoints require; "
-                                  "empty = mutating endpoints off.")
+    token_file: str = setting("", "File holding the cluster token (the same on every agent) that the "
+                                  "mutating, failsafe promise and backup endpoints require as "
+                                  "'Authorization: Bearer'; empty = those endpoints need mutual TLS "
+                                  "(tls_ca), or are off.")
+    tls_cert: str = setting("", "Certificate (PEM, with its chain) the HTTP API presents: it then "
+                                "speaks HTTPS only, and peers reach it at https:// (published in the "
+                                "member record); empty = plain HTTP.")
+    tls_key: str = setting("", "Private key of tls_cert (mode 0600).")
+    tls_ca: str = setting("", "Cluster CA (PEM) for mutual TLS between agents: the mutating, failsafe "
+                              "promise and backup endpoints refuse a caller without a client "
+                              "certificate from it (with token_file set, the token is required "
+                              "too), and peers' server certificates are checked against it (their "
+                              "names must match the host in their URL). Probes of /primary, "
+                              "/health, /metrics need none. Needs tls_cert.")
+    tls_client_cert: str = setting("", "Client certificate this agent presents to its peers (promise "
+                                       "requests, backup fetches); empty = tls_cert.")
+    tls_client_key: str = setting("", "Private key of tls_client_cert; empty = tls_key.")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -349,9 +365,19 @@ def _check_relations(config: AgentConfig) -> None:
     if config.rejoin.mode != "manual" and not config.mysql.pid_file:
         raise ConfigError("mysql.pid_file: required when rejoin.mode is not manual "
                           "(the repair kills mysqld by the pid in it)")
-    if config.rejoin.mode == "rebuild" and not (config.http.token_file and config.http.listen):
+    http = config.http
+    if bool(http.tls_cert) != bool(http.tls_key):
+        raise ConfigError("http.tls_cert: tls_cert and tls_key must be given together")
+    if bool(http.tls_client_cert) != bool(http.tls_client_key):
+        raise ConfigError("http.tls_client_cert: tls_client_cert and tls_client_key must be given together")
+    if http.tls_ca and not http.tls_cert:
+        raise ConfigError("http.tls_ca: mutual TLS needs the API's own certificate (http.tls_cert, "
+                          "http.tls_key)")
+    authenticated = bool(http.token_file or http.tls_ca)
+    if config.rejoin.mode == "rebuild" and not (authenticated and http.listen):
         raise ConfigError("http.token_file: rebuild copies the donor over the agents' HTTP API, which "
-                          "needs http.listen and the same token on every node")
+                          "needs http.listen and the same cluster token (or mutual TLS, http.tls_ca) "
+                          "on every node")
     for address_key, value in (("gate.listen", config.gate.listen), ("http.listen", config.http.listen)):
         if value:
             parse_host_port(address_key, value)
@@ -369,22 +395,24 @@ def _check_relations(config: AgentConfig) -> None:
     if config.failover.failsafe:
         # Promises are asked over the HTTP API, authenticated with the cluster token, and kept
         # across restarts in the state directory (docs/failsafe.md).
-        if not config.http.listen or not config.http.token_file:
-            raise ConfigError("failover.failsafe: needs http.listen and http.token_file (the same "
-                              "cluster token on every agent authenticates promise requests)")
+        if not http.listen or not authenticated:
+            raise ConfigError("failover.failsafe: needs http.listen and http.token_file or mutual TLS "
+                              "(http.tls_ca): the same cluster token, or certificates from the same "
+                              "CA, on every agent authenticate promise requests")
         if not config.node.state_dir:
             raise ConfigError("failover.failsafe: needs node.state_dir (promises survive restarts)")
 
 
 def api_url_of(config: AgentConfig) -> str:
-    """The agent's HTTP API as peers reach it (empty: off); a wildcard listen address is
-    replaced by node.address."""
+    """The agent's HTTP API as peers reach it (empty: off): https:// with http.tls_cert; a
+    wildcard listen address is replaced by node.address."""
     if not config.http.listen:
         return ""
     host, port = parse_host_port("http.listen", config.http.listen)
     if host in ("", "0.0.0.0", "::"):
         host = config.node.address
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    scheme = "https" if config.http.tls_cert else "http"
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def parse_host_port(key: str, value: str) -> tuple[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,11 +34,12 @@ FAILSAFE_ACTIVE_HELP = "1 while the gate admits on peer promises past the lease 
 
 
 class FailsafeAdapter:
-    def __init__(self, *, config: CoreConfig, cluster: str, token: str, state_dir: Path,
+    def __init__(self, *, config: CoreConfig, cluster: str, token: str | None, state_dir: Path,
                  wake: threading.Event, dcs: DcsSensor, state_of: Callable[[], State],
                  lease_of: Callable[[], LeaseView], request_timeout: float,
                  extend_gate: Callable[[int, float], None] = lambda token, deadline: None,
-                 unreachable_since: Callable[[], float | None] = lambda: None) -> None:
+                 unreachable_since: Callable[[], float | None] = lambda: None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._extend_gate = extend_gate
         self._unreachable_since = unreachable_since
         self._config = config
@@ -51,7 +53,7 @@ class FailsafeAdapter:
         self._addresses: dict[str, str] = {}
         self.client = PromiseClient(cluster=cluster, node=config.node_name, token=token, wake=wake,
                                     timeout=request_timeout, addresses=lambda: dict(self._addresses),
-                                    on_complete=self._round_complete)
+                                    on_complete=self._round_complete, tls=tls)
         # A promise kept across a restart proves this agent saw its primary hold that token: it
         # may promise again while the DCS is still down (a restart alone must not end writes).
         known = kept is not None and kept.token > 0
@@ -85,8 +87,10 @@ class FailsafeAdapter:
         live = frozenset(entry.record.node for entry in snapshot.members)
         self._membership = live | (self._listed or frozenset())
         for entry in snapshot.members:
-            if entry.record.http_address:
-                self._addresses[entry.record.node] = entry.record.http_address
+            # api_url since this release; an older agent's record has only host:port (http).
+            url = entry.record.api_url or entry.record.http_address
+            if url:
+                self._addresses[entry.record.node] = url
 
     def _round_complete(self) -> None:
         """Move the gate's deadline at once when a round grants more, exactly as a renewal does;

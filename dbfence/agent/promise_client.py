@@ -5,12 +5,17 @@ asked in parallel with a timeout, and answers are recorded as they arrive. A mem
 not answer in time counts as a no. The loop reads the rounds through :meth:`PromiseClient.view`
 and is woken when a round completes; ``on_complete`` runs first, so the gate's deadline can move
 at once, as a renewal moves it (the decision loop may be busy for a while).
+
+Members are asked at their API URL (``api_url`` of their records; a bare ``host:port`` from an
+older agent's record means ``http://``), with the cluster token when one is configured and, over
+``https://``, with this agent's client certificate (``tls``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 import urllib.error
@@ -27,9 +32,10 @@ PROMISE_PATH = "/failsafe/promise"
 
 
 class PromiseClient:
-    def __init__(self, *, cluster: str, node: str, token: str, wake: threading.Event, timeout: float,
+    def __init__(self, *, cluster: str, node: str, token: str | None, wake: threading.Event, timeout: float,
                  addresses: Callable[[], Mapping[str, str]],
-                 on_complete: Callable[[], None] = lambda: None) -> None:
+                 on_complete: Callable[[], None] = lambda: None, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls
         self._on_complete = on_complete
         self._cluster = cluster
         self._node = node
@@ -93,13 +99,17 @@ class PromiseClient:
     def _request(self, member: str, address: str, token: int, duration: float) -> PromiseAnswer:
         if not address:
             return PromiseAnswer(member, None, "no HTTP address known")
+        base = address if "://" in address else f"http://{address}"
         body = json.dumps({"cluster": self._cluster, "primary": self._node, "token": token,
                            "duration": duration}).encode()
-        request = urllib.request.Request(
-            f"http://{address}{PROMISE_PATH}", data=body, method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._token}"})
+        headers = {"Content-Type": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        request = urllib.request.Request(f"{base.rstrip('/')}{PROMISE_PATH}", data=body, method="POST",
+                                         headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with urllib.request.urlopen(request, timeout=self._timeout,
+                                        context=self._tls if base.startswith("https:") else None) as response:
                 payload = json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             detail = exc.read(300).decode("utf-8", "replace").strip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -63,9 +64,12 @@ class RepairKeeper:
     def __init__(self, *, mode: str, state_dir: Path, node: str, mysql: MysqlActions,
                  control: MysqldControl, on_done: Callable[[str, str], None] = lambda kind, detail: None,
                  wall: Callable[[], float] = time.time, api_token: str | None = None,
-                 backup_tool: str = "mariadb-backup", mbstream_tool: str = "mbstream") -> None:
+                 backup_tool: str = "mariadb-backup", mbstream_tool: str = "mbstream",
+                 api_tls: ssl.SSLContext | None = None, mutual_tls: bool = False) -> None:
         self.mode = mode
         self.api_token = api_token  # the donor's HTTP API token (the same on every node)
+        self.api_tls = api_tls  # the cluster CA and this agent's client certificate, for https donors
+        self.mutual_tls = mutual_tls  # donors know us by that certificate (no token needed)
         self.backup_tool = backup_tool
         self.mbstream_tool = mbstream_tool
         self.state_dir = state_dir
@@ -392,8 +396,8 @@ class RepairKeeper:
         with self._lock:
             if self._worker is not None and self._worker.is_alive():
                 return
-            if not self.api_token:
-                self.gave_up = "rebuild needs http.token_file (the donor's API token)"
+            if not self.api_token and not self.mutual_tls:
+                self.gave_up = "rebuild needs http.token_file or mutual TLS (to authenticate to the donor)"
                 self.gave_up_on = "rebuild"
                 return
             (self.state_dir / APPROVAL_FILE).unlink(missing_ok=True)
@@ -406,7 +410,7 @@ class RepairKeeper:
 
     def _rebuild(self, action: RebuildNode, donor_api: str, primary_state: Callable[[], GtidState], out: Path,
                  stamp: str) -> None:
-        token = self.api_token or ""
+        token, tls = self.api_token, self.api_tls
         header = (f"-- dbfence: errant transactions of {self.node}, thrown away by a rebuild from "
                   f"{action.donor}\n-- GTIDs: {', '.join(action.gtids)}\n-- reason: {action.reason.value}\n"
                   f"-- to apply them anyway (after review): mariadb < {out.name}\n")
@@ -416,7 +420,7 @@ class RepairKeeper:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             result = rebuild_from_stream(self.mysql, self.control, primary_state,
-                                         lambda: fetch_backup(donor_api, token), out, header,
+                                         lambda: fetch_backup(donor_api, token, tls=tls), out, header,
                                          self._on_progress, stamp, backup_tool=self.backup_tool,
                                          mbstream_tool=self.mbstream_tool)
         except NothingErrant as exc:

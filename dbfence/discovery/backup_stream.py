@@ -2,16 +2,17 @@
 
 The donor's agent relays ``mariadb-backup --stream=mbstream`` (already paced to the configured
 rate by :class:`dbfence.mysql.rebuild.BackupStream`) as a chunked response; the receiving agent
-sends the API token (``Authorization: Bearer``). A copy that fails on the donor is cut off without
-the final chunk, so the receiver sees an incomplete body and fails, never a short copy.
+sends the API token (``Authorization: Bearer``) and, with mutual TLS, its client certificate. A
+copy that fails on the donor is cut off without the final chunk, so the receiver sees an
+incomplete body and fails, never a short copy.
 """
 
 from __future__ import annotations
 
-import hmac
 import http.client
 import json
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -29,17 +30,10 @@ class BackupFetchError(OSError):
     """The donor refused the copy, or the stream broke off."""
 
 
-def serve_backup(handler: BaseHTTPRequestHandler, source: BackupSource, token: str | None,
-                 idle_timeout: float = 120.0) -> None:
-    """Answer ``GET /v1/backup`` on ``handler`` with the donor's stream: only with the API token
-    (the copy holds every row and the password hashes of the mysql schema)."""
-    supplied = handler.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not token:
-        _refuse(handler, HTTPStatus.FORBIDDEN, "the backup endpoint is off: set http.token_file")
-        return
-    if not hmac.compare_digest(supplied.encode(), token.encode()):
-        _refuse(handler, HTTPStatus.UNAUTHORIZED, "a valid 'Authorization: Bearer <token>' is required")
-        return
+def serve_backup(handler: BaseHTTPRequestHandler, source: BackupSource, idle_timeout: float = 120.0) -> None:
+    """Answer ``GET /v1/backup`` on ``handler`` with the donor's stream. The caller has checked
+    that the client belongs to the cluster (API token, client certificate): the copy holds every
+    row and the password hashes of the mysql schema."""
     try:
         estimate, chunks = source()
     except Exception as exc:  # any refusal becomes a 503 with the reason, never a crash
@@ -72,15 +66,22 @@ def _refuse(handler: BaseHTTPRequestHandler, status: HTTPStatus, message: str) -
     handler.wfile.write(body)
 
 
-def fetch_backup(url: str, token: str, timeout: float = 120.0,
-                 chunk: int = 1 << 20) -> tuple[int, Iterator[bytes]]:
-    """Open ``url`` (the donor's API base) and return (estimated bytes, chunks of the stream)."""
+def fetch_backup(url: str, token: str | None, timeout: float = 120.0, chunk: int = 1 << 20,
+                 tls: ssl.SSLContext | None = None) -> tuple[int, Iterator[bytes]]:
+    """Open ``url`` (the donor's API base, ``http://`` or ``https://``; ``tls`` holds the cluster CA
+    and this agent's client certificate) and return (estimated bytes, chunks of the stream)."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise BackupFetchError(f"not an http:// API address: {url!r}")
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BackupFetchError(f"not an http:// or https:// API address: {url!r}")
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
+                                           context=tls or ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        conn.request("GET", PATH, headers={"Authorization": f"Bearer {token}"})
+        conn.request("GET", PATH, headers=headers)
         resp = conn.getresponse()
     except (OSError, http.client.HTTPException) as exc:
         conn.close()

@@ -2,10 +2,11 @@
 
 ``GET /primary`` answers 200 only on the node whose gate admits, ``GET /replica`` 200 only on a
 replica that replicates (optionally within ``?lag=SECONDS``): the convention HAProxy's ``httpchk``
-and other load balancers already use. Mutating endpoints (switchover, pause, resume) are off unless
-a token is configured, and then require ``Authorization: Bearer <token>``. So does
-``POST /failsafe/promise``, where a primary cut off from the DCS asks this agent for a promise
-(docs/failsafe.md); it is off unless the agent runs with failsafe.
+and other load balancers already use. The endpoints that act or answer for the cluster (switchover,
+pause, resume; ``POST /failsafe/promise``, where a primary cut off from the DCS asks this agent for
+a promise, docs/failsafe.md; ``GET /v1/backup``) are off unless the cluster token or mutual TLS is
+configured, and then require ``Authorization: Bearer <token>`` (when a token is configured) and a
+client certificate from the cluster CA (when mutual TLS is on: :mod:`dbfence.discovery.api_tls`).
 
 The server runs on its own threads and reads an immutable :class:`StatusReport` the agent loop
 swaps in, so a slow HTTP client can never hold up the loop. That report can be old: the loop may
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import ssl
 import sys
 import threading
 import time
@@ -30,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from dbfence.discovery.api_tls import has_verified_peer
 from dbfence.discovery.backup_stream import PATH as BACKUP_PATH
 from dbfence.discovery.backup_stream import BackupSource, serve_backup
 from dbfence.discovery.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -138,7 +141,8 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], board: StatusBoard, metrics: Metrics,
                  token: str | None, on_command: CommandHandler | None,
                  backup: BackupSource | None = None,
-                 on_promise: PromiseHandler | None = None) -> None:
+                 on_promise: PromiseHandler | None = None, tls: ssl.SSLContext | None = None,
+                 mutual: bool = False) -> None:
         super().__init__(address, _Handler)
         self.board = board
         self.metrics = metrics
@@ -146,11 +150,29 @@ class _Server(ThreadingHTTPServer):
         self.on_command = on_command
         self.backup = backup  # [rejoin] mode = rebuild: this node can be a donor
         self.on_promise = on_promise
+        self.tls = tls
+        self.mutual = mutual  # protected endpoints need a client certificate from the cluster CA
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """The TLS handshake runs here, on the request's own thread: a slow or silent client
+        never holds up the thread that accepts connections."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(_Handler.timeout)
+        # The raw socket is detached into the TLS one (closed by wrap_socket if the handshake
+        # fails): close the TLS socket here, the caller's close of the raw one is then a no-op.
+        wrapped = self.tls.wrap_socket(request, server_side=True)
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            self.shutdown_request(wrapped)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A prober that gave up before its answer (a load balancer's or a monitor's timeout)
-        is routine: the standard server would print a traceback to the agent's log each time."""
-        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+        """A prober that gave up before its answer (a load balancer's or a monitor's timeout), or
+        a client whose TLS handshake failed (no or a foreign certificate, plain HTTP to the TLS
+        port), is routine: the standard server would print a traceback to the agent's log each time."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ssl.SSLError, TimeoutError)):
             return
         super().handle_error(request, client_address)
 
@@ -202,25 +224,37 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/metrics":
             self._send(HTTPStatus.OK, self.server.metrics.render(), METRICS_CONTENT_TYPE)
         elif url.path == BACKUP_PATH and self.server.backup is not None:
-            serve_backup(self, self.server.backup, self.server.token)  # checks the token
+            if self._authorized("the backup endpoint is off: set http.token_file or mutual TLS\n"):
+                serve_backup(self, self.server.backup)
         else:
             self._send(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}\n")
 
-    def _authorized(self) -> bool:
-        """Answers 401 itself when the bearer token is missing or wrong."""
-        token = self.server.token
-        supplied = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if token and hmac.compare_digest(supplied.encode(), token.encode()):
-            return True
-        self._send(HTTPStatus.UNAUTHORIZED, "a valid 'Authorization: Bearer <token>' is required\n")
-        return False
+    def _authorized(self, off: str) -> bool:
+        """Whether the caller proved it belongs to the cluster; answers itself when not: 403
+        (``off``) when neither a token nor mutual TLS is configured, 401 without a client
+        certificate from the cluster CA (mutual TLS) or without the right bearer token (when one
+        is configured). With both configured, both are required."""
+        server = self.server
+        if not server.token and not server.mutual:
+            self._send(HTTPStatus.FORBIDDEN, off)
+            return False
+        if server.mutual and not has_verified_peer(self.connection):
+            self._send(HTTPStatus.UNAUTHORIZED, "a client certificate from the cluster CA is required "
+                                                "(mutual TLS)\n")
+            return False
+        if server.token:
+            supplied = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(supplied.encode(), server.token.encode()):
+                self._send(HTTPStatus.UNAUTHORIZED, "a valid 'Authorization: Bearer <token>' is required\n")
+                return False
+        return True
 
     def _promise(self) -> None:
         handler = self.server.on_promise
-        if handler is None or not self.server.token:
+        if handler is None:
             self._send(HTTPStatus.FORBIDDEN, "failsafe is off on this agent\n")
             return
-        if not self._authorized():
+        if not self._authorized("failsafe is off on this agent (no cluster token, no mutual TLS)\n"):
             return
         try:
             length = int(self.headers.get("Content-Length", "0"))
@@ -244,13 +278,11 @@ class _Handler(BaseHTTPRequestHandler):
         if command not in ("switchover", "pause", "resume"):
             self._send(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}\n")
             return
-        token = self.server.token
-        if not token or self.server.on_command is None:
-            self._send(HTTPStatus.FORBIDDEN, "mutating endpoints are off: set http.token_file\n")
+        off = "mutating endpoints are off: set http.token_file\n"
+        if self.server.on_command is None:
+            self._send(HTTPStatus.FORBIDDEN, off)
             return
-        supplied = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(supplied.encode(), token.encode()):
-            self._send(HTTPStatus.UNAUTHORIZED, "a valid 'Authorization: Bearer <token>' is required\n")
+        if not self._authorized(off):
             return
         args = {k: v[-1] for k, v in parse_qs(url.query).items()}
         result = self.server.on_command(command, args)
@@ -273,13 +305,18 @@ def _status_document(answer: Answer) -> dict[str, Any]:
 
 
 class HttpApi:
-    """The agent's HTTP endpoints on ``host:port`` (port 0 picks a free one)."""
+    """The agent's HTTP endpoints on ``host:port`` (port 0 picks a free one); HTTPS with ``tls``,
+    and with ``mutual`` the protected endpoints require a verified client certificate."""
 
     def __init__(self, host: str, port: int, board: StatusBoard, metrics: Metrics,
                  token: str | None = None, on_command: CommandHandler | None = None,
                  backup: BackupSource | None = None,
-                 on_promise: PromiseHandler | None = None) -> None:
-        self._server = _Server((host, port), board, metrics, token, on_command, backup, on_promise)
+                 on_promise: PromiseHandler | None = None, tls: ssl.SSLContext | None = None,
+                 mutual: bool = False) -> None:
+        if mutual and (tls is None or tls.verify_mode == ssl.CERT_NONE):
+            raise ValueError("mutual TLS needs a server TLS context that asks for client certificates")
+        self._server = _Server((host, port), board, metrics, token, on_command, backup, on_promise,
+                               tls, mutual)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="dbfence-http", daemon=True)
 

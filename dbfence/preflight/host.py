@@ -53,7 +53,9 @@ def check_secret_files(config: AgentConfig) -> list[Check]:
     checks = []
     for key, value in (("http.token_file", config.http.token_file),
                        ("dcs.password_file", config.dcs.password_file),
-                       ("dcs.acl_token_file", config.dcs.acl_token_file)):
+                       ("dcs.acl_token_file", config.dcs.acl_token_file),
+                       ("http.tls_key", config.http.tls_key),
+                       ("http.tls_client_key", config.http.tls_client_key)):
         if not value:
             continue
         try:

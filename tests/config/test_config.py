@@ -141,3 +141,20 @@ def test_rebuild_needs_the_api_token_and_names_this_agents_api(tmp_path: Path) -
     config = load_config(write(tmp_path, with_pid + '[rejoin]\nmode = "rebuild"\n' + api))
     assert config.rejoin.mode == "rebuild" and config.rejoin.donor_rate_mib == 32
     assert api_url_of(config) == f"http://{config.node.address}:8008"
+
+
+def test_api_tls_settings_go_together_and_mutual_tls_can_replace_the_token(tmp_path: Path) -> None:
+    failsafe = '[failover]\nfailsafe = true\n'
+    with pytest.raises(ConfigError, match=r"failover.failsafe: needs http.listen and http.token_file or"):
+        load_config(write(tmp_path, MINIMAL + failsafe))
+    with pytest.raises(ConfigError, match=r"http.tls_cert: tls_cert and tls_key must be given together"):
+        load_config(write(tmp_path, MINIMAL + '[http]\ntls_cert = "/etc/dbfence/api.crt"\n'))
+    with pytest.raises(ConfigError, match=r"http.tls_client_cert: tls_client_cert and tls_client_key"):
+        load_config(write(tmp_path, MINIMAL + '[http]\ntls_client_key = "/k"\n'))
+    with pytest.raises(ConfigError, match=r"http.tls_ca: mutual TLS needs the API's own certificate"):
+        load_config(write(tmp_path, MINIMAL + '[http]\ntls_ca = "/etc/dbfence/ca.crt"\n'))
+    mutual = ('[http]\nlisten = "0.0.0.0:8008"\ntls_cert = "/etc/dbfence/api.crt"\n'
+              'tls_key = "/etc/dbfence/api.key"\ntls_ca = "/etc/dbfence/ca.crt"\n')
+    config = load_config(write(tmp_path, MINIMAL + failsafe + mutual))
+    assert config.failover.failsafe and not config.http.token_file
+    assert api_url_of(config) == f"https://{config.node.address}:8008"  # peers ask it over TLS
