@@ -160,9 +160,16 @@ def keeps_source(view: FailsafeView, source: str, now: float) -> bool:
 
 def list_to_publish(view: FailsafeView, live: frozenset[str], token: int,
                     config: CoreConfig) -> frozenset[str] | None:
-    """The member list the primary should write (None: the DCS already has it)."""
+    """The member list the primary should write (None: the DCS already has it).
+
+    It only grows: every member already listed stays, whoever listed it. A member whose record
+    is missing for a while (after a DCS outage, a paused agent) is still a member, and a list
+    shrunk to nodes that cannot take the lock (the primary alone, which then fails or steps
+    down) would keep every other node from racing for good. Departed nodes are taken out by an
+    operator (``dbfence locks clear-failsafe --drop NODE``)."""
     if not config.failsafe:
         return None
-    if view.listed == live and view.listed_token == token:
+    wanted = live | (view.listed or frozenset())
+    if view.listed == wanted and view.listed_token == token:
         return None
-    return live
+    return wanted

@@ -268,6 +268,15 @@ class LeaseLock(abc.ABC):
         """
 
     @abc.abstractmethod
+    def drop_failsafe_members(self, nodes: frozenset[str]) -> tuple[FailsafeList, FailsafeList] | None:
+        """Operator action: take ``nodes`` (gone for good) out of the failsafe member list, which
+        otherwise only grows. Always safe: a node not listed never races, and a primary asks at
+        least the members it listed. Rewrites exactly the list it read (LockConflict if it
+        changed meanwhile; BadData if it cannot be read). Returns (before, after), ``None`` when
+        there is no list. Raises DcsUnreachable, DcsAccessDenied.
+        """
+
+    @abc.abstractmethod
     def read_intent(self) -> Intent:
         """The operator intent (``Intent()`` when the key is absent). Raises BadData etc."""
 

@@ -361,31 +361,40 @@ def _describe_failsafe(raw: bytes, key: str) -> str:
 
 @locks.command("clear-failsafe")
 @connection_options
+@click.option("--drop", "drop", multiple=True, metavar="NODE",
+              help="take only this node (gone for good) out of the list; repeatable; safe while a "
+                   "primary runs")
 @click.option("--force", is_flag=True, help="delete it even while a node holds the lock or a listed "
                                             "member is alive")
 @click.option("--yes", is_flag=True, help="with --force: do not ask for confirmation")
 @click.pass_context
 @_dcs_errors
-def clear_failsafe(ctx: click.Context, /, force: bool, yes: bool, **kwargs: Any) -> None:
-    """Delete a stale failsafe member list (docs/failsafe.md).
+def clear_failsafe(ctx: click.Context, /, drop: tuple[str, ...], force: bool, yes: bool,
+                   **kwargs: Any) -> None:
+    """Delete a stale failsafe member list, or take departed nodes out of it (docs/failsafe.md).
 
-    While the list exists, a node not named in it never races for the lock: a list naming only
-    nodes that are gone leaves a new cluster without a primary. Refused while a node holds the
-    lock (it relies on the list) or while a listed node is alive (it can take the lock itself),
-    unless --force. Prints what it deleted.
+    While the list exists, a node not named in it never races for the lock, and the primaries
+    only ever add to it. A list naming only nodes that are gone leaves a new cluster without a
+    primary: deleting it is refused while a node holds the lock (it relies on the list) or while
+    a listed node is alive (it can take the lock itself), unless --force. --drop NODE removes
+    single names instead, which is always safe (the node then never races). Prints what changed.
     """
     connection = _connection(kwargs).merged_over(ctx.obj if isinstance(ctx.obj, Connection) else None)
     lock, _config = connection.open()
     try:
         snapshot = lock.snapshot(strict=False)
+        alive_nodes = {e.record.node for e in snapshot.members}
+        if drop:
+            _drop_failsafe_members(lock, frozenset(drop), alive_nodes, force)
+            return
         key = lock.keys.failsafe
         listing = snapshot.failsafe
-        alive = sorted({e.record.node for e in snapshot.members} & set(listing.members if listing else ()))
+        alive = sorted(alive_nodes & set(listing.members if listing else ()))
         refusals = []
         if snapshot.lock is not None:
             who = snapshot.lock.holder.describe() if snapshot.lock.holder else "an unreadable holder"
             refusals.append(f"the lock is held by {who} (token {snapshot.lock.token}), which relies on "
-                            "the list")
+                            "the list (--drop NODE takes departed nodes out safely)")
         if alive:
             refusals.append(f"listed node(s) {', '.join(alive)} are alive and can take the lock: the list "
                             "is not stale")
@@ -400,7 +409,27 @@ def clear_failsafe(ctx: click.Context, /, force: bool, yes: bool, **kwargs: Any)
             return
         click.echo(f"deleted the failsafe list {key}: {_describe_failsafe(deleted, key)}")
     except LockConflict as exc:
-        click.echo(f"not deleted: {exc}", err=True)
+        click.echo(f"not changed: {exc}", err=True)
         sys.exit(1)
     finally:
         lock.close()
+
+
+def _drop_failsafe_members(lock: LeaseLock, drop: frozenset[str], alive: set[str], force: bool) -> None:
+    living = sorted(drop & alive)
+    if living and not force:
+        click.echo(f"not changed: {', '.join(living)} still has a live member record (a primary would "
+                   "list it again at once; --force to drop it anyway)", err=True)
+        sys.exit(1)
+    changed = lock.drop_failsafe_members(drop)
+    if changed is None:
+        click.echo("there is no failsafe list: nothing to drop")
+        return
+    before, after = changed
+    removed = sorted(set(before.members) - set(after.members))
+    if not removed:
+        click.echo(f"{', '.join(sorted(drop))} not in the failsafe list ({', '.join(before.members)}): "
+                   "nothing changed")
+        return
+    click.echo(f"dropped {', '.join(removed)} from the failsafe list: members now "
+               f"{', '.join(after.members) or '(none)'} (token {after.token})")

@@ -39,6 +39,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import consul.base
@@ -71,6 +72,7 @@ from dbfence.locks.model import (
     LockState,
     MemberRecord,
     encode,
+    parse_failsafe_list,
     parse_intent,
 )
 
@@ -433,6 +435,21 @@ class ConsulLeaseLock(LeaseLock):
                                "deleted")
         value = entry.get("Value")
         return value if isinstance(value, bytes) else str(value or "").encode()
+
+    def drop_failsafe_members(self, nodes: frozenset[str]) -> tuple[FailsafeList, FailsafeList] | None:
+        deadline = self._deadline()
+        entry = self._get(self.keys.failsafe, deadline, "read failsafe list")
+        if entry is None:
+            return None
+        before = parse_failsafe_list(self.keys.failsafe, entry.get("Value"))
+        after = replace(before, members=tuple(m for m in before.members if m not in nodes))
+        index = int(entry.get("ModifyIndex", 0))
+        written = self._call("rewrite failsafe list", deadline,
+                             lambda: self._consul.kv.put(self.keys.failsafe, encode(after), cas=index))
+        if written is not True:
+            raise LockConflict(self.keys.failsafe, "the failsafe list changed while rewriting it; nothing "
+                               "changed")
+        return before, after
 
     def read_intent(self) -> Intent:
         entry = self._get(self.keys.intent, self._deadline(), "read intent")

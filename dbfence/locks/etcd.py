@@ -24,7 +24,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -759,6 +759,26 @@ class EtcdLeaseLock(LeaseLock):
             raise LockConflict(self.keys.failsafe, "the failsafe list or the lock changed while deleting "
                                "it; nothing deleted")
         return bytes(listing[0].value)
+
+    def drop_failsafe_members(self, nodes: frozenset[str]) -> tuple[FailsafeList, FailsafeList] | None:
+        kvs = self._get(self.keys.failsafe, self._deadline(), "read failsafe list").kvs
+        if not kvs:
+            return None
+        before = parse_failsafe_list(self.keys.failsafe, kvs[0].value)
+        after = replace(before, members=tuple(m for m in before.members if m not in nodes))
+        key = self.keys.failsafe.encode()
+        request = etcdrpc.TxnRequest(
+            compare=[etcdrpc.Compare(key=key, target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
+                                     mod_revision=kvs[0].mod_revision)],
+            success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=encode(after)))],
+            failure=[])
+        response = self.transport.call(
+            "rewrite failsafe list", self._deadline(),
+            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md))
+        if not response.succeeded:
+            raise LockConflict(self.keys.failsafe, "the failsafe list changed while rewriting it; nothing "
+                               "changed")
+        return before, after
 
     def read_intent(self) -> Intent:
         kvs = self._get(self.keys.intent, self._deadline(), "read intent").kvs

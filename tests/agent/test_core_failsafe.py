@@ -184,6 +184,21 @@ def test_the_primary_keeps_the_failsafe_list_current() -> None:
                    for a in decide(primary_obs(stale), PRIMARY, ON).actions)
 
 
+def test_the_failsafe_list_only_grows() -> None:
+    """A listed member whose record is missing (after an outage, a paused agent) stays listed:
+    a list shrunk to nodes that cannot take the lock would keep every other node from racing
+    for good (the liveness check from failsafe states found it: the primary wrote itself alone
+    right after the DCS came back, then stepped down for a switchover)."""
+    lock = LockView(True, ME, TOKEN)
+    with_gone = replace(OUTAGE, dcs_unreachable_since=None, listed=LISTED | {"n4"})
+    assert not any(isinstance(a, PublishFailsafeMembers)
+                   for a in decide(primary_obs(with_gone, lock=lock), PRIMARY, ON).actions)
+    earlier = replace(with_gone, listed=frozenset({"n1", "n4"}), listed_token=TOKEN - 1)
+    published = [a for a in decide(primary_obs(earlier, lock=lock), PRIMARY, ON).actions
+                 if isinstance(a, PublishFailsafeMembers)]
+    assert [(a.token, a.members) for a in published] == [(TOKEN, ("n1", "n2", "n3", "n4"))]
+
+
 # ------------------------------------------------------------------ members that promised
 
 FREE = LockView(True, None, None)

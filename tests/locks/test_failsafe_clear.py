@@ -81,3 +81,21 @@ def test_an_unreadable_list_is_deleted_and_shown_as_stored(dcs: Dcs) -> None:
     assert "an unreadable value (b'members=db1')" in cleared.output
     assert lock.snapshot(strict=False).failsafe is None
     assert not lock.snapshot(strict=False).problems
+
+
+def test_drop_takes_departed_nodes_out_while_the_primary_runs(dcs: Dcs) -> None:
+    primary, peer = dcs.lock("db1"), dcs.lock("db2")
+    assert "nothing to drop" in run(dcs, "--drop", "db3").output
+    primary.open_session()
+    token = primary.try_acquire(holder("db1")).token
+    assert token is not None
+    primary.write_failsafe_list(FailsafeList(token=token, members=("db1", "db2", "db3", "db4")))
+    peer.publish_member(record("db2"))
+    living = run(dcs, "--drop", "db2")
+    assert living.exit_code == 1 and "db2 still has a live member record" in living.output
+    dropped = run(dcs, "--drop", "db3", "--drop", "db4")  # the lock is held: dropping is safe anyway
+    assert dropped.exit_code == 0, dropped.output
+    assert f"dropped db3, db4 from the failsafe list: members now db1, db2 (token {token})" in dropped.output
+    listing = primary.snapshot().failsafe
+    assert listing is not None and listing.members == ("db1", "db2") and listing.token == token
+    assert "nothing changed" in run(dcs, "--drop", "db9").output
