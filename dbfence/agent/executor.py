@@ -362,7 +362,6 @@ class Executor:
             mysql_host=ident.mysql_host,
             mysql_port=ident.mysql_port,
             api_url=ident.api_url,
-            http_address=ident.http_address,
         )
         self.lock.publish_member(record)
 

@@ -87,10 +87,8 @@ class FailsafeAdapter:
         live = frozenset(entry.record.node for entry in snapshot.members)
         self._membership = live | (self._listed or frozenset())
         for entry in snapshot.members:
-            # api_url since this release; an older agent's record has only host:port (http).
-            url = entry.record.api_url or entry.record.http_address
-            if url:
-                self._addresses[entry.record.node] = url
+            if entry.record.api_url:  # an older agent's host:port is read as http:// (locks.model)
+                self._addresses[entry.record.node] = entry.record.api_url
 
     def _round_complete(self) -> None:
         """Move the gate's deadline at once when a round grants more, exactly as a renewal does;

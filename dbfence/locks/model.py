@@ -127,11 +127,9 @@ class MemberRecord:
     gtid_received: str = ""
     # The lock holder's fencing token when this record was written (None: free or unknown).
     seen_token: int | None = None
-    # The agent's HTTP API (``http://host:port``; empty: none): where a node being rebuilt
-    # fetches this one's backup stream ([rejoin] mode = rebuild).
+    # The agent's HTTP API (``http://host:port`` or ``https://``; empty: none): where a node
+    # being rebuilt fetches this one's backup stream, and a primary asks it for failsafe promises.
     api_url: str = ""
-    # host:port of the agent's HTTP API, where a primary asks for failsafe promises ("": none).
-    http_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,6 +172,9 @@ def encode(record: HolderInfo | MemberRecord | Intent | HistoryEntry | FailsafeL
     data = asdict(record)
     if isinstance(record, MemberRecord):
         data["reasons"] = list(record.reasons)
+        legacy = _legacy_http_address(record.api_url)
+        if legacy:
+            data["http_address"] = legacy
     if isinstance(record, FailsafeList):
         data["members"] = list(record.members)
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
@@ -293,9 +294,21 @@ def parse_member(key: str, raw: bytes | str | None, node_in_key: str) -> MemberR
         mysql_port=fields.integer("mysql_port"),
         gtid_received=fields.text("gtid_received"),
         seen_token=fields.optional_integer("seen_token"),
-        api_url=fields.text("api_url"),
-        http_address=fields.text("http_address"),
+        api_url=fields.text("api_url") or _api_url_of_legacy(fields.text("http_address")),
     )
+
+
+# Until 0.1 a record named the agent's HTTP API twice: ``api_url`` and ``http_address``
+# (host:port, plain HTTP, read by the failsafe). For one release records still carry the old
+# key (derived from api_url) for agents not yet upgraded, and a record that has only the old
+# key is read as ``http://host:port``: a rolling upgrade keeps the failsafe working both ways.
+# Remove both in the next release.
+def _legacy_http_address(api_url: str) -> str:
+    return api_url.removeprefix("http://").rstrip("/") if api_url.startswith("http://") else ""
+
+
+def _api_url_of_legacy(http_address: str) -> str:
+    return f"http://{http_address}" if http_address else ""
 
 
 def parse_failsafe_list(key: str, raw: bytes | str | None) -> FailsafeList:

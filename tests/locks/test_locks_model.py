@@ -39,6 +39,21 @@ def test_records_round_trip() -> None:
     assert parse_intent("k", encode(intent)) == intent
 
 
+def test_the_api_address_is_one_field_and_old_records_still_read() -> None:
+    """Until 0.1 a record carried the HTTP API twice (api_url and http_address): records now
+    carry api_url, plus for one release the old key for agents not yet upgraded; a record with
+    only the old key (an agent not yet upgraded) reads as http://host:port."""
+    record = MemberRecord("db2", "replica", True, api_url="http://10.0.0.2:8008")
+    raw = json.loads(encode(record))
+    assert raw["api_url"] == "http://10.0.0.2:8008" and raw["http_address"] == "10.0.0.2:8008"
+    assert not hasattr(parse_member("k", encode(record), "db2"), "http_address")
+    tls = json.loads(encode(MemberRecord("db2", "replica", True, api_url="https://db2.example:8008")))
+    assert "http_address" not in tls  # older agents speak plain HTTP only: nothing to tell them
+    del raw["api_url"]
+    assert parse_member("k", json.dumps(raw), "db2").api_url == "http://10.0.0.2:8008"
+    assert parse_member("k", encode(MemberRecord("db2", "replica", True)), "db2").api_url == ""
+
+
 @pytest.mark.parametrize(
     "raw",
     [None, b"", b"garbage", b"\xff\xfe", b"[]", b"null", b'{"node": "db1"}', b'{"node": 1, "address": "a"}',
