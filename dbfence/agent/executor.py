@@ -151,7 +151,8 @@ class Executor:
             case AcquireLock():
                 self._acquire()
             case RenewLock():
-                self.keeper.renew_if_due()
+                # On the keeper's thread: the loop must not wait for a DCS that may not answer.
+                self.keeper.request_renewal()
             case ReleaseLock():
                 self.keeper.release()
                 self.dcs.refresh()
@@ -338,6 +339,10 @@ class Executor:
 
     # ------------------------------------------------------------------ member record
     def _publish_member(self, info: MemberInfo) -> None:
+        if self.keeper.dcs_unreachable:
+            # It would wait for the call timeout and fail: the record is written again on the
+            # next heartbeat once the keeper's renewals reach the DCS.
+            raise LockError("skipped while the DCS cannot be asked (the lease renewals fail)")
         facts = self.db.latest
         ident = self.identity
         gate_state = "admitting" if isinstance(self.gate.state, Admitting) else "blocking"

@@ -1,9 +1,12 @@
 """The lease keeper: renews this agent's lease on its own thread and carries the gate with it.
 
 Renewal must never wait behind a slow probe or a slow MySQL action, so it does not run on the
-decision loop. Each successful renewal moves the lease deadline (send time + TTL - margin, taken
-by the lock backend) and, if the gate is admitting under the same fencing token, moves the gate's
-deadline too: one shared-memory store. A failed renewal moves nothing; the gate then closes by
+decision loop; nor does the loop wait for a renewal: when the core asks for one (``RenewLock``)
+the loop only wakes this thread (:meth:`LeaseKeeper.request_renewal`). While the DCS cannot be
+asked, each attempt waits for the call timeout: on the loop that cost ~0.6 s per round. Each
+successful renewal moves the lease deadline (send time + TTL - margin, taken by the lock
+backend) and, if the gate is admitting under the same fencing token, moves the gate's deadline
+too: one shared-memory store. A failed renewal moves nothing; the gate then closes by
 itself at the old deadline.
 
 Failures are classified for the failsafe (docs/failsafe.md): a DCS that cannot be asked
@@ -66,6 +69,7 @@ class LeaseKeeper:
         self._renew_interval = renew_interval
         self._mutex = threading.Lock()  # one DCS lease call at a time
         self._stop = threading.Event()
+        self._asked = threading.Event()  # the loop asks for a renewal now
         self.status = LeaseStatus()
         self.gate_token: int | None = None  # the token the gate is armed with (set by the executor)
         self._thread = threading.Thread(target=self._run, name="dbfence-lease-keeper", daemon=True)
@@ -75,6 +79,7 @@ class LeaseKeeper:
 
     def stop(self) -> None:
         self._stop.set()
+        self._asked.set()
         self._thread.join(timeout=5)
 
     # ------------------------------------------------------------------ operations
@@ -87,6 +92,17 @@ class LeaseKeeper:
         last = self.status.last_renew_ok
         if last is None or time.monotonic() - last >= self._renew_interval / 2:
             self.renew()
+
+    def request_renewal(self) -> None:
+        """Renew soon, on the keeper's thread (the caller never waits for the DCS). While
+        renewals fail the keeper's own retry schedule stands: the request adds no attempts."""
+        if not self.status.error:
+            self._asked.set()
+
+    @property
+    def dcs_unreachable(self) -> bool:
+        """The last renewals failed because the DCS could not be asked."""
+        return self.status.unreachable_since is not None
 
     def acquire(self, holder: HolderInfo) -> None:
         with self._mutex:
@@ -199,4 +215,5 @@ class LeaseKeeper:
             # Retry quickly while there is a valid lease to keep; without one (the DCS is gone),
             # back off to one attempt per renewal interval.
             failures = failures + 1 if status.error and not valid else 0
-            self._stop.wait(min(self._renew_interval, quick * 2 ** failures))
+            self._asked.wait(min(self._renew_interval, quick * 2 ** failures))
+            self._asked.clear()

@@ -5,6 +5,7 @@ asked from a lease that is gone."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -13,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +30,7 @@ from dbfence.breaker import Gate, GateConfig
 from dbfence.discovery.http_api import PROMISE_PATH, HttpApi, StatusBoard
 from dbfence.discovery.metrics import Metrics
 from dbfence.lab.wait import wait_until
-from dbfence.locks import LeaseLock
+from dbfence.locks import LeaseLock, LockError
 from tests.locks.conftest import Dcs, EtcdTrio
 from tests.locks.locks_support import holder
 
@@ -232,3 +234,48 @@ def test_the_promise_endpoint_is_off_without_failsafe() -> None:
         assert status == 403
     finally:
         http.stop()
+
+
+def test_a_renewal_the_loop_asks_for_runs_on_the_keeper_thread(etcd_dcs: tuple[Dcs, EtcdTrio]) -> None:
+    """RenewLock must not make the decision loop wait for a DCS that does not answer (each
+    attempt then waits for the call timeout): the loop only asks, the keeper's thread renews,
+    and a renewal's deadline still comes from its send time."""
+    dcs, trio = etcd_dcs
+    lock = dcs.lock("db1")
+    attempts: list[float] = []
+    renew = lock.renew
+
+    def counted() -> Any:
+        attempts.append(time.monotonic())
+        return renew()
+
+    lock.renew = counted  # type: ignore[method-assign]  # counts the real calls
+    keeper = LeaseKeeper(lock, Gate(GateConfig(listen_port=0)), threading.Event(), renew_interval=2.0)
+    keeper.renew()
+    keeper.acquire(holder("db1"))
+    keeper.start()
+    try:
+        before = keeper.status.last_renew_ok
+        assert before is not None
+        wait_until(lambda: time.monotonic() - before >= 1.0 or None, timeout=5, what="a renewal to be due")
+        keeper.request_renewal()
+        wait_until(lambda: (keeper.status.last_renew_ok or 0) > before or None, timeout=5,
+                   what="the keeper's renewal")
+        status = keeper.status
+        assert status.deadline is not None and status.last_renew_ok is not None
+        assert status.deadline - status.last_renew_ok == pytest.approx(dcs.settings.ttl - dcs.settings.margin)
+        for member in [m for m in trio.members if m is not trio.leader()]:
+            trio.kill(member)  # quorum lost: every renewal waits for the call timeout, then fails
+        wait_until(lambda: keeper.dcs_unreachable or None, timeout=15, what="renewals failing as unreachable")
+        asked_at = time.monotonic()
+        for _ in range(20):
+            keeper.request_renewal()
+        assert time.monotonic() - asked_at < 0.2  # a renewal on the caller would take 1.5 s each
+        counted_before = len(attempts)
+        time.sleep(2.0)  # one renewal interval: the keeper's own retry schedule, not 20 extra tries
+        assert len(attempts) - counted_before <= 3
+    finally:
+        keeper.stop()
+        trio.ensure_all_up()
+        with contextlib.suppress(LockError):
+            keeper.close()
