@@ -10,6 +10,7 @@ bad usage, 3 (status) no primary admits right now.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import time
 import urllib.request
@@ -84,10 +85,14 @@ def status_json(snapshot: ClusterSnapshot) -> dict[str, Any]:
     }
 
 
-def agent_failsafe(address: str, timeout: float = 2.0) -> dict[str, Any]:
-    """One agent's role and failsafe state from its HTTP API (``host:port``)."""
+def agent_failsafe(address: str, timeout: float = 2.0, ca_file: str | None = None) -> dict[str, Any]:
+    """One agent's role and failsafe state from its HTTP API (``host:port``, or a URL:
+    ``https://host:port`` when the agents' API speaks TLS, checked against ``ca_file``)."""
+    base = address if "://" in address else f"http://{address}"
+    context = ssl.create_default_context(cafile=ca_file) if base.startswith("https:") else None
     try:
-        with urllib.request.urlopen(f"http://{address}/status", timeout=timeout) as response:
+        with urllib.request.urlopen(f"{base.rstrip('/')}/status", timeout=timeout,
+                                    context=context) as response:
             status = json.loads(response.read())
     except (OSError, ValueError) as exc:
         return {"agent": address, "error": str(exc)}
@@ -140,11 +145,14 @@ def _lag_text(member: dict[str, Any]) -> str:
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="one JSON document")
 @click.option("--agent", "agents", multiple=True, metavar="HOST:PORT",
-              help="also ask this agent's HTTP API (repeatable); it answers during a DCS outage")
+              help="also ask this agent's HTTP API (repeatable; https://HOST:PORT when it speaks "
+                   "TLS); it answers during a DCS outage")
+@click.option("--agent-ca", "agent_ca", type=click.Path(dir_okay=False), default=None,
+              help="CA that the agents' HTTPS certificates come from (http.tls_ca)")
 @_dcs_errors
-def status_command(as_json: bool, agents: tuple[str, ...], **kwargs: Any) -> None:
+def status_command(as_json: bool, agents: tuple[str, ...], agent_ca: str | None, **kwargs: Any) -> None:
     """Every member's role, gate, health and position; the lock; warnings. Exit 3 if no primary."""
-    rows = [agent_failsafe(address) for address in agents]
+    rows = [agent_failsafe(address, ca_file=agent_ca) for address in agents]
     try:
         lock = _open(kwargs)
         try:

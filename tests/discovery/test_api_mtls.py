@@ -26,6 +26,7 @@ from dbfence.discovery.backup_stream import BackupFetchError, fetch_backup
 from dbfence.discovery.http_api import PROMISE_PATH, CommandResult, HttpApi, StatusBoard
 from dbfence.discovery.metrics import Metrics
 from dbfence.lab.wait import wait_until
+from dbfence.ops_cli import agent_failsafe
 
 
 @dataclass(frozen=True)
@@ -199,3 +200,13 @@ def test_unusable_files_name_the_setting(certs: Certs, tmp_path: Path) -> None:
         ApiTls(cert=certs["db1.crt"], key=certs["db1.key"], ca=str(tmp_path / "none.crt")).server_context()
     with pytest.raises(ValueError, match="mutual TLS needs"):
         HttpApi("127.0.0.1", 0, StatusBoard(), Metrics(), mutual=True)
+
+
+def test_status_asks_an_agent_over_https_with_the_cluster_ca(certs: Certs) -> None:
+    api = _serve(certs, Calls())
+    try:
+        row = agent_failsafe(_base(api), ca_file=certs["cluster-ca.crt"])  # no client certificate
+        assert "error" not in row and row["role"] == "starting"
+        assert "error" in agent_failsafe(_base(api))  # a private CA: not trusted by default
+    finally:
+        api.stop()
