@@ -8,11 +8,13 @@ import errno
 import json
 import os
 import socket
+import ssl
 import stat
 import urllib.request
 from pathlib import Path
 
 from dbfence.config import AgentConfig, parse_host_port
+from dbfence.discovery.api_tls import ApiTls, ApiTlsError
 from dbfence.mysql.credentials import load_credentials_file
 from dbfence.mysql.errors import CredentialsError
 from dbfence.mysql.preflight import LOCAL_SOCKET
@@ -78,12 +80,35 @@ def _own_agent_answers(config: AgentConfig) -> bool:
         return False
     host, port = parse_host_port("http.listen", config.http.listen)
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    context = None
+    if config.http.tls_cert:
+        # Only asks whether the agent there is this node's: no need to trust its certificate.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=1.0) as response:
+        with urllib.request.urlopen(f"{'https' if context else 'http'}://{host}:{port}/status", timeout=1.0,
+                                    context=context) as response:
             status = json.loads(response.read())
     except (OSError, ValueError):
         return False
     return isinstance(status, dict) and status.get("node") == config.node.name
+
+
+def check_api_tls(config: AgentConfig) -> list[Check]:
+    """The HTTP API's certificate, key and CA load (the agent refuses to start otherwise)."""
+    http = config.http
+    if not http.tls_cert:
+        return []
+    tls = ApiTls(cert=http.tls_cert, key=http.tls_key, ca=http.tls_ca, client_cert=http.tls_client_cert,
+                 client_key=http.tls_client_key)
+    try:
+        tls.server_context()
+        tls.client_context()
+    except ApiTlsError as exc:
+        return [fail("http.tls", str(exc), "fix the file named, or empty http.tls_cert")]
+    mode = "mutual TLS: protected endpoints need a client certificate" if tls.mutual else "TLS"
+    return [ok("http.tls", f"{http.tls_cert}: {mode}")]
 
 
 def check_port_free(key: str, listen: str, config: AgentConfig | None = None) -> Check:

@@ -29,6 +29,7 @@ def check_config(config: AgentConfig) -> list[Check]:
     checks = host_checks.check_credentials(config) + host_checks.check_secret_files(config)
     checks.append(host_checks.check_port_free("gate.listen", config.gate.listen, config))
     checks.append(host_checks.check_port_free("http.listen", config.http.listen, config))
+    checks += host_checks.check_api_tls(config)
     checks += host_checks.check_backend_source(config)
     checks.append(host_checks.check_clock())
     checks.append(dcs_checks.check_published_address(config))

@@ -21,12 +21,15 @@ from typing import Any
 import pytest
 
 from dbfence.agent.promise_client import PromiseClient
+from dbfence.config import parse_config
 from dbfence.discovery.api_tls import ApiTls, ApiTlsError
 from dbfence.discovery.backup_stream import BackupFetchError, fetch_backup
 from dbfence.discovery.http_api import PROMISE_PATH, CommandResult, HttpApi, StatusBoard
 from dbfence.discovery.metrics import Metrics
 from dbfence.lab.wait import wait_until
 from dbfence.ops_cli import agent_failsafe
+from dbfence.preflight import Check, Status
+from dbfence.preflight.host import check_api_tls
 
 
 @dataclass(frozen=True)
@@ -210,3 +213,17 @@ def test_status_asks_an_agent_over_https_with_the_cluster_ca(certs: Certs) -> No
         assert "error" in agent_failsafe(_base(api))  # a private CA: not trusted by default
     finally:
         api.stop()
+
+
+def test_dbfence_check_loads_the_api_certificates(certs: Certs, tmp_path: Path) -> None:
+    def checked(ca: str) -> list[Check]:
+        return check_api_tls(parse_config({
+            "cluster": {"name": "c"}, "node": {"name": "db1"}, "mysql": {"credentials_file": "/x"},
+            "dcs": {"kind": "etcd", "endpoints": ["http://127.0.0.1:2379"]},
+            "http": {"tls_cert": certs["db1.crt"], "tls_key": certs["db1.key"], "tls_ca": ca}}))
+
+    good = checked(certs["cluster-ca.crt"])
+    assert [(c.status, c.name) for c in good] == [(Status.OK, "http.tls")]
+    assert "mutual TLS" in good[0].detail
+    bad = checked(str(tmp_path / "missing-ca.crt"))
+    assert bad[0].status is Status.FAIL and "http.tls_ca: cannot use CA file" in bad[0].detail
