@@ -54,8 +54,12 @@ class NodeSection:
                                  "0 means never promote this node (it then does not acknowledge "
                                  "lossless commits either).", minimum=0, maximum=1000)
     state_dir: str = setting("/var/lib/dbfence", "Directory where the agent keeps what must survive "
-                                                 "its restart (the failsafe promises it gave, "
-                                                 "written with fsync).")
+                                                 "its restart (systemd's StateDirectory): the "
+                                                 "failsafe promises it gave (written with fsync), "
+                                                 "the fencing evidence and saved errant transactions "
+                                                 "of [rejoin], an operator's rebuild approval. "
+                                                 "Replaces [rejoin] state_dir (still read, with a "
+                                                 "warning, for one release).")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,17 +241,14 @@ class RejoinSection:
                                   "operator rebuilds it; truncate = when the evidence recorded at "
                                   "fencing proves they were never acknowledged (lossless AFTER_SYNC "
                                   "semi-sync that never fell back to async), save them to a file "
-                                  "in state_dir, kill -9 mysqld and start it so that crash "
+                                  "in node.state_dir, kill -9 mysqld and start it so that crash "
                                   "recovery removes them, then rejoin if nothing errant is left; "
                                   "rebuild = truncate when that is proven safe, else clone the "
                                   "node from the primary with mariadb-backup over the agents' "
                                   "HTTP API (the old data directory is kept): by itself only when "
                                   "the evidence proves them never acknowledged, otherwise after "
-                                  "an operator creates state_dir/rebuild-approved.",
+                                  "an operator creates node.state_dir/rebuild-approved.",
                         choices=("manual", "truncate", "rebuild"))
-    state_dir: str = setting("/var/lib/dbfence", "Directory for the fencing evidence and the "
-                                                 "saved errant transactions (systemd's "
-                                                 "StateDirectory).")
     start_command: list[str] = setting(["systemctl", "start", "mariadb.service"],
                                        "Command that starts mysqld after the repair killed it; it "
                                        "must start it with rpl_semi_sync_slave_enabled = ON and "
@@ -277,6 +278,8 @@ class AgentConfig:
     http: HttpSection = field(default_factory=HttpSection)
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
     rejoin: RejoinSection = field(default_factory=RejoinSection)
+    # Not a section: what the loader has to tell (a deprecated key it still read).
+    notices: tuple[str, ...] = field(default=(), metadata={"not_a_section": True})
 
     @property
     def renew_interval(self) -> float:
@@ -284,10 +287,14 @@ class AgentConfig:
 
 
 SECTIONS: dict[str, type[Any]] = {f.name: typing.get_type_hints(AgentConfig)[f.name]
-                                  for f in dataclasses.fields(AgentConfig)}
+                                  for f in dataclasses.fields(AgentConfig)
+                                  if not f.metadata.get("not_a_section")}
+
+# (old section, old key) -> (section, key) it moved to; the old one is read for one release.
+MOVED_KEYS = {("rejoin", "state_dir"): ("node", "state_dir")}
 
 
-def _type_name(kind: Any) -> str:
+def type_name(kind: Any) -> str:
     if kind == list[str]:
         return "a list of strings"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[kind]
@@ -302,7 +309,7 @@ def _coerce(key: str, kind: Any, value: Any, meta: typing.Mapping[str, Any]) -> 
         or (kind == list[str] and isinstance(value, list) and all(isinstance(v, str) for v in value))
     )
     if not ok:
-        raise ConfigError(f"{key}: expected {_type_name(kind)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {type_name(kind)}, got {value!r}")
     if kind is float:
         value = float(value)
     if meta["choices"] and value not in meta["choices"]:
@@ -336,6 +343,7 @@ def parse_config(raw: dict[str, Any]) -> AgentConfig:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"[{unknown[0]}]: unknown section (known: {', '.join(SECTIONS)})")
+    raw, notices = _move_keys(raw)
     sections = {}
     for name, cls in SECTIONS.items():
         section_field = next(f for f in dataclasses.fields(AgentConfig) if f.name == name)
@@ -343,9 +351,29 @@ def parse_config(raw: dict[str, Any]) -> AgentConfig:
         if name not in raw and required:
             raise ConfigError(f"[{name}]: required section is missing")
         sections[name] = _build_section(name, cls, raw.get(name, {}))
-    config = AgentConfig(**sections)
+    config = AgentConfig(**sections, notices=tuple(notices))
     _check_relations(config)
     return config
+
+
+def _move_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Read a moved key under its new name, saying so; both set to different values is an error."""
+    notices = []
+    for (old_section, old_key), (new_section, new_key) in MOVED_KEYS.items():
+        old_table, new_table = raw.get(old_section), raw.get(new_section, {})
+        if not isinstance(old_table, dict) or old_key not in old_table or not isinstance(new_table, dict):
+            continue
+        old, new = f"{old_section}.{old_key}", f"{new_section}.{new_key}"
+        value = old_table[old_key]
+        if new_key in new_table and new_table[new_key] != value:
+            raise ConfigError(f"{old}: replaced by {new}, which is set to {new_table[new_key]!r} while "
+                              f"{old} says {value!r}: keep only {new} (move the files if they differ)")
+        notices.append(f"{old} is deprecated: it is now {new} (one state directory for everything the "
+                       f"agent keeps); {'remove it' if new_key in new_table else 'rename it'} (this "
+                       "release still reads it)")
+        raw = {**raw, old_section: {k: v for k, v in old_table.items() if k != old_key},
+               new_section: {**new_table, new_key: value}}
+    return raw, notices
 
 
 def _check_relations(config: AgentConfig) -> None:
@@ -434,66 +462,7 @@ def load_config(path: Path) -> AgentConfig:
     return parse_config(raw)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
-def render_config(config: AgentConfig) -> str:
-    """The effective configuration, every default filled in, as TOML with a comment per key."""
-    lines: list[str] = []
-    for name in SECTIONS:
-        section = getattr(config, name)
-        lines.append(f"[{name}]")
-        for spec in dataclasses.fields(section):
-            lines.append(f"# {spec.metadata['doc']}")
-            lines.append(f"{spec.name} = {_toml_value(getattr(section, spec.name))}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def reference_markdown() -> str:
-    """docs/configuration.md: every key, its type, default and meaning (generated)."""
-    out = ["# Configuration reference", "",
-           "<!-- Generated by `python -m dbfence.config > docs/configuration.md`; do not edit. -->", "",
-           "The agent reads one TOML file (`dbfence agent --config /etc/dbfence/dbfence.toml`). "
-           "Unknown keys are errors. `dbfence config show --config FILE` prints the effective "
-           "configuration with every default filled in.", ""]
-    for name, cls in SECTIONS.items():
-        out += [f"## `[{name}]`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        hints = typing.get_type_hints(cls)
-        for spec in dataclasses.fields(cls):
-            if spec.default is not dataclasses.MISSING:
-                default = f"`{_toml_value(spec.default)}`"
-            elif spec.default_factory is not dataclasses.MISSING:
-                default = f"`{_toml_value(spec.default_factory())}`"
-            else:
-                default = "**required**"
-            meta = spec.metadata
-            bounds = []
-            if meta["choices"]:
-                bounds.append("one of " + ", ".join(f"`{c}`" for c in meta["choices"]))
-            if meta["min"] is not None:
-                bounds.append(f"≥ {meta['min']}")
-            if meta["max"] is not None:
-                bounds.append(f"≤ {meta['max']}")
-            suffix = f" ({'; '.join(bounds)})" if bounds else ""
-            out.append(f"| `{spec.name}` | {_type_name(hints[spec.name])} | {default} | "
-                       f"{meta['doc']}{suffix} |")
-        out.append("")
-    out += ["## What the detection defaults imply", "",
-            "With `interval = 0.2` and `trip_after = 3`, a crashed mysqld (connection refused, "
-            "process gone) is declared unhealthy after 3 rounds, about 0.6 s; a hung one (SIGSTOP, "
-            "stalled commits) within about 0.6-0.9 s, as the select and write probes time out. One "
-            "slow probe never trips. Recovery needs `recover_after = 3` good rounds (0.6 s). "
-            "Measured figures are in docs/detection.md.", ""]
-    return "\n".join(out)
-
-
 if __name__ == "__main__":
+    from dbfence.config_docs import reference_markdown  # it imports this module: only here
+
     sys.stdout.write(reference_markdown())

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from dbfence.config import ConfigError, load_config, render_config
+from dbfence.config import ConfigError, load_config
+from dbfence.config_docs import render_config
 
 
 @click.group("config")
@@ -16,9 +17,12 @@ def config_group() -> None:
 
 def _load(path: Path) -> str:
     try:
-        return render_config(load_config(path))
+        config = load_config(path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    for notice in config.notices:
+        click.echo(f"warning: {notice}", err=True)
+    return render_config(config)
 
 
 @config_group.command("show")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -23,6 +24,8 @@ def agent_command(path: Path, log_level: str) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     configure_logging(log_level)
+    for notice in config.notices:
+        logging.getLogger("dbfence.agent").warning("configuration %s: %s", path, notice)
     try:
         run_agent(config)
     except AgentStartError as exc:

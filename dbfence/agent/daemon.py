@@ -33,9 +33,9 @@ from dbfence import __version__
 from dbfence.agent.actions import DetachSource, Promote, Repoint, SetReadOnly, WaitRelayLog, WriteFencingToken
 from dbfence.agent.daemon_config import (
     AgentStartError,
+    api_tls_of,
     core_config_of,
     gate_config_of,
-    http_address_of,
     monitor_of,
     open_lock_of,
     read_secret,
@@ -77,7 +77,6 @@ __all__ = [
     "MemberTracker",
     "configure_logging",
     "core_config_of",
-    "http_address_of",
     "run_agent",
 ]
 
@@ -140,16 +139,16 @@ class Agent:
         self.identity = NodeIdentity(
             cluster=config.cluster.name, node=config.node.name, address=config.node.address,
             gate_port=gate_port, mysql_host=config.mysql.host, mysql_port=config.mysql.port,
-            priority=config.node.priority, version=__version__, api_url=api_url_of(config),
-            http_address=http_address_of(config))
+            priority=config.node.priority, version=__version__, api_url=api_url_of(config))
+        self.api_tls = api_tls_of(config)
         rejoin = config.rejoin
         self.repair = RepairKeeper(
-            mode=rejoin.mode, state_dir=Path(rejoin.state_dir), node=config.node.name, mysql=self.mysql,
+            mode=rejoin.mode, state_dir=Path(config.node.state_dir), node=config.node.name, mysql=self.mysql,
             control=MysqldControl(pid_file=Path(config.mysql.pid_file),
                                   start_command=tuple(rejoin.start_command),
                                   start_timeout=rejoin.start_timeout, binlog_tool=rejoin.binlog_tool),
             on_done=self._record_repair, api_token=self.http_token, backup_tool=rejoin.backup_tool,
-            mbstream_tool=rejoin.mbstream_tool)
+            mbstream_tool=rejoin.mbstream_tool, api_tls=self.api_tls.client, mutual_tls=self.api_tls.mutual)
         self.executor = Executor(
             identity=self.identity, keeper=self.keeper, lock=self.lock, gate=self.gate, mysql=self.mysql,
             monitor=self.monitor, db=self.db, dcs=self.dcs, replication=self.replication,
@@ -158,8 +157,7 @@ class Agent:
             relay_wait_timeout=config.failover.relay_wait_timeout,
             accounts_check=self.check_app_accounts, repair=self.repair)
         self.failsafe: FailsafeAdapter | None = None
-        if config.failover.failsafe:
-            assert self.http_token is not None  # the configuration requires http.token_file
+        if config.failover.failsafe:  # the configuration requires the cluster token or mutual TLS
             try:
                 self.failsafe = FailsafeAdapter(
                     config=self.core_config, cluster=config.cluster.name, token=self.http_token,
@@ -167,7 +165,7 @@ class Agent:
                     state_of=lambda: self.state, lease_of=self._lease_view,
                     request_timeout=max(0.2, min(1.0, config.renew_interval / 2)),
                     extend_gate=self._extend_gate_on_promises,
-                    unreachable_since=self._unreachable_since)
+                    unreachable_since=self._unreachable_since, tls=self.api_tls.client)
             except PromiseBookError as exc:
                 raise AgentStartError(f"failover.failsafe: {exc}") from None
             self.executor.promise_book = self.failsafe.book
@@ -242,7 +240,8 @@ class Agent:
             donor = self._serve_backup if self.config.rejoin.mode == "rebuild" else None
             self.http = HttpApi(host, port, self.board, self.metrics, token=self.http_token,
                                 on_command=self.handle_command, backup=donor,
-                                on_promise=None if self.failsafe is None else self.failsafe.answer).start()
+                                on_promise=None if self.failsafe is None else self.failsafe.answer,
+                                tls=self.api_tls.server, mutual=self.api_tls.mutual).start()
         self.keeper.start()
         self.db.start()
         self.dcs.start()

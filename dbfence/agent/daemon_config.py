@@ -6,11 +6,14 @@ what to fix, so the agent never starts half-configured.
 
 from __future__ import annotations
 
+import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from dbfence.agent.core_config import CoreConfig
 from dbfence.breaker import GateConfig
 from dbfence.config import AgentConfig, parse_host_port
+from dbfence.discovery.api_tls import ApiTls, ApiTlsError
 from dbfence.locks.base import LeaseLock, LockSettings
 from dbfence.locks.factory import DcsConfig, open_lock
 from dbfence.mysql.connection import Endpoint
@@ -59,14 +62,24 @@ def core_config_of(config: AgentConfig) -> CoreConfig:
     )
 
 
-def http_address_of(config: AgentConfig) -> str:
-    """host:port where peers reach this agent's HTTP API ("" when it is off)."""
-    if not config.http.listen:
-        return ""
-    host, port = parse_host_port("http.listen", config.http.listen)
-    if host in ("0.0.0.0", "::", ""):
-        host = config.node.address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+@dataclass(frozen=True)
+class ApiTlsContexts:
+    """TLS of the agents' HTTP API (``[http] tls_*``): the server's context (None: plain HTTP),
+    the client's for peers' ``https://`` APIs, and whether callers need a client certificate."""
+
+    server: ssl.SSLContext | None
+    client: ssl.SSLContext
+    mutual: bool
+
+
+def api_tls_of(config: AgentConfig) -> ApiTlsContexts:
+    http = config.http
+    tls = ApiTls(cert=http.tls_cert, key=http.tls_key, ca=http.tls_ca, client_cert=http.tls_client_cert,
+                 client_key=http.tls_client_key)
+    try:
+        return ApiTlsContexts(tls.server_context(), tls.client_context(), tls.mutual)
+    except ApiTlsError as exc:
+        raise AgentStartError(str(exc)) from None
 
 
 def open_lock_of(config: AgentConfig) -> LeaseLock:

@@ -71,8 +71,7 @@ class NodeIdentity:
     mysql_port: int
     priority: int
     version: str
-    api_url: str = ""
-    http_address: str = ""  # where peers ask this agent for failsafe promises
+    api_url: str = ""  # where peers fetch backups and ask for failsafe promises
 
 
 class Executor:

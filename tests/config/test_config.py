@@ -8,14 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from dbfence.cli import main
-from dbfence.config import (
-    ConfigError,
-    api_url_of,
-    load_config,
-    parse_config,
-    reference_markdown,
-    render_config,
-)
+from dbfence.config import ConfigError, api_url_of, load_config, parse_config
+from dbfence.config_docs import reference_markdown, render_config
 
 MINIMAL = """
 [cluster]
@@ -158,3 +152,22 @@ def test_api_tls_settings_go_together_and_mutual_tls_can_replace_the_token(tmp_p
     config = load_config(write(tmp_path, MINIMAL + failsafe + mutual))
     assert config.failover.failsafe and not config.http.token_file
     assert api_url_of(config) == f"https://{config.node.address}:8008"  # peers ask it over TLS
+
+
+def test_one_state_directory_and_the_old_key_still_read(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).notices == ()
+    old = load_config(write(tmp_path, MINIMAL + '[rejoin]\nstate_dir = "/srv/dbfence"\n'))
+    assert old.node.state_dir == "/srv/dbfence"
+    assert old.notices == ("rejoin.state_dir is deprecated: it is now node.state_dir (one state directory "
+                           "for everything the agent keeps); rename it (this release still reads it)",)
+    both = MINIMAL.replace('name = "db1"\n', 'name = "db1"\nstate_dir = "/srv/dbfence"\n')
+    same = load_config(write(tmp_path, both + '[rejoin]\nstate_dir = "/srv/dbfence"\n'))
+    assert same.node.state_dir == "/srv/dbfence" and "remove it" in same.notices[0]
+    with pytest.raises(ConfigError, match=r"rejoin.state_dir: replaced by node.state_dir, which is set to "
+                                          r"'/srv/dbfence' while rejoin.state_dir says '/var/lib/x'"):
+        load_config(write(tmp_path, both + '[rejoin]\nstate_dir = "/var/lib/x"\n'))
+    shown = CliRunner().invoke(main, ["config", "show", "--config", str(write(
+        tmp_path, MINIMAL + '[rejoin]\nstate_dir = "/srv/dbfence"\n'))])
+    assert shown.exit_code == 0
+    assert "warning: rejoin.state_dir is deprecated" in shown.stderr
+    assert 'state_dir = "/srv/dbfence"' in shown.stdout and "[rejoin]" in shown.stdout
