@@ -284,6 +284,7 @@ class Agent:
 
     def step(self) -> Decision:
         """One round: observe, decide, act, publish status."""
+        started = time.monotonic()
         observation = self.observer.observe()
         decision = decide(observation, self.state, self.core_config)
         if decision.state.role is not self.state.role:
@@ -315,6 +316,9 @@ class Agent:
         self.executor.reconcile_semi_sync(self.state.role.value, self.config.failover.lossless)
         self.last_decision = decision
         self.status.publish(observation, decision, self.state, self.observer.gate_stats)
+        self.metrics.observe("decision_round_seconds", "How long a decision round takes: observe, "
+                             "decide, act (a slow action holds up every later decision).",
+                             time.monotonic() - started)
         return decision
 
     def _repair_role_change(self, old: Role, new: Role) -> None:
