@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dbfence.lab.api_certs import CA, api_certificate
 from dbfence.lab.errors import LabError
 from dbfence.lab.procs import ProcessRef, free_port, spawn, stop
 from dbfence.lab.wait import wait_until
@@ -59,6 +61,7 @@ class AgentProcess:
     log: str
     pid: int
     create_time: float
+    tls_ca: str = ""  # the API speaks TLS, with a certificate from this CA (AgentTuning.api_tls)
 
     @property
     def process(self) -> ProcessRef:
@@ -66,7 +69,11 @@ class AgentProcess:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.address}:{self.http_port}"
+        return f"{'https' if self.tls_ca else 'http'}://{self.address}:{self.http_port}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """For requests to its API that need no client certificate (status, health, metrics)."""
+        return ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +99,8 @@ class AgentTuning:
     remote_path: str = "off"  # the product's default (docs/gate-paths.md)
     donor_rate_mib: int = 32  # [rejoin] donor_rate_mib (mode = rebuild)
     failsafe: bool = False  # the product's default (docs/failsafe.md)
+    # Mutual TLS between the agents' HTTP APIs instead of the API token (lab certificates).
+    api_tls: bool = False
 
 
 def agent_address(index: int) -> str:
@@ -121,7 +130,13 @@ def write_agent_files(lab: AgentHostLab, node: MysqlNode, address: str, gate_por
     # One API token for the whole lab when peers call each other's HTTP API: rebuild copies a
     # donor over it, failsafe asks for promises through it (otherwise the lab keeps the mutating
     # endpoints off, as the default config does).
-    token_file = agent_dir / "api-token" if tuning.rejoin == "rebuild" or tuning.failsafe else None
+    token_file = agent_dir / "api-token" if (tuning.rejoin == "rebuild" or tuning.failsafe) \
+        and not tuning.api_tls else None
+    tls = ""
+    if tuning.api_tls:  # instead of the token: peers know each other by their certificates
+        certificate = api_certificate(agent_dir / "api-tls", node.name, address)
+        tls = (f'tls_cert = "{certificate.cert}"\ntls_key = "{certificate.key}"\n'
+               f'tls_ca = "{certificate.ca}"\n')
     if token_file is not None and not token_file.exists():
         _write_private(token_file, secrets.token_hex(16) + "\n")
     # A state directory per agent: the promises it gave, its fencing evidence, rebuild approvals.
@@ -175,7 +190,7 @@ failsafe = {"true" if tuning.failsafe else "false"}
 [http]
 listen = "{address}:{http_port}"
 token_file = "{token_file or ''}"
-
+{tls}
 [discovery]
 consul_agent = "{consul_agent}"
 
@@ -190,12 +205,13 @@ donor_rate_mib = {tuning.donor_rate_mib}
 
 
 def start_agent(name: str, address: str, gate_port: int, http_port: int, config: Path,
-                argv_prefix: Sequence[str] = ()) -> AgentProcess:
-    """Start an agent and wait for its HTTP API; ``argv_prefix`` runs it in a network namespace."""
+                argv_prefix: Sequence[str] = (), tls_ca: str = "") -> AgentProcess:
+    """Start an agent and wait for its HTTP API; ``argv_prefix`` runs it in a network namespace;
+    ``tls_ca``: its API speaks TLS with a certificate from that CA."""
     log = config.with_suffix(".log")
     ref = spawn([*argv_prefix, sys.executable, "-m", "dbfence", "agent", "--config", str(config)], log)
     agent = AgentProcess(name, address, gate_port, http_port, str(config), str(log), ref.pid,
-                         ref.create_time)
+                         ref.create_time, tls_ca)
 
     def answering() -> bool:
         if not ref.alive():
@@ -214,7 +230,8 @@ def start_agent(name: str, address: str, gate_port: int, http_port: int, config:
 def http_status(agent: AgentProcess, path: str = "/status", timeout: float = 1.0) -> tuple[int, bytes]:
     """(HTTP status, body) of an agent endpoint; (0, b"") when the agent does not answer."""
     try:
-        with urllib.request.urlopen(f"{agent.http_url}{path}", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"{agent.http_url}{path}", timeout=timeout,
+                                    context=agent.tls_context()) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
@@ -231,7 +248,9 @@ def start_all(lab: AgentHostLab, tuning: AgentTuning,
         address = node.host if lab.netns is not None else agent_address(index)
         config = write_agent_files(lab, node, address, gate_port, http_port, tuning)
         agent = start_agent(node.name, address, gate_port, http_port, config,
-                            argv_prefix=lab.argv_prefix(node.name))
+                            argv_prefix=lab.argv_prefix(node.name),
+                            tls_ca=str(lab.directory / "agents" / "api-tls" / f"{CA}.crt") if tuning.api_tls
+                            else "")
         on_started(agent)  # recorded at once, so `lab down` stops it whatever happens next
         agents.append(agent)
     return agents

@@ -279,7 +279,7 @@ class LabCluster:
         if old.process.alive():
             raise LabError(f"agent {name} is still running (pid {old.pid})")
         new = agents_mod.start_agent(old.name, old.address, old.gate_port, old.http_port, Path(old.config),
-                                     argv_prefix=self.argv_prefix(name))
+                                     argv_prefix=self.argv_prefix(name), tls_ca=old.tls_ca)
         self._record_agent(new)
         return new
 
