@@ -26,7 +26,8 @@ from typing import Any
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.etcd_servers import EtcdMember
-from dbfence.lab.faults import etcd_leader, start_lab
+from dbfence.lab.fault_labs import start_lab
+from dbfence.lab.faults_dcs import etcd_leader
 from dbfence.lab.wait import wait_until
 
 NAME = "dbfence_decision_round_seconds"

@@ -15,7 +15,7 @@ import pytest
 
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster
-from dbfence.lab.faults import etcd_leader
+from dbfence.lab.faults_dcs import etcd_leader
 from dbfence.lab.wait import wait_until
 from tests.conftest import LabFactory
 from tests.e2e.e2e_helpers import app_connect
