@@ -57,6 +57,7 @@ from dbfence.mysql.errors import MysqlUnavailableError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.monitor import HealthMonitor
 from dbfence.mysql.probes import probe_process
+from dbfence.mysql.token_writer import FencingTokenWriter
 from dbfence.mysql.verdict import Reason
 
 log = logging.getLogger("dbfence.agent")
@@ -96,6 +97,8 @@ class Executor:
         self.publish_etcd_primary = publish_etcd_primary
         self.metrics = metrics
         self.semi_sync = SemiSyncSettings(timeout_ms=semi_sync_timeout_ms)
+        # The token write may wait for an ack as long as any commit: semi-sync's timeout.
+        self.token_writer = FencingTokenWriter(mysql, identity.node, semi_sync_timeout_ms / 1000 + 30.0)
         self.relay_wait_timeout = relay_wait_timeout
         self.clock = clock
         self.accounts_check = accounts_check
@@ -187,11 +190,11 @@ class Executor:
             case Promote(semi_sync=semi_sync):
                 if self.mysql.replica_status() is None:
                     return  # already promoted; the core asks again until it observes the effect
-                # The token goes in before semi-sync is switched on: written afterwards, it would
-                # wait for an acknowledgement from replicas that have not repointed yet.
-                self.mysql.promote(fencing_token=self.keeper.status.token, holder=self.identity.node,
-                                   semi_sync=self.semi_sync if semi_sync else None,
+                self.mysql.promote(semi_sync=self.semi_sync if semi_sync else None,
                                    apply_relay_log_timeout_s=self.relay_wait_timeout)
+                held = self.keeper.status.token
+                if held is not None:  # under semi-sync: it waits for the replicas that follow us
+                    self.token_writer.ensure(held, self._end_own_ack_wait)
             case Repoint(primary=primary, semi_sync=semi_sync):
                 self._repoint(primary, semi_sync)
             case RebuildNode():
@@ -201,9 +204,9 @@ class Executor:
             case DetachSource():
                 self.mysql.stop_receiving()
             case WriteFencingToken(token=token):
-                stored = self.mysql.read_fencing_token()
-                if stored is None or stored.token != token:  # promote may have written it
-                    self.mysql.write_fencing_token(token, self.identity.node)
+                # In its own thread: under lossless semi-sync it commits once a replica that
+                # follows this holder acknowledges it; the core observes it then.
+                self.token_writer.ensure(token, self._end_own_ack_wait)
             case RecordFailover():
                 self.lock.append_history(HistoryEntry(
                     at=time.time(), kind="failover", node=self.identity.node,
@@ -292,6 +295,13 @@ class Executor:
         self.mysql.repoint(PrimaryAddress(record.mysql_host, record.mysql_port, self.replication, primary),
                            state, semi_sync_replica=semi_sync,
                            keep_ids=self.monitor.agent_connection_ids())
+
+    def _end_own_ack_wait(self, end: Callable[[], None]) -> None:
+        """The token write waited too long for an ack: end it, counted for the repair evidence."""
+        if self.repair is None:
+            end()
+        else:
+            self.repair.end_own_ack_wait(end)
 
     def _truncate(self, action: TruncateErrant) -> None:
         """Start the repair in its own thread (it kills and restarts mysqld: seconds to minutes)."""

@@ -99,6 +99,9 @@ class RepairKeeper:
         # with read_only still OFF, and commits then wait for acks that never come.
         self._unreached = False
         self._fenced_pid = ""  # the mysqld that was primary: the only one the fence may crash
+        # Ack waits the agent ended of its own writes (a fencing-token write no replica answered):
+        # (mysqld pid, count). No client saw them; they count for as long as that mysqld runs.
+        self._own_ended: tuple[str, int] = ("", 0)
         if mode != "manual":
             # Made at start, not at the first fence: an operator's rebuild approval is a file here,
             # and a fence that could not read its evidence (a stopped mysqld) would otherwise leave
@@ -165,6 +168,26 @@ class RepairKeeper:
                                  "commits": after - before, "no_tx_before": before, "no_tx_after": after}))
         return result
 
+    def end_own_ack_wait(self, end: Callable[[], None]) -> None:
+        """End an ack wait of the agent's own write (the fencing token: no client data, the gate
+        has not admitted) between two reads of ``Rpl_semi_sync_master_no_tx``; what grew is not
+        held against a later fence's evidence of this mysqld, as with :meth:`fence`."""
+        if self.mode == "manual":
+            end()
+            return
+        pid = self._mysqld_pid()
+        before = self._unacknowledged_count()
+        end()
+        after = self._unacknowledged_count() if before is not None else None
+        if before is None or after is None or after <= before or not pid or self._mysqld_pid() != pid:
+            return
+        with self._lock:
+            earlier = self._own_ended[1] if self._own_ended[0] == pid else 0
+            self._own_ended = (pid, earlier + after - before)
+        log.warning(json.dumps({"event": "token_ack_wait_ended", "node": self.node, "commits": after - before,
+                                "why": "no replica acknowledged the fencing-token write: it commits "
+                                       "unacknowledged and a crash can no longer remove it"}))
+
     def _unacknowledged_count(self) -> int | None:
         try:
             return read_unacknowledged_count(self.mysql)
@@ -219,7 +242,8 @@ class RepairKeeper:
     def _read_attributed(self) -> FencingEvidence:
         """The evidence now, with what the fence ended so far: counted before the read, so never
         more than the counters read include (a fence running meanwhile only makes it stricter)."""
-        ended = self._ended_by_fence
+        own_pid, own = self._own_ended
+        ended = self._ended_by_fence + (own if own_pid and own_pid == self._mysqld_pid() else 0)
         return replace(read_evidence(self.mysql), ended_by_fence=ended)
 
     def _mysqld_pid(self) -> str:

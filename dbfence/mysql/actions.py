@@ -418,25 +418,44 @@ class MysqlActions:
             )
         schema.ensure_schema(conn)
 
-    def write_fencing_token(self, token: int, holder: str) -> None:
-        """Record the lock's fencing token in dbfence.fencing (replicates to every replica)."""
+    def write_fencing_token(self, token: int, holder: str, read_timeout_s: float | None = None) -> None:
+        """Record the lock's fencing token in dbfence.fencing (replicates to every replica).
+
+        With lossless semi-sync on it returns once a replica acknowledged it: give a
+        ``read_timeout_s`` as long as that may take (see :mod:`dbfence.mysql.token_writer`).
+        """
+        with self.session(read_timeout_s=read_timeout_s) as conn:
+            self.write_fencing_token_in(conn, token, holder)
+
+    def write_fencing_token_in(self, conn: DbConnection, token: int, holder: str) -> None:
+        """:meth:`write_fencing_token` in the caller's session (whose id it may need to end it)."""
+        self._ensure_schema(conn)
+        schema.write_fencing_token(conn, token, holder)
+
+    def end_session(self, session_id: int) -> None:
+        """KILL one session of ours; gone already is fine. A commit it waited on for a semi-sync
+        ack ends its wait and commits (measured): counted in ``Rpl_semi_sync_master_no_tx``."""
         with self.session() as conn:
-            self._ensure_schema(conn)
-            schema.write_fencing_token(conn, token, holder)
+            try:
+                query(conn, f"KILL CONNECTION {int(session_id)}")
+            except MysqlQueryError as exc:
+                if exc.code not in _GONE_CODES:
+                    raise
 
     def promote(
         self,
         *,
-        fencing_token: int | None,
-        holder: str,
         semi_sync: SemiSyncSettings | None,
         apply_relay_log_timeout_s: float | None = 30.0,
     ) -> GtidPositions:
         """Make this replica the writable primary.
 
-        Order: stop receiving, apply what was received, drop the replication config, write the
-        fencing token (before semi-sync, so it cannot wait for an ack), lossless semi-sync on,
-        read_only off.
+        Order: stop receiving, apply what was received, drop the replication config, lossless
+        semi-sync on, read_only off. The fencing token is written afterwards
+        (:meth:`write_fencing_token`, by :class:`~dbfence.mysql.token_writer.FencingTokenWriter`):
+        under semi-sync, like every commit of this primary, so a crash before any replica
+        received it leaves it in doubt and crash recovery removes it. Written before semi-sync
+        was on, it committed unacknowledged and no repair could remove it.
         """
         self._require_mariadb("promote")
         sql = self.sql
@@ -450,9 +469,9 @@ class MysqlActions:
         with self.session() as conn:
             self._run(conn, [sql.stop_replica(), sql.reset_replica_all()])
             self._run(conn, sql.semi_sync_replica(False))
+            # The token write needs the tables; made here, before semi-sync, never as a DDL binlogged
+            # behind commits that wait for an ack (crash recovery would refuse to start).
             self._ensure_schema(conn)
-            if fencing_token is not None:
-                schema.write_fencing_token(conn, fencing_token, holder)
         self.set_semi_sync_primary(semi_sync)
         self.set_read_only(False)
         return self.gtid_positions()

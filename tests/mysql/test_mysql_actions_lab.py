@@ -27,6 +27,7 @@ from dbfence.mysql.errors import (
 from dbfence.mysql.flavour import Flavour
 from dbfence.mysql.gtid import Gtid, GtidPosition
 from dbfence.mysql.probes import Role
+from dbfence.mysql.token_writer import FencingTokenWriter
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import (
     actions,
@@ -226,33 +227,40 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
     assert db3.wait_relay_log_applied(10).covers(db1_pos)
     with pytest.raises(UnsafeOnReplicaError):
         db3.ensure_schema()  # would be an errant write on a replica
-    db2.promote(fencing_token=7, holder="agent-db2", semi_sync=TEST_SEMI_SYNC)
+    db2.promote(semi_sync=TEST_SEMI_SYNC)
     assert not db2.read_only() and db2.replica_status() is None
-    token = db2.read_fencing_token()
-    assert token is not None and (token.token, token.holder, token.server_id) == (7, "agent-db2", 2)
     semi = db2.semi_sync_status()
     assert semi["wait_point"] == "AFTER_SYNC" and int(str(semi["primary_enabled"])) == 1
     before = db2.gtid_positions().binlog_pos
     db2.ensure_schema()  # present: no DDL, no GTID (a DDL binlogged after commits waiting for an
     assert db2.gtid_positions().binlog_pos == before  # ack stops crash recovery from truncating them)
 
-    # --- lossless: with no replica acknowledging, a commit does not complete ---
-    writer = sql(lab, "db2", account="app")
-    thread, errors = in_thread(lambda: run(writer, "INSERT INTO dbtest.t VALUES (6, 'db2')"))
+    # --- lossless: with no replica acknowledging, neither the fencing token nor a commit completes ---
+    token_writer = FencingTokenWriter(db2, "agent-db2", wait_s=30.0)
+    assert not token_writer.ensure(7)  # written in its own thread: the caller does not wait
     poll(
         lambda: status_var(lab, "db2", "Rpl_semi_sync_master_wait_sessions") == "1",
         10,
-        "the commit to wait for a replica's ack",
+        "the token write to wait for a replica's ack",
     )
-    for _ in range(10):  # it stays blocked while nobody acknowledges
+    writer = sql(lab, "db2", account="app")
+    thread, errors = in_thread(lambda: run(writer, "INSERT INTO dbtest.t VALUES (6, 'db2')"))
+    for _ in range(10):  # they stay blocked while nobody acknowledges
         thread.join(0.1)
         assert thread.is_alive()
         assert status_var(lab, "db2", "Rpl_semi_sync_master_status") == "ON"
+        assert not token_writer.ensure(7) and token_writer.in_flight() == 7  # invisible until acked
+        stored = db2.read_fencing_token()
+        assert stored is None or stored.token != 7
 
-    # --- repoint db3 to db2 with semi-sync on: its ack releases the commit ---
+    # --- repoint db3 to db2 with semi-sync on: its ack releases the token and the commit ---
     db3.repoint(primary_address(lab, "db2"), db2.gtid_positions().binlog_state, semi_sync_replica=True)
     thread.join(15)
     assert not thread.is_alive() and not errors
+    assert token_writer.wait(15)
+    assert token_writer.ensure(7)
+    token = db2.read_fencing_token()
+    assert token is not None and (token.token, token.holder, token.server_id) == (7, "agent-db2", 2)
     assert status_var(lab, "db2", "Rpl_semi_sync_master_no_tx") == "0"  # nothing fell back to async
     writer.close()
     new_primary = sql(lab, "db2")
@@ -275,8 +283,9 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
 
     # --- second failover: db2 fenced, db3 promoted, db1 follows db3 ---
     db2.fence()
-    db3.promote(fencing_token=8, holder="agent-db3", semi_sync=TEST_SEMI_SYNC)
+    db3.promote(semi_sync=TEST_SEMI_SYNC)
     db1.repoint(primary_address(lab, "db3"), db3.gtid_positions().binlog_state, semi_sync_replica=True)
+    db3.write_fencing_token(8, "agent-db3", read_timeout_s=15.0)  # db1 acknowledges it
     last = sql(lab, "db3")
     run(last, "INSERT INTO dbtest.t VALUES (8, 'db3')")
     last.close()
@@ -361,7 +370,7 @@ def test_promote_and_repoint_do_not_wait_on_a_frozen_primary(lab_factory: LabFac
     lab.kill_mysql("db1", signal.SIGSTOP)
     try:
         started = time.monotonic()
-        db2.promote(fencing_token=3, holder="agent-db2", semi_sync=None)
+        db2.promote(semi_sync=None)
         db3.repoint(primary_address(lab, "db2"), db2.gtid_positions().binlog_state, semi_sync_replica=False)
         elapsed = time.monotonic() - started
     finally:
@@ -438,7 +447,7 @@ def test_repoint_applies_the_relay_log_before_change_master_deletes_it(lab_facto
     wanted = db1.gtid_positions().binlog_pos
     poll_received(db3, wanted, "the update in db3's relay log")
     poll(lambda: count_rows(lab, "db2", "origin = 'db1-upd'") == 1, 10, "the update on db2")
-    db2.promote(fencing_token=3, holder="agent-db2", semi_sync=None)
+    db2.promote(semi_sync=None)
     db2_state = db2.gtid_positions().binlog_state
     with pytest.raises(GtidWaitTimeoutError, match="did not apply its relay log"):
         db3.repoint(primary_address(lab, "db2"), db2_state, semi_sync_replica=False, apply_timeout_s=0.5)
@@ -477,7 +486,7 @@ def test_promoting_a_delayed_replica_applies_its_relay_log_at_once(lab_factory: 
     poll_received(db2, wanted, "the inserts in db2's relay log")
     assert count_rows(lab, "db2") == 0  # held back by the delay
     started = time.monotonic()
-    db2.promote(fencing_token=3, holder="agent-db2", semi_sync=None, apply_relay_log_timeout_s=10.0)
+    db2.promote(semi_sync=None, apply_relay_log_timeout_s=10.0)
     elapsed = time.monotonic() - started
     assert count_rows(lab, "db2") == 3
     assert elapsed < 5, f"promotion took {elapsed:.2f} s"
@@ -498,7 +507,7 @@ def test_repointing_a_delayed_replica_does_not_wait_out_its_delay(lab_factory: L
     wanted = db1.gtid_positions().binlog_pos
     poll_received(db3, wanted, "the insert in db3's relay log")
     poll(lambda: count_rows(lab, "db2", "id = 2") == 1, 10, "the insert on db2")
-    db2.promote(fencing_token=3, holder="agent-db2", semi_sync=None)
+    db2.promote(semi_sync=None)
     started = time.monotonic()
     db3.repoint(primary_address(lab, "db2"), db2.gtid_positions().binlog_state, semi_sync_replica=False,
                 apply_timeout_s=0.5)

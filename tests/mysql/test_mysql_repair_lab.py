@@ -3,6 +3,7 @@ saved and truncated, never lost; a committed errant transaction is never removed
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import sys
@@ -23,6 +24,7 @@ from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.repair import MysqldControl, RepairResult, mysqld_running, truncate_unacknowledged
 from dbfence.mysql.repair_evidence import load_evidence, read_evidence, save_evidence
+from dbfence.mysql.token_writer import FencingTokenWriter
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, one, poll, primary_address, run, sql
 
@@ -41,8 +43,18 @@ def lossless_pair(lab_factory: LabFactory, semi_sync: SemiSyncSettings = NEVER_F
     run(primary, "CREATE TABLE app.t (id INT PRIMARY KEY, note VARCHAR(40))")
     run(primary, "INSERT INTO app.t VALUES (1, 'acknowledged')")
     primary.close()
-    poll(lambda: rows(lab, "db2") == [(1, "acknowledged")], 30, "db2 to apply the acknowledged row")
+    poll(lambda: rows_or_none(lab, "db2") == [(1, "acknowledged")], 30, "db2 to apply the acknowledged row")
     return lab
+
+
+def rows_or_none(lab: LabCluster, name: str) -> list[tuple[int, str]] | None:
+    """``rows``, or None while the table has not replicated yet (a loaded host)."""
+    try:
+        return rows(lab, name)
+    except pymysql.err.ProgrammingError as exc:
+        if exc.args[0] != 1146:
+            raise
+        return None
 
 
 def rows(lab: LabCluster, name: str) -> list[tuple[int, str]]:
@@ -203,13 +215,14 @@ def test_the_agents_repair_keeper_records_evidence_saves_truncates_and_reports(
     assert keeper.view().evidence_problem == "no evidence recorded"
 
 
-def lab_keeper(lab: LabCluster, tmp_path: Path, history: list[tuple[str, str]]) -> RepairKeeper:
-    node = lab.node("db1")
+def lab_keeper(lab: LabCluster, tmp_path: Path, history: list[tuple[str, str]],
+               name: str = "db1") -> RepairKeeper:
+    node = lab.node(name)
     return RepairKeeper(
-        mode="truncate", state_dir=tmp_path / "state", node="db1", mysql=actions(lab, "db1"),
+        mode="truncate", state_dir=tmp_path / "state", node=name, mysql=actions(lab, name),
         control=MysqldControl(pid_file=Path(node.pid_file), start_timeout=120.0,
                               start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir",
-                                             str(lab.directory), "--recovery", "db1"]),
+                                             str(lab.directory), "--recovery", name]),
         on_done=lambda kind, detail: history.append((kind, detail)))
 
 
@@ -345,3 +358,105 @@ def test_a_new_primarys_first_commit_killed_by_the_fence_is_saved_truncated_and_
         actions(lab, "db2").gtid_positions().history)
     assert left == (), left
     assert history[0][0] == "repair" and history[0][1].startswith("truncated 0-1-3 in "), history
+
+
+@pytest.mark.parametrize("token_order", ["under-semi-sync", "before-semi-sync"])
+def test_a_fencing_token_no_replica_received_is_removed_with_the_other_unacknowledged_commits(
+        lab_factory: LabFactory, tmp_path: Path, token_order: str) -> None:
+    """The soak's open finding (seed 11, second replay): db2 is promoted, its first transaction
+    as primary is the fencing-token write, then a commit waits for an ack and the fence kills
+    mysqld. Written under semi-sync (the promotion's order now), the token write is in doubt like
+    the commit and crash recovery removes both: the node can rejoin. Written before semi-sync was
+    switched on (the old order, kept here as the measurement of the cause), it was committed at
+    once, survived recovery although no replica held it, and the repair had to give up."""
+    lab = lossless_pair(lab_factory)
+    db2 = actions(lab, "db2")
+    actions(lab, "db1").ensure_schema()  # as in any cluster the agents run: made by the first primary
+    poll(lambda: db2.read_fencing_token() is None and db2.gtid_positions().binlog_pos
+         == actions(lab, "db1").gtid_positions().binlog_pos, 30, "db2 to apply the dbfence schema")
+    # The old primary db1 steps down and does not follow db2: nobody will acknowledge db2's writes.
+    run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
+    writer = FencingTokenWriter(db2, "agent-db2", wait_s=60.0)
+    if token_order == "under-semi-sync":
+        db2.promote(semi_sync=NEVER_FALLS_BACK)
+        assert not writer.ensure(7)
+    else:
+        db2.promote(semi_sync=None)
+        db2.write_fencing_token(7, "agent-db2")  # commits at once: semi-sync is not on yet
+        db2.set_semi_sync_primary(NEVER_FALLS_BACK)
+    new_primary = sql(lab, "db2")
+    if token_order == "under-semi-sync":
+        waiting = "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'"
+        poll(lambda: one(new_primary, waiting)["Value"] == "1", 30, "the token write to wait for its ack")
+    token_pos = one(new_primary, "SELECT @@gtid_binlog_pos AS p")["p"]
+    token_seq = int(str(token_pos).split("-")[2])
+    assert token_pos == f"0-2-{token_seq}", token_pos  # server 2's first transaction: the token
+    history: list[tuple[str, str]] = []
+    keeper = lab_keeper(lab, tmp_path, history, name="db2")
+    keeper.on_fencing()
+    poll(lambda: keeper.view().evidence_problem is None, 30, "the fencing evidence")
+
+    def commit() -> None:  # the soak's waiting session (a heartbeat); its client gets an error
+        with contextlib.suppress(pymysql.MySQLError):
+            run(sql(lab, "db2", account="app"), "INSERT INTO app.t VALUES (2, 'never acknowledged')")
+
+    threading.Thread(target=commit, daemon=True).start()
+    poll(lambda: one(new_primary, "SELECT @@gtid_binlog_pos AS p")["p"] == f"0-2-{token_seq + 1}", 30,
+         "the commit to reach the binlog and wait for its ack")
+    new_primary.close()
+    assert keeper.fence_by_crash()  # commits wait for an ack: mysqld is killed, they stay in doubt
+    assert not lab.node("db2").process.alive()
+    evidence = keeper.view()
+    assert evidence.awaiting_restart and evidence.evidence_problem is None
+
+    keeper.start_truncate(TruncateErrant("db1", (), ActionReason.REPAIR_UNACKNOWLEDGED),
+                          lambda: actions(lab, "db1").gtid_positions().history)
+    poll(lambda: not keeper.view().running, 120, "the repair to finish")
+    print(f"\ntoken {token_order}: {keeper.status()}")
+    view = keeper.view()
+    saved = Path(view.saved_file).read_text()
+    assert "never acknowledged" in saved and "fencing" in saved  # both kept before anything is removed
+    assert mysqld_running(Path(lab.node("db2").pid_file))
+    left = db2.gtid_positions().history.errant_against(actions(lab, "db1").gtid_positions().history)
+    if token_order == "under-semi-sync":
+        assert view.gave_up == "", keeper.status()
+        assert left == (), left  # nothing errant: it can rejoin
+        assert db2.read_fencing_token() is None  # the token write is gone with the commit
+        assert rows(lab, "db2") == [(1, "acknowledged")]
+        assert history[0][0] == "repair" and history[0][1].startswith("truncated 0-2-"), history
+    else:
+        # What the soak found: the commit is gone, the token write survived; a rebuild is needed.
+        assert view.gave_up.startswith(f"0-2-*..0-2-{token_seq} (server 2 never replicated"), keeper.status()
+        assert "survived crash recovery" in view.gave_up
+        token = db2.read_fencing_token()
+        assert token is not None and token.token == 7
+        assert rows(lab, "db2") == [(1, "acknowledged")]
+
+
+def test_a_token_write_no_replica_acknowledges_is_ended_and_not_held_against_the_evidence(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    """A promotion nobody can follow (the replicas' histories forked from the new primary's)
+    must not wait for semi-sync's timeout: the writer ends the token's wait after ack_wait_s. The
+    KILL commits it, MariaDB counts it as not acknowledged, and the keeper puts that down to the
+    agent's own write, so a later fence of this mysqld can still truncate its clients' commits."""
+    lab = lossless_pair(lab_factory)
+    db2 = actions(lab, "db2")
+    actions(lab, "db1").ensure_schema()
+    poll(lambda: db2.gtid_positions().binlog_pos == actions(lab, "db1").gtid_positions().binlog_pos, 30,
+         "db2 to apply the dbfence schema")
+    run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
+    db2.promote(semi_sync=NEVER_FALLS_BACK)
+    keeper = lab_keeper(lab, tmp_path, [], name="db2")
+    writer = FencingTokenWriter(db2, "agent-db2", wait_s=60.0, ack_wait_s=1.0)
+    started = time.monotonic()
+    assert not writer.ensure(7, keeper.end_own_ack_wait)
+    poll(lambda: writer.ensure(7, keeper.end_own_ack_wait), 30, "the token's wait to be ended")
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 10, elapsed
+    token = db2.read_fencing_token()
+    assert token is not None and token.token == 7  # committed by the KILL, unacknowledged
+    keeper.on_fencing()
+    poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 30, "the evidence")
+    raw = read_evidence(db2)
+    assert raw.no_tx == 1 and raw.no_times == 0  # MariaDB counts it against us ...
+    assert keeper.view().evidence_problem is None  # ... the keeper knows it was the token

@@ -1,0 +1,119 @@
+"""The new primary's fencing-token write, in its own session and thread, one at a time.
+
+With lossless semi-sync on, the token write waits for a replica's acknowledgement like any
+commit: AFTER_SYNC puts it in the binlog but not in the engine (invisible to other sessions)
+until then. That is what makes it removable: if the node is fenced by a crash before any
+replica received it, crash recovery (``--init-rpl-role=SLAVE``) truncates it with the other
+unacknowledged commits. Written before semi-sync was on, it committed at once and survived
+recovery although no replica held it, so the repair had to ask for a rebuild (soak seed 11).
+
+The agent's loop must not wait with it (the replicas acknowledge only once they follow the
+new holder, a second or two later): the write runs in a thread of its own, the core observes
+the token once it is committed, and no second write starts while one is in flight (it would
+only queue on the first one's row lock).
+
+A wait that no replica answers within ``ack_wait_s`` is ended (KILL of the writer's session,
+which commits it): a replica whose history forked from ours never follows us, and a promotion
+must not wait for semi-sync's timeout (an hour). The token then commits unacknowledged, as it
+always did before; it carries no client data (the gate has not admitted yet).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.connection import query_one
+
+#: Long enough for the replicas to see the new holder's record and repoint (about a second);
+#: short enough that a promotion nobody can follow still finishes well within a lease TTL.
+DEFAULT_ACK_WAIT_S = 6.0
+
+
+class FencingTokenWriter:
+    """Writes ``token`` into ``dbfence.fencing`` on ``mysql`` without blocking its caller."""
+
+    def __init__(self, mysql: MysqlActions, holder: str, wait_s: float, *,
+                 ack_wait_s: float = DEFAULT_ACK_WAIT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.mysql = mysql
+        self.holder = holder
+        self.wait_s = wait_s  # the session's read timeout: semi-sync's timeout + margin
+        self.ack_wait_s = ack_wait_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._token: int | None = None
+        self._started = 0.0
+        self._session_id: int | None = None
+        self._released = False
+        self._failure: Exception | None = None
+
+    def in_flight(self) -> int | None:
+        """The token a running write is waiting to commit, if any."""
+        with self._lock:
+            thread = self._thread
+            return self._token if thread is not None and thread.is_alive() else None
+
+    def ensure(self, token: int, release: Callable[[Callable[[], None]], None] | None = None) -> bool:
+        """True once ``token`` is committed here; else starts its write unless one is running.
+
+        A write that waited ``ack_wait_s`` for an ack is ended through ``release`` (given the
+        function that ends it; the repair keeper counts the ack wait it ends). A write that
+        failed is reported (raised) once; the next call starts a new one.
+        """
+        with self._lock:
+            running = self._thread is not None and self._thread.is_alive()
+            if running and self._token == token:
+                overdue = (not self._released and self._session_id is not None
+                           and self.clock() - self._started >= self.ack_wait_s)
+                session_id = self._session_id
+                if overdue:
+                    self._released = True
+            else:
+                overdue, session_id = False, None
+            failure, self._failure = (None, self._failure) if running else (self._failure, None)
+        if running:
+            if overdue and session_id is not None:
+                def end() -> None:
+                    self.mysql.end_session(session_id)
+                    self.wait(2.0)  # the killed write commits as its thread ends
+                (release or (lambda run: run()))(end)
+            return False  # waiting for its ack; the core asks again
+        if failure is not None:
+            raise failure
+        stored = self.mysql.read_fencing_token()
+        if stored is not None and stored.token == token:
+            return True
+        with self._lock:
+            self._token = token
+            self._started = self.clock()
+            self._session_id = None
+            self._released = False
+            self._thread = threading.Thread(target=self._write, args=(token,), daemon=True,
+                                            name=f"fencing-token-{token}")
+            self._thread.start()
+        return False
+
+    def wait(self, timeout: float) -> bool:
+        """Test and shutdown helper: True when no write is running (within ``timeout``)."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _write(self, token: int) -> None:
+        try:
+            with self.mysql.session(read_timeout_s=self.wait_s) as conn:
+                session_id = int(str(query_one(conn, "SELECT CONNECTION_ID() AS id")["id"]))
+                with self._lock:
+                    self._session_id = session_id
+                self.mysql.write_fencing_token_in(conn, token, self.holder)
+        except Exception as exc:  # reported by the next ensure(): the executor logs it
+            with self._lock:
+                if not self._released:  # ended on purpose: it committed, the next read shows it
+                    self._failure = exc
