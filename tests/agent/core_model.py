@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 from dbfence.agent.actions import (
     AcquireLock,
     Action,
+    ActionReason,
     AdmitGate,
     AskPromises,
     BlockGate,
@@ -140,6 +141,9 @@ class Db:
     # A fencing-token write that is in the binlog but waits for a semi-sync acknowledgement:
     # invisible (not committed) until an acknowledging replica has received it.
     unacked_token: int | None = None
+    unacked_since: int | None = None  # when that write started waiting (the executor's release)
+    # Issue 15 (fence by crash): SIGKILLed by its own agent's fence; only the repair starts it.
+    killed_by_fence: bool = False
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -285,11 +289,16 @@ def is_prefix(short: tuple[str, ...], long: tuple[str, ...]) -> bool:
     return long[: len(short)] == short
 
 
+#: Ticks a fencing-token write waits for an ack before the executor ends the wait (it then
+#: commits); the adapter's FencingTokenWriter.ack_wait_s, shorter than the lease TTL (3 ticks).
+TOKEN_ACK_WAIT = 2
+
+
 def _commit_unacked(db: Db) -> Db:
     """The semi-sync wait of the token write ends (ack, semi-sync off, crash recovery): committed."""
     if db.unacked_token is None:
         return db
-    return replace(db, token=db.unacked_token, unacked_token=None)
+    return replace(db, token=db.unacked_token, unacked_token=None, unacked_since=None)
 
 
 def acknowledge(world: World) -> World:
@@ -313,8 +322,12 @@ class Model:
     """Transition relation and safety checks; ``explore`` runs a BFS over it."""
 
     def __init__(self, limits: ModelLimits, *, lossless: bool = True, rejoin_mode: str = "manual",
-                 rebuild_approved: bool = False, failsafe: bool = False) -> None:
+                 rebuild_approved: bool = False, failsafe: bool = False,
+                 fence_by_crash: bool = False) -> None:
         self.limits = limits
+        # Issue 15: the repair keeper's fence by crash (truncate mode), see _crashes_on_fence.
+        self.fence_by_crash = fence_by_crash
+        self.crash_fences = 0
         self.failsafe = failsafe
         self.promises_given = 0
         self.extensions = 0  # decisions that admitted beyond the lease deadline on promises
@@ -398,7 +411,8 @@ class Model:
             discovery=node.discovery, last_failover_at=last_failover,
             # Intents are cached by the adapter: a DCS blip does not withdraw them.
             intents=OperatorIntents(switchover_target=world.switchover),
-            repair=self.repair_view,
+            repair=(replace(self.repair_view, awaiting_restart=True) if node.db.killed_by_fence
+                    else self.repair_view),
             failsafe=view,
         )
 
@@ -539,7 +553,7 @@ class Model:
                     db = replace(node.db, history=source.history)
                     yield f"replicate {name}", self._set_node(world, index, replace(node, db=db))
             # recoveries are free, faults spend the budget
-            if not node.db.alive:
+            if not node.db.alive and not node.db.killed_by_fence:  # that one: only the repair starts it
                 # Crash recovery commits what the binlog holds, a commit that awaited an ack too.
                 db = replace(_commit_unacked(node.db), alive=True, read_only=True)
                 yield f"db-restart {name}", self._set_node(world, index, replace(node, db=db))
@@ -720,15 +734,18 @@ class Model:
         elif isinstance(action, BlockGate):
             node = replace(node, gate=Gate())
         elif isinstance(action, SetReadOnly):
-            if db.alive:
+            if self._crashes_on_fence(world, index, action):
+                db = replace(db, alive=False, killed_by_fence=True)
+                self.crash_fences += 1
+            elif db.alive:
                 db = replace(db, read_only=action.read_only)
         elif isinstance(action, Promote):
             if db.alive and db.source is not None:
-                # Like the adapter: the token goes in before semi-sync is switched on, so it
-                # never waits for an acknowledgement.
-                if agent.lease.token is not None:
-                    db = replace(db, token=agent.lease.token, history=(*db.history, name))
+                # Like the adapter: semi-sync on, then the executor starts the token write, which
+                # (lossless) waits for an ack like any commit, so a crash can remove it (issue 15).
                 db = replace(db, source=None, semi_sync=self.lossless)
+                if agent.lease.token is not None:
+                    db = self._write_token(db, name, agent.lease.token, world.now)
         elif isinstance(action, Repoint):
             if db.alive:
                 source = world.nodes[NAMES.index(action.primary)].db
@@ -742,6 +759,11 @@ class Model:
         elif isinstance(action, TruncateErrant):
             if db.alive:
                 db = self._truncate(world, index, action.primary)
+            elif db.killed_by_fence:
+                # The repair saves what recovery will remove, then starts mysqld: recovery cuts
+                # the commits that waited for an ack (in doubt), nothing else (issue 15).
+                db = replace(self._truncate(world, index, action.primary), alive=True, read_only=True,
+                             killed_by_fence=False)
         elif isinstance(action, RebuildNode):
             if db.alive:
                 db = self._rebuild(world, index, action.donor)
@@ -749,12 +771,7 @@ class Model:
             if db.alive:
                 db = replace(db, receiving=False)
         elif isinstance(action, WriteFencingToken):
-            if db.alive and db.semi_sync:
-                # Lossless semi-sync is on: the commit is in the binlog, and waits for an ack.
-                if db.unacked_token != action.token:
-                    db = replace(db, unacked_token=action.token, history=(*db.history, name))
-            elif db.alive:
-                db = replace(db, token=action.token, history=(*db.history, name))
+            db = self._write_token(db, name, action.token, world.now)
         elif isinstance(action, RecordFailover):
             if reachable:
                 dcs = replace(dcs, last_failover=now)
@@ -780,6 +797,34 @@ class Model:
         node = replace(node, db=db, agent=agent)
         return replace(self._set_node(world, index, node), dcs=dcs)
 
+    # ------------------------------------------------------------------ issue 15: fence by crash
+    def _crashes_on_fence(self, world: World, index: int, action: SetReadOnly) -> bool:
+        """The repair keeper's fence by crash (``truncate``, lossless evidence): a fence of a node
+        this agent saw leave PRIMARY (role FENCING), not for a switchover, SIGKILLs mysqld when
+        commits wait for an ack: writes no other node holds, or a token write still waiting."""
+        if not self.fence_by_crash or not action.read_only or action.reason is ActionReason.SWITCHOVER:
+            return False
+        node = world.nodes[index]
+        db = node.db
+        if not db.alive or node.agent is None or node.agent.state.role is not Role.FENCING:
+            return False
+        others = [other.db.history for other in world.nodes if other is not node]
+        return db.unacked_token is not None or not any(is_prefix(db.history, theirs) for theirs in others)
+
+    @staticmethod
+    def _write_token(db: Db, name: str, token: int, now: int) -> Db:
+        if db.alive and db.semi_sync:
+            # Lossless semi-sync is on: the commit is in the binlog, and waits for an ack.
+            if db.unacked_token != token:
+                return replace(db, unacked_token=token, unacked_since=now, history=(*db.history, name))
+            if db.unacked_since is not None and now - db.unacked_since >= TOKEN_ACK_WAIT:
+                # The executor's FencingTokenWriter ends a wait no replica answers (their histories
+                # forked from ours): the token commits unacknowledged, as it always did before.
+                return _commit_unacked(db)
+        elif db.alive:
+            return replace(db, token=token, history=(*db.history, name))
+        return db
+
     def _truncate(self, world: World, index: int, primary: str) -> Db:
         """Crash recovery cuts the history back to what the primary shares with it. A removed
         transaction that any other node holds reached a replica: it may have been acknowledged,
@@ -797,7 +842,8 @@ class Model:
                     f"{NAMES[index]} truncates {db.history[common:]} which {NAMES[other_index]} holds "
                     f"(it reached a replica: maybe acknowledged)", self._trace)
         self.truncations += 1
-        return replace(db, history=db.history[:common], unacked_token=None)  # a waiting write goes too
+        return replace(db, history=db.history[:common], unacked_token=None,  # a waiting write goes too
+                       unacked_since=None)
 
     def _rebuild(self, world: World, index: int, donor: str) -> Db:
         """A copy of the donor replaces the node's data. Without an operator's approval that is a
@@ -867,7 +913,7 @@ class Model:
         for name, node in zip(NAMES, world.nodes, strict=True):
             if name == holder:
                 continue
-            if node.agent is None:
+            if node.agent is None or node.db.killed_by_fence:  # left down: not back
                 return False
             if not is_prefix(node.db.history, primary.db.history):
                 if node.agent.state.role is not Role.FENCED:
@@ -883,7 +929,8 @@ class Model:
         now = float(world.now)
         nodes = []
         for node in world.nodes:
-            db = node.db if node.db.alive else replace(_commit_unacked(node.db), alive=True, read_only=True)
+            db = (node.db if node.db.alive or node.db.killed_by_fence  # the repair must start that one
+                  else replace(_commit_unacked(node.db), alive=True, read_only=True))
             agent = node.agent if node.agent is not None else Agent(State.initial(now))
             nodes.append(replace(node, db=db, agent=replace(agent, paused=False), partitioned=False))
         world = replace(world, nodes=tuple(nodes), faults_left=0, writes_left=0)
