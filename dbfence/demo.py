@@ -6,13 +6,19 @@ crash) and three dbfence agents on loopback addresses; a small application write
 discovery (the etcd key, or Consul DNS) and the gates; the
 primary's mysqld is killed; the demo shows, as it happens, the old primary fencing and releasing,
 a replica winning the race and promoting, the other replica following it, discovery moving, and
-then the old node coming back and rejoining as a replica. It ends by counting acknowledged
-writes that are missing on the new primary: in lossless mode there must be none.
+then the old node coming back and rejoining as a replica. Then the new primary's host is cut off
+by a network partition (its clients still reach its gate, so it takes commits no replica
+acknowledges); after the heal it repairs itself (``[rejoin] mode = "truncate"``): it saves those
+transactions to a file, removes them and is back as a replica. Without network namespaces (they
+need root; the Consul stand-in's demo runs on loopback) the same fault is a hung mysqld (SIGSTOP,
+then SIGCONT). It ends with all three nodes healthy, counting acknowledged writes that are
+missing on the primary: in lossless mode there must be none.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +32,7 @@ import dns.rcode
 import dns.rdatatype
 
 from dbfence.discovery import NoPrimary, primary_address
+from dbfence.lab import netns as lab_netns
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.errors import LabError
@@ -106,7 +113,7 @@ def watch(lab: LabCluster, started: float, until: Any, timeout: float) -> None:
                 dns_seen = answer
         else:
             try:
-                address = primary_address(lab.cluster, etcd=lab.dcs_endpoints)[0]
+                address = lab.in_client(primary_address, lab.cluster, etcd=lab.dcs_endpoints)[0]
             except NoPrimary:
                 address = "nobody"
             if address != discovered:
@@ -119,6 +126,17 @@ def watch(lab: LabCluster, started: float, until: Any, timeout: float) -> None:
     raise WaitTimeout(f"the demo waited {timeout:.0f}s for the cluster to settle")
 
 
+def repaired_line(lab: LabCluster, node: str) -> str:
+    """What the node's repair did, from its agent's /status: removed GTIDs and where it saved them."""
+    repair = lab.agent_status(node, timeout=1.0).get("repair") or {}
+    last = repair.get("last") or {}
+    removed = [gtid for gtid in str(last.get("errant_before") or "").split(",") if gtid]
+    if not removed:
+        return "it had nothing errant to remove"
+    return (f"{len(removed)} transaction(s) no replica had acknowledged ({', '.join(removed)}) saved to "
+            f"{repair.get('saved_file') or '?'}, then removed")
+
+
 def verify(lab: LabCluster, writer: DiscoveryWriter, primary: str) -> tuple[int, int]:
     """(acknowledged writes missing on the primary, unknown-outcome writes that landed)."""
     with lab.connect(primary) as conn, conn.cursor() as cur:
@@ -127,6 +145,39 @@ def verify(lab: LabCluster, writer: DiscoveryWriter, primary: str) -> tuple[int,
     missing = [i for i in writer.acknowledged if i not in present]
     landed = [i for i in writer.unknown if i in present]
     return len(missing), len(landed)
+
+
+def second_fault(lab: LabCluster, writer: DiscoveryWriter, primary: str, no_netns: str | None) -> str:
+    """Partition ``primary``'s host (or, without namespaces, hang its mysqld) under write load, heal
+    it, and watch it repair itself and rejoin. Returns the primary at the end."""
+    if no_netns:
+        click.echo(f"[demo] 5/7 SIGSTOP of {primary}'s mysqld: a hung database that still holds commits "
+                   f"no replica acknowledged (a partition needs network namespaces: {no_netns}); watching:")
+        lab.kill_mysql(primary, signal.SIGSTOP)
+    else:
+        click.echo(f"[demo] 5/7 network partition: {primary}'s host is cut off from the DCS and its peers, "
+                   "its clients still reach its gate; watching:")
+        lab.isolate(primary)
+    cut = time.monotonic()
+    gate = lab.agent(primary).address
+    try:
+        watch(lab, cut, lambda: writer.first_ack_after(cut, gate) is not None, timeout=60)
+    finally:
+        if no_netns:
+            lab.kill_mysql(primary, signal.SIGCONT)
+        else:
+            lab.heal(primary)
+    healed = time.monotonic()
+    first = writer.first_ack_after(cut, gate)
+    assert first is not None
+    new = next(p for p in lab.primaries() if p != primary)
+    click.echo(f"[demo]      first write acknowledged by {new} {first - cut:.2f}s after the fault; "
+               f"{'SIGCONT' if no_netns else 'partition healed'}: {primary} repairs itself "
+               "([rejoin] mode = \"truncate\")")
+    watch(lab, healed, lambda: lab.agent_status(primary, timeout=0.5).get("role") == "replica", timeout=90)
+    click.echo(f"[demo]      {primary} is back as a replica of {new} {time.monotonic() - healed:.2f}s after "
+               f"the heal: {repaired_line(lab, primary)}")
+    return new
 
 
 @click.command("demo")
@@ -140,13 +191,19 @@ def demo_command(keep: bool, directory: Path | None, dcs: str) -> None:
     """A live failover on real servers, from start to teardown in about a minute."""
     root = directory or Path(tempfile.mkdtemp(prefix="dbfence-demo-"))
     what = "a 3-member etcd cluster" if dcs == "etcd" else "the Consul stand-in (HTTP API and DNS)"
-    click.echo(f"[demo] 1/6 starting 3 MariaDB servers, {what} and 3 dbfence agents in {root}")
+    # A partition needs network namespaces (root); the Consul stand-in's demo stays on loopback,
+    # where its DNS answers name the 127.0.0.x addresses a newcomer can dig.
+    no_netns = ("the Consul stand-in's demo runs on loopback" if dcs == "consul"
+                else lab_netns.unavailable_reason())
+    where = "on loopback addresses" if no_netns else "each host in a network namespace of its own"
+    click.echo(f"[demo] 1/7 starting 3 MariaDB servers, {what} and 3 dbfence agents in {root} ({where})")
     started = time.monotonic()
     try:
         lab = LabCluster.up(LabSpec(directory=root / "lab", mysql_count=3,
                                     dcs="etcd" if dcs == "etcd" else "consul",
-                                    etcd_members=3 if dcs == "etcd" else 1, agents=True,
-                                    agent_tuning=AgentTuning(ttl=3.0, margin=1.0, cooldown=0.0)))
+                                    etcd_members=3 if dcs == "etcd" else 1, agents=True, netns=not no_netns,
+                                    agent_tuning=AgentTuning(ttl=3.0, margin=1.0, cooldown=0.0,
+                                                             rejoin="truncate")))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
     writer = DiscoveryWriter(lab, "app.demo")
@@ -157,15 +214,15 @@ def demo_command(keep: bool, directory: Path | None, dcs: str) -> None:
         print_cluster(lab)
         writer.create_table(old)
         how = "the etcd key" if dcs == "etcd" else "Consul DNS"
-        click.echo(f"[demo] 2/6 an application writes rows through discovery ({how}) and the gates")
+        click.echo(f"[demo] 2/7 an application writes rows through discovery ({how}) and the gates")
         if lab.consul is not None:
             _print_dns(lab.consul.dns_address, lab.cluster, None,
                        consul_dns_answer(lab.consul.dns_address, lab.cluster))
-        writer.start()
+        lab.in_client(writer.start)  # with namespaces, the application lives in the client's
         wait_until(lambda: len(writer.acknowledged) >= 20, timeout=30, what="the first writes")
         click.echo(f"[demo]      {len(writer.acknowledged)} writes acknowledged by {old}")
 
-        click.echo(f"[demo] 3/6 kill -9 of {old}'s mysqld, under write load; watching:")
+        click.echo(f"[demo] 3/7 kill -9 of {old}'s mysqld, under write load; watching:")
         lab.kill_mysql(old)
         crashed = time.monotonic()
         old_gate = lab.agent(old).address
@@ -182,35 +239,44 @@ def demo_command(keep: bool, directory: Path | None, dcs: str) -> None:
             _print_dns(lab.consul.dns_address, lab.cluster, None,
                        consul_dns_answer(lab.consul.dns_address, lab.cluster))
 
-        click.echo(f"[demo] 4/6 restarting {old}'s mysqld: it comes back fenced and must rejoin as a replica")
+        click.echo(f"[demo] 4/7 restarting {old}'s mysqld: it comes back fenced and must rejoin as a replica")
         lab.start_mysql(old)
         restarted = time.monotonic()
         watch(lab, restarted, lambda: lab.agent_status(old, timeout=0.5).get("role") == "replica", timeout=60)
         click.echo(f"[demo]      {old} rejoined as a replica of {new} after "
                    f"{time.monotonic() - restarted:.2f}s")
 
-        time.sleep(1.0)  # a little more load on the new primary before the count
+        final = second_fault(lab, writer, new, no_netns)
+
+        time.sleep(1.0)  # a little more load on the primary before the count
         writer.finish()
-        click.echo("[demo] 5/6 counting: every acknowledged write must be on the new primary")
-        missing, landed = verify(lab, writer, new)
+        roles = {a.name: lab.agent_status(a.name, timeout=1.0).get("role") for a in lab.agents}
+        healthy = sorted(name for name, role in roles.items() if role in ("primary", "replica"))
+        listed = ", ".join(f"{name}: {role}" for name, role in roles.items())
+        click.echo(f"[demo] 6/7 {len(healthy)} of 3 nodes healthy ({listed}); counting: every "
+                   f"acknowledged write must be on the primary, {final}")
+        missing, landed = verify(lab, writer, final)
         click.echo(f"[demo]      acknowledged: {len(writer.acknowledged)}, refused while no primary "
                    f"admitted: {writer.refused}, outcome unknown: {len(writer.unknown)} "
                    f"({landed} of them landed), acknowledged but LOST: {missing}")
         print_cluster(lab)
         if missing:
-            raise click.ClickException(f"{missing} acknowledged writes are missing on {new}")
+            raise click.ClickException(f"{missing} acknowledged writes are missing on {final}")
+        if len(healthy) != 3:
+            raise click.ClickException(f"the demo ended with {', '.join(sorted(set(roles) - set(healthy)))} "
+                                       "not healthy")
     finally:
         writer.finish()
         if keep:
             where = f"--etcd {','.join(lab.dcs_endpoints)}" if lab.consul is None \
                 else f"--consul {lab.consul.http_address}"
-            click.echo(f"[demo] 6/6 left running. Connect: mysql -h <primary gate> -P "
+            click.echo(f"[demo] 7/7 left running. Connect: mysql -h <primary gate> -P "
                        f"{lab.agents[0].gate_port} (see {lab.directory / 'lab.json'}); "
                        f"inspect: dbfence locks {where} --cluster {lab.cluster}")
             click.echo(f"[demo]      stop it with: dbfence lab down --dir {lab.directory} --purge")
         else:
             stopped = lab.down()
-            click.echo(f"[demo] 6/6 stopped {len(stopped)} processes by pid; done in "
+            click.echo(f"[demo] 7/7 stopped {len(stopped)} processes by pid; done in "
                        f"{time.monotonic() - started:.0f}s")
             if directory is None:
                 shutil.rmtree(root, ignore_errors=True)

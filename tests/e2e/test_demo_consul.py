@@ -1,5 +1,7 @@
 """`dbfence demo --dcs consul`: the live failover through the Consul stand-in, showing what an
-application resolves (A and SRV of primary.<cluster>.service.consul) before, during and after."""
+application resolves (A and SRV of primary.<cluster>.service.consul) before, during and after;
+then a second fault (on loopback, a hung mysqld) whose former primary repairs itself and is back
+as a replica: the demo ends with all three nodes healthy."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ def test_demo_through_consul_shows_dns_moving() -> None:
     result = CliRunner().invoke(main, ["demo", "--dcs", "consul"])
     output = result.output
     assert result.exit_code == 0, output
-    before, after_crash = output.split("3/6 kill -9 of ", 1)
+    before, after_crash = output.split("3/7 kill -9 of ", 1)
     old = re.search(r"the agents elected (db\d)", before)
     new = re.search(r"first write acknowledged by (db\d)", after_crash)
     assert old and new and old[1] != new[1], output
@@ -31,3 +33,10 @@ def test_demo_through_consul_shows_dns_moving() -> None:
                    for answer in answers), during
     assert f"primary.lab.service.consul. 0 IN A {new_address}" in after
     assert "acknowledged but LOST: 0" in after
+    # The second fault: the new primary hangs, the third node takes over, the hung one repairs itself.
+    second = after.split("5/7 SIGSTOP of ", 1)[1]
+    assert second.startswith(f"{new[1]}'s mysqld") and "network namespaces" in second, output
+    back = re.search(rf"{new[1]} is back as a replica of (db\d) ([\d.]+)s after the heal: (.*)", second)
+    assert back and back[1] != new[1], output
+    assert "saved to " in back[3] or "nothing errant" in back[3], output
+    assert "6/7 3 of 3 nodes healthy" in second, output
