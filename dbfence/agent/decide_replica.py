@@ -24,6 +24,9 @@ def handle_replica(r: Round) -> None:
     if obs.intents.paused:
         r.refuse(RefusalReason.PAUSED)
         return
+    if obs.repair.awaiting_restart:
+        _await_repair(r)
+        return
     primary = ready_primary(r)
     if primary is not None:
         _follow_holder(r, primary, Role.PRIMARY)
@@ -44,6 +47,18 @@ def handle_replica(r: Round) -> None:
         if not r.refusals:
             r.move(Trigger.LOCK_FREE_AND_ELIGIBLE)
             r.emit(AcquireLock(ActionReason.LOCK_FREE_AND_ELIGIBLE))
+
+
+def _await_repair(r: Round) -> None:
+    """Our fence killed mysqld (the repair keeper says so; only [rejoin] truncate does that) and
+    this agent restarted since: STARTING passed into REPLICA with mysqld down, and nothing here
+    would ever start it. It holds commits no replica received (in doubt until recovery removes
+    them): fenced for errant GTIDs, where the repair is asked for once a primary is ready.
+    Found by the model checker (fence by crash, then the agent crashed)."""
+    r.refuse(RefusalReason.ERRANT_GTIDS, "mysqld killed by the fence: its commits no replica received "
+             "await the repair")
+    r.move(Trigger.ERRANT_GTIDS)
+    sync_discovery(r, None, ActionReason.ERRANT_GTIDS)
 
 
 def _follow_holder(r: Round, holder: str, role: Role) -> None:

@@ -169,3 +169,32 @@ def test_plan_repair_is_none_in_manual_mode_whatever_the_evidence() -> None:
 def test_an_unknown_rejoin_mode_is_refused() -> None:
     with pytest.raises(CoreConfigError, match="rejoin_mode must be one of manual, truncate, rebuild"):
         replace(CONFIG, rejoin_mode="clone")
+
+
+@pytest.mark.parametrize("lock", [LockView(True, "n2", 3), LockView(True, None, None), LockView(False)],
+                         ids=["a primary", "no lock holder", "DCS unreachable"])
+def test_an_agent_restarted_while_its_killed_mysqld_awaits_the_repair_goes_fenced_not_replica(
+        lock: LockView) -> None:
+    """Found by the model checker (fence by crash, then the agent crashed): a restarted agent
+    passes STARTING (mysqld down completes the fence) into REPLICA, where nothing asks for the
+    repair, so the mysqld its fence killed stayed down for ever. It holds commits no replica
+    received (in doubt until recovery removes them): it is fenced for errant GTIDs, and FENCED
+    asks for the repair once a primary is ready."""
+    down = db(healthy=False, reasons=("mysqld down",), position=None, read_only=None, source=None)
+    replica = replace(observe(Role.REPLICA, lock=lock, peers=(member("n2", Role.PRIMARY, position="0-2-120"),
+                                                             member("n3", position="0-2-110")),
+                              database=down),
+                      repair=RepairView(None, awaiting_restart=True))
+    decision = decide(replica, State(role=Role.REPLICA, since=NOW - 1), TRUNCATE)
+    assert decision.state.role is Role.FENCED
+    assert decision.state.fenced_reason is Trigger.ERRANT_GTIDS
+    assert (R.ERRANT_GTIDS, "mysqld killed by the fence: its commits no replica received await the "
+            "repair") in [(refusal.reason, refusal.detail) for refusal in decision.refusals]
+    assert not any(isinstance(action, (Repoint, TruncateErrant)) for action in core_actions(decision))
+    if lock.holder == "n2":  # the next round asks for the repair (mysqld started for recovery)
+        fenced = replace(replica, db=down)
+        assert core_actions(decide(fenced, decision.state, TRUNCATE)) == (
+            TruncateErrant("n2", (), ActionReason.REPAIR_UNACKNOWLEDGED),)
+    # Without the repair keeper's word (manual mode never kills mysqld) a replica waits, as ever.
+    plain = decide(replace(replica, repair=RepairView()), State(role=Role.REPLICA, since=NOW - 1), CONFIG)
+    assert plain.state.role is Role.REPLICA
