@@ -188,7 +188,7 @@ def second_fault(lab: LabCluster, writer: DiscoveryWriter, primary: str, no_netn
               help="The lock service and discovery: etcd (the primary key), or the Consul stand-in "
                    "(applications resolve primary.<cluster>.service.consul).")
 def demo_command(keep: bool, directory: Path | None, dcs: str) -> None:
-    """A live failover on real servers, from start to teardown in about a minute."""
+    """A live failover and a self-repair on real servers, from start to teardown in under a minute."""
     root = directory or Path(tempfile.mkdtemp(prefix="dbfence-demo-"))
     what = "a 3-member etcd cluster" if dcs == "etcd" else "the Consul stand-in (HTTP API and DNS)"
     # A partition needs network namespaces (root); the Consul stand-in's demo stays on loopback,
