@@ -9,6 +9,10 @@ CPU time (user + system) per second of wall time. Prints a table and one JSON li
 
     PYTHONPATH=. python benchmarks/footprint.py --window 30 --repeats 3
 
+``--threads`` adds the profile: CPU per thread of each agent over the windows (named by its Python
+thread name when ``py-spy`` is on PATH or next to the interpreter, else by thread id), and the PSS
+of the agent process alone and of each worker.
+
 On a shared host the CPU figures carry other processes' interference (cache, frequency); the
 medians of several windows are reported.
 """
@@ -17,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +49,44 @@ class Usage:
     pss_mb: float
     rss_mb: float
     cpu_percent: float  # of one core
+    process_pss_mb: tuple[float, ...] = ()  # the agent's, then each worker's
+    thread_cpu: tuple[tuple[str, float], ...] = ()  # (thread, % of one core), busiest first
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _thread_ticks(pid: int) -> dict[int, int]:
+    ticks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        ticks[int(tid)] = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
+
+
+def _py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def _thread_names(pid: int) -> dict[int, str]:
+    tool = _py_spy()
+    if tool is None:
+        return {}
+    command = [tool, "dump", "--nonblocking", "--pid", str(pid)]
+    dump = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30).stdout
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r'Thread (\d+) \(\w+\): "([^"]*)"', dump)}
+
+
+def _name(tid: int, names: dict[int, str]) -> str:
+    if tid in names:
+        # Executor threads carry a counter (dbfence-probe-disk_0): one name per role.
+        return re.sub(r"_\d+$", "", re.sub(r"^Thread-\d+", "Thread", names[tid]))
+    return "other (threads of C libraries, short-lived threads)"
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -66,9 +111,25 @@ def _cpu(processes: list[psutil.Process]) -> float:
     return total
 
 
-def sample(pids: dict[str, int], window: float) -> dict[str, Usage]:
+def _per_thread(before: dict[int, int], after: dict[int, int], names: dict[int, str], elapsed: float,
+                agent_percent: float, workers_percent: float) -> tuple[tuple[str, float], ...]:
+    by_name: dict[str, float] = {}
+    for tid, ticks in after.items():
+        name = _name(tid, names)
+        by_name[name] = by_name.get(name, 0.0) + (ticks - before.get(tid, 0)) / _CLOCK_TICKS / elapsed * 100
+    # Threads that ended inside the window are only in the process total.
+    accounted = sum(by_name.values())
+    by_name["threads that ended in the window"] = max(0.0, agent_percent - accounted)
+    by_name["gate workers (processes)"] = workers_percent
+    return tuple(sorted(((n, round(p, 2)) for n, p in by_name.items() if p > 0), key=lambda r: -r[1]))
+
+
+def sample(pids: dict[str, int], window: float, threads: bool = False) -> dict[str, Usage]:
     trees = {name: _tree(pid) for name, pid in pids.items()}
+    names = {name: _thread_names(pid) for name, pid in pids.items()} if threads else {}
+    thread_before = {name: _thread_ticks(pid) for name, pid in pids.items()} if threads else {}
     before = {name: _cpu(tree) for name, tree in trees.items()}
+    agent_before = {name: _cpu(tree[:1]) for name, tree in trees.items()}
     started = time.monotonic()
     time.sleep(window)
     elapsed = time.monotonic() - started
@@ -76,11 +137,19 @@ def sample(pids: dict[str, int], window: float) -> dict[str, Usage]:
     for name, tree in trees.items():
         pss, rss = _memory(tree)
         cpu_percent = (_cpu(tree) - before[name]) / elapsed * 100
-        usage[name] = Usage(round(pss, 1), round(rss, 1), round(cpu_percent, 2))
+        per_thread: tuple[tuple[str, float], ...] = ()
+        per_process: tuple[float, ...] = ()
+        if threads:
+            agent_percent = (_cpu(tree[:1]) - agent_before[name]) / elapsed * 100
+            per_thread = _per_thread(thread_before[name], _thread_ticks(pids[name]), names[name],
+                                     elapsed, agent_percent, cpu_percent - agent_percent)
+            per_process = tuple(round(_memory([p])[0], 1) for p in tree)
+        usage[name] = Usage(round(pss, 1), round(rss, 1), round(cpu_percent, 2), per_process, per_thread)
     return usage
 
 
-def measure(tuning_name: str, window: float, repeats: int, settle: float) -> dict[str, Any]:
+def measure(tuning_name: str, window: float, repeats: int, settle: float, threads: bool = False
+            ) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="dbfence-footprint-"))
     lab = LabCluster.up(LabSpec(directory=directory / "lab", mysql_count=3, etcd_members=1, agents=True,
                                 agent_tuning=TUNINGS[tuning_name]))
@@ -92,7 +161,7 @@ def measure(tuning_name: str, window: float, repeats: int, settle: float) -> dic
             time.sleep(0.2)
         time.sleep(settle)  # the replicas' first rounds, the warm-up of every cache
         pids = {agent.name: agent.pid for agent in lab.agents}
-        windows = [sample(pids, window) for _ in range(repeats)]
+        windows = [sample(pids, window, threads) for _ in range(repeats)]
         primary = lab.primaries()[0]
     finally:
         lab.down()
@@ -106,7 +175,16 @@ def measure(tuning_name: str, window: float, repeats: int, settle: float) -> dic
             "cpu_percent": statistics.median(r.cpu_percent for r in rows),
             "cpu_percent_windows": [r.cpu_percent for r in rows],
         }
+        if threads:
+            result["agents"][name]["process_pss_mb"] = list(rows[-1].process_pss_mb)
+            result["agents"][name]["thread_cpu_percent"] = _median_threads(rows)
     return result
+
+
+def _median_threads(rows: list[Usage]) -> dict[str, float]:
+    names = {name for row in rows for name, _ in row.thread_cpu}
+    medians = {name: statistics.median(dict(row.thread_cpu).get(name, 0.0) for row in rows) for name in names}
+    return dict(sorted(medians.items(), key=lambda item: -item[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,17 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="windows per tuning (medians reported)")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds after a primary admits")
     parser.add_argument("--tunings", default="production,lab")
+    parser.add_argument("--threads", action="store_true", help="CPU per thread, PSS per process")
     options = parser.parse_args(argv)
     summary: dict[str, Any] = {"window_s": options.window, "repeats": options.repeats,
                                "load_average": list(psutil.getloadavg()), "tunings": {}}
     print(f"{'tuning':11s} {'agent':6s} {'role':8s} {'PSS MB':>7s} {'RSS MB':>7s} {'CPU %':>6s}  windows")
     for tuning in options.tunings.split(","):
-        result = measure(tuning, options.window, options.repeats, options.settle)
+        result = measure(tuning, options.window, options.repeats, options.settle, options.threads)
         summary["tunings"][tuning] = result
         for name, row in result["agents"].items():
             role = "primary" if name == result["primary"] else "replica"
             print(f"{tuning:11s} {name:6s} {role:8s} {row['pss_mb']:7.1f} {row['rss_mb']:7.1f} "
                   f"{row['cpu_percent']:6.2f}  {row['cpu_percent_windows']}", flush=True)
+            if options.threads:
+                print(f"    PSS MB per process (agent, workers): {row['process_pss_mb']}")
+                for thread, percent in row["thread_cpu_percent"].items():
+                    print(f"    {percent:5.2f} %  {thread}")
     summary["load_average_after"] = list(psutil.getloadavg())
     print(json.dumps(summary, sort_keys=True))
     return 0
