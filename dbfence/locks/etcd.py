@@ -11,11 +11,8 @@ ourselves, because the lock needs two things its client classes do not give:
 * failover that retries at once on the next member (its multi-endpoint client
   marks a failed member unusable for 5 minutes and never retries the call).
 
-Failover: endpoints are tried in turn, starting with the last one that worked.
-A member that refuses connections fails in microseconds and the next one is tried
-in the same call; a member that hangs (partitioned, no leader) costs at most a
-part of the budget, and the next call starts elsewhere. Every write is safe to
-repeat, so a retry after an unknown outcome is harmless.
+How calls reach etcd (deadlines, failover between members, authentication) is in
+``etcd_transport.py``; the watch that wakes waiters on changes is in ``etcd_watch.py``.
 """
 
 from __future__ import annotations
@@ -23,10 +20,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
 from pyetcd import etcdrpc
@@ -38,17 +34,23 @@ from dbfence.locks.base import (
     conflict_from,
     history_id,
     make_grant,
-    snapshot_problem,
 )
 from dbfence.locks.errors import (
-    BadData,
-    DcsAccessDenied,
     DcsUnreachable,
     LockConflict,
-    LockError,
     LockLost,
     SessionExpired,
 )
+from dbfence.locks.etcd_snapshot import lock_state, parse_snapshot, snapshot_request
+from dbfence.locks.etcd_transport import (
+    MIN_ATTEMPT,
+    EtcdOptions,
+    EtcdTransport,
+    Metadata,
+    lease_hex,
+    range_end,
+)
+from dbfence.locks.etcd_watch import PrefixWatch
 from dbfence.locks.model import (
     ClusterKeys,
     ClusterSnapshot,
@@ -57,208 +59,15 @@ from dbfence.locks.model import (
     HolderInfo,
     Intent,
     LockState,
-    MemberEntry,
     MemberRecord,
     encode,
     parse_failsafe_list,
     parse_history,
     parse_holder,
     parse_intent,
-    parse_member,
 )
 
-T = TypeVar("T")
-Metadata = tuple[tuple[str, str], ...]
-
-# Codes after which another member may well succeed.
-_RETRY_ELSEWHERE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-}
-# Reconnect quickly to a member that comes back (gRPC's default backoff grows to 2 min).
-_CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-# Below this much budget another attempt is pointless.
-_MIN_ATTEMPT = 0.05
-
-
-def _range_end(prefix: bytes) -> bytes:
-    """etcd range end that covers every key starting with ``prefix``."""
-    end = bytearray(prefix)
-    for i in reversed(range(len(end))):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
-
-
-def lease_hex(lease_id: int) -> str:
-    return format(lease_id, "x") if lease_id else ""
-
-
-@dataclass(frozen=True)
-class EtcdOptions:
-    """How to reach etcd.
-
-    ``endpoints``: ``http://host:port``, ``https://host:port`` or ``host:port``.
-    TLS is used for ``https`` endpoints or whenever ``ca_cert`` is given; ``cert`` and
-    ``key`` add a client certificate. ``user``/``password`` enable etcd authentication.
-    """
-
-    endpoints: tuple[str, ...]
-    ca_cert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    user: str | None = None
-    password: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.endpoints:
-            raise ValueError("at least one etcd endpoint is needed")
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("a client certificate needs both cert and key")
-        if (self.user is None) != (self.password is None):
-            raise ValueError("etcd authentication needs both user and password")
-
-
-class _Member:
-    """One etcd endpoint: its channel (created lazily) and auth token."""
-
-    def __init__(self, url: str, options: EtcdOptions) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if not parts.hostname or not parts.port:
-            raise ValueError(f"etcd endpoint {url!r} must name a host and a port")
-        self.label = f"{parts.hostname}:{parts.port}"
-        self.secure = parts.scheme == "https" or options.ca_cert is not None
-        self._options = options
-        self._channel: grpc.Channel | None = None
-        self.token: str | None = None
-        self._lock = threading.Lock()
-
-    def channel(self) -> grpc.Channel:
-        with self._lock:
-            if self._channel is None:
-                if self.secure:
-                    self._channel = grpc.secure_channel(self.label, self._credentials(), _CHANNEL_OPTIONS)
-                else:
-                    self._channel = grpc.insecure_channel(self.label, _CHANNEL_OPTIONS)
-            return self._channel
-
-    def _credentials(self) -> grpc.ChannelCredentials:
-        def read(path: str | None) -> bytes | None:
-            if path is None:
-                return None
-            with open(path, "rb") as handle:
-                return handle.read()
-
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self._options.ca_cert),
-            private_key=read(self._options.key),
-            certificate_chain=read(self._options.cert),
-        )
-
-    def close(self) -> None:
-        with self._lock:
-            if self._channel is not None:
-                self._channel.close()
-                self._channel = None
-
-
-class EtcdTransport:
-    """Runs one gRPC call with a total deadline, failing over between members."""
-
-    def __init__(self, options: EtcdOptions) -> None:
-        self.options = options
-        self.members = [_Member(url, options) for url in options.endpoints]
-        self._preferred = 0
-
-    @property
-    def current_endpoint(self) -> str:
-        return self.members[self._preferred % len(self.members)].label
-
-    def call(self, what: str, deadline: float, rpc: Callable[[grpc.Channel, float, Metadata], T]) -> T:
-        """Run ``rpc(channel, timeout, metadata)`` on members in turn until it works or time is up."""
-        count = len(self.members)
-        start = self._preferred
-        last_error = "no attempt was possible within the timeout"
-        last_label: str | None = None
-        for step in range(count):
-            member = self.members[(start + step) % count]
-            remaining = deadline - time.monotonic()
-            if remaining < _MIN_ATTEMPT:
-                break
-            # Keep some budget for the next member unless this is the last one.
-            attempt = remaining if step == count - 1 else max(_MIN_ATTEMPT, remaining * 0.6)
-            try:
-                result = self._attempt(member, deadline, attempt, rpc)
-            except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-                detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-                if code in _RETRY_ELSEWHERE:
-                    last_error = f"{what}: {code.name} {detail}"
-                    last_label = member.label
-                    self._preferred = (start + step + 1) % count
-                    continue
-                raise _translate(what, code, detail or "", member.label) from None
-            self._preferred = (start + step) % count
-            return result
-        raise DcsUnreachable(last_error, last_label)
-
-    def _attempt(
-        self,
-        member: _Member,
-        deadline: float,
-        attempt: float,
-        rpc: Callable[[grpc.Channel, float, Metadata], T],
-    ) -> T:
-        channel = member.channel()
-        if self.options.user is not None and member.token is None:
-            self._authenticate(member, channel, attempt)
-        try:
-            return rpc(channel, max(_MIN_ATTEMPT, min(attempt, deadline - time.monotonic())), _md(member))
-        except grpc.RpcError as exc:
-            if not (isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAUTHENTICATED):
-                raise
-            if self.options.user is None:
-                raise
-            # Simple tokens expire (5 minutes by default): log in again once.
-            member.token = None
-            self._authenticate(member, channel, deadline - time.monotonic())
-            return rpc(channel, max(_MIN_ATTEMPT, deadline - time.monotonic()), _md(member))
-
-    def _authenticate(self, member: _Member, channel: grpc.Channel, timeout: float) -> None:
-        request = etcdrpc.AuthenticateRequest(name=self.options.user, password=self.options.password)
-        response = etcdrpc.AuthStub(channel).Authenticate(request, timeout=max(_MIN_ATTEMPT, timeout))
-        member.token = str(response.token)
-
-    def close(self) -> None:
-        for member in self.members:
-            member.close()
-
-
-def _md(member: _Member) -> Metadata:
-    return (("token", member.token),) if member.token else ()
-
-
-# etcd reports some credential problems as INVALID_ARGUMENT: recognise them by their text.
-_AUTH_DETAILS = ("authentication failed", "user name is empty", "permission denied", "invalid auth token")
-
-
-def _translate(what: str, code: grpc.StatusCode, detail: str, label: str) -> LockError:
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
-        text in detail for text in _AUTH_DETAILS
-    ):
-        return DcsAccessDenied(f"{what}: {detail} ({label})")
-    if code == grpc.StatusCode.NOT_FOUND and "lease not found" in detail:
-        return SessionExpired(f"{what}: etcd says {detail}")
-    return DcsUnreachable(f"{what}: {code.name} {detail}", label)
+__all__ = ["EtcdLeaseLock", "EtcdOptions", "etcd_lock", "lease_hex"]
 
 
 class EtcdLeaseLock(LeaseLock):
@@ -274,6 +83,7 @@ class EtcdLeaseLock(LeaseLock):
         self.node = node
         self.settings = settings
         self.transport = EtcdTransport(options)
+        self.watch = PrefixWatch(self.transport, self.keys.prefix.encode())
         self._state = threading.Lock()
         self._lease_id: int | None = None
         self._token: int | None = None
@@ -298,7 +108,7 @@ class EtcdLeaseLock(LeaseLock):
     def _range(self, key: str, prefix: bool = False) -> Any:
         request = etcdrpc.RangeRequest(key=key.encode())
         if prefix:
-            request.range_end = _range_end(key.encode())
+            request.range_end = range_end(key.encode())
         return request
 
     def _get(self, key: str, deadline: float, what: str) -> Any:
@@ -340,25 +150,6 @@ class EtcdLeaseLock(LeaseLock):
             if self._lease_id is None:
                 raise SessionExpired("no lease is open (call open_session)")
             return self._lease_id
-
-    def _lock_state(
-        self, kv: Any, ttl_left: float | None, strict: bool, problems: list[BadData]
-    ) -> LockState:
-        key = self.keys.leader
-        holder: HolderInfo | None
-        try:
-            holder = parse_holder(key, kv.value)
-        except BadData as error:
-            snapshot_problem(strict, problems, error)
-            holder = None
-        return LockState(
-            key=key,
-            holder=holder,
-            token=int(kv.create_revision),
-            session_id=lease_hex(int(kv.lease)),
-            ttl_left=ttl_left,
-            modify_index=int(kv.mod_revision),
-        )
 
     # ------------------------------------------------------------------ session
 
@@ -467,7 +258,7 @@ class EtcdLeaseLock(LeaseLock):
             raise DcsUnreachable("acquire txn returned no lock key")
         kv = kvs[0]
         if int(kv.lease) != lease_id:
-            raise conflict_from(self._lock_state(kv, None, False, []))
+            raise conflict_from(lock_state(self.keys, kv, None, False, []))
         token = int(kv.create_revision)
         with self._state:
             if self._lease_id == lease_id:
@@ -552,7 +343,7 @@ class EtcdLeaseLock(LeaseLock):
             lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
         )
         kvs = response.responses[0].response_range.kvs
-        state = self._lock_state(kvs[0], None, False, []) if kvs else None
+        state = lock_state(self.keys, kvs[0], None, False, []) if kvs else None
         if not response.succeeded:
             found = f"token {state.token}" if state else "no lock"
             raise LockConflict(
@@ -584,62 +375,22 @@ class EtcdLeaseLock(LeaseLock):
 
     def snapshot(self, strict: bool = True, *, lease_ttl: bool = True) -> ClusterSnapshot:
         deadline = self._deadline()
-        ops = [
-            etcdrpc.RequestOp(request_range=self._range(self.keys.leader)),
-            etcdrpc.RequestOp(request_range=self._range(self.keys.members_prefix, prefix=True)),
-            etcdrpc.RequestOp(request_range=self._range(self.keys.intent)),
-            etcdrpc.RequestOp(request_range=self._range(self.keys.failsafe)),
-        ]
-        # A txn of reads is served at one revision: a consistent picture.
-        request = etcdrpc.TxnRequest(compare=[], success=ops, failure=[])
+        request = snapshot_request(self.keys)
         response = self.transport.call(
             "snapshot",
             deadline,
             lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
         )
-        problems: list[BadData] = []
+        ttl_left = None
         lock_kvs = response.responses[0].response_range.kvs
-        lock = None
-        if lock_kvs:
-            ttl_left = self._ttl_left(int(lock_kvs[0].lease), deadline) if lease_ttl else None
-            lock = self._lock_state(lock_kvs[0], ttl_left, strict, problems)
-        members = []
-        for kv in response.responses[1].response_range.kvs:
-            key = kv.key.decode("utf-8", "replace")
-            try:
-                record = parse_member(key, kv.value, self.keys.node_of_member_key(key))
-            except BadData as error:
-                snapshot_problem(strict, problems, error)
-                continue
-            members.append(MemberEntry(key=key, record=record, session_id=lease_hex(int(kv.lease))))
-        intent = Intent()
-        intent_kvs = response.responses[2].response_range.kvs
-        if intent_kvs:
-            try:
-                intent = parse_intent(self.keys.intent, intent_kvs[0].value)
-            except BadData as error:
-                snapshot_problem(strict, problems, error)
-        failsafe = None
-        failsafe_kvs = response.responses[3].response_range.kvs
-        if failsafe_kvs:
-            try:
-                failsafe = parse_failsafe_list(self.keys.failsafe, failsafe_kvs[0].value)
-            except BadData as error:
-                snapshot_problem(strict, problems, error)
-        return ClusterSnapshot(
-            cluster=self.keys.cluster,
-            index=int(response.header.revision),
-            lock=lock,
-            members=tuple(sorted(members, key=lambda entry: entry.record.node)),
-            intent=intent,
-            problems=tuple(problems),
-            failsafe=failsafe,
-        )
+        if lock_kvs and lease_ttl:
+            ttl_left = self._ttl_left(int(lock_kvs[0].lease), deadline)
+        return parse_snapshot(self.keys, response, ttl_left, strict)
 
     def _ttl_left(self, lease_id: int, deadline: float) -> float | None:
         if lease_id == 0:
             return None
-        if deadline - time.monotonic() < _MIN_ATTEMPT:
+        if deadline - time.monotonic() < MIN_ATTEMPT:
             return None
         try:
             response = self.transport.call(
@@ -654,55 +405,7 @@ class EtcdLeaseLock(LeaseLock):
         return float(response.TTL) if response.TTL >= 0 else 0.0
 
     def wait_for_change(self, after_index: int, timeout: float) -> int:
-        prefix = self.keys.prefix.encode()
-        create = etcdrpc.WatchCreateRequest(
-            key=prefix, range_end=_range_end(prefix), start_revision=after_index + 1
-        )
-        started = time.monotonic()
-        wait_until = started + max(0.0, timeout)
-
-        def rpc(channel: grpc.Channel, call_timeout: float, md: Metadata) -> int:
-            # The stream must outlive the call budget: it lasts until wait_until.
-            stream_timeout = max(_MIN_ATTEMPT, wait_until - time.monotonic()) + call_timeout
-            # "hasleader" makes a member cut off from the quorum refuse the watch
-            # instead of silently delivering nothing.
-            stream = etcdrpc.WatchStub(channel).Watch(
-                iter([etcdrpc.WatchRequest(create_request=create)]),
-                timeout=stream_timeout,
-                metadata=(*md, ("hasleader", "true")),
-            )
-            return self._first_change(stream, after_index, wait_until)
-
-        return self.transport.call("watch", wait_until + self.settings.call_timeout, rpc)
-
-    def _first_change(self, stream: Any, after_index: int, wait_until: float) -> int:
-        created = False
-        timer = threading.Timer(max(0.0, wait_until - time.monotonic()), stream.cancel)
-        timer.daemon = True
-        timer.start()
-        try:
-            for response in _responses(stream):
-                if response.created:
-                    created = True
-                if response.compact_revision:
-                    # Our index was compacted away: report a change so the caller rereads.
-                    return max(after_index + 1, int(response.header.revision))
-                if response.canceled:
-                    raise DcsUnreachable(f"watch canceled by etcd: {response.cancel_reason}")
-                if response.events:
-                    return max(int(event.kv.mod_revision) for event in response.events)
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            # Cancelled by our timer after the watch was set up: the wait simply ended.
-            if created and code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return after_index
-            raise
-        finally:
-            timer.cancel()
-            stream.cancel()
-        if created:
-            return after_index
-        raise DcsUnreachable("watch stream ended before it was created")
+        return self.watch.wait(after_index, timeout, self.settings.call_timeout)
 
     def write_failsafe_list(self, listing: FailsafeList) -> None:
         with self._state:
@@ -833,11 +536,8 @@ class EtcdLeaseLock(LeaseLock):
         return tuple(parse_history(kv.key.decode("utf-8", "replace"), kv.value) for kv in reversed(kvs))
 
     def close(self) -> None:
+        self.watch.close()
         self.transport.close()
-
-
-def _responses(stream: Any) -> Iterator[Any]:
-    yield from stream
 
 
 def etcd_lock(

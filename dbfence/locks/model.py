@@ -394,6 +394,9 @@ class ClusterSnapshot:
     intent: Intent = field(default_factory=Intent)
     problems: tuple[BadData, ...] = ()
     failsafe: FailsafeList | None = None
+    # The DCS index of the newest history write, when the backend reads it with the snapshot
+    # (etcd); None when unknown: then any change of ``index`` may be a new history entry.
+    history_index: int | None = None
 
     def member(self, node: str) -> MemberRecord | None:
         for entry in self.members:
