@@ -374,12 +374,15 @@ class DcsSensor:
                 self._wake.set()
             return None
         history, last_failover = self.latest.history, self.latest.last_failover_wall
-        if snapshot.index != self._history_index:
+        # Only a new history entry changes the history; where the backend cannot say when one
+        # was written, any change may be one.
+        history_index = snapshot.index if snapshot.history_index is None else snapshot.history_index
+        if history_index != self._history_index:
             try:
                 history = self._lock.read_history(limit=20)
                 failovers = [e.at for e in history if e.kind in ("failover", "switchover")]
                 last_failover = max(failovers) if failovers else None
-                self._history_index = snapshot.index
+                self._history_index = history_index
             except LockError:
                 pass  # keep the previous history; it only feeds the cooldown and status
         with self._publish:
