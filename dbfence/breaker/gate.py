@@ -19,11 +19,9 @@ import os
 import select
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from dbfence.breaker.config import GateConfig
@@ -37,6 +35,7 @@ from dbfence.breaker.shared import (
     SharedRecord,
     fence_word,
 )
+from dbfence.breaker.spawn import WorkerProcess, fork_worker
 from dbfence.breaker.state import (
     Admit,
     Admitting,
@@ -54,10 +53,6 @@ from dbfence.breaker.worker_main import listening_socket
 
 _START_TIMEOUT = 15.0
 _STATS_TIMEOUT = 2.0
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-# Not ``-m dbfence.breaker.worker_main``: the package imports that module first, and runpy would then
-# run a second copy of it as __main__.
-_WORKER_ENTRY = "import sys; from dbfence.breaker.worker_main import main; sys.exit(main(sys.argv[1:]))"
 
 
 class GateError(Exception):
@@ -67,7 +62,7 @@ class GateError(Exception):
 @dataclass
 class _WorkerHandle:
     index: int
-    process: subprocess.Popen[bytes]
+    process: WorkerProcess
     control: socket.socket
     buffer: bytes = b""
     requests: int = 0
@@ -207,12 +202,7 @@ class Gate:
     ) -> _WorkerHandle:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         kernel_fds = self._kernel.descriptors() if self._kernel is not None else ()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
-        command = [
-            sys.executable,
-            "-c",
-            _WORKER_ENTRY,
+        argv = [
             config.to_json(),
             str(index),
             str(shared.fd),
@@ -223,7 +213,7 @@ class Gate:
             ",".join(str(fd) for fd in kernel_fds),
         ]
         fds = (shared.fd, theirs.fileno(), inbox.fileno(), *(s.fileno() for s in senders), *kernel_fds)
-        process = subprocess.Popen(command, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
+        process = fork_worker(argv, fds, f"dbfence-gate-{index}")
         theirs.close()
         return _WorkerHandle(index, process, ours)
 

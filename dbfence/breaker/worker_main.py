@@ -1,5 +1,5 @@
-"""A gate worker process: what :class:`dbfence.breaker.gate.Gate` starts (a fresh interpreter that
-calls :func:`main`).
+"""A gate worker process: what :class:`dbfence.breaker.gate.Gate` starts (forked from the agent,
+see :mod:`dbfence.breaker.spawn`, then :func:`main`).
 
 It listens on the shared port (``SO_REUSEPORT``), runs a :class:`dbfence.breaker.worker.Worker` on
 uvloop, and dies with the agent: the kernel kills it when the agent's spawning thread exits
