@@ -124,9 +124,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--ttl", type=float, default=3.0)
     parser.add_argument("--margin", type=float, default=1.0)
+    parser.add_argument("--interval", type=float, default=0.1,
+                        help="seconds between probe rounds (the lab's 0.1; the product's default is 0.2)")
     parser.add_argument("--logs", type=Path, help="keep each lab's agent logs (JSON action timelines) here")
     args = parser.parse_args()
-    tuning = AgentTuning(ttl=args.ttl, margin=args.margin)
+    tuning = AgentTuning(ttl=args.ttl, margin=args.margin, interval=args.interval)
     results: list[float] = []
     reported: list[float] = []
     lost: list[int] = []
