@@ -37,7 +37,7 @@ from click.testing import CliRunner
 from dbfence.cli import main as dbfence_main
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster, LabSpec
-from dbfence.lab.wait import wait_until
+from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.lab.workload import DiscoveryWriter
 
 
@@ -84,6 +84,15 @@ def lost_writes(lab: LabCluster, writer: DiscoveryWriter) -> list[int]:
     return sorted(set(writer.acknowledged) - present)
 
 
+class StaysFenced(Exception):
+    """The killed primary came back fenced (a transaction of its own that no replica has: dead
+    stays dead): the failover counts, the next round needs a fresh lab."""
+
+    def __init__(self, node: str, reason: object, seconds: float) -> None:
+        super().__init__(f"{node} stays fenced ({reason}) after a failover of {seconds:.2f}s")
+        self.seconds = seconds
+
+
 def one_round(lab: LabCluster, writer: DiscoveryWriter, fault: str) -> float:
     primary = lab.primaries()[0]
     old_host = gate_host(lab, primary)
@@ -107,7 +116,13 @@ def one_round(lab: LabCluster, writer: DiscoveryWriter, fault: str) -> float:
     if fault == "mysqld-kill":
         wait_until(lambda: not lab.node(primary).process.alive(), timeout=10, what="mysqld to die")
         lab.start_mysql(primary)
-        wait_until(lambda: _role(lab, primary) == "replica", timeout=60, what=f"{primary} to rejoin")
+        try:
+            wait_until(lambda: _role(lab, primary) == "replica", timeout=60, what=f"{primary} to rejoin")
+        except WaitTimeout:
+            if _role(lab, primary) != "fenced":
+                raise
+            reason = lab.agent_status(primary).get("fenced_reason")
+            raise StaysFenced(primary, reason, seconds) from None
     # A frozen host may hold a commit it wrote but nobody acknowledged: an errant transaction that
     # keeps it fenced for good (dead stays dead), so every host-freeze round gets a fresh lab.
     return seconds
@@ -150,7 +165,13 @@ def main() -> int:
                     print(f"run {len(results) + 1}: switchover -> writes refused for {seconds:.2f}s, "
                           f"command done after {whole:.2f}s", flush=True)
                 else:
-                    seconds = one_round(lab, writer, args.fault)
+                    try:
+                        seconds = one_round(lab, writer, args.fault)
+                    except StaysFenced as stays:
+                        print(f"run {len(results) + 1}: {stays}; counted, and a fresh lab for the next",
+                              flush=True)
+                        results.append(stays.seconds)
+                        break
                     print(f"run {len(results) + 1}: {args.fault} -> first acknowledged write on the new "
                           f"primary after {seconds:.2f}s", flush=True)
                 results.append(seconds)
