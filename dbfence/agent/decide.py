@@ -28,21 +28,22 @@ Policy summary (details in docs/decision-core.md):
 The rules live in sibling modules, one responsibility each: ``decide_round`` (the
 :class:`Decision` and the round accumulator), ``decide_lease`` (renew, fence, release),
 ``decide_race`` (who may race), ``decide_replica``, ``decide_promotion`` (CANDIDATE,
-PROMOTING), ``decide_primary`` and ``decide_fence`` (STARTING, FENCING, FENCED). This module
-dispatches on the role and publishes the member record; it re-exports the public names.
+PROMOTING), ``decide_primary``, ``decide_fence`` (STARTING, FENCING, FENCED) and
+``decide_publish`` (the member record). This module dispatches on the role and publishes the
+member record; it re-exports the public names.
 """
 
 from __future__ import annotations
 
-from dbfence.agent.actions import ActionReason, AdmitGate, BlockGate, PublishMember
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide_fence import handle_fenced, handle_fencing, handle_starting
 from dbfence.agent.decide_primary import handle_primary
 from dbfence.agent.decide_promotion import handle_candidate, handle_promoting
+from dbfence.agent.decide_publish import publish_member
 from dbfence.agent.decide_race import race_refusals
 from dbfence.agent.decide_replica import handle_replica
 from dbfence.agent.decide_round import TRANSITIONAL_ROLES, Decision, Refusal, RefusalReason, Round
-from dbfence.agent.observation import MemberInfo, Observation
+from dbfence.agent.observation import Observation
 from dbfence.agent.state import Role, State, Trigger
 
 __all__ = [
@@ -62,39 +63,8 @@ def decide(observation: Observation, state: State, config: CoreConfig) -> Decisi
     """Decide what this agent does next. Pure: same inputs, same decision."""
     current = Round(observation, config, state)
     _HANDLERS[state.role](current)
-    _publish_member(current)
+    publish_member(current)
     return current.finish()
-
-
-def _publish_member(r: Round) -> None:
-    """Publish this node's record when it changed or is due for a heartbeat."""
-    obs = r.obs
-    if not obs.lock.reachable:
-        return
-    admitting = obs.gate.admitting
-    for action in r.actions:
-        if isinstance(action, BlockGate):
-            admitting = False
-        elif isinstance(action, AdmitGate):
-            admitting = True
-    info = MemberInfo(
-        name=r.me,
-        role=r.state.role,
-        healthy=obs.db.health.healthy,
-        position=obs.db.position,
-        gate_admitting=admitting,
-        priority=r.config.priority,
-        received=obs.db.received,
-        seen_token=obs.lock.token if obs.lock.holder is not None else None,
-        server_id=obs.db.server_id,
-    )
-    own = obs.member(r.me)
-    if own is None or own.info != info:
-        r.emit(PublishMember(info, ActionReason.MEMBER_CHANGED))
-    elif r.now - own.last_seen >= r.config.publish_interval:
-        r.emit(PublishMember(info, ActionReason.MEMBER_HEARTBEAT))
-    else:
-        r.wake_at(own.last_seen + r.config.publish_interval)
 
 
 _HANDLERS = {

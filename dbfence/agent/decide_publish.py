@@ -1,0 +1,74 @@
+"""This node's member record: published when it changed, and as a heartbeat.
+
+Replication progress (the applied and received GTID positions) moves with every heartbeat commit
+of the primary. Republishing on each move made an idle 3-node cluster write its DCS several times
+a second, and each write woke every peer (issue 18). Positions matter only to a race: who may
+race (``decide_race``), and the winner's ``overtaken``/``awaiting_peers`` checks until its token
+is written. So while a primary that finished its promotion holds the lock, a moved position waits
+for the heartbeat (``publish_interval``). Whenever a race can be on it goes out at once, like any
+other change: the lock is free, the holder is still a candidate or promoting, it is fencing (a
+switchover waits for its target to catch up), or its record does not (yet) show it serving with
+its token. A record is always published whole, so a record published for any other reason (a new
+``seen_token`` when a new holder appears, say) carries the positions of that moment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dbfence.agent.actions import ActionReason, AdmitGate, BlockGate, PublishMember
+from dbfence.agent.decide_round import Round
+from dbfence.agent.observation import MemberInfo
+from dbfence.agent.state import Role
+
+
+def publish_member(r: Round) -> None:
+    """Publish this node's record when it changed or is due for a heartbeat."""
+    obs = r.obs
+    if not obs.lock.reachable:
+        return
+    admitting = obs.gate.admitting
+    for action in r.actions:
+        if isinstance(action, BlockGate):
+            admitting = False
+        elif isinstance(action, AdmitGate):
+            admitting = True
+    info = MemberInfo(
+        name=r.me,
+        role=r.state.role,
+        healthy=obs.db.health.healthy,
+        position=obs.db.position,
+        gate_admitting=admitting,
+        priority=r.config.priority,
+        received=obs.db.received,
+        seen_token=obs.lock.token if obs.lock.holder is not None else None,
+        server_id=obs.db.server_id,
+    )
+    own = obs.member(r.me)
+    if own is None or _changed(own.info, info, progress_waits=primary_serves(r)):
+        r.emit(PublishMember(info, ActionReason.MEMBER_CHANGED))
+    elif r.now - own.last_seen >= r.config.publish_interval:
+        r.emit(PublishMember(info, ActionReason.MEMBER_HEARTBEAT))
+    else:
+        r.wake_at(own.last_seen + r.config.publish_interval)
+
+
+def primary_serves(r: Round) -> bool:
+    """The lock holder finished its promotion: nobody races while it holds the lock."""
+    holder, token = r.obs.lock.holder, r.obs.lock.token
+    if holder is None:
+        return False
+    if holder == r.me:
+        return r.state.role is Role.PRIMARY
+    record = r.obs.member(holder)
+    return record is not None and record.info.role is Role.PRIMARY and record.info.seen_token == token
+
+
+def _changed(published: MemberInfo, now: MemberInfo, *, progress_waits: bool) -> bool:
+    if not progress_waits:
+        return published != now
+    return _without_progress(published) != _without_progress(now)
+
+
+def _without_progress(info: MemberInfo) -> MemberInfo:
+    return replace(info, position=None, received=None)
