@@ -119,7 +119,7 @@ def _per_thread(before: dict[int, int], after: dict[int, int], names: dict[int, 
         by_name[name] = by_name.get(name, 0.0) + (ticks - before.get(tid, 0)) / _CLOCK_TICKS / elapsed * 100
     # Threads that ended inside the window are only in the process total.
     accounted = sum(by_name.values())
-    by_name["threads that ended in the window"] = max(0.0, agent_percent - accounted)
+    by_name["not attributed to a live thread (ended threads)"] = max(0.0, agent_percent - accounted)
     by_name["gate workers (processes)"] = workers_percent
     return tuple(sorted(((n, round(p, 2)) for n, p in by_name.items() if p > 0), key=lambda r: -r[1]))
 
