@@ -151,8 +151,12 @@ def sample(pids: dict[str, int], window: float, threads: bool = False) -> dict[s
 def measure(tuning_name: str, window: float, repeats: int, settle: float, threads: bool = False
             ) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="dbfence-footprint-"))
-    lab = LabCluster.up(LabSpec(directory=directory / "lab", mysql_count=3, etcd_members=1, agents=True,
-                                agent_tuning=TUNINGS[tuning_name]))
+    try:
+        lab = LabCluster.up(LabSpec(directory=directory / "lab", mysql_count=3, etcd_members=1, agents=True,
+                                    agent_tuning=TUNINGS[tuning_name]))
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)  # a lab that failed to start stops its own servers
+        raise
     try:
         deadline = time.monotonic() + 60
         while not lab.primaries():
