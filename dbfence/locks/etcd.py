@@ -442,7 +442,7 @@ class EtcdLeaseLock(LeaseLock):
             return None
         held = seen.responses[1].response_range.kvs
         if held and not while_held:
-            state = self._lock_state(held[0], None, False, [])
+            state = lock_state(self.keys, held[0], None, False, [])
             who = state.holder.describe() if state.holder else "an unreadable holder"
             raise LockConflict(self.keys.leader, f"held by {who} (token {state.token}), which relies on "
                                "the failsafe list; nothing deleted", state.holder.node if state.holder
