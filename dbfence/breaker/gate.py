@@ -465,6 +465,8 @@ class Gate:
                     int(report.get("refused_full", 0)),
                     int(report.get("login_timeouts", 0)),
                     int(report.get("spoofed_headers", 0)),
+                    int(report.get("bytes_in", 0)),
+                    int(report.get("bytes_out", 0)),
                 )
             )
             for row in report["connections"]:

@@ -52,6 +52,7 @@ class ClientSide(asyncio.Protocol):
         "backend_transport",
         "bytes_in",
         "bytes_out",
+        "bytes_retired",
         "client_turn",
         "closed",
         "connecting",
@@ -95,6 +96,7 @@ class ClientSide(asyncio.Protocol):
         self.backend_fd = -1
         self.bytes_in = 0
         self.bytes_out = 0
+        self.bytes_retired = False  # added to its worker's totals of ended links (once)
         self.counter = CommandCounter()
         self.client_turn = False
         self.last_reply = b""
@@ -303,6 +305,15 @@ class ClientSide(asyncio.Protocol):
         if self.joined is None:
             return "worker"
         return "kernel+worker" if self.overflow_in or self.overflow_out else "kernel"
+
+    def byte_totals(self) -> tuple[int, int]:
+        """Bytes the client sent and bytes it was sent, through this worker and the kernel."""
+        bytes_in, bytes_out = self.bytes_in, self.bytes_out
+        counted = self.kernel_counters()
+        if counted is not None:
+            bytes_in += counted[0].received
+            bytes_out += counted[1].received
+        return bytes_in, bytes_out
 
     def describe(self, now: float) -> dict[str, Any]:
         bytes_in, bytes_out, queries = self.bytes_in, self.bytes_out, self.counter.commands

@@ -32,6 +32,10 @@ class WorkerStats:
     refused_full: int = 0  # of ``refused``: at the backend cap (ERR 1040)
     login_timeouts: int = 0  # dropped for not logging in within login_timeout
     spoofed_headers: int = 0  # cut for sending a PROXY protocol header of their own
+    # Bytes its links moved (in the worker and, once joined, in the kernel), since it started:
+    # client to mysqld, and mysqld to client. Forwarded remote flows are not counted.
+    bytes_in: int = 0
+    bytes_out: int = 0
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,10 @@ class GateCollector(Collector):
                                                    "of their own (claiming another address).",
                                                    labels=["worker"]),
         }
+        relayed = CounterMetricFamily(f"{PREFIX}gate_bytes",
+                                      "Bytes a gate worker's links moved (relayed, or joined in the "
+                                      "kernel): client_to_server and server_to_client. Flows of the "
+                                      "remote path are not counted.", labels=["worker", "direction"])
         cap = GaugeMetricFamily(f"{PREFIX}gate_backend_cap",
                                 "Connections to mysqld the gate's workers may hold together.")
         cap.add_metric([], stats.backend_cap)
@@ -181,9 +185,12 @@ class GateCollector(Collector):
                 families["refused_full"].add_metric(label, worker.refused_full)
                 families["login_timeouts"].add_metric(label, worker.login_timeouts)
                 families["spoofed_headers"].add_metric(label, worker.spoofed_headers)
+                relayed.add_metric([*label, "client_to_server"], worker.bytes_in)
+                relayed.add_metric([*label, "server_to_client"], worker.bytes_out)
         yield responding
         yield open_now
         yield from families.values()
+        yield relayed
 
 
 class ProbeCollector(Collector):

@@ -136,3 +136,40 @@ def test_clients_cut_for_a_proxy_header_of_their_own_are_counted() -> None:
             sock.sendall(b"PROXY TCP4 127.0.0.9 127.0.0.1 4242 3307\r\n")
             assert sock.recv(64) == b""  # cut, nothing echoed
         assert total(samples(metrics), "dbfence_gate_spoofed_headers_total") == 1
+
+
+def bytes_moved(metrics: Metrics, direction: str) -> float:
+    return sum(value for (name, labels), value in samples(metrics).items()
+               if name == "dbfence_gate_bytes_total" and ("direction", direction) in labels)
+
+
+def test_gate_bytes_both_ways_are_counted_and_never_step_back() -> None:
+    metrics = Metrics()
+    with EchoBackend() as backend, Gate(GateConfig(listen_port=0, workers=2, backend_port=backend.port,
+                                                   kernel_forwarding="off")) as gate:
+        metrics.add_collector(GateCollector(gate))
+        gate.admit(time.monotonic() + 60)
+        assert bytes_moved(metrics, "client_to_server") == 0
+        links = [socket.create_connection(("127.0.0.1", gate.port), timeout=5) for _ in range(3)]
+        try:
+            for size, link in zip((1000, 20000, 300000), links, strict=True):
+                link.sendall(b"x" * size)
+                got = 0
+                while got < size:
+                    chunk = link.recv(1 << 16)
+                    assert chunk
+                    got += len(chunk)
+            sent = 1000 + 20000 + 300000
+            # Open links are counted as they are (the echo answers byte for byte)...
+            assert bytes_moved(metrics, "client_to_server") == sent
+            assert bytes_moved(metrics, "server_to_client") == sent
+            links.pop(0).close()  # one ends by itself,
+            wait_for(lambda: total(samples(metrics), "dbfence_gate_worker_open_connections") == 2)
+            gate.block("test")  # the others are cut
+            wait_for(lambda: total(samples(metrics), "dbfence_gate_connections_cut_total") == 2)
+            # ...and ended ones stay counted: a counter never steps back.
+            assert bytes_moved(metrics, "client_to_server") == sent
+            assert bytes_moved(metrics, "server_to_client") == sent
+        finally:
+            for link in links:
+                link.close()
