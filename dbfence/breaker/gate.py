@@ -53,6 +53,7 @@ from dbfence.breaker.worker_main import listening_socket
 
 _START_TIMEOUT = 15.0
 _STATS_TIMEOUT = 2.0
+_REMOTE_DRAIN_EVERY = 0.1  # seconds between counts of the forwarded flows still open in a drain
 
 
 class GateError(Exception):
@@ -378,7 +379,8 @@ class Gate:
 
     def drain(self, seconds: float) -> DrainResult:
         """Switchover: refuse new clients, close each link between transactions, cut the rest after
-        ``seconds``; the gate ends blocked ("drained for switchover")."""
+        ``seconds``; the gate ends blocked ("drained for switchover"). Flows of the remote path
+        are waited for until their clients close them, then cut with the rest."""
         started = time.monotonic()
         with self._lock:
             shared = self._require_started()
@@ -392,16 +394,26 @@ class Gate:
             if self._remote is not None:
                 self._remote.accept_new(False)  # new remote clients go to the workers, which refuse
             shared.write_status(STATE_DRAINING, self._machine.epoch, started + seconds, state.deadline, "")
-            before = shared.open_total(len(self._workers))
+            remote = self._remote
+            forwarded = remote.passthrough_live() if remote is not None else 0
+            before = shared.open_total(len(self._workers)) + forwarded
             for handle in self._workers:
                 self._poke(handle, CTL_DRAIN)
         end = started + seconds
-        while time.monotonic() < end and shared.open_total(len(self._workers)) > 0:
+        # Forwarded flows run on until their clients close them (the kernel cannot see a
+        # transaction's end), counted from the filter's map a few times a second: it is a walk.
+        next_count = time.monotonic() + _REMOTE_DRAIN_EVERY
+        while time.monotonic() < end and (forwarded > 0 or shared.open_total(len(self._workers)) > 0):
             time.sleep(0.005)
+            if remote is not None and forwarded > 0 and time.monotonic() >= next_count:
+                forwarded = remote.passthrough_live()
+                next_count = time.monotonic() + _REMOTE_DRAIN_EVERY
         with self._lock:
-            left = shared.open_total(len(self._workers))
+            if remote is not None:
+                forwarded = remote.passthrough_live()
+            left = shared.open_total(len(self._workers)) + forwarded
             self._machine.transition(Block("drained for switchover"), time.monotonic())
-            self._publish_block_locked(self._reason())
+            self._publish_block_locked(self._reason())  # cuts the forwarded flows still open
         elapsed = time.monotonic() - started
         return DrainResult(closed_gracefully=max(0, before - left), cut=left, seconds=elapsed)
 

@@ -100,6 +100,10 @@ def run_agent(gate_port: int, backend_ip: str, backend_port: int, max_connection
                         backend_port=backend_port, workers=1, kernel_forwarding="off", remote_path="on",
                         max_connections=max_connections)
     gate = Gate(config).start()
+    drained: dict[str, Any] = {}
+
+    def drain(seconds: float) -> None:
+        drained.update(vars(gate.drain(seconds)))
     print(json.dumps({"ready": True, "workers": gate.worker_pids(), "remote_path": gate.remote_path}),
           flush=True)
     for line in sys.stdin:
@@ -113,7 +117,9 @@ def run_agent(gate_port: int, backend_ip: str, backend_port: int, max_connection
             gate.block(str(command["block"]))
         elif "drain" in command:  # in the background: the test acts while it runs
             seconds = float(command["drain"])
-            threading.Thread(target=gate.drain, args=(seconds,), daemon=True).start()
+            threading.Thread(target=drain, args=(seconds,), daemon=True).start()
+        elif "drain_result" in command:  # {} until the drain has ended
+            reply = dict(drained)
         elif "stats" in command:
             reply = gate.stats().to_dict()
         elif "stop" in command:

@@ -283,6 +283,39 @@ def test_a_drain_sends_new_remote_clients_to_the_workers_at_once(
         db.close()
 
 
+def test_a_drain_lets_forwarded_flows_run_until_they_close_and_cuts_the_rest_at_its_end(
+        lab: RemoteLab, client: NamespaceRunner) -> None:
+    lab.command(admit_for=60)
+    leaving, staying = connect(client), connect(client)
+    try:
+        for sock in (leaving, staying):
+            sock.sendall(b"hi")
+            assert receive_exactly(sock, 2) == b"hi"
+        staying_name = peer_of(staying)
+        started = time.monotonic()
+        lab.command(drain=6.0)  # no worker link at all: only the forwarded flows keep it open
+        wait_until(lambda: lab.command(stats=True)["state"] == "draining", 5, "the drain to start")
+        # Admitted flows are not cut when the drain starts: their transactions may still be running.
+        leaving.sendall(b"commit")
+        assert receive_exactly(leaving, 6) == b"commit"
+        leaving.close()  # this client leaves by itself during the drain
+        assert lab.command(drain_result=True) == {}, "the drain ended before its time"
+        # The other is cut when the drain ends: an RST, and mysqld's end closed.
+        staying.settimeout(15)
+        with pytest.raises((ConnectionResetError, ConnectionAbortedError)):
+            while staying.recv(100):
+                pass
+            raise ConnectionResetError  # a FIN instead of an RST still ends the link
+        wait_until(lambda: lab.backend_peers().get(staying_name, {}).get("closed") == 1, 10, "mysqld's end to close")
+        assert time.monotonic() - started > 5.0, "cut before the drain's end"
+        wait_until(lambda: lab.command(drain_result=True) != {}, 10, "the drain's result")
+        result = lab.command(drain_result=True)
+        assert (result["closed_gracefully"], result["cut"]) == (1, 1), result
+    finally:
+        leaving.close()
+        staying.close()
+
+
 def read_error(sock: socket.socket, timeout: float) -> int:
     """The MySQL error code of the packet a worker answers with (0 if it is no ERR packet)."""
     header = receive_exactly(sock, 4, timeout)
