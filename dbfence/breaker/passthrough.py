@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import ipaddress
 import logging
 import mmap
@@ -114,10 +115,32 @@ class Flow:
     closing: bool  # a FIN both ways or an RST was seen
 
 
+CAP_NET_ADMIN: Final = 12
+CAP_SYS_ADMIN: Final = 21
+CAP_BPF: Final = 39
+
+
+def effective_capabilities() -> int:
+    """This process's effective capability set (a bit per capability), from /proc."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
 def unavailable_reason() -> str | None:
-    """Why the remote path cannot run here (before trying), or None."""
-    if os.geteuid() != 0:
-        return f"the remote path needs root (CAP_BPF, CAP_NET_ADMIN); running as uid {os.geteuid()}"
+    """Why the remote path cannot run here (before trying), or None. Capabilities, not the uid:
+    a root agent whose unit bounds them is refused by the kernel all the same."""
+    capabilities = effective_capabilities()
+    missing = []
+    if not capabilities & (1 << CAP_BPF | 1 << CAP_SYS_ADMIN):  # the kernel takes either for bpf(2)
+        missing.append("CAP_BPF")
+    if not capabilities & 1 << CAP_NET_ADMIN:
+        missing.append("CAP_NET_ADMIN")
+    if missing:
+        return (f"the remote path needs CAP_BPF and CAP_NET_ADMIN; this agent (uid {os.geteuid()}) lacks "
+                f"{' and '.join(missing)} (see systemd/dbfence.service)")
     for tool in ("nft", "ss"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not on PATH"
@@ -426,6 +449,17 @@ def remove_stale(gate_port: int, interfaces: list[str], backend_port: int) -> in
                     fd = program_by_id(identifier)
                 except FileNotFoundError:
                     continue
+                except PermissionError:
+                    # Without CAP_SYS_ADMIN the kernel gives no descriptor of a program this
+                    # process did not load: an earlier agent's filter could not be told apart,
+                    # nor its flows cut, nor itself detached.
+                    for _, _, found in stale:
+                        os.close(found)
+                    raise RemotePathUnavailable(
+                        errno.EPERM, f"a program (id {identifier}) is attached to {interface}'s tcx "
+                        f"{'ingress' if attach_type == ATTACH_TCX_INGRESS else 'egress'} hook, perhaps the "
+                        "filter of an agent that died; telling, cutting its flows and removing it needs "
+                        "CAP_SYS_ADMIN, which this agent lacks") from None
                 if program_info(fd)[1] in names:
                     stale.append((ifindex, attach_type, fd))
                 else:
