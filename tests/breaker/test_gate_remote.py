@@ -306,7 +306,8 @@ def test_a_drain_lets_forwarded_flows_run_until_they_close_and_cuts_the_rest_at_
             while staying.recv(100):
                 pass
             raise ConnectionResetError  # a FIN instead of an RST still ends the link
-        wait_until(lambda: lab.backend_peers().get(staying_name, {}).get("closed") == 1, 10, "mysqld's end to close")
+        wait_until(lambda: lab.backend_peers().get(staying_name, {}).get("closed") == 1, 10,
+                   "mysqld's end to close")
         assert time.monotonic() - started > 5.0, "cut before the drain's end"
         wait_until(lambda: lab.command(drain_result=True) != {}, 10, "the drain's result")
         result = lab.command(drain_result=True)
