@@ -41,6 +41,17 @@ def fence_allows(word: int, epoch: int, now: float) -> bool:
     return (word & EPOCH_MASK) == epoch and now < fence_deadline(word)
 
 
+def peer_text(peer: object) -> str:
+    """A client's address for the status: ``1.2.3.4:5``, ``[::1]:5``; an IPv4 client of a
+    dual-stack listener as plain IPv4."""
+    if not isinstance(peer, tuple):
+        return str(peer)
+    host, port = str(peer[0]), peer[1]
+    if host.startswith("::ffff:") and "." in host:
+        return f"{host[7:]}:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class ClientSide(asyncio.Protocol):
     """The client's connection; owns the link's counters and its backend half."""
 
@@ -129,7 +140,7 @@ class ClientSide(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.fd = transport.get_extra_info("socket").fileno()
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = peer_text(peer)
         self.worker.admit_or_refuse(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

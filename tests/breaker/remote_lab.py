@@ -7,7 +7,7 @@ namespaces are named ``dbf-r<id>-...`` (the lab's prefix, so a crashed run's lef
 ``dbfence.lab.netns.remove_leftovers``) and removed, with every process in them, at the end.
 
 Run as a script, this module is the backend (``backend PORT STATE_FILE``) or the agent
-(``agent GATE_PORT BACKEND_IP BACKEND_PORT``).
+(``agent GATE_PORT BACKEND_IP BACKEND_PORT MAX_CONNECTIONS LISTEN_HOST``).
 """
 
 from __future__ import annotations
@@ -92,11 +92,12 @@ def run_backend(port: int, state_file: Path) -> None:
 
 
 # --- the agent --------------------------------------------------------------------------------
-def run_agent(gate_port: int, backend_ip: str, backend_port: int, max_connections: int | None) -> None:
+def run_agent(gate_port: int, backend_ip: str, backend_port: int, max_connections: int | None,
+              listen_host: str) -> None:
     from dbfence.breaker.config import GateConfig  # noqa: PLC0415 (only the agent process needs it)
     from dbfence.breaker.gate import Gate  # noqa: PLC0415
 
-    config = GateConfig(listen_host="0.0.0.0", listen_port=gate_port, backend_host=backend_ip,
+    config = GateConfig(listen_host=listen_host, listen_port=gate_port, backend_host=backend_ip,
                         backend_port=backend_port, workers=1, kernel_forwarding="off", remote_path="on",
                         max_connections=max_connections)
     gate = Gate(config).start()
@@ -169,9 +170,9 @@ class RemoteLab:
                 raise AssertionError("the backend did not start")
             time.sleep(0.01)
 
-    def start_agent(self, max_connections: int | None = None) -> None:
+    def start_agent(self, max_connections: int | None = None, listen_host: str = "0.0.0.0") -> None:
         self.agent = self._spawn("agent", str(GATE_PORT), DB_IP, str(BACKEND_PORT), str(max_connections or 0),
-                                 text=True)
+                                 listen_host, text=True)
         hello = self._reply()
         self.workers = [int(pid) for pid in hello["workers"]]
         self.remote_path = str(hello["remote_path"])
@@ -227,4 +228,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "backend":
         run_backend(int(sys.argv[2]), Path(sys.argv[3]))
     else:
-        run_agent(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) or None)
+        run_agent(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) or None, sys.argv[6])

@@ -353,3 +353,42 @@ def test_forwarded_flows_count_against_the_backend_cap(lab: RemoteLab, client: N
     finally:
         for sock in forwarded:
             sock.close()
+
+
+def test_an_ipv6_remote_client_is_relayed_by_a_worker_and_fenced_there(
+        lab: RemoteLab, client: NamespaceRunner) -> None:
+    # The filter and the DNAT rule are IPv4 only: an IPv6 client of another host reaches the
+    # workers through the same port (a dual-stack gate), while IPv4 clients keep the kernel path.
+    client6, db6 = "fd00:dbf:7::2", "fd00:dbf:7::11"
+    for namespace, address in ((lab.client_ns, client6), (lab.db_ns, db6)):
+        subprocess.run(["ip", "-n", namespace, "-6", "addr", "add", f"{address}/64", "dev", "eth0", "nodad"],
+                       check=True, timeout=30)
+    lab.command(stop=True)
+    lab.start_agent(listen_host="::")
+    assert lab.remote_path == "on: eth0"
+    lab.command(admit_for=60)
+    v6 = client.call(socket.create_connection, (db6, GATE_PORT), 5)
+    v4 = connect(client)
+    try:
+        for sock in (v6, v4):
+            sock.sendall(b"ping")
+            assert receive_exactly(sock, 4) == b"ping"
+        host, port = v6.getsockname()[:2]
+        rows = {row["client"]: row["forwarding"] for row in lab.command(stats=True)["connections"]}
+        assert rows == {f"[{host}]:{port}": "worker", peer_of(v4): "remote-kernel"}, rows
+        # mysqld sees the IPv4 client itself, and the worker (the gate's address) for the IPv6 one.
+        wait_until(lambda: received_by_backend(lab, v4) == 4, 5, "the backend to count the bytes")
+        peers = lab.backend_peers()
+        assert all(peer.startswith((f"{CLIENT_IP}:", f"{DB_IP}:")) for peer in peers), peers
+        assert sum(1 for peer in peers if peer.startswith(f"{DB_IP}:")) == 1, peers
+        lab.command(block="test block")
+        v6.settimeout(10)
+        with pytest.raises((ConnectionResetError, ConnectionAbortedError)):
+            while v6.recv(100):
+                pass
+            raise ConnectionResetError  # the worker closes a cut link: a FIN is an end too
+    finally:
+        v6.close()
+        v4.close()
+    with client.call(socket.create_connection, (db6, GATE_PORT), 5) as refused:
+        assert read_error(refused, 10) == 1290
