@@ -296,8 +296,8 @@ class Gate:
             self._shared.write_backend_cap(max(0, self.backend_cap - self._remote_live))
 
     def _remote_room(self, live: int) -> int:
-        """The remote path's refresh (its thread): count its flows against the cap, and say how
-        many more it may forward besides what the workers hold."""
+        """The remote path's refresh (its thread, every 0.1 s while flows come): count its flows
+        against the cap, and say how many more it may forward besides what the workers hold."""
         self._remote_live = live
         self._publish_backend_cap()
         shared = self._shared
@@ -346,7 +346,7 @@ class Gate:
             shared.write_status(STATE_ADMITTING, epoch, 0.0, deadline, "")
             self._write_fence(fence_word(deadline, epoch))
             if self._remote is not None:
-                self._remote.set_room(self._remote_room(self._remote.passthrough_live()))
+                self._remote.follow_cap(recount=True)
                 self._remote.accept_new(True)
             if epoch != before:
                 # A lapsed lease ended the old epoch inside this call: cut its links now.

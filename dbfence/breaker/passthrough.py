@@ -93,7 +93,11 @@ _ARPHRD_ETHER: Final = 1
 # Closed flows (both FINs or an RST) and flows with no socket left are forgotten after this long.
 _SWEEP_AFTER: Final = 10.0
 _SWEEP_EVERY: Final = 5.0
-_REFRESH_EVERY: Final = 1.0  # the room under the backend cap
+# The backend cap: the flows forwarded since the room was last written (what the filter took of
+# it) count at once, a few memory reads every _FOLLOW_EVERY; the map is walked every
+# _RECOUNT_EVERY to see which flows closed (their room comes back then).
+_FOLLOW_EVERY: Final = 0.1
+_RECOUNT_EVERY: Final = 1.0
 MIN_FLOWS: Final = 65536  # flow records the filter can hold at least (~100 bytes each, when used)
 F_NO_PREALLOC: Final = 1
 _DESTROY_BATCH: Final = 100
@@ -193,8 +197,12 @@ class RemotePath:
         self._wake = threading.Event()
         self._pending_cut = threading.Event()
         self._sweeper: threading.Thread | None = None
-        # Called about every second with the live forwarded flows; returns the room for more.
+        # Called with the forwarded flows holding mysqld connections (every _FOLLOW_EVERY while
+        # they change, and after each count); returns the room for more.
         self.on_refresh: Callable[[int], int] | None = None
+        self._room_lock = threading.Lock()
+        self._room_written = 0  # the room as last written (the filter takes one per flow)
+        self._forwarded = 0  # flows open at the last count, plus those forwarded since
 
     # --- set-up and removal -----------------------------------------------------------------------
     @classmethod
@@ -312,7 +320,34 @@ class RemotePath:
     def set_room(self, flows: int) -> None:
         """How many more flows the filter may forward (it takes one per flow) before it leaves new
         clients to the workers; the agent rewrites it from the cap and what is held."""
-        self.fence_words()[2] = max(0, flows)
+        with self._room_lock:
+            self._write_room(flows)
+
+    def _write_room(self, flows: int) -> None:
+        self._room_written = max(0, flows)
+        self.fence_words()[2] = self._room_written
+
+    def _room_taken(self) -> int:
+        """Flows the filter forwarded since the room was last written. It takes one per SYN even
+        when none is left (then the SYN goes to a worker), so the word may have gone below 0."""
+        left = int(self.fence_words()[2])
+        left = left - (1 << 64) if left >= 1 << 63 else left
+        return self._room_written - max(0, left)
+
+    def follow_cap(self, recount: bool) -> None:
+        """Share the backend cap with the workers: count the flows forwarded since the last look
+        (or, with ``recount``, walk the map: closed flows give their room back), tell the agent,
+        and write the room it answers. A SYN the filter takes between this read and the write is
+        not seen as taken until the next count (within _RECOUNT_EVERY)."""
+        if self.on_refresh is None:
+            return
+        with self._room_lock:
+            taken = self._room_taken()
+            forwarded = self.passthrough_live() if recount else self._forwarded + taken
+            room = self.on_refresh(forwarded)
+            self._forwarded = forwarded
+            if recount or taken or max(0, room) != self._room_written:
+                self._write_room(room)
 
     def passthrough_live(self) -> int:
         """Forwarded flows not yet seen closing (each holds a mysqld connection)."""
@@ -335,9 +370,9 @@ class RemotePath:
 
     # --- the sweeper ------------------------------------------------------------------------------
     def _sweep_loop(self) -> None:
-        last_sweep = time.monotonic()
+        last_sweep = last_count = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait(_REFRESH_EVERY)
+            self._wake.wait(_FOLLOW_EVERY)
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -346,11 +381,14 @@ class RemotePath:
                     if self._pending_cut.is_set():
                         self._pending_cut.clear()
                         self._destroy(self._admitted_epoch())
-                    if time.monotonic() - last_sweep >= _SWEEP_EVERY:
-                        last_sweep = time.monotonic()
+                    now = time.monotonic()
+                    if now - last_sweep >= _SWEEP_EVERY:
+                        last_sweep = now
                         self._sweep()
-                    if self.on_refresh is not None:
-                        self.set_room(self.on_refresh(self.passthrough_live()))
+                    recount = now - last_count >= _RECOUNT_EVERY
+                    if recount:
+                        last_count = now
+                    self.follow_cap(recount)
             except Exception:  # a failed round must not end the thread: log it, try again later
                 log.exception("remote path: destroying, sweeping or counting flows failed")
 
