@@ -97,8 +97,12 @@ def agent_failsafe(address: str, timeout: float = 2.0, ca_file: str | None = Non
     except (OSError, ValueError) as exc:
         return {"agent": address, "error": str(exc)}
     failsafe = status.get("failsafe") or {}
+    gate = status.get("gate") or {}
     return {"agent": address, "node": status.get("node"), "role": status.get("role"),
-            "gate_admitting": status.get("gate_admitting"), "failsafe": failsafe.get("line", "")}
+            "gate_admitting": status.get("gate_admitting"), "failsafe": failsafe.get("line", ""),
+            # Clients the gate cut for sending a PROXY header of their own (claiming another
+            # address to mysqld); None from agents that do not count them.
+            "spoofed_headers": gate.get("spoofed_headers")}
 
 
 def _render_agents(rows: list[dict[str, Any]]) -> str:
@@ -109,6 +113,9 @@ def _render_agents(rows: list[dict[str, Any]]) -> str:
         else:
             gate = "admitting" if row["gate_admitting"] else "blocked"
             line = f"agent {row['node']} ({row['agent']}): {row['role']}, gate {gate}"
+            if row.get("spoofed_headers"):
+                line += (f" (spoofed_headers {row['spoofed_headers']}: clients cut for a PROXY header"
+                         " of their own)")
             lines.append(line + (f"; {row['failsafe']}" if row["failsafe"] else ""))
     return "\n".join(lines)
 

@@ -23,7 +23,8 @@ def _closed_port() -> int:
 def test_status_shows_the_agents_failsafe_line_when_the_dcs_is_down() -> None:
     board = StatusBoard(admits=lambda: True)
     board.publish(StatusReport(role="primary", healthy=True,
-                               details={"node": "db1", "failsafe": {"active": True, "line": LINE}}))
+                               details={"node": "db1", "failsafe": {"active": True, "line": LINE},
+                                        "gate": {"spoofed_headers": 3}}))
     http = HttpApi("127.0.0.1", 0, board, Metrics()).start()
     try:
         host, port = http.address
@@ -32,10 +33,12 @@ def test_status_shows_the_agents_failsafe_line_when_the_dcs_is_down() -> None:
                 "--agent", f"127.0.0.1:{_closed_port()}"]
         result = CliRunner().invoke(status_command, args)
         assert result.exit_code == 2  # the DCS is unreachable: scripts still see that
-        assert f"agent db1 ({host}:{port}): primary, gate admitting; {LINE}" in result.output
+        assert (f"agent db1 ({host}:{port}): primary, gate admitting (spoofed_headers 3: clients cut for a "
+                f"PROXY header of their own); {LINE}") in result.output
         assert "no answer" in result.output
         as_json = CliRunner().invoke(status_command, [*args, "--json"])
         document = json.loads(as_json.output[: as_json.output.rindex("}") + 1])
         assert document["agents"][0]["failsafe"] == LINE
+        assert document["agents"][0]["spoofed_headers"] == 3
     finally:
         http.stop()
