@@ -8,13 +8,14 @@ client namespace through the primary's gate for a while, then reads the primary'
 (``lease.least_lease_left``), and whether the primary changed. Also counts the agent's
 "lease renewal late" warnings. Prints a table and one JSON line.
 
-    PYTHONPATH=. python benchmarks/lease_under_load.py --threads 64 --seconds 60 --tuning lab
+    PYTHONPATH=. python benchmarks/lease_under_load.py --threads 64 --seconds 300 --tuning lab
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         done = subprocess.run(run, capture_output=True, text=True, timeout=options.seconds + 120, check=False)
         elapsed = time.monotonic() - started
+        load = os.getloadavg()  # the whole machine's, at the end of the run (others share it)
         primaries = lab.primaries()
         after = _status(lab, primary)
         late = sum(1 for line in Path(agent.log).read_text(errors="replace").splitlines()
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "worst_renew_gap": after["lease"].get("worst_renew_gap"),
         "least_lease_left": after["lease"].get("least_lease_left"),
         "late_renewal_warnings": late,
+        "load_average_1_5_15": [round(value, 1) for value in load],
     }
     for key, value in result.items():
         print(f"{key:28s} {value}")
