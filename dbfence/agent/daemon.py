@@ -109,6 +109,12 @@ class Agent:
         self.mysql = MysqlActions(endpoint, self.credentials,
                                   Timeouts(connect_s=1.0, read_s=5.0, write_s=5.0), name=config.node.name)
         self._check_accounts()
+        if config.gate.proxy_protocol:  # mysqld must take the header from the gate: as dbfence check
+            from dbfence.preflight.at_start import proxy_protocol_refusal  # noqa: PLC0415 (only then)
+
+            refusal = proxy_protocol_refusal(config)
+            if refusal is not None:
+                raise AgentStartError(refusal)
 
         self.monitor = monitor_of(config, endpoint, self.credentials)
 
@@ -119,6 +125,8 @@ class Agent:
         self.metrics.add_collector(ProbeCollector(lambda: self.monitor.health))
         self.metrics.set("info", "1; the labels name this agent's cluster and node (for joins).", 1,
                          {"cluster": config.cluster.name, "node": config.node.name, "version": __version__})
+        # The alert on lease seconds left scales with it (contrib/prometheus).
+        self.metrics.set("lease_ttl_seconds", "dcs.ttl: the lease's time to live.", float(config.dcs.ttl))
         # Answers about our role read the gate's fence word when they are given; the report's own
         # facts count for /replica and /health only while younger than a lease.
         self.board = StatusBoard(self.gate.admits_now, stale_after=float(int(config.dcs.ttl)))

@@ -121,6 +121,7 @@ class StatusPublisher:
                      "mysqld_max_connections": self.gate.mysqld_max_connections,
                      "refused_full": None if gate_stats is None else gate_stats.refused_full,
                      "login_timeouts": None if gate_stats is None else gate_stats.login_timeouts,
+                     "spoofed_headers": None if gate_stats is None else gate_stats.spoofed_headers,
                      "remote_path": self.gate.remote_path,
                      # The oldest first, at most _CONNECTIONS_SHOWN: the status must stay small.
                      "connections": [] if gate_stats is None else [

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from dbfence.lab.cluster import LabCluster
 from dbfence.preflight.at_start import proxy_protocol_refusal
 
 pytestmark = pytest.mark.timeout(180)
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def _free_port(host: str) -> int:
@@ -29,8 +33,8 @@ def _free_port(host: str) -> int:
 def lab_and_config(lab_factory: Callable[..., LabCluster]) -> Iterator[tuple[LabCluster, Path]]:
     lab = lab_factory(mysql_count=1, etcd_members=1)
     address = agent_address(1)
-    path = write_agent_files(lab, lab.node("db1"), address, _free_port(address), _free_port(address),
-                             AgentTuning(ttl=3.0, margin=1.0, proxy_protocol=True, backend_source="127.0.0.2"))
+    tuning = AgentTuning(ttl=3.0, margin=1.0, proxy_protocol=True, backend_source="127.0.0.2")
+    path = write_agent_files(lab, lab.node("db1"), address, _free_port(address), _free_port(address), tuning)
     yield lab, path
 
 
@@ -46,6 +50,12 @@ def test_a_mysqld_that_would_refuse_the_gates_header_stops_the_agent_with_the_fi
     refusal = proxy_protocol_refusal(config)
     assert refusal is not None and refusal.startswith("gate.proxy_protocol = true, but "), refusal
     assert "SET GLOBAL proxy_protocol_networks = '127.0.0.2/32'" in refusal
+    # The agent itself: it refuses to start, saying why and how to fix it.
+    started = subprocess.run([sys.executable, "-m", "dbfence", "agent", "--config", str(path)],
+                             capture_output=True, text=True, timeout=60, check=False,
+                             env=dict(os.environ, PYTHONPATH=ROOT))
+    assert started.returncode == 1, started.stderr[-2000:]
+    assert f"refusing to start: {refusal}" in started.stderr
 
     _set_networks(lab, "127.0.0.2/32")
     assert proxy_protocol_refusal(config) is None
