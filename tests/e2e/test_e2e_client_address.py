@@ -33,14 +33,17 @@ USER = "dbf_from_client_ns"
 
 def test_proxy_protocol_shows_the_client_namespace_address_to_mysqld(lab_factory: LabFactory) -> None:
     tuning = AgentTuning(lossless=False, proxy_protocol=True, backend_source=GATE_SOURCE)
-    lab = lab_factory(mysql_count=1, netns=True, agents=True, agent_tuning=tuning)
+    lab = lab_factory(mysql_count=1, netns=True, agents=False)
     layout = lab.netns
     assert layout is not None
     client_address = layout.address(netns.CLIENT)
     password = secrets.token_hex(8)
+    # Before the agent starts: it refuses to, unless mysqld takes the header from the gate.
     with lab.connect("db1") as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION sql_log_bin = 0")  # a write of its own would keep it from racing
         cur.execute(f"CREATE USER '{USER}'@'{client_address}' IDENTIFIED BY %s", (password,))
         cur.execute(f"SET GLOBAL proxy_protocol_networks = '{GATE_SOURCE}/32'")
+    lab.start_agents(tuning)
     wait_for_role(lab, "db1", "primary", timeout=60)
     wait_until(lambda: status(lab, "db1").get("gate", {}).get("admitting") is True, timeout=30,
                what="db1's gate to admit")
