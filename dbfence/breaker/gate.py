@@ -26,7 +26,8 @@ from typing import Any
 
 from dbfence.breaker.config import GateConfig
 from dbfence.breaker.kernel import KernelForwarder, KernelForwardingUnavailable
-from dbfence.breaker.passthrough import RemotePath, RemotePathUnavailable
+from dbfence.breaker.passthrough import RemotePath
+from dbfence.breaker.remote_flows import RemotePathUnavailable
 from dbfence.breaker.shared import (
     MAX_WORKERS,
     STATE_ADMITTING,
