@@ -41,6 +41,23 @@ def fence_allows(word: int, epoch: int, now: float) -> bool:
     return (word & EPOCH_MASK) == epoch and now < fence_deadline(word)
 
 
+class EndedBytes:
+    """A worker's bytes of links that ended (client to mysqld, mysqld to client), each link added
+    once as it leaves the worker's open links, with the kernel's share: counters never step back."""
+
+    __slots__ = ("bytes_in", "bytes_out")
+
+    def __init__(self) -> None:
+        self.bytes_in = self.bytes_out = 0
+
+    def add(self, link: ClientSide) -> None:
+        if not link.bytes_retired:
+            link.bytes_retired = True
+            bytes_in, bytes_out = link.byte_totals()
+            self.bytes_in += bytes_in
+            self.bytes_out += bytes_out
+
+
 def peer_text(peer: object) -> str:
     """A client's address for the status: ``1.2.3.4:5``, ``[::1]:5``; an IPv4 client of a
     dual-stack listener as plain IPv4."""

@@ -28,6 +28,7 @@ from dbfence.breaker.kernel import KernelForwarder, socket_cookie
 from dbfence.breaker.link import (
     BackendSide,
     ClientSide,
+    EndedBytes,
     cut_links,
     fence_allows,
 )
@@ -93,10 +94,9 @@ class Worker:
         self.refused_full = 0  # refused at the backend cap (ERR 1040)
         self.login_timeouts = 0  # dropped for not logging in within login_timeout
         self.spoofed_headers = 0  # cut for starting with a PROXY protocol header of their own
-        # Bytes relayed for links that ended (client to mysqld, mysqld to client); the open links'
-        # own counts are added when the stats are asked for, so nothing is counted per byte.
-        self.ended_bytes_in = 0
-        self.ended_bytes_out = 0
+        # Bytes of links that ended; the open links' own counts are added when the stats are asked
+        # for, so nothing is counted per byte.
+        self.ended = EndedBytes()
         self.listener: socket.socket | None = None
         self.inbox: socket.socket | None = None
         self.peers: list[socket.socket] = []
@@ -138,7 +138,7 @@ class Worker:
         if link.closed:
             return
         self.login_timeouts += 1  # counted apart from the cuts (those are fencing and drains)
-        self._retire_bytes(link)
+        self.ended.add(link)
         cut_links([link])
         self.links.discard(link)
         self._publish_open()
@@ -177,7 +177,7 @@ class Worker:
             await asyncio.wait_for(connecting, config.connect_timeout)
         except (OSError, asyncio.TimeoutError) as error:
             if not link.closed:
-                self._retire_bytes(link)
+                self.ended.add(link)
                 self.links.discard(link)
                 self._publish_open()
                 link.refuse(CR_CONN_HOST_ERROR, f"dbfence: cannot reach the local mysqld ({error})")
@@ -212,7 +212,7 @@ class Worker:
 
     def forget(self, link: ClientSide) -> None:
         """A link ended (both its connections are closed or closing): drop what it held."""
-        self._retire_bytes(link)  # before the kernel forgets its counters
+        self.ended.add(link)  # before the kernel forgets its counters
         if link in self.links:
             self.links.discard(link)
             self._publish_open()
@@ -230,15 +230,6 @@ class Worker:
         if link.joined is not None:
             kernel.forget(link.joined)
             link.joined = None
-
-    def _retire_bytes(self, link: ClientSide) -> None:
-        """Add an ending link's bytes to the totals once, as it leaves ``links`` (the totals are
-        counters: they must never step back)."""
-        if not link.bytes_retired:
-            link.bytes_retired = True
-            bytes_in, bytes_out = link.byte_totals()
-            self.ended_bytes_in += bytes_in
-            self.ended_bytes_out += bytes_out
 
     @staticmethod
     def _withdraw(link: ClientSide, kernel: KernelForwarder) -> None:
@@ -387,7 +378,7 @@ class Worker:
     def _cut(self, doomed: list[ClientSide]) -> None:
         """Cut links at once and stop counting them as open."""
         for link in doomed:
-            self._retire_bytes(link)
+            self.ended.add(link)
         cut_links(doomed)
         self.cut_count += len(doomed)
         self.links.difference_update(doomed)
@@ -458,8 +449,8 @@ class Worker:
             "kernel": {"handed": self.handed_to_kernel, "kept": self.kernel_refusals,
                        "error": self.kernel_error} if self.kernel is not None else None,
             "draining": self.draining,
-            "bytes_in": self.ended_bytes_in + sum(int(row["bytes_in"]) for row in connections),
-            "bytes_out": self.ended_bytes_out + sum(int(row["bytes_out"]) for row in connections),
+            "bytes_in": self.ended.bytes_in + sum(int(row["bytes_in"]) for row in connections),
+            "bytes_out": self.ended.bytes_out + sum(int(row["bytes_out"]) for row in connections),
             "connections": connections,
         }
         self._control_out += (json.dumps(report) + "\n").encode()
