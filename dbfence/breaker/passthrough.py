@@ -75,6 +75,7 @@ from dbfence.breaker.remote_filter import (
 from dbfence.breaker.remote_flows import (
     Flow,
     RemotePathUnavailable,
+    bpf_refused,
     destroy_backend_sockets,
     flows_of,
     peers_on_ports,
@@ -209,7 +210,7 @@ class RemotePath:
             entries = max(max_flows, MIN_FLOWS)
             self.flows_fd = create_map(MAP_HASH, FLOW_KEY.size, FLOW_VALUE.size, entries, F_NO_PREALLOC)
         except OSError as error:
-            raise RemotePathUnavailable(error.errno, f"cannot create BPF maps: {error.strerror}") from None
+            raise bpf_refused(error, "cannot create BPF maps") from None
         for ingress, attach_type in ((True, ATTACH_TCX_INGRESS), (False, ATTACH_TCX_EGRESS)):
             code = filter_program(ingress, self.fence_fd, self.flows_fd, self.gate_port)
             name = f"dbf_r{'in' if ingress else 'out'}_{self.gate_port}"

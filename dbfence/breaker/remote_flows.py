@@ -52,6 +52,14 @@ class RemotePathUnavailable(OSError):
     """This host cannot run the remote path (privileges, kernel, tools, configuration)."""
 
 
+def bpf_refused(error: OSError, doing: str) -> RemotePathUnavailable:
+    """Why a bpf(2) call failed. The capabilities are checked before any call, so EPERM is a
+    system-call filter's answer (systemd's @system-service set leaves bpf out)."""
+    hint = (" (the agent has CAP_BPF, so a system-call filter refused bpf(2): the unit's "
+            "SystemCallFilter needs `bpf`)" if error.errno == errno.EPERM else "")
+    return RemotePathUnavailable(error.errno, f"{doing}: {error.strerror}{hint}")
+
+
 @dataclass(frozen=True)
 class Flow:
     """One remote client's connection as the filter recorded it at its SYN."""
@@ -140,7 +148,7 @@ def remove_stale(gate_port: int, interfaces: list[str], backend_port: int) -> in
             try:
                 ids = attached_programs(ifindex, attach_type)
             except OSError as error:
-                raise RemotePathUnavailable(error.errno, f"tcx is not available: {error.strerror}") from None
+                raise bpf_refused(error, "cannot query the tcx hooks (Linux 6.6+)") from None
             for identifier in ids:
                 try:
                     fd = program_by_id(identifier)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -25,12 +26,22 @@ _MISSING = unavailable_reason() or probe() or (None if shutil.which("setpriv") e
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"cannot run: {_MISSING}")
 
 # Start a gate, print its remote_path, then stop it, or (leave) exit at once without stopping:
-# what an agent that dies leaves behind (the filter stays attached).
+# what an agent that dies leaves behind (the filter stays attached). With "seccomp", bpf(2) first
+# answers EPERM, as under the unit's SystemCallFilter=@system-service (a classic BPF filter:
+# load the syscall number; bpf -> ERRNO(EPERM), anything else -> ALLOW; x86_64 numbers).
 _SCRIPT = """
-import json, os, sys
+import ctypes, json, os, struct, sys
 from dbfence.breaker.config import GateConfig
 from dbfence.breaker.gate import Gate, GateError
 mode, leave = sys.argv[1], sys.argv[2] == "leave"
+if sys.argv[3] == "seccomp":
+    code = b"".join(struct.pack("=HBBI", *op) for op in (
+        (0x20, 0, 0, 0), (0x15, 0, 1, 321), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)))
+    program = ctypes.create_string_buffer(code)
+    fprog = struct.pack("=HxxxxxxQ", 4, ctypes.addressof(program))
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
 config = GateConfig(listen_host="0.0.0.0", listen_port=3307, backend_host="10.214.9.11", backend_port=3306,
                     workers=1, kernel_forwarding="off", remote_path=mode)
 try:
@@ -60,10 +71,11 @@ def namespace() -> Iterator[str]:
         subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30, check=False)
 
 
-def start_gate(namespace: str, capabilities: str, mode: str, leave: bool = False) -> dict[str, str]:
+def start_gate(namespace: str, capabilities: str, mode: str, leave: bool = False,
+               seccomp: bool = False) -> dict[str, str]:
     bound = ",".join(["-all", *filter(None, [capabilities])])
     argv = ["ip", "netns", "exec", namespace, "setpriv", f"--bounding-set={bound}", "--",
-            sys.executable, "-c", _SCRIPT, mode, "leave" if leave else "stop"]
+            sys.executable, "-c", _SCRIPT, mode, "leave" if leave else "stop", "seccomp" if seccomp else "-"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
                           env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
     assert done.returncode == 0, done.stderr
@@ -88,3 +100,10 @@ def test_bpf_and_net_admin_run_it_but_an_earlier_agents_filter_needs_sys_admin(n
     reply = start_gate(namespace, "+bpf,+net_admin", "auto")
     assert reply["remote_path"].startswith("off: ") and "needs CAP_SYS_ADMIN" in reply["remote_path"], reply
     assert start_gate(namespace, "+bpf,+net_admin,+sys_admin", "auto") == {"remote_path": "on: eth0,eth1"}
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the filter uses x86_64 syscall numbers")
+def test_a_system_call_filter_that_refuses_bpf_is_named_as_the_reason(namespace: str) -> None:
+    reply = start_gate(namespace, "+bpf,+net_admin", "auto", seccomp=True)
+    assert reply["remote_path"].startswith("off: "), reply
+    assert "SystemCallFilter needs `bpf`" in reply["remote_path"], reply
