@@ -264,6 +264,18 @@ class RejoinSection:
     backup_tool: str = setting("mariadb-backup", "Program that copies and prepares a backup "
                                                  "(mode = rebuild; Debian package mariadb-backup).")
     mbstream_tool: str = setting("mbstream", "Program that unpacks the donor's backup stream.")
+    donor_primary: bool = setting(False, "With mode = rebuild: copy from the primary when no "
+                                         "healthy replica can serve. Off by default: the copy "
+                                         "blocks the donor's commits for a moment (BACKUP STAGE "
+                                         "BLOCK_COMMIT), which under load can trip the primary's "
+                                         "write probe and fail it over.")
+    free_space_margin_mib: int = setting(1024, "With mode = rebuild: free space the target's "
+                                               "filesystem must keep beyond the donor's data size "
+                                               "(plus 10 %) before a copy starts.", minimum=0)
+    keep_old_datadirs: int = setting(1, "With mode = rebuild: how many data directories moved "
+                                        "aside by rebuilds to keep (newest first); older ones are "
+                                        "deleted after a successful rebuild. The saved errant "
+                                        "transactions in state_dir are never deleted.", minimum=0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

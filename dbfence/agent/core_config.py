@@ -40,6 +40,7 @@ class CoreConfig:
       (stay fenced), ``truncate`` (remove them when provably never acknowledged) or ``rebuild``
       (truncate when provably safe, else clone the node from the primary: by itself only when
       they were provably never acknowledged, otherwise on an operator's one-time approval).
+      ``rejoin_donor_primary``: a rebuild may copy from the primary when no replica can serve.
     * ``failsafe``: a primary whose DCS cannot be asked keeps admitting on promises from every
       member (docs/failsafe.md); a promise lasts at most ``ttl``.
     """
@@ -59,6 +60,7 @@ class CoreConfig:
     relay_wait_timeout: float = 1.0
     drain_timeout: float = 2.0
     rejoin_mode: str = "manual"
+    rejoin_donor_primary: bool = False
     failsafe: bool = False
 
     def __post_init__(self) -> None:

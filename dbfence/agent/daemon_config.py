@@ -58,6 +58,7 @@ def core_config_of(config: AgentConfig) -> CoreConfig:
         relay_wait_timeout=min(1.0, config.failover.relay_wait_timeout),
         drain_timeout=config.gate.drain_timeout,
         rejoin_mode=config.rejoin.mode,
+        rejoin_donor_primary=config.rejoin.donor_primary,
         failsafe=config.failover.failsafe,
     )
 

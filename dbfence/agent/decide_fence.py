@@ -16,8 +16,8 @@ from dbfence.agent.decide_race import switchover_target_suitable
 from dbfence.agent.decide_replica import acknowledges, detach_lost_source, ready_primary
 from dbfence.agent.decide_round import FENCE_ACTION_REASON, RefusalReason, Round, fresh
 from dbfence.agent.observation import ErrantCheck
-from dbfence.agent.rejoin import plan_repair
-from dbfence.agent.state import Role, Trigger
+from dbfence.agent.rejoin import choose_donors, plan_repair
+from dbfence.agent.state import Trigger
 
 
 def handle_starting(r: Round) -> None:
@@ -125,9 +125,9 @@ def handle_fenced(r: Round) -> None:
 def _repair(r: Round, check: ErrantCheck) -> None:
     """``[rejoin]``: remove errant transactions that were provably never acknowledged (truncate
     or rebuild), or say why not (the rules are in :mod:`dbfence.agent.rejoin`)."""
-    donors = tuple(sorted(m.name for m in r.obs.members if m.name != r.me and m.info.role is Role.REPLICA
-                          and m.info.healthy and fresh(r, m)))
-    plan = plan_repair(r.config.rejoin_mode, r.obs.repair, check, r.obs.db.server_id, donors)
+    donors = choose_donors(tuple(m.info for m in r.obs.members if fresh(r, m)), r.me, check.against,
+                           r.obs.intents.switchover_target, r.config.rejoin_donor_primary)
+    plan = plan_repair(r.config.rejoin_mode, r.obs.repair, check, r.obs.db.server_id, donors, r.me)
     if isinstance(plan, tuple):
         r.refuse(RefusalReason(plan[0].value), plan[1])
     elif plan is not None:

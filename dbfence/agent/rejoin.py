@@ -14,10 +14,13 @@ id came from elsewhere.
   either way. Not proven (asynchronous, a fallback, no evidence, foreign GTIDs): a rebuild would
   throw away writes a client may have seen, so the node stays FENCED unless an operator approved
   one rebuild (Guarantee 4: "by itself only when it can prove none was ever acknowledged").
-  A failed rebuild is not retried by itself. The donor is a healthy replica, never the
-  primary: mariadb-backup blocks commits on its source for a moment (BACKUP STAGE BLOCK_COMMIT),
-  long enough under load for the primary's write probe to trip and fail it over (seen in the
-  lab). Without a healthy replica the node waits for one.
+  A failed rebuild is not retried by itself.
+
+Donors (:func:`choose_donors`): healthy replicas, the least behind the primary first, never the
+switchover target (it is about to take the primary's load); the primary only when
+``[rejoin] donor_primary`` allows it, and last: mariadb-backup blocks commits on its source for a
+moment (BACKUP STAGE BLOCK_COMMIT), long enough under load for the primary's write probe to trip
+and fail it over (seen in the lab). Without a donor the node waits for one.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from __future__ import annotations
 import enum
 
 from dbfence.agent.actions import ActionReason, RebuildNode, TruncateErrant
-from dbfence.agent.observation import ErrantCheck, RepairView
+from dbfence.agent.gtid import GtidPosition
+from dbfence.agent.observation import ErrantCheck, MemberInfo, RepairView
+from dbfence.agent.state import Role
 
 
 class RepairHold(enum.Enum):
@@ -37,15 +42,47 @@ class RepairHold(enum.Enum):
 
 
 #: Appended to a refusal in rebuild mode, so that `dbfence status` says what would unblock it.
-NEEDS_APPROVAL = "; a rebuild needs an operator's approval (docs/operations.md)"
-NO_DONOR = "no healthy replica to copy from (a copy blocks its donor's commits: never the primary)"
+NEEDS_APPROVAL = "; a rebuild needs an operator's approval: dbfence rejoin approve --node {node}"
+NO_DONOR = ("no healthy replica to copy from (a copy blocks its donor's commits: the primary only "
+            "with [rejoin] donor_primary = true)")
+
+
+def choose_donors(members: tuple[MemberInfo, ...], me: str, primary: str, switchover_target: str | None,
+                  allow_primary: bool) -> tuple[str, ...]:
+    """The members a rebuild may copy from, best first (``members``: the fresh records).
+
+    Healthy replicas other than this node and the switchover target, the fewest transactions
+    behind the primary first (a copy from a lagging replica starts further back, and lag often
+    means load), ties by name; then the primary when ``allow_primary``. A node repairing itself
+    is FENCED, never a replica, so it is never chosen."""
+    by_name = {m.name: m for m in members}
+    head = by_name[primary].position if primary in by_name else None
+    replicas = [m for m in members if m.name not in (me, primary, switchover_target)
+                and m.role is Role.REPLICA and m.healthy]
+    replicas.sort(key=lambda m: (_behind(head, m.position), m.name))
+    chosen = tuple(m.name for m in replicas)
+    leader = by_name.get(primary)
+    if allow_primary and leader is not None and leader.healthy and primary != me:
+        chosen += (primary,)
+    return chosen
+
+
+def _behind(head: GtidPosition | None, position: GtidPosition | None) -> float:
+    """Transactions ``position`` lacks of ``head`` (unknown: after every known one)."""
+    if position is None:
+        return float("inf")
+    if head is None:
+        return 0.0
+    return float(sum(max(0, gtid.seq_no - position.seq_no(gtid.domain_id)) for gtid in head.gtids))
 
 
 def plan_repair(mode: str, repair: RepairView, errant: ErrantCheck, server_id: int | None,
-                donors: tuple[str, ...] = ()) -> TruncateErrant | RebuildNode | tuple[RepairHold, str] | None:
+                donors: tuple[str, ...] = (), node: str = "NODE"
+                ) -> TruncateErrant | RebuildNode | tuple[RepairHold, str] | None:
     """The repair to start for ``errant`` (against the ready primary ``errant.against``), why
     not, or None when ``mode`` leaves errant transactions to an operator. ``donors``: the
-    healthy replicas a rebuild may copy from, in order of preference."""
+    members a rebuild may copy from, in order of preference (:func:`choose_donors`); ``node``:
+    this node's name, for the approval command a refusal names."""
     if mode == "manual":
         return None
     if repair.running:
@@ -59,7 +96,7 @@ def plan_repair(mode: str, repair: RepairView, errant: ErrantCheck, server_id: i
         assert problem is not None  # a failed truncation returned GAVE_UP above
         return RepairHold.UNSAFE, problem
     if problem is not None and not repair.rebuild_approved:
-        return RepairHold.UNSAFE, problem + NEEDS_APPROVAL
+        return RepairHold.UNSAFE, problem + NEEDS_APPROVAL.format(node=node)
     if not donors:
         return RepairHold.UNSAFE, NO_DONOR
     # proven never acknowledged (the truncation could not remove them), or approved

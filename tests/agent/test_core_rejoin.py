@@ -12,12 +12,13 @@ from dbfence.agent.decide import RefusalReason, decide
 from dbfence.agent.observation import (
     ErrantCheck,
     LockView,
+    MemberInfo,
     MemberRecord,
     Observation,
     OperatorIntents,
     RepairView,
 )
-from dbfence.agent.rejoin import NEEDS_APPROVAL, NO_DONOR, RepairHold, plan_repair
+from dbfence.agent.rejoin import NEEDS_APPROVAL, NO_DONOR, RepairHold, choose_donors, plan_repair
 from dbfence.agent.state import Role, State, Trigger
 from tests.agent.core_builders import CONFIG, NOW, core_actions, db, member, observe
 
@@ -112,14 +113,14 @@ CASES = [
          (), (ERRANT_REFUSAL, (R.REPAIR_GAVE_UP, SURVIVED))),
     Case("rebuild: asynchronous (maybe acknowledged) -> stays fenced, says how to approve", REBUILD,
          fenced_seeing_n2(repair=RepairView(evidence_problem="semi-sync is off")),
-         (), (ERRANT_REFUSAL, (R.REPAIR_UNSAFE, "semi-sync is off" + NEEDS_APPROVAL))),
+         (), (ERRANT_REFUSAL, (R.REPAIR_UNSAFE, "semi-sync is off" + NEEDS_APPROVAL.format(node="n1")))),
     Case("rebuild: no evidence and a truncation failed -> still needs the approval", REBUILD,
          fenced_seeing_n2(repair=RepairView(gave_up="binlog unreadable", gave_up_on="truncate")),
-         (), (ERRANT_REFUSAL, (R.REPAIR_UNSAFE, "no evidence recorded" + NEEDS_APPROVAL))),
+         (), (ERRANT_REFUSAL, (R.REPAIR_UNSAFE, "no evidence recorded" + NEEDS_APPROVAL.format(node="n1")))),
     Case("rebuild: a transaction of another server -> needs the approval", REBUILD,
          fenced_seeing_n2(ErrantCheck("n2", ("0-11-101", "0-3-7"))),
          (), ((R.ERRANT_GTIDS, "0-11-101,0-3-7"),
-              (R.REPAIR_UNSAFE, "not written by this node: 0-3-7" + NEEDS_APPROVAL))),
+              (R.REPAIR_UNSAFE, "not written by this node: 0-3-7" + NEEDS_APPROVAL.format(node="n1")))),
     Case("rebuild: not proven, but an operator approved -> rebuild", REBUILD,
          fenced_seeing_n2(repair=RepairView(evidence_problem="semi-sync is off", rebuild_approved=True)),
          (RebuildNode("n2", "n3", OWN_ERRANT.gtids, ActionReason.REBUILD_APPROVED),), (ERRANT_REFUSAL,)),
@@ -198,3 +199,78 @@ def test_an_agent_restarted_while_its_killed_mysqld_awaits_the_repair_goes_fence
     # Without the repair keeper's word (manual mode never kills mysqld) a replica waits, as ever.
     plain = decide(replace(replica, repair=RepairView()), State(role=Role.REPLICA, since=NOW - 1), CONFIG)
     assert plain.state.role is Role.REPLICA
+
+
+# ---------------------------------------------------------------- donor choice (choose_donors)
+def info(name: str, role: Role = Role.REPLICA, *, healthy: bool = True,
+         position: str | None = "0-2-120") -> MemberInfo:
+    return member(name, role, healthy=healthy, position=position).info
+
+
+PRIMARY_N2 = info("n2", Role.PRIMARY, position="0-2-120,1-2-40")
+
+
+@dataclass(frozen=True)
+class DonorCase:
+    name: str
+    members: tuple[MemberInfo, ...]
+    switchover_target: str | None
+    allow_primary: bool
+    donors: tuple[str, ...]
+
+
+DONOR_CASES = [
+    DonorCase("the replica least behind the primary first, whatever the names",
+              (PRIMARY_N2, info("n3", position="0-2-100,1-2-40"), info("n4", position="0-2-120,1-2-39")),
+              None, False, ("n4", "n3")),
+    DonorCase("lag counted over every domain; ties by name",
+              (PRIMARY_N2, info("n5", position="0-2-119,1-2-40"), info("n4", position="0-2-120,1-2-39"),
+               info("n3", position="0-2-110")), None, False, ("n4", "n5", "n3")),
+    DonorCase("a replica with no known position comes after every known one",
+              (PRIMARY_N2, info("n3", position=None), info("n4", position="0-2-1")), None, False,
+              ("n4", "n3")),
+    DonorCase("never the switchover target (it is about to carry the primary's load)",
+              (PRIMARY_N2, info("n3", position="0-2-120,1-2-40"), info("n4", position="0-2-100")),
+              "n3", False, ("n4",)),
+    DonorCase("never an unhealthy replica, a fenced node (repairing itself) or this node",
+              (PRIMARY_N2, info("n3", healthy=False), info("n4", Role.FENCED), info("n1")),
+              None, False, ()),
+    DonorCase("the primary only when allowed, and after every replica",
+              (PRIMARY_N2, info("n3", position="0-2-1")), None, True, ("n3", "n2")),
+    DonorCase("the primary alone when allowed and no replica can serve",
+              (PRIMARY_N2, info("n3", healthy=False)), None, True, ("n2",)),
+    DonorCase("not an unhealthy primary, even when allowed", (info("n2", Role.PRIMARY, healthy=False),),
+              None, True, ()),
+    DonorCase("the primary's record missing: replicas by name", (info("n4"), info("n3")), None, True,
+              ("n3", "n4")),
+]
+
+
+@pytest.mark.parametrize("case", DONOR_CASES, ids=lambda c: c.name)
+def test_donor_choice(case: DonorCase) -> None:
+    assert choose_donors(case.members, "n1", "n2", case.switchover_target, case.allow_primary) == case.donors
+
+
+def test_a_rebuild_copies_from_the_least_lagging_replica_and_the_refusal_names_the_command() -> None:
+    approved = replace(LOSSLESS, evidence_problem="semi-sync is off", rebuild_approved=True)
+    obs = observe(Role.FENCED, lock=LockView(True, "n2", 3),
+                  peers=(member("n2", Role.PRIMARY, position="0-2-120"), member("n3", position="0-2-90"),
+                         member("n4", position="0-2-119")),
+                  database=db(errant=OWN_ERRANT))
+    actions = core_actions(decide(replace(obs, repair=approved), FENCED, REBUILD))
+    assert RebuildNode("n2", "n4", OWN_ERRANT.gtids, ActionReason.REBUILD_APPROVED) in actions
+    unapproved = replace(obs, repair=replace(approved, rebuild_approved=False))
+    refusals = decide(unapproved, FENCED, REBUILD).refusals
+    assert any(r.reason is R.REPAIR_UNSAFE and r.detail.endswith("dbfence rejoin approve --node n1")
+               for r in refusals)
+
+
+def test_the_primary_is_a_donor_only_when_configured() -> None:
+    truncation_failed = RepairView(evidence_problem=None, gave_up="x", gave_up_on="truncate")
+    obs = replace(observe(Role.FENCED, lock=LockView(True, "n2", 3),
+                          peers=(member("n2", Role.PRIMARY, position="0-2-120"),),
+                          database=db(errant=OWN_ERRANT)), repair=truncation_failed)
+    actions = core_actions(decide(obs, FENCED, REBUILD))
+    assert not any(isinstance(a, RebuildNode) for a in actions)
+    actions = core_actions(decide(obs, FENCED, replace(REBUILD, rejoin_donor_primary=True)))
+    assert RebuildNode("n2", "n2", OWN_ERRANT.gtids, ActionReason.REBUILD_UNACKNOWLEDGED) in actions
