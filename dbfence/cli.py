@@ -22,6 +22,7 @@ _COMMANDS = {
     "pause": "dbfence.ops_cli:pause_command",
     "resume": "dbfence.ops_cli:resume_command",
     "history": "dbfence.ops_cli:history_command",
+    "rejoin": "dbfence.rejoin_cli:rejoin_group",
     "check": "dbfence.preflight.cli:check_command",
 }
 

@@ -45,7 +45,7 @@ from dbfence.agent.executor import Executor, NodeIdentity
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.member_tracker import MemberTracker
 from dbfence.agent.observation import DiscoveryTag, LeaseView
-from dbfence.agent.operator_commands import answer_command
+from dbfence.agent.operator_commands import answer_command, approve_rebuild
 from dbfence.agent.peer_promises import FailsafeAdapter
 from dbfence.agent.promise_book import PromiseBookError
 from dbfence.agent.repair_keeper import RepairKeeper
@@ -56,7 +56,7 @@ from dbfence.agent.status_report import StatusPublisher, holdings
 from dbfence.breaker import Admitting, Gate, GateError, IllegalTransition
 from dbfence.config import AgentConfig, api_url_of, parse_host_port
 from dbfence.discovery.consul_catalog import ConsulCatalog, ServiceIdentity
-from dbfence.discovery.http_api import CommandResult, HttpApi, StatusBoard
+from dbfence.discovery.http_api import APPROVE_REBUILD, CommandResult, HttpApi, StatusBoard
 from dbfence.discovery.metrics import GateCollector, Metrics, ProbeCollector
 from dbfence.locks.errors import LockError
 from dbfence.locks.model import HistoryEntry
@@ -156,7 +156,8 @@ class Agent:
                                   start_command=tuple(rejoin.start_command),
                                   start_timeout=rejoin.start_timeout, binlog_tool=rejoin.binlog_tool),
             on_done=self._record_repair, api_token=self.http_token, backup_tool=rejoin.backup_tool,
-            mbstream_tool=rejoin.mbstream_tool, api_tls=self.api_tls.client, mutual_tls=self.api_tls.mutual)
+            mbstream_tool=rejoin.mbstream_tool, api_tls=self.api_tls.client, mutual_tls=self.api_tls.mutual,
+            free_space_margin=rejoin.free_space_margin_mib << 20, keep_old_datadirs=rejoin.keep_old_datadirs)
         self.executor = Executor(
             identity=self.identity, keeper=self.keeper, lock=self.lock, gate=self.gate, mysql=self.mysql,
             monitor=self.monitor, db=self.db, dcs=self.dcs, replication=self.replication,
@@ -347,6 +348,8 @@ class Agent:
 
     # ------------------------------------------------------------------ operator commands
     def handle_command(self, command: str, args: dict[str, str]) -> CommandResult:
+        if command == APPROVE_REBUILD:
+            return approve_rebuild(self.repair, args)
         return answer_command(self.lock, self.identity.node, self.config.failover.max_lag, command, args)
 
     # ------------------------------------------------------------------ stop

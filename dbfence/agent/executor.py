@@ -389,6 +389,8 @@ class Executor:
             reasons.append("repair running")
         if view.gave_up:
             reasons.append(f"repair gave up: {view.gave_up}")
+        if self.repair.hold and not view.gave_up:
+            reasons.append(f"repair waits: {self.repair.hold}")
         if view.saved_file:
             reasons.append(f"errant transactions saved to {view.saved_file}")
         return tuple(reasons)

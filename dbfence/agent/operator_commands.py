@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.discovery.http_api import CommandResult
 from dbfence.locks.base import LeaseLock
 from dbfence.locks.errors import LockError
@@ -35,3 +36,13 @@ def answer_command(lock: LeaseLock, node: str, max_lag: float, command: str,
         return CommandResult(202, f"switchover to {target} requested")
     except LockError as exc:
         return CommandResult(503, f"DCS unavailable: {exc}")
+
+
+def approve_rebuild(repair: RepairKeeper, args: dict[str, str]) -> CommandResult:
+    """``POST /rejoin/approve``: this node may be rebuilt once (``[rejoin] mode = rebuild``)."""
+    try:
+        return CommandResult(200, repair.approve_rebuild(args.get("by", "operator")))
+    except ValueError as exc:
+        return CommandResult(409, f"refused: {exc}")
+    except OSError as exc:
+        return CommandResult(500, f"cannot record the approval: {exc}")

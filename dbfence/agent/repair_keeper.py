@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import ssl
 import threading
 import time
@@ -51,6 +52,8 @@ log = logging.getLogger("dbfence.agent")
 EVIDENCE_RETRY_FOR = 600.0
 #: An operator's approval of one rebuild the evidence cannot justify ([rejoin] mode = rebuild).
 APPROVAL_FILE = "rebuild-approved"
+#: What a hold that only an operator's approval can lift contains (dbfence.agent.rejoin).
+APPROVE_HINT = "dbfence rejoin approve --node"
 #: Backoff of a repair of a mysqld the fence killed (it stays down until one attempt succeeds).
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
@@ -65,13 +68,16 @@ class RepairKeeper:
                  control: MysqldControl, on_done: Callable[[str, str], None] = lambda kind, detail: None,
                  wall: Callable[[], float] = time.time, api_token: str | None = None,
                  backup_tool: str = "mariadb-backup", mbstream_tool: str = "mbstream",
-                 api_tls: ssl.SSLContext | None = None, mutual_tls: bool = False) -> None:
+                 api_tls: ssl.SSLContext | None = None, mutual_tls: bool = False,
+                 free_space_margin: int = 1 << 30, keep_old_datadirs: int = 1) -> None:
         self.mode = mode
         self.api_token = api_token  # the donor's HTTP API token (the same on every node)
         self.api_tls = api_tls  # the cluster CA and this agent's client certificate, for https donors
         self.mutual_tls = mutual_tls  # donors know us by that certificate (no token needed)
         self.backup_tool = backup_tool
         self.mbstream_tool = mbstream_tool
+        self.free_space_margin = free_space_margin  # bytes a copy must leave free beyond its size
+        self.keep_old_datadirs = keep_old_datadirs
         self.state_dir = state_dir
         self.node = node
         self.mysql = mysql
@@ -102,6 +108,7 @@ class RepairKeeper:
         # Ack waits the agent ended of its own writes (a fencing-token write no replica answered):
         # (mysqld pid, count). No client saw them; they count for as long as that mysqld runs.
         self._own_ended: tuple[str, int] = ("", 0)
+        self.hold = ""  # why the core starts no repair now (its refusal), as the last round said
         if mode != "manual":
             # Made at start, not at the first fence: an operator's rebuild approval is a file here,
             # and a fence that could not read its evidence (a stopped mysqld) would otherwise leave
@@ -298,12 +305,36 @@ class RepairKeeper:
     def _approved(self) -> bool:
         return self.mode == "rebuild" and (self.state_dir / APPROVAL_FILE).exists()
 
+    def approve_rebuild(self, by: str) -> str:
+        """An operator approves one rebuild (``dbfence rejoin approve``): the same file an operator
+        may create by hand, spent when the rebuild starts. Raises ValueError when this node's
+        ``[rejoin] mode`` never rebuilds (the approval would wait there unseen)."""
+        if self.mode != "rebuild":
+            raise ValueError(f"[rejoin] mode is {self.mode!r} on {self.node}: it never rebuilds, "
+                             "so an approval would change nothing")
+        path = self.state_dir / APPROVAL_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall()))
+            out.write(f"approved by {by} at {when}\n")
+        log.warning(json.dumps({"event": "rebuild_approved", "node": self.node, "by": by, "file": str(path)}))
+        return f"one rebuild of {self.node} approved ({path}); it starts when a donor can serve"
+
+    def approve_command(self) -> str:
+        return f"{APPROVE_HINT} {self.node}  (or: touch {self.state_dir / APPROVAL_FILE})"
+
+    def note_hold(self, hold: str) -> None:
+        """The core's reason for starting no repair this round ('' when none): shown in status."""
+        self.hold = hold
+
     def status(self) -> dict[str, Any]:
         view = self.view()
         result = self.last_result
         return {"mode": self.mode, "evidence_problem": view.evidence_problem, "running": view.running,
                 "saved_file": view.saved_file, "gave_up": view.gave_up, "gave_up_on": view.gave_up_on,
-                "ended_by_fence": self._ended_by_fence, "retrying": self.retrying,
+                "ended_by_fence": self._ended_by_fence, "retrying": self.retrying, "waiting": self.hold,
+                "rebuild_approved": view.rebuild_approved,
+                "approve_command": self.approve_command() if APPROVE_HINT in self.hold else None,
                 "last": None if result is None else {
                     "errant_before": result.errant_before, "errant_after": result.errant_after,
                     "binlog_pos_before": result.binlog_pos_before,
@@ -446,7 +477,8 @@ class RepairKeeper:
             result = rebuild_from_stream(self.mysql, self.control, primary_state,
                                          lambda: fetch_backup(donor_api, token, tls=tls), out, header,
                                          self._on_progress, stamp, backup_tool=self.backup_tool,
-                                         mbstream_tool=self.mbstream_tool)
+                                         mbstream_tool=self.mbstream_tool, margin=self.free_space_margin,
+                                         keep_old=self.keep_old_datadirs)
         except NothingErrant as exc:
             self._skipped(exc)
             return
@@ -470,7 +502,11 @@ class RepairKeeper:
                              "removed": result.errant_before, "file": saved,
                              "old_datadir": str(result.old_datadir),
                              "position": result.position, "seconds": round(result.seconds, 1),
+                             "deleted_old_datadirs": [str(p) for p in result.pruned],
                              **result.progress.as_dict()}))
+        if result.prune_problems:
+            log.warning(json.dumps({"event": "old_datadirs_kept", "node": self.node,
+                                    "problems": list(result.prune_problems)}))
         self.on_done("repair", f"rebuilt from {action.donor} in {result.seconds:.1f} s "
                                f"({result.progress.done} bytes), old data in {result.old_datadir}; "
                                f"removed {result.errant_before or 'nothing'}"

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbfence.agent.decide import Decision
+from dbfence.agent.decide import Decision, RefusalReason
 from dbfence.agent.executor import Executor, NodeIdentity
 from dbfence.agent.gtid import GtidPosition
 from dbfence.agent.lease_keeper import LeaseKeeper
@@ -29,6 +29,9 @@ from dbfence.discovery.metrics import Metrics
 from dbfence.locks.base import LeaseLock
 from dbfence.locks.errors import LockError
 from dbfence.mysql.monitor import HealthMonitor
+
+#: Refusals that say why no repair starts (shown under ``repair.waiting`` and in the member record).
+REPAIR_HOLDS = frozenset({RefusalReason.REPAIR_UNSAFE, RefusalReason.REPAIR_GAVE_UP})
 
 log = logging.getLogger("dbfence.agent")  # the agent's one logger, as before the split
 
@@ -70,6 +73,7 @@ class StatusPublisher:
     def publish(self, observation: Observation, decision: Decision, state: State,
                 gate_stats: GateStats | None) -> None:
         """Metrics and the status report (``/status``, ``dbfence status``) after one round."""
+        self.repair.note_hold(next((r.detail for r in decision.refusals if r.reason in REPAIR_HOLDS), ""))
         lease = self.keeper.status
         now = observation.now
         gate_state = self.gate.state

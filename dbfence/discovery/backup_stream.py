@@ -67,7 +67,7 @@ def _refuse(handler: BaseHTTPRequestHandler, status: HTTPStatus, message: str) -
 
 
 def fetch_backup(url: str, token: str | None, timeout: float = 120.0, chunk: int = 1 << 20,
-                 tls: ssl.SSLContext | None = None) -> tuple[int, Iterator[bytes]]:
+                 tls: ssl.SSLContext | None = None) -> tuple[int, BackupBody]:
     """Open ``url`` (the donor's API base, ``http://`` or ``https://``; ``tls`` holds the cluster CA
     and this agent's client certificate) and return (estimated bytes, chunks of the stream)."""
     parts = urlsplit(url)
@@ -91,14 +91,28 @@ def fetch_backup(url: str, token: str | None, timeout: float = 120.0, chunk: int
         conn.close()
         raise BackupFetchError(f"{url}{PATH} answered {resp.status}: {detail}")
     estimate = int(resp.headers.get(ESTIMATE_HEADER) or 0)
+    return estimate, BackupBody(url, conn, resp, chunk)
 
-    def chunks() -> Iterator[bytes]:
+
+class BackupBody:
+    """The chunks of a donor's stream; :meth:`close` hangs up before or during reading (the
+    donor then stops its copy), which a generator not started yet could not do."""
+
+    def __init__(self, url: str, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                 chunk: int) -> None:
+        self.url = url
+        self.conn = conn
+        self.resp = resp
+        self.chunk = chunk
+
+    def __iter__(self) -> Iterator[bytes]:
         try:
-            while data := resp.read(chunk):
+            while data := self.resp.read(self.chunk):
                 yield data
         except (OSError, http.client.HTTPException) as exc:
-            raise BackupFetchError(f"the backup stream from {url} broke off: {exc!r}") from None
+            raise BackupFetchError(f"the backup stream from {self.url} broke off: {exc!r}") from None
         finally:
-            conn.close()
+            self.close()
 
-    return estimate, chunks()
+    def close(self) -> None:
+        self.conn.close()

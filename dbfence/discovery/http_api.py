@@ -101,7 +101,10 @@ class CommandResult:
     message: str
 
 
-# (command, arguments) -> result; commands: "switchover" (to=NODE), "pause", "resume".
+#: POST path (without its slash) of an operator's approval of one rebuild of this node.
+APPROVE_REBUILD = "rejoin/approve"
+# (command, arguments) -> result; commands: "switchover" (to=NODE), "pause", "resume",
+# APPROVE_REBUILD (by=WHO).
 CommandHandler = Callable[[str, dict[str, str]], CommandResult]
 # A failsafe promise request (the JSON body) -> (HTTP status, JSON answer).
 PromiseHandler = Callable[[Mapping[str, Any]], tuple[int, Mapping[str, Any]]]
@@ -275,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._promise()
             return
         command = url.path.strip("/")
-        if command not in ("switchover", "pause", "resume"):
+        if command not in ("switchover", "pause", "resume", APPROVE_REBUILD):
             self._send(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}\n")
             return
         off = "mutating endpoints are off: set http.token_file\n"

@@ -9,9 +9,10 @@ be proven safe. Two halves:
   the receiver behind the API token (``GET /v1/backup``);
 * the **receiver** (the fenced node) first saves its errant transactions (as the truncation does),
   extracts the stream with ``mbstream`` into a sibling of its data directory, prepares it
-  (``mariadb-backup --prepare``), SIGKILLs its mysqld, moves the old data directory aside (kept,
-  never deleted), moves the new one in, starts mysqld and sets ``gtid_slave_pos`` to the backup's
-  position (``mariadb_backup_binlog_info``); the agent's usual errant check then repoints it.
+  (``mariadb-backup --prepare``), SIGKILLs its mysqld, moves the old data directory aside (the
+  newest ``keep_old`` kept, older ones deleted once the rebuild succeeded), moves the new one in,
+  starts mysqld and sets ``gtid_slave_pos`` to the backup's position
+  (``mariadb_backup_binlog_info``); the agent's usual errant check then repoints it.
 
 Nothing here decides whether a node may be rebuilt: that is the decision core's
 (``dbfence.agent.rejoin``).
@@ -248,6 +249,49 @@ def backup_position(target: Path) -> GtidPosition:
                       "was the donor's binary log on?")
 
 
+#: The donor's estimate covers the data files; what the copy adds (redo log tail, prepare's work
+#: files) is put at a tenth of it, on top of the configured margin.
+ESTIMATE_SLACK = 0.10
+
+
+def room_problem(free: int, estimate: int, margin: int) -> str | None:
+    """Why a copy of about ``estimate`` bytes must not start on a filesystem with ``free`` bytes
+    left, keeping ``margin`` (None: room enough). A copy that fills the disk would fail half way
+    and leave this host without space for its mysqld."""
+    need = int(estimate * (1 + ESTIMATE_SLACK)) + margin
+    if free >= need:
+        return None
+    return (f"not enough free space for the copy: {free >> 20} MiB free, {need >> 20} MiB needed "
+            f"(the donor's data {estimate >> 20} MiB + {ESTIMATE_SLACK:.0%} + margin {margin >> 20} MiB, "
+            "[rejoin] free_space_margin_mib); free space, then approve a rebuild again")
+
+
+def old_datadirs(datadir: Path) -> list[Path]:
+    """The data directories earlier rebuilds moved aside next to ``datadir``, oldest first."""
+    return sorted(p for p in datadir.parent.glob(f"{datadir.name}.dbfence-old-*") if p.is_dir())
+
+
+def prune_old_datadirs(datadir: Path, keep: int, spare: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """Delete all but the newest ``keep`` moved-aside data directories; never one that holds
+    ``spare`` (the saved errant transactions, should the state directory live in one). Returns
+    what was deleted and what could not be (each with why): the rebuild succeeded either way."""
+    doomed = old_datadirs(datadir)
+    doomed = doomed[:max(0, len(doomed) - keep)]
+    removed: list[Path] = []
+    problems: list[str] = []
+    for path in doomed:
+        if spare.resolve().is_relative_to(path.resolve()):
+            problems.append(f"{path}: kept, it holds {spare}")
+            continue
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        removed.append(path)
+    return tuple(removed), tuple(problems)
+
+
 def swap_datadir(datadir: Path, new: Path, aside: Path) -> None:
     """Move ``datadir`` to ``aside`` (kept) and ``new`` into its place, owned like the old one."""
     owner = datadir.stat()
@@ -274,18 +318,23 @@ class RebuildResult:
     position: str
     progress: Progress
     seconds: float
+    pruned: tuple[Path, ...] = ()  # older moved-aside data directories deleted
+    prune_problems: tuple[str, ...] = ()  # ones that could not be deleted, and why
 
 
 def rebuild_from_stream(mysql: MysqlActions, control: MysqldControl, primary_state: Callable[[], GtidState],
                         fetch: Callable[[], tuple[int, Iterable[bytes]]], out: Path, header: str,
                         on_progress: Callable[[Progress], None], stamp: str,
                         backup_tool: str = "mariadb-backup",
-                        mbstream_tool: str = "mbstream") -> RebuildResult:
+                        mbstream_tool: str = "mbstream", margin: int = 1 << 30,
+                        keep_old: int = 1) -> RebuildResult:
     """Rebuild the local mysqld from a donor's stream (``fetch`` opens it: estimate, chunks).
 
     Order matters: the errant transactions are saved and the new copy is complete and prepared
     before anything of the old node is touched; the old data directory is moved aside, never
-    deleted. Raises RepairError with what was left as it was.
+    deleted (only older ones than the newest ``keep_old``, after success). The copy does not start
+    without room for the donor's estimate plus ``margin`` bytes. Raises RepairError with what was
+    left as it was.
     """
     started = time.monotonic()
     before = mysql.gtid_positions()
@@ -304,6 +353,12 @@ def rebuild_from_stream(mysql: MysqlActions, control: MysqldControl, primary_sta
     aside = datadir.with_name(f"{datadir.name}.dbfence-old-{stamp}")
     try:
         estimate, chunks = fetch()
+        problem = room_problem(shutil.disk_usage(datadir.parent).free, estimate, margin)
+        if problem is not None:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # the donor stops copying when the connection goes
+            raise RepairError(problem)
         progress = extract_stream(chunks, staging, estimate, on_progress, tool=mbstream_tool)
         prepare(staging, backup_tool)
         position = backup_position(staging)
@@ -322,5 +377,7 @@ def rebuild_from_stream(mysql: MysqlActions, control: MysqldControl, primary_sta
     left = mysql.gtid_positions().history.errant_against(primary_state())
     if left:
         raise RepairError(f"still errant after the rebuild: {describe_errant(left)} (old data in {aside})")
+    pruned, prune_problems = prune_old_datadirs(datadir, keep_old, out)
     return RebuildResult(saved_file=out, errant_before=describe_errant(ranges), old_datadir=aside,
-                         position=str(position), progress=progress, seconds=time.monotonic() - started)
+                         position=str(position), progress=progress, seconds=time.monotonic() - started,
+                         pruned=pruned, prune_problems=prune_problems)

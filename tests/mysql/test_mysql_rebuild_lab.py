@@ -5,6 +5,7 @@ the new primary."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from dbfence.discovery.http_api import HttpApi, StatusBoard
 from dbfence.discovery.metrics import Metrics
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.rebuild import BackupStream, Progress, RebuildResult, rebuild_from_stream
-from dbfence.mysql.repair import MysqldControl, NothingErrant
+from dbfence.mysql.repair import MysqldControl, NothingErrant, RepairError
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, poll, primary_address, run, sql
 from tests.mysql.test_mysql_repair_lab import cut_replica_and_promote_it, rows
@@ -56,14 +57,15 @@ def open_donor(lab: LabCluster) -> tuple[int, Iterator[bytes]]:
     return donor.estimate, donor.chunks()
 
 
-def rebuild(lab: LabCluster, tmp_path: Path, url: str, token: str, progress: list[Progress]) -> RebuildResult:
+def rebuild(lab: LabCluster, tmp_path: Path, url: str, token: str, progress: list[Progress],
+            margin: int = 0) -> RebuildResult:
     control = MysqldControl(pid_file=Path(lab.node("db1").pid_file), start_timeout=120.0,
                             start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir",
                                            str(lab.directory), "db1"])
     return rebuild_from_stream(actions(lab, "db1"), control,
                                lambda: actions(lab, "db2").gtid_positions().history,
                                lambda: fetch_backup(url, token), tmp_path / "errant-db1.sql",
-                               "-- dbfence test excerpt\n", progress.append, stamp="test")
+                               "-- dbfence test excerpt\n", progress.append, stamp="test", margin=margin)
 
 
 def test_a_committed_errant_transaction_is_saved_and_the_node_is_rebuilt_from_the_donor(
@@ -71,6 +73,8 @@ def test_a_committed_errant_transaction_is_saved_and_the_node_is_rebuilt_from_th
     lab, url = donor_api
     datadir = Path(lab.node("db1").datadir)
     progress: list[Progress] = []
+    older = datadir.with_name(f"{datadir.name}.dbfence-old-20261101T000000Z")  # an earlier rebuild's
+    (older / "mysql").mkdir(parents=True)
 
     result = rebuild(lab, tmp_path, url, TOKEN, progress)
     print(f"\nrebuild: {result}")
@@ -81,6 +85,8 @@ def test_a_committed_errant_transaction_is_saved_and_the_node_is_rebuilt_from_th
     assert result.saved_file.stat().st_mode & 0o077 == 0
     assert result.old_datadir == datadir.with_name(f"{datadir.name}.dbfence-old-test")
     assert (result.old_datadir / "mysql-bin.index").exists()  # the old data directory is kept
+    # only the newest one is kept ([rejoin] keep_old_datadirs = 1)
+    assert result.pruned == (older,) and not older.exists()
     assert not datadir.with_name(f"{datadir.name}.dbfence-rebuild-test").exists()
     assert result.position == "0-2-3"
     assert progress and progress[-1].done == result.progress.done > 0 and progress[-1].estimate > 0
@@ -109,3 +115,30 @@ def test_without_the_token_the_donor_refuses_and_the_node_is_left_as_it_was(
     assert rows(lab, "db1") == [(1, "replicated"), (2, "errant, committed")]
     siblings = sorted(p.name for p in datadir.parent.iterdir() if p.name.startswith(datadir.name))
     assert siblings == [datadir.name]  # nothing moved aside, no staging left
+
+
+def test_without_room_for_the_copy_nothing_is_copied_and_the_node_is_left_as_it_was(
+        donor_api: tuple[LabCluster, str], tmp_path: Path) -> None:
+    lab, url = donor_api
+    datadir = Path(lab.node("db1").datadir)
+    free = shutil.disk_usage(datadir.parent).free
+    with pytest.raises(RepairError, match="not enough free space for the copy"):
+        rebuild(lab, tmp_path, url, TOKEN, [], margin=free + (1 << 30))
+    assert lab.node("db1").process.alive()
+    assert rows(lab, "db1") == [(1, "replicated"), (2, "errant, committed")]
+    siblings = sorted(p.name for p in datadir.parent.iterdir() if p.name.startswith(datadir.name))
+    assert siblings == [datadir.name]  # no partial copy left
+    # The donor let go of the copy: the next one is served.
+    poll(lambda: _donor_free(lab), 30, "the donor to end the abandoned copy")
+
+
+def _donor_free(lab: LabCluster) -> bool:
+    try:
+        _, chunks = open_donor(lab)
+        next(iter(chunks))
+    except RepairError:
+        return False
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+    return True

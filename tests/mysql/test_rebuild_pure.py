@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from dbfence.mysql.rebuild import Progress, RateLimit, backup_position, datadir_estimate
+from dbfence.mysql.rebuild import (
+    Progress,
+    RateLimit,
+    backup_position,
+    datadir_estimate,
+    prune_old_datadirs,
+    room_problem,
+)
 from dbfence.mysql.repair import RepairError
 
 
@@ -61,3 +68,43 @@ def test_the_estimate_leaves_out_binlogs_relay_logs_and_the_redo_log(tmp_path: P
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x" * size)
     assert datadir_estimate(tmp_path, str(tmp_path / "mysql-bin")) == 1300
+
+
+def test_a_copy_starts_only_with_room_for_the_donors_data_a_tenth_more_and_the_margin() -> None:
+    mib = 1 << 20
+    assert room_problem(free=1200 * mib, estimate=1000 * mib, margin=100 * mib) is None
+    problem = room_problem(free=1199 * mib, estimate=1000 * mib, margin=100 * mib)
+    assert problem is not None
+    assert "1199 MiB free, 1200 MiB needed" in problem and "free_space_margin_mib" in problem
+    assert room_problem(free=0, estimate=0, margin=0) is None
+
+
+def test_only_the_newest_moved_aside_data_directories_are_kept(tmp_path: Path) -> None:
+    datadir = tmp_path / "data"
+    datadir.mkdir()
+    stamps = ["20261101T000000Z", "20261201T000000Z", "20261207T050000Z"]
+    for stamp in stamps:
+        (tmp_path / f"data.dbfence-old-{stamp}" / "mysql").mkdir(parents=True)
+    (tmp_path / "data.dbfence-rebuild-20261207T050000Z").mkdir()  # not an old data directory
+    (tmp_path / "database").mkdir()  # a neighbour with a similar name
+    spare = tmp_path / "errant-db1.sql"
+    spare.write_text("-- saved\n")
+
+    removed, problems = prune_old_datadirs(datadir, 1, spare)
+
+    assert removed == tuple(tmp_path / f"data.dbfence-old-{s}" for s in stamps[:2]) and problems == ()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "data", "data.dbfence-old-20261207T050000Z", "data.dbfence-rebuild-20261207T050000Z",
+        "database", "errant-db1.sql"]
+    assert prune_old_datadirs(datadir, 0, spare) == ((tmp_path / "data.dbfence-old-20261207T050000Z",), ())
+
+
+def test_a_moved_aside_directory_holding_the_saved_transactions_is_never_deleted(tmp_path: Path) -> None:
+    datadir = tmp_path / "data"
+    datadir.mkdir()
+    holder = tmp_path / "data.dbfence-old-20261101T000000Z"
+    (holder / "state").mkdir(parents=True)
+    spare = holder / "state" / "errant-db1.sql"
+    spare.write_text("-- saved\n")
+    removed, problems = prune_old_datadirs(datadir, 0, spare)
+    assert removed == () and spare.exists() and problems == (f"{holder}: kept, it holds {spare}",)
