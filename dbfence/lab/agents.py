@@ -200,6 +200,7 @@ start_command = ["{sys.executable}", "-m", "dbfence", "lab", "start-mysql", "--d
                  "--recovery", "{node.name}"]
 start_timeout = 120.0
 donor_rate_mib = {tuning.donor_rate_mib}
+free_space_margin_mib = 64
 """)
     return config
 

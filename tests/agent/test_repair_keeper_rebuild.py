@@ -1,11 +1,17 @@
-"""The repair keeper's rebuild bookkeeping that needs no server: approvals and refusals."""
+"""The repair keeper's rebuild bookkeeping that needs no server: approvals (file, command, HTTP)
+and refusals."""
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from dbfence.agent.actions import ActionReason, RebuildNode
+from dbfence.agent.operator_commands import approve_rebuild
 from dbfence.agent.repair_keeper import APPROVAL_FILE, RepairKeeper
+from dbfence.discovery.http_api import APPROVE_REBUILD, CommandResult, HttpApi, StatusBoard
+from dbfence.discovery.metrics import Metrics
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.credentials import Credentials
@@ -53,3 +59,44 @@ def test_a_rebuild_that_fails_spends_the_approval_and_is_reported(tmp_path: Path
     assert view.gave_up.startswith("rebuild failed: ")
     assert history and history[0][0] == "repair_failed" and "rebuild from db3 failed" in history[0][1]
     assert k.status()["rebuild"] is None  # nothing was copied
+
+
+def test_the_approval_command_writes_the_same_file_and_only_rebuild_accepts_it(tmp_path: Path) -> None:
+    k = keeper(tmp_path)
+    k.note_hold("semi-sync is off; a rebuild needs an operator's approval: dbfence rejoin approve --node db1")
+    assert k.status()["approve_command"] == (f"dbfence rejoin approve --node db1  "
+                                             f"(or: touch {tmp_path / APPROVAL_FILE})")
+    result = approve_rebuild(k, {"by": "alice"})
+    assert result.status == 200 and "one rebuild of db1 approved" in result.message
+    approval = tmp_path / APPROVAL_FILE
+    assert k.view().rebuild_approved and approval.stat().st_mode & 0o077 == 0
+    assert approval.read_text().startswith("approved by alice at ")
+    k.note_hold("")
+    assert k.status()["approve_command"] is None and k.status()["waiting"] == ""
+
+    other = tmp_path / "truncate"
+    refused = approve_rebuild(keeper(other, mode="truncate"), {})
+    assert refused.status == 409 and "never rebuilds" in refused.message
+    assert not (other / APPROVAL_FILE).exists()
+
+
+def test_the_http_api_takes_the_approval_only_with_the_token(tmp_path: Path) -> None:
+    k = keeper(tmp_path)
+    api = HttpApi("127.0.0.1", 0, StatusBoard(), Metrics(), token="s3cret",
+                  on_command=lambda command, args: approve_rebuild(k, args)
+                  if command == APPROVE_REBUILD else CommandResult(404, "no")).start()
+    host, port = api.address
+    try:
+        def post(token: str) -> int:
+            request = urllib.request.Request(f"http://{host}:{port}/{APPROVE_REBUILD}?by=bob", data=b"",
+                                             method="POST", headers={"Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert post("wrong") == 401 and not k.view().rebuild_approved
+        assert post("s3cret") == 200 and k.view().rebuild_approved
+    finally:
+        api.stop()
