@@ -44,6 +44,7 @@ from dbfence.agent.decide import Decision, decide
 from dbfence.agent.executor import Executor, NodeIdentity
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.member_tracker import MemberTracker
+from dbfence.agent.mysqld_restarter import MysqldRestarter
 from dbfence.agent.observation import DiscoveryTag, LeaseView
 from dbfence.agent.operator_commands import answer_command, approve_rebuild
 from dbfence.agent.peer_promises import FailsafeAdapter
@@ -158,6 +159,8 @@ class Agent:
             on_done=self._record_repair, api_token=self.http_token, backup_tool=rejoin.backup_tool,
             mbstream_tool=rejoin.mbstream_tool, api_tls=self.api_tls.client, mutual_tls=self.api_tls.mutual,
             free_space_margin=rejoin.free_space_margin_mib << 20, keep_old_datadirs=rejoin.keep_old_datadirs)
+        self.restarter = MysqldRestarter(mode=rejoin.mode, node=config.node.name, control=self.repair.control,
+                                         mysql=self.mysql)
         self.executor = Executor(
             identity=self.identity, keeper=self.keeper, lock=self.lock, gate=self.gate, mysql=self.mysql,
             monitor=self.monitor, db=self.db, dcs=self.dcs, replication=self.replication,
@@ -187,7 +190,8 @@ class Agent:
         self.status = StatusPublisher(
             identity=self.identity, metrics=self.metrics, board=self.board, gate=self.gate,
             keeper=self.keeper, monitor=self.monitor, db=self.db, dcs=self.dcs, members=self.members,
-            executor=self.executor, repair=self.repair, lock=self.lock, failsafe=self.failsafe)
+            executor=self.executor, repair=self.repair, lock=self.lock, failsafe=self.failsafe,
+            restarter=self.restarter)
 
     def _lease_view(self) -> LeaseView:
         return self.keeper.status.view()  # the keeper swaps its status: read it at call time
@@ -323,6 +327,9 @@ class Agent:
             # outlived the lease ends between this round's observation and here).
             self.executor.keep_check_passing()
         self.executor.reconcile_semi_sync(self.state.role.value, self.config.failover.lossless)
+        repair = self.repair.view()  # now, not as observed: this round's actions may have started one
+        self.restarter.tick(self.state.role, killed_by_fence=repair.awaiting_restart,
+                            repair_running=repair.running)
         self.last_decision = decision
         self.status.publish(observation, decision, self.state, self.observer.gate_stats)
         self.metrics.observe("decision_round_seconds", "How long a decision round takes: observe, "

@@ -18,6 +18,7 @@ from dbfence.agent.executor import Executor, NodeIdentity
 from dbfence.agent.gtid import GtidPosition
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.member_tracker import MemberTracker
+from dbfence.agent.mysqld_restarter import MysqldRestarter
 from dbfence.agent.observation import Observation
 from dbfence.agent.peer_promises import FAILSAFE_ACTIVE_HELP, FailsafeAdapter
 from dbfence.agent.repair_keeper import RepairKeeper
@@ -68,6 +69,7 @@ class StatusPublisher:
     repair: RepairKeeper
     lock: LeaseLock
     failsafe: FailsafeAdapter | None
+    restarter: MysqldRestarter | None = None
     _saturated: bool = field(default=False)  # mysqld refusing clients (too many connections), as last logged
 
     def publish(self, observation: Observation, decision: Decision, state: State,
@@ -152,6 +154,7 @@ class StatusPublisher:
             + ([self.dcs.latest.error] if self.dcs.latest.error else []),
             "action_errors": dict(self.executor.last_error),
             "repair": self.repair.status(),
+            "mysqld_restart": None if self.restarter is None else self.restarter.status(),
             "failsafe": self._failsafe_report(observation),
         }
         self._flush_failsafe_history(observation)

@@ -1,0 +1,126 @@
+"""Starts a replica's mysqld that crashed on its own, per :mod:`dbfence.agent.restart_rule`.
+
+The start command runs in a thread of its own (crash recovery can take minutes); the loop calls
+:meth:`MysqldRestarter.tick` once a round and reads :meth:`MysqldRestarter.status`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dbfence.agent.restart_rule import CrashView, next_delay, restart_hold
+from dbfence.agent.state import Role
+from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.errors import MysqlAdapterError
+from dbfence.mysql.repair import MysqldControl, RepairError, mysqld_running, start_mysqld
+
+log = logging.getLogger("dbfence.agent")
+
+
+class MysqldRestarter:
+    """Starts the local mysqld after a crash while this node is a replica, with backoff."""
+
+    def __init__(self, *, mode: str, node: str, control: MysqldControl, mysql: MysqlActions,
+                 clock: Callable[[], float] = time.monotonic,
+                 start: Callable[[MysqldControl, MysqlActions], None] = start_mysqld) -> None:
+        self.mode = mode
+        self.node = node
+        self.control = control
+        self.mysql = mysql
+        self.clock = clock
+        self.start = start
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._down_since: float | None = None  # when this crash was first seen
+        self._failed = 0  # failed starts since
+        self._next_at: float | None = None
+        self._last_error = ""
+        self._starts = 0  # successful starts, for status
+        self._hold = ""
+
+    def tick(self, role: Role, *, killed_by_fence: bool, repair_running: bool) -> None:
+        """One round: start mysqld now if the rule says so and the backoff allows."""
+        if self.mode == "manual":
+            return  # systemd's Restart= does it; not even the pid file is read
+        with self._lock:
+            if self._worker is not None and self._worker.is_alive():
+                return
+        pid_file = self.control.pid_file
+        view = CrashView(mode=self.mode, role=role, running=mysqld_running(pid_file),
+                         pid_file_left=pid_file.exists(), killed_by_fence=killed_by_fence,
+                         repair_running=repair_running)
+        hold = restart_hold(view)
+        now = self.clock()
+        with self._lock:
+            if view.running:
+                self._down_since = self._next_at = None
+                self._failed, self._hold = 0, ""
+                return
+            if hold is not None:
+                if hold != self._hold:
+                    log.warning(json.dumps({"event": "mysqld_down", "node": self.node, "restart": False,
+                                            "why": hold}))
+                self._hold = hold  # the backoff schedule stays: a hold is no successful start
+                return
+            self._hold = ""
+            if self._down_since is None:
+                self._down_since = now
+                log.warning(json.dumps({"event": "mysqld_crashed", "node": self.node, "role": role.value,
+                                        "start_in_s": next_delay(0)}))
+            if self._next_at is None:
+                self._next_at = now + next_delay(self._failed)
+            if now < self._next_at:
+                return
+            self._worker = threading.Thread(target=self._start, name="mysqld-restart", daemon=True)
+            self._worker.start()
+
+    def _start(self) -> None:
+        started = self.clock()
+        try:
+            self.start(self.control, self.mysql)
+        except (RepairError, MysqlAdapterError, OSError) as exc:
+            with self._lock:
+                first = str(exc) != self._last_error
+                self._failed += 1
+                self._last_error = str(exc)
+                delay = next_delay(self._failed)
+                self._next_at = self.clock() + delay
+            if first:  # the same failure again is only counted (status: failed_starts)
+                log.warning(json.dumps({"event": "mysqld_restart_failed", "node": self.node,
+                                        "failed_starts": self._failed, "next_in_s": delay,
+                                        "error": str(exc)}))
+            return
+        with self._lock:
+            down_for = started - (self._down_since or started)
+            self._starts += 1
+            self._down_since = self._next_at = None
+            self._failed, self._last_error = 0, ""
+        log.warning(json.dumps({"event": "mysqld_restarted", "node": self.node,
+                                "down_seconds": round(down_for + self.clock() - started, 1),
+                                "start_seconds": round(self.clock() - started, 1)}))
+
+    def join(self, timeout: float) -> None:
+        """Wait for a start under way (tests; the agent's stop does not wait for it)."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+
+    @property
+    def starting(self) -> bool:
+        with self._lock:
+            return self._worker is not None and self._worker.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            now = self.clock()
+            next_in = None if self._next_at is None else round(max(0.0, self._next_at - now), 1)
+            return {"held": self._hold or None,
+                    "starting": self._worker is not None and self._worker.is_alive(),
+                    "down_seconds": None if self._down_since is None else round(now - self._down_since, 1),
+                    "failed_starts": self._failed, "last_error": self._last_error or None,
+                    "next_start_in_s": next_in, "restarts": self._starts}

@@ -1,0 +1,123 @@
+"""Table tests of the rule that starts a mysqld that crashed on its own (restart_rule), and of the
+restarter's backoff with a start command that fails, then works (no server needed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from dbfence.agent.mysqld_restarter import MysqldRestarter
+from dbfence.agent.restart_rule import MAX_DELAY, CrashView, next_delay, restart_hold
+from dbfence.agent.state import Role
+from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.connection import Endpoint
+from dbfence.mysql.credentials import Credentials
+from dbfence.mysql.repair import MysqldControl, RepairError
+
+NO_MYSQL = MysqlActions(Endpoint("127.0.0.1", 9), Credentials("u", "p"), name="db2")  # never reached
+CRASHED_REPLICA = CrashView(mode="truncate", role=Role.REPLICA, running=False, pid_file_left=True,
+                            killed_by_fence=False, repair_running=False)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    view: CrashView
+    hold: str | None  # a fragment of the reason; None: start it
+
+
+CASES = [
+    Case("a replica's mysqld crashed (pid file left): start it", CRASHED_REPLICA, None),
+    Case("the same in rebuild mode", replace(CRASHED_REPLICA, mode="rebuild"), None),
+    Case("running: nothing to do", replace(CRASHED_REPLICA, running=True), "running"),
+    Case("manual mode: systemd restarts it", replace(CRASHED_REPLICA, mode="manual"), "systemd's Restart="),
+    Case("killed by the fence: only the repair starts it", replace(CRASHED_REPLICA, killed_by_fence=True),
+         "only the repair"),
+    Case("a repair is running (it stops and starts mysqld itself)",
+         replace(CRASHED_REPLICA, repair_running=True), "repair is running"),
+    Case("stopped cleanly (no pid file): an operator's stop is left alone",
+         replace(CRASHED_REPLICA, pid_file_left=False), "operator's stop"),
+    Case("never the primary: it fails over", replace(CRASHED_REPLICA, role=Role.PRIMARY),
+         "crashed while primary"),
+    Case("never a fenced former primary: recovery could remove errant transactions uncopied",
+         replace(CRASHED_REPLICA, role=Role.FENCED), "without a copy"),
+    Case("not during a role change", replace(CRASHED_REPLICA, role=Role.PROMOTING),
+         "crashed while promoting"),
+    Case("not while the agent starts", replace(CRASHED_REPLICA, role=Role.STARTING),
+         "crashed while starting"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_restart_rule(case: Case) -> None:
+    hold = restart_hold(case.view)
+    if case.hold is None:
+        assert hold is None
+    else:
+        assert hold is not None and case.hold in hold
+
+
+def test_the_backoff_doubles_to_a_minute_and_never_overflows() -> None:
+    assert [next_delay(n) for n in range(7)] == [2.0, 4.0, 8.0, 16.0, 32.0, MAX_DELAY, MAX_DELAY]
+    assert next_delay(10_000) == MAX_DELAY
+
+
+def test_the_restarter_backs_off_while_starts_fail_and_starts_once_when_they_work(tmp_path: Path) -> None:
+    pid_file = tmp_path / "mysqld.pid"
+    pid_file.write_text("999999999\n")  # a crash leaves it, naming a process that is gone
+    now = [1000.0]
+    no_space = RepairError("start command exited 1: no space")
+    outcomes: list[RepairError | None] = [no_space, no_space, None]
+    calls: list[float] = []
+
+    def start(control: MysqldControl, mysql: MysqlActions) -> None:
+        calls.append(now[0])
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    restarter = MysqldRestarter(mode="truncate", node="db2", clock=lambda: now[0], start=start,
+                                control=MysqldControl(pid_file=pid_file, start_command=["true"]),
+                                mysql=NO_MYSQL)
+
+    def tick(role: Role = Role.REPLICA) -> None:
+        restarter.tick(role, killed_by_fence=False, repair_running=False)
+        restarter.join(10)
+        assert not restarter.starting
+
+    tick()  # seen: the first start waits FIRST_DELAY
+    assert calls == [] and restarter.status()["next_start_in_s"] == 2.0
+    now[0] += 2.0
+    tick()
+    assert calls == [1002.0]
+    status = restarter.status()
+    assert status["failed_starts"] == 1 and "no space" in status["last_error"]
+    assert status["next_start_in_s"] == 4.0
+    now[0] += 3.9
+    tick()
+    assert calls == [1002.0]  # backing off
+    now[0] += 0.1
+    tick()
+    assert calls == [1002.0, 1006.0] and restarter.status()["next_start_in_s"] == 8.0
+    tick(Role.FENCED)  # fenced meanwhile: held, says why
+    assert "without a copy" in restarter.status()["held"]
+    now[0] += 8.0
+    tick()
+    assert calls == [1002.0, 1006.0, 1014.0]
+    status = restarter.status()
+    assert status["restarts"] == 1 and status["failed_starts"] == 0 and status["down_seconds"] is None
+
+
+def test_manual_mode_never_starts_mysqld(tmp_path: Path) -> None:
+    pid_file = tmp_path / "mysqld.pid"
+    pid_file.write_text("999999999\n")
+    calls: list[str] = []
+    restarter = MysqldRestarter(mode="manual", node="db2", clock=lambda: 0.0,
+                                start=lambda control, mysql: calls.append("start"),
+                                control=MysqldControl(pid_file=pid_file, start_command=["true"]),
+                                mysql=NO_MYSQL)
+    for _ in range(3):
+        restarter.tick(Role.REPLICA, killed_by_fence=False, repair_running=False)
+    assert calls == []

@@ -1,0 +1,41 @@
+"""A replica's mysqld that crashes on its own is started again by its agent (``[rejoin]`` not
+manual, where systemd's Restart= must stay off), and the replica catches up; the primary's is
+never touched (it fails over instead, tested elsewhere)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dbfence.lab.agents import AgentTuning
+from dbfence.lab.wait import wait_until
+from tests.conftest import LabFactory
+from tests.e2e.e2e_helpers import only_primary, rows_on, status, wait_for_role, write_row
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_a_crashed_replica_mysqld_is_started_again_and_catches_up(lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=2, dcs="etcd", agents=True,
+                      agent_tuning=AgentTuning(rejoin="truncate", lossless=False))
+    primary = only_primary(lab)
+    replica = next(n.name for n in lab.mysql if n.name != primary)
+    wait_for_role(lab, replica, "replica", timeout=60)
+    write_row(lab, 1)
+
+    lab.kill_mysql(replica)  # SIGKILL: a crash, its pid file stays
+    killed = time.monotonic()
+    write_row(lab, 2)  # the primary keeps taking writes meanwhile (asynchronous replication)
+
+    def restarted() -> bool:
+        report = status(lab, replica)
+        restart = report.get("mysqld_restart") or {}
+        return restart.get("restarts") == 1 and bool(report.get("database", {}).get("healthy"))
+
+    wait_until(restarted, timeout=90, what=f"{replica}'s agent to start its crashed mysqld")
+    back_after = time.monotonic() - killed
+    wait_until(lambda: rows_on(lab, replica) == {1, 2}, timeout=60, what=f"{replica} to catch up")
+    print(f"\n{replica}'s mysqld started again by its agent {back_after:.1f} s after the crash; "
+          f"{status(lab, replica)['mysqld_restart']}")
+    assert only_primary(lab) == primary and status(lab, replica)["role"] == "replica"
