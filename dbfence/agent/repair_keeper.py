@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import ssl
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 
 from dbfence.agent.actions import RebuildNode, TruncateErrant
 from dbfence.agent.observation import RepairView
+from dbfence.agent.rebuild_approval import APPROVAL_FILE, APPROVE_HINT, approve_command, write_approval
 from dbfence.discovery.backup_stream import fetch_backup
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
@@ -50,10 +50,6 @@ log = logging.getLogger("dbfence.agent")
 #: How long after fencing the evidence may still be read from the same run of mysqld (a hung one
 #: that resumes); a run that started after the fence says nothing about the primary's commits.
 EVIDENCE_RETRY_FOR = 600.0
-#: An operator's approval of one rebuild the evidence cannot justify ([rejoin] mode = rebuild).
-APPROVAL_FILE = "rebuild-approved"
-#: What a hold that only an operator's approval can lift contains (dbfence.agent.rejoin).
-APPROVE_HINT = "dbfence rejoin approve --node"
 #: Backoff of a repair of a mysqld the fence killed (it stays down until one attempt succeeds).
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
@@ -312,16 +308,9 @@ class RepairKeeper:
         if self.mode != "rebuild":
             raise ValueError(f"[rejoin] mode is {self.mode!r} on {self.node}: it never rebuilds, "
                              "so an approval would change nothing")
-        path = self.state_dir / APPROVAL_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall()))
-            out.write(f"approved by {by} at {when}\n")
+        path = write_approval(self.state_dir, by, self.wall())
         log.warning(json.dumps({"event": "rebuild_approved", "node": self.node, "by": by, "file": str(path)}))
         return f"one rebuild of {self.node} approved ({path}); it starts when a donor can serve"
-
-    def approve_command(self) -> str:
-        return f"{APPROVE_HINT} {self.node}  (or: touch {self.state_dir / APPROVAL_FILE})"
 
     def note_hold(self, hold: str) -> None:
         """The core's reason for starting no repair this round ('' when none): shown in status."""
@@ -334,7 +323,8 @@ class RepairKeeper:
                 "saved_file": view.saved_file, "gave_up": view.gave_up, "gave_up_on": view.gave_up_on,
                 "ended_by_fence": self._ended_by_fence, "retrying": self.retrying, "waiting": self.hold,
                 "rebuild_approved": view.rebuild_approved,
-                "approve_command": self.approve_command() if APPROVE_HINT in self.hold else None,
+                "approve_command": (approve_command(self.node, self.state_dir) if APPROVE_HINT in self.hold
+                                    else None),
                 "last": None if result is None else {
                     "errant_before": result.errant_before, "errant_after": result.errant_after,
                     "binlog_pos_before": result.binlog_pos_before,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from dbfence.agent.actions import ActionReason, RebuildNode
 from dbfence.agent.operator_commands import approve_rebuild
-from dbfence.agent.repair_keeper import APPROVAL_FILE, RepairKeeper
+from dbfence.agent.rebuild_approval import APPROVAL_FILE
+from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.discovery.http_api import APPROVE_REBUILD, CommandResult, HttpApi, StatusBoard
 from dbfence.discovery.metrics import Metrics
 from dbfence.mysql.actions import MysqlActions
