@@ -39,9 +39,11 @@ class ActionReason(enum.Enum):
     RENEWAL_DUE = "renewal_due"
     FENCE_COMPLETE = "fence_complete"
     UNWANTED_LEASE = "unwanted_lease"
+    ADOPT_RUNNING_PRIMARY = "adopt_running_primary"  # a new cluster's writable primary, not fenced
     # promotion
     PROMOTION = "promotion"
     FAILOVER_STARTED = "failover_started"
+    FIRST_PRIMARY = "first_primary"  # a new cluster's first primary admits: the cluster is managed
     OVERTAKEN = "overtaken"
     PRIMARY_READY = "primary_ready"
     LEASE_EXTENDED = "lease_extended"

@@ -141,13 +141,20 @@ class ReplicationState:
     """Local replication. ``source`` is the node replicated from (None: not configured,
     i.e. promoted or never set up). ``running``: both threads run; ``receiving``: the IO
     thread runs or is (re)connecting, i.e. the source's binlog may still arrive (False once
-    stopped, e.g. by DetachSource). ``lag_seconds`` is how far the applier is behind the
-    events already received (None: unknown). ``errant`` is the latest errant check
-    against the current lock holder, None when not available."""
+    stopped, e.g. by DetachSource). ``source_connected``: the IO thread is connected to its
+    source right now (``Slave_IO_Running = Yes``, not retrying): the source is alive.
+    ``lag_seconds`` is how far the applier is behind the events already received (None:
+    unknown). ``errant`` is the latest errant check against the current lock holder, None
+    when not available.
+
+    ``source`` is the name of the member whose published mysqld address (host, port) matches
+    the replication source, or ``host:port`` when no member record ever named that address.
+    """
 
     source: str | None = None
     running: bool = False
     receiving: bool = False
+    source_connected: bool = False
     relay_log_applied: bool = True
     lag_seconds: float | None = 0.0
     errant: ErrantCheck | None = None
@@ -240,6 +247,11 @@ class Observation:
     ``last_failover_at`` is when the last failover started (from the DCS, converted to
     the local clock by the adapter); None when there has been none. ``failsafe`` carries the
     peer promises asked and given (docs/failsafe.md).
+
+    ``new_cluster``: the DCS holds no history at all for this cluster (read, and empty): no
+    agent ever led it, so a writable mysqld without a source is a running primary to adopt and
+    a replica's source without a member record is that primary, not a member whose agent died.
+    None: the history could not be read yet. False (the default): the cluster has a history.
     """
 
     now: float
@@ -253,6 +265,7 @@ class Observation:
     last_failover_at: float | None = None
     repair: RepairView = RepairView()
     failsafe: FailsafeView = field(default_factory=FailsafeView)
+    new_cluster: bool | None = False
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.now):

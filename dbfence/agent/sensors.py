@@ -215,6 +215,7 @@ class DbSensor:
             running=status is not None and status.io_running == "Yes" and status.sql_running == "Yes",
             # "Connecting" counts: a thread retrying a frozen source gets its binlog once it thaws.
             receiving=status is not None and status.io_running != "No",
+            source_connected=status is not None and status.io_running == "Yes",
             relay_log_applied=applied,
             lag_seconds=lag,
             errant=errant,
@@ -314,6 +315,12 @@ class DcsView:
     error: str = ""
     last_failover_wall: float | None = None
     history: tuple[HistoryEntry, ...] = field(default_factory=tuple)
+    history_read: bool = False  # ``history`` was read from the DCS at least once
+
+    @property
+    def new_cluster(self) -> bool | None:
+        """No history at all in the DCS: no agent ever led this cluster (None: not read yet)."""
+        return not self.history if self.history_read else None
 
 
 # Member record fields that move with replication progress alone.
@@ -347,6 +354,9 @@ class DcsSensor:
         self._stop = threading.Event()
         self.latest = DcsView(at=time.monotonic(), snapshot=None, error="not read yet")
         self._history_index = -1
+        # The newest history read (None: none succeeded yet) and the history index it was read at.
+        self._history: tuple[HistoryEntry, ...] | None = None
+        self._history_read_index = -1
         self._publish = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="dbfence-dcs-sensor", daemon=True)
 
@@ -369,19 +379,22 @@ class DcsSensor:
             was_reachable = self.latest.snapshot is not None
             self.latest = DcsView(at=time.monotonic(), snapshot=None, error=str(exc),
                                   last_failover_wall=self.latest.last_failover_wall,
-                                  history=self.latest.history)
+                                  history=self.latest.history, history_read=self.latest.history_read)
             if was_reachable:  # the loop sees "unreachable" once, not at every failed retry
                 self._wake.set()
             return None
-        history, last_failover = self.latest.history, self.latest.last_failover_wall
         # Only a new history entry changes the history; where the backend cannot say when one
         # was written, any change may be one.
         history_index = snapshot.index if snapshot.history_index is None else snapshot.history_index
         if history_index != self._history_index:
             try:
-                history = self._lock.read_history(limit=20)
-                failovers = [e.at for e in history if e.kind in ("failover", "switchover")]
-                last_failover = max(failovers) if failovers else None
+                entries = self._lock.read_history(limit=20)
+                with self._publish:
+                    # Kept apart from each view: a read racing this one (the loop's refresh) that
+                    # skipped the history must not publish an older copy: "no history" decides
+                    # whether a running primary may be adopted (docs/decision-core.md).
+                    if history_index >= self._history_read_index:
+                        self._history, self._history_read_index = entries, history_index
                 self._history_index = history_index
             except LockError:
                 pass  # keep the previous history; it only feeds the cooldown and status
@@ -397,8 +410,11 @@ class DcsSensor:
             if snapshot.problems and (current is None or current.problems != snapshot.problems):
                 for problem in snapshot.problems:
                     log.warning("bad data in the DCS: %s", problem)
-            self.latest = DcsView(at=time.monotonic(), snapshot=snapshot, last_failover_wall=last_failover,
-                                  history=history)
+            history = self._history
+            failovers = [e.at for e in history or () if e.kind in ("failover", "switchover")]
+            self.latest = DcsView(at=time.monotonic(), snapshot=snapshot,
+                                  last_failover_wall=max(failovers) if failovers else None,
+                                  history=history or (), history_read=history is not None)
         # Members' replication progress moves with every heartbeat commit; waking the loop for it
         # made each agent publish its own new position, which woke the others: ~9 etcd writes a
         # second on an idle 3-node cluster. The loop reads the latest snapshot whenever it runs

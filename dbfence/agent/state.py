@@ -41,6 +41,7 @@ class Trigger(enum.Enum):
     ERRANT_GTIDS = "errant_gtids"
     REJOINED = "rejoined"
     OVERTAKEN = "overtaken"
+    ADOPTED = "adopted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,8 @@ class Transition:
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(Role.STARTING, Trigger.LOCAL_FENCE_CONFIRMED, Role.REPLICA,
                "gate blocked and mysqld read-only (or down)"),
+    Transition(Role.STARTING, Trigger.ADOPTED, Role.PROMOTING,
+               "new cluster: took the free lock for its running, most advanced primary, unfenced"),
     Transition(Role.REPLICA, Trigger.LOCK_FREE_AND_ELIGIBLE, Role.CANDIDATE,
                "lock free, healthy, caught up, most advanced, cooldown over"),
     Transition(Role.REPLICA, Trigger.ERRANT_GTIDS, Role.FENCED,
@@ -97,7 +100,8 @@ class IllegalTransitionError(RuntimeError):
 
 #: Short explanation of each role, used by the diagram generator and the docs.
 ROLE_DESCRIPTIONS: dict[Role, str] = {
-    Role.STARTING: "Fresh agent process. Blocks its gate and sets mysqld read-only before anything else.",
+    Role.STARTING: "Fresh agent process. Blocks its gate and sets mysqld read-only before anything else, "
+                   "except on a new cluster's running primary, which it adopts without fencing.",
     Role.REPLICA: "Follows the lock holder once it is primary and its errant-GTID check is clean; "
                   "races when the lock is free and it is eligible.",
     Role.CANDIDATE: "Eligible replica that asked the DCS for the lock and waits for the answer.",
