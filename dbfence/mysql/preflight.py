@@ -306,7 +306,17 @@ class Holder:
     mysql_port: int
 
 
-def check_source(settings: ServerSettings, node: str, holder: Holder | None, repl_user: str) -> Check:
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the DCS says beyond the lock: whether the cluster has any history (None: unread), and
+    the agents that run, by the mysqld address each publishes: (host, port) -> (node, role)."""
+
+    new_cluster: bool | None = None
+    members: dict[tuple[str, int], tuple[str, str]] | None = None
+
+
+def check_source(settings: ServerSettings, node: str, holder: Holder | None, repl_user: str,
+                 cluster: ClusterFacts | None = None) -> Check:
     """A replica should replicate from the node that holds the lock (the primary)."""
     replica = settings.replica
     read_only = _on(settings.variables.get("read_only"))
@@ -314,18 +324,7 @@ def check_source(settings: ServerSettings, node: str, holder: Holder | None, rep
         return fail("replication_source", f"cannot read the replication status: {settings.replica_error}",
                     "give the agent account its privileges (see agent_account)")
     if holder is None:
-        if replica is not None:
-            # Measured: a replica's agent started while its source has none takes the free lock
-            # and promotes itself while the source still takes writes (two writers, errant GTIDs).
-            return fail("replication_source",
-                        f"no agent holds the lock, and this node replicates from "
-                        f"{replica.primary_host}:{replica.primary_port}: started now, this agent could "
-                        "take the lock and promote this node while that source still takes writes",
-                        f"start the agent on {replica.primary_host} first and wait until `dbfence status` "
-                        "shows it admitting, then this one")
-        role = "writable" if not read_only else "read-only and not replicating"
-        return warn("replication_source", f"no agent holds the lock yet; this node is {role}",
-                    "start the agent on the current primary first (docs/install.md)")
+        return _check_without_holder(replica, read_only, cluster or ClusterFacts())
     if holder.node == node:
         return ok("replication_source", "this node holds the lock (it is the primary)")
     if not holder.mysql_host or not holder.mysql_port:
@@ -348,3 +347,47 @@ def check_source(settings: ServerSettings, node: str, holder: Holder | None, rep
                     "START SLAVE; (and fix the error shown by SHOW SLAVE STATUS)")
     return ok("replication_source", f"replicates from the lock holder {holder.node} "
                                     f"({holder.mysql_host}:{holder.mysql_port})")
+
+
+def _check_without_holder(replica: ReplicaStatus | None, read_only: bool, cluster: ClusterFacts) -> Check:
+    """Nobody holds the lock: what this node's agent will do when it starts (docs/install.md,
+    "Start the agents"). On a new cluster (no history in the DCS) the agents adopt it in any order."""
+    new = cluster.new_cluster
+    if replica is None:
+        if read_only:
+            return warn("replication_source", "no agent holds the lock yet; this node is read-only and not "
+                                              "replicating", "start the agent on the current primary first "
+                                              "(docs/install.md)")
+        if new:
+            return ok("replication_source", "no agent holds the lock yet; this node is writable and not "
+                                            "replicating: its agent adopts it as the primary without "
+                                            "interrupting its writers (new cluster)")
+        why = ("the DCS history could not be read" if new is None
+               else "the cluster has a history in the DCS")
+        return warn("replication_source", f"no agent holds the lock yet; this node is writable, but {why}: "
+                                          "its agent sets it read-only at start (its writers get errors) "
+                                          "and it races like any node",
+                    "move its writers to the gate, or see docs/install.md (adopting a running cluster)")
+    source = f"{replica.primary_host}:{replica.primary_port}"
+    member = (cluster.members or {}).get((replica.primary_host, replica.primary_port))
+    if member is not None:
+        name, role = member
+        return ok("replication_source", f"no agent holds the lock yet; this node replicates from {name} "
+                                        f"({source}), whose agent runs ({role})")
+    if new is False:
+        return warn("replication_source",
+                    f"the lock is free, the cluster has a history, and this node replicates from {source}, "
+                    "which has no agent: started now, this agent treats it as a former primary whose "
+                    "agent stopped (it stops receiving from it and may take the lock)",
+                    f"start the agent on {replica.primary_host} first")
+    if replica.io_running != "Yes":
+        return warn("replication_source",
+                    f"the lock is free and this node replicates from {source}, which has no agent, but "
+                    f"its IO thread is not connected (IO={replica.io_running}): started now, this agent "
+                    "counts that source as gone and may take the lock",
+                    f"start the agent on {replica.primary_host} first, or fix replication "
+                    "(SHOW SLAVE STATUS)")
+    return ok("replication_source",
+              f"the lock is free and this node replicates from {source}, which has no agent yet: this "
+              "agent waits (it neither takes the lock nor stops replicating) until that source's agent "
+              "adopts it")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,7 +13,7 @@ from dbfence.config import AgentConfig
 from dbfence.locks.base import LockSettings
 from dbfence.locks.errors import LockError
 from dbfence.locks.factory import DcsConfig, open_lock
-from dbfence.mysql.preflight import Holder
+from dbfence.mysql.preflight import ClusterFacts, Holder
 from dbfence.preflight.result import Check, fail, ok, warn
 
 _CONNECT_TIMEOUT = 1.5
@@ -85,6 +85,7 @@ class LockView:
     check: Check
     holder: Holder | None
     reachable: bool
+    cluster: ClusterFacts = field(default_factory=ClusterFacts)
 
 
 def read_lock(config: AgentConfig) -> LockView:
@@ -104,19 +105,29 @@ def read_lock(config: AgentConfig) -> LockView:
     try:
         snapshot = lock.snapshot(strict=False)
     except LockError as exc:
+        lock.close()
         return LockView(fail("dcs_read", f"cannot read the cluster's keys: {exc}",
                              "check dcs.endpoints, the credentials and TLS files, and the DCS's ACLs"),
                         None, False)
+    try:
+        new_cluster: bool | None = not lock.read_history(limit=1)
+    except LockError:
+        new_cluster = None  # the agents' own rule then waits rather than guess
     finally:
         lock.close()
+    agents = {(m.record.mysql_host, m.record.mysql_port): (m.record.node, m.record.role)
+              for m in snapshot.members if m.record.mysql_host}
+    cluster = ClusterFacts(new_cluster, agents)
     holder_info = snapshot.lock.holder if snapshot.lock else None
     if holder_info is None:
+        history = {True: ", no history (a new cluster)", False: "", None: ", history unreadable"}[new_cluster]
         return LockView(ok("dcs_read", f"cluster {config.cluster.name!r}: the lock is free, "
-                                       f"{len(snapshot.members)} member record(s)"), None, True)
+                                       f"{len(snapshot.members)} member record(s){history}"),
+                        None, True, cluster)
     record = next((m.record for m in snapshot.members if m.record.node == holder_info.node), None)
     holder = Holder(holder_info.node, record.mysql_host if record else "", record.mysql_port if record else 0)
     return LockView(ok("dcs_read", f"cluster {config.cluster.name!r}: {holder_info.node} holds the lock"),
-                    holder, True)
+                    holder, True, cluster)
 
 
 def check_published_address(config: AgentConfig) -> Check:

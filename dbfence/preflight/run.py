@@ -11,7 +11,7 @@ from dbfence.mysql.connection import Endpoint, Timeouts, close_quietly, connect,
 from dbfence.mysql.credentials import load_credentials_file
 from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
 from dbfence.mysql.flavour import sql_for
-from dbfence.mysql.preflight import Holder
+from dbfence.mysql.preflight import ClusterFacts, Holder
 from dbfence.preflight import dcs as dcs_checks
 from dbfence.preflight import host as host_checks
 from dbfence.preflight.result import Check, fail, ok
@@ -37,11 +37,13 @@ def check_config(config: AgentConfig) -> list[Check]:
     checks += dcs_checks.check_endpoints(config)
     lock = dcs_checks.read_lock(config)
     checks.append(lock.check)
-    checks += check_mysql(config, lock.holder if lock.reachable else None, lock_known=lock.reachable)
+    checks += check_mysql(config, lock.holder if lock.reachable else None, lock_known=lock.reachable,
+                          cluster=lock.cluster)
     return checks
 
 
-def check_mysql(config: AgentConfig, holder: Holder | None, *, lock_known: bool) -> list[Check]:
+def check_mysql(config: AgentConfig, holder: Holder | None, *, lock_known: bool,
+                cluster: ClusterFacts | None = None) -> list[Check]:
     mysql = config.mysql
     endpoint = Endpoint(mysql.host, mysql.port, mysql.socket or None)
     try:
@@ -71,7 +73,8 @@ def check_mysql(config: AgentConfig, holder: Holder | None, *, lock_known: bool)
                            lambda: [sql_checks.check_replication_account(conn, replication.user)])
         checks += _guarded("app_users", lambda: sql_checks.check_app_accounts(conn, mysql.app_users, flavour))
         if lock_known:
-            checks.append(sql_checks.check_source(settings, config.node.name, holder, replication.user))
+            checks.append(sql_checks.check_source(settings, config.node.name, holder, replication.user,
+                                                  cluster))
         else:
             checks.append(fail("replication_source", "unknown: the DCS could not be read (see above)"))
         return checks

@@ -8,6 +8,7 @@ import pytest
 from dbfence.config import parse_config
 from dbfence.mysql.flavour import Flavour, ReplicaStatus, ServerVersion
 from dbfence.mysql.preflight import (
+    ClusterFacts,
     Holder,
     ServerSettings,
     check_binlog,
@@ -88,10 +89,29 @@ def test_replication_source() -> None:
     running = ReplicaStatus("Yes", "Yes", 0, "", 0, "", 0, "10.0.0.11", 3306, 1, "0-1-5", "Slave_Pos")
     replicating = ServerSettings(MARIADB, GOOD, running)
     assert check_source(replicating, "db2", holder, "repl").status is Status.OK
-    # Nobody holds the lock: a replica's agent must wait for its source's (it would promote).
-    premature = check_source(replicating, "db2", None, "repl")
-    assert premature.status is Status.FAIL
-    assert premature.fix.startswith("start the agent on 10.0.0.11 first")
+    # Nobody holds the lock, on a new cluster: a replica's agent waits for its source's, which
+    # adopts its running primary (docs/install.md: agents start in any order).
+    waits = check_source(replicating, "db2", None, "repl", ClusterFacts(new_cluster=True, members={}))
+    assert waits.status is Status.OK and "this agent waits" in waits.detail, waits
+    assert check_source(replicating, "db2", None, "repl").status is Status.OK  # history unread: waits too
+    followed = check_source(replicating, "db2", None, "repl",
+                            ClusterFacts(True, {("10.0.0.11", 3306): ("db1", "starting")}))
+    assert followed.status is Status.OK
+    assert "db1 (10.0.0.11:3306), whose agent runs (starting)" in followed.detail
+    # ... but with its IO thread not connected it would count the source as gone and may race.
+    retrying = ServerSettings(MARIADB, GOOD, ReplicaStatus("Connecting", "Yes", 0, "", 0, "", 0, "10.0.0.11",
+                                                          3306, 1, "0-1-5", "Slave_Pos"))
+    gone = check_source(retrying, "db2", None, "repl", ClusterFacts(new_cluster=True, members={}))
+    assert gone.status is Status.WARN and gone.fix.startswith("start the agent on 10.0.0.11 first"), gone
+    # A cluster with a history: a source without an agent is a former member whose agent stopped.
+    former = check_source(replicating, "db2", None, "repl", ClusterFacts(new_cluster=False, members={}))
+    assert former.status is Status.WARN and "former primary" in former.detail, former
+    # A writable node without a source: adopted on a new cluster, fenced at start otherwise.
+    writable = _settings(read_only="OFF")
+    adopted = check_source(writable, "db1", None, "repl", ClusterFacts(new_cluster=True))
+    assert adopted.status is Status.OK and "adopts it as the primary" in adopted.detail, adopted
+    fenced = check_source(writable, "db1", None, "repl", ClusterFacts(new_cluster=False))
+    assert fenced.status is Status.WARN and "sets it read-only at start" in fenced.detail, fenced
 
 
 def _config(endpoints: list[str], tls_ca: str = "") -> dict[str, object]:
