@@ -355,7 +355,8 @@ class Model:
         dcs = world.dcs
         holder = dcs.holder_at(now)
         lease = node.agent.lease
-        if node.partitioned or world.dcs_down:
+        lock_unknown = node.partitioned or world.dcs_down
+        if lock_unknown:
             lock = LockView(reachable=False)
             members: tuple[MemberRecord, ...] = ()
             last_failover = None
@@ -390,6 +391,7 @@ class Model:
                     source=db.source, running=db.source is not None and db.receiving,
                     receiving=db.source is not None and db.receiving, relay_log_applied=True,
                     lag_seconds=0.0, errant=errant,
+                    source_connected=self.source_connected(world, index),
                 ),
             )
         else:
@@ -414,7 +416,15 @@ class Model:
             repair=(replace(self.repair_view, awaiting_restart=True) if node.db.killed_by_fence
                     else self.repair_view),
             failsafe=view,
+            # The DCS history is empty until the first primary records its election.
+            new_cluster=None if lock_unknown else dcs.last_failover is None,
         )
+
+    def source_connected(self, world: World, index: int) -> bool:
+        """The IO thread is connected: its source's mysqld is alive (no link faults modelled)."""
+        db = world.nodes[index].db
+        return (db.source is not None and db.receiving
+                and world.nodes[NAMES.index(db.source)].db.alive)
 
     def reachable(self, world: World, index: int) -> bool:
         return not world.dcs_down and not world.nodes[index].partitioned
