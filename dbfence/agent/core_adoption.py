@@ -94,13 +94,17 @@ Verdict = Adopt | AwaitFacts | NotAdopted | None
 
 def adoption(obs: Observation, state: State, config: CoreConfig) -> Verdict:
     """Rule (b), for a STARTING agent. None: not a running primary of a new cluster (a read-only
-    or replicating mysqld, or a cluster with a history): nothing to adopt."""
+    or replicating mysqld, or a cluster with a history): nothing to adopt.
+
+    A mysqld not read yet (``read_only`` None: the agent's first round comes before its first
+    probe, or mysqld is down) may be a running primary: on a new cluster, or one whose history is
+    not read yet, the agent waits for it too rather than set read-only on a guess."""
     db = obs.db
-    if db.read_only is not False or db.replication.source is not None or obs.new_cluster is False:
+    if db.read_only is True or db.replication.source is not None or obs.new_cluster is False:
         return None
     refused = _refused(obs, config)
     if refused is not None:
-        return NotAdopted(refused)
+        return NotAdopted(refused) if db.read_only is False else None
     missing = _missing(obs)
     if missing is None:
         return Adopt()
@@ -140,6 +144,8 @@ def _refused(obs: Observation, config: CoreConfig) -> str | None:
 
 def _missing(obs: Observation) -> str | None:
     """A fact the adoption needs that is not in yet."""
+    if obs.db.read_only is None:
+        return "mysqld not read yet"
     if not obs.lock.reachable:
         return "the DCS cannot be read"
     if obs.new_cluster is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dbfence.agent.actions import ActionReason, ClearSwitchover, ReleaseLock, Repoint, SetReadOnly
+from dbfence.agent.decide_adoption import adopt_running_primary
 from dbfence.agent.decide_lease import fence_actions, lease_trouble, release_unwanted_lease, renew_if_due
 from dbfence.agent.decide_race import switchover_target_suitable
 from dbfence.agent.decide_replica import acknowledges, detach_lost_source, ready_primary
@@ -21,7 +22,12 @@ from dbfence.agent.state import Trigger
 
 
 def handle_starting(r: Round) -> None:
+    if adopt_running_primary(r):
+        return
     fence_actions(r, ActionReason.STARTUP, insist=True)
+    # As a replica would: what a source without the lock ships now was never acknowledged, and,
+    # received while this agent starts, it would outrank a winner that raced meanwhile.
+    detach_lost_source(r)
     release_unwanted_lease(r)
     if r.obs.fence_complete:
         r.move(Trigger.LOCAL_FENCE_CONFIRMED)

@@ -150,4 +150,9 @@ def _promotion_step(r: Round) -> None:
         r.emit(WriteFencingToken(token, ActionReason.PROMOTION))
     else:
         r.move(Trigger.PROMOTION_COMPLETE)
+        if obs.new_cluster is True:
+            # A new cluster's first primary (an adopted one writes no SetReadOnly step): from now
+            # on the cluster has a history, and a source without a record is a member whose agent
+            # died, no longer a running primary to wait for (dbfence/agent/core_adoption.py).
+            r.emit(RecordFailover(ActionReason.FIRST_PRIMARY))
         serve(r)

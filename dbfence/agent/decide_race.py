@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dbfence.agent import failsafe
+from dbfence.agent import core_adoption, failsafe
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide_round import Refusal, RefusalReason, Round, fresh
 from dbfence.agent.gtid import GtidPosition, RankKey, candidate_sort_key
@@ -121,6 +121,9 @@ def collect_race_refusals(r: Round) -> None:
     intents = obs.intents
     if intents.paused:
         r.refuse(RefusalReason.PAUSED)
+    unmanaged = core_adoption.unmanaged_source(obs)
+    if unmanaged is not None:
+        r.refuse(RefusalReason.SOURCE_UNMANAGED, core_adoption.unmanaged_source_detail(obs, unmanaged))
     blocked = failsafe.race_blocked(obs.failsafe, r.me, r.now)
     if blocked is not None:
         r.refuse(RefusalReason(blocked[0]), blocked[1])

@@ -7,7 +7,7 @@ and races only when ``race_refusals`` says nothing stops it.
 
 from __future__ import annotations
 
-from dbfence.agent import failsafe
+from dbfence.agent import core_adoption, failsafe
 from dbfence.agent.actions import AcquireLock, ActionReason, DetachSource, Repoint
 from dbfence.agent.decide_lease import keep_replica_safe, release_unwanted_lease
 from dbfence.agent.decide_race import collect_race_refusals
@@ -142,6 +142,8 @@ def detach_lost_source(r: Round) -> None:
     source = replication.source
     if source is None or not replication.receiving or not lock.reachable or lock.holder == source:
         return
+    if core_adoption.unmanaged_source(r.obs) is not None:
+        return  # a running primary no agent manages yet: it may take writes that wait for our acks
     if failsafe.keeps_source(r.obs.failsafe, source, r.now):
         return  # promised: it may still be admitting, and its commits wait for our acks
     if lock.holder is not None or r.config.lossless:

@@ -44,6 +44,9 @@ class RefusalReason(enum.Enum):
     REPAIR_GAVE_UP = "repair_gave_up"
     PROMISE_GIVEN = "promise_given"
     NOT_IN_FAILSAFE_LIST = "not_in_failsafe_list"
+    SOURCE_UNMANAGED = "source_unmanaged"  # adoption rule (a): dbfence/agent/core_adoption.py
+    ADOPTION_PENDING = "adoption_pending"  # rule (b): waiting, unfenced, for the facts it needs
+    NOT_ADOPTED = "not_adopted"  # rule (b): a writable node started as ever (fenced), and why
 
 
 @dataclass(frozen=True, slots=True)
