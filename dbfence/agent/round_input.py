@@ -149,6 +149,7 @@ class Observer:
             last_failover_at=last_failover,
             repair=self.repair.view(),
             failsafe=failsafe,
+            new_cluster=view.new_cluster,
         )
 
     def _health(self, facts: DbFacts, now: float) -> HealthVerdict:
