@@ -24,6 +24,7 @@ from dbfence.agent.actions import (
 from dbfence.agent.core_adoption import ADOPTION_WAIT_TTLS
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide import RefusalReason, decide
+from dbfence.agent.failsafe_view import FailsafeView, GivenPromise
 from dbfence.agent.observation import DiscoveryTag, LocalDatabase, LockView, Observation, OperatorIntents
 from dbfence.agent.state import Role, State, Trigger
 from tests.agent.core_builders import CONFIG, DEADLINE, HELD, NOW, TOKEN, core_actions, db, member, observe
@@ -130,6 +131,12 @@ CASES = [
          starting(now=GIVE_UP, database=db(read_only=False, source=None, healthy=False,
                                            reasons=("not yet confirmed",))),
          Role.STARTING, FENCE, (R.NOT_ADOPTED, R.FENCE_INCOMPLETE), detail="after 20s"),
+    Case("adopt: not while a failsafe promise binds it", START,
+         replace(starting(), failsafe=FailsafeView(given=GivenPromise("n2", 3, NOW + 5))), Role.STARTING,
+         FENCE, (R.NOT_ADOPTED, R.FENCE_INCOMPLETE), detail="promise_given: to n2"),
+    Case("adopt: waits for its GTID position", START,
+         starting(database=db(read_only=False, source=None, position=None)),
+         Role.STARTING, (), (R.ADOPTION_PENDING,), detail="GTID position unknown"),
     Case("adopt: waits for mysqld's first read rather than set read-only on a guess", START,
          starting(database=db(read_only=None, source=None, position=None, server_id=None)),
          Role.STARTING, (), (R.ADOPTION_PENDING,), detail="mysqld not read yet"),
@@ -162,6 +169,10 @@ CASES = [
     Case("replica: replication stopped by an operator: races", REPLICA,
          new(observe(database=replicating(receiving=False))), Role.CANDIDATE,
          (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("replica: another node holds the lock: it is followed, the old source left", REPLICA,
+         new(observe(database=replicating(), lock=LockView(True, "n2", 3),
+                     peers=(member("n2", Role.PRIMARY, position="0-1-100"),))),
+         Role.REPLICA, (DetachSource(A.SOURCE_LOST_LOCK),), (R.ERRANT_UNCHECKED,)),
     Case("candidate: an unmanaged source makes it step back", State(Role.CANDIDATE, since=NOW - 1),
          new(observe(Role.CANDIDATE, database=replicating())), Role.REPLICA, (), (R.SOURCE_UNMANAGED,)),
 ]
