@@ -106,7 +106,9 @@ def adoption(obs: Observation, state: State, config: CoreConfig) -> Verdict:
     if refused is not None:
         return NotAdopted(refused) if db.read_only is False else None
     missing = _missing(obs)
-    if missing is None:
+    if missing is None or obs.lease.held:
+        # Holding the lease it took to adopt, a fact gone missing meanwhile (a probe round that
+        # timed out) is the promotion's business: it writes its token before admitting anyway.
         return Adopt()
     until = state.since + ADOPTION_WAIT_TTLS * config.ttl
     if obs.now >= until:

@@ -268,6 +268,10 @@ class Agent:
 
     def run(self) -> None:
         ready = False
+        # STARTING counts from the first round, not from building the parts: a running primary's
+        # adoption waits at most two TTLs for its facts, and starting the gate workers can take
+        # seconds on a loaded host (seen: the wait was over before the first round).
+        self.state = State.initial(time.monotonic())
         while not self.stopping.is_set():
             try:
                 decision = self.step()
