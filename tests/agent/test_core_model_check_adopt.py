@@ -90,6 +90,6 @@ def test_the_checker_catches_a_replica_that_races_past_an_unmanaged_primary(
     """Without rule (a) (the behaviour before issue 17), a replica whose agent starts first takes
     the free lock and promotes while n1 still takes direct writes: the checker must say so."""
     monkeypatch.setattr(core_adoption, "unmanaged_source", lambda obs: None)
-    model = AdoptionModel(ModelLimits(depth=8, faults=0, writes=1, max_time=6))
+    model = AdoptionModel(ModelLimits(depth=10, faults=0, writes=1, max_time=6))
     with pytest.raises(ModelViolationError, match="two writers"):
         model.explore([model.initial_unmanaged()])
