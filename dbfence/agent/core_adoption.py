@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from dbfence.agent import failsafe
 from dbfence.agent.core_config import CoreConfig
+from dbfence.agent.gtid import GtidPosition
 from dbfence.agent.observation import Observation
 from dbfence.agent.state import Role, State
 
@@ -132,16 +133,36 @@ def _refused(obs: Observation, config: CoreConfig) -> str | None:
     blocked = failsafe.race_blocked(obs.failsafe, me, obs.now)
     if blocked is not None:
         return f"{blocked[0]}: {blocked[1]}"
-    holds = obs.db.holds
+    holds, server_id = obs.db.holds, obs.db.server_id
     for record in obs.members:
         info = record.info
         if record.name == me:
             continue
         if info.role in _ELECTION_ROLES or info.gate_admitting:
             return f"{record.name} is {info.role.value}"
-        if holds is not None and info.holds is not None and info.holds.rank_key() > holds.rank_key():
+        if (holds is not None and server_id is not None and info.holds is not None
+                and holds_what_it_lacks(info.holds, holds, server_id)):
             return f"{record.name} holds {info.holds}, more than this node"
     return None
+
+
+def running_primary(obs: Observation) -> bool:
+    """This node is a new cluster's running primary (being adopted): writable, no source."""
+    db = obs.db
+    return (db.read_only is False and db.replication.source is None and obs.new_cluster is not False
+            and db.server_id is not None)
+
+
+def holds_what_it_lacks(theirs: GtidPosition, ours: GtidPosition, server_id: int) -> bool:
+    """Whether a peer holds a transaction that a running primary lacks: one written by another
+    server. Its own transactions that a replica shows beyond the primary's last read of itself
+    are its own writes, read a moment later (its clients keep writing, hundreds a second, while
+    its facts are read on the probe interval: seen in the e2e test as a step-down)."""
+    for gtid in theirs.gtids:
+        mine = ours.get(gtid.domain_id)
+        if (mine is None or gtid.seq_no > mine.seq_no) and gtid.server_id != server_id:
+            return True
+    return False
 
 
 def _missing(obs: Observation) -> str | None:

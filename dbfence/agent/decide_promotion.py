@@ -7,6 +7,7 @@ token, and only then PRIMARY.
 
 from __future__ import annotations
 
+from dbfence.agent import core_adoption
 from dbfence.agent.actions import (
     AcquireLock,
     ActionReason,
@@ -27,6 +28,7 @@ from dbfence.agent.decide_lease import (
 from dbfence.agent.decide_primary import serve
 from dbfence.agent.decide_race import collect_race_refusals, rivals_of
 from dbfence.agent.decide_round import RefusalReason, Round, fresh
+from dbfence.agent.gtid import GtidPosition
 from dbfence.agent.state import Trigger
 
 
@@ -92,7 +94,8 @@ def _overtaken(r: Round) -> bool:
     token = obs.lease.token
     if obs.db.fencing_token == token or holds is None:
         return False
-    ahead = [rival.record.name for rival in rivals_of(r) if rival.holds.rank_key() > holds.rank_key()]
+    ahead = [rival.record.name for rival in rivals_of(r) if rival.holds.rank_key() > holds.rank_key()
+             and not _own_writes_read_later(r, rival.holds)]
     if not ahead:
         return False
     r.refuse(RefusalReason.PEER_MORE_ADVANCED, ", ".join(ahead))
@@ -100,6 +103,15 @@ def _overtaken(r: Round) -> bool:
     if token is not None and obs.fence_complete:
         r.emit(ReleaseLock(token, ActionReason.OVERTAKEN))
     return True
+
+
+def _own_writes_read_later(r: Round, theirs: GtidPosition) -> bool:
+    """A running primary being adopted (core_adoption) is not behind a replica that only shows
+    more of its own writes: its clients wrote them after its facts were read."""
+    obs = r.obs
+    holds, server_id = obs.db.holds, obs.db.server_id
+    return (core_adoption.running_primary(obs) and holds is not None and server_id is not None
+            and not core_adoption.holds_what_it_lacks(theirs, holds, server_id))
 
 
 def _written_anything(r: Round) -> bool:

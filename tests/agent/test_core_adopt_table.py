@@ -34,6 +34,9 @@ A = ActionReason
 STARTED = NOW - 1.0
 GIVE_UP = STARTED + ADOPTION_WAIT_TTLS * CONFIG.ttl
 RUNNING_PRIMARY = db(read_only=False, source=None)  # writable, no source: a primary before dbfence
+OWN_WRITER = db(read_only=False, source=None, server_id=1)  # ... whose last transaction 0-1-100 is its own
+AHEAD_BY_OWN_WRITES = (member("n2", position="0-1-105"),)  # its record was read after n1's own facts
+AHEAD_BY_ANOTHER_SERVER = (member("n2", position="0-2-105"),)
 FENCE = (SetReadOnly(True, A.STARTUP),)  # what an ordinary start does to that primary
 ADOPT = (AcquireLock(A.ADOPT_RUNNING_PRIMARY),)
 REPLICAS = (member("n2", position="0-1-90"), member("n3", position="0-1-80"))
@@ -68,6 +71,7 @@ def starting(**kwargs: object) -> Observation:
 
 
 START = State(Role.STARTING, since=STARTED)
+PROMOTING = State(Role.PROMOTING, since=NOW)
 REPLICA = State(Role.REPLICA, since=NOW - 10)
 
 CASES = [
@@ -106,6 +110,14 @@ CASES = [
     Case("adopt: not when a peer holds more", START,
          starting(peers=(member("n2", position="0-1-101"),)), Role.STARTING, FENCE,
          (R.NOT_ADOPTED, R.FENCE_INCOMPLETE), detail="n2 holds 0-1-101, more than this node"),
+    Case("adopt: a replica showing more of its own writes (read a moment later) does not stop it",
+         START, starting(database=OWN_WRITER, peers=AHEAD_BY_OWN_WRITES), Role.STARTING, ADOPT),
+    Case("adopted promotion: a replica ahead by its own writes is no reason to step down", PROMOTING,
+         new(observe(Role.PROMOTING, lease=HELD, database=OWN_WRITER, peers=AHEAD_BY_OWN_WRITES)),
+         Role.PROMOTING, (WriteFencingToken(TOKEN, A.PROMOTION),)),
+    Case("adopted promotion: a peer holding another server's transaction it lacks: steps down", PROMOTING,
+         new(observe(Role.PROMOTING, lease=HELD, database=OWN_WRITER, peers=AHEAD_BY_ANOTHER_SERVER)),
+         Role.REPLICA, (), (R.PEER_MORE_ADVANCED,)),
     Case("adopt: not when another node holds the lock", START,
          starting(lock=LockView(True, "n2", 3)), Role.STARTING, FENCE, (R.NOT_ADOPTED, R.FENCE_INCOMPLETE),
          detail="n2 holds the lock"),
