@@ -59,6 +59,11 @@ class GateConfig:
     # How often each worker re-reads the fence without traffic (cuts idle connections after a
     # lease expiry) and sweeps idle timeouts; the data path checks every chunk regardless.
     tick: float = 0.02
+    # How often a worker that holds no connection wakes up (only to notice that the agent is gone,
+    # which the control socket and PR_SET_PDEATHSIG also tell it): with no link there is nothing to
+    # cut or sweep, and a new connection is checked against the fence when it is accepted. The
+    # first admitted link brings the fast tick back at once.
+    idle_tick: float = 1.0
     # While draining, a connection is closed once its last reply ended a command outside a
     # transaction and both directions have been quiet this long.
     drain_quiet: float = 0.02
@@ -103,8 +108,8 @@ class GateConfig:
             raise GateConfigError(f"login_timeout must be positive: {self.login_timeout}")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
             raise GateConfigError(f"idle_timeout must be positive or None: {self.idle_timeout}")
-        if self.connect_timeout <= 0 or self.tick <= 0 or self.drain_quiet < 0:
-            raise GateConfigError("connect_timeout and tick must be positive, drain_quiet >= 0")
+        if self.connect_timeout <= 0 or self.tick <= 0 or self.idle_tick <= 0 or self.drain_quiet < 0:
+            raise GateConfigError("connect_timeout, tick and idle_tick must be positive, drain_quiet >= 0")
 
     @property
     def worker_count(self) -> int:

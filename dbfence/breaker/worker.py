@@ -103,6 +103,8 @@ class Worker:
         self.worker_count = config.worker_count
         self.stopping = asyncio.Event()
         self._last_sweep = _monotonic()
+        self._tick_timer: asyncio.TimerHandle | None = None
+        self._ticking_slowly = False
 
     # --- admission ----------------------------------------------------------------------------
     def admit_or_refuse(self, link: ClientSide) -> None:
@@ -128,6 +130,7 @@ class Worker:
         link.epoch = epoch
         link.login_timer = self.loop.call_later(self.config.login_timeout, self._login_expired, link)
         self.links.add(link)
+        self._tick_soon()
         self._publish_open()
         self.loop.create_task(self._connect_backend(link))
 
@@ -384,8 +387,28 @@ class Worker:
         self.links.difference_update(doomed)
         self._publish_open()
 
+    def start_ticking(self) -> None:
+        self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        """The next tick: soon while the worker holds a link (an idle link must be cut at the
+        deadline without waiting for its next chunk), slowly while it holds none (nothing to cut:
+        a new connection is checked against the fence word when it is accepted, and its admission
+        brings the fast tick back, :meth:`_tick_soon`)."""
+        self._ticking_slowly = not self.links
+        delay = max(self.config.tick, self.config.idle_tick) if self._ticking_slowly else self.config.tick
+        self._tick_timer = self.loop.call_later(delay, self.tick)
+
+    def _tick_soon(self) -> None:
+        """A link was admitted: replace a slow pending tick with a fast one."""
+        if self._ticking_slowly and self._tick_timer is not None:
+            self._tick_timer.cancel()
+            self._ticking_slowly = False
+            self._tick_timer = self.loop.call_later(self.config.tick, self.tick)
+
     def tick(self) -> None:
         now = _monotonic()
+        self._tick_timer = None
         if os.getppid() != self.parent_pid:
             self.shutdown()
             return
@@ -398,7 +421,8 @@ class Worker:
             idle = [link for link in self.links if now - link.activity() > timeout]
             for link in idle:
                 link.close_gracefully()
-        self.loop.call_later(self.config.tick, self.tick)
+        if not self.stopping.is_set():
+            self._schedule_tick()
 
     def _drain_step(self, now: float) -> None:
         quiet = self.config.drain_quiet

@@ -3,7 +3,8 @@ see :mod:`dbfence.breaker.spawn`, then :func:`main`).
 
 It listens on the shared port (``SO_REUSEPORT``), runs a :class:`dbfence.breaker.worker.Worker` on
 uvloop, and dies with the agent: the kernel kills it when the agent's spawning thread exits
-(``PR_SET_PDEATHSIG``), and the worker's tick also checks ``getppid``. A control socket from the
+(``PR_SET_PDEATHSIG``), and the worker's tick also checks ``getppid`` (every ``idle_tick`` while it
+holds no link, every ``tick`` while it does). A control socket from the
 agent wakes it up for blocks, drains, status requests and shutdown.
 """
 
@@ -67,7 +68,7 @@ async def _serve(config: GateConfig, index: int, shared: SharedRecord, control: 
     loop.add_reader(inbox.fileno(), worker.on_handoff_readable)
     control.setblocking(False)
     loop.add_reader(control.fileno(), worker.on_control)
-    loop.call_later(config.tick, worker.tick)
+    worker.start_ticking()
     control.setblocking(True)
     control.sendall(CTL_READY)
     control.setblocking(False)
