@@ -27,7 +27,8 @@ from dbfence.mysql.flavour import ReplicaStatus
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.monitor import HealthMonitor, HealthObservation
 from dbfence.mysql.probes import Role as ProbeRole
-from dbfence.mysql.verdict import ProbeKind
+from dbfence.mysql.probes import judge_replica_status
+from dbfence.mysql.verdict import ProbeKind, Verdict
 
 log = logging.getLogger("dbfence.agent")
 
@@ -61,6 +62,7 @@ class DbFacts:
     # that was received is applied, even with the IO thread stopped).
     replica_lag_seconds: float | None = None
     replication_problem: str = ""
+    replica_heartbeat_age: float | None = None  # seconds; read only when the probes do not read status
     errant_problem: str = ""  # why ``replication.errant`` is None while a holder is followed
     probe_summary: tuple[str, ...] = ()
     semi_sync_primary: bool | None = None
@@ -107,7 +109,11 @@ class DbSensor:
         self._errant_peer: PeerDatabase | None = None
         self._source_of: Callable[[str, int], str | None] = lambda host, port: None
         self._last_errant: tuple[float, ErrantCheck | None] = (0.0, None)
-        self._reader = FactsReader(actions)
+        settings = monitor.settings
+        # Without the probes' own replica status read, the facts' read is judged here (see _round).
+        self._judges_replica_status = not settings.replica_status
+        self._reader = FactsReader(actions,
+                                   heartbeat_age=self._judges_replica_status and settings.heartbeat_lag)
         # Short timeouts (one trivial read): while the holder's host is frozen every round waits
         # this long, and a replica notices the new holder, to repoint to it, only after the wait.
         self._peer_state = PeerBinlogState(credentials, Timeouts(connect_s=1.0, read_s=1.0, write_s=1.0))
@@ -177,9 +183,16 @@ class DbSensor:
         self._monitor.set_role(self._desired_role)
         observation = self._monitor.observe()
         health = summarize(observation)
-        summary = tuple(f"{v.kind.value}: {'ok' if v.ok else v.reason.value} {v.detail}".strip()
-                        for v in observation.verdicts)
-        previous = self._install(self._read_facts(observation.at_monotonic, health, summary))
+        summary = tuple(_summary_line(v) for v in observation.verdicts)
+        read_started = time.monotonic()
+        facts = self._read_facts(observation.at_monotonic, health, summary)
+        if self._judges_replica_status and observation.role is ProbeRole.REPLICA and not facts.error:
+            # REPLICATION is steered, not health (_STEERED): the verdict is for status, and the
+            # status row it judges is the one the facts read after the positions.
+            verdict = judge_replica_status(facts.replica_status, self._monitor.settings.max_replica_lag_s,
+                                           time.monotonic() - read_started, facts.replica_heartbeat_age)
+            facts = replace(facts, probe_summary=(*summary, _summary_line(verdict)))
+        previous = self._install(facts)
         facts = self.latest
         changed = (facts.health != previous.health or facts.read_only != previous.read_only
                    or facts.replication != previous.replication
@@ -227,6 +240,7 @@ class DbSensor:
             fencing_token=raw.fencing_token, replication=replication, replica_status=status,
             replica_lag_seconds=None if status is None else status.lag_seconds,
             replication_problem="" if status is None else status.problem, errant_problem=errant_problem,
+            replica_heartbeat_age=raw.heartbeat_age,
             probe_summary=summary, semi_sync_primary=raw.semi_sync_primary,
             semi_sync_replica=raw.semi_sync_replica, semi_sync_clients=raw.semi_sync_clients,
             semi_sync_starved_at=at if raw.semi_sync_primary and raw.semi_sync_clients == 0
@@ -265,6 +279,10 @@ class DbSensor:
         check = ErrantCheck(against=peer.name, gtids=tuple(str(r) for r in ranges))
         self._last_errant = (time.monotonic(), check)
         return check, ""
+
+
+def _summary_line(verdict: Verdict) -> str:
+    return f"{verdict.kind.value}: {'ok' if verdict.ok else verdict.reason.value} {verdict.detail}".strip()
 
 
 # read_only and replication are states the core observes and steers itself (it sets read_only,

@@ -2,6 +2,11 @@
 
 A handful of statements (variables, replica status, fencing token, semi-sync clients) at several
 rounds a second: a fresh connection per fact would cost more than the facts.
+
+The order matters: the GTID positions are read before the replica status, so "everything received
+is applied" (the applied position read first covers what had been received by the later read) can
+only err towards "not yet". The agent's probes judge this same status read
+(:func:`dbfence.mysql.probes.judge_replica_status`) instead of reading it again.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError, MysqlUnavailableError
 from dbfence.mysql.flavour import FlavourSql, ReplicaStatus
 from dbfence.mysql.gtid import GtidParseError, GtidPosition, GtidState
-from dbfence.mysql.schema import SCHEMA
+from dbfence.mysql.schema import HEARTBEAT_AGE, SCHEMA
 from dbfence.mysql.verdict import Reason
 
 _VARIABLES = (
@@ -56,10 +61,14 @@ class RawFacts:
     # of the same read can block for seconds (SHOW SLAVE STATUS behind a STOP SLAVE), and
     # subtracting Uptime from a later clock reading made a slow read look like a restart.
     started_at: float
+    # How old the replica's copy of its source's heartbeat row is (seconds); None when not read,
+    # not a replica, or no heartbeat yet.
+    heartbeat_age: float | None = None
 
 
-def read_facts(conn: DbConnection, sql: FlavourSql) -> RawFacts:
-    """One round of facts on ``conn`` (MariaDB's GTID variables)."""
+def read_facts(conn: DbConnection, sql: FlavourSql, *, heartbeat_age: bool = False) -> RawFacts:
+    """One round of facts on ``conn`` (MariaDB's GTID variables); ``heartbeat_age``: on a replica,
+    also how old its source's replicated heartbeat is (for the REPLICATION verdict)."""
     row = query_one(conn, _VARIABLES)
     started_at = time.monotonic() - float(row["uptime"] or 0)
     try:
@@ -73,6 +82,9 @@ def read_facts(conn: DbConnection, sql: FlavourSql) -> RawFacts:
         raise MysqlQueryError("gtid positions", None, f"unreadable GTID: {exc}") from None
     rows = query(conn, sql.replica_status_query())
     status = sql.parse_replica_status(rows[0]) if rows else None
+    age = None
+    if heartbeat_age and status is not None:
+        age = _heartbeat_age(conn, status.primary_server_id)
     try:
         token_rows = query(conn, _FENCING_TOKEN)
         token = int(token_rows[0]["token"]) if token_rows else None
@@ -85,14 +97,23 @@ def read_facts(conn: DbConnection, sql: FlavourSql) -> RawFacts:
     return RawFacts(read_only=bool(int(row["read_only"])), server_id=int(row["server_id"]),
                     positions=positions, replica_status=status, fencing_token=token,
                     semi_sync_primary=semi_primary, semi_sync_replica=bool(int(row["semi_replica"])),
-                    semi_sync_clients=clients, started_at=started_at)
+                    semi_sync_clients=clients, started_at=started_at, heartbeat_age=age)
+
+
+def _heartbeat_age(conn: DbConnection, primary_server_id: int) -> float | None:
+    try:
+        rows = query(conn, HEARTBEAT_AGE, (primary_server_id,))
+    except MysqlQueryError:
+        return None  # no dbfence schema yet
+    return float(rows[0]["age"]) if rows and rows[0]["age"] is not None else None
 
 
 class FactsReader:
     """Reads every fact of a round over one kept connection (a few statements, no reconnects)."""
 
-    def __init__(self, actions: MysqlActions) -> None:
+    def __init__(self, actions: MysqlActions, *, heartbeat_age: bool = False) -> None:
         self._actions = actions
+        self._heartbeat_age = heartbeat_age
         self._conn: DbConnection | None = None
         self._mutex = threading.Lock()  # the sensor thread and the loop's refresh share it
 
@@ -116,7 +137,7 @@ class FactsReader:
                                  Timeouts(connect_s=1.0, read_s=2.0, write_s=2.0))
         conn = self._conn
         try:
-            return read_facts(conn, self._actions.sql)
+            return read_facts(conn, self._actions.sql, heartbeat_age=self._heartbeat_age)
         except MysqlAdapterError:
             close_quietly(conn)
             self._conn = None

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import socket
 import threading
+from dataclasses import replace
+
+import pytest
 
 from dbfence.agent.sensors import DbSensor, PeerDatabase
+from dbfence.lab.cluster import LabCluster
 from dbfence.lab.wait import wait_until
 from dbfence.mysql.connection import query_one
 from dbfence.mysql.probes import Role
+from dbfence.mysql.verdict import ProbeKind
 from tests.conftest import LabFactory
-from tests.mysql.mysql_lab_helpers import actions, creds, monitor
+from tests.mysql.mysql_lab_helpers import RELAXED, actions, creds, monitor, one, sql
 
 
 def test_a_frozen_holder_does_not_look_like_a_local_mysqld_restart(lab_factory: LabFactory) -> None:
@@ -143,3 +148,44 @@ def test_the_errant_check_keeps_one_session_to_the_holder(lab_factory: LabFactor
         db1.fence(keep_ids=frozenset())  # kills our kept session on the holder
         sensor.refresh_facts()
         assert sensor.latest.replication.errant is not None and sensor.latest.errant_problem == ""
+
+
+def _replica_status_reads(lab: LabCluster, name: str) -> int:
+    """How many SHOW SLAVE STATUS statements the server has answered since it started."""
+    conn = sql(lab, name)
+    try:
+        return int(str(one(conn, "SHOW GLOBAL STATUS LIKE 'Com_show_slave_status'")["Value"]))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("probes_read_status", [False, True], ids=["agent", "probes-read-too"])
+def test_a_replica_round_reads_its_replica_status_once_and_still_judges_it(
+    lab_factory: LabFactory, probes_read_status: bool
+) -> None:
+    """The agent's probes do not read SHOW SLAVE STATUS (replica_status=False): the sensor judges
+    the facts' own read, which comes after the positions. One read a round instead of two, and
+    the REPLICATION line in status still follows the replica's threads."""
+    lab = lab_factory(mysql_count=2)
+    db2 = actions(lab, "db2")
+    settings = replace(RELAXED, replica_status=probes_read_status)
+    with monitor(lab, "db2", Role.REPLICA, settings) as probes:
+        sensor = DbSensor(probes, db2, creds(lab), threading.Event())
+        sensor._round()  # the first round opens the sessions
+        before = _replica_status_reads(lab, "db2")
+        rounds = 5
+        for _ in range(rounds):
+            sensor._round()
+        reads = _replica_status_reads(lab, "db2") - before
+        assert reads == rounds * (2 if probes_read_status else 1)
+        assert (ProbeKind.REPLICATION in probes.prober.expected_kinds()) == probes_read_status
+        [line] = [line for line in sensor.latest.probe_summary if line.startswith("replication:")]
+        assert line.startswith("replication: ok"), line
+        assert db2.stop_receiving()
+        wait_until(lambda: "IO thread No" in _replication_line(sensor), timeout=10,
+                   what="the stopped IO thread in status")
+
+
+def _replication_line(sensor: DbSensor) -> str:
+    sensor._round()
+    return next(line for line in sensor.latest.probe_summary if line.startswith("replication:"))
