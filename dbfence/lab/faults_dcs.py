@@ -20,7 +20,7 @@ from dbfence.lab.errors import LabError
 from dbfence.lab.etcd_servers import EtcdMember
 from dbfence.lab.fault_model import FaultContext, Heal, exited
 from dbfence.lab.faults_process import kill_mysqld
-from dbfence.lab.wait import wait_until
+from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.locks.factory import DcsConfig, open_lock
 from dbfence.locks.model import Intent
 from dbfence.ops_cli import switchover_refusal
@@ -75,12 +75,19 @@ def switchover(ctx: FaultContext) -> Heal:
     try:
         # Only a target that `dbfence switchover` would accept (a fenced node or one whose lag is
         # unknown counted as lag 0 here once, and its request stayed in the DCS for ever).
-        snapshot = lock.snapshot(strict=False)
-        suitable = [n for n in ctx.others() if switchover_refusal(snapshot, n, max_lag=5.0) is None]
-        if not suitable:
+        # A replica of a lab reused from the previous row may still be reconnecting to its source
+        # (lag unknown): give them a few seconds, as an operator would, before calling it a failure.
+        def suitable_now() -> list[str]:
+            snapshot = lock.snapshot(strict=False)
+            return [n for n in ctx.others() if switchover_refusal(snapshot, n, max_lag=5.0) is None]
+        try:
+            suitable = wait_until(suitable_now, timeout=15, what="a replica a switchover would accept",
+                                  interval=0.2)
+        except WaitTimeout:
+            snapshot = lock.snapshot(strict=False)
             raise LabError("no replica that a switchover would accept: "
                            + "; ".join(f"{n}: {switchover_refusal(snapshot, n, max_lag=5.0)}"
-                                       for n in ctx.others()))
+                                       for n in ctx.others())) from None
         target = min(suitable, key=lambda n: ctx.lab.agent_status(n).get("database", {}).get("lag_seconds")
                      or 0.0)
         current = lock.read_intent()
