@@ -16,8 +16,7 @@ from typing import Any
 from dbfence.agent.restart_rule import CrashView, next_delay, restart_hold
 from dbfence.agent.state import Role
 from dbfence.mysql.actions import MysqlActions
-from dbfence.mysql.errors import MysqlAdapterError
-from dbfence.mysql.repair import MysqldControl, RepairError, mysqld_running, start_mysqld
+from dbfence.mysql.repair import MysqldControl, mysqld_running, start_mysqld
 
 log = logging.getLogger("dbfence.agent")
 
@@ -83,7 +82,10 @@ class MysqldRestarter:
         started = self.clock()
         try:
             self.start(self.control, self.mysql)
-        except (RepairError, MysqlAdapterError, OSError) as exc:
+        except Exception as exc:
+            # Any failure, not only RepairError/MysqlAdapterError/OSError: one of another type
+            # ended this thread before it set the next start, so every round started mysqld
+            # again, without backoff and without a word in status.
             with self._lock:
                 first = str(exc) != self._last_error
                 self._failed += 1

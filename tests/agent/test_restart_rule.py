@@ -121,3 +121,36 @@ def test_manual_mode_never_starts_mysqld(tmp_path: Path) -> None:
     for _ in range(3):
         restarter.tick(Role.REPLICA, killed_by_fence=False, repair_running=False)
     assert calls == []
+
+
+def test_a_start_that_fails_unexpectedly_is_counted_and_backed_off_too(tmp_path: Path) -> None:
+    """A start failing with an error of an unexpected type (a bug, a bad setting) must not end
+    the start thread without a next start time: every round would start mysqld again."""
+    pid_file = tmp_path / "mysqld.pid"
+    pid_file.write_text("999999999\n")
+    now = [1000.0]
+    calls: list[float] = []
+
+    def start(control: MysqldControl, mysql: MysqlActions) -> None:
+        calls.append(now[0])
+        raise ValueError("unexpected")
+
+    restarter = MysqldRestarter(mode="truncate", node="db2", clock=lambda: now[0], start=start,
+                                control=MysqldControl(pid_file=pid_file, start_command=["true"]),
+                                mysql=NO_MYSQL)
+
+    def tick() -> None:
+        restarter.tick(Role.REPLICA, killed_by_fence=False, repair_running=False)
+        restarter.join(10)
+        assert not restarter.starting
+
+    tick()
+    now[0] += 2.0
+    tick()
+    assert calls == [1002.0]
+    status = restarter.status()
+    assert status["failed_starts"] == 1 and "unexpected" in status["last_error"]
+    assert status["next_start_in_s"] == 4.0
+    tick()
+    tick()
+    assert calls == [1002.0]  # backing off, not a start every round
