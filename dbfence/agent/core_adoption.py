@@ -30,8 +30,8 @@ clients write to it directly), and it takes the lock only while the lock is free
 the DCS shows that any other node ever raced or held it. Any other node promotes only as the lock
 holder, and a replica of it waits by (a) until it is PROMOTING or gave up (fenced: read-only). The
 cluster stays *new* until its first primary admits (``RecordFailover`` then), so (a) keeps holding
-while an adoption can still be retried. ``tests/agent/test_core_model_adopt.py`` checks both rules
-in every interleaving of agent starts and faults of a 3-node model with the direct client.
+while an adoption can still be retried. ``tests/agent/test_core_model_check_adopt.py`` checks both
+rules in every interleaving of agent starts and faults of a 3-node model with the direct client.
 """
 
 from __future__ import annotations

@@ -281,7 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
         if command not in ("switchover", "pause", "resume", APPROVE_REBUILD):
             self._send(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}\n")
             return
-        off = "mutating endpoints are off: set http.token_file\n"
+        off = "mutating endpoints are off: set http.token_file or mutual TLS\n"
         if self.server.on_command is None:
             self._send(HTTPStatus.FORBIDDEN, off)
             return
