@@ -80,7 +80,15 @@ class FencingTokenWriter:
                 def end() -> None:
                     self.mysql.end_session(session_id)
                     self.wait(2.0)  # the killed write commits as its thread ends
-                (release or (lambda run: run()))(end)
+                try:
+                    (release or (lambda run: run()))(end)
+                except BaseException:
+                    # Not ended (the KILL's connection failed, say): the next call tries again,
+                    # or the promotion would wait for the session's read timeout (semi-sync's
+                    # timeout, an hour by default).
+                    with self._lock:
+                        self._released = False
+                    raise
             return False  # waiting for its ack; the core asks again
         if failure is not None:
             raise failure
