@@ -23,7 +23,9 @@ cluster"):
     lock (CANDIDATE, PROMOTING, PRIMARY, FENCING, FENCED, or a gate admitting), no record of a
     node that holds more than it, no switchover to another node, no failsafe promise binding it.
     Until the facts are in (the DCS read, its history read, the probes passed once) it waits, for
-    at most :data:`ADOPTION_WAIT_TTLS` TTLs; anything else and it starts as usual (fenced).
+    at most :data:`ADOPTION_WAIT_TTLS` TTLs; anything else and it starts as usual (fenced). A DCS
+    read that *failed* before the history was ever read is not waited for: that is also what a
+    managed primary's agent restarted during a DCS outage sees, and it must fence at once.
 
 Why (b) cannot make a second writer: the node is already the one writer of its cluster (its
 clients write to it directly), and it takes the lock only while the lock is free and nothing in
@@ -106,6 +108,11 @@ def adoption(obs: Observation, state: State, config: CoreConfig) -> Verdict:
     refused = _refused(obs, config)
     if refused is not None:
         return NotAdopted(refused) if db.read_only is False else None
+    if not obs.lock.reachable and obs.lock.read_yet and obs.new_cluster is None and not obs.lease.held:
+        # A DCS that fails to answer cannot show that the cluster is new: this may be a managed
+        # primary's agent restarted during an outage, and after one TTL another node may hold the
+        # lock. It starts fenced, as it always did; an adoption needs the DCS read once.
+        return NotAdopted("the DCS cannot be read") if db.read_only is False else None
     missing = _missing(obs)
     if missing is None or obs.lease.held:
         # Holding the lease it took to adopt, a fact gone missing meanwhile (a probe round that
@@ -170,7 +177,7 @@ def _missing(obs: Observation) -> str | None:
     if obs.db.read_only is None:
         return "mysqld not read yet"
     if not obs.lock.reachable:
-        return "the DCS cannot be read"
+        return "the DCS cannot be read" if obs.lock.read_yet else "the DCS not read yet"
     if obs.new_cluster is None:
         return "the cluster's history in the DCS is not read yet"
     db = obs.db

@@ -55,11 +55,13 @@ class LeaseView:
 
 @dataclass(frozen=True, slots=True)
 class LockView:
-    """The cluster lock key as read from the DCS in this round (``reachable`` False: read failed)."""
+    """The cluster lock key as read from the DCS in this round (``reachable`` False: read failed,
+    or, with ``read_yet`` False, the agent's first read has not finished yet)."""
 
     reachable: bool = True
     holder: str | None = None
     token: int | None = None
+    read_yet: bool = True
 
     @property
     def free(self) -> bool:

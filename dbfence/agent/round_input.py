@@ -87,7 +87,7 @@ class Observer:
         snapshot = view.snapshot
         facts = self.db.latest
         if snapshot is None:
-            lock = LockView(reachable=False)
+            lock = LockView(reachable=False, read_yet=view.attempted)
             members: tuple[MemberRecord, ...] = ()
             intent = Intent()
         else:

@@ -334,6 +334,7 @@ class DcsView:
     last_failover_wall: float | None = None
     history: tuple[HistoryEntry, ...] = field(default_factory=tuple)
     history_read: bool = False  # ``history`` was read from the DCS at least once
+    attempted: bool = True  # False only before the first read has finished (or failed)
 
     @property
     def new_cluster(self) -> bool | None:
@@ -370,7 +371,7 @@ class DcsSensor:
         self._wake = wake
         self._poll = poll
         self._stop = threading.Event()
-        self.latest = DcsView(at=time.monotonic(), snapshot=None, error="not read yet")
+        self.latest = DcsView(at=time.monotonic(), snapshot=None, error="not read yet", attempted=False)
         self._history_index = -1
         # The newest history read (None: none succeeded yet) and the history index it was read at.
         self._history: tuple[HistoryEntry, ...] | None = None

@@ -131,7 +131,15 @@ CASES = [
          (R.NOT_ADOPTED, R.FENCE_INCOMPLETE), detail="switchover to n2"),
     Case("adopt: not with priority 0", START, starting(), Role.STARTING, FENCE,
          (R.NOT_ADOPTED, R.FENCE_INCOMPLETE), config=replace(CONFIG, priority=0), detail="priority 0"),
-    Case("adopt: waits, unfenced, for the DCS", START, new(observe(
+    Case("adopt: waits, unfenced, for the agent's first DCS read", START, new(observe(
+         Role.STARTING, database=RUNNING_PRIMARY, lock=LockView(reachable=False, read_yet=False), peers=())),
+         Role.STARTING, (), (R.ADOPTION_PENDING,), detail="DCS not read yet"),
+    Case("adopt: a failed DCS read before any history read fences at once (an outage: may be a managed "
+         "primary's restarted agent)", START, new(observe(
+         Role.STARTING, database=RUNNING_PRIMARY, lock=LockView(reachable=False), peers=()),
+         new_cluster=None),
+         Role.STARTING, FENCE, (R.NOT_ADOPTED, R.FENCE_INCOMPLETE), detail="DCS cannot be read"),
+    Case("adopt: a DCS blip after the history showed a new cluster is waited for", START, new(observe(
          Role.STARTING, database=RUNNING_PRIMARY, lock=LockView(reachable=False), peers=())),
          Role.STARTING, (), (R.ADOPTION_PENDING,), detail="DCS cannot be read"),
     Case("adopt: waits for the cluster's history", START, new(starting(), new_cluster=None),
