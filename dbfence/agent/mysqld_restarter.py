@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +53,8 @@ class MysqldRestarter:
         pid_file = self.control.pid_file
         view = CrashView(mode=self.mode, role=role, running=mysqld_running(pid_file),
                          pid_file_left=pid_file.exists(), killed_by_fence=killed_by_fence,
-                         repair_running=repair_running)
+                         repair_running=repair_running,
+                         pid_file_readable=not pid_file.exists() or os.access(pid_file, os.R_OK))
         hold = restart_hold(view)
         now = self.clock()
         with self._lock:

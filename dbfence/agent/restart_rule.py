@@ -38,12 +38,17 @@ class CrashView:
     pid_file_left: bool  # a pid file exists (a crash leaves it, a clean stop removes it)
     killed_by_fence: bool  # the fence SIGKILLed it and nobody started it since
     repair_running: bool
+    pid_file_readable: bool = True  # False: the agent may not read it (then "running" is unknown)
 
 
 def restart_hold(view: CrashView) -> str | None:
     """Why the agent does not start mysqld (None: it should, once the backoff allows)."""
     if view.running:
         return "running"
+    if not view.pid_file_readable:
+        # Unreadable reads as "not running": a live mysqld would be started again and again.
+        return ("its pid file cannot be read by the agent: whether mysqld runs is unknown (give the "
+                "agent's user read access to it)")
     if view.mode == "manual":
         return "[rejoin] mode = manual: systemd's Restart= of mariadb.service restarts it"
     if view.killed_by_fence:

@@ -32,6 +32,8 @@ CASES = [
     Case("a replica's mysqld crashed (pid file left): start it", CRASHED_REPLICA, None),
     Case("the same in rebuild mode", replace(CRASHED_REPLICA, mode="rebuild"), None),
     Case("running: nothing to do", replace(CRASHED_REPLICA, running=True), "running"),
+    Case("an unreadable pid file: not known to be down, never started", replace(
+        CRASHED_REPLICA, pid_file_readable=False), "cannot be read"),
     Case("manual mode: systemd restarts it", replace(CRASHED_REPLICA, mode="manual"), "systemd's Restart="),
     Case("killed by the fence: only the repair starts it", replace(CRASHED_REPLICA, killed_by_fence=True),
          "only the repair"),
