@@ -66,7 +66,9 @@ class FencingTokenWriter:
         """
         with self._lock:
             running = self._thread is not None and self._thread.is_alive()
-            if running and self._token == token:
+            if running:
+                # The bound holds whatever token is asked for now: a write of an older token
+                # still waiting would otherwise hold a newer one back for semi-sync's timeout.
                 overdue = (not self._released and self._session_id is not None
                            and self.clock() - self._started >= self.ack_wait_s)
                 session_id = self._session_id
