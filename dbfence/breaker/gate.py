@@ -8,23 +8,29 @@ over its control socket so idle connections are cut too.
 
 Call :meth:`Gate.start` from a thread that lives as long as the gate (the main thread, say): Linux
 delivers the workers' parent-death signal when the *thread* that spawned them exits.
+
+The control-socket plumbing to each worker (fork, readiness, pokes, stats round trips) is in
+``gate_workers.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import json
-import os
-import select
 import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 from dbfence.breaker.config import GateConfig
+from dbfence.breaker.gate_workers import (
+    GateError,
+    WorkerHandle,
+    await_ready,
+    collect_reports,
+    poke,
+    spawn_worker,
+)
 from dbfence.breaker.kernel import KernelForwarder, KernelForwardingUnavailable
 from dbfence.breaker.passthrough import RemotePath
 from dbfence.breaker.remote_flows import RemotePathUnavailable
@@ -36,7 +42,6 @@ from dbfence.breaker.shared import (
     SharedRecord,
     fence_word,
 )
-from dbfence.breaker.spawn import WorkerProcess, fork_worker
 from dbfence.breaker.state import (
     Admit,
     Admitting,
@@ -48,26 +53,13 @@ from dbfence.breaker.state import (
     GateStateMachine,
     IllegalTransition,
 )
-from dbfence.breaker.stats import ConnectionInfo, DrainResult, GateStats, WorkerStats
-from dbfence.breaker.worker import CTL_BLOCK, CTL_DRAIN, CTL_QUIT, CTL_READY, CTL_STATS
+from dbfence.breaker.stats import ConnectionInfo, DrainResult, GateStats
+from dbfence.breaker.worker import CTL_BLOCK, CTL_DRAIN, CTL_QUIT
 from dbfence.breaker.worker_main import listening_socket
 
-_START_TIMEOUT = 15.0
-_STATS_TIMEOUT = 2.0
+__all__ = ["Gate", "GateError"]  # GateError lives with the worker plumbing that raises it too
+
 _REMOTE_DRAIN_EVERY = 0.1  # seconds between counts of the forwarded flows still open in a drain
-
-
-class GateError(Exception):
-    """The gate could not start or was used in the wrong order."""
-
-
-@dataclass
-class _WorkerHandle:
-    index: int
-    process: WorkerProcess
-    control: socket.socket
-    buffer: bytes = b""
-    requests: int = 0
 
 
 class Gate:
@@ -82,7 +74,7 @@ class Gate:
         self._control_lock = threading.Lock()  # stats round trips
         self._shared: SharedRecord | None = None
         self._reserved: socket.socket | None = None
-        self._workers: list[_WorkerHandle] = []
+        self._workers: list[WorkerHandle] = []
         self._draining = False
         self.port = config.listen_port
         self._kernel: KernelForwarder | None = None
@@ -118,14 +110,16 @@ class Gate:
             pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(count)]
             try:
                 senders = [pair[0] for pair in pairs]
+                kernel_fds = self._kernel.descriptors() if self._kernel is not None else ()
                 for index in range(count):
-                    self._workers.append(self._spawn(worker_config, index, shared, pairs[index][1], senders))
+                    handle = spawn_worker(worker_config, index, shared, pairs[index][1], senders, kernel_fds)
+                    self._workers.append(handle)
             finally:
                 for pair in pairs:
                     pair[0].close()
                     pair[1].close()
             for handle in self._workers:
-                self._await_ready(handle)
+                await_ready(handle)
         except BaseException:
             self.stop()
             raise
@@ -194,53 +188,13 @@ class Gate:
         assert self._shared is not None
         self._shared.write_fence(word)
 
-    def _spawn(
-        self,
-        config: GateConfig,
-        index: int,
-        shared: SharedRecord,
-        inbox: socket.socket,
-        senders: list[socket.socket],
-    ) -> _WorkerHandle:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        kernel_fds = self._kernel.descriptors() if self._kernel is not None else ()
-        argv = [
-            config.to_json(),
-            str(index),
-            str(shared.fd),
-            str(theirs.fileno()),
-            str(os.getpid()),
-            str(inbox.fileno()),
-            ",".join(str(sender.fileno()) for sender in senders),
-            ",".join(str(fd) for fd in kernel_fds),
-        ]
-        fds = (shared.fd, theirs.fileno(), inbox.fileno(), *(s.fileno() for s in senders), *kernel_fds)
-        process = fork_worker(argv, fds, f"dbfence-gate-{index}")
-        theirs.close()
-        return _WorkerHandle(index, process, ours)
-
-    def _await_ready(self, handle: _WorkerHandle) -> None:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while CTL_READY not in handle.buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or handle.process.poll() is not None:
-                code = handle.process.poll()
-                raise GateError(f"gate worker {handle.index} did not start (exit code {code})")
-            readable, _, _ = select.select([handle.control], [], [], min(left, 0.2))
-            if readable:
-                chunk = handle.control.recv(4096)
-                if not chunk:
-                    raise GateError(f"gate worker {handle.index} closed its control socket while starting")
-                handle.buffer += chunk
-        handle.buffer = handle.buffer.split(CTL_READY, 1)[1]
-
     def stop(self) -> None:
         """Cut everything and stop the workers (by their pids); idempotent."""
         with self._lock:
             if self._shared is not None:
                 self._publish_block_locked("gate stopped")
             for handle in self._workers:
-                self._poke(handle, CTL_QUIT)
+                poke(handle, CTL_QUIT)
             for handle in self._workers:
                 try:
                     handle.process.wait(timeout=3)
@@ -352,7 +306,7 @@ class Gate:
             if epoch != before:
                 # A lapsed lease ended the old epoch inside this call: cut its links now.
                 for handle in self._workers:
-                    self._poke(handle, CTL_BLOCK)
+                    poke(handle, CTL_BLOCK)
                 if self._remote is not None:
                     self._remote.cut()
 
@@ -399,7 +353,7 @@ class Gate:
             forwarded = remote.passthrough_live() if remote is not None else 0
             before = shared.open_total(len(self._workers)) + forwarded
             for handle in self._workers:
-                self._poke(handle, CTL_DRAIN)
+                poke(handle, CTL_DRAIN)
         end = started + seconds
         # Forwarded flows run on until their clients close them (the kernel cannot see a
         # transaction's end), counted from the filter's map a few times a second: it is a walk.
@@ -428,7 +382,7 @@ class Gate:
         shared.write_status(STATE_BLOCKING, epoch, 0.0, 0.0, reason)
         self._draining = False
         for handle in self._workers:
-            self._poke(handle, CTL_BLOCK)
+            poke(handle, CTL_BLOCK)
         if self._remote is not None:
             self._remote.cut()  # the filter already drops their packets; this sends the RSTs
 
@@ -441,60 +395,14 @@ class Gate:
             raise GateError("gate not started")
         return self._shared
 
-    @staticmethod
-    def _poke(handle: _WorkerHandle, command: bytes) -> None:
-        # A stopped or dead worker may not take the poke: the fence word alone keeps it from forwarding.
-        with contextlib.suppress(OSError):
-            handle.control.send(command, socket.MSG_DONTWAIT)
-
     # --- status -------------------------------------------------------------------------------
     def stats(self) -> GateStats:
         state = self.state
-        with self._control_lock:
-            reports = [self._ask_stats(handle) for handle in self._workers]
         shared = self._require_started()
-        workers: list[WorkerStats] = []
-        connections: list[ConnectionInfo] = []
-        refused_full = login_timeouts = spoofed_headers = 0
-        for handle, report in zip(self._workers, reports, strict=True):
-            if report is None:
-                slot = shared.read_slot(handle.index)
-                workers.append(
-                    WorkerStats(handle.index, handle.process.pid, False, slot.open_connections, 0, 0, 0)
-                )
-                continue
-            refused_full += int(report.get("refused_full", 0))
-            login_timeouts += int(report.get("login_timeouts", 0))
-            spoofed_headers += int(report.get("spoofed_headers", 0))
-            workers.append(
-                WorkerStats(
-                    handle.index,
-                    int(report["pid"]),
-                    True,
-                    int(report["open"]),
-                    int(report["accepted"]),
-                    int(report["refused"]),
-                    int(report["cut"]),
-                    int(report.get("refused_full", 0)),
-                    int(report.get("login_timeouts", 0)),
-                    int(report.get("spoofed_headers", 0)),
-                    int(report.get("bytes_in", 0)),
-                    int(report.get("bytes_out", 0)),
-                )
-            )
-            for row in report["connections"]:
-                connections.append(
-                    ConnectionInfo(
-                        handle.index,
-                        str(row["client"]),
-                        float(row["age"]),
-                        float(row["idle"]),
-                        int(row["bytes_in"]),
-                        int(row["bytes_out"]),
-                        int(row["queries"]),
-                        str(row.get("forwarding", "worker")),
-                    )
-                )
+        with self._control_lock:
+            reports = collect_reports(self._workers, shared)
+        workers = reports.workers
+        connections = reports.connections
         remote = self._remote
         for flow in remote.flows() if remote is not None else ():
             if flow.passthrough:
@@ -517,43 +425,11 @@ class Gate:
             kernel_forwarding=self.kernel_forwarding,
             backend_cap=self.backend_cap,
             backend_connections=shared.backend_slots_held(),
-            refused_full=refused_full,
-            login_timeouts=login_timeouts,
-            spoofed_headers=spoofed_headers,
+            refused_full=reports.refused_full,
+            login_timeouts=reports.login_timeouts,
+            spoofed_headers=reports.spoofed_headers,
             remote_path=self.remote_path,
         )
-
-    def _ask_stats(self, handle: _WorkerHandle) -> dict[str, Any] | None:
-        """One round trip; replies to earlier requests that timed out are recognised and skipped."""
-        handle.requests += 1
-        wanted = handle.requests
-        try:
-            handle.control.sendall(CTL_STATS)
-        except OSError:
-            return None
-        deadline = time.monotonic() + _STATS_TIMEOUT
-        while True:
-            while b"\n" in handle.buffer:
-                line, handle.buffer = handle.buffer.split(b"\n", 1)
-                try:
-                    report: dict[str, Any] = json.loads(line)
-                except ValueError:
-                    continue  # not a report: ignore it rather than fail the status call
-                if int(report.get("request", 0)) == wanted:
-                    return report
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            readable, _, _ = select.select([handle.control], [], [], left)
-            if not readable:
-                return None
-            try:
-                chunk = handle.control.recv(1 << 16)
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            handle.buffer += chunk
 
 
 def _is_ipv4(host: str) -> bool:
