@@ -12,7 +12,8 @@ ourselves, because the lock needs two things its client classes do not give:
   marks a failed member unusable for 5 minutes and never retries the call).
 
 How calls reach etcd (deadlines, failover between members, authentication) is in
-``etcd_transport.py``; the watch that wakes waiters on changes is in ``etcd_watch.py``.
+``etcd_transport.py``; the watch that wakes waiters on changes is in ``etcd_watch.py``; the
+snapshot txn in ``etcd_snapshot.py``; the failsafe list, intent and history in ``etcd_records.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
@@ -32,7 +32,6 @@ from dbfence.locks.base import (
     LeaseLock,
     LockSettings,
     conflict_from,
-    history_id,
     make_grant,
 )
 from dbfence.locks.errors import (
@@ -41,6 +40,7 @@ from dbfence.locks.errors import (
     LockLost,
     SessionExpired,
 )
+from dbfence.locks.etcd_records import EtcdRecords
 from dbfence.locks.etcd_snapshot import lock_state, parse_snapshot, snapshot_request
 from dbfence.locks.etcd_transport import (
     MIN_ATTEMPT,
@@ -61,10 +61,7 @@ from dbfence.locks.model import (
     LockState,
     MemberRecord,
     encode,
-    parse_failsafe_list,
-    parse_history,
     parse_holder,
-    parse_intent,
 )
 
 __all__ = ["EtcdLeaseLock", "EtcdOptions", "etcd_lock", "lease_hex"]
@@ -84,6 +81,7 @@ class EtcdLeaseLock(LeaseLock):
         self.settings = settings
         self.transport = EtcdTransport(options)
         self.watch = PrefixWatch(self.transport, self.keys.prefix.encode())
+        self.records = EtcdRecords(self.transport, self.keys, settings.call_timeout)
         self._state = threading.Lock()
         self._lease_id: int | None = None
         self._token: int | None = None
@@ -407,133 +405,30 @@ class EtcdLeaseLock(LeaseLock):
     def wait_for_change(self, after_index: int, timeout: float) -> int:
         return self.watch.wait(after_index, timeout, self.settings.call_timeout)
 
+    # ------------------------------------------------------------------ failsafe list, intent, history
+
     def write_failsafe_list(self, listing: FailsafeList) -> None:
         with self._state:
             lease_id = self._lease_id
-        if lease_id is None:
-            raise LockLost("no lease: the failsafe list is written by the lock holder only")
-        leader = self.keys.leader.encode()
-        compare = [
-            etcdrpc.Compare(key=leader, target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL,
-                            create_revision=listing.token),
-            etcdrpc.Compare(key=leader, target=etcdrpc.Compare.LEASE, result=etcdrpc.Compare.EQUAL,
-                            lease=lease_id),
-        ]
-        put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=self.keys.failsafe.encode(),
-                                                               value=encode(listing)))
-        request = etcdrpc.TxnRequest(compare=compare, success=[put], failure=[])
-        response = self.transport.call(
-            "write failsafe list",
-            self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
-        )
-        if not response.succeeded:
-            raise LockLost(f"{self.keys.leader} no longer has token {listing.token}")
+        self.records.write_failsafe_list(listing, lease_id)
 
     def delete_failsafe_list(self, *, while_held: bool = False) -> bytes | None:
-        failsafe, leader = self.keys.failsafe.encode(), self.keys.leader.encode()
-        read = etcdrpc.TxnRequest(success=[etcdrpc.RequestOp(request_range=self._range(self.keys.failsafe)),
-                                           etcdrpc.RequestOp(request_range=self._range(self.keys.leader))])
-        seen = self.transport.call(
-            "read failsafe list", self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Txn(read, timeout=timeout, metadata=md))
-        listing = seen.responses[0].response_range.kvs
-        if not listing:
-            return None
-        held = seen.responses[1].response_range.kvs
-        if held and not while_held:
-            state = lock_state(self.keys, held[0], None, False, [])
-            who = state.holder.describe() if state.holder else "an unreadable holder"
-            raise LockConflict(self.keys.leader, f"held by {who} (token {state.token}), which relies on "
-                               "the failsafe list; nothing deleted", state.holder.node if state.holder
-                               else None, state.token)
-        # Delete what we read, and only while the lock is still free (unless told otherwise).
-        compare = [etcdrpc.Compare(key=failsafe, target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
-                                   mod_revision=listing[0].mod_revision)]
-        if not while_held:
-            compare.append(etcdrpc.Compare(key=leader, target=etcdrpc.Compare.CREATE,
-                                           result=etcdrpc.Compare.EQUAL, create_revision=0))
-        delete = etcdrpc.TxnRequest(compare=compare, success=[etcdrpc.RequestOp(
-            request_delete_range=etcdrpc.DeleteRangeRequest(key=failsafe))], failure=[])
-        response = self.transport.call(
-            "delete failsafe list", self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Txn(delete, timeout=timeout, metadata=md))
-        if not response.succeeded:
-            raise LockConflict(self.keys.failsafe, "the failsafe list or the lock changed while deleting "
-                               "it; nothing deleted")
-        return bytes(listing[0].value)
+        return self.records.delete_failsafe_list(while_held=while_held)
 
     def drop_failsafe_members(self, nodes: frozenset[str]) -> tuple[FailsafeList, FailsafeList] | None:
-        kvs = self._get(self.keys.failsafe, self._deadline(), "read failsafe list").kvs
-        if not kvs:
-            return None
-        before = parse_failsafe_list(self.keys.failsafe, kvs[0].value)
-        after = replace(before, members=tuple(m for m in before.members if m not in nodes))
-        key = self.keys.failsafe.encode()
-        request = etcdrpc.TxnRequest(
-            compare=[etcdrpc.Compare(key=key, target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
-                                     mod_revision=kvs[0].mod_revision)],
-            success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=encode(after)))],
-            failure=[])
-        response = self.transport.call(
-            "rewrite failsafe list", self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md))
-        if not response.succeeded:
-            raise LockConflict(self.keys.failsafe, "the failsafe list changed while rewriting it; nothing "
-                               "changed")
-        return before, after
+        return self.records.drop_failsafe_members(nodes)
 
     def read_intent(self) -> Intent:
-        kvs = self._get(self.keys.intent, self._deadline(), "read intent").kvs
-        return parse_intent(self.keys.intent, kvs[0].value) if kvs else Intent()
+        return self.records.read_intent()
 
     def write_intent(self, intent: Intent) -> None:
-        request = etcdrpc.PutRequest(key=self.keys.intent.encode(), value=encode(intent))
-        self.transport.call(
-            "write intent",
-            self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Put(request, timeout=timeout, metadata=md),
-        )
+        self.records.write_intent(intent)
 
     def append_history(self, entry: HistoryEntry, keep: int = 100) -> None:
-        deadline = self._deadline()
-        key = self.keys.history_entry(history_id(entry))
-        put = etcdrpc.PutRequest(key=key.encode(), value=encode(entry))
-        self.transport.call(
-            "append history",
-            deadline,
-            lambda ch, timeout, md: self._kv(ch).Put(put, timeout=timeout, metadata=md),
-        )
-        listing = self._range(self.keys.history_prefix, prefix=True)
-        listing.keys_only = True
-        keys = [
-            kv.key
-            for kv in self.transport.call(
-                "list history",
-                deadline,
-                lambda ch, timeout, md: self._kv(ch).Range(listing, timeout=timeout, metadata=md),
-            ).kvs
-        ]
-        if len(keys) > keep:
-            # Keys sort by time: delete the oldest range in one request.
-            oldest = etcdrpc.DeleteRangeRequest(key=keys[0], range_end=keys[len(keys) - keep])
-            self.transport.call(
-                "trim history",
-                deadline,
-                lambda ch, timeout, md: self._kv(ch).DeleteRange(oldest, timeout=timeout, metadata=md),
-            )
+        self.records.append_history(entry, keep)
 
     def read_history(self, limit: int = 50) -> tuple[HistoryEntry, ...]:
-        request = self._range(self.keys.history_prefix, prefix=True)
-        request.sort_order = etcdrpc.RangeRequest.DESCEND
-        request.sort_target = etcdrpc.RangeRequest.KEY
-        request.limit = limit
-        kvs = self.transport.call(
-            "read history",
-            self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Range(request, timeout=timeout, metadata=md),
-        ).kvs
-        return tuple(parse_history(kv.key.decode("utf-8", "replace"), kv.value) for kv in reversed(kvs))
+        return self.records.read_history(limit)
 
     def close(self) -> None:
         self.watch.close()
