@@ -1,5 +1,8 @@
 """Role actions on one mysqld: fence, promote, repoint, rejoin, and the reads they depend on.
 
+The session plumbing is in ``action_session.py``; stopping replication and applying the relay log
+in ``relay_log.py`` (:class:`MysqlActions` inherits both).
+
 Every method opens its own short-lived connection (actions are rare, and a fresh session carries
 no state from an earlier failure), runs plain blocking PyMySQL calls with timeouts, and raises a
 typed error from :mod:`dbfence.mysql.errors` on failure.
@@ -7,34 +10,25 @@ typed error from :mod:`dbfence.mysql.errors` on failure.
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from dbfence.mysql import schema
 from dbfence.mysql.accounts import check_app_account
+from dbfence.mysql.action_session import GONE_CODES
 from dbfence.mysql.connection import (
     DbConnection,
-    Endpoint,
-    Timeouts,
-    close_quietly,
-    connect,
     query,
     query_one,
-    server_version,
 )
 from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.errors import (
     ErrantTransactionsError,
-    GtidWaitTimeoutError,
     MysqlAdapterError,
     MysqlQueryError,
-    ReplicationNotConfiguredError,
     UnsafeOnReplicaError,
-    UnsupportedServerError,
 )
-from dbfence.mysql.flavour import Flavour, FlavourSql, ReplicaStatus, ServerVersion, sql_for
+from dbfence.mysql.flavour import ReplicaStatus
 from dbfence.mysql.gtid import (
     ErrantRange,
     Gtid,
@@ -46,10 +40,7 @@ from dbfence.mysql.gtid import (
     parse_binlog_gtid_list,
     ranges_predate,
 )
-
-ER_NO_SUCH_THREAD = 1094
-# a replica session that ended between listing and killing
-_GONE_CODES = frozenset({ER_NO_SUCH_THREAD})
+from dbfence.mysql.relay_log import RelayLogControl
 
 DEFAULT_SEMI_SYNC_TIMEOUT_MS = 86_400_000  # one day: "lossless" must not quietly become async
 
@@ -97,56 +88,8 @@ class PrimaryAddress:
         return self.name or f"{self.host}:{self.port}"
 
 
-class MysqlActions:
+class MysqlActions(RelayLogControl):
     """Actions on the mysqld at ``endpoint``, as the agent account ``credentials``."""
-
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        credentials: Credentials,
-        timeouts: Timeouts | None = None,
-        name: str = "",
-    ) -> None:
-        self.endpoint = endpoint
-        self.credentials = credentials
-        self.timeouts = timeouts or Timeouts(connect_s=1.0, read_s=10.0, write_s=10.0)
-        self.name = name or str(endpoint)
-        self._version: ServerVersion | None = None
-
-    # -- plumbing --------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def session(self, read_timeout_s: float | None = None) -> Iterator[DbConnection]:
-        timeouts = self.timeouts
-        if read_timeout_s is not None:
-            timeouts = Timeouts(timeouts.connect_s, read_timeout_s, timeouts.write_s)
-        conn = connect(self.endpoint, self.credentials, timeouts)
-        try:
-            if self._version is None:
-                self._version = server_version(conn)
-            yield conn
-        finally:
-            close_quietly(conn)
-
-    def server_version(self) -> ServerVersion:
-        """Flavour and version, detected at first connect."""
-        if self._version is None:
-            with self.session():
-                pass
-        assert self._version is not None
-        return self._version
-
-    @property
-    def sql(self) -> FlavourSql:
-        return sql_for(self.server_version())
-
-    def _require_mariadb(self, what: str) -> None:
-        if self.server_version().flavour is not Flavour.MARIADB:
-            raise UnsupportedServerError(f"{what} is implemented for MariaDB only (MySQL GTID sets: todo)")
-
-    def _run(self, conn: DbConnection, statements: list[str]) -> None:
-        for statement in statements:
-            query(conn, statement)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -234,7 +177,7 @@ class MysqlActions:
             try:
                 query(conn, f"KILL CONNECTION {session.id}")
             except MysqlQueryError as exc:
-                if exc.code not in _GONE_CODES:
+                if exc.code not in GONE_CODES:
                     raise
                 continue
             killed.append(session)
@@ -261,135 +204,7 @@ class MysqlActions:
             killed += self._kill_clients(conn, {*keep_ids, *(session.id for session in killed)})
         return tuple(killed)
 
-    # -- replication ------------------------------------------------------------------------
-
-    def wait_relay_log_applied(self, timeout_s: float) -> GtidPosition:
-        """Wait until everything received from the primary is applied; return that position.
-
-        A stopped SQL thread is started first (the IO thread is left as it is): nothing else
-        would apply the relay log, and the wait would time out forever. It happens when a
-        ``STOP SLAVE`` that timed out on our side (an applier blocked on a lock) completes in the
-        server later, leaving the applier stopped under a node that has since won the lock. With
-        the IO thread stopped too, MariaDB in GTID mode would start the applier on a new relay
-        log from the applied position, dropping what was received (commits this node may have
-        acknowledged): so the SQL thread's own relay-log coordinates are named first, the form
-        of CHANGE MASTER that keeps the relay log (as :meth:`lift_apply_delay` does).
-        """
-        self._require_mariadb("waiting for the relay log")
-        with self.session(read_timeout_s=timeout_s + 5.0) as conn:
-            return GtidPosition.parse(self._apply_relay_log(conn, timeout_s))
-
-    def _apply_relay_log_the_primary_has(self, conn: DbConnection, primary_state: GtidState,
-                                         timeout_s: float) -> None:
-        """Before a repoint's CHANGE MASTER deletes the relay log, apply it if the new primary
-        has all of it: the new primary may fail before this node fetches it again, and then
-        this node would hold less than it acknowledged. What the new primary lacks is left as
-        before (applying it would fork this node from its new primary), and so is the relay log of
-        a deliberately delayed replica (MASTER_DELAY: it would stay off for the whole delay)."""
-        rows = query(conn, self.sql.replica_status_query())
-        if not rows:
-            return
-        status = self.sql.parse_replica_status(rows[0])
-        received = status.received_gtid_pos
-        if not received or status.apply_delay_s > 0:
-            return
-        if GtidState.parse(received).errant_against(primary_state):
-            return
-        self._apply_relay_log(conn, timeout_s)
-
-    def _apply_relay_log(self, conn: DbConnection, timeout_s: float) -> str:
-        """Apply everything received (see :meth:`wait_relay_log_applied`); return the received
-        position. Raises GtidWaitTimeoutError, with the applier left running, if not done in time."""
-        rows = query(conn, self.sql.replica_status_query())
-        if not rows:
-            raise ReplicationNotConfiguredError(f"{self.name} has no replication configured")
-        status = self.sql.parse_replica_status(rows[0])
-        received = status.received_gtid_pos
-        if status.sql_running == "No":
-            if status.io_running == "No":
-                query(conn, "CHANGE MASTER TO RELAY_LOG_FILE = %s, RELAY_LOG_POS = %s",
-                      (status.relay_log_file, status.relay_log_pos))
-            query(conn, "START SLAVE SQL_THREAD")
-        statement, params = self.sql.gtid_wait(received, timeout_s)
-        reached = int(query_one(conn, statement, params)["reached"])
-        if reached != 0:
-            applied = query_one(conn, "SELECT @@global.gtid_slave_pos AS p")["p"]
-            raise GtidWaitTimeoutError(
-                f"{self.name} did not apply its relay log within {timeout_s:g} s: received {received!r}, "
-                f"applied {applied!r}"
-            )
-        self._gtid_mode_back(conn)
-        return received
-
-    def _gtid_mode_back(self, conn: DbConnection) -> None:
-        """Naming relay-log coordinates turned GTID mode off, and without it the received
-        position is no longer kept up to date. Once the relay log is applied with the IO thread
-        stopped nothing is left to lose: stop the idle applier and turn GTID mode back on."""
-        rows = query(conn, self.sql.replica_status_query())
-        if not rows:
-            return
-        status = self.sql.parse_replica_status(rows[0])
-        if status.io_running == "No" and status.using_gtid == "No":
-            query(conn, "STOP SLAVE SQL_THREAD")
-            query(conn, "CHANGE MASTER TO MASTER_USE_GTID = slave_pos")
-
-    def lift_apply_delay(self) -> bool:
-        """Let a delayed replica (MASTER_DELAY) that is being promoted apply its relay log now.
-
-        Its relay log may hold acknowledged commits nobody else has (a semi-sync replica acks on
-        receipt), and waiting out the delay would keep the cluster without a primary. Receiving
-        stops first; then the delay is set to 0 naming the SQL thread's own relay-log
-        coordinates, the one form of CHANGE MASTER that keeps the relay log. False when there
-        was no delay. (This leaves GTID mode off until the next CHANGE MASTER: promotion resets
-        the replication config, a repoint sets MASTER_USE_GTID again.)
-        """
-        self._require_mariadb("lifting the apply delay")
-        with self.session() as conn:
-            rows = query(conn, self.sql.replica_status_query())
-            if not rows or self.sql.parse_replica_status(rows[0]).apply_delay_s == 0:
-                return False
-            self._stop_io_thread(conn)
-            query(conn, "STOP SLAVE SQL_THREAD")
-            status = self.sql.parse_replica_status(query(conn, self.sql.replica_status_query())[0])
-            query(conn, "CHANGE MASTER TO MASTER_DELAY = 0, RELAY_LOG_FILE = %s, RELAY_LOG_POS = %s",
-                  (status.relay_log_file, status.relay_log_pos))
-            query(conn, "START SLAVE SQL_THREAD")
-        return True
-
-    def stop_receiving(self) -> bool:
-        """Stop the IO thread only, so the SQL thread applies what the relay log already holds;
-        the source stays configured. False when there was nothing to stop (idempotent)."""
-        with self.session() as conn:
-            rows = query(conn, self.sql.replica_status_query())
-            if not rows or self.sql.parse_replica_status(rows[0]).io_running == "No":
-                return False
-            self._stop_io_thread(conn)
-        return True
-
-    def _stop_io_thread(self, conn: DbConnection, patience_s: float = 0.2) -> None:
-        """STOP SLAVE IO_THREAD without waiting on a silent primary.
-
-        An IO thread blocked reading from a frozen primary misses the server's first stop signal
-        and is signalled again only 2 s later; KILL shuts its socket at once. A signal can also
-        land just before the thread blocks, so KILL is repeated for a moment. (A thread that gave
-        up on the primary and is reconnecting ignores both for ~2 s: hence the advice to keep
-        ``slave_net_timeout`` above the lease TTL, docs/operations.md.) What it had received
-        completely stays in the relay log; an event group cut in half is fetched again by GTID,
-        or discarded with the replication config on promotion.
-        """
-        deadline = time.monotonic() + patience_s
-        while time.monotonic() < deadline:
-            ids = [int(row["id"]) for row in query(conn, self.sql.io_thread_sessions_query())]
-            if not ids:
-                break
-            for session_id in ids:
-                try:
-                    query(conn, f"KILL CONNECTION {session_id}")
-                except MysqlQueryError as exc:
-                    if exc.code not in _GONE_CODES:
-                        raise
-            time.sleep(0.01)
-        query(conn, self.sql.stop_io_thread())
+    # -- replication (stopping, applying the relay log: RelayLogControl) ---------------------
 
     def set_semi_sync_primary(self, settings: SemiSyncSettings | None) -> None:
         """Lossless semi-sync on the primary side (None = off)."""
@@ -439,7 +254,7 @@ class MysqlActions:
             try:
                 query(conn, f"KILL CONNECTION {int(session_id)}")
             except MysqlQueryError as exc:
-                if exc.code not in _GONE_CODES:
+                if exc.code not in GONE_CODES:
                     raise
 
     def promote(
