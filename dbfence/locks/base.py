@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dbfence.locks.errors import BadData, LockConflict
@@ -42,6 +43,8 @@ from dbfence.locks.model import (
     Intent,
     LockState,
     MemberRecord,
+    parse_failsafe_list,
+    parse_intent,
 )
 
 
@@ -306,3 +309,24 @@ def snapshot_problem(strict: bool, problems: list[BadData], error: BadData) -> N
     if strict:
         raise error
     problems.append(error)
+
+
+def intent_and_failsafe(
+    keys: ClusterKeys, values: Mapping[str, bytes | str | None], strict: bool, problems: list[BadData]
+) -> tuple[Intent, FailsafeList | None]:
+    """A snapshot's two optional keys, from ``values`` (the stored value of each key present, by
+    key name): the operator's intent (absent: none) and the failsafe list (absent: none). A bad
+    one is a problem of the snapshot (see :func:`snapshot_problem`) and leaves the default."""
+    intent = Intent()
+    if keys.intent in values:
+        try:
+            intent = parse_intent(keys.intent, values[keys.intent])
+        except BadData as error:
+            snapshot_problem(strict, problems, error)
+    failsafe: FailsafeList | None = None
+    if keys.failsafe in values:
+        try:
+            failsafe = parse_failsafe_list(keys.failsafe, values[keys.failsafe])
+        except BadData as error:
+            snapshot_problem(strict, problems, error)
+    return intent, failsafe

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbfence.locks.base import snapshot_problem
+from dbfence.locks.base import intent_and_failsafe, snapshot_problem
 from dbfence.locks.errors import BadData
 from dbfence.locks.model import (
     ClusterKeys,
     ClusterSnapshot,
     HistoryEntry,
     HolderInfo,
-    Intent,
     LockState,
     MemberEntry,
-    parse_failsafe_list,
     parse_history,
     parse_holder,
-    parse_intent,
     parse_member,
 )
 
@@ -79,18 +76,8 @@ def snapshot_of(keys: ClusterKeys, index: int, entries: list[dict[str, Any]],
             snapshot_problem(strict, problems, error)
             continue
         members.append(MemberEntry(key=key, record=record, session_id=str(entry.get("Session") or "")))
-    intent = Intent()
-    if keys.intent in by_key:
-        try:
-            intent = parse_intent(keys.intent, by_key[keys.intent].get("Value"))
-        except BadData as error:
-            snapshot_problem(strict, problems, error)
-    failsafe = None
-    if keys.failsafe in by_key:
-        try:
-            failsafe = parse_failsafe_list(keys.failsafe, by_key[keys.failsafe].get("Value"))
-        except BadData as error:
-            snapshot_problem(strict, problems, error)
+    values = {key: entry.get("Value") for key, entry in by_key.items()}
+    intent, failsafe = intent_and_failsafe(keys, values, strict, problems)
     return ClusterSnapshot(
         cluster=keys.cluster,
         index=index,

@@ -7,20 +7,16 @@ from typing import Any
 
 from pyetcd import etcdrpc
 
-from dbfence.locks.base import snapshot_problem
+from dbfence.locks.base import intent_and_failsafe, snapshot_problem
 from dbfence.locks.errors import BadData
 from dbfence.locks.etcd_transport import lease_hex, range_end
 from dbfence.locks.model import (
     ClusterKeys,
     ClusterSnapshot,
-    FailsafeList,
     HolderInfo,
-    Intent,
     LockState,
     MemberEntry,
-    parse_failsafe_list,
     parse_holder,
-    parse_intent,
     parse_member,
 )
 
@@ -86,20 +82,10 @@ def parse_snapshot(keys: ClusterKeys, response: Any, ttl_left: float | None, str
             snapshot_problem(strict, problems, error)
             continue
         members.append(MemberEntry(key=key, record=record, session_id=lease_hex(int(kv.lease))))
-    intent = Intent()
-    intent_kvs = response.responses[2].response_range.kvs
-    if intent_kvs:
-        try:
-            intent = parse_intent(keys.intent, intent_kvs[0].value)
-        except BadData as error:
-            snapshot_problem(strict, problems, error)
-    failsafe: FailsafeList | None = None
-    failsafe_kvs = response.responses[3].response_range.kvs
-    if failsafe_kvs:
-        try:
-            failsafe = parse_failsafe_list(keys.failsafe, failsafe_kvs[0].value)
-        except BadData as error:
-            snapshot_problem(strict, problems, error)
+    optional = (*response.responses[2].response_range.kvs, *response.responses[3].response_range.kvs)
+    intent, failsafe = intent_and_failsafe(
+        keys, {kv.key.decode("utf-8", "replace"): kv.value for kv in optional}, strict, problems
+    )
     history_kvs = response.responses[4].response_range.kvs
     return ClusterSnapshot(
         cluster=keys.cluster,
