@@ -18,21 +18,19 @@ Lanes and what they answer:
   facts read anyway, :func:`judge_replica_status`, instead of reading it twice a round)
 * ``write``: a heartbeat row update on its own connection, primary only (WRITE). On timeout the
   statement is killed (KILL QUERY) from a separate short-lived connection.
+
+The lanes themselves are in ``probe_lanes.py``; the probes that are plain functions (process,
+disk, connect, the replication verdict) in ``probe_checks.py``, re-exported here.
 """
 
 from __future__ import annotations
 
 import enum
-import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-import psutil
 
 from dbfence.mysql.connection import (
     DbConnection,
@@ -47,11 +45,32 @@ from dbfence.mysql.connection import (
 )
 from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError, MysqlUnavailableError
-from dbfence.mysql.flavour import FlavourSql, ReplicaStatus, sql_for
+from dbfence.mysql.flavour import FlavourSql, sql_for
+from dbfence.mysql.probe_checks import (
+    MYSQLD_NAMES,
+    judge_replica_status,
+    probe_connect,
+    probe_disk,
+    probe_process,
+    replication_verdict,
+)
+from dbfence.mysql.probe_lanes import JobResult, Lane
 from dbfence.mysql.schema import HEARTBEAT_AGE, HEARTBEAT_UPSERT, ensure_schema
 from dbfence.mysql.verdict import ProbeKind, Reason, Verdict
 
-MYSQLD_NAMES = frozenset({"mariadbd", "mysqld"})
+__all__ = [
+    "MYSQLD_NAMES",
+    "ProbeSettings",
+    "Prober",
+    "Role",
+    "Target",
+    "judge_replica_status",
+    "probe_connect",
+    "probe_disk",
+    "probe_process",
+    "replication_verdict",
+]
+
 _GIB = 1024**3
 
 
@@ -101,173 +120,8 @@ class Target:
     reserved_endpoint: Endpoint | None = None
 
 
-JobResult = list[Verdict]
-
-
-@dataclass
-class _Job:
-    future: Future[JobResult]
-    started: float
-    reported: bool = False  # its verdicts (result or timeout) went out in some round
-    timed_out: bool = False
-    abandoned: bool = False
-
-
-@dataclass
-class _Lane:
-    name: str
-    kinds_on_timeout: tuple[ProbeKind, ...]
-    timeout_reason: Reason
-    timeout_s: float
-    # a job still stuck this long after its start is abandoned (e.g. its statement killed)
-    abandon_after_s: float | None = None
-    on_abandon: Callable[[], None] | None = None
-    # keep failing every round while a late job is still running (hang detectors), or report a
-    # late job once (probes whose own socket timeouts end them anyway)
-    repeat_while_running: bool = True
-    executor: ThreadPoolExecutor = field(init=False)
-    job: _Job | None = None
-
-    def __post_init__(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dbfence-probe-{self.name}")
-
-    def start(self, work: Callable[[], JobResult], now: float) -> bool:
-        """Start ``work`` unless the previous job is running or its result is not reported yet."""
-        job = self.job
-        if job is not None and (not job.future.done() or not job.reported):
-            return False
-        self.job = _Job(self.executor.submit(_guarded(work, self.kinds_on_timeout)), now)
-        return True
-
-    def collect(self, round_end: float) -> JobResult:
-        """Verdicts of this lane for the round ending at ``round_end`` (monotonic).
-
-        Waits until the job answers, its own timeout passes, or the round ends, whichever comes
-        first. A job that is neither done nor late yet gives no verdict this round: it is
-        collected by a later one, so rounds keep their cadence.
-        """
-        job = self.job
-        if job is None:
-            return []
-        if job.timed_out:  # reported as timed out in an earlier round and still not back
-            if job.future.done():
-                return []
-            self._maybe_abandon(job)
-            if not self.repeat_while_running:
-                return []
-            return self._timeout_verdicts(job, still_running=True)
-        if job.reported:
-            return []
-        job_deadline = job.started + self.timeout_s
-        try:
-            result = job.future.result(timeout=max(0.0, min(job_deadline, round_end) - time.monotonic()))
-        except FutureTimeout:
-            if time.monotonic() < job_deadline:
-                return []  # not late yet
-            job.timed_out = job.reported = True
-            return self._timeout_verdicts(job, still_running=False)
-        job.reported = True
-        return result
-
-    def _maybe_abandon(self, job: _Job) -> None:
-        if job.abandoned or self.abandon_after_s is None or self.on_abandon is None:
-            return
-        if time.monotonic() - job.started >= self.abandon_after_s:
-            job.abandoned = True
-            self.on_abandon()
-
-    def _timeout_verdicts(self, job: _Job, *, still_running: bool) -> JobResult:
-        elapsed = time.monotonic() - job.started
-        detail = (
-            f"still running after {elapsed:.2f} s"
-            if still_running
-            else f"no answer within {self.timeout_s:.2f} s"
-        )
-        return [Verdict.failed(k, self.timeout_reason, detail, elapsed) for k in self.kinds_on_timeout]
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _guarded(work: Callable[[], JobResult], kinds: Sequence[ProbeKind]) -> Callable[[], JobResult]:
-    """A probe job never raises: an unexpected error is a failed verdict naming it."""
-
-    def run() -> JobResult:
-        started = time.monotonic()
-        try:
-            return work()
-        except Exception as exc:  # turned into a verdict, never lost
-            elapsed = time.monotonic() - started
-            return [Verdict.failed(k, Reason.QUERY_FAILED, f"probe error: {exc}", elapsed) for k in kinds]
-
-    return run
-
-
 # ---------------------------------------------------------------------------------------------
-# single probes (plain functions, usable on their own)
-
-
-def probe_process(pid_file: Path) -> Verdict:
-    """Is the process named in ``pid_file`` a live, running mysqld?"""
-    started = time.monotonic()
-
-    def fail(reason: Reason, detail: str) -> Verdict:
-        return Verdict.failed(ProbeKind.PROCESS, reason, detail, time.monotonic() - started)
-
-    try:
-        text = pid_file.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        return fail(Reason.PID_FILE_MISSING, f"{pid_file} does not exist")
-    except (OSError, UnicodeDecodeError) as exc:
-        return fail(Reason.PID_FILE_INVALID, f"cannot read {pid_file}: {exc}")
-    if not text.isdigit():
-        return fail(Reason.PID_FILE_INVALID, f"{pid_file} holds {text[:20]!r}, not a pid")
-    pid = int(text)
-    try:
-        proc = psutil.Process(pid)
-        name = proc.name()
-        status = proc.status()
-    except psutil.NoSuchProcess:
-        return fail(Reason.PROCESS_GONE, f"pid {pid} from {pid_file} is not running")
-    except psutil.Error as exc:
-        return fail(Reason.PROCESS_GONE, f"pid {pid}: {exc}")
-    if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-        return fail(Reason.PROCESS_ZOMBIE, f"pid {pid} ({name}) has exited (status {status})")
-    if name not in MYSQLD_NAMES:
-        return fail(Reason.PROCESS_NOT_MYSQLD, f"pid {pid} is {name!r}, not mysqld")
-    if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
-        return fail(Reason.PROCESS_STOPPED, f"pid {pid} ({name}) is stopped (status {status})")
-    return Verdict.passed(ProbeKind.PROCESS, f"pid {pid} {name} {status}", time.monotonic() - started)
-
-
-def probe_disk(datadir: Path, min_free_bytes: int, min_free_ratio: float) -> Verdict:
-    started = time.monotonic()
-    try:
-        usage = shutil.disk_usage(datadir)
-    except OSError as exc:
-        return Verdict.failed(
-            ProbeKind.DISK, Reason.DISK_UNREADABLE, f"{datadir}: {exc}", time.monotonic() - started
-        )
-    ratio = usage.free / usage.total if usage.total else 0.0
-    detail = (
-        f"{usage.free / 1024**2:.0f} MiB free of {usage.total / 1024**2:.0f} MiB ({ratio:.1%}) on {datadir}"
-    )
-    elapsed = time.monotonic() - started
-    if usage.free < min_free_bytes or ratio < min_free_ratio:
-        limits = f"want >= {min_free_bytes / 1024**2:.0f} MiB and >= {min_free_ratio:.1%}"
-        return Verdict.failed(ProbeKind.DISK, Reason.DISK_LOW, f"{detail}; {limits}", elapsed)
-    return Verdict.passed(ProbeKind.DISK, detail, elapsed)
-
-
-def probe_connect(endpoint: Endpoint, credentials: Credentials, timeout_s: float) -> Verdict:
-    """A fresh connection completes the handshake and logs in, within ``timeout_s``."""
-    started = time.monotonic()
-    try:
-        conn = connect(endpoint, credentials, Timeouts(timeout_s, timeout_s, timeout_s))
-    except MysqlUnavailableError as exc:
-        return Verdict.failed(ProbeKind.CONNECT, exc.reason, exc.detail, time.monotonic() - started)
-    close_quietly(conn)
-    return Verdict.passed(ProbeKind.CONNECT, f"connected to {endpoint}", time.monotonic() - started)
+# the reserved connection's checks (the single probes are in probe_checks.py)
 
 
 def _status_query(flavour: FlavourSql) -> str:
@@ -287,68 +141,6 @@ def _read_only_verdict(read_only: bool, role: Role, elapsed: float) -> Verdict:
     if role is not Role.PRIMARY and not read_only:
         return Verdict.failed(ProbeKind.READ_ONLY, Reason.READ_ONLY_OFF, detail, elapsed)
     return Verdict.passed(ProbeKind.READ_ONLY, detail, elapsed)
-
-
-def replication_verdict(
-    row: dict[str, object] | None,
-    flavour: FlavourSql,
-    max_lag_s: float,
-    elapsed_s: float,
-    heartbeat_age_s: float | None = None,
-) -> Verdict:
-    """Judge one SHOW SLAVE STATUS row (None = no replication configured)."""
-    status = None if row is None else flavour.parse_replica_status(row)
-    return judge_replica_status(status, max_lag_s, elapsed_s, heartbeat_age_s)
-
-
-def judge_replica_status(
-    status: ReplicaStatus | None,
-    max_lag_s: float,
-    elapsed_s: float,
-    heartbeat_age_s: float | None = None,
-) -> Verdict:
-    """The REPLICATION verdict on a replica's status (None = no replication configured).
-
-    ``heartbeat_age_s`` is how old the primary's heartbeat row is on this replica (None when
-    unknown). Lag is the larger of it and Seconds_Behind_Master, which reads 0 while the IO
-    thread itself is behind.
-    """
-    kind = ProbeKind.REPLICATION
-    if status is None:
-        return Verdict.failed(kind, Reason.NOT_A_REPLICA, "no replication configured", elapsed_s)
-    source = f"from {status.primary_host}:{status.primary_port}"
-    if status.last_sql_errno:
-        return Verdict.failed(
-            kind,
-            Reason.REPLICATION_ERROR,
-            f"SQL thread error {status.last_sql_errno} {source}: {status.last_sql_error}",
-            elapsed_s,
-        )
-    if status.sql_running != "Yes":
-        return Verdict.failed(
-            kind, Reason.SQL_THREAD_NOT_RUNNING, f"SQL thread {status.sql_running} {source}", elapsed_s
-        )
-    if status.io_running != "Yes":
-        error = f": error {status.last_io_errno} {status.last_io_error}" if status.last_io_errno else ""
-        return Verdict.failed(
-            kind, Reason.IO_THREAD_NOT_RUNNING, f"IO thread {status.io_running} {source}{error}", elapsed_s
-        )
-    if status.seconds_behind is None:
-        return Verdict.failed(kind, Reason.LAG_UNKNOWN, f"lag unknown {source}", elapsed_s)
-    heartbeat = "" if heartbeat_age_s is None else f", heartbeat {heartbeat_age_s:.1f} s old"
-    lag = max(float(status.seconds_behind), heartbeat_age_s or 0.0)
-    if lag > max_lag_s:
-        return Verdict.failed(
-            kind,
-            Reason.LAG_TOO_HIGH,
-            f"{status.seconds_behind} s behind {source}{heartbeat} (max {max_lag_s:g} s)",
-            elapsed_s,
-        )
-    return Verdict.passed(
-        kind,
-        f"{status.seconds_behind} s behind {source}{heartbeat}, at {status.received_gtid_pos}",
-        elapsed_s,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,17 +171,17 @@ class Prober:
         self.max_connections: int | None = None
         s = self.settings
         self._lanes = {
-            "process": _Lane("process", (ProbeKind.PROCESS,), Reason.PROCESS_STOPPED, s.process_timeout_s),
-            "disk": _Lane("disk", (ProbeKind.DISK,), Reason.DISK_UNREADABLE, s.disk_timeout_s),
-            "connect": _Lane(
+            "process": Lane("process", (ProbeKind.PROCESS,), Reason.PROCESS_STOPPED, s.process_timeout_s),
+            "disk": Lane("disk", (ProbeKind.DISK,), Reason.DISK_UNREADABLE, s.disk_timeout_s),
+            "connect": Lane(
                 "connect",
                 (ProbeKind.CONNECT,),
                 Reason.CONNECT_TIMEOUT,
                 s.connect_timeout_s,
                 repeat_while_running=False,
             ),
-            "reserved": _Lane("reserved", (ProbeKind.SELECT,), Reason.QUERY_TIMEOUT, s.select_timeout_s),
-            "write": _Lane(
+            "reserved": Lane("reserved", (ProbeKind.SELECT,), Reason.QUERY_TIMEOUT, s.select_timeout_s),
+            "write": Lane(
                 "write",
                 (ProbeKind.WRITE,),
                 Reason.WRITE_TIMEOUT,
@@ -448,7 +240,7 @@ class Prober:
         """
         now = time.monotonic()
         role = self._role
-        started: list[_Lane] = []
+        started: list[Lane] = []
         plan: list[tuple[str, Callable[[], JobResult]]] = [
             ("reserved", lambda: self._reserved_probes(role)),
             (
