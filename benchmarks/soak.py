@@ -49,12 +49,16 @@ def main() -> int:
     parser.add_argument("--rejoin", choices=["manual", "truncate"], default="truncate",
                         help="the agents' [rejoin] mode (truncate: a fenced former primary repairs itself "
                         "where it can prove its errant transactions were never acknowledged)")
+    parser.add_argument("--failsafe", action="store_true",
+                        help="agents with [failover] failsafe = true: a primary cut off from the DCS "
+                        "writes on by its peers' promises (the +failsafe fault rows test it; without it "
+                        "they are plain DCS outages)")
     parser.add_argument("--keep-going", action="store_true",
                         help="go on after two quiet checks in a row found the cluster not whole")
     parser.add_argument("--plot", type=Path, default=None, help="where to save the PNG "
                         "(default: soak-seed<S>.png in the current directory)")
     args = parser.parse_args()
-    tuning = AgentTuning(ttl=args.ttl, margin=args.margin, rejoin=args.rejoin)
+    tuning = AgentTuning(ttl=args.ttl, margin=args.margin, rejoin=args.rejoin, failsafe=args.failsafe)
     with scratch_space(Path(tempfile.mkdtemp(prefix="dbfence-soak-"))) as root:
         config = SoakConfig(seed=args.seed, duration=args.duration, root=root, dcs=args.dcs,
                             nodes=args.nodes, quiet=args.quiet, tuning=tuning,
@@ -72,7 +76,8 @@ def main() -> int:
     print(f"writes: {c.acknowledged} acknowledged, {c.refused} refused, {c.unknown} unknown "
           f"({c.unknown_landed} landed); reads: {c.reads} checked, {c.extra['failed_reads']} failed; "
           f"lost {c.lost} (counted at {c.extra['lost_checked_at_s']}s, the last check with a primary), "
-          f"two writers {c.two_writers}, stale reads {c.stale_reads}; "
+          f"two writers {c.two_writers}, stale reads {c.stale_reads}, admitted without a lease or "
+          f"promises {c.extra['unleased']} ({c.extra['promises']} promises given); "
           f"quiet checks {c.quiet_checks}, not whole {c.not_whole}")
     for breach in result.breaches:
         print(f"INVARIANT BROKEN: seed {args.seed}, at {breach.at:.1f}s: {breach.invariant}: {breach.detail}")

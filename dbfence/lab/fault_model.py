@@ -58,6 +58,9 @@ class Fault:
     keeps_primary: bool = False
     failsafe: bool = False  # needs agents with [failover] failsafe = true (docs/failsafe.md)
     long: bool = False  # too long for `make test`: benchmarks/faults.py only
+    # The struck node can renew no lease from injection to heal (cut off from the DCS, no DCS
+    # quorum, its agent stopped or dead): from one TTL on, its gate may admit only on promises.
+    leaseless: bool = False
 
 
 def exited(alive: Callable[[], bool]) -> Callable[[], bool]:

@@ -72,6 +72,11 @@ def _ttl(tuning: AgentTuning) -> float:
     return tuning.ttl
 
 
+def _ttl_without_failsafe(tuning: AgentTuning) -> float | None:
+    """With failsafe on, peers' promises may keep the writes on: the lease check judges them."""
+    return None if tuning.failsafe else tuning.ttl
+
+
 # In an order that needs few labs: the first needs a fresh lab's primary (db1, on its own tmpfs);
 # the last three usually leave an errant transaction on the old primary, which ends their lab.
 FAULTS: tuple[Fault, ...] = (
@@ -88,14 +93,15 @@ FAULTS: tuple[Fault, ...] = (
     Fault("gate-connection-flood", "5,000 bare TCP connections to the primary's gate, kept open",
           flood_the_gate, False, lambda t: max(2 * t.ttl, 12.0), keeps_primary=True),
     Fault("agent-kill", "kill -9 of the primary's agent", kill_agent, True, lambda t: 60,
-          rto_goal=lambda t: t.ttl + 2),
+          rto_goal=lambda t: t.ttl + 2, leaseless=True),
     Fault("etcd-leader-kill", "kill -9 of the etcd leader", kill_etcd_leader, False, lambda t: t.ttl,
           dcs=frozenset({"etcd"}), etcd_members=3),
     Fault("etcd-follower-kill", "kill -9 of one etcd follower", kill_etcd_follower, False,
           lambda t: t.ttl, dcs=frozenset({"etcd"}), etcd_members=3),
     # The lease may have been renewed just before the fault: it can admit for one TTL at most.
     Fault("etcd-quorum-loss", "kill -9 of two of three etcd members", kill_etcd_quorum, False,
-          lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl),
+          lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3,
+          quiet_after=_ttl_without_failsafe, leaseless=True),
     Fault("switchover", "planned switchover under load", switchover, True, lambda t: 60,
           rto_goal=lambda t: 1.0),
     Fault("lagging-replica+mysqld-kill", "a replica lags (applier locked out), then kill -9 of the "
@@ -103,9 +109,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("mysqld-stop", "SIGSTOP of the primary's mysqld past detection, then SIGCONT", stop_mysqld,
           True, lambda t: 60),
     Fault("agent-stop", "SIGSTOP of the primary's agent (not its gate workers) past the TTL",
-          stop_agent, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2),
+          stop_agent, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2, leaseless=True),
     Fault("host-freeze", "SIGSTOP of the primary's mysqld, agent and gate workers (host loss)",
-          freeze_host, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2),
+          freeze_host, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2, leaseless=True),
     Fault("consul-serf-fail", "the primary node's serfHealth critical for 5 s (a gossip failure)",
           fail_serf_health, False, lambda t: 5.0, dcs=frozenset({"consul"})),
     Fault("consul-agent-restart", "the primary host's Consul agent restarts (its node deregistered, "
@@ -114,24 +120,26 @@ FAULTS: tuple[Fault, ...] = (
     # Failsafe (last: these rows share a lab whose agents run with failsafe on).
     Fault("etcd-quorum-loss+failsafe", "kill -9 of two of three etcd members, failsafe on (12 s)",
           kill_etcd_quorum, False, lambda t: 4 * t.ttl, dcs=frozenset({"etcd"}), etcd_members=3,
-          failsafe=True, rto_goal=lambda t: 0.5),
+          failsafe=True, rto_goal=lambda t: 0.5, leaseless=True),
     Fault("etcd-quorum-loss-60s+failsafe", "kill -9 of two of three etcd members for 60 s, failsafe on",
           kill_etcd_quorum, False, lambda t: 60, dcs=frozenset({"etcd"}), etcd_members=3,
-          failsafe=True, rto_goal=lambda t: 0.5, long=True),
+          failsafe=True, rto_goal=lambda t: 0.5, long=True, leaseless=True),
     Fault("etcd-quorum-loss+promiser-restart+failsafe", "etcd quorum lost, failsafe on; a replica's "
           "agent is killed and restarted while the primary runs on promises",
           quorum_loss_restarting_a_promiser, False, lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}),
-          etcd_members=3, failsafe=True),
+          etcd_members=3, failsafe=True, leaseless=True),
     Fault("etcd-quorum-loss+mysqld-kill+failsafe", "etcd quorum lost, failsafe on; then kill -9 of "
           "the primary's mysqld while it runs on promises", quorum_loss_then_mysqld_kill, False,
           lambda t: 2 * t.ttl, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=lambda t: 0.0,
-          failsafe=True, long=True),
+          failsafe=True, long=True, leaseless=True),
     Fault("consul-down+failsafe", "the Consul stand-in frozen for 30 s, failsafe on (its session is "
           "invalidated when it returns: the primary takes the lock again)", freeze_consul, False,
-          lambda t: 30, dcs=frozenset({"consul"}), failsafe=True, rto_goal=lambda t: 0.5, long=True),
+          lambda t: 30, dcs=frozenset({"consul"}), failsafe=True, rto_goal=lambda t: 0.5, long=True,
+          leaseless=True),
     Fault("etcd-quorum-loss+frozen-peer+failsafe", "a replica's agent SIGSTOPped, then etcd quorum "
           "lost, failsafe on: the primary fences at its deadline", quorum_loss_with_a_frozen_peer, False,
-          lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl, failsafe=True),
+          lambda t: 2 * t.ttl + 2, dcs=frozenset({"etcd"}), etcd_members=3, quiet_after=_ttl, failsafe=True,
+          leaseless=True),
 )
 
 

@@ -18,6 +18,10 @@ What is checked:
   tenure of X, i.e. it started after a newer token (of another node) had taken the lock.
 * **Admitted while fenced**: writes that started inside a fault's quiet window (for example
   etcd quorum loss, once the last lease could have run out) and were acknowledged anyway.
+* **Admitted without a lease or promises**: while a fault keeps a node from renewing any lease
+  (cut off from the DCS, no quorum, its agent stopped), a write acknowledged through it that
+  began one TTL after the injection must be kept by live failsafe promises of every other
+  member. The promises are the members' own records of them (see :class:`Promise`).
 * **Errant transactions** left on any node, as read from the servers.
 * **Stale reads**: a read acknowledged through a gate that misses a write acknowledged before
   the read began. Each read covers the ids from its ``low`` mark up (see :class:`Read`); the
@@ -73,6 +77,13 @@ class FaultEvent:
     at: float
     healed_at: float
     quiet_from: float | None = None
+    # When set: ``node`` could hold no lease from ``leaseless_from`` (one TTL after the injection
+    # of a fault that cuts it off from the DCS or stops its agent) until ``leaseless_until`` (the
+    # first heal of anything, None: ``healed_at``). A write it acknowledges that began in that
+    # span must be kept by promises of every other member.
+    leaseless_from: float | None = None
+    leaseless_until: float | None = None
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +119,44 @@ class StaleRead:
 
 
 @dataclass(frozen=True, slots=True)
+class Promise:
+    """``giver`` promised ``to`` (holding ``token``) not to race for ``seconds``, as it logged at
+    ``at``: after it received the request (when its promise began) and before it answered (the
+    requester's deadline from it is ``send time + seconds - margin``), so a write that ``to``
+    admitted on this promise has its commit inside ``[at, until]``."""
+
+    giver: str
+    to: str
+    token: int
+    at: float
+    seconds: float
+
+    @property
+    def until(self) -> float:
+        return self.at + self.seconds
+
+
+@dataclass(frozen=True, slots=True)
+class UnleasedWrite:
+    """Write ``id`` acknowledged through ``node`` while ``fault`` kept it from renewing its lease,
+    with no promise to it from ``unpromised`` over the write's whole interval."""
+
+    id: int
+    node: str
+    fault: str
+    unpromised: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class History:
     attempts: tuple[Attempt, ...]
     tenures: tuple[Tenure, ...]
     faults: tuple[FaultEvent, ...]
     final: FinalState
     reads: tuple[Read, ...] = ()
+    promises: tuple[Promise, ...] = ()
+    # every member of the cluster (empty: every node the history names)
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +211,7 @@ class Verdict:
     unknown_missing: tuple[int, ...]
     outages: tuple[Outage, ...]
     stale_reads: tuple[StaleRead, ...] = ()
+    unleased: tuple[UnleasedWrite, ...] = ()
 
     @property
     def overlapping(self) -> int:
@@ -179,8 +223,9 @@ class Verdict:
 
     @property
     def safe(self) -> bool:
-        """No acknowledged write lost, never two writers, and no stale read."""
-        return not self.lost and self.overlapping == 0 and not self.stale_reads
+        """No acknowledged write lost, never two writers, no write admitted without a lease or
+        promises, and no stale read."""
+        return not self.lost and self.overlapping == 0 and not self.stale_reads and not self.unleased
 
 
 def check(history: History) -> Verdict:
@@ -200,7 +245,43 @@ def check(history: History) -> Verdict:
         unknown_missing=tuple(sorted(i for i in unknown if i not in rows)),
         outages=tuple(outage(acked, fault) for fault in history.faults),
         stale_reads=find_stale_reads(acked, history.reads),
+        unleased=find_unleased_writes(acked, history.faults, history.promises, _members(history)),
     )
+
+
+def _members(history: History) -> tuple[str, ...]:
+    if history.members:
+        return history.members
+    named = {a.node for a in history.attempts if a.node} | {t.node for t in history.tenures}
+    return tuple(sorted(named | {p.giver for p in history.promises}))
+
+
+def find_unleased_writes(acked: Iterable[Attempt], faults: Iterable[FaultEvent], promises: Iterable[Promise],
+                         members: Iterable[str]) -> tuple[UnleasedWrite, ...]:
+    """Writes that began while a fault kept their node from renewing any lease, and that some
+    other member had made no promise to that node for, at any moment of the write. A gate may
+    admit without a lease only on every member's promise: one member that never promised
+    during the write proves it was admitted on neither."""
+    given: dict[tuple[str, str], list[Promise]] = {}
+    for promise in promises:
+        given.setdefault((promise.giver, promise.to), []).append(promise)
+    everyone = tuple(sorted(set(members)))
+    found: dict[int, UnleasedWrite] = {}
+    writes = sorted(acked, key=lambda a: a.start)
+    starts = [w.start for w in writes]
+    for fault in faults:
+        if fault.leaseless_from is None or not fault.node:
+            continue
+        until = fault.healed_at if fault.leaseless_until is None else fault.leaseless_until
+        span = slice(bisect.bisect_left(starts, fault.leaseless_from), bisect.bisect_left(starts, until))
+        for write in writes[span]:
+            if write.node != fault.node or write.id in found:
+                continue
+            unpromised = tuple(m for m in everyone if m != write.node and not any(
+                p.at < write.end and write.start < p.until for p in given.get((m, write.node), ())))
+            if unpromised:
+                found[write.id] = UnleasedWrite(write.id, write.node, fault.name, unpromised)
+    return tuple(found[i] for i in sorted(found))
 
 
 def find_stale_reads(acked: Iterable[Attempt], reads: Iterable[Read]) -> tuple[StaleRead, ...]:

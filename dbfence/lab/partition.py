@@ -94,18 +94,21 @@ def inject_dcs_and_peer_cut(ctx: FaultContext) -> Heal:
 
 FAULTS: tuple[Fault, ...] = (
     Fault("partition", "the primary's host cut off from the DCS and its peers (network namespaces)",
-          inject_partition, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2, netns=True),
+          inject_partition, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2, netns=True,
+          leaseless=True),
     Fault("partition-lagging-replica", "a replica applies 30 s behind, then the primary's host "
           "is cut off from the DCS and its peers", inject_partition_lagging_replica, True,
-          lambda t: 60, rto_goal=lambda t: t.ttl + 2, netns=True),
+          lambda t: 60, rto_goal=lambda t: t.ttl + 2, netns=True, leaseless=True),
     Fault("partition-laggard-holds-more", "a replica applies 30 s behind, the other loses the "
           "primary, then the primary's host is cut off: only the laggard has the last commits",
           inject_partition_laggard_holds_more, True, lambda t: 60, rto_goal=lambda t: t.ttl + 2,
-          netns=True),
+          netns=True, leaseless=True),
     Fault("dcs-cut+failsafe", "failsafe on: the primary's host cut off from the DCS only (its peers "
-          "still reach it and the DCS)", inject_dcs_cut, True, lambda t: 60, netns=True, failsafe=True),
+          "still reach it and the DCS)", inject_dcs_cut, True, lambda t: 60, netns=True, failsafe=True,
+          leaseless=True),
     Fault("dcs-and-peer-cut+failsafe", "failsafe on: the primary's host cut off from the DCS and one "
-          "peer", inject_dcs_and_peer_cut, True, lambda t: 60, netns=True, failsafe=True, long=True),
+          "peer", inject_dcs_and_peer_cut, True, lambda t: 60, netns=True, failsafe=True, long=True,
+          leaseless=True),
 )
 
 

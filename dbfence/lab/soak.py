@@ -18,11 +18,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 
 from dbfence.lab import mariadb_servers
 from dbfence.lab import netns as lab_netns
+from dbfence.lab.agent_logs import read_promises, read_role_changes
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
 from dbfence.lab.errors import LabError
@@ -62,6 +62,7 @@ class SoakConfig:
         return (f"PYTHONPATH=. .venv/bin/python benchmarks/soak.py --duration {self.duration:g}s "
                 f"--seed {self.seed} --dcs {self.dcs} --nodes {self.nodes} --quiet {self.quiet:g} "
                 f"--ttl {self.tuning.ttl:g} --margin {self.tuning.margin:g} --rejoin {self.tuning.rejoin}"
+                + (" --failsafe" if self.tuning.failsafe else "")
                 + (f" --kinds {','.join(kinds)}" if kinds else ""))
 
 
@@ -95,6 +96,7 @@ class _Striking:
     burst: int
     target: str | None = None
     injected: float | None = None  # wall clock
+    healing: float | None = None  # when its heal began
     healed: float | None = None
     error: str | None = None
     problems: tuple[str, ...] = ()
@@ -221,7 +223,8 @@ class Soak:
                         two_writers=final.overlapping,
                         stale_reads=len(final.stale_reads), quiet_checks=len(self.checks),
                         not_whole=sum(1 for _, w in self.checks if not w.whole),
-                        extra={"failed_reads": reader.failed,
+                        extra={"failed_reads": reader.failed, "unleased": len(final.unleased),
+                               "promises": len(read_promises(lab)),
                                # lost writes are counted on a primary: when the run ended without
                                # one, the figure is that of the last check that had one
                                "lost_checked_at_s": -1 if self.lost_checked is None
@@ -286,6 +289,7 @@ class Soak:
         self.say(f"[{self.rel(strike.injected):7.1f}s]   {strike.planned.kind} on {strike.target} "
                  f"({strike.planned.trigger.value}), held {strike.planned.hold:.1f}s")
         self.stop.wait(strike.planned.hold)
+        strike.healing = time.time()
         try:
             heal()
         except Exception as exc:  # a lab step that failed, not a broken invariant: say so
@@ -299,12 +303,24 @@ class Soak:
     # ------------------------------------------------------------------ checks
     def _events(self) -> tuple[FaultEvent, ...]:
         events = []
+        # The heals that may give a node its lease back: of the faults that took one, and of the
+        # DCS's own (a row for one DCS kind only), e.g. the etcd member a leader kill took.
+        heals = sorted(s.healing for s in self.strikes if s.healing is not None
+                       and (s.fault.leaseless or len(s.fault.dcs) == 1))
         for strike in self.strikes:
-            if strike.injected is None or strike.healed is None:
+            if strike.injected is None or strike.healed is None or strike.healing is None:
                 continue
             quiet = strike.fault.quiet_after(self.config.tuning)
+            leaseless_from, leaseless_until = None, None
+            if strike.fault.leaseless:
+                # Its last renewal was sent before the injection: one TTL on, no lease remains,
+                # until the first heal meanwhile of this fault or of another that may have
+                # brought back what this one took.
+                leaseless_from = strike.injected + self.ttl
+                leaseless_until = min((h for h in heals if strike.injected < h), default=strike.healing)
             events.append(FaultEvent(strike.planned.kind, strike.injected, strike.healed,
-                                     None if quiet is None else strike.injected + quiet))
+                                     None if quiet is None else strike.injected + quiet,
+                                     leaseless_from, leaseless_until, strike.target or ""))
         return tuple(events)
 
     def _quiet_check(self, lab: LabCluster, writer: DiscoveryWriter, reader: PooledReader, monitor: Monitor,
@@ -327,7 +343,8 @@ class Soak:
         attempts = tuple(a for a in list(writer.attempts) if a.end <= now)
         reads = tuple(r for r in list(reader.reads) if r.end <= now)
         history = History(attempts, lab.in_client(read_tenures, lab), self._events(),
-                          lab.in_client(read_final_state, lab, whole.primary, TABLE), reads)
+                          lab.in_client(read_final_state, lab, whole.primary, TABLE), reads,
+                          read_promises(lab), tuple(a.name for a in lab.agents))
         verdict = check(history)
         self._judge(verdict, attempts, where)
         if verdict.final_primary is not None:
@@ -348,6 +365,11 @@ class Soak:
         for write_id in verdict.admitted_while_fenced[:5]:
             self._breach("never two writers", ends[write_id],
                          f"{where}: write {write_id} acknowledged while the DCS could grant no lease")
+        for unleased in verdict.unleased[:5]:
+            self._breach("no write admitted without a lease or live failsafe promises", ends[unleased.id],
+                         f"{where}: write {unleased.id} acknowledged through {unleased.node} during "
+                         f"{unleased.fault}, one TTL after it, with no promise from "
+                         f"{', '.join(unleased.unpromised)}")
         for read in verdict.stale_reads[:5]:
             self._breach("reads see every acknowledged write", read.start,
                          f"{where}: read through {read.node} missed {list(read.missing)[:10]}")
@@ -420,24 +442,6 @@ def refresh_restarted_servers(lab: LabCluster) -> None:
             and other.process.alive()
         refreshed.append(other if restarted and other is not None else node)
     lab.mysql = refreshed
-
-
-def read_role_changes(lab: LabCluster, since_wall: float) -> list[RoleChange]:
-    """Every agent's role changes after ``since_wall``, from its log, in time order."""
-    changes = []
-    for agent in lab.agents:
-        for line in Path(agent.log).read_text(errors="replace").splitlines():
-            if '"event": "role"' not in line or "{" not in line:
-                continue
-            try:
-                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                event = json.loads(line[line.index("{"):])
-            except ValueError:
-                continue
-            if stamp >= since_wall:
-                changes.append(RoleChange(stamp - since_wall, agent.name, str(event.get("from")),
-                                          str(event.get("to")), event.get("why")))
-    return sorted(changes, key=lambda c: c.at)
 
 
 def cluster_did(changes: list[RoleChange], start: float, end: float) -> tuple[str, ...]:

@@ -9,8 +9,10 @@ from dbfence.lab.history import (
     History,
     Interleaving,
     Outcome,
+    Promise,
     StaleWrite,
     Tenure,
+    UnleasedWrite,
     check,
 )
 
@@ -126,3 +128,52 @@ def test_a_fault_never_recovered_from_has_no_recovery_time() -> None:
 def test_errant_transactions_are_reported_per_node() -> None:
     verdict = check(history(clean_failover(), errant={"db1": ("0-1-5",), "db3": ()}))
     assert verdict.errant == {"db1": ("0-1-5",)}
+
+
+# db1 is cut off from the DCS at t=3 (TTL 3: no lease of its can remain from t=6) until t=12.
+CUT = FaultEvent("dcs-cut+failsafe", at=3.0, healed_at=12.5, leaseless_from=6.0, leaseless_until=12.0,
+                 node="db1")
+MEMBERS = ("db1", "db2", "db3")
+
+
+def leaseless_history(attempts: list[Attempt], promises: tuple[Promise, ...]) -> History:
+    return History(tuple(attempts), (Tenure(10, "db1", 0.0),), (CUT,),
+                   FinalState("db1", frozenset(a.id for a in attempts)), promises=promises, members=MEMBERS)
+
+
+def test_a_write_admitted_past_the_lease_with_no_promise_is_flagged() -> None:
+    # 2 began before the lease could have run out, 5 after the DCS came back: both are fine
+    attempts = [ack(1, 1.0, "db1"), ack(2, 5.5, "db1"), ack(3, 7.0, "db1"), ack(4, 11.0, "db1"),
+                ack(5, 12.2, "db1")]
+    verdict = check(leaseless_history(attempts, ()))
+    assert verdict.unleased == (UnleasedWrite(3, "db1", "dcs-cut+failsafe", ("db2", "db3")),
+                                UnleasedWrite(4, "db1", "dcs-cut+failsafe", ("db2", "db3")))
+    assert not verdict.safe
+    assert verdict.admitted_while_fenced == () and verdict.overlapping == 0  # the other checks miss it
+
+
+def test_writes_kept_by_every_members_promise_are_admitted() -> None:
+    # each peer promised db1 3 s at a time from t=4.5, the last promises ending at t=10.6
+    promises = tuple(Promise(giver, "db1", 10, at, 3.0)
+                     for giver in ("db2", "db3") for at in (4.5, 5.6, 6.6, 7.6))
+    attempts = [ack(1, 6.5, "db1"), ack(2, 8.0, "db1"), ack(3, 10.5, "db1")]
+    verdict = check(leaseless_history(attempts, promises))
+    assert verdict.unleased == () and verdict.safe
+    # past the last promise, the same gate must have refused
+    verdict = check(leaseless_history([*attempts, ack(4, 10.7, "db1")], promises))
+    assert [(u.id, u.unpromised) for u in verdict.unleased] == [(4, ("db2", "db3"))]
+
+
+def test_a_promise_from_one_member_only_does_not_keep_a_write() -> None:
+    promises = (Promise("db2", "db1", 10, 5.0, 3.0), Promise("db3", "db2", 10, 5.0, 3.0))
+    verdict = check(leaseless_history([ack(1, 6.5, "db1")], promises))
+    assert verdict.unleased == (UnleasedWrite(1, "db1", "dcs-cut+failsafe", ("db3",)),)
+
+
+def test_another_nodes_writes_are_not_held_to_the_cut_nodes_lease() -> None:
+    # db2 took the lock once db1's lease ran out there: its writes have a lease of their own
+    attempts = [ack(1, 1.0, "db1"), ack(2, 8.0, "db2"), ack(3, 9.0, "db2")]
+    history = leaseless_history(attempts, ())
+    tenures = (Tenure(10, "db1", 0.0), Tenure(11, "db2", 7.5))
+    verdict = check(History(history.attempts, tenures, history.faults, history.final, members=MEMBERS))
+    assert verdict.unleased == () and verdict.safe

@@ -3,9 +3,22 @@ is broken and passes when it holds."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
-from dbfence.lab.history import Attempt, FinalState, History, Outcome, Read, Tenure, check, find_stale_reads
+from dbfence.lab.agent_logs import promises_in
+from dbfence.lab.history import (
+    Attempt,
+    FinalState,
+    History,
+    Outcome,
+    Promise,
+    Read,
+    Tenure,
+    check,
+    find_stale_reads,
+)
 from dbfence.lab.soak_checks import NodeView, wholeness
 from dbfence.lab.soak_report import FaultRecord, percentile, rto_by_kind, timeline
 
@@ -115,3 +128,18 @@ def test_percentile_is_the_nearest_rank() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
     with pytest.raises(ValueError):
         percentile([], 0.5)
+
+
+def test_the_promises_an_agent_gave_are_read_from_its_log() -> None:
+    text = "\n".join([
+        '2026-12-07 04:29:35,066 INFO dbfence.agent {"event": "started", "node": "db2"}',
+        '2026-12-07 04:31:02,250 INFO dbfence.agent.peer_promises '
+        '{"event": "promise_given", "to": "db1", "token": 207, "seconds": 3.0}',
+        '2026-12-07 04:31:02,2',  # cut short by a kill -9
+        '2026-12-07 04:31:03,251 INFO dbfence.agent.peer_promises {"event": "promise_given", "to": "db1"',
+        '2026-12-07 04:31:03,400 WARNING dbfence.agent.peer_promises promise to db1 refused: disk full',
+    ])
+    [promise] = promises_in("db2", text)
+    at = datetime(2026, 12, 7, 4, 31, 2, 250000).timestamp()  # the agents log local wall-clock time
+    assert promise == Promise("db2", "db1", 207, at, 3.0)
+    assert abs(promise.until - (at + 3.0)) < 1e-6

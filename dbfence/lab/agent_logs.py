@@ -1,0 +1,65 @@
+"""What the soak reads back from the lab agents' logs: their role changes, and the failsafe
+promises each one gave (the givers' own records, which the history checker holds a primary's
+writes to when it could hold no lease).
+
+Every agent logs its events as one JSON object after the logging prefix, stamped with the
+host's wall clock to the millisecond: the lab runs on one host, so one clock with the writers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dbfence.lab.cluster import LabCluster
+from dbfence.lab.history import Promise
+from dbfence.lab.soak_report import RoleChange
+
+
+def log_events(text: str, event: str) -> Iterator[tuple[float, dict[str, Any]]]:
+    """(wall clock, the event's JSON) of every ``event`` line of an agent's log text."""
+    marker = f'"event": "{event}"'
+    for line in text.splitlines():
+        if marker not in line or "{" not in line:
+            continue
+        try:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            body = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue  # a line cut short by a kill -9, or another process's text
+        if isinstance(body, dict) and body.get("event") == event:
+            yield stamp, body
+
+
+def promises_in(giver: str, text: str) -> list[Promise]:
+    """The promises one agent's log says it gave (logged after it was persisted, before the
+    answer left)."""
+    promises = []
+    for stamp, body in log_events(text, "promise_given"):
+        try:
+            promise = Promise(giver, str(body["to"]), int(body["token"]), stamp, float(body["seconds"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        promises.append(promise)
+    return promises
+
+
+def read_promises(lab: LabCluster) -> tuple[Promise, ...]:
+    """Every failsafe promise the lab's agents gave, in time order."""
+    promises = [p for agent in lab.agents
+                for p in promises_in(agent.name, Path(agent.log).read_text(errors="replace"))]
+    return tuple(sorted(promises, key=lambda p: p.at))
+
+
+def read_role_changes(lab: LabCluster, since_wall: float) -> list[RoleChange]:
+    """Every agent's role changes after ``since_wall``, from its log, in time order."""
+    changes = []
+    for agent in lab.agents:
+        for stamp, event in log_events(Path(agent.log).read_text(errors="replace"), "role"):
+            if stamp >= since_wall:
+                changes.append(RoleChange(stamp - since_wall, agent.name, str(event.get("from")),
+                                          str(event.get("to")), event.get("why")))
+    return sorted(changes, key=lambda c: c.at)
