@@ -9,6 +9,7 @@ this one composes them into a cluster, wires replication, and keeps the manifest
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -298,12 +299,28 @@ class LabCluster:
                 return node
         raise LabError(f"no MariaDB node named {name!r} (have {', '.join(n.name for n in self.mysql)})")
 
-    def kill_mysql(self, name: str, sig: int = signal.SIGKILL) -> None:
-        self.node(name).process.signal(sig)
+    def kill_mysql(self, name: str, sig: int = signal.SIGKILL) -> bool:
+        """Signal the node's live mysqld; False when none runs."""
+        return self.live_node(name).process.signal(sig)
+
+    def live_node(self, name: str) -> MysqlNode:
+        """The node, with the mysqld that runs now: an agent's repair restarts it through its own
+        copy of the lab (``dbfence lab start-mysql``), and a manifest written since by this one
+        may name the server it replaced. The pid file names the live one."""
+        node = self.node(name)
+        if node.process.alive():
+            return node
+        running = mariadb_servers.running_server(Path(node.pid_file))
+        if running is None:
+            return node
+        node = dataclasses.replace(node, pid=running.pid, create_time=running.create_time)
+        self.mysql = [node if n.name == name else n for n in self.mysql]
+        self._write_manifest()
+        return node
 
     @_in_client_namespace
     def start_mysql(self, name: str, extra_args: Sequence[str] = ()) -> MysqlNode:
-        old = self.node(name)
+        old = self.live_node(name)
         if old.process.alive():
             raise LabError(f"{name} is still running (pid {old.pid})")
         node_dir = Path(old.datadir).parent

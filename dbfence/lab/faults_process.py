@@ -13,23 +13,33 @@ import signal
 import psutil
 
 from dbfence.lab.cluster import LabCluster
+from dbfence.lab.errors import LabError
 from dbfence.lab.fault_model import FaultContext, Heal
 from dbfence.lab.wait import wait_until
 
 
+def _signal_mysqld(ctx: FaultContext, sig: signal.Signals) -> None:
+    if not ctx.lab.kill_mysql(ctx.primary, sig):
+        raise LabError(f"{ctx.primary}'s mysqld is not running: nothing to send {sig.name} to")
+
+
 def kill_mysqld(ctx: FaultContext) -> Heal:
-    ctx.lab.kill_mysql(ctx.primary, signal.SIGKILL)
+    _signal_mysqld(ctx, signal.SIGKILL)
     return lambda: _restart_mysqld(ctx.lab, ctx.primary)
 
 
 def _restart_mysqld(lab: LabCluster, name: str) -> None:
     wait_until(lambda: not lab.node(name).process.alive(), timeout=30, what=f"{name}'s mysqld to exit")
-    lab.start_mysql(name)
+    if not lab.live_node(name).process.alive():  # its agent's repair may have started it already
+        lab.start_mysql(name)
 
 
 def stop_mysqld(ctx: FaultContext) -> Heal:
-    ctx.lab.kill_mysql(ctx.primary, signal.SIGSTOP)
-    return lambda: ctx.lab.kill_mysql(ctx.primary, signal.SIGCONT)
+    _signal_mysqld(ctx, signal.SIGSTOP)
+
+    def heal() -> None:
+        ctx.lab.kill_mysql(ctx.primary, signal.SIGCONT)  # or its agent replaced it meanwhile
+    return heal
 
 
 def kill_agent(ctx: FaultContext) -> Heal:

@@ -166,6 +166,18 @@ def server_argv(node_dir: Path, server_id: int, port: int, extra_port: int, sock
     ]
 
 
+def running_server(pid_file: Path) -> ProcessRef | None:
+    """The live server whose pid ``pid_file`` holds, if it is a server started with that very
+    file (a lab process another one restarted: the lab manifest may name an older one)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        proc = psutil.Process(pid)
+        running = proc.status() != psutil.STATUS_ZOMBIE and f"--pid-file={pid_file}" in proc.cmdline()
+        return ProcessRef.of(pid) if running else None
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
 def start_node(node_dir: Path, name: str, server_id: int, port: int, extra_port: int,
                socket_path: Path, timeout: float = 60.0, host: str = HOST,
                argv_prefix: Sequence[str] = (), extra_args: Sequence[str] = ()) -> MysqlNode:
@@ -175,6 +187,11 @@ def start_node(node_dir: Path, name: str, server_id: int, port: int, extra_port:
     caller must then be on a thread that reaches ``host``.
     """
     pid_file = node_dir / "mysqld.pid"
+    running = running_server(pid_file)
+    if running is not None:
+        # Starting another would fail on the data directory's locks, and remove on its way out
+        # the pid file of the one that runs.
+        raise LabError(f"{name} is still running (pid {running.pid}, from {pid_file})")
     pid_file.unlink(missing_ok=True)
     socket_path.unlink(missing_ok=True)  # a killed server leaves its socket behind
     ref = spawn([*argv_prefix, *server_argv(node_dir, server_id, port, extra_port, socket_path, host),
@@ -184,7 +201,9 @@ def start_node(node_dir: Path, name: str, server_id: int, port: int, extra_port:
     def ready() -> bool:
         if not ref.alive():
             raise LabError(f"{name} exited during start; see {node_dir / 'error.log'}")
-        return port_open(host, port)
+        # mariadbd writes its pid file after it listens: wait for both, so that whoever looks
+        # for the live server by its pid file (live_node) finds it
+        return port_open(host, port) and running_server(pid_file) is not None
 
     wait_until(ready, timeout=timeout, what=f"{name} to accept connections")
     return MysqlNode(

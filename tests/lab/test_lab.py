@@ -146,6 +146,25 @@ def test_restarted_replica_catches_up(lab_factory: LabFactory) -> None:
     assert json.loads((lab.directory / "lab.json").read_text())["mysql"][1]["pid"] == lab.node("db2").pid
 
 
+def test_a_mysqld_restarted_through_another_copy_of_the_lab_is_the_one_killed_and_never_doubled(
+        lab_factory: LabFactory) -> None:
+    # An agent's [rejoin] repair restarts its mysqld with `dbfence lab start-mysql`, through a
+    # copy of the lab loaded from the manifest: the lab object that started it names a dead pid
+    # (seed 101 of the soak: its mysqld-kill signalled that one, and its heal started a second
+    # server that failed on the data directory's locks and removed the live one's pid file).
+    lab = lab_factory(mysql_count=1, etcd_members=1)
+    lab.kill_mysql("db1")
+    wait_until(lambda: not lab.node("db1").process.alive(), timeout=10, what="db1 to die")
+    restarted = LabCluster.load(lab.directory).start_mysql("db1")
+    pid_file = Path(restarted.pid_file)
+    with pytest.raises(LabError, match="still running"):
+        lab.start_mysql("db1")
+    assert pid_file.read_text().strip() == str(restarted.pid)
+    assert lab.kill_mysql("db1")
+    wait_until(lambda: not restarted.process.alive(), timeout=10, what="the restarted db1 to die")
+    assert not lab.kill_mysql("db1")
+
+
 def test_consul_lab_runs_the_standin(lab_factory: LabFactory) -> None:
     lab = lab_factory(mysql_count=1, dcs="consul")
     data = json.loads((lab.directory / "lab.json").read_text())
