@@ -241,10 +241,14 @@ class Soak:
         previous: _Striking | None = None
         mine: list[_Striking] = []
         for planned in burst.faults:
-            self._await_trigger(planned, previous, monitor)
+            promoting = self._await_trigger(planned, previous, monitor)
             strike = _Striking(planned, faults[planned.kind], burst.index)
-            target = monitor.target(last_primary)
-            strike.target = target
+            # a promotion overlap strikes the node seen promoting, while it still is (or admits)
+            role = monitor.latest.get(promoting, {}).get("role") if promoting is not None else None
+            if promoting is not None and role in ("promoting", "primary"):
+                strike.target = promoting
+            else:
+                strike.target = monitor.target(last_primary)
             strike.thread = threading.Thread(target=self._strike, args=(lab, strike, writer),
                                              name=f"nemesis-{planned.kind}", daemon=True)
             lab.in_client(strike.thread.start)  # the thread lives in the client namespace
@@ -261,18 +265,21 @@ class Soak:
         self.burst_ends[burst.index] = time.time()
         return monitor.target(last_primary)
 
-    def _await_trigger(self, planned: PlannedFault, previous: _Striking | None, monitor: Monitor) -> None:
+    def _await_trigger(self, planned: PlannedFault, previous: _Striking | None,
+                       monitor: Monitor) -> str | None:
+        """Wait for the fault's moment; for a promotion overlap, return the node seen promoting."""
         if planned.trigger is Trigger.AT_ONCE or previous is None or previous.injected is None:
-            return
-        since = previous.injected
+            return None
+        since, promoting = previous.injected, None
         if planned.trigger is Trigger.PROMOTION:
             give_up = since + 4 * self.ttl + 10
             while (seen := monitor.promotion_after(since)) is None and time.time() < give_up:
                 time.sleep(0.02)
-            since = seen if seen is not None else time.time()
+            since, promoting = seen if seen is not None else (time.time(), None)
         wait = since + planned.delay - time.time()
         if wait > 0:
             time.sleep(wait)
+        return promoting
 
     def _strike(self, lab: LabCluster, strike: _Striking, writer: DiscoveryWriter) -> None:
         assert strike.target is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,18 +120,36 @@ class Monitor:
         while not self.stop.wait(self.interval):
             for agent in self.lab.agents:
                 status = self.lab.agent_status(agent.name, timeout=0.5)
-                before = self.latest.get(agent.name, {}).get("role")
-                if status.get("role") in ("promoting", "primary") and before not in ("promoting", "primary"):
+                if promoted(self.latest.get(agent.name, {}), status):
                     self.promotions.append((time.time(), agent.name))
                 self.latest[agent.name] = status
 
     def target(self, fallback: str) -> str:
-        """The node to strike: the admitting primary, else a promoting one, else ``fallback``."""
-        for wanted in ("primary", "promoting"):
-            for name, status in list(self.latest.items()):
-                if status.get("role") == wanted:
-                    return name
-        return fallback
+        """The node to strike: the primary, else a promoting node, else ``fallback``."""
+        return strike_target(dict(self.latest), fallback)
 
-    def promotion_after(self, wall: float) -> float | None:
-        return next((at for at, _ in list(self.promotions) if at > wall), None)
+    def promotion_after(self, wall: float) -> tuple[float, str] | None:
+        """(when, which node) of the first promotion seen after ``wall``."""
+        return next(((at, node) for at, node in list(self.promotions) if at > wall), None)
+
+
+_TAKING_OVER = ("promoting", "primary")
+
+
+def promoted(before: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """A node seen taking over: it answered before in another role. A frozen agent that answers
+    again with the report it published before its freeze (still "primary") did not."""
+    return bool(before) and before.get("role") not in _TAKING_OVER and now.get("role") in _TAKING_OVER
+
+
+def strike_target(latest: Mapping[str, Mapping[str, Any]], fallback: str) -> str:
+    """The primary, else a promoting node; of several (a thawed former primary's stale report
+    among them), the one holding the newest lease token."""
+    def token(status: Mapping[str, Any]) -> int:
+        value = (status.get("lease") or {}).get("token")
+        return value if isinstance(value, int) else -1
+    for wanted in _TAKING_OVER[::-1]:
+        claimants = [(token(status), name) for name, status in latest.items() if status.get("role") == wanted]
+        if claimants:
+            return max(claimants)[1]
+    return fallback

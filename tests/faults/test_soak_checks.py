@@ -20,6 +20,7 @@ from dbfence.lab.history import (
     find_stale_reads,
 )
 from dbfence.lab.soak_checks import NodeView, wholeness
+from dbfence.lab.soak_clients import promoted, strike_target
 from dbfence.lab.soak_report import FaultRecord, percentile, rto_by_kind, timeline
 
 ACK = Outcome.ACKNOWLEDGED
@@ -143,3 +144,23 @@ def test_the_promises_an_agent_gave_are_read_from_its_log() -> None:
     at = datetime(2026, 12, 7, 4, 31, 2, 250000).timestamp()  # the agents log local wall-clock time
     assert promise == Promise("db2", "db1", 207, at, 3.0)
     assert abs(promise.until - (at + 3.0)) < 1e-6
+
+
+def status(role: str, token: int | None = None) -> dict[str, object]:
+    return {"role": role, "lease": {"held": token is not None, "token": token}}
+
+
+def test_the_nemesis_strikes_the_primary_with_the_newest_token_else_a_promoting_node() -> None:
+    # db1 thawed after a host freeze still serves its last report ("primary", token 7)
+    latest = {"db1": status("primary", 7), "db2": status("primary", 9), "db3": status("replica")}
+    assert strike_target(latest, "db3") == "db2"
+    assert strike_target({"db1": {}, "db2": status("promoting", 9), "db3": status("replica")}, "db1") == "db2"
+    assert strike_target({"db1": {}, "db2": status("fenced")}, "db1") == "db1"
+
+
+def test_a_promotion_is_a_node_seen_in_another_role_then_taking_over() -> None:
+    assert promoted(status("candidate"), status("promoting", 9))
+    assert promoted(status("replica"), status("primary", 9))
+    assert not promoted({}, status("primary", 7))  # a frozen agent answering again with its old report
+    assert not promoted(status("promoting", 9), status("primary", 9))
+    assert not promoted(status("replica"), status("fenced"))
