@@ -150,13 +150,20 @@ def delay_replica(lab: LabCluster, name: str, seconds: int) -> None:
     A replica whose agent stopped its IO thread (its source lost the lock) only has its applier
     changed, keeping the relay log: restarting the IO thread would fetch the fenced old primary's
     unacknowledged commits and make the replica errant, which no operator would do either.
+
+    Lifting the delay (``seconds`` 0) keeps the relay log too: it may hold the only copy of
+    acknowledged commits (their source gone), and CHANGE MASTER in GTID mode would discard it
+    (seed 102 of the soak lost 12 that way). Receiving stops, the applier catches up, and the
+    agent restarts the IO thread as for any replica that stopped receiving.
     """
     with lab.connect(name) as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
         cur.execute("SHOW SLAVE STATUS")
         status = cur.fetchone()
-        if status is None:
+        if status is None or status.get("SQL_Delay") == seconds:
             return
-        if status["Slave_IO_Running"] != "No":
+        if status["Slave_IO_Running"] != "No" and seconds == 0:
+            cur.execute("STOP SLAVE IO_THREAD")
+        elif status["Slave_IO_Running"] != "No":
             cur.execute("STOP SLAVE")
             cur.execute("CHANGE MASTER TO MASTER_DELAY = %s", (seconds,))
             cur.execute("START SLAVE")

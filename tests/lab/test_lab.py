@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pymysql
+import pymysql.cursors
 import pytest
 from click.testing import CliRunner
 
@@ -17,6 +18,7 @@ from dbfence.lab import etcd_servers
 from dbfence.lab.binaries import MissingBinary, find_binary
 from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.errors import LabError
+from dbfence.lab.partition import delay_replica
 from dbfence.lab.wait import wait_until
 from tests.conftest import LabFactory
 
@@ -163,6 +165,41 @@ def test_a_mysqld_restarted_through_another_copy_of_the_lab_is_the_one_killed_an
     assert lab.kill_mysql("db1")
     wait_until(lambda: not restarted.process.alive(), timeout=10, what="the restarted db1 to die")
     assert not lab.kill_mysql("db1")
+
+
+def test_lifting_a_replicas_delay_keeps_what_it_received_when_its_source_is_gone(
+        lab_factory: LabFactory) -> None:
+    # The lagging-replica faults' heal (seed 102 of the soak: the laggard held the only other copy
+    # of 12 acknowledged writes, and a CHANGE MASTER in GTID mode discarded its relay log).
+    lab = lab_factory(mysql_count=2, etcd_members=1)
+    delay_replica(lab, "db2", 30)
+    with lab.connect("db1", account="app") as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE app.delayed (id INT PRIMARY KEY)")
+        cur.execute("INSERT INTO app.delayed VALUES (1), (2), (3)")
+        cur.execute("SELECT @@global.gtid_binlog_pos")
+        written = cur.fetchone()
+    assert written is not None
+
+    def received() -> bool:
+        with lab.connect("db2") as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute("SHOW SLAVE STATUS")
+            row = cur.fetchone()
+            return row is not None and row["Gtid_IO_Pos"] == written[0]
+    wait_until(received, timeout=10, what="db2 to receive every write")
+    lab.kill_mysql("db1")
+    wait_until(lambda: not lab.node("db1").process.alive(), timeout=10, what="db1 to die")
+    delay_replica(lab, "db2", 0)
+
+    def applied() -> bool:
+        with lab.connect("db2") as conn, conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'delayed'")
+            table = cur.fetchone()
+            if table is None or table[0] == 0:
+                return False
+            cur.execute("SELECT COUNT(*) FROM app.delayed")
+            row = cur.fetchone()
+            return row is not None and row[0] == 3
+    wait_until(applied, timeout=20, what="db2 to apply what it had received")
 
 
 def test_consul_lab_runs_the_standin(lab_factory: LabFactory) -> None:
