@@ -1,14 +1,13 @@
-"""A short seeded soak on real servers: a few overlapping faults (a kill -9 of mysqld after etcd
-lost quorum, an etcd leader killed at the moment of the promotion a partition started), writers
-and readers through discovery and the gates, and every check of the long soak after each quiet
-period.
+"""A short seeded soak on real servers: a few overlapping faults (a partition of the node that is
+promoting after a host freeze of the primary; a full connection table and an etcd member lost at
+the promotion that a lagging replica's failover started), writers and readers through discovery
+and the gates, and every check of the long soak after each quiet period.
 
-The long runs are ``benchmarks/soak.py``; this one replays seed 1's first two bursts in about
-two minutes. On a failure the agents' logs and the history are kept, and the message says where.
-(Seed 3 leaves a re-elected former primary in PROMOTING for ever, waiting for a semi-sync ack to
-its fencing token while the replicas wait for it to be primary: issue 19's first finding. Once
-that is fixed, seed 3 is the harder test.)
-"""
+The long runs are ``benchmarks/soak.py``; this one replays seed 3's two bursts in about 80 s.
+Seed 3 replaced seed 1 once issue 19 fixed the re-elected former primary it left in PROMOTING for
+ever: it strikes the node that is being promoted (seed 1's first promotion overlap waits out an
+etcd quorum loss, during which nothing can be promoted). On a failure the agents' logs and the
+history are kept, and the message says where."""
 
 from __future__ import annotations
 
