@@ -5,9 +5,9 @@ and the gates, and every check of the long soak after each quiet period.
 
 The long runs are ``benchmarks/soak.py``; this one replays seed 3's two bursts in about 80 s.
 Seed 3 replaced seed 1 once issue 19 fixed the re-elected former primary it left in PROMOTING for
-ever: it strikes the node that is being promoted (seed 1's first promotion overlap waits out an
-etcd quorum loss, during which nothing can be promoted). On a failure the agents' logs and the
-history are kept, and the message says where."""
+ever: it strikes the node that is being promoted (seed 1's first promotion-triggered fault follows
+a 0.8 s etcd quorum loss, which starts no promotion). On a failure the agents' logs and the history
+are kept, and the message says where."""
 
 from __future__ import annotations
 
