@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -318,16 +318,12 @@ class Soak:
             if strike.injected is None or strike.healed is None or strike.healing is None:
                 continue
             quiet = strike.fault.quiet_after(self.config.tuning)
-            leaseless_from, leaseless_until = None, None
+            span: tuple[float | None, float | None] = (None, None)
             if strike.fault.leaseless:
-                # Its last renewal was sent before the injection: one TTL on, no lease remains,
-                # until the first heal meanwhile of this fault or of another that may have
-                # brought back what this one took.
-                leaseless_from = strike.injected + self.ttl
-                leaseless_until = min((h for h in heals if strike.injected < h), default=strike.healing)
+                span = leaseless_span(strike.injected, strike.healing, self.ttl, heals)
             events.append(FaultEvent(strike.planned.kind, strike.injected, strike.healed,
                                      None if quiet is None else strike.injected + quiet,
-                                     leaseless_from, leaseless_until, strike.target or ""))
+                                     *span, strike.target or ""))
         return tuple(events)
 
     def _quiet_check(self, lab: LabCluster, writer: DiscoveryWriter, reader: PooledReader, monitor: Monitor,
@@ -449,6 +445,15 @@ def refresh_restarted_servers(lab: LabCluster) -> None:
             and other.process.alive()
         refreshed.append(other if restarted and other is not None else node)
     lab.mysql = refreshed
+
+
+def leaseless_span(injected: float, healing: float, ttl: float,
+                   heals: Iterable[float]) -> tuple[float, float]:
+    """When a node that a fault cut off from the DCS (or whose agent it stopped) at ``injected``
+    can hold no lease: its last renewal was sent before the injection, so from one TTL on, until
+    the first heal after the injection (its own, at ``healing``, or another fault's that may have
+    brought back what this one took: the etcd member a leader kill took, say)."""
+    return injected + ttl, min((h for h in heals if injected < h), default=healing)
 
 
 def cluster_did(changes: list[RoleChange], start: float, end: float) -> tuple[str, ...]:

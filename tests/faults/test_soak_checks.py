@@ -19,6 +19,7 @@ from dbfence.lab.history import (
     check,
     find_stale_reads,
 )
+from dbfence.lab.soak import leaseless_span
 from dbfence.lab.soak_checks import NodeView, wholeness
 from dbfence.lab.soak_clients import promoted, strike_target
 from dbfence.lab.soak_report import FaultRecord, percentile, rto_by_kind, timeline
@@ -164,3 +165,11 @@ def test_a_promotion_is_a_node_seen_in_another_role_then_taking_over() -> None:
     assert not promoted({}, status("primary", 7))  # a frozen agent answering again with its old report
     assert not promoted(status("promoting", 9), status("primary", 9))
     assert not promoted(status("replica"), status("fenced"))
+
+
+def test_a_node_cut_off_holds_no_lease_from_one_ttl_on_until_the_first_heal_after_the_cut() -> None:
+    assert leaseless_span(10.0, 20.0, 3.0, [20.0]) == (13.0, 20.0)
+    # an etcd member a leader kill took came back at 15: quorum may have returned then
+    assert leaseless_span(10.0, 20.0, 3.0, [5.0, 15.0, 20.0]) == (13.0, 15.0)
+    # a heal before the cut changes nothing
+    assert leaseless_span(10.0, 20.0, 3.0, [5.0]) == (13.0, 20.0)
