@@ -13,6 +13,7 @@ import json
 import signal
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from dbfence.lab.cluster import LabCluster
@@ -150,21 +151,34 @@ def quorum_loss_restarting_a_promiser(ctx: FaultContext) -> Heal:
     outlasts the primary's deadline (seconds with the lab's 3 s TTL) ends the writes until the
     DCS is back: a member that does not answer is a no."""
     heal_etcd = kill_etcd_quorum(ctx)
-    _failsafe_active(ctx)
-    replica = sorted(ctx.others())[0]
-    agent = ctx.lab.agent(replica)
-    ctx.lab.kill_agent(replica, signal.SIGKILL)
-    wait_until(exited(agent.process.alive), timeout=10, what=f"agent {replica} to exit")
-    ctx.lab.restart_agent(replica)
+    with _healed_on_failure(heal_etcd):
+        _failsafe_active(ctx)
+        replica = sorted(ctx.others())[0]
+        agent = ctx.lab.agent(replica)
+        ctx.lab.kill_agent(replica, signal.SIGKILL)
+        wait_until(exited(agent.process.alive), timeout=10, what=f"agent {replica} to exit")
+        ctx.lab.restart_agent(replica)
     return heal_etcd
+
+
+@contextlib.contextmanager
+def _healed_on_failure(heal: Heal) -> Iterator[None]:
+    """An injection that fails half-way undoes its first half (the soak goes on after a fault
+    it could not inject: an etcd left without quorum would end the run)."""
+    try:
+        yield
+    except BaseException:
+        heal()
+        raise
 
 
 def quorum_loss_then_mysqld_kill(ctx: FaultContext) -> Heal:
     """etcd quorum lost; once the primary runs on promises, kill -9 of its mysqld: no failover is
     possible without a DCS, writes are refused until it returns, then the ordinary failover runs."""
     heal_etcd = kill_etcd_quorum(ctx)
-    _failsafe_active(ctx)
-    heal_mysqld = kill_mysqld(ctx)
+    with _healed_on_failure(heal_etcd):
+        _failsafe_active(ctx)
+        heal_mysqld = kill_mysqld(ctx)
 
     def heal() -> None:
         heal_etcd()

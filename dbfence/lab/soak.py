@@ -66,11 +66,13 @@ class SoakConfig:
                 + (f" --kinds {','.join(kinds)}" if kinds else ""))
 
 
-def usable_faults(dcs: DcsKind, etcd_members: int, netns: bool, tmpfs: bool = False) -> list[Fault]:
+def usable_faults(dcs: DcsKind, etcd_members: int, netns: bool, tmpfs: bool = False,
+                  failsafe: bool = False) -> list[Fault]:
     """The fault kinds this lab can take (the disk fault needs every data directory on a tmpfs
-    of its own, as whichever node is primary may be struck)."""
+    of its own, as whichever node is primary may be struck; the failsafe rows need agents with
+    failsafe on: some wait for the primary to write on promises)."""
     return [f for f in all_faults() if dcs in f.dcs and (dcs != "etcd" or etcd_members >= f.etcd_members)
-            and (tmpfs or not f.tmpfs) and (netns or not f.netns)]
+            and (tmpfs or not f.tmpfs) and (netns or not f.netns) and (failsafe or not f.failsafe)]
 
 
 def datadirs_on_tmpfs(lab: LabCluster, size: str = "1g") -> list[Path]:
@@ -173,7 +175,7 @@ class Soak:
     def _run(self, lab: LabCluster) -> SoakResult:
         cfg = self.config
         faults = {f.name: f for f in usable_faults(cfg.dcs, len(lab.etcd), lab.netns is not None,
-                                                   tmpfs=bool(self.mounts))}
+                                                   tmpfs=bool(self.mounts), failsafe=cfg.tuning.failsafe)}
         if cfg.kinds is not None:
             unknown = sorted(set(cfg.kinds) - set(faults))
             if unknown:
