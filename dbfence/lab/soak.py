@@ -90,7 +90,7 @@ def datadirs_on_tmpfs(lab: LabCluster, size: str = "1g") -> list[Path]:
 # ---------------------------------------------------------------------------- the run
 
 @dataclass
-class _Striking:
+class Striking:
     """One fault in flight: its record grows as it is injected and healed."""
 
     planned: PlannedFault
@@ -130,7 +130,7 @@ class Soak:
         self.say = say
         self.breaches: list[Breach] = []
         self.checks: list[tuple[float, Wholeness]] = []
-        self.strikes: list[_Striking] = []
+        self.strikes: list[Striking] = []
         self.burst_ends: dict[int, float] = {}
         self.stop = threading.Event()
         self.started = time.time()
@@ -240,11 +240,11 @@ class Soak:
         if self.stop.wait(burst.gap):
             return last_primary
         self.say(f"[{self.rel(time.time()):7.1f}s] burst {burst.index}")
-        previous: _Striking | None = None
-        mine: list[_Striking] = []
+        previous: Striking | None = None
+        mine: list[Striking] = []
         for planned in burst.faults:
             promoting = self._await_trigger(planned, previous, monitor)
-            strike = _Striking(planned, faults[planned.kind], burst.index)
+            strike = Striking(planned, faults[planned.kind], burst.index)
             # a promotion overlap strikes the node seen promoting, while it still is (or admits)
             role = monitor.latest.get(promoting, {}).get("role") if promoting is not None else None
             if promoting is not None and role in ("promoting", "primary"):
@@ -267,7 +267,7 @@ class Soak:
         self.burst_ends[burst.index] = time.time()
         return monitor.target(last_primary)
 
-    def _await_trigger(self, planned: PlannedFault, previous: _Striking | None,
+    def _await_trigger(self, planned: PlannedFault, previous: Striking | None,
                        monitor: Monitor) -> str | None:
         """Wait for the fault's moment; for a promotion overlap, return the node seen promoting."""
         if planned.trigger is Trigger.AT_ONCE or previous is None or previous.injected is None:
@@ -283,7 +283,7 @@ class Soak:
             time.sleep(wait)
         return promoting
 
-    def _strike(self, lab: LabCluster, strike: _Striking, writer: DiscoveryWriter) -> None:
+    def _strike(self, lab: LabCluster, strike: Striking, writer: DiscoveryWriter) -> None:
         assert strike.target is not None
         refresh_restarted_servers(lab)
         ctx = FaultContext(lab, self.config.tuning, writer, strike.target, TABLE)
@@ -311,22 +311,7 @@ class Soak:
 
     # ------------------------------------------------------------------ checks
     def _events(self) -> tuple[FaultEvent, ...]:
-        events = []
-        # The heals that may give a node its lease back: of the faults that took one, and of the
-        # DCS's own (a row for one DCS kind only), e.g. the etcd member a leader kill took.
-        heals = sorted(s.healing for s in self.strikes if s.healing is not None
-                       and (s.fault.leaseless or len(s.fault.dcs) == 1))
-        for strike in self.strikes:
-            if strike.injected is None or strike.healed is None or strike.healing is None:
-                continue
-            quiet = strike.fault.quiet_after(self.config.tuning)
-            span: tuple[float | None, float | None] = (None, None)
-            if strike.fault.leaseless:
-                span = leaseless_span(strike.injected, strike.healing, self.ttl, heals)
-            events.append(FaultEvent(strike.planned.kind, strike.injected, strike.healed,
-                                     None if quiet is None else strike.injected + quiet,
-                                     *span, strike.target or ""))
-        return tuple(events)
+        return fault_events(list(self.strikes), self.config.tuning, self.ttl)
 
     def _quiet_check(self, lab: LabCluster, writer: DiscoveryWriter, reader: PooledReader, monitor: Monitor,
                      burst: int | None) -> Verdict:
@@ -447,6 +432,28 @@ def refresh_restarted_servers(lab: LabCluster) -> None:
             and other.process.alive()
         refreshed.append(other if restarted and other is not None else node)
     lab.mysql = refreshed
+
+
+def fault_events(strikes: list[Striking], tuning: AgentTuning, ttl: float) -> tuple[FaultEvent, ...]:
+    """The history checker's view of the faults injected and healed so far. A fault's windows end
+    when its heal begins (as the matrix's do): what the heal brought back may let the cluster go
+    on before the heal returns (etcd back while the killed mysqld is still starting, say)."""
+    events = []
+    # The heals that may give a node its lease back: of the faults that took one, and of the
+    # DCS's own (a row for one DCS kind only), e.g. the etcd member a leader kill took.
+    heals = sorted(s.healing for s in strikes if s.healing is not None
+                   and (s.fault.leaseless or len(s.fault.dcs) == 1))
+    for strike in strikes:
+        if strike.injected is None or strike.healed is None or strike.healing is None:
+            continue
+        quiet = strike.fault.quiet_after(tuning)
+        span: tuple[float | None, float | None] = (None, None)
+        if strike.fault.leaseless:
+            span = leaseless_span(strike.injected, strike.healing, ttl, heals)
+        events.append(FaultEvent(strike.planned.kind, strike.injected, strike.healing,
+                                 None if quiet is None else strike.injected + quiet,
+                                 *span, strike.target or ""))
+    return tuple(events)
 
 
 def leaseless_span(injected: float, healing: float, ttl: float,

@@ -8,6 +8,8 @@ from datetime import datetime
 import pytest
 
 from dbfence.lab.agent_logs import promises_in
+from dbfence.lab.agents import AgentTuning
+from dbfence.lab.faults import all_faults
 from dbfence.lab.history import (
     Attempt,
     FinalState,
@@ -19,7 +21,8 @@ from dbfence.lab.history import (
     check,
     find_stale_reads,
 )
-from dbfence.lab.soak import leaseless_span
+from dbfence.lab.nemesis import PlannedFault, Trigger
+from dbfence.lab.soak import Striking, fault_events, leaseless_span
 from dbfence.lab.soak_checks import NodeView, wholeness
 from dbfence.lab.soak_clients import promoted, strike_target
 from dbfence.lab.soak_report import FaultRecord, percentile, rto_by_kind, timeline
@@ -173,3 +176,27 @@ def test_a_node_cut_off_holds_no_lease_from_one_ttl_on_until_the_first_heal_afte
     assert leaseless_span(10.0, 20.0, 3.0, [5.0, 15.0, 20.0]) == (13.0, 15.0)
     # a heal before the cut changes nothing
     assert leaseless_span(10.0, 20.0, 3.0, [5.0]) == (13.0, 20.0)
+
+
+def struck(kind: str, injected: float, healing: float, healed: float, target: str = "db1") -> Striking:
+    fault = next(f for f in all_faults() if f.name == kind)
+    return Striking(PlannedFault(kind, Trigger.AT_ONCE, 0.0, healing - injected), fault, 1, target,
+                    injected, healing, healed)
+
+
+def test_a_faults_windows_end_when_its_heal_begins() -> None:
+    # etcd quorum lost (failsafe on), then the primary's mysqld killed; the heal brings etcd back
+    # at t=20, and db2 takes over while db1's mysqld is still starting, until t=26 (seed 203
+    # flagged db2's writes as admitted without a DCS, its windows ending at t=26)
+    [event] = fault_events([struck("etcd-quorum-loss+mysqld-kill+failsafe", 10.0, 20.0, 26.0)],
+                           AgentTuning(failsafe=True), 3.0)
+    assert (event.quiet_from, event.healed_at) == (10.0, 20.0)
+    assert (event.leaseless_from, event.leaseless_until, event.node) == (13.0, 20.0, "db1")
+    history = History((ack(1, 21.0, "db2"),), (Tenure(5, "db1", 0.0), Tenure(6, "db2", 20.5)), (event,),
+                      FinalState("db2", frozenset({1})))
+    assert check(history).safe
+    # without failsafe the plain quorum loss keeps its quiet window from one TTL on
+    [plain] = fault_events([struck("etcd-quorum-loss", 10.0, 20.0, 21.0)], AgentTuning(), 3.0)
+    assert (plain.quiet_from, plain.healed_at, plain.leaseless_from) == (13.0, 20.0, 13.0)
+    [kept] = fault_events([struck("etcd-quorum-loss", 10.0, 20.0, 21.0)], AgentTuning(failsafe=True), 3.0)
+    assert kept.quiet_from is None  # peers' promises may keep the writes: the lease check judges them
