@@ -179,6 +179,11 @@ def quorum_loss_then_mysqld_kill(ctx: FaultContext) -> Heal:
     with _healed_on_failure(heal_etcd):
         _failsafe_active(ctx)
         heal_mysqld = kill_mysqld(ctx)
+        # No write may be acknowledged from the injection on (quiet_after 0): the injection ends
+        # once mysqld is gone, not when the signal is sent (seed 203: two writes acknowledged
+        # 3 ms after the kill had been sent).
+        server = ctx.lab.node(ctx.primary).process
+        wait_until(exited(server.alive), timeout=10, what=f"{ctx.primary}'s mysqld to exit")
 
     def heal() -> None:
         heal_etcd()
