@@ -4,12 +4,15 @@ Replication progress (the applied and received GTID positions) moves with every 
 of the primary. Republishing on each move made an idle 3-node cluster write its DCS several times
 a second, and each write woke every peer (issue 18). Positions matter only to a race: who may
 race (``decide_race``), and the winner's ``overtaken``/``awaiting_peers`` checks until its token
-is written. So while a primary that finished its promotion holds the lock, a moved position waits
-for the heartbeat (``publish_interval``). Whenever a race can be on it goes out at once, like any
-other change: the lock is free, the holder is still a candidate or promoting, it is fencing (a
-switchover waits for its target to catch up), or its record does not (yet) show it serving with
-its token. A record is always published whole, so a record published for any other reason (a new
-``seen_token`` when a new holder appears, say) carries the positions of that moment.
+is written. So in lossless mode, while a primary that finished its promotion holds the lock, a
+moved position waits for the heartbeat (``publish_interval``). Asynchronous replicas publish every
+move: they stop receiving at different moments when the primary dies, and a winner that raced on a
+rival's heartbeat-old position lost that rival's extra data (seen in an e2e test). Whenever a race
+can be on it goes out at once, like any other change: the lock is free, the holder is still a
+candidate or promoting, it is fencing (a switchover waits for its target to catch up), or its
+record does not (yet) show it serving with its token. A record is always published whole, so a
+record published for any other reason (a new ``seen_token`` when a new holder appears, say)
+carries the positions of that moment.
 """
 
 from __future__ import annotations
@@ -45,7 +48,12 @@ def publish_member(r: Round) -> None:
         server_id=obs.db.server_id,
     )
     own = obs.member(r.me)
-    if own is None or _changed(own.info, info, progress_waits=primary_serves(r)):
+    # Only in lossless mode: there a racing winner waits for every rival's fresh record before it
+    # writes anything (``awaiting_peers``). Asynchronous replicas stop receiving at different
+    # moments and a winner racing on a replica's heartbeat-old position lost data (an e2e test:
+    # the more advanced replica ended errant).
+    progress_waits = r.config.lossless and primary_serves(r)
+    if own is None or _changed(own.info, info, progress_waits=progress_waits):
         r.emit(PublishMember(info, ActionReason.MEMBER_CHANGED))
     elif r.now - own.last_seen >= r.config.publish_interval:
         r.emit(PublishMember(info, ActionReason.MEMBER_HEARTBEAT))
