@@ -57,6 +57,7 @@ from dbfence.mysql.errors import MysqlUnavailableError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.monitor import HealthMonitor
 from dbfence.mysql.probes import probe_process
+from dbfence.mysql.source_state import SourceStateReader
 from dbfence.mysql.token_writer import FencingTokenWriter
 from dbfence.mysql.verdict import Reason
 
@@ -83,7 +84,8 @@ class Executor:
                  replication: Credentials, catalog: ConsulCatalog | None, publish_etcd_primary: bool,
                  metrics: Metrics, semi_sync_timeout_ms: int, relay_wait_timeout: float,
                  accounts_check: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic, repair: RepairKeeper | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, repair: RepairKeeper | None = None,
+                 source_read_budget: float = 0.5) -> None:
         self.identity = identity
         self.keeper = keeper
         self.lock = lock
@@ -103,6 +105,8 @@ class Executor:
         self.clock = clock
         self.accounts_check = accounts_check
         self.repair = repair
+        # A repoint's one read of another host: never waited for longer than this per round.
+        self.source_state = SourceStateReader(mysql.credentials, budget_s=source_read_budget)
         self.accounts_checked = False
         self.discovery: DiscoveryTag | None = None
         self.check_pass_interval = 0.5
@@ -286,12 +290,12 @@ class Executor:
                 and not status.last_io_errno and not status.last_sql_errno
                 and status.sql_running == "Yes" and status.io_running in ("Yes", "Connecting")):
             return  # already follows it: a second CHANGE MASTER would only interrupt replication
-        target = MysqlActions(Endpoint(record.mysql_host, record.mysql_port), self.mysql.credentials,
-                              name=primary)
         # The new primary's state, read after our own positions would be ideal; repoint reads ours
         # inside, after this, so a replica that already follows this primary could look errant.
-        # The core only repoints a node that does not follow it yet.
-        state: GtidState = target.gtid_positions().binlog_state
+        # The core only repoints a node that does not follow it yet. A new primary that does not
+        # answer (partitioned just now) fails this action within the budget: the core asks again.
+        state: GtidState = self.source_state.binlog_state(Endpoint(record.mysql_host, record.mysql_port),
+                                                          primary)
         self.mysql.repoint(PrimaryAddress(record.mysql_host, record.mysql_port, self.replication, primary),
                            state, semi_sync_replica=semi_sync,
                            keep_ids=self.monitor.agent_connection_ids())
