@@ -51,18 +51,21 @@ def executor_on(lab: LabCluster, node: str, source_read_budget: float) -> tuple[
 def test_a_repoint_to_a_silent_new_primary_ends_the_round_within_a_second(shared_lab: LabCluster) -> None:
     executor, dcs = executor_on(shared_lab, "db2", source_read_budget=0.5)
     before = actions(shared_lab, "db2").replica_status()
-    with silent_listener() as silent:
-        record = MemberRecord(node="db9", role="primary", healthy=True, mysql_host=silent.host,
-                              mysql_port=silent.port)
-        dcs.latest = DcsView(at=time.monotonic(), snapshot=ClusterSnapshot(
-            cluster="repoint-test", index=1, lock=None, members=(MemberEntry("m/db9", record, ""),)))
-        for _ in range(3):  # the core asks again every round while the node does not follow db9
-            started = time.monotonic()
-            ok = executor.run(Repoint("db9", False, ActionReason.FOLLOW_PRIMARY))
-            elapsed = time.monotonic() - started
-            assert elapsed < 1.0, f"the round waited {elapsed:.1f} s for the silent source"
-            assert not ok
-            assert "did not answer" in executor.last_error["Repoint"]
+    try:
+        with silent_listener() as silent:
+            record = MemberRecord(node="db9", role="primary", healthy=True, mysql_host=silent.host,
+                                  mysql_port=silent.port)
+            dcs.latest = DcsView(at=time.monotonic(), snapshot=ClusterSnapshot(
+                cluster="repoint-test", index=1, lock=None, members=(MemberEntry("m/db9", record, ""),)))
+            for _ in range(3):  # the core asks again every round while the node does not follow db9
+                started = time.monotonic()
+                ok = executor.run(Repoint("db9", False, ActionReason.FOLLOW_PRIMARY))
+                elapsed = time.monotonic() - started
+                assert elapsed < 1.0, f"the round waited {elapsed:.1f} s for the silent source"
+                assert not ok
+                assert "did not answer" in executor.last_error["Repoint"]
+    finally:
+        executor.lock.close()
     # Nothing was changed on the local mysqld: the safety checks never ran against no state.
     after = actions(shared_lab, "db2").replica_status()
     assert (after is None) == (before is None)
