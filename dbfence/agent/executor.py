@@ -57,7 +57,7 @@ from dbfence.mysql.errors import MysqlUnavailableError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.monitor import HealthMonitor
 from dbfence.mysql.probes import probe_process
-from dbfence.mysql.source_state import SourceStateReader
+from dbfence.mysql.source_state import SourceNotAnsweringError, SourceStateReader
 from dbfence.mysql.token_writer import FencingTokenWriter
 from dbfence.mysql.verdict import Reason
 
@@ -126,6 +126,9 @@ class Executor:
         error = ""
         try:
             self._dispatch(action)
+        except SourceNotAnsweringError as exc:  # the round waited its budget: no spin to back off
+            error = f"{type(exc).__name__}: {exc}"
+            self.backoff.paced_by_wait()
         except MysqlUnavailableError as exc:
             error = f"{type(exc).__name__}: {exc}"
             if isinstance(action, SetReadOnly):  # it talks to the local mysqld only

@@ -66,6 +66,13 @@ class RepeatBackoff:
         self.first, self.limit, self.after = first, limit, after
         self._last: tuple[Action, ...] = ()
         self.repeats = 0
+        self._paced = False
+
+    def paced_by_wait(self) -> None:
+        """This round already waited out an I/O budget on a peer that did not answer (a repoint's
+        read of its new source): it cannot spin, and a back-off would only delay noticing that
+        peer's lease lapse (and racing) by up to ``limit``."""
+        self._paced = True
 
     def after_round(self, actions: tuple[Action, ...]) -> float:
         significant = tuple(action for action in actions if not isinstance(action, ROUTINE_ACTIONS))
@@ -74,6 +81,7 @@ class RepeatBackoff:
         else:
             self.repeats = 0
         self._last = significant
-        if self.repeats < self.after:
+        paced, self._paced = self._paced, False
+        if paced or self.repeats < self.after:
             return 0.0
         return float(min(self.limit, self.first * 2.0 ** (self.repeats - self.after)))

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from dbfence.agent.actions import ActionReason, PublishMember, ReleaseLock, RenewLock, SetReadOnly
+from dbfence.agent.actions import ActionReason, PublishMember, ReleaseLock, RenewLock, Repoint, SetReadOnly
 from dbfence.agent.observation import MemberInfo
 from dbfence.agent.repeats import RepeatBackoff, RepeatedLines
 from dbfence.agent.state import Role
@@ -82,3 +82,15 @@ def test_routine_actions_and_quiet_rounds_never_back_off() -> None:
     routine = (PublishMember(info, ActionReason.MEMBER_HEARTBEAT), RenewLock(7, ActionReason.RENEWAL_DUE))
     assert all(backoff.after_round(routine) == 0.0 for _ in range(20))
     assert all(backoff.after_round(()) == 0.0 for _ in range(20))
+
+
+def test_a_round_that_waited_out_a_silent_peer_does_not_back_off() -> None:
+    backoff = RepeatBackoff(first=0.1, limit=2.0, after=3)
+    repoint = (Repoint("db3", False, ActionReason.FOLLOW_PRIMARY),)
+    waits = []
+    for _ in range(8):
+        backoff.paced_by_wait()  # each round's Repoint waited its budget for the new source
+        waits.append(backoff.after_round(repoint))
+    assert waits == [0.0] * 8
+    # A round whose failure came at once (the peer refused) backs off as before: no spin.
+    assert backoff.after_round(repoint) > 0.0
