@@ -77,7 +77,11 @@ def _fencing_steps(r: Round, reason: ActionReason) -> None:
         lease.deadline is not None and r.now >= lease.deadline + r.config.safety_margin
     )
     if lease_gone:
-        r.move(Trigger.RELEASED)
+        # Handed over: the target held everything we hold once our fence was complete, so we
+        # have nothing it lacks and follow it as a replica. FENCED would wait for it to become
+        # PRIMARY, and a promotion that fails (its lease lost before a replica acknowledged its
+        # token, every other node FENCED too) left no node that may race (soak seed 204).
+        r.move(Trigger.HANDED_OVER if state.handed_over else Trigger.RELEASED)
         return
     assert lease.token is not None
     if target is not None:
@@ -92,6 +96,7 @@ def _fencing_steps(r: Round, reason: ActionReason) -> None:
             r.refuse(RefusalReason.SWITCHOVER_TARGET_BEHIND, target)
             r.wake_at(state.since + r.config.drain_timeout + r.config.ttl)
             return
+        r.state = replace(state, handed_over=True)  # fenced: nothing we hold can grow any more
         r.emit(ReleaseLock(lease.token, ActionReason.SWITCHOVER))
     else:
         r.emit(ReleaseLock(lease.token, ActionReason.FENCE_COMPLETE))

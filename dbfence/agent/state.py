@@ -38,6 +38,7 @@ class Trigger(enum.Enum):
     SWITCHOVER = "switchover"
     SWITCHOVER_ABORTED = "switchover_aborted"
     RELEASED = "released"
+    HANDED_OVER = "handed_over"
     ERRANT_GTIDS = "errant_gtids"
     REJOINED = "rejoined"
     OVERTAKEN = "overtaken"
@@ -80,6 +81,8 @@ TRANSITIONS: tuple[Transition, ...] = (
                "switchover withdrawn, or its target cannot take over, while the lease is still valid"),
     Transition(Role.FENCING, Trigger.RELEASED, Role.FENCED,
                "fence complete and the lock released or expired"),
+    Transition(Role.FENCING, Trigger.HANDED_OVER, Role.REPLICA,
+               "switchover: fence complete, lock released or expired, the target holds all it has"),
     Transition(Role.FENCED, Trigger.REJOINED, Role.REPLICA,
                "no errant GTIDs against the new primary; repointed"),
 )
@@ -129,13 +132,15 @@ class State:
 
     ``since`` is the observation time at which the role was entered; ``fenced_reason``
     says why the node is FENCING/FENCED; ``switchover_target`` is the node a FENCING
-    primary hands over to.
+    primary hands over to; ``handed_over``: that target was seen holding everything this
+    node holds after its fence was complete (the lock is released then).
     """
 
     role: Role = Role.STARTING
     since: float = 0.0
     fenced_reason: Trigger | None = None
     switchover_target: str | None = None
+    handed_over: bool = False
 
     @classmethod
     def initial(cls, now: float) -> State:

@@ -102,6 +102,7 @@ FENCING_DB = at(Role.FENCING, fenced_reason=Trigger.DB_UNHEALTHY)
 FENCING_SWITCHOVER = at(Role.FENCING, fenced_reason=Trigger.SWITCHOVER, switchover_target="n2")
 SWITCH_TO_N2 = OperatorIntents(switchover_target="n2")
 FENCED_DB = at(Role.FENCED, fenced_reason=Trigger.DB_UNHEALTHY)
+TARGET_RACING = member("n2", Role.CANDIDATE, position="0-1-100")  # holds all we hold, took the lock
 
 CASES = [
     # ---------------------------------------------------------------- STARTING
@@ -596,6 +597,24 @@ CASES = [
     Case("fencing: switchover withdrawn after the lease: plain fence", FENCING_SWITCHOVER,
          observe(Role.FENCING, lease=EXPIRED_LEASE, lock=LockView(reachable=False)), Role.FENCING,
          (RenewLock(TOKEN, A.RENEWAL_DUE), ReleaseLock(TOKEN, A.FENCE_COMPLETE)), (), Trigger.SWITCHOVER),
+    # Soak seed 204: the target took the lock and fenced while promoting (DCS quorum lost) with
+    # a token write no replica acknowledged; the third node was fenced for errant GTIDs. FENCED,
+    # the old primary would have waited for a PRIMARY that no node may become any more.
+    Case("fencing: switchover handed over (target held all we hold), lock released -> replica",
+         replace(FENCING_SWITCHOVER, handed_over=True),
+         observe(Role.FENCING, intents=SWITCH_TO_N2, peers=(TARGET_RACING,)),
+         Role.REPLICA),
+    Case("fencing: switchover handed over, target since fenced and record gone -> replica",
+         replace(FENCING_SWITCHOVER, handed_over=True), observe(Role.FENCING, peers=()), Role.REPLICA),
+    Case("fencing: switchover lease expired before the target caught up -> fenced", FENCING_SWITCHOVER,
+         observe(Role.FENCING, intents=SWITCH_TO_N2, peers=(TARGET_RACING,)),
+         Role.FENCED, (), (), Trigger.SWITCHOVER),
+    Case("replica: handed over, the target fenced with a token nobody has -> races (seed 204)",
+         at(Role.REPLICA),
+         observe(database=db(position="0-2-92086", server_id=2, source=None),
+                 peers=(member("n3", Role.FENCED, position="0-3-92087", server_id=3),
+                        member("n2", Role.FENCED, position="0-1-65744", server_id=1))),
+         Role.CANDIDATE, (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
     # ---------------------------------------------------------------- FENCED
     Case("fenced: no primary to rejoin", FENCED_DB, observe(Role.FENCED), Role.FENCED, (),
          (R.NO_PRIMARY_TO_REJOIN,), Trigger.DB_UNHEALTHY),

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from dbfence.agent import core
-from dbfence.agent.actions import ActionReason, PublishMember
+from dbfence.agent.actions import ActionReason, PublishMember, ReleaseLock
 from dbfence.agent.core_config import CoreConfig, CoreConfigError
 from dbfence.agent.decide import RefusalReason, decide, race_refusals
 from dbfence.agent.observation import (
@@ -84,6 +84,24 @@ def test_fenced_reason_survives_release() -> None:
     assert (fenced.role, fenced.fenced_reason, fenced.since) == (Role.FENCED, Trigger.SWITCHOVER, 6.0)
     assert fenced.moved(Trigger.REJOINED, 7.0) == State(Role.REPLICA, 7.0)
     assert State.initial(3.0) == State(Role.STARTING, 3.0)
+
+
+def test_switchover_handover_makes_the_old_primary_a_replica() -> None:
+    """The release is decided once the fenced primary saw the target hold all it holds: that
+    round remembers it, and the old primary then follows as a replica, not FENCED (soak seed
+    204: a target that failed while promoting left no node that may race)."""
+    intents = OperatorIntents(switchover_target="n2")
+    fencing = State(Role.PRIMARY).moved(Trigger.SWITCHOVER, NOW - 1, switchover_target="n2")
+    caught_up = observe(Role.FENCING, lease=HELD, intents=intents, peers=(member("n2", position="0-1-100"),))
+    releasing = decide(caught_up, fencing, CONFIG)
+    assert ReleaseLock(TOKEN, ActionReason.SWITCHOVER) in releasing.actions
+    assert releasing.state.role is Role.FENCING and releasing.state.handed_over
+    # The lock is gone; the target's record already says CANDIDATE (no longer a suitable target).
+    target = member("n2", Role.CANDIDATE, position="0-1-100")
+    released = observe(Role.FENCING, intents=intents, peers=(target,))
+    assert decide(released, releasing.state, CONFIG).state == State(Role.REPLICA, NOW)
+    # Without that sighting (the lease ran out while the target was behind) it stays FENCED.
+    assert decide(released, fencing, CONFIG).state.role is Role.FENCED
 
 
 def publishes(obs: Observation, state: State) -> list[PublishMember]:
