@@ -84,6 +84,12 @@ __all__ = [
 _CHANGES_MYSQLD = (SetReadOnly, WaitRelayLog, Promote, Repoint, DetachSource, WriteFencingToken)
 
 
+def serves_again(old: Role, new: Role) -> bool:
+    """Whether a role change spends the evidence of the last fence ([rejoin]): primary again,
+    rejoined as a replica, or a switchover's old primary that handed over (FENCING -> REPLICA)."""
+    return new is Role.PRIMARY or (old in (Role.FENCED, Role.FENCING) and new is Role.REPLICA)
+
+
 class Agent:
     """One node's agent: owns the adapters, the threads and the decision loop."""
 
@@ -347,7 +353,7 @@ class Agent:
         """Evidence for [rejoin]: read when a primary fences, spent once it serves again."""
         if new is Role.FENCING and old in (Role.PRIMARY, Role.PROMOTING):
             self.repair.on_fencing()
-        elif new is Role.PRIMARY or (old is Role.FENCED and new is Role.REPLICA):
+        elif serves_again(old, new):
             self.repair.on_serving()
 
     def _probe_role(self) -> ProbeRole:

@@ -10,6 +10,7 @@ import pytest
 from dbfence.agent import core
 from dbfence.agent.actions import ActionReason, PublishMember, ReleaseLock
 from dbfence.agent.core_config import CoreConfig, CoreConfigError
+from dbfence.agent.daemon import serves_again
 from dbfence.agent.decide import RefusalReason, decide, race_refusals
 from dbfence.agent.observation import (
     GateView,
@@ -162,3 +163,9 @@ def test_core_facade_exports_the_loop_api() -> None:
     assert core.decide is decide
     for name in core.__all__:
         assert hasattr(core, name), name
+
+
+def test_handover_spends_the_fence_evidence_as_a_rejoin_does() -> None:
+    assert serves_again(Role.FENCING, Role.REPLICA)  # a switchover handed over
+    assert serves_again(Role.FENCED, Role.REPLICA) and serves_again(Role.PROMOTING, Role.PRIMARY)
+    assert not serves_again(Role.FENCING, Role.FENCED) and not serves_again(Role.CANDIDATE, Role.REPLICA)
