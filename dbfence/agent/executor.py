@@ -199,6 +199,8 @@ class Executor:
                     return  # already promoted; the core asks again until it observes the effect
                 self.mysql.promote(semi_sync=self.semi_sync if semi_sync else None,
                                    apply_relay_log_timeout_s=self.relay_wait_timeout)
+                if self.repair is not None:  # the term's semi-sync counters start here (gate closed)
+                    self.repair.on_promoted()
                 held = self.keeper.status.token
                 if held is not None:  # under semi-sync: it waits for the replicas that follow us
                     self.token_writer.ensure(held, self._end_own_ack_wait)

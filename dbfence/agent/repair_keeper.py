@@ -37,12 +37,14 @@ from dbfence.mysql.repair import (
     truncate_unacknowledged,
 )
 from dbfence.mysql.repair_evidence import (
+    CounterBaseline,
     FencingEvidence,
     clear_evidence,
     load_evidence,
     read_evidence,
     read_unacknowledged_count,
     save_evidence,
+    since_baseline,
 )
 
 log = logging.getLogger("dbfence.agent")
@@ -105,6 +107,12 @@ class RepairKeeper:
         # (mysqld pid, count). No client saw them; they count for as long as that mysqld runs.
         self._own_ended: tuple[str, int] = ("", 0)
         self.hold = ""  # why the core starts no repair now (its refusal), as the last round said
+        # The semi-sync counters as this node was promoted from a replica (on_promoted), taken by the
+        # next fence as the baseline its evidence is judged against (None: since mysqld started).
+        # Kept in memory only: a restarted agent never resumes a term (STARTING fences), and the
+        # evidence file carries the baseline it was judged with.
+        self._promotion_baseline: CounterBaseline | None = None
+        self._term_baseline: CounterBaseline | None = None
         if mode != "manual":
             # Made at start, not at the first fence: an operator's rebuild approval is a file here,
             # and a fence that could not read its evidence (a stopped mysqld) would otherwise leave
@@ -115,6 +123,29 @@ class RepairKeeper:
                             and not mysqld_running(control.pid_file))
 
     # ------------------------------------------------------------------ role changes
+    def on_promoted(self) -> None:
+        """A replica was just promoted (semi-sync master on, gate still closed): record the counters
+        its term starts from. Everything it held was held by its old primary, so only what this
+        term adds can make its errant transactions acknowledged. A failed read records nothing:
+        the counters then count since mysqld started, as strict as before."""
+        if self.mode == "manual":
+            return
+        pid = self._mysqld_pid()
+        try:
+            baseline = CounterBaseline.of(read_evidence(self.mysql), pid) if pid else None
+        except (MysqlAdapterError, ValueError) as exc:
+            baseline = None
+            log.warning(json.dumps({"event": "semi_sync_baseline", "node": self.node, "error": str(exc)}))
+        with self._lock:
+            self._promotion_baseline = baseline
+            if baseline is not None:
+                # Own ack waits ended before the baseline are in it: only later ones may be
+                # subtracted from what the term added (reset after the read: a wait ended in
+                # between is then counted against the term, never subtracted twice).
+                self._own_ended = ("", 0)
+        if baseline is not None:
+            log.info(json.dumps({"event": "semi_sync_baseline", "node": self.node, **asdict(baseline)}))
+
     def on_fencing(self) -> None:
         """The node stops being primary: forget older evidence and read this run's."""
         if self.mode == "manual":
@@ -126,6 +157,7 @@ class RepairKeeper:
             self._ended_by_fence = 0
             self._unreached = False
             self._fenced_pid = self._mysqld_pid()
+            self._term_baseline, self._promotion_baseline = self._promotion_baseline, None
         clear_evidence(self.state_dir)
         self._reader = threading.Thread(target=self._read_evidence, name="repair-evidence", daemon=True)
         self._reader.start()
@@ -247,7 +279,8 @@ class RepairKeeper:
         more than the counters read include (a fence running meanwhile only makes it stricter)."""
         own_pid, own = self._own_ended
         ended = self._ended_by_fence + (own if own_pid and own_pid == self._mysqld_pid() else 0)
-        return replace(read_evidence(self.mysql), ended_by_fence=ended)
+        evidence = since_baseline(read_evidence(self.mysql), self._term_baseline, self._fenced_pid)
+        return replace(evidence, ended_by_fence=ended)
 
     def _mysqld_pid(self) -> str:
         try:

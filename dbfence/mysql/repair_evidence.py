@@ -7,6 +7,15 @@ fallback to asynchronous replication (MariaDB's ``Rpl_semi_sync_master_no_times`
 fallbacks since mysqld started, ``Rpl_semi_sync_master_no_tx`` commits that were not
 acknowledged). The agent reads this at fencing time and keeps it in its state directory; the
 repair refuses when it is missing, unreadable or says otherwise.
+
+Both counters only grow while mysqld runs, and not only in the term being judged: turning the
+semi-sync master off counts as a fallback (the repoint of a former primary does it; measured on
+10.11, with or without a waiting commit), and earlier terms of the same mysqld left theirs. So a
+node promoted from a replica records the counters as its term begins (:class:`CounterBaseline`,
+semi-sync on, gate still closed) and the evidence judges only what the term added. Without such
+a baseline they count since mysqld started (everything before the term may be errant too).
+``FLUSH STATUS`` zeroes them (and is binlogged): seen as a changed ``Uptime`` -
+``Uptime_since_flush_status``, it voids the evidence.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +37,9 @@ EVIDENCE_FILE = "fencing-evidence.json"
 class FencingEvidence:
     """Semi-sync facts of the local mysqld, read while (or right after) it was primary.
 
-    The counters are since mysqld started (``started_at``, from ``Uptime``, for the record), so
-    the evidence only speaks for that run of mysqld: the agent reads it from the process that
-    was primary (same pid as at fencing).
+    The counters are since mysqld started (``started_at``, from ``Uptime``), so the evidence only
+    speaks for that run of mysqld: the agent reads it from the process that was primary (same pid
+    as at fencing) and judges what the term added since its baseline (``since_baseline``).
     """
 
     recorded_at: float
@@ -52,6 +61,16 @@ class FencingEvidence:
     # gate already blocked): their clients got an error, never an OK. Counted around the fence's
     # KILLs (RepairKeeper.fence), never more than this read of the counters includes.
     ended_by_fence: int = 0
+    # ``Uptime - Uptime_since_flush_status``: constant for a run of mysqld until a FLUSH STATUS
+    # zeroes the counters (-1: not read).
+    flushed_after_s: int = -1
+    # The counters as this node's term began (CounterBaseline); the defaults mean "since mysqld
+    # started, never flushed". ``baseline_problem``: a baseline that does not fit this mysqld.
+    baseline_no_times: int = 0
+    baseline_no_tx: int = 0
+    baseline_flushed_after_s: int = 0
+    baseline_from: str = "mysqld start"
+    baseline_problem: str = ""
 
     def problem(self) -> str | None:
         """None when this proves lossless operation; else what it lacks, in one line."""
@@ -59,16 +78,26 @@ class FencingEvidence:
             return "semi-sync was off on this node as primary (rpl_semi_sync_master_enabled = OFF)"
         if self.wait_point.upper() != "AFTER_SYNC":
             return f"semi-sync wait point {self.wait_point}, not AFTER_SYNC"
-        if self.no_times < 0 or self.no_tx < 0 or not 0 <= self.ended_by_fence <= self.no_tx:
+        if self.baseline_problem:
+            return self.baseline_problem
+        if self.no_times < 0 or self.no_tx < 0 or self.flushed_after_s < 0:
             return "the semi-sync counters could not be read"
-        if self.no_times:
-            return (f"semi-sync fell back to asynchronous {self.no_times} time(s) "
-                    "(Rpl_semi_sync_master_no_times)")
-        unacknowledged = self.no_tx - self.ended_by_fence
+        fell_back, not_acked = self.no_times - self.baseline_no_times, self.no_tx - self.baseline_no_tx
+        if self.flushed_after_s != self.baseline_flushed_after_s or fell_back < 0 or not_acked < 0:
+            return f"FLUSH STATUS reset the semi-sync counters since {self.baseline_from}"
+        if not 0 <= self.ended_by_fence <= not_acked:
+            return "the semi-sync counters could not be read"
+        term = self.baseline_from != "mysqld start"
+        if fell_back:
+            since = f", {self.baseline_no_times} before this term" * term
+            return (f"semi-sync fell back to asynchronous {fell_back} time(s) "
+                    f"(Rpl_semi_sync_master_no_times{since})")
+        unacknowledged = not_acked - self.ended_by_fence
         if unacknowledged:
             fence = f", besides {self.ended_by_fence} whose wait the fence ended" * bool(self.ended_by_fence)
+            since = f", {self.baseline_no_tx} before this term" * term
             return (f"{unacknowledged} commit(s) were not acknowledged by a replica "
-                    f"(Rpl_semi_sync_master_no_tx{fence})")
+                    f"(Rpl_semi_sync_master_no_tx{fence}{since})")
         if not self.master_status:
             return "semi-sync was not active at fencing (Rpl_semi_sync_master_status = OFF)"
         return None
@@ -88,7 +117,8 @@ def read_evidence(mysql: MysqlActions) -> FencingEvidence:
         status = {str(row["Variable_name"]).lower(): str(row["Value"]) for row in query(
             conn, "SHOW GLOBAL STATUS WHERE Variable_name IN ('Rpl_semi_sync_master_status', "
                   "'Rpl_semi_sync_master_no_times', 'Rpl_semi_sync_master_no_tx', "
-                  "'Rpl_semi_sync_master_yes_tx', 'Rpl_semi_sync_master_wait_sessions', 'Uptime')")}
+                  "'Rpl_semi_sync_master_yes_tx', 'Rpl_semi_sync_master_wait_sessions', 'Uptime', "
+                  "'Uptime_since_flush_status')")}
     now = time.time()
     return FencingEvidence(
         recorded_at=now,
@@ -105,7 +135,46 @@ def read_evidence(mysql: MysqlActions) -> FencingEvidence:
         server_id=int(variables["server_id"]),
         log_bin_basename=str(variables["log_bin_basename"] or ""),
         datadir=str(variables["datadir"] or ""),
+        flushed_after_s=int(status.get("uptime", "0")) - int(status.get("uptime_since_flush_status", "-1")),
     )
+
+
+#: Wall-clock slack when telling runs of mysqld apart by their start (``Uptime`` is in seconds).
+SAME_START_SLACK_S = 2.0
+
+
+@dataclass(frozen=True)
+class CounterBaseline:
+    """The semi-sync counters of one run of mysqld (``pid``, ``started_at``) as a term as primary
+    began: recorded at promotion, after semi-sync was switched on and before the gate admits."""
+
+    pid: str
+    started_at: float
+    flushed_after_s: int
+    no_times: int
+    no_tx: int
+    recorded_at: float
+
+    @classmethod
+    def of(cls, evidence: FencingEvidence, pid: str) -> CounterBaseline:
+        return cls(pid, evidence.started_at, evidence.flushed_after_s, evidence.no_times, evidence.no_tx,
+                   evidence.recorded_at)
+
+
+def since_baseline(evidence: FencingEvidence, baseline: CounterBaseline | None, pid: str) -> FencingEvidence:
+    """``evidence`` (read from the mysqld with ``pid``) judged by what its term added since
+    ``baseline``; None: since mysqld started (no promotion from a replica recorded one). A
+    baseline of another run of mysqld proves nothing: the node then refuses to truncate."""
+    if baseline is None:
+        return evidence
+    if baseline.pid != pid or abs(baseline.started_at - evidence.started_at) > SAME_START_SLACK_S:
+        return replace(evidence, baseline_problem=(
+            f"mysqld restarted since this node became primary (pid {baseline.pid or '?'}, now "
+            f"{pid or '?'}): the semi-sync counters of its term are gone"))
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(baseline.recorded_at))
+    return replace(evidence, baseline_no_times=baseline.no_times, baseline_no_tx=baseline.no_tx,
+                   baseline_flushed_after_s=baseline.flushed_after_s,
+                   baseline_from=f"the promotion at {when}")
 
 
 def read_unacknowledged_count(mysql: MysqlActions) -> int:

@@ -460,3 +460,53 @@ def test_a_token_write_no_replica_acknowledges_is_ended_and_not_held_against_the
     raw = read_evidence(db2)
     assert raw.no_tx == 1 and raw.no_times == 0  # MariaDB counts it against us ...
     assert keeper.view().evidence_problem is None  # ... the keeper knows it was the token
+
+
+def test_a_node_primary_again_after_a_rejoin_truncates_what_its_new_term_left_unacknowledged(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    """Soak seed 101: db1 was primary, was fenced, rejoined as a replica (the repoint turns its
+    semi-sync master off, which MariaDB counts as a fallback) and became primary again. A commit of
+    its new term waits for an ack when it is fenced: the counters its term started from are not
+    held against it, so the truncation goes ahead and removes only that commit."""
+    lab = lossless_pair(lab_factory)
+    history: list[tuple[str, str]] = []
+    keeper = lab_keeper(lab, tmp_path, history)
+    db1, db2 = actions(lab, "db1"), actions(lab, "db2")
+    # Term 1 ends cleanly: db2 takes over, db1 rejoins it as a semi-sync replica.
+    keeper.on_fencing()
+    db1.fence()
+    db2.promote(semi_sync=NEVER_FALLS_BACK)
+    db1.rejoin(primary_address(lab, "db2"), db2.gtid_positions().history, semi_sync_replica=True)
+    keeper.on_serving()
+    run(sql(lab, "db2", account="app"), "INSERT INTO app.t VALUES (5, 'written by db2')")
+    poll(lambda: (5, "written by db2") in rows(lab, "db1"), 30, "db1 to apply db2's row")
+    counted = read_evidence(db1)
+    assert counted.no_times >= 1, counted  # the rejoin's switch-off, counted since mysqld started
+    # Term 2: db1 is promoted from a replica again (what the executor does: then on_promoted).
+    db2.fence()
+    db1.promote(semi_sync=NEVER_FALLS_BACK)
+    keeper.on_promoted()
+    db2.repoint(primary_address(lab, "db1"), db1.gtid_positions().history, semi_sync_replica=True)
+    keeper.on_serving()
+    primary = sql(lab, "db1")
+    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")["Value"] == "1",
+         30, "db2 to be a semi-sync replica of db1")
+    primary.close()
+    run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (6, 'acknowledged in term 2')")
+    writer, outcome = commit_waiting_for_an_ack(lab)
+
+    keeper.on_fencing()
+    assert keeper.fence_by_crash(), keeper.view()  # the old rule: "fell back 1 time(s)", fenced as usual
+    assert keeper.view().evidence_problem is None
+    writer.join(10)
+    assert outcome and outcome[0] != "OK", outcome  # its client never saw an OK
+    cut_replica_and_promote_it(lab)
+    keeper.start_truncate(TruncateErrant("db2", (), ActionReason.REPAIR_UNACKNOWLEDGED),
+                          lambda: db2.gtid_positions().history)
+    poll(lambda: not keeper.view().running, 120, "the repair to finish")
+    print(f"\nrepair in a second term: {keeper.status()}")
+    assert keeper.view().gave_up == "", keeper.status()
+    assert rows(lab, "db1") == [(1, "acknowledged"), (5, "written by db2"), (6, "acknowledged in term 2")]
+    saved = Path(keeper.view().saved_file).read_text()
+    assert "never acknowledged" in saved and "acknowledged in term 2" not in saved
+    assert history[0][0] == "repair", history

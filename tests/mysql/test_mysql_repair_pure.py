@@ -11,16 +11,19 @@ import pytest
 from dbfence.mysql.gtid import ErrantRange
 from dbfence.mysql.repair import RepairError, binlog_files_of, kill_mysqld, save_errant
 from dbfence.mysql.repair_evidence import (
+    CounterBaseline,
     FencingEvidence,
     clear_evidence,
     load_evidence,
     save_evidence,
+    since_baseline,
 )
 
 CLEAN = FencingEvidence(recorded_at=100.0, started_at=50.0, master_enabled=True, master_status=True,
                         wait_point="AFTER_SYNC", timeout_ms=86_400_000, no_times=0, no_tx=0, yes_tx=42,
                         gtid_binlog_pos="0-1-42", wait_sessions=1, server_id=1,
-                        log_bin_basename="/var/lib/mysql/mysql-bin", datadir="/var/lib/mysql/")
+                        log_bin_basename="/var/lib/mysql/mysql-bin", datadir="/var/lib/mysql/",
+                        flushed_after_s=0)
 
 
 @pytest.mark.parametrize(("change", "problem"), [
@@ -39,9 +42,59 @@ CLEAN = FencingEvidence(recorded_at=100.0, started_at=50.0, master_enabled=True,
     ({"no_tx": 1, "ended_by_fence": 2}, "the semi-sync counters could not be read"),
     ({"no_tx": 1, "ended_by_fence": -1}, "the semi-sync counters could not be read"),
     ({"master_status": False}, "semi-sync was not active at fencing (Rpl_semi_sync_master_status = OFF)"),
+    # Since mysqld started (no baseline): a FLUSH STATUS ever, or an unread flush time, proves nothing.
+    ({"flushed_after_s": 30}, "FLUSH STATUS reset the semi-sync counters since mysqld start"),
+    ({"flushed_after_s": -1}, "the semi-sync counters could not be read"),
 ])
 def test_only_lossless_evidence_has_no_problem(change: dict[str, object], problem: str | None) -> None:
     assert replace(CLEAN, **change).problem() == problem  # type: ignore[arg-type]
+
+
+# Soak seed 101: fenced, rejoined (turning the semi-sync master off counted a fallback), promoted
+# again from a replica with no_times 3 already counted. Only what the term added is judged.
+PROMOTED = CounterBaseline(pid="4242", started_at=50.5, flushed_after_s=0, no_times=3, no_tx=2,
+                           recorded_at=1_800_000_000.0)
+TERM = replace(CLEAN, no_times=3, no_tx=2)
+
+
+@pytest.mark.parametrize(("change", "baseline", "pid", "problem"), [
+    ({}, PROMOTED, "4242", None),
+    ({}, None, "4242", "semi-sync fell back to asynchronous 3 time(s) (Rpl_semi_sync_master_no_times)"),
+    ({"no_times": 4}, PROMOTED, "4242", "semi-sync fell back to asynchronous 1 time(s) "
+                                        "(Rpl_semi_sync_master_no_times, 3 before this term)"),
+    ({"no_tx": 3}, PROMOTED, "4242", "1 commit(s) were not acknowledged by a replica "
+                                     "(Rpl_semi_sync_master_no_tx, 2 before this term)"),
+    ({"no_tx": 3, "ended_by_fence": 1}, PROMOTED, "4242", None),
+    ({"no_tx": 4, "ended_by_fence": 1}, PROMOTED, "4242",
+     "1 commit(s) were not acknowledged by a replica (Rpl_semi_sync_master_no_tx, besides 1 whose wait "
+     "the fence ended, 2 before this term)"),
+    # The fence cannot have ended more waits than the term counted.
+    ({"no_tx": 3, "ended_by_fence": 2}, PROMOTED, "4242", "the semi-sync counters could not be read"),
+    # Another run of mysqld (restarted since the promotion; the same pid reused): nothing proven.
+    ({}, PROMOTED, "4243", "mysqld restarted since this node became primary (pid 4242, now 4243): "
+                           "the semi-sync counters of its term are gone"),
+    ({"started_at": 60.0}, PROMOTED, "4242",
+     "mysqld restarted since this node became primary (pid 4242, now 4242): "
+     "the semi-sync counters of its term are gone"),
+    # FLUSH STATUS zeroed the counters during the term (seen as a new flush time, or as less).
+    ({"flushed_after_s": 40, "no_times": 0, "no_tx": 0}, PROMOTED, "4242",
+     "FLUSH STATUS reset the semi-sync counters since the promotion at 2027-01-15T08:00:00Z"),
+    ({"no_times": 2}, PROMOTED, "4242",
+     "FLUSH STATUS reset the semi-sync counters since the promotion at 2027-01-15T08:00:00Z"),
+    # The wait point and switch are still judged at fencing, whatever the baseline.
+    ({"wait_point": "AFTER_COMMIT"}, PROMOTED, "4242", "semi-sync wait point AFTER_COMMIT, not AFTER_SYNC"),
+])
+def test_the_evidence_judges_what_the_term_added_since_its_baseline(
+        change: dict[str, object], baseline: CounterBaseline | None, pid: str, problem: str | None) -> None:
+    evidence = since_baseline(replace(TERM, **change), baseline, pid)  # type: ignore[arg-type]
+    assert evidence.problem() == problem
+
+
+def test_a_baseline_survives_an_agent_restart_with_the_evidence(tmp_path: Path) -> None:
+    judged = since_baseline(TERM, PROMOTED, "4242")
+    save_evidence(tmp_path, judged)
+    assert load_evidence(tmp_path) == judged and judged.problem() is None
+    assert CounterBaseline.of(TERM, "4242") == CounterBaseline("4242", 50.0, 0, 3, 2, 100.0)
 
 
 def test_evidence_is_kept_private_and_forgotten(tmp_path: Path) -> None:
