@@ -135,7 +135,8 @@ def read_evidence(mysql: MysqlActions) -> FencingEvidence:
         server_id=int(variables["server_id"]),
         log_bin_basename=str(variables["log_bin_basename"] or ""),
         datadir=str(variables["datadir"] or ""),
-        flushed_after_s=int(status.get("uptime", "0")) - int(status.get("uptime_since_flush_status", "-1")),
+        flushed_after_s=(int(status["uptime"]) - int(status["uptime_since_flush_status"])
+                         if "uptime_since_flush_status" in status and "uptime" in status else -1),
     )
 
 

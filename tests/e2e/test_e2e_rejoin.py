@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from dbfence.cli import main
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.wait import wait_until
@@ -15,6 +17,7 @@ from tests.conftest import LabFactory
 from tests.e2e.e2e_helpers import (
     assert_follows,
     hang_the_primary_after,
+    only_primary,
     status,
     wait_for_role,
 )
@@ -54,4 +57,38 @@ def test_a_hung_primary_with_waiting_commits_truncates_them_and_rejoins(lab_fact
     # The waiting commits stayed in doubt: the fence SIGKILLed mysqld before anything ended them.
     assert '"event": "fenced_by_crash"' in Path(lab.agent(old).log).read_text(errors="replace")
     # It follows the new primary and has everything acknowledged there, nothing of its own.
+    assert_follows(lab, old, new)
+
+
+
+def switchover(lab: LabCluster, target: str) -> None:
+    done = CliRunner().invoke(main, ["switchover", "--to", target, "--timeout", "60", "--etcd",
+                                     ",".join(lab.dcs_endpoints), "--cluster", lab.cluster])
+    assert done.exit_code == 0, done.output
+    wait_for_role(lab, target, "primary", timeout=60)
+
+
+def test_a_primary_again_after_a_rejoin_truncates_what_its_new_term_left(lab_factory: LabFactory) -> None:
+    """Soak seed 101: a primary that rejoined as a replica (its repoint turns its semi-sync master
+    off, which MariaDB counts as a fallback) and was made primary again must still be able to
+    repair itself: the evidence judges only what its new term added."""
+    lab = lab_factory(mysql_count=3, dcs="etcd", agents=True, agent_tuning=AgentTuning(rejoin="truncate"))
+    first = only_primary(lab)
+    other = next(n.name for n in lab.mysql if n.name != first)
+    switchover(lab, other)
+    wait_for_role(lab, first, "replica", timeout=60)
+    switchover(lab, first)
+    with lab.connect(first) as conn, conn.cursor() as cur:
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_no_times'")
+        row = cur.fetchone()
+    assert row is not None and int(row[1]) >= 1  # counted when its rejoin turned the master off
+
+    old, new = hang_the_primary_after(lab, lambda old: a_commit_waits_for_an_ack(lab, old))
+    assert old == first
+    wait_for_role(lab, old, "replica", timeout=90)
+    repair = status(lab, old)["repair"]
+    print(f"\n{old} repaired in its second term: {repair}")
+    assert repair["gave_up"] == "" and repair["last"]["errant_after"] == "", repair
+    log = Path(lab.agent(old).log).read_text(errors="replace")
+    assert '"event": "fenced_by_crash"' in log and '"event": "semi_sync_baseline"' in log
     assert_follows(lab, old, new)
