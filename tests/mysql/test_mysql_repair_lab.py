@@ -510,3 +510,21 @@ def test_a_node_primary_again_after_a_rejoin_truncates_what_its_new_term_left_un
     saved = Path(keeper.view().saved_file).read_text()
     assert "never acknowledged" in saved and "acknowledged in term 2" not in saved
     assert history[0][0] == "repair", history
+
+
+def test_a_mysqld_restarted_since_the_promotion_proves_nothing(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    """Its counters start again from zero: they say nothing of the term's commits before the restart."""
+    lab = lossless_pair(lab_factory)
+    keeper = lab_keeper(lab, tmp_path, [])
+    keeper.on_promoted()
+    lab.kill_mysql("db1", signal.SIGKILL)
+    poll(lambda: not lab.node("db1").process.alive(), 30, "db1's mysqld to exit")
+    lab.start_mysql("db1")
+    actions(lab, "db1").set_semi_sync_primary(NEVER_FALLS_BACK)  # as the agent's reconcile would
+    assert read_evidence(actions(lab, "db1")).problem() is None  # clean on its own: the old rule's hole
+    keeper.on_fencing()
+    poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 30, "the evidence to be read")
+    problem = str(keeper.view().evidence_problem)
+    assert problem.startswith("mysqld restarted since this node became primary (pid "), problem
+    assert not keeper.fence_by_crash() and lab.node("db1").process.alive()
