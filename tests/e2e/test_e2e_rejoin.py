@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from dbfence.cli import main
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import LabCluster
-from dbfence.lab.wait import wait_until
+from dbfence.lab.wait import WaitTimeout, wait_until
 from tests.conftest import LabFactory
 from tests.e2e.e2e_helpers import (
     assert_follows,
@@ -62,9 +62,19 @@ def test_a_hung_primary_with_waiting_commits_truncates_them_and_rejoins(lab_fact
 
 
 def switchover(lab: LabCluster, target: str) -> None:
-    done = CliRunner().invoke(main, ["switchover", "--to", target, "--timeout", "60", "--etcd",
-                                     ",".join(lab.dcs_endpoints), "--cluster", lab.cluster])
-    assert done.exit_code == 0, done.output
+    """Switch over to ``target``; asked again while it is refused (a replica that has just rejoined
+    publishes its lag with its next heartbeat)."""
+    outputs: list[str] = []
+
+    def done() -> bool:
+        result = CliRunner().invoke(main, ["switchover", "--to", target, "--timeout", "60", "--etcd",
+                                           ",".join(lab.dcs_endpoints), "--cluster", lab.cluster])
+        outputs.append(result.output)
+        return result.exit_code == 0
+    try:
+        wait_until(done, timeout=60, what=f"a switchover to {target}")
+    except WaitTimeout as exc:
+        raise AssertionError(f"{exc}; last answer: {outputs[-1:]}") from exc
     wait_for_role(lab, target, "primary", timeout=60)
 
 
