@@ -41,6 +41,7 @@ from dbfence.mysql.repair_evidence import (
     FencingEvidence,
     clear_evidence,
     load_evidence,
+    read_baseline,
     read_evidence,
     read_unacknowledged_count,
     save_evidence,
@@ -107,10 +108,8 @@ class RepairKeeper:
         # (mysqld pid, count). No client saw them; they count for as long as that mysqld runs.
         self._own_ended: tuple[str, int] = ("", 0)
         self.hold = ""  # why the core starts no repair now (its refusal), as the last round said
-        # The semi-sync counters as this node was promoted from a replica (on_promoted), taken by the
-        # next fence as the baseline its evidence is judged against (None: since mysqld started).
-        # Kept in memory only: a restarted agent never resumes a term (STARTING fences), and the
-        # evidence file carries the baseline it was judged with.
+        # The counters at this node's promotion from a replica, for the next fence (None: since mysqld
+        # started). In memory only: a restarted agent never resumes a term; the evidence keeps it.
         self._promotion_baseline: CounterBaseline | None = None
         self._term_baseline: CounterBaseline | None = None
         if mode != "manual":
@@ -124,27 +123,18 @@ class RepairKeeper:
 
     # ------------------------------------------------------------------ role changes
     def on_promoted(self) -> None:
-        """A replica was just promoted (semi-sync master on, gate still closed): record the counters
-        its term starts from. Everything it held was held by its old primary, so only what this
-        term adds can make its errant transactions acknowledged. A failed read records nothing:
-        the counters then count since mysqld started, as strict as before."""
+        """A replica was just promoted (semi-sync on, gate closed): the counters its term starts from
+        (CounterBaseline). None read: they count since mysqld started, as strict as before."""
         if self.mode == "manual":
             return
-        pid = self._mysqld_pid()
-        try:
-            baseline = CounterBaseline.of(read_evidence(self.mysql), pid) if pid else None
-        except (MysqlAdapterError, ValueError) as exc:
-            baseline = None
-            log.warning(json.dumps({"event": "semi_sync_baseline", "node": self.node, "error": str(exc)}))
+        read = read_baseline(self.mysql, self._mysqld_pid())
+        baseline = read if isinstance(read, CounterBaseline) else None
         with self._lock:
             self._promotion_baseline = baseline
-            if baseline is not None:
-                # Own ack waits ended before the baseline are in it: only later ones may be
-                # subtracted from what the term added (reset after the read: a wait ended in
-                # between is then counted against the term, never subtracted twice).
+            if baseline is not None:  # own waits ended so far are in it (reset after: never taken twice)
                 self._own_ended = ("", 0)
-        if baseline is not None:
-            log.info(json.dumps({"event": "semi_sync_baseline", "node": self.node, **asdict(baseline)}))
+        fields = asdict(baseline) if baseline is not None else {"error": read}
+        log.info(json.dumps({"event": "semi_sync_baseline", "node": self.node, **fields}))
 
     def on_fencing(self) -> None:
         """The node stops being primary: forget older evidence and read this run's."""

@@ -29,6 +29,7 @@ from typing import Any
 
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import query, query_one
+from dbfence.mysql.errors import MysqlAdapterError
 
 EVIDENCE_FILE = "fencing-evidence.json"
 
@@ -160,6 +161,16 @@ class CounterBaseline:
     def of(cls, evidence: FencingEvidence, pid: str) -> CounterBaseline:
         return cls(pid, evidence.started_at, evidence.flushed_after_s, evidence.no_times, evidence.no_tx,
                    evidence.recorded_at)
+
+
+def read_baseline(mysql: MysqlActions, pid: str) -> CounterBaseline | str:
+    """The counters of the mysqld with ``pid`` now, or why they could not be read."""
+    if not pid:
+        return "no mysqld pid"
+    try:
+        return CounterBaseline.of(read_evidence(mysql), pid)
+    except (MysqlAdapterError, ValueError) as exc:
+        return str(exc)
 
 
 def since_baseline(evidence: FencingEvidence, baseline: CounterBaseline | None, pid: str) -> FencingEvidence:
