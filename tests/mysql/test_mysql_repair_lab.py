@@ -521,7 +521,14 @@ def test_a_mysqld_restarted_since_the_promotion_proves_nothing(
     lab.kill_mysql("db1", signal.SIGKILL)
     poll(lambda: not lab.node("db1").process.alive(), 30, "db1's mysqld to exit")
     lab.start_mysql("db1")
-    actions(lab, "db1").set_semi_sync_primary(NEVER_FALLS_BACK)  # as the agent's reconcile would
+
+    def semi_sync_on() -> bool:  # as the agent's reconcile would; TCP may lag the socket a moment
+        try:
+            actions(lab, "db1").set_semi_sync_primary(NEVER_FALLS_BACK)
+        except MysqlAdapterError:
+            return False
+        return True
+    poll(semi_sync_on, 30, "db1 to answer after its restart")
     assert read_evidence(actions(lab, "db1")).problem() is None  # clean on its own: the old rule's hole
     keeper.on_fencing()
     poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 30, "the evidence to be read")
