@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,12 +96,42 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+# Ports for lab servers come from below the kernel's ephemeral range: a port from inside it (what
+# bind(0) hands out) can be taken as the source port of any outgoing connection before the server
+# binds it (seen: an etcd member failed with "address already in use" in a full test run).
+_LISTEN_PORTS = range(20000, 32768)
+_recently_handed_out: collections.deque[int] = collections.deque(maxlen=4096)
+_hand_out = threading.Lock()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel just handed out as free on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port free on ``host`` now, outside the ephemeral range and not handed out lately by this
+    process (the server it is for binds it a moment later)."""
+    top = min(_LISTEN_PORTS.stop, _ephemeral_floor())
+    with _hand_out:
+        for _ in range(200):
+            port = random.randrange(_LISTEN_PORTS.start, top) if top > _LISTEN_PORTS.start else 0
+            if port in _recently_handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                chosen: int = sock.getsockname()[1]
+            _recently_handed_out.append(chosen)
+            return chosen
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: the old way
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
