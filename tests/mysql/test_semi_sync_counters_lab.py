@@ -94,7 +94,9 @@ def test_what_moves_the_semi_sync_counters(lab_factory: LabFactory) -> None:
     print(f"\nFLUSH STATUS: {before} -> {after}")
     # Zeroed; then its own binlog event, asynchronous while semi-sync is off, counts in no_tx.
     assert after["no_times"] == 0 and after["no_tx"] == 1
-    assert int(after["flushed_after_s"]) > int(before["flushed_after_s"])
+    # Uptime - Uptime_since_flush_status does not always move at a flush (seen once in a full run:
+    # 0 before and after, with the counters zeroed), so it is not asserted here; the evidence also
+    # refuses when a counter went below its baseline, which a flush after any count does.
     assert after["binlog_pos"] != before["binlog_pos"]
     run(sql(lab, "db1"), "FLUSH LOCAL STATUS")  # the same, not binlogged
     assert counters(lab)["binlog_pos"] == after["binlog_pos"]
