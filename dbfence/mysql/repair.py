@@ -7,7 +7,7 @@ and truncates the binlog before it. A clean shutdown, or a KILL of the waiting s
 it instead, and recovery then keeps it. So the repair is:
 
 1. write the errant transactions out of the binlog files (``mariadb-binlog``) into a file in
-   the agent's state directory, and check that the file holds every one of them;
+   the agent's state directory, and check that the file holds every one of them, each whole;
 2. SIGKILL mysqld (the pid in its pid file), never a clean stop;
 3. run the start command (which must start mysqld with both options) and wait for it to answer;
 4. read its GTID state again: whatever is still errant against the primary survived recovery
@@ -15,10 +15,20 @@ it instead, and recovery then keeps it. So the repair is:
 
 Nothing here decides whether the transactions may go: that is the decision core's
 (``dbfence.agent.rejoin``), from the evidence in :mod:`repair_evidence`.
+
+A full disk (measured on 10.11, tests/mysql/test_mysql_repair_full_disk_lab.py): mysqld counts a
+commit in ``@@gtid_binlog_pos`` before its events are in the binlog file, and when the file cannot
+grow it writes what fits and waits for space ("Waiting for someone to free space"), retrying once a
+minute. The file then ends inside that transaction: ``mariadb-binlog`` prints what it could read
+(sometimes its GTID, sometimes not), reports "Event truncated" on stderr and still exits 0. Such
+an excerpt is incomplete, not wrong, and may be whole later: :class:`RepairDeferred`, like an
+excerpt that finds no room in the state directory. Only a mismatch that waiting cannot mend (a
+GTID outside the errant set, a gap before the last one found) is a :class:`RepairError` for good.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -44,10 +54,22 @@ from dbfence.mysql.gtid import (
 
 _GTID_IN_DUMP = re.compile(r"^#.*\bGTID (\d+-\d+-\d+)\b", re.MULTILINE)
 _GTID_LIST_IN_DUMP = re.compile(r"^#.*\bGtid list (\[[^\]]*\])", re.MULTILINE)
+# The event that ends a group: a transaction's XID, or a Query event (its COMMIT, or a DDL's
+# statement: a group that is not "trans" is that one event).
+_XID_IN_DUMP = re.compile(r"^#.*\tXid = \d+", re.MULTILINE)
+_QUERY_IN_DUMP = re.compile(r"^#.*\tQuery\t", re.MULTILINE)
+_COMMIT_IN_DUMP = re.compile(r"^COMMIT/\*!\*/;$", re.MULTILINE)
+_TRANS_FLAG = re.compile(r"\btrans\b")
 
 
 class RepairError(MysqlAdapterError):
     """A repair step failed; the message says which and what was left as it was."""
+
+
+class RepairDeferred(RepairError):
+    """Nothing was removed and the same repair may succeed later: the binlog's last errant
+    transaction is not wholly on disk yet (mysqld waits for space to write it), or the excerpt
+    found no room in the state directory. Tried again with back-off, never given up for good."""
 
 
 class NothingErrant(RepairError):
@@ -130,8 +152,20 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
     text = done.stdout.decode("utf-8", "replace")
     if done.returncode != 0:
         raise RepairError(f"{tool} exited {done.returncode}: {done.stderr.decode(errors='replace')[:500]}")
-    found = [Gtid.parse(m) for m in _GTID_IN_DUMP.findall(text)]
+    # It exits 0 after a binlog that ends inside an event, and says so only here.
+    unread = [line for line in done.stderr.decode(errors="replace").splitlines() if line.startswith("ERROR")]
+    if unread:
+        raise RepairDeferred(f"{tool} could not read the binlog to its end ({unread[0][:200]}): its last "
+                             "transaction is not wholly on disk (mysqld waiting for space to write it?); "
+                             "nothing removed")
+    headers = list(_GTID_IN_DUMP.finditer(text))
+    found = [Gtid.parse(m.group(1)) for m in headers]
     written = [g for g in found if in_errant_ranges(g, ranges)]
+    cut = [str(g) for g, group in zip(found, _groups(text, headers), strict=True)
+           if in_errant_ranges(g, ranges) and not _group_is_whole(*group)]
+    if cut:
+        raise RepairDeferred(f"the binlog holds only the start of {','.join(cut)} (the rest not on disk yet: "
+                             "mysqld waiting for space to write it?); nothing removed")
     expected = sum(r.last_seq - r.after_seq for r in ranges if r.primary_has_stream)
     if whole_stream:
         first_list = _GTID_LIST_IN_DUMP.search(text)
@@ -143,18 +177,90 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
         ends = all(r.last in written for r in whole_stream if r.last_seq != _MAX_SEQ)
         ok = complete and ends and (not exact or len(counted) == expected) and len(written) == len(found)
     else:
+        complete = True
         ok = (not exact or len(written) == expected) and len(written) == len(found)
     if not ok:
+        missing = _missing_tail(ranges, written) if complete and len(written) == len(found) else None
+        if missing:
+            raise RepairDeferred(
+                f"the binlog files end before {missing}, the last of the errant set "
+                f"{describe_errant(ranges)} (counted in gtid_binlog_pos, not on disk yet: mysqld waiting "
+                f"for space to write it?); "
+                f"found {','.join(map(str, found)) or 'nothing'}; nothing removed")
         raise RepairError(
             f"the binlog excerpt does not match the errant set {describe_errant(ranges)}: "
             f"found {','.join(map(str, found)) or 'nothing'}")
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as dump:
-        dump.write(header)
-        dump.write(text)
-        dump.flush()
-        os.fsync(dump.fileno())
+    _write_excerpt(out, header + text)
     return written
+
+
+def _groups(text: str, headers: Sequence[re.Match[str]]) -> list[tuple[str, str]]:
+    """Each GTID event's comment line and the text of its group (up to the next GTID event)."""
+    groups = []
+    for m, end in zip(headers, [m.start() for m in headers[1:]] + [len(text)], strict=True):
+        line_end = text.find("\n", m.end())
+        line_end = end if line_end < 0 or line_end > end else line_end
+        groups.append((text[m.start():line_end], text[line_end:end]))
+    return groups
+
+
+def _group_is_whole(header: str, body: str) -> bool:
+    """Whether a group's events in the dump reach its end: a transaction's XID or COMMIT, a
+    standalone (DDL) group's one Query event. A file cut at an event boundary inside the group
+    reads without an error, and only this tells."""
+    if _TRANS_FLAG.search(header[header.index("GTID"):]):
+        return _XID_IN_DUMP.search(body) is not None or _COMMIT_IN_DUMP.search(body) is not None
+    return _QUERY_IN_DUMP.search(body) is not None
+
+
+def _missing_tail(ranges: Sequence[ErrantRange], written: Sequence[Gtid]) -> str:
+    """The errant GTIDs the excerpt lacks, when they are all after every one it holds of their
+    range (the files end early, as after a full disk); '' when a gap lies before a GTID found or
+    the missing ones cannot be named (an open-ended range): that mismatch waiting cannot mend."""
+    missing: list[str] = []
+    for r in ranges:
+        if r.last_seq == _MAX_SEQ:
+            continue
+        seqs = sorted(g.seq for g in written if g.domain == r.domain and g.server_id == r.server_id
+                      and r.after_seq < g.seq <= r.last_seq)
+        if not r.primary_has_stream:  # seqs need not be consecutive: only its end is known
+            if r.last_seq not in seqs:
+                missing.append(str(r.last))
+            continue
+        expected = list(range(r.after_seq + 1, r.last_seq + 1))
+        if seqs != expected[:len(seqs)]:
+            return ""  # a gap before one found
+        missing += [str(Gtid(r.domain, r.server_id, s)) for s in expected[len(seqs):]]
+    return ",".join(missing)
+
+
+def _write_excerpt(out: Path, text: str) -> None:
+    """Write ``text`` to ``out`` (mode 0600, never over an existing file) whole or not at all: a
+    disk that fills meanwhile leaves no partial file that would pass for the copy."""
+    partial = out.with_name(f".{out.name}.partial")
+    data = text.encode()
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(partial, out)  # fails if out exists: an earlier copy is never replaced
+        directory = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RepairDeferred(f"no space left in {out.parent} for the excerpt ({len(data)} bytes); "
+                                 "nothing removed") from None
+        raise RepairError(f"cannot write the excerpt {out}: {exc.strerror or exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def kill_mysqld(pid_file: Path, timeout: float = 30.0) -> int:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pymysql.cursors
+import pytest
 
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import MysqlActions, PrimaryAddress
@@ -129,3 +133,25 @@ def observe_until_healthy(mon: HealthMonitor, timeout: float) -> HealthObservati
         mon.sleep_until_next_round()
         obs = mon.observe()
     return obs
+
+
+@contextlib.contextmanager
+def small_tmpfs(size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` of its own (root), unmounted and removed afterwards; skips the test
+    where none can be mounted."""
+    mount_point = Path(tempfile.mkdtemp(prefix="dbfence-tmpfs-"))
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        mount_point.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+        mount_point.rmdir()
+

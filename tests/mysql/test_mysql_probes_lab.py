@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ from tests.mysql.mysql_lab_helpers import (
     one,
     poll,
     run,
+    small_tmpfs,
     sql,
     target,
 )
@@ -262,25 +262,6 @@ def test_disk_probe_trips_below_the_threshold(lab: LabCluster) -> None:
         obs, _ = observe_until_tripped(mon, 5)
         assert tripped_kinds(obs.health) == {ProbeKind.DISK: Reason.DISK_LOW}
         assert str(datadir) in obs.health.tracks[ProbeKind.DISK].last.detail  # type: ignore[union-attr]
-
-
-@contextlib.contextmanager
-def small_tmpfs(size: str) -> Iterator[Path]:
-    mount_point = Path(tempfile.mkdtemp(prefix="dbfence-tmpfs-"))
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        mount_point.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
-        mount_point.rmdir()
 
 
 def test_disk_probe_trips_on_a_nearly_full_filesystem() -> None:

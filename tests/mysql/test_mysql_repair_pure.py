@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dbfence.mysql.gtid import ErrantRange
-from dbfence.mysql.repair import RepairError, binlog_files_of, kill_mysqld, save_errant
+from dbfence.mysql.repair import RepairDeferred, RepairError, binlog_files_of, kill_mysqld, save_errant
 from dbfence.mysql.repair_evidence import (
     CounterBaseline,
     FencingEvidence,
@@ -18,6 +18,7 @@ from dbfence.mysql.repair_evidence import (
     save_evidence,
     since_baseline,
 )
+from tests.mysql.mysql_lab_helpers import small_tmpfs
 
 CLEAN = FencingEvidence(recorded_at=100.0, started_at=50.0, master_enabled=True, master_status=True,
                         wait_point="AFTER_SYNC", timeout_ms=86_400_000, no_times=0, no_tx=0, yes_tx=42,
@@ -140,15 +141,20 @@ def test_binlog_files_come_from_the_index_even_with_mysqld_down(tmp_path: Path) 
         binlog_files_of(str(tmp_path / "other-bin"), str(tmp_path))
 
 
-def _binlog_tool_printing(tmp_path: Path, gtid_list: str, gtids: list[str]) -> str:
+def _binlog_tool_printing(tmp_path: Path, gtid_list: str, gtids: list[str], *, cut: str = "",
+                          stderr: str = "", padding: int = 0) -> str:
     """A stand-in for the binlog tool that prints a dump's comment lines as mariadb-binlog writes
-    them (the real tool on real files: tests/mysql/test_mysql_repair_lab.py)."""
+    them (the real tool on real files: tests/mysql/test_mysql_repair_lab.py): each GTID's group
+    ends with its XID, but ``cut``'s, which ends before it (a binlog file that ends inside it)."""
     dump = tmp_path / "dump.txt"
     prefix = "#261207  3:30:27 server id 1  end_log_pos 285 CRC32 0x3ac74636 \t"
-    lines = [f"{prefix}Gtid list [{gtid_list}]", *(f"{prefix}GTID {g} trans" for g in gtids)]
-    dump.write_text("\n".join(lines) + "\n")
+    end = {g: f"{prefix}Table_map: `app`.`t` mapped to number 18" if g == cut else f"{prefix}Xid = 7"
+           for g in gtids}
+    lines = [f"{prefix}Gtid list [{gtid_list}]", *(f"{prefix}GTID {g} trans\n{end[g]}" for g in gtids)]
+    dump.write_text("\n".join(lines) + "\n" + "# padding\n" * padding)
+    (tmp_path / "stderr.txt").write_text(stderr)
     tool = tmp_path / "binlog-tool"
-    tool.write_text(f"#!/bin/sh\ncat {dump}\n")
+    tool.write_text(f"#!/bin/sh\ncat {dump}\ncat {tmp_path / 'stderr.txt'} >&2\n")
     tool.chmod(0o755)
     return str(tool)
 
@@ -163,7 +169,53 @@ def test_a_stream_the_primary_never_saw_is_saved_whole_only_from_its_first_file(
     with pytest.raises(RepairError, match="does not match the errant set"):
         save_errant(tool, [], whole, tmp_path / "purged.sql", "", exact=False)
     assert not (tmp_path / "purged.sql").exists()
-    # Known end (mysqld up): the last GTID of the stream must be in the excerpt.
+    # Known end (mysqld up): the last GTID of the stream must be in the excerpt; its lack is a
+    # binlog not (yet) on disk to its end: nothing saved, to be tried again.
     tool = _binlog_tool_printing(tmp_path, "", ["0-1-3"])
-    with pytest.raises(RepairError, match="does not match the errant set"):
+    with pytest.raises(RepairDeferred, match="binlog files end before 0-1-4"):
         save_errant(tool, [], [ErrantRange(0, 1, 0, 4, primary_has_stream=False)], tmp_path / "short.sql", "")
+    assert not (tmp_path / "short.sql").exists()
+
+
+def test_an_excerpt_cut_short_by_a_full_disk_is_deferred_a_real_mismatch_refused(tmp_path: Path) -> None:
+    errant = [ErrantRange(0, 1, 2, 4, primary_has_stream=True)]  # 0-1-3, 0-1-4
+    out = tmp_path / "out.sql"
+    # The binlog file ends inside 0-1-4's group, at an event boundary: it reads without an error.
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3", "0-1-4"], cut="0-1-4")
+    with pytest.raises(RepairDeferred, match="holds only the start of 0-1-4"):
+        save_errant(tool, [], errant, out, "")
+    # ... inside an event: mariadb-binlog says so on stderr only, and exits 0.
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3", "0-1-4"], stderr=(
+        "ERROR: Error in Log_event::read_log_event(): 'Event truncated', data_len: 540, event_type: 23\n"))
+    with pytest.raises(RepairDeferred, match="'Event truncated'"):
+        save_errant(tool, [], errant, out, "")
+    # ... before 0-1-4's GTID event (seed 204's "does not match the errant set ...: found 0-1-3").
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3"])
+    with pytest.raises(RepairDeferred, match="binlog files end before 0-1-4"):
+        save_errant(tool, [], errant, out, "")
+    assert not out.exists()
+    # Mismatches that waiting cannot mend stay refusals: a gap before a GTID found, a GTID the
+    # errant set lacks.
+    for gtids in (["0-1-4"], ["0-1-3", "0-1-4", "0-1-5"]):
+        tool = _binlog_tool_printing(tmp_path, "", gtids)
+        with pytest.raises(RepairError, match="does not match the errant set") as refused:
+            save_errant(tool, [], errant, out, "")
+        assert not isinstance(refused.value, RepairDeferred)
+    assert not out.exists()
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3", "0-1-4"])
+    assert [str(g) for g in save_errant(tool, [], errant, out, "-- header\n")] == ["0-1-3", "0-1-4"]
+    assert out.read_text().startswith("-- header\n") and oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_excerpt_with_no_room_is_deferred_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    errant = [ErrantRange(0, 1, 2, 3, primary_has_stream=True)]
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3"], padding=200_000)  # about 2 MB
+    with small_tmpfs("1m") as state_dir:
+        with pytest.raises(RepairDeferred, match=f"no space left in {state_dir} for the excerpt"):
+            save_errant(tool, [], errant, state_dir / "errant.sql", "")
+        assert list(state_dir.iterdir()) == []  # nothing that could pass for the copy
+        (state_dir / "errant.sql").write_text("an earlier copy")
+        tool = _binlog_tool_printing(tmp_path, "", ["0-1-3"])
+        with pytest.raises(RepairError, match="cannot write the excerpt"):
+            save_errant(tool, [], errant, state_dir / "errant.sql", "")
+        assert (state_dir / "errant.sql").read_text() == "an earlier copy"  # never replaced
