@@ -28,6 +28,7 @@ from dbfence.mysql.rebuild import Progress, RebuildResult, rebuild_from_stream
 from dbfence.mysql.repair import (
     MysqldControl,
     NothingErrant,
+    RepairDeferred,
     RepairError,
     RepairResult,
     binlog_files_of,
@@ -53,7 +54,8 @@ log = logging.getLogger("dbfence.agent")
 #: How long after fencing the evidence may still be read from the same run of mysqld (a hung one
 #: that resumes); a run that started after the fence says nothing about the primary's commits.
 EVIDENCE_RETRY_FOR = 600.0
-#: Backoff of a repair of a mysqld the fence killed (it stays down until one attempt succeeds).
+#: Backoff of a repair of a mysqld the fence killed (it stays down until one attempt succeeds), and
+#: of one that could not save its copy yet (a binlog or a state directory on a full disk).
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
 
@@ -68,7 +70,8 @@ class RepairKeeper:
                  wall: Callable[[], float] = time.time, api_token: str | None = None,
                  backup_tool: str = "mariadb-backup", mbstream_tool: str = "mbstream",
                  api_tls: ssl.SSLContext | None = None, mutual_tls: bool = False,
-                 free_space_margin: int = 1 << 30, keep_old_datadirs: int = 1) -> None:
+                 free_space_margin: int = 1 << 30, keep_old_datadirs: int = 1,
+                 retry_max: float = RETRY_MAX) -> None:
         self.mode = mode
         self.api_token = api_token  # the donor's HTTP API token (the same on every node)
         self.api_tls = api_tls  # the cluster CA and this agent's client certificate, for https donors
@@ -83,7 +86,11 @@ class RepairKeeper:
         self.control = control
         self.on_done = on_done  # (history kind, detail): the agent appends it to the DCS history
         self.wall = wall
+        self.retry_max = retry_max
         self._lock = threading.Lock()
+        # Bumped when the node leaves PRIMARY or serves again: a repair that waits to try again
+        # stops when its fence is spent.
+        self._term = 0
         self._fenced_at: float | None = None
         self._evidence: FencingEvidence | str = "no evidence recorded"
         self._reader: threading.Thread | None = None
@@ -141,6 +148,7 @@ class RepairKeeper:
         if self.mode == "manual":
             return
         with self._lock:
+            self._term += 1
             self._fenced_at = self.wall()
             self._evidence = "evidence not read yet"
             self.gave_up = self.gave_up_on = ""
@@ -157,6 +165,7 @@ class RepairKeeper:
         if self.mode == "manual":
             return
         with self._lock:
+            self._term += 1
             self._fenced_at = None
             self._evidence = "no evidence recorded"
             self.gave_up = self.gave_up_on = ""
@@ -384,9 +393,10 @@ class RepairKeeper:
                   f"-- to apply them anyway (after review): mariadb < {out.name}\n")
         log.info(json.dumps({"event": "repair_started", "node": self.node, "primary": action.primary,
                              "gtids": list(action.gtids), "file": str(out)}))
-        attempt, delay, last_error = 0, RETRY_FIRST, ""
+        attempt, delay, last_error, term = 0, RETRY_FIRST, "", self._term
         while True:
-            attempt_out = out if attempt == 0 else out.with_name(f"{out.stem}-retry{attempt}{out.suffix}")
+            # A new name only after an attempt that left its copy (never written over).
+            attempt_out = out if not out.exists() else out.with_name(f"{out.stem}-retry{attempt}{out.suffix}")
             try:
                 result = self._attempt(evidence, primary_state, attempt_out, header)
                 break
@@ -394,15 +404,20 @@ class RepairKeeper:
                 self._skipped(exc)
                 return
             except (RepairError, MysqlAdapterError, OSError) as exc:
-                if self._killed and not mysqld_running(self.control.pid_file):
-                    # The fence killed mysqld and only a start recovers it, which removes the in-doubt
-                    # commits: never without their copy. So mysqld stays down, and says so, until an
-                    # attempt succeeds (a full disk freed, the primary reachable again).
+                down = self._killed and not mysqld_running(self.control.pid_file)
+                if isinstance(exc, RepairDeferred) or down:
+                    # Nothing removed, and the same attempt may succeed later: a disk freed (the
+                    # binlog's tail written, room for the copy), the primary reachable again. A mysqld
+                    # the fence killed stays down meanwhile: only a start removes its in-doubt
+                    # commits, never without their copy.
                     attempt += 1
-                    self._retrying(attempt, delay, str(exc), first=str(exc) != last_error)
+                    self._retrying(attempt, delay, str(exc), first=str(exc) != last_error, down=down)
                     last_error = str(exc)
                     time.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                    delay = min(delay * 2, self.retry_max)
+                    if self._term != term:  # primary again, or rejoined: that fence's repair is spent
+                        self._abandoned(str(exc))
+                        return
                     continue
                 if not mysqld_running(self.control.pid_file):
                     exc = RepairError(f"{exc}; mysqld is not running")
@@ -425,13 +440,21 @@ class RepairKeeper:
                                   evidence.gtid_binlog_pos, out, header)
         return truncate_unacknowledged(self.mysql, self.control, primary_state, out, header)
 
-    def _retrying(self, attempt: int, delay: float, error: str, *, first: bool) -> None:
+    def _retrying(self, attempt: int, delay: float, error: str, *, first: bool, down: bool) -> None:
+        why = ("mysqld left down (killed by the fence) until the repair can save what its recovery removes"
+               if down else "nothing removed until the errant transactions are saved whole")
         with self._lock:
-            self.retrying = f"mysqld left down (killed by the fence) until the repair can save what " \
-                            f"its recovery removes; attempt {attempt} failed: {error}; next in {delay:g} s"
+            self.retrying = f"{why}; attempt {attempt} failed: {error}; next in {delay:g} s"
         if first:  # an identical error again is only counted (status: retrying)
             log.warning(json.dumps({"event": "repair_retry", "node": self.node, "attempt": attempt,
-                                    "next_in_s": delay, "error": error, "mysqld": "down"}))
+                                    "next_in_s": delay, "error": error, "mysqld": "down" if down else "up"}))
+
+    def _abandoned(self, error: str) -> None:
+        """The fence this repair was for is spent (the node serves again): nothing removed."""
+        with self._lock:
+            self.retrying = ""
+        log.info(json.dumps({"event": "repair_abandoned", "node": self.node, "last_error": error,
+                             "why": "the node left FENCED before the errant transactions could be saved"}))
 
     def _finish(self, out: Path, gave_up: str, result: RepairResult | None) -> None:
         saved = str(out) if out.exists() else ""
