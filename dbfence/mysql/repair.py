@@ -20,10 +20,12 @@ A full disk (measured on 10.11, tests/mysql/test_mysql_repair_full_disk_lab.py):
 commit in ``@@gtid_binlog_pos`` before its events are in the binlog file, and when the file cannot
 grow it writes what fits and waits for space ("Waiting for someone to free space"), retrying once a
 minute. The file then ends inside that transaction: ``mariadb-binlog`` prints what it could read
-(sometimes its GTID, sometimes not), reports "Event truncated" on stderr and still exits 0. Such
-an excerpt is incomplete, not wrong, and may be whole later: :class:`RepairDeferred`, like an
-excerpt that finds no room in the state directory. Only a mismatch that waiting cannot mend (a
-GTID outside the errant set, a gap before the last one found) is a :class:`RepairError` for good.
+(sometimes its GTID, sometimes not), reports "Event truncated" on stderr, and exits 0 (or 1 when
+the cut came before the first GTID it was to print: "Binary logs never reached expected GTID
+state"). Such an excerpt is incomplete, not wrong, and may be whole later:
+:class:`RepairDeferred`, like an excerpt that finds no room in the state directory. Only a
+mismatch that waiting cannot mend (a GTID outside the errant set, a gap before the last one
+found) is a :class:`RepairError` for good.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ _XID_IN_DUMP = re.compile(r"^#.*\tXid = \d+", re.MULTILINE)
 _QUERY_IN_DUMP = re.compile(r"^#.*\tQuery\t", re.MULTILINE)
 _COMMIT_IN_DUMP = re.compile(r"^COMMIT/\*!\*/;$", re.MULTILINE)
 _TRANS_FLAG = re.compile(r"\btrans\b")
+# mariadb-binlog's errors for binlog files that end early (measured on a full disk, 10.11).
+_CUT_SHORT = re.compile(r"read_log_event|Event truncated|never reached expected GTID state")
 
 
 class RepairError(MysqlAdapterError):
@@ -150,14 +154,17 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RepairError(f"{tool} failed: {exc}") from None
     text = done.stdout.decode("utf-8", "replace")
-    if done.returncode != 0:
-        raise RepairError(f"{tool} exited {done.returncode}: {done.stderr.decode(errors='replace')[:500]}")
-    # It exits 0 after a binlog that ends inside an event, and says so only here.
-    unread = [line for line in done.stderr.decode(errors="replace").splitlines() if line.startswith("ERROR")]
-    if unread:
-        raise RepairDeferred(f"{tool} could not read the binlog to its end ({unread[0][:200]}): its last "
-                             "transaction is not wholly on disk (mysqld waiting for space to write it?); "
-                             "nothing removed")
+    stderr = done.stderr.decode(errors="replace")
+    errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
+    cut_short = [line for line in errors if _CUT_SHORT.search(line)]
+    if done.returncode != 0 and not cut_short:
+        raise RepairError(f"{tool} exited {done.returncode}: {stderr[:500]}")
+    # A binlog that ends inside an event: it exits 0 once it has passed the start position and
+    # says so on stderr only, 1 when the cut came before ("never reached expected GTID state").
+    if errors:
+        first = (cut_short or errors)[0][:200]
+        raise RepairDeferred(f"{tool} could not read the binlog to its end ({first}): its last transaction "
+                             "is not wholly on disk (mysqld waiting for space to write it?); nothing removed")
     headers = list(_GTID_IN_DUMP.finditer(text))
     found = [Gtid.parse(m.group(1)) for m in headers]
     written = [g for g in found if in_errant_ranges(g, ranges)]
