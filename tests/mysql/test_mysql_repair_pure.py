@@ -142,7 +142,7 @@ def test_binlog_files_come_from_the_index_even_with_mysqld_down(tmp_path: Path) 
 
 
 def _binlog_tool_printing(tmp_path: Path, gtid_list: str, gtids: list[str], *, cut: str = "",
-                          stderr: str = "", padding: int = 0) -> str:
+                          stderr: str = "", padding: int = 0, exit_code: int = 0) -> str:
     """A stand-in for the binlog tool that prints a dump's comment lines as mariadb-binlog writes
     them (the real tool on real files: tests/mysql/test_mysql_repair_lab.py): each GTID's group
     ends with its XID, but ``cut``'s, which ends before it (a binlog file that ends inside it)."""
@@ -154,7 +154,7 @@ def _binlog_tool_printing(tmp_path: Path, gtid_list: str, gtids: list[str], *, c
     dump.write_text("\n".join(lines) + "\n" + "# padding\n" * padding)
     (tmp_path / "stderr.txt").write_text(stderr)
     tool = tmp_path / "binlog-tool"
-    tool.write_text(f"#!/bin/sh\ncat {dump}\ncat {tmp_path / 'stderr.txt'} >&2\n")
+    tool.write_text(f"#!/bin/sh\ncat {dump}\ncat {tmp_path / 'stderr.txt'} >&2\nexit {exit_code}\n")
     tool.chmod(0o755)
     return str(tool)
 
@@ -189,6 +189,17 @@ def test_an_excerpt_cut_short_by_a_full_disk_is_deferred_a_real_mismatch_refused
         "ERROR: Error in Log_event::read_log_event(): 'Event truncated', data_len: 540, event_type: 23\n"))
     with pytest.raises(RepairDeferred, match="'Event truncated'"):
         save_errant(tool, [], errant, out, "")
+    # ... inside the first GTID event it was to print: exit 1 (measured, 10.11).
+    tool = _binlog_tool_printing(tmp_path, "", [], exit_code=1, stderr=(
+        "ERROR: Error in Log_event::read_log_event(): 'Event truncated', data_len: 42, event_type: 162\n"
+        "ERROR: Binary logs never reached expected GTID state of 0-1-2\n"))
+    with pytest.raises(RepairDeferred, match="'Event truncated'"):
+        save_errant(tool, [], errant, out, "")
+    # Any other failure of the tool is no cut-short binlog: refused.
+    tool = _binlog_tool_printing(tmp_path, "", [], exit_code=1, stderr="ERROR: Could not open log file\n")
+    with pytest.raises(RepairError, match="exited 1: ERROR: Could not open log file") as refused:
+        save_errant(tool, [], errant, out, "")
+    assert not isinstance(refused.value, RepairDeferred)
     # ... before 0-1-4's GTID event (seed 204's "does not match the errant set ...: found 0-1-3").
     tool = _binlog_tool_printing(tmp_path, "", ["0-1-3"])
     with pytest.raises(RepairDeferred, match="binlog files end before 0-1-4"):
