@@ -22,7 +22,8 @@ grow it writes what fits and waits for space ("Waiting for someone to free space
 minute. The file then ends inside that transaction: ``mariadb-binlog`` prints what it could read
 (sometimes its GTID, sometimes not), reports "Event truncated" on stderr, and exits 0 (or 1 when
 the cut came before the first GTID it was to print: "Binary logs never reached expected GTID
-state"). Such an excerpt is incomplete, not wrong, and may be whole later:
+state"; a file a rotation created has no whole header yet: "Failed reading header", exit 1).
+Such an excerpt is incomplete, not wrong, and may be whole later:
 :class:`RepairDeferred`, like an excerpt that finds no room in the state directory. Only a
 mismatch that waiting cannot mend (a GTID outside the errant set, a gap before the last one
 found) is a :class:`RepairError` for good.
@@ -62,8 +63,10 @@ _XID_IN_DUMP = re.compile(r"^#.*\tXid = \d+", re.MULTILINE)
 _QUERY_IN_DUMP = re.compile(r"^#.*\tQuery\t", re.MULTILINE)
 _COMMIT_IN_DUMP = re.compile(r"^COMMIT/\*!\*/;$", re.MULTILINE)
 _TRANS_FLAG = re.compile(r"\btrans\b")
-# mariadb-binlog's errors for binlog files that end early (measured on a full disk, 10.11).
-_CUT_SHORT = re.compile(r"read_log_event|Event truncated|never reached expected GTID state")
+# mariadb-binlog's errors for binlog files that end early (measured on a full disk, 10.11); the
+# last: a file that a rotation on a full disk created, its header not (wholly) written yet.
+_CUT_SHORT = re.compile(
+    r"read_log_event|Event truncated|never reached expected GTID state|Failed reading header")
 
 
 class RepairError(MysqlAdapterError):

@@ -195,6 +195,11 @@ def test_an_excerpt_cut_short_by_a_full_disk_is_deferred_a_real_mismatch_refused
         "ERROR: Binary logs never reached expected GTID state of 0-1-2\n"))
     with pytest.raises(RepairDeferred, match="'Event truncated'"):
         save_errant(tool, [], errant, out, "")
+    # ... or a binlog file that a rotation created on the full disk, its header cut (measured).
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3"], exit_code=1,
+                                 stderr="ERROR: Failed reading header; probably an empty file.\n")
+    with pytest.raises(RepairDeferred, match="Failed reading header"):
+        save_errant(tool, [], errant, out, "")
     # Any other failure of the tool is no cut-short binlog: refused.
     tool = _binlog_tool_printing(tmp_path, "", [], exit_code=1, stderr="ERROR: Could not open log file\n")
     with pytest.raises(RepairError, match="exited 1: ERROR: Could not open log file") as refused:
