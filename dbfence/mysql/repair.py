@@ -79,6 +79,10 @@ class RepairDeferred(RepairError):
     found no room in the state directory. Tried again with back-off, never given up for good."""
 
 
+class BinlogCutShort(RepairDeferred):
+    """The binlog files end inside an errant transaction (its write waits for disk space)."""
+
+
 class NothingErrant(RepairError):
     """Nothing is errant against the primary (any more): the request came from facts read before
     an earlier repair finished. Nothing was done, and nothing failed."""
@@ -166,7 +170,7 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
     # says so on stderr only, 1 when the cut came before ("never reached expected GTID state").
     if errors:
         first = (cut_short or errors)[0][:200]
-        raise RepairDeferred(f"{tool} could not read the binlog to its end ({first}): its last transaction "
+        raise BinlogCutShort(f"{tool} could not read the binlog to its end ({first}): its last transaction "
                              "is not wholly on disk (mysqld waiting for space to write it?); nothing removed")
     headers = list(_GTID_IN_DUMP.finditer(text))
     found = [Gtid.parse(m.group(1)) for m in headers]
@@ -174,7 +178,7 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
     cut = [str(g) for g, group in zip(found, _groups(text, headers), strict=True)
            if in_errant_ranges(g, ranges) and not _group_is_whole(*group)]
     if cut:
-        raise RepairDeferred(f"the binlog holds only the start of {','.join(cut)} (the rest not on disk yet: "
+        raise BinlogCutShort(f"the binlog holds only the start of {','.join(cut)} (the rest not on disk yet: "
                              "mysqld waiting for space to write it?); nothing removed")
     expected = sum(r.last_seq - r.after_seq for r in ranges if r.primary_has_stream)
     if whole_stream:
@@ -192,7 +196,7 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
     if not ok:
         missing = _missing_tail(ranges, written) if complete and len(written) == len(found) else None
         if missing:
-            raise RepairDeferred(
+            raise BinlogCutShort(
                 f"the binlog files end before {missing}, the last of the errant set "
                 f"{describe_errant(ranges)} (counted in gtid_binlog_pos, not on disk yet: mysqld waiting "
                 f"for space to write it?); "
@@ -354,7 +358,15 @@ def recover_killed(mysql: MysqlActions, control: MysqldControl, primary_state: C
     if not ranges:
         raise RepairError(f"neither the primary nor this node's position at fencing ({binlog_pos_before}) "
                           f"holds a transaction of server {server_id}: cannot tell which are errant")
-    saved = save_errant(control.binlog_tool, files, ranges, out, header, exact=False)
+    try:
+        saved = save_errant(control.binlog_tool, files, ranges, out, header, exact=False)
+    except BinlogCutShort as exc:
+        # No write will ever finish it: kept down and retried all the same (the files are the
+        # only copy), but saying what would let it go on.
+        raise BinlogCutShort(f"{exc}; mysqld is down (killed while it wrote it), so the rest will never "
+                             "be written: it was never acknowledged, and any start of mysqld rolls it back; "
+                             "to go on without its whole copy, keep the binlog files aside and start mysqld "
+                             "by hand") from None
     start_mysqld(control, mysql)
     after = mysql.gtid_positions()
     left = after.history.errant_against(primary_state())

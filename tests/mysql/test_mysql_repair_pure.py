@@ -8,8 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from dbfence.mysql.gtid import ErrantRange
-from dbfence.mysql.repair import RepairDeferred, RepairError, binlog_files_of, kill_mysqld, save_errant
+from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.connection import Endpoint
+from dbfence.mysql.credentials import Credentials
+from dbfence.mysql.gtid import ErrantRange, GtidState
+from dbfence.mysql.repair import (
+    MysqldControl,
+    RepairDeferred,
+    RepairError,
+    binlog_files_of,
+    kill_mysqld,
+    recover_killed,
+    save_errant,
+)
 from dbfence.mysql.repair_evidence import (
     CounterBaseline,
     FencingEvidence,
@@ -235,3 +246,13 @@ def test_an_excerpt_with_no_room_is_deferred_and_leaves_no_partial_file(tmp_path
         with pytest.raises(RepairError, match="cannot write the excerpt"):
             save_errant(tool, [], errant, state_dir / "errant.sql", "")
         assert (state_dir / "errant.sql").read_text() == "an earlier copy"  # never replaced
+
+
+def test_a_killed_mysqld_whose_binlog_ends_inside_a_commit_stays_down_and_says_what_would_let_it_go_on(
+        tmp_path: Path) -> None:
+    control = MysqldControl(pid_file=tmp_path / "mysqld.pid", start_command=["false"],
+                            binlog_tool=_binlog_tool_printing(tmp_path, "", ["0-1-3"], cut="0-1-3"))
+    with pytest.raises(RepairDeferred, match=r"holds only the start of 0-1-3.*any start of mysqld rolls it"):
+        recover_killed(MysqlActions(Endpoint("127.0.0.1", 9), Credentials("u", "p")), control,
+                       lambda: GtidState.parse("0-1-2"), [], 1, "0-1-3", tmp_path / "out.sql", "")
+    assert not (tmp_path / "out.sql").exists()
