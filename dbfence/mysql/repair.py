@@ -26,7 +26,10 @@ state"; a file a rotation created has no whole header yet: "Failed reading heade
 Such an excerpt is incomplete, not wrong, and may be whole later:
 :class:`RepairDeferred`, like an excerpt that finds no room in the state directory. Only a
 mismatch that waiting cannot mend (a GTID outside the errant set, a gap before the last one
-found) is a :class:`RepairError` for good.
+found) is a :class:`RepairError` for good. A KILL of the waiting session (the fence's) ends the
+wait: the write fails, the engine rolls the commit back, its GTID stays counted and the file
+ends inside it for good; with no session left waiting for space, that end is saved as far as
+it reads (``tail_abandoned``) and the repair goes on.
 """
 
 from __future__ import annotations
@@ -65,8 +68,9 @@ _COMMIT_IN_DUMP = re.compile(r"^COMMIT/\*!\*/;$", re.MULTILINE)
 _TRANS_FLAG = re.compile(r"\btrans\b")
 # mariadb-binlog's errors for binlog files that end early (measured on a full disk, 10.11); the
 # last: a file that a rotation on a full disk created, its header not (wholly) written yet.
-_CUT_SHORT = re.compile(
-    r"read_log_event|Event truncated|never reached expected GTID state|Failed reading header")
+_CUT_SHORT = re.compile(r"read_log_event|Event truncated|never reached expected GTID state|Failed reading "
+                        r"header|Could not read entry at offset")
+_FILE_START_IN_DUMP = re.compile(r"^#.*\tStart: binlog v \d+", re.MULTILINE)
 
 
 class RepairError(MysqlAdapterError):
@@ -134,11 +138,16 @@ def binlog_files_of(base: str, datadir: str) -> list[Path]:
 
 
 def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange], out: Path,
-                header: str, *, exact: bool = True) -> list[Gtid]:
+                header: str, *, exact: bool = True, tail_abandoned: bool = False) -> list[Gtid]:
     """Write exactly the transactions of ``ranges`` as replayable binlog events to ``out``
-    (mode 0600); returns the GTIDs written. Raises RepairError unless every one is there
+    (mode 0600); returns the GTIDs written whole. Raises RepairError unless every one is there
     (``exact``), or (not ``exact``: open-ended ranges of a mysqld that is down) unless everything
-    found lies in them."""
+    found lies in them; BinlogCutShort when the files end inside or before the last of them.
+
+    ``tail_abandoned``: nothing writes that end any more (no session waits for disk space: the
+    fence's KILL ended the wait, its write failed and the engine rolled the transaction back,
+    measured). The errant transactions the files end inside or before, the last of the set, are
+    then saved as far as they can be read and named in the file, instead of waited for."""
     if not ranges:
         raise RepairError("no errant transactions to save")
     server_ids = {r.server_id for r in ranges}
@@ -168,18 +177,28 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
         raise RepairError(f"{tool} exited {done.returncode}: {stderr[:500]}")
     # A binlog that ends inside an event: it exits 0 once it has passed the start position and
     # says so on stderr only, 1 when the cut came before ("never reached expected GTID state").
-    if errors:
+    if errors and not (tail_abandoned and len(cut_short) == len(errors)):
         first = (cut_short or errors)[0][:200]
         raise BinlogCutShort(f"{tool} could not read the binlog to its end ({first}): its last transaction "
                              "is not wholly on disk (mysqld waiting for space to write it?); nothing removed")
+    # An abandoned end is the last file's: every file before it must have been read (each one's
+    # format description event printed; a last file cut in its header has none).
+    files_read = len(_FILE_START_IN_DUMP.findall(text))
+    header_cut = any("Failed reading header" in e for e in errors)
+    if tail_abandoned and files_read < len(files) - (1 if header_cut else 0):
+        raise BinlogCutShort(f"{tool} stopped in binlog file {files_read + 1} of {len(files)}, not at the "
+                             f"last one's end ({(errors or ['no error'])[0][:200]}); nothing removed")
     headers = list(_GTID_IN_DUMP.finditer(text))
     found = [Gtid.parse(m.group(1)) for m in headers]
-    written = [g for g in found if in_errant_ranges(g, ranges)]
-    cut = [str(g) for g, group in zip(found, _groups(text, headers), strict=True)
-           if in_errant_ranges(g, ranges) and not _group_is_whole(*group)]
-    if cut:
-        raise BinlogCutShort(f"the binlog holds only the start of {','.join(cut)} (the rest not on disk yet: "
-                             "mysqld waiting for space to write it?); nothing removed")
+    whole = [_group_is_whole(*group) for group in _groups(text, headers)]
+    written = [g for g, ok in zip(found, whole, strict=True) if ok and in_errant_ranges(g, ranges)]
+    cut = [g for g, ok in zip(found, whole, strict=True) if not ok and in_errant_ranges(g, ranges)]
+    if cut and not tail_abandoned:
+        raise BinlogCutShort(f"the binlog holds only the start of {','.join(map(str, cut))} (the rest not on "
+                             "disk yet: mysqld waiting for space to write it?); nothing removed")
+    if cut and any(whole[found.index(cut[0]):]):
+        raise RepairError(f"the binlog holds only the start of {cut[0]}, and whole transactions after it")
+    foreign = len(written) + len(cut) != len(found)
     expected = sum(r.last_seq - r.after_seq for r in ranges if r.primary_has_stream)
     if whole_stream:
         first_list = _GTID_LIST_IN_DUMP.search(text)
@@ -189,21 +208,29 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
         # writers before): the whole stream is there from the first file on, and its last GTID.
         counted = [g for g in written if not in_errant_ranges(g, whole_stream)]
         ends = all(r.last in written for r in whole_stream if r.last_seq != _MAX_SEQ)
-        ok = complete and ends and (not exact or len(counted) == expected) and len(written) == len(found)
+        ok = complete and ends and (not exact or len(counted) == expected) and not foreign
     else:
         complete = True
-        ok = (not exact or len(written) == expected) and len(written) == len(found)
+        ok = (not exact or len(written) == expected) and not foreign
+    abandoned = ""
     if not ok:
-        missing = _missing_tail(ranges, written) if complete and len(written) == len(found) else None
-        if missing:
+        missing = _missing_tail(ranges, written) if complete and not foreign else None
+        if missing and tail_abandoned and {str(g) for g in cut} <= set(missing.split(",")):
+            abandoned = missing
+        elif missing:
             raise BinlogCutShort(
                 f"the binlog files end before {missing}, the last of the errant set "
                 f"{describe_errant(ranges)} (counted in gtid_binlog_pos, not on disk yet: mysqld waiting "
                 f"for space to write it?); "
                 f"found {','.join(map(str, found)) or 'nothing'}; nothing removed")
-        raise RepairError(
-            f"the binlog excerpt does not match the errant set {describe_errant(ranges)}: "
-            f"found {','.join(map(str, found)) or 'nothing'}")
+        else:
+            raise RepairError(
+                f"the binlog excerpt does not match the errant set {describe_errant(ranges)}: "
+                f"found {','.join(map(str, found)) or 'nothing'}")
+    if abandoned:
+        header += (f"-- the binlog ends inside or before {abandoned}: its write was abandoned on a full disk "
+                   "(its session killed; rolled back, never committed nor acknowledged); below as far as "
+                   "it could be read\n")
     _write_excerpt(out, header + text)
     return written
 
@@ -275,6 +302,20 @@ def _write_excerpt(out: Path, text: str) -> None:
         raise RepairError(f"cannot write the excerpt {out}: {exc.strerror or exc}") from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def waiting_for_disk_space(mysql: MysqlActions) -> int:
+    """Sessions whose write waits for disk space (mysys's thread state while it retries)."""
+    with mysql.session() as conn:
+        return int(query_one(conn, "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST "
+                                   "WHERE STATE = 'Waiting for someone to free space'")["n"])
+
+
+def _last_size(files: Sequence[Path]) -> int:
+    try:
+        return files[-1].stat().st_size
+    except (OSError, IndexError):
+        return -1
 
 
 def kill_mysqld(pid_file: Path, timeout: float = 30.0) -> int:
@@ -401,7 +442,17 @@ def truncate_unacknowledged(mysql: MysqlActions, control: MysqldControl,
     ranges = before.history.errant_against(primary_state())
     if not ranges:
         raise NothingErrant("nothing errant against the primary any more")
-    save_errant(control.binlog_tool, binlog_files(mysql), ranges, out, header)
+    files = binlog_files(mysql)
+    try:
+        save_errant(control.binlog_tool, files, ranges, out, header)
+    except BinlogCutShort:
+        if waiting_for_disk_space(mysql):
+            raise  # a write under way: it may finish once the disk is freed
+        size = _last_size(files)
+        save_errant(control.binlog_tool, files, ranges, out, header, tail_abandoned=True)
+        if waiting_for_disk_space(mysql) or _last_size(files) != size:  # a write began meanwhile after all
+            out.unlink(missing_ok=True)
+            raise BinlogCutShort("the binlog grew while its cut end was saved: tried again later") from None
     kill_mysqld(control.pid_file)
     start_mysqld(control, mysql)
     after = mysql.gtid_positions()

@@ -69,8 +69,12 @@ def binlog_dump(lab: LabCluster) -> str:
                       *(line for line in done.stdout.splitlines() if "\tGTID " in line or "\tXid" in line)])
 
 
-def test_a_commit_a_full_disk_cut_short_is_saved_once_written_and_only_then_truncated(
-        lab_factory: LabFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("then", ["disk freed", "write killed"])
+def test_a_commit_a_full_disk_cut_short_is_waited_for_and_saved_or_its_abandoned_write_left_out(
+        lab_factory: LabFactory, tmp_path: Path, then: str) -> None:
+    """"disk freed": mysqld finishes the write (within a minute), the repair saves both whole.
+    "write killed": the fence's KILL ends the wait for space; the write fails, the engine rolls
+    the commit back and the binlog ends inside it for good: saved as far as it can be read."""
     if os.geteuid() != 0:
         pytest.skip("a small disk of its own takes a tmpfs mount (root)")
     lab = lab_factory(mysql_count=2)
@@ -133,14 +137,29 @@ def test_a_commit_a_full_disk_cut_short_is_saved_once_written_and_only_then_trun
         assert lab.live_node("db1").pid == pid and _waiting_for_space(primary)  # not killed
         assert not list((tmp_path / "state").glob("errant-*")) and history == []
 
-        filler.unlink()  # mysqld finishes its write within a minute; the repair's next try saves it
+        if then == "write killed":
+            with primary.cursor() as cur:
+                cur.execute("SELECT ID FROM information_schema.PROCESSLIST "
+                            "WHERE STATE = 'Waiting for someone to free space'")
+                for row in cur.fetchall():
+                    cur.execute(f"KILL {int(row['ID'])}")  # as the fence does, the disk still full
+            poll(lambda: not _waiting_for_space(primary), 30, "the killed write to end")
+        filler.unlink()  # "disk freed": mysqld finishes its write within a minute
+        if then == "write killed":
+            # Its commit is gone from the engine, its GTID still counted, the binlog cut in it.
+            assert Gtid.parse(str(one(primary, "SELECT @@gtid_binlog_pos AS p")["p"])) == last
+            assert one(primary, "SELECT COUNT(*) AS n FROM app.t WHERE id = 4")["n"] == 0
         poll(lambda: not keeper.view().running, 240, "the repair to save and truncate once the disk is freed")
         status = keeper.status()
         print(f"repair done: {status}\n{binlog_dump(lab)}")
         assert status["gave_up"] == "" and status["retrying"] == "", status
         excerpt = Path(status["saved_file"]).read_text()
-        assert f"GTID {last} trans" in excerpt and "@2='cut by a full disk'" in excerpt, excerpt[-3000:]
         assert "@2='waits for its ack'" in excerpt, excerpt[-3000:]
+        if then == "disk freed":
+            assert f"GTID {last} trans" in excerpt and "@2='cut by a full disk'" in excerpt, excerpt[-3000:]
+        else:
+            note = f"-- the binlog ends inside or before {last}: its write was abandoned"
+            assert note in excerpt, excerpt[:2000]
         assert history and history[0][0] == "repair" and history[0][1].startswith(f"truncated {errant} in ")
         assert rows(lab, "db1") == acknowledged  # both removed, every acknowledged commit kept
         assert len(outcome) == 2 and "OK" not in outcome, outcome  # their clients never saw an OK

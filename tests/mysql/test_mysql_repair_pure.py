@@ -13,6 +13,7 @@ from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.gtid import ErrantRange, GtidState
 from dbfence.mysql.repair import (
+    BinlogCutShort,
     MysqldControl,
     RepairDeferred,
     RepairError,
@@ -153,7 +154,7 @@ def test_binlog_files_come_from_the_index_even_with_mysqld_down(tmp_path: Path) 
 
 
 def _binlog_tool_printing(tmp_path: Path, gtid_list: str, gtids: list[str], *, cut: str = "",
-                          stderr: str = "", padding: int = 0, exit_code: int = 0) -> str:
+                          stderr: str = "", padding: int = 0, exit_code: int = 0, files: int = 0) -> str:
     """A stand-in for the binlog tool that prints a dump's comment lines as mariadb-binlog writes
     them (the real tool on real files: tests/mysql/test_mysql_repair_lab.py): each GTID's group
     ends with its XID, but ``cut``'s, which ends before it (a binlog file that ends inside it)."""
@@ -161,7 +162,8 @@ def _binlog_tool_printing(tmp_path: Path, gtid_list: str, gtids: list[str], *, c
     prefix = "#261207  3:30:27 server id 1  end_log_pos 285 CRC32 0x3ac74636 \t"
     end = {g: f"{prefix}Table_map: `app`.`t` mapped to number 18" if g == cut else f"{prefix}Xid = 7"
            for g in gtids}
-    lines = [f"{prefix}Gtid list [{gtid_list}]", *(f"{prefix}GTID {g} trans\n{end[g]}" for g in gtids)]
+    lines = [*(f"{prefix}Start: binlog v 4, server v 10.11.19-MariaDB-log" for _ in range(files)),
+             f"{prefix}Gtid list [{gtid_list}]", *(f"{prefix}GTID {g} trans\n{end[g]}" for g in gtids)]
     dump.write_text("\n".join(lines) + "\n" + "# padding\n" * padding)
     (tmp_path / "stderr.txt").write_text(stderr)
     tool = tmp_path / "binlog-tool"
@@ -256,3 +258,31 @@ def test_a_killed_mysqld_whose_binlog_ends_inside_a_commit_stays_down_and_says_w
         recover_killed(MysqlActions(Endpoint("127.0.0.1", 9), Credentials("u", "p")), control,
                        lambda: GtidState.parse("0-1-2"), [], 1, "0-1-3", tmp_path / "out.sql", "")
     assert not (tmp_path / "out.sql").exists()
+
+
+def test_an_end_whose_write_was_abandoned_is_saved_as_far_as_it_reads_and_named(tmp_path: Path) -> None:
+    errant = [ErrantRange(0, 1, 2, 4, primary_has_stream=True)]  # 0-1-3, 0-1-4
+    cut = "ERROR: Error in Log_event::read_log_event(): 'Event truncated', data_len: 540, event_type: 23\n"
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3", "0-1-4"], cut="0-1-4", stderr=cut)
+    out = tmp_path / "out.sql"
+    assert [str(g) for g in save_errant(tool, [], errant, out, "-- h\n", tail_abandoned=True)] == ["0-1-3"]
+    assert out.read_text().startswith("-- h\n-- the binlog ends inside or before 0-1-4: its write was")
+    # Cut before its GTID event could be read: the same.
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3"], stderr=cut)
+    saved = save_errant(tool, [], errant, tmp_path / "o2.sql", "", tail_abandoned=True)
+    assert [str(g) for g in saved] == ["0-1-3"]
+    # Still refused: a gap, a GTID the set lacks, whole transactions after the cut one, another error,
+    # a stop before the last file.
+    for gtids, stderr, kind in ((["0-1-4"], "", RepairError), (["0-1-3", "0-1-9"], "", RepairError),
+                                (["0-1-3", "0-1-4"], "ERROR: Could not open log file\n", BinlogCutShort)):
+        tool = _binlog_tool_printing(tmp_path, "", gtids, stderr=stderr)
+        with pytest.raises(kind):
+            save_errant(tool, [], errant, tmp_path / "no.sql", "", tail_abandoned=True)
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3", "0-1-4"], cut="0-1-3")
+    with pytest.raises(RepairError, match="whole transactions after it"):
+        save_errant(tool, [], errant, tmp_path / "no.sql", "", tail_abandoned=True)
+    tool = _binlog_tool_printing(tmp_path, "", ["0-1-3"], stderr=cut, files=1)
+    with pytest.raises(BinlogCutShort, match="stopped in binlog file 2 of 3"):
+        save_errant(tool, [tmp_path / "a", tmp_path / "b", tmp_path / "c"], errant, tmp_path / "no.sql", "",
+                    tail_abandoned=True)
+    assert not (tmp_path / "no.sql").exists()
