@@ -31,6 +31,7 @@ from typing import Any
 
 from dbfence import __version__
 from dbfence.agent.actions import DetachSource, Promote, Repoint, SetReadOnly, WaitRelayLog, WriteFencingToken
+from dbfence.agent.binlog_tail_saver import BinlogTailSaver
 from dbfence.agent.daemon_config import (
     AgentStartError,
     api_tls_of,
@@ -165,8 +166,10 @@ class Agent:
             on_done=self._record_repair, api_token=self.http_token, backup_tool=rejoin.backup_tool,
             mbstream_tool=rejoin.mbstream_tool, api_tls=self.api_tls.client, mutual_tls=self.api_tls.mutual,
             free_space_margin=rejoin.free_space_margin_mib << 20, keep_old_datadirs=rejoin.keep_old_datadirs)
+        tail = BinlogTailSaver(state_dir=Path(config.node.state_dir), node=config.node.name, mysql=self.mysql,
+                               tool=rejoin.binlog_tool)
         self.restarter = MysqldRestarter(mode=rejoin.mode, node=config.node.name, control=self.repair.control,
-                                         mysql=self.mysql)
+                                         mysql=self.mysql, save_tail=tail.save, remember=tail.remember)
         self.executor = Executor(
             identity=self.identity, keeper=self.keeper, lock=self.lock, gate=self.gate, mysql=self.mysql,
             monitor=self.monitor, db=self.db, dcs=self.dcs, replication=self.replication,

@@ -1,7 +1,11 @@
-"""Starts a replica's mysqld that crashed on its own, per :mod:`dbfence.agent.restart_rule`.
+"""Starts a replica's or a fenced node's mysqld that crashed on its own, per
+:mod:`dbfence.agent.restart_rule`.
 
-The start command runs in a thread of its own (crash recovery can take minutes); the loop calls
-:meth:`MysqldRestarter.tick` once a round and reads :meth:`MysqldRestarter.status`.
+The start command runs in a thread of its own (crash recovery can take minutes), as does the copy
+of a fenced node's binlog tail that comes first (``save_tail``, with the same backoff while it
+fails); the loop calls :meth:`MysqldRestarter.tick` once a round and reads
+:meth:`MysqldRestarter.status`. Each new run of mysqld is asked once where its binlog is
+(``remember``), so that the copy can find it while mysqld is down.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dbfence.agent.restart_rule import CrashView, next_delay, restart_hold
+from dbfence.agent.restart_rule import SAVE_TAIL_FIRST, CrashView, next_delay, restart_hold, save_tail_first
 from dbfence.agent.state import Role
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.repair import MysqldControl, mysqld_running, start_mysqld
@@ -27,7 +31,9 @@ class MysqldRestarter:
 
     def __init__(self, *, mode: str, node: str, control: MysqldControl, mysql: MysqlActions,
                  clock: Callable[[], float] = time.monotonic,
-                 start: Callable[[MysqldControl, MysqlActions], None] = start_mysqld) -> None:
+                 start: Callable[[MysqldControl, MysqlActions], None] = start_mysqld,
+                 save_tail: Callable[[], str] | None = None,
+                 remember: Callable[[], None] | None = None) -> None:
         self.mode = mode
         self.node = node
         self.control = control
@@ -42,6 +48,14 @@ class MysqldRestarter:
         self._last_error = ""
         self._starts = 0  # successful starts, for status
         self._hold = ""
+        self.save_tail = save_tail  # copies the binlog files recovery reads; returns where
+        self.remember = remember  # reads where the running mysqld keeps its binlog
+        self._tail_saved = ""  # where this crash's binlog tail was copied ('' : not yet)
+        self._failed_saves = 0
+        self._next_save_at: float | None = None
+        self._save_error = ""
+        self._last_copy = ""  # the last copy taken (kept for status after the start)
+        self._remembered_pid = ""
 
     def tick(self, role: Role, *, killed_by_fence: bool, repair_running: bool) -> None:
         """One round: start mysqld now if the rule says so and the backoff allows."""
@@ -54,19 +68,25 @@ class MysqldRestarter:
         view = CrashView(mode=self.mode, role=role, running=mysqld_running(pid_file),
                          pid_file_left=pid_file.exists(), killed_by_fence=killed_by_fence,
                          repair_running=repair_running,
-                         pid_file_readable=not pid_file.exists() or os.access(pid_file, os.R_OK))
+                         pid_file_readable=not pid_file.exists() or os.access(pid_file, os.R_OK),
+                         tail_saved=bool(self._tail_saved))
         hold = restart_hold(view)
         now = self.clock()
         with self._lock:
             if view.running:
-                self._down_since = self._next_at = None
-                self._failed, self._hold = 0, ""
+                self._down_since = self._next_at = self._next_save_at = None
+                self._failed, self._hold, self._failed_saves, self._tail_saved = 0, "", 0, ""
+                self._remember_once()
+                return
+            if save_tail_first(view) and self.save_tail is not None:
+                failed = f"; copy failed: {self._save_error}" if self._save_error else ""
+                self._hold_now(SAVE_TAIL_FIRST + failed)
+                if self._next_save_at is None or now >= self._next_save_at:
+                    self._worker = threading.Thread(target=self._save, name="binlog-tail-copy", daemon=True)
+                    self._worker.start()
                 return
             if hold is not None:
-                if hold != self._hold:
-                    log.warning(json.dumps({"event": "mysqld_down", "node": self.node, "restart": False,
-                                            "why": hold}))
-                self._hold = hold  # the backoff schedule stays: a hold is no successful start
+                self._hold_now(hold)  # the backoff schedule stays: a hold is no successful start
                 return
             self._hold = ""
             if self._down_since is None:
@@ -79,6 +99,47 @@ class MysqldRestarter:
                 return
             self._worker = threading.Thread(target=self._start, name="mysqld-restart", daemon=True)
             self._worker.start()
+
+    def _hold_now(self, hold: str) -> None:
+        if hold != self._hold:  # logged once per reason
+            log.warning(json.dumps({"event": "mysqld_down", "node": self.node, "restart": False,
+                                    "why": hold}))
+        self._hold = hold
+
+    def _remember_once(self) -> None:
+        """Ask each new run of mysqld once where its binlog is (in a thread: it may hang)."""
+        pid = self._pid()
+        if self.remember is None or not pid or pid == self._remembered_pid:
+            return
+        self._remembered_pid = pid
+        threading.Thread(target=self.remember, name="binlog-location", daemon=True).start()
+
+    def _pid(self) -> str:
+        try:
+            return self.control.pid_file.read_text().strip()
+        except OSError:
+            return ""
+
+    def _save(self) -> None:
+        assert self.save_tail is not None
+        try:
+            saved = self.save_tail()
+        except Exception as exc:  # any failure backs off, as a failed start does
+            with self._lock:
+                first = str(exc) != self._save_error
+                self._failed_saves += 1
+                self._save_error = str(exc)
+                self._hold = f"{SAVE_TAIL_FIRST}; copy failed: {exc}"  # status says why at once
+                delay = next_delay(self._failed_saves)
+                self._next_save_at = self.clock() + delay
+            if first:
+                log.warning(json.dumps({"event": "binlog_tail_copy_failed", "node": self.node,
+                                        "failed_copies": self._failed_saves, "next_in_s": delay,
+                                        "error": str(exc)}))
+            return
+        with self._lock:
+            self._tail_saved = self._last_copy = saved
+            self._save_error, self._next_save_at = "", None
 
     def _start(self) -> None:
         started = self.clock()
@@ -127,4 +188,5 @@ class MysqldRestarter:
                     "starting": self._worker is not None and self._worker.is_alive(),
                     "down_seconds": None if self._down_since is None else round(now - self._down_since, 1),
                     "failed_starts": self._failed, "last_error": self._last_error or None,
-                    "next_start_in_s": next_in, "restarts": self._starts}
+                    "next_start_in_s": next_in, "restarts": self._starts,
+                    "binlog_tail_saved": self._last_copy or None, "failed_copies": self._failed_saves}

@@ -6,11 +6,15 @@ after their copy is saved. systemd's ``Restart=`` of mariadb.service must then b
 start that mysqld within seconds, and its crash recovery would remove them uncopied), so a mysqld
 that crashes by itself would stay down for ever unless the agent starts it. The rule:
 
-* only a **replica**: its binlog holds nothing the primary lacks, so whatever crash recovery
-  rolls back comes again from the primary. Never the primary (it fails over: its gate's lease and
-  health checks take it out, and its in-doubt commits belong to the repair path), nor a node in a
-  role change, nor a **fenced** former primary (its errant transactions would be removed
-  uncopied: it waits for an operator, and status says so);
+* a **replica**: its binlog holds nothing the primary lacks, so whatever crash recovery rolls
+  back comes again from the primary;
+* a **fenced** former primary, once the binlog files crash recovery reads are copied into the
+  state directory (:mod:`dbfence.mysql.binlog_tail`; mysqld is down, so the files hold still):
+  recovery cuts its in-doubt commits, never acknowledged, and the copy keeps them. The copy needs
+  no primary (it holds every transaction recovery reads); until it is taken, or while it fails
+  (no room), mysqld stays down and status says why;
+* never the primary (it fails over: its gate's lease and health checks take it out, and its
+  in-doubt commits belong to the repair path), nor a node in a role change;
 * only a **crash**: mysqld's pid file is left naming a process that is gone. A clean stop
   (``systemctl stop``, ``SHUTDOWN``) removes the pid file: an operator's stop is left alone;
 * never a mysqld the fence killed (the repair starts it), never while a repair runs;
@@ -39,6 +43,13 @@ class CrashView:
     killed_by_fence: bool  # the fence SIGKILLed it and nobody started it since
     repair_running: bool
     pid_file_readable: bool = True  # False: the agent may not read it (then "running" is unknown)
+    tail_saved: bool = False  # the binlog files recovery reads were copied since this crash
+
+
+#: The hold of a fenced node's crashed mysqld until its binlog's tail is copied (the restarter
+#: copies it then: :func:`save_tail_first`).
+SAVE_TAIL_FIRST = ("crashed while fenced: the binlog files its crash recovery reads are copied first "
+                   "(recovery cuts errant transactions that were never acknowledged)")
 
 
 def restart_hold(view: CrashView) -> str | None:
@@ -58,11 +69,15 @@ def restart_hold(view: CrashView) -> str | None:
     if not view.pid_file_left:
         return "stopped cleanly (no pid file left): an operator's stop is left alone"
     if view.role is Role.FENCED:
-        return ("crashed while fenced: not started by the agent, its crash recovery could remove errant "
-                "transactions without a copy; see docs/operations.md")
+        return None if view.tail_saved else SAVE_TAIL_FIRST
     if view.role is not Role.REPLICA:
         return f"crashed while {view.role.value}: not started by the agent"
     return None
+
+
+def save_tail_first(view: CrashView) -> bool:
+    """Whether the binlog's tail is to be copied now, before mysqld may be started."""
+    return restart_hold(view) == SAVE_TAIL_FIRST
 
 
 def next_delay(failed_starts: int) -> float:

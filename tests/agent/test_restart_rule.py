@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from dbfence.agent.mysqld_restarter import MysqldRestarter
-from dbfence.agent.restart_rule import MAX_DELAY, CrashView, next_delay, restart_hold
+from dbfence.agent.restart_rule import MAX_DELAY, CrashView, next_delay, restart_hold, save_tail_first
 from dbfence.agent.state import Role
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.credentials import Credentials
-from dbfence.mysql.repair import MysqldControl, RepairError
+from dbfence.mysql.repair import MysqldControl, RepairDeferred, RepairError
 
 NO_MYSQL = MysqlActions(Endpoint("127.0.0.1", 9), Credentials("u", "p"), name="db2")  # never reached
 CRASHED_REPLICA = CrashView(mode="truncate", role=Role.REPLICA, running=False, pid_file_left=True,
@@ -43,8 +43,19 @@ CASES = [
          replace(CRASHED_REPLICA, pid_file_left=False), "operator's stop"),
     Case("never the primary: it fails over", replace(CRASHED_REPLICA, role=Role.PRIMARY),
          "crashed while primary"),
-    Case("never a fenced former primary: recovery could remove errant transactions uncopied",
-         replace(CRASHED_REPLICA, role=Role.FENCED), "without a copy"),
+    Case("a fenced former primary: not before the binlog files recovery reads are copied",
+         replace(CRASHED_REPLICA, role=Role.FENCED), "copied first"),
+    Case("a fenced former primary whose binlog tail is copied: start it",
+         replace(CRASHED_REPLICA, role=Role.FENCED, tail_saved=True), None),
+    Case("the same in rebuild mode",
+         replace(CRASHED_REPLICA, role=Role.FENCED, mode="rebuild", tail_saved=True), None),
+    Case("a fenced node stopped cleanly: left alone, copy or not",
+         replace(CRASHED_REPLICA, role=Role.FENCED, pid_file_left=False), "operator's stop"),
+    Case("a fenced node the fence killed: only the repair starts it, copy or not",
+         replace(CRASHED_REPLICA, role=Role.FENCED, killed_by_fence=True, tail_saved=True),
+         "only the repair"),
+    Case("a copied tail starts no primary", replace(CRASHED_REPLICA, role=Role.PRIMARY, tail_saved=True),
+         "crashed while primary"),
     Case("not during a role change", replace(CRASHED_REPLICA, role=Role.PROMOTING),
          "crashed while promoting"),
     Case("not while the agent starts", replace(CRASHED_REPLICA, role=Role.STARTING),
@@ -59,6 +70,8 @@ def test_restart_rule(case: Case) -> None:
         assert hold is None
     else:
         assert hold is not None and case.hold in hold
+    # The copy is asked for exactly when it is what stands between the crash and the start.
+    assert save_tail_first(case.view) == (case.hold == "copied first")
 
 
 def test_the_backoff_doubles_to_a_minute_and_never_overflows() -> None:
@@ -103,8 +116,8 @@ def test_the_restarter_backs_off_while_starts_fail_and_starts_once_when_they_wor
     now[0] += 0.1
     tick()
     assert calls == [1002.0, 1006.0] and restarter.status()["next_start_in_s"] == 8.0
-    tick(Role.FENCED)  # fenced meanwhile: held, says why
-    assert "without a copy" in restarter.status()["held"]
+    tick(Role.FENCED)  # fenced meanwhile, and no way to copy the binlog tail: held, says why
+    assert "copied first" in restarter.status()["held"]
     now[0] += 8.0
     tick()
     assert calls == [1002.0, 1006.0, 1014.0]
@@ -156,3 +169,44 @@ def test_a_start_that_fails_unexpectedly_is_counted_and_backed_off_too(tmp_path:
     tick()
     tick()
     assert calls == [1002.0]  # backing off, not a start every round
+
+
+def test_a_fenced_nodes_crashed_mysqld_starts_only_after_its_binlog_tail_is_copied(tmp_path: Path) -> None:
+    pid_file = tmp_path / "mysqld.pid"
+    pid_file.write_text("999999999\n")
+    now = [1000.0]
+    events: list[str] = []
+    copies: list[str | RepairError] = [RepairDeferred("no room in /var/lib/dbfence"), "/var/lib/dbfence/tail"]
+
+    def save() -> str:
+        events.append(f"copy at {now[0]:g}")
+        outcome = copies.pop(0)
+        if isinstance(outcome, RepairError):
+            raise outcome
+        return outcome
+
+    restarter = MysqldRestarter(mode="truncate", node="db1", clock=lambda: now[0], save_tail=save,
+                                start=lambda control, mysql: events.append(f"start at {now[0]:g}"),
+                                control=MysqldControl(pid_file=pid_file, start_command=["true"]),
+                                mysql=NO_MYSQL)
+
+    def tick() -> None:
+        restarter.tick(Role.FENCED, killed_by_fence=False, repair_running=False)
+        restarter.join(10)
+
+    tick()  # the crash seen: copy at once; no room
+    assert events == ["copy at 1000"]
+    status = restarter.status()
+    assert "copied first" in status["held"] and "copy failed: no room" in status["held"]
+    assert status["failed_copies"] == 1 and status["binlog_tail_saved"] is None
+    now[0] += 3.9
+    tick()
+    assert events == ["copy at 1000"]  # backing off (4 s)
+    now[0] += 0.1
+    tick()  # copied; the start waits FIRST_DELAY like any other
+    assert events == ["copy at 1000", "copy at 1004"]
+    assert restarter.status()["binlog_tail_saved"] == "/var/lib/dbfence/tail"
+    tick()
+    now[0] += 2.0
+    tick()
+    assert events == ["copy at 1000", "copy at 1004", "start at 1006"]

@@ -39,3 +39,29 @@ def test_a_crashed_replica_mysqld_is_started_again_and_catches_up(lab_factory: L
     print(f"\n{replica}'s mysqld started again by its agent {back_after:.1f} s after the crash; "
           f"{status(lab, replica)['mysqld_restart']}")
     assert only_primary(lab) == primary and status(lab, replica)["role"] == "replica"
+
+
+def test_a_crashed_primary_mysqld_is_started_again_once_fenced_and_its_binlog_tail_copied(
+        lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=2, dcs="etcd", agents=True,
+                      agent_tuning=AgentTuning(rejoin="truncate", lossless=False))
+    primary = only_primary(lab)
+    replica = next(n.name for n in lab.mysql if n.name != primary)
+    wait_for_role(lab, replica, "replica", timeout=60)
+    write_row(lab, 1)
+
+    lab.kill_mysql(primary)  # SIGKILL: a crash, its pid file stays
+    killed = time.monotonic()
+    wait_for_role(lab, replica, "primary", timeout=60)
+
+    def restarted() -> bool:
+        report = status(lab, primary)
+        restart = report.get("mysqld_restart") or {}
+        return restart.get("restarts") == 1 and bool(report.get("database", {}).get("healthy"))
+
+    wait_until(restarted, timeout=90, what=f"{primary}'s agent to copy its binlog tail and start mysqld")
+    back_after = time.monotonic() - killed
+    restart = status(lab, primary)["mysqld_restart"]
+    print(f"\n{primary}'s mysqld started again by its agent {back_after:.1f} s after the crash; {restart}")
+    assert restart["binlog_tail_saved"] and "binlog-tail-" in restart["binlog_tail_saved"]
+    assert only_primary(lab) == replica
