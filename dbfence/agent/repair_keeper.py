@@ -360,7 +360,8 @@ class RepairKeeper:
                 "last": None if result is None else {
                     "errant_before": result.errant_before, "errant_after": result.errant_after,
                     "binlog_pos_before": result.binlog_pos_before,
-                    "binlog_pos_after": result.binlog_pos_after, "seconds": round(result.seconds, 3)},
+                    "binlog_pos_after": result.binlog_pos_after, "seconds": round(result.seconds, 3),
+                    "abandoned": result.abandoned},
                 "rebuild": self._rebuild_status()}
 
     def _rebuild_status(self) -> dict[str, Any] | None:
@@ -470,14 +471,16 @@ class RepairKeeper:
                                   "file": saved, "gave_up": gave_up}
         if result is not None:
             fields.update(removed=result.errant_before, left=result.errant_after,
-                          seconds=round(result.seconds, 3))
+                          seconds=round(result.seconds, 3), abandoned=result.abandoned)
         (log.info if not gave_up else log.warning)(json.dumps(fields))
         where = f"; saved to {saved}" if saved else "; nothing saved"
         if gave_up:
             self.on_done("repair_failed", gave_up + where)
         else:
             assert result is not None
-            self.on_done("repair", f"truncated {result.errant_before} in {result.seconds:.1f} s{where}")
+            cut = (f"; the binlog ended inside {result.abandoned} (its write abandoned on a full disk, never "
+                   "committed): saved as far as it could be read" if result.abandoned else "")
+            self.on_done("repair", f"truncated {result.errant_before} in {result.seconds:.1f} s{where}{cut}")
 
     # ------------------------------------------------------------------ the rebuild
     def start_rebuild(self, action: RebuildNode, donor_api: str,

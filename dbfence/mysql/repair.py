@@ -102,6 +102,9 @@ class RepairResult:
     binlog_pos_before: str
     binlog_pos_after: str
     seconds: float
+    # Errant GTIDs whose write the binlog ends inside or before (abandoned on a full disk): saved
+    # only as far as they could be read; nothing of them was in the engine.
+    abandoned: str = ""
 
     @property
     def succeeded(self) -> bool:
@@ -443,16 +446,18 @@ def truncate_unacknowledged(mysql: MysqlActions, control: MysqldControl,
     if not ranges:
         raise NothingErrant("nothing errant against the primary any more")
     files = binlog_files(mysql)
+    abandoned = ""
     try:
         save_errant(control.binlog_tool, files, ranges, out, header)
     except BinlogCutShort:
         if waiting_for_disk_space(mysql):
             raise  # a write under way: it may finish once the disk is freed
         size = _last_size(files)
-        save_errant(control.binlog_tool, files, ranges, out, header, tail_abandoned=True)
+        saved = save_errant(control.binlog_tool, files, ranges, out, header, tail_abandoned=True)
         if waiting_for_disk_space(mysql) or _last_size(files) != size:  # a write began meanwhile after all
             out.unlink(missing_ok=True)
             raise BinlogCutShort("the binlog grew while its cut end was saved: tried again later") from None
+        abandoned = _missing_tail(ranges, saved)
     kill_mysqld(control.pid_file)
     start_mysqld(control, mysql)
     after = mysql.gtid_positions()
@@ -460,4 +465,4 @@ def truncate_unacknowledged(mysql: MysqlActions, control: MysqldControl,
     return RepairResult(saved_file=out, errant_before=describe_errant(ranges),
                         errant_after=describe_errant(left),
                         binlog_pos_before=str(before.binlog_pos), binlog_pos_after=str(after.binlog_pos),
-                        seconds=time.monotonic() - started)
+                        seconds=time.monotonic() - started, abandoned=abandoned)

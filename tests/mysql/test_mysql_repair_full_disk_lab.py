@@ -160,6 +160,7 @@ def test_a_commit_a_full_disk_cut_short_is_waited_for_and_saved_or_its_abandoned
         else:
             note = f"-- the binlog ends inside or before {last}: its write was abandoned"
             assert note in excerpt, excerpt[:2000]
+            assert status["last"]["abandoned"] == str(last) and f"ended inside {last}" in history[0][1]
         assert history and history[0][0] == "repair" and history[0][1].startswith(f"truncated {errant} in ")
         assert rows(lab, "db1") == acknowledged  # both removed, every acknowledged commit kept
         assert len(outcome) == 2 and "OK" not in outcome, outcome  # their clients never saw an OK
