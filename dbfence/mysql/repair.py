@@ -66,10 +66,13 @@ _XID_IN_DUMP = re.compile(r"^#.*\tXid = \d+", re.MULTILINE)
 _QUERY_IN_DUMP = re.compile(r"^#.*\tQuery\t", re.MULTILINE)
 _COMMIT_IN_DUMP = re.compile(r"^COMMIT/\*!\*/;$", re.MULTILINE)
 _TRANS_FLAG = re.compile(r"\btrans\b")
-# mariadb-binlog's errors for binlog files that end early (measured on a full disk, 10.11); the
-# last: a file that a rotation on a full disk created, its header not (wholly) written yet.
-_CUT_SHORT = re.compile(r"read_log_event|Event truncated|never reached expected GTID state|Failed reading "
-                        r"header|Could not read entry at offset")
+# mariadb-binlog's errors for binlog files that end early (measured on a full disk, 10.11);
+# "Failed reading header": a file a rotation on a full disk created, its header not written yet.
+_CUT_SHORT = re.compile(r"read_log_event|Event truncated|Failed reading header|Could not read entry at")
+# Files that end before the start position; a cut only with one of the above, or when the errant
+# set is known to exist (``exact``: counted by a running mysqld). Alone, for a mysqld that is
+# down, it may be a binlog that ends where the primary's history does: nothing after it.
+_NEVER_REACHED = "never reached expected GTID state"
 _FILE_START_IN_DUMP = re.compile(r"^#.*\tStart: binlog v \d+", re.MULTILINE)
 
 
@@ -176,6 +179,8 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
     stderr = done.stderr.decode(errors="replace")
     errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
     cut_short = [line for line in errors if _CUT_SHORT.search(line)]
+    if cut_short or exact:
+        cut_short += [line for line in errors if _NEVER_REACHED in line]
     if done.returncode != 0 and not cut_short:
         raise RepairError(f"{tool} exited {done.returncode}: {stderr[:500]}")
     # A binlog that ends inside an event: it exits 0 once it has passed the start position and

@@ -213,6 +213,15 @@ def test_an_excerpt_cut_short_by_a_full_disk_is_deferred_a_real_mismatch_refused
                                  stderr="ERROR: Failed reading header; probably an empty file.\n")
     with pytest.raises(RepairDeferred, match="Failed reading header"):
         save_errant(tool, [], errant, out, "")
+    # Ending before the start position with no event cut: short of the errant set a running mysqld
+    # counts, but for one that is down (open-ended ranges) maybe nothing errant at all: not a cut.
+    never = "ERROR: Binary logs never reached expected GTID state of 0-1-2\n"
+    tool = _binlog_tool_printing(tmp_path, "", [], exit_code=1, stderr=never)
+    with pytest.raises(RepairDeferred, match="never reached"):
+        save_errant(tool, [], errant, out, "")
+    with pytest.raises(RepairError, match="exited 1") as refused:
+        save_errant(tool, [], [ErrantRange(0, 1, 2, 2**64 - 1, True)], out, "", exact=False)
+    assert not isinstance(refused.value, RepairDeferred)
     # Any other failure of the tool is no cut-short binlog: refused.
     tool = _binlog_tool_printing(tmp_path, "", [], exit_code=1, stderr="ERROR: Could not open log file\n")
     with pytest.raises(RepairError, match="exited 1: ERROR: Could not open log file") as refused:
