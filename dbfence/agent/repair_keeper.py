@@ -22,10 +22,12 @@ from dbfence.agent.observation import RepairView
 from dbfence.agent.rebuild_approval import APPROVAL_FILE, APPROVE_HINT, approve_command, write_approval
 from dbfence.discovery.backup_stream import fetch_backup
 from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.binlog_tail import copy_binlog_tail
 from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.rebuild import Progress, RebuildResult, rebuild_from_stream
 from dbfence.mysql.repair import (
+    BinlogCutShort,
     MysqldControl,
     NothingErrant,
     RepairDeferred,
@@ -436,9 +438,23 @@ class RepairKeeper:
                  header: str) -> RepairResult:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self._killed and isinstance(evidence, FencingEvidence):
-            files = binlog_files_of(evidence.log_bin_basename, evidence.datadir)
-            return recover_killed(self.mysql, self.control, primary_state, files, evidence.server_id,
-                                  evidence.gtid_binlog_pos, out, header)
+            base, datadir = evidence.log_bin_basename, evidence.datadir
+            files = binlog_files_of(base, datadir)
+            server_id, position = evidence.server_id, evidence.gtid_binlog_pos
+
+            def recover(tail_abandoned: bool = False) -> RepairResult:
+                return recover_killed(self.mysql, self.control, primary_state, files, server_id, position,
+                                      out, header, tail_abandoned=tail_abandoned)
+            try:
+                return recover()
+            except BinlogCutShort:
+                # Killed inside a write a full disk held up: the rest of that commit will never be
+                # written, and any start rolls it back. Its bytes are kept with every file recovery
+                # reads, then the whole ones are saved and mysqld started.
+                raw = out.with_name(f"{out.stem}-binlog")
+                if not raw.exists():
+                    copy_binlog_tail(self.control.binlog_tool, base, datadir, raw)
+                return recover(tail_abandoned=True)
         return truncate_unacknowledged(self.mysql, self.control, primary_state, out, header)
 
     def _retrying(self, attempt: int, delay: float, error: str, *, first: bool, down: bool) -> None:

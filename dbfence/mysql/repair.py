@@ -145,8 +145,15 @@ def binlog_files_of(base: str, datadir: str) -> list[Path]:
 
 def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange], out: Path,
                 header: str, *, exact: bool = True, tail_abandoned: bool = False) -> list[Gtid]:
+    """:func:`save_excerpt`, the GTIDs written whole only."""
+    return save_excerpt(tool, files, ranges, out, header, exact=exact, tail_abandoned=tail_abandoned)[0]
+
+
+def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange], out: Path,
+                 header: str, *, exact: bool = True, tail_abandoned: bool = False) -> tuple[list[Gtid], str]:
     """Write exactly the transactions of ``ranges`` as replayable binlog events to ``out``
-    (mode 0600); returns the GTIDs written whole. Raises RepairError unless every one is there
+    (mode 0600); returns the GTIDs written whole, and what of the set the binlog ends inside or
+    before (``tail_abandoned`` only; '' when nothing). Raises RepairError unless every one is there
     (``exact``), or (not ``exact``: open-ended ranges of a mysqld that is down) unless everything
     found lies in them; BinlogCutShort when the files end inside or before the last of them.
 
@@ -235,12 +242,14 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
             raise RepairError(
                 f"the binlog excerpt does not match the errant set {describe_errant(ranges)}: "
                 f"found {','.join(map(str, found)) or 'nothing'}")
+    if tail_abandoned and not abandoned and (cut or cut_short):  # open-ended ranges: nothing missing
+        abandoned = ",".join(map(str, cut)) or "the last transaction (cut before its GTID)"
     if abandoned:
         header += (f"-- the binlog ends inside or before {abandoned}: its write was abandoned on a full disk "
                    "(its session killed; rolled back, never committed nor acknowledged); below as far as "
                    "it could be read\n")
     _write_excerpt(out, header + text)
-    return written
+    return written, abandoned
 
 
 def _groups(text: str, headers: Sequence[re.Match[str]]) -> list[tuple[str, str]]:
@@ -388,10 +397,12 @@ def start_mysqld(control: MysqldControl, mysql: MysqlActions) -> None:
 
 def recover_killed(mysql: MysqlActions, control: MysqldControl, primary_state: Callable[[], GtidState],
                    files: Sequence[Path], server_id: int, binlog_pos_before: str, out: Path,
-                   header: str) -> RepairResult:
+                   header: str, *, tail_abandoned: bool = False) -> RepairResult:
     """The same repair for a mysqld the agent killed while commits waited for an ack (the fence by
     crash): save this server's transactions the primary lacks straight from the binlog files,
-    then start mysqld so that recovery truncates the in-doubt ones, and report what is left."""
+    then start mysqld so that recovery truncates the in-doubt ones, and report what is left.
+    BinlogCutShort: the files end inside a commit mysqld was writing to a full disk when it was
+    killed; the caller keeps them byte for byte and calls again with ``tail_abandoned``."""
     started = time.monotonic()
     if mysqld_running(control.pid_file):
         raise RepairError(f"mysqld ({control.pid_file}) is running again, not started by the repair: "
@@ -407,21 +418,15 @@ def recover_killed(mysql: MysqlActions, control: MysqldControl, primary_state: C
     if not ranges:
         raise RepairError(f"neither the primary nor this node's position at fencing ({binlog_pos_before}) "
                           f"holds a transaction of server {server_id}: cannot tell which are errant")
-    try:
-        saved = save_errant(control.binlog_tool, files, ranges, out, header, exact=False)
-    except BinlogCutShort as exc:
-        # No write will ever finish it: kept down and retried all the same (the files are the
-        # only copy), but saying what would let it go on.
-        raise BinlogCutShort(f"{exc}; mysqld is down (killed while it wrote it), so the rest will never "
-                             "be written: it was never acknowledged, and any start of mysqld rolls it back; "
-                             "to go on without its whole copy, keep the binlog files aside and start mysqld "
-                             "by hand") from None
+    saved, abandoned = save_excerpt(control.binlog_tool, files, ranges, out, header, exact=False,
+                                    tail_abandoned=tail_abandoned)
     start_mysqld(control, mysql)
     after = mysql.gtid_positions()
     left = after.history.errant_against(primary_state())
     return RepairResult(saved_file=out, errant_before=",".join(map(str, saved)),
                         errant_after=describe_errant(left), binlog_pos_before=binlog_pos_before,
-                        binlog_pos_after=str(after.binlog_pos), seconds=time.monotonic() - started)
+                        binlog_pos_after=str(after.binlog_pos), seconds=time.monotonic() - started,
+                        abandoned=abandoned)
 
 
 _MAX_SEQ = 2**64 - 1
@@ -458,11 +463,10 @@ def truncate_unacknowledged(mysql: MysqlActions, control: MysqldControl,
         if waiting_for_disk_space(mysql):
             raise  # a write under way: it may finish once the disk is freed
         size = _last_size(files)
-        saved = save_errant(control.binlog_tool, files, ranges, out, header, tail_abandoned=True)
+        _, abandoned = save_excerpt(control.binlog_tool, files, ranges, out, header, tail_abandoned=True)
         if waiting_for_disk_space(mysql) or _last_size(files) != size:  # a write began meanwhile after all
             out.unlink(missing_ok=True)
             raise BinlogCutShort("the binlog grew while its cut end was saved: tried again later") from None
-        abandoned = _missing_tail(ranges, saved)
     kill_mysqld(control.pid_file)
     start_mysqld(control, mysql)
     after = mysql.gtid_positions()

@@ -69,12 +69,14 @@ def binlog_dump(lab: LabCluster) -> str:
                       *(line for line in done.stdout.splitlines() if "\tGTID " in line or "\tXid" in line)])
 
 
-@pytest.mark.parametrize("then", ["disk freed", "write killed"])
+@pytest.mark.parametrize("then", ["disk freed", "write killed", "mysqld killed"])
 def test_a_commit_a_full_disk_cut_short_is_waited_for_and_saved_or_its_abandoned_write_left_out(
         lab_factory: LabFactory, tmp_path: Path, then: str) -> None:
     """"disk freed": mysqld finishes the write (within a minute), the repair saves both whole.
     "write killed": the fence's KILL ends the wait for space; the write fails, the engine rolls
-    the commit back and the binlog ends inside it for good: saved as far as it can be read."""
+    the commit back and the binlog ends inside it for good: saved as far as it can be read.
+    "mysqld killed": the fence by crash (a commit waits for its ack) kills mysqld inside that write:
+    the files recovery reads are kept byte for byte, the rest saved, mysqld started."""
     if os.geteuid() != 0:
         pytest.skip("a small disk of its own takes a tmpfs mount (root)")
     lab = lab_factory(mysql_count=2)
@@ -126,6 +128,23 @@ def test_a_commit_a_full_disk_cut_short_is_waited_for_and_saved_or_its_abandoned
         print(binlog_dump(lab))
         cut_replica_and_promote_it(lab)
         pid = lab.live_node("db1").pid
+        if then == "mysqld killed":
+            assert keeper.fence_by_crash()  # a commit waits for its ack: the fence crashes mysqld
+            filler.unlink()
+            keeper.start_truncate(TruncateErrant("db2", (), ActionReason.REPAIR_UNACKNOWLEDGED),
+                                  lambda: actions(lab, "db2").gtid_positions().history)
+            poll(lambda: not keeper.view().running, 120, "the repair of the killed mysqld")
+            status = keeper.status()
+            print(f"repair done: {status}")
+            assert status["gave_up"] == status["retrying"] == "" and status["last"]["abandoned"], status
+            saved = Path(status["saved_file"])
+            assert "@2='waits for its ack'" in saved.read_text()
+            assert "-- the binlog ends inside or before" in saved.read_text()
+            raw = saved.with_name(f"{saved.stem}-binlog")
+            assert sorted(f.name for f in raw.iterdir()) == ["mysql-bin.000002"], list(raw.iterdir())
+            assert rows(lab, "db1") == acknowledged
+            assert len(outcome) == 2 and "OK" not in outcome, outcome
+            return
 
         keeper.start_truncate(TruncateErrant("db2", (errant,), ActionReason.REPAIR_UNACKNOWLEDGED),
                               lambda: actions(lab, "db2").gtid_positions().history)

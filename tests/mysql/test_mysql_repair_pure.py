@@ -259,14 +259,20 @@ def test_an_excerpt_with_no_room_is_deferred_and_leaves_no_partial_file(tmp_path
         assert (state_dir / "errant.sql").read_text() == "an earlier copy"  # never replaced
 
 
-def test_a_killed_mysqld_whose_binlog_ends_inside_a_commit_stays_down_and_says_what_would_let_it_go_on(
+def test_a_killed_mysqld_whose_binlog_ends_inside_a_commit_is_saved_as_far_as_it_reads_when_asked(
         tmp_path: Path) -> None:
     control = MysqldControl(pid_file=tmp_path / "mysqld.pid", start_command=["false"],
-                            binlog_tool=_binlog_tool_printing(tmp_path, "", ["0-1-3"], cut="0-1-3"))
-    with pytest.raises(RepairDeferred, match=r"holds only the start of 0-1-3.*any start of mysqld rolls it"):
-        recover_killed(MysqlActions(Endpoint("127.0.0.1", 9), Credentials("u", "p")), control,
-                       lambda: GtidState.parse("0-1-2"), [], 1, "0-1-3", tmp_path / "out.sql", "")
+                            binlog_tool=_binlog_tool_printing(tmp_path, "", ["0-1-3", "0-1-4"], cut="0-1-4"))
+    mysql = MysqlActions(Endpoint("127.0.0.1", 9), Credentials("u", "p"))
+    primary, out = (lambda: GtidState.parse("0-1-2")), tmp_path / "out.sql"
+    with pytest.raises(BinlogCutShort, match=r"holds only the start of 0-1-4"):
+        recover_killed(mysql, control, primary, [], 1, "0-1-4", out, "")
     assert not (tmp_path / "out.sql").exists()
+    # The caller kept the files byte for byte: saved as far as it reads, then started ('false' fails).
+    with pytest.raises(RepairError, match=r"start command \['false'\] exited 1"):
+        recover_killed(mysql, control, primary, [], 1, "0-1-4", out, "", tail_abandoned=True)
+    assert (tmp_path / "out.sql").read_text().startswith("-- the binlog ends inside or before 0-1-4")
+
 
 
 def test_an_end_whose_write_was_abandoned_is_saved_as_far_as_it_reads_and_named(tmp_path: Path) -> None:
