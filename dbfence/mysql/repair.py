@@ -29,7 +29,9 @@ mismatch that waiting cannot mend (a GTID outside the errant set, a gap before t
 found) is a :class:`RepairError` for good. A KILL of the waiting session (the fence's) ends the
 wait: the write fails, the engine rolls the commit back, its GTID stays counted and the file
 ends inside it for good; with no session left waiting for space, that end is saved as far as
-it reads (``tail_abandoned``) and the repair goes on.
+it reads (``tail_abandoned``) and the repair goes on. So does the repair of a mysqld the fence
+killed inside such a write, once the caller has kept the binlog files byte for byte
+(:mod:`dbfence.mysql.binlog_tail`).
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class RepairDeferred(RepairError):
 
 
 class BinlogCutShort(RepairDeferred):
-    """The binlog files end inside an errant transaction (its write waits for disk space)."""
+    """The binlog files end inside or before an errant transaction: its write waits for disk
+    space (wait), or was abandoned, its session or mysqld killed (``tail_abandoned``)."""
 
 
 class NothingErrant(RepairError):
@@ -246,8 +249,8 @@ def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange]
         abandoned = ",".join(map(str, cut)) or "the last transaction (cut before its GTID)"
     if abandoned:
         header += (f"-- the binlog ends inside or before {abandoned}: its write was abandoned on a full disk "
-                   "(its session killed; rolled back, never committed nor acknowledged); below as far as "
-                   "it could be read\n")
+                   "(its session or mysqld killed: never committed nor acknowledged); below as far as it "
+                   "could be read\n")
     _write_excerpt(out, header + text)
     return written, abandoned
 
