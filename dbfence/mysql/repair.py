@@ -258,7 +258,8 @@ def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange]
 def _groups(text: str, headers: Sequence[re.Match[str]]) -> list[tuple[str, str]]:
     """Each GTID event's comment line and the text of its group (up to the next GTID event)."""
     groups = []
-    for m, end in zip(headers, [m.start() for m in headers[1:]] + [len(text)], strict=True):
+    # not strict: no GTID event, no group (the list of ends still has the text's end)
+    for m, end in zip(headers, [m.start() for m in headers[1:]] + [len(text)], strict=False):
         line_end = text.find("\n", m.end())
         line_end = end if line_end < 0 or line_end > end else line_end
         groups.append((text[m.start():line_end], text[line_end:end]))

@@ -227,6 +227,10 @@ def test_an_excerpt_cut_short_by_a_full_disk_is_deferred_a_real_mismatch_refused
     with pytest.raises(RepairError, match="exited 1: ERROR: Could not open log file") as refused:
         save_errant(tool, [], errant, out, "")
     assert not isinstance(refused.value, RepairDeferred)
+    # ... before any of them, the file ending cleanly (nothing of the group written yet).
+    tool = _binlog_tool_printing(tmp_path, "", [])
+    with pytest.raises(RepairDeferred, match="binlog files end before 0-1-3,0-1-4"):
+        save_errant(tool, [], errant, out, "")
     # ... before 0-1-4's GTID event (seed 204's "does not match the errant set ...: found 0-1-3").
     tool = _binlog_tool_printing(tmp_path, "", ["0-1-3"])
     with pytest.raises(RepairDeferred, match="binlog files end before 0-1-4"):
