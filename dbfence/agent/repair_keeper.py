@@ -406,7 +406,12 @@ class RepairKeeper:
             except NothingErrant as exc:
                 self._skipped(exc)
                 return
-            except (RepairError, MysqlAdapterError, OSError) as exc:
+            except Exception as exc:
+                # An unexpected one too: a thread that ended without a result or a reason would be
+                # started again every round, without back-off.
+                if not isinstance(exc, (RepairError, MysqlAdapterError, OSError)):
+                    log.exception("repair: unexpected error")
+                    exc = RepairError(f"unexpected error: {exc!r}")
                 down = self._killed and not mysqld_running(self.control.pid_file)
                 if isinstance(exc, RepairDeferred) or down:
                     # Nothing removed, and the same attempt may succeed later: a disk freed (the

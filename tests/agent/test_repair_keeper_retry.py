@@ -99,3 +99,14 @@ def test_a_real_mismatch_still_gives_up_for_good(tmp_path: Path) -> None:
     wait(lambda: not k.view().running, "the repair to end")
     assert k.view().gave_up.startswith("repair failed: the binlog excerpt does not match")
     assert k.view().gave_up_on == "truncate" and [kind for kind, _ in history] == ["repair_failed"]
+
+
+def test_an_unexpected_error_ends_the_repair_with_its_reason_not_a_silent_thread(tmp_path: Path) -> None:
+    history: list[tuple[str, str]] = []
+    k = keeper(tmp_path, [ValueError("zip() argument 2 is longer than argument 1")], history)
+    k.on_fencing()
+    start(k)
+    wait(lambda: not k.view().running, "the repair to end")
+    assert k.view().gave_up == ("repair failed: unexpected error: ValueError('zip() argument 2 is longer "
+                                "than argument 1'); mysqld is not running")
+    assert [kind for kind, _ in history] == ["repair_failed"]  # the core holds: repair_gave_up
