@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -113,6 +114,18 @@ def conflict_from(state: LockState) -> LockConflict:
     return LockConflict(
         state.key, f"held by {holder} (token {state.token})", holder=holder, token=state.token
     )
+
+
+def failsafe_relied_on(state: LockState) -> LockConflict:
+    """Why a delete of the failsafe list is refused while ``state``'s holder holds the lock."""
+    who = state.holder.describe() if state.holder else "an unreadable holder"
+    return LockConflict(state.key, f"held by {who} (token {state.token}), which relies on the failsafe list; "
+                        "nothing deleted", state.holder.node if state.holder else None, state.token)
+
+
+def deadline_in(call_timeout: float) -> float:
+    """The deadline of one call (or one method's calls) that starts now and may take ``call_timeout``."""
+    return time.monotonic() + call_timeout
 
 
 def history_id(entry: HistoryEntry) -> str:

@@ -32,6 +32,7 @@ from dbfence.locks.base import (
     LeaseLock,
     LockSettings,
     conflict_from,
+    deadline_in,
     make_grant,
 )
 from dbfence.locks.errors import (
@@ -47,7 +48,6 @@ from dbfence.locks.etcd_transport import (
     EtcdOptions,
     EtcdTransport,
     Metadata,
-    deadline_in,
     get_key,
     kv_stub,
     lease_hex,

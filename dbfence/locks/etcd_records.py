@@ -12,10 +12,10 @@ from dataclasses import replace
 
 from pyetcd import etcdrpc
 
-from dbfence.locks.base import history_id
+from dbfence.locks.base import deadline_in, failsafe_relied_on, history_id
 from dbfence.locks.errors import LockConflict, LockLost
 from dbfence.locks.etcd_snapshot import lock_state
-from dbfence.locks.etcd_transport import EtcdTransport, deadline_in, get_key, kv_stub, range_request
+from dbfence.locks.etcd_transport import EtcdTransport, get_key, kv_stub, range_request
 from dbfence.locks.model import (
     ClusterKeys,
     FailsafeList,
@@ -71,11 +71,7 @@ class EtcdRecords:
             return None
         held = seen.responses[1].response_range.kvs
         if held and not while_held:
-            state = lock_state(self.keys, held[0], None, False, [])
-            who = state.holder.describe() if state.holder else "an unreadable holder"
-            raise LockConflict(self.keys.leader, f"held by {who} (token {state.token}), which relies on "
-                               "the failsafe list; nothing deleted", state.holder.node if state.holder
-                               else None, state.token)
+            raise failsafe_relied_on(lock_state(self.keys, held[0], None, False, []))
         # Delete what we read, and only while the lock is still free (unless told otherwise).
         compare = [etcdrpc.Compare(key=failsafe, target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
                                    mod_revision=listing[0].mod_revision)]

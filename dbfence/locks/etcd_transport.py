@@ -6,7 +6,7 @@ refuses connections fails in microseconds and the next one is tried in the same 
 that hangs (partitioned, no leader) costs at most a part of the budget, and the next call starts
 elsewhere. Every write is safe to repeat, so a retry after an unknown outcome is harmless.
 
-Also here: the small request helpers (a call's deadline, the KV stub, a range read, one key's read)
+Also here: the small request helpers (the KV stub, a range read, one key's read)
 that the lock (``etcd.py``), its records (``etcd_records.py``) and the snapshot share.
 """
 
@@ -61,11 +61,6 @@ def lease_hex(lease_id: int) -> str:
 
 
 # The request helpers of the lock (``etcd.py``) and of the keys beside it (``etcd_records.py``).
-
-
-def deadline_in(call_timeout: float) -> float:
-    """The deadline of one call that starts now and may take ``call_timeout`` seconds."""
-    return time.monotonic() + call_timeout
 
 
 def kv_stub(channel: grpc.Channel) -> Any:
