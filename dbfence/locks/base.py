@@ -45,6 +45,7 @@ from dbfence.locks.model import (
     LockState,
     MemberRecord,
     parse_failsafe_list,
+    parse_holder,
     parse_intent,
 )
 
@@ -322,6 +323,17 @@ def snapshot_problem(strict: bool, problems: list[BadData], error: BadData) -> N
     if strict:
         raise error
     problems.append(error)
+
+
+def lock_holder(keys: ClusterKeys, value: bytes | str | None, strict: bool,
+                problems: list[BadData]) -> HolderInfo | None:
+    """The holder the lock key's value names; a bad value is a problem of the read (see
+    :func:`snapshot_problem`) and no holder."""
+    try:
+        return parse_holder(keys.leader, value)
+    except BadData as error:
+        snapshot_problem(strict, problems, error)
+        return None
 
 
 def intent_and_failsafe(

@@ -7,16 +7,14 @@ from typing import Any
 
 from pyetcd import etcdrpc
 
-from dbfence.locks.base import intent_and_failsafe, snapshot_problem
+from dbfence.locks.base import intent_and_failsafe, lock_holder, snapshot_problem
 from dbfence.locks.errors import BadData
 from dbfence.locks.etcd_transport import lease_hex, range_request
 from dbfence.locks.model import (
     ClusterKeys,
     ClusterSnapshot,
-    HolderInfo,
     LockState,
     MemberEntry,
-    parse_holder,
     parse_member,
 )
 
@@ -45,15 +43,9 @@ def snapshot_request(keys: ClusterKeys) -> Any:
 
 def lock_state(keys: ClusterKeys, kv: Any, ttl_left: float | None, strict: bool,
                problems: list[BadData]) -> LockState:
-    holder: HolderInfo | None
-    try:
-        holder = parse_holder(keys.leader, kv.value)
-    except BadData as error:
-        snapshot_problem(strict, problems, error)
-        holder = None
     return LockState(
         key=keys.leader,
-        holder=holder,
+        holder=lock_holder(keys, kv.value, strict, problems),
         token=int(kv.create_revision),
         session_id=lease_hex(int(kv.lease)),
         ttl_left=ttl_left,
