@@ -129,7 +129,13 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
         raise RepairError(f"{tool} failed: {exc}") from None
     text = done.stdout.decode("utf-8", "replace")
     if done.returncode != 0:
-        raise RepairError(f"{tool} exited {done.returncode}: {done.stderr.decode(errors='replace')[:500]}")
+        stderr = done.stderr.decode(errors="replace")
+        # mariadb-binlog refuses a GTID start position that is the files' very last transaction
+        # ("never reached expected GTID state"), which is what a killed primary whose every
+        # commit reached the new primary looks like: nothing after it to save.
+        if not (_NEVER_REACHED in stderr and not whole_stream and ends_at(tool, files, starts)):
+            raise RepairError(f"{tool} exited {done.returncode}: {stderr[:500]}")
+        text = f"-- nothing errant: the binlog ends at {start}, which the primary has\n"
     found = [Gtid.parse(m) for m in _GTID_IN_DUMP.findall(text)]
     written = [g for g in found if in_errant_ranges(g, ranges)]
     expected = sum(r.last_seq - r.after_seq for r in ranges if r.primary_has_stream)
@@ -155,6 +161,41 @@ def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange],
         dump.flush()
         os.fsync(dump.fileno())
     return written
+
+
+_NEVER_REACHED = "never reached expected GTID state"
+
+
+def ends_at(tool: str, files: Sequence[Path], last: dict[int, Gtid]) -> bool:
+    """Whether the binlog files end, in each domain of ``last``, with exactly that GTID.
+
+    Reads the files newest first, and only as far back as it must: a domain's last GTID is in
+    the newest file that holds any of that domain."""
+    seen: dict[int, Gtid] = {}
+    for path in reversed(files):
+        newest_here: dict[int, Gtid] = {}
+        for gtid in _gtids_in(tool, path):
+            if gtid.domain in last and gtid.domain not in seen:
+                newest_here[gtid.domain] = gtid
+        seen.update(newest_here)
+        if len(seen) == len(last):
+            break
+    return seen == last
+
+
+def _gtids_in(tool: str, path: Path) -> list[Gtid]:
+    """The GTIDs of one binlog file, in order; its events are streamed, not kept (files are large)."""
+    try:
+        with subprocess.Popen([tool, str(path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, errors="replace") as reader:
+            assert reader.stdout is not None
+            found = [Gtid.parse(match.group(1)) for line in reader.stdout
+                     if (match := _GTID_IN_DUMP.match(line)) is not None]
+    except OSError as exc:
+        raise RepairError(f"{tool} failed on {path}: {exc}") from None
+    if reader.returncode != 0:
+        raise RepairError(f"{tool} exited {reader.returncode} on {path}")
+    return found
 
 
 def kill_mysqld(pid_file: Path, timeout: float = 30.0) -> int:
