@@ -355,6 +355,8 @@ class Agent:
             self.repair.on_fencing()
         elif serves_again(old, new):
             self.repair.on_serving()
+        elif old is Role.PROMOTING:  # overtaken: stepped down before writing; no term to watch
+            self.repair.on_stepped_down()
 
     def _probe_role(self) -> ProbeRole:
         """Which probes fit: the heartbeat write only on an admitting primary, replication checks

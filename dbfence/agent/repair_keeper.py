@@ -2,7 +2,9 @@
 
 Both read or restart mysqld, which can take seconds (a hung mysqld, crash recovery), so each runs
 in a thread of its own and the loop only reads :meth:`RepairKeeper.view`. The decision whether to
-repair is the core's (``dbfence.agent.rejoin``); this carries it out and reports back.
+repair is the core's (``dbfence.agent.rejoin``); this carries it out and reports back. The semi-sync
+counters of the term the evidence judges (its reference, sampling, taint) are kept by
+:class:`~dbfence.agent.term_watch.TermWatch`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 from dbfence.agent.actions import RebuildNode, TruncateErrant
 from dbfence.agent.observation import RepairView
 from dbfence.agent.rebuild_approval import APPROVAL_FILE, APPROVE_HINT, approve_command, write_approval
+from dbfence.agent.term_watch import TermWatch
 from dbfence.discovery.backup_stream import fetch_backup
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
@@ -37,16 +40,13 @@ from dbfence.mysql.repair import (
     truncate_unacknowledged,
 )
 from dbfence.mysql.repair_evidence import (
-    CounterBaseline,
     FencingEvidence,
     clear_evidence,
     load_evidence,
-    read_baseline,
     read_evidence,
-    read_unacknowledged_count,
     save_evidence,
-    since_baseline,
 )
+from dbfence.mysql.semi_sync_term import clear_taint, load_taint
 
 log = logging.getLogger("dbfence.agent")
 
@@ -104,37 +104,36 @@ class RepairKeeper:
         # with read_only still OFF, and commits then wait for acks that never come.
         self._unreached = False
         self._fenced_pid = ""  # the mysqld that was primary: the only one the fence may crash
-        # Ack waits the agent ended of its own writes (a fencing-token write no replica answered):
-        # (mysqld pid, count). No client saw them; they count for as long as that mysqld runs.
-        self._own_ended: tuple[str, int] = ("", 0)
         self.hold = ""  # why the core starts no repair now (its refusal), as the last round said
-        # The counters at this node's promotion from a replica, for the next fence (None: since mysqld
-        # started). In memory only: a restarted agent never resumes a term; the evidence keeps it.
-        self._promotion_baseline: CounterBaseline | None = None
-        self._term_baseline: CounterBaseline | None = None
+        # The semi-sync counters of this node's term as primary: its reference, samples and taint.
+        # In memory: a restarted agent never resumes a term; the evidence (and taint file) keep it.
+        self.term = TermWatch(mysql=mysql, state_dir=state_dir, node=node, pid=self._mysqld_pid,
+                              enabled=mode != "manual")
         if mode != "manual":
             # Made at start, not at the first fence: an operator's rebuild approval is a file here,
             # and a fence that could not read its evidence (a stopped mysqld) would otherwise leave
             # no directory to put it in. An unwritable state directory fails the start, loudly.
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._evidence = load_evidence(state_dir)  # an agent restarted while fenced keeps it
+            taint = load_taint(state_dir)  # what sampling saw during the term, should the file lack it
+            evidence = self._evidence
+            if isinstance(evidence, FencingEvidence) and taint is not None and not evidence.term_problem:
+                self._evidence = replace(evidence, term_problem=taint.problem)
             self._killed = (isinstance(self._evidence, FencingEvidence) and self._evidence.killed_by_fence
                             and not mysqld_running(control.pid_file))
 
     # ------------------------------------------------------------------ role changes
     def on_promoted(self) -> None:
-        """A replica was just promoted (semi-sync on, gate closed): the counters its term starts from
-        (CounterBaseline). None read: they count since mysqld started, as strict as before."""
-        if self.mode == "manual":
-            return
-        read = read_baseline(self.mysql, self._mysqld_pid())
-        baseline = read if isinstance(read, CounterBaseline) else None
-        with self._lock:
-            self._promotion_baseline = baseline
-            if baseline is not None:  # own waits ended so far are in it (reset after: never taken twice)
-                self._own_ended = ("", 0)
-        fields = asdict(baseline) if baseline is not None else {"error": read}
-        log.info(json.dumps({"event": "semi_sync_baseline", "node": self.node, **fields}))
+        """A replica was just promoted (semi-sync on, gate closed): its term's counters start here."""
+        self.term.begin_promoted()
+
+    def before_admit(self) -> None:
+        """The gate is about to admit, semi-sync on: a term not begun by a promotion begins here."""
+        self.term.before_admit()
+
+    def on_stepped_down(self) -> None:
+        """PROMOTING gave the lock back before writing anything (overtaken): no term to judge."""
+        self.term.end()
 
     def on_fencing(self) -> None:
         """The node stops being primary: forget older evidence and read this run's."""
@@ -147,7 +146,7 @@ class RepairKeeper:
             self._ended_by_fence = 0
             self._unreached = False
             self._fenced_pid = self._mysqld_pid()
-            self._term_baseline, self._promotion_baseline = self._promotion_baseline, None
+        self.term.end()
         clear_evidence(self.state_dir)
         self._reader = threading.Thread(target=self._read_evidence, name="repair-evidence", daemon=True)
         self._reader.start()
@@ -164,6 +163,8 @@ class RepairKeeper:
             self._ended_by_fence = 0
             self._unreached = False
         clear_evidence(self.state_dir)
+        if not self.term.active:  # rejoined: the last term's taint is spent with its evidence
+            clear_taint(self.state_dir)
 
     def fence_unreached(self) -> None:
         """A fence could not reach mysqld (stopped or not answering); see fence_by_crash."""
@@ -180,13 +181,15 @@ class RepairKeeper:
         fails, or a mysqld restarted in between, attributes nothing: the evidence stays strict."""
         if self.mode == "manual" or self._fenced_at is None:
             return run_fence()
-        pid = self._mysqld_pid()
-        before = self._unacknowledged_count()
-        result = run_fence()
-        if before is None:
-            return result
-        after = self._unacknowledged_count()
-        if after is not None and after > before and pid and self._mysqld_pid() == pid:
+        with self.term.counting:  # no sample or evidence read between the KILLs and their count
+            pid = self._mysqld_pid()
+            before = self.term.unacknowledged_count()
+            result = run_fence()
+            if before is None:
+                return result
+            after = self.term.unacknowledged_count()
+            if not (after is not None and after > before and pid and self._mysqld_pid() == pid):
+                return result
             with self._lock:
                 self._ended_by_fence += after - before
             log.info(json.dumps({"event": "fence_ended_ack_waits", "node": self.node,
@@ -194,30 +197,8 @@ class RepairKeeper:
         return result
 
     def end_own_ack_wait(self, end: Callable[[], None]) -> None:
-        """End an ack wait of the agent's own write (the fencing token: no client data, the gate
-        has not admitted) between two reads of ``Rpl_semi_sync_master_no_tx``; what grew is not
-        held against a later fence's evidence of this mysqld, as with :meth:`fence`."""
-        if self.mode == "manual":
-            end()
-            return
-        pid = self._mysqld_pid()
-        before = self._unacknowledged_count()
-        end()
-        after = self._unacknowledged_count() if before is not None else None
-        if before is None or after is None or after <= before or not pid or self._mysqld_pid() != pid:
-            return
-        with self._lock:
-            earlier = self._own_ended[1] if self._own_ended[0] == pid else 0
-            self._own_ended = (pid, earlier + after - before)
-        log.warning(json.dumps({"event": "token_ack_wait_ended", "node": self.node, "commits": after - before,
-                                "why": "no replica acknowledged the fencing-token write: it commits "
-                                       "unacknowledged and a crash can no longer remove it"}))
-
-    def _unacknowledged_count(self) -> int | None:
-        try:
-            return read_unacknowledged_count(self.mysql)
-        except (MysqlAdapterError, ValueError):
-            return None
+        """End an ack wait of the agent's own write; not held against a later fence (TermWatch)."""
+        self.term.end_own_ack_wait(end)
 
     def fence_by_crash(self) -> bool:
         """Fence mysqld by SIGKILL when commits wait for a semi-sync ack, instead of killing their
@@ -267,10 +248,7 @@ class RepairKeeper:
     def _read_attributed(self) -> FencingEvidence:
         """The evidence now, with what the fence ended so far: counted before the read, so never
         more than the counters read include (a fence running meanwhile only makes it stricter)."""
-        own_pid, own = self._own_ended
-        ended = self._ended_by_fence + (own if own_pid and own_pid == self._mysqld_pid() else 0)
-        evidence = since_baseline(read_evidence(self.mysql), self._term_baseline, self._fenced_pid)
-        return replace(evidence, ended_by_fence=ended)
+        return self.term.judged(lambda: read_evidence(self.mysql), self._fenced_pid, self._ended_by_fence)
 
     def _mysqld_pid(self) -> str:
         try:
