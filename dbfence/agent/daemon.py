@@ -173,7 +173,7 @@ class Agent:
             catalog=self.catalog, publish_etcd_primary=dcs.kind == "etcd" and config.discovery.etcd_key,
             metrics=self.metrics, semi_sync_timeout_ms=config.failover.semi_sync_timeout_ms,
             relay_wait_timeout=config.failover.relay_wait_timeout,
-            accounts_check=self.check_app_accounts, repair=self.repair,
+            accounts_check=self.check_app_accounts, repair=self.repair, lossless=config.failover.lossless,
             # A repoint waits this long per round for the new source (partitioned, maybe).
             source_read_budget=min(1.0, dcs.ttl / 6))
         self.failsafe: FailsafeAdapter | None = None

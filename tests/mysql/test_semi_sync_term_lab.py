@@ -1,16 +1,19 @@
 """A FLUSH STATUS during a term never hides a fallback from the repair's evidence, on real MariaDB
-10.11."""
+10.11; and a primary promoted without a source has semi-sync on before its gate first admits."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from dbfence.agent.actions import ActionReason, AdmitGate
+from dbfence.breaker import Admitting
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import SemiSyncSettings
 from dbfence.mysql.semi_sync_term import TAINT_FILE, read_baseline, read_counters
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, one, poll, run, sql
+from tests.mysql.test_executor_repoint_lab import executor_on
 from tests.mysql.test_mysql_repair_lab import lab_keeper, lossless_pair
 
 FALLS_BACK_AT_ONCE = SemiSyncSettings(timeout_ms=50)
@@ -110,3 +113,30 @@ def test_sampling_taints_a_term_that_fell_back_and_a_restarted_agent_still_refus
     poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 30, "the evidence")
     assert keeper.view().evidence_problem == taint
     assert lab_keeper(lab, tmp_path, []).view().evidence_problem == taint  # an agent restarted while fenced
+
+
+def test_a_sourceless_primary_has_semi_sync_on_and_its_counters_recorded_before_its_gate_admits(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    """The first primary, an adopted one, a withdrawn switchover: no Promote switched semi-sync
+    on, and the per-round reconcile came only after the round's AdmitGate."""
+    lab = lab_factory(mysql_count=1)
+    db1 = actions(lab, "db1")
+    db1.set_semi_sync_primary(None)  # a primary that never was a replica under this agent
+    executor, _ = executor_on(lab, "db1", source_read_budget=0.5)
+    executor.lossless = True
+    keeper = lab_keeper(lab, tmp_path, [])
+    executor.repair = keeper
+    executor.gate.start()
+    try:
+        admit = AdmitGate(7, time.monotonic() + 30.0, ActionReason.PRIMARY_READY)
+        assert executor.run(admit), executor.last_error
+        assert isinstance(executor.gate.state, Admitting)
+        enabled = one(sql(lab, "db1"), "SELECT @@global.rpl_semi_sync_master_enabled AS e")["e"]
+        assert int(enabled) == 1
+        baseline = keeper.term.baseline  # judged since mysqld started, pinned to this run
+        assert keeper.term.active and baseline is not None and baseline.since_start
+        assert baseline.pid == Path(lab.node("db1").pid_file).read_text().strip()
+    finally:
+        executor.gate.stop()
+        executor.lock.close()
+        keeper.on_fencing()
