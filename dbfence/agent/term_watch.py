@@ -130,7 +130,10 @@ class TermWatch:
 
     def _begin(self, baseline: CounterBaseline | None, taint: str) -> None:
         with self.counting:
-            clear_taint(self.state_dir)
+            not_cleared = clear_taint(self.state_dir)
+            if not_cleared:
+                log.warning(json.dumps({"event": "semi_sync_taint_not_cleared", "node": self.node,
+                                        "error": not_cleared}))
             with self._lock:
                 self._generation += 1
                 self._active, self._baseline, self._taint = True, baseline, ""

@@ -178,5 +178,11 @@ def load_taint(state_dir: Path) -> TermTaint | None:
         return TermTaint(f"taint file {path} unusable: {exc}", 0.0)
 
 
-def clear_taint(state_dir: Path) -> None:
-    (state_dir / TAINT_FILE).unlink(missing_ok=True)
+def clear_taint(state_dir: Path) -> str:
+    """Forget the taint; '' or why the file could not be removed (a taint left behind only ever
+    makes a later judgement stricter, so this never stops a term from starting)."""
+    try:
+        (state_dir / TAINT_FILE).unlink(missing_ok=True)
+    except OSError as exc:
+        return f"could not remove {state_dir / TAINT_FILE}: {exc}"
+    return ""

@@ -117,8 +117,11 @@ def test_the_taint_file_is_private_durable_and_unreadable_means_tainted(tmp_path
     path.write_text("{not json")
     unusable = load_taint(state)
     assert unusable is not None and unusable.problem.startswith(f"taint file {path} unusable")
-    clear_taint(state)
+    assert clear_taint(state) == ""
     assert load_taint(state) is None
+    (state / TAINT_FILE).mkdir()  # cannot be removed: said, never raised (a term must still start)
+    (state / TAINT_FILE / "x").touch()
+    assert clear_taint(state).startswith(f"could not remove {state / TAINT_FILE}: ")
 
 
 def keeper(state: Path) -> RepairKeeper:
