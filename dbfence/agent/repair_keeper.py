@@ -316,7 +316,7 @@ class RepairKeeper(RebuildRunner):
                     "errant_before": result.errant_before, "errant_after": result.errant_after,
                     "binlog_pos_before": result.binlog_pos_before,
                     "binlog_pos_after": result.binlog_pos_after, "seconds": round(result.seconds, 3)},
-                "rebuild": self._rebuild_status()}
+                "rebuild": self._rebuild_status(), "term": self.term.status()}
 
     # ------------------------------------------------------------------ the repair
     def start_truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState]) -> None:

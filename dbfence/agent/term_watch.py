@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.errors import MysqlAdapterError
@@ -42,6 +43,7 @@ from dbfence.mysql.repair_evidence import (
     FencingEvidence,
     read_unacknowledged_count,
     since_baseline,
+    utc,
 )
 from dbfence.mysql.semi_sync_term import (
     CounterSample,
@@ -103,6 +105,14 @@ class TermWatch:
     def taint(self) -> str:
         with self._lock:
             return self._taint
+
+    def status(self) -> dict[str, Any]:
+        """For ``/status``: a taint shows while the node is still primary, before any fence."""
+        with self._lock:
+            baseline = self._baseline
+            return {"active": self._active, "samples": self.samples, "taint": self._taint or None,
+                    "judged_since": None if baseline is None else
+                    "mysqld start" if baseline.since_start else utc(baseline.recorded_at)}
 
     # ------------------------------------------------------------------ the term's start and end
     def begin_promoted(self) -> None:

@@ -107,6 +107,8 @@ def test_sampling_taints_a_term_that_fell_back_and_a_restarted_agent_still_refus
     taint = keeper.term.taint
     assert taint.startswith("semi-sync fell back during the term (seen by the agent's sampling at "), taint
     assert (tmp_path / "state" / TAINT_FILE).exists()
+    term = keeper.status()["term"]  # /status shows it while the node is still primary
+    assert term["active"] and term["taint"] == taint and term["samples"] >= 3, term
     run(sql(lab, "db1"), "FLUSH LOCAL STATUS")  # what would hide it, were the flush time not to move
 
     keeper.on_fencing()
