@@ -223,7 +223,11 @@ class TermWatch:
             if self._wake.wait(delay):
                 self._wake.clear()
                 continue  # the term changed meanwhile: look again
-            sample = self._sample(generation, baseline, previous)
+            try:
+                sample = self._sample(generation, baseline, previous)
+            except Exception:  # a bug: the thread must live on (the evidence at fencing still judges)
+                log.exception("semi-sync sample failed")
+                sample = None
             if sample is None:
                 delay = min(delay * 2, SAMPLE_BACKOFF_MAX_S)
             else:
