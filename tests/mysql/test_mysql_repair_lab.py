@@ -496,6 +496,7 @@ def test_a_token_write_no_replica_acknowledges_is_ended_and_not_held_against_the
     run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
     db2.promote(semi_sync=NEVER_FALLS_BACK)
     keeper = lab_keeper(lab, tmp_path, [], name="db2")
+    keeper.on_promoted()  # the term begins: sampled from here
     writer = FencingTokenWriter(db2, "agent-db2", wait_s=60.0, ack_wait_s=1.0)
     started = time.monotonic()
     assert not writer.ensure(7, keeper.end_own_ack_wait)
@@ -504,6 +505,9 @@ def test_a_token_write_no_replica_acknowledges_is_ended_and_not_held_against_the
     assert 1.0 <= elapsed < 10, elapsed
     token = db2.read_fencing_token()
     assert token is not None and token.token == 7  # committed by the KILL, unacknowledged
+    sampled = keeper.term.samples
+    poll(lambda: keeper.term.samples >= sampled + 2, 30, "two samples after the token's wait ended")
+    assert keeper.term.taint == ""  # the sampling knows it was the token too
     keeper.on_fencing()
     poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 30, "the evidence")
     raw = read_evidence(db2)
