@@ -35,6 +35,8 @@ member record; it re-exports the public names.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide_fence import handle_fenced, handle_fencing, handle_starting
 from dbfence.agent.decide_primary import handle_primary
@@ -61,6 +63,9 @@ __all__ = [
 
 def decide(observation: Observation, state: State, config: CoreConfig) -> Decision:
     """Decide what this agent does next. Pure: same inputs, same decision."""
+    seen = frozenset(record.name for record in observation.members) - {config.node_name}
+    if not seen <= state.members_seen:
+        state = replace(state, members_seen=state.members_seen | seen)
     current = Round(observation, config, state)
     _HANDLERS[state.role](current)
     publish_member(current)

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from dbfence.agent.executor import Executor
 from dbfence.agent.failsafe_view import FailsafeView
+from dbfence.agent.gtid import BinlogState, GtidParseError
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.member_tracker import MemberTracker
 from dbfence.agent.observation import (
@@ -140,7 +141,7 @@ class Observer:
             members=members,
             db=LocalDatabase(health=self._health(facts, now),
                              read_only=facts.read_only, position=facts.position,
-                             received=facts.received,
+                             received=facts.received, binlog_state=_binlog_state(facts),
                              server_id=facts.server_id, fencing_token=facts.fencing_token,
                              replication=replication),
             gate=gate,
@@ -188,3 +189,14 @@ class Observer:
             return by_address.get((host, port))
 
         self.db.follow(peer, source_of)
+
+
+def _binlog_state(facts: DbFacts) -> BinlogState | None:
+    """The core's view of ``gtid_binlog_state``: known only with the position it was read with
+    ("" then means an empty binlog), and unknown rather than guessed when it does not parse."""
+    if facts.position is None:
+        return None
+    try:
+        return BinlogState.parse(facts.binlog_state)
+    except GtidParseError:
+        return None
