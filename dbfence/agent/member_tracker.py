@@ -58,11 +58,15 @@ class MemberTracker:
             role = Role(raw.role)
             position = GtidPosition.parse(raw.gtid_position) if raw.gtid_position else None
             received = GtidPosition.parse(raw.gtid_received) if raw.gtid_received else None
-            # Known with the position it was read with ("" is then an empty binlog).
-            binlog_state = BinlogState.parse(raw.gtid_binlog_state) if raw.gtid_position else None
         except ValueError as exc:
             self.problems.append(f"member {raw.node}: {exc}")
             return None
+        binlog_state = None  # unknown: a takeover without a primary then proves nothing with it
+        try:
+            # Known with the position it was read with ("" is then an empty binlog).
+            binlog_state = BinlogState.parse(raw.gtid_binlog_state) if raw.gtid_position else None
+        except ValueError as exc:
+            self.problems.append(f"member {raw.node}: binlog state: {exc}")
         info = MemberInfo(name=raw.node, role=role, healthy=raw.healthy, position=position,
                           gate_admitting=raw.gate_state == "admitting", priority=raw.priority,
                           received=received, seen_token=raw.seen_token, server_id=raw.server_id,

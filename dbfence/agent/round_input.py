@@ -141,7 +141,7 @@ class Observer:
             members=members,
             db=LocalDatabase(health=self._health(facts, now),
                              read_only=facts.read_only, position=facts.position,
-                             received=facts.received, binlog_state=_binlog_state(facts),
+                             received=facts.received, binlog_state=local_binlog_state(facts),
                              server_id=facts.server_id, fencing_token=facts.fencing_token,
                              replication=replication),
             gate=gate,
@@ -191,7 +191,7 @@ class Observer:
         self.db.follow(peer, source_of)
 
 
-def _binlog_state(facts: DbFacts) -> BinlogState | None:
+def local_binlog_state(facts: DbFacts) -> BinlogState | None:
     """The core's view of ``gtid_binlog_state``: known only with the position it was read with
     ("" then means an empty binlog), and unknown rather than guessed when it does not parse."""
     if facts.position is None:

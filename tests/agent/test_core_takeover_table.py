@@ -22,7 +22,7 @@ import pytest
 
 from dbfence.agent.actions import AcquireLock, Action, ActionReason
 from dbfence.agent.core_config import CoreConfig
-from dbfence.agent.decide import RefusalReason, decide
+from dbfence.agent.decide import RefusalReason, decide, race_refusals
 from dbfence.agent.observation import (
     LeaseView,
     LocalDatabase,
@@ -199,3 +199,24 @@ def test_members_seen_are_remembered_through_role_changes() -> None:
         CONFIG, node_name="n3"))
     assert decision.state.members_seen == frozenset({"n1", "n2"})
     assert decision.state.moved(Trigger.LEASE_ACQUIRED, NOW).members_seen == frozenset({"n1", "n2"})
+
+
+def test_a_sequence_number_clash_is_no_fork_when_a_peer_holds_our_write() -> None:
+    """Item of issue 16 (decide_race._forked_own_domains): the handed-over old primary n2's last
+    write is 0-2-2, the target n3 received it and fenced with its token 0-3-3, and the errant n1
+    holds 0-1-2 at the same sequence number. By positions alone that clash looked like a fork of
+    n2's own history; n3's binlog state shows it holds 0-2-2, so n2 may race as before."""
+    config = replace(CONFIG, node_name="n2")
+    clash = {"n1": ("0-1-2", "0-1-2"), "n3": ("0-3-3", "0-1-1,0-2-2,0-3-3")}
+
+    def obs(binlog_states: bool) -> Observation:
+        peers = tuple(member(name, Role.FENCED, position=position, server_id=int(name[1:]),
+                             binlog_state=state if binlog_states else None)
+                      for name, (position, state) in clash.items())
+        database = db(position="0-2-2", server_id=2, source=None,
+                      binlog_state="0-1-1,0-2-2" if binlog_states else None)
+        return view("n2", Role.REPLICA, peers=peers, database=database)
+
+    assert [refusal.reason for refusal in race_refusals(obs(False), config)] == [R.UNREPLICATED_OWN_WRITES]
+    assert race_refusals(obs(True), config) == ()
+
