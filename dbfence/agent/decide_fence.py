@@ -122,6 +122,8 @@ def handle_fenced(r: Round) -> None:
     if primary is None:
         if not obs.lock.reachable:
             r.refuse(RefusalReason.DCS_UNREACHABLE)
+        elif obs.lock.holder == r.me:
+            r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, "the lock is still this node's (to release)")
         elif obs.lock.holder is not None:
             r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"{obs.lock.holder} holds the lock, not primary yet")
         else:
