@@ -58,6 +58,15 @@ def collect_takeover_refusals(r: Round) -> None:
     if racing:
         r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"waiting for {', '.join(racing)} (may race)")
         return
+    first_read = r.state.first_read_at
+    if first_read is None or r.now < first_read + r.config.member_stale_after:
+        # Just (re)started: the records of live members may not all be back yet, and a
+        # restarted agent remembers none of them.
+        r.refuse(RefusalReason.TAKEOVER_UNPROVEN, "this agent has not read the members' records "
+                 f"for {r.config.member_stale_after:g} s yet")
+        if first_read is not None:
+            r.wake_at(first_read + r.config.member_stale_after)
+        return
     absent = sorted(r.state.members_seen - {record.name for record in others if fresh(r, record)})
     if not others or absent:
         # Records come back one by one (a partition healed, a DCS outage over): the one not back

@@ -141,7 +141,9 @@ class State:
     node holds after its fence was complete (the lock is released then). ``members_seen``: the
     other members whose records this agent process has read, kept through role changes: a
     takeover without a primary waits for every one of them (a record that has not come back
-    yet may be the one holding acknowledged writes).
+    yet may be the one holding acknowledged writes). ``first_read_at``: when this agent process
+    first read the DCS (None: not yet); until ``member_stale_after`` later it has not seen every
+    live member's record yet (a restarted agent remembers none).
     """
 
     role: Role = Role.STARTING
@@ -150,6 +152,7 @@ class State:
     switchover_target: str | None = None
     handed_over: bool = False
     members_seen: frozenset[str] = frozenset()
+    first_read_at: float | None = None
 
     @classmethod
     def initial(cls, now: float) -> State:
@@ -162,5 +165,5 @@ class State:
         if target in (Role.FENCING, Role.FENCED):
             reason = self.fenced_reason if target is Role.FENCED and trigger is Trigger.RELEASED else trigger
             return State(role=target, since=now, fenced_reason=reason, switchover_target=switchover_target,
-                         members_seen=self.members_seen)
-        return State(role=target, since=now, members_seen=self.members_seen)
+                         members_seen=self.members_seen, first_read_at=self.first_read_at)
+        return State(role=target, since=now, members_seen=self.members_seen, first_read_at=self.first_read_at)

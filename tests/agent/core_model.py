@@ -34,6 +34,7 @@ must reach one admitting primary that every other node follows.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -281,6 +282,7 @@ def position_of(history: tuple[str, ...]) -> GtidPosition:
     return GtidPosition((Gtid(0, server_id(history[-1]), len(history)),))
 
 
+@functools.cache
 def binlog_state_of(history: tuple[str, ...]) -> BinlogState:
     """Each writer's last transaction: the model's one domain, sequence number = place in history."""
     return BinlogState.merged(Gtid(0, server_id(writer), seq) for seq, writer in enumerate(history, start=1))

@@ -78,11 +78,17 @@ def view(me: str, role: Role = Role.FENCED, *, peers: tuple[MemberRecord, ...] |
 
 
 SEEN_ALL = frozenset(STUCK)
+READ_AT = NOW - 60  # this agent has read the DCS for a minute
+
+
+def running(role: Role, me: str, *, since: float) -> State:
+    """A node in ``role`` whose agent has read the DCS for a while and seen every member."""
+    return State(role, since, members_seen=SEEN_ALL - {me}, first_read_at=READ_AT)
 
 
 def fenced(me: str, **fields: object) -> State:
     return replace(State(Role.FENCED, NOW - 10, fenced_reason=Trigger.LEASE_EXPIRED,
-                         members_seen=SEEN_ALL - {me}), **fields)  # type: ignore[arg-type]
+                         members_seen=SEEN_ALL - {me}, first_read_at=READ_AT), **fields)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,12 @@ CASES = [
     Case("the lock is still its own (a lease from before the fence)", "n3", fenced("n3"),
          view("n3", lock=LockView(True, "n3", 9)), Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN,),
          "still this node's"),
+    Case("just restarted: the records of live members may not all be back yet", "n3",
+         fenced("n3", first_read_at=NOW - 1), view("n3"), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "has not read the members' records"),
+    Case("never read the DCS yet (a restarted agent remembers no member)", "n3",
+         fenced("n3", first_read_at=None), replace(view("n3"), lock=LockView(True, None, read_yet=False)),
+         Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "has not read"),
     Case("a member seen before has no record now (it may hold acknowledged writes)", "n3", fenced("n3"),
          view("n3", peers=(peer("n2"),)), Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN),
          "no fresh record of n1"),
@@ -150,22 +162,22 @@ CASES = [
          Role.CANDIDATE, TAKE),
     # Other roles: a replica refused for its own writes, a candidate that took that path.
     Case("replica refused for its own unreplicated writes, every other member fenced -> races", "n3",
-         State(Role.REPLICA, NOW - 10, members_seen=SEEN_ALL - {"n3"}), view("n3", Role.REPLICA),
+         running(Role.REPLICA, "n3", since=NOW - 10), view("n3", Role.REPLICA),
          Role.CANDIDATE, RACE),
     Case("replica: the takeover cannot be proven either -> the race's refusal stays", "n1",
-         State(Role.REPLICA, NOW - 10, members_seen=SEEN_ALL - {"n1"}), view("n1", Role.REPLICA),
+         running(Role.REPLICA, "n1", since=NOW - 10), view("n1", Role.REPLICA),
          Role.REPLICA, (), (R.UNREPLICATED_OWN_WRITES,)),
     Case("agents of n1 and n3 restarted (replicas), n2 fenced: n1 stays out for its own writes -> n3 races",
-         "n3", State(Role.REPLICA, NOW - 10, members_seen=SEEN_ALL - {"n3"}),
+         "n3", State(Role.REPLICA, NOW - 10, members_seen=SEEN_ALL - {"n3"}, first_read_at=READ_AT),
          view("n3", Role.REPLICA, peers=(peer("n1", Role.REPLICA), peer("n2"))), Role.CANDIDATE, RACE),
     Case("... and n2, fenced, waits for n3 (it ranks higher)", "n2", fenced("n2"),
          view("n2", peers=(peer("n1", Role.REPLICA), peer("n3", Role.REPLICA))), Role.FENCED, (),
          (R.NO_PRIMARY_TO_REJOIN, R.PEER_MORE_ADVANCED), "n3 may take over too"),
     Case("candidate on the takeover path keeps asking for the lock", "n3",
-         State(Role.CANDIDATE, NOW - 1, members_seen=SEEN_ALL - {"n3"}), view("n3", Role.CANDIDATE),
+         running(Role.CANDIDATE, "n3", since=NOW - 1), view("n3", Role.CANDIDATE),
          Role.CANDIDATE, RACE),
     Case("candidate whose takeover no longer holds steps back", "n3",
-         State(Role.CANDIDATE, NOW - 1, members_seen=SEEN_ALL - {"n3"}),
+         running(Role.CANDIDATE, "n3", since=NOW - 1),
          view("n3", Role.CANDIDATE, peers=(peer("n1"), peer("n2", Role.REPLICA))), Role.REPLICA, (),
          (R.UNREPLICATED_OWN_WRITES,)),
 ]
@@ -200,8 +212,14 @@ def test_members_seen_are_remembered_through_role_changes() -> None:
     obs = view("n3")
     decision = decide(obs, State(Role.FENCED, NOW - 10, fenced_reason=Trigger.LEASE_EXPIRED), replace(
         CONFIG, node_name="n3"))
-    assert decision.state.members_seen == frozenset({"n1", "n2"})
-    assert decision.state.moved(Trigger.LEASE_ACQUIRED, NOW).members_seen == frozenset({"n1", "n2"})
+    assert decision.state.members_seen == frozenset({"n1", "n2"}) and decision.state.first_read_at == NOW
+    assert decision.refusals[-1].reason is R.TAKEOVER_UNPROVEN  # it waits for records to come back
+    assert decision.next_wakeup <= NOW + CONFIG.member_stale_after
+    moved = decision.state.moved(Trigger.TAKES_OVER, NOW + 5)
+    assert moved.members_seen == frozenset({"n1", "n2"}) and moved.first_read_at == NOW
+    config = replace(CONFIG, node_name="n3")
+    later = decide(replace(obs, now=NOW + CONFIG.member_stale_after), decision.state, config)
+    assert later.state.role is Role.CANDIDATE and later.state.first_read_at == NOW
 
 
 def test_a_sequence_number_clash_is_no_fork_when_a_peer_holds_our_write() -> None:
