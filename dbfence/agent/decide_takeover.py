@@ -24,7 +24,9 @@ Layout and invariants:
   the node stays where it is and says whose state is missing.
 * Among the nodes that can prove it, only the one ranking highest by ``candidate_sort_key`` takes
   the lock (the others see it and defer); two that both race are still one writer (the lock).
-* Members whose record is gone are not seen, as in the race rule.
+* Every member this agent process has seen must have a fresh record, and the agent must have read
+  the DCS for ``member_stale_after``: records come back one by one after a partition, an outage
+  or a restart. A member never seen since is not seen at all, as in the race rule.
 """
 
 from __future__ import annotations
