@@ -53,7 +53,7 @@ from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.round_input import Observer
 from dbfence.agent.sensors import DbSensor, DcsSensor
 from dbfence.agent.state import Role, State
-from dbfence.agent.status_report import StatusPublisher, holdings
+from dbfence.agent.status_report import StatusPublisher, gate_workers_report, holdings
 from dbfence.breaker import Admitting, Gate, GateError, IllegalTransition
 from dbfence.config import AgentConfig, api_url_of, parse_host_port
 from dbfence.discovery.consul_catalog import ConsulCatalog, ServiceIdentity
@@ -136,7 +136,8 @@ class Agent:
         self.metrics.set("lease_ttl_seconds", "dcs.ttl: the lease's time to live.", float(config.dcs.ttl))
         # Answers about our role read the gate's fence word when they are given; the report's own
         # facts count for /replica and /health only while younger than a lease.
-        self.board = StatusBoard(self.gate.admits_now, stale_after=float(int(config.dcs.ttl)))
+        self.board = StatusBoard(self.gate.admits_now, stale_after=float(int(config.dcs.ttl)),
+                                 gate_report=lambda: gate_workers_report(self.gate))
 
         dcs = config.dcs
         self.lock = open_lock_of(config)
@@ -343,7 +344,7 @@ class Agent:
         self.restarter.tick(self.state.role, killed_by_fence=repair.awaiting_restart,
                             repair_running=repair.running)
         self.last_decision = decision
-        self.status.publish(observation, decision, self.state, self.observer.gate_stats)
+        self.status.publish(observation, decision, self.state)
         self.metrics.observe("decision_round_seconds", "How long a decision round takes: observe, "
                              "decide, act (a slow action holds up every later decision).",
                              time.monotonic() - started)
