@@ -46,13 +46,13 @@ def _stable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_results_are_those_of_pymysql_and_descriptions_are_parsed_once(
         shared_lab: LabCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     parsed: list[bytes] = []
-    original = FieldDescriptorPacket._parse_field_descriptor
+    original = FieldDescriptorPacket.__init__
 
-    def counting(packet: FieldDescriptorPacket, encoding: str) -> None:
-        parsed.append(packet.get_all_data())
-        original(packet, encoding)
+    def counting(packet: FieldDescriptorPacket, data: bytes, encoding: str) -> None:
+        parsed.append(data)  # constructing one parses it
+        original(packet, data, encoding)
 
-    monkeypatch.setattr(FieldDescriptorPacket, "_parse_field_descriptor", counting)
+    monkeypatch.setattr(FieldDescriptorPacket, "__init__", counting)
     conn = connect(endpoint(shared_lab, "db2"), creds(shared_lab), Timeouts(read_s=5.0, write_s=5.0))
     try:
         first = {statement: query(conn, statement) for statement in STATEMENTS}
