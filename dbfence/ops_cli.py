@@ -21,7 +21,8 @@ import click
 from dbfence.locks.base import LeaseLock
 from dbfence.locks.cli import _connection, _dcs_errors, connection_options
 from dbfence.locks.errors import LockError
-from dbfence.locks.model import ClusterSnapshot, Intent, MemberRecord
+from dbfence.locks.model import ClusterSnapshot, Intent
+from dbfence.locks.switchover import admitting_primary, switchover_refusal
 
 EXIT_REFUSED = 1
 EXIT_NO_PRIMARY = 3
@@ -30,16 +31,6 @@ EXIT_NO_PRIMARY = 3
 def _open(kwargs: dict[str, Any]) -> LeaseLock:
     lock, _ = _connection(kwargs).open()
     return lock
-
-
-def _primary(snapshot: ClusterSnapshot) -> MemberRecord | None:
-    """The member that holds the lock and says its gate admits."""
-    holder = snapshot.lock.holder.node if snapshot.lock and snapshot.lock.holder else None
-    for entry in snapshot.members:
-        record = entry.record
-        if record.node == holder and record.role == "primary" and record.gate_state == "admitting":
-            return record
-    return None
 
 
 def _warnings(snapshot: ClusterSnapshot, now_wall: float) -> list[str]:
@@ -66,7 +57,7 @@ def _warnings(snapshot: ClusterSnapshot, now_wall: float) -> list[str]:
 def status_json(snapshot: ClusterSnapshot) -> dict[str, Any]:
     now = time.time()
     lock = snapshot.lock
-    primary = _primary(snapshot)
+    primary = admitting_primary(snapshot)
     return {
         "cluster": snapshot.cluster,
         "primary": None if primary is None else primary.node,
@@ -212,30 +203,6 @@ def resume_command(**kwargs: Any) -> None:
     click.echo("resumed")
 
 
-def switchover_refusal(snapshot: ClusterSnapshot, target: str, max_lag: float) -> str | None:
-    """Why a switchover to ``target`` must not start now, or None."""
-    records = {e.record.node: e.record for e in snapshot.members}
-    primary = _primary(snapshot)
-    if target not in records:
-        return f"unknown node {target!r} (members: {', '.join(sorted(records)) or 'none'})"
-    if primary is None:
-        return "no primary admits right now: nothing to switch over from"
-    if primary.node == target:
-        return f"{target} is already the primary"
-    record = records[target]
-    if record.role != "replica":
-        return f"{target} is {record.role}, not a replica"
-    if not record.healthy:
-        return f"{target} is unhealthy: {'; '.join(record.reasons)}"
-    if record.lag_seconds is None:
-        return f"{target} may be behind: its lag is unknown (is its replication running?)"
-    if record.lag_seconds > max_lag:
-        return f"{target} is behind: lag {record.lag_seconds:g}s (limit {max_lag:g}s)"
-    if snapshot.intent.paused:
-        return "the cluster is paused: `dbfence resume` first"
-    return None
-
-
 @click.command("switchover")
 @connection_options
 @click.option("--to", "target", required=True, metavar="NODE", help="the replica to promote")
@@ -260,7 +227,7 @@ def switchover_command(target: str, wait: bool, timeout: float, max_lag: float, 
         if not wait:
             return
         while time.monotonic() - started < timeout:
-            primary = _primary(lock.snapshot(strict=False))
+            primary = admitting_primary(lock.snapshot(strict=False))
             if primary is not None and primary.node == target:
                 click.echo(f"{target} is the primary after {time.monotonic() - started:.2f}s")
                 return

@@ -40,6 +40,7 @@ class ActionReason(enum.Enum):
     FENCE_COMPLETE = "fence_complete"
     UNWANTED_LEASE = "unwanted_lease"
     ADOPT_RUNNING_PRIMARY = "adopt_running_primary"  # a new cluster's writable primary, not fenced
+    TAKEOVER_WITHOUT_PRIMARY = "takeover_without_primary"  # nobody else may race: holds it all
     # promotion
     PROMOTION = "promotion"
     FAILOVER_STARTED = "failover_started"

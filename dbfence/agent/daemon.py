@@ -54,7 +54,7 @@ from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.round_input import Observer
 from dbfence.agent.sensors import DbSensor, DcsSensor
 from dbfence.agent.state import Role, State
-from dbfence.agent.status_report import StatusPublisher, holdings
+from dbfence.agent.status_report import StatusPublisher, gate_workers_report, holdings
 from dbfence.breaker import Admitting, Gate, GateError, IllegalTransition
 from dbfence.config import AgentConfig, api_url_of, parse_host_port
 from dbfence.discovery.consul_catalog import ConsulCatalog, ServiceIdentity
@@ -137,7 +137,8 @@ class Agent:
         self.metrics.set("lease_ttl_seconds", "dcs.ttl: the lease's time to live.", float(config.dcs.ttl))
         # Answers about our role read the gate's fence word when they are given; the report's own
         # facts count for /replica and /health only while younger than a lease.
-        self.board = StatusBoard(self.gate.admits_now, stale_after=float(int(config.dcs.ttl)))
+        self.board = StatusBoard(self.gate.admits_now, stale_after=float(int(config.dcs.ttl)),
+                                 gate_report=lambda: gate_workers_report(self.gate))
 
         dcs = config.dcs
         self.lock = open_lock_of(config)
@@ -176,7 +177,7 @@ class Agent:
             catalog=self.catalog, publish_etcd_primary=dcs.kind == "etcd" and config.discovery.etcd_key,
             metrics=self.metrics, semi_sync_timeout_ms=config.failover.semi_sync_timeout_ms,
             relay_wait_timeout=config.failover.relay_wait_timeout,
-            accounts_check=self.check_app_accounts, repair=self.repair,
+            accounts_check=self.check_app_accounts, repair=self.repair, lossless=config.failover.lossless,
             # A repoint waits this long per round for the new source (partitioned, maybe).
             source_read_budget=min(1.0, dcs.ttl / 6))
         self.failsafe: FailsafeAdapter | None = None
@@ -346,7 +347,7 @@ class Agent:
         self.restarter.tick(self.state.role, killed_by_fence=repair.awaiting_restart,
                             repair_running=repair.running)
         self.last_decision = decision
-        self.status.publish(observation, decision, self.state, self.observer.gate_stats)
+        self.status.publish(observation, decision, self.state)
         self.metrics.observe("decision_round_seconds", "How long a decision round takes: observe, "
                              "decide, act (a slow action holds up every later decision).",
                              time.monotonic() - started)
@@ -358,6 +359,8 @@ class Agent:
             self.repair.on_fencing()
         elif serves_again(old, new):
             self.repair.on_serving()
+        elif old is Role.PROMOTING:  # overtaken: stepped down before writing; no term to watch
+            self.repair.on_stepped_down()
 
     def _probe_role(self) -> ProbeRole:
         """Which probes fit: the heartbeat write only on an admitting primary, replication checks

@@ -35,6 +35,8 @@ member record; it re-exports the public names.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide_fence import handle_fenced, handle_fencing, handle_starting
 from dbfence.agent.decide_primary import handle_primary
@@ -61,6 +63,7 @@ __all__ = [
 
 def decide(observation: Observation, state: State, config: CoreConfig) -> Decision:
     """Decide what this agent does next. Pure: same inputs, same decision."""
+    state = _remember_members(observation, state, config)
     current = Round(observation, config, state)
     _HANDLERS[state.role](current)
     publish_member(current)
@@ -76,3 +79,15 @@ _HANDLERS = {
     Role.FENCING: handle_fencing,
     Role.FENCED: handle_fenced,
 }
+
+
+def _remember_members(observation: Observation, state: State, config: CoreConfig) -> State:
+    """Who this agent process has seen, and since when it reads the DCS (the takeover waits for
+    every member it has seen, and for the records of the others to come back after a start)."""
+    seen = frozenset(record.name for record in observation.members) - {config.node_name}
+    if not seen <= state.members_seen:
+        state = replace(state, members_seen=state.members_seen | seen)
+    if state.first_read_at is None and observation.lock.reachable and observation.lock.read_yet:
+        state = replace(state, first_read_at=observation.now)
+    return state
+

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dbfence.agent.actions import ActionReason, ClearSwitchover, ReleaseLock, Repoint, SetReadOnly
+from dbfence.agent.actions import (
+    AcquireLock,
+    ActionReason,
+    ClearSwitchover,
+    ReleaseLock,
+    Repoint,
+    SetReadOnly,
+)
 from dbfence.agent.decide_adoption import adopt_running_primary
 from dbfence.agent.decide_lease import fence_actions, lease_trouble, release_unwanted_lease, renew_if_due
 from dbfence.agent.decide_race import switchover_target_suitable
 from dbfence.agent.decide_replica import acknowledges, detach_lost_source, ready_primary
 from dbfence.agent.decide_round import FENCE_ACTION_REASON, RefusalReason, Round, fresh
+from dbfence.agent.decide_takeover import takeover_refusals
 from dbfence.agent.observation import ErrantCheck
 from dbfence.agent.rejoin import choose_donors, plan_repair
 from dbfence.agent.state import Trigger
@@ -112,10 +120,14 @@ def handle_fenced(r: Round) -> None:
         return
     primary = ready_primary(r)
     if primary is None:
-        if obs.lock.reachable:
-            r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN)
-        else:
+        if not obs.lock.reachable:
             r.refuse(RefusalReason.DCS_UNREACHABLE)
+        elif obs.lock.holder == r.me:
+            r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, "the lock is still this node's (to release)")
+        elif obs.lock.holder is not None:
+            r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"{obs.lock.holder} holds the lock, not primary yet")
+        else:
+            _take_over_or_say_why(r)
         return
     check = obs.db.replication.errant
     if not obs.db.health.healthy:
@@ -131,6 +143,19 @@ def handle_fenced(r: Round) -> None:
     else:
         r.emit(Repoint(primary, acknowledges(r), ActionReason.REJOIN))
         r.move(Trigger.REJOINED)
+
+
+def _take_over_or_say_why(r: Round) -> None:
+    """No primary and the lock free: race if no other member may and this node holds all they
+    hold but never-acknowledged writes (:mod:`dbfence.agent.decide_takeover`); else say why."""
+    refusals = takeover_refusals(r)
+    if not refusals:
+        r.move(Trigger.TAKES_OVER)
+        r.emit(AcquireLock(ActionReason.TAKEOVER_WITHOUT_PRIMARY))
+        return
+    if refusals[0].reason is not RefusalReason.NO_PRIMARY_TO_REJOIN:
+        r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, "and no takeover (below)")
+    r.refusals.extend(refusals)
 
 
 def _repair(r: Round, check: ErrantCheck) -> None:

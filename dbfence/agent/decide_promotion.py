@@ -28,6 +28,7 @@ from dbfence.agent.decide_lease import (
 from dbfence.agent.decide_primary import serve
 from dbfence.agent.decide_race import collect_race_refusals, rivals_of
 from dbfence.agent.decide_round import RefusalReason, Round, fresh
+from dbfence.agent.decide_takeover import takeover_refusals
 from dbfence.agent.gtid import GtidPosition
 from dbfence.agent.state import Trigger
 
@@ -57,6 +58,8 @@ def handle_candidate(r: Round) -> None:
         r.move(Trigger.RACE_LOST)
     else:
         collect_race_refusals(r)
+        if r.refusals and not takeover_refusals(r):
+            r.refusals.clear()  # a takeover without a primary (decide_takeover) still holds
         if r.refusals:
             r.move(Trigger.NO_LONGER_ELIGIBLE)
         else:

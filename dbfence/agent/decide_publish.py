@@ -46,6 +46,7 @@ def publish_member(r: Round) -> None:
         received=obs.db.received,
         seen_token=obs.lock.token if obs.lock.holder is not None else None,
         server_id=obs.db.server_id,
+        binlog_state=obs.db.binlog_state,
     )
     own = obs.member(r.me)
     # Only in lossless mode: there a racing winner waits for every rival's fresh record before it
@@ -79,4 +80,4 @@ def _changed(published: MemberInfo, now: MemberInfo, *, progress_waits: bool) ->
 
 
 def _without_progress(info: MemberInfo) -> MemberInfo:
-    return replace(info, position=None, received=None)
+    return replace(info, position=None, received=None, binlog_state=None)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from dbfence.agent import core_adoption, failsafe
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide_round import Refusal, RefusalReason, Round, fresh
-from dbfence.agent.gtid import GtidPosition, RankKey, candidate_sort_key
+from dbfence.agent.gtid import BinlogState, GtidPosition, RankKey, candidate_sort_key
 from dbfence.agent.observation import MemberRecord, Observation
 from dbfence.agent.state import Role, State
 
@@ -72,36 +72,43 @@ def stays_out_for_own_writes(r: Round, rival: MemberRecord) -> bool:
     info = rival.info
     if info.server_id is None or info.position is None or info.holds != info.position:
         return False
-    peers = [(r.obs.db.position, r.obs.db.holds)] + [
-        (record.info.position, record.info.holds) for record in r.obs.members
+    peers = [(r.obs.db.position, r.obs.db.holds, r.obs.db.history)] + [
+        (record.info.position, record.info.holds, record.info.history) for record in r.obs.members
         if record.name not in (r.me, info.name)
     ]
     return bool(_unreplicated_own_domains(info.position, info.server_id, peers))
 
 
-def _unreplicated_own_domains(
-    position: GtidPosition, server_id: int,
-    peers: list[tuple[GtidPosition | None, GtidPosition | None]],
-) -> list[int]:
+#: What a race compares of a peer: applied position, what it holds, its history (binlog state
+#: with both; None when unknown).
+PeerData = tuple[GtidPosition | None, GtidPosition | None, BinlogState | None]
+
+
+def _unreplicated_own_domains(position: GtidPosition, server_id: int, peers: list[PeerData]) -> list[int]:
     """Domains whose last transaction this server wrote, no peer reached, and that do not simply
     extend every peer's stream (``_own_writes_lead``): the node must rejoin under a primary."""
-    applied = [peer_position for peer_position, _ in peers if peer_position is not None]
+    applied = [peer_position for peer_position, _, _ in peers if peer_position is not None]
     domains = set(position.own_unreplicated_domains(server_id, applied)) | _forked_own_domains(
-        position, server_id, [holds for _, holds in peers])
+        position, server_id, peers)
     return [domain for domain in sorted(domains)
-            if not _own_writes_lead(position, server_id, domain, [holds for _, holds in peers])]
+            if not _own_writes_lead(position, server_id, domain, [holds for _, holds, _ in peers])]
 
 
-def _forked_own_domains(position: GtidPosition, server_id: int,
-                        peer_holds: list[GtidPosition | None]) -> set[int]:
+def _forked_own_domains(position: GtidPosition, server_id: int, peers: list[PeerData]) -> set[int]:
     """Domains whose last transaction this server wrote while a peer holds another server's
     transaction with the same sequence number: two histories, surely forked there, whatever a
-    higher sequence number elsewhere suggests (it may have passed the other branch only)."""
+    higher sequence number elsewhere suggests (it may have passed the other branch only).
+
+    Unless a peer's binlog state shows it holds that very transaction: then it was replicated,
+    and the clash is the other peer's branch, not ours (a handed-over old primary whose last
+    write the target received, the third node errant at the same sequence number)."""
     forked = set()
     for gtid in position.gtids:
         if gtid.server_id != server_id:
             continue
-        for holds in peer_holds:
+        if any(history is not None and history.holds(gtid) for _, _, history in peers):
+            continue
+        for _, holds, _ in peers:
             theirs = None if holds is None else holds.get(gtid.domain_id)
             if theirs is not None and theirs.seq_no == gtid.seq_no and theirs.server_id != server_id:
                 forked.add(gtid.domain_id)
@@ -163,7 +170,8 @@ def collect_race_refusals(r: Round) -> None:
             ahead = rival.sort_key() > mine
         if ahead:
             r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{rival.record.name} holds {rival.holds}")
-    peers = [(record.info.position, record.info.holds) for record in obs.members if record.name != r.me]
+    peers = [(record.info.position, record.info.holds, record.info.history) for record in obs.members
+             if record.name != r.me]
     unreplicated = _unreplicated_own_domains(position, db.server_id, peers)
     if unreplicated:
         r.refuse(RefusalReason.UNREPLICATED_OWN_WRITES,

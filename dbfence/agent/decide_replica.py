@@ -12,6 +12,7 @@ from dbfence.agent.actions import AcquireLock, ActionReason, DetachSource, Repoi
 from dbfence.agent.decide_lease import keep_replica_safe, release_unwanted_lease
 from dbfence.agent.decide_race import collect_race_refusals
 from dbfence.agent.decide_round import RefusalReason, Round, fresh, sync_discovery
+from dbfence.agent.decide_takeover import takeover_refusals
 from dbfence.agent.observation import DiscoveryTag
 from dbfence.agent.state import Role, Trigger
 
@@ -44,6 +45,10 @@ def handle_replica(r: Round) -> None:
         r.refuse(RefusalReason.PRIMARY_NOT_READY, obs.lock.holder)
     else:
         collect_race_refusals(r)
+        if r.refusals and not takeover_refusals(r):
+            # Refused (its own writes nobody received) while no other member may race either, yet
+            # it holds all they hold but never-acknowledged writes: nobody else would ever race.
+            r.refusals.clear()
         if not r.refusals:
             r.move(Trigger.LOCK_FREE_AND_ELIGIBLE)
             r.emit(AcquireLock(ActionReason.LOCK_FREE_AND_ELIGIBLE))

@@ -35,6 +35,7 @@ class RefusalReason(enum.Enum):
     ERRANT_UNCHECKED = "errant_unchecked"
     ERRANT_GTIDS = "errant_gtids"
     NO_PRIMARY_TO_REJOIN = "no_primary_to_rejoin"
+    TAKEOVER_UNPROVEN = "takeover_unproven"  # no primary, nobody races: decide_takeover.py
     FENCE_INCOMPLETE = "fence_incomplete"
     SWITCHOVER_TARGET_UNSUITABLE = "switchover_target_unsuitable"
     SWITCHOVER_TARGET_BEHIND = "switchover_target_behind"

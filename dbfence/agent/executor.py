@@ -85,7 +85,7 @@ class Executor:
                  metrics: Metrics, semi_sync_timeout_ms: int, relay_wait_timeout: float,
                  accounts_check: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic, repair: RepairKeeper | None = None,
-                 source_read_budget: float = 0.5) -> None:
+                 source_read_budget: float = 0.5, lossless: bool = False) -> None:
         self.identity = identity
         self.keeper = keeper
         self.lock = lock
@@ -99,6 +99,7 @@ class Executor:
         self.publish_etcd_primary = publish_etcd_primary
         self.metrics = metrics
         self.semi_sync = SemiSyncSettings(timeout_ms=semi_sync_timeout_ms)
+        self.lossless = lossless  # [failover] lossless: semi-sync on before the gate admits anyone
         # The token write may wait for an ack as long as any commit: semi-sync's timeout.
         self.token_writer = FencingTokenWriter(mysql, identity.node, semi_sync_timeout_ms / 1000 + 30.0)
         self.relay_wait_timeout = relay_wait_timeout
@@ -265,8 +266,10 @@ class Executor:
         lease = self.keeper.status
         if lease.held and lease.token == token and lease.deadline is not None:
             deadline = max(deadline, lease.deadline)  # a renewal may have landed since the decision
-        self.keeper.gate_token = token
         state = self.gate.state
+        if not isinstance(state, Admitting):
+            self._ready_to_admit()
+        self.keeper.gate_token = token
         try:
             if isinstance(state, Admitting):
                 self.gate.extend(deadline)
@@ -275,6 +278,17 @@ class Executor:
         except IllegalTransition:
             self.keeper.gate_token = None
             raise
+
+    def _ready_to_admit(self) -> None:
+        """Before a closed gate admits: lossless semi-sync on (a primary promoted without a source
+        got none from a Promote, and the per-round reconcile comes only after this round's admit,
+        so a commit in between would be acknowledged unreplicated and counted nowhere), then the
+        term's semi-sync counters recorded for [rejoin] (a term that no promotion began). A failure
+        raises: the gate stays closed and the core asks again."""
+        if self.lossless and self.db.latest.semi_sync_primary is not True:
+            self.mysql.set_semi_sync_primary(self.semi_sync)
+        if self.repair is not None:
+            self.repair.before_admit()
 
     # ------------------------------------------------------------------ replication
     def _holder_record(self, node: str) -> MemberRecord:

@@ -72,6 +72,11 @@ class GtidPosition:
     @classmethod
     def parse(cls, text: str) -> GtidPosition:
         """Parse MariaDB's comma separated list, e.g. ``"0-1-100,1-2-5"``; ``""`` is empty."""
+        return cls.from_gtids(cls.parse_gtids(text))
+
+    @staticmethod
+    def parse_gtids(text: str) -> list[Gtid]:
+        """The GTIDs of a comma separated list, in order (no check of one per domain)."""
         if not isinstance(text, str):
             raise GtidParseError(f"expected a string, got {type(text).__name__}")
         gtids: list[Gtid] = []
@@ -85,7 +90,7 @@ class GtidPosition:
             if len(parts) != 3 or not all(part.isdigit() for part in parts):
                 raise GtidParseError(f"malformed GTID {item!r} in position {text!r}")
             gtids.append(Gtid(int(parts[0]), int(parts[1]), int(parts[2])))
-        return cls.from_gtids(gtids)
+        return gtids
 
     @classmethod
     def from_gtids(cls, gtids: Iterable[Gtid]) -> GtidPosition:
@@ -181,6 +186,62 @@ class GtidPosition:
             if not reached:
                 unreplicated.append(gtid.domain_id)
         return tuple(unreplicated)
+
+
+@dataclass(frozen=True, slots=True)
+class BinlogState:
+    """The last GTID of each (domain, server) stream a node holds, like ``@@gtid_binlog_state``.
+
+    A position keeps one GTID per domain and cannot show whose transactions came before it; a
+    binlog state keeps every server's stream, so it shows what a node holds of each server's
+    writes. It is what the errant-GTID check compares (``dbfence.mysql.gtid.GtidState``): a node
+    lacks nothing of another when it is at least as far in each of the other's streams.
+    """
+
+    gtids: tuple[Gtid, ...] = ()
+
+    def __post_init__(self) -> None:
+        keys = [(gtid.domain_id, gtid.server_id) for gtid in self.gtids]
+        if len(set(keys)) != len(keys):
+            raise GtidParseError("a binlog state holds one GTID per (domain, server) stream")
+        if keys != sorted(keys):
+            raise GtidParseError("GTIDs of a binlog state must be sorted by (domain, server)")
+
+    @classmethod
+    def parse(cls, text: str) -> BinlogState:
+        """Parse ``@@gtid_binlog_state`` text, e.g. ``"0-1-100,0-2-110"``; ``""`` is empty."""
+        return cls.merged(GtidPosition.parse_gtids(text))
+
+    @classmethod
+    def merged(cls, *sources: Iterable[Gtid]) -> BinlogState:
+        """Per stream, the furthest GTID of all the sources (a binlog state with the applied and
+        received positions: everything the node holds once its relay log is applied)."""
+        best: dict[tuple[int, int], Gtid] = {}
+        for source in sources:
+            for gtid in source:
+                key = (gtid.domain_id, gtid.server_id)
+                if key not in best or gtid.seq_no > best[key].seq_no:
+                    best[key] = gtid
+        return cls(tuple(best[key] for key in sorted(best)))
+
+    def __str__(self) -> str:
+        return ",".join(str(gtid) for gtid in self.gtids)
+
+    def seq_no(self, domain_id: int, server_id: int) -> int:
+        """Last sequence number of ``server_id``'s stream in a domain; 0 when never seen."""
+        for gtid in self.gtids:
+            if (gtid.domain_id, gtid.server_id) == (domain_id, server_id):
+                return gtid.seq_no
+        return 0
+
+    def holds(self, gtid: Gtid) -> bool:
+        """Whether this node holds ``gtid`` (its stream reached that sequence number)."""
+        return self.seq_no(gtid.domain_id, gtid.server_id) >= gtid.seq_no
+
+    def beyond(self, other: BinlogState) -> tuple[Gtid, ...]:
+        """The last GTID of each stream in which this state is further than ``other``: what
+        this node holds that ``other`` lacks (empty: ``other`` holds everything this one does)."""
+        return tuple(gtid for gtid in self.gtids if not other.holds(gtid))
 
 
 def candidate_sort_key(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbfence.agent.gtid import GtidPosition
+from dbfence.agent.gtid import BinlogState, GtidPosition
 from dbfence.agent.observation import MemberInfo, MemberRecord
 from dbfence.agent.state import Role
 from dbfence.locks.model import ClusterSnapshot
@@ -61,7 +61,14 @@ class MemberTracker:
         except ValueError as exc:
             self.problems.append(f"member {raw.node}: {exc}")
             return None
+        binlog_state = None  # unknown: a takeover without a primary then proves nothing with it
+        try:
+            # Known with the position it was read with ("" is then an empty binlog).
+            binlog_state = BinlogState.parse(raw.gtid_binlog_state) if raw.gtid_position else None
+        except ValueError as exc:
+            self.problems.append(f"member {raw.node}: binlog state: {exc}")
         info = MemberInfo(name=raw.node, role=role, healthy=raw.healthy, position=position,
                           gate_admitting=raw.gate_state == "admitting", priority=raw.priority,
-                          received=received, seen_token=raw.seen_token, server_id=raw.server_id)
+                          received=received, seen_token=raw.seen_token, server_id=raw.server_id,
+                          binlog_state=binlog_state)
         return MemberRecord(info=info, last_seen=changed_at)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from dbfence.agent.failsafe_view import FailsafeView
-from dbfence.agent.gtid import GtidPosition
+from dbfence.agent.gtid import BinlogState, GtidPosition
 from dbfence.agent.state import Role
 
 
@@ -76,6 +76,8 @@ class MemberInfo:
     lock free or unreadable) - a new holder waits for its rivals to have seen its token, so
     it compares itself with what they hold once they stopped receiving from the old primary.
     ``server_id`` is its mysqld's (None: unknown), so peers can tell its own writes apart.
+    ``binlog_state`` is its mysqld's ``gtid_binlog_state`` (None: unknown, e.g. an older agent):
+    every server's stream, so peers can prove what it holds of whose writes (:attr:`history`).
     """
 
     name: str
@@ -87,10 +89,24 @@ class MemberInfo:
     received: GtidPosition | None = None
     seen_token: int | None = None
     server_id: int | None = None
+    binlog_state: BinlogState | None = None
 
     @property
     def holds(self) -> GtidPosition | None:
         return _holds(self.position, self.received)
+
+    @property
+    def history(self) -> BinlogState | None:
+        return _history(self.binlog_state, self.position, self.received)
+
+
+def _history(binlog_state: BinlogState | None, applied: GtidPosition | None,
+             received: GtidPosition | None) -> BinlogState | None:
+    """Every stream a node holds once its relay log is applied: its binlog state with what it
+    applied and received (unknown without the binlog state or the applied position)."""
+    if binlog_state is None or applied is None:
+        return None
+    return BinlogState.merged(binlog_state.gtids, applied.gtids, () if received is None else received.gtids)
 
 
 def _holds(applied: GtidPosition | None, received: GtidPosition | None) -> GtidPosition | None:
@@ -170,7 +186,8 @@ class LocalDatabase:
 
     A semi-sync replica acknowledges a commit once it is in its relay log, so a lagging
     applier can sit on acknowledged commits no other node has: candidates rank by
-    :attr:`holds`, not by the applied position alone.
+    :attr:`holds`, not by the applied position alone. ``binlog_state``: ``gtid_binlog_state``
+    (None: unknown).
     """
 
     health: HealthVerdict
@@ -180,10 +197,15 @@ class LocalDatabase:
     fencing_token: int | None = None
     replication: ReplicationState = ReplicationState()
     received: GtidPosition | None = None
+    binlog_state: BinlogState | None = None
 
     @property
     def holds(self) -> GtidPosition | None:
         return _holds(self.position, self.received)
+
+    @property
+    def history(self) -> BinlogState | None:
+        return _history(self.binlog_state, self.position, self.received)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from dbfence.discovery.http_api import CommandResult
 from dbfence.locks.base import LeaseLock
 from dbfence.locks.errors import LockError
 from dbfence.locks.model import Intent
-from dbfence.ops_cli import switchover_refusal
+from dbfence.locks.switchover import switchover_refusal
 
 
 def answer_command(lock: LeaseLock, node: str, max_lag: float, command: str,

@@ -2,7 +2,9 @@
 
 Both read or restart mysqld, which can take seconds (a hung mysqld, crash recovery), so each runs
 in a thread of its own and the loop only reads :meth:`RepairKeeper.view`. The decision whether to
-repair is the core's (``dbfence.agent.rejoin``); this carries it out and reports back.
+repair is the core's (``dbfence.agent.rejoin``); this carries it out and reports back. The semi-sync
+counters of the term the evidence judges (its reference, sampling, taint) are kept by
+:class:`~dbfence.agent.term_watch.TermWatch`.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dbfence.agent.actions import RebuildNode, TruncateErrant
+from dbfence.agent.actions import TruncateErrant
 from dbfence.agent.observation import RepairView
-from dbfence.agent.rebuild_approval import APPROVAL_FILE, APPROVE_HINT, approve_command, write_approval
-from dbfence.discovery.backup_stream import fetch_backup
+from dbfence.agent.rebuild_approval import APPROVE_HINT, approve_command
+from dbfence.agent.repair_rebuild import RebuildRunner
+from dbfence.agent.term_watch import TermWatch
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.binlog_tail import copy_binlog_tail
 from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
 from dbfence.mysql.gtid import GtidState
-from dbfence.mysql.rebuild import Progress, RebuildResult, rebuild_from_stream
+from dbfence.mysql.rebuild import Progress, RebuildResult
 from dbfence.mysql.repair import (
     BinlogCutShort,
     MysqldControl,
@@ -40,16 +43,13 @@ from dbfence.mysql.repair import (
     truncate_unacknowledged,
 )
 from dbfence.mysql.repair_evidence import (
-    CounterBaseline,
     FencingEvidence,
     clear_evidence,
     load_evidence,
-    read_baseline,
     read_evidence,
-    read_unacknowledged_count,
     save_evidence,
-    since_baseline,
 )
+from dbfence.mysql.semi_sync_term import clear_taint, load_taint
 
 log = logging.getLogger("dbfence.agent")
 
@@ -64,7 +64,7 @@ RETRY_MAX = 60.0
 _T = TypeVar("_T")
 
 
-class RepairKeeper:
+class RepairKeeper(RebuildRunner):
     """Records the evidence when this node fences, runs a truncation when the core asks."""
 
     def __init__(self, *, mode: str, state_dir: Path, node: str, mysql: MysqlActions,
@@ -113,37 +113,36 @@ class RepairKeeper:
         # with read_only still OFF, and commits then wait for acks that never come.
         self._unreached = False
         self._fenced_pid = ""  # the mysqld that was primary: the only one the fence may crash
-        # Ack waits the agent ended of its own writes (a fencing-token write no replica answered):
-        # (mysqld pid, count). No client saw them; they count for as long as that mysqld runs.
-        self._own_ended: tuple[str, int] = ("", 0)
         self.hold = ""  # why the core starts no repair now (its refusal), as the last round said
-        # The counters at this node's promotion from a replica, for the next fence (None: since mysqld
-        # started). In memory only: a restarted agent never resumes a term; the evidence keeps it.
-        self._promotion_baseline: CounterBaseline | None = None
-        self._term_baseline: CounterBaseline | None = None
+        # The semi-sync counters of this node's term as primary: its reference, samples and taint.
+        # In memory: a restarted agent never resumes a term; the evidence (and taint file) keep it.
+        self.term = TermWatch(mysql=mysql, state_dir=state_dir, node=node, pid=self._mysqld_pid,
+                              enabled=mode != "manual")
         if mode != "manual":
             # Made at start, not at the first fence: an operator's rebuild approval is a file here,
             # and a fence that could not read its evidence (a stopped mysqld) would otherwise leave
             # no directory to put it in. An unwritable state directory fails the start, loudly.
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._evidence = load_evidence(state_dir)  # an agent restarted while fenced keeps it
+            taint = load_taint(state_dir)  # what sampling saw during the term, should the file lack it
+            evidence = self._evidence
+            if isinstance(evidence, FencingEvidence) and taint is not None and not evidence.term_problem:
+                self._evidence = replace(evidence, term_problem=taint.problem)
             self._killed = (isinstance(self._evidence, FencingEvidence) and self._evidence.killed_by_fence
                             and not mysqld_running(control.pid_file))
 
     # ------------------------------------------------------------------ role changes
     def on_promoted(self) -> None:
-        """A replica was just promoted (semi-sync on, gate closed): the counters its term starts from
-        (CounterBaseline). None read: they count since mysqld started, as strict as before."""
-        if self.mode == "manual":
-            return
-        read = read_baseline(self.mysql, self._mysqld_pid())
-        baseline = read if isinstance(read, CounterBaseline) else None
-        with self._lock:
-            self._promotion_baseline = baseline
-            if baseline is not None:  # own waits ended so far are in it (reset after: never taken twice)
-                self._own_ended = ("", 0)
-        fields = asdict(baseline) if baseline is not None else {"error": read}
-        log.info(json.dumps({"event": "semi_sync_baseline", "node": self.node, **fields}))
+        """A replica was just promoted (semi-sync on, gate closed): its term's counters start here."""
+        self.term.begin_promoted()
+
+    def before_admit(self) -> None:
+        """The gate is about to admit, semi-sync on: a term not begun by a promotion begins here."""
+        self.term.before_admit()
+
+    def on_stepped_down(self) -> None:
+        """PROMOTING gave the lock back before writing anything (overtaken): no term to judge."""
+        self.term.end()
 
     def on_fencing(self) -> None:
         """The node stops being primary: forget older evidence and read this run's."""
@@ -157,7 +156,7 @@ class RepairKeeper:
             self._ended_by_fence = 0
             self._unreached = False
             self._fenced_pid = self._mysqld_pid()
-            self._term_baseline, self._promotion_baseline = self._promotion_baseline, None
+        self.term.end()
         clear_evidence(self.state_dir)
         self._reader = threading.Thread(target=self._read_evidence, name="repair-evidence", daemon=True)
         self._reader.start()
@@ -175,6 +174,8 @@ class RepairKeeper:
             self._ended_by_fence = 0
             self._unreached = False
         clear_evidence(self.state_dir)
+        if not self.term.active:  # rejoined: the last term's taint is spent with its evidence
+            clear_taint(self.state_dir)
 
     def fence_unreached(self) -> None:
         """A fence could not reach mysqld (stopped or not answering); see fence_by_crash."""
@@ -191,13 +192,15 @@ class RepairKeeper:
         fails, or a mysqld restarted in between, attributes nothing: the evidence stays strict."""
         if self.mode == "manual" or self._fenced_at is None:
             return run_fence()
-        pid = self._mysqld_pid()
-        before = self._unacknowledged_count()
-        result = run_fence()
-        if before is None:
-            return result
-        after = self._unacknowledged_count()
-        if after is not None and after > before and pid and self._mysqld_pid() == pid:
+        with self.term.counting:  # no sample or evidence read between the KILLs and their count
+            pid = self._mysqld_pid()
+            before = self.term.unacknowledged_count()
+            result = run_fence()
+            if before is None:
+                return result
+            after = self.term.unacknowledged_count()
+            if not (after is not None and after > before and pid and self._mysqld_pid() == pid):
+                return result
             with self._lock:
                 self._ended_by_fence += after - before
             log.info(json.dumps({"event": "fence_ended_ack_waits", "node": self.node,
@@ -205,30 +208,8 @@ class RepairKeeper:
         return result
 
     def end_own_ack_wait(self, end: Callable[[], None]) -> None:
-        """End an ack wait of the agent's own write (the fencing token: no client data, the gate
-        has not admitted) between two reads of ``Rpl_semi_sync_master_no_tx``; what grew is not
-        held against a later fence's evidence of this mysqld, as with :meth:`fence`."""
-        if self.mode == "manual":
-            end()
-            return
-        pid = self._mysqld_pid()
-        before = self._unacknowledged_count()
-        end()
-        after = self._unacknowledged_count() if before is not None else None
-        if before is None or after is None or after <= before or not pid or self._mysqld_pid() != pid:
-            return
-        with self._lock:
-            earlier = self._own_ended[1] if self._own_ended[0] == pid else 0
-            self._own_ended = (pid, earlier + after - before)
-        log.warning(json.dumps({"event": "token_ack_wait_ended", "node": self.node, "commits": after - before,
-                                "why": "no replica acknowledged the fencing-token write: it commits "
-                                       "unacknowledged and a crash can no longer remove it"}))
-
-    def _unacknowledged_count(self) -> int | None:
-        try:
-            return read_unacknowledged_count(self.mysql)
-        except (MysqlAdapterError, ValueError):
-            return None
+        """End an ack wait of the agent's own write; not held against a later fence (TermWatch)."""
+        self.term.end_own_ack_wait(end)
 
     def fence_by_crash(self) -> bool:
         """Fence mysqld by SIGKILL when commits wait for a semi-sync ack, instead of killing their
@@ -278,10 +259,7 @@ class RepairKeeper:
     def _read_attributed(self) -> FencingEvidence:
         """The evidence now, with what the fence ended so far: counted before the read, so never
         more than the counters read include (a fence running meanwhile only makes it stricter)."""
-        own_pid, own = self._own_ended
-        ended = self._ended_by_fence + (own if own_pid and own_pid == self._mysqld_pid() else 0)
-        evidence = since_baseline(read_evidence(self.mysql), self._term_baseline, self._fenced_pid)
-        return replace(evidence, ended_by_fence=ended)
+        return self.term.judged(lambda: read_evidence(self.mysql), self._fenced_pid, self._ended_by_fence)
 
     def _mysqld_pid(self) -> str:
         try:
@@ -332,20 +310,6 @@ class RepairKeeper:
                               saved_file=self.saved_file, awaiting_restart=self._killed,
                               gave_up_on=self.gave_up_on, rebuild_approved=self._approved())
 
-    def _approved(self) -> bool:
-        return self.mode == "rebuild" and (self.state_dir / APPROVAL_FILE).exists()
-
-    def approve_rebuild(self, by: str) -> str:
-        """An operator approves one rebuild (``dbfence rejoin approve``): the same file an operator
-        may create by hand, spent when the rebuild starts. Raises ValueError when this node's
-        ``[rejoin] mode`` never rebuilds (the approval would wait there unseen)."""
-        if self.mode != "rebuild":
-            raise ValueError(f"[rejoin] mode is {self.mode!r} on {self.node}: it never rebuilds, "
-                             "so an approval would change nothing")
-        path = write_approval(self.state_dir, by, self.wall())
-        log.warning(json.dumps({"event": "rebuild_approved", "node": self.node, "by": by, "file": str(path)}))
-        return f"one rebuild of {self.node} approved ({path}); it starts when a donor can serve"
-
     def note_hold(self, hold: str) -> None:
         """The core's reason for starting no repair this round ('' when none): shown in status."""
         self.hold = hold
@@ -364,16 +328,7 @@ class RepairKeeper:
                     "binlog_pos_before": result.binlog_pos_before,
                     "binlog_pos_after": result.binlog_pos_after, "seconds": round(result.seconds, 3),
                     "abandoned": result.abandoned},
-                "rebuild": self._rebuild_status()}
-
-    def _rebuild_status(self) -> dict[str, Any] | None:
-        progress, done = self.progress, self.last_rebuild
-        if progress is None and done is None:
-            return None
-        return {"progress": None if progress is None else progress.as_dict(),
-                "last": None if done is None else {
-                    "old_datadir": str(done.old_datadir), "position": done.position,
-                    "removed": done.errant_before, "seconds": round(done.seconds, 1)}}
+                "rebuild": self._rebuild_status(), "term": self.term.status()}
 
     # ------------------------------------------------------------------ the repair
     def start_truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState]) -> None:
@@ -502,80 +457,3 @@ class RepairKeeper:
             cut = (f"; the binlog ended inside {result.abandoned} (its write abandoned on a full disk, never "
                    "committed): saved as far as it could be read" if result.abandoned else "")
             self.on_done("repair", f"truncated {result.errant_before} in {result.seconds:.1f} s{where}{cut}")
-
-    # ------------------------------------------------------------------ the rebuild
-    def start_rebuild(self, action: RebuildNode, donor_api: str,
-                      primary_state: Callable[[], GtidState]) -> None:
-        """Start the rebuild from ``donor_api`` the core asked for, unless a repair is running.
-        An operator's approval is spent here: one approval, one attempt."""
-        with self._lock:
-            if self._worker is not None and self._worker.is_alive():
-                return
-            if not self.api_token and not self.mutual_tls:
-                self.gave_up = "rebuild needs http.token_file or mutual TLS (to authenticate to the donor)"
-                self.gave_up_on = "rebuild"
-                return
-            (self.state_dir / APPROVAL_FILE).unlink(missing_ok=True)
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.wall()))
-            out = self.state_dir / f"errant-{self.node}-{stamp}.sql"
-            self.progress = None
-            self._worker = threading.Thread(target=self._rebuild, args=(action, donor_api, primary_state, out,
-                                                                        stamp), name="rebuild", daemon=True)
-            self._worker.start()
-
-    def _rebuild(self, action: RebuildNode, donor_api: str, primary_state: Callable[[], GtidState], out: Path,
-                 stamp: str) -> None:
-        token, tls = self.api_token, self.api_tls
-        header = (f"-- dbfence: errant transactions of {self.node}, thrown away by a rebuild from "
-                  f"{action.donor}\n-- GTIDs: {', '.join(action.gtids)}\n-- reason: {action.reason.value}\n"
-                  f"-- to apply them anyway (after review): mariadb < {out.name}\n")
-        log.warning(json.dumps({"event": "rebuild_started", "node": self.node, "donor": action.donor,
-                                "url": donor_api, "gtids": list(action.gtids),
-                                "reason": action.reason.value}))
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            result = rebuild_from_stream(self.mysql, self.control, primary_state,
-                                         lambda: fetch_backup(donor_api, token, tls=tls), out, header,
-                                         self._on_progress, stamp, backup_tool=self.backup_tool,
-                                         mbstream_tool=self.mbstream_tool, margin=self.free_space_margin,
-                                         keep_old=self.keep_old_datadirs)
-        except NothingErrant as exc:
-            self._skipped(exc)
-            return
-        except (RepairError, MysqlAdapterError, OSError) as exc:
-            saved = str(out) if out.exists() else ""
-            with self._lock:
-                self.saved_file = saved or self.saved_file
-                self.gave_up, self.gave_up_on = f"rebuild failed: {exc}", "rebuild"
-            log.warning(json.dumps({"event": "rebuild_done", "node": self.node, "ok": False,
-                                    "error": str(exc), "file": saved}))
-            self.on_done("repair_failed", f"rebuild from {action.donor} failed: {exc}"
-                                          + (f"; saved to {saved}" if saved else ""))
-            return
-        saved = str(result.saved_file)
-        with self._lock:
-            self.saved_file = saved
-            self.gave_up = self.gave_up_on = ""
-            self._killed = False
-            self.last_rebuild = result
-        log.info(json.dumps({"event": "rebuild_done", "node": self.node, "ok": True, "donor": action.donor,
-                             "removed": result.errant_before, "file": saved,
-                             "old_datadir": str(result.old_datadir),
-                             "position": result.position, "seconds": round(result.seconds, 1),
-                             "deleted_old_datadirs": [str(p) for p in result.pruned],
-                             **result.progress.as_dict()}))
-        if result.prune_problems:
-            log.warning(json.dumps({"event": "old_datadirs_kept", "node": self.node,
-                                    "problems": list(result.prune_problems)}))
-        self.on_done("repair", f"rebuilt from {action.donor} in {result.seconds:.1f} s "
-                               f"({result.progress.done} bytes), old data in {result.old_datadir}; "
-                               f"removed {result.errant_before or 'nothing'}"
-                               + (f"; saved to {saved}" if saved else ""))
-
-    def _skipped(self, exc: NothingErrant) -> None:
-        """A request from facts read before the last repair finished: nothing done, nothing failed."""
-        log.info(json.dumps({"event": "repair_skipped", "node": self.node, "why": str(exc)}))
-
-    def _on_progress(self, progress: Progress) -> None:
-        self.progress = progress
-        log.info(json.dumps({"event": "rebuild_progress", "node": self.node, **progress.as_dict()}))

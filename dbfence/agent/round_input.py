@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from dbfence.agent.executor import Executor
 from dbfence.agent.failsafe_view import FailsafeView
+from dbfence.agent.gtid import BinlogState, GtidParseError
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.member_tracker import MemberTracker
 from dbfence.agent.observation import (
@@ -31,7 +32,7 @@ from dbfence.agent.peer_promises import FailsafeAdapter
 from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbFacts, DbSensor, DcsSensor, DcsView, PeerDatabase
 from dbfence.agent.state import Role, State
-from dbfence.breaker import Admitting, Gate, GateStats
+from dbfence.breaker import Admitting, Gate
 from dbfence.config import AgentConfig
 from dbfence.locks.model import ClusterSnapshot, Intent
 from dbfence.mysql.monitor import HealthMonitor
@@ -63,7 +64,6 @@ class Observer:
         self.repair = repair
         self.failsafe = failsafe
         self.names_by_address: dict[tuple[str, int], str] = {}  # mysqld address -> node name
-        self.gate_stats: GateStats | None = None  # the latest connection table, when read
         self._restarts_at_promotion: int | None = None
         # Long enough for a heartbeat that waited on replicas to be acknowledged once one connects
         # (IO thread restart, catch-up) and for its trip to recover.
@@ -113,11 +113,11 @@ class Observer:
         admitting = isinstance(gate_state, Admitting)
         gate_token = self.keeper.gate_token
         open_connections = 0
-        self.gate_stats = None
         if admitting or self.state_of().role in (Role.FENCING, Role.PROMOTING, Role.PRIMARY):
+            # From the workers' shared counts: asking them for their reports every round woke
+            # them several times a second for a table only /status shows (issue 18).
             try:
-                self.gate_stats = self.gate.stats()
-                open_connections = self.gate_stats.open_connections
+                open_connections = self.gate.open_connections()
             except Exception:  # unknown counts as "still open": release waits
                 open_connections = 1
         gate = GateView(
@@ -140,7 +140,7 @@ class Observer:
             members=members,
             db=LocalDatabase(health=self._health(facts, now),
                              read_only=facts.read_only, position=facts.position,
-                             received=facts.received,
+                             received=facts.received, binlog_state=local_binlog_state(facts),
                              server_id=facts.server_id, fencing_token=facts.fencing_token,
                              replication=replication),
             gate=gate,
@@ -188,3 +188,14 @@ class Observer:
             return by_address.get((host, port))
 
         self.db.follow(peer, source_of)
+
+
+def local_binlog_state(facts: DbFacts) -> BinlogState | None:
+    """The core's view of ``gtid_binlog_state``: known only with the position it was read with
+    ("" then means an empty binlog), and unknown rather than guessed when it does not parse."""
+    if facts.position is None:
+        return None
+    try:
+        return BinlogState.parse(facts.binlog_state)
+    except GtidParseError:
+        return None

@@ -43,6 +43,7 @@ class Trigger(enum.Enum):
     REJOINED = "rejoined"
     OVERTAKEN = "overtaken"
     ADOPTED = "adopted"
+    TAKES_OVER = "takes_over"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,9 @@ TRANSITIONS: tuple[Transition, ...] = (
                "fence complete and the lock released or expired"),
     Transition(Role.FENCING, Trigger.HANDED_OVER, Role.REPLICA,
                "switchover: fence complete, lock released or expired, the target holds all it has"),
+    Transition(Role.FENCED, Trigger.TAKES_OVER, Role.CANDIDATE,
+               "no primary, no other member may race, and it holds all they hold but never-acknowledged "
+               "writes"),
     Transition(Role.FENCED, Trigger.REJOINED, Role.REPLICA,
                "no errant GTIDs against the new primary; repointed"),
 )
@@ -114,7 +118,8 @@ ROLE_DESCRIPTIONS: dict[Role, str] = {
     Role.FENCING: "Fails the discovery check, blocks the gate, cuts connections, sets read-only; "
                   "releases the lock only once all of that is observed done.",
     Role.FENCED: "Former primary. Never admits; rejoins as a replica only without errant GTIDs, "
-                 "otherwise stays here with the reason.",
+                 "otherwise stays here with the reason. With no primary and no other member that "
+                 "may race, races only if it holds all they hold but never-acknowledged writes.",
 }
 
 
@@ -133,7 +138,12 @@ class State:
     ``since`` is the observation time at which the role was entered; ``fenced_reason``
     says why the node is FENCING/FENCED; ``switchover_target`` is the node a FENCING
     primary hands over to; ``handed_over``: that target was seen holding everything this
-    node holds after its fence was complete (the lock is released then).
+    node holds after its fence was complete (the lock is released then). ``members_seen``: the
+    other members whose records this agent process has read, kept through role changes: a
+    takeover without a primary waits for every one of them (a record that has not come back
+    yet may be the one holding acknowledged writes). ``first_read_at``: when this agent process
+    first read the DCS (None: not yet); until ``member_stale_after`` later it has not seen every
+    live member's record yet (a restarted agent remembers none).
     """
 
     role: Role = Role.STARTING
@@ -141,6 +151,8 @@ class State:
     fenced_reason: Trigger | None = None
     switchover_target: str | None = None
     handed_over: bool = False
+    members_seen: frozenset[str] = frozenset()
+    first_read_at: float | None = None
 
     @classmethod
     def initial(cls, now: float) -> State:
@@ -152,5 +164,6 @@ class State:
         target = transition(self.role, trigger)
         if target in (Role.FENCING, Role.FENCED):
             reason = self.fenced_reason if target is Role.FENCED and trigger is Trigger.RELEASED else trigger
-            return State(role=target, since=now, fenced_reason=reason, switchover_target=switchover_target)
-        return State(role=target, since=now)
+            return State(role=target, since=now, fenced_reason=reason, switchover_target=switchover_target,
+                         members_seen=self.members_seen, first_read_at=self.first_read_at)
+        return State(role=target, since=now, members_seen=self.members_seen, first_read_at=self.first_read_at)

@@ -24,9 +24,9 @@ from dbfence.agent.peer_promises import FAILSAFE_ACTIVE_HELP, FailsafeAdapter
 from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbSensor, DcsSensor
 from dbfence.agent.state import Role, State
-from dbfence.breaker import Admitting, Gate, GateStats
+from dbfence.breaker import Admitting, Gate
 from dbfence.discovery.http_api import StatusBoard, StatusReport
-from dbfence.discovery.metrics import Metrics
+from dbfence.discovery.metrics import GateStatsSource, Metrics
 from dbfence.locks.base import LeaseLock
 from dbfence.locks.errors import LockError
 from dbfence.mysql.monitor import HealthMonitor
@@ -52,6 +52,22 @@ def text_of(position: GtidPosition | None) -> str | None:
     return None if position is None else str(position)
 
 
+def gate_workers_report(gate: GateStatsSource) -> dict[str, Any]:
+    """The part of ``/status``'s ``gate`` that only the workers know (their counters and the
+    connection table), asked of them when ``/status`` is asked (:class:`StatusBoard`'s
+    ``gate_report``), as the metrics' collector does at a scrape: the loop does not wake the
+    workers every round for it. None and no rows when they cannot be asked."""
+    try:
+        stats = gate.stats()
+    except Exception:  # a gate not started or stopping: unknown, not zero
+        return {"refused_full": None, "login_timeouts": None, "spoofed_headers": None, "connections": []}
+    return {"refused_full": stats.refused_full, "login_timeouts": stats.login_timeouts,
+            "spoofed_headers": stats.spoofed_headers,
+            # The oldest first, at most _CONNECTIONS_SHOWN: the status must stay small.
+            "connections": [vars(row) for row in sorted(stats.connections, key=lambda r: -r.age)
+                            ][:_CONNECTIONS_SHOWN]}
+
+
 @dataclass
 class StatusPublisher:
     """Publishes one round's metrics and status report; remembers what it last logged."""
@@ -72,8 +88,7 @@ class StatusPublisher:
     restarter: MysqldRestarter | None = None
     _saturated: bool = field(default=False)  # mysqld refusing clients (too many connections), as last logged
 
-    def publish(self, observation: Observation, decision: Decision, state: State,
-                gate_stats: GateStats | None) -> None:
+    def publish(self, observation: Observation, decision: Decision, state: State) -> None:
         """Metrics and the status report (``/status``, ``dbfence status``) after one round."""
         self.repair.note_hold(next((r.detail for r in decision.refusals if r.reason in REPAIR_HOLDS), ""))
         lease = self.keeper.status
@@ -125,14 +140,7 @@ class StatusPublisher:
                      "kernel_forwarding": self.gate.kernel_forwarding,
                      "backend_cap": self.gate.backend_cap,
                      "mysqld_max_connections": self.gate.mysqld_max_connections,
-                     "refused_full": None if gate_stats is None else gate_stats.refused_full,
-                     "login_timeouts": None if gate_stats is None else gate_stats.login_timeouts,
-                     "spoofed_headers": None if gate_stats is None else gate_stats.spoofed_headers,
-                     "remote_path": self.gate.remote_path,
-                     # The oldest first, at most _CONNECTIONS_SHOWN: the status must stay small.
-                     "connections": [] if gate_stats is None else [
-                         vars(row) for row in sorted(gate_stats.connections, key=lambda r: -r.age)
-                     ][:_CONNECTIONS_SHOWN]},
+                     "remote_path": self.gate.remote_path},
             "database": {"healthy": observation.db.health.healthy,
                          "reasons": list(observation.db.health.reasons),
                          "read_only": facts.read_only,

@@ -258,6 +258,14 @@ class Program:
     def call(self, helper: int) -> None:
         self._emit(0x85, imm=helper)
 
+    def map_lookup(self, map_fd: int, key: int, key_offset: int = 0) -> None:
+        """``r0 = bpf_map_lookup_elem(map, key + key_offset)`` (NULL when absent); clobbers r1-r5."""
+        self.load_map(R1, map_fd)
+        self.mov(R2, key)
+        if key_offset:
+            self.add_imm(R2, key_offset)
+        self.call(CALL_MAP_LOOKUP)
+
     def exit(self) -> None:
         self._emit(0x95)
 

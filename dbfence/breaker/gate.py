@@ -396,6 +396,16 @@ class Gate:
         return self._shared
 
     # --- status -------------------------------------------------------------------------------
+    def open_connections(self) -> int:
+        """Client connections through the gate now, read without waking a worker: the count each
+        worker keeps in its shared slot (its links, and sockets handed to it not yet adopted)
+        plus the remote path's forwarded flows. The decision loop reads this every round;
+        :meth:`stats` asks every worker for its report, so it is left to status and scrapes."""
+        shared = self._require_started()
+        remote = self._remote
+        forwarded = sum(1 for flow in remote.flows() if flow.passthrough) if remote is not None else 0
+        return shared.open_total(len(self._workers)) + forwarded
+
     def stats(self) -> GateStats:
         state = self.state
         shared = self._require_started()

@@ -100,10 +100,7 @@ def ops_program(sockets_fd: int, announced_fd: int, gate_port: int, backend_port
     p.label("passive")  # mysqld accepting a connection from an announced backend socket
     p.load_u32(R1, FP, -8)
     p.jump(JNE_IMM, R1, "out", imm=backend_port)
-    p.load_map(R1, announced_fd)
-    p.mov(R2, FP)
-    p.add_imm(R2, -24)
-    p.call(CALL_MAP_LOOKUP)
+    p.map_lookup(announced_fd, FP, -24)
     p.jump(JEQ_IMM, R0, "out")
     p.label("keep")
     p.mov(R1, R6)
@@ -128,23 +125,15 @@ def msg_program(fence_fd: int, links_fd: int, sockets_fd: int, routes_fd: int) -
     for offset, field in key_fields:
         p.load_u32(R1, R6, field)
         p.store_u32(FP, offset, R1)
-    p.load_map(R1, routes_fd)
-    p.mov(R2, FP)
-    p.add_imm(R2, -16)
-    p.call(CALL_MAP_LOOKUP)
+    p.map_lookup(routes_fd, FP, -16)
     p.jump(JEQ_IMM, R0, "pass")  # not joined: TCP, as always
     p.mov(R7, R0)  # r7 = the route
-    p.load_map(R1, links_fd)
-    p.mov(R2, R7)  # its first field is the entry's key
-    p.call(CALL_MAP_LOOKUP)
+    p.map_lookup(links_fd, R7)  # its first field is the entry's key
     p.jump(JEQ_IMM, R0, "pass")
     p.mov(R9, R0)  # r9 = this direction's entry
     _fence_check(p, fence_fd)  # r8 = now
     # This side spoke: the other direction's budget starts again.
-    p.load_map(R1, links_fd)
-    p.mov(R2, R9)
-    p.add_imm(R2, _PEER)
-    p.call(CALL_MAP_LOOKUP)
+    p.map_lookup(links_fd, R9, _PEER)
     p.jump(JEQ_IMM, R0, "budget")
     p.store_u64_imm(R0, _SINCE, 0)
     p.label("budget")

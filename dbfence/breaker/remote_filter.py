@@ -45,7 +45,6 @@ from typing import Final
 
 from dbfence.breaker.bpf import (
     CALL_KTIME_NS,
-    CALL_MAP_LOOKUP,
     CALL_MAP_UPDATE,
     CALL_SKB_LOAD_BYTES,
     FP,
@@ -136,10 +135,7 @@ def filter_program(ingress: bool, fence_fd: int, flows_fd: int, gate_port: int) 
     p.store_u16(FP, _KEY + 10, R1)
     p.store_u32_imm(FP, _KEY + 12, 0)
     p.load_u8(R8, FP, _TCP + 13)  # r8 = the TCP flags
-    p.load_map(R1, flows_fd)
-    p.mov(R2, FP)
-    p.add_imm(R2, _KEY)
-    p.call(CALL_MAP_LOOKUP)
+    p.map_lookup(flows_fd, FP, _KEY)
     p.mov(R9, R0)  # r9 = the flow, or 0
     p.jump(JSET_IMM, R8, "reset", imm=_TCP_RST)
     if ingress:
@@ -191,21 +187,13 @@ def _syn(p: Program, fence_fd: int, flows_fd: int) -> None:
     p.store_u64_imm(FP, _VALUE + _SEEN, 0)
     _fence(p, fence_fd, "to_worker")  # stores now either way: the flow's birth, for the sweep
     # The array's second word: 1 while new flows may be admitted (0 while draining).
-    p.store_u32_imm(FP, _FENCE_KEY, 1)
-    p.load_map(R1, fence_fd)
-    p.mov(R2, FP)
-    p.add_imm(R2, _FENCE_KEY)
-    p.call(CALL_MAP_LOOKUP)
+    _fence_word(p, fence_fd, 1)
     p.jump(JEQ_IMM, R0, "to_worker")
     p.load_u64(R1, R0, 0)
     p.jump(JEQ_IMM, R1, "to_worker")
     # The third word: room for more forwarded flows under the gate's backend cap (the agent
     # refreshes it). Take one; none left (or below zero): the worker, which counts its own.
-    p.store_u32_imm(FP, _FENCE_KEY, 2)
-    p.load_map(R1, fence_fd)
-    p.mov(R2, FP)
-    p.add_imm(R2, _FENCE_KEY)
-    p.call(CALL_MAP_LOOKUP)
+    _fence_word(p, fence_fd, 2)
     p.jump(JEQ_IMM, R0, "to_worker")
     p.mov_imm(R1, -1)
     p.atomic_fetch_add_u64(R0, 0, R1)
@@ -258,13 +246,15 @@ def _load_bytes(p: Program, offset: int | None, stack: int, length: int) -> None
     p.jump(JNE_IMM, R0, "next", imm=0)
 
 
+def _fence_word(p: Program, fence_fd: int, word: int) -> None:
+    """r0 = the address of the fence array's word ``word`` (NULL only beyond the array)."""
+    p.store_u32_imm(FP, _FENCE_KEY, word)
+    p.map_lookup(fence_fd, FP, _FENCE_KEY)
+
+
 def _fence(p: Program, fence_fd: int, refuse: str) -> None:
     """Jump to ``refuse`` unless now < the fence's deadline; stores the fence's epoch and now."""
-    p.store_u32_imm(FP, _FENCE_KEY, 0)
-    p.load_map(R1, fence_fd)
-    p.mov(R2, FP)
-    p.add_imm(R2, _FENCE_KEY)
-    p.call(CALL_MAP_LOOKUP)
+    _fence_word(p, fence_fd, 0)
     p.jump(JEQ_IMM, R0, refuse)  # never: the array has its one entry
     p.load_u64(R7, R0, 0)
     p.mov(R1, R7)

@@ -117,11 +117,15 @@ class StatusBoard:
     fence reader every answer consults at the moment it is given."""
 
     def __init__(self, admits: FenceReader = _never_admits, *, stale_after: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 gate_report: Callable[[], Mapping[str, Any]] | None = None) -> None:
         self._report = StatusReport()
         self._admits = admits
         self._clock = clock
         self.stale_after = stale_after
+        # What /status adds to the report's "gate" when it is asked (the gate workers' counters
+        # and connections: asking them wakes them, so not on every round of the loop).
+        self.gate_report = gate_report
 
     def publish(self, report: StatusReport) -> None:
         self._report = report
@@ -223,7 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.OK if answer.healthy else HTTPStatus.SERVICE_UNAVAILABLE,
                             answer.summary())
         elif url.path == "/status":
-            self._send_json(HTTPStatus.OK, _status_document(board.answer()))
+            gate_now = board.gate_report() if board.gate_report is not None else None
+            self._send_json(HTTPStatus.OK, _status_document(board.answer(), gate_now))
         elif url.path == "/metrics":
             self._send(HTTPStatus.OK, self.server.metrics.render(), METRICS_CONTENT_TYPE)
         elif url.path == BACKUP_PATH and self.server.backup is not None:
@@ -292,14 +297,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(result.status, result.message.rstrip("\n") + "\n")
 
 
-def _status_document(answer: Answer) -> dict[str, Any]:
-    """The loop's details, with what can change between report and answer computed now."""
+def _status_document(answer: Answer, gate_now: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The loop's details, with what can change between report and answer computed now
+    (``gate_now``: the board's ``gate_report``, read for this answer)."""
     document: dict[str, Any] = {**answer.summary(), **answer.report.details}
     document["gate_admitting"] = answer.gate_admitting
     document["healthy"] = answer.healthy
     gate = document.get("gate")
     if isinstance(gate, Mapping):
-        document["gate"] = {**gate, "admitting": answer.gate_admitting}
+        document["gate"] = {**gate, **(gate_now or {}), "admitting": answer.gate_admitting}
     lease = document.get("lease")
     deadline = answer.report.lease_deadline
     if isinstance(lease, Mapping) and deadline is not None:

@@ -24,7 +24,7 @@ from dbfence.lab.faults_process import kill_mysqld
 from dbfence.lab.wait import WaitTimeout, wait_until
 from dbfence.locks.factory import DcsConfig, open_lock
 from dbfence.locks.model import Intent
-from dbfence.ops_cli import switchover_refusal
+from dbfence.locks.switchover import switchover_refusal
 
 
 def etcd_leader(lab: LabCluster) -> EtcdMember:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ from dbfence.locks.model import (
     LockState,
     MemberRecord,
     parse_failsafe_list,
+    parse_holder,
     parse_intent,
 )
 
@@ -113,6 +115,18 @@ def conflict_from(state: LockState) -> LockConflict:
     return LockConflict(
         state.key, f"held by {holder} (token {state.token})", holder=holder, token=state.token
     )
+
+
+def failsafe_relied_on(state: LockState) -> LockConflict:
+    """Why a delete of the failsafe list is refused while ``state``'s holder holds the lock."""
+    who = state.holder.describe() if state.holder else "an unreadable holder"
+    return LockConflict(state.key, f"held by {who} (token {state.token}), which relies on the failsafe list; "
+                        "nothing deleted", state.holder.node if state.holder else None, state.token)
+
+
+def deadline_in(call_timeout: float) -> float:
+    """The deadline of one call (or one method's calls) that starts now and may take ``call_timeout``."""
+    return time.monotonic() + call_timeout
 
 
 def history_id(entry: HistoryEntry) -> str:
@@ -309,6 +323,17 @@ def snapshot_problem(strict: bool, problems: list[BadData], error: BadData) -> N
     if strict:
         raise error
     problems.append(error)
+
+
+def lock_holder(keys: ClusterKeys, value: bytes | str | None, strict: bool,
+                problems: list[BadData]) -> HolderInfo | None:
+    """The holder the lock key's value names; a bad value is a problem of the read (see
+    :func:`snapshot_problem`) and no holder."""
+    try:
+        return parse_holder(keys.leader, value)
+    except BadData as error:
+        snapshot_problem(strict, problems, error)
+        return None
 
 
 def intent_and_failsafe(

@@ -2,8 +2,10 @@
 
 Client library: python-consul2 (module ``consul``), with a per-call time budget so a renew
 made of two requests still ends within ``call_timeout`` (:mod:`dbfence.locks.consul_http`).
-This module keeps the sessions' and the lock's state; the session parameters are in
-:mod:`dbfence.locks.consul_session`, the reading of KV entries in :mod:`dbfence.locks.consul_kv`.
+This module keeps the sessions' and the lock's state. Layout: the session parameters are in
+:mod:`dbfence.locks.consul_session`, the reading of KV entries in :mod:`dbfence.locks.consul_kv`,
+the failsafe list, intent and history (keys without a session) in
+:mod:`dbfence.locks.consul_records`, the HTTP client and its errors in :mod:`dbfence.locks.consul_http`.
 
 Session: ``TTL = settings.ttl`` (Consul accepts 10..86400 s), ``Behavior=delete``
 (when the session is invalidated, the lock key and our member record are deleted,
@@ -39,7 +41,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import consul.base
@@ -48,11 +49,12 @@ from dbfence.locks.base import (
     LeaseGrant,
     LeaseLock,
     LockSettings,
-    history_id,
+    deadline_in,
     make_grant,
 )
-from dbfence.locks.consul_http import ConsulOptions, call_within, consul_index, make_client
-from dbfence.locks.consul_kv import lock_state, newest_history, snapshot_of
+from dbfence.locks.consul_http import ConsulOptions, call_within, consul_index, make_client, read_entry
+from dbfence.locks.consul_kv import lock_state, snapshot_of
+from dbfence.locks.consul_records import ConsulRecords
 from dbfence.locks.consul_session import MAX_LOCK_DELAY, create_session, effective_lock_delay, session_body
 from dbfence.locks.errors import (
     BadData,
@@ -72,8 +74,6 @@ from dbfence.locks.model import (
     LockState,
     MemberRecord,
     encode,
-    parse_failsafe_list,
-    parse_intent,
 )
 
 T = TypeVar("T")
@@ -95,6 +95,7 @@ class ConsulLeaseLock(LeaseLock):
         self._consul = make_client(options, settings.call_timeout)
         # Blocking queries use their own connection pool, so they never queue a renew.
         self._watch_consul = make_client(options, settings.call_timeout)
+        self.records = ConsulRecords(self._consul, self.keys, settings.call_timeout, self.endpoint)
         self._state = threading.Lock()
         self._session: str | None = None
         self._member_session: str | None = None  # binds members/<node>; see the module docstring
@@ -121,17 +122,8 @@ class ConsulLeaseLock(LeaseLock):
         """Run one python-consul2 call within ``deadline``, translating every failure."""
         return call_within(what, deadline, fn, self.endpoint)
 
-    def _deadline(self) -> float:
-        return time.monotonic() + self.settings.call_timeout
-
     def _get(self, key: str, deadline: float, what: str) -> dict[str, Any] | None:
-        _, entry = self._call(what, deadline, lambda: self._consul.kv.get(key))
-        if entry is not None and not isinstance(entry, dict):
-            raise DcsUnreachable(f"{what}: unexpected answer {entry!r:.80}", self.endpoint)
-        return entry
-
-    def _delete(self, key: str, deadline: float, what: str) -> None:
-        self._call(what, deadline, lambda: self._consul.kv.delete(key))
+        return read_entry(self._consul, key, deadline, what, self.endpoint)
 
     def _forget_session(self, session: str) -> None:
         with self._state:
@@ -222,7 +214,7 @@ class ConsulLeaseLock(LeaseLock):
             session, member = self._session, self._member_session
         if session is None and member is None:
             return
-        deadline = self._deadline()
+        deadline = deadline_in(self.settings.call_timeout)
         try:
             # Release first: a released key gets no lock-delay, a destroyed session's keys do.
             self.release()
@@ -296,13 +288,14 @@ class ConsulLeaseLock(LeaseLock):
             return
         key = self.keys.leader
         # ?release only acts if OUR session holds the key; the empty value marks it free.
-        self._call("release", self._deadline(), lambda: self._consul.kv.put(key, b"", release=session))
+        deadline = deadline_in(self.settings.call_timeout)
+        self._call("release", deadline, lambda: self._consul.kv.put(key, b"", release=session))
         with self._state:
             if self._session == session:
                 self._token = None
 
     def force_delete_lock(self, expected_token: int | None = None) -> LockState | None:
-        deadline = self._deadline()
+        deadline = deadline_in(self.settings.call_timeout)
         key = self.keys.leader
         entry = self._get(key, deadline, "read lock")
         if entry is None:
@@ -329,7 +322,7 @@ class ConsulLeaseLock(LeaseLock):
             open_already = self._session is not None
         if not open_already:
             self.open_session()  # the contract: publishing opens our lease; renew() keeps both alive
-        deadline = self._deadline()
+        deadline = deadline_in(self.settings.call_timeout)
         key = self.keys.member(self.node)
         session = self._open_member_session(deadline)
         try:
@@ -379,7 +372,7 @@ class ConsulLeaseLock(LeaseLock):
         return consul_index(index), list(entries or [])
 
     def snapshot(self, strict: bool = True, *, lease_ttl: bool = True) -> ClusterSnapshot:
-        index, entries = self._read_prefix(self._deadline())
+        index, entries = self._read_prefix(deadline_in(self.settings.call_timeout))
         return snapshot_of(self.keys, index, entries, strict)
 
     def wait_for_change(self, after_index: int, timeout: float) -> int:
@@ -399,85 +392,38 @@ class ConsulLeaseLock(LeaseLock):
         # Consul documents that an index may go backwards (state reset): report a change.
         return new_index if new_index > after_index else after_index + 1
 
+    # ------------------------------------------------------------------ failsafe list, intent, history
+
     def write_failsafe_list(self, listing: FailsafeList) -> None:
         # Consul's KV has no put conditional on another key: check, then write. A deposed holder
         # could only overwrite a newer list in that moment, which its successor sees (another
         # token) and rewrites before it relies on the failsafe.
-        deadline = self._deadline()
+        deadline = deadline_in(self.settings.call_timeout)
         entry = self._get(self.keys.leader, deadline, "read lock")
         with self._state:
             ours = (entry is not None and self._session is not None and entry.get("Session") == self._session
                     and self._token == listing.token)
         if not ours:
             raise LockLost(f"{self.keys.leader} is not held by us with token {listing.token}")
-        self._call("write failsafe list", deadline,
-                   lambda: self._consul.kv.put(self.keys.failsafe, encode(listing)))
+        self.records.put_failsafe_list(listing, deadline)
 
     def delete_failsafe_list(self, *, while_held: bool = False) -> bytes | None:
-        deadline = self._deadline()
-        entry = self._get(self.keys.failsafe, deadline, "read failsafe list")
-        if entry is None:
-            return None
-        lock = self._get(self.keys.leader, deadline, "read lock")
-        if lock is not None and lock.get("Session") and not while_held:
-            state = self._lock_state(lock, False, [])
-            who = state.holder.describe() if state.holder else "an unreadable holder"
-            raise LockConflict(self.keys.leader, f"held by {who} (token {state.token}), which relies on "
-                               "the failsafe list; nothing deleted", state.holder.node if state.holder
-                               else None, state.token)
-        # Consul's KV cannot make a delete conditional on another key: the check above and a
-        # delete of exactly the value read (check-and-set on its index).
-        index = int(entry.get("ModifyIndex", 0))
-        deleted = self._call("delete failsafe list", deadline,
-                             lambda: self._consul.kv.delete(self.keys.failsafe, cas=index))
-        if deleted is not True:
-            raise LockConflict(self.keys.failsafe, "the failsafe list changed while deleting it; nothing "
-                               "deleted")
-        value = entry.get("Value")
-        return value if isinstance(value, bytes) else str(value or "").encode()
+        return self.records.delete_failsafe_list(while_held=while_held)
 
     def drop_failsafe_members(self, nodes: frozenset[str]) -> tuple[FailsafeList, FailsafeList] | None:
-        deadline = self._deadline()
-        entry = self._get(self.keys.failsafe, deadline, "read failsafe list")
-        if entry is None:
-            return None
-        before = parse_failsafe_list(self.keys.failsafe, entry.get("Value"))
-        after = replace(before, members=tuple(m for m in before.members if m not in nodes))
-        index = int(entry.get("ModifyIndex", 0))
-        written = self._call("rewrite failsafe list", deadline,
-                             lambda: self._consul.kv.put(self.keys.failsafe, encode(after), cas=index))
-        if written is not True:
-            raise LockConflict(self.keys.failsafe, "the failsafe list changed while rewriting it; nothing "
-                               "changed")
-        return before, after
+        return self.records.drop_failsafe_members(nodes)
 
     def read_intent(self) -> Intent:
-        entry = self._get(self.keys.intent, self._deadline(), "read intent")
-        return parse_intent(self.keys.intent, entry.get("Value")) if entry else Intent()
+        return self.records.read_intent()
 
     def write_intent(self, intent: Intent) -> None:
-        self._call(
-            "write intent", self._deadline(), lambda: self._consul.kv.put(self.keys.intent, encode(intent))
-        )
+        self.records.write_intent(intent)
 
     def append_history(self, entry: HistoryEntry, keep: int = 100) -> None:
-        deadline = self._deadline()
-        key = self.keys.history_entry(history_id(entry))
-        self._call("append history", deadline, lambda: self._consul.kv.put(key, encode(entry)))
-        _, keys = self._call(
-            "list history", deadline, lambda: self._consul.kv.get(self.keys.history_prefix, keys=True)
-        )
-        stale = sorted(keys or [])[:-keep] if keep > 0 else sorted(keys or [])
-        for old in stale:
-            self._delete(str(old), deadline, "trim history")
+        self.records.append_history(entry, keep)
 
     def read_history(self, limit: int = 50) -> tuple[HistoryEntry, ...]:
-        _, entries = self._call(
-            "read history",
-            self._deadline(),
-            lambda: self._consul.kv.get(self.keys.history_prefix, recurse=True),
-        )
-        return newest_history(entries, limit)
+        return self.records.read_history(limit)
 
     def close(self) -> None:
         for client in (self._consul, self._watch_consul):

@@ -131,6 +131,14 @@ def call_within(what: str, deadline: float, fn: Callable[[], T], endpoint: str) 
         raise DcsUnreachable(f"{what}: unreadable answer: {exc}", endpoint) from None
 
 
+def read_entry(client: Any, key: str, deadline: float, what: str, endpoint: str) -> dict[str, Any] | None:
+    """One KV entry as python-consul2 decodes it (``None`` when the key is absent), within ``deadline``."""
+    _, entry = call_within(what, deadline, lambda: client.kv.get(key), endpoint)
+    if entry is not None and not isinstance(entry, dict):
+        raise DcsUnreachable(f"{what}: unexpected answer {entry!r:.80}", endpoint)
+    return entry
+
+
 def consul_index(raw: object) -> int:
     try:
         return int(str(raw))

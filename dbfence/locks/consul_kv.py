@@ -8,32 +8,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbfence.locks.base import intent_and_failsafe, snapshot_problem
+from dbfence.locks.base import intent_and_failsafe, lock_holder, snapshot_problem
 from dbfence.locks.errors import BadData
 from dbfence.locks.model import (
     ClusterKeys,
     ClusterSnapshot,
     HistoryEntry,
-    HolderInfo,
     LockState,
     MemberEntry,
     parse_history,
-    parse_holder,
     parse_member,
 )
 
 
 def lock_state(keys: ClusterKeys, entry: dict[str, Any], strict: bool, problems: list[BadData]) -> LockState:
     """The lock key's entry as a :class:`LockState`; the token is the acquiring write's ModifyIndex."""
-    holder: HolderInfo | None
-    try:
-        holder = parse_holder(keys.leader, entry.get("Value"))
-    except BadData as error:
-        snapshot_problem(strict, problems, error)
-        holder = None
     return LockState(
         key=keys.leader,
-        holder=holder,
+        holder=lock_holder(keys, entry.get("Value"), strict, problems),
         token=int(entry.get("ModifyIndex", 0)),
         session_id=str(entry.get("Session") or ""),
         ttl_left=None,
@@ -53,10 +45,7 @@ def held_lock(
     value = entry.get("Value")
     if value:
         # Released keys keep the last holder's JSON: it must still parse.
-        try:
-            parse_holder(keys.leader, value)
-        except BadData as error:
-            snapshot_problem(strict, problems, error)
+        lock_holder(keys, value, strict, problems)
     return None
 
 

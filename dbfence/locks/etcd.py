@@ -32,6 +32,7 @@ from dbfence.locks.base import (
     LeaseLock,
     LockSettings,
     conflict_from,
+    deadline_in,
     make_grant,
 )
 from dbfence.locks.errors import (
@@ -47,8 +48,9 @@ from dbfence.locks.etcd_transport import (
     EtcdOptions,
     EtcdTransport,
     Metadata,
+    get_key,
+    kv_stub,
     lease_hex,
-    range_end,
 )
 from dbfence.locks.etcd_watch import PrefixWatch
 from dbfence.locks.model import (
@@ -96,26 +98,6 @@ class EtcdLeaseLock(LeaseLock):
     def session_id(self) -> str | None:
         with self._state:
             return lease_hex(self._lease_id) if self._lease_id else None
-
-    def _deadline(self) -> float:
-        return time.monotonic() + self.settings.call_timeout
-
-    def _kv(self, channel: grpc.Channel) -> Any:
-        return etcdrpc.KVStub(channel)
-
-    def _range(self, key: str, prefix: bool = False) -> Any:
-        request = etcdrpc.RangeRequest(key=key.encode())
-        if prefix:
-            request.range_end = range_end(key.encode())
-        return request
-
-    def _get(self, key: str, deadline: float, what: str) -> Any:
-        request = self._range(key)
-        return self.transport.call(
-            what,
-            deadline,
-            lambda ch, timeout, md: self._kv(ch).Range(request, timeout=timeout, metadata=md),
-        )
 
     def _keepalive(self, lease_id: int, deadline: float) -> int:
         """Refresh the lease; return the TTL the server granted. Raises SessionExpired."""
@@ -182,7 +164,7 @@ class EtcdLeaseLock(LeaseLock):
         sent_at = time.monotonic()
         deadline = sent_at + self.settings.call_timeout
         ttl = min(self.settings.ttl, self._keepalive(lease_id, deadline))
-        lock_kv = self._get(self.keys.leader, deadline, "read lock").kvs
+        lock_kv = get_key(self.transport, self.keys.leader, deadline, "read lock").kvs
         ours = bool(lock_kv) and int(lock_kv[0].lease) == lease_id
         with self._state:
             held_before = self._token is not None and self._lease_id == lease_id
@@ -197,7 +179,7 @@ class EtcdLeaseLock(LeaseLock):
             lease_id = self._lease_id
         if lease_id is None:
             return
-        deadline = self._deadline()
+        deadline = deadline_in(self.settings.call_timeout)
         # Revoking deletes every key bound to the lease at once: the lock and our record.
         with contextlib.suppress(SessionExpired):  # already gone is fine
             self.transport.call(
@@ -246,7 +228,7 @@ class EtcdLeaseLock(LeaseLock):
             response = self.transport.call(
                 "acquire txn",
                 sent_at + self.settings.call_timeout,
-                lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
+                lambda ch, timeout, md: kv_stub(ch).Txn(request, timeout=timeout, metadata=md),
             )
         except SessionExpired:
             self._forget_session(lease_id)
@@ -284,8 +266,8 @@ class EtcdLeaseLock(LeaseLock):
         request = etcdrpc.PutRequest(key=self.keys.primary.encode(), value=encode(holder), lease=lease_id)
         self.transport.call(
             "publish primary",
-            self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Put(request, timeout=timeout, metadata=md),
+            deadline_in(self.settings.call_timeout),
+            lambda ch, timeout, md: kv_stub(ch).Put(request, timeout=timeout, metadata=md),
         )
 
     def withdraw_primary(self) -> None:
@@ -305,20 +287,21 @@ class EtcdLeaseLock(LeaseLock):
         request = etcdrpc.TxnRequest(compare=[compare], success=[delete], failure=[])
         self.transport.call(
             what,
-            self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
+            deadline_in(self.settings.call_timeout),
+            lambda ch, timeout, md: kv_stub(ch).Txn(request, timeout=timeout, metadata=md),
         )
 
     def read_primary(self) -> HolderInfo | None:
         """The published primary (None when no primary admits)."""
-        response = self._get(self.keys.primary, self._deadline(), "read primary")
+        deadline = deadline_in(self.settings.call_timeout)
+        response = get_key(self.transport, self.keys.primary, deadline, "read primary")
         if not response.kvs:
             return None
         return parse_holder(self.keys.primary, response.kvs[0].value)
 
     def force_delete_lock(self, expected_token: int | None = None) -> LockState | None:
         key = self.keys.leader.encode()
-        deadline = self._deadline()
+        deadline = deadline_in(self.settings.call_timeout)
         read = etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key))
         delete = etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key))
         if expected_token is None:
@@ -338,7 +321,7 @@ class EtcdLeaseLock(LeaseLock):
         response = self.transport.call(
             "force delete txn",
             deadline,
-            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
+            lambda ch, timeout, md: kv_stub(ch).Txn(request, timeout=timeout, metadata=md),
         )
         kvs = response.responses[0].response_range.kvs
         state = lock_state(self.keys, kvs[0], None, False, []) if kvs else None
@@ -364,20 +347,20 @@ class EtcdLeaseLock(LeaseLock):
         try:
             self.transport.call(
                 "publish member",
-                self._deadline(),
-                lambda ch, timeout, md: self._kv(ch).Put(request, timeout=timeout, metadata=md),
+                deadline_in(self.settings.call_timeout),
+                lambda ch, timeout, md: kv_stub(ch).Put(request, timeout=timeout, metadata=md),
             )
         except SessionExpired:
             self._forget_session(lease_id)
             raise
 
     def snapshot(self, strict: bool = True, *, lease_ttl: bool = True) -> ClusterSnapshot:
-        deadline = self._deadline()
+        deadline = deadline_in(self.settings.call_timeout)
         request = snapshot_request(self.keys)
         response = self.transport.call(
             "snapshot",
             deadline,
-            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
+            lambda ch, timeout, md: kv_stub(ch).Txn(request, timeout=timeout, metadata=md),
         )
         ttl_left = None
         lock_kvs = response.responses[0].response_range.kvs

@@ -8,16 +8,14 @@ methods of the same names here.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
-from typing import Any
 
 from pyetcd import etcdrpc
 
-from dbfence.locks.base import history_id
+from dbfence.locks.base import deadline_in, failsafe_relied_on, history_id
 from dbfence.locks.errors import LockConflict, LockLost
 from dbfence.locks.etcd_snapshot import lock_state
-from dbfence.locks.etcd_transport import EtcdTransport, range_end
+from dbfence.locks.etcd_transport import EtcdTransport, get_key, kv_stub, range_request
 from dbfence.locks.model import (
     ClusterKeys,
     FailsafeList,
@@ -38,26 +36,6 @@ class EtcdRecords:
         self.keys = keys
         self.call_timeout = call_timeout
 
-    def _deadline(self) -> float:
-        return time.monotonic() + self.call_timeout
-
-    def _kv(self, channel: Any) -> Any:
-        return etcdrpc.KVStub(channel)
-
-    def _range(self, key: str, prefix: bool = False) -> Any:
-        request = etcdrpc.RangeRequest(key=key.encode())
-        if prefix:
-            request.range_end = range_end(key.encode())
-        return request
-
-    def _get(self, key: str, deadline: float, what: str) -> Any:
-        request = self._range(key)
-        return self.transport.call(
-            what,
-            deadline,
-            lambda ch, timeout, md: self._kv(ch).Range(request, timeout=timeout, metadata=md),
-        )
-
     # ------------------------------------------------------------------ the failsafe list
 
     def write_failsafe_list(self, listing: FailsafeList, lease_id: int | None) -> None:
@@ -75,29 +53,25 @@ class EtcdRecords:
         request = etcdrpc.TxnRequest(compare=compare, success=[put], failure=[])
         response = self.transport.call(
             "write failsafe list",
-            self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md),
+            deadline_in(self.call_timeout),
+            lambda ch, timeout, md: kv_stub(ch).Txn(request, timeout=timeout, metadata=md),
         )
         if not response.succeeded:
             raise LockLost(f"{self.keys.leader} no longer has token {listing.token}")
 
     def delete_failsafe_list(self, *, while_held: bool = False) -> bytes | None:
         failsafe, leader = self.keys.failsafe.encode(), self.keys.leader.encode()
-        read = etcdrpc.TxnRequest(success=[etcdrpc.RequestOp(request_range=self._range(self.keys.failsafe)),
-                                           etcdrpc.RequestOp(request_range=self._range(self.keys.leader))])
+        read = etcdrpc.TxnRequest(success=[etcdrpc.RequestOp(request_range=range_request(self.keys.failsafe)),
+                                           etcdrpc.RequestOp(request_range=range_request(self.keys.leader))])
         seen = self.transport.call(
-            "read failsafe list", self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Txn(read, timeout=timeout, metadata=md))
+            "read failsafe list", deadline_in(self.call_timeout),
+            lambda ch, timeout, md: kv_stub(ch).Txn(read, timeout=timeout, metadata=md))
         listing = seen.responses[0].response_range.kvs
         if not listing:
             return None
         held = seen.responses[1].response_range.kvs
         if held and not while_held:
-            state = lock_state(self.keys, held[0], None, False, [])
-            who = state.holder.describe() if state.holder else "an unreadable holder"
-            raise LockConflict(self.keys.leader, f"held by {who} (token {state.token}), which relies on "
-                               "the failsafe list; nothing deleted", state.holder.node if state.holder
-                               else None, state.token)
+            raise failsafe_relied_on(lock_state(self.keys, held[0], None, False, []))
         # Delete what we read, and only while the lock is still free (unless told otherwise).
         compare = [etcdrpc.Compare(key=failsafe, target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
                                    mod_revision=listing[0].mod_revision)]
@@ -107,15 +81,16 @@ class EtcdRecords:
         delete = etcdrpc.TxnRequest(compare=compare, success=[etcdrpc.RequestOp(
             request_delete_range=etcdrpc.DeleteRangeRequest(key=failsafe))], failure=[])
         response = self.transport.call(
-            "delete failsafe list", self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Txn(delete, timeout=timeout, metadata=md))
+            "delete failsafe list", deadline_in(self.call_timeout),
+            lambda ch, timeout, md: kv_stub(ch).Txn(delete, timeout=timeout, metadata=md))
         if not response.succeeded:
             raise LockConflict(self.keys.failsafe, "the failsafe list or the lock changed while deleting "
                                "it; nothing deleted")
         return bytes(listing[0].value)
 
     def drop_failsafe_members(self, nodes: frozenset[str]) -> tuple[FailsafeList, FailsafeList] | None:
-        kvs = self._get(self.keys.failsafe, self._deadline(), "read failsafe list").kvs
+        deadline = deadline_in(self.call_timeout)
+        kvs = get_key(self.transport, self.keys.failsafe, deadline, "read failsafe list").kvs
         if not kvs:
             return None
         before = parse_failsafe_list(self.keys.failsafe, kvs[0].value)
@@ -127,8 +102,8 @@ class EtcdRecords:
             success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=encode(after)))],
             failure=[])
         response = self.transport.call(
-            "rewrite failsafe list", self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Txn(request, timeout=timeout, metadata=md))
+            "rewrite failsafe list", deadline_in(self.call_timeout),
+            lambda ch, timeout, md: kv_stub(ch).Txn(request, timeout=timeout, metadata=md))
         if not response.succeeded:
             raise LockConflict(self.keys.failsafe, "the failsafe list changed while rewriting it; nothing "
                                "changed")
@@ -137,34 +112,34 @@ class EtcdRecords:
     # ------------------------------------------------------------------ intent and history
 
     def read_intent(self) -> Intent:
-        kvs = self._get(self.keys.intent, self._deadline(), "read intent").kvs
+        kvs = get_key(self.transport, self.keys.intent, deadline_in(self.call_timeout), "read intent").kvs
         return parse_intent(self.keys.intent, kvs[0].value) if kvs else Intent()
 
     def write_intent(self, intent: Intent) -> None:
         request = etcdrpc.PutRequest(key=self.keys.intent.encode(), value=encode(intent))
         self.transport.call(
             "write intent",
-            self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Put(request, timeout=timeout, metadata=md),
+            deadline_in(self.call_timeout),
+            lambda ch, timeout, md: kv_stub(ch).Put(request, timeout=timeout, metadata=md),
         )
 
     def append_history(self, entry: HistoryEntry, keep: int = 100) -> None:
-        deadline = self._deadline()
+        deadline = deadline_in(self.call_timeout)
         key = self.keys.history_entry(history_id(entry))
         put = etcdrpc.PutRequest(key=key.encode(), value=encode(entry))
         self.transport.call(
             "append history",
             deadline,
-            lambda ch, timeout, md: self._kv(ch).Put(put, timeout=timeout, metadata=md),
+            lambda ch, timeout, md: kv_stub(ch).Put(put, timeout=timeout, metadata=md),
         )
-        listing = self._range(self.keys.history_prefix, prefix=True)
+        listing = range_request(self.keys.history_prefix, prefix=True)
         listing.keys_only = True
         keys = [
             kv.key
             for kv in self.transport.call(
                 "list history",
                 deadline,
-                lambda ch, timeout, md: self._kv(ch).Range(listing, timeout=timeout, metadata=md),
+                lambda ch, timeout, md: kv_stub(ch).Range(listing, timeout=timeout, metadata=md),
             ).kvs
         ]
         if len(keys) > keep:
@@ -173,17 +148,17 @@ class EtcdRecords:
             self.transport.call(
                 "trim history",
                 deadline,
-                lambda ch, timeout, md: self._kv(ch).DeleteRange(oldest, timeout=timeout, metadata=md),
+                lambda ch, timeout, md: kv_stub(ch).DeleteRange(oldest, timeout=timeout, metadata=md),
             )
 
     def read_history(self, limit: int = 50) -> tuple[HistoryEntry, ...]:
-        request = self._range(self.keys.history_prefix, prefix=True)
+        request = range_request(self.keys.history_prefix, prefix=True)
         request.sort_order = etcdrpc.RangeRequest.DESCEND
         request.sort_target = etcdrpc.RangeRequest.KEY
         request.limit = limit
         kvs = self.transport.call(
             "read history",
-            self._deadline(),
-            lambda ch, timeout, md: self._kv(ch).Range(request, timeout=timeout, metadata=md),
+            deadline_in(self.call_timeout),
+            lambda ch, timeout, md: kv_stub(ch).Range(request, timeout=timeout, metadata=md),
         ).kvs
         return tuple(parse_history(kv.key.decode("utf-8", "replace"), kv.value) for kv in reversed(kvs))

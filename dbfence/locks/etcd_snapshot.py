@@ -7,30 +7,21 @@ from typing import Any
 
 from pyetcd import etcdrpc
 
-from dbfence.locks.base import intent_and_failsafe, snapshot_problem
+from dbfence.locks.base import intent_and_failsafe, lock_holder, snapshot_problem
 from dbfence.locks.errors import BadData
-from dbfence.locks.etcd_transport import lease_hex, range_end
+from dbfence.locks.etcd_transport import lease_hex, range_request
 from dbfence.locks.model import (
     ClusterKeys,
     ClusterSnapshot,
-    HolderInfo,
     LockState,
     MemberEntry,
-    parse_holder,
     parse_member,
 )
 
 
-def _range(key: str, prefix: bool = False) -> Any:
-    request = etcdrpc.RangeRequest(key=key.encode())
-    if prefix:
-        request.range_end = range_end(key.encode())
-    return request
-
-
 def _newest_history_key(keys: ClusterKeys) -> Any:
     """The history key written last (its name only): readers fetch the history when it moves."""
-    request = _range(keys.history_prefix, prefix=True)
+    request = range_request(keys.history_prefix, prefix=True)
     request.keys_only = True
     request.sort_target = etcdrpc.RangeRequest.MOD
     request.sort_order = etcdrpc.RangeRequest.DESCEND
@@ -41,10 +32,10 @@ def _newest_history_key(keys: ClusterKeys) -> Any:
 def snapshot_request(keys: ClusterKeys) -> Any:
     """Lock, members, intent, failsafe list, and the newest history write, in one txn."""
     ops = [
-        etcdrpc.RequestOp(request_range=_range(keys.leader)),
-        etcdrpc.RequestOp(request_range=_range(keys.members_prefix, prefix=True)),
-        etcdrpc.RequestOp(request_range=_range(keys.intent)),
-        etcdrpc.RequestOp(request_range=_range(keys.failsafe)),
+        etcdrpc.RequestOp(request_range=range_request(keys.leader)),
+        etcdrpc.RequestOp(request_range=range_request(keys.members_prefix, prefix=True)),
+        etcdrpc.RequestOp(request_range=range_request(keys.intent)),
+        etcdrpc.RequestOp(request_range=range_request(keys.failsafe)),
         etcdrpc.RequestOp(request_range=_newest_history_key(keys)),
     ]
     return etcdrpc.TxnRequest(compare=[], success=ops, failure=[])
@@ -52,15 +43,9 @@ def snapshot_request(keys: ClusterKeys) -> Any:
 
 def lock_state(keys: ClusterKeys, kv: Any, ttl_left: float | None, strict: bool,
                problems: list[BadData]) -> LockState:
-    holder: HolderInfo | None
-    try:
-        holder = parse_holder(keys.leader, kv.value)
-    except BadData as error:
-        snapshot_problem(strict, problems, error)
-        holder = None
     return LockState(
         key=keys.leader,
-        holder=holder,
+        holder=lock_holder(keys, kv.value, strict, problems),
         token=int(kv.create_revision),
         session_id=lease_hex(int(kv.lease)),
         ttl_left=ttl_left,

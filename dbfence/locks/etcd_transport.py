@@ -5,6 +5,9 @@ Failover: endpoints are tried in turn, starting with the last one that worked. A
 refuses connections fails in microseconds and the next one is tried in the same call; a member
 that hangs (partitioned, no leader) costs at most a part of the budget, and the next call starts
 elsewhere. Every write is safe to repeat, so a retry after an unknown outcome is harmless.
+
+Also here: the small request helpers (the KV stub, a range read, one key's read)
+that the lock (``etcd.py``), its records (``etcd_records.py``) and the snapshot share.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
@@ -55,6 +58,31 @@ def range_end(prefix: bytes) -> bytes:
 
 def lease_hex(lease_id: int) -> str:
     return format(lease_id, "x") if lease_id else ""
+
+
+# The request helpers of the lock (``etcd.py``) and of the keys beside it (``etcd_records.py``).
+
+
+def kv_stub(channel: grpc.Channel) -> Any:
+    return etcdrpc.KVStub(channel)
+
+
+def range_request(key: str, prefix: bool = False) -> Any:
+    """A read of ``key``, or of every key that starts with it when ``prefix``."""
+    request = etcdrpc.RangeRequest(key=key.encode())
+    if prefix:
+        request.range_end = range_end(key.encode())
+    return request
+
+
+def get_key(transport: EtcdTransport, key: str, deadline: float, what: str) -> Any:
+    """One read of ``key`` (its ``RangeResponse``: ``.kvs`` is empty when the key is absent)."""
+    request = range_request(key)
+    return transport.call(
+        what,
+        deadline,
+        lambda ch, timeout, md: kv_stub(ch).Range(request, timeout=timeout, metadata=md),
+    )
 
 
 @dataclass(frozen=True)

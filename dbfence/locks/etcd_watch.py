@@ -121,6 +121,13 @@ class PrefixWatch:
                     return after_index
                 self._changed.wait(left)
 
+    def covers(self, after_index: int) -> bool:
+        """Whether a confirmed stream already reports every change after ``after_index`` (for tests:
+        a change made now wakes a waiter without opening anything)."""
+        stream = self._stream
+        return (stream is not None and stream.created and not stream.ended
+                and stream.start_revision <= after_index + 1)
+
     def _stream_covering(self, after_index: int, open_timeout: float) -> _Stream:
         with self._open_lock:
             stream = self._stream

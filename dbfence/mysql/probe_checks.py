@@ -21,6 +21,23 @@ from dbfence.mysql.flavour import FlavourSql, ReplicaStatus
 from dbfence.mysql.verdict import ProbeKind, Reason, Verdict
 
 MYSQLD_NAMES = frozenset({"mariadbd", "mysqld"})
+# The state letter of /proc/PID/stat, named as psutil names it (the probe's details keep its words).
+_STATES = {"R": psutil.STATUS_RUNNING, "S": psutil.STATUS_SLEEPING, "D": psutil.STATUS_DISK_SLEEP,
+           "T": psutil.STATUS_STOPPED, "t": psutil.STATUS_TRACING_STOP, "Z": psutil.STATUS_ZOMBIE,
+           "X": psutil.STATUS_DEAD, "x": psutil.STATUS_DEAD, "K": "wake-kill",
+           "W": psutil.STATUS_WAKING, "P": psutil.STATUS_PARKED, "I": psutil.STATUS_IDLE}
+
+
+def _name_and_status(pid: int) -> tuple[str, str]:
+    """The process's name and state from one read of /proc/PID/stat (the probe runs every round:
+    psutil read the same file twice and /proc/PID/status once, issue 18). Raises OSError."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        stat = handle.read()
+    # "pid (name) S ...": the name may itself hold parentheses and spaces, the state follows the last ")".
+    opened, closed = stat.index(b"("), stat.rindex(b")")
+    name = stat[opened + 1 : closed].decode("utf-8", "replace")
+    letter = chr(stat[closed + 2]) if len(stat) > closed + 2 else "?"
+    return name, _STATES.get(letter, letter)
 
 
 def probe_process(pid_file: Path) -> Verdict:
@@ -40,12 +57,10 @@ def probe_process(pid_file: Path) -> Verdict:
         return fail(Reason.PID_FILE_INVALID, f"{pid_file} holds {text[:20]!r}, not a pid")
     pid = int(text)
     try:
-        proc = psutil.Process(pid)
-        name = proc.name()
-        status = proc.status()
-    except psutil.NoSuchProcess:
+        name, status = _name_and_status(pid)
+    except (FileNotFoundError, ProcessLookupError):
         return fail(Reason.PROCESS_GONE, f"pid {pid} from {pid_file} is not running")
-    except psutil.Error as exc:
+    except (OSError, ValueError) as exc:
         return fail(Reason.PROCESS_GONE, f"pid {pid}: {exc}")
     if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
         return fail(Reason.PROCESS_ZOMBIE, f"pid {pid} ({name}) has exited (status {status})")

@@ -189,9 +189,18 @@ def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange]
     stderr = done.stderr.decode(errors="replace")
     errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
     cut_short = [line for line in errors if _CUT_SHORT.search(line)]
-    if cut_short or exact:
-        cut_short += [line for line in errors if _NEVER_REACHED in line]
-    if done.returncode != 0 and not cut_short:
+    never_reached = [line for line in errors if _NEVER_REACHED in line]
+    # mariadb-binlog refuses a GTID start position that is the files' very last transaction
+    # ("never reached expected GTID state"), which is what a killed primary whose every commit
+    # reached the new primary looks like: nothing after it to save. With an event cut besides,
+    # the files end inside a transaction instead (a full disk).
+    nothing_after = (done.returncode != 0 and bool(never_reached) and len(never_reached) == len(errors)
+                     and not whole_stream and ends_at(tool, files, starts))
+    if nothing_after:
+        text, errors = f"-- nothing errant: the binlog ends at {start}, which the primary has\n", []
+    elif cut_short or exact:
+        cut_short += never_reached
+    if done.returncode != 0 and not nothing_after and not cut_short:
         raise RepairError(f"{tool} exited {done.returncode}: {stderr[:500]}")
     # A binlog that ends inside an event: it exits 0 once it has passed the start position and
     # says so on stderr only, 1 when the cut came before ("never reached expected GTID state").
@@ -201,7 +210,7 @@ def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange]
                              "is not wholly on disk (mysqld waiting for space to write it?); nothing removed")
     # An abandoned end is the last file's: every file before it must have been read (each one's
     # format description event printed; a last file cut in its header has none).
-    files_read = len(_FILE_START_IN_DUMP.findall(text))
+    files_read = len(files) if nothing_after else len(_FILE_START_IN_DUMP.findall(text))
     header_cut = any("Failed reading header" in e for e in errors)
     if tail_abandoned and files_read < len(files) - (1 if header_cut else 0):
         raise BinlogCutShort(f"{tool} stopped in binlog file {files_read + 1} of {len(files)}, not at the "
@@ -337,6 +346,38 @@ def _last_size(files: Sequence[Path]) -> int:
         return files[-1].stat().st_size
     except (OSError, IndexError):
         return -1
+
+
+def ends_at(tool: str, files: Sequence[Path], last: dict[int, Gtid]) -> bool:
+    """Whether the binlog files end, in each domain of ``last``, with exactly that GTID.
+
+    Reads the files newest first, and only as far back as it must: a domain's last GTID is in
+    the newest file that holds any of that domain."""
+    seen: dict[int, Gtid] = {}
+    for path in reversed(files):
+        newest_here: dict[int, Gtid] = {}
+        for gtid in _gtids_in(tool, path):
+            if gtid.domain in last and gtid.domain not in seen:
+                newest_here[gtid.domain] = gtid
+        seen.update(newest_here)
+        if len(seen) == len(last):
+            break
+    return seen == last
+
+
+def _gtids_in(tool: str, path: Path) -> list[Gtid]:
+    """The GTIDs of one binlog file, in order; its events are streamed, not kept (files are large)."""
+    try:
+        with subprocess.Popen([tool, str(path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, errors="replace") as reader:
+            assert reader.stdout is not None
+            found = [Gtid.parse(match.group(1)) for line in reader.stdout
+                     if (match := _GTID_IN_DUMP.match(line)) is not None]
+    except OSError as exc:
+        raise RepairError(f"{tool} failed on {path}: {exc}") from None
+    if reader.returncode != 0:
+        raise RepairError(f"{tool} exited {reader.returncode} on {path}")
+    return found
 
 
 def kill_mysqld(pid_file: Path, timeout: float = 30.0) -> int:

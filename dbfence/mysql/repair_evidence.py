@@ -15,7 +15,9 @@ node promoted from a replica records the counters as its term begins (:class:`Co
 semi-sync on, gate still closed) and the evidence judges only what the term added. Without such
 a baseline they count since mysqld started (everything before the term may be errant too).
 ``FLUSH STATUS`` zeroes them (and is binlogged): seen as a changed ``Uptime`` -
-``Uptime_since_flush_status``, it voids the evidence.
+``Uptime_since_flush_status``, it voids the evidence; :mod:`dbfence.mysql.semi_sync_term` says
+when that value cannot see a flush and how the agent makes sure it can (the baseline's read,
+sampling during the term, whose findings arrive here as ``term_problem``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from typing import Any
 
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import query, query_one
-from dbfence.mysql.errors import MysqlAdapterError
 
 EVIDENCE_FILE = "fencing-evidence.json"
 
@@ -72,6 +73,9 @@ class FencingEvidence:
     baseline_flushed_after_s: int = 0
     baseline_from: str = "mysqld start"
     baseline_problem: str = ""
+    # What the agent saw during the term that no clean term shows (semi_sync_term.TermTaint):
+    # sampled counters that fell back, went down or were flushed, or a reference it could not read.
+    term_problem: str = ""
 
     def problem(self) -> str | None:
         """None when this proves lossless operation; else what it lacks, in one line."""
@@ -81,6 +85,8 @@ class FencingEvidence:
             return f"semi-sync wait point {self.wait_point}, not AFTER_SYNC"
         if self.baseline_problem:
             return self.baseline_problem
+        if self.term_problem:
+            return self.term_problem
         if self.no_times < 0 or self.no_tx < 0 or self.flushed_after_s < 0:
             return "the semi-sync counters could not be read"
         fell_back, not_acked = self.no_times - self.baseline_no_times, self.no_tx - self.baseline_no_tx
@@ -148,7 +154,8 @@ SAME_START_SLACK_S = 2.0
 @dataclass(frozen=True)
 class CounterBaseline:
     """The semi-sync counters of one run of mysqld (``pid``, ``started_at``) as a term as primary
-    began: recorded at promotion, after semi-sync was switched on and before the gate admits."""
+    began: recorded after semi-sync was switched on and before the gate admits (at a promotion from
+    a replica; else just before the term's first admit, ``since_start``)."""
 
     pid: str
     started_at: float
@@ -156,6 +163,9 @@ class CounterBaseline:
     no_times: int
     no_tx: int
     recorded_at: float
+    # The term is judged since mysqld started (no promotion from a replica): the counters and flush
+    # time above are those of an unflushed start; only the run of mysqld is pinned down.
+    since_start: bool = False
 
     @classmethod
     def of(cls, evidence: FencingEvidence, pid: str) -> CounterBaseline:
@@ -163,19 +173,9 @@ class CounterBaseline:
                    evidence.recorded_at)
 
 
-def read_baseline(mysql: MysqlActions, pid: str) -> CounterBaseline | str:
-    """The counters of the mysqld with ``pid`` now, or why they could not be read."""
-    if not pid:
-        return "no mysqld pid"
-    try:
-        return CounterBaseline.of(read_evidence(mysql), pid)
-    except (MysqlAdapterError, ValueError) as exc:
-        return str(exc)
-
-
 def since_baseline(evidence: FencingEvidence, baseline: CounterBaseline | None, pid: str) -> FencingEvidence:
     """``evidence`` (read from the mysqld with ``pid``) judged by what its term added since
-    ``baseline``; None: since mysqld started (no promotion from a replica recorded one). A
+    ``baseline``; None: since mysqld started, whichever run (no term start recorded one). A
     baseline of another run of mysqld proves nothing: the node then refuses to truncate."""
     if baseline is None:
         return evidence
@@ -183,10 +183,14 @@ def since_baseline(evidence: FencingEvidence, baseline: CounterBaseline | None, 
         return replace(evidence, baseline_problem=(
             f"mysqld restarted since this node became primary (pid {baseline.pid or '?'}, now "
             f"{pid or '?'}): the semi-sync counters of its term are gone"))
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(baseline.recorded_at))
     return replace(evidence, baseline_no_times=baseline.no_times, baseline_no_tx=baseline.no_tx,
                    baseline_flushed_after_s=baseline.flushed_after_s,
-                   baseline_from=f"the promotion at {when}")
+                   baseline_from="mysqld start" if baseline.since_start
+                   else f"the promotion at {utc(baseline.recorded_at)}")
+
+
+def utc(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
 
 
 def read_unacknowledged_count(mysql: MysqlActions) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dbfence.agent.actions import Action, PublishMember
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide import Decision
-from dbfence.agent.gtid import GtidPosition
+from dbfence.agent.gtid import BinlogState, GtidPosition
 from dbfence.agent.observation import (
     DiscoveryTag,
     ErrantCheck,
@@ -41,12 +41,13 @@ def pos(text: str) -> GtidPosition:
 def member(
     name: str, role: Role = Role.REPLICA, *, healthy: bool = True, position: str | None = "0-1-100",
     admitting: bool = False, priority: int = 100, last_seen: float = NOW, received: str | None = None,
-    seen_token: int | None = TOKEN, server_id: int | None = None,
+    seen_token: int | None = TOKEN, server_id: int | None = None, binlog_state: str | None = None,
 ) -> MemberRecord:
     """A peer's record; by default it has seen our lease (TOKEN), so a promotion need not wait."""
     return MemberRecord(
         MemberInfo(name, role, healthy, None if position is None else pos(position), admitting, priority,
-                   None if received is None else pos(received), seen_token, server_id),
+                   None if received is None else pos(received), seen_token, server_id,
+                   None if binlog_state is None else BinlogState.parse(binlog_state)),
         last_seen,
     )
 
@@ -56,6 +57,7 @@ def db(
     server_id: int | None = 11, token: int | None = None, source: str | None = "n2",
     relay_applied: bool = True, lag: float | None = 0.0, errant: ErrantCheck | None = None,
     reasons: tuple[str, ...] = (), receiving: bool = False, received: str | None = None,
+    binlog_state: str | None = None,
 ) -> LocalDatabase:
     return LocalDatabase(
         health=HealthVerdict(healthy, reasons if not healthy else ()),
@@ -67,6 +69,7 @@ def db(
                                      receiving=receiving,
                                      relay_log_applied=relay_applied, lag_seconds=lag, errant=errant),
         received=None if received is None else pos(received),
+        binlog_state=None if binlog_state is None else BinlogState.parse(binlog_state),
     )
 
 

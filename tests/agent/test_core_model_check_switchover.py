@@ -11,9 +11,11 @@ handover, with the errant node already fenced.
 
 from __future__ import annotations
 
+import pytest
+
 from dbfence.agent.state import Role
-from tests.agent.core_model import Model, ModelLimits
-from tests.agent.test_core_model_check import LIVENESS_TICKS, SETTLE_FOR_TTL
+from tests.agent.core_model import Model, ModelLimits, ModelViolationError
+from tests.agent.test_core_model_check import FULL, LIVENESS_TICKS, SETTLE_FOR_TTL
 
 
 def test_switchover_target_failing_while_promoting_leaves_a_racer() -> None:
@@ -37,3 +39,31 @@ def test_switchover_target_failing_while_promoting_leaves_a_racer() -> None:
     for world, trace in model.explored.items():
         model.ticks_to_good(world, trace, LIVENESS_TICKS)
     assert total > 1_000
+
+
+@pytest.mark.parametrize("binlog_states", [True, False], ids=["binlog-states", "positions-only"])
+def test_handed_over_replica_races_despite_a_sequence_number_clash(binlog_states: bool) -> None:
+    """The same run with n1's errant write alone: it is 0-1-2, the old primary's last write (its
+    token) 0-2-2. The handed-over n2 took that clash for a fork of its own history and refused to
+    race (``unreplicated_own_writes``) although n3 had received its write; n3 fenced, n1 errant:
+    nobody raced for ever. A peer's binlog state now shows it holds n2's write (issue 16)."""
+    model = Model(ModelLimits(depth=4, faults=2, writes=1, max_time=12))
+    model.binlog_states = binlog_states
+    warm = model.drive(model.initial_cold(), ["settle"])
+    errant = model.drive(warm, ["write n1", "db-crash n1", *SETTLE_FOR_TTL, "db-restart n1", "settle",
+                                "clock", "settle"])
+    assert [node.db.history for node in errant.nodes] == [("n1", "n1"), ("n1", "n2"), ("n1", "n2")]
+    failed = model.drive(errant, ["switchover n3", "step n2", "step n2", "step n3", "step n2", "step n3",
+                                  "partition n3", "clock", "clock", "step n3", "step n3", "clock", "step n3",
+                                  "step n3"])
+    assert model.roles(failed) == {"n1": Role.FENCED, "n2": Role.REPLICA, "n3": Role.FENCED}
+    if not binlog_states:
+        with pytest.raises(ModelViolationError, match="liveness"):
+            model.ticks_to_good(failed, ("<scripted>",), LIVENESS_TICKS)
+        return
+    assert model.ticks_to_good(failed, ("<scripted>",), LIVENESS_TICKS) > 0
+    if FULL:  # every interleaving near it
+        model.explore([failed])
+        for world, trace in model.explored.items():
+            model.ticks_to_good(world, trace, LIVENESS_TICKS)
+

@@ -100,7 +100,8 @@ def test_switchover_handover_makes_the_old_primary_a_replica() -> None:
     # The lock is gone; the target's record already says CANDIDATE (no longer a suitable target).
     target = member("n2", Role.CANDIDATE, position="0-1-100")
     released = observe(Role.FENCING, intents=intents, peers=(target,))
-    assert decide(released, releasing.state, CONFIG).state == State(Role.REPLICA, NOW)
+    handed = decide(released, releasing.state, CONFIG).state
+    assert handed == State(Role.REPLICA, NOW, members_seen=frozenset({"n2"}), first_read_at=NOW)
     # Without that sighting (the lease ran out while the target was behind) it stays FENCED.
     assert decide(released, fencing, CONFIG).state.role is Role.FENCED
 

@@ -7,9 +7,11 @@ from dataclasses import replace
 from dbfence.agent.daemon import MemberTracker
 from dbfence.agent.decide import RefusalReason, race_refusals
 from dbfence.agent.observation import LockView, Observation
+from dbfence.agent.round_input import local_binlog_state
+from dbfence.agent.sensors import DbFacts, HealthSummary
 from dbfence.locks.model import ClusterSnapshot, MemberEntry
 from dbfence.locks.model import MemberRecord as RawRecord
-from tests.agent.core_builders import CONFIG, ME, observe
+from tests.agent.core_builders import CONFIG, ME, observe, pos
 
 TTL = 10.0
 
@@ -66,3 +68,28 @@ def test_a_lossless_replica_does_not_race_past_a_peer_whose_record_just_vanished
     assert race_at(101.0) == (RefusalReason.PEER_MORE_ADVANCED,)
     assert race_at(109.0) == (RefusalReason.PEER_MORE_ADVANCED,)
     assert race_at(111.0) == ()  # surely gone (its session has expired): the race goes on
+
+
+def test_a_peer_binlog_state_is_read_with_its_position() -> None:
+    """Issue 16's takeover compares binlog states: known only with the position it came with."""
+    tracker = MemberTracker(node=ME, keep_vanished=TTL)
+    with_state = replace(raw("n2", "0-2-2"), gtid_binlog_state="0-1-1,0-2-2")
+    empty_binlog = replace(raw("n3", "0-1-1"), gtid_binlog_state="")
+    no_position = replace(raw("n4", ""), gtid_binlog_state="0-1-1")
+    records = {r.name: r.info for r in tracker.records(snapshot(with_state, empty_binlog, no_position), 1.0)}
+    assert str(records["n2"].binlog_state) == "0-1-1,0-2-2" and str(records["n2"].history) == "0-1-1,0-2-2"
+    assert records["n3"].binlog_state is not None and str(records["n3"].history) == "0-1-1"
+    assert records["n4"].binlog_state is None and records["n4"].history is None
+    # A state that does not parse is unknown; the record still counts (its position ranks it).
+    bad = replace(raw("n5", "0-1-1"), gtid_binlog_state="0-1")
+    [record] = MemberTracker(node=ME, keep_vanished=TTL).records(snapshot(bad), 2.0)
+    assert record.info.binlog_state is None and str(record.info.position) == "0-1-1"
+
+
+def test_the_local_binlog_state_is_read_with_the_position() -> None:
+    facts = DbFacts(at=0.0, health=HealthSummary(), position=pos("0-2-2"), binlog_state="0-1-1,0-2-2")
+    assert str(local_binlog_state(facts)) == "0-1-1,0-2-2"
+    assert local_binlog_state(replace(facts, binlog_state="")) is not None  # an empty binlog
+    assert local_binlog_state(replace(facts, position=None)) is None  # mysqld not read
+    assert local_binlog_state(replace(facts, binlog_state="garbage")) is None  # unknown, never guessed
+

@@ -1,5 +1,6 @@
 """A worker that holds no connection sleeps (issue 18, the agent's idle cost), and the fence stays
-as strong: a link admitted after a long sleep is still cut at the deadline without sending a byte."""
+as strong: a link admitted after a long sleep is still cut at the deadline without sending a byte.
+The loop's per-round open count is read without waking the workers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import select
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,3 +95,34 @@ def test_a_link_admitted_by_a_sleeping_worker_is_cut_at_the_deadline(forwarding:
                 assert link.recv(16) == b""
         finally:
             link.close()
+
+
+def test_the_open_count_is_read_without_waking_the_workers() -> None:
+    """The decision loop reads the open count every round: from the workers' shared slots, never
+    by asking them (a report wakes each worker, as the control shows)."""
+    config = GateConfig(listen_port=0, workers=2, kernel_forwarding="off")
+    with EchoBackend() as backend, Gate(replace(config, backend_port=backend.port)) as gate:
+        gate.admit(time.monotonic() + 120)
+        links = [_open_link(gate.port, login=False) for _ in range(3)]
+        try:
+            wait_until(lambda: gate.open_connections() == 3, 10, "three links to count")
+            assert gate.stats().open_connections == 3
+            links.pop().close()
+            wait_until(lambda: gate.open_connections() == 2, 10, "a closed link to leave the count")
+        finally:
+            for link in links:
+                link.close()
+        wait_until(lambda: gate.open_connections() == 0, 10, "the last links to leave the count")
+        pids = gate.worker_pids()
+        wait_until(lambda: max(_wakeups_over(pid, 1.0) for pid in pids) <= 5, 20, "the workers to sleep",
+                   interval=0)
+
+        def wakeups_while(read: Callable[[], object]) -> int:
+            before = [_context_switches(pid) for pid in pids]
+            for _ in range(50):  # what 10 s of rounds at 5 a second would read
+                read()
+            time.sleep(0.2)  # the last replies' wake-ups are counted too
+            return min(_context_switches(pid) - b for pid, b in zip(pids, before, strict=True))
+
+        assert wakeups_while(gate.open_connections) <= 5
+        assert wakeups_while(gate.stats) >= 50  # the control: each report wakes every worker

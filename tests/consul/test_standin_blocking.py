@@ -8,6 +8,7 @@ from typing import Any
 
 import consul
 import pytest
+from consul.base import CB
 
 from dbfence.lab.consul_standin import ConsulStandin
 from tests.consul.standin_helpers import client_for, create_session, wait_until
@@ -51,6 +52,24 @@ def test_release_wakes_a_blocked_watcher_within_100ms(standin: ConsulStandin) ->
     assert latency < 0.1, f"watcher noticed the release after {latency * 1000:.1f} ms"
     assert int(new_index) > int(index)
     assert "Session" not in entry
+
+
+def test_the_control_answer_counts_the_parked_queries(standin: ConsulStandin) -> None:
+    """What a test over HTTP (the stand-in in another process) polls to know a watcher is in place."""
+    client = client_for(standin)
+    client.kv.put("counted", "x")
+    index, _ = client.kv.get("counted")
+
+    def parked() -> int:
+        answer = client.http.put(CB.json(), path="/v1/standin/control", data="{}")
+        return int(answer["BlockedQueries"])
+
+    before = parked()
+    watcher = Watcher(standin, lambda: client_for(standin).kv.get("counted", index=index, wait="10s"))
+    assert parked() == before + 1
+    client.kv.put("counted", "y")
+    watcher.join(timeout=5)
+    assert parked() == before
 
 
 def test_wait_timeout_returns_the_same_index(standin: ConsulStandin) -> None:

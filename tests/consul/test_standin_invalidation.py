@@ -203,6 +203,11 @@ def test_catalog_register_wants_a_node_and_an_address_like_consul(standin: Consu
         _raw_put(client, "/v1/catalog/register", {"Address": "127.0.0.9"})
     with pytest.raises(consul.ConsulException, match="SkipNodeUpdate"):
         _raw_put(client, "/v1/catalog/register", {"Node": "standin"})
+    # Checks decode as the agent's do (a 400 that says why, not the stand-in's internal 500).
+    with pytest.raises(consul.base.BadRequest, match="Checks must be a list"):
+        _raw_put(client, "/v1/catalog/register", {"Node": "standin", "SkipNodeUpdate": True, "Checks": 5})
+    with pytest.raises(consul.base.BadRequest, match="a check must be a JSON object"):
+        _raw_put(client, "/v1/catalog/register", {"Node": "standin", "SkipNodeUpdate": True, "Checks": ["x"]})
     assert _raw_put(client, "/v1/catalog/register", {
         "Node": "standin", "SkipNodeUpdate": True, "Check": {"CheckID": "serfHealth", "Status": "passing"},
     }) is True

@@ -155,6 +155,33 @@ def test_status_is_json_with_details(api: HttpApi, board: StatusBoard, fence: Sh
     assert request(api, "/nope")[0] == 404
 
 
+def test_status_asks_the_gate_report_when_asked_and_the_role_answers_never(fence: SharedRecord) -> None:
+    """The gate workers' counters and connections are asked for when /status is, not published
+    by the loop every round (asking wakes the workers); /primary, /replica and /health never ask."""
+    asked: list[float] = []
+
+    def gate_report() -> dict[str, object]:
+        asked.append(time.monotonic())
+        return {"refused_full": len(asked), "connections": [{"client": "10.0.0.9:5000"}]}
+
+    board = StatusBoard(fence.admits_now, stale_after=5.0, gate_report=gate_report)
+    board.publish(StatusReport(role="replica", healthy=True, replicating=True,
+                               details={"gate": {"port": 3307, "open_connections": 0}}))
+    server = HttpApi("127.0.0.1", 0, board, Metrics()).start()
+    try:
+        for path in ("/primary", "/replica", "/health", "/metrics"):
+            request(server, path)
+        assert asked == []
+        for expected in (1, 2):  # read afresh for each answer
+            status, body = request(server, "/status")
+            assert status == 200
+            assert json.loads(body)["gate"] == {"port": 3307, "open_connections": 0, "refused_full": expected,
+                                                "connections": [{"client": "10.0.0.9:5000"}],
+                                                "admitting": False}
+    finally:
+        server.stop()
+
+
 def test_mutations_need_the_token(api: HttpApi, commands: list[tuple[str, dict[str, str]]]) -> None:
     assert request(api, "/pause", "POST")[0] == 401
     assert request(api, "/pause", "POST", {"Authorization": "Bearer wrong"})[0] == 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing
 import statistics
@@ -23,7 +24,9 @@ from dbfence.locks import (
     MemberRecord,
     SessionExpired,
 )
+from dbfence.locks.etcd import EtcdLeaseLock
 from tests.locks.conftest import Dcs
+from tests.locks.consul_http import standin_control
 from tests.locks.locks_support import holder, race_worker, record_figure
 
 
@@ -120,6 +123,7 @@ class Waiter(threading.Thread):
         super().__init__(daemon=True)
         self.lock = lock
         self.waiting = threading.Event()
+        self.index = 0  # of the snapshot it waits from
         self.acquired_at: float | None = None
         self.failure: BaseException | None = None
 
@@ -132,10 +136,29 @@ class Waiter(threading.Thread):
                     self.lock.try_acquire(holder(self.lock.node))
                     self.acquired_at = time.monotonic()
                     return
+                self.index = snapshot.index
                 self.waiting.set()
                 self.lock.wait_for_change(snapshot.index, 5.0)
         except BaseException as exc:  # surfaced by the test's assertions
             self.failure = exc
+
+
+def parked_queries(dcs: Dcs) -> int:
+    """The blocking queries the Consul stand-in holds now (0 elsewhere)."""
+    if dcs.name != "consul-standin":
+        return 0
+    return int(standin_control(dcs.config.endpoints[0])["BlockedQueries"])
+
+
+def query_in_place(dcs: Dcs, lock: LeaseLock, index: int, parked_before: int) -> bool:
+    """Whether ``lock``'s wait for a change after ``index`` has reached the server."""
+    if isinstance(lock, EtcdLeaseLock):
+        return lock.watch.covers(index)
+    if dcs.name == "consul-standin":
+        return parked_queries(dcs) > parked_before
+    # A real Consul does not say which queries it holds: give the request a moment to arrive.
+    time.sleep(0.2)
+    return True
 
 
 def test_voluntary_release_lets_waiting_peer_acquire_within_one_second(dcs: Dcs) -> None:
@@ -146,10 +169,13 @@ def test_voluntary_release_lets_waiting_peer_acquire_within_one_second(dcs: Dcs)
     latencies = []
     holder_lock, peer = first, second
     for _ in range(3):
+        parked_before = parked_queries(dcs)
         waiter = Waiter(peer)
         waiter.start()
         assert waiter.waiting.wait(10)
-        time.sleep(0.2)  # let the blocking query reach the server: the figure starts at release
+        # The figure starts at release: the waiter's query must be at the server by then.
+        wait_until(functools.partial(query_in_place, dcs, peer, waiter.index, parked_before), timeout=10,
+                   what="the waiter's blocking query to reach the server")
         released_at = time.monotonic()
         holder_lock.release()
         waiter.join(15)

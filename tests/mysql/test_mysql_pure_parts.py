@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pymysql
@@ -16,7 +20,7 @@ from dbfence.mysql.credentials import Credentials, load_credentials, load_creden
 from dbfence.mysql.errors import CredentialsError, MysqlUnavailableError, UnsupportedServerError
 from dbfence.mysql.flavour import Flavour, MariaDBSql, MySQL8Sql, parse_server_version, sql_for
 from dbfence.mysql.probes import probe_process, replication_verdict
-from dbfence.mysql.verdict import Reason
+from dbfence.mysql.verdict import Reason, Verdict
 
 SECRET = "s3cr3t-never-logged"
 
@@ -189,4 +193,49 @@ def test_process_probe_reasons(tmp_path: Path) -> None:
     pid_file.write_text(str(os.getpid()))  # alive, but python, not mysqld
     assert probe_process(pid_file).reason is Reason.PROCESS_NOT_MYSQLD
     pid_file.write_text("4194304")  # above the kernel's pid_max: cannot exist
+    assert probe_process(pid_file).reason is Reason.PROCESS_GONE
+
+
+def _named_child(name: bytes) -> subprocess.Popen[str]:
+    """A sleeping child process whose kernel name (what /proc/PID/stat shows) is ``name``."""
+    code = (f"import ctypes, time; ctypes.CDLL(None).prctl(15, {name!r}, 0, 0, 0); "
+            "print('ready', flush=True); time.sleep(120)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    return child
+
+
+def _reason_becomes(pid_file: Path, reason: Reason) -> Verdict:
+    deadline = time.monotonic() + 10
+    while (verdict := probe_process(pid_file)).reason is not reason:
+        assert time.monotonic() < deadline, f"still {verdict} after 10 s, waiting for {reason}"
+        time.sleep(0.01)
+    return verdict
+
+
+def test_process_probe_reads_a_mysqld_state_from_proc(tmp_path: Path) -> None:
+    """The probe reads the name and state from /proc/PID/stat itself (one read a round): a running
+    mysqld, a stopped one, a zombie, a reaped one; names with spaces and parentheses."""
+    pid_file = tmp_path / "mysqld.pid"
+    odd = _named_child(b"my) (sqld x")
+    try:
+        pid_file.write_text(str(odd.pid))
+        verdict = probe_process(pid_file)
+        assert verdict.reason is Reason.PROCESS_NOT_MYSQLD and "'my) (sqld x'" in verdict.detail
+    finally:
+        odd.kill()
+        odd.wait()
+    child = _named_child(b"mysqld")
+    try:
+        pid_file.write_text(str(child.pid))
+        verdict = probe_process(pid_file)
+        assert verdict.ok and verdict.detail == f"pid {child.pid} mysqld sleeping"
+        os.kill(child.pid, signal.SIGSTOP)
+        stopped = _reason_becomes(pid_file, Reason.PROCESS_STOPPED)
+        assert "(mysqld) is stopped (status stopped)" in stopped.detail
+        os.kill(child.pid, signal.SIGKILL)  # not reaped yet: a zombie
+        assert "(status zombie)" in _reason_becomes(pid_file, Reason.PROCESS_ZOMBIE).detail
+    finally:
+        child.kill()
+        child.wait()
     assert probe_process(pid_file).reason is Reason.PROCESS_GONE

@@ -360,6 +360,55 @@ def test_a_new_primarys_first_commit_killed_by_the_fence_is_saved_truncated_and_
     assert history[0][0] == "repair" and history[0][1].startswith("truncated 0-1-3 in "), history
 
 
+def test_a_killed_primary_whose_waiting_commit_reached_the_new_primary_is_started_with_nothing_to_save(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    """The soak's case (seed 301): the commit that waited for an ack had reached the replica (which
+    had not acknowledged it yet), the fence killed mysqld, and the replica became primary with that
+    commit. Nothing of this node is errant, and its binlog ends at the very GTID the new primary
+    has last of server 1, where mariadb-binlog refuses to start ("never reached expected GTID
+    state"). The repair used to retry that for ever with mysqld down; now it saves nothing, says
+    so, and starts mysqld."""
+    lab = lossless_pair(lab_factory)
+    # db2 receives without acknowledging: its IO thread reconnects with semi-sync off, and db1 (no
+    # semi-sync replica left, rpl_semi_sync_master_wait_no_slave on) still waits for an ack.
+    replica = sql(lab, "db2")
+    run(replica, "SET GLOBAL rpl_semi_sync_slave_enabled = OFF")
+    run(replica, "STOP SLAVE IO_THREAD")
+    run(replica, "START SLAVE IO_THREAD")
+    replica.close()
+    history: list[tuple[str, str]] = []
+    keeper = lab_keeper(lab, tmp_path, history)
+    keeper.on_fencing()
+
+    def commit() -> None:
+        with contextlib.suppress(pymysql.MySQLError):
+            run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'received, not acknowledged')")
+
+    threading.Thread(target=commit, daemon=True).start()
+    primary = sql(lab, "db1")
+    poll(lambda: one(primary, "SHOW STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")["Value"] == "1",
+         30, "the commit to wait for its ack")
+    primary.close()
+    poll(lambda: rows_or_none(lab, "db2") == [(1, "acknowledged"), (2, "received, not acknowledged")], 30,
+         "db2 to apply the commit it did not acknowledge")
+    assert keeper.fence_by_crash()
+    assert not lab.node("db1").process.alive()
+    cut_replica_and_promote_it(lab)
+
+    keeper.start_truncate(TruncateErrant("db2", (), ActionReason.REPAIR_UNACKNOWLEDGED),
+                          lambda: actions(lab, "db2").gtid_positions().history)
+    poll(lambda: not keeper.view().running or bool(keeper.status().get("retrying")), 120,
+         "the repair to finish (or retry)")
+    print(f"\nrepair with nothing errant after the fence by crash: {keeper.status()}")
+    view = keeper.view()
+    assert not view.running and view.gave_up == "" and not view.awaiting_restart, keeper.status()
+    assert mysqld_running(Path(lab.node("db1").pid_file))
+    assert "nothing errant" in Path(view.saved_file).read_text()
+    left = actions(lab, "db1").gtid_positions().history.errant_against(
+        actions(lab, "db2").gtid_positions().history)
+    assert left == (), left
+
+
 @pytest.mark.parametrize("token_order", ["under-semi-sync", "before-semi-sync"])
 def test_a_fencing_token_no_replica_received_is_removed_with_the_other_unacknowledged_commits(
         lab_factory: LabFactory, tmp_path: Path, token_order: str) -> None:
@@ -447,6 +496,7 @@ def test_a_token_write_no_replica_acknowledges_is_ended_and_not_held_against_the
     run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
     db2.promote(semi_sync=NEVER_FALLS_BACK)
     keeper = lab_keeper(lab, tmp_path, [], name="db2")
+    keeper.on_promoted()  # the term begins: sampled from here
     writer = FencingTokenWriter(db2, "agent-db2", wait_s=60.0, ack_wait_s=1.0)
     started = time.monotonic()
     assert not writer.ensure(7, keeper.end_own_ack_wait)
@@ -455,6 +505,10 @@ def test_a_token_write_no_replica_acknowledges_is_ended_and_not_held_against_the
     assert 1.0 <= elapsed < 10, elapsed
     token = db2.read_fencing_token()
     assert token is not None and token.token == 7  # committed by the KILL, unacknowledged
+    sampled = keeper.term.samples
+    poll(lambda: keeper.term.samples >= sampled + 2 or keeper.term.taint, 30,
+         "two samples after the token's wait ended")  # a tainted term is sampled no more
+    assert keeper.term.taint == ""  # the sampling knows it was the token too
     keeper.on_fencing()
     poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 30, "the evidence")
     raw = read_evidence(db2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dbfence.locks.model import ClusterSnapshot, HolderInfo, Intent, LockState, MemberEntry, MemberRecord
-from dbfence.ops_cli import switchover_refusal
+from dbfence.locks.switchover import switchover_refusal
 
 
 def snapshot(*targets: MemberRecord, paused: bool = False) -> ClusterSnapshot:

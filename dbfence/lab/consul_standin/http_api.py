@@ -143,7 +143,8 @@ class ConsulAPI:
     # ------------------------------------------------------------------ stand-in control
 
     def standin_control(self, request: Request, match: re.Match[str]) -> Reply:
-        """Stand-in only: {"NoLeader": bool, "RateLimited": bool, "ReapTombstones": true}."""
+        """Stand-in only: {"NoLeader": bool, "RateLimited": bool, "ReapTombstones": true}; the answer also
+        counts the blocking queries parked now (a test's way to know a watcher is in place)."""
         body = decode_object(request.body)
         if present(body, "NoLeader"):
             self.state.no_leader = bool(pick(body, "NoLeader"))
@@ -151,4 +152,4 @@ class ConsulAPI:
             self.state.rate_limited = bool(pick(body, "RateLimited"))
         reaped = self.state.reap_tombstones() if pick(body, "ReapTombstones") else 0
         return json_reply({"NoLeader": self.state.no_leader, "RateLimited": self.state.rate_limited,
-                           "ReapedTombstones": reaped})
+                           "ReapedTombstones": reaped, "BlockedQueries": self.state.blocked_queries})

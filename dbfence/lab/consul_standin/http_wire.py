@@ -129,6 +129,21 @@ def strings_field(obj: Mapping[str, Any], name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def checks_field(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A registration's checks: ``Check`` (one) then ``Checks`` (a list), each a JSON object."""
+    checks: list[Any] = []
+    single = pick(obj, "Check")
+    if single:
+        checks.append(single)
+    many = pick(obj, "Checks") or []
+    if not isinstance(many, list):
+        raise StandinError(400, "Request decode failed: Checks must be a list")
+    checks.extend(many)
+    if not all(isinstance(check, dict) for check in checks):
+        raise StandinError(400, "Request decode failed: a check must be a JSON object")
+    return checks
+
+
 def duration_field(obj: Mapping[str, Any], name: str) -> tuple[float | None, str]:
     text = string_field(obj, name)
     if not text:

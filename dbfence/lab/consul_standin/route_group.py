@@ -12,7 +12,15 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from dbfence.lab.consul_standin.http_render import Renderer
-from dbfence.lab.consul_standin.http_wire import Request, Route, blocking_args
+from dbfence.lab.consul_standin.http_wire import (
+    JSONValue,
+    Reply,
+    Request,
+    Route,
+    blocking_args,
+    index_headers,
+    json_reply,
+)
 from dbfence.lab.consul_standin.state import StandinState
 
 T = TypeVar("T")
@@ -32,3 +40,10 @@ class RouteGroup:
         """Answer ``view`` as Consul's blocking query, with the request's ``index`` and ``wait``."""
         min_index, wait = blocking_args(request)
         return self.state.blocking(min_index, wait, view)
+
+    def blocking_reply(
+        self, request: Request, view: Callable[[], tuple[int, T]], render: Callable[[T], JSONValue]
+    ) -> Reply:
+        """A read route's whole answer: ``view`` as a blocking query, rendered, with its index headers."""
+        index, value = self.blocking_query(request, view)
+        return json_reply(render(value), headers=index_headers(index))

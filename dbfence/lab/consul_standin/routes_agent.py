@@ -8,6 +8,7 @@ that says so); a new check starts critical unless its body says otherwise, as in
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from dbfence.lab.consul_standin.http_render import STANDIN_VERSION
@@ -15,6 +16,7 @@ from dbfence.lab.consul_standin.http_wire import (
     Reply,
     Request,
     Route,
+    checks_field,
     decode_object,
     duration_field,
     json_reply,
@@ -70,9 +72,9 @@ class AgentRoutes(RouteGroup):
             route(r"/v1/agent/members", GET=("filter", self.agent_members)),
         ]
 
-    def _check_definition(self, raw: Any, default_id: str, default_name: str) -> CheckDefinition:
-        if not isinstance(raw, dict):
-            raise StandinError(400, "Request decode failed: a check must be a JSON object")
+    def _check_definition(
+        self, raw: Mapping[str, Any], default_id: str, default_name: str
+    ) -> CheckDefinition:
         active = [name for name in _ACTIVE_CHECK_FIELDS if pick(raw, name)]
         if active:
             raise StandinError(
@@ -111,14 +113,7 @@ class AgentRoutes(RouteGroup):
         weights = pick(body, "Weights") or {}
         if not isinstance(weights, dict):
             raise StandinError(400, "Request decode failed: Weights must be an object")
-        raw_checks: list[Any] = []
-        single = pick(body, "Check")
-        if single:
-            raw_checks.append(single)
-        many = pick(body, "Checks") or []
-        if not isinstance(many, list):
-            raise StandinError(400, "Request decode failed: Checks must be a list")
-        raw_checks.extend(many)
+        raw_checks = checks_field(body)
         checks = []
         for position, raw in enumerate(raw_checks, start=1):
             default_id = f"service:{service_id}" + (f":{position}" if len(raw_checks) > 1 else "")

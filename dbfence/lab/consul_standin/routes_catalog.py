@@ -10,12 +10,14 @@ through the agent API), which is enough to fail a node's serfHealth as a gossip 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Sequence
 
 from dbfence.lab.consul_standin.http_wire import (
+    JSONValue,
     Reply,
     Request,
     Route,
+    checks_field,
     decode_object,
     index_headers,
     json_reply,
@@ -26,6 +28,8 @@ from dbfence.lab.consul_standin.http_wire import (
 from dbfence.lab.consul_standin.model import (
     CHECK_STATUSES,
     CRITICAL,
+    Check,
+    ServiceInstance,
     StandinError,
 )
 from dbfence.lab.consul_standin.route_group import RouteGroup
@@ -53,39 +57,42 @@ class CatalogRoutes(RouteGroup):
         name = match.group("name")
         tags = tuple(request.query.get("tag", []))
         passing = request.flag("passing")
-        index, rows = self.blocking_query(request, lambda: self.state.service_view(name, tags, passing))
-        node = self.render.node()
-        rendered = [
-            {
-                "Node": node,
-                "Service": self.render.health_service(row.service),
-                "Checks": [self.render.check(c) for c in row.checks],
-            }
-            for row in rows
-        ]
-        return json_reply(rendered, headers=index_headers(index))
+
+        def rendered(rows: Sequence[ServiceInstance]) -> JSONValue:
+            node = self.render.node()  # read after the wait: the node's index may have moved
+            return [
+                {
+                    "Node": node,
+                    "Service": self.render.health_service(row.service),
+                    "Checks": [self.render.check(c) for c in row.checks],
+                }
+                for row in rows
+            ]
+
+        return self.blocking_reply(request, lambda: self.state.service_view(name, tags, passing), rendered)
 
     def health_checks(self, request: Request, match: re.Match[str]) -> Reply:
         name = match.group("name")
-        index, checks = self.blocking_query(request, lambda: self.state.checks_view(service_name=name))
-        return json_reply([self.render.check(c) for c in checks], headers=index_headers(index))
+        return self.blocking_reply(request, lambda: self.state.checks_view(service_name=name),
+                                   self._render_checks)
 
     def health_state(self, request: Request, match: re.Match[str]) -> Reply:
         wanted = match.group("state")
         if wanted not in (*CHECK_STATUSES, "any"):
             raise StandinError(400, "Bad state")
-        index, checks = self.blocking_query(request, lambda: self.state.checks_view(state=wanted))
-        return json_reply([self.render.check(c) for c in checks], headers=index_headers(index))
+        return self.blocking_reply(request, lambda: self.state.checks_view(state=wanted), self._render_checks)
+
+    def _render_checks(self, checks: Sequence[Check]) -> JSONValue:
+        return [self.render.check(c) for c in checks]
 
     def catalog_service(self, request: Request, match: re.Match[str]) -> Reply:
         name = match.group("name")
         tags = tuple(request.query.get("tag", []))
-        index, rows = self.blocking_query(request, lambda: self.state.service_view(name, tags, False))
-        return json_reply([self.render.catalog_row(r) for r in rows], headers=index_headers(index))
+        return self.blocking_reply(request, lambda: self.state.service_view(name, tags, False),
+                                   lambda rows: [self.render.catalog_row(r) for r in rows])
 
     def catalog_services(self, request: Request, match: re.Match[str]) -> Reply:
-        index, services = self.blocking_query(request, self.state.services_view)
-        return json_reply(services, headers=index_headers(index))
+        return self.blocking_reply(request, self.state.services_view, lambda services: services)
 
     def catalog_datacenters(self, request: Request, match: re.Match[str]) -> Reply:
         return json_reply([self.config.datacenter])
@@ -109,14 +116,8 @@ class CatalogRoutes(RouteGroup):
             raise StandinError(500, "Must provide node")  # Consul's RPC errors answer 500
         if pick(body, "Service"):
             raise StandinError(400, "the Consul stand-in registers services through /v1/agent/service only")
-        raw_checks: list[Any] = []
-        if pick(body, "Check"):
-            raw_checks.append(pick(body, "Check"))
-        raw_checks.extend(pick(body, "Checks") or [])
         checks = []
-        for raw in raw_checks:
-            if not isinstance(raw, dict):
-                raise StandinError(400, "Request decode failed: a check must be a JSON object")
+        for raw in checks_field(body):
             if string_field(raw, "ServiceID"):
                 raise StandinError(400, "the Consul stand-in registers node-level catalog checks only")
             check_id = string_field(raw, "CheckID") or string_field(raw, "Name")

@@ -8,15 +8,16 @@ of Consul's lock protocol. Invariants: a create binds ``serfHealth`` unless the 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from dbfence.lab.consul_standin.durations import DurationError, parse_duration
 from dbfence.lab.consul_standin.http_wire import (
+    JSONValue,
     Reply,
     Request,
     Route,
     decode_object,
-    index_headers,
     json_reply,
     pick,
     present,
@@ -27,6 +28,7 @@ from dbfence.lab.consul_standin.http_wire import (
 )
 from dbfence.lab.consul_standin.model import (
     SERF_CHECK_ID,
+    Session,
     SessionRequest,
     StandinError,
 )
@@ -120,14 +122,15 @@ class SessionRoutes(RouteGroup):
 
     def session_info(self, request: Request, match: re.Match[str]) -> Reply:
         session_id = self._session_id(match)
-        index, session = self.blocking_query(request, lambda: self.state.session_get(session_id))
-        return json_reply([self.render.session(session)] if session else [], headers=index_headers(index))
+        return self.blocking_reply(request, lambda: self.state.session_get(session_id),
+                                   lambda session: [self.render.session(session)] if session else [])
 
     def session_list(self, request: Request, match: re.Match[str]) -> Reply:
-        index, sessions = self.blocking_query(request, self.state.session_list)
-        return json_reply([self.render.session(s) for s in sessions], headers=index_headers(index))
+        return self.blocking_reply(request, self.state.session_list, self._render_sessions)
 
     def session_node(self, request: Request, match: re.Match[str]) -> Reply:
         node = match.group("node")
-        index, sessions = self.blocking_query(request, lambda: self.state.session_list(node))
-        return json_reply([self.render.session(s) for s in sessions], headers=index_headers(index))
+        return self.blocking_reply(request, lambda: self.state.session_list(node), self._render_sessions)
+
+    def _render_sessions(self, sessions: Sequence[Session]) -> JSONValue:
+        return [self.render.session(s) for s in sessions]

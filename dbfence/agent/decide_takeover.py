@@ -1,0 +1,166 @@
+"""Taking over when there is no primary and nobody may race (issue 16's all-fenced cluster).
+
+Why: a REPLICA races for a free lock; a FENCED node (a former primary, or a replica with errant
+GTIDs) only rejoins under a PRIMARY. A failover whose winner fences while promoting (its lease
+lost while its token write waited for an acknowledgement), after the old primary fenced and with
+the third node errant, leaves every node FENCED: no primary to rejoin, and nobody who may race.
+Each one refused ``no_primary_to_rejoin`` for ever.
+
+The rule: when the lock is free and no other member may race (its record says FENCED, or it is a
+REPLICA that refuses to race for writes of its own nobody else has), a node (in any role) may
+take the lock when it can prove that it holds every write another member holds, except a
+member's own writes that no other node received. Such writes were never acknowledged in lossless
+mode (an acknowledgement needs a replica that received them), the same judgement as the race's
+``stays_out_for_own_writes``. The proof compares binlog states (every server's stream, as the
+errant-GTID check does), not positions: a position keeps one GTID per domain and cannot show that
+a fenced winner's own token sits on top of the old primary's writes rather than on another branch.
+
+Layout and invariants:
+
+* ``collect_takeover_refusals``: every reason this node may not take over; none means it may.
+  The race's own guards (pause, health, cooldown, failsafe promises, lag ...) apply unchanged;
+  only its ``unreplicated_own_writes`` refusal gives way to the proof above.
+* Records without a binlog state (an agent too old to publish one, a down mysqld) prove nothing:
+  the node stays where it is and says whose state is missing.
+* Among the nodes that can prove it, only the one ranking highest by ``candidate_sort_key`` takes
+  the lock (the others see it and defer); two that both race are still one writer (the lock).
+* Every member this agent process has seen must have a fresh record, and the agent must have read
+  the DCS for ``member_stale_after``: records come back one by one after a partition, an outage
+  or a restart. A member never seen since is not seen at all, as in the race rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dbfence.agent.decide_race import collect_race_refusals, stays_out_for_own_writes
+from dbfence.agent.decide_round import Refusal, RefusalReason, Round, fresh
+from dbfence.agent.gtid import BinlogState, Gtid, candidate_sort_key
+from dbfence.agent.observation import MemberRecord
+from dbfence.agent.state import Role
+
+#: What an operator can do when the proof fails (docs/operations.md, "No primary, all fenced").
+OPERATOR_HINT = ("bring back the members that hold it, or rebuild this node from one of them "
+                 "(docs/operations.md)")
+
+
+def takeover_refusals(r: Round) -> list[Refusal]:
+    """Why this node may not take the free lock without a primary (empty: it may). Wake-up
+    times (a cooldown's end) go to ``r``; the refusals are returned, not added."""
+    scratch = Round(r.obs, r.config, r.state)
+    collect_takeover_refusals(scratch)
+    r.wake_times.extend(scratch.wake_times)
+    return scratch.refusals
+
+
+def collect_takeover_refusals(r: Round) -> None:
+    obs = r.obs
+    others = [record for record in obs.members if record.name != r.me]
+    racing = [record.name for record in others if not _never_races(r, record)]
+    if racing:
+        r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"waiting for {', '.join(racing)} (may race)")
+        return
+    first_read = r.state.first_read_at
+    if first_read is None or r.now < first_read + r.config.member_stale_after:
+        # Just (re)started: the records of live members may not all be back yet, and a
+        # restarted agent remembers none of them.
+        r.refuse(RefusalReason.TAKEOVER_UNPROVEN, "this agent has not read the members' records "
+                 f"for {r.config.member_stale_after:g} s yet")
+        if first_read is not None:
+            r.wake_at(first_read + r.config.member_stale_after)
+        return
+    absent = sorted(r.state.members_seen - {record.name for record in others if fresh(r, record)})
+    if not others or absent:
+        # Records come back one by one (a partition healed, a DCS outage over): the one not back
+        # yet may hold acknowledged writes. A node that saw no peer has nothing to prove against.
+        r.refuse(RefusalReason.TAKEOVER_UNPROVEN,
+                 f"no fresh record of {', '.join(absent)} (seen since this agent started): start "
+                 "their agents, or restart this one if they left for good" if absent
+                 else "no record of another member")
+        return
+    if obs.repair.running or obs.repair.awaiting_restart:
+        r.refuse(RefusalReason.REPAIR_RUNNING, "no takeover while this node is repaired")
+    collect_race_refusals(r)
+    # The proof below supersedes it: what it holds of its own stays the cluster's history.
+    r.refusals = [refusal for refusal in r.refusals
+                  if refusal.reason is not RefusalReason.UNREPLICATED_OWN_WRITES]
+    mine = obs.db.history
+    unknown = [record.name for record in others
+               if record.info.history is None or record.info.server_id is None]
+    if mine is None or obs.db.server_id is None:
+        unknown.insert(0, f"{r.me} (this node)")
+    if unknown:
+        r.refuse(RefusalReason.TAKEOVER_UNPROVEN,
+                 f"binlog state of {', '.join(unknown)} unknown: cannot prove this node holds "
+                 "everything; start their agents (or mysqld)")
+        return
+    assert mine is not None and obs.db.server_id is not None  # checked just above
+    holders = [(record.name, _history(record), _server_id(record)) for record in others]
+    everyone = [(r.me, mine, obs.db.server_id), *holders]
+    proven = True
+    for name, history, server_id in holders:
+        missing = _maybe_acknowledged(mine, name, history, server_id, everyone)
+        if missing:
+            proven = False
+            r.refuse(RefusalReason.TAKEOVER_UNPROVEN,
+                     f"{name} holds {_listed(missing)} this node lacks, maybe acknowledged: {OPERATOR_HINT}")
+    if proven:
+        _defer_to_better(r, others, everyone)
+
+
+def _never_races(r: Round, record: MemberRecord) -> bool:
+    """FENCED, or a REPLICA that refuses to race for writes of its own nobody else has (judged
+    as it judges itself: ``stays_out_for_own_writes``), e.g. a fenced node whose agent restarted."""
+    role = record.info.role
+    return role is Role.FENCED or (role is Role.REPLICA and stays_out_for_own_writes(r, record))
+
+
+def _maybe_acknowledged(mine: BinlogState, name: str, history: BinlogState, server_id: int,
+                        everyone: Sequence[tuple[str, BinlogState, int]]) -> tuple[Gtid, ...]:
+    """What ``name`` holds beyond ``mine`` that may have been acknowledged: another server's
+    writes (it received them), or its own writes that some third node received too."""
+    missing = []
+    for gtid in history.beyond(mine):
+        own = gtid.server_id == server_id
+        received_elsewhere = any(
+            other != name and theirs.seq_no(gtid.domain_id, gtid.server_id)
+            > mine.seq_no(gtid.domain_id, gtid.server_id)
+            for other, theirs, _ in everyone)
+        if not own or received_elsewhere:
+            missing.append(gtid)
+    return tuple(missing)
+
+
+def _defer_to_better(r: Round, others: list[MemberRecord],
+                     everyone: Sequence[tuple[str, BinlogState, int]]) -> None:
+    """Leave the lock to a fenced peer that can prove the same and ranks higher (holds more)."""
+    db = r.obs.db
+    assert db.holds is not None and db.position is not None  # a known history has them
+    mine = candidate_sort_key(db.holds, db.position, r.config.priority, r.me)
+    for record in others:
+        info = record.info
+        if not (info.healthy and info.priority > 0):
+            continue  # it does not race
+        theirs = _history(record)
+        if any(_maybe_acknowledged(theirs, name, history, server_id, everyone)
+               for name, history, server_id in everyone if name != record.name):
+            continue  # it cannot prove it
+        assert info.holds is not None and info.position is not None  # a known history has them
+        if candidate_sort_key(info.holds, info.position, info.priority, info.name) > mine:
+            r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{record.name} may take over too and ranks higher")
+
+
+def _history(record: MemberRecord) -> BinlogState:
+    history = record.info.history
+    assert history is not None  # checked by the caller
+    return history
+
+
+def _server_id(record: MemberRecord) -> int:
+    server_id = record.info.server_id
+    assert server_id is not None  # checked by the caller
+    return server_id
+
+
+def _listed(gtids: tuple[Gtid, ...]) -> str:
+    return ",".join(str(gtid) for gtid in gtids)

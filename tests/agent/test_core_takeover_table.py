@@ -1,0 +1,243 @@
+"""Table tests of the takeover without a primary (dbfence/agent/decide_takeover.py, issue 16).
+
+The state every case starts from is the end of the scripted model run in
+test_core_model_check_takeover.py, one domain, server id = node number:
+
+* n1 was primary, wrote 0-1-2 and 0-1-3 that no replica received, and was fenced for them
+  (errant) once n2 took over;
+* n2 (old primary, token 0-2-2) lost its mysqld: FENCED after a plain failover;
+* n3 won the lock, wrote its token 0-3-3, which waited for a semi-sync ack nobody could give
+  (n1 fenced, n2 down), and lost its lease before it was acknowledged: FENCED.
+
+Without the rule every node refused ``no_primary_to_rejoin`` for ever. With it n3, which holds
+everything the others hold but n1's own writes that nobody received, takes over; n2 defers to it
+and n1 cannot prove it (n2's writes, which n3 received too, may have been acknowledged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from dbfence.agent.actions import AcquireLock, Action, ActionReason
+from dbfence.agent.core_config import CoreConfig
+from dbfence.agent.decide import RefusalReason, decide, race_refusals
+from dbfence.agent.observation import (
+    LeaseView,
+    LocalDatabase,
+    LockView,
+    MemberInfo,
+    MemberRecord,
+    Observation,
+    RepairView,
+)
+from dbfence.agent.state import Role, State, Trigger
+from tests.agent.core_builders import CLOSED, CONFIG, NOW, core_actions, db, member
+
+R = RefusalReason
+A = ActionReason
+FREE = LockView(True, None)
+NO_REPAIR = RepairView()
+TAKE = (AcquireLock(A.TAKEOVER_WITHOUT_PRIMARY),)
+RACE = (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)
+
+#: name -> (position, binlog state) at the end of the scripted run.
+STUCK = {
+    "n1": ("0-1-3", "0-1-3"),
+    "n2": ("0-2-2", "0-1-1,0-2-2"),
+    "n3": ("0-3-3", "0-1-1,0-2-2,0-3-3"),
+}
+
+
+def peer(name: str, role: Role = Role.FENCED, *, binlog_state: str | None = "", healthy: bool = True,
+         last_seen: float = NOW) -> MemberRecord:
+    position, state = STUCK[name]
+    return member(name, role, position=position, server_id=int(name[1:]), healthy=healthy,
+                  last_seen=last_seen, binlog_state=state if binlog_state == "" else binlog_state)
+
+
+def local(name: str, *, binlog_state: str | None = "", healthy: bool = True) -> LocalDatabase:
+    position, state = STUCK[name]
+    return db(position=position, server_id=int(name[1:]), source=None, healthy=healthy,
+              binlog_state=state if binlog_state == "" else binlog_state)
+
+
+def view(me: str, role: Role = Role.FENCED, *, peers: tuple[MemberRecord, ...] | None = None,
+         database: LocalDatabase | None = None, lock: LockView = FREE,
+         repair: RepairView = NO_REPAIR, last_failover_at: float | None = None) -> Observation:
+    """What ``me`` observes; its own record matches its role (no publish noise)."""
+    database = local(me) if database is None else database
+    if peers is None:
+        peers = tuple(peer(name) for name in sorted(STUCK) if name != me)
+    own = MemberRecord(MemberInfo(me, role, database.health.healthy, database.position, False,
+                                  CONFIG.priority, database.received, server_id=database.server_id,
+                                  binlog_state=database.binlog_state), NOW)
+    return Observation(now=NOW, lease=LeaseView(), lock=lock, members=(own, *peers), db=database,
+                       gate=CLOSED, repair=repair, last_failover_at=last_failover_at)
+
+
+SEEN_ALL = frozenset(STUCK)
+READ_AT = NOW - 60  # this agent has read the DCS for a minute
+
+
+def running(role: Role, me: str, *, since: float) -> State:
+    """A node in ``role`` whose agent has read the DCS for a while and seen every member."""
+    return State(role, since, members_seen=SEEN_ALL - {me}, first_read_at=READ_AT)
+
+
+def fenced(me: str, **fields: object) -> State:
+    return replace(State(Role.FENCED, NOW - 10, fenced_reason=Trigger.LEASE_EXPIRED,
+                         members_seen=SEEN_ALL - {me}, first_read_at=READ_AT), **fields)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    me: str
+    state: State
+    obs: Observation
+    role: Role
+    actions: tuple[Action, ...] = ()
+    refusals: tuple[RefusalReason, ...] = ()
+    detail: str = ""  # in the last refusal's detail
+    config_changes: dict[str, object] = field(default_factory=dict)
+
+
+CASES = [
+    # The three views of the stuck state.
+    Case("n3 holds all but n1's unreceived own writes -> takes over", "n3", fenced("n3"), view("n3"),
+         Role.CANDIDATE, TAKE),
+    Case("n2 could too (n3's token: its own, unreceived) but n3 ranks higher -> defers", "n2",
+         fenced("n2"), view("n2"), Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.PEER_MORE_ADVANCED),
+         "n3 may take over too"),
+    Case("n1 lacks n2's writes that n3 received too (maybe acknowledged)", "n1", fenced("n1"), view("n1"),
+         Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN, R.TAKEOVER_UNPROVEN),
+         "n3 holds 0-2-2 this node lacks"),
+    # Waiting for others, or for what the proof needs.
+    Case("another member is a replica that may race", "n3", fenced("n3"),
+         view("n3", peers=(peer("n1"), peer("n2", Role.REPLICA))), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN,), "waiting for n2"),
+    Case("the lock is held by a node not primary yet", "n2", fenced("n2"),
+         view("n2", lock=LockView(True, "n3", 9)), Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN,),
+         "n3 holds the lock"),
+    Case("the lock is still its own (a lease from before the fence)", "n3", fenced("n3"),
+         view("n3", lock=LockView(True, "n3", 9)), Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN,),
+         "still this node's"),
+    Case("just restarted: the records of live members may not all be back yet", "n3",
+         fenced("n3", first_read_at=NOW - 1), view("n3"), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "has not read the members' records"),
+    Case("never read the DCS yet (a restarted agent remembers no member)", "n3",
+         fenced("n3", first_read_at=None), replace(view("n3"), lock=LockView(True, None, read_yet=False)),
+         Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "has not read"),
+    Case("a member seen before has no record now (it may hold acknowledged writes)", "n3", fenced("n3"),
+         view("n3", peers=(peer("n2"),)), Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN),
+         "no fresh record of n1"),
+    Case("a member's record is stale", "n3", fenced("n3"),
+         view("n3", peers=(peer("n1", last_seen=NOW - 60), peer("n2"))), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "no fresh record of n1"),
+    Case("no record of any other member", "n3", fenced("n3", members_seen=frozenset()), view("n3", peers=()),
+         Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "no record of another member"),
+    Case("a member's binlog state is unknown (an older agent)", "n3", fenced("n3"),
+         view("n3", peers=(peer("n1", binlog_state=None), peer("n2"))), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "binlog state of n1 unknown"),
+    Case("its own binlog state is unknown", "n3", fenced("n3"),
+         view("n3", database=local("n3", binlog_state=None)), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "n3 (this node)"),
+    Case("a member holds another server's writes it lacks (received: maybe acknowledged)", "n3",
+         fenced("n3"), view("n3", peers=(peer("n1", binlog_state="0-1-3,0-2-5"), peer("n2"))),
+         Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "n1 holds 0-2-5"),
+    # The race's own guards hold for a takeover too.
+    Case("repair running", "n3", fenced("n3"), view("n3", repair=RepairView(running=True)), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.REPAIR_RUNNING), "repaired"),
+    Case("cooldown", "n3", fenced("n3"), view("n3", last_failover_at=NOW - 1), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.COOLDOWN)),
+    Case("database unhealthy", "n3", fenced("n3"), view("n3", database=local("n3", healthy=False)),
+         Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.DB_UNHEALTHY)),
+    # Who defers to whom.
+    Case("the higher-ranking peer is unhealthy: it does not race, n2 takes over", "n2", fenced("n2"),
+         view("n2", peers=(peer("n1"), peer("n3", healthy=False))), Role.CANDIDATE, TAKE),
+    Case("the higher-ranking peer cannot prove it (lacks a write n2 received) -> n2 takes over", "n2",
+         fenced("n2"), view("n2", database=local("n2", binlog_state="0-1-1,0-2-2,0-5-1")),
+         Role.CANDIDATE, TAKE),
+    # Other roles: a replica refused for its own writes, a candidate that took that path.
+    Case("replica refused for its own unreplicated writes, every other member fenced -> races", "n3",
+         running(Role.REPLICA, "n3", since=NOW - 10), view("n3", Role.REPLICA),
+         Role.CANDIDATE, RACE),
+    Case("replica: the takeover cannot be proven either -> the race's refusal stays", "n1",
+         running(Role.REPLICA, "n1", since=NOW - 10), view("n1", Role.REPLICA),
+         Role.REPLICA, (), (R.UNREPLICATED_OWN_WRITES,)),
+    Case("agents of n1 and n3 restarted (replicas), n2 fenced: n1 stays out for its own writes -> n3 races",
+         "n3", State(Role.REPLICA, NOW - 10, members_seen=SEEN_ALL - {"n3"}, first_read_at=READ_AT),
+         view("n3", Role.REPLICA, peers=(peer("n1", Role.REPLICA), peer("n2"))), Role.CANDIDATE, RACE),
+    Case("... and n2, fenced, waits for n3 (it ranks higher)", "n2", fenced("n2"),
+         view("n2", peers=(peer("n1", Role.REPLICA), peer("n3", Role.REPLICA))), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.PEER_MORE_ADVANCED), "n3 may take over too"),
+    Case("candidate on the takeover path keeps asking for the lock", "n3",
+         running(Role.CANDIDATE, "n3", since=NOW - 1), view("n3", Role.CANDIDATE),
+         Role.CANDIDATE, RACE),
+    Case("candidate whose takeover no longer holds steps back", "n3",
+         running(Role.CANDIDATE, "n3", since=NOW - 1),
+         view("n3", Role.CANDIDATE, peers=(peer("n1"), peer("n2", Role.REPLICA))), Role.REPLICA, (),
+         (R.UNREPLICATED_OWN_WRITES,)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_takeover_table(case: Case) -> None:
+    config: CoreConfig = replace(CONFIG, node_name=case.me, **case.config_changes)  # type: ignore[arg-type]
+    decision = decide(case.obs, case.state, config)
+    assert decision.state.role is case.role, decision.refusals
+    assert core_actions(decision) == case.actions
+    assert tuple(refusal.reason for refusal in decision.refusals) == case.refusals, decision.refusals
+    if case.detail:
+        assert case.detail in decision.refusals[-1].detail, decision.refusals
+    if case.role is Role.CANDIDATE and case.state.role is Role.FENCED:
+        assert decision.state.since == NOW and decision.state.fenced_reason is None
+
+
+def test_without_binlog_states_every_node_of_the_stuck_state_waits_for_ever() -> None:
+    """The final state of the plain-failover run as agents without the rule's facts see it: each
+    one refuses ``no_primary_to_rejoin``, and nothing they could observe later changes that."""
+    for me in sorted(STUCK):
+        peers = tuple(peer(name, binlog_state=None) for name in sorted(STUCK) if name != me)
+        obs = view(me, peers=peers, database=local(me, binlog_state=None))
+        decision = decide(obs, fenced(me), replace(CONFIG, node_name=me))
+        assert decision.state.role is Role.FENCED
+        assert decision.refusals[0].reason is R.NO_PRIMARY_TO_REJOIN
+        assert core_actions(decision) == ()
+
+
+def test_members_seen_are_remembered_through_role_changes() -> None:
+    obs = view("n3")
+    decision = decide(obs, State(Role.FENCED, NOW - 10, fenced_reason=Trigger.LEASE_EXPIRED), replace(
+        CONFIG, node_name="n3"))
+    assert decision.state.members_seen == frozenset({"n1", "n2"}) and decision.state.first_read_at == NOW
+    assert decision.refusals[-1].reason is R.TAKEOVER_UNPROVEN  # it waits for records to come back
+    assert decision.next_wakeup <= NOW + CONFIG.member_stale_after
+    moved = decision.state.moved(Trigger.TAKES_OVER, NOW + 5)
+    assert moved.members_seen == frozenset({"n1", "n2"}) and moved.first_read_at == NOW
+    config = replace(CONFIG, node_name="n3")
+    later = decide(replace(obs, now=NOW + CONFIG.member_stale_after), decision.state, config)
+    assert later.state.role is Role.CANDIDATE and later.state.first_read_at == NOW
+
+
+def test_a_sequence_number_clash_is_no_fork_when_a_peer_holds_our_write() -> None:
+    """Item of issue 16 (decide_race._forked_own_domains): the handed-over old primary n2's last
+    write is 0-2-2, the target n3 received it and fenced with its token 0-3-3, and the errant n1
+    holds 0-1-2 at the same sequence number. By positions alone that clash looked like a fork of
+    n2's own history; n3's binlog state shows it holds 0-2-2, so n2 may race as before."""
+    config = replace(CONFIG, node_name="n2")
+    clash = {"n1": ("0-1-2", "0-1-2"), "n3": ("0-3-3", "0-1-1,0-2-2,0-3-3")}
+
+    def obs(binlog_states: bool) -> Observation:
+        peers = tuple(member(name, Role.FENCED, position=position, server_id=int(name[1:]),
+                             binlog_state=state if binlog_states else None)
+                      for name, (position, state) in clash.items())
+        database = db(position="0-2-2", server_id=2, source=None,
+                      binlog_state="0-1-1,0-2-2" if binlog_states else None)
+        return view("n2", Role.REPLICA, peers=peers, database=database)
+
+    assert [refusal.reason for refusal in race_refusals(obs(False), config)] == [R.UNREPLICATED_OWN_WRITES]
+    assert race_refusals(obs(True), config) == ()
+

@@ -1,0 +1,144 @@
+"""A FLUSH STATUS during a term never hides a fallback from the repair's evidence, on real MariaDB
+10.11; and a primary promoted without a source has semi-sync on before its gate first admits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dbfence.agent.actions import ActionReason, AdmitGate
+from dbfence.breaker import Admitting
+from dbfence.lab.cluster import LabCluster
+from dbfence.mysql.actions import SemiSyncSettings
+from dbfence.mysql.semi_sync_term import TAINT_FILE, read_baseline, read_counters
+from tests.conftest import LabFactory
+from tests.mysql.mysql_lab_helpers import actions, one, poll, run, sql
+from tests.mysql.test_executor_repoint_lab import executor_on
+from tests.mysql.test_mysql_repair_lab import lab_keeper, lossless_pair
+
+FALLS_BACK_AT_ONCE = SemiSyncSettings(timeout_ms=50)
+
+
+def status(lab: LabCluster, name: str, variable: str) -> str:
+    conn = sql(lab, name)
+    try:
+        return str(one(conn, f"SHOW GLOBAL STATUS LIKE '{variable}'")["Value"])
+    finally:
+        conn.close()
+
+
+def at_the_start_of_a_second() -> None:
+    """Return within the first 50 ms of a wall-clock second (the server's clock is this host's)."""
+    while time.time() % 1.0 > 0.05:
+        time.sleep(0.01)
+
+
+def fall_back_and_recover(lab: LabCluster, then: str) -> None:
+    """A client's commit on db1 falls back to async (db2 receives nothing) and returns OK; ``then``
+    runs at once on db1; db2 reconnects and semi-sync is ON again, nothing else committed."""
+    run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, 'acknowledged asynchronously')")
+    run(sql(lab, "db1"), then)
+    run(sql(lab, "db2"), "START SLAVE IO_THREAD")
+    poll(lambda: status(lab, "db1", "Rpl_semi_sync_master_status") == "ON", 60, "semi-sync to be on again")
+
+
+def test_a_fallback_flushed_in_the_second_of_the_reference_still_refuses_truncation(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    """The hole seen in a full run: the reference was read in the second of the last flush
+    (Uptime_since_flush_status 0), so a FLUSH STATUS in that same second left Uptime -
+    Uptime_since_flush_status as it was, and the fallback it zeroed looked like a clean term."""
+    lab = lossless_pair(lab_factory)
+    db1 = actions(lab, "db1")
+    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
+    db1.set_semi_sync_primary(FALLS_BACK_AT_ONCE)
+    keeper = lab_keeper(lab, tmp_path, [])
+    at_the_start_of_a_second()
+    run(sql(lab, "db1"), "FLUSH LOCAL STATUS")  # a monitoring tool's; LOCAL: no binlog event to count
+    keeper.on_promoted()
+    before = read_counters(db1)
+    fall_back_and_recover(lab, "FLUSH LOCAL STATUS")
+    after = read_counters(db1)
+    print(f"\nreference read {before.since_flush_s} s after the flush; flush time "
+          f"{before.flushed_after_s} -> {after.flushed_after_s}; counters "
+          f"{before.no_times}/{before.no_tx} -> {after.no_times}/{after.no_tx}")
+    assert after.no_times == after.no_tx == 0  # zeroed: the counters alone show nothing
+
+    keeper.on_fencing()
+    poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 30, "the evidence")
+    problem = str(keeper.view().evidence_problem)
+    print(f"evidence: {problem}")
+    assert "FLUSH STATUS" in problem or "fell back during the term" in problem, problem
+
+
+def test_the_reference_is_read_again_once_the_second_of_a_flush_has_turned(
+        lab_factory: LabFactory) -> None:
+    lab = lab_factory(mysql_count=1)
+    db1 = actions(lab, "db1")
+    pid = Path(lab.node("db1").pid_file).read_text().strip()
+    conn = sql(lab, "db1")
+
+    def flush_within_one_second() -> int | None:
+        at_the_start_of_a_second()
+        before = time.time()
+        run(conn, "FLUSH LOCAL STATUS")
+        return int(before) if int(time.time()) == int(before) else None
+    flushed = poll(flush_within_one_second, 30, "a FLUSH STATUS that ends in the second it began")
+    baseline = read_baseline(db1, pid)
+    assert not isinstance(baseline, str), baseline
+    assert flushed + 1 <= baseline.recorded_at < flushed + 4  # read again in a later second ...
+    assert read_counters(db1).flushed_after_s == baseline.flushed_after_s  # ... with the same flush
+    run(sql(lab, "db1"), "FLUSH LOCAL STATUS")  # so any later flush moves the flush time
+    assert read_counters(db1).flushed_after_s != baseline.flushed_after_s
+
+
+def test_sampling_taints_a_term_that_fell_back_and_a_restarted_agent_still_refuses(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    lab = lossless_pair(lab_factory)
+    db1 = actions(lab, "db1")
+    keeper = lab_keeper(lab, tmp_path, [])
+    keeper.on_promoted()
+    run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (3, 'acknowledged')")
+    poll(lambda: keeper.term.samples >= 2, 30, "two samples of the term")
+    assert keeper.term.taint == ""  # a clean term is not tainted
+    run(sql(lab, "db2"), "STOP SLAVE IO_THREAD")
+    db1.set_semi_sync_primary(FALLS_BACK_AT_ONCE)
+    fall_back_and_recover(lab, "SELECT 1")
+    poll(lambda: keeper.term.taint != "", 30, "the sampling to see the fallback")
+    taint = keeper.term.taint
+    assert taint.startswith("semi-sync fell back during the term (seen by the agent's sampling at "), taint
+    assert (tmp_path / "state" / TAINT_FILE).exists()
+    term = keeper.status()["term"]  # /status shows it while the node is still primary
+    assert term["active"] and term["taint"] == taint and term["samples"] >= 3, term
+    run(sql(lab, "db1"), "FLUSH LOCAL STATUS")  # what would hide it, were the flush time not to move
+
+    keeper.on_fencing()
+    poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 30, "the evidence")
+    assert keeper.view().evidence_problem == taint
+    assert lab_keeper(lab, tmp_path, []).view().evidence_problem == taint  # an agent restarted while fenced
+
+
+def test_a_sourceless_primary_has_semi_sync_on_and_its_counters_recorded_before_its_gate_admits(
+        lab_factory: LabFactory, tmp_path: Path) -> None:
+    """The first primary, an adopted one, a withdrawn switchover: no Promote switched semi-sync
+    on, and the per-round reconcile came only after the round's AdmitGate."""
+    lab = lab_factory(mysql_count=1)
+    db1 = actions(lab, "db1")
+    db1.set_semi_sync_primary(None)  # a primary that never was a replica under this agent
+    executor, _ = executor_on(lab, "db1", source_read_budget=0.5)
+    executor.lossless = True
+    keeper = lab_keeper(lab, tmp_path, [])
+    executor.repair = keeper
+    executor.gate.start()
+    try:
+        admit = AdmitGate(7, time.monotonic() + 30.0, ActionReason.PRIMARY_READY)
+        assert executor.run(admit), executor.last_error
+        assert isinstance(executor.gate.state, Admitting)
+        enabled = one(sql(lab, "db1"), "SELECT @@global.rpl_semi_sync_master_enabled AS e")["e"]
+        assert int(enabled) == 1
+        baseline = keeper.term.baseline  # judged since mysqld started, pinned to this run
+        assert keeper.term.active and baseline is not None and baseline.since_start
+        assert baseline.pid == Path(lab.node("db1").pid_file).read_text().strip()
+    finally:
+        executor.gate.stop()
+        executor.lock.close()
+        keeper.on_fencing()
