@@ -78,6 +78,10 @@ class MemberInfo:
     ``server_id`` is its mysqld's (None: unknown), so peers can tell its own writes apart.
     ``binlog_state`` is its mysqld's ``gtid_binlog_state`` (None: unknown, e.g. an older agent):
     every server's stream, so peers can prove what it holds of whose writes (:attr:`history`).
+    ``binlog_state_at_kill``: while its mysqld stays down after the fence killed it (awaiting the
+    repair), the binlog state it had just before the kill (``RepairView.binlog_state_at_kill``).
+    Recovery only removes transactions, so it bounds from above what the node holds: only the
+    takeover without a primary reads it, where holding more only makes the proof harder.
     """
 
     name: str
@@ -90,6 +94,7 @@ class MemberInfo:
     seen_token: int | None = None
     server_id: int | None = None
     binlog_state: BinlogState | None = None
+    binlog_state_at_kill: BinlogState | None = None
 
     @property
     def holds(self) -> GtidPosition | None:
@@ -244,6 +249,10 @@ class RepairView:
     ``gave_up_on``: which kind of attempt failed (``truncate`` or ``rebuild``).
     ``rebuild_approved``: an operator approved one rebuild that the evidence cannot justify
     (``[rejoin] mode = rebuild``; the approval is spent when the rebuild starts).
+    ``binlog_state_at_kill`` and ``server_id_at_kill``: while ``awaiting_restart``, what the fence
+    read just before the kill (``gtid_binlog_state`` with ``gtid_slave_pos``, and ``server_id``;
+    None: unknown). No commit is added after a SIGKILL and crash recovery only removes some (the
+    in-doubt ones): until the repair the node holds at most that.
     """
 
     evidence_problem: str | None = "no evidence recorded"
@@ -253,6 +262,8 @@ class RepairView:
     awaiting_restart: bool = False
     gave_up_on: str = ""
     rebuild_approved: bool = False
+    binlog_state_at_kill: BinlogState | None = None
+    server_id_at_kill: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

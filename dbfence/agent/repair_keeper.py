@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dbfence.agent.actions import TruncateErrant
+from dbfence.agent.gtid import BinlogState, GtidParseError, GtidPosition
 from dbfence.agent.observation import RepairView
 from dbfence.agent.rebuild_approval import APPROVE_HINT, approve_command
 from dbfence.agent.repair_rebuild import RebuildRunner
@@ -62,6 +63,18 @@ RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
 
 _T = TypeVar("_T")
+
+
+def state_at_kill(evidence: FencingEvidence) -> BinlogState | None:
+    """What a mysqld the fence killed held at the kill: its binlog state with what it applied as a
+    replica (None: not read, e.g. an older agent's evidence, or unparsable)."""
+    if evidence.gtid_binlog_state is None or evidence.gtid_slave_pos is None:
+        return None
+    try:
+        return BinlogState.merged(GtidPosition.parse_gtids(evidence.gtid_binlog_state),
+                                  GtidPosition.parse_gtids(evidence.gtid_slave_pos))
+    except GtidParseError:
+        return None
 
 
 class RepairKeeper(RebuildRunner):
@@ -253,7 +266,8 @@ class RepairKeeper(RebuildRunner):
             raise
         log.warning(json.dumps({"event": "fenced_by_crash", "node": self.node, "pid": pid, "why": why,
                                 "waiting_commits": evidence.wait_sessions,
-                                "gtid_binlog_pos": evidence.gtid_binlog_pos}))
+                                "gtid_binlog_pos": evidence.gtid_binlog_pos,
+                                "gtid_binlog_state": evidence.gtid_binlog_state}))
         return True
 
     def _read_attributed(self) -> FencingEvidence:
@@ -306,9 +320,13 @@ class RepairKeeper(RebuildRunner):
             evidence = self._evidence
             running = self._worker is not None and self._worker.is_alive()
             problem = evidence if isinstance(evidence, str) else evidence.problem()
+            killed = evidence if self._killed and isinstance(evidence, FencingEvidence) else None
             return RepairView(evidence_problem=problem, running=running, gave_up=self.gave_up,
                               saved_file=self.saved_file, awaiting_restart=self._killed,
-                              gave_up_on=self.gave_up_on, rebuild_approved=self._approved())
+                              gave_up_on=self.gave_up_on, rebuild_approved=self._approved(),
+                              binlog_state_at_kill=None if killed is None else state_at_kill(killed),
+                              server_id_at_kill=killed.server_id if killed is not None and killed.server_id
+                              else None)
 
     def note_hold(self, hold: str) -> None:
         """The core's reason for starting no repair this round ('' when none): shown in status."""

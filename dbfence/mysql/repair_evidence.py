@@ -76,6 +76,12 @@ class FencingEvidence:
     # What the agent saw during the term that no clean term shows (semi_sync_term.TermTaint):
     # sampled counters that fell back, went down or were flushed, or a reference it could not read.
     term_problem: str = ""
+    # ``gtid_binlog_state`` and ``gtid_slave_pos`` as read with the counters (None: not read, an
+    # older agent's file). For a mysqld the fence killed, what it held at the kill: its crash
+    # recovery only removes transactions, so this bounds what it holds until the repair (the
+    # takeover without a primary proves against it, dbfence/agent/decide_takeover.py).
+    gtid_binlog_state: str | None = None
+    gtid_slave_pos: str | None = None
 
     def problem(self) -> str | None:
         """None when this proves lossless operation; else what it lacks, in one line."""
@@ -118,7 +124,8 @@ def read_evidence(mysql: MysqlActions) -> FencingEvidence:
             "SELECT @@global.rpl_semi_sync_master_enabled AS enabled, "
             "@@global.rpl_semi_sync_master_wait_point AS wait_point, "
             "@@global.rpl_semi_sync_master_timeout AS timeout_ms, "
-            "@@global.gtid_binlog_pos AS binlog_pos, @@global.server_id AS server_id, "
+            "@@global.gtid_binlog_pos AS binlog_pos, @@global.gtid_binlog_state AS binlog_state, "
+            "@@global.gtid_slave_pos AS slave_pos, @@global.server_id AS server_id, "
             "@@global.log_bin_basename AS log_bin_basename, @@global.datadir AS datadir",
         )
         status = {str(row["Variable_name"]).lower(): str(row["Value"]) for row in query(
@@ -144,6 +151,8 @@ def read_evidence(mysql: MysqlActions) -> FencingEvidence:
         datadir=str(variables["datadir"] or ""),
         flushed_after_s=(int(status["uptime"]) - int(status["uptime_since_flush_status"])
                          if "uptime_since_flush_status" in status and "uptime" in status else -1),
+        gtid_binlog_state=str(variables["binlog_state"] or ""),
+        gtid_slave_pos=str(variables["slave_pos"] or ""),
     )
 
 

@@ -16,6 +16,7 @@ import pymysql
 import pytest
 
 from dbfence.agent.actions import ActionReason, TruncateErrant
+from dbfence.agent.gtid import BinlogState, GtidPosition
 from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import SemiSyncSettings
@@ -239,12 +240,21 @@ def test_the_fence_by_crash_keeps_a_waiting_commit_in_doubt_and_the_repair_trunc
     # An agent that did not see this node leave PRIMARY (just started) fences as usual: only a
     # FENCED node starts mysqld again.
     assert not lab_keeper(lab, tmp_path / "fresh-agent", []).fence_by_crash()
+    with contextlib.closing(sql(lab, "db1")) as primary:
+        before = one(primary, "SELECT @@global.gtid_binlog_state AS state, @@global.gtid_slave_pos AS slave")
+    had = BinlogState.merged(GtidPosition.parse_gtids(str(before["state"])),
+                             GtidPosition.parse_gtids(str(before["slave"])))
+    assert had.seq_no(0, 1) == 3  # the waiting commit is in the binlog
     assert keeper.fence_by_crash()
     assert not lab.node("db1").process.alive()
     view = keeper.view()
     assert view.awaiting_restart and view.evidence_problem is None
+    # What mysqld held at the kill, for the takeover without a primary (issue 16): the record
+    # publishes it while mysqld stays down.
+    assert view.binlog_state_at_kill == had and view.server_id_at_kill == 1
     restarted_agent = lab_keeper(lab, tmp_path, []).view()  # the evidence file says it too
     assert restarted_agent.awaiting_restart and restarted_agent.evidence_problem is None
+    assert restarted_agent.binlog_state_at_kill == had and restarted_agent.server_id_at_kill == 1
     time.sleep(2.0)  # the point: longer than InnoDB's once-a-second flush; a KILLed waiter would be durable
     cut_replica_and_promote_it(lab)
 
@@ -254,6 +264,7 @@ def test_the_fence_by_crash_keeps_a_waiting_commit_in_doubt_and_the_repair_trunc
     print(f"\nrepair after the fence by crash: {keeper.status()}")
     view = keeper.view()
     assert view.gave_up == "" and not view.awaiting_restart, keeper.status()
+    assert view.binlog_state_at_kill is None  # mysqld runs again: its live state speaks
     assert "never acknowledged" in Path(view.saved_file).read_text()
     assert rows(lab, "db1") == [(1, "acknowledged")]
     assert history[0][0] == "repair" and history[0][1].startswith("truncated 0-1-3 in ")
