@@ -36,6 +36,9 @@ def publish_member(r: Round) -> None:
             admitting = False
         elif isinstance(action, AdmitGate):
             admitting = True
+    # A mysqld the fence killed stays down until the repair: its record says what it had at the
+    # kill, so a takeover without a primary can still prove it holds everything (issue 16).
+    killed = obs.repair if obs.repair.awaiting_restart else None
     info = MemberInfo(
         name=r.me,
         role=r.state.role,
@@ -45,8 +48,10 @@ def publish_member(r: Round) -> None:
         priority=r.config.priority,
         received=obs.db.received,
         seen_token=obs.lock.token if obs.lock.holder is not None else None,
-        server_id=obs.db.server_id,
+        server_id=obs.db.server_id if killed is None or obs.db.server_id is not None
+        else killed.server_id_at_kill,
         binlog_state=obs.db.binlog_state,
+        binlog_state_at_kill=None if killed is None else killed.binlog_state_at_kill,
     )
     own = obs.member(r.me)
     # Only in lossless mode: there a racing winner waits for every rival's fresh record before it

@@ -21,7 +21,14 @@ Layout and invariants:
   The race's own guards (pause, health, cooldown, failsafe promises, lag ...) apply unchanged;
   only its ``unreplicated_own_writes`` refusal gives way to the proof above.
 * Records without a binlog state (an agent too old to publish one, a down mysqld) prove nothing:
-  the node stays where it is and says whose state is missing.
+  the node stays where it is and says whose state is missing. One exception: a mysqld the fence
+  killed (fence by crash), down until a repair that needs a primary, publishes the binlog state
+  it had at the kill (``binlog_state_at_kill``). Without it the killed nodes wait for a primary
+  and the takeover waits for them (issue 16's soak, seed 301). A SIGKILLed server adds nothing
+  and its recovery only removes its own in-doubt commits, so it holds at most that state: taken
+  as what it holds, each of its streams can only be longer than the truth, which can only add
+  GTIDs to prove (here, and as "received elsewhere" for a third node's own writes). The killed
+  node itself never takes over while down: its own history is unknown (and a repair awaits).
 * Among the nodes that can prove it, only the one ranking highest by ``candidate_sort_key`` takes
   the lock (the others see it and defer); two that both race are still one writer (the lock).
 * Every member this agent process has seen must have a fresh record, and the agent must have read
@@ -86,7 +93,7 @@ def collect_takeover_refusals(r: Round) -> None:
                   if refusal.reason is not RefusalReason.UNREPLICATED_OWN_WRITES]
     mine = obs.db.history
     unknown = [record.name for record in others
-               if record.info.history is None or record.info.server_id is None]
+               if _known(record) is None or record.info.server_id is None]
     if mine is None or obs.db.server_id is None:
         unknown.insert(0, f"{r.me} (this node)")
     if unknown:
@@ -139,9 +146,9 @@ def _defer_to_better(r: Round, others: list[MemberRecord],
     mine = candidate_sort_key(db.holds, db.position, r.config.priority, r.me)
     for record in others:
         info = record.info
-        if not (info.healthy and info.priority > 0):
-            continue  # it does not race
-        theirs = _history(record)
+        theirs = info.history
+        if not (info.healthy and info.priority > 0) or theirs is None:
+            continue  # it does not race (or cannot prove anything: its mysqld's state is unknown)
         if any(_maybe_acknowledged(theirs, name, history, server_id, everyone)
                for name, history, server_id in everyone if name != record.name):
             continue  # it cannot prove it
@@ -150,8 +157,14 @@ def _defer_to_better(r: Round, others: list[MemberRecord],
             r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{record.name} may take over too and ranks higher")
 
 
-def _history(record: MemberRecord) -> BinlogState:
+def _known(record: MemberRecord) -> BinlogState | None:
+    """What the member holds (its live history), or at most holds (its state at a fence's kill)."""
     history = record.info.history
+    return history if history is not None else record.info.binlog_state_at_kill
+
+
+def _history(record: MemberRecord) -> BinlogState:
+    history = _known(record)
     assert history is not None  # checked by the caller
     return history
 

@@ -393,6 +393,7 @@ class Executor:
             priority=info.priority,
             server_id=info.server_id,  # as the core published it: it compares records with this
             gtid_binlog_state=facts.binlog_state,
+            gtid_binlog_state_at_kill=str(info.binlog_state_at_kill or ""),  # "": none
             lag_seconds=facts.replica_lag_seconds,  # None when unknown: status says what is true
             address=ident.address,
             gate_port=ident.gate_port,

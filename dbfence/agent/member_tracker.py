@@ -67,8 +67,14 @@ class MemberTracker:
             binlog_state = BinlogState.parse(raw.gtid_binlog_state) if raw.gtid_position else None
         except ValueError as exc:
             self.problems.append(f"member {raw.node}: binlog state: {exc}")
+        at_kill = None  # published only while the fence's kill keeps its mysqld down ("": none)
+        try:
+            killed_text = raw.gtid_binlog_state_at_kill
+            at_kill = BinlogState.parse(killed_text) if killed_text else None
+        except ValueError as exc:
+            self.problems.append(f"member {raw.node}: binlog state at the kill: {exc}")
         info = MemberInfo(name=raw.node, role=role, healthy=raw.healthy, position=position,
                           gate_admitting=raw.gate_state == "admitting", priority=raw.priority,
                           received=received, seen_token=raw.seen_token, server_id=raw.server_id,
-                          binlog_state=binlog_state)
+                          binlog_state=binlog_state, binlog_state_at_kill=at_kill)
         return MemberRecord(info=info, last_seen=changed_at)

@@ -130,6 +130,9 @@ class MemberRecord:
     # The agent's HTTP API (``http://host:port`` or ``https://``; empty: none): where a node
     # being rebuilt fetches this one's backup stream, and a primary asks it for failsafe promises.
     api_url: str = ""
+    # While its mysqld stays down after the fence killed it: the binlog state it had at the kill
+    # (empty: none published), for a takeover without a primary (docs/decision-core.md).
+    gtid_binlog_state_at_kill: str = ""
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,7 @@ def parse_member(key: str, raw: bytes | str | None, node_in_key: str) -> MemberR
         gtid_received=fields.text("gtid_received"),
         seen_token=fields.optional_integer("seen_token"),
         api_url=fields.text("api_url") or _api_url_of_legacy(fields.text("http_address")),
+        gtid_binlog_state_at_kill=fields.text("gtid_binlog_state_at_kill"),
     )
 
 

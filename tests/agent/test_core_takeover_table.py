@@ -20,9 +20,10 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from dbfence.agent.actions import AcquireLock, Action, ActionReason
+from dbfence.agent.actions import AcquireLock, Action, ActionReason, PublishMember
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide import RefusalReason, decide, race_refusals
+from dbfence.agent.gtid import BinlogState
 from dbfence.agent.observation import (
     LeaseView,
     LocalDatabase,
@@ -241,3 +242,86 @@ def test_a_sequence_number_clash_is_no_fork_when_a_peer_holds_our_write() -> Non
     assert [refusal.reason for refusal in race_refusals(obs(False), config)] == [R.UNREPLICATED_OWN_WRITES]
     assert race_refusals(obs(True), config) == ()
 
+
+
+# ---------------------------------------------------------------------------- killed by the fence
+# The soak's stuck state (seed 301): n2 (primary, writes up to 0-2-4, each acknowledged by a
+# replica) was killed -9 and restarted: FENCED. n3 won, promoted, and its token 0-3-5 waited for an
+# ack nobody gave: its fence SIGKILLed its mysqld (fence by crash). n1 then won and the same
+# happened to its token 0-1-5. Both killed mysqlds stay down until a repair that needs a primary.
+#: name -> binlog state at the kill (n1, n3) or live (n2).
+SOAK = {"n1": "0-2-4,0-1-5", "n2": "0-2-4", "n3": "0-2-4,0-3-5"}
+
+
+def killed_peer(name: str, at_kill: str | None, *, healthy: bool = False) -> MemberRecord:
+    """A FENCED member whose mysqld the fence killed: no live position or state, the kill's."""
+    info = MemberInfo(name, Role.FENCED, healthy, None, False, CONFIG.priority, server_id=int(name[1:]),
+                      binlog_state_at_kill=None if at_kill is None else BinlogState.parse(at_kill))
+    return MemberRecord(info, NOW)
+
+
+def soak_view(me: str = "n2", **at_kill: str | None) -> Observation:
+    """n2's view: its live mysqld, n1's and n3's states at their kills (``at_kill`` overrides)."""
+    peers = tuple(killed_peer(name, at_kill.get(name, SOAK[name])) for name in ("n1", "n3"))
+    database = db(position="0-2-4", server_id=2, source=None, binlog_state=SOAK["n2"])
+    return view(me, peers=peers, database=database)
+
+
+KILLED_CASES = [
+    Case("soak: n2 holds all but the killed nodes' own in-doubt tokens -> takes over", "n2",
+         fenced("n2"), soak_view(), Role.CANDIDATE, TAKE),
+    Case("a killed node whose state at the kill is unknown (older agent) proves nothing", "n2",
+         fenced("n2"), soak_view(n3=None), Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN),
+         "binlog state of n3 unknown"),
+    Case("n3 had received n1's token before its kill (maybe acknowledged): n2 lacks it", "n2",
+         fenced("n2"), soak_view(n3="0-2-4,0-1-5,0-3-6"), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN, R.TAKEOVER_UNPROVEN),
+         "n3 holds 0-1-5 this node lacks"),
+    Case("a killed node held another server's write n2 lacks", "n2", fenced("n2"),
+         soak_view(n1="0-2-6,0-1-5"), Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN),
+         "n1 holds 0-2-6 this node lacks"),
+]
+
+
+@pytest.mark.parametrize("case", KILLED_CASES, ids=[case.id for case in KILLED_CASES])
+def test_takeover_with_killed_members(case: Case) -> None:
+    test_takeover_table(case)
+
+
+def test_a_killed_node_never_takes_over_while_its_mysqld_is_down() -> None:
+    """n3's own view: its mysqld is down (killed, awaiting the repair); it publishes its state at
+    the kill, but that says what it held, not what it will hold after recovery: no takeover."""
+    at_kill = BinlogState.parse(SOAK["n3"])
+    repair = RepairView(evidence_problem=None, awaiting_restart=True, binlog_state_at_kill=at_kill,
+                        server_id_at_kill=3)
+    down = db(healthy=False, reasons=("mysqld down",), read_only=None, position=None, server_id=None,
+              source=None)
+    peers = (killed_peer("n1", SOAK["n1"]),
+             member("n2", Role.FENCED, position="0-2-4", server_id=2, binlog_state=SOAK["n2"]))
+    config = replace(CONFIG, node_name="n3")
+    decision = decide(view("n3", peers=peers, database=down, repair=repair), fenced("n3"), config)
+    assert decision.state.role is Role.FENCED and core_actions(decision) == ()
+    reasons = [refusal.reason for refusal in decision.refusals]
+    assert R.REPAIR_RUNNING in reasons and R.TAKEOVER_UNPROVEN in reasons, decision.refusals
+    assert "n3 (this node)" in decision.refusals[-1].detail
+    # Its record carries the state at the kill and its server id, said to be as of the kill.
+    published = [action.info for action in decision.actions if isinstance(action, PublishMember)]
+    assert published and published[0].binlog_state_at_kill == at_kill and published[0].server_id == 3
+    assert published[0].binlog_state is None and published[0].history is None
+    # Once repaired (mysqld up, no longer awaiting the restart) the live state alone goes out.
+    repaired = db(position="0-2-4", server_id=3, source=None, binlog_state="0-2-4")
+    obs = view("n3", peers=peers, database=repaired, repair=RepairView(evidence_problem=None))
+    obs = replace(obs, members=(MemberRecord(published[0], NOW), *peers))  # as published while down
+    after = decide(obs, fenced("n3"), config)
+    published = [action.info for action in after.actions if isinstance(action, PublishMember)]
+    assert published and published[0].binlog_state_at_kill is None and published[0].server_id == 3
+
+
+def test_a_healthy_peer_known_only_by_its_state_at_a_kill_is_not_deferred_to() -> None:
+    """A killed peer whose mysqld the repair has started (its record healthy again) but whose live
+    state is not published yet ranks nowhere: it cannot take over without its history."""
+    peers = (killed_peer("n1", SOAK["n1"]), killed_peer("n3", "0-2-4,0-3-5", healthy=True))
+    obs = view("n2", peers=peers, database=db(position="0-2-4", server_id=2, source=None,
+                                              binlog_state=SOAK["n2"]))
+    decision = decide(obs, fenced("n2"), replace(CONFIG, node_name="n2"))
+    assert decision.state.role is Role.CANDIDATE and core_actions(decision) == TAKE, decision.refusals

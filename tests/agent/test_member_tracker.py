@@ -9,7 +9,7 @@ from dbfence.agent.decide import RefusalReason, race_refusals
 from dbfence.agent.observation import LockView, Observation
 from dbfence.agent.round_input import local_binlog_state
 from dbfence.agent.sensors import DbFacts, HealthSummary
-from dbfence.locks.model import ClusterSnapshot, MemberEntry
+from dbfence.locks.model import ClusterSnapshot, MemberEntry, encode, parse_member
 from dbfence.locks.model import MemberRecord as RawRecord
 from tests.agent.core_builders import CONFIG, ME, observe, pos
 
@@ -93,3 +93,25 @@ def test_the_local_binlog_state_is_read_with_the_position() -> None:
     assert local_binlog_state(replace(facts, position=None)) is None  # mysqld not read
     assert local_binlog_state(replace(facts, binlog_state="garbage")) is None  # unknown, never guessed
 
+
+
+def test_a_killed_peer_state_at_the_kill_survives_the_dcs_round_trip() -> None:
+    """A mysqld the fence killed publishes no position, only the binlog state at the kill: it
+    comes back through the record's encoding as that (and as nothing else), a bad one as none."""
+    killed = replace(raw("n3", ""), role="fenced", server_id=3, gtid_binlog_state_at_kill="0-2-4,0-3-5")
+    [entry] = parse_snapshot_of(killed)
+    assert entry.gtid_binlog_state_at_kill == "0-2-4,0-3-5"
+    tracker = MemberTracker(node=ME, keep_vanished=TTL)
+    [record] = tracker.records(snapshot(entry), 1.0)
+    assert str(record.info.binlog_state_at_kill) == "0-2-4,0-3-5" and record.info.server_id == 3
+    assert record.info.binlog_state is None and record.info.history is None and not tracker.problems
+    bad = replace(killed, gtid_binlog_state_at_kill="0-3")
+    [record] = MemberTracker(node=ME, keep_vanished=TTL).records(snapshot(bad), 2.0)
+    assert record.info.binlog_state_at_kill is None
+    # An older agent's record has no such field: none.
+    [record] = MemberTracker(node=ME, keep_vanished=TTL).records(snapshot(raw("n2", "0-2-4")), 3.0)
+    assert record.info.binlog_state_at_kill is None
+
+
+def parse_snapshot_of(record: RawRecord) -> list[RawRecord]:
+    return [parse_member(f"members/{record.node}", encode(record), record.node)]
