@@ -335,6 +335,9 @@ class Model:
         # Issue 16: agents publish their binlog state (the takeover without a primary needs it);
         # False plays agents that do not, as before the rule.
         self.binlog_states = True
+        # Issue 16 (soak, seed 301): a mysqld the fence killed publishes the binlog state it had
+        # at the kill while it stays down; False plays agents that do not.
+        self.killed_states = True
         # Issue 15: the repair keeper's fence by crash (truncate mode), see _crashes_on_fence.
         self.fence_by_crash = fence_by_crash
         self.crash_fences = 0
@@ -425,12 +428,21 @@ class Model:
             discovery=node.discovery, last_failover_at=last_failover,
             # Intents are cached by the adapter: a DCS blip does not withdraw them.
             intents=OperatorIntents(switchover_target=world.switchover),
-            repair=(replace(self.repair_view, awaiting_restart=True) if node.db.killed_by_fence
-                    else self.repair_view),
+            repair=self._repair_view(node.db, name),
             failsafe=view,
             # The DCS history is empty until the first primary records its election.
             new_cluster=None if lock_unknown else dcs.last_failover is None,
         )
+
+    def _repair_view(self, db: Db, name: str) -> RepairView:
+        """A killed mysqld awaits its repair; its agent read the binlog state just before the kill
+        (the history it keeps while down: nothing is added to it, recovery removes the in-doubt)."""
+        if not db.killed_by_fence:
+            return self.repair_view
+        if not (self.binlog_states and self.killed_states):
+            return replace(self.repair_view, awaiting_restart=True)
+        return replace(self.repair_view, awaiting_restart=True,
+                       binlog_state_at_kill=binlog_state_of(db.history), server_id_at_kill=server_id(name))
 
     def source_connected(self, world: World, index: int) -> bool:
         """The IO thread is connected: its source's mysqld is alive (no link faults modelled)."""

@@ -11,8 +11,14 @@ is removed, and once faults stop the killed node is started and back as a replic
 
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import replace
+
+import pytest
+
 from dbfence.agent.state import Role
-from tests.agent.core_model import NAMES, Model, ModelLimits
+from tests.agent.core_model import NAMES, Model, ModelLimits, ModelViolationError, World
 from tests.agent.test_core_model_check import LIVENESS_TICKS
 
 SETTLE_FOR_TTL = ["settle", "clock", "settle", "clock", "settle", "clock", "settle", "clock", "settle"]
@@ -56,3 +62,62 @@ def test_a_primary_killed_by_its_fence_is_repaired_and_rejoins_through_a_second_
     assert max(recoveries) > 0
     print(f"\nfence by crash: {total} states, {waiting} with the killed mysqld down, {repaired} after its "
           f"repair, {model.truncations} truncations, liveness checked for {checked}")
+
+
+#: Issue 16's soak (seed 301), n1 in db2's place: n1 (primary) is killed -9 by the nemesis; n2
+#: wins, promotes, turns writable, and its token waits for an ack (n3 has not received it) when
+#: it is cut off: its fence SIGKILLs mysqld. Then the same happens to n3.
+KILL_N2 = ["write n1", "settle", "db-crash n1", *["clock"] * 8, "step n2", "step n3", "step n2", "step n3",
+           "step n2", "partition n2", *["clock"] * 4, "step n2", "step n2", "heal n2"]
+KILL_N3 = ["step n3", "step n3", "step n3", "partition n3", *["clock"] * 4, "step n3", "step n3", "heal n3"]
+FULL = os.environ.get("DBFENCE_MODEL_FULL") == "1"
+
+
+def soak_model(*, killed_states: bool) -> tuple[Model, World]:
+    model = Model(ModelLimits(depth=5, faults=2, writes=1, max_time=30), rejoin_mode="truncate",
+                  fence_by_crash=True)
+    model.killed_states = killed_states
+    n2_killed = model.drive(model.drive(model.initial_cold(), ["settle"]), KILL_N2)
+    both_killed = model.drive(n2_killed, KILL_N3)  # (each drive refills the fault budget)
+    assert [(node.db.history, node.db.killed_by_fence) for node in both_killed.nodes] == [
+        (("n1", "n1"), False), (("n1", "n1", "n2"), True), (("n1", "n1", "n3"), True)]
+    return model, both_killed
+
+
+def test_without_the_killed_nodes_states_the_soak_ends_with_every_node_fenced() -> None:
+    """Each killed mysqld waits for a primary to be repaired against; n1, restarted, holds every
+    acknowledged write but cannot prove it without their binlog states: a circular wait."""
+    model, both_killed = soak_model(killed_states=False)
+    stuck = model.drive(both_killed, ["db-restart n1", "settle"])
+    assert model.roles(stuck) == {name: Role.FENCED for name in NAMES}
+    with pytest.raises(ModelViolationError, match="liveness"):
+        model.ticks_to_good(both_killed, ("<scripted>",), LIVENESS_TICKS)
+
+
+def test_the_killed_nodes_states_at_the_kill_let_the_node_holding_everything_take_over() -> None:
+    """With the binlog state each killed mysqld had at the kill in its record, n1 proves it holds
+    all but their own in-doubt tokens, takes over, and both are repaired (their tokens truncated)
+    and rejoin. Every interleaving from the stuck state: never two writers, no acknowledged
+    write lost (each takeover judged on the histories), and liveness."""
+    model, both_killed = soak_model(killed_states=True)
+    assert model.ticks_to_good(both_killed, ("<scripted>",), LIVENESS_TICKS) > 0
+    recovered = model.settle(model.faults_stop(both_killed))
+    for _ in range(LIVENESS_TICKS):
+        if model.good(recovered):
+            break
+        recovered = model.settle(replace(recovered, now=recovered.now + 1))
+    assert model.roles(recovered) == {"n1": Role.PRIMARY, "n2": Role.REPLICA, "n3": Role.REPLICA}
+    assert [node.db.history for node in recovered.nodes] == [("n1",) * 3] * 3
+    assert model.takeovers > 0 and model.truncations >= 2
+    started = time.monotonic()
+    restarted = model.drive(both_killed, ["db-restart n1"])
+    total = checked = 0
+    for root, depth in ((both_killed, 5), (restarted, 5)) if FULL else ((both_killed, 4), (restarted, 4)):
+        total += model.explore([root], depth=depth)
+        for world, trace in model.explored.items():
+            if len(trace) - 1 <= (depth if FULL else depth - 1):
+                model.ticks_to_good(world, trace, LIVENESS_TICKS)
+                checked += 1
+    print(f"\nsoak takeover with killed members: {total} states, liveness checked for {checked}, "
+          f"{model.takeovers} takeovers checked on the histories, {time.monotonic() - started:.1f}s wall")
+    assert total > 5_000 and model.takeovers > 100
