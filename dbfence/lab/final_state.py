@@ -9,6 +9,7 @@ nodes that answer (a deposed node may hold a token nobody else saw).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 import pymysql
@@ -58,3 +59,13 @@ def read_tenures(lab: LabCluster) -> tuple[Tenure, ...]:
                                               f"FROM {SCHEMA}.fencing_history"):
                 tenures[int(row["token"])] = Tenure(int(row["token"]), str(row["holder"]), float(row["at"]))
     return tuple(sorted(tenures.values(), key=lambda t: t.token))
+
+
+def remember_tenures(known: dict[int, Tenure], read: Iterable[Tenure]) -> tuple[Tenure, ...]:
+    """Every tenure read so far in a run (``known``, updated), oldest token first.
+
+    One read sees only the nodes whose mysqld is up then: when every node that holds a token's
+    row is down at a later check (fenced by a crash, say), that tenure would vanish and all of its
+    writes would look like a second writer's (soak seed 302: 30,594 false alarms)."""
+    known.update((tenure.token, tenure) for tenure in read)
+    return tuple(known[token] for token in sorted(known))

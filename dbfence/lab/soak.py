@@ -28,8 +28,8 @@ from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
 from dbfence.lab.errors import LabError
 from dbfence.lab.fault_labs import move_datadir_to_tmpfs
 from dbfence.lab.faults import Fault, FaultContext, Heal, all_faults
-from dbfence.lab.final_state import read_final_state, read_tenures
-from dbfence.lab.history import Attempt, FaultEvent, History, Outcome, Verdict, check, outage
+from dbfence.lab.final_state import read_final_state, read_tenures, remember_tenures
+from dbfence.lab.history import Attempt, FaultEvent, History, Outcome, Tenure, Verdict, check, outage
 from dbfence.lab.nemesis import Burst, PlannedFault, Schedule, Trigger, plan
 from dbfence.lab.soak_checks import Breach, NodeView, Wholeness, wholeness
 from dbfence.lab.soak_clients import Monitor, PooledReader
@@ -138,6 +138,7 @@ class Soak:
         self.ttl = config.tuning.ttl
         # (when, how many) of the last check that had a primary to count lost writes on
         self.lost_checked: tuple[float, int] | None = None
+        self.tenures: dict[int, Tenure] = {}  # every fencing token's tenure read so far in the run
 
     def rel(self, wall: float) -> float:
         return wall - self.started
@@ -332,7 +333,8 @@ class Soak:
             self._breach("whole again", now, f"{where}: {'; '.join(whole.problems)}")
         attempts = tuple(a for a in list(writer.attempts) if a.end <= now)
         reads = tuple(r for r in list(reader.reads) if r.end <= now)
-        history = History(attempts, lab.in_client(read_tenures, lab), self._events(),
+        tenures = remember_tenures(self.tenures, lab.in_client(read_tenures, lab))
+        history = History(attempts, tenures, self._events(),
                           lab.in_client(read_final_state, lab, whole.primary, TABLE), reads,
                           read_promises(lab), tuple(a.name for a in lab.agents))
         verdict = check(history)

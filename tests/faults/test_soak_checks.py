@@ -10,6 +10,7 @@ import pytest
 from dbfence.lab.agent_logs import promises_in
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.faults import all_faults
+from dbfence.lab.final_state import remember_tenures
 from dbfence.lab.history import (
     Attempt,
     FinalState,
@@ -20,6 +21,7 @@ from dbfence.lab.history import (
     Tenure,
     check,
     find_stale_reads,
+    find_stale_writes,
 )
 from dbfence.lab.nemesis import PlannedFault, Trigger
 from dbfence.lab.soak import Striking, fault_events, leaseless_span
@@ -200,3 +202,16 @@ def test_a_faults_windows_end_when_its_heal_begins() -> None:
     assert (plain.quiet_from, plain.healed_at, plain.leaseless_from) == (13.0, 20.0, 13.0)
     [kept] = fault_events([struck("etcd-quorum-loss", 10.0, 20.0, 21.0)], AgentTuning(failsafe=True), 3.0)
     assert kept.quiet_from is None  # peers' promises may keep the writes: the lease check judges them
+
+
+def test_a_tenure_read_at_an_earlier_check_still_accounts_for_its_writes_when_its_holders_are_down() -> None:
+    """Seed 302: db1's token 1740 row was on db1 and db3 only; both mysqlds were down (fenced by
+    crash) at the next check, whose read saw only db2's older token, and every write of db1's
+    term looked like a second writer's."""
+    writes = [ack(1, 1.0, "db2"), ack(2, 5.0, "db1"), ack(3, 6.0, "db1")]
+    known: dict[int, Tenure] = {}
+    first = remember_tenures(known, [Tenure(1712, "db2", 0.5), Tenure(1740, "db1", 4.0)])
+    later = remember_tenures(known, [Tenure(1712, "db2", 0.5)])  # db1's and db3's mysqld down
+    assert later == first == (Tenure(1712, "db2", 0.5), Tenure(1740, "db1", 4.0))
+    assert find_stale_writes(writes, later) == ()
+    assert len(find_stale_writes(writes, [Tenure(1712, "db2", 0.5)])) == 2  # what one read alone said
