@@ -23,7 +23,7 @@ from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.binlog_tail import copy_binlog_tail
 from dbfence.mysql.connection import query_one
 from dbfence.mysql.errors import MysqlAdapterError
-from dbfence.mysql.repair import RepairError
+from dbfence.mysql.repair_errors import RepairError
 
 log = logging.getLogger("dbfence.agent")
 

@@ -68,7 +68,8 @@ from dbfence.mysql.credentials import load_credentials_file
 from dbfence.mysql.errors import MysqlAdapterError, UnsafeAccountError
 from dbfence.mysql.probes import Role as ProbeRole
 from dbfence.mysql.rebuild import BackupStream
-from dbfence.mysql.repair import MysqldControl, RepairError
+from dbfence.mysql.repair import MysqldControl
+from dbfence.mysql.repair_errors import RepairError
 from dbfence.sdnotify import Notifier
 
 log = logging.getLogger("dbfence.agent")

@@ -31,11 +31,7 @@ from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.rebuild import Progress, RebuildResult
 from dbfence.mysql.repair import (
-    BinlogCutShort,
     MysqldControl,
-    NothingErrant,
-    RepairDeferred,
-    RepairError,
     RepairResult,
     binlog_files_of,
     kill_mysqld,
@@ -43,6 +39,7 @@ from dbfence.mysql.repair import (
     recover_killed,
     truncate_unacknowledged,
 )
+from dbfence.mysql.repair_errors import BinlogCutShort, NothingErrant, RepairDeferred, RepairError
 from dbfence.mysql.repair_evidence import (
     FencingEvidence,
     clear_evidence,

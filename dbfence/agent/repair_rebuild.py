@@ -29,7 +29,8 @@ from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.rebuild import Progress, RebuildResult, rebuild_from_stream
-from dbfence.mysql.repair import MysqldControl, NothingErrant, RepairError
+from dbfence.mysql.repair import MysqldControl
+from dbfence.mysql.repair_errors import NothingErrant, RepairError
 
 log = logging.getLogger("dbfence.agent")
 

@@ -25,7 +25,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from dbfence.mysql.repair import RepairDeferred, RepairError, binlog_files_of
+from dbfence.mysql.repair import binlog_files_of
+from dbfence.mysql.repair_errors import RepairDeferred, RepairError
 
 _CHECKPOINT_IN_DUMP = re.compile(r"^#.*\tBinlog checkpoint (\S+)", re.MULTILINE)
 #: Room the copy leaves free on its file system beyond its own size.

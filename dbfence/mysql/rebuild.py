@@ -33,18 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.binlog_excerpt import save_errant
 from dbfence.mysql.connection import Endpoint, query, query_one
 from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.gtid import GtidPosition, GtidState, describe_errant
-from dbfence.mysql.repair import (
-    MysqldControl,
-    NothingErrant,
-    RepairError,
-    binlog_files,
-    kill_mysqld,
-    save_errant,
-    start_mysqld,
-)
+from dbfence.mysql.repair import MysqldControl, binlog_files, kill_mysqld, start_mysqld
+from dbfence.mysql.repair_errors import NothingErrant, RepairError
 
 CHUNK = 1 << 20
 #: The files mariadb-backup writes with the GTID position of the copy (older releases: xtrabackup_).

@@ -16,29 +16,18 @@ it instead, and recovery then keeps it. So the repair is:
 Nothing here decides whether the transactions may go: that is the decision core's
 (``dbfence.agent.rejoin``), from the evidence in :mod:`repair_evidence`.
 
-A full disk (measured on 10.11, tests/mysql/test_mysql_repair_full_disk_lab.py): mysqld counts a
-commit in ``@@gtid_binlog_pos`` before its events are in the binlog file, and when the file cannot
-grow it writes what fits and waits for space ("Waiting for someone to free space"), retrying once a
-minute. The file then ends inside that transaction: ``mariadb-binlog`` prints what it could read
-(sometimes its GTID, sometimes not), reports "Event truncated" on stderr, and exits 0 (or 1 when
-the cut came before the first GTID it was to print: "Binary logs never reached expected GTID
-state"; a file a rotation created has no whole header yet: "Failed reading header", exit 1).
-Such an excerpt is incomplete, not wrong, and may be whole later:
-:class:`RepairDeferred`, like an excerpt that finds no room in the state directory. Only a
-mismatch that waiting cannot mend (a GTID outside the errant set, a gap before the last one
-found) is a :class:`RepairError` for good. A KILL of the waiting session (the fence's) ends the
-wait: the write fails, the engine rolls the commit back, its GTID stays counted and the file
-ends inside it for good; with no session left waiting for space, that end is saved as far as
-it reads (``tail_abandoned``) and the repair goes on. So does the repair of a mysqld the fence
-killed inside such a write, once the caller has kept the binlog files byte for byte
-(:mod:`dbfence.mysql.binlog_tail`).
+The excerpt and its checks (a full disk, a binlog that ends inside a transaction) are
+:mod:`binlog_excerpt`'s; the errors, :mod:`repair_errors`'s. A KILL of the session waiting for disk
+space (the fence's) ends the wait: the write fails, the engine rolls the commit back, its GTID stays
+counted and the file ends inside it for good; with no session left waiting for space, that end is
+saved as far as it reads (``tail_abandoned``) and the repair goes on. So does the repair of a
+mysqld the fence killed inside such a write, once the caller has kept the binlog files byte for
+byte (:mod:`dbfence.mysql.binlog_tail`).
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import re
 import signal
 import subprocess
 import time
@@ -47,55 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.binlog_excerpt import OPEN_END_SEQ, save_errant, save_excerpt
 from dbfence.mysql.connection import query_one
 from dbfence.mysql.errors import MysqlAdapterError
-from dbfence.mysql.gtid import (
-    ErrantRange,
-    Gtid,
-    GtidPosition,
-    GtidState,
-    describe_errant,
-    in_errant_ranges,
-    parse_binlog_gtid_list,
-    ranges_predate,
-)
-
-_GTID_IN_DUMP = re.compile(r"^#.*\bGTID (\d+-\d+-\d+)\b", re.MULTILINE)
-_GTID_LIST_IN_DUMP = re.compile(r"^#.*\bGtid list (\[[^\]]*\])", re.MULTILINE)
-# The event that ends a group: a transaction's XID, or a Query event (its COMMIT, or a DDL's
-# statement: a group that is not "trans" is that one event).
-_XID_IN_DUMP = re.compile(r"^#.*\tXid = \d+", re.MULTILINE)
-_QUERY_IN_DUMP = re.compile(r"^#.*\tQuery\t", re.MULTILINE)
-_COMMIT_IN_DUMP = re.compile(r"^COMMIT/\*!\*/;$", re.MULTILINE)
-_TRANS_FLAG = re.compile(r"\btrans\b")
-# mariadb-binlog's errors for binlog files that end early (measured on a full disk, 10.11);
-# "Failed reading header": a file a rotation on a full disk created, its header not written yet.
-_CUT_SHORT = re.compile(r"read_log_event|Event truncated|Failed reading header|Could not read entry at")
-# Files that end before the start position; a cut only with one of the above, or when the errant
-# set is known to exist (``exact``: counted by a running mysqld). Alone, for a mysqld that is
-# down, it may be a binlog that ends where the primary's history does: nothing after it.
-_NEVER_REACHED = "never reached expected GTID state"
-_FILE_START_IN_DUMP = re.compile(r"^#.*\tStart: binlog v \d+", re.MULTILINE)
-
-
-class RepairError(MysqlAdapterError):
-    """A repair step failed; the message says which and what was left as it was."""
-
-
-class RepairDeferred(RepairError):
-    """Nothing was removed and the same repair may succeed later: the binlog's last errant
-    transaction is not wholly on disk yet (mysqld waits for space to write it), or the excerpt
-    found no room in the state directory. Tried again with back-off, never given up for good."""
-
-
-class BinlogCutShort(RepairDeferred):
-    """The binlog files end inside or before an errant transaction: its write waits for disk
-    space (wait), or was abandoned, its session or mysqld killed (``tail_abandoned``)."""
-
-
-class NothingErrant(RepairError):
-    """Nothing is errant against the primary (any more): the request came from facts read before
-    an earlier repair finished. Nothing was done, and nothing failed."""
+from dbfence.mysql.gtid import ErrantRange, GtidPosition, GtidState, describe_errant
+from dbfence.mysql.repair_errors import BinlogCutShort, NothingErrant, RepairError
 
 
 @dataclass(frozen=True)
@@ -146,194 +91,6 @@ def binlog_files_of(base: str, datadir: str) -> list[Path]:
     return [Path(name) if os.path.isabs(name) else Path(str(datadir)) / name for name in names]
 
 
-def save_errant(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange], out: Path,
-                header: str, *, exact: bool = True, tail_abandoned: bool = False) -> list[Gtid]:
-    """:func:`save_excerpt`, the GTIDs written whole only."""
-    return save_excerpt(tool, files, ranges, out, header, exact=exact, tail_abandoned=tail_abandoned)[0]
-
-
-def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange], out: Path,
-                 header: str, *, exact: bool = True, tail_abandoned: bool = False) -> tuple[list[Gtid], str]:
-    """Write exactly the transactions of ``ranges`` as replayable binlog events to ``out``
-    (mode 0600); returns the GTIDs written whole, and what of the set the binlog ends inside or
-    before (``tail_abandoned`` only; '' when nothing). Raises RepairError unless every one is there
-    (``exact``), or (not ``exact``: open-ended ranges of a mysqld that is down) unless everything
-    found lies in them; BinlogCutShort when the files end inside or before the last of them.
-
-    ``tail_abandoned``: nothing writes that end any more (no session waits for disk space: the
-    fence's KILL ended the wait, its write failed and the engine rolled the transaction back,
-    measured). The errant transactions the files end inside or before, the last of the set, are
-    then saved as far as they can be read and named in the file, instead of waited for."""
-    if not ranges:
-        raise RepairError("no errant transactions to save")
-    server_ids = {r.server_id for r in ranges}
-    if len(server_ids) != 1:
-        raise RepairError(f"errant transactions of several servers ({sorted(server_ids)}): not saved")
-    whole_stream = [r for r in ranges if not r.primary_has_stream]
-    starts: dict[int, Gtid] = {}
-    for r in ranges:  # start after the last GTID the primary has in each errant domain
-        if r.domain not in starts or r.after_seq < starts[r.domain].seq:
-            starts[r.domain] = Gtid(r.domain, r.server_id, r.after_seq)
-    # A stream the primary never saw (this node's first transactions as primary): every GTID of
-    # it is errant, so read the files from their start; the first file's Gtid list then proves
-    # that no older (purged) file held one of them.
-    start = ",".join(str(g) for g in sorted(starts.values()))
-    position = [] if whole_stream else [f"--start-position={start}"]
-    # --verbose adds each row as a commented pseudo-statement: readable, and still replayable.
-    argv = [tool, "--verbose", *position, f"--server-id={server_ids.pop()}", *map(str, files)]
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=300, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RepairError(f"{tool} failed: {exc}") from None
-    text = done.stdout.decode("utf-8", "replace")
-    stderr = done.stderr.decode(errors="replace")
-    errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
-    cut_short = [line for line in errors if _CUT_SHORT.search(line)]
-    never_reached = [line for line in errors if _NEVER_REACHED in line]
-    # mariadb-binlog refuses a GTID start position that is the files' very last transaction
-    # ("never reached expected GTID state"), which is what a killed primary whose every commit
-    # reached the new primary looks like: nothing after it to save. With an event cut besides,
-    # the files end inside a transaction instead (a full disk).
-    nothing_after = (done.returncode != 0 and bool(never_reached) and len(never_reached) == len(errors)
-                     and not whole_stream and ends_at(tool, files, starts))
-    if nothing_after:
-        text, errors = f"-- nothing errant: the binlog ends at {start}, which the primary has\n", []
-    elif cut_short or exact:
-        cut_short += never_reached
-    if done.returncode != 0 and not nothing_after and not cut_short:
-        raise RepairError(f"{tool} exited {done.returncode}: {stderr[:500]}")
-    # A binlog that ends inside an event: it exits 0 once it has passed the start position and
-    # says so on stderr only, 1 when the cut came before ("never reached expected GTID state").
-    if errors and not (tail_abandoned and len(cut_short) == len(errors)):
-        first = (cut_short or errors)[0][:200]
-        raise BinlogCutShort(f"{tool} could not read the binlog to its end ({first}): its last transaction "
-                             "is not wholly on disk (mysqld waiting for space to write it?); nothing removed")
-    # An abandoned end is the last file's: every file before it must have been read (each one's
-    # format description event printed; a last file cut in its header has none).
-    files_read = len(files) if nothing_after else len(_FILE_START_IN_DUMP.findall(text))
-    header_cut = any("Failed reading header" in e for e in errors)
-    if tail_abandoned and files_read < len(files) - (1 if header_cut else 0):
-        raise BinlogCutShort(f"{tool} stopped in binlog file {files_read + 1} of {len(files)}, not at the "
-                             f"last one's end ({(errors or ['no error'])[0][:200]}); nothing removed")
-    headers = list(_GTID_IN_DUMP.finditer(text))
-    found = [Gtid.parse(m.group(1)) for m in headers]
-    whole = [_group_is_whole(*group) for group in _groups(text, headers)]
-    written = [g for g, ok in zip(found, whole, strict=True) if ok and in_errant_ranges(g, ranges)]
-    cut = [g for g, ok in zip(found, whole, strict=True) if not ok and in_errant_ranges(g, ranges)]
-    if cut and not tail_abandoned:
-        raise BinlogCutShort(f"the binlog holds only the start of {','.join(map(str, cut))} (the rest not on "
-                             "disk yet: mysqld waiting for space to write it?); nothing removed")
-    if cut and any(whole[found.index(cut[0]):]):
-        raise RepairError(f"the binlog holds only the start of {cut[0]}, and whole transactions after it")
-    foreign = len(written) + len(cut) != len(found)
-    expected = sum(r.last_seq - r.after_seq for r in ranges if r.primary_has_stream)
-    if whole_stream:
-        first_list = _GTID_LIST_IN_DUMP.search(text)
-        complete = first_list is not None and ranges_predate(parse_binlog_gtid_list(first_list.group(1)),
-                                                             whole_stream)
-        # Seq numbers of a stream the primary lacks need not be consecutive (its domain had other
-        # writers before): the whole stream is there from the first file on, and its last GTID.
-        counted = [g for g in written if not in_errant_ranges(g, whole_stream)]
-        ends = all(r.last in written for r in whole_stream if r.last_seq != _MAX_SEQ)
-        ok = complete and ends and (not exact or len(counted) == expected) and not foreign
-    else:
-        complete = True
-        ok = (not exact or len(written) == expected) and not foreign
-    abandoned = ""
-    if not ok:
-        missing = _missing_tail(ranges, written) if complete and not foreign else None
-        if missing and tail_abandoned and {str(g) for g in cut} <= set(missing.split(",")):
-            abandoned = missing
-        elif missing:
-            raise BinlogCutShort(
-                f"the binlog files end before {missing}, the last of the errant set "
-                f"{describe_errant(ranges)} (counted in gtid_binlog_pos, not on disk yet: mysqld waiting "
-                f"for space to write it?); "
-                f"found {','.join(map(str, found)) or 'nothing'}; nothing removed")
-        else:
-            raise RepairError(
-                f"the binlog excerpt does not match the errant set {describe_errant(ranges)}: "
-                f"found {','.join(map(str, found)) or 'nothing'}")
-    if tail_abandoned and not abandoned and (cut or cut_short):  # open-ended ranges: nothing missing
-        abandoned = ",".join(map(str, cut)) or "the last transaction (cut before its GTID)"
-    if abandoned:
-        header += (f"-- the binlog ends inside or before {abandoned}: its write was abandoned on a full disk "
-                   "(its session or mysqld killed: never committed nor acknowledged); below as far as it "
-                   "could be read\n")
-    _write_excerpt(out, header + text)
-    return written, abandoned
-
-
-def _groups(text: str, headers: Sequence[re.Match[str]]) -> list[tuple[str, str]]:
-    """Each GTID event's comment line and the text of its group (up to the next GTID event)."""
-    groups = []
-    # not strict: no GTID event, no group (the list of ends still has the text's end)
-    for m, end in zip(headers, [m.start() for m in headers[1:]] + [len(text)], strict=False):
-        line_end = text.find("\n", m.end())
-        line_end = end if line_end < 0 or line_end > end else line_end
-        groups.append((text[m.start():line_end], text[line_end:end]))
-    return groups
-
-
-def _group_is_whole(header: str, body: str) -> bool:
-    """Whether a group's events in the dump reach its end: a transaction's XID or COMMIT, a
-    standalone (DDL) group's one Query event. A file cut at an event boundary inside the group
-    reads without an error, and only this tells."""
-    if _TRANS_FLAG.search(header[header.index("GTID"):]):
-        return _XID_IN_DUMP.search(body) is not None or _COMMIT_IN_DUMP.search(body) is not None
-    return _QUERY_IN_DUMP.search(body) is not None
-
-
-def _missing_tail(ranges: Sequence[ErrantRange], written: Sequence[Gtid]) -> str:
-    """The errant GTIDs the excerpt lacks, when they are all after every one it holds of their
-    range (the files end early, as after a full disk); '' when a gap lies before a GTID found or
-    the missing ones cannot be named (an open-ended range): that mismatch waiting cannot mend."""
-    missing: list[str] = []
-    for r in ranges:
-        if r.last_seq == _MAX_SEQ:
-            continue
-        seqs = sorted(g.seq for g in written if g.domain == r.domain and g.server_id == r.server_id
-                      and r.after_seq < g.seq <= r.last_seq)
-        if not r.primary_has_stream:  # seqs need not be consecutive: only its end is known
-            if r.last_seq not in seqs:
-                missing.append(str(r.last))
-            continue
-        expected = list(range(r.after_seq + 1, r.last_seq + 1))
-        if seqs != expected[:len(seqs)]:
-            return ""  # a gap before one found
-        missing += [str(Gtid(r.domain, r.server_id, s)) for s in expected[len(seqs):]]
-    return ",".join(missing)
-
-
-def _write_excerpt(out: Path, text: str) -> None:
-    """Write ``text`` to ``out`` (mode 0600, never over an existing file) whole or not at all: a
-    disk that fills meanwhile leaves no partial file that would pass for the copy."""
-    partial = out.with_name(f".{out.name}.partial")
-    data = text.encode()
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(partial, out)  # fails if out exists: an earlier copy is never replaced
-        directory = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RepairDeferred(f"no space left in {out.parent} for the excerpt ({len(data)} bytes); "
-                                 "nothing removed") from None
-        raise RepairError(f"cannot write the excerpt {out}: {exc.strerror or exc}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def waiting_for_disk_space(mysql: MysqlActions) -> int:
     """Sessions whose write waits for disk space (mysys's thread state while it retries)."""
     with mysql.session() as conn:
@@ -346,38 +103,6 @@ def _last_size(files: Sequence[Path]) -> int:
         return files[-1].stat().st_size
     except (OSError, IndexError):
         return -1
-
-
-def ends_at(tool: str, files: Sequence[Path], last: dict[int, Gtid]) -> bool:
-    """Whether the binlog files end, in each domain of ``last``, with exactly that GTID.
-
-    Reads the files newest first, and only as far back as it must: a domain's last GTID is in
-    the newest file that holds any of that domain."""
-    seen: dict[int, Gtid] = {}
-    for path in reversed(files):
-        newest_here: dict[int, Gtid] = {}
-        for gtid in _gtids_in(tool, path):
-            if gtid.domain in last and gtid.domain not in seen:
-                newest_here[gtid.domain] = gtid
-        seen.update(newest_here)
-        if len(seen) == len(last):
-            break
-    return seen == last
-
-
-def _gtids_in(tool: str, path: Path) -> list[Gtid]:
-    """The GTIDs of one binlog file, in order; its events are streamed, not kept (files are large)."""
-    try:
-        with subprocess.Popen([tool, str(path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True, errors="replace") as reader:
-            assert reader.stdout is not None
-            found = [Gtid.parse(match.group(1)) for line in reader.stdout
-                     if (match := _GTID_IN_DUMP.match(line)) is not None]
-    except OSError as exc:
-        raise RepairError(f"{tool} failed on {path}: {exc}") from None
-    if reader.returncode != 0:
-        raise RepairError(f"{tool} exited {reader.returncode} on {path}")
-    return found
 
 
 def kill_mysqld(pid_file: Path, timeout: float = 30.0) -> int:
@@ -453,11 +178,11 @@ def recover_killed(mysql: MysqlActions, control: MysqldControl, primary_state: C
         raise RepairError(f"mysqld ({control.pid_file}) is running again, not started by the repair: "
                           "its recovery may have kept the transactions that waited")
     primary = primary_state()
-    ranges = [ErrantRange(domain, server_id, seq, _MAX_SEQ, primary_has_stream=True)
+    ranges = [ErrantRange(domain, server_id, seq, OPEN_END_SEQ, primary_has_stream=True)
               for (domain, writer), seq in sorted(primary.streams.items()) if writer == server_id]
     # A domain this node last wrote in (its position at fencing) of which the primary holds nothing
     # of this server: its first transactions as primary; all of that stream is errant.
-    ranges += [ErrantRange(gtid.domain, server_id, 0, _MAX_SEQ, primary_has_stream=False)
+    ranges += [ErrantRange(gtid.domain, server_id, 0, OPEN_END_SEQ, primary_has_stream=False)
                for gtid in GtidPosition.parse(binlog_pos_before).gtids
                if gtid.server_id == server_id and (gtid.domain, server_id) not in primary.streams]
     if not ranges:
@@ -472,9 +197,6 @@ def recover_killed(mysql: MysqlActions, control: MysqldControl, primary_state: C
                         errant_after=describe_errant(left), binlog_pos_before=binlog_pos_before,
                         binlog_pos_after=str(after.binlog_pos), seconds=time.monotonic() - started,
                         abandoned=abandoned)
-
-
-_MAX_SEQ = 2**64 - 1
 
 
 def mysqld_running(pid_file: Path) -> bool:

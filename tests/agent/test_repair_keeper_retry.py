@@ -18,7 +18,8 @@ from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.gtid import GtidState
-from dbfence.mysql.repair import MysqldControl, RepairDeferred, RepairError, RepairResult
+from dbfence.mysql.repair import MysqldControl, RepairResult
+from dbfence.mysql.repair_errors import RepairDeferred, RepairError
 
 FULL = "no space left in /var/lib/dbfence for the excerpt (4096 bytes); nothing removed"
 

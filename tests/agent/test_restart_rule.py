@@ -14,7 +14,8 @@ from dbfence.agent.state import Role
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.credentials import Credentials
-from dbfence.mysql.repair import MysqldControl, RepairDeferred, RepairError
+from dbfence.mysql.repair import MysqldControl
+from dbfence.mysql.repair_errors import RepairDeferred, RepairError
 
 NO_MYSQL = MysqlActions(Endpoint("127.0.0.1", 9), Credentials("u", "p"), name="db2")  # never reached
 CRASHED_REPLICA = CrashView(mode="truncate", role=Role.REPLICA, running=False, pid_file_left=True,

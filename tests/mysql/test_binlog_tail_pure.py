@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dbfence.mysql.binlog_tail import copy_binlog_tail, recovery_files
-from dbfence.mysql.repair import RepairDeferred, RepairError
+from dbfence.mysql.repair_errors import RepairDeferred, RepairError
 from tests.mysql.mysql_lab_helpers import small_tmpfs
 
 

@@ -17,7 +17,8 @@ from dbfence.discovery.http_api import HttpApi, StatusBoard
 from dbfence.discovery.metrics import Metrics
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.rebuild import BackupStream, Progress, RebuildResult, rebuild_from_stream
-from dbfence.mysql.repair import MysqldControl, NothingErrant, RepairError
+from dbfence.mysql.repair import MysqldControl
+from dbfence.mysql.repair_errors import NothingErrant, RepairError
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, poll, primary_address, run, sql
 from tests.mysql.test_mysql_repair_lab import cut_replica_and_promote_it, rows

@@ -9,19 +9,12 @@ from pathlib import Path
 import pytest
 
 from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.binlog_excerpt import save_errant
 from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.gtid import ErrantRange, GtidState
-from dbfence.mysql.repair import (
-    BinlogCutShort,
-    MysqldControl,
-    RepairDeferred,
-    RepairError,
-    binlog_files_of,
-    kill_mysqld,
-    recover_killed,
-    save_errant,
-)
+from dbfence.mysql.repair import MysqldControl, binlog_files_of, kill_mysqld, recover_killed
+from dbfence.mysql.repair_errors import BinlogCutShort, RepairDeferred, RepairError
 from dbfence.mysql.repair_evidence import (
     CounterBaseline,
     FencingEvidence,

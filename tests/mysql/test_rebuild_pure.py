@@ -14,7 +14,7 @@ from dbfence.mysql.rebuild import (
     prune_old_datadirs,
     room_problem,
 )
-from dbfence.mysql.repair import RepairError
+from dbfence.mysql.repair_errors import RepairError
 
 
 def test_the_rate_limit_sleeps_until_the_average_allows_the_bytes() -> None:
