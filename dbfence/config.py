@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -276,6 +277,13 @@ class RejoinSection:
                                         "aside by rebuilds to keep (newest first); older ones are "
                                         "deleted after a successful rebuild. The saved errant "
                                         "transactions in state_dir are never deleted.", minimum=0)
+    approval_ttl: float = setting(3600.0, "With mode = rebuild: seconds an operator's rebuild "
+                                          "approval (dbfence rejoin approve) counts; an older one "
+                                          "is removed unused (0 = until spent). It is spent anyway "
+                                          "when the rebuild starts, when another fence begins, and "
+                                          "when the node serves again (truncated, primary again, "
+                                          "fixed by hand): it never allows a later rebuild.",
+                                  minimum=0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -324,6 +332,8 @@ def _coerce(key: str, kind: Any, value: Any, meta: typing.Mapping[str, Any]) -> 
         raise ConfigError(f"{key}: expected {type_name(kind)}, got {value!r}")
     if kind is float:
         value = float(value)
+        if math.isnan(value):  # nan: every comparison false, so no limit would hold it
+            raise ConfigError(f"{key}: expected a number, got nan")
     if meta["choices"] and value not in meta["choices"]:
         raise ConfigError(f"{key}: expected one of {', '.join(meta['choices'])}, got {value!r}")
     if meta["min"] is not None and value < meta["min"]:

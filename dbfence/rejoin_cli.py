@@ -1,7 +1,8 @@
 """``dbfence rejoin approve``: an operator approves one rebuild of a fenced node ([rejoin]).
 
 The approval is node-local (a file in that agent's state directory, spent when the rebuild
-starts), so the command asks the node's agent over its HTTP API with the agents' API token
+starts, when the node serves again or fences anew, and expired after ``[rejoin] approval_ttl``),
+so the command asks the node's agent over its HTTP API with the agents' API token
 and/or a client certificate from the cluster CA (mutual TLS), as an agent asks its peers; it
 finds the agent's address in the node's member record in the DCS unless ``--agent`` names it.
 Exit codes: 0 approved, 1 refused (the message says why), 2 DCS, agent or token unreachable.
@@ -50,8 +51,9 @@ def rejoin_group() -> None:
 def approve_command(node: str, token_file: Path | None, agent: str | None, agent_ca: str | None,
                     agent_cert: str | None, agent_key: str | None, by: str, **kwargs: Any) -> None:
     """Allow one rebuild of NODE that its fencing evidence cannot justify (its errant transactions
-    may have been acknowledged: they are saved to a file first). The same as creating
-    <state_dir>/rebuild-approved on that host."""
+    may have been acknowledged: they are saved to a file first), during its current fence only
+    and for [rejoin] approval_ttl at most. The same as creating <state_dir>/rebuild-approved on
+    that host."""
     http = _http_section(kwargs.get("config"))
     token = _token(token_file, http)
     ca = agent_ca or (http.tls_ca if http else "") or None

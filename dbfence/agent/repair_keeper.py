@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from dbfence.agent.actions import TruncateErrant
 from dbfence.agent.gtid import BinlogState, GtidParseError, GtidPosition
 from dbfence.agent.observation import RepairView
-from dbfence.agent.rebuild_approval import APPROVE_HINT, approve_command
+from dbfence.agent.rebuild_approval import APPROVE_HINT, DEFAULT_APPROVAL_TTL, approve_command
 from dbfence.agent.repair_rebuild import RebuildRunner
 from dbfence.agent.term_watch import TermWatch
 from dbfence.mysql.actions import MysqlActions
@@ -83,8 +83,9 @@ class RepairKeeper(RebuildRunner):
                  backup_tool: str = "mariadb-backup", mbstream_tool: str = "mbstream",
                  api_tls: ssl.SSLContext | None = None, mutual_tls: bool = False,
                  free_space_margin: int = 1 << 30, keep_old_datadirs: int = 1,
-                 retry_max: float = RETRY_MAX) -> None:
+                 retry_max: float = RETRY_MAX, approval_ttl: float = DEFAULT_APPROVAL_TTL) -> None:
         self.mode = mode
+        self.approval_ttl = approval_ttl  # seconds an operator's rebuild approval counts (0: until spent)
         self.api_token = api_token  # the donor's HTTP API token (the same on every node)
         self.api_tls = api_tls  # the cluster CA and this agent's client certificate, for https donors
         self.mutual_tls = mutual_tls  # donors know us by that certificate (no token needed)
@@ -158,6 +159,8 @@ class RepairKeeper(RebuildRunner):
         """The node stops being primary: forget older evidence and read this run's."""
         if self.mode == "manual":
             return
+        # An approval given before this fence was for another one (or none): never for this one's.
+        self._spend_approval("a new fence began after it was given")
         with self._lock:
             self._term += 1
             self._fenced_at = self.wall()
@@ -172,9 +175,11 @@ class RepairKeeper(RebuildRunner):
         self._reader.start()
 
     def on_serving(self) -> None:
-        """Primary again, or rejoined as a replica: the evidence of the last fence is spent."""
+        """Primary again, or rejoined as a replica: the evidence of the last fence is spent, and so
+        is an operator's rebuild approval given for it (it must not allow a later one)."""
         if self.mode == "manual":
             return
+        self._spend_approval("the node serves again")
         with self._lock:
             self._term += 1
             self._fenced_at = None
@@ -335,7 +340,7 @@ class RepairKeeper(RebuildRunner):
         return {"mode": self.mode, "evidence_problem": view.evidence_problem, "running": view.running,
                 "saved_file": view.saved_file, "gave_up": view.gave_up, "gave_up_on": view.gave_up_on,
                 "ended_by_fence": self._ended_by_fence, "retrying": self.retrying, "waiting": self.hold,
-                "rebuild_approved": view.rebuild_approved,
+                "rebuild_approved": view.rebuild_approved, "rebuild_approval": self._approval_status(),
                 "approve_command": (approve_command(self.node, self.state_dir) if APPROVE_HINT in self.hold
                                     else None),
                 "last": None if result is None else {

@@ -7,8 +7,9 @@ gave up), so it is mixed in from here (:class:`RebuildRunner`) and the keeper st
 the loop, the executor and the HTTP API.
 
 Invariants: one worker at a time (truncation or rebuild, under the keeper's lock); an approval is
-spent when the rebuild starts (one approval, one attempt); a failure is reported, never retried
-by itself.
+spent when the rebuild starts (one approval, one attempt), when a fence begins or the node serves
+again (it was for another fence), and expires after ``approval_ttl`` (:mod:`rebuild_approval`); a
+failure is reported, never retried by itself.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dbfence.agent.actions import RebuildNode
-from dbfence.agent.rebuild_approval import APPROVAL_FILE, write_approval
+from dbfence.agent.rebuild_approval import APPROVAL_FILE, Approval, format_time, read_approval, write_approval
 from dbfence.discovery.backup_stream import fetch_backup
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.errors import MysqlAdapterError
@@ -44,6 +45,7 @@ class RebuildRunner:
     mysql: MysqlActions
     control: MysqldControl
     wall: Callable[[], float]
+    approval_ttl: float
     on_done: Callable[[str, str], None]
     api_token: str | None
     api_tls: ssl.SSLContext | None
@@ -62,7 +64,38 @@ class RebuildRunner:
     _killed: bool
 
     def _approved(self) -> bool:
-        return self.mode == "rebuild" and (self.state_dir / APPROVAL_FILE).exists()
+        return self.mode == "rebuild" and self._approval() is not None
+
+    def _approval(self) -> Approval | None:
+        """The approval that counts now; an expired one is removed here, saying so."""
+        approval = read_approval(self.state_dir)
+        if approval is None or not approval.expired(self.approval_ttl, self.wall()):
+            return approval
+        self._spend_approval(f"expired: given more than {self.approval_ttl:g} s ago")
+        return None
+
+    def _spend_approval(self, why: str) -> None:
+        """Remove the approval file, if any, and log why (never over an OSError: the loop's)."""
+        approval = read_approval(self.state_dir)
+        if approval is None:
+            return
+        try:
+            (self.state_dir / APPROVAL_FILE).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(json.dumps({"event": "rebuild_approval_kept", "node": self.node, "why": why,
+                                    "error": str(exc)}))
+            return
+        log.warning(json.dumps({"event": "rebuild_approval_removed", "node": self.node, "why": why,
+                                "by": approval.by, "approved_at": format_time(approval.at)}))
+
+    def _approval_status(self) -> dict[str, Any] | None:
+        """Who approved a rebuild and when, and when that approval expires (status)."""
+        approval = self._approval() if self.mode == "rebuild" else None
+        if approval is None:
+            return None
+        expires = approval.expires_at(self.approval_ttl)
+        return {"by": approval.by, "approved_at": format_time(approval.at),
+                "expires_at": None if expires is None else format_time(expires)}
 
     def approve_rebuild(self, by: str) -> str:
         """An operator approves one rebuild (``dbfence rejoin approve``): the same file an operator
@@ -71,9 +104,14 @@ class RebuildRunner:
         if self.mode != "rebuild":
             raise ValueError(f"[rejoin] mode is {self.mode!r} on {self.node}: it never rebuilds, "
                              "so an approval would change nothing")
-        path = write_approval(self.state_dir, by, self.wall())
-        log.warning(json.dumps({"event": "rebuild_approved", "node": self.node, "by": by, "file": str(path)}))
-        return f"one rebuild of {self.node} approved ({path}); it starts when a donor can serve"
+        now = self.wall()
+        path = write_approval(self.state_dir, by, now)
+        expires = Approval(by, now).expires_at(self.approval_ttl)
+        until = "" if expires is None else f", valid until {format_time(expires)}"
+        log.warning(json.dumps({"event": "rebuild_approved", "node": self.node, "by": by, "file": str(path),
+                                "expires_at": None if expires is None else format_time(expires)}))
+        return (f"one rebuild of {self.node} approved ({path}{until}); it starts when a donor can serve, "
+                "unless the node serves again first")
 
     def _rebuild_status(self) -> dict[str, Any] | None:
         progress, done = self.progress, self.last_rebuild

@@ -3,9 +3,15 @@ and refusals."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from dbfence.agent.actions import ActionReason, RebuildNode
 from dbfence.agent.operator_commands import approve_rebuild
@@ -101,3 +107,72 @@ def test_the_http_api_takes_the_approval_only_with_the_token(tmp_path: Path) -> 
         assert post("s3cret") == 200 and k.view().rebuild_approved
     finally:
         api.stop()
+
+
+class Wall:
+    """A settable wall clock for the keeper (approvals are dated with it)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_approval_is_spent_when_the_node_serves_again(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    k = keeper(tmp_path)
+    k.on_fencing()
+    assert approve_rebuild(k, {"by": "alice"}).status == 200 and k.view().rebuild_approved
+    with caplog.at_level(logging.WARNING, logger="dbfence.agent"):
+        k.on_serving()  # rejoined another way (truncated, primary again, fixed by hand)
+    assert not (tmp_path / APPROVAL_FILE).exists() and not k.view().rebuild_approved
+    assert k.status()["rebuild_approval"] is None
+    removed = [json.loads(r.getMessage()) for r in caplog.records
+               if "rebuild_approval_removed" in r.getMessage()]
+    assert removed and removed[0]["why"] == "the node serves again" and removed[0]["by"] == "alice"
+    # The next fence finds no approval: its rebuild waits for an operator again.
+    k.on_fencing()
+    assert not k.view().rebuild_approved
+
+
+def test_an_approval_given_before_a_fence_does_not_count_for_it(tmp_path: Path) -> None:
+    k = keeper(tmp_path)
+    (tmp_path / APPROVAL_FILE).touch()  # left from long ago, or written while the node served
+    assert k.view().rebuild_approved
+    k.on_fencing()
+    assert not k.view().rebuild_approved and not (tmp_path / APPROVAL_FILE).exists()
+
+
+def test_an_approval_expires_after_the_ttl_and_status_says_until_when(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    wall = Wall(1_800_000_000.0)  # 2027-01-15T08:00:00Z
+    k = keeper(tmp_path)
+    k.wall = wall
+    k.approval_ttl = 600.0
+    k.on_fencing()
+    message = approve_rebuild(k, {"by": "alice"}).message
+    assert "valid until 2027-01-15T08:10:00Z" in message
+    assert k.status()["rebuild_approval"] == {"by": "alice", "approved_at": "2027-01-15T08:00:00Z",
+                                              "expires_at": "2027-01-15T08:10:00Z"}
+    wall.now += 599
+    assert k.view().rebuild_approved
+    wall.now += 1
+    with caplog.at_level(logging.WARNING, logger="dbfence.agent"):
+        assert not k.view().rebuild_approved
+    assert not (tmp_path / APPROVAL_FILE).exists() and k.status()["rebuild_approval"] is None
+    assert any("rebuild_approval_removed" in r.getMessage() and "expired" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_hand_made_approval_expires_by_its_file_time_and_ttl_zero_never_expires(tmp_path: Path) -> None:
+    k = keeper(tmp_path)
+    approval = tmp_path / APPROVAL_FILE
+    approval.touch()
+    two_hours_ago = time.time() - 7200
+    os.utime(approval, (two_hours_ago, two_hours_ago))
+    k.approval_ttl = 0.0
+    status = k.status()["rebuild_approval"]
+    assert k.view().rebuild_approved and status is not None and status["expires_at"] is None
+    k.approval_ttl = 3600.0  # the default
+    assert not k.view().rebuild_approved and not approval.exists()

@@ -57,6 +57,8 @@ def test_minimal_config_fills_documented_defaults(tmp_path: Path) -> None:
         ("[gate]\nproxy_protocol = 'v2'", "gate.proxy_protocol: expected true or false"),
         ("[failover]\nlossless = 'yes'", "failover.lossless: expected true or false"),
         ("[node]\npriority = 5000\nname = 'db1'", "node.priority: must be at most 1000"),
+        ("[rejoin]\napproval_ttl = -1", "rejoin.approval_ttl: must be at least 0"),
+        ("[rejoin]\napproval_ttl = nan", "rejoin.approval_ttl: expected a number, got nan"),
     ],
 )
 def test_mistakes_name_the_key_and_the_expected_form(tmp_path: Path, change: str, message: str) -> None:
@@ -115,7 +117,7 @@ def test_reference_doc_is_current() -> None:
 
 def test_rejoin_defaults_to_manual_and_truncate_needs_a_pid_file(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
-    assert config.rejoin.mode == "manual"
+    assert config.rejoin.mode == "manual" and config.rejoin.approval_ttl == 3600.0
     assert config.rejoin.start_command == ["systemctl", "start", "mariadb.service"]
     with pytest.raises(ConfigError, match=r"mysql.pid_file: required when rejoin.mode"):
         load_config(write(tmp_path, MINIMAL + '[rejoin]\nmode = "truncate"\n'))
