@@ -177,10 +177,13 @@ class DetachSource:
 
 @dataclass(frozen=True, slots=True)
 class WriteFencingToken:
-    """Write the lock's fencing token into the epoch table of the local mysqld."""
+    """Write the lock's fencing token into the epoch table of the local mysqld; with
+    ``semi_sync`` (lossless), only once primary-side semi-sync is on, so that the write waits
+    for a replica's ack like any commit and stays in doubt (removable) until one has it."""
 
     token: int
     reason: ActionReason
+    semi_sync: bool = False
 
 
 @dataclass(frozen=True, slots=True)
