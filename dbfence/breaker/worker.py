@@ -8,7 +8,8 @@ that all workers share (:meth:`dbfence.breaker.shared.SharedRecord.take_backend_
 any backend connection is opened, so the workers together never hold more connections to mysqld
 than the agent's cap, on the worker path or the kernel's (a joined link keeps its backend socket,
 and its slot, until it ends). A client that has not finished its login within ``login_timeout`` is
-dropped.
+dropped. Accepting sockets and placing them on the least-loaded worker is the :class:`Balancing`
+mixin (:mod:`dbfence.breaker.worker_balance`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dbfence.breaker.packets import (
 from dbfence.breaker.proxy_header import proxy_header
 from dbfence.breaker.shared import EPOCH_BITS, EPOCH_MASK, STATE_DRAINING, SharedRecord, fence_deadline
 from dbfence.breaker.state import LEASE_EXPIRED
+from dbfence.breaker.worker_balance import Balancing
 
 __all__ = ["CTL_BLOCK", "CTL_DRAIN", "CTL_QUIT", "CTL_READY", "CTL_STATS", "ClientSide", "Worker",
            "fence_allows"]
@@ -57,7 +59,7 @@ CTL_QUIT: Final = b"Q"
 CTL_READY: Final = b"R\n"
 
 
-class Worker:
+class Worker(Balancing):
     """The state of one worker process: its links, counters, and control channel."""
 
     def __init__(
@@ -288,65 +290,7 @@ class Worker:
     def _publish_open(self) -> None:
         self.shared.set_open_count(self.index, len(self.links) + self.adopting)
 
-    # --- accepting and balancing ----------------------------------------------------------------
-    def on_listener_readable(self) -> None:
-        """Accept a batch; give each connection to the least-loaded worker.
-
-        SO_REUSEPORT spreads connections by a hash of the address pair, which for a handful of
-        long-lived pooled connections is often lopsided (7:1 for 8 sysbench threads, measured), and a
-        lopsided split halves throughput. So the accepting worker compares the open counts all
-        workers publish and passes the socket (SCM_RIGHTS) to a strictly less loaded one.
-        """
-        listener = self.listener
-        assert listener is not None
-        # One snapshot per batch, updated locally as we place connections, so a burst of accepts
-        # does not all go to the worker whose published count has not caught up yet.
-        counts = self.shared.open_counts(self.worker_count)
-        for _ in range(64):
-            try:
-                sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                # Out of descriptors, say: stop accepting for a moment instead of spinning.
-                self.loop.remove_reader(listener.fileno())
-                self.loop.call_later(0.1, self._resume_accepting)
-                return
-            self.route(sock, counts)
-
-    def _resume_accepting(self) -> None:
-        if self.listener is not None and not self.stopping.is_set():
-            self.loop.add_reader(self.listener.fileno(), self.on_listener_readable)
-
-    def route(self, sock: socket.socket, counts: list[int]) -> None:
-        peers = self.peers
-        if len(peers) > 1:
-            target = min(range(len(counts)), key=counts.__getitem__)
-            if counts[target] < counts[self.index] and target != self.index:
-                try:
-                    socket.send_fds(peers[target], [b"C"], [sock.fileno()], socket.MSG_DONTWAIT)
-                    sock.close()
-                    self.handed_off += 1
-                    counts[target] += 1
-                    return
-                except OSError:
-                    pass  # that worker is gone or full: keep the connection here
-        counts[self.index] += 1
-        self.adopt(sock)
-
-    def on_handoff_readable(self) -> None:
-        inbox = self.inbox
-        assert inbox is not None
-        for _ in range(64):
-            try:
-                _, fds, _, _ = socket.recv_fds(inbox, 16, 8)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            for fd in fds:
-                self.adopt(socket.socket(fileno=fd))
-
+    # --- adopting accepted sockets (placed by Balancing) ---------------------------------------
     def adopt(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         with contextlib.suppress(OSError):  # not TCP (or already reset): nothing to tune
