@@ -11,10 +11,23 @@ from typing import Any
 
 import pytest
 
+from dbfence.lab import procs
 from dbfence.lab.cluster import LabCluster, LabSpec
 from dbfence.lab.consul_standin import ConsulStandin
 
 LabFactory = Callable[..., LabCluster]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make unit` runs two workers), each worker hands out lab ports from a
+    slice of the lab's range of its own, it and every process it starts (the env is inherited)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker.startswith("gw") or not count or procs.PORTS_ENV in os.environ:
+        return
+    ports = procs._LISTEN_PORTS
+    width = len(ports) // int(count)
+    first = ports.start + int(worker.removeprefix("gw")) * width
+    os.environ[procs.PORTS_ENV] = f"{first}-{first + width - 1}"
 
 
 def _lab_root() -> Path:

@@ -100,6 +100,10 @@ def _reap(pid: int) -> None:
 # bind(0) hands out) can be taken as the source port of any outgoing connection before the server
 # binds it (seen: an etcd member failed with "address already in use" in a full test run).
 _LISTEN_PORTS = range(20000, 32768)
+# Parallel test processes each take a slice of that range (tests/conftest.py sets it per worker),
+# so that one never hands out a port another has handed out and not bound yet, or whose server
+# it stopped for a while (a fault) and will start again on the same port.
+PORTS_ENV = "DBFENCE_LAB_PORTS"
 _recently_handed_out: collections.deque[int] = collections.deque(maxlen=4096)
 _hand_out = threading.Lock()
 
@@ -111,13 +115,24 @@ def _ephemeral_floor() -> int:
         return 32768
 
 
+def _listen_ports() -> range:
+    """The lab's port range: ``$DBFENCE_LAB_PORTS`` (``FIRST-LAST``) when set, else the default."""
+    text = os.environ.get(PORTS_ENV, "")
+    try:
+        first, last = (int(part) for part in text.split("-"))
+    except ValueError:
+        return _LISTEN_PORTS
+    return range(first, last + 1) if 1024 <= first <= last <= 65535 else _LISTEN_PORTS
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free on ``host`` now, outside the ephemeral range and not handed out lately by this
     process (the server it is for binds it a moment later)."""
-    top = min(_LISTEN_PORTS.stop, _ephemeral_floor())
+    ports = _listen_ports()
+    top = min(ports.stop, _ephemeral_floor())
     with _hand_out:
         for _ in range(200):
-            port = random.randrange(_LISTEN_PORTS.start, top) if top > _LISTEN_PORTS.start else 0
+            port = random.randrange(ports.start, top) if top > ports.start else 0
             if port in _recently_handed_out:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
