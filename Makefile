@@ -16,7 +16,7 @@ typecheck: setup
 	$(VENV)/mypy
 
 unit: setup
-	$(VENV)/python -m pytest --durations=25
+	$(VENV)/python -m pytest -n 2 --dist loadfile --durations=25
 
 # 100 % branch coverage of the decision core, from its fast tests (the model checker runs in `unit`).
 coverage: setup
