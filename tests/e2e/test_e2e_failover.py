@@ -314,6 +314,9 @@ def test_a_replica_with_its_io_thread_stopped_reports_no_lag_and_is_no_replica(
     primary = only_primary(lab)
     replica = next(a.name for a in lab.agents if a.name != primary)
     wait_until(lambda: agents_http(lab, replica, "/replica")[0] == 200, timeout=30, what="a working replica")
+    # ... whose every probe has passed once: until then a replica is not healthy (it may not race),
+    # and a report taken 0.1 s after the agent started said so (a failure once under load).
+    wait_until(lambda: status(lab, replica)["database"]["healthy"], timeout=30, what="a confirmed replica")
     operator = open_lock(DcsConfig(kind="etcd", endpoints=tuple(lab.dcs_endpoints)), lab.cluster, "operator")
     try:
         operator.write_intent(Intent(paused=True, pause_reason="test"))

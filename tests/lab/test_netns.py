@@ -105,7 +105,9 @@ def test_leftovers_of_a_crashed_run_are_found_by_prefix_and_removed() -> None:
     layout = netns.plan(secrets.token_hex(3), ["db1"])
     netns.create(layout)
     sleeper = spawn(layout.exec_argv("db1", ["sleep", "300"]), log_path=Path(os.devnull))
-    assert netns.pids_in(layout.namespace("db1")) == [sleeper.pid]
+    # `ip netns exec` enters the namespace after spawn returns: poll (seen empty once under load)
+    wait_until(lambda: netns.pids_in(layout.namespace("db1")) == [sleeper.pid], timeout=10,
+               what="the sleeper inside the db1 namespace")
     assert netns.remove_leftovers(layout.prefix) == sorted(layout.namespaces)
     assert not sleeper.alive()
     assert netns.existing_namespaces(layout.prefix) == []
