@@ -302,8 +302,19 @@ def test_garbage_silent_and_flooding_clients_do_not_disturb_others(
             for mark in marks:
                 insert_mark(good, mark)
         assert all(mark_landed(gate_lab, mark) for mark in marks)
-        with connect_via(gate, gate_lab) as another:
-            assert select_one(another) == 1
+
+        def another_connects() -> bool:
+            try:
+                with connect_via(gate, gate_lab) as another:
+                    return select_one(another) == 1
+            except pymysql.err.OperationalError as exc:
+                if exc.args[0] != ER_CON_COUNT_ERROR:
+                    raise
+                return False
+
+        # The flood's 200 closed links give their backend slots back as the workers get to them:
+        # under load a client right after it was refused (1040, the cap full) once in a full run.
+        wait_until(another_connects, 10, "another client through the gate", interval=0.05)
     finally:
         for sock in silent + garbage:
             sock.close()
