@@ -177,13 +177,10 @@ class DetachSource:
 
 @dataclass(frozen=True, slots=True)
 class WriteFencingToken:
-    """Write the lock's fencing token into the epoch table of the local mysqld; with
-    ``semi_sync`` (lossless), only once primary-side semi-sync is on, so that the write waits
-    for a replica's ack like any commit and stays in doubt (removable) until one has it."""
+    """Write the lock's fencing token into the epoch table of the local mysqld."""
 
     token: int
     reason: ActionReason
-    semi_sync: bool = False
 
 
 @dataclass(frozen=True, slots=True)

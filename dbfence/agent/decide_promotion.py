@@ -159,10 +159,10 @@ def _promotion_step(r: Round) -> None:
         # The point of no return: from here on the cooldown of this failover runs.
         r.emit(SetReadOnly(read_only=False, reason=ActionReason.PROMOTION))
         if obs.db.fencing_token != token:
-            r.emit(_token_write(r, token))
+            r.emit(WriteFencingToken(token, ActionReason.PROMOTION))
         r.emit(RecordFailover(ActionReason.FAILOVER_STARTED))
     elif obs.db.fencing_token != token:
-        r.emit(_token_write(r, token))
+        r.emit(WriteFencingToken(token, ActionReason.PROMOTION))
     else:
         r.move(Trigger.PROMOTION_COMPLETE)
         if obs.new_cluster is True:
@@ -171,13 +171,3 @@ def _promotion_step(r: Round) -> None:
             # died, no longer a running primary to wait for (dbfence/agent/core_adoption.py).
             r.emit(RecordFailover(ActionReason.FIRST_PRIMARY))
         serve(r)
-
-
-def _token_write(r: Round, token: int) -> WriteFencingToken:
-    """The promotion's token write. Lossless: with semi-sync on first, also for a node promoted
-    without a source (no Promote switched it on; a restarted mysqld starts with it off). Written
-    without it, the token would commit at once in the engine, acknowledged by no replica: should
-    this node fail before one fetched it, the new primary lacks a transaction of ours that crash
-    recovery can no longer remove, and the repair fails where a waiting write stays in doubt and
-    is truncated (docs/decision-core.md, "The token write of a promotion without a source")."""
-    return WriteFencingToken(token, ActionReason.PROMOTION, semi_sync=r.config.lossless)

@@ -213,10 +213,7 @@ class Executor:
                 self._truncate(action)
             case DetachSource():
                 self.mysql.stop_receiving()
-            case WriteFencingToken(token=token, semi_sync=semi_sync):
-                if semi_sync and self.db.latest.semi_sync_primary is not True:
-                    # Never written unacknowledged: a failure raises, the core asks again.
-                    self.mysql.set_semi_sync_primary(self.semi_sync)
+            case WriteFencingToken(token=token):
                 # In its own thread: under lossless semi-sync it commits once a replica that
                 # follows this holder acknowledges it; the core observes it then.
                 self.token_writer.ensure(token, self._end_own_ack_wait)

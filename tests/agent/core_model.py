@@ -832,8 +832,6 @@ class Model:
             if db.alive:
                 db = replace(db, receiving=False)
         elif isinstance(action, WriteFencingToken):
-            if action.semi_sync and db.alive:
-                db = replace(db, semi_sync=True)  # the executor switches it on before the write
             db = self._write_token(db, name, action.token, world.now)
         elif isinstance(action, RecordFailover):
             if reachable:

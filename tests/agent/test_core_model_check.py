@@ -44,12 +44,6 @@ def test_no_two_writers_in_any_interleaving() -> None:
                                     "step n1", "step n1", "step n1"])
     assert model.roles(stale_race)["n1"] is Role.FENCED and stale_race.dcs.holder is None
 
-    # n3 wins the cold start's race: promoted without a source, its lossless token write waits for
-    # a replica's ack (or the executor's release after TOKEN_ACK_WAIT ticks), which takes more
-    # events than the cold root's depth leaves for a third node's admission.
-    n3_won = model.drive(cold, ["step n3", "step n3", "step n3"])
-    assert model.roles(n3_won)["n3"] is Role.PROMOTING and n3_won.nodes[2].db.unacked_token is not None
-
     admitting_nodes: set[str] = set()
     roles_seen: set[Role] = set()
 
@@ -66,7 +60,7 @@ def test_no_two_writers_in_any_interleaving() -> None:
     recoveries: Counter[int] = Counter()
     # Depths keep the run around a minute on a loaded 2-core machine; the steady
     # cluster, the most important root, gets one level more.
-    roots = ((cold, 5), (warm, 6), (failed_over, 5), (errant, 4), (switched, 4), (stale_race, 4), (n3_won, 4))
+    roots = ((cold, 5), (warm, 6), (failed_over, 5), (errant, 4), (switched, 4), (stale_race, 4))
     for root, depth in roots:
         total += model.explore([root], on_state=collect, depth=depth)
         # Liveness: from every state reached, once the faults stop, the fair fault-free
