@@ -228,8 +228,12 @@ def test_process_probe_reads_a_mysqld_state_from_proc(tmp_path: Path) -> None:
     child = _named_child(b"mysqld")
     try:
         pid_file.write_text(str(child.pid))
-        verdict = probe_process(pid_file)
-        assert verdict.ok and verdict.detail == f"pid {child.pid} mysqld sleeping"
+        # Just after its "ready" line the child may still be running on its way into sleep().
+        deadline = time.monotonic() + 10
+        while (verdict := probe_process(pid_file)).detail != f"pid {child.pid} mysqld sleeping":
+            assert verdict.ok and verdict.detail == f"pid {child.pid} mysqld running", verdict
+            assert time.monotonic() < deadline, f"still {verdict} after 10 s"
+            time.sleep(0.01)
         os.kill(child.pid, signal.SIGSTOP)
         stopped = _reason_becomes(pid_file, Reason.PROCESS_STOPPED)
         assert "(mysqld) is stopped (status stopped)" in stopped.detail
