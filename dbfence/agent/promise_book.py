@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from dbfence.agent.failsafe import PromiseDecision
 from dbfence.agent.failsafe_view import GivenPromise
+from dbfence.durable import write_json_atomically
 
 log = logging.getLogger("dbfence.agent")
 
@@ -112,17 +112,7 @@ class PromiseBook:
     def _persist(self, to: str, token: int, duration: float, left: float) -> None:
         record = {"to": to, "token": token, "duration": duration, "until_wall": time.time() + left,
                   "written_at": time.time()}
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            with open(tmp, "w") as handle:
-                json.dump(record, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            write_json_atomically(self.path, record, indent=None)
         except OSError as exc:
             raise PromiseBookError(f"cannot persist the promise in {self.path}: {exc.strerror}") from None

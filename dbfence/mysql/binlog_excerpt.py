@@ -45,6 +45,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from dbfence.durable import fsync_directory
 from dbfence.mysql.gtid import (
     ErrantRange,
     Gtid,
@@ -250,11 +251,7 @@ def _write_excerpt(out: Path, text: str) -> None:
         finally:
             os.close(fd)
         os.link(partial, out)  # fails if out exists: an earlier copy is never replaced
-        directory = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_directory(out.parent)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise RepairDeferred(f"no space left in {out.parent} for the excerpt ({len(data)} bytes); "

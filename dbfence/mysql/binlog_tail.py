@@ -25,6 +25,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from dbfence.durable import fsync_directory
 from dbfence.mysql.repair import binlog_files_of
 from dbfence.mysql.repair_errors import RepairDeferred, RepairError
 
@@ -82,11 +83,7 @@ def copy_binlog_tail(tool: str, base: str, datadir: str, out: Path) -> list[Path
             finally:
                 os.close(fd)
         partial.rename(out)
-        fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(out.parent)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):

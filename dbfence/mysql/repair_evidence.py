@@ -23,12 +23,12 @@ sampling during the term, whose findings arrive here as ``term_problem``).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dbfence.durable import write_json_atomically
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import query, query_one
 
@@ -212,15 +212,7 @@ def read_unacknowledged_count(mysql: MysqlActions) -> int:
 def save_evidence(state_dir: Path, evidence: FencingEvidence) -> Path:
     """Write the evidence atomically (mode 0600); returns its path."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / EVIDENCE_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(asdict(evidence), out, indent=2)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_json_atomically(state_dir / EVIDENCE_FILE, asdict(evidence))
 
 
 def load_evidence(state_dir: Path) -> FencingEvidence | str:

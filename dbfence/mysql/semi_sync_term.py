@@ -28,13 +28,13 @@ evidence it belongs to is spent; an unreadable taint file reads as a taint (neve
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dbfence.durable import write_json_atomically
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import query
 from dbfence.mysql.errors import MysqlAdapterError
@@ -150,20 +150,7 @@ class TermTaint:
 def save_taint(state_dir: Path, taint: TermTaint) -> Path:
     """Write the taint atomically and durably (file and directory fsynced, mode 0600)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / TAINT_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(asdict(taint), out, indent=2)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    directory = os.open(state_dir, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
+    return write_json_atomically(state_dir / TAINT_FILE, asdict(taint))
 
 
 def load_taint(state_dir: Path) -> TermTaint | None:
