@@ -10,6 +10,7 @@ from dbfence.agent.actions import ActionReason, AdmitGate
 from dbfence.breaker import Admitting
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import SemiSyncSettings
+from dbfence.mysql.repair_evidence import CounterBaseline
 from dbfence.mysql.semi_sync_term import TAINT_FILE, read_baseline, read_counters
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, one, poll, run, sql
@@ -77,16 +78,21 @@ def test_the_reference_is_read_again_once_the_second_of_a_flush_has_turned(
     pid = Path(lab.node("db1").pid_file).read_text().strip()
     conn = sql(lab, "db1")
 
-    def flush_within_one_second() -> int | None:
+    def reference_read_in_the_second_of_a_flush() -> CounterBaseline | None:
+        """A baseline whose first read saw Uptime_since_flush_status = 0 (the server's own
+        second, not the client's clock: the two can straddle a second by a few ms)."""
         at_the_start_of_a_second()
-        before = time.time()
         run(conn, "FLUSH LOCAL STATUS")
-        return int(before) if int(time.time()) == int(before) else None
-    flushed = poll(flush_within_one_second, 30, "a FLUSH STATUS that ends in the second it began")
-    baseline = read_baseline(db1, pid)
-    assert not isinstance(baseline, str), baseline
-    assert flushed + 1 <= baseline.recorded_at < flushed + 4  # read again in a later second ...
-    assert read_counters(db1).flushed_after_s == baseline.flushed_after_s  # ... with the same flush
+        sleeps: list[float] = []
+
+        def counted_sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            time.sleep(seconds)
+        baseline = read_baseline(db1, pid, sleep=counted_sleep)
+        assert not isinstance(baseline, str), baseline
+        return baseline if sleeps else None  # not read again: the second had turned already; retry
+    baseline = poll(reference_read_in_the_second_of_a_flush, 30, "a reference read in a flush's second")
+    assert read_counters(db1).flushed_after_s == baseline.flushed_after_s  # read again, same flush
     run(sql(lab, "db1"), "FLUSH LOCAL STATUS")  # so any later flush moves the flush time
     assert read_counters(db1).flushed_after_s != baseline.flushed_after_s
 
