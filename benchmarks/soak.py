@@ -22,9 +22,12 @@ from pathlib import Path
 
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.faults import scratch_space
+from dbfence.lab.nemesis import NemesisTuning
 from dbfence.lab.soak import Soak, SoakConfig
 from dbfence.lab.soak_plot import draw
 from dbfence.lab.soak_report import rto_by_kind, rto_table, summary, timeline
+
+DEFAULT_NEMESIS = NemesisTuning()
 
 
 def seconds(text: str) -> float:
@@ -55,6 +58,14 @@ def main() -> int:
                         "they are plain DCS outages)")
     parser.add_argument("--keep-going", action="store_true",
                         help="go on after two quiet checks in a row found the cluster not whole")
+    parser.add_argument("--max-faults-per-burst", type=int, default=DEFAULT_NEMESIS.max_faults_per_burst,
+                        help="the most faults one burst strikes (the first at once, the rest as overlaps)")
+    parser.add_argument("--overlap-chance", type=float, default=DEFAULT_NEMESIS.overlap_chance,
+                        help="the chance that a burst strikes more than one fault")
+    parser.add_argument("--opening-share", type=float, default=DEFAULT_NEMESIS.opening_share,
+                        help="the share of bursts that open with --opening-kind against the whole "
+                        "cluster (0: every kind as likely; a p99 of one kind needs many samples)")
+    parser.add_argument("--opening-kind", default=DEFAULT_NEMESIS.opening_kind)
     parser.add_argument("--plot", type=Path, default=None, help="where to save the PNG "
                         "(default: soak-seed<S>.png in the current directory)")
     args = parser.parse_args()
@@ -63,7 +74,11 @@ def main() -> int:
         config = SoakConfig(seed=args.seed, duration=args.duration, root=root, dcs=args.dcs,
                             nodes=args.nodes, quiet=args.quiet, tuning=tuning,
                             kinds=None if args.kinds is None else tuple(args.kinds.split(",")),
-                            stop_when_stuck=not args.keep_going)
+                            stop_when_stuck=not args.keep_going,
+                            nemesis=NemesisTuning(max_faults_per_burst=args.max_faults_per_burst,
+                                                  overlap_chance=args.overlap_chance,
+                                                  opening_kind=args.opening_kind,
+                                                  opening_share=args.opening_share))
         result = Soak(config, say=lambda line: print(line, flush=True)).run()
     config = result.config
     stats = rto_by_kind(result.records)

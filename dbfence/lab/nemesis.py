@@ -101,6 +101,32 @@ class NemesisTuning:
     long_hold_ttls: float = 4.0  # long holds last up to this many TTLs
     promotion_delay: float = 0.5  # at most this long after the promotion is seen
     overhead: float = 10.0  # per burst, for planning: heals, restarts, checks
+    # Share of bursts that open with this kind (0: every kind as likely as any other). A p99 of
+    # one kind's RTO needs dozens of samples of it struck at a whole cluster, not two or three.
+    opening_kind: str = "mysqld-kill"
+    opening_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_faults_per_burst < 1:
+            raise ValueError(f"a burst needs at least one fault (got {self.max_faults_per_burst})")
+        for name in ("overlap_chance", "promotion_chance", "long_hold_chance", "opening_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a chance between 0 and 1 (got {value})")
+
+    def flags(self) -> str:
+        """The soak's command-line flags that give this tuning (empty for the defaults)."""
+        default = NemesisTuning()
+        parts = []
+        if self.max_faults_per_burst != default.max_faults_per_burst:
+            parts.append(f"--max-faults-per-burst {self.max_faults_per_burst}")
+        if self.overlap_chance != default.overlap_chance:
+            parts.append(f"--overlap-chance {self.overlap_chance:g}")
+        if self.opening_share != default.opening_share:
+            parts.append(f"--opening-share {self.opening_share:g}")
+            if self.opening_kind != default.opening_kind:
+                parts.append(f"--opening-kind {self.opening_kind}")
+        return " ".join(parts)
 
 
 def plan(seed: int, duration: float, kinds: Iterable[str], *, ttl: float, quiet: float,
@@ -117,6 +143,8 @@ def plan(seed: int, duration: float, kinds: Iterable[str], *, ttl: float, quiet:
     if duration <= 0 or quiet < 0 or ttl <= 0:
         raise ValueError(f"duration and ttl must be positive and quiet not negative "
                          f"(got {duration}, {ttl}, {quiet})")
+    if tune.opening_share > 0 and tune.opening_kind not in names:
+        raise ValueError(f"the opening kind {tune.opening_kind} is not among the kinds of this run")
     rng = random.Random(seed)
     bursts: list[Burst] = []
     planned = 0.0
@@ -135,6 +163,10 @@ def _burst(rng: random.Random, index: int, kinds: tuple[str, ...], ttl: float,
     faults = []
     for number in range(count):
         kind = rng.choice(kinds)
+        # drawn only when asked for, so that the schedules of earlier seeds replay unchanged
+        if number == 0 and tune.opening_share > 0 and tune.opening_kind in kinds \
+                and rng.random() < tune.opening_share:
+            kind = tune.opening_kind
         hold = rng.uniform(tune.min_hold, ttl)
         if rng.random() < tune.long_hold_chance:
             hold = rng.uniform(ttl, tune.long_hold_ttls * ttl)

@@ -30,7 +30,7 @@ from dbfence.lab.fault_labs import move_datadir_to_tmpfs
 from dbfence.lab.faults import Fault, FaultContext, Heal, all_faults
 from dbfence.lab.final_state import read_final_state, read_tenures, remember_tenures
 from dbfence.lab.history import Attempt, FaultEvent, History, Outcome, Tenure, Verdict, check, outage
-from dbfence.lab.nemesis import Burst, PlannedFault, Schedule, Trigger, plan
+from dbfence.lab.nemesis import Burst, NemesisTuning, PlannedFault, Schedule, Trigger, plan
 from dbfence.lab.soak_checks import Breach, NodeView, Wholeness, wholeness
 from dbfence.lab.soak_clients import Monitor, PooledReader
 from dbfence.lab.soak_report import Counts, FaultRecord, RoleChange
@@ -55,6 +55,7 @@ class SoakConfig:
     # seed and on this list, so a replay names the kinds that were used.
     kinds: tuple[str, ...] | None = None
     stop_when_stuck: bool = True  # stop after two quiet checks in a row found it not whole
+    nemesis: NemesisTuning = field(default_factory=NemesisTuning)
     used_kinds: tuple[str, ...] = ()  # filled in by the run, for the replay command
 
     def replay_command(self) -> str:
@@ -63,6 +64,7 @@ class SoakConfig:
                 f"--seed {self.seed} --dcs {self.dcs} --nodes {self.nodes} --quiet {self.quiet:g} "
                 f"--ttl {self.tuning.ttl:g} --margin {self.tuning.margin:g} --rejoin {self.tuning.rejoin}"
                 + (" --failsafe" if self.tuning.failsafe else "")
+                + (f" {self.nemesis.flags()}" if self.nemesis.flags() else "")
                 + (f" --kinds {','.join(kinds)}" if kinds else ""))
 
 
@@ -186,7 +188,8 @@ class Soak:
         self.config = cfg = replace(cfg, used_kinds=tuple(sorted(faults)))
         # the lab's agents use at least 10 s with Consul (its minimum session TTL): holds follow
         self.ttl = cfg.tuning.ttl if cfg.dcs == "etcd" else max(cfg.tuning.ttl, 10.0)
-        schedule = plan(cfg.seed, cfg.duration, faults, ttl=self.ttl, quiet=cfg.quiet)
+        schedule = plan(cfg.seed, cfg.duration, faults, ttl=self.ttl, quiet=cfg.quiet,
+                        tuning=cfg.nemesis)
         self.say(schedule.describe())
         primary = lab.wait_settled(timeout=60)
         writer = DiscoveryWriter(lab, TABLE, timeout=2.0, clients=cfg.writers)

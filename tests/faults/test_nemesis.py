@@ -73,3 +73,45 @@ def test_the_soak_takes_every_fault_kind_its_lab_can_take() -> None:
     without = {f.name for f in usable_faults("etcd", 3, netns=True, tmpfs=True)}
     assert without == {f.name for f in all_faults() if "etcd" in f.dcs and not f.failsafe}
     assert "etcd-quorum-loss+mysqld-kill+failsafe" in etcd - without
+
+
+def test_an_opening_share_makes_that_kind_open_about_that_share_of_bursts() -> None:
+    tuning = NemesisTuning(opening_share=0.5)
+    schedule = plan(9, 7200, KINDS, ttl=3.0, quiet=20, tuning=tuning)
+    openings = [b.faults[0].kind for b in schedule.bursts]
+    share = openings.count("mysqld-kill") / len(openings)
+    # half by the share, plus a fifth of the other half by the uniform draw
+    assert 0.5 <= share <= 0.7, share
+    assert plan(9, 7200, KINDS, ttl=3.0, quiet=20, tuning=tuning) == schedule
+    assert tuning.flags() == "--opening-share 0.5"
+
+
+def test_without_an_opening_share_the_schedules_of_earlier_seeds_are_unchanged() -> None:
+    # seed 303's first bursts as planned before the share existed: the default must not draw
+    schedule = plan(303, 120, KINDS, ttl=3.0, quiet=30, tuning=NemesisTuning(opening_kind="switchover"))
+    assert schedule.describe().splitlines()[2:] == [
+        "  burst   1: after 2.9s: agent-stop (at once, held 3.0s); then host-freeze (promotion+0.24s, "
+        "held 1.9s)",
+        "  burst   2: after 1.4s: switchover (at once, held 2.5s); then etcd-quorum-loss (recovering+4.11s, "
+        "held 1.7s)",
+        "  burst   3: after 1.5s: etcd-quorum-loss (at once, held 4.9s)",
+        "  burst   4: after 3.5s: switchover (at once, held 11.6s); then agent-stop (recovering+4.91s, "
+        "held 2.7s)"]
+    assert NemesisTuning().flags() == ""
+
+
+def test_more_faults_per_burst_give_a_denser_schedule() -> None:
+    plain = plan(4, 1800, KINDS, ttl=3.0, quiet=30)
+    dense = plan(4, 1800, KINDS, ttl=3.0, quiet=30,
+                 tuning=NemesisTuning(max_faults_per_burst=5, overlap_chance=0.8))
+    assert dense.faults / len(dense.bursts) > plain.faults / len(plain.bursts)
+    assert max(len(b.faults) for b in dense.bursts) == 5
+
+
+def test_a_tuning_with_nonsense_chances_or_an_unknown_opening_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        NemesisTuning(overlap_chance=1.5)
+    with pytest.raises(ValueError, match="at least one fault"):
+        NemesisTuning(max_faults_per_burst=0)
+    with pytest.raises(ValueError, match="not among the kinds"):
+        plan(1, 600, ("switchover",), ttl=3.0, quiet=10, tuning=NemesisTuning(opening_share=0.3))

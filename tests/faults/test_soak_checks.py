@@ -130,6 +130,15 @@ def test_the_rto_distribution_per_kind_counts_faults_never_recovered_and_skipped
     assert "never" in text and "not injected: ProcessLookupError" in text
 
 
+def test_overlaps_get_a_distribution_of_their_own_apart_from_faults_at_a_whole_cluster() -> None:
+    at_once = [record("mysqld-kill", 0.8), record("mysqld-kill", 1.1)]
+    overlap = FaultRecord(2, "mysqld-kill", "promotion", "db2", 2.0, 5.0, 7.0, None, 9.7, True)
+    stats = {k.kind: k for k in rto_by_kind([*at_once, overlap])}
+    assert set(stats) == {"mysqld-kill", "mysqld-kill (overlap)"}
+    assert (stats["mysqld-kill"].injected, stats["mysqld-kill"].max) == (2, 1.1)
+    assert (stats["mysqld-kill (overlap)"].injected, stats["mysqld-kill (overlap)"].max) == (1, 9.7)
+
+
 def test_percentile_is_the_nearest_rank() -> None:
     assert percentile([3.0], 0.99) == 3.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
