@@ -102,6 +102,9 @@ class Agent:
         self.metrics = Metrics()
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        # Ends the loop's back-off early: a stop request, or a fencing-token write that ended
+        # (the core can see the token now; other wakes are often the repeated action's own failures).
+        self.backoff_cut = threading.Event()
         self.state = State.initial(time.monotonic())
         self.last_decision: Decision | None = None
         self.members = MemberTracker(node=config.node.name, keep_vanished=float(config.dcs.ttl))
@@ -181,7 +184,7 @@ class Agent:
             relay_wait_timeout=config.failover.relay_wait_timeout,
             accounts_check=self.check_app_accounts, repair=self.repair, lossless=config.failover.lossless,
             # A repoint waits this long per round for the new source (partitioned, maybe).
-            source_read_budget=min(1.0, dcs.ttl / 6))
+            source_read_budget=min(1.0, dcs.ttl / 6), token_write_ended=self.backoff_cut.set)
         self.failsafe: FailsafeAdapter | None = None
         if config.failover.failsafe:  # the configuration requires the cluster token or mutual TLS
             try:
@@ -278,6 +281,7 @@ class Agent:
 
     def request_stop(self, *_: object) -> None:
         self.stopping.set()
+        self.backoff_cut.set()
         self.wake.set()
 
     def run(self) -> None:
@@ -287,6 +291,7 @@ class Agent:
         # seconds on a loaded host (seen: the wait was over before the first round).
         self.state = State.initial(time.monotonic())
         while not self.stopping.is_set():
+            self.backoff_cut.clear()  # what ends during this round's actions still cuts its back-off
             try:
                 decision = self.step()
             except Exception:
@@ -306,8 +311,9 @@ class Agent:
             backoff = self.executor.backoff.after_round(decision.actions)
             if backoff > 0:
                 # The same actions again achieved nothing; their own failures wake the loop (the
-                # keeper's, say), so only a stop request cuts this wait short.
-                self.stopping.wait(backoff)
+                # keeper's, say), so only a stop request or the end of a fencing-token write (its
+                # effect, which the next round observes) cuts this wait short.
+                self.backoff_cut.wait(backoff)
             delay = max(0.0, min(decision.next_wakeup - time.monotonic(), 1.0))
             self.wake.wait(delay)
             self.wake.clear()

@@ -85,7 +85,8 @@ class Executor:
                  metrics: Metrics, semi_sync_timeout_ms: int, relay_wait_timeout: float,
                  accounts_check: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic, repair: RepairKeeper | None = None,
-                 source_read_budget: float = 0.5, lossless: bool = False) -> None:
+                 source_read_budget: float = 0.5, lossless: bool = False,
+                 token_write_ended: Callable[[], None] = lambda: None) -> None:
         self.identity = identity
         self.keeper = keeper
         self.lock = lock
@@ -101,7 +102,9 @@ class Executor:
         self.semi_sync = SemiSyncSettings(timeout_ms=semi_sync_timeout_ms)
         self.lossless = lossless  # [failover] lossless: semi-sync on before the gate admits anyone
         # The token write may wait for an ack as long as any commit: semi-sync's timeout.
-        self.token_writer = FencingTokenWriter(mysql, identity.node, semi_sync_timeout_ms / 1000 + 30.0)
+        # ``token_write_ended`` cuts the loop's back-off short: the core can see the token now.
+        self.token_writer = FencingTokenWriter(mysql, identity.node, semi_sync_timeout_ms / 1000 + 30.0,
+                                               on_done=token_write_ended)
         self.relay_wait_timeout = relay_wait_timeout
         self.clock = clock
         self.accounts_check = accounts_check
@@ -204,7 +207,7 @@ class Executor:
                     self.repair.on_promoted()
                 held = self.keeper.status.token
                 if held is not None:  # under semi-sync: it waits for the replicas that follow us
-                    self.token_writer.ensure(held, self._end_own_ack_wait)
+                    self._ensure_token(held)
             case Repoint(primary=primary, semi_sync=semi_sync):
                 self._repoint(primary, semi_sync)
             case RebuildNode():
@@ -216,7 +219,7 @@ class Executor:
             case WriteFencingToken(token=token):
                 # In its own thread: under lossless semi-sync it commits once a replica that
                 # follows this holder acknowledges it; the core observes it then.
-                self.token_writer.ensure(token, self._end_own_ack_wait)
+                self._ensure_token(token)
             case RecordFailover():
                 self.lock.append_history(HistoryEntry(
                     at=time.time(), kind="failover", node=self.identity.node,
@@ -318,6 +321,20 @@ class Executor:
         self.mysql.repoint(PrimaryAddress(record.mysql_host, record.mysql_port, self.replication, primary),
                            state, semi_sync_replica=semi_sync,
                            keep_ids=self.monitor.agent_connection_ids())
+
+    def _ensure_token(self, token: int) -> None:
+        """Write ``token`` (or see how its write goes). The core asks again every round while it
+        does not see the token in, and those rounds are no spin to back off from: a call that
+        took effect starts the repeat count again, and the back-off never outlasts the moment
+        the write's ack wait must be ended (soak seed 305: the promotion waited 2 s after it)."""
+        writer = self.token_writer
+        progress = writer.progress
+        try:
+            writer.ensure(token, self._end_own_ack_wait)
+        finally:
+            if writer.progress != progress:
+                self.backoff.progressed()
+            self.backoff.due_within(writer.due_in())
 
     def _end_own_ack_wait(self, end: Callable[[], None]) -> None:
         """The token write waited too long for an ack: end it, counted for the repair evidence."""

@@ -67,6 +67,20 @@ class RepeatBackoff:
         self._last: tuple[Action, ...] = ()
         self.repeats = 0
         self._paced = False
+        self._progressed = False
+        self._due: float | None = None
+
+    def progressed(self) -> None:
+        """This round's repeated action took effect (a fencing token now in, or its write's ack
+        wait ended): the next observation differs, so the round is no repeat and the count
+        starts again. Never called twice for one effect, so it cannot make the loop spin."""
+        self._progressed = True
+
+    def due_within(self, seconds: float | None) -> None:
+        """Work in flight needs the loop back within ``seconds`` (a fencing-token write that must
+        be ended when its ack wait is over): the next back-off is no longer."""
+        if seconds is not None:
+            self._due = seconds if self._due is None else min(self._due, seconds)
 
     def paced_by_wait(self) -> None:
         """This round already waited out an I/O budget on a peer that did not answer (a repoint's
@@ -76,12 +90,15 @@ class RepeatBackoff:
 
     def after_round(self, actions: tuple[Action, ...]) -> float:
         significant = tuple(action for action in actions if not isinstance(action, ROUTINE_ACTIONS))
-        if significant and significant == self._last:
+        progressed, self._progressed = self._progressed, False
+        due, self._due = self._due, None
+        if significant and significant == self._last and not progressed:
             self.repeats += 1
         else:
             self.repeats = 0
         self._last = significant
         paced, self._paced = self._paced, False
-        if paced or self.repeats < self.after:
+        if paced or progressed or self.repeats < self.after:
             return 0.0
-        return float(min(self.limit, self.first * 2.0 ** (self.repeats - self.after)))
+        wait = min(self.limit, self.first * 2.0 ** (self.repeats - self.after))
+        return float(wait if due is None else max(0.0, min(wait, due)))

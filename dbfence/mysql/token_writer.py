@@ -16,6 +16,13 @@ A wait that no replica answers within ``ack_wait_s`` is ended (KILL of the write
 which commits it): a replica whose history forked from ours never follows us, and a promotion
 must not wait for semi-sync's timeout (an hour). The token then commits unacknowledged, as it
 always did before; it carries no client data (the gate has not admitted yet).
+
+The loop polls the writer every round while the core asks for the token, and backs off when
+rounds repeat (:class:`~dbfence.agent.repeats.RepeatBackoff`). A wait in flight is not a failure
+to back off from: :meth:`FencingTokenWriter.due_in` says when the loop must be back to end it,
+``on_done`` tells the loop the write has ended, and :attr:`FencingTokenWriter.progress` counts
+the calls that took effect (the token found in, a wait ended), so the round after them is not
+held back either (soak seed 305: each cost a promotion up to 2 s of the back-off's limit).
 """
 
 from __future__ import annotations
@@ -37,19 +44,36 @@ class FencingTokenWriter:
 
     def __init__(self, mysql: MysqlActions, holder: str, wait_s: float, *,
                  ack_wait_s: float = DEFAULT_ACK_WAIT_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_done: Callable[[], None] = lambda: None) -> None:
         self.mysql = mysql
         self.holder = holder
         self.wait_s = wait_s  # the session's read timeout: semi-sync's timeout + margin
         self.ack_wait_s = ack_wait_s
         self.clock = clock
+        self.on_done = on_done  # called from the write's thread as it ends (committed or failed)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._token: int | None = None
         self._started = 0.0
         self._session_id: int | None = None
         self._released = False
+        self._end_tried = False  # an end of this write was attempted (it may have failed)
         self._failure: Exception | None = None
+        self._found_in = False  # ensure() already reported the token in since the last write began
+        #: Calls of ensure() that took effect: the token found in (once per write), a wait ended.
+        self.progress = 0
+
+    def due_in(self) -> float | None:
+        """Seconds until the write in flight waited ``ack_wait_s`` and a call must end it; None
+        when no write waits for that (none in flight, still without its session, or its end
+        was tried already: those are retried at the caller's own pace)."""
+        with self._lock:
+            thread = self._thread
+            if (thread is None or not thread.is_alive() or self._session_id is None or self._released
+                    or self._end_tried):
+                return None
+            return max(0.0, self._started + self.ack_wait_s - self.clock())
 
     def in_flight(self) -> int | None:
         """The token a running write is waiting to commit, if any."""
@@ -73,7 +97,7 @@ class FencingTokenWriter:
                            and self.clock() - self._started >= self.ack_wait_s)
                 session_id = self._session_id
                 if overdue:
-                    self._released = True
+                    self._released = self._end_tried = True
             else:
                 overdue, session_id = False, None
             failure, self._failure = (None, self._failure) if running else (self._failure, None)
@@ -91,17 +115,23 @@ class FencingTokenWriter:
                     with self._lock:
                         self._released = False
                     raise
+                with self._lock:
+                    self.progress += 1  # ended: it commits as its thread ends
             return False  # waiting for its ack; the core asks again
         if failure is not None:
             raise failure
         stored = self.mysql.read_fencing_token()
         if stored is not None and stored.token == token:
+            with self._lock:
+                if not self._found_in:
+                    self._found_in = True
+                    self.progress += 1
             return True
         with self._lock:
             self._token = token
             self._started = self.clock()
             self._session_id = None
-            self._released = False
+            self._released = self._end_tried = self._found_in = False
             self._thread = threading.Thread(target=self._write, args=(token,), daemon=True,
                                             name=f"fencing-token-{token}")
             self._thread.start()
@@ -127,3 +157,5 @@ class FencingTokenWriter:
             with self._lock:
                 if not self._released:  # ended on purpose: it committed, the next read shows it
                     self._failure = exc
+        finally:
+            self.on_done()

@@ -7,7 +7,15 @@ import logging
 
 import pytest
 
-from dbfence.agent.actions import ActionReason, PublishMember, ReleaseLock, RenewLock, Repoint, SetReadOnly
+from dbfence.agent.actions import (
+    ActionReason,
+    PublishMember,
+    ReleaseLock,
+    RenewLock,
+    Repoint,
+    SetReadOnly,
+    WriteFencingToken,
+)
 from dbfence.agent.observation import MemberInfo
 from dbfence.agent.repeats import RepeatBackoff, RepeatedLines
 from dbfence.agent.state import Role
@@ -94,3 +102,27 @@ def test_a_round_that_waited_out_a_silent_peer_does_not_back_off() -> None:
     assert waits == [0.0] * 8
     # A round whose failure came at once (the peer refused) backs off as before: no spin.
     assert backoff.after_round(repoint) > 0.0
+
+
+def test_a_repeat_that_took_effect_starts_the_count_again() -> None:
+    """Soak seed 305: the round that ended a fencing-token write's ack wait repeated the rounds
+    before it, and the loop waited the limit (2 s) before the round that saw the token."""
+    backoff = RepeatBackoff(first=0.1, limit=2.0, after=3)
+    token = (WriteFencingToken(7, ActionReason.PROMOTION),)
+    assert [backoff.after_round(token) for _ in range(10)][-1] == 2.0
+    backoff.progressed()  # this round's WriteFencingToken ended the wait: the token is in
+    assert backoff.after_round(token) == 0.0
+    # The count starts again, as after a different action: back-off from the ``after``-th repeat.
+    assert [backoff.after_round(token) for _ in range(4)] == [0.0, 0.0, 0.1, 0.2]
+
+
+def test_work_in_flight_bounds_only_the_next_back_off() -> None:
+    backoff = RepeatBackoff(first=0.1, limit=2.0, after=3)
+    token = (WriteFencingToken(7, ActionReason.PROMOTION),)
+    assert [backoff.after_round(token) for _ in range(10)][-1] == 2.0
+    backoff.due_within(0.3)  # the write's ack wait must be ended in 0.3 s
+    backoff.due_within(None)  # another call with nothing due changes nothing
+    assert backoff.after_round(token) == 0.3
+    backoff.due_within(-1.0)  # overdue already: decide again at once
+    assert backoff.after_round(token) == 0.0
+    assert backoff.after_round(token) == 2.0  # the bound was for one round only
