@@ -21,7 +21,7 @@ from dbfence.agent.actions import (
 from dbfence.agent.decide_adoption import adopt_running_primary
 from dbfence.agent.decide_lease import fence_actions, lease_trouble, release_unwanted_lease, renew_if_due
 from dbfence.agent.decide_race import switchover_target_suitable
-from dbfence.agent.decide_replica import acknowledges, detach_lost_source, ready_primary
+from dbfence.agent.decide_replica import acknowledges, detach_lost_source, ready_primary, unchecked_detail
 from dbfence.agent.decide_round import FENCE_ACTION_REASON, RefusalReason, Round, fresh
 from dbfence.agent.decide_takeover import takeover_refusals
 from dbfence.agent.observation import ErrantCheck
@@ -135,7 +135,7 @@ def handle_fenced(r: Round) -> None:
         if obs.repair.awaiting_restart:  # killed by the fence: what is errant shows after recovery
             _repair(r, ErrantCheck(primary))
     elif check is None or check.against != primary:
-        r.refuse(RefusalReason.ERRANT_UNCHECKED, primary)
+        r.refuse(RefusalReason.ERRANT_UNCHECKED, unchecked_detail(r, primary))
     elif not check.clean:
         r.refuse(RefusalReason.ERRANT_GTIDS, ",".join(check.gtids))
         r.state = replace(r.state, fenced_reason=Trigger.ERRANT_GTIDS)

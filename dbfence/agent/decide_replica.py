@@ -86,7 +86,7 @@ def _follow_holder(r: Round, holder: str, role: Role) -> None:
     check = replication.errant
     following = False
     if check is None or check.against != holder:
-        r.refuse(RefusalReason.ERRANT_UNCHECKED, holder)
+        r.refuse(RefusalReason.ERRANT_UNCHECKED, unchecked_detail(r, holder))
     elif not check.clean and role is not Role.PRIMARY:
         errant = ",".join(check.gtids)
         r.refuse(RefusalReason.PRIMARY_NOT_READY, f"{holder} (errant against it so far: {errant})")
@@ -117,6 +117,14 @@ def ready_primary(r: Round) -> str | None:
 
 #: Roles of a lock holder that replicas follow before it admits (see ``_follow_holder``).
 _FOLLOWED_UNREADY_ROLES = frozenset({Role.PROMOTING, Role.FENCING})
+
+
+def unchecked_detail(r: Round, holder: str) -> str:
+    """The detail of an ERRANT_UNCHECKED refusal: the holder, and why it could not be checked
+    when the adapter knows (soak seed 305: a fenced node cut off from the new primary's mysqld
+    waited 100 s, its status saying only ``errant_unchecked: db1``)."""
+    problem = r.obs.db.replication.errant_problem
+    return f"{holder} ({problem})" if problem else holder
 
 
 def unready_holder(r: Round) -> str | None:

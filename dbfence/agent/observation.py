@@ -168,7 +168,8 @@ class ReplicationState:
     source right now (``Slave_IO_Running = Yes``, not retrying): the source is alive.
     ``lag_seconds`` is how far the applier is behind the events already received (None:
     unknown). ``errant`` is the latest errant check against the current lock holder, None
-    when not available.
+    when not available; ``errant_problem`` then says why, when the adapter knows (the holder's
+    binlog state could not be read: its mysqld down, or this host cut off from it).
 
     ``source`` is the name of the member whose published mysqld address (host, port) matches
     the replication source, or ``host:port`` when no member record ever named that address.
@@ -181,6 +182,7 @@ class ReplicationState:
     relay_log_applied: bool = True
     lag_seconds: float | None = 0.0
     errant: ErrantCheck | None = None
+    errant_problem: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,6 +232,7 @@ class DbSensor:
             relay_log_applied=applied,
             lag_seconds=lag,
             errant=errant,
+            errant_problem=errant_problem,
         )
         return DbFacts(
             at=at, health=health, read_only=raw.read_only, position=current,

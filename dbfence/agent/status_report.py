@@ -68,6 +68,19 @@ def gate_workers_report(gate: GateStatsSource) -> dict[str, Any]:
                             ][:_CONNECTIONS_SHOWN]}
 
 
+def fenced_wait(logged: tuple[str, ...], decision: Decision,
+                state: State) -> tuple[tuple[str, ...], list[str] | None]:
+    """Why a fenced node does not rejoin, for one log line each time the reasons change (given
+    ``logged``, the reasons last logged): the new key, and the refusals to log (None: nothing).
+
+    Only /status said it before, and soak seed 305's fenced node waited 100 s with nothing in
+    its log: the role line names the refusals of the round that fenced it, not those after."""
+    reasons = tuple(r.reason.value for r in decision.refusals) if state.role is Role.FENCED else ()
+    if reasons == logged or not reasons:
+        return reasons, None
+    return reasons, [f"{r.reason.value}: {r.detail}".rstrip(": ") for r in decision.refusals]
+
+
 @dataclass
 class StatusPublisher:
     """Publishes one round's metrics and status report; remembers what it last logged."""
@@ -87,6 +100,7 @@ class StatusPublisher:
     failsafe: FailsafeAdapter | None
     restarter: MysqldRestarter | None = None
     _saturated: bool = field(default=False)  # mysqld refusing clients (too many connections), as last logged
+    _fenced_wait: tuple[str, ...] = field(default=())  # why a fenced node waits, as last logged
 
     def publish(self, observation: Observation, decision: Decision, state: State) -> None:
         """Metrics and the status report (``/status``, ``dbfence status``) after one round."""
@@ -111,6 +125,7 @@ class StatusPublisher:
         self.metrics.set("db_healthy", "1 while the local database is healthy.",
                          1 if observation.db.health.healthy else 0)
         self._publish_saturation()
+        self._log_fenced_wait(decision, state)
         facts = self.db.latest
         replicating = (facts.replica_status is not None and not facts.replication_problem
                        and facts.replication.source is not None
@@ -188,6 +203,13 @@ class StatusPublisher:
             log.warning("cannot record the failsafe episode in the DCS history yet: %s", exc)
             return
         self.failsafe.pending_history.pop(0)
+
+    def _log_fenced_wait(self, decision: Decision, state: State) -> None:
+        self._fenced_wait, refusals = fenced_wait(self._fenced_wait, decision, state)
+        if refusals is not None:
+            log.info(json.dumps({"event": "fenced_waiting", "node": self.identity.node,
+                                 "fenced_reason": None if state.fenced_reason is None
+                                 else state.fenced_reason.value, "refusals": refusals}))
 
     def _publish_saturation(self) -> None:
         """mysqld refusing clients for lack of slots is not a failure (docs/detection.md), but

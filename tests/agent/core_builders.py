@@ -57,7 +57,7 @@ def db(
     server_id: int | None = 11, token: int | None = None, source: str | None = "n2",
     relay_applied: bool = True, lag: float | None = 0.0, errant: ErrantCheck | None = None,
     reasons: tuple[str, ...] = (), receiving: bool = False, received: str | None = None,
-    binlog_state: str | None = None,
+    binlog_state: str | None = None, errant_problem: str = "",
 ) -> LocalDatabase:
     return LocalDatabase(
         health=HealthVerdict(healthy, reasons if not healthy else ()),
@@ -67,7 +67,8 @@ def db(
         fencing_token=token,
         replication=ReplicationState(source=source, running=source is not None,
                                      receiving=receiving,
-                                     relay_log_applied=relay_applied, lag_seconds=lag, errant=errant),
+                                     relay_log_applied=relay_applied, lag_seconds=lag, errant=errant,
+                                     errant_problem=errant_problem),
         received=None if received is None else pos(received),
         binlog_state=None if binlog_state is None else BinlogState.parse(binlog_state),
     )

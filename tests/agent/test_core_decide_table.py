@@ -660,3 +660,17 @@ def test_decide_table(case: Case) -> None:
     assert decision.next_wakeup >= case.obs.now
     if decision.state.role is not case.state.role:
         assert decision.state.since == case.obs.now
+
+
+@pytest.mark.parametrize("role", [Role.FENCED, Role.REPLICA])
+def test_an_errant_check_that_cannot_be_made_says_why(role: Role) -> None:
+    """Soak seed 305: a fenced node cut off from the new primary's mysqld waited 100 s for its
+    errant check, and its status said only ``errant_unchecked: db1``. The refusal now carries
+    the adapter's reason; without one it names the primary alone, as before."""
+    state = FENCED_DB if role is Role.FENCED else at(Role.REPLICA)
+    problem = "cannot read n2's binlog state: connect to 10.0.0.2:3306: timed out"
+    decision = decide(n2_primary(role, database=db(errant_problem=problem)), state, CONFIG)
+    assert [(r.reason, r.detail) for r in decision.refusals] == [
+        (R.ERRANT_UNCHECKED, f"n2 ({problem})")]
+    decision = decide(n2_primary(role), state, CONFIG)
+    assert [(r.reason, r.detail) for r in decision.refusals] == [(R.ERRANT_UNCHECKED, "n2")]
