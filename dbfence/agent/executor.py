@@ -102,9 +102,8 @@ class Executor:
         self.semi_sync = SemiSyncSettings(timeout_ms=semi_sync_timeout_ms)
         self.lossless = lossless  # [failover] lossless: semi-sync on before the gate admits anyone
         # The token write may wait for an ack as long as any commit: semi-sync's timeout.
-        # ``token_write_ended`` cuts the loop's back-off short: the core can see the token now.
         self.token_writer = FencingTokenWriter(mysql, identity.node, semi_sync_timeout_ms / 1000 + 30.0,
-                                               on_done=token_write_ended)
+                                               on_done=token_write_ended)  # cuts the loop's back-off
         self.relay_wait_timeout = relay_wait_timeout
         self.clock = clock
         self.accounts_check = accounts_check
@@ -323,12 +322,9 @@ class Executor:
                            keep_ids=self.monitor.agent_connection_ids())
 
     def _ensure_token(self, token: int) -> None:
-        """Write ``token`` (or see how its write goes). The core asks again every round while it
-        does not see the token in, and those rounds are no spin to back off from: a call that
-        took effect starts the repeat count again, and the back-off never outlasts the moment
-        the write's ack wait must be ended (soak seed 305: the promotion waited 2 s after it)."""
-        writer = self.token_writer
-        progress = writer.progress
+        """Write ``token``; a call that took effect is no repeat, and the back-off never outlasts
+        the moment the ack wait must be ended (soak seed 305: each cost a promotion 2 s)."""
+        writer, progress = self.token_writer, self.token_writer.progress
         try:
             writer.ensure(token, self._end_own_ack_wait)
         finally:
