@@ -1,6 +1,7 @@
-"""What the soak reads back from the lab agents' logs: their role changes, and the failsafe
+"""What the soak reads back from the lab agents' logs: their role changes, the failsafe
 promises each one gave (the givers' own records, which the history checker holds a primary's
-writes to when it could hold no lease).
+writes to when it could hold no lease), and the tenures whose fencing-token rows no server could
+be asked for (every mysqld that held them down at every check).
 
 Every agent logs its events as one JSON object after the logging prefix, stamped with the
 host's wall clock to the millisecond: the lab runs on one host, so one clock with the writers.
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dbfence.lab.cluster import LabCluster
-from dbfence.lab.history import Promise
+from dbfence.lab.history import Promise, Tenure
 from dbfence.lab.soak_report import RoleChange
 
 
@@ -52,6 +53,33 @@ def read_promises(lab: LabCluster) -> tuple[Promise, ...]:
     promises = [p for agent in lab.agents
                 for p in promises_in(agent.name, Path(agent.log).read_text(errors="replace"))]
     return tuple(sorted(promises, key=lambda p: p.at))
+
+
+def tenures_in(node: str, text: str) -> list[Tenure]:
+    """The tenures one agent's log shows it began: a fencing-token write (stamped when the
+    action began, so the tenure starts no later than its row's own time) followed by an admitting
+    gate under the same token, which the agent does only once that write committed. A token
+    written but never admitted under (in doubt, or its node killed first) is no tenure here: no
+    write could be acknowledged in it."""
+    written: dict[int, float] = {}
+    tenures: dict[int, Tenure] = {}
+    for stamp, body in log_events(text, "action"):
+        if body.get("ok") is not True or not isinstance(body.get("token"), int):
+            continue
+        token = int(body["token"])
+        if body.get("action") == "WriteFencingToken":
+            begun = stamp - float(body.get("ms") or 0.0) / 1000
+            written.setdefault(token, begun)
+        elif body.get("action") == "AdmitGate" and token in written and token not in tenures:
+            tenures[token] = Tenure(token, node, written[token])
+    return sorted(tenures.values(), key=lambda t: t.token)
+
+
+def read_logged_tenures(lab: LabCluster) -> tuple[Tenure, ...]:
+    """Every tenure the lab's agents' logs show, oldest token first."""
+    tenures = [t for agent in lab.agents
+               for t in tenures_in(agent.name, Path(agent.log).read_text(errors="replace"))]
+    return tuple(sorted(tenures, key=lambda t: t.token))
 
 
 def read_role_changes(lab: LabCluster, since_wall: float) -> list[RoleChange]:

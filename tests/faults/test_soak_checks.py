@@ -3,11 +3,12 @@ is broken and passes when it holds."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import pytest
 
-from dbfence.lab.agent_logs import promises_in
+from dbfence.lab.agent_logs import promises_in, tenures_in
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.faults import all_faults
 from dbfence.lab.final_state import remember_tenures
@@ -224,3 +225,38 @@ def test_a_tenure_read_at_an_earlier_check_still_accounts_for_its_writes_when_it
     assert later == first == (Tenure(1712, "db2", 0.5), Tenure(1740, "db1", 4.0))
     assert find_stale_writes(writes, later) == ()
     assert len(find_stale_writes(writes, [Tenure(1712, "db2", 0.5)])) == 2  # what one read alone said
+
+
+def agent_line(stamp: str, **event: object) -> str:
+    return f"2026-12-07 {stamp} INFO dbfence.agent " + json.dumps({"event": "action", "node": "db2", **event})
+
+
+def at(stamp: str) -> float:
+    return datetime.strptime(f"2026-12-07 {stamp}", "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_a_tenure_is_taken_from_the_log_only_when_its_gate_admitted_under_the_token() -> None:
+    log = "\n".join([
+        agent_line("14:55:11,074", action="WriteFencingToken", ok=True, token=1674, ms=20.0),
+        agent_line("14:55:11,196", action="AdmitGate", ok=True, token=1674, ms=0.0),
+        agent_line("14:55:20,000", action="WriteFencingToken", ok=True, token=1696, ms=0.0),  # in doubt
+        agent_line("14:55:21,000", action="AdmitGate", ok=False, token=1696, ms=0.0),
+        "2026-12-07 14:55:22,0",  # cut short by a kill -9
+    ])
+    [tenure] = tenures_in("db2", log)
+    assert (tenure.token, tenure.node) == (1674, "db2")
+    assert tenure.start == pytest.approx(at("14:55:11,054"))  # when the write began
+
+
+def test_a_tenure_no_check_could_read_a_row_of_comes_from_the_log_until_a_row_is_read() -> None:
+    """Seed 403: db2 took the lock with token 1674 and wrote; every mysqld holding that row was
+    down at the next checks, so its writes looked like a second writer's under db1's 1508."""
+    writes = [ack(1, 1.0, "db1"), ack(2, 6.0, "db2"), ack(3, 7.0, "db2")]
+    known: dict[int, Tenure] = {}
+    from_rows = remember_tenures(known, [Tenure(1508, "db1", 0.5)])
+    assert len(find_stale_writes(writes, from_rows)) == 2
+    logged = [Tenure(1508, "db1", 0.4), Tenure(1674, "db2", 5.5)]
+    filled = remember_tenures(known, [], logged)
+    assert filled == (Tenure(1508, "db1", 0.5), Tenure(1674, "db2", 5.5))  # a row wins over the log
+    assert find_stale_writes(writes, filled) == ()
+    assert remember_tenures(known, [Tenure(1674, "db2", 5.6)], logged)[-1] == Tenure(1674, "db2", 5.6)
