@@ -13,7 +13,7 @@ from typing import Any
 
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.fault_labs import FaultLab
-from dbfence.lab.fault_model import Fault, FaultContext
+from dbfence.lab.fault_model import Fault, FaultContext, inject
 from dbfence.lab.final_state import read_final_state, read_tenures
 from dbfence.lab.history import Attempt, FaultEvent, History, Outcome, Verdict, check
 from dbfence.lab.wait import WaitTimeout, wait_until
@@ -118,7 +118,7 @@ def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2
         begun = time.time()
         wait_until(lambda: writer.acknowledged_since(begun) >= 5, timeout=30, what="writes before the fault")
         ctx = FaultContext(lab, tuning, writer, primary, table)
-        heal = fault.inject(ctx)
+        heal = inject(fault, ctx)
         at = time.time()  # when the fault is in full effect (filling a disk takes a moment)
         failed_over = False
         try:
@@ -134,7 +134,10 @@ def run_round(fault_lab: FaultLab, fault: Fault, table: str, *, clients: int = 2
                 failed_over = _new_primary(lab, primary) is not None
         finally:
             healed_at = time.time()
-            heal()
+            try:
+                heal()
+            finally:
+                ctx.undo_steps()  # whatever a heal that failed half-way left behind
         try:
             wait_until(lambda: writer.acknowledged_since(healed_at) >= 5, timeout=recover_timeout,
                        what="writes acknowledged after the heal")

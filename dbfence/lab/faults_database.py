@@ -19,23 +19,26 @@ from dbfence.lab.faults_process import kill_mysqld
 from dbfence.lab.flood import BareFlood, ConnectionWatch
 
 
-def held_connection(ctx: FaultContext, node: str, *statements: str) -> Heal:
+def held_connection(ctx: FaultContext, node: str, *statements: str, what: str) -> Heal:
     """Run ``statements`` on a connection kept open until heal (locks live as long as it)."""
     conn = ctx.lab.connect(node, read_timeout=5)
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
 
     def heal() -> None:
         with contextlib.suppress(pymysql.MySQLError, OSError), conn.cursor() as cur:
             cur.execute("UNLOCK TABLES")
         with contextlib.suppress(Exception):
             conn.close()
-    return heal
+    # registered before the statements: one that fails after another took a lock releases it
+    release = ctx.step(what, heal)
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    return release
 
 
 def write_stall(ctx: FaultContext) -> Heal:
-    return held_connection(ctx, ctx.primary, "FLUSH TABLES WITH READ LOCK")
+    return held_connection(ctx, ctx.primary, "FLUSH TABLES WITH READ LOCK",
+                           what=f"held FLUSH TABLES WITH READ LOCK on {ctx.primary}")
 
 
 def fill_datadir(ctx: FaultContext) -> Heal:
@@ -43,13 +46,14 @@ def fill_datadir(ctx: FaultContext) -> Heal:
     if not os.path.ismount(datadir):
         raise RuntimeError(f"{datadir} is not a mount of its own; this fault needs a tmpfs lab")
     filler = datadir / "dbfence-filler"
+    remove = ctx.step(f"filled {ctx.primary}'s data directory", lambda: filler.unlink(missing_ok=True))
     with open(filler, "wb") as out:
         chunk = b"\0" * (1 << 20)
         with contextlib.suppress(OSError):  # ENOSPC: full, as wanted
             while True:
                 out.write(chunk)
                 out.flush()
-    return lambda: filler.unlink(missing_ok=True)
+    return remove
 
 
 def use_up_connections(ctx: FaultContext) -> Heal:
@@ -57,6 +61,12 @@ def use_up_connections(ctx: FaultContext) -> Heal:
     node = ctx.lab.node(ctx.primary)
     app = ctx.lab.accounts["app"]
     held: list[Any] = []
+
+    def heal() -> None:
+        for conn in held:
+            with contextlib.suppress(Exception):
+                conn.close()
+    release = ctx.step(f"held application connections straight to {ctx.primary}'s mysqld", heal)
     for _ in range(1000):
         try:
             held.append(pymysql.connect(host=node.host, port=node.port, user=app.user, password=app.password,
@@ -67,12 +77,7 @@ def use_up_connections(ctx: FaultContext) -> Heal:
             raise
     ctx.notes.append(f"{len(held)} application connections held straight to mysqld")
     _expect_1040_through_the_gate(ctx, "mysqld's slots used up")
-
-    def heal() -> None:
-        for conn in held:
-            with contextlib.suppress(Exception):
-                conn.close()
-    return heal
+    return release
 
 
 def _expect_1040_through_the_gate(ctx: FaultContext, why: str) -> None:
@@ -96,6 +101,7 @@ def flood_the_gate(ctx: FaultContext) -> Heal:
     agent, node = ctx.lab.agent(ctx.primary), ctx.lab.node(ctx.primary)
     account = ctx.lab.accounts["agent"]
     watch = ConnectionWatch(node.host, node.extra_port, account.user, account.password).start()
+    stop_watch = ctx.step("", watch.stop)  # a watcher, not an act: stopped, never reported
     gate = ctx.lab.agent_status(ctx.primary).get("gate", {})
     with ctx.lab.connect(ctx.primary) as conn, conn.cursor() as cur:
         cur.execute("SELECT @@global.max_connections")
@@ -105,11 +111,12 @@ def flood_the_gate(ctx: FaultContext) -> Heal:
         ctx.problems.append(f"the gate's cap does not follow mysqld's max_connections {mysqld_max}: "
                             f"{ {k: gate.get(k) for k in ('mysqld_max_connections', 'backend_cap')} }")
     flood = BareFlood(agent.address, agent.gate_port, size=5000).start()
+    stop_flood = ctx.step(f"flooded {ctx.primary}'s gate with bare connections", flood.stop)
     _expect_1040_through_the_gate(ctx, "the gate's backend cap reached")
 
     def heal() -> None:
-        flood.stop()
-        watch.stop()
+        stop_flood()
+        stop_watch()
         ctx.notes.append(flood.summary())
         ctx.notes.append(f"mysqld: peak Threads_connected {watch.peak} of max_connections "
                          f"{watch.max_connections} ({watch.samples} samples over extra_port)")
@@ -128,7 +135,8 @@ def lagging_replica_then_kill(ctx: FaultContext) -> Heal:
     """One replica's applier is stuck behind a table lock while the primary's mysqld dies: the
     other, up-to-date replica must win (lossless), not the laggard."""
     laggard = sorted(ctx.others())[0]
-    unlock = held_connection(ctx, laggard, f"LOCK TABLES {ctx.table} READ")
+    unlock = held_connection(ctx, laggard, f"LOCK TABLES {ctx.table} READ",
+                             what=f"held {laggard}'s applier (LOCK TABLES {ctx.table} READ)")
     ctx.wait_for_more_writes(10, what="writes the laggard has not applied")
     heal_mysqld = kill_mysqld(ctx)
 

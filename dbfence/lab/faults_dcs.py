@@ -3,7 +3,10 @@ restarting, the Consul stand-in frozen, the failsafe rows that combine quorum lo
 fault, and the planned switchover (a request written to the DCS).
 
 Each injector takes a :class:`~dbfence.lab.fault_model.FaultContext` and returns its heal; the
-rows that use them are in the registry, :mod:`dbfence.lab.faults`.
+rows that use them are in the registry, :mod:`dbfence.lab.faults`. Every act is registered as a
+step of the context as it is taken: an injection that fails half-way (no primary writing on
+promises, say) has its first half undone by :func:`dbfence.lab.fault_model.inject`, as the soak
+goes on after a fault it could not inject and an etcd left without quorum would end the run.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 from dbfence.lab.cluster import LabCluster
@@ -44,30 +46,36 @@ def etcd_leader(lab: LabCluster) -> EtcdMember:
     return wait_until(ask, timeout=15, what="an etcd leader")
 
 
-def _kill_etcd(lab: LabCluster, members: list[EtcdMember]) -> Heal:
-    for member in members:
-        lab.kill_etcd(member.name, signal.SIGKILL)
+def _kill_etcd(ctx: FaultContext, members: list[EtcdMember]) -> Heal:
+    lab, killed = ctx.lab, list[EtcdMember]()
 
     def heal() -> None:
-        for member in members:
+        for member in killed:
             wait_until(exited(member.process.alive), timeout=10, what=f"{member.name} to exit")
             lab.start_etcd(member.name)
-    return heal
+    # registered first: a kill that fails half-way restarts the members already killed
+    restart = ctx.step(f"killed etcd {' and '.join(m.name for m in members)}", heal)
+    for member in members:
+        lab.kill_etcd(member.name, signal.SIGKILL)
+        killed.append(member)
+    return restart
 
 
 def kill_etcd_leader(ctx: FaultContext) -> Heal:
-    return _kill_etcd(ctx.lab, [etcd_leader(ctx.lab)])
+    return _kill_etcd(ctx, [etcd_leader(ctx.lab)])
 
 
 def kill_etcd_follower(ctx: FaultContext) -> Heal:
     leader = etcd_leader(ctx.lab)
-    return _kill_etcd(ctx.lab, [next(m for m in ctx.lab.etcd if m.name != leader.name)])
+    return _kill_etcd(ctx, [next(m for m in ctx.lab.etcd if m.name != leader.name)])
 
 
 def kill_etcd_quorum(ctx: FaultContext) -> Heal:
     leader = etcd_leader(ctx.lab)
-    follower = next(m for m in ctx.lab.etcd if m.name != leader.name)
-    return _kill_etcd(ctx.lab, [leader, follower])
+    follower = next((m for m in ctx.lab.etcd if m.name != leader.name), None)
+    if follower is None:
+        raise LabError("etcd quorum loss needs a lab with three etcd members")
+    return _kill_etcd(ctx, [leader, follower])
 
 
 def switchover(ctx: FaultContext) -> Heal:
@@ -114,7 +122,8 @@ def fail_serf_health(ctx: FaultContext) -> Heal:
     A session bound to serfHealth (Consul's default) would end at once. The lab's agents share the
     stand-in's node, so every instance leaves DNS for the fault: writes stop, and must not overlap."""
     _consul_api(ctx.lab, "PUT", "/v1/agent/check/fail/serfHealth?note=fault-matrix")
-    return lambda: _consul_api(ctx.lab, "PUT", "/v1/agent/check/pass/serfHealth")
+    return ctx.step("failed the Consul node's serfHealth",
+                    lambda: _consul_api(ctx.lab, "PUT", "/v1/agent/check/pass/serfHealth"))
 
 
 def restart_consul_agent(ctx: FaultContext) -> Heal:
@@ -126,17 +135,15 @@ def restart_consul_agent(ctx: FaultContext) -> Heal:
     its own: so only the primary's sessions (lock and member record) are ended here, as its node's
     deregistration would."""
     ctx.lab.kill_agent(ctx.primary, signal.SIGSTOP)
-    try:
-        node = _consul_api(ctx.lab, "GET", "/v1/agent/self")["Config"]["NodeName"]
-        ours = f"dbfence-{ctx.lab.cluster}-{ctx.primary}"
-        names = {ours, f"{ours}-member"}
-        for session in _consul_api(ctx.lab, "GET", f"/v1/session/node/{node}"):
-            if session["Name"] in names:
-                _consul_api(ctx.lab, "PUT", f"/v1/session/destroy/{session['ID']}")
-    except BaseException:
-        ctx.lab.kill_agent(ctx.primary, signal.SIGCONT)
-        raise
-    return lambda: ctx.lab.kill_agent(ctx.primary, signal.SIGCONT)
+    resume = ctx.step(f"stopped {ctx.primary}'s agent (SIGSTOP)",
+                      lambda: ctx.lab.kill_agent(ctx.primary, signal.SIGCONT))
+    node = _consul_api(ctx.lab, "GET", "/v1/agent/self")["Config"]["NodeName"]
+    ours = f"dbfence-{ctx.lab.cluster}-{ctx.primary}"
+    names = {ours, f"{ours}-member"}
+    for session in _consul_api(ctx.lab, "GET", f"/v1/session/node/{node}"):
+        if session["Name"] in names:
+            _consul_api(ctx.lab, "PUT", f"/v1/session/destroy/{session['ID']}")
+    return resume
 
 
 def _failsafe_active(ctx: FaultContext) -> None:
@@ -151,39 +158,33 @@ def quorum_loss_restarting_a_promiser(ctx: FaultContext) -> Heal:
     outlasts the primary's deadline (seconds with the lab's 3 s TTL) ends the writes until the
     DCS is back: a member that does not answer is a no."""
     heal_etcd = kill_etcd_quorum(ctx)
-    with _healed_on_failure(heal_etcd):
-        _failsafe_active(ctx)
-        replica = sorted(ctx.others())[0]
-        agent = ctx.lab.agent(replica)
-        ctx.lab.kill_agent(replica, signal.SIGKILL)
-        wait_until(exited(agent.process.alive), timeout=10, what=f"agent {replica} to exit")
-        ctx.lab.restart_agent(replica)
+    _failsafe_active(ctx)
+    replica = sorted(ctx.others())[0]
+    agent = ctx.lab.agent(replica)
+
+    def restart_if_dead() -> None:
+        if not ctx.lab.agent(replica).process.alive():  # the manifest names the restarted one
+            wait_until(exited(agent.process.alive), timeout=10, what=f"agent {replica} to exit")
+            ctx.lab.restart_agent(replica)
+    ctx.lab.kill_agent(replica, signal.SIGKILL)
+    restarted = ctx.step(f"killed {replica}'s agent", restart_if_dead)
+    wait_until(exited(agent.process.alive), timeout=10, what=f"agent {replica} to exit")
+    ctx.lab.restart_agent(replica)
+    restarted()  # back: the step is over (its undo finds the agent alive)
     return heal_etcd
-
-
-@contextlib.contextmanager
-def _healed_on_failure(heal: Heal) -> Iterator[None]:
-    """An injection that fails half-way undoes its first half (the soak goes on after a fault
-    it could not inject: an etcd left without quorum would end the run)."""
-    try:
-        yield
-    except BaseException:
-        heal()
-        raise
 
 
 def quorum_loss_then_mysqld_kill(ctx: FaultContext) -> Heal:
     """etcd quorum lost; once the primary runs on promises, kill -9 of its mysqld: no failover is
     possible without a DCS, writes are refused until it returns, then the ordinary failover runs."""
     heal_etcd = kill_etcd_quorum(ctx)
-    with _healed_on_failure(heal_etcd):
-        _failsafe_active(ctx)
-        heal_mysqld = kill_mysqld(ctx)
-        # No write may be acknowledged from the injection on (quiet_after 0): the injection ends
-        # once mysqld is gone, not when the signal is sent (seed 203: two writes acknowledged
-        # 3 ms after the kill had been sent).
-        server = ctx.lab.node(ctx.primary).process
-        wait_until(exited(server.alive), timeout=10, what=f"{ctx.primary}'s mysqld to exit")
+    _failsafe_active(ctx)
+    heal_mysqld = kill_mysqld(ctx)
+    # No write may be acknowledged from the injection on (quiet_after 0): the injection ends
+    # once mysqld is gone, not when the signal is sent (seed 203: two writes acknowledged
+    # 3 ms after the kill had been sent).
+    server = ctx.lab.node(ctx.primary).process
+    wait_until(exited(server.alive), timeout=10, what=f"{ctx.primary}'s mysqld to exit")
 
     def heal() -> None:
         heal_etcd()
@@ -202,7 +203,7 @@ def freeze_consul(ctx: FaultContext) -> Heal:
 
     def heal() -> None:
         consul.process.signal(signal.SIGCONT)
-    return heal
+    return ctx.step("stopped the Consul stand-in (SIGSTOP)", heal)
 
 
 def quorum_loss_with_a_frozen_peer(ctx: FaultContext) -> Heal:
@@ -210,10 +211,12 @@ def quorum_loss_with_a_frozen_peer(ctx: FaultContext) -> Heal:
     promise, so the primary fences at its lease deadline, as without failsafe."""
     replica = sorted(ctx.others())[0]
     ctx.lab.kill_agent(replica, signal.SIGSTOP)
+    resume = ctx.step(f"stopped {replica}'s agent (SIGSTOP)",
+                      lambda: ctx.lab.kill_agent(replica, signal.SIGCONT))
     heal_etcd = kill_etcd_quorum(ctx)
 
     def heal() -> None:
-        ctx.lab.kill_agent(replica, signal.SIGCONT)
+        resume()
         heal_etcd()
     return heal
 

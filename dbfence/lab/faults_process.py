@@ -1,8 +1,10 @@
 """Process faults: a signal to the primary's mysqld, its agent, or every process of its host.
 
 Each injector takes a :class:`~dbfence.lab.fault_model.FaultContext` and returns the heal that
-undoes it (restart after a kill, SIGCONT after a SIGSTOP). The rows that use them are in the
-registry, :mod:`dbfence.lab.faults`.
+undoes it (restart after a kill, SIGCONT after a SIGSTOP), registered as a step of the context
+once the signal is sent, so that a fault built on top of these (a kill after a lag has built up)
+undoes it if its own injection fails later. The rows that use them are in the registry,
+:mod:`dbfence.lab.faults`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def _signal_mysqld(ctx: FaultContext, sig: signal.Signals) -> None:
 
 def kill_mysqld(ctx: FaultContext) -> Heal:
     _signal_mysqld(ctx, signal.SIGKILL)
-    return lambda: _restart_mysqld(ctx.lab, ctx.primary)
+    return ctx.step(f"killed {ctx.primary}'s mysqld", lambda: _restart_mysqld(ctx.lab, ctx.primary))
 
 
 def _restart_mysqld(lab: LabCluster, name: str) -> None:
@@ -39,7 +41,7 @@ def stop_mysqld(ctx: FaultContext) -> Heal:
 
     def heal() -> None:
         ctx.lab.kill_mysql(ctx.primary, signal.SIGCONT)  # or its agent replaced it meanwhile
-    return heal
+    return ctx.step(f"stopped {ctx.primary}'s mysqld (SIGSTOP)", heal)
 
 
 def kill_agent(ctx: FaultContext) -> Heal:
@@ -49,14 +51,15 @@ def kill_agent(ctx: FaultContext) -> Heal:
     def heal() -> None:
         wait_until(lambda: not agent.process.alive(), timeout=10, what=f"agent {agent.name} to exit")
         ctx.lab.restart_agent(ctx.primary)
-    return heal
+    return ctx.step(f"killed {ctx.primary}'s agent", heal)
 
 
 def stop_agent(ctx: FaultContext) -> Heal:
     # The agent process only: its gate workers keep running and must stop admitting on their own
     # when the lease deadline passes.
     ctx.lab.kill_agent(ctx.primary, signal.SIGSTOP)
-    return lambda: ctx.lab.kill_agent(ctx.primary, signal.SIGCONT)
+    return ctx.step(f"stopped {ctx.primary}'s agent (SIGSTOP)",
+                    lambda: ctx.lab.kill_agent(ctx.primary, signal.SIGCONT))
 
 
 def _host_processes(lab: LabCluster, name: str) -> list[psutil.Process]:
@@ -65,13 +68,17 @@ def _host_processes(lab: LabCluster, name: str) -> list[psutil.Process]:
 
 
 def freeze_host(ctx: FaultContext) -> Heal:
-    frozen = _host_processes(ctx.lab, ctx.primary)
-    for proc in frozen:
-        proc.send_signal(signal.SIGSTOP)
+    processes = _host_processes(ctx.lab, ctx.primary)
+    frozen: list[psutil.Process] = []
 
     def heal() -> None:
         for proc in frozen:
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(signal.SIGCONT)
-    return heal
+    # registered first: one process gone half-way must not leave the others stopped
+    thaw = ctx.step(f"stopped {ctx.primary}'s mysqld, agent and gate workers (SIGSTOP)", heal)
+    for proc in processes:
+        proc.send_signal(signal.SIGSTOP)
+        frozen.append(proc)
+    return thaw
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,20 +38,32 @@ LAGGING_VARIANTS = frozenset(FAULT_NAMES[1:])
 def inject_partition(ctx: FaultContext) -> Heal:
     """Cut the primary's host off the DCS and its peers (the client still reaches its gate)."""
     ctx.lab.isolate(ctx.primary)
-    return lambda: ctx.lab.heal(ctx.primary)
+    return ctx.step(f"cut {ctx.primary} off from the DCS and its peers", lambda: ctx.lab.heal(ctx.primary))
+
+
+def delay_applier(ctx: FaultContext, laggard: str, delay: int) -> Heal:
+    """:func:`delay_replica` as a step of the fault: registered once it begins to change the
+    replica (a laggard that is down, or not a replica, is left as it was and registers nothing)."""
+    taken: list[Heal] = []
+
+    def changing() -> None:
+        taken.append(ctx.step(f"delayed {laggard}'s applier by {delay} s",
+                              lambda: delay_replica(ctx.lab, laggard, 0)))
+    delay_replica(ctx.lab, laggard, delay, changing=changing)
+    return taken[0] if taken else lambda: None
 
 
 def inject_partition_lagging_replica(ctx: FaultContext, delay: int = 30) -> Heal:
     """One replica applies ``delay`` s behind (it has received and acknowledged everything), then
     the primary's host is partitioned: the up-to-date replica must win, and nothing may be lost."""
     laggard = sorted(ctx.others())[-1]
-    delay_replica(ctx.lab, laggard, delay)
+    undelay = delay_applier(ctx, laggard, delay)
     ctx.wait_for_more_writes(10, what="writes the laggard has received but not applied")
     heal_partition = inject_partition(ctx)
 
     def heal() -> None:
         heal_partition()
-        delay_replica(ctx.lab, laggard, 0)
+        undelay()
     return heal
 
 
@@ -58,22 +71,23 @@ def cut_from_primary(ctx: FaultContext, replica: str) -> Heal:
     """``replica`` no longer reaches the primary (it keeps the DCS and its other peers), so the
     other replica alone receives and acknowledges what follows."""
     ctx.lab.isolate(replica, from_hosts=[ctx.primary])
+    heal = ctx.step(f"cut {replica} off from {ctx.primary}", lambda: ctx.lab.heal(replica))
     ctx.wait_for_more_writes(10, what=f"writes acknowledged without {replica}")
-    return lambda: ctx.lab.heal(replica)
+    return heal
 
 
 def inject_partition_laggard_holds_more(ctx: FaultContext, delay: int = 30) -> Heal:
     """One replica applies ``delay`` s behind, the other is cut off from the primary, then the
     primary's host is partitioned: only the laggard holds the last acknowledged commits."""
     up_to_date, laggard = sorted(ctx.others())
-    delay_replica(ctx.lab, laggard, delay)
+    undelay = delay_applier(ctx, laggard, delay)
     heal_cut = cut_from_primary(ctx, up_to_date)
     heal_partition = inject_partition(ctx)
 
     def heal() -> None:
         heal_partition()
         heal_cut()
-        delay_replica(ctx.lab, laggard, 0)
+        undelay()
     return heal
 
 
@@ -82,14 +96,15 @@ def inject_dcs_cut(ctx: FaultContext) -> Heal:
     promise while the lock names it, refuse once its lease has expired there; it fences within
     one promise period, and a peer races once its own promise has ended."""
     ctx.lab.isolate(ctx.primary, from_hosts=[DCS])
-    return lambda: ctx.lab.heal(ctx.primary)
+    return ctx.step(f"cut {ctx.primary} off from the DCS", lambda: ctx.lab.heal(ctx.primary))
 
 
 def inject_dcs_and_peer_cut(ctx: FaultContext) -> Heal:
     """Failsafe: the primary's host loses the DCS and one peer: that peer cannot promise, so the
     primary fences at its lease deadline, as without failsafe."""
-    ctx.lab.isolate(ctx.primary, from_hosts=[DCS, sorted(ctx.others())[0]])
-    return lambda: ctx.lab.heal(ctx.primary)
+    peer = sorted(ctx.others())[0]
+    ctx.lab.isolate(ctx.primary, from_hosts=[DCS, peer])
+    return ctx.step(f"cut {ctx.primary} off from the DCS and {peer}", lambda: ctx.lab.heal(ctx.primary))
 
 
 FAULTS: tuple[Fault, ...] = (
@@ -142,7 +157,8 @@ class PartitionOutcome:
         return asdict(self)
 
 
-def delay_replica(lab: LabCluster, name: str, seconds: int) -> None:
+def delay_replica(lab: LabCluster, name: str, seconds: int,
+                  changing: Callable[[], None] = lambda: None) -> None:
     """Make ``name`` apply ``seconds`` behind its source (MASTER_DELAY). It still receives and
     acknowledges every event at once, so lossless commits keep flowing. Nothing to do on a node
     without replication (a laggard that was promoted meanwhile).
@@ -155,12 +171,15 @@ def delay_replica(lab: LabCluster, name: str, seconds: int) -> None:
     acknowledged commits (their source gone), and CHANGE MASTER in GTID mode would discard it
     (seed 102 of the soak lost 12 that way). Receiving stops, the applier catches up, and the
     agent restarts the IO thread as for any replica that stopped receiving.
+
+    ``changing`` is called once it is about to change something (a fault registers its undo).
     """
     with lab.connect(name) as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
         cur.execute("SHOW SLAVE STATUS")
         status = cur.fetchone()
         if status is None or status.get("SQL_Delay") == seconds:
             return
+        changing()
         if status["Slave_IO_Running"] != "No" and seconds == 0:
             cur.execute("STOP SLAVE IO_THREAD")
         elif status["Slave_IO_Running"] != "No":
@@ -248,6 +267,7 @@ def run_partition(lab: LabCluster, *, fault: str = "partition", table: str = "ap
     finally:
         heal()
         heal_cut()
+        context.undo_steps()  # a cut whose wait for writes failed is undone too
         writer.finish()
     old_acks = [t for t, via in writer.acknowledged.values() if via == old_address]
     if old_acks:

@@ -27,6 +27,7 @@ from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
 from dbfence.lab.errors import LabError
 from dbfence.lab.fault_labs import move_datadir_to_tmpfs
+from dbfence.lab.fault_model import inject, not_injected
 from dbfence.lab.faults import Fault, FaultContext, Heal, all_faults
 from dbfence.lab.final_state import read_final_state, read_tenures, remember_tenures
 from dbfence.lab.history import Attempt, FaultEvent, History, Outcome, Tenure, Verdict, check, outage
@@ -292,9 +293,10 @@ class Soak:
         refresh_restarted_servers(lab)
         ctx = FaultContext(lab, self.config.tuning, writer, strike.target, TABLE)
         try:
-            heal: Heal = strike.fault.inject(ctx)
+            heal: Heal = inject(strike.fault, ctx)
         except Exception as exc:  # the fault does not apply now (its target is down, say)
-            strike.error = f"{type(exc).__name__}: {exc}"[:200]
+            # its preparation may have acted meanwhile (inject undid it): the record says what
+            strike.error = not_injected(exc, ctx)
             self.say(f"[{self.rel(time.time()):7.1f}s]   {strike.planned.kind} on {strike.target}: "
                      f"not injected ({strike.error})")
             return
@@ -308,6 +310,7 @@ class Soak:
         except Exception as exc:  # a lab step that failed, not a broken invariant: say so
             strike.error = f"heal failed: {type(exc).__name__}: {exc}"[:200]
             self.say(f"[{self.rel(time.time()):7.1f}s]   {strike.planned.kind}: {strike.error}")
+        ctx.undo_steps()  # whatever a heal that failed half-way left behind
         strike.healed = time.time()
         # The fault's own checks (a flood's 1040s...) assume it struck a settled primary alone:
         # under overlaps they are notes for the timeline, not invariants.
