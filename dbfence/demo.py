@@ -1,18 +1,20 @@
 """``dbfence demo``: a newcomer's first look at a real failover, finishing on its own.
 
 Three real MariaDB servers, a three-member etcd cluster (or, with ``--dcs consul``, the Consul
-stand-in, whose DNS the demo queries as ``dig`` would and prints before, during and after the
-crash) and three dbfence agents on loopback addresses; a small application writes through
-discovery (the etcd key, or Consul DNS) and the gates; the
-primary's mysqld is killed; the demo shows, as it happens, the old primary fencing and releasing,
-a replica winning the race and promoting, the other replica following it, discovery moving, and
-then the old node coming back and rejoining as a replica. Then the new primary's host is cut off
-by a network partition (its clients still reach its gate, so it takes commits no replica
-acknowledges); after the heal it repairs itself (``[rejoin] mode = "truncate"``): it saves those
-transactions to a file, removes them and is back as a replica. Without network namespaces (they
-need root; the Consul stand-in's demo runs on loopback) the same fault is a hung mysqld (SIGSTOP,
-then SIGCONT). It ends with all three nodes healthy, counting acknowledged writes that are
-missing on the primary: in lossless mode there must be none.
+stand-in, whose DNS the demo queries as ``dig`` would and prints before, during and after the crash)
+and three dbfence agents on loopback addresses; a small application writes through discovery (the
+etcd key, or Consul DNS) and the gates; the primary's mysqld is killed; the demo shows, as it
+happens, the old primary fencing and releasing, a replica winning the race and promoting, the other
+replica following it, discovery moving, and then the old node coming back and rejoining as a replica
+(its agent starts the crashed mysqld, after copying the binlog tail that crash recovery cuts: with
+``[rejoin] truncate`` systemd's Restart= is off and the agent owns restarts). Then the new primary's
+host is cut off by a network partition (its clients still reach its gate, so it takes commits no
+replica acknowledges); after the heal it repairs itself (``[rejoin] mode = "truncate"``): it saves
+those transactions to a file, removes them and is back as a replica. Without network namespaces
+(they need root; the Consul stand-in's demo runs on loopback) the same fault is a hung mysqld
+(SIGSTOP, then SIGCONT). It ends with all three nodes healthy, counting acknowledged writes that are
+missing on the primary: in lossless mode there must be none. A demo that fails keeps its directory
+and says where: the agents' logs in it are what tells why.
 """
 
 from __future__ import annotations
@@ -137,6 +139,22 @@ def repaired_line(lab: LabCluster, node: str) -> str:
             f"{repair.get('saved_file') or '?'}, then removed")
 
 
+def restarted_line(lab: LabCluster, node: str) -> str:
+    """What the node's agent did to start its crashed mysqld, from its /status."""
+    restart = lab.agent_status(node, timeout=1.0).get("mysqld_restart") or {}
+    copy = restart.get("binlog_tail_saved")
+    return (f"its agent started mysqld {restart.get('restarts', 0)} time(s)"
+            + (f", after copying its binlog tail to {copy}" if copy else ""))
+
+
+def failure(exc: BaseException, lab_directory: Path) -> click.ClickException:
+    """The demo's error, saying where its files are kept for a look (the agents' logs among them)."""
+    message = exc.format_message() if isinstance(exc, click.ClickException) \
+        else f"{type(exc).__name__}: {exc}"
+    return click.ClickException(f"{message}\n[demo] kept for a look: {lab_directory} (the agents' logs: "
+                                f"{lab_directory / 'agents'}/*.log, the servers' in {lab_directory}/db*/)")
+
+
 def verify(lab: LabCluster, writer: DiscoveryWriter, primary: str) -> tuple[int, int]:
     """(acknowledged writes missing on the primary, unknown-outcome writes that landed)."""
     with lab.connect(primary) as conn, conn.cursor() as cur:
@@ -207,6 +225,7 @@ def demo_command(keep: bool, directory: Path | None, dcs: str) -> None:
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
     writer = DiscoveryWriter(lab, "app.demo")
+    failed = True  # until the end: a failed demo keeps its directory, the agents' logs in it
     try:
         old = lab.primaries()[0]
         click.echo(f"[demo] cluster up in {time.monotonic() - started:.1f}s; the agents elected {old} "
@@ -239,12 +258,14 @@ def demo_command(keep: bool, directory: Path | None, dcs: str) -> None:
             _print_dns(lab.consul.dns_address, lab.cluster, None,
                        consul_dns_answer(lab.consul.dns_address, lab.cluster))
 
-        click.echo(f"[demo] 4/7 restarting {old}'s mysqld: it comes back fenced and must rejoin as a replica")
-        lab.start_mysql(old)
-        restarted = time.monotonic()
-        watch(lab, restarted, lambda: lab.agent_status(old, timeout=0.5).get("role") == "replica", timeout=60)
-        click.echo(f"[demo]      {old} rejoined as a replica of {new} after "
-                   f"{time.monotonic() - restarted:.2f}s")
+        # With [rejoin] truncate the agent owns mysqld's restarts (systemd's Restart= stays off): a
+        # start of our own would race it, and one that won would skip the copy of the binlog tail
+        # and the recovery that cuts unacknowledged commits, leaving them errant.
+        click.echo(f"[demo] 4/7 {old}'s agent copies the binlog tail crash recovery reads, then starts "
+                   f"its mysqld again: {old} comes back fenced and must rejoin as a replica")
+        watch(lab, crashed, lambda: lab.agent_status(old, timeout=0.5).get("role") == "replica", timeout=90)
+        click.echo(f"[demo]      {old} rejoined as a replica of {new} {time.monotonic() - crashed:.2f}s "
+                   f"after the crash: {restarted_line(lab, old)}")
 
         final = second_fault(lab, writer, new, no_netns)
 
@@ -265,6 +286,9 @@ def demo_command(keep: bool, directory: Path | None, dcs: str) -> None:
         if len(healthy) != 3:
             raise click.ClickException(f"the demo ended with {', '.join(sorted(set(roles) - set(healthy)))} "
                                        "not healthy")
+        failed = False
+    except (click.ClickException, WaitTimeout, LabError) as exc:
+        raise failure(exc, lab.directory) from exc
     finally:
         writer.finish()
         if keep:
@@ -278,5 +302,7 @@ def demo_command(keep: bool, directory: Path | None, dcs: str) -> None:
             stopped = lab.down()
             click.echo(f"[demo] 7/7 stopped {len(stopped)} processes by pid; done in "
                        f"{time.monotonic() - started:.0f}s")
-            if directory is None:
+            if failed:
+                click.echo(f"[demo] failed: {root} is kept, the agents' logs in {lab.directory / 'agents'}")
+            elif directory is None:
                 shutil.rmtree(root, ignore_errors=True)
