@@ -36,6 +36,8 @@ Heal = Callable[[], None]
 # over, say), and meanwhile the steps already taken act on it (seed 301: a table lock held a
 # laggard's applier for the whole 30 s the wait used to allow).
 PREPARATION_WAIT = 10.0
+# A preparation that waits for writes begins only while they flow: one acknowledged this recently.
+WRITING_RECENTLY = 2.0
 
 
 @dataclass
@@ -91,6 +93,19 @@ class FaultContext:
         marker = len(self.writer.acknowledged)
         wait_until(lambda: len(self.writer.acknowledged) >= marker + count, timeout=self.preparation_wait,
                    what=what)
+
+    def wait_until_writing(self, *, before: str) -> None:
+        """Until a write was acknowledged within :data:`WRITING_RECENTLY` seconds. A preparation
+        that then waits for more writes checks this before it acts: in the middle of a failover
+        its act would only hold the cluster (a laggard's applier locked, a replica cut off) for
+        the whole wait, and fail."""
+        def writing() -> bool:
+            acknowledged = self.writer.acknowledged
+            # the latest acknowledgement is the last one inserted (a race with the writer's
+            # threads raises, which wait_until takes as "not yet")
+            last = next(reversed(acknowledged.values()))[0] if acknowledged else None
+            return last is not None and time.monotonic() - last <= WRITING_RECENTLY
+        wait_until(writing, timeout=self.preparation_wait, what=f"writes acknowledged before {before}")
 
     def step(self, what: str, undo: Heal) -> Step:
         """Register something the injector has just done (or is about to do) to the cluster."""

@@ -134,6 +134,7 @@ def flood_the_gate(ctx: FaultContext) -> Heal:
 def lagging_replica_then_kill(ctx: FaultContext) -> Heal:
     """One replica's applier is stuck behind a table lock while the primary's mysqld dies: the
     other, up-to-date replica must win (lossless), not the laggard."""
+    ctx.wait_until_writing(before="locking a replica's applier")
     laggard = sorted(ctx.others())[0]
     unlock = held_connection(ctx, laggard, f"LOCK TABLES {ctx.table} READ",
                              what=f"held {laggard}'s applier (LOCK TABLES {ctx.table} READ)")

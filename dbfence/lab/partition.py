@@ -56,6 +56,7 @@ def delay_applier(ctx: FaultContext, laggard: str, delay: int) -> Heal:
 def inject_partition_lagging_replica(ctx: FaultContext, delay: int = 30) -> Heal:
     """One replica applies ``delay`` s behind (it has received and acknowledged everything), then
     the primary's host is partitioned: the up-to-date replica must win, and nothing may be lost."""
+    ctx.wait_until_writing(before="delaying a replica")
     laggard = sorted(ctx.others())[-1]
     undelay = delay_applier(ctx, laggard, delay)
     ctx.wait_for_more_writes(10, what="writes the laggard has received but not applied")
@@ -79,6 +80,7 @@ def cut_from_primary(ctx: FaultContext, replica: str) -> Heal:
 def inject_partition_laggard_holds_more(ctx: FaultContext, delay: int = 30) -> Heal:
     """One replica applies ``delay`` s behind, the other is cut off from the primary, then the
     primary's host is partitioned: only the laggard holds the last acknowledged commits."""
+    ctx.wait_until_writing(before="delaying a replica")
     up_to_date, laggard = sorted(ctx.others())
     undelay = delay_applier(ctx, laggard, delay)
     heal_cut = cut_from_primary(ctx, up_to_date)

@@ -11,7 +11,10 @@ import pytest
 
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.fault_model import Fault, FaultContext, Heal, inject, not_injected
+from dbfence.lab.faults import all_faults
 from dbfence.lab.soak_report import FaultRecord
+from dbfence.lab.wait import WaitTimeout
+from dbfence.lab.workload import DiscoveryWriter
 
 
 def _context() -> FaultContext:
@@ -88,3 +91,15 @@ def test_an_injection_that_took_no_step_reports_nothing() -> None:
     with pytest.raises(LookupError):
         inject(_fault(injector), ctx)
     assert ctx.acted() is None
+
+
+@pytest.mark.parametrize("kind", ["lagging-replica+mysqld-kill", "partition-lagging-replica",
+                                  "partition-laggard-holds-more"])
+def test_a_preparation_that_waits_for_writes_does_not_act_while_none_flow(kind: str) -> None:
+    # Mid-failover (seed 305's burst 30) its act would only hold the cluster for the whole wait.
+    # No lab: had the injector gone on to act, it would fail on it otherwise than with WaitTimeout.
+    writer = DiscoveryWriter(cast(Any, None), "app.t")  # never started: nothing acknowledged
+    ctx = FaultContext(cast(Any, None), AgentTuning(), writer, "db1", "app.t", preparation_wait=0.3)
+    with pytest.raises(WaitTimeout, match="writes acknowledged before"):
+        inject(next(f for f in all_faults() if f.name == kind), ctx)
+    assert ctx.steps == [] and ctx.acted() is None

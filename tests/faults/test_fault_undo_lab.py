@@ -8,6 +8,7 @@ whole 30 s of a wait that failed. Each test fails on a lab left as the failed in
 from __future__ import annotations
 
 import re
+import time
 
 import psutil
 import pymysql
@@ -51,6 +52,12 @@ def test_a_quorum_loss_whose_next_step_fails_gives_etcd_its_quorum_back(lab_fact
     assert _seconds(ctx.acted(), "killed etcd ", r"\S+ and \S+") >= 6.5
 
 
+def _just_wrote(writer: DiscoveryWriter) -> None:
+    """As if the application's last write had just been acknowledged, and none followed: the
+    preparation begins (writes flow), then its wait for more fails."""
+    writer.acknowledged[0] = (time.monotonic(), "db1")
+
+
 def _replicated(lab: LabCluster, node: str, table: str, row: int) -> bool:
     with lab.connect(node) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT COUNT(*) FROM {table} WHERE id = %s", (row,))
@@ -66,6 +73,7 @@ def test_a_lagging_replica_whose_wait_for_writes_fails_releases_its_table_lock(
     writer.create_table("db1")
     wait_until(lambda: _replicated_table(lab, "db2", table), timeout=30, what=f"{table} on db2")
     ctx = FaultContext(lab, AgentTuning(), writer, "db1", table, preparation_wait=1.0)
+    _just_wrote(writer)
     with pytest.raises(WaitTimeout) as failed:
         inject(_fault("lagging-replica+mysqld-kill"), ctx)
     # the failure's traceback, kept here, holds the injector's frame: the lock must not live on in it
@@ -99,8 +107,9 @@ def test_a_laggard_holds_more_whose_wait_for_writes_fails_heals_its_cut_and_lift
         lab_factory: LabFactory) -> None:
     lab = lab_factory(mysql_count=3, netns=True)
     assert lab.netns is not None
-    ctx = FaultContext(lab, AgentTuning(), DiscoveryWriter(lab, "app.undo_cut"), "db1", "app.undo_cut",
-                       preparation_wait=1.0)
+    writer = DiscoveryWriter(lab, "app.undo_cut")
+    ctx = FaultContext(lab, AgentTuning(), writer, "db1", "app.undo_cut", preparation_wait=1.0)
+    _just_wrote(writer)
     with pytest.raises(WaitTimeout, match="writes acknowledged without db2"):
         inject(_fault("partition-laggard-holds-more"), ctx)
     assert netns.isolated_hosts(lab.netns) == []
