@@ -1,7 +1,10 @@
 """The fault registry: every named fault the matrix and the soak inject, in one ordered list.
 
 A fault is a :class:`~dbfence.lab.fault_model.Fault` row whose ``inject`` breaks something on the
-current primary (or the DCS) and returns its heal. The injectors live with their family:
+current primary (or the DCS) and returns its heal. Each act of an injector is registered as a step
+of its context with its undo, so that an injection that fails half-way is undone at once
+(:func:`~dbfence.lab.fault_model.inject`, which the matrix and the soak call). The injectors live
+with their family:
 
 * :mod:`dbfence.lab.faults_process`: signals to mysqld, the agent, the whole host;
 * :mod:`dbfence.lab.faults_database`: mysqld stalled, its disk full, its connections used up, the
