@@ -12,6 +12,7 @@ Layout:
   primary never saw: the first file's Gtid list then proves no purged file held one), reads the
   GTIDs out of its output, tells whole groups from cut ones (:func:`_group_is_whole`), and compares
   what it found with the errant set (:func:`_missing_tail` names what the files end before);
+* :func:`_remnants` finds an earlier crash's cut group in an older file (below), left out;
 * :func:`_write_excerpt` writes the file whole or not at all;
 * :func:`ends_at` (with :func:`_gtids_in`) tells whether the files end exactly at a GTID: what a
   refused start position means when the primary has every transaction.
@@ -30,6 +31,13 @@ found) is a :class:`RepairError` for good. With ``tail_abandoned`` (nothing writ
 more: the fence's KILL ended the wait, or the fence killed mysqld inside the write), the end is
 saved as far as it reads, and named in the file.
 
+Such a cut end outlives its repair when recovery truncated nothing (no commit waited for an ack):
+mysqld starts a new file whose Gtid list no longer counts it, and a later fence's excerpt, started
+from an older GTID of the same stream (the new primary got nothing of this node's next term), reads
+through it (soak seed 305, tests/mysql/test_mysql_repair_full_disk_again_lab.py). A group cut short
+at the end of a file that is not the last one, and that the next file's Gtid list does not count, is
+such a remnant: nobody's transaction, left out of the checks and named in the file.
+
 Invariants: nothing is returned unless the file holds every errant transaction (``exact``) or
 everything found lies in the errant set (open-ended ranges of a mysqld that is down), each whole
 except a named abandoned end; the file is whole or absent, mode 0600, and never replaces an
@@ -38,11 +46,13 @@ earlier one.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import re
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dbfence.durable import fsync_directory
@@ -119,6 +129,11 @@ def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange]
     text = done.stdout.decode("utf-8", "replace")
     stderr = done.stderr.decode(errors="replace")
     errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
+    # An earlier crash's cut groups in older files are nobody's transactions: left out, and the
+    # errors their files' ends cause are theirs, not this excerpt's.
+    headers = list(_GTID_IN_DUMP.finditer(text))
+    remnants = _remnants(tool, files, text, headers)
+    errors = _without_first_cuts(errors, sum(r.cut_errors for r in remnants.values()))
     cut_short = [line for line in errors if _CUT_SHORT.search(line)]
     never_reached = [line for line in errors if _NEVER_REACHED in line]
     # mariadb-binlog refuses a GTID start position that is the files' very last transaction
@@ -129,6 +144,7 @@ def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange]
                      and not whole_stream and ends_at(tool, files, starts))
     if nothing_after:
         text, errors = f"-- nothing errant: the binlog ends at {start}, which the primary has\n", []
+        headers, remnants = [], {}
     elif cut_short or exact:
         cut_short += never_reached
     if done.returncode != 0 and not nothing_after and not cut_short:
@@ -146,9 +162,10 @@ def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange]
     if tail_abandoned and files_read < len(files) - (1 if header_cut else 0):
         raise BinlogCutShort(f"{tool} stopped in binlog file {files_read + 1} of {len(files)}, not at the "
                              f"last one's end ({(errors or ['no error'])[0][:200]}); nothing removed")
-    headers = list(_GTID_IN_DUMP.finditer(text))
+    groups = [group for index, group in enumerate(_groups(text, headers)) if index not in remnants]
+    headers = [m for index, m in enumerate(headers) if index not in remnants]
     found = [Gtid.parse(m.group(1)) for m in headers]
-    whole = [_group_is_whole(*group) for group in _groups(text, headers)]
+    whole = [_group_is_whole(*group) for group in groups]
     written = [g for g, ok in zip(found, whole, strict=True) if ok and in_errant_ranges(g, ranges)]
     cut = [g for g, ok in zip(found, whole, strict=True) if not ok and in_errant_ranges(g, ranges)]
     if cut and not tail_abandoned:
@@ -187,6 +204,11 @@ def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange]
                 f"found {','.join(map(str, found)) or 'nothing'}")
     if tail_abandoned and not abandoned and (cut or cut_short):  # open-ended ranges: nothing missing
         abandoned = ",".join(map(str, cut)) or "the last transaction (cut before its GTID)"
+    for remnant in remnants.values():
+        header += (f"-- left out: {remnant.gtid}, the start of a transaction cut short at the end of "
+                   f"{remnant.file.name} by an earlier crash or full disk; the next file's GTID list does "
+                   "not count it (dropped by that restart: never committed, in nobody's history); the "
+                   "next file's start rolls its text below back\n")
     if abandoned:
         header += (f"-- the binlog ends inside or before {abandoned}: its write was abandoned on a full disk "
                    "(its session or mysqld killed: never committed nor acknowledged); below as far as it "
@@ -204,6 +226,60 @@ def _groups(text: str, headers: Sequence[re.Match[str]]) -> list[tuple[str, str]
         line_end = end if line_end < 0 or line_end > end else line_end
         groups.append((text[m.start():line_end], text[line_end:end]))
     return groups
+
+
+@dataclass(frozen=True)
+class _Remnant:
+    """A group cut short at the end of a binlog file that is not the last: mysqld never goes on
+    with a group in another file, so a crash (or a killed write to a full disk, then a restart)
+    ended it there, and the restart's new file began with a GTID state that does not count it."""
+
+    gtid: Gtid
+    file: Path
+    cut_errors: int  # the read errors its file's end causes on its own (0: cut at an event's end)
+
+
+def _remnants(tool: str, files: Sequence[Path], text: str,
+              headers: Sequence[re.Match[str]]) -> dict[int, _Remnant]:
+    """The remnants among the dump's groups, by their index in ``headers``. Strict: a cut group
+    is one only when the next file's Gtid list is in the dump and does not count it."""
+    file_starts = [m.start() for m in _FILE_START_IN_DUMP.finditer(text)]
+    found: dict[int, _Remnant] = {}
+    for index, (match, (header, body)) in enumerate(zip(headers, _groups(text, headers), strict=True)):
+        next_file = _FILE_START_IN_DUMP.search(body)
+        if next_file is None or _group_is_whole(header, body[:next_file.start()]):
+            continue  # the output's last group (the last file's end), or a whole one
+        listed = _GTID_LIST_IN_DUMP.search(body, next_file.end())
+        number = bisect.bisect_right(file_starts, match.start())  # the group's file, counted from 1
+        if listed is None or not 1 <= number < len(files):
+            continue
+        gtid = Gtid.parse(match.group(1))
+        if parse_binlog_gtid_list(listed.group(1)).streams.get((gtid.domain, gtid.server_id), 0) >= gtid.seq:
+            continue  # the state the next file began with counts it: in this node's history
+        found[index] = _Remnant(gtid, files[number - 1], _cut_errors(tool, files[number - 1]))
+    return found
+
+
+def _cut_errors(tool: str, path: Path) -> int:
+    """How many cut-short read errors one binlog file causes when read alone."""
+    try:
+        done = subprocess.run([tool, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RepairError(f"{tool} failed on {path}: {exc}") from None
+    return sum(1 for line in done.stderr.decode(errors="replace").splitlines()
+               if line.startswith("ERROR") and _CUT_SHORT.search(line))
+
+
+def _without_first_cuts(errors: Sequence[str], count: int) -> list[str]:
+    """``errors`` without its first ``count`` cut-short ones (older files are read first)."""
+    kept = []
+    for line in errors:
+        if count and _CUT_SHORT.search(line):
+            count -= 1
+            continue
+        kept.append(line)
+    return kept
 
 
 def _group_is_whole(header: str, body: str) -> bool:

@@ -30,20 +30,20 @@ def binlog_position(conn: DbConnection) -> int:
     return int(one(conn, "SHOW MASTER STATUS")["Position"])
 
 
-def pad_binlog(conn: DbConnection, reserve: int) -> int:
-    """Commit padding rows until, ``reserve`` bytes further, the binlog's last page has 1 to 18
-    bytes left: the transaction after those bytes has its GTID event (a 19-byte header) cut inside
-    when the disk is full. Returns the bytes left."""
+def pad_binlog(conn: DbConnection, reserve: int, target: int = 10, window: tuple[int, int] = (1, 18)) -> int:
+    """Commit padding rows until, ``reserve`` bytes further, the binlog's last page has ``target``
+    bytes left (any within ``window`` will do). By default the transaction after those bytes has
+    its GTID event (a 19-byte header) cut inside when the disk is full. Returns the bytes left."""
     position, next_id = binlog_position(conn), 100
     for _ in range(6):
         room = (-position - reserve) % PAGE
-        if 1 <= room <= 18:
+        if window[0] <= room <= window[1]:
             return room
         # A padding group is `overhead + n` bytes (n: four digits, the statement keeps its length)
         run(conn, f"INSERT INTO app.t VALUES ({next_id}, REPEAT('p', 1000))")
         overhead = binlog_position(conn) - position - 1000
         position, next_id = binlog_position(conn), next_id + 1
-        n = (PAGE - 10 - reserve - position % PAGE - overhead) % PAGE
+        n = (PAGE - target - reserve - position % PAGE - overhead) % PAGE
         n += PAGE if n < 1000 else 0
         run(conn, f"INSERT INTO app.t VALUES ({next_id}, REPEAT('p', {n:04d}))")
         position, next_id = binlog_position(conn), next_id + 1
@@ -121,7 +121,7 @@ def test_a_commit_a_full_disk_cut_short_is_waited_for_and_saved_or_its_abandoned
         filler = fill(Path(lab.node("db1").datadir))
         threading.Thread(target=commit, args=("INSERT INTO app.t VALUES (4, 'cut by a full disk')",),
                          daemon=True).start()
-        poll(lambda: _waiting_for_space(primary), 30, "the second commit to wait for disk space")
+        poll(lambda: waiting_for_space(primary), 30, "the second commit to wait for disk space")
         last = Gtid.parse(str(one(primary, "SELECT @@gtid_binlog_pos AS p")["p"]))
         errant = f"{Gtid(last.domain, last.server_id, last.seq - 1)}..{last}"
         print(f"\nbinlog room {room} bytes; {errant} counted, the file ends inside {last}:")
@@ -153,7 +153,7 @@ def test_a_commit_a_full_disk_cut_short_is_waited_for_and_saved_or_its_abandoned
         print(f"repair waiting: {status['retrying']}")
         assert status["running"] and status["gave_up"] == "", status  # seed 204: gave up for good
         assert "nothing removed" in status["retrying"] and "Event truncated" in status["retrying"], status
-        assert lab.live_node("db1").pid == pid and _waiting_for_space(primary)  # not killed
+        assert lab.live_node("db1").pid == pid and waiting_for_space(primary)  # not killed
         assert not list((tmp_path / "state").glob("errant-*")) and history == []
 
         if then == "write killed":
@@ -162,7 +162,7 @@ def test_a_commit_a_full_disk_cut_short_is_waited_for_and_saved_or_its_abandoned
                             "WHERE STATE = 'Waiting for someone to free space'")
                 for row in cur.fetchall():
                     cur.execute(f"KILL {int(row['ID'])}")  # as the fence does, the disk still full
-            poll(lambda: not _waiting_for_space(primary), 30, "the killed write to end")
+            poll(lambda: not waiting_for_space(primary), 30, "the killed write to end")
         filler.unlink()  # "disk freed": mysqld finishes its write within a minute
         if then == "write killed":
             # Its commit is gone from the engine, its GTID still counted, the binlog cut in it.
@@ -189,7 +189,7 @@ def test_a_commit_a_full_disk_cut_short_is_waited_for_and_saved_or_its_abandoned
             subprocess.run(["umount", str(mount)], check=False, capture_output=True)
 
 
-def _waiting_for_space(conn: DbConnection) -> bool:
+def waiting_for_space(conn: DbConnection) -> bool:
     with conn.cursor() as cur:
         cur.execute("SHOW PROCESSLIST")
         return any(row["State"] == "Waiting for someone to free space" for row in cur.fetchall())
