@@ -58,6 +58,10 @@ EVIDENCE_RETRY_FOR = 600.0
 #: of one that could not save its copy yet (a binlog or a state directory on a full disk).
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
+#: How long a repair of a mysqld the fence killed tries again after a failure that waiting cannot
+#: mend (a RepairError, not a RepairDeferred): a few tries ride out a flaky start command or a
+#: failover under way; then it gives up, saying why, and the node stays FENCED with mysqld down.
+GIVE_UP_AFTER = 300.0
 
 _T = TypeVar("_T")
 
@@ -74,6 +78,12 @@ def state_at_kill(evidence: FencingEvidence) -> BinlogState | None:
         return None
 
 
+def _gave_up_while_down(error: Exception, attempts: int) -> str:
+    return (f"repair failed: {error}; the same after {attempts} attempt(s): mysqld left down (killed by "
+            "the fence: a start would remove commits no copy holds); rebuild this node, or save its "
+            "binlog and start mysqld by hand")
+
+
 class RepairKeeper(RebuildRunner):
     """Records the evidence when this node fences, runs a truncation when the core asks."""
 
@@ -83,7 +93,8 @@ class RepairKeeper(RebuildRunner):
                  backup_tool: str = "mariadb-backup", mbstream_tool: str = "mbstream",
                  api_tls: ssl.SSLContext | None = None, mutual_tls: bool = False,
                  free_space_margin: int = 1 << 30, keep_old_datadirs: int = 1,
-                 retry_max: float = RETRY_MAX, approval_ttl: float = DEFAULT_APPROVAL_TTL) -> None:
+                 retry_max: float = RETRY_MAX, approval_ttl: float = DEFAULT_APPROVAL_TTL,
+                 give_up_after: float = GIVE_UP_AFTER) -> None:
         self.mode = mode
         self.approval_ttl = approval_ttl  # seconds an operator's rebuild approval counts (0: until spent)
         self.api_token = api_token  # the donor's HTTP API token (the same on every node)
@@ -100,6 +111,7 @@ class RepairKeeper(RebuildRunner):
         self.on_done = on_done  # (history kind, detail): the agent appends it to the DCS history
         self.wall = wall
         self.retry_max = retry_max
+        self.give_up_after = give_up_after
         self._lock = threading.Lock()
         # Bumped when the node leaves PRIMARY or serves again: a repair that waits to try again
         # stops when its fence is spent.
@@ -372,6 +384,7 @@ class RepairKeeper(RebuildRunner):
         log.info(json.dumps({"event": "repair_started", "node": self.node, "primary": action.primary,
                              "gtids": list(action.gtids), "file": str(out)}))
         attempt, delay, last_error, term = 0, RETRY_FIRST, "", self._term
+        failing_since: float | None = None  # the first failure for good while mysqld is down
         while True:
             # A new name only after an attempt that left its copy (never written over).
             attempt_out = out if not out.exists() else out.with_name(f"{out.stem}-retry{attempt}{out.suffix}")
@@ -388,6 +401,11 @@ class RepairKeeper(RebuildRunner):
                     log.exception("repair: unexpected error")
                     exc = RepairError(f"unexpected error: {exc!r}")
                 down = self._killed and not mysqld_running(self.control.pid_file)
+                if down and not isinstance(exc, RepairDeferred) and isinstance(exc, RepairError):
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since >= self.give_up_after:
+                        self._finish(attempt_out, _gave_up_while_down(exc, attempt + 1), None)
+                        return
                 if isinstance(exc, RepairDeferred) or down:
                     # Nothing removed, and the same attempt may succeed later: a disk freed (the
                     # binlog's tail written, room for the copy), the primary reachable again. A mysqld
@@ -434,7 +452,10 @@ class RepairKeeper(RebuildRunner):
                 raw = out.with_name(f"{out.stem}-binlog")
                 if not raw.exists():
                     copy_binlog_tail(self.control.binlog_tool, base, datadir, raw)
-                return recover(tail_abandoned=True)
+                try:
+                    return recover(tail_abandoned=True)
+                except BinlogCutShort as exc:  # nothing writes these files while mysqld is down
+                    raise RepairError(f"{exc} (mysqld is down: no wait mends it)") from None
         return truncate_unacknowledged(self.mysql, self.control, primary_state, out, header)
 
     def _retrying(self, attempt: int, delay: float, error: str, *, first: bool, down: bool) -> None:

@@ -1,6 +1,7 @@
 """The repair keeper's retries that need no server: a truncation that could not save its copy yet
 (RepairDeferred: a binlog or a state directory on a full disk) waits and tries again with back-off,
-says why in status, never gives up for good, and stops once its fence is spent. The real thing,
+says why in status, never gives up for good, and stops once its fence is spent; a failure for good
+while the fence's kill keeps mysqld down is tried again for a bounded time only. The real thing,
 a binlog cut short by a full disk: tests/mysql/test_mysql_repair_full_disk_lab.py."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.credentials import Credentials
+from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.repair import MysqldControl, RepairResult
 from dbfence.mysql.repair_errors import RepairDeferred, RepairError
@@ -111,3 +113,42 @@ def test_an_unexpected_error_ends_the_repair_with_its_reason_not_a_silent_thread
     assert k.view().gave_up == ("repair failed: unexpected error: ValueError('zip() argument 2 is longer "
                                 "than argument 1'); mysqld is not running")
     assert [kind for kind, _ in history] == ["repair_failed"]  # the core holds: repair_gave_up
+
+
+SEED_305 = "the binlog holds only the start of 0-1-129572, and whole transactions after it"
+
+
+def test_a_killed_mysqlds_repair_failing_for_good_gives_up_after_a_bounded_time_mysqld_left_down(
+        tmp_path: Path) -> None:
+    """Soak seed 305: a repair of a mysqld the fence killed retried a mismatch for ever, silently,
+    mysqld down. It tries again for ``give_up_after`` seconds (a start command that flaked, a
+    failover under way), then gives up saying why; mysqld stays down (awaiting_restart)."""
+    history: list[tuple[str, str]] = []
+    k = keeper(tmp_path, [RepairError(SEED_305)], history)
+    k.give_up_after = 0.3
+    k.on_fencing()
+    k._killed = True  # the fence crashed mysqld (no pid file here: it is down)
+    started = time.monotonic()
+    start(k)
+    wait(lambda: "attempt 2 failed" in k.status()["retrying"], "a second attempt")
+    assert k.view().running and k.view().gave_up == ""
+    wait(lambda: not k.view().running, "the repair to give up")
+    assert time.monotonic() - started >= 0.3
+    view = k.view()
+    assert view.gave_up.startswith(f"repair failed: {SEED_305}; the same after "), view.gave_up
+    assert "mysqld left down (killed by the fence" in view.gave_up and view.gave_up_on == "truncate"
+    assert view.awaiting_restart  # nothing starts it: no copy of what its recovery would remove
+    assert [kind for kind, _ in history] == ["repair_failed"]  # the core holds: repair_gave_up
+
+
+def test_a_killed_mysqlds_repair_waits_out_an_unreachable_primary_without_giving_up(tmp_path: Path) -> None:
+    history: list[tuple[str, str]] = []
+    done = RepairResult(tmp_path / "errant.sql", "0-1-3", "", "0-1-3", "0-2-4", 0.5)
+    unreachable = MysqlAdapterError("connect_refused: connect to 10.213.0.13:29253")
+    k = keeper(tmp_path, [RepairError(SEED_305), *[unreachable] * 8, done], history)
+    k.give_up_after = 0.05
+    k.on_fencing()
+    k._killed = True
+    start(k)
+    wait(lambda: not k.view().running, "the repair to end")
+    assert k.view().gave_up == "" and [kind for kind, _ in history] == ["repair"], k.status()
