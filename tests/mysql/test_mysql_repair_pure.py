@@ -298,3 +298,41 @@ def test_an_end_whose_write_was_abandoned_is_saved_as_far_as_it_reads_and_named(
         save_errant(tool, [tmp_path / "a", tmp_path / "b", tmp_path / "c"], errant, tmp_path / "no.sql", "",
                     tail_abandoned=True)
     assert not (tmp_path / "no.sql").exists()
+
+
+def _two_files_tool(tmp_path: Path, next_list: str) -> str:
+    """A stand-in for the binlog tool over two files: the first ends inside 0-1-5's group (an event
+    cut: an error on stderr, also when that file is read alone), the second begins with the Gtid
+    list ``next_list`` and holds 0-1-9 whole (seed 305's shape; the real files:
+    tests/mysql/test_mysql_repair_full_disk_again_lab.py)."""
+    prefix = "#261207 14:16:37 server id 1  end_log_pos 285 CRC32 0x3ac74636 \t"
+    start = f"{prefix}Start: binlog v 4, server v 10.11.19-MariaDB-log"
+    (tmp_path / "dump.txt").write_text("\n".join([
+        start, f"{prefix}Gtid list []", f"{prefix}GTID 0-1-5 trans", "START TRANSACTION",
+        start, "ROLLBACK/*!*/;", f"{prefix}Gtid list [{next_list}]", f"{prefix}GTID 0-1-9 trans",
+        f"{prefix}Xid = 7", "COMMIT/*!*/;"]) + "\n")
+    error = "ERROR: Error in Log_event::read_log_event(): 'Event truncated', data_len: 73, event_type: 160"
+    tool = tmp_path / "binlog-tool"
+    tool.write_text(f"#!/bin/sh\n[ $# -gt 1 ] && cat {tmp_path / 'dump.txt'}\necho \"{error}\" >&2\n")
+    tool.chmod(0o755)
+    return str(tool)
+
+
+def test_an_earlier_crashs_cut_transaction_in_an_older_file_is_left_out_only_if_uncounted(
+        tmp_path: Path) -> None:
+    """Soak seed 305: the start of 0-1-5 at the end of an older file, which the state the next file
+    began with does not count (its restart dropped it), is nobody's transaction: left out, named,
+    and its file's read error is its own. Counted there, it is the node's: refused as before."""
+    files = [tmp_path / "mysql-bin.000001", tmp_path / "mysql-bin.000002"]
+    errant = [ErrantRange(0, 1, 4, 2**64 - 1, primary_has_stream=True)]  # a killed mysqld: open-ended
+    out = tmp_path / "out.sql"
+    saved = save_errant(_two_files_tool(tmp_path, "0-2-8,0-1-4"), files, errant, out, "-- h\n", exact=False)
+    assert [str(g) for g in saved] == ["0-1-9"]
+    assert out.read_text().startswith("-- h\n-- left out: 0-1-5, the start of a transaction cut short at "
+                                      "the end of mysql-bin.000001 by an earlier crash")
+    tool = _two_files_tool(tmp_path, "0-2-8,0-1-5")
+    with pytest.raises(BinlogCutShort):
+        save_errant(tool, files, errant, tmp_path / "no.sql", "", exact=False)
+    with pytest.raises(RepairError, match="holds only the start of 0-1-5, and whole transactions after it"):
+        save_errant(tool, files, errant, tmp_path / "no.sql", "", exact=False, tail_abandoned=True)
+    assert not (tmp_path / "no.sql").exists()
