@@ -11,7 +11,10 @@ Layout:
   last GTID the primary has in each errant domain (or from the files' start, for a stream the
   primary never saw: the first file's Gtid list then proves no purged file held one), reads the
   GTIDs out of its output, tells whole groups from cut ones (:func:`_group_is_whole`), and compares
-  what it found with the errant set (:func:`_missing_tail` names what the files end before);
+  what it found with the errant set (:func:`_missing_tail` names what the files end before; a
+  stream that skips seqs is checked against what other servers wrote in its domain,
+  :func:`_seqs_of_others`: a node primary again after a rejoin, the new primary holding nothing
+  of its new term);
 * :func:`_remnants` finds an earlier crash's cut group in an older file (below), left out;
 * :func:`_write_excerpt` writes the file whole or not at all;
 * :func:`ends_at` (with :func:`_gtids_in`) tells whether the files end exactly at a GTID: what a
@@ -121,7 +124,8 @@ def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange]
     start = ",".join(str(g) for g in sorted(starts.values()))
     position = [] if whole_stream else [f"--start-position={start}"]
     # --verbose adds each row as a commented pseudo-statement: readable, and still replayable.
-    argv = [tool, "--verbose", *position, f"--server-id={server_ids.pop()}", *map(str, files)]
+    server_id = server_ids.pop()
+    argv = [tool, "--verbose", *position, f"--server-id={server_id}", *map(str, files)]
     try:
         done = subprocess.run(argv, capture_output=True, timeout=300, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -175,21 +179,29 @@ def save_excerpt(tool: str, files: Sequence[Path], ranges: Sequence[ErrantRange]
         raise RepairError(f"the binlog holds only the start of {cut[0]}, and whole transactions after it")
     foreign = len(written) + len(cut) != len(found)
     expected = sum(r.last_seq - r.after_seq for r in ranges if r.primary_has_stream)
+    counted = [g for g in written if not in_errant_ranges(g, whole_stream)]
+    taken: frozenset[tuple[int, int]] = frozenset()
+    if exact and not foreign and len(counted) != expected and not whole_stream:
+        # A node that rejoined and was primary again: the new primary may hold none of its new term,
+        # and the seqs its stream skips are the other primary's, in the same domain (seed 305).
+        taken = _seqs_of_others(tool, position, files, server_id, {r.domain for r in ranges})
+        expected = sum(len(_own_seqs(r, taken)) for r in ranges)
     if whole_stream:
         first_list = _GTID_LIST_IN_DUMP.search(text)
         complete = first_list is not None and ranges_predate(parse_binlog_gtid_list(first_list.group(1)),
                                                              whole_stream)
         # Seq numbers of a stream the primary lacks need not be consecutive (its domain had other
         # writers before): the whole stream is there from the first file on, and its last GTID.
-        counted = [g for g in written if not in_errant_ranges(g, whole_stream)]
         ends = all(r.last in written for r in whole_stream if r.last_seq != OPEN_END_SEQ)
         ok = complete and ends and (not exact or len(counted) == expected) and not foreign
     else:
         complete = True
-        ok = (not exact or len(written) == expected) and not foreign
+        # Each seq once: none of those found is one another server took (counted alike otherwise).
+        clash = any((g.domain, g.seq) in taken for g in written)
+        ok = (not exact or (len(written) == expected and not clash)) and not foreign
     abandoned = ""
     if not ok:
-        missing = _missing_tail(ranges, written) if complete and not foreign else None
+        missing = _missing_tail(ranges, written, taken) if complete and not foreign else None
         if missing and tail_abandoned and {str(g) for g in cut} <= set(missing.split(",")):
             abandoned = missing
         elif missing:
@@ -291,7 +303,33 @@ def _group_is_whole(header: str, body: str) -> bool:
     return _QUERY_IN_DUMP.search(body) is not None
 
 
-def _missing_tail(ranges: Sequence[ErrantRange], written: Sequence[Gtid]) -> str:
+def _seqs_of_others(tool: str, position: Sequence[str], files: Sequence[Path], server_id: int,
+                    domains: set[int]) -> frozenset[tuple[int, int]]:
+    """The (domain, seq) of every other server's GTID in ``domains`` from the start position on.
+    Errors are not raised: a part not read excuses nothing, and the excerpt stays refused."""
+    argv = [tool, *position, *map(str, files)]
+    taken: set[tuple[int, int]] = set()
+    try:
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              errors="replace") as reader:
+            assert reader.stdout is not None
+            for line in reader.stdout:
+                if (match := _GTID_IN_DUMP.match(line)) is not None:
+                    gtid = Gtid.parse(match.group(1))
+                    if gtid.server_id != server_id and gtid.domain in domains:
+                        taken.add((gtid.domain, gtid.seq))
+    except OSError as exc:
+        raise RepairError(f"{tool} failed: {exc}") from None
+    return frozenset(taken)
+
+
+def _own_seqs(r: ErrantRange, taken: frozenset[tuple[int, int]]) -> list[int]:
+    """The seqs of ``r`` (its primary has its stream) that no other server took in its domain."""
+    return [s for s in range(r.after_seq + 1, r.last_seq + 1) if (r.domain, s) not in taken]
+
+
+def _missing_tail(ranges: Sequence[ErrantRange], written: Sequence[Gtid],
+                  taken: frozenset[tuple[int, int]] = frozenset()) -> str:
     """The errant GTIDs the excerpt lacks, when they are all after every one it holds of their
     range (the files end early, as after a full disk); '' when a gap lies before a GTID found or
     the missing ones cannot be named (an open-ended range): that mismatch waiting cannot mend."""
@@ -305,7 +343,7 @@ def _missing_tail(ranges: Sequence[ErrantRange], written: Sequence[Gtid]) -> str
             if r.last_seq not in seqs:
                 missing.append(str(r.last))
             continue
-        expected = list(range(r.after_seq + 1, r.last_seq + 1))
+        expected = _own_seqs(r, taken)
         if seqs != expected[:len(seqs)]:
             return ""  # a gap before one found
         missing += [str(Gtid(r.domain, r.server_id, s)) for s in expected[len(seqs):]]

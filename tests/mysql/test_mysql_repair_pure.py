@@ -336,3 +336,38 @@ def test_an_earlier_crashs_cut_transaction_in_an_older_file_is_left_out_only_if_
     with pytest.raises(RepairError, match="holds only the start of 0-1-5, and whole transactions after it"):
         save_errant(tool, files, errant, tmp_path / "no.sql", "", exact=False, tail_abandoned=True)
     assert not (tmp_path / "no.sql").exists()
+
+
+def _tool_with_other_writers(tmp_path: Path, own: list[str], others: list[str]) -> str:
+    """A stand-in for the binlog tool: with ``--server-id`` the groups of ``own`` (whole), without
+    it the GTIDs of ``own`` and ``others`` in seq order (what the domain's other primaries wrote)."""
+    prefix = "#261207 14:16:37 server id 1  end_log_pos 285 CRC32 0x3ac74636 \t"
+    (tmp_path / "own.txt").write_text("".join(f"{prefix}GTID {g} trans\n{prefix}Xid = 7\n" for g in own))
+    every = sorted([*own, *others], key=lambda g: int(g.rsplit("-", 1)[1]))
+    (tmp_path / "every.txt").write_text("".join(f"{prefix}GTID {g} trans\n" for g in every))
+    tool = tmp_path / "binlog-tool"
+    tool.write_text(f"#!/bin/sh\ncase \"$*\" in *--server-id*) cat {tmp_path / 'own.txt'};; "
+                    f"*) cat {tmp_path / 'every.txt'};; esac\n")
+    tool.chmod(0o755)
+    return str(tool)
+
+
+@pytest.mark.parametrize(("own", "others", "saved"), [
+    (["0-1-6", "0-1-9"], ["0-2-3", "0-2-4", "0-2-5", "0-2-7", "0-2-8"], ["0-1-6", "0-1-9"]),
+    (["0-1-9"], ["0-2-3", "0-2-4", "0-2-5", "0-2-6", "0-2-7", "0-2-8"], ["0-1-9"]),
+    (["0-1-9"], ["0-2-3", "0-2-4", "0-2-6", "0-2-7", "0-2-8"], None),  # 0-1-5 missing, nobody's seq
+    (["0-1-8", "0-1-9"], ["0-2-3", "0-2-4", "0-2-5", "0-2-6", "0-2-7", "0-2-8"], None),  # 8 twice
+    (["0-1-3", "0-1-9"], ["0-2-4", "0-2-5", "0-2-6", "0-2-7", "0-2-8", "0-3-9"], None),  # 9 twice
+])
+def test_a_stream_that_skips_the_other_primarys_seqs_is_saved_only_when_each_seq_is_accounted_for(
+        tmp_path: Path, own: list[str], others: list[str], saved: list[str] | None) -> None:
+    """Rejoined and primary again, the new primary holding nothing of the new term (0-1-2 its last of
+    server 1): the errant stream 0-1-3..0-1-9 skips the seqs the other primary wrote in the domain."""
+    errant = [ErrantRange(0, 1, 2, 9, primary_has_stream=True)]
+    tool, out = _tool_with_other_writers(tmp_path, own, others), tmp_path / "out.sql"
+    if saved is None:
+        with pytest.raises(RepairError, match="does not match the errant set"):
+            save_errant(tool, [], errant, out, "")
+        assert not out.exists()
+    else:
+        assert [str(g) for g in save_errant(tool, [], errant, out, "")] == saved
