@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from dbfence.agent.gtid import BinlogState
 from dbfence.agent.observation import DiscoveryTag, MemberInfo
 
 
@@ -55,6 +56,8 @@ class ActionReason(enum.Enum):
     REJOIN = "rejoin"
     SOURCE_LOST_LOCK = "source_lost_lock"
     REPAIR_UNACKNOWLEDGED = "repair_unacknowledged"
+    # a mysqld the fence killed holds what nobody live holds: recovered first, to take over
+    REPAIR_WITHOUT_PRIMARY = "repair_without_primary"
     REBUILD_UNACKNOWLEDGED = "rebuild_unacknowledged"  # proven never acknowledged, not truncatable
     REBUILD_APPROVED = "rebuild_approved"  # not proven: an operator approved this rebuild
     # failsafe (docs/failsafe.md)
@@ -148,11 +151,16 @@ class Repoint:
 class TruncateErrant:
     """Remove errant transactions that were provably never acknowledged: save them to a file,
     SIGKILL mysqld, start it so that crash recovery truncates the in-doubt binlog tail, and check
-    that what remains is contained in ``primary``'s GTID set (docs/operations.md, repair)."""
+    that what remains is contained in ``primary``'s GTID set (docs/operations.md, repair).
+
+    ``reference`` (with ``primary`` empty): no primary yet, a mysqld the fence killed is repaired
+    against what the other members hold (their binlog states merged), so that it can take over
+    (``dbfence.agent.decide_takeover.repair_reference``)."""
 
     primary: str
     gtids: tuple[str, ...]
     reason: ActionReason
+    reference: BinlogState | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ from dbfence.agent.decide_lease import fence_actions, lease_trouble, release_unw
 from dbfence.agent.decide_race import switchover_target_suitable
 from dbfence.agent.decide_replica import acknowledges, detach_lost_source, ready_primary, unchecked_detail
 from dbfence.agent.decide_round import FENCE_ACTION_REASON, RefusalReason, Round, fresh
-from dbfence.agent.decide_takeover import takeover_refusals
+from dbfence.agent.decide_takeover import repair_reference, takeover_refusals
+from dbfence.agent.gtid import BinlogState
 from dbfence.agent.observation import ErrantCheck
 from dbfence.agent.rejoin import choose_donors, plan_repair
 from dbfence.agent.state import Trigger
@@ -148,6 +149,9 @@ def handle_fenced(r: Round) -> None:
 def _take_over_or_say_why(r: Round) -> None:
     """No primary and the lock free: race if no other member may and this node holds all they
     hold but never-acknowledged writes (:mod:`dbfence.agent.decide_takeover`); else say why."""
+    if r.obs.repair.awaiting_restart:
+        _repair_to_take_over(r)
+        return
     refusals = takeover_refusals(r)
     if not refusals:
         r.move(Trigger.TAKES_OVER)
@@ -158,12 +162,32 @@ def _take_over_or_say_why(r: Round) -> None:
     r.refusals.extend(refusals)
 
 
-def _repair(r: Round, check: ErrantCheck) -> None:
+def _repair_to_take_over(r: Round) -> None:
+    """Its mysqld, killed by the fence, awaits a repair that needs a primary: repaired without one
+    when it holds what no live member holds (``decide_takeover.repair_reference``), else why not."""
+    scratch = Round(r.obs, r.config, r.state)
+    reference = repair_reference(scratch)
+    r.wake_times.extend(scratch.wake_times)
+    if reference is None:
+        if not scratch.refusals or scratch.refusals[0].reason is not RefusalReason.NO_PRIMARY_TO_REJOIN:
+            r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN,
+                     "and no repair of its killed mysqld without one (below)")
+        r.refusals.extend(scratch.refusals)
+        return
+    r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, "its mysqld, killed by the fence, holds what no live member "
+             "holds: repaired first, against the others' binlog states " + (str(reference) or "(empty)"))
+    _repair(r, ErrantCheck(""), reference)
+
+
+def _repair(r: Round, check: ErrantCheck, reference: BinlogState | None = None) -> None:
     """``[rejoin]``: remove errant transactions that were provably never acknowledged (truncate
-    or rebuild), or say why not (the rules are in :mod:`dbfence.agent.rejoin`)."""
-    donors = choose_donors(tuple(m.info for m in r.obs.members if fresh(r, m)), r.me, check.against,
-                           r.obs.intents.switchover_target, r.config.rejoin_donor_primary)
-    plan = plan_repair(r.config.rejoin_mode, r.obs.repair, check, r.obs.db.server_id, donors, r.me)
+    or rebuild), or say why not (the rules are in :mod:`dbfence.agent.rejoin`). ``reference``:
+    no primary, see ``_repair_to_take_over`` (a rebuild needs a primary: no donor then)."""
+    donors = () if reference is not None else choose_donors(
+        tuple(m.info for m in r.obs.members if fresh(r, m)), r.me, check.against,
+        r.obs.intents.switchover_target, r.config.rejoin_donor_primary)
+    plan = plan_repair(r.config.rejoin_mode, r.obs.repair, check, r.obs.db.server_id, donors, r.me,
+                       reference=reference)
     if isinstance(plan, tuple):
         r.refuse(RefusalReason(plan[0].value), plan[1])
     elif plan is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from dbfence.agent import core_adoption, failsafe
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide_round import Refusal, RefusalReason, Round, fresh
-from dbfence.agent.gtid import BinlogState, GtidPosition, RankKey, candidate_sort_key
+from dbfence.agent.gtid import BinlogState, GtidPosition, RankKey, candidate_sort_key, maybe_acknowledged
 from dbfence.agent.observation import MemberRecord, Observation
 from dbfence.agent.state import Role, State
 
@@ -122,7 +122,9 @@ def race_refusals(observation: Observation, config: CoreConfig) -> tuple[Refusal
     return tuple(r.refusals)
 
 
-def collect_race_refusals(r: Round) -> None:
+def collect_race_refusals(r: Round, *, fenced_holders: bool = True) -> None:
+    """``fenced_holders``: also refuse for a FENCED member's writes this node lacks (the takeover
+    without a primary proves that itself, against every member)."""
     obs, config = r.obs, r.config
     db = obs.db
     intents = obs.intents
@@ -170,12 +172,47 @@ def collect_race_refusals(r: Round) -> None:
             ahead = rival.sort_key() > mine
         if ahead:
             r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{rival.record.name} holds {rival.holds}")
+    for detail in fenced_writes_lacking(r, r.me, db.history) if fenced_holders else ():
+        r.refuse(RefusalReason.PEER_MORE_ADVANCED, detail)
     peers = [(record.info.position, record.info.holds, record.info.history) for record in obs.members
              if record.name != r.me]
     unreplicated = _unreplicated_own_domains(position, db.server_id, peers)
     if unreplicated:
         r.refuse(RefusalReason.UNREPLICATED_OWN_WRITES,
                  "domains " + ",".join(str(domain) for domain in unreplicated))
+
+
+def fenced_writes_lacking(r: Round, subject: str, history: BinlogState | None) -> list[str]:
+    """Lossless: FENCED members holding writes that ``subject`` (holding ``history``) lacks and
+    that may have been acknowledged (``gtid.maybe_acknowledged``), one detail each.
+
+    A fenced former primary's writes are on a replica when acknowledged, so rivals used to leave
+    FENCED members out. A node fenced while promoting is another matter: as a replica it received
+    the previous primary's acknowledged writes, and it may be the only live copy besides that
+    primary, fenced too (soak seed 403: both killed by their fences; a third node lacking the
+    writes, its agent restarted as a replica, would have raced past them once they were back).
+    A member's state is its live history or, while a fence's kill keeps its mysqld down, its
+    state at the kill; a member whose state is unknown (its mysqld down) counts as before.
+    """
+    if not r.config.lossless or history is None:
+        return []
+    obs = r.obs
+    members = [(record.name, record.info.known_history, record.info.server_id, record.info.role)
+               for record in obs.members if record.name != r.me]
+    mine = obs.db.history if obs.db.history is not None else obs.repair.binlog_state_at_kill
+    members.append((r.me, mine, obs.db.server_id or obs.repair.server_id_at_kill, r.state.role))
+    everyone: list[tuple[str, BinlogState, int | None]] = [(subject, history, None)]
+    everyone += [(name, state, server_id) for name, state, server_id, _ in members
+                 if name != subject and state is not None]
+    fenced = [(name, state, server_id) for name, state, server_id, role in members
+              if name != subject and state is not None and server_id is not None and role is Role.FENCED]
+    details = []
+    for name, state, server_id in fenced:
+        missing = maybe_acknowledged(history, name, state, server_id, everyone)
+        if missing:
+            details.append(f"{name} (fenced) holds {','.join(map(str, missing))} this node lacks, maybe "
+                           "acknowledged")
+    return details
 
 
 def _own_writes_lead(position: GtidPosition, server_id: int, domain: int,

@@ -29,6 +29,8 @@ Layout and invariants:
   as what it holds, each of its streams can only be longer than the truth, which can only add
   GTIDs to prove (here, and as "received elsewhere" for a third node's own writes). The killed
   node itself never takes over while down: its own history is unknown (and a repair awaits).
+  When no live member can take over and its state at the kill proves the condition, its repair
+  runs without a primary (``repair_reference``, soak seed 403); then it proves it live.
 * Among the nodes that can prove it, only the one ranking highest by ``candidate_sort_key`` takes
   the lock (the others see it and defer); two that both race are still one writer (the lock).
 * Every member this agent process has seen must have a fresh record, and the agent must have read
@@ -40,9 +42,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dbfence.agent.decide_race import collect_race_refusals, stays_out_for_own_writes
+from dbfence.agent.decide_race import collect_race_refusals, fenced_writes_lacking, stays_out_for_own_writes
 from dbfence.agent.decide_round import Refusal, RefusalReason, Round, fresh
-from dbfence.agent.gtid import BinlogState, Gtid, candidate_sort_key
+from dbfence.agent.gtid import BinlogState, Gtid, candidate_sort_key, maybe_acknowledged
 from dbfence.agent.observation import MemberRecord
 from dbfence.agent.state import Role
 
@@ -63,31 +65,11 @@ def takeover_refusals(r: Round) -> list[Refusal]:
 def collect_takeover_refusals(r: Round) -> None:
     obs = r.obs
     others = [record for record in obs.members if record.name != r.me]
-    racing = [record.name for record in others if not _never_races(r, record)]
-    if racing:
-        r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"waiting for {', '.join(racing)} (may race)")
-        return
-    first_read = r.state.first_read_at
-    if first_read is None or r.now < first_read + r.config.member_stale_after:
-        # Just (re)started: the records of live members may not all be back yet, and a
-        # restarted agent remembers none of them.
-        r.refuse(RefusalReason.TAKEOVER_UNPROVEN, "this agent has not read the members' records "
-                 f"for {r.config.member_stale_after:g} s yet")
-        if first_read is not None:
-            r.wake_at(first_read + r.config.member_stale_after)
-        return
-    absent = sorted(r.state.members_seen - {record.name for record in others if fresh(r, record)})
-    if not others or absent:
-        # Records come back one by one (a partition healed, a DCS outage over): the one not back
-        # yet may hold acknowledged writes. A node that saw no peer has nothing to prove against.
-        r.refuse(RefusalReason.TAKEOVER_UNPROVEN,
-                 f"no fresh record of {', '.join(absent)} (seen since this agent started): start "
-                 "their agents, or restart this one if they left for good" if absent
-                 else "no record of another member")
+    if not _records_complete(r, others):
         return
     if obs.repair.running or obs.repair.awaiting_restart:
         r.refuse(RefusalReason.REPAIR_RUNNING, "no takeover while this node is repaired")
-    collect_race_refusals(r)
+    collect_race_refusals(r, fenced_holders=False)
     # The proof below supersedes it: what it holds of its own stays the cluster's history.
     r.refusals = [refusal for refusal in r.refusals
                   if refusal.reason is not RefusalReason.UNREPLICATED_OWN_WRITES]
@@ -104,38 +86,103 @@ def collect_takeover_refusals(r: Round) -> None:
     assert mine is not None and obs.db.server_id is not None  # checked just above
     holders = [(record.name, _history(record), _server_id(record)) for record in others]
     everyone = [(r.me, mine, obs.db.server_id), *holders]
+    if _proven(r, mine, holders, everyone):
+        _defer_to_better(r, others, everyone)
+
+
+def repair_reference(r: Round) -> BinlogState | None:
+    """What a node whose mysqld the fence killed is repaired against when there is no primary
+    (the other members' binlog states merged), or None after saying why it waits for one.
+
+    Soak seed 403: the new primary's acknowledged writes were on its replica only; both were
+    killed by their fences in turn (each had a commit waiting for an ack), and the third node,
+    alive, lacked those writes. The repair of a killed mysqld waited for a primary, the takeover
+    for a live binlog state: nobody moved. The rule: with the lock free, no member that may race,
+    and every member's fresh record, a killed node whose state at the kill proves the takeover's
+    condition, while no live member proves it, starts its repair now. Recovery removes only its
+    in-doubt commits (never acknowledged), saved first as always; what they were is judged
+    against what the others hold. Then its live state decides the takeover as for any node.
+    Only a live member that can take over itself makes it wait: it is repaired against that one
+    once it is primary. The evidence (lossless) is checked by ``rejoin.plan_repair`` as always.
+    """
+    others = [record for record in r.obs.members if record.name != r.me]
+    if not _records_complete(r, others):
+        return None
+    mine, server_id = r.obs.repair.binlog_state_at_kill, r.obs.repair.server_id_at_kill
+    unknown = [record.name for record in others
+               if _known(record) is None or record.info.server_id is None]
+    if mine is None or server_id is None:
+        unknown.insert(0, f"{r.me} (this node, at the kill)")
+    if unknown:
+        r.refuse(RefusalReason.TAKEOVER_UNPROVEN,
+                 f"binlog state of {', '.join(unknown)} unknown: cannot prove this node holds "
+                 "everything; start their agents (or mysqld)")
+        return None
+    assert mine is not None and server_id is not None  # checked just above
+    holders = [(record.name, _history(record), _server_id(record)) for record in others]
+    everyone = [(r.me, mine, server_id), *holders]
+    for record in others:
+        info = record.info
+        if info.history is not None and info.healthy and info.priority > 0 and not any(
+                maybe_acknowledged(info.history, name, history, their_id, everyone)
+                for name, history, their_id in everyone if name != record.name):
+            r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"{record.name} may take over (it holds "
+                     "everything): this node's mysqld is repaired once it is primary")
+            return None
+    if not _proven(r, mine, holders, everyone):
+        return None
+    return BinlogState.merged(*(history.gtids for _, history, _ in holders))
+
+
+def _records_complete(r: Round, others: list[MemberRecord]) -> bool:
+    """No other member may race, and this agent has every member's fresh record (else refused)."""
+    racing = [record.name for record in others if not _never_races(r, record)]
+    if racing:
+        r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"waiting for {', '.join(racing)} (may race)")
+        return False
+    first_read = r.state.first_read_at
+    if first_read is None or r.now < first_read + r.config.member_stale_after:
+        # Just (re)started: the records of live members may not all be back yet, and a
+        # restarted agent remembers none of them.
+        r.refuse(RefusalReason.TAKEOVER_UNPROVEN, "this agent has not read the members' records "
+                 f"for {r.config.member_stale_after:g} s yet")
+        if first_read is not None:
+            r.wake_at(first_read + r.config.member_stale_after)
+        return False
+    absent = sorted(r.state.members_seen - {record.name for record in others if fresh(r, record)})
+    if not others or absent:
+        # Records come back one by one (a partition healed, a DCS outage over): the one not back
+        # yet may hold acknowledged writes. A node that saw no peer has nothing to prove against.
+        r.refuse(RefusalReason.TAKEOVER_UNPROVEN,
+                 f"no fresh record of {', '.join(absent)} (seen since this agent started): start "
+                 "their agents, or restart this one if they left for good" if absent
+                 else "no record of another member")
+        return False
+    return True
+
+
+def _proven(r: Round, mine: BinlogState, holders: Sequence[tuple[str, BinlogState, int]],
+            everyone: Sequence[tuple[str, BinlogState, int]]) -> bool:
+    """Whether ``mine`` holds every write a holder holds that may have been acknowledged (else
+    one refusal per holder, naming what is missing)."""
     proven = True
     for name, history, server_id in holders:
-        missing = _maybe_acknowledged(mine, name, history, server_id, everyone)
+        missing = maybe_acknowledged(mine, name, history, server_id, everyone)
         if missing:
             proven = False
             r.refuse(RefusalReason.TAKEOVER_UNPROVEN,
                      f"{name} holds {_listed(missing)} this node lacks, maybe acknowledged: {OPERATOR_HINT}")
-    if proven:
-        _defer_to_better(r, others, everyone)
+    return proven
 
 
 def _never_races(r: Round, record: MemberRecord) -> bool:
-    """FENCED, or a REPLICA that refuses to race for writes of its own nobody else has (judged
-    as it judges itself: ``stays_out_for_own_writes``), e.g. a fenced node whose agent restarted."""
+    """FENCED, or a REPLICA that refuses to race for writes of its own nobody else has, or for a
+    fenced member's writes it lacks (judged as it judges itself: ``stays_out_for_own_writes``,
+    ``fenced_writes_lacking``), e.g. a fenced node whose agent restarted."""
     role = record.info.role
-    return role is Role.FENCED or (role is Role.REPLICA and stays_out_for_own_writes(r, record))
-
-
-def _maybe_acknowledged(mine: BinlogState, name: str, history: BinlogState, server_id: int,
-                        everyone: Sequence[tuple[str, BinlogState, int]]) -> tuple[Gtid, ...]:
-    """What ``name`` holds beyond ``mine`` that may have been acknowledged: another server's
-    writes (it received them), or its own writes that some third node received too."""
-    missing = []
-    for gtid in history.beyond(mine):
-        own = gtid.server_id == server_id
-        received_elsewhere = any(
-            other != name and theirs.seq_no(gtid.domain_id, gtid.server_id)
-            > mine.seq_no(gtid.domain_id, gtid.server_id)
-            for other, theirs, _ in everyone)
-        if not own or received_elsewhere:
-            missing.append(gtid)
-    return tuple(missing)
+    return role is Role.FENCED or (role is Role.REPLICA and (
+        stays_out_for_own_writes(r, record)
+        or bool(fenced_writes_lacking(r, record.name, record.info.history))))
 
 
 def _defer_to_better(r: Round, others: list[MemberRecord],
@@ -149,7 +196,7 @@ def _defer_to_better(r: Round, others: list[MemberRecord],
         theirs = info.history
         if not (info.healthy and info.priority > 0) or theirs is None:
             continue  # it does not race (or cannot prove anything: its mysqld's state is unknown)
-        if any(_maybe_acknowledged(theirs, name, history, server_id, everyone)
+        if any(maybe_acknowledged(theirs, name, history, server_id, everyone)
                for name, history, server_id in everyone if name != record.name):
             continue  # it cannot prove it
         assert info.holds is not None and info.position is not None  # a known history has them

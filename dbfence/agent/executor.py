@@ -343,6 +343,10 @@ class Executor:
         """Start the repair in its own thread (it kills and restarts mysqld: seconds to minutes)."""
         if self.repair is None:
             raise RuntimeError("no repair keeper: [rejoin] is not configured")
+        if action.reference is not None:  # no primary yet: what the other members hold
+            reference = GtidState.parse(str(action.reference))
+            self.repair.start_truncate(action, lambda: reference)
+            return
         record = self._holder_record(action.primary)
         target = MysqlActions(Endpoint(record.mysql_host, record.mysql_port), self.mysql.credentials,
                               name=action.primary)

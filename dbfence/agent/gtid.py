@@ -24,7 +24,7 @@ Ranking rule (documented contract, used for failover candidates):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 RankKey = tuple[int, tuple[tuple[int, int], ...]]
@@ -242,6 +242,24 @@ class BinlogState:
         """The last GTID of each stream in which this state is further than ``other``: what
         this node holds that ``other`` lacks (empty: ``other`` holds everything this one does)."""
         return tuple(gtid for gtid in self.gtids if not other.holds(gtid))
+
+
+def maybe_acknowledged(mine: BinlogState, name: str, history: BinlogState, server_id: int,
+                       everyone: Sequence[tuple[str, BinlogState, int | None]]) -> tuple[Gtid, ...]:
+    """What ``name`` (server ``server_id``, holding ``history``) holds beyond ``mine`` that may
+    have been acknowledged in lossless mode: another server's writes (it received them), or its
+    own writes that some third node of ``everyone`` (name, state, server id) received too. Its own
+    writes that nobody else received were never acknowledged (an ack needs a replica's copy)."""
+    missing = []
+    for gtid in history.beyond(mine):
+        own = gtid.server_id == server_id
+        received_elsewhere = any(
+            other != name and theirs.seq_no(gtid.domain_id, gtid.server_id)
+            > mine.seq_no(gtid.domain_id, gtid.server_id)
+            for other, theirs, _ in everyone)
+        if not own or received_elsewhere:
+            missing.append(gtid)
+    return tuple(missing)
 
 
 def candidate_sort_key(

@@ -104,6 +104,12 @@ class MemberInfo:
     def history(self) -> BinlogState | None:
         return _history(self.binlog_state, self.position, self.received)
 
+    @property
+    def known_history(self) -> BinlogState | None:
+        """What the member holds (its live history), or at most holds (its state at a fence's kill)."""
+        history = self.history
+        return history if history is not None else self.binlog_state_at_kill
+
 
 def _history(binlog_state: BinlogState | None, applied: GtidPosition | None,
              received: GtidPosition | None) -> BinlogState | None:

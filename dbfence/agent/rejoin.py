@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 
 from dbfence.agent.actions import ActionReason, RebuildNode, TruncateErrant
-from dbfence.agent.gtid import GtidPosition
+from dbfence.agent.gtid import BinlogState, GtidPosition
 from dbfence.agent.observation import ErrantCheck, MemberInfo, RepairView
 from dbfence.agent.state import Role
 
@@ -77,12 +77,13 @@ def _behind(head: GtidPosition | None, position: GtidPosition | None) -> float:
 
 
 def plan_repair(mode: str, repair: RepairView, errant: ErrantCheck, server_id: int | None,
-                donors: tuple[str, ...] = (), node: str = "NODE"
+                donors: tuple[str, ...] = (), node: str = "NODE", *, reference: BinlogState | None = None
                 ) -> TruncateErrant | RebuildNode | tuple[RepairHold, str] | None:
     """The repair to start for ``errant`` (against the ready primary ``errant.against``), why
     not, or None when ``mode`` leaves errant transactions to an operator. ``donors``: the
     members a rebuild may copy from, in order of preference (:func:`choose_donors`); ``node``:
-    this node's name, for the approval command a refusal names."""
+    this node's name, for the approval command a refusal names. ``reference``: no primary, a
+    killed mysqld judged against the other members' binlog states (``TruncateErrant.reference``)."""
     if mode == "manual":
         return None
     if repair.running:
@@ -91,6 +92,8 @@ def plan_repair(mode: str, repair: RepairView, errant: ErrantCheck, server_id: i
         return RepairHold.GAVE_UP, repair.gave_up
     problem = _unproven(repair, errant, server_id)
     if problem is None and not repair.gave_up:
+        if reference is not None:
+            return TruncateErrant("", errant.gtids, ActionReason.REPAIR_WITHOUT_PRIMARY, reference)
         return TruncateErrant(errant.against, errant.gtids, ActionReason.REPAIR_UNACKNOWLEDGED)
     if mode != "rebuild":
         assert problem is not None  # a failed truncation returned GAVE_UP above

@@ -376,13 +376,16 @@ class RepairKeeper(RebuildRunner):
 
     def _truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState], out: Path) -> None:
         evidence = self._evidence
-        header = (f"-- dbfence: errant transactions of {self.node}, removed so that it can replicate "
-                  f"from {action.primary}\n-- GTIDs: {', '.join(action.gtids)}\n"
+        why = (f"so that it can replicate from {action.primary}" if action.reference is None else
+               f"with no primary, judged against the others' binlog states {action.reference}")
+        header = (f"-- dbfence: errant transactions of {self.node}, removed {why}\n"
+                  f"-- GTIDs: {', '.join(action.gtids)}\n"
                   f"-- never acknowledged to a client; evidence recorded at fencing: "
                   f"{json.dumps(asdict(evidence)) if isinstance(evidence, FencingEvidence) else evidence}\n"
                   f"-- to apply them anyway (after review): mariadb < {out.name}\n")
         log.info(json.dumps({"event": "repair_started", "node": self.node, "primary": action.primary,
-                             "gtids": list(action.gtids), "file": str(out)}))
+                             "gtids": list(action.gtids), "file": str(out),
+                             "reference": None if action.reference is None else str(action.reference)}))
         attempt, delay, last_error, term = 0, RETRY_FIRST, "", self._term
         failing_since: float | None = None  # the first failure for good while mysqld is down
         while True:

@@ -121,3 +121,60 @@ def test_the_killed_nodes_states_at_the_kill_let_the_node_holding_everything_tak
     print(f"\nsoak takeover with killed members: {total} states, liveness checked for {checked}, "
           f"{model.takeovers} takeovers checked on the histories, {time.monotonic() - started:.1f}s wall")
     assert total > 5_000 and model.takeovers > 100
+
+
+#: Issue 16's soak, seed 403, n1..n3 in db1..db3's places: n1 (primary) is killed -9; n2 wins and
+#: writes w1, which n3 receives (acknowledged), and w2, which nobody receives, when it is cut off:
+#: its fence SIGKILLs mysqld (w2 waits for an ack). n3 wins, promotes, and its token waits for an
+#: ack (n1 fenced, n2 down) when it is cut off too: killed as well. n1's mysqld comes back.
+N2_WRITES = ["write n2", "replicate n3"]
+N2_KILLED = ["write n2", "partition n2", "clock", "step n2", "step n3", "clock", "step n2", "step n3",
+             "clock", "step n2", "step n3"]
+N3_KILLED = ["heal n2", "step n3", "partition n3", *["clock", "step n3"] * 3, "heal n3", "db-restart n1"]
+
+
+def seed_403_model() -> tuple[Model, World]:
+    model = Model(ModelLimits(depth=5, faults=2, writes=1, max_time=30), rejoin_mode="truncate",
+                  fence_by_crash=True)
+    model.check_new_primaries = True  # a replica racing past the repaired nodes would lose w1
+    warm = model.drive(model.drive(model.initial_cold(), ["settle"]), ["write n1", "settle"])
+    n2_primary = model.drive(warm, ["db-crash n1", *SETTLE_FOR_TTL])
+    stuck = model.drive(model.drive(model.drive(n2_primary, N2_WRITES), N2_KILLED), N3_KILLED)
+    assert [(node.db.history, node.db.alive, node.db.killed_by_fence) for node in stuck.nodes] == [
+        (("n1", "n1"), True, False),
+        (("n1", "n1", "n2", "n2", "n2"), False, True),
+        (("n1", "n1", "n2", "n2", "n3"), False, True)]
+    assert model.roles(stuck) == {name: Role.FENCED for name in NAMES}
+    return model, stuck
+
+
+def test_a_killed_node_holding_what_no_live_node_holds_is_repaired_without_a_primary() -> None:
+    """Seed 403: n1, alive, lacks n2's acknowledged w1 (n2 and n3 hold it), so it cannot take
+    over; n2 and n3 wait for a primary to be repaired against. The repair of a killed node that
+    holds everything (its state at the kill) while no live node can take over runs without a
+    primary, against the others' states: recovery cuts only what nobody else holds; n3 then takes
+    over and the others rejoin. Every interleaving from the stuck state: never two writers, no
+    acknowledged write lost (each takeover and truncation judged on the histories), and liveness."""
+    model, stuck = seed_403_model()
+    assert model.ticks_to_good(stuck, ("<scripted>",), LIVENESS_TICKS) > 0
+    recovered = model.settle(model.faults_stop(stuck))
+    for _ in range(LIVENESS_TICKS):
+        if model.good(recovered):
+            break
+        recovered = model.settle(replace(recovered, now=recovered.now + 1))
+    assert model.roles(recovered) == {"n1": Role.REPLICA, "n2": Role.REPLICA, "n3": Role.PRIMARY}
+    primary = recovered.nodes[NAMES.index("n3")].db.history
+    assert primary[:4] == ("n1", "n1", "n2", "n2")  # w1 kept (acknowledged); w2 and n3's old token cut
+    assert model.repairs_without_primary >= 1 and model.takeovers > 0
+    started = time.monotonic()
+    total = checked = 0
+    depth = 5 if FULL else 4
+    total += model.explore([stuck], depth=depth)
+    for world, trace in model.explored.items():
+        if len(trace) - 1 <= (depth if FULL else depth - 1):
+            model.ticks_to_good(world, trace, LIVENESS_TICKS)
+            checked += 1
+    print(f"\nseed 403 model: {total} states, liveness checked for {checked}, {model.takeovers} "
+          f"takeovers, {model.repairs_without_primary} repairs without a primary, "
+          f"{time.monotonic() - started:.1f}s wall")
+    assert total > 1_000 and model.repairs_without_primary > 50, (total, model.repairs_without_primary)

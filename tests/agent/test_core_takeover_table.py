@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from dbfence.agent.actions import AcquireLock, Action, ActionReason, PublishMember
+from dbfence.agent.actions import AcquireLock, Action, ActionReason, PublishMember, TruncateErrant
 from dbfence.agent.core_config import CoreConfig
 from dbfence.agent.decide import RefusalReason, decide, race_refusals
 from dbfence.agent.gtid import BinlogState
@@ -165,9 +165,10 @@ CASES = [
     Case("replica refused for its own unreplicated writes, every other member fenced -> races", "n3",
          running(Role.REPLICA, "n3", since=NOW - 10), view("n3", Role.REPLICA),
          Role.CANDIDATE, RACE),
-    Case("replica: the takeover cannot be proven either -> the race's refusal stays", "n1",
+    Case("replica: the takeover cannot be proven either -> the race's refusals stay", "n1",
          running(Role.REPLICA, "n1", since=NOW - 10), view("n1", Role.REPLICA),
-         Role.REPLICA, (), (R.UNREPLICATED_OWN_WRITES,)),
+         Role.REPLICA, (), (R.PEER_MORE_ADVANCED, R.PEER_MORE_ADVANCED, R.UNREPLICATED_OWN_WRITES),
+         "domains 0"),
     Case("agents of n1 and n3 restarted (replicas), n2 fenced: n1 stays out for its own writes -> n3 races",
          "n3", State(Role.REPLICA, NOW - 10, members_seen=SEEN_ALL - {"n3"}, first_read_at=READ_AT),
          view("n3", Role.REPLICA, peers=(peer("n1", Role.REPLICA), peer("n2"))), Role.CANDIDATE, RACE),
@@ -301,9 +302,9 @@ def test_a_killed_node_never_takes_over_while_its_mysqld_is_down() -> None:
     config = replace(CONFIG, node_name="n3")
     decision = decide(view("n3", peers=peers, database=down, repair=repair), fenced("n3"), config)
     assert decision.state.role is Role.FENCED and core_actions(decision) == ()
-    reasons = [refusal.reason for refusal in decision.refusals]
-    assert R.REPAIR_RUNNING in reasons and R.TAKEOVER_UNPROVEN in reasons, decision.refusals
-    assert "n3 (this node)" in decision.refusals[-1].detail
+    # n2, alive, holds everything: n3's mysqld is repaired against it once it is primary.
+    assert [refusal.reason for refusal in decision.refusals] == [R.NO_PRIMARY_TO_REJOIN], decision.refusals
+    assert "n2 may take over" in decision.refusals[-1].detail
     # Its record carries the state at the kill and its server id, said to be as of the kill.
     published = [action.info for action in decision.actions if isinstance(action, PublishMember)]
     assert published and published[0].binlog_state_at_kill == at_kill and published[0].server_id == 3
@@ -325,3 +326,95 @@ def test_a_healthy_peer_known_only_by_its_state_at_a_kill_is_not_deferred_to() -
                                               binlog_state=SOAK["n2"]))
     decision = decide(obs, fenced("n2"), replace(CONFIG, node_name="n2"))
     assert decision.state.role is Role.CANDIDATE and core_actions(decision) == TAKE, decision.refusals
+
+
+# ---------------------------------------------------------------------------- seed 403
+# The soak's stuck state (seed 403), n1..n3 in db1..db3's places: n1 (primary, writes up to 0-1-2)
+# was killed -9 and restarted: FENCED, alive. n2 won, wrote its token 0-2-3 and w1 0-2-4, which
+# n3 received (acknowledged), and w2 0-2-5, which waited for an ack when n2 was cut off: its fence
+# SIGKILLed mysqld. n3 won, its token 0-3-5 waited for an ack (n1 fenced, n2 down), and n3 was cut
+# off too: killed. n1 lacks w1, so it cannot take over; both killed mysqlds waited for a primary.
+SEED_403 = {"n1": "0-1-2", "n2": "0-1-2,0-2-5", "n3": "0-1-2,0-2-4,0-3-5"}
+EVIDENCE_OK = RepairView(evidence_problem=None)
+
+
+def killed_view(me: str, *, n1: MemberRecord | None = None, repair: RepairView | None = None,
+                states: dict[str, str] | None = None) -> Observation:
+    """A killed node's view of the seed-403 state (``states`` overrides the binlog states)."""
+    states = {**SEED_403, **(states or {})}
+    own = BinlogState.parse(states[me])
+    repair = repair or replace(EVIDENCE_OK, awaiting_restart=True, binlog_state_at_kill=own,
+                               server_id_at_kill=int(me[1:]))
+    live_n1 = n1 or member("n1", Role.FENCED, position="0-1-2", server_id=1, binlog_state=states["n1"])
+    peers = (live_n1, *(killed_peer(name, states[name]) for name in ("n2", "n3") if name != me))
+    down = db(healthy=False, reasons=("mysqld down",), read_only=None, position=None, server_id=None,
+              source=None)
+    return view(me, peers=peers, database=down, repair=repair)
+
+
+def repair_alone(reference: str) -> tuple[Action, ...]:
+    return (TruncateErrant("", (), A.REPAIR_WITHOUT_PRIMARY, BinlogState.parse(reference)),)
+
+
+SEED_403_CASES = [
+    Case("n3 holds all but n1's never-acknowledged state, no live node can take over -> repaired now",
+         "n3", fenced("n3"), killed_view("n3"), Role.FENCED, repair_alone("0-1-2,0-2-5"),
+         (R.NO_PRIMARY_TO_REJOIN,), "repaired first"),
+    Case("n2 (its w2 in doubt, n3's token its own) may be repaired too: recovery cuts only w2", "n2",
+         fenced("n2"), killed_view("n2"), Role.FENCED, repair_alone("0-1-2,0-2-4,0-3-5"),
+         (R.NO_PRIMARY_TO_REJOIN,), "repaired first"),
+    Case("n1 restarted as a replica lacking w1: it never races, so it is no reason to wait", "n3",
+         fenced("n3"), killed_view("n3", n1=member("n1", Role.REPLICA, position="0-1-2", server_id=1,
+                                                  binlog_state="0-1-2")),
+         Role.FENCED, repair_alone("0-1-2,0-2-5"), (R.NO_PRIMARY_TO_REJOIN,)),
+    Case("a live member can take over (it holds w1): repaired once it is primary", "n3", fenced("n3"),
+         killed_view("n3", states={"n1": "0-1-2,0-2-4"}), Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN,),
+         "n1 may take over"),
+    Case("a member holds another server's write n3 lacks: no repair, no takeover", "n3", fenced("n3"),
+         killed_view("n3", states={"n1": "0-1-2,0-4-1"}), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "n1 holds 0-4-1 this node lacks"),
+    Case("a member's state is unknown", "n3", fenced("n3"),
+         killed_view("n3", n1=member("n1", Role.FENCED, position="0-1-2", server_id=1)), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "binlog state of n1 unknown"),
+    Case("its own state at the kill is unknown (an older agent's evidence)", "n3", fenced("n3"),
+         killed_view("n3", repair=replace(EVIDENCE_OK, awaiting_restart=True)), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "n3 (this node, at the kill)"),
+    Case("just restarted: the records may not all be back", "n3", fenced("n3", first_read_at=NOW - 1),
+         killed_view("n3"), Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "has not read"),
+    Case("the repair is running already", "n3", fenced("n3"),
+         killed_view("n3", repair=replace(EVIDENCE_OK, awaiting_restart=True, running=True,
+                                          binlog_state_at_kill=BinlogState.parse(SEED_403["n3"]),
+                                          server_id_at_kill=3)),
+         Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.REPAIR_RUNNING)),
+    Case("evidence not lossless: the repair may not remove anything", "n3", fenced("n3"),
+         killed_view("n3", repair=RepairView(
+             evidence_problem="asynchronous replication", awaiting_restart=True,
+             binlog_state_at_kill=BinlogState.parse(SEED_403["n3"]), server_id_at_kill=3)),
+         Role.FENCED, (), (R.NO_PRIMARY_TO_REJOIN, R.REPAIR_UNSAFE), "asynchronous"),
+    # The race: repaired, n2 and n3 are FENCED and alive; n1's agent restarted (REPLICA). Its own
+    # writes are reached (their positions are past 0-1-2), and rivals never included FENCED nodes.
+    Case("a replica lacking a fenced member's maybe-acknowledged writes does not race", "n1",
+         running(Role.REPLICA, "n1", since=NOW - 10),
+         view("n1", Role.REPLICA, peers=(
+             member("n2", Role.FENCED, position="0-2-4", server_id=2, binlog_state="0-1-2,0-2-4"),
+             member("n3", Role.FENCED, position="0-2-4", server_id=3, binlog_state="0-1-2,0-2-4"))),
+         Role.REPLICA, (), (R.PEER_MORE_ADVANCED, R.PEER_MORE_ADVANCED), "n3 (fenced) holds 0-2-4"),
+    Case("... not in asynchronous mode (acknowledged writes may be lost there anyway)", "n1",
+         running(Role.REPLICA, "n1", since=NOW - 10),
+         view("n1", Role.REPLICA, peers=(
+             member("n2", Role.FENCED, position="0-2-4", server_id=2, binlog_state="0-1-2,0-2-4"),
+             member("n3", Role.FENCED, position="0-2-4", server_id=3, binlog_state="0-1-2,0-2-4"))),
+         Role.CANDIDATE, RACE, config_changes={"lossless": False}),
+    Case("a fenced former primary's own writes nobody received do not stop a race", "n1",
+         running(Role.REPLICA, "n1", since=NOW - 10),
+         view("n1", Role.REPLICA, database=db(position="0-2-4", server_id=1, source=None,
+                                              binlog_state="0-1-2,0-2-4"), peers=(
+             member("n2", Role.FENCED, position="0-2-6", server_id=2, binlog_state="0-1-2,0-2-6"),
+             member("n3", Role.REPLICA, position="0-2-4", server_id=3, binlog_state="0-1-2,0-2-4"))),
+         Role.CANDIDATE, RACE),
+]
+
+
+@pytest.mark.parametrize("case", SEED_403_CASES, ids=[case.id for case in SEED_403_CASES])
+def test_seed_403_repair_without_a_primary(case: Case) -> None:
+    test_takeover_table(replace(case, config_changes={"rejoin_mode": "truncate", **case.config_changes}))
