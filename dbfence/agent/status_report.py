@@ -68,14 +68,17 @@ def gate_workers_report(gate: GateStatsSource) -> dict[str, Any]:
                             ][:_CONNECTIONS_SHOWN]}
 
 
-def fenced_wait(logged: tuple[str, ...], decision: Decision,
-                state: State) -> tuple[tuple[str, ...], list[str] | None]:
-    """Why a fenced node does not rejoin, for one log line each time the reasons change (given
-    ``logged``, the reasons last logged): the new key, and the refusals to log (None: nothing).
+def fenced_wait(logged: tuple[str, ...], decision: Decision, state: State, *,
+                lock_free: bool = False) -> tuple[tuple[str, ...], list[str] | None]:
+    """Why a fenced node does not rejoin, or a replica does not race for the free lock
+    (``lock_free``), for one log line each time the reasons change (given ``logged``, the
+    reasons last logged): the new key, and the refusals to log (None: nothing).
 
     Only /status said it before, and soak seed 305's fenced node waited 100 s with nothing in
-    its log: the role line names the refusals of the round that fenced it, not those after."""
-    reasons = tuple(r.reason.value for r in decision.refusals) if state.role is Role.FENCED else ()
+    its log: the role line names the refusals of the round that fenced it, not those after.
+    Seed 403's db1, its agent restarted as a replica, waited without a word as well."""
+    waiting = state.role is Role.FENCED or (state.role is Role.REPLICA and lock_free)
+    reasons = tuple(r.reason.value for r in decision.refusals) if waiting else ()
     if reasons == logged or not reasons:
         return reasons, None
     return reasons, [f"{r.reason.value}: {r.detail}".rstrip(": ") for r in decision.refusals]
@@ -125,7 +128,7 @@ class StatusPublisher:
         self.metrics.set("db_healthy", "1 while the local database is healthy.",
                          1 if observation.db.health.healthy else 0)
         self._publish_saturation()
-        self._log_fenced_wait(decision, state)
+        self._log_fenced_wait(decision, state, lock_free=observation.lock.free)
         facts = self.db.latest
         replicating = (facts.replica_status is not None and not facts.replication_problem
                        and facts.replication.source is not None
@@ -204,10 +207,11 @@ class StatusPublisher:
             return
         self.failsafe.pending_history.pop(0)
 
-    def _log_fenced_wait(self, decision: Decision, state: State) -> None:
-        self._fenced_wait, refusals = fenced_wait(self._fenced_wait, decision, state)
+    def _log_fenced_wait(self, decision: Decision, state: State, *, lock_free: bool) -> None:
+        self._fenced_wait, refusals = fenced_wait(self._fenced_wait, decision, state, lock_free=lock_free)
         if refusals is not None:
-            log.info(json.dumps({"event": "fenced_waiting", "node": self.identity.node,
+            event = "fenced_waiting" if state.role is Role.FENCED else "replica_not_racing"
+            log.info(json.dumps({"event": event, "node": self.identity.node,
                                  "fenced_reason": None if state.fenced_reason is None
                                  else state.fenced_reason.value, "refusals": refusals}))
 
