@@ -345,12 +345,23 @@ class Executor:
             raise RuntimeError("no repair keeper: [rejoin] is not configured")
         if action.reference is not None:  # no primary yet: what the other members hold
             reference = GtidState.parse(str(action.reference))
-            self.repair.start_truncate(action, lambda: reference)
+            self.repair.start_truncate(action, lambda: reference, lambda: self._lock_holder() is None)
             return
         record = self._holder_record(action.primary)
         target = MysqlActions(Endpoint(record.mysql_host, record.mysql_port), self.mysql.credentials,
                               name=action.primary)
-        self.repair.start_truncate(action, lambda: target.gtid_positions().history)
+        self.repair.start_truncate(action, lambda: target.gtid_positions().history,
+                                   lambda: self._lock_holder() == action.primary)
+
+    def _lock_holder(self) -> str | None:
+        """The lock holder as last read from the DCS ("?" when unread or unknown): a repair
+        retrying against one primary stops once another holds the lock (soak seed 405)."""
+        snapshot = self.dcs.latest.snapshot
+        if snapshot is None:
+            return "?"
+        if snapshot.lock is None:
+            return None
+        return "?" if snapshot.lock.holder is None else snapshot.lock.holder.node
 
     def _rebuild(self, action: RebuildNode) -> None:
         """Start the rebuild from the donor in its own thread (minutes: copy, prepare, restart)."""

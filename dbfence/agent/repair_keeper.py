@@ -363,18 +363,24 @@ class RepairKeeper(RebuildRunner):
                 "rebuild": self._rebuild_status(), "term": self.term.status()}
 
     # ------------------------------------------------------------------ the repair
-    def start_truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState]) -> None:
-        """Start the truncation the core asked for, unless one is already running."""
+    def start_truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState],
+                       still_wanted: Callable[[], bool] = lambda: True) -> None:
+        """Start the truncation the core asked for, unless one is already running.
+        ``still_wanted``: whether the reference it was asked against still stands (that primary
+        still holds the lock); a retrying repair stops when it no longer does, and the core asks
+        again against whatever stands then."""
         with self._lock:
             if self._worker is not None and self._worker.is_alive():
                 return
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.wall()))
             out = self.state_dir / f"errant-{self.node}-{stamp}.sql"
-            self._worker = threading.Thread(target=self._truncate, args=(action, primary_state, out),
+            self._worker = threading.Thread(target=self._truncate, args=(action, primary_state, out,
+                                                                         still_wanted),
                                             name="repair", daemon=True)
             self._worker.start()
 
-    def _truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState], out: Path) -> None:
+    def _truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState], out: Path,
+                  still_wanted: Callable[[], bool] = lambda: True) -> None:
         evidence = self._evidence
         why = (f"so that it can replicate from {action.primary}" if action.reference is None else
                f"with no primary, judged against the others' binlog states {action.reference}")
@@ -421,6 +427,12 @@ class RepairKeeper(RebuildRunner):
                     delay = min(delay * 2, self.retry_max)
                     if self._term != term:  # primary again, or rejoined: that fence's repair is spent
                         self._abandoned(str(exc))
+                        return
+                    if not still_wanted():
+                        # Its primary lost the lock (or a free lock was taken): retrying against it
+                        # for ever kept a mysqld the fence killed down while nobody could become
+                        # primary (soak seed 405). Nothing was removed; the core plans it again.
+                        self._retargeted(action, str(exc))
                         return
                     continue
                 if not mysqld_running(self.control.pid_file):
@@ -469,6 +481,15 @@ class RepairKeeper(RebuildRunner):
         if first:  # an identical error again is only counted (status: retrying)
             log.warning(json.dumps({"event": "repair_retry", "node": self.node, "attempt": attempt,
                                     "next_in_s": delay, "error": error, "mysqld": "down" if down else "up"}))
+
+    def _retargeted(self, action: TruncateErrant, error: str) -> None:
+        """The reference this repair was asked against no longer stands: nothing removed."""
+        with self._lock:
+            self.retrying = ""
+        log.info(json.dumps({"event": "repair_retargeted", "node": self.node, "last_error": error,
+                             "why": (f"{action.primary} no longer holds the lock" if action.reference is None
+                                     else "the free lock was taken")
+                             + ": the repair is planned again against what stands now"}))
 
     def _abandoned(self, error: str) -> None:
         """The fence this repair was for is spent (the node serves again): nothing removed."""

@@ -21,9 +21,12 @@ class RecordingKeeper:
 
     def __init__(self) -> None:
         self.started: list[tuple[TruncateErrant, GtidState]] = []
+        self.still_wanted: Callable[[], bool] = lambda: False
 
-    def start_truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState]) -> None:
+    def start_truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState],
+                       still_wanted: Callable[[], bool]) -> None:
         self.started.append((action, primary_state()))
+        self.still_wanted = still_wanted
 
 
 def test_a_repair_without_a_primary_is_judged_against_the_reference() -> None:
@@ -31,7 +34,11 @@ def test_a_repair_without_a_primary_is_judged_against_the_reference() -> None:
 
     def no_record(name: str) -> None:
         raise AssertionError(f"looked up {name!r}: there is no primary to reach")
-    executor = SimpleNamespace(repair=keeper, _holder_record=no_record)
+    holder: list[str | None] = [None]
+    executor = SimpleNamespace(repair=keeper, _holder_record=no_record, _lock_holder=lambda: holder[0])
     action = TruncateErrant("", (), ActionReason.REPAIR_WITHOUT_PRIMARY, BinlogState.parse("0-1-2,0-2-5"))
     Executor._truncate(executor, action)  # type: ignore[arg-type]
     assert keeper.started == [(action, GtidState.parse("0-1-2,0-2-5"))]
+    assert keeper.still_wanted()  # the lock is still free: the reference stands
+    holder[0] = "db2"
+    assert not keeper.still_wanted()  # a node took the lock: the repair is planned again

@@ -152,3 +152,26 @@ def test_a_killed_mysqlds_repair_waits_out_an_unreachable_primary_without_giving
     start(k)
     wait(lambda: not k.view().running, "the repair to end")
     assert k.view().gave_up == "" and [kind for kind, _ in history] == ["repair"], k.status()
+
+
+def test_a_killed_mysqlds_repair_stops_retrying_once_its_primary_no_longer_holds_the_lock(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Seed 405: db3's repair retried against db1 (down) for ever after db1 lost the lock; db3's
+    mysqld, which the fence killed, stayed down, and nobody could become primary."""
+    history: list[tuple[str, str]] = []
+    unreachable = MysqlAdapterError("connect_refused: connect to 10.213.0.11:40343")
+    k = keeper(tmp_path, [unreachable], history)
+    k.on_fencing()
+    k._killed = True
+    holder = ["db2"]
+    k.start_truncate(TruncateErrant("db2", ("0-1-3",), ActionReason.REPAIR_UNACKNOWLEDGED),
+                     lambda: GtidState.parse(""), lambda: holder[0] == "db2")
+    wait(lambda: "attempt 3 failed" in k.status()["retrying"], "three attempts")
+    assert k.view().running  # the core holds (repair_running) while its primary stands
+    holder[0] = "db3"  # db2 lost the lock; another node took it
+    with caplog.at_level("INFO", logger="dbfence.agent"):
+        wait(lambda: not k.view().running, "the repair to stop")
+    assert k.status()["retrying"] == "" and k.view().gave_up == "" and history == []
+    assert any("repair_retargeted" in r.getMessage() and "db2 no longer holds the lock" in r.getMessage()
+               for r in caplog.records)
+    assert k.view().awaiting_restart  # still the fence's kill: the core plans the repair again
