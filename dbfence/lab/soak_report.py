@@ -92,24 +92,40 @@ class KindStats:
 
 
 def rto_by_kind(records: Iterable[FaultRecord]) -> list[KindStats]:
-    """The RTO distribution of each fault kind, with the faults that struck a whole cluster apart
-    from the overlaps (``kind (overlap)``): an overlap's RTO runs from its own start to the next
-    acknowledged write, so it carries the outage of the fault it struck into, and mixing the two
-    would say nothing about either."""
+    """The RTO distribution of each fault kind, in three groups: faults that struck a whole
+    cluster and recovered before any other fault struck (``kind``), such faults whose recovery a
+    later fault of the burst interrupted (``kind (+overlap)``: its RTO is the whole burst's
+    outage so far), and the overlaps themselves (``kind (overlap)``: from their own start, so they
+    carry the outage they struck into). Mixing them said nothing about any."""
+    rows = list(records)
     kinds: dict[str, list[FaultRecord]] = {}
-    for record in records:
-        key = record.kind if record.trigger == "at-once" else f"{record.kind} (overlap)"
+    for record in rows:
+        if record.trigger != "at-once":
+            key = f"{record.kind} (overlap)"
+        elif _interrupted(record, rows):
+            key = f"{record.kind} (+overlap)"
+        else:
+            key = record.kind
         kinds.setdefault(key, []).append(record)
     stats = []
-    for kind, rows in sorted(kinds.items()):
-        injected = [r for r in rows if r.injected is not None]
+    for kind, group in sorted(kinds.items()):
+        injected = [r for r in group if r.injected is not None]
         rtos = [r.rto for r in injected if r.rto is not None]
         stats.append(KindStats(
-            kind, len(injected), len(rows) - len(injected), len(rtos),
+            kind, len(injected), len(group) - len(injected), len(rtos),
             sum(1 for r in injected if r.rto is None and r.rto_known),
             percentile(rtos, 0.5) if rtos else None, percentile(rtos, 0.95) if rtos else None,
             percentile(rtos, 0.99) if rtos else None, max(rtos) if rtos else None))
     return stats
+
+
+def _interrupted(record: FaultRecord, rows: Sequence[FaultRecord]) -> bool:
+    """Whether another fault of its burst struck after it and before writes came back."""
+    if record.injected is None:
+        return False
+    until = math.inf if record.rto is None else record.injected + record.rto
+    return any(other is not record and other.burst == record.burst and other.injected is not None
+               and record.injected < other.injected < until for other in rows)
 
 
 def rto_table(stats: Iterable[KindStats]) -> str:

@@ -4,6 +4,7 @@ is broken and passes when it holds."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -131,13 +132,23 @@ def test_the_rto_distribution_per_kind_counts_faults_never_recovered_and_skipped
     assert "never" in text and "not injected: ProcessLookupError" in text
 
 
-def test_overlaps_get_a_distribution_of_their_own_apart_from_faults_at_a_whole_cluster() -> None:
-    at_once = [record("mysqld-kill", 0.8), record("mysqld-kill", 1.1)]
-    overlap = FaultRecord(2, "mysqld-kill", "promotion", "db2", 2.0, 5.0, 7.0, None, 9.7, True)
-    stats = {k.kind: k for k in rto_by_kind([*at_once, overlap])}
-    assert set(stats) == {"mysqld-kill", "mysqld-kill (overlap)"}
+def test_overlaps_and_the_faults_they_interrupted_get_distributions_of_their_own() -> None:
+    alone = [record("mysqld-kill", 0.8), record("mysqld-kill", 1.1)]  # burst 1, struck at 1.0
+    # seed 402 burst 13: a kill at 1085.5 whose recovery the next fault cut 1.06 s in: 33.1 s
+    interrupted = FaultRecord(13, "mysqld-kill", "at-once", "db3", 6.8, 1085.47, 1092.3, None, 33.14, True)
+    overlap = FaultRecord(13, "lagging-replica+mysqld-kill", "recovering", "db1", 21.7, 1086.53, 1108.2,
+                          None, 33.11, True)
+    stats = {k.kind: k for k in rto_by_kind([*alone, interrupted, overlap])}
+    assert set(stats) == {"mysqld-kill", "mysqld-kill (+overlap)", "lagging-replica+mysqld-kill (overlap)"}
     assert (stats["mysqld-kill"].injected, stats["mysqld-kill"].max) == (2, 1.1)
-    assert (stats["mysqld-kill (overlap)"].injected, stats["mysqld-kill (overlap)"].max) == (1, 9.7)
+    assert stats["mysqld-kill (+overlap)"].max == 33.14
+    assert stats["lagging-replica+mysqld-kill (overlap)"].max == 33.11
+    # a later fault of the burst that struck after writes came back interrupted nothing
+    late = FaultRecord(13, "switchover", "recovering", "db1", 1.0, 1085.47 + 40, None, None, 0.5, True)
+    assert {k.kind for k in rto_by_kind([interrupted, late])} == {"mysqld-kill", "switchover (overlap)"}
+    # one that never recovered was interrupted by any later fault of its burst
+    never = replace(interrupted, rto=None)
+    assert "mysqld-kill (+overlap)" in {k.kind for k in rto_by_kind([never, late])}
 
 
 def test_percentile_is_the_nearest_rank() -> None:
