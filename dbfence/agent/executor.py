@@ -319,7 +319,20 @@ class Executor:
                                                           primary)
         self.mysql.repoint(PrimaryAddress(record.mysql_host, record.mysql_port, self.replication, primary),
                            state, semi_sync_replica=semi_sync,
-                           keep_ids=self.monitor.agent_connection_ids())
+                           keep_ids=self.monitor.agent_connection_ids(),
+                           around_switch_off=self._own_switch_off)
+
+    def _own_switch_off(self, switch_off: Callable[[], None]) -> None:
+        """Semi-sync's primary side turned off as the node demotes (the repoint of a former
+        primary): MariaDB counts a fallback, which is the agent's own and not held against a
+        later term judged since mysqld start. Sound only with the gate closed: a commit the
+        switch-off releases with an OK then never reaches its client. A Repoint comes only from
+        FENCED or REPLICA (decide_fence.py, decide_replica.py), where the gate blocks; checked
+        here too, and an admitting gate leaves the fallback counted."""
+        if self.repair is None or isinstance(self.gate.state, Admitting):
+            switch_off()
+        else:
+            self.repair.own_switch_off(switch_off)
 
     def _ensure_token(self, token: int) -> None:
         """Write ``token``; a call that took effect is no repeat, and the back-off never outlasts

@@ -238,6 +238,11 @@ class RepairKeeper(RebuildRunner):
         """End an ack wait of the agent's own write; not held against a later fence (TermWatch)."""
         self.term.end_own_ack_wait(end)
 
+    def own_switch_off(self, switch_off: Callable[[], None]) -> None:
+        """Turn semi-sync's primary side off as the node demotes (gate closed); counted so that a
+        later term of this mysqld judged since its start does not hold it as a fallback."""
+        self.term.own_switch_off(switch_off)
+
     def fence_by_crash(self) -> bool:
         """Fence mysqld by SIGKILL when commits wait for a semi-sync ack, instead of killing their
         sessions: a killed session's commit is committed in InnoDB (durable within about a

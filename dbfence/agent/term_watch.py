@@ -17,12 +17,17 @@ Layout:
 * The term ends when the node fences or steps down (:meth:`TermWatch.end`); the evidence read
   then is judged with the term's reference, taint and the agent's own ended ack waits
   (:meth:`TermWatch.judged`).
+* The agent's own switch-offs of semi-sync's primary side (as the node demotes: the repoint) each
+  count a fallback in that run of mysqld; :meth:`TermWatch.own_switch_off` counts them, and a
+  later term judged since mysqld start does not hold them against itself. In memory only: after
+  an agent restart none are known, and that judgement stays as strict as before.
 
 Invariants: lock order ``counting`` then ``_lock``. Every read of the counters that judges the
 term, and every action of the agent that moves them (the fence's KILLs, ending its own token
-write's wait), holds ``counting``: a sample never sees a count the agent has not attributed
-yet, and the evidence read at fencing comes after any sample in flight. A taint only grows
-during a term; it is cleared only when a term begins (or by the keeper once its evidence is spent).
+write's wait, its switch-offs of semi-sync), holds ``counting``: a sample never sees a count the
+agent has not attributed yet, and the evidence read at fencing comes after any sample in flight.
+A taint only grows during a term; it is cleared only when a term begins (or by the keeper once its
+evidence is spent).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.repair_evidence import (
+    SAME_START_SLACK_S,
     CounterBaseline,
     FencingEvidence,
     read_unacknowledged_count,
@@ -88,6 +94,10 @@ class TermWatch:
         # Ack waits the agent ended of its own writes (a fencing-token write no replica answered):
         # (mysqld pid, count). No client saw them; they count for as long as that mysqld runs.
         self._own_ended: tuple[str, int] = ("", 0)
+        # Fallbacks counted by the agent's own switch-offs of semi-sync with the gate closed:
+        # (mysqld pid, its start, count). Never reset while that run lasts: a term judged since
+        # its start takes them all off (a promoted term's reference already holds them).
+        self._own_switch_offs: tuple[str, float, int] = ("", 0.0, 0)
         self.samples = 0
 
     @property
@@ -176,7 +186,47 @@ class TermWatch:
             with self._lock:
                 baseline, taint, _ = self._ended
             evidence = since_baseline(read(), baseline, fenced_pid)
+            switch_offs = self._switch_offs_of(self.pid(), evidence.started_at)
+        if evidence.baseline_from == "mysqld start" and not evidence.baseline_problem:
+            evidence = replace(evidence, own_switch_offs=switch_offs)
         return replace(evidence, ended_by_fence=ended, term_problem=taint)
+
+    # ------------------------------------------------------------------ the agent's own switch-offs
+    def own_switch_off(self, switch_off: Callable[[], None]) -> None:
+        """Turn semi-sync's primary side off (``switch_off``) between two reads of
+        ``Rpl_semi_sync_master_no_times``; what grew is not held against a later term of this
+        run of mysqld judged since its start. The caller calls this only with its gate closed:
+        a commit the switch-off releases then never reaches its client with an OK."""
+        if not self.enabled:
+            switch_off()
+            return
+        with self.counting:
+            pid = self.pid()
+            before = self._counters()
+            switch_off()
+            after = self._counters() if before is not None else None
+            if (before is None or after is None or after.no_times <= before.no_times or not pid
+                    or self.pid() != pid or after.flushed_after_s != before.flushed_after_s
+                    or abs(after.started_at - before.started_at) > SAME_START_SLACK_S):
+                return
+            with self._lock:
+                earlier = self._switch_offs_of(pid, before.started_at)
+                self._own_switch_offs = (pid, before.started_at, earlier + after.no_times - before.no_times)
+        log.info(json.dumps({"event": "semi_sync_own_switch_off", "node": self.node, "pid": pid,
+                             "counted": after.no_times - before.no_times}))
+
+    def _switch_offs_of(self, pid: str, started_at: float) -> int:
+        """The own switch-offs counted in the run of mysqld (``pid``, ``started_at``); call it
+        holding ``counting`` (every write holds it)."""
+        own_pid, own_start, count = self._own_switch_offs
+        same_run = bool(pid) and own_pid == pid and abs(own_start - started_at) <= SAME_START_SLACK_S
+        return count if same_run else 0
+
+    def _counters(self) -> CounterSample | None:
+        try:
+            return read_counters(self.mysql)
+        except (MysqlAdapterError, ValueError):
+            return None
 
     # ------------------------------------------------------------------ the agent's own ack waits
     def end_own_ack_wait(self, end: Callable[[], None]) -> None:
@@ -249,7 +299,8 @@ class TermWatch:
             except (MysqlAdapterError, ValueError):
                 return None
             self.samples += 1
-            problem = judge_sample(baseline, sample, previous, pid, own if own_pid == pid else 0)
+            switch_offs = self._switch_offs_of(pid, sample.started_at)  # written only under counting
+            problem = judge_sample(baseline, sample, previous, pid, own if own_pid == pid else 0, switch_offs)
             if problem is not None:
                 self._record_taint(generation, problem, pid)
         return sample

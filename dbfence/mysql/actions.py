@@ -10,7 +10,7 @@ typed error from :mod:`dbfence.mysql.errors` on failure.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from dbfence.mysql import schema
@@ -340,6 +340,7 @@ class MysqlActions(RelayLogControl):
         connect_retry_s: int = 1,
         keep_ids: Collection[int] = (),
         apply_timeout_s: float = 1.0,
+        around_switch_off: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         """Replicate from ``primary`` by GTID, after refusing if this node has errant GTIDs.
 
@@ -355,7 +356,9 @@ class MysqlActions(RelayLogControl):
         :meth:`gtid_positions`). ``former_primary`` (auto-detected when None: no replication
         configured) makes the node start from its own binlog position, since its
         ``gtid_slave_pos`` still points at where it stopped replicating long ago. ``keep_ids``
-        are the agent's own sessions, spared if client sessions must be cut.
+        are the agent's own sessions, spared if client sessions must be cut. ``around_switch_off``
+        runs the switch-off of semi-sync's primary side (MariaDB counts it as a fallback), so that
+        the caller can count it as its own.
         """
         self._require_mariadb("repoint")
         sql = self.sql
@@ -371,7 +374,10 @@ class MysqlActions(RelayLogControl):
             # a lossless primary until now: cut sessions first so that turning semi-sync off
             # cannot release a waiting commit with an OK (see fence)
             self.fence(keep_ids)
-            self.set_semi_sync_primary(None)
+            if around_switch_off is None:
+                self.set_semi_sync_primary(None)
+            else:
+                around_switch_off(lambda: self.set_semi_sync_primary(None))
         else:
             self.set_read_only(True)
         with self.session(read_timeout_s=max(self.timeouts.read_s, apply_timeout_s + 5.0)) as conn:

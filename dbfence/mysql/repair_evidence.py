@@ -13,7 +13,9 @@ semi-sync master off counts as a fallback (the repoint of a former primary does 
 10.11, with or without a waiting commit), and earlier terms of the same mysqld left theirs. So a
 node promoted from a replica records the counters as its term begins (:class:`CounterBaseline`,
 semi-sync on, gate still closed) and the evidence judges only what the term added. Without such
-a baseline they count since mysqld started (everything before the term may be errant too).
+a baseline they count since mysqld started (everything before the term may be errant too), less
+the fallbacks the agent counted around its own switch-offs as the node demoted (gate closed:
+``own_switch_offs``).
 ``FLUSH STATUS`` zeroes them (and is binlogged): seen as a changed ``Uptime`` -
 ``Uptime_since_flush_status``, it voids the evidence; :mod:`dbfence.mysql.semi_sync_term` says
 when that value cannot see a flush and how the agent makes sure it can (the baseline's read,
@@ -63,6 +65,11 @@ class FencingEvidence:
     # gate already blocked): their clients got an error, never an OK. Counted around the fence's
     # KILLs (RepairKeeper.fence), never more than this read of the counters includes.
     ended_by_fence: int = 0
+    # Of ``no_times``, for a term judged since mysqld start only: the fallbacks this run counted when
+    # the agent itself turned semi-sync's primary side off as the node demoted (the gate already
+    # closed: no commit it released reached a client). Counted around each switch-off
+    # (TermWatch.own_switch_off), in memory: after an agent restart none are known (stricter).
+    own_switch_offs: int = 0
     # ``Uptime - Uptime_since_flush_status``: constant for a run of mysqld until a FLUSH STATUS
     # zeroes the counters (-1: not read).
     flushed_after_s: int = -1
@@ -98,13 +105,16 @@ class FencingEvidence:
         fell_back, not_acked = self.no_times - self.baseline_no_times, self.no_tx - self.baseline_no_tx
         if self.flushed_after_s != self.baseline_flushed_after_s or fell_back < 0 or not_acked < 0:
             return f"FLUSH STATUS reset the semi-sync counters since {self.baseline_from}"
-        if not 0 <= self.ended_by_fence <= not_acked:
-            return "the semi-sync counters could not be read"
         term = self.baseline_from != "mysqld start"
+        own = 0 if term else self.own_switch_offs  # a promotion's reference holds those of its run
+        if not 0 <= self.ended_by_fence <= not_acked or not 0 <= own <= fell_back:
+            return "the semi-sync counters could not be read"
+        fell_back -= own
         if fell_back:
             since = f", {self.baseline_no_times} before this term" * term
+            besides = f", besides {own} of the agent's own switch-offs as it demoted" * bool(own)
             return (f"semi-sync fell back to asynchronous {fell_back} time(s) "
-                    f"(Rpl_semi_sync_master_no_times{since})")
+                    f"(Rpl_semi_sync_master_no_times{besides}{since})")
         unacknowledged = not_acked - self.ended_by_fence
         if unacknowledged:
             fence = f", besides {self.ended_by_fence} whose wait the fence ended" * bool(self.ended_by_fence)

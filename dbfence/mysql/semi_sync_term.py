@@ -113,10 +113,13 @@ def baseline_of(sample: CounterSample, pid: str, *, since_start: bool) -> Counte
 
 
 def judge_sample(baseline: CounterBaseline, sample: CounterSample, previous: CounterSample | None,
-                 pid: str, own_ended: int = 0) -> str | None:
+                 pid: str, own_ended: int = 0, own_switch_offs: int = 0) -> str | None:
     """What ``sample`` (read from the mysqld with ``pid``) shows that a clean term never does, in
     one line; None when nothing. ``previous``: the term's last sample; ``own_ended``: ack waits
-    of the agent's own writes that it ended itself (not a client's commit)."""
+    of the agent's own writes that it ended itself (not a client's commit); ``own_switch_offs``:
+    fallbacks this run of mysqld counted when the agent itself turned semi-sync off with the gate
+    closed (as it demoted), taken off only for a term judged since mysqld start (a promotion's
+    reference already holds those of its run)."""
     seen = f"seen by the agent's sampling at {utc(sample.recorded_at)}"
     origin = "mysqld start" if baseline.since_start else f"the promotion at {utc(baseline.recorded_at)}"
     if pid != baseline.pid or abs(sample.started_at - baseline.started_at) > SAME_START_SLACK_S:
@@ -128,9 +131,11 @@ def judge_sample(baseline: CounterBaseline, sample: CounterSample, previous: Cou
             or sample.no_times < baseline.no_times or sample.no_tx < baseline.no_tx):
         return f"FLUSH STATUS since {origin} ({seen}): the semi-sync counters of the term were reset"
     during = "since mysqld start" if baseline.since_start else "during the term"
-    if sample.no_times > baseline.no_times:
+    own = own_switch_offs if baseline.since_start else 0
+    if sample.no_times - own > baseline.no_times:
+        besides = f", {own} of them the agent's own switch-offs as it demoted" * bool(own)
         return (f"semi-sync fell back {during} ({seen}: Rpl_semi_sync_master_no_times "
-                f"{sample.no_times}, {baseline.no_times} as it began)")
+                f"{sample.no_times}{besides}, {baseline.no_times} as it began)")
     unacknowledged = sample.no_tx - baseline.no_tx - own_ended
     if unacknowledged > 0:
         return (f"{unacknowledged} commit(s) were not acknowledged by a replica {during} ({seen}: "

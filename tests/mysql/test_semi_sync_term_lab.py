@@ -3,19 +3,25 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
-from dbfence.agent.actions import ActionReason, AdmitGate
+import pymysql
+import pytest
+
+from dbfence.agent.actions import ActionReason, AdmitGate, Repoint
+from dbfence.agent.sensors import DcsView
 from dbfence.breaker import Admitting
 from dbfence.lab.cluster import LabCluster
+from dbfence.locks.model import ClusterSnapshot, MemberEntry, MemberRecord
 from dbfence.mysql.actions import SemiSyncSettings
 from dbfence.mysql.repair_evidence import CounterBaseline
 from dbfence.mysql.semi_sync_term import TAINT_FILE, read_baseline, read_counters
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, one, poll, run, sql
 from tests.mysql.test_executor_repoint_lab import executor_on
-from tests.mysql.test_mysql_repair_lab import lab_keeper, lossless_pair
+from tests.mysql.test_mysql_repair_lab import NEVER_FALLS_BACK, lab_keeper, lossless_pair
 
 FALLS_BACK_AT_ONCE = SemiSyncSettings(timeout_ms=50)
 
@@ -150,3 +156,78 @@ def test_a_sourceless_primary_has_semi_sync_on_and_its_counters_recorded_before_
         executor.gate.stop()
         executor.lock.close()
         keeper.on_fencing()
+
+
+def client_commit(lab: LabCluster, note: str) -> tuple[threading.Thread, list[object]]:
+    """A client's commit on db1 in a thread; its outcome ("OK" or the MySQL error number) once it ends."""
+    outcome: list[object] = []
+
+    def commit() -> None:
+        try:
+            run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (2, %s)", (note,))
+            outcome.append("OK")
+        except pymysql.MySQLError as exc:
+            outcome.append(exc.args[0])
+    writer = threading.Thread(target=commit, daemon=True)
+    writer.start()
+    return writer, outcome
+
+
+@pytest.mark.parametrize("real_fallback", [False, True], ids=["own-switch-off-only", "and-a-real-fallback"])
+def test_the_agents_own_switch_off_as_it_demoted_does_not_taint_a_later_sourceless_term(
+        lab_factory: LabFactory, tmp_path: Path, real_fallback: bool) -> None:
+    """Soak seed 404: a primary demoted (the repoint turned semi-sync off: MariaDB counts a
+    fallback), then took over without a source in the same run of mysqld. Its term is judged since
+    mysqld start, and its own switch-off is no client's fallback: a commit waiting for its ack at
+    the fence is kept in doubt (fence by crash) for the truncation. A real fallback still taints."""
+    lab = lossless_pair(lab_factory)
+    db1 = actions(lab, "db1")
+    keeper = lab_keeper(lab, tmp_path, [])
+    keeper.on_promoted()
+    keeper.on_fencing()  # db1's term ends; db2 takes over
+    poll(lambda: keeper.view().evidence_problem is None, 30, "the first term's evidence")
+    run(sql(lab, "db2"), "STOP SLAVE")
+    run(sql(lab, "db2"), "RESET SLAVE ALL")
+    executor, dcs = executor_on(lab, "db1", source_read_budget=5.0)  # its gate blocks (never started)
+    executor.repair = keeper
+    db2 = lab.node("db2")
+    record = MemberRecord(node="db2", role="primary", healthy=True, mysql_host=db2.host, mysql_port=db2.port)
+    dcs.latest = DcsView(at=time.monotonic(), snapshot=ClusterSnapshot(
+        cluster="repoint-test", index=1, lock=None, members=(MemberEntry("m/db2", record, ""),)))
+    try:  # the agent's own demotion: the repoint turns semi-sync's primary side off
+        assert executor.run(Repoint("db2", True, ActionReason.REJOIN)), executor.last_error
+    finally:
+        executor.lock.close()
+    assert status(lab, "db1", "Rpl_semi_sync_master_no_times") == "1"  # MariaDB counted the switch-off
+    keeper.on_serving()
+
+    # db2 is gone; db1 takes the lock without a source: no Promote, its term begins before it admits.
+    run(sql(lab, "db1"), "STOP SLAVE")
+    run(sql(lab, "db1"), "RESET SLAVE ALL")
+    db1.set_semi_sync_primary(FALLS_BACK_AT_ONCE if real_fallback else NEVER_FALLS_BACK)
+    keeper.before_admit()
+    baseline = keeper.term.baseline
+    assert baseline is not None and baseline.since_start
+    db1.set_read_only(False)
+    poll(lambda: keeper.term.samples >= 2 or keeper.term.taint, 30, "two samples of the term (or a taint)")
+    assert keeper.term.taint == ""  # the agent's own switch-off is not held against the term
+
+    if real_fallback:  # no replica: the commit's wait times out and it returns OK, acknowledged by none
+        writer, outcome = client_commit(lab, "acknowledged asynchronously")
+        writer.join(30)
+        assert outcome == ["OK"]
+        poll(lambda: keeper.term.taint != "", 30, "the sampling to see the fallback")
+        assert keeper.term.taint.startswith("semi-sync fell back since mysqld start"), keeper.term.taint
+        keeper.on_fencing()
+        assert not keeper.fence_by_crash()  # no evidence of lossless operation: fence as usual
+        poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 30, "the evidence")
+        assert keeper.view().evidence_problem == keeper.term.taint
+        return
+    writer, outcome = client_commit(lab, "never acknowledged")
+    poll(lambda: status(lab, "db1", "Rpl_semi_sync_master_wait_sessions") == "1", 30, "the commit to wait")
+    keeper.on_fencing()
+    assert keeper.fence_by_crash()  # the evidence proves lossless operation: the commit stays in doubt
+    writer.join(30)
+    assert outcome and outcome[0] != "OK", outcome
+    view = keeper.view()
+    assert view.awaiting_restart and view.evidence_problem is None, keeper.status()

@@ -80,6 +80,35 @@ def test_a_sample_names_what_a_clean_term_never_shows(
     assert judge_sample(baseline, replace(SAMPLE, **change), previous, pid, own) == problem
 
 
+SINCE_START_SAMPLE = replace(SAMPLE, since_flush_s=1060)  # never flushed
+
+
+@pytest.mark.parametrize(("baseline", "change", "switch_offs", "problem"), [
+    # db2 in soak seed 404: three demotions turned semi-sync off (each a fallback to MariaDB), then a
+    # takeover's term judged since mysqld start: the agent's own switch-offs are no client's fallback.
+    (SINCE_START, {"no_times": 3, "no_tx": 0}, 3, None),
+    (SINCE_START, {"no_times": 3, "no_tx": 0}, 0,
+     f"semi-sync fell back since mysqld start ({SEEN}: Rpl_semi_sync_master_no_times 3, 0 as it began)"),
+    # One more than the agent's own: a real fallback (a commit that timed out waiting for its ack).
+    (SINCE_START, {"no_times": 4, "no_tx": 0}, 3,
+     f"semi-sync fell back since mysqld start ({SEEN}: Rpl_semi_sync_master_no_times 4, 3 of them the "
+     "agent's own switch-offs as it demoted, 0 as it began)"),
+    # They do not excuse an unacknowledged commit, nor a flush.
+    (SINCE_START, {"no_times": 3, "no_tx": 1}, 3,
+     f"1 commit(s) were not acknowledged by a replica since mysqld start ({SEEN}: "
+     "Rpl_semi_sync_master_no_tx 1, 0 as it began)"),
+    (SINCE_START, {"no_times": 3, "no_tx": 0, "since_flush_s": 10}, 3,
+     f"FLUSH STATUS since mysqld start ({SEEN}): the semi-sync counters of the term were reset"),
+    # A promotion's reference already holds the switch-offs before it: never taken off twice.
+    (PROMOTED, {"no_times": 4}, 1,
+     f"semi-sync fell back during the term ({SEEN}: Rpl_semi_sync_master_no_times 4, 3 as it began)"),
+])
+def test_a_term_judged_since_mysqld_start_does_not_count_the_agents_own_switch_offs(
+        baseline: CounterBaseline, change: dict[str, int], switch_offs: int, problem: str | None) -> None:
+    sample = replace(SINCE_START_SAMPLE if baseline.since_start else SAMPLE, **change)
+    assert judge_sample(baseline, sample, None, "4242", 0, switch_offs) == problem
+
+
 def test_a_reference_pins_the_run_of_mysqld_and_since_start_forgets_its_counts() -> None:
     sample = replace(SAMPLE, recorded_at=1_800_000_000.0, uptime_s=1000, since_flush_s=800)
     assert baseline_of(sample, "4242", since_start=False) == PROMOTED
@@ -104,6 +133,30 @@ FELL_BACK = "semi-sync fell back during the term (...)"
 def test_a_taint_refuses_whatever_the_counters_say_at_fencing(change: dict[str, object],
                                                                problem: str | None) -> None:
     judged = since_baseline(EVIDENCE, PROMOTED, "4242")
+    assert replace(judged, **change).problem() == problem  # type: ignore[arg-type]
+
+
+UNFLUSHED = replace(EVIDENCE, flushed_after_s=0)
+
+
+@pytest.mark.parametrize(("baseline", "change", "problem"), [
+    (SINCE_START, {"own_switch_offs": 3},
+     "2 commit(s) were not acknowledged by a replica (Rpl_semi_sync_master_no_tx)"),
+    (SINCE_START, {"own_switch_offs": 3, "ended_by_fence": 2}, None),
+    (SINCE_START, {"own_switch_offs": 2, "ended_by_fence": 2},
+     "semi-sync fell back to asynchronous 1 time(s) (Rpl_semi_sync_master_no_times, besides 2 of the "
+     "agent's own switch-offs as it demoted)"),
+    (SINCE_START, {"own_switch_offs": 0, "ended_by_fence": 2},
+     "semi-sync fell back to asynchronous 3 time(s) (Rpl_semi_sync_master_no_times)"),
+    (SINCE_START, {"own_switch_offs": 4, "ended_by_fence": 2}, "the semi-sync counters could not be read"),
+    (None, {"own_switch_offs": 3, "ended_by_fence": 2}, None),  # no term recorded: since mysqld start
+    # A promotion's reference already holds them: ignored there.
+    (replace(PROMOTED, flushed_after_s=0, no_times=1, no_tx=0), {"own_switch_offs": 2, "ended_by_fence": 2},
+     "semi-sync fell back to asynchronous 2 time(s) (Rpl_semi_sync_master_no_times, 1 before this term)"),
+])
+def test_the_evidence_of_a_term_judged_since_mysqld_start_takes_off_the_agents_own_switch_offs(
+        baseline: CounterBaseline | None, change: dict[str, int], problem: str | None) -> None:
+    judged = since_baseline(UNFLUSHED, baseline, "4242")
     assert replace(judged, **change).problem() == problem  # type: ignore[arg-type]
 
 
