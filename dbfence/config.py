@@ -61,6 +61,13 @@ class NodeSection:
                                                  "of [rejoin], an operator's rebuild approval. "
                                                  "Replaces [rejoin] state_dir (still read, with a "
                                                  "warning, for one release).")
+    page_out_libraries: bool = setting(True, "After its first round, take the agent's clean "
+                                             "library pages out of its memory (madvise "
+                                             "MADV_DONTNEED on read-only file mappings without "
+                                             "private copies: pages touched while loading, "
+                                             "most of gRPC's); the ones it uses fault back in. "
+                                             "They stay in the page cache: resident memory "
+                                             "given back, not code removed.")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

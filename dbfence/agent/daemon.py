@@ -70,6 +70,7 @@ from dbfence.mysql.probes import Role as ProbeRole
 from dbfence.mysql.rebuild import BackupStream
 from dbfence.mysql.repair import MysqldControl
 from dbfence.mysql.repair_errors import RepairError
+from dbfence.pageout import page_out_libraries
 from dbfence.sdnotify import Notifier
 
 log = logging.getLogger("dbfence.agent")
@@ -307,6 +308,7 @@ class Agent:
             if not ready:
                 self.notifier.ready(f"{self.state.role.value}")
                 ready = True
+                self._give_back_library_pages()
             self.notifier.watchdog()
             backoff = self.executor.backoff.after_round(decision.actions)
             if backoff > 0:
@@ -318,6 +320,17 @@ class Agent:
             self.wake.wait(delay)
             self.wake.clear()
         self.shutdown()
+
+    def _give_back_library_pages(self) -> None:
+        """Once, after the first round: the DCS client is open, the gate's workers are forked
+        (they never map these pages: a fork leaves file pages to fault in the child), and what
+        only loading touched is done (dbfence.pageout)."""
+        if not self.config.node.page_out_libraries:
+            return
+        result = page_out_libraries()
+        log.info(json.dumps({"event": "library_pages", "node": self.identity.node,
+                             "mappings": result.mappings, "resident_before_kib": result.rss_before_kib,
+                             "resident_after_kib": result.rss_after_kib}))
 
     def step(self) -> Decision:
         """One round: observe, decide, act, publish status."""

@@ -101,6 +101,7 @@ class AgentTuning:
     failsafe: bool = False  # the product's default (docs/failsafe.md)
     # Mutual TLS between the agents' HTTP APIs instead of the API token (lab certificates).
     api_tls: bool = False
+    page_out_libraries: bool = True  # the product's default ([node], dbfence/pageout.py)
 
 
 def agent_address(index: int) -> str:
@@ -152,6 +153,7 @@ name = "{node.name}"
 address = "{address}"
 priority = 100
 state_dir = "{state_dir}"
+page_out_libraries = {str(tuning.page_out_libraries).lower()}
 
 [gate]
 listen = "{address}:{gate_port}"
