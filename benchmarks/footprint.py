@@ -9,6 +9,16 @@ CPU time (user + system) per second of wall time. Prints a table and one JSON li
 
     PYTHONPATH=. python benchmarks/footprint.py --window 30 --repeats 3
 
+``--dcs consul`` runs the lab on the Consul stand-in instead of etcd; ``--no-page-out`` turns
+``node.page_out_libraries`` off (the same build with and without, back to back);
+``--failover`` samples again after a ``kill -9`` of the primary's mysqld, once the cluster has a
+new primary and the old one has rejoined.
+
+Besides PSS, each agent's **alone** figure: its frames (agent and workers) counted once each, read
+from ``/proc/PID/pagemap`` (root only; else 0): what the agent would cost on a host of its own, where
+nothing else maps gRPC's library. In the lab three agents share those pages, so their PSS divides
+them by three.
+
 ``--threads`` adds the profile: CPU per thread of each agent over the windows (named by its Python
 thread name when ``py-spy`` is on PATH or next to the interpreter, else by thread id), and the PSS
 of the agent process alone and of each worker.
@@ -20,18 +30,20 @@ medians of several windows are reported.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 
@@ -49,6 +61,7 @@ class Usage:
     pss_mb: float
     rss_mb: float
     cpu_percent: float  # of one core
+    alone_mb: float = 0.0  # frames of the agent and its workers, each once
     process_pss_mb: tuple[float, ...] = ()  # the agent's, then each worker's
     thread_cpu: tuple[tuple[str, float], ...] = ()  # (thread, % of one core), busiest first
 
@@ -103,6 +116,36 @@ def _memory(processes: list[psutil.Process]) -> tuple[float, float]:
     return pss / 2**20, rss / 2**20
 
 
+_PFN_MASK = (1 << 55) - 1
+_PRESENT = 1 << 63
+
+
+def _frames(pid: int) -> set[int]:
+    """The page frames a process has mapped (root: the kernel hides frame numbers from others)."""
+    frames: set[int] = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in maps:
+            low, high = (int(x, 16) for x in line.split()[0].split("-"))
+            if line.rstrip().endswith("[vsyscall]"):
+                continue
+            pagemap.seek(low // 4096 * 8)
+            data = pagemap.read((high - low) // 4096 * 8)
+            for (entry,) in struct.iter_unpack("<Q", data):
+                if entry & _PRESENT and entry & _PFN_MASK:
+                    frames.add(entry & _PFN_MASK)
+    return frames
+
+
+def _alone(processes: list[psutil.Process]) -> float:
+    frames: set[int] = set()
+    for process in processes:
+        try:
+            frames |= _frames(process.pid)
+        except OSError:
+            return 0.0
+    return len(frames) * 4096 / 2**20
+
+
 def _cpu(processes: list[psutil.Process]) -> float:
     total = 0.0
     for process in processes:
@@ -144,16 +187,36 @@ def sample(pids: dict[str, int], window: float, threads: bool = False) -> dict[s
             per_thread = _per_thread(thread_before[name], _thread_ticks(pids[name]), names[name],
                                      elapsed, agent_percent, cpu_percent - agent_percent)
             per_process = tuple(round(_memory([p])[0], 1) for p in tree)
-        usage[name] = Usage(round(pss, 1), round(rss, 1), round(cpu_percent, 2), per_process, per_thread)
+        usage[name] = Usage(round(pss, 1), round(rss, 1), round(cpu_percent, 2), round(_alone(tree), 1),
+                            per_process, per_thread)
     return usage
 
 
-def measure(tuning_name: str, window: float, repeats: int, settle: float, threads: bool = False
-            ) -> dict[str, Any]:
+def _wait(what: str, check: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {what} after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _fail_over(lab: LabCluster) -> None:
+    """kill -9 the primary's mysqld; wait for a new primary and for the old one to rejoin."""
+    old = lab.primaries()[0]
+    lab.kill_mysql(old)
+    _wait("new primary", lambda: lab.primaries() not in ([], [old]), 120)
+    _wait("dead mysqld", lambda: not lab.node(old).process.alive(), 10)
+    lab.start_mysql(old)
+    _wait(f"rejoin of {old}", lambda: lab.agent_status(old).get("role") == "replica", 120)
+
+
+def measure(tuning_name: str, window: float, repeats: int, settle: float, threads: bool = False,
+            *, dcs: str = "etcd", page_out: bool = True, failover: bool = False) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="dbfence-footprint-"))
+    tuning = dataclasses.replace(TUNINGS[tuning_name], page_out_libraries=page_out)
     try:
-        lab = LabCluster.up(LabSpec(directory=directory / "lab", mysql_count=3, etcd_members=1, agents=True,
-                                    agent_tuning=TUNINGS[tuning_name]))
+        lab = LabCluster.up(LabSpec(directory=directory / "lab", mysql_count=3, dcs=cast(Any, dcs),
+                                    etcd_members=1, agents=True, agent_tuning=tuning))
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)  # a lab that failed to start stops its own servers
         raise
@@ -167,6 +230,11 @@ def measure(tuning_name: str, window: float, repeats: int, settle: float, thread
         pids = {agent.name: agent.pid for agent in lab.agents}
         windows = [sample(pids, window, threads) for _ in range(repeats)]
         primary = lab.primaries()[0]
+        after: list[dict[str, Usage]] = []
+        if failover:
+            _fail_over(lab)
+            time.sleep(settle)
+            after = [sample(pids, window, threads) for _ in range(repeats)]
     finally:
         lab.down()
         shutil.rmtree(directory, ignore_errors=True)  # ~275 MB of MariaDB data per lab
@@ -178,7 +246,15 @@ def measure(tuning_name: str, window: float, repeats: int, settle: float, thread
             "rss_mb": statistics.median(r.rss_mb for r in rows),
             "cpu_percent": statistics.median(r.cpu_percent for r in rows),
             "cpu_percent_windows": [r.cpu_percent for r in rows],
+            "alone_mb": statistics.median(r.alone_mb for r in rows),
         }
+        if after:
+            rows_after = [w[name] for w in after]
+            result["agents"][name]["after_failover"] = {
+                "pss_mb": statistics.median(r.pss_mb for r in rows_after),
+                "alone_mb": statistics.median(r.alone_mb for r in rows_after),
+                "cpu_percent": statistics.median(r.cpu_percent for r in rows_after),
+            }
         if threads:
             result["agents"][name]["process_pss_mb"] = list(rows[-1].process_pss_mb)
             result["agents"][name]["thread_cpu_percent"] = _median_threads(rows)
@@ -199,17 +275,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=10.0, help="seconds after a primary admits")
     parser.add_argument("--tunings", default="production,lab")
     parser.add_argument("--threads", action="store_true", help="CPU per thread, PSS per process")
+    parser.add_argument("--dcs", choices=("etcd", "consul"), default="etcd")
+    parser.add_argument("--no-page-out", action="store_true", help="node.page_out_libraries = false")
+    parser.add_argument("--failover", action="store_true", help="sample again after a mysqld kill -9")
     options = parser.parse_args(argv)
-    summary: dict[str, Any] = {"window_s": options.window, "repeats": options.repeats,
+    summary: dict[str, Any] = {"window_s": options.window, "repeats": options.repeats, "dcs": options.dcs,
+                               "page_out": not options.no_page_out,
                                "load_average": list(psutil.getloadavg()), "tunings": {}}
-    print(f"{'tuning':11s} {'agent':6s} {'role':8s} {'PSS MB':>7s} {'RSS MB':>7s} {'CPU %':>6s}  windows")
+    print(f"{'tuning':11s} {'agent':6s} {'role':8s} {'PSS MB':>7s} {'RSS MB':>7s} {'alone':>6s} {'CPU %':>6s}"
+          "  windows")
     for tuning in options.tunings.split(","):
-        result = measure(tuning, options.window, options.repeats, options.settle, options.threads)
+        result = measure(tuning, options.window, options.repeats, options.settle, options.threads,
+                         dcs=options.dcs, page_out=not options.no_page_out, failover=options.failover)
         summary["tunings"][tuning] = result
         for name, row in result["agents"].items():
             role = "primary" if name == result["primary"] else "replica"
             print(f"{tuning:11s} {name:6s} {role:8s} {row['pss_mb']:7.1f} {row['rss_mb']:7.1f} "
-                  f"{row['cpu_percent']:6.2f}  {row['cpu_percent_windows']}", flush=True)
+                  f"{row['alone_mb']:6.1f} {row['cpu_percent']:6.2f}  {row['cpu_percent_windows']}",
+                  flush=True)
+            if "after_failover" in row:
+                print(f"    after a failover: {row['after_failover']}")
             if options.threads:
                 print(f"    PSS MB per process (agent, workers): {row['process_pss_mb']}")
                 for thread, percent in row["thread_cpu_percent"].items():
