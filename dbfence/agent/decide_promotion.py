@@ -18,6 +18,7 @@ from dbfence.agent.actions import (
     WaitRelayLog,
     WriteFencingToken,
 )
+from dbfence.agent.decide_ack_holders import round_concerns
 from dbfence.agent.decide_lease import (
     fence_now,
     keep_gate_closed,
@@ -26,7 +27,7 @@ from dbfence.agent.decide_lease import (
     renew_if_due,
 )
 from dbfence.agent.decide_primary import serve
-from dbfence.agent.decide_race import collect_race_refusals, rivals_of
+from dbfence.agent.decide_race import collect_race_refusals, ranked_names, rivals_of
 from dbfence.agent.decide_round import RefusalReason, Round, fresh
 from dbfence.agent.decide_takeover import takeover_refusals
 from dbfence.agent.gtid import GtidPosition
@@ -78,6 +79,11 @@ def handle_promoting(r: Round) -> None:
         renew_if_due(r)
         if obs.intents.paused:
             r.refuse(RefusalReason.PAUSED)
+        elif not obs.lock.reachable and not _written_anything(r):
+            # No member records this round: nothing shows what the rivals hold now (a rival's
+            # record may lag what it received, as the race's own did). Promoting blind lost a
+            # write another node held (the model checker's check_keeps_acknowledged).
+            r.refuse(RefusalReason.DCS_UNREACHABLE, "no promotion step without the members' records")
         elif not _overtaken(r) and not _awaiting_peers(r):
             _promotion_step(r)
 
@@ -90,18 +96,27 @@ def _overtaken(r: Round) -> bool:
     the lossless promise. The gate never admitted (PROMOTING), so a token write still waiting
     for a semi-sync ack — which the rival, holding writes we lack, will never give — is only
     an unacknowledged transaction of our own; we rejoin without it (errant: fenced, repaired).
-    Ties (applied position, priority, name) never cause a step-down: the data is the same.
+    Ties (applied position, priority, name) never cause a step-down: the data is the same. Nor do
+    we stay ahead of a member the race does not rank that received writes we lack (it may have
+    acknowledged them; decide_ack_holders): we leave the lock to its takeover.
     """
     obs = r.obs
     holds = obs.db.holds
     token = obs.lease.token
     if obs.db.fencing_token == token or holds is None:
         return False
-    ahead = [rival.record.name for rival in rivals_of(r) if rival.holds.rank_key() > holds.rank_key()
+    rivals = rivals_of(r)
+    ahead = [rival.record.name for rival in rivals if rival.holds.rank_key() > holds.rank_key()
              and not _own_writes_read_later(r, rival.holds)]
-    if not ahead:
+    # A member the race does not rank (FENCED: a winner whose mysqld died while it promoted, now
+    # back) that received writes we lack: it may have acknowledged them (decide_ack_holders).
+    received = [concern for concern in round_concerns(r, ranked_names(rivals)) if concern.unknown is None]
+    if not ahead and not received:
         return False
-    r.refuse(RefusalReason.PEER_MORE_ADVANCED, ", ".join(ahead))
+    if ahead:
+        r.refuse(RefusalReason.PEER_MORE_ADVANCED, ", ".join(ahead))
+    for concern in received:
+        r.refuse(concern.reason, concern.detail())
     r.move(Trigger.OVERTAKEN)
     if token is not None and obs.fence_complete:
         r.emit(ReleaseLock(token, ActionReason.OVERTAKEN))
@@ -131,17 +146,23 @@ def _awaiting_peers(r: Round) -> bool:
     last (acknowledged) commits may not have published them yet. A rival that sees a new
     holder has stopped receiving from the old one (lossless) and publishes what it holds, which
     ``_overtaken`` then compares. Stale records (their agent is gone or cut off) are not waited
-    for; they vanish with their session.
+    for; they vanish with their session. Nor is anything written while a peer of unknown position
+    may hold acknowledged writes we lack (the race's ``peer_position_unknown``).
     """
     token = r.obs.lease.token
     if _written_anything(r):
         return False
-    waiting = [rival.record.name for rival in rivals_of(r)
+    rivals = rivals_of(r)
+    waiting = [rival.record.name for rival in rivals
                if rival.record.info.seen_token != token and fresh(r, rival.record)]
-    if not waiting:
-        return False
-    r.refuse(RefusalReason.AWAITING_PEERS, ", ".join(waiting))  # PROMOTING wakes up soon anyway
-    return True
+    if waiting:
+        r.refuse(RefusalReason.AWAITING_PEERS, ", ".join(waiting))  # PROMOTING wakes up soon anyway
+    # A peer's mysqld may die after we raced (seed 401): it may hold acknowledged writes we lack,
+    # so we keep the lock and write nothing until its position is known (decide_ack_holders).
+    unknown = [concern for concern in round_concerns(r, ranked_names(rivals)) if concern.unknown is not None]
+    for concern in unknown:
+        r.refuse(concern.reason, concern.detail())
+    return bool(waiting or unknown)
 
 
 def _promotion_step(r: Round) -> None:

@@ -1,7 +1,8 @@
 """The race rules: who may take a free lock, and who a racing replica defers to.
 
 ``race_refusals`` lists everything that stops this node from racing (pause, health, cooldown,
-lag, a more advanced rival, unreplicated writes of its own). The rival and own-writes rules are
+lag, a more advanced rival, a peer that may hold acknowledged writes this node lacks while the race
+cannot rank it (``decide_ack_holders``), unreplicated writes of its own). The rival and own-writes rules are
 shared with promotion (step down when overtaken) and switchover (is the target suitable), so a
 rule holds the same wherever it is judged: no acknowledged write is lost.
 """
@@ -12,13 +13,11 @@ from dataclasses import dataclass
 
 from dbfence.agent import core_adoption, failsafe
 from dbfence.agent.core_config import CoreConfig
+from dbfence.agent.decide_ack_holders import RIVAL_ROLES, collect_ack_holder_refusals
 from dbfence.agent.decide_round import Refusal, RefusalReason, Round, fresh
 from dbfence.agent.gtid import BinlogState, GtidPosition, RankKey, candidate_sort_key, maybe_acknowledged
 from dbfence.agent.observation import MemberRecord, Observation
 from dbfence.agent.state import Role, State
-
-#: Roles whose members may be the most advanced candidate a racing replica defers to.
-RIVAL_ROLES = frozenset({Role.STARTING, Role.REPLICA, Role.CANDIDATE, Role.PROMOTING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +56,22 @@ def rivals_of(r: Round) -> list[Rival]:
             continue
         rivals.append(Rival(record, holds, info.position))
     return rivals
+
+
+def ranked_names(rivals: list[Rival]) -> frozenset[str]:
+    """The members the race ranks (the others are judged by ``decide_ack_holders``)."""
+    return frozenset(rival.record.name for rival in rivals)
+
+
+def ranked_by_peers(r: Round) -> frozenset[str]:
+    """The members a peer's race ranks, as this node sees them: its rivals, and itself unless its
+    role, priority or writes of its own nobody else has keep it out of a race."""
+    db = r.obs.db
+    me_out = (r.state.role not in RIVAL_ROLES or r.config.priority <= 0 or db.position is None
+              or db.server_id is None or db.holds != db.position or bool(_unreplicated_own_domains(
+                  db.position, db.server_id, [(record.info.position, record.info.holds, record.info.history)
+                                              for record in r.obs.members if record.name != r.me])))
+    return ranked_names(rivals_of(r)) | (frozenset() if me_out else frozenset({r.me}))
 
 
 def stays_out_for_own_writes(r: Round, rival: MemberRecord) -> bool:
@@ -174,6 +189,7 @@ def collect_race_refusals(r: Round, *, fenced_holders: bool = True) -> None:
             r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{rival.record.name} holds {rival.holds}")
     for detail in fenced_writes_lacking(r, r.me, db.history) if fenced_holders else ():
         r.refuse(RefusalReason.PEER_MORE_ADVANCED, detail)
+    collect_ack_holder_refusals(r, ranked_names(rivals))
     peers = [(record.info.position, record.info.holds, record.info.history) for record in obs.members
              if record.name != r.me]
     unreplicated = _unreplicated_own_domains(position, db.server_id, peers)

@@ -30,6 +30,7 @@ class RefusalReason(enum.Enum):
     SWITCHOVER_TO_OTHER = "switchover_to_other"
     PEER_MORE_ADVANCED = "peer_more_advanced"
     UNREPLICATED_OWN_WRITES = "unreplicated_own_writes"
+    PEER_POSITION_UNKNOWN = "peer_position_unknown"  # may hold acknowledged writes: decide_unknown_peers.py
     DCS_UNREACHABLE = "dcs_unreachable"
     PRIMARY_NOT_READY = "primary_not_ready"
     ERRANT_UNCHECKED = "errant_unchecked"

@@ -42,7 +42,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dbfence.agent.decide_race import collect_race_refusals, fenced_writes_lacking, stays_out_for_own_writes
+from dbfence.agent.decide_ack_holders import defers_to_ack_holder
+from dbfence.agent.decide_race import (
+    collect_race_refusals,
+    fenced_writes_lacking,
+    ranked_by_peers,
+    stays_out_for_own_writes,
+)
 from dbfence.agent.decide_round import Refusal, RefusalReason, Round, fresh
 from dbfence.agent.gtid import BinlogState, Gtid, candidate_sort_key, maybe_acknowledged
 from dbfence.agent.observation import MemberRecord
@@ -176,13 +182,17 @@ def _proven(r: Round, mine: BinlogState, holders: Sequence[tuple[str, BinlogStat
 
 
 def _never_races(r: Round, record: MemberRecord) -> bool:
-    """FENCED, or a REPLICA that refuses to race for writes of its own nobody else has, or for a
+    """FENCED, or a REPLICA that refuses to race for writes of its own nobody else has, for a
     fenced member's writes it lacks (judged as it judges itself: ``stays_out_for_own_writes``,
-    ``fenced_writes_lacking``), e.g. a fenced node whose agent restarted."""
+    ``fenced_writes_lacking``), e.g. a fenced node whose agent restarted, or for writes that a
+    member the race does not rank received and it lacks (``defers_to_ack_holder``: this node, say,
+    FENCED after its mysqld died while it promoted, holding the old primary's acknowledged writes;
+    soak seed 401)."""
     role = record.info.role
     return role is Role.FENCED or (role is Role.REPLICA and (
         stays_out_for_own_writes(r, record)
-        or bool(fenced_writes_lacking(r, record.name, record.info.history))))
+        or bool(fenced_writes_lacking(r, record.name, record.info.history))
+        or defers_to_ack_holder(r, record, ranked_by_peers(r))))
 
 
 def _defer_to_better(r: Round, others: list[MemberRecord],

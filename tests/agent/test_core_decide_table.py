@@ -257,11 +257,17 @@ CASES = [
     Case("replica: ties won by priority and name", at(Role.REPLICA),
          observe(peers=(member("n2"), member("n0", priority=50))), Role.CANDIDATE,
          (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
-    Case("replica: more advanced but fenced, unpromotable or unknown peers do not count",
+    # A fenced peer ahead with writes of its own (server 1) that no replica received, a priority-0
+    # peer (it never races) and a peer of unknown position: nothing for the race to defer to.
+    # (Received writes of a fenced peer, or an unknown peer next to one ahead, do stop it:
+    # test_core_ack_holders_table.py.)
+    Case("replica: more advanced but fenced with its own writes, unpromotable or unknown peers do not count",
          at(Role.REPLICA),
-         observe(peers=(member("n3", Role.FENCED, position="0-1-200"),
-                        member("n4", position="0-1-200", priority=0),
-                        member("n5", position=None))),
+         observe(peers=(member("n3", Role.FENCED, position="0-1-200", server_id=1),
+                        member("n4", position="0-1-200", priority=0))),
+         Role.CANDIDATE, (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
+    Case("replica: a peer of unknown position, nobody ahead", at(Role.REPLICA),
+         observe(peers=(member("n2", position="0-1-90"), member("n5", position=None))),
          Role.CANDIDATE, (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
     Case("replica: lossless mode defers to a stale but more advanced peer", at(Role.REPLICA),
          observe(peers=(member("n2", position="0-1-101", last_seen=NOW - 60),)), Role.REPLICA, (),
@@ -616,7 +622,11 @@ CASES = [
                         member("n2", Role.FENCED, position="0-1-65744", server_id=1))),
          Role.CANDIDATE, (AcquireLock(A.LOCK_FREE_AND_ELIGIBLE),)),
     # ---------------------------------------------------------------- FENCED
-    Case("fenced: no primary to rejoin", FENCED_DB, observe(Role.FENCED), Role.FENCED, (),
+    Case("fenced: no primary to rejoin", FENCED_DB,
+         # The replicas hold what it holds: they may race (one behind it would defer to it: it
+         # received writes they lack, test_core_ack_holders_table.py).
+         observe(Role.FENCED, peers=(member("n2", position="0-1-100"), member("n3", position="0-1-100"))),
+         Role.FENCED, (),
          (R.NO_PRIMARY_TO_REJOIN,), Trigger.DB_UNHEALTHY),
     Case("fenced: DCS unreachable", FENCED_DB, observe(Role.FENCED, lock=LockView(reachable=False)),
          Role.FENCED, (), (R.DCS_UNREACHABLE,), Trigger.DB_UNHEALTHY),
