@@ -8,8 +8,8 @@ while it promoted (FENCED, position unknown), and db1 raced and promoted past db
 db3 may have acknowledged. The race skipped db3 (unknown, and FENCED) and db2 (FENCED; its writes
 looked like its own, never received), so nothing stopped it.
 
-Two rules, lossless mode only, judged wherever a race is (the race, the winner's promotion before
-it writes anything, the takeover without a primary):
+Two rules, lossless mode only, judged wherever a race is (the race, the winner's promotion until
+mysqld is writable or its token in, the takeover without a primary):
 
 * ``peer_position_unknown``: some member holds writes this node lacks (any role, a FENCED old
   primary too), and some *other* member (not this node, not that holder) has an unknown position:

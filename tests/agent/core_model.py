@@ -188,6 +188,9 @@ class Agent:
     pending: tuple[Action, ...] = ()
     paused: bool = False
     memory: Memory = Memory()
+    # Checker bookkeeping: the members whose record showed what they hold when this agent took
+    # the lock (check_keeps_acknowledged judges the writes of those); None: not taken.
+    raced_seeing: frozenset[str] | None = None
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -364,6 +367,7 @@ class Model:
         # default: the stale-race root of test_no_two_writers_in_any_interleaving breaks it (a
         # winner promoting while cut off, its token committed unacknowledged: docs in the note).
         self.check_new_primaries = False
+        self.promotions_checked = 0  # promotions judged by check_keeps_acknowledged
 
     # ------------------------------------------------------------------ observation
 
@@ -556,6 +560,52 @@ class Model:
                         f"{NAMES[index]} takes over at {mine} without {NAMES[other_index]}'s {theirs} "
                         f"(write {seq + 1} by {theirs[seq]}, also held by {received}): maybe acknowledged",
                         self._trace)
+
+    def _known_records(self, world: World, observer: str) -> frozenset[str]:
+        """Members whose live, fresh record shows what they hold (position, or state at a kill)."""
+        now = float(world.now)
+        stale_after = self.configs[observer].member_stale_after
+        return frozenset(
+            name for name, record in world.dcs.live_records(now)
+            if now - record.last_seen <= stale_after
+            and (record.info.position is not None or record.info.binlog_state_at_kill is not None))
+
+    def check_keeps_acknowledged(self, world: World, index: int) -> None:
+        """Lossless: a node that turns writable to promote (the promotion's point of no return:
+        until then it may step down, its token an unacknowledged write of its own) holds every write
+        that may have been acknowledged, i.e. that a node other than its writer received (AFTER_SYNC
+        semi-sync answers the client once a replica has it). Judged on the histories themselves
+        (a down mysqld keeps its history) for the writes a member holds whose record showed what it
+        holds (its position, or its state at a fence's kill) when this node took the lock and still
+        does, received by any member with a record (live and fresh), a down mysqld too (soak seed
+        401). Out of scope, as for a race: members without a record then (never seen is not seen),
+        and writes that only members of unknown position hold (a primary and a replica both down:
+        nothing the others can see shows the write)."""
+        agent = world.nodes[index].agent
+        if not self.lossless or agent is None:
+            return
+        self.promotions_checked += 1
+        now = float(world.now)
+        config = self.configs[NAMES[index]]
+        seen = {name for name, record in world.dcs.live_records(now)
+                if now - record.last_seen <= config.member_stale_after}
+        known = self._known_records(world, NAMES[index]) & (agent.raced_seeing or frozenset())
+        mine = world.nodes[index].db.history
+        for other_index, other in enumerate(world.nodes):
+            if other_index == index or NAMES[other_index] not in known:
+                continue
+            theirs = other.db.history
+            for seq in range(len(theirs)):
+                write = theirs[: seq + 1]
+                if is_prefix(write, mine):
+                    continue
+                received = [NAMES[third] for third, node in enumerate(world.nodes)
+                            if NAMES[third] != theirs[seq] and NAMES[third] in seen
+                            and is_prefix(write, node.db.history)]
+                if received:
+                    raise ModelViolationError(
+                        f"{NAMES[index]} turns writable at {mine} without write {seq + 1} by {theirs[seq]} "
+                        f"that {received} received (maybe acknowledged): lost", self._trace)
 
     def check_bound_by_promise(self, before: State, after: State, actions: tuple[Action, ...],
                                name: str) -> None:
@@ -777,7 +827,8 @@ class Model:
             elif reachable and holder is None:
                 token = dcs.next_token
                 dcs = replace(dcs, holder=name, token=token, expiry=now + self.ttl, next_token=token + 1)
-                agent = replace(agent, lease=LeaseView(True, token, now + self.span))
+                agent = replace(agent, lease=LeaseView(True, token, now + self.span),
+                                raced_seeing=self._known_records(world, name))
         elif isinstance(action, RenewLock):
             if reachable:
                 if holder == name and dcs.token == action.token:
@@ -803,6 +854,8 @@ class Model:
         elif isinstance(action, BlockGate):
             node = replace(node, gate=Gate())
         elif isinstance(action, SetReadOnly):
+            if not action.read_only and db.alive and db.read_only:
+                self.check_keeps_acknowledged(world, index)
             if self._crashes_on_fence(world, index, action):
                 db = replace(db, alive=False, killed_by_fence=True)
                 self.crash_fences += 1
