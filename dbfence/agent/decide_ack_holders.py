@@ -111,7 +111,7 @@ class Concern:
         if self.unknown is None:
             return (f"{self.holder} holds {writes} (received, not its own: maybe acknowledged), which "
                     "this node lacks; it does not race: it may take over without a primary")
-        return (f"waiting for {self.unknown}'s position: it may hold {self.holder}'s writes up to "
+        return (f"waiting for {self.unknown}'s position: it may hold writes {self.holder} holds up to "
                 f"{writes}, which this node lacks (maybe acknowledged)")
 
 

@@ -73,7 +73,7 @@ class Case:
 
 REPLICA = State(Role.REPLICA, NOW - 10)
 PROMOTING = State(Role.PROMOTING, NOW - 1)
-UNKNOWN_N3 = "waiting for n3's position: it may hold n2's writes up to 0-2-3595"
+UNKNOWN_N3 = "waiting for n3's position: it may hold writes n2 holds up to 0-2-3595"
 
 CASES = [
     # ------------------------------------------------------------------ the race
@@ -98,8 +98,7 @@ CASES = [
          seed401(n2_fenced(), n3_killed("0-1-3577,0-3-3578")), Role.CANDIDATE, RACE),
     Case("n3 killed by the fence, its state at the kill holds some of n2's writes -> no race", REPLICA,
          seed401(n2_fenced(), n3_killed("0-1-3577,0-2-3580")), Role.REPLICA, (),
-         (R.PEER_MORE_ADVANCED, R.PEER_POSITION_UNKNOWN),
-         "n2's writes up to 0-2-3595"),
+         (R.PEER_MORE_ADVANCED, R.PEER_POSITION_UNKNOWN), "writes n2 holds up to 0-2-3595"),
     # The ordinary failovers are unaffected.
     Case("kill -9 of the primary n2: its position unknown, n3 known behind n1 -> races at once", REPLICA,
          observe(peers=(member("n2", Role.FENCING, healthy=False, position=None, server_id=None),
@@ -161,7 +160,7 @@ def test_ack_holders_table(case: Case) -> None:
 def test_the_refusal_names_the_unknown_peer_and_the_writes_for_the_operator() -> None:
     (refusal,) = race_refusals(seed401(), CONFIG)
     assert refusal.reason is R.PEER_POSITION_UNKNOWN
-    assert refusal.detail == ("waiting for n3's position: it may hold n2's writes up to 0-2-3595, which "
+    assert refusal.detail == ("waiting for n3's position: it may hold writes n2 holds up to 0-2-3595, which "
                               "this node lacks (maybe acknowledged)")
 
 

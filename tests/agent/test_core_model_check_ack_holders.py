@@ -95,7 +95,7 @@ def test_with_the_rules_every_interleaving_keeps_the_write_and_recovers() -> Non
     decision = decide(model.observe(world, 1), n2.state, model.configs["n2"])
     assert decision.state.role is Role.REPLICA
     assert [refusal.reason for refusal in decision.refusals] == [RefusalReason.PEER_POSITION_UNKNOWN]
-    assert "waiting for n3's position: it may hold n1's writes up to 0-1-2" in decision.refusals[0].detail
+    assert "waiting for n3's position: it may hold writes n1 holds up to 0-1-2" in decision.refusals[0].detail
     # Once the faults stop n3's mysqld is back: n3 holds everything and takes over.
     model.ticks_to_good(world, ("<scripted>",), LIVENESS_TICKS)
     recovered = model.settle(model.faults_stop(world))
