@@ -148,6 +148,20 @@ def _forked(holder: Holding, me: Holding, domain: int) -> bool:
     return last is not None and last.seq_no == mine.seq_no and last.server_id != mine.server_id
 
 
+def holds_past_own_write(holder: Holding, me: Holding) -> bool:
+    """Whether ``holder`` received writes ``me`` lacks in a domain whose last transaction here is
+    our own: a winner's fencing token, written while promoting, sits at the sequence number of a
+    write the holder received (a fork), so positions tie while the holder holds what we lack.
+    The holder's own writes there do not count: nobody else received them (an errant tail)."""
+    if me.holds is None or me.server_id is None or holder.server_id is None:
+        return False
+    for gtid in lacked_writes(holder, me):
+        mine = me.holds.get(gtid.domain_id)
+        if gtid.server_id != holder.server_id and mine is not None and mine.server_id == me.server_id:
+            return True
+    return False
+
+
 def _may_hold(peer: Holding, gtid: Gtid, me: Holding) -> bool:
     """Whether ``peer`` (position unknown) may have received, and acknowledged, ``gtid``'s stream
     beyond what ``me`` holds of it."""

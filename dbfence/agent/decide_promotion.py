@@ -18,7 +18,7 @@ from dbfence.agent.actions import (
     WaitRelayLog,
     WriteFencingToken,
 )
-from dbfence.agent.decide_ack_holders import round_concerns
+from dbfence.agent.decide_ack_holders import Holding, holds_past_own_write, local_holding, round_concerns
 from dbfence.agent.decide_lease import (
     fence_now,
     keep_gate_closed,
@@ -96,7 +96,10 @@ def _overtaken(r: Round) -> bool:
     the lossless promise. The gate never admitted (PROMOTING), so a token write still waiting
     for a semi-sync ack — which the rival, holding writes we lack, will never give — is only
     an unacknowledged transaction of our own; we rejoin without it (errant: fenced, repaired).
-    Ties (applied position, priority, name) never cause a step-down: the data is the same. Nor do
+    Ties (applied position, priority, name) never cause a step-down: the data is the same; but a
+    tie of our token (written by Promote, unacknowledged) with a write the rival received at the
+    same sequence number is no tie: it holds what we lack (the model checker found a winner
+    promoting past it once the rival's mysqld came back). Nor do
     we stay ahead of a member the race does not rank that received writes we lack (it may have
     acknowledged them; decide_ack_holders): we leave the lock to its takeover.
     """
@@ -106,8 +109,12 @@ def _overtaken(r: Round) -> bool:
     if obs.db.fencing_token == token or holds is None:
         return False
     rivals = rivals_of(r)
-    ahead = [rival.record.name for rival in rivals if rival.holds.rank_key() > holds.rank_key()
-             and not _own_writes_read_later(r, rival.holds)]
+    me = local_holding(r)
+    ahead = [rival.record.name for rival in rivals if (
+        rival.holds.rank_key() > holds.rank_key()
+        # Our own token at the sequence number of a write it received ties by rank.
+        or (r.config.lossless and holds_past_own_write(Holding.of(rival.record.info, ()), me)))
+        and not _own_writes_read_later(r, rival.holds)]
     # A member the race does not rank (FENCED: a winner whose mysqld died while it promoted, now
     # back) that received writes we lack: it may have acknowledged them (decide_ack_holders).
     received = [concern for concern in round_concerns(r, ranked_names(rivals)) if concern.unknown is None]
