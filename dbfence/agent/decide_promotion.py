@@ -99,9 +99,9 @@ def _overtaken(r: Round) -> bool:
     Ties (applied position, priority, name) never cause a step-down: the data is the same; but a
     tie of our token (written by Promote, unacknowledged) with a write the rival received at the
     same sequence number is no tie: it holds what we lack (the model checker found a winner
-    promoting past it once the rival's mysqld came back). Nor do
-    we stay ahead of a member the race does not rank that received writes we lack (it may have
-    acknowledged them; decide_ack_holders): we leave the lock to its takeover.
+    promoting past it once the rival's mysqld came back). Nor do we stay ahead of a member the
+    race does not rank that received writes we lack (it may have acknowledged them;
+    decide_ack_holders): we leave the lock to its takeover.
     """
     obs = r.obs
     holds = obs.db.holds

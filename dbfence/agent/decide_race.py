@@ -1,9 +1,9 @@
 """The race rules: who may take a free lock, and who a racing replica defers to.
 
 ``race_refusals`` lists everything that stops this node from racing (pause, health, cooldown,
-lag, a more advanced rival, a peer that may hold acknowledged writes this node lacks while the race
-cannot rank it (``decide_ack_holders``), unreplicated writes of its own). The rival and own-writes rules are
-shared with promotion (step down when overtaken) and switchover (is the target suitable), so a
+lag, a more advanced rival, a peer the race cannot rank that may hold acknowledged writes this
+node lacks (``decide_ack_holders``), unreplicated writes of its own). The rival and own-writes
+rules are shared with promotion (step down when overtaken) and switchover (is the target suitable), so a
 rule holds the same wherever it is judged: no acknowledged write is lost.
 """
 
@@ -67,10 +67,11 @@ def ranked_by_peers(r: Round) -> frozenset[str]:
     """The members a peer's race ranks, as this node sees them: its rivals, and itself unless its
     role, priority or writes of its own nobody else has keep it out of a race."""
     db = r.obs.db
+    peers = [(record.info.position, record.info.holds, record.info.history) for record in r.obs.members
+             if record.name != r.me]
     me_out = (r.state.role not in RIVAL_ROLES or r.config.priority <= 0 or db.position is None
-              or db.server_id is None or db.holds != db.position or bool(_unreplicated_own_domains(
-                  db.position, db.server_id, [(record.info.position, record.info.holds, record.info.history)
-                                              for record in r.obs.members if record.name != r.me])))
+              or db.server_id is None or db.holds != db.position
+              or bool(_unreplicated_own_domains(db.position, db.server_id, peers)))
     return ranked_names(rivals_of(r)) | (frozenset() if me_out else frozenset({r.me}))
 
 
