@@ -24,7 +24,7 @@ from dataclasses import replace
 
 import pytest
 
-from dbfence.agent import decide_ack_holders
+from dbfence.agent import decide_ack_holders, decide_race, decide_takeover
 from dbfence.agent.decide import RefusalReason, decide
 from dbfence.agent.decide_ack_holders import Concern, Holding
 from dbfence.agent.state import Role
@@ -55,8 +55,11 @@ def seed401(model: Model) -> World:
 
 
 def _without_rules(monkeypatch: pytest.MonkeyPatch, *, keep_unknown: bool) -> None:
-    """Play agents without the rules (``keep_unknown``: only with the first)."""
+    """Play agents without the rules (``keep_unknown``: only with the first), and without the
+    race's fenced-holder rule (seed 403), which covers the second rule's case as well."""
     judge = decide_ack_holders.ack_holder_concerns
+    for module in (decide_race, decide_takeover):
+        monkeypatch.setattr(module, "fenced_writes_lacking", lambda *_: [])
 
     def concerns(me: Holding, others: list[Holding]) -> list[Concern]:
         return [concern for concern in judge(me, others) if keep_unknown and concern.unknown is not None]

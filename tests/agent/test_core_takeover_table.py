@@ -403,7 +403,7 @@ SEED_403_CASES = [
          view("n1", Role.REPLICA, peers=(
              member("n2", Role.FENCED, position="0-2-4", server_id=2, binlog_state="0-1-2,0-2-4"),
              member("n3", Role.FENCED, position="0-2-4", server_id=3, binlog_state="0-1-2,0-2-4"))),
-         Role.REPLICA, (), (R.PEER_MORE_ADVANCED,) * 3, "n3 (fenced) holds 0-2-4"),
+         Role.REPLICA, (), (R.PEER_MORE_ADVANCED,) * 3, "holds 0-2-4"),
     Case("... not in asynchronous mode (acknowledged writes may be lost there anyway)", "n1",
          running(Role.REPLICA, "n1", since=NOW - 10),
          view("n1", Role.REPLICA, peers=(
