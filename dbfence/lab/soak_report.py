@@ -120,10 +120,12 @@ def rto_by_kind(records: Iterable[FaultRecord]) -> list[KindStats]:
 
 
 def _interrupted(record: FaultRecord, rows: Sequence[FaultRecord]) -> bool:
-    """Whether another fault of its burst struck after it and before writes came back."""
+    """Whether another fault of its burst struck after it and before writes came back, or before
+    it was healed: its RTO is the longest stretch without writes from its start to the first write
+    after its heal, so a fault that struck within its hold may be what that figure measures."""
     if record.injected is None:
         return False
-    until = math.inf if record.rto is None else record.injected + record.rto
+    until = math.inf if record.rto is None else max(record.injected + record.rto, record.healed or 0.0)
     return any(other is not record and other.burst == record.burst and other.injected is not None
                and record.injected < other.injected < until for other in rows)
 

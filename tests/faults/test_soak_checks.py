@@ -146,6 +146,12 @@ def test_overlaps_and_the_faults_they_interrupted_get_distributions_of_their_own
     # a later fault of the burst that struck after writes came back interrupted nothing
     late = FaultRecord(13, "switchover", "recovering", "db1", 1.0, 1085.47 + 40, None, None, 0.5, True)
     assert {k.kind for k in rto_by_kind([interrupted, late])} == {"mysqld-kill", "switchover (overlap)"}
+    # seed 411 burst 8: a kill held 39.7 s, back in 0.6 s, and a second kill 28 s later within that
+    # hold: the first one's figure (3.61 s, the longest gap up to its heal) is the second one's
+    held = FaultRecord(8, "mysqld-kill", "at-once", "db1", 39.7, 449.48, 489.22, None, 3.61, True)
+    second = FaultRecord(8, "mysqld-kill", "promotion", "db2", 9.8, 477.54, 487.38, None, 3.61, True)
+    kinds = {k.kind for k in rto_by_kind([held, second])}
+    assert kinds == {"mysqld-kill (+overlap)", "mysqld-kill (overlap)"}
     # one that never recovered was interrupted by any later fault of its burst
     never = replace(interrupted, rto=None)
     assert "mysqld-kill (+overlap)" in {k.kind for k in rto_by_kind([never, late])}
