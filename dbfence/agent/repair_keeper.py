@@ -4,7 +4,9 @@ Both read or restart mysqld, which can take seconds (a hung mysqld, crash recove
 in a thread of its own and the loop only reads :meth:`RepairKeeper.view`. The decision whether to
 repair is the core's (``dbfence.agent.rejoin``); this carries it out and reports back. The semi-sync
 counters of the term the evidence judges (its reference, sampling, taint) are kept by
-:class:`~dbfence.agent.term_watch.TermWatch`.
+:class:`~dbfence.agent.term_watch.TermWatch`; the reading of the evidence at fencing and the fence
+by crash are mixed in from :mod:`~dbfence.agent.repair_fencing`, the rebuild from
+:mod:`~dbfence.agent.repair_rebuild`.
 """
 
 from __future__ import annotations
@@ -17,24 +19,23 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from dbfence.agent.actions import TruncateErrant
-from dbfence.agent.gtid import BinlogState, GtidParseError, GtidPosition
 from dbfence.agent.observation import RepairView
 from dbfence.agent.rebuild_approval import APPROVE_HINT, DEFAULT_APPROVAL_TTL, approve_command
+from dbfence.agent.repair_fencing import FencingRecorder, state_at_kill
 from dbfence.agent.repair_rebuild import RebuildRunner
 from dbfence.agent.term_watch import TermWatch
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.binlog_tail import copy_binlog_tail
-from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
+from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.rebuild import Progress, RebuildResult
 from dbfence.mysql.repair import (
     MysqldControl,
     RepairResult,
     binlog_files_of,
-    kill_mysqld,
     mysqld_running,
     recover_killed,
     truncate_unacknowledged,
@@ -44,16 +45,13 @@ from dbfence.mysql.repair_evidence import (
     FencingEvidence,
     clear_evidence,
     load_evidence,
-    read_evidence,
-    save_evidence,
 )
 from dbfence.mysql.semi_sync_term import clear_taint, load_taint
 
+__all__ = ["GIVE_UP_AFTER", "RETRY_FIRST", "RETRY_MAX", "RepairKeeper", "state_at_kill"]
+
 log = logging.getLogger("dbfence.agent")
 
-#: How long after fencing the evidence may still be read from the same run of mysqld (a hung one
-#: that resumes); a run that started after the fence says nothing about the primary's commits.
-EVIDENCE_RETRY_FOR = 600.0
 #: Backoff of a repair of a mysqld the fence killed (it stays down until one attempt succeeds), and
 #: of one that could not save its copy yet (a binlog or a state directory on a full disk).
 RETRY_FIRST = 1.0
@@ -63,28 +61,13 @@ RETRY_MAX = 60.0
 #: failover under way; then it gives up, saying why, and the node stays FENCED with mysqld down.
 GIVE_UP_AFTER = 300.0
 
-_T = TypeVar("_T")
-
-
-def state_at_kill(evidence: FencingEvidence) -> BinlogState | None:
-    """What a mysqld the fence killed held at the kill: its binlog state with what it applied as a
-    replica (None: not read, e.g. an older agent's evidence, or unparsable)."""
-    if evidence.gtid_binlog_state is None or evidence.gtid_slave_pos is None:
-        return None
-    try:
-        return BinlogState.merged(GtidPosition.parse_gtids(evidence.gtid_binlog_state),
-                                  GtidPosition.parse_gtids(evidence.gtid_slave_pos))
-    except GtidParseError:
-        return None
-
-
 def _gave_up_while_down(error: Exception, attempts: int) -> str:
     return (f"repair failed: {error}; the same after {attempts} attempt(s): mysqld left down (killed by "
             "the fence: a start would remove commits no copy holds); rebuild this node, or save its "
             "binlog and start mysqld by hand")
 
 
-class RepairKeeper(RebuildRunner):
+class RepairKeeper(FencingRecorder, RebuildRunner):
     """Records the evidence when this node fences, runs a truncation when the core asks."""
 
     def __init__(self, *, mode: str, state_dir: Path, node: str, mysql: MysqlActions,
@@ -204,36 +187,6 @@ class RepairKeeper(RebuildRunner):
         if not self.term.active:  # rejoined: the last term's taint is spent with its evidence
             clear_taint(self.state_dir)
 
-    def fence_unreached(self) -> None:
-        """A fence could not reach mysqld (stopped or not answering); see fence_by_crash."""
-        if self._fenced_at is not None and not self._killed:
-            self._unreached = True
-
-    def fence(self, run_fence: Callable[[], _T]) -> _T:
-        """Run the fence (KILL the client sessions, read_only ON) between two reads of
-        ``Rpl_semi_sync_master_no_tx``. A commit waiting for an ack whose session the fence kills
-        ends its wait with an error to its client, never an OK, yet MariaDB counts it there (and
-        InnoDB commits it). What grew across the fence is put down to the fence (the gate is
-        blocked before it) and is not held against this node's evidence; anything else that ended
-        a wait then (a client's own KILL) has also cost its client only an error. A read that
-        fails, or a mysqld restarted in between, attributes nothing: the evidence stays strict."""
-        if self.mode == "manual" or self._fenced_at is None:
-            return run_fence()
-        with self.term.counting:  # no sample or evidence read between the KILLs and their count
-            pid = self._mysqld_pid()
-            before = self.term.unacknowledged_count()
-            result = run_fence()
-            if before is None:
-                return result
-            after = self.term.unacknowledged_count()
-            if not (after is not None and after > before and pid and self._mysqld_pid() == pid):
-                return result
-            with self._lock:
-                self._ended_by_fence += after - before
-            log.info(json.dumps({"event": "fence_ended_ack_waits", "node": self.node,
-                                 "commits": after - before, "no_tx_before": before, "no_tx_after": after}))
-        return result
-
     def end_own_ack_wait(self, end: Callable[[], None]) -> None:
         """End an ack wait of the agent's own write; not held against a later fence (TermWatch)."""
         self.term.end_own_ack_wait(end)
@@ -242,96 +195,6 @@ class RepairKeeper(RebuildRunner):
         """Turn semi-sync's primary side off as the node demotes (gate closed); counted so that a
         later term of this mysqld judged since its start does not hold it as a fallback."""
         self.term.own_switch_off(switch_off)
-
-    def fence_by_crash(self) -> bool:
-        """Fence mysqld by SIGKILL when commits wait for a semi-sync ack, instead of killing their
-        sessions: a killed session's commit is committed in InnoDB (durable within about a
-        second), a SIGKILLed server's stays prepared and crash recovery can truncate it (measured,
-        docs/operations.md). Also, with nothing waiting yet, the first time mysqld answers after a
-        fence could not reach it: statements it had buffered meanwhile start committing as it
-        resumes, and a KILL racing them would commit them too. Only with ``truncate``, after this
-        agent saw the node leave PRIMARY (only FENCED starts mysqld again), and with evidence that
-        proves lossless operation; False: fence as usual. Raises MysqlAdapterError when mysqld
-        does not answer."""
-        if self.mode != "truncate" or self._fenced_at is None:
-            return False
-        if not self._fenced_pid or self._mysqld_pid() != self._fenced_pid:
-            return False  # not the mysqld that was primary (restarted since): its counters say nothing
-        try:
-            evidence = self._read_attributed()
-        except MysqlQueryError:
-            return False  # a query failed on a reachable server: fence as usual
-        if evidence.problem() is not None:
-            return False
-        if evidence.wait_sessions:
-            why = "commits waited for a semi-sync ack"
-        elif self._unreached:
-            # Commits may be starting right now from statements sent before it stopped answering;
-            # killing their sessions would commit them, a killed server keeps them in doubt.
-            why = "mysqld answered again after a fence could not reach it"
-        else:
-            return False
-        pid = self._mysqld_pid()
-        evidence = replace(evidence, killed_by_fence=True)  # an agent restarted later still knows
-        with self._lock:
-            self._evidence = evidence
-            self._killed = True
-        save_evidence(self.state_dir, evidence)
-        try:
-            kill_mysqld(self.control.pid_file)
-        except RepairError:
-            with self._lock:
-                self._killed = False
-            raise
-        log.warning(json.dumps({"event": "fenced_by_crash", "node": self.node, "pid": pid, "why": why,
-                                "waiting_commits": evidence.wait_sessions,
-                                "gtid_binlog_pos": evidence.gtid_binlog_pos,
-                                "gtid_binlog_state": evidence.gtid_binlog_state}))
-        return True
-
-    def _read_attributed(self) -> FencingEvidence:
-        """The evidence now, with what the fence ended so far: counted before the read, so never
-        more than the counters read include (a fence running meanwhile only makes it stricter)."""
-        return self.term.judged(lambda: read_evidence(self.mysql), self._fenced_pid, self._ended_by_fence)
-
-    def _mysqld_pid(self) -> str:
-        try:
-            return self.control.pid_file.read_text().strip()
-        except OSError:
-            return ""
-
-    def _read_evidence(self) -> None:
-        """Read the semi-sync counters of the run of mysqld that was primary: the same pid as at
-        fencing (a hung one may answer later); a restarted mysqld's counters say nothing."""
-        fenced_at = self._fenced_at
-        assert fenced_at is not None
-        pid = self._mysqld_pid()
-        problem = "mysqld did not answer after fencing"
-        while pid and self.wall() < fenced_at + EVIDENCE_RETRY_FOR:
-            if self._killed:
-                return  # the fence by crash read it first
-            try:
-                evidence = self._read_attributed()
-            except MysqlAdapterError as exc:
-                problem = f"mysqld did not answer after fencing ({exc})"
-                time.sleep(1.0)
-                continue
-            if self._mysqld_pid() != pid or self._killed:
-                problem = "mysqld restarted after fencing before its semi-sync counters were read"
-                break
-            with self._lock:
-                if self._fenced_at == fenced_at and not self._killed:
-                    save_evidence(self.state_dir, evidence)
-                    self._evidence = evidence
-            log.info(json.dumps({"event": "fencing_evidence", "node": self.node, **asdict(evidence),
-                                 "problem": evidence.problem()}))
-            return
-        if not pid:
-            problem = f"mysqld was not running at fencing (no pid in {self.control.pid_file})"
-        with self._lock:
-            if self._fenced_at == fenced_at and not self._killed:
-                self._evidence = problem
-        log.warning(json.dumps({"event": "fencing_evidence", "node": self.node, "problem": problem}))
 
     # ------------------------------------------------------------------ the core's view
     def view(self) -> RepairView:
