@@ -2,7 +2,8 @@
 
 The contract (see docs/decision-core.md): run every action of a decision in order, even after a
 failure, and never raise: a failed action shows up in the next observation as an unchanged level
-(gate still armed, mysqld still writable), and the core asks again.
+(gate still armed, mysqld still writable), and the core asks again. The actions that reach the
+``[rejoin]`` repair keeper are wired in :mod:`~dbfence.agent.executor_repair`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from dbfence.agent.actions import (
     AcquireLock,
     Action,
-    ActionReason,
     AdmitGate,
     AskPromises,
     BlockGate,
@@ -37,6 +37,7 @@ from dbfence.agent.actions import (
     WaitRelayLog,
     WriteFencingToken,
 )
+from dbfence.agent.executor_repair import RepairWiring
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.observation import DiscoveryTag, MemberInfo
 from dbfence.agent.promise_book import PromiseBook
@@ -56,10 +57,8 @@ from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.errors import MysqlUnavailableError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.monitor import HealthMonitor
-from dbfence.mysql.probes import probe_process
 from dbfence.mysql.source_state import SourceNotAnsweringError, SourceStateReader
 from dbfence.mysql.token_writer import FencingTokenWriter
-from dbfence.mysql.verdict import Reason
 
 log = logging.getLogger("dbfence.agent")
 
@@ -76,7 +75,7 @@ class NodeIdentity:
     api_url: str = ""  # where peers fetch backups and ask for failsafe promises
 
 
-class Executor:
+class Executor(RepairWiring):
     """Runs actions; remembers what discovery currently advertises."""
 
     def __init__(self, *, identity: NodeIdentity, keeper: LeaseKeeper, lock: LeaseLock, gate: Gate,
@@ -293,14 +292,6 @@ class Executor:
             self.repair.before_admit()
 
     # ------------------------------------------------------------------ replication
-    def _holder_record(self, node: str) -> MemberRecord:
-        snapshot = self.dcs.latest.snapshot
-        if snapshot is not None:
-            for entry in snapshot.members:
-                if entry.record.node == node:
-                    return entry.record
-        raise LookupError(f"no member record for {node}: cannot tell where its mysqld is")
-
     def _repoint(self, primary: str, semi_sync: bool) -> None:
         record = self._holder_record(primary)
         if not record.mysql_host or not record.mysql_port:
@@ -322,18 +313,6 @@ class Executor:
                            keep_ids=self.monitor.agent_connection_ids(),
                            around_switch_off=self._own_switch_off)
 
-    def _own_switch_off(self, switch_off: Callable[[], None]) -> None:
-        """Semi-sync's primary side turned off as the node demotes (the repoint of a former
-        primary): MariaDB counts a fallback, which is the agent's own and not held against a
-        later term judged since mysqld start. Sound only with the gate closed: a commit the
-        switch-off releases with an OK then never reaches its client. A Repoint comes only from
-        FENCED or REPLICA (decide_fence.py, decide_replica.py), where the gate blocks; checked
-        here too, and an admitting gate leaves the fallback counted."""
-        if self.repair is None or isinstance(self.gate.state, Admitting):
-            switch_off()
-        else:
-            self.repair.own_switch_off(switch_off)
-
     def _ensure_token(self, token: int) -> None:
         """Write ``token``; a call that took effect is no repeat, and the back-off never outlasts
         the moment the ack wait must be ended (soak seed 305: each cost a promotion 2 s)."""
@@ -344,71 +323,6 @@ class Executor:
             if writer.progress != progress:
                 self.backoff.progressed()
             self.backoff.due_within(writer.due_in())
-
-    def _end_own_ack_wait(self, end: Callable[[], None]) -> None:
-        """The token write waited too long for an ack: end it, counted for the repair evidence."""
-        if self.repair is None:
-            end()
-        else:
-            self.repair.end_own_ack_wait(end)
-
-    def _truncate(self, action: TruncateErrant) -> None:
-        """Start the repair in its own thread (it kills and restarts mysqld: seconds to minutes)."""
-        if self.repair is None:
-            raise RuntimeError("no repair keeper: [rejoin] is not configured")
-        if action.reference is not None:  # no primary yet: what the other members hold
-            reference = GtidState.parse(str(action.reference))
-            self.repair.start_truncate(action, lambda: reference, lambda: self._lock_holder() is None)
-            return
-        record = self._holder_record(action.primary)
-        target = MysqlActions(Endpoint(record.mysql_host, record.mysql_port), self.mysql.credentials,
-                              name=action.primary)
-        self.repair.start_truncate(action, lambda: target.gtid_positions().history,
-                                   lambda: self._lock_holder() == action.primary)
-
-    def _lock_holder(self) -> str | None:
-        """The lock holder as last read from the DCS ("?" when unread or unknown): a repair
-        retrying against one primary stops once another holds the lock (soak seed 405)."""
-        snapshot = self.dcs.latest.snapshot
-        if snapshot is None:
-            return "?"
-        if snapshot.lock is None:
-            return None
-        return "?" if snapshot.lock.holder is None else snapshot.lock.holder.node
-
-    def _rebuild(self, action: RebuildNode) -> None:
-        """Start the rebuild from the donor in its own thread (minutes: copy, prepare, restart)."""
-        if self.repair is None:
-            raise RuntimeError("no repair keeper: [rejoin] is not configured")
-        record = self._holder_record(action.donor)
-        if not record.api_url:
-            raise LookupError(f"{action.donor}'s member record has no HTTP API address to copy from")
-        primary = self._holder_record(action.primary)
-        target = MysqlActions(Endpoint(primary.mysql_host, primary.mysql_port), self.mysql.credentials,
-                              name=action.primary)
-        self.repair.start_rebuild(action, record.api_url, lambda: target.gtid_positions().history)
-
-    def _fence(self, reason: ActionReason) -> None:
-        self._refuse_if_mysqld_stopped()
-        if (self.repair is not None and reason is not ActionReason.SWITCHOVER
-                and self.repair.fence_by_crash()):
-            raise MysqlUnavailableError(Reason.PROCESS_GONE, "killed by the fence: commits waited "
-                                        "for a semi-sync ack ([rejoin] mode = truncate)")
-        keep_ids = self.monitor.agent_connection_ids()
-        if self.repair is None:
-            self.mysql.fence(keep_ids=keep_ids)
-        else:  # counts the ack waits its KILLs end, for the evidence
-            self.repair.fence(lambda: self.mysql.fence(keep_ids=keep_ids))
-
-    def _refuse_if_mysqld_stopped(self) -> None:
-        """A stopped mysqld (SIGSTOP, traced) answers nothing: asking it would only wait for the
-        connect timeout, and the release of a complete fence would wait behind it."""
-        pid_file = self.monitor.prober.target.pid_file
-        if pid_file is None:
-            return
-        verdict = probe_process(pid_file)
-        if verdict.reason is Reason.PROCESS_STOPPED:
-            raise MysqlUnavailableError(Reason.PROCESS_STOPPED, f"not asked: {verdict.detail}")
 
     # ------------------------------------------------------------------ member record
     def _publish_member(self, info: MemberInfo) -> None:
@@ -443,22 +357,6 @@ class Executor:
             api_url=ident.api_url,
         )
         self.lock.publish_member(record)
-
-    def _repair_reasons(self, info: MemberInfo) -> tuple[str, ...]:
-        """What `dbfence status` shows of a repair: the saved file, or why it gave up."""
-        if self.repair is None or info.role.value != "fenced":
-            return ()
-        view = self.repair.view()
-        reasons = []
-        if view.running:
-            reasons.append("repair running")
-        if view.gave_up:
-            reasons.append(f"repair gave up: {view.gave_up}")
-        if self.repair.hold and not view.gave_up:
-            reasons.append(f"repair waits: {self.repair.hold}")
-        if view.saved_file:
-            reasons.append(f"errant transactions saved to {view.saved_file}")
-        return tuple(reasons)
 
     # ------------------------------------------------------------------ discovery
     def _register(self, tag: DiscoveryTag) -> None:
