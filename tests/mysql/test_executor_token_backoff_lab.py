@@ -15,22 +15,15 @@ from dbfence.agent.actions import ActionReason, WriteFencingToken
 from dbfence.agent.repeats import RepeatBackoff
 from dbfence.mysql.token_writer import FencingTokenWriter
 from tests.conftest import LabFactory
-from tests.mysql.mysql_lab_helpers import actions, poll, run, sql
 from tests.mysql.test_executor_repoint_lab import executor_on
-from tests.mysql.test_mysql_repair_lab import NEVER_FALLS_BACK, lossless_pair
+from tests.mysql.test_mysql_repair_lab import primary_nobody_acknowledges
 
 ACK_WAIT_S = 1.0
 
 
 def test_rounds_polling_an_unacknowledged_token_write_are_not_held_by_the_back_off(
         lab_factory: LabFactory) -> None:
-    lab = lossless_pair(lab_factory)
-    db1, db2 = actions(lab, "db1"), actions(lab, "db2")
-    db1.ensure_schema()
-    poll(lambda: db2.gtid_positions().binlog_pos == db1.gtid_positions().binlog_pos, 30,
-         "db2 to apply the dbfence schema")
-    run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
-    db2.promote(semi_sync=NEVER_FALLS_BACK)  # db1 does not follow db2: nobody acknowledges
+    lab, db2 = primary_nobody_acknowledges(lab_factory)
     executor, _ = executor_on(lab, "db2", source_read_budget=0.5)
     write_ended = threading.Event()
     executor.token_writer = FencingTokenWriter(db2, "agent-db2", wait_s=120.0, ack_wait_s=ACK_WAIT_S,

@@ -21,7 +21,7 @@ from dbfence.mysql.gtid import Gtid
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, one, poll, primary_address, run, sql
 from tests.mysql.test_mysql_repair_full_disk_lab import fill, pad_binlog, waiting_for_space
-from tests.mysql.test_mysql_repair_lab import NEVER_FALLS_BACK, lab_keeper, rows
+from tests.mysql.test_mysql_repair_lab import NEVER_FALLS_BACK, lab_keeper, primary_again_by_hand, rows
 
 
 def test_a_second_repair_leaves_the_first_ones_cut_transaction_alone_and_removes_its_own(
@@ -105,13 +105,7 @@ def test_a_second_repair_leaves_the_first_ones_cut_transaction_alone_and_removes
 
         # Term 2: db1 primary again (by hand: no DDL of its own), db2 its semi-sync replica, which
         # stops receiving before db1's only commit of the term: it waits for its ack.
-        run(sql(lab, "db2"), "SET GLOBAL read_only = ON")
-        with contextlib.closing(sql(lab, "db1")) as conn:
-            run(conn, "STOP SLAVE")
-            run(conn, "RESET SLAVE ALL")
-        db1.set_semi_sync_replica(False)
-        db1.set_semi_sync_primary(NEVER_FALLS_BACK)
-        db1.set_read_only(False)
+        primary_again_by_hand(lab, db1, db2)
         keeper.on_promoted()
         db2.repoint(primary_address(lab, "db1"), db1.gtid_positions().history, semi_sync_replica=True)
         keeper.on_serving()

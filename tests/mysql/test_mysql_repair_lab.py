@@ -19,7 +19,7 @@ from dbfence.agent.actions import ActionReason, TruncateErrant
 from dbfence.agent.gtid import BinlogState, GtidPosition
 from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.lab.cluster import LabCluster
-from dbfence.mysql.actions import SemiSyncSettings
+from dbfence.mysql.actions import MysqlActions, SemiSyncSettings
 from dbfence.mysql.connection import DbConnection
 from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.gtid import GtidState
@@ -46,6 +46,31 @@ def lossless_pair(lab_factory: LabFactory, semi_sync: SemiSyncSettings = NEVER_F
     primary.close()
     poll(lambda: rows_or_none(lab, "db2") == [(1, "acknowledged")], 30, "db2 to apply the acknowledged row")
     return lab
+
+
+def primary_nobody_acknowledges(lab_factory: LabFactory) -> tuple[LabCluster, MysqlActions]:
+    """A lossless pair with db2 promoted by hand and db1 read-only and not following it: every
+    commit on db2 waits for an ack nobody sends. Returns the lab and db2's adapter."""
+    lab = lossless_pair(lab_factory)
+    db1, db2 = actions(lab, "db1"), actions(lab, "db2")
+    db1.ensure_schema()
+    poll(lambda: db2.gtid_positions().binlog_pos == db1.gtid_positions().binlog_pos, 30,
+         "db2 to apply the dbfence schema")
+    run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
+    db2.promote(semi_sync=NEVER_FALLS_BACK)  # db1 does not follow db2: nobody acknowledges
+    return lab, db2
+
+
+def primary_again_by_hand(lab: LabCluster, db1: MysqlActions, db2: MysqlActions) -> None:
+    """db1, a replica of db2, made primary again by hand (no DDL of its own) with db2 its semi-sync
+    replica again."""
+    run(sql(lab, "db2"), "SET GLOBAL read_only = ON")
+    with contextlib.closing(sql(lab, "db1")) as conn:
+        run(conn, "STOP SLAVE")
+        run(conn, "RESET SLAVE ALL")
+    db1.set_semi_sync_replica(False)
+    db1.set_semi_sync_primary(NEVER_FALLS_BACK)
+    db1.set_read_only(False)
 
 
 def rows_or_none(lab: LabCluster, name: str) -> list[tuple[int, str]] | None:

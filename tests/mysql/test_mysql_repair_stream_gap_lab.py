@@ -15,6 +15,7 @@ from tests.mysql.test_mysql_repair_lab import (
     commit_waiting_for_an_ack,
     cut_replica_and_promote_it,
     lossless_pair,
+    primary_again_by_hand,
     repair,
     rows,
 )
@@ -32,13 +33,7 @@ def test_a_second_terms_unacknowledged_commit_is_truncated_across_the_other_prim
     acknowledged = rows(lab, "db2")
     poll(lambda: rows(lab, "db1") == acknowledged, 30, "db1 to apply db2's rows")
     # db1 primary again by hand (no DDL of its own), db2 its semi-sync replica again.
-    run(sql(lab, "db2"), "SET GLOBAL read_only = ON")
-    with contextlib.closing(sql(lab, "db1")) as conn:
-        run(conn, "STOP SLAVE")
-        run(conn, "RESET SLAVE ALL")
-    db1.set_semi_sync_replica(False)
-    db1.set_semi_sync_primary(NEVER_FALLS_BACK)
-    db1.set_read_only(False)
+    primary_again_by_hand(lab, db1, db2)
     db2.repoint(primary_address(lab, "db1"), db1.gtid_positions().history, semi_sync_replica=True)
     with contextlib.closing(sql(lab, "db1")) as conn:
         poll(lambda: one(conn, "SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")["Value"] == "1",

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.token_writer import FencingTokenWriter
 from tests.conftest import LabFactory
-from tests.mysql.mysql_lab_helpers import actions, poll, run, sql
-from tests.mysql.test_mysql_repair_lab import NEVER_FALLS_BACK, lossless_pair
+from tests.mysql.mysql_lab_helpers import poll
+from tests.mysql.test_mysql_repair_lab import primary_nobody_acknowledges
 
 
 def test_a_token_wait_whose_end_failed_is_ended_by_a_later_call(lab_factory: LabFactory) -> None:
@@ -17,13 +17,7 @@ def test_a_token_wait_whose_end_failed_is_ended_by_a_later_call(lab_factory: Lab
     does). The writer must try again on the next call, not count the wait as ended: the
     promotion would otherwise wait for the session's read timeout (semi-sync's timeout plus a
     margin, an hour by default), its gate closed."""
-    lab = lossless_pair(lab_factory)
-    db1, db2 = actions(lab, "db1"), actions(lab, "db2")
-    db1.ensure_schema()
-    poll(lambda: db2.gtid_positions().binlog_pos == db1.gtid_positions().binlog_pos, 30,
-         "db2 to apply the dbfence schema")
-    run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
-    db2.promote(semi_sync=NEVER_FALLS_BACK)  # db1 does not follow db2: nobody acknowledges
+    _, db2 = primary_nobody_acknowledges(lab_factory)
     writer = FencingTokenWriter(db2, "agent-db2", wait_s=120.0, ack_wait_s=1.0)
     failures = [MysqlAdapterError("the KILL's connection failed (test)")]
     attempts: list[int] = []
@@ -50,13 +44,7 @@ def test_a_token_wait_whose_end_failed_is_ended_by_a_later_call(lab_factory: Lab
 def test_a_newer_token_ends_an_older_tokens_overdue_wait(lab_factory: LabFactory) -> None:
     """The ack-wait bound holds whatever token is asked for: a write of token 7 that nobody
     acknowledges must not hold token 8 back for the session's read timeout (an hour by default)."""
-    lab = lossless_pair(lab_factory)
-    db1, db2 = actions(lab, "db1"), actions(lab, "db2")
-    db1.ensure_schema()
-    poll(lambda: db2.gtid_positions().binlog_pos == db1.gtid_positions().binlog_pos, 30,
-         "db2 to apply the dbfence schema")
-    run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
-    db2.promote(semi_sync=NEVER_FALLS_BACK)  # db1 does not follow db2: nobody acknowledges
+    _, db2 = primary_nobody_acknowledges(lab_factory)
     writer = FencingTokenWriter(db2, "agent-db2", wait_s=120.0, ack_wait_s=1.0)
     assert not writer.ensure(7)
     poll(lambda: writer.ensure(8), 40, "token 8 written after token 7's overdue wait was ended")
