@@ -17,7 +17,8 @@ import psutil
 from dbfence.lab.cluster import LabCluster
 from dbfence.lab.errors import LabError
 from dbfence.lab.fault_model import FaultContext, Heal
-from dbfence.lab.wait import wait_until
+from dbfence.lab.procs import ProcessRef
+from dbfence.lab.wait import WaitTimeout, wait_until
 
 
 def _signal_mysqld(ctx: FaultContext, sig: signal.Signals) -> None:
@@ -25,14 +26,32 @@ def _signal_mysqld(ctx: FaultContext, sig: signal.Signals) -> None:
         raise LabError(f"{ctx.primary}'s mysqld is not running: nothing to send {sig.name} to")
 
 
+#: With ``[rejoin] truncate | rebuild`` the agent owns mysqld's restarts, as in production, where
+#: systemd's ``Restart=`` is off (docs/operations.md): it copies the binlog tail crash recovery
+#: reads, then starts mysqld. A heal that started it first raced it, and the node's evidence was
+#: then unusable (soak seeds 305 and 411). The heal waits this long for the agent, then starts
+#: mysqld itself, as an operator would (its agent down, say).
+AGENT_RESTART_WAIT = 60.0
+
+
 def kill_mysqld(ctx: FaultContext) -> Heal:
+    killed = ctx.lab.live_node(ctx.primary).process
     _signal_mysqld(ctx, signal.SIGKILL)
-    return ctx.step(f"killed {ctx.primary}'s mysqld", lambda: _restart_mysqld(ctx.lab, ctx.primary))
+    rejoin = ctx.tuning.rejoin
+    return ctx.step(f"killed {ctx.primary}'s mysqld",
+                    lambda: _restart_mysqld(ctx.lab, ctx.primary, killed, rejoin))
 
 
-def _restart_mysqld(lab: LabCluster, name: str) -> None:
-    wait_until(lambda: not lab.node(name).process.alive(), timeout=30, what=f"{name}'s mysqld to exit")
-    if not lab.live_node(name).process.alive():  # its agent's repair may have started it already
+def _restart_mysqld(lab: LabCluster, name: str, killed: ProcessRef, rejoin: str = "manual") -> None:
+    # The killed process, not whichever the manifest names now: its agent may have started another.
+    wait_until(lambda: not killed.alive(), timeout=30, what=f"{name}'s killed mysqld to exit")
+
+    def running() -> bool:  # the live one, as the pid file names it now
+        return lab.live_node(name).process.alive()
+    if rejoin != "manual" and any(agent.name == name for agent in lab.agents):
+        with contextlib.suppress(WaitTimeout):
+            wait_until(running, timeout=AGENT_RESTART_WAIT, what=f"{name}'s agent to start its mysqld")
+    if not running():  # its agent started it already, or not in time
         lab.start_mysql(name)
 
 

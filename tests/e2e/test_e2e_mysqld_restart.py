@@ -9,7 +9,11 @@ import time
 import pytest
 
 from dbfence.lab.agents import AgentTuning
+from dbfence.lab.cluster import LabCluster
+from dbfence.lab.fault_model import inject
+from dbfence.lab.faults import FaultContext, all_faults
 from dbfence.lab.wait import wait_until
+from dbfence.lab.workload import DiscoveryWriter
 from tests.conftest import LabFactory
 from tests.e2e.e2e_helpers import only_primary, rows_on, status, wait_for_role, write_row
 
@@ -65,3 +69,43 @@ def test_a_crashed_primary_mysqld_is_started_again_once_fenced_and_its_binlog_ta
     print(f"\n{primary}'s mysqld started again by its agent {back_after:.1f} s after the crash; {restart}")
     assert restart["binlog_tail_saved"] and "binlog-tail-" in restart["binlog_tail_saved"]
     assert only_primary(lab) == replica
+
+
+def test_the_soaks_kill_heal_leaves_the_restart_to_the_agent_in_truncate_mode(
+        lab_factory: LabFactory) -> None:
+    """Soak seeds 305 and 411: the nemesis's heal of a kill -9 started the primary's mysqld itself,
+    before its agent copied the binlog tail, and the node's evidence was then unusable. In
+    truncate mode the agent owns the restart (as in production, systemd's Restart= off): the heal
+    waits for it."""
+    tuning = AgentTuning(rejoin="truncate", lossless=False)
+    lab = lab_factory(mysql_count=2, dcs="etcd", agents=True, agent_tuning=tuning)
+    primary = only_primary(lab)
+    replica = next(n.name for n in lab.mysql if n.name != primary)
+    wait_for_role(lab, replica, "replica", timeout=60)
+    table = "app.heal_restart"
+    writer = DiscoveryWriter(lab, table)
+    writer.create_table(primary)
+    # The DDL applied on the replica first: a kill just after it, while a later commit is still
+    # prepared, makes MariaDB's recovery refuse to cut the binlog past a non-transactional event.
+    wait_until(lambda: _has_table(lab, replica, table), timeout=30, what=f"{table} on {replica}")
+    fault = next(f for f in all_faults() if f.name == "mysqld-kill")
+    ctx = FaultContext(lab, tuning, writer, primary, table)
+    heal = inject(fault, ctx)
+    heal()  # returns once a mysqld runs again
+
+    def restart() -> dict[str, object]:
+        return dict(status(lab, primary).get("mysqld_restart") or {})
+    # The agent's start returns once mysqld accepts clients; the heal returned once it ran. On
+    # the old heal, which started mysqld at once, the agent never starts it: restarts stays 0.
+    wait_until(lambda: restart().get("restarts") == 1, timeout=60,
+               what=f"{primary}'s agent to report its start of mysqld (not the heal's)")
+    assert "binlog-tail-" in str(restart()["binlog_tail_saved"])
+
+
+def _has_table(lab: LabCluster, node: str, table: str) -> bool:
+    schema, name = table.split(".")
+    with lab.connect(node) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = %s "
+                    "AND table_name = %s", (schema, name))
+        found = cur.fetchone()
+        return found is not None and found[0] == 1
