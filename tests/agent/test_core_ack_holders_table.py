@@ -15,7 +15,7 @@ import pytest
 
 from dbfence.agent.actions import AcquireLock, Action, ActionReason, Promote, ReleaseLock, WriteFencingToken
 from dbfence.agent.decide import RefusalReason, decide, race_refusals
-from dbfence.agent.decide_ack_holders import Holding, ack_holder_concerns
+from dbfence.agent.decide_ack_holders import Holding, ack_holder_concerns, holds_past_own_write
 from dbfence.agent.gtid import BinlogState
 from dbfence.agent.observation import LeaseView, LockView, MemberInfo, MemberRecord, Observation
 from dbfence.agent.state import Role, State, Trigger
@@ -206,3 +206,13 @@ def test_concerns_are_per_holder_and_unknown_peer() -> None:
         ("n3", "n2", ["0-2-3595"]), ("n4", "n2", ["0-2-3595"])]
     # Its own writes: n2 is no holder of received writes; with n3 and n4 known nothing is left.
     assert ack_holder_concerns(me, [n2, replace(n3, holds=pos("0-1-3577"))]) == []
+
+
+def test_a_holders_own_writes_past_ours_are_no_tie_with_our_token() -> None:
+    """``holds_past_own_write``: only another server's writes the holder received count; its own
+    (an errant tail nobody else received) are passed over, and the next stream is looked at."""
+    me = Holding("n1", pos("0-1-5"), BinlogState.parse("0-1-5,0-2-3"), server_id=1)
+    own_tail = Holding("n2", pos("0-2-9"), BinlogState.parse("0-1-4,0-2-9"), server_id=2)
+    assert not holds_past_own_write(own_tail, me)
+    received = Holding("n3", pos("0-2-9"), BinlogState.parse("0-1-4,0-2-9,0-5-7"), server_id=3)
+    assert holds_past_own_write(received, me)
