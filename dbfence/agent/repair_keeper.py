@@ -248,7 +248,7 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
             self._worker.start()
 
     def _truncate(self, action: TruncateErrant, primary_state: Callable[[], GtidState], out: Path,
-                  still_wanted: Callable[[], bool] = lambda: True) -> None:
+                  still_wanted: Callable[[], bool]) -> None:
         evidence = self._evidence
         why = (f"so that it can replicate from {action.primary}" if action.reference is None else
                f"with no primary, judged against the others' binlog states {action.reference}")

@@ -48,11 +48,20 @@ def promises_in(giver: str, text: str) -> list[Promise]:
     return promises
 
 
+def read_agent_logs(lab: LabCluster) -> dict[str, str]:
+    """Every lab agent's log text, by agent name: read once, for every question a check asks."""
+    return {agent.name: Path(agent.log).read_text(errors="replace") for agent in lab.agents}
+
+
+def promises_of(logs: dict[str, str]) -> tuple[Promise, ...]:
+    """Every failsafe promise the agents' logs (:func:`read_agent_logs`) show, in time order."""
+    promises = [p for name, text in logs.items() for p in promises_in(name, text)]
+    return tuple(sorted(promises, key=lambda p: p.at))
+
+
 def read_promises(lab: LabCluster) -> tuple[Promise, ...]:
     """Every failsafe promise the lab's agents gave, in time order."""
-    promises = [p for agent in lab.agents
-                for p in promises_in(agent.name, Path(agent.log).read_text(errors="replace"))]
-    return tuple(sorted(promises, key=lambda p: p.at))
+    return promises_of(read_agent_logs(lab))
 
 
 def tenures_in(node: str, text: str) -> list[Tenure]:
@@ -75,10 +84,9 @@ def tenures_in(node: str, text: str) -> list[Tenure]:
     return sorted(tenures.values(), key=lambda t: t.token)
 
 
-def read_logged_tenures(lab: LabCluster) -> tuple[Tenure, ...]:
-    """Every tenure the lab's agents' logs show, oldest token first."""
-    tenures = [t for agent in lab.agents
-               for t in tenures_in(agent.name, Path(agent.log).read_text(errors="replace"))]
+def tenures_of(logs: dict[str, str]) -> tuple[Tenure, ...]:
+    """Every tenure the agents' logs (:func:`read_agent_logs`) show, oldest token first."""
+    tenures = [t for name, text in logs.items() for t in tenures_in(name, text)]
     return tuple(sorted(tenures, key=lambda t: t.token))
 
 

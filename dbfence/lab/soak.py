@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dbfence.lab import mariadb_servers
 from dbfence.lab import netns as lab_netns
-from dbfence.lab.agent_logs import read_logged_tenures, read_promises, read_role_changes
+from dbfence.lab.agent_logs import promises_of, read_agent_logs, read_promises, read_role_changes, tenures_of
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.cluster import DcsKind, LabCluster, LabSpec
 from dbfence.lab.errors import LabError
@@ -339,10 +339,11 @@ class Soak:
             self._breach("whole again", now, f"{where}: {'; '.join(whole.problems)}")
         attempts = tuple(a for a in list(writer.attempts) if a.end <= now)
         reads = tuple(r for r in list(reader.reads) if r.end <= now)
-        tenures = remember_tenures(self.tenures, lab.in_client(read_tenures, lab), read_logged_tenures(lab))
+        logs = read_agent_logs(lab)
+        tenures = remember_tenures(self.tenures, lab.in_client(read_tenures, lab), tenures_of(logs))
         history = History(attempts, tenures, self._events(),
                           lab.in_client(read_final_state, lab, whole.primary, TABLE), reads,
-                          read_promises(lab), tuple(a.name for a in lab.agents))
+                          promises_of(logs), tuple(a.name for a in lab.agents))
         verdict = check(history)
         self._judge(verdict, attempts, where)
         if verdict.final_primary is not None:
