@@ -227,7 +227,8 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
                     "errant_before": result.errant_before, "errant_after": result.errant_after,
                     "binlog_pos_before": result.binlog_pos_before,
                     "binlog_pos_after": result.binlog_pos_after, "seconds": round(result.seconds, 3),
-                    "abandoned": result.abandoned},
+                    "abandoned": result.abandoned, "discarded": result.discarded,
+                    "kept_why": result.kept_why},
                 "rebuild": self._rebuild_status(), "term": self.term.status()}
 
     # ------------------------------------------------------------------ the repair
@@ -312,8 +313,10 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
         if result.succeeded:
             self._finish(out, "", result)
         else:
-            self._finish(out, f"{result.errant_after} survived crash recovery (committed in the engine): "
-                              "rebuild this node", result)
+            why = f" (not discarded as this node's own fencing-token writes: {result.kept_why})" * bool(
+                result.kept_why)
+            self._finish(out, f"{result.errant_after} survived crash recovery (committed in the engine)"
+                              f"{why}: rebuild this node", result)
 
     def _attempt(self, evidence: FencingEvidence | str, primary_state: Callable[[], GtidState], out: Path,
                  header: str) -> RepairResult:
@@ -380,7 +383,8 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
                                   "file": saved, "gave_up": gave_up}
         if result is not None:
             fields.update(removed=result.errant_before, left=result.errant_after,
-                          seconds=round(result.seconds, 3), abandoned=result.abandoned)
+                          seconds=round(result.seconds, 3), abandoned=result.abandoned,
+                          discarded=result.discarded, kept_why=result.kept_why)
         (log.info if not gave_up else log.warning)(json.dumps(fields))
         where = f"; saved to {saved}" if saved else "; nothing saved"
         if gave_up:
@@ -389,4 +393,8 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
             assert result is not None
             cut = (f"; the binlog ended inside {result.abandoned} (its write abandoned on a full disk, never "
                    "committed): saved as far as it could be read" if result.abandoned else "")
-            self.on_done("repair", f"truncated {result.errant_before} in {result.seconds:.1f} s{where}{cut}")
+            discarded = (f"; {result.discarded}: this node's own fencing-token write(s), committed "
+                         "unacknowledged, survived crash recovery and were discarded (RESET MASTER)"
+                         if result.discarded else "")
+            self.on_done("repair", f"truncated {result.errant_before} in {result.seconds:.1f} s{where}{cut}"
+                                   f"{discarded}")

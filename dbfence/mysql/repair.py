@@ -11,7 +11,10 @@ it instead, and recovery then keeps it. So the repair is:
 2. SIGKILL mysqld (the pid in its pid file), never a clean stop;
 3. run the start command (which must start mysqld with both options) and wait for it to answer;
 4. read its GTID state again: whatever is still errant against the primary survived recovery
-   (committed in the engine) and the repair has failed.
+   (committed in the engine);
+5. if that is only this node's own fencing-token writes (a promotion nobody could follow ends their
+   ack wait, and they commit unacknowledged), proven by their content, they are discarded
+   (:mod:`token_discard`); anything else left means the repair has failed.
 
 Nothing here decides whether the transactions may go: that is the decision core's
 (``dbfence.agent.rejoin``), from the evidence in :mod:`repair_evidence`.
@@ -35,12 +38,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.actions import GtidPositions, MysqlActions
 from dbfence.mysql.binlog_excerpt import OPEN_END_SEQ, save_errant, save_excerpt
 from dbfence.mysql.connection import query_one
 from dbfence.mysql.errors import MysqlAdapterError
-from dbfence.mysql.gtid import ErrantRange, GtidPosition, GtidState, describe_errant
+from dbfence.mysql.gtid import ErrantRange, Gtid, GtidPosition, GtidState, describe_errant
 from dbfence.mysql.repair_errors import BinlogCutShort, NothingErrant, RepairError
+from dbfence.mysql.token_discard import NotDiscardable, apply_discard, plan_discard
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class RepairResult:
     # Errant GTIDs whose write the binlog ends inside or before (abandoned on a full disk): saved
     # only as far as they could be read; nothing of them was in the engine.
     abandoned: str = ""
+    # This node's own fencing-token writes that survived recovery, discarded (token_discard).
+    discarded: str = ""
+    # Why what survived recovery was not discarded as token writes ('' when nothing survived).
+    kept_why: str = ""
 
     @property
     def succeeded(self) -> bool:
@@ -191,12 +199,31 @@ def recover_killed(mysql: MysqlActions, control: MysqldControl, primary_state: C
     saved, abandoned = save_excerpt(control.binlog_tool, files, ranges, out, header, exact=False,
                                     tail_abandoned=tail_abandoned)
     start_mysqld(control, mysql)
-    after = mysql.gtid_positions()
-    left = after.history.errant_against(primary_state())
+    left, after, discarded, kept_why = discard_own_tokens(mysql, primary_state, out, saved)
     return RepairResult(saved_file=out, errant_before=",".join(map(str, saved)),
                         errant_after=describe_errant(left), binlog_pos_before=binlog_pos_before,
                         binlog_pos_after=str(after.binlog_pos), seconds=time.monotonic() - started,
-                        abandoned=abandoned)
+                        abandoned=abandoned, discarded=discarded, kept_why=kept_why)
+
+
+def discard_own_tokens(mysql: MysqlActions, primary_state: Callable[[], GtidState], out: Path,
+                       saved: Sequence[Gtid]) -> tuple[tuple[ErrantRange, ...], GtidPositions, str, str]:
+    """After recovery: what is still errant, the positions, what was discarded and why not. Left
+    errant transactions that are only this node's fencing-token writes, saved in ``out``, are
+    discarded (:mod:`token_discard`); anything else stays, with the reason."""
+    after = mysql.gtid_positions()
+    left = after.history.errant_against(primary_state())
+    if not left:
+        return left, after, "", ""
+    try:
+        plan = plan_discard(mysql, left, out.read_text(), saved, primary_state())
+        apply_discard(mysql, plan)
+    except NotDiscardable as exc:
+        return left, after, "", str(exc)
+    except OSError as exc:
+        return left, after, "", f"cannot read the excerpt {out}: {exc.strerror or exc}"
+    after = mysql.gtid_positions()
+    return after.history.errant_against(primary_state()), after, str(plan), ""
 
 
 def mysqld_running(pid_file: Path) -> bool:
@@ -225,20 +252,20 @@ def truncate_unacknowledged(mysql: MysqlActions, control: MysqldControl,
     files = binlog_files(mysql)
     abandoned = ""
     try:
-        save_errant(control.binlog_tool, files, ranges, out, header)
+        saved = save_errant(control.binlog_tool, files, ranges, out, header)
     except BinlogCutShort:
         if waiting_for_disk_space(mysql):
             raise  # a write under way: it may finish once the disk is freed
         size = _last_size(files)
-        _, abandoned = save_excerpt(control.binlog_tool, files, ranges, out, header, tail_abandoned=True)
+        saved, abandoned = save_excerpt(control.binlog_tool, files, ranges, out, header, tail_abandoned=True)
         if waiting_for_disk_space(mysql) or _last_size(files) != size:  # a write began meanwhile after all
             out.unlink(missing_ok=True)
             raise BinlogCutShort("the binlog grew while its cut end was saved: tried again later") from None
     kill_mysqld(control.pid_file)
     start_mysqld(control, mysql)
-    after = mysql.gtid_positions()
-    left = after.history.errant_against(primary_state())
+    left, after, discarded, kept_why = discard_own_tokens(mysql, primary_state, out, saved)
     return RepairResult(saved_file=out, errant_before=describe_errant(ranges),
                         errant_after=describe_errant(left),
                         binlog_pos_before=str(before.binlog_pos), binlog_pos_after=str(after.binlog_pos),
-                        seconds=time.monotonic() - started, abandoned=abandoned)
+                        seconds=time.monotonic() - started, abandoned=abandoned, discarded=discarded,
+                        kept_why=kept_why)
