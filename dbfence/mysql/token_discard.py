@@ -266,10 +266,10 @@ def plan_discard(mysql: MysqlActions, left: Sequence[ErrantRange], excerpt: str,
                                                   GtidPosition.parse(str(row["slave_pos"] or ""))), left)
     return DiscardPlan(tuple(sorted(writes)), tuple(sorted(tokens)),
                        writes[transactions[errant[0]][0]].fencing_inserted,
-                       _checked_position(position, held, primary), str(row["state"] or ""))
+                       checked_position(position, held, primary), str(row["state"] or ""))
 
 
-def _checked_position(position: GtidPosition, held: GtidPosition, primary: GtidState) -> GtidPosition:
+def checked_position(position: GtidPosition, held: GtidPosition, primary: GtidState) -> GtidPosition:
     """``position`` (before the first token) when it is everything else the node holds and the
     primary holds it; else NotDiscardable."""
     if not position.gtids:
