@@ -4,6 +4,7 @@ saved and truncated, never lost; a committed errant transaction is never removed
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import signal
 import sys
@@ -447,13 +448,15 @@ def test_a_killed_primary_whose_waiting_commit_reached_the_new_primary_is_starte
 
 @pytest.mark.parametrize("token_order", ["under-semi-sync", "before-semi-sync"])
 def test_a_fencing_token_no_replica_received_is_removed_with_the_other_unacknowledged_commits(
-        lab_factory: LabFactory, tmp_path: Path, token_order: str) -> None:
+        lab_factory: LabFactory, tmp_path: Path, token_order: str, caplog: pytest.LogCaptureFixture) -> None:
     """The soak's open finding (seed 11, second replay): db2 is promoted, its first transaction
     as primary is the fencing-token write, then a commit waits for an ack and the fence kills
     mysqld. Written under semi-sync (the promotion's order now), the token write is in doubt like
     the commit and crash recovery removes both: the node can rejoin. Written before semi-sync was
     switched on (the old order, kept here as the measurement of the cause), it was committed at
-    once, survived recovery although no replica held it, and the repair had to give up."""
+    once and survives recovery although no replica held it: the repair used to give up, and now
+    discards it as this node's own token write (issue 16)."""
+    caplog.set_level(logging.INFO, logger="dbfence.agent")
     lab = lossless_pair(lab_factory)
     db2 = actions(lab, "db2")
     actions(lab, "db1").ensure_schema()  # as in any cluster the agents run: made by the first primary
@@ -510,12 +513,17 @@ def test_a_fencing_token_no_replica_received_is_removed_with_the_other_unacknowl
         assert rows(lab, "db2") == [(1, "acknowledged")]
         assert history[0][0] == "repair" and history[0][1].startswith("truncated 0-2-"), history
     else:
-        # What the soak found: the commit is gone, the token write survived; a rebuild is needed.
-        assert view.gave_up.startswith(f"0-2-*..0-2-{token_seq} (server 2 never replicated"), keeper.status()
-        assert "survived crash recovery" in view.gave_up
-        token = db2.read_fencing_token()
-        assert token is not None and token.token == 7
+        # What the soak found: the commit is gone, the token write survived recovery (a rebuild was
+        # needed). Only the node's own token is left: it is discarded (issue 16) and the node can rejoin.
+        assert view.gave_up == "", keeper.status()
+        assert left == (), left
+        assert keeper.status()["last"]["discarded"] == f"0-2-{token_seq} (fencing token(s) 7)"
+        # The cluster's first token: the row it inserted goes too (the primary's first token inserts it).
+        assert db2.read_fencing_token() is None
         assert rows(lab, "db2") == [(1, "acknowledged")]
+        assert "were discarded (RESET MASTER)" in history[0][1], history
+        done = [r.getMessage() for r in caplog.records if '"event": "repair_done"' in r.getMessage()]
+        assert len(done) == 1 and f'"discarded": "0-2-{token_seq} (fencing token(s) 7)"' in done[0], done
 
 
 def test_a_token_write_no_replica_acknowledges_is_ended_and_not_held_against_the_evidence(
