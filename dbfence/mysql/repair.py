@@ -217,11 +217,16 @@ def discard_own_tokens(mysql: MysqlActions, primary_state: Callable[[], GtidStat
         return left, after, "", ""
     try:
         plan = plan_discard(mysql, left, out.read_text(), saved, primary_state())
-        apply_discard(mysql, plan)
     except NotDiscardable as exc:
         return left, after, "", str(exc)
     except OSError as exc:
         return left, after, "", f"cannot read the excerpt {out}: {exc.strerror or exc}"
+    except MysqlAdapterError as exc:  # nothing changed yet: gives up as before, saying why
+        return left, after, "", f"could not read what is left: {exc}"
+    try:
+        apply_discard(mysql, plan)
+    except NotDiscardable as exc:
+        return left, after, "", str(exc)
     after = mysql.gtid_positions()
     return after.history.errant_against(primary_state()), after, str(plan), ""
 

@@ -28,8 +28,12 @@ and its GTID state, and ``gtid_slave_pos`` is set to that position, where the ag
 (``MASTER_USE_GTID = slave_pos``) starts. Why RESET MASTER: MariaDB keeps the token's GTID in
 ``gtid_binlog_state`` for as long as any binlog file or Gtid list counts it (PURGE keeps it), and
 under ``gtid_strict_mode`` the primary's next transaction of the same domain would be refused as
-out of order behind it. What it costs: this node's older binlog files, every event of which the
-primary holds (checked above), as a rebuild would.
+out of order behind it; it also refuses (1947, measured on 10.11) a ``gtid_slave_pos`` behind the
+binlog's own GTID, so the SET can only follow the RESET. A stop between the two leaves the
+``gtid_slave_pos`` of before the promotion, which is that very position when the node was
+promoted from a replica and the token was its first write (the case the soak finds). What it
+costs: this node's older binlog files, every event of which the primary holds (checked above), as
+a rebuild would.
 
 Invariant: nothing is changed unless every check holds; a refusal says why, and the repair then
 gives up exactly as before.
