@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from functools import partial
 from pathlib import Path
+
+import pytest
 
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import MysqlActions
@@ -30,11 +33,13 @@ def token_row(lab: LabCluster, name: str) -> tuple[int, int] | None:
     return None if record is None else (record.token, record.server_id)
 
 
-def db2_token_committed_unacknowledged(lab_factory: LabFactory) -> tuple[LabCluster, MysqlActions, int]:
+def db2_token_committed_unacknowledged(lab_factory: LabFactory, tokens: tuple[int, ...] = (7,)
+                                       ) -> tuple[LabCluster, MysqlActions, int]:
     """db1 (lossless primary) writes token 5, which db2 receives; db2 is promoted while db1 steps
-    down and does not follow it, so db2's token 7 waits for an ack until the writer ends the wait
-    (as the agent's TokenWriter does): it commits in the engine, unacknowledged. Returns the lab,
-    db2's adapter and the token's seq."""
+    down and does not follow it, so db2's token 7 (and any later ``tokens``: promoted again,
+    followed by nobody again) waits for an ack until the writer ends the wait (as the agent's
+    TokenWriter does): it commits in the engine, unacknowledged. Returns the lab, db2's adapter and
+    the first token's seq."""
     lab = lossless_pair(lab_factory)
     db1, db2 = actions(lab, "db1"), actions(lab, "db2")
     db1.ensure_schema()
@@ -43,11 +48,14 @@ def db2_token_committed_unacknowledged(lab_factory: LabFactory) -> tuple[LabClus
     run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
     db2.promote(semi_sync=NEVER_FALLS_BACK)
     writer = FencingTokenWriter(db2, "agent-db2", wait_s=60.0, ack_wait_s=1.0)
-    assert not writer.ensure(7)
-    poll(lambda: writer.ensure(7), 30, "the token write's ack wait to be ended")
-    assert token_row(lab, "db2") == (7, 2)
+    first = ""
+    for token in tokens:
+        assert not writer.ensure(token)
+        poll(partial(writer.ensure, token), 30, "the token write's ack wait to be ended")
+        assert token_row(lab, "db2") == (token, 2)
+        first = first or str(db2.gtid_positions().binlog_pos)
     with contextlib.closing(sql(lab, "db2")) as conn:
-        pos = str(one(conn, "SELECT @@gtid_binlog_pos AS p")["p"])
+        pos = first
         assert pos.startswith("0-2-"), pos  # server 2's first transaction: the token
         # Durable in InnoDB, as about a second after the KILL (before that, recovery still removes it).
         poll(lambda: innodb_log_flushed(conn), 30, "InnoDB to flush its redo log")
@@ -77,22 +85,25 @@ def repair_db2(lab: LabCluster, tmp_path: Path) -> RepairResult:
                                    tmp_path / "errant-db2.sql", "-- dbfence test excerpt\n")
 
 
+@pytest.mark.parametrize("tokens", [(7,), (7, 8)], ids=["one token", "two terms nobody followed"])
 def test_a_token_committed_unacknowledged_is_discarded_and_the_node_rejoins(
-        lab_factory: LabFactory, tmp_path: Path) -> None:
-    lab, db2, token_seq = db2_token_committed_unacknowledged(lab_factory)
+        lab_factory: LabFactory, tmp_path: Path, tokens: tuple[int, ...]) -> None:
+    lab, db2, token_seq = db2_token_committed_unacknowledged(lab_factory, tokens)
     db1_primary_again_with_more_writes(lab)
-    assert history_rows(lab, "db2") == [(5, 1), (7, 2)]
+    assert history_rows(lab, "db2") == [(5, 1)] + [(token, 2) for token in tokens]
+    last_seq = token_seq + len(tokens) - 1
 
     result = repair_db2(lab, tmp_path)
     print(f"\nrepair: {result}")
     assert result.succeeded, result  # before issue 16's fix: "0-2-... survived crash recovery"
-    assert result.errant_before == f"0-2-*..0-2-{token_seq} {NEVER_REPLICATED}"
-    assert result.discarded == f"0-2-{token_seq} (fencing token(s) 7)", result
+    assert result.errant_before == f"0-2-*..0-2-{last_seq} {NEVER_REPLICATED}"
+    gtids = ",".join(f"0-2-{seq}" for seq in range(token_seq, last_seq + 1))
+    assert result.discarded == f"{gtids} (fencing token(s) {', '.join(map(str, tokens))})", result
     assert "GTID 0-2-" in result.saved_file.read_text()  # the token is kept in the excerpt
     db1_state = actions(lab, "db1").gtid_positions().history
     assert db2.gtid_positions().history.errant_against(db1_state) == ()
     assert history_rows(lab, "db2") == [(5, 1)]  # the token's history row is gone
-    assert token_row(lab, "db2") == (7, 2)  # the fencing row: overwritten as db1's token replicates
+    assert token_row(lab, "db2") == (tokens[-1], 2)  # the fencing row: overwritten as db1's token replicates
     with contextlib.closing(sql(lab, "db2")) as conn:
         assert one(conn, "SELECT @@global.read_only AS ro")["ro"] == 1  # still fenced
 
