@@ -155,10 +155,16 @@ class ErrantCheck:
     ``gtids`` lists the local transactions the primary lacks (empty: clean). The MySQL
     adapter computes it from the primary's binlog (positions alone cannot prove a
     clean history, see ``GtidPosition.diverging_domains``).
+
+    ``only_own_tokens``: the adapter read every listed transaction's events in the local binlog
+    and each is one of this server's fencing-token writes, nothing else (the ``dbfence`` token
+    tables). No client wrote or was told of them, so removing them loses no acknowledged write
+    whatever the fencing evidence says (:mod:`dbfence.agent.rejoin`).
     """
 
     against: str
     gtids: tuple[str, ...] = ()
+    only_own_tokens: bool = False
 
     @property
     def clean(self) -> bool:

@@ -5,7 +5,11 @@ any client when the node ran lossless: AFTER_SYNC semi-sync returns OK only once
 the commit, and the new primary holds everything any replica held. That is only proven when the
 evidence recorded at fencing shows semi-sync on, AFTER_SYNC, and no fallback to asynchronous
 replication. The transactions must also be this node's own: anything written by another server
-id came from elsewhere.
+id came from elsewhere. One case needs no evidence: every errant transaction is one of this
+node's own fencing-token writes (``ErrantCheck.only_own_tokens``, read from their binlog events
+by the adapter), which carry no client data: a promotion nobody could acknowledge, or a takeover
+without replicas, commits its token unacknowledged, and a kill -9 of mysqld or an agent restart
+can leave no evidence at all (soak seeds 421, 423).
 
 * ``truncate``: proven → TruncateErrant (the adapter saves them to a file first); otherwise, or
   once an attempt failed, the node stays FENCED and says why.
@@ -109,10 +113,12 @@ def plan_repair(mode: str, repair: RepairView, errant: ErrantCheck, server_id: i
 
 def _unproven(repair: RepairView, errant: ErrantCheck, server_id: int | None) -> str | None:
     """Why the errant transactions are not proven unacknowledged (None: proven)."""
-    if repair.evidence_problem is not None:
-        return repair.evidence_problem
     # No GTIDs: mysqld is down (killed by the fence) and the adapter takes only this server's.
     foreign = [text for text in errant.gtids if server_id is None or _writer(text) != server_id]
+    if errant.only_own_tokens and errant.gtids and not foreign:
+        return None  # fencing tokens only: no client data, nothing a client was told of
+    if repair.evidence_problem is not None:
+        return repair.evidence_problem
     if foreign:
         return "not written by this node: " + ",".join(foreign)
     return None

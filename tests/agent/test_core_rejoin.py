@@ -28,6 +28,7 @@ REBUILD = replace(CONFIG, rejoin_mode="rebuild")
 FENCED = State(role=Role.FENCED, since=NOW - 10, fenced_reason=Trigger.LEASE_EXPIRED)
 OWN_ERRANT = ErrantCheck("n2", ("0-11-101", "1-11-5..1-11-7"))  # the builders' server_id is 11
 LOSSLESS = RepairView(evidence_problem=None)
+TOKENS_ONLY = ErrantCheck("n2", ("0-11-101..0-11-102",), only_own_tokens=True)
 SURVIVED = "0-11-101 survived crash recovery (committed in the engine): rebuild this node"
 ERRANT_REFUSAL = (RefusalReason.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7")
 
@@ -64,6 +65,17 @@ CASES = [
          fenced_seeing_n2(repair=RepairView(evidence_problem="semi-sync fell back to asynchronous 2 times")),
          (), ((R.ERRANT_GTIDS, "0-11-101,1-11-5..1-11-7"),
               (R.REPAIR_UNSAFE, "semi-sync fell back to asynchronous 2 times"))),
+    Case("truncate: no evidence, but only its own fencing tokens are errant -> truncate", TRUNCATE,
+         fenced_seeing_n2(TOKENS_ONLY, repair=RepairView()),
+         (TruncateErrant("n2", TOKENS_ONLY.gtids, ActionReason.REPAIR_UNACKNOWLEDGED),),
+         ((R.ERRANT_GTIDS, "0-11-101..0-11-102"),)),
+    Case("truncate: a fallback, but only its own fencing tokens are errant -> truncate", TRUNCATE,
+         fenced_seeing_n2(TOKENS_ONLY, repair=RepairView(evidence_problem="semi-sync is off")),
+         (TruncateErrant("n2", TOKENS_ONLY.gtids, ActionReason.REPAIR_UNACKNOWLEDGED),),
+         ((R.ERRANT_GTIDS, "0-11-101..0-11-102"),)),
+    Case("truncate: 'tokens only' with another server's GTID -> the evidence still decides", TRUNCATE,
+         fenced_seeing_n2(replace(TOKENS_ONLY, gtids=("0-3-7",)), repair=RepairView()),
+         (), ((R.ERRANT_GTIDS, "0-3-7"), (R.REPAIR_UNSAFE, "no evidence recorded"))),
     Case("truncate: a transaction of another server -> never", TRUNCATE,
          fenced_seeing_n2(ErrantCheck("n2", ("0-11-101", "0-3-7"))),
          (), ((R.ERRANT_GTIDS, "0-11-101,0-3-7"), (R.REPAIR_UNSAFE, "not written by this node: 0-3-7"))),
