@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from dbfence.agent.gtid import GtidPosition as CorePosition
@@ -24,10 +24,11 @@ from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.facts import FactsReader, PeerBinlogState
 from dbfence.mysql.flavour import ReplicaStatus
-from dbfence.mysql.gtid import GtidState
+from dbfence.mysql.gtid import ErrantRange, GtidState
 from dbfence.mysql.monitor import HealthMonitor, HealthObservation
 from dbfence.mysql.probes import Role as ProbeRole
 from dbfence.mysql.probes import judge_replica_status
+from dbfence.mysql.token_discard import only_own_token_writes
 from dbfence.mysql.verdict import ProbeKind, Reason, Verdict
 
 log = logging.getLogger("dbfence.agent")
@@ -109,6 +110,9 @@ class DbSensor:
         self._errant_peer: PeerDatabase | None = None
         self._source_of: Callable[[str, int], str | None] = lambda host, port: None
         self._last_errant: tuple[float, ErrantCheck | None] = (0.0, None)
+        # ((run of mysqld, errant set), only own tokens?): a fenced node's errant set stays put,
+        # and reading its binlog events once per set is enough.
+        self._token_verdict: tuple[tuple[int, tuple[str, ...]], bool] | None = None
         settings = monitor.settings
         # Without the probes' own replica status read, the facts' read is judged here (see _round).
         self._judges_replica_status = not settings.replica_status
@@ -286,9 +290,26 @@ class DbSensor:
             # unknown: the core waits rather than guess
             return None, f"cannot read {peer.name}'s binlog state: {exc}"
         ranges = local.history.errant_against(remote_state)
-        check = ErrantCheck(against=peer.name, gtids=tuple(str(r) for r in ranges))
+        gtids = tuple(str(r) for r in ranges)
+        check = ErrantCheck(against=peer.name, gtids=gtids,
+                            only_own_tokens=self._only_own_tokens(ranges, gtids))
         self._last_errant = (time.monotonic(), check)
         return check, ""
+
+    def _only_own_tokens(self, ranges: Sequence[ErrantRange], gtids: tuple[str, ...]) -> bool:
+        """Whether every errant transaction is this server's own fencing-token write (the
+        adapter reads their binlog events); False when mysqld could not say, asked again then."""
+        if not ranges:
+            return False
+        key = (self._restarts, gtids)
+        if self._token_verdict is not None and self._token_verdict[0] == key:
+            return self._token_verdict[1]
+        try:
+            why = only_own_token_writes(self._actions, ranges)
+        except MysqlAdapterError:
+            return False
+        self._token_verdict = (key, not why)
+        return not why
 
 
 def _summary_line(verdict: Verdict) -> str:

@@ -217,6 +217,48 @@ def _events_back_to(mysql: MysqlActions, ranges: Sequence[ErrantRange],
     raise NotDiscardable("the binlog files do not reach back to before the errant transactions")
 
 
+def _token_writes(mysql: MysqlActions, ranges: Sequence[ErrantRange], max_events: int
+                  ) -> tuple[list[tuple[Gtid, list[BinlogEvent]]], list[int], dict[Gtid, TokenWrite]]:
+    """The binlog's transactions back to before ``ranges``, the indexes of those in ``ranges``, and
+    what each of them wrote; raises NotDiscardable unless the binlog holds every one of them and
+    each is a fencing-token write."""
+    transactions = split_transactions(_events_back_to(mysql, ranges, max_events))
+    errant = [i for i, (gtid, _) in enumerate(transactions) if in_errant_ranges(gtid, ranges)]
+    found = {transactions[i][0] for i in errant}
+    missing = [str(r.last) for r in ranges if r.last not in found]
+    if not errant or missing:
+        raise NotDiscardable(f"the binlog does not hold {', '.join(missing) or 'them'}")
+    writes: dict[Gtid, TokenWrite] = {}
+    for i in errant:
+        gtid, group = transactions[i]
+        judged = token_write_problem(group)
+        if isinstance(judged, str):
+            raise NotDiscardable(f"{gtid} is not a fencing-token write: {judged}")
+        writes[gtid] = judged
+    return transactions, errant, writes
+
+
+def only_own_token_writes(mysql: MysqlActions, ranges: Sequence[ErrantRange], *,
+                          max_events: int = 200_000) -> str:
+    """Why the transactions of ``ranges`` (errant against the primary) are not all this server's
+    own fencing-token writes, read from the local binlog's events; "" when they are. Changes
+    nothing: the errant check the core reads carries it (``ErrantCheck.only_own_tokens``), and the
+    repair proves it again, with more, before it discards anything (:func:`plan_discard`).
+    Raises MysqlAdapterError when mysqld does not answer."""
+    if not ranges:
+        return "nothing errant"
+    with mysql.session() as conn:
+        server_id = int(query_one(conn, "SELECT @@global.server_id AS server_id")["server_id"])
+    others = sorted({r.server_id for r in ranges if r.server_id != server_id})
+    if others:
+        return f"errant transactions of server(s) {others}, not this node's ({server_id})"
+    try:
+        _token_writes(mysql, ranges, max_events)
+    except NotDiscardable as exc:
+        return str(exc)
+    return ""
+
+
 def plan_discard(mysql: MysqlActions, left: Sequence[ErrantRange], excerpt: str, saved: Collection[Gtid],
                  primary: GtidState, *, max_events: int = 1_000_000) -> DiscardPlan:
     """Prove that ``left`` (errant after crash recovery) are only this node's own token writes,
@@ -233,23 +275,10 @@ def plan_discard(mysql: MysqlActions, left: Sequence[ErrantRange], excerpt: str,
     status = mysql.replica_status()
     if status is not None and (status.io_running != "No" or status.sql_running != "No"):
         raise NotDiscardable(f"replication is running (IO {status.io_running}, SQL {status.sql_running})")
-    events = _events_back_to(mysql, left, max_events)
-    transactions = split_transactions(events)
-    errant = [i for i, (gtid, _) in enumerate(transactions) if in_errant_ranges(gtid, left)]
-    found = {transactions[i][0] for i in errant}
-    missing = [str(r.last) for r in left if r.last not in found]
-    if not errant or missing:
-        raise NotDiscardable(f"the binlog does not hold {', '.join(missing) or 'them'}")
+    transactions, errant, writes = _token_writes(mysql, left, max_events)
     after = [str(gtid) for gtid, _ in transactions[errant[0]:] if not in_errant_ranges(gtid, left)]
     if after:
         raise NotDiscardable(f"{', '.join(after[:3])} follow(s) the first of them in the binlog")
-    writes: dict[Gtid, TokenWrite] = {}
-    for i in errant:
-        gtid, group = transactions[i]
-        judged = token_write_problem(group)
-        if isinstance(judged, str):
-            raise NotDiscardable(f"{gtid} is not a fencing-token write: {judged}")
-        writes[gtid] = judged
     unsaved = [str(g) for g in writes if g not in saved]
     in_excerpt = history_tokens_in_excerpt(excerpt, set(writes))
     if unsaved or set(in_excerpt) != set(writes):

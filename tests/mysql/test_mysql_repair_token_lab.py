@@ -13,7 +13,9 @@ import pytest
 
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.actions import MysqlActions
+from dbfence.mysql.gtid import ErrantRange
 from dbfence.mysql.repair import MysqldControl, RepairResult, truncate_unacknowledged
+from dbfence.mysql.token_discard import only_own_token_writes
 from dbfence.mysql.token_writer import FencingTokenWriter
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, one, poll, primary_address, run, sql
@@ -74,6 +76,11 @@ def db1_primary_again_with_more_writes(lab: LabCluster) -> None:
     run(sql(lab, "db1", account="app"), "INSERT INTO app.t VALUES (3, 'and another')")
 
 
+def errant_against_db1(lab: LabCluster) -> tuple[ErrantRange, ...]:
+    primary = actions(lab, "db1").gtid_positions().history
+    return actions(lab, "db2").gtid_positions().history.errant_against(primary)
+
+
 def repair_db2(lab: LabCluster, tmp_path: Path) -> RepairResult:
     node = lab.node("db2")
     control = MysqldControl(
@@ -92,6 +99,8 @@ def test_a_token_committed_unacknowledged_is_discarded_and_the_node_rejoins(
     db1_primary_again_with_more_writes(lab)
     assert history_rows(lab, "db2") == [(5, 1)] + [(token, 2) for token in tokens]
     last_seq = token_seq + len(tokens) - 1
+    # What the errant check tells the core before any repair: only its own tokens (no evidence needed).
+    assert only_own_token_writes(db2, errant_against_db1(lab)) == ""
 
     result = repair_db2(lab, tmp_path)
     print(f"\nrepair: {result}")
@@ -127,6 +136,9 @@ def test_a_committed_client_transaction_next_to_the_token_still_gives_up(
         poll(lambda: innodb_log_flushed(conn), 30, "InnoDB to flush its redo log")
     db1_primary_again_with_more_writes(lab)
     before = db2.gtid_positions()
+    assert only_own_token_writes(db2, errant_against_db1(lab)) == (
+        f"0-2-{token_seq + 1} is not a fencing-token write: it writes 'app.t', not only the fencing "
+        "token's tables")
 
     result = repair_db2(lab, tmp_path)
     print(f"\nrepair: {result}")
