@@ -208,6 +208,8 @@ class Executor(RepairWiring):
                     self._ensure_token(held)
             case Repoint(primary=primary, semi_sync=semi_sync):
                 self._repoint(primary, semi_sync)
+                if self.repair is not None:  # follows: a fence its restarted agent resumed is spent
+                    self.repair.on_followed()
             case RebuildNode():
                 self._rebuild(action)
             case TruncateErrant():

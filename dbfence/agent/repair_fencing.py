@@ -29,12 +29,21 @@ from pathlib import Path
 from typing import TypeVar
 
 from dbfence.agent.gtid import BinlogState, GtidParseError, GtidPosition
+from dbfence.agent.term_record import (
+    SAME_PROCESS_SLACK_S,
+    TermRecord,
+    clear_record,
+    load_record,
+    process_started_at,
+    save_record,
+)
 from dbfence.agent.term_watch import TermWatch
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.errors import MysqlAdapterError, MysqlQueryError
-from dbfence.mysql.repair import MysqldControl, kill_mysqld
+from dbfence.mysql.repair import MysqldControl, kill_mysqld, mysqld_running
 from dbfence.mysql.repair_errors import RepairError
 from dbfence.mysql.repair_evidence import FencingEvidence, read_evidence, save_evidence
+from dbfence.mysql.semi_sync_term import load_taint
 
 log = logging.getLogger("dbfence.agent")
 
@@ -75,11 +84,16 @@ class FencingRecorder:
     _ended_by_fence: int
     _unreached: bool
     _fenced_pid: str
+    _fenced_started_at: float  # the process start of that mysqld (0.0: unknown)
+    _term: int
+    _reader: threading.Thread | None
+    _record_lock: threading.Lock  # one writer of the term record at a time (TermRecord)
 
     def fence_unreached(self) -> None:
         """A fence could not reach mysqld (stopped or not answering); see fence_by_crash."""
-        if self._fenced_at is not None and not self._killed:
+        if self._fenced_at is not None and not self._killed and not self._unreached:
             self._unreached = True
+            self._save_fence_record()
 
     def fence(self, run_fence: Callable[[], _T]) -> _T:
         """Run the fence (KILL the client sessions, read_only ON) between two reads of
@@ -102,6 +116,7 @@ class FencingRecorder:
                 return result
             with self._lock:
                 self._ended_by_fence += after - before
+            self._save_fence_record()
             log.info(json.dumps({"event": "fence_ended_ack_waits", "node": self.node,
                                  "commits": after - before, "no_tx_before": before, "no_tx_after": after}))
         return result
@@ -115,11 +130,12 @@ class FencingRecorder:
         fence could not reach it: statements it had buffered meanwhile start committing as it
         resumes, and a KILL racing them would commit them too. Only with ``truncate``, after this
         agent saw the node leave PRIMARY (only FENCED starts mysqld again), and with evidence that
-        proves lossless operation; False: fence as usual. Raises MysqlAdapterError when mysqld
-        does not answer."""
+        proves lossless operation; False: fence as usual. An agent restarted meanwhile knows the
+        fence (or the term, when it died while primary) from its record (TermRecord) and fences
+        the same run of mysqld alike. Raises MysqlAdapterError when mysqld does not answer."""
         if self.mode != "truncate" or self._fenced_at is None:
             return False
-        if not self._fenced_pid or self._mysqld_pid() != self._fenced_pid:
+        if not self._fenced_pid or self._run_changed():
             return False  # not the mysqld that was primary (restarted since): its counters say nothing
         try:
             evidence = self._read_attributed()
@@ -164,24 +180,106 @@ class FencingRecorder:
         except OSError:
             return ""
 
-    def _read_evidence(self) -> None:
-        """Read the semi-sync counters of the run of mysqld that was primary: the same pid as at
-        fencing (a hung one may answer later); a restarted mysqld's counters say nothing."""
+    def _run_changed(self) -> str:
+        """'' while the mysqld that was primary runs (same pid, same process start: a stopped one
+        too); else why its counters can no longer be read."""
+        fenced, pid = self._fenced_pid, self._mysqld_pid()
+        if pid == fenced and mysqld_running(self.control.pid_file):
+            started = process_started_at(pid)
+            known = bool(self._fenced_started_at and started)
+            if not known or abs(started - self._fenced_started_at) <= SAME_PROCESS_SLACK_S:
+                return ""
+        elif pid == fenced or not pid:
+            return (f"no evidence: mysqld (pid {fenced}) exited after fencing before its semi-sync "
+                    "counters could be read")
+        return (f"no evidence: mysqld restarted after fencing before its semi-sync counters could be "
+                f"read (pid {fenced} at fencing, now {pid}): a new run's counters say nothing of the term")
+
+    def _save_fence_record(self) -> None:
+        """The fence on disk as it stands (TermRecord), for an agent restarted before the evidence
+        is read; off the loop's thread where it can be (the reader writes the first one)."""
+        with self._record_lock:
+            with self._lock:
+                fenced_at, pid, started = self._fenced_at, self._fenced_pid, self._fenced_started_at
+                ended, unreached = self._ended_by_fence, self._unreached
+            if fenced_at is None:
+                return  # served again meanwhile: nothing pending
+            baseline, taint = self.term.ended_term()
+            # The baseline as the term kept it, even of another run: then the evidence refuses.
+            record = TermRecord(pid, started, baseline, taint, fenced_at=fenced_at, ended_by_fence=ended,
+                                unreached=unreached)
+            try:
+                save_record(self.state_dir, record)
+            except OSError as exc:  # an agent restarted later then has no evidence (stricter)
+                log.warning(json.dumps({"event": "term_record_not_saved", "node": self.node,
+                                        "error": str(exc)}))
+
+    def _clear_record(self) -> None:
+        with self._record_lock:
+            problem = clear_record(self.state_dir)
+        if problem:
+            log.warning(json.dumps({"event": "term_record_not_cleared", "node": self.node, "error": problem}))
+
+    def _resume_term(self) -> None:
+        """At start: a term or fence the last agent left open (it died before the evidence was
+        read) is resumed from its record, and the evidence read here from the same run of mysqld.
+        A fence by crash then kills it too when commits wait (the startup fence is one)."""
+        record = load_record(self.state_dir)
+        if record is None or self._killed:
+            return
+        if isinstance(record, str):
+            log.warning(json.dumps({"event": "term_record_unusable", "node": self.node, "error": record}))
+            if not isinstance(self._evidence, FencingEvidence):
+                self._evidence = f"no evidence: {record}"
+            return
+        taint = load_taint(self.state_dir)  # what sampling saw after the term began, if anything
+        with self._lock:
+            self._term += 1
+            self._fenced_at = record.fenced_at if record.fenced_at is not None else self.wall()
+            self._fenced_pid = record.pid
+            self._fenced_started_at = record.process_started_at
+            self._ended_by_fence = record.ended_by_fence
+            self._unreached = record.unreached
+        self.term.resume_ended(record.baseline, record.taint or (taint.problem if taint is not None else ""))
+        read = isinstance(self._evidence, FencingEvidence)
+        log.info(json.dumps({"event": "term_resumed", "node": self.node, "pid": record.pid,
+                             "fenced_at": record.fenced_at, "unreached": record.unreached,
+                             "ended_by_fence": record.ended_by_fence,
+                             "evidence": "read before the restart" if read else "to read from the same run"}))
+        if read:
+            return  # read before the restart: the record still serves the fence by crash
+        self._evidence = "evidence not read yet"
+        self._reader = threading.Thread(target=self._read_evidence, args=(self.wall(),),
+                                        name="repair-evidence", daemon=True)
+        self._reader.start()
+
+    def _read_evidence(self, window_from: float | None = None) -> None:
+        """Read the semi-sync counters of the run of mysqld that was primary: the same pid and
+        process as at fencing (a hung one may answer later); a restarted mysqld's counters say
+        nothing. ``window_from``: an agent restarted later retries from its own start."""
         fenced_at = self._fenced_at
         assert fenced_at is not None
-        pid = self._mysqld_pid()
+        self._save_fence_record()
+        pid = self._fenced_pid
         problem = "mysqld did not answer after fencing"
-        while pid and self.wall() < fenced_at + EVIDENCE_RETRY_FOR:
+        while pid and self.wall() < max(fenced_at, window_from or 0.0) + EVIDENCE_RETRY_FOR:
             if self._killed:
                 return  # the fence by crash read it first
+            changed = self._run_changed()
+            if changed:
+                problem = changed
+                break
             try:
                 evidence = self._read_attributed()
             except MysqlAdapterError as exc:
                 problem = f"mysqld did not answer after fencing ({exc})"
                 time.sleep(1.0)
                 continue
-            if self._mysqld_pid() != pid or self._killed:
-                problem = "mysqld restarted after fencing before its semi-sync counters were read"
+            if self._killed:
+                return  # the fence by crash killed it meanwhile, and recorded what it read
+            changed = self._run_changed()
+            if changed:
+                problem = changed
                 break
             with self._lock:
                 if self._fenced_at == fenced_at and not self._killed:

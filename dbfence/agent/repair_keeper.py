@@ -26,6 +26,7 @@ from dbfence.agent.observation import RepairView
 from dbfence.agent.rebuild_approval import APPROVE_HINT, DEFAULT_APPROVAL_TTL, approve_command
 from dbfence.agent.repair_fencing import FencingRecorder, state_at_kill
 from dbfence.agent.repair_rebuild import RebuildRunner
+from dbfence.agent.term_record import process_started_at
 from dbfence.agent.term_watch import TermWatch
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.binlog_tail import copy_binlog_tail
@@ -119,9 +120,12 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
         # with read_only still OFF, and commits then wait for acks that never come.
         self._unreached = False
         self._fenced_pid = ""  # the mysqld that was primary: the only one the fence may crash
+        self._fenced_started_at = 0.0  # its process's start: a later run may get the same pid
+        self._record_lock = threading.Lock()
         self.hold = ""  # why the core starts no repair now (its refusal), as the last round said
         # The semi-sync counters of this node's term as primary: its reference, samples and taint.
-        # In memory: a restarted agent never resumes a term; the evidence (and taint file) keep it.
+        # A restarted agent never resumes a term as primary; the evidence, the taint file and the
+        # term's record (term_record.py: for a fence whose evidence was not read yet) keep it.
         self.term = TermWatch(mysql=mysql, state_dir=state_dir, node=node, pid=self._mysqld_pid,
                               enabled=mode != "manual")
         if mode != "manual":
@@ -136,6 +140,7 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
                 self._evidence = replace(evidence, term_problem=taint.problem)
             self._killed = (isinstance(self._evidence, FencingEvidence) and self._evidence.killed_by_fence
                             and not mysqld_running(control.pid_file))
+            self._resume_term()  # a fence (or term) the last agent left before its evidence was read
 
     # ------------------------------------------------------------------ role changes
     def on_promoted(self) -> None:
@@ -149,6 +154,14 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
     def on_stepped_down(self) -> None:
         """PROMOTING gave the lock back before writing anything (overtaken): no term to judge."""
         self.term.end()
+        if self.mode != "manual":
+            self._clear_record()
+
+    def on_followed(self) -> None:
+        """This node replicates from the primary (a clean errant check came first): a fence an
+        agent restarted in REPLICA resumed (STARTING passes into REPLICA) is spent as a rejoin's."""
+        if self.mode != "manual" and self._fenced_at is not None and not self._killed:
+            self.on_serving()
 
     def on_fencing(self) -> None:
         """The node stops being primary: forget older evidence and read this run's."""
@@ -164,6 +177,7 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
             self._ended_by_fence = 0
             self._unreached = False
             self._fenced_pid = self._mysqld_pid()
+            self._fenced_started_at = process_started_at(self._fenced_pid)
         self.term.end()
         clear_evidence(self.state_dir)
         self._reader = threading.Thread(target=self._read_evidence, name="repair-evidence", daemon=True)
@@ -184,8 +198,9 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
             self._ended_by_fence = 0
             self._unreached = False
         clear_evidence(self.state_dir)
-        if not self.term.active:  # rejoined: the last term's taint is spent with its evidence
+        if not self.term.active:  # rejoined: the last term's taint and record are spent with its evidence
             clear_taint(self.state_dir)
+            self._clear_record()
 
     def end_own_ack_wait(self, end: Callable[[], None]) -> None:
         """End an ack wait of the agent's own write; not held against a later fence (TermWatch)."""

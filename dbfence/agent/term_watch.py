@@ -41,6 +41,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from dbfence.agent.term_record import TermRecord, process_started_at, save_record
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.repair_evidence import (
@@ -165,8 +166,28 @@ class TermWatch:
             if taint:
                 self._record_taint(generation, taint, self.pid())
         self._wake.set()
+        self._save_record(baseline, taint)
         fields = asdict(baseline) if baseline is not None else {"error": taint}
         log.info(json.dumps({"event": "semi_sync_baseline", "node": self.node, **fields}))
+
+    def _save_record(self, baseline: CounterBaseline | None, taint: str) -> None:
+        """The term on disk (gate still closed), for an agent restarted before its fence's evidence
+        was read; one that cannot be written only leaves that agent without it (stricter)."""
+        pid = baseline.pid if baseline is not None else self.pid()
+        try:
+            save_record(self.state_dir, TermRecord(pid, process_started_at(pid), baseline, taint))
+        except OSError as exc:
+            log.warning(json.dumps({"event": "term_record_not_saved", "node": self.node, "error": str(exc)}))
+
+    def ended_term(self) -> tuple[CounterBaseline | None, str]:
+        """The ended term's reference and taint, as the evidence will judge them."""
+        with self._lock:
+            return self._ended[0], self._ended[1]
+
+    def resume_ended(self, baseline: CounterBaseline | None, taint: str) -> None:
+        """An agent restarted during a fence: the ended term as its record kept it (TermRecord)."""
+        with self._lock:
+            self._ended = (baseline, taint, -1)
 
     def end(self) -> None:
         """The term is over (the node fences or steps down): sampling stops, the evidence read
