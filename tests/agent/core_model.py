@@ -122,6 +122,19 @@ def _cached_hash(self: object) -> int:
     return cached
 
 
+def _term_open(was_open: bool, old: Role, new: Role) -> bool:
+    """The term record across a role change, as the repair keeper keeps it: written when a term
+    begins (PRIMARY) and when a primary fences, removed when the node serves again as a replica
+    (a rejoin) or a promotion steps down; primary again starts a new one."""
+    if new is Role.PRIMARY or (new is Role.FENCING and old in (Role.PRIMARY, Role.PROMOTING)):
+        return True
+    if old in (Role.FENCED, Role.FENCING) and new is Role.REPLICA:
+        return False
+    if old is Role.PROMOTING and new is not Role.FENCING:
+        return False
+    return was_open
+
+
 class ModelViolationError(AssertionError):
     def __init__(self, message: str, trace: tuple[str, ...]) -> None:
         super().__init__(message + "\ntrace:\n  " + "\n  ".join(trace))
@@ -203,6 +216,10 @@ class Node:
     discovery: DiscoveryTag | None = None
     partitioned: bool = False
     promise: GivenPromise | None = None  # persisted with fsync: survives the agent
+    # The repair keeper's term record (dbfence/agent/term_record.py, fsynced: survives the agent):
+    # a term as primary, or its fence, not spent yet. An agent restarted with it fences that same
+    # run of mysqld by crash, as the agent that saw it leave PRIMARY would (soak seed 423).
+    term_open: bool = False
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -669,7 +686,9 @@ class Model:
             if not node.db.alive and not node.db.killed_by_fence:  # that one: only the repair starts it
                 # Crash recovery commits what the binlog holds, a commit that awaited an ack too.
                 db = replace(_commit_unacked(node.db), alive=True, read_only=True)
-                yield f"db-restart {name}", self._set_node(world, index, replace(node, db=db))
+                # Another run of mysqld: the term record no longer speaks for it (no crash fence).
+                restarted = replace(node, db=db, term_open=False)
+                yield f"db-restart {name}", self._set_node(world, index, restarted)
             if agent is None:
                 fresh = Agent(State.initial(now))
                 yield f"agent-restart {name}", self._set_node(world, index, replace(node, agent=fresh))
@@ -790,6 +809,7 @@ class Model:
                 self.check_takeover(world, index, counted=False)
         agent = replace(node.agent, state=decision.state, lease=obs.lease, pending=decision.actions,
                         memory=self.remembered(world, index))
+        node = replace(node, term_open=_term_open(node.term_open, node.agent.state.role, decision.state.role))
         dcs = world.dcs
         if self.reachable(world, index):
             # The adapter's session keepalive rides on every successful DCS round trip.
@@ -878,6 +898,7 @@ class Model:
                     )
                 # The adapter turns a former primary's semi-sync off: a waiting commit completes.
                 db = replace(_commit_unacked(db), source=action.primary, receiving=True, semi_sync=False)
+                node = replace(node, term_open=False)  # follows: the keeper's on_followed spends it
         elif isinstance(action, TruncateErrant):
             # No primary (soak seed 403): judged against the other members, recovery cuts what no
             # other node holds (the commits that waited for an ack), the same check as ever.
@@ -932,7 +953,13 @@ class Model:
             return False
         node = world.nodes[index]
         db = node.db
-        if not db.alive or node.agent is None or node.agent.state.role is not Role.FENCING:
+        if not db.alive or node.agent is None:
+            return False
+        role = node.agent.state.role
+        # An agent restarted during the fence (or while primary) knows it from the term record:
+        # its startup fence (STARTING), or a later one (REPLICA, FENCED), crashes the same run alike.
+        if role is not Role.FENCING and not (node.term_open and role in (Role.STARTING, Role.REPLICA,
+                                                                          Role.FENCED)):
             return False
         others = [other.db.history for other in world.nodes if other is not node]
         return db.unacked_token is not None or not any(is_prefix(db.history, theirs) for theirs in others)

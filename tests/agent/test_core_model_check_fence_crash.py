@@ -181,3 +181,44 @@ def test_a_killed_node_holding_what_no_live_node_holds_is_repaired_without_a_pri
           f"takeovers, {model.repairs_without_primary} repairs without a primary, "
           f"{time.monotonic() - started:.1f}s wall")
     assert total > 1_000 and model.repairs_without_primary > 50, (total, model.repairs_without_primary)
+
+
+def test_an_agent_restarted_during_its_fence_crashes_the_same_mysqld_and_it_is_repaired() -> None:
+    """Soak seed 423: the primary's agent decides to fence (its commit waits for an ack) and is
+    killed before it acts. The restarted agent finds the fence in its term record (kept on disk,
+    ``Node.term_open``): its startup fence SIGKILLs that run of mysqld as the fence would have,
+    and the repair removes the in-doubt commit once a primary is ready. Every interleaving from
+    the restart on: never two writers, nothing another node holds removed, and liveness."""
+    model = Model(ModelLimits(depth=5, faults=2, writes=1, max_time=14), rejoin_mode="truncate",
+                  fence_by_crash=True)
+    warm = model.drive(model.initial_cold(), ["settle"])
+    cut_off = model.drive(warm, ["write n1", "partition n1", "clock", "step n1", "clock"])
+    decided = model.drive(cut_off, ["decide n1"])  # PRIMARY -> FENCING, its fence not run yet
+    assert model.roles(decided)["n1"] is Role.FENCING and decided.nodes[NAMES.index("n1")].term_open
+    died = model.drive(decided, ["agent-crash n1"])
+    n1 = died.nodes[NAMES.index("n1")]
+    assert n1.db.alive and not n1.db.read_only and n1.term_open  # writable, no agent; the record stays
+    crashes = model.crash_fences
+    restarted = model.drive(died, ["agent-restart n1", "step n1"])
+    n1 = restarted.nodes[NAMES.index("n1")]
+    assert n1.db.killed_by_fence and not n1.db.alive and model.crash_fences == crashes + 1, n1.db
+    healed = model.drive(restarted, ["heal n1", *SETTLE_FOR_TTL])
+    n1 = healed.nodes[NAMES.index("n1")]
+    assert n1.db.alive and not n1.db.killed_by_fence and model.truncations >= 1
+    assert not n1.term_open  # rejoined: spent
+    assert model.good(healed), model.roles(healed)
+    # A mysqld that restarted meanwhile is another run: the restarted agent fences it as usual.
+    other_run = model.drive(died, ["db-crash n1", "db-restart n1", "agent-restart n1", "step n1"])
+    assert not other_run.nodes[NAMES.index("n1")].db.killed_by_fence
+
+    total = waiting = checked = 0
+    for root, depth in ((died, 4), (restarted, 4)):
+        total += model.explore([root], depth=depth)
+        for world, trace in model.explored.items():
+            waiting += world.nodes[NAMES.index("n1")].db.killed_by_fence
+            if len(trace) - 1 <= depth - 1:
+                model.ticks_to_good(world, trace, LIVENESS_TICKS)
+                checked += 1
+    assert total > 1_000 and waiting > 100, (total, waiting)  # not vacuous
+    print(f"\nagent restarted during its fence: {total} states, {waiting} with the killed mysqld down, "
+          f"liveness checked for {checked}")

@@ -27,7 +27,6 @@ from dbfence.mysql.repair_evidence import EVIDENCE_FILE
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, poll
 from tests.mysql.test_mysql_repair_lab import (
-    commit_waiting_for_an_ack,
     cut_replica_and_promote_it,
     lab_keeper,
     lossless_pair,
@@ -35,17 +34,20 @@ from tests.mysql.test_mysql_repair_lab import (
 )
 
 # The agent that was primary, in a process of its own so that it can be killed -9 as in the soak:
-# its term begins, a commit waits (the parent makes it and SIGSTOPs mysqld), it fences and the
-# fence cannot reach mysqld, then it waits to be killed with its evidence still unread.
+# its term begins, a client's commit waits for its ack on a connection of this process (as the
+# gate's connection to mysqld dies with the agent), the parent SIGSTOPs mysqld, the agent fences
+# and the fence cannot reach mysqld, then it waits to be killed with its evidence still unread.
 OLD_AGENT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from dbfence.lab.cluster import LabCluster
-    from tests.mysql.test_mysql_repair_lab import lab_keeper
+    from tests.mysql.test_mysql_repair_lab import commit_waiting_for_an_ack, lab_keeper
 
-    keeper = lab_keeper(LabCluster.load(Path(sys.argv[1])), Path(sys.argv[2]), [])
+    lab = LabCluster.load(Path(sys.argv[1]))
+    keeper = lab_keeper(lab, Path(sys.argv[2]), [])
     keeper.on_promoted()
-    print("term", flush=True)
+    commit_waiting_for_an_ack(lab)
+    print("waiting", flush=True)
     sys.stdin.readline()
     keeper.on_fencing()
     keeper.fence_unreached()  # what the executor reports when the fence finds mysqld stopped
@@ -62,8 +64,7 @@ def fenced_then_killed(lab: LabCluster, tmp_path: Path) -> None:
                              cwd=Path(__file__).resolve().parents[2])
     try:
         assert agent.stdout is not None and agent.stdin is not None
-        assert agent.stdout.readline().strip() == "term"
-        commit_waiting_for_an_ack(lab)
+        assert agent.stdout.readline().strip() == "waiting"
         lab.node("db1").process.signal(signal.SIGSTOP)
         agent.stdin.write("go\n")
         agent.stdin.flush()
@@ -96,6 +97,10 @@ def test_an_agent_killed_during_its_fence_reads_the_evidence_from_the_same_mysql
     # The restarted agent reads the evidence itself, from the run of mysqld that was primary.
     poll(lambda: keeper.view().evidence_problem != "evidence not read yet", 60, "the evidence to be read")
     assert keeper.view().evidence_problem is None, keeper.status()
+    # The commit still waits: its client's connection died with the agent, and a waiting commit
+    # does not notice (a KILL of its session, or a clean stop, would commit it).
+    evidence = json.loads((tmp_path / "state" / EVIDENCE_FILE).read_text())
+    assert evidence["wait_sessions"] == 1 and evidence["baseline_from"].startswith("the promotion at ")
     # Its startup fence: the commit still waits for its ack; a KILL would commit it, a crash keeps
     # it in doubt. Before this, the restarted agent knew no fence and killed the session.
     crashed = False
