@@ -112,7 +112,8 @@ def only_primary(lab: LabCluster) -> str:
     return primaries[0]
 
 
-def hang_the_primary_after(lab: LabCluster, commit_only_there: Callable[[str], object]) -> tuple[str, str]:
+def hang_the_primary_after(lab: LabCluster, commit_only_there: Callable[[str], object],
+                           before_resume: Callable[[str], object] = lambda old: None) -> tuple[str, str]:
     """Make the primary end with a commit that no replica has, hang it (SIGSTOP) until another node
     takes over and acknowledges writes, then resume it (SIGCONT); return (old primary, new primary).
 
@@ -120,7 +121,7 @@ def hang_the_primary_after(lab: LabCluster, commit_only_there: Callable[[str], o
     until a commit waits for its semi-sync ack. It runs while the agents are paused and the
     replicas have stopped receiving: paused, the replicas' agents leave their IO threads stopped
     (they would restart them within a round), so the commit reaches the old primary only. The
-    pause ends once its mysqld is stopped.
+    pause ends once its mysqld is stopped. ``before_resume(old)`` runs just before the SIGCONT.
     """
     old = only_primary(lab)
     write_row(lab, 1)
@@ -143,6 +144,7 @@ def hang_the_primary_after(lab: LabCluster, commit_only_there: Callable[[str], o
     write_until_acknowledged(lab, 100, timeout=60)
     new = only_primary(lab)
     assert new != old
+    before_resume(old)
     lab.kill_mysql(old, signal.SIGCONT)
     return old, new
 

@@ -102,3 +102,32 @@ def test_a_primary_again_after_a_rejoin_truncates_what_its_new_term_left(lab_fac
     log = Path(lab.agent(old).log).read_text(errors="replace")
     assert '"event": "fenced_by_crash"' in log and '"event": "semi_sync_baseline"' in log
     assert_follows(lab, old, new)
+
+
+def test_a_hung_primary_whose_agent_was_killed_during_the_fence_is_repaired_by_the_restarted_agent(
+        lab_factory: LabFactory) -> None:
+    """Soak seed 423: the old primary's agent fences while mysqld is stopped (the evidence cannot be
+    read yet) and is killed -9; mysqld resumes, the agent starts again. It resumes the fence from its
+    term record, reads the evidence from the same run of mysqld, fences it by crash at startup (the
+    commits still wait) and the repair truncates them: back as a replica, no operator."""
+    lab = lab_factory(mysql_count=3, dcs="etcd", agents=True, agent_tuning=AgentTuning(rejoin="truncate"))
+
+    def kill_its_agent(old: str) -> None:
+        wait_until(lambda: '"to": "fenced"' in Path(lab.agent(old).log).read_text(errors="replace"),
+                   timeout=30, what=f"{old} to fence")
+        lab.kill_agent(old)
+        wait_until(lambda: not lab.agent(old).process.alive(), timeout=30, what=f"{old}'s agent to exit")
+
+    old, new = hang_the_primary_after(lab, lambda old: a_commit_waits_for_an_ack(lab, old), kill_its_agent)
+    log = Path(lab.agent(old).log)
+    assert '"event": "fencing_evidence"' not in log.read_text(errors="replace")  # never read by that agent
+    lab.restart_agent(old)
+    resumed = time.monotonic()
+    wait_for_role(lab, old, "replica", timeout=120)
+    repair = status(lab, old)["repair"]
+    print(f"\n{old} back as a replica {time.monotonic() - resumed:.1f} s after its agent restarted: {repair}")
+    assert repair["gave_up"] == "" and repair["last"]["errant_before"], repair
+    assert repair["last"]["errant_after"] == "", repair
+    text = log.read_text(errors="replace")
+    assert '"event": "term_resumed"' in text and '"event": "fenced_by_crash"' in text
+    assert_follows(lab, old, new)
