@@ -57,8 +57,9 @@ class NodeSection:
     state_dir: str = setting("/var/lib/dbfence", "Directory where the agent keeps what must survive "
                                                  "its restart (systemd's StateDirectory): the "
                                                  "failsafe promises it gave (written with fsync), "
-                                                 "the fencing evidence and saved errant transactions "
-                                                 "of [rejoin], an operator's rebuild approval. "
+                                                 "the fencing evidence, the open term as primary "
+                                                 "and saved errant transactions of [rejoin], an "
+                                                 "operator's rebuild approval. "
                                                  "Replaces [rejoin] state_dir (still read, with a "
                                                  "warning, for one release).")
     page_out_libraries: bool = setting(True, "After its first round, take the agent's clean "

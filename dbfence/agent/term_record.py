@@ -23,7 +23,7 @@ token waits and switch-offs are not kept (after a restart they count against the
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,6 @@ class TermRecord:
     fenced_at: float | None = None  # the fence began (None: the agent died while primary)
     ended_by_fence: int = 0  # ack waits the fence's own KILLs ended
     unreached: bool = False  # a fence could not reach mysqld (stopped, hung)
-
-    def fenced(self, at: float, pid: str) -> TermRecord:
-        """The record once the node fences at ``at`` with mysqld ``pid`` (the term's own run, or
-        whatever runs now when no term was recorded)."""
-        if self.pid == pid:
-            return replace(self, fenced_at=at)
-        return TermRecord(pid, process_started_at(pid), None, self.taint, fenced_at=at)
 
 
 def process_started_at(pid: str) -> float:
