@@ -202,8 +202,8 @@ class FencingRecorder:
             with self._lock:
                 fenced_at, pid, started = self._fenced_at, self._fenced_pid, self._fenced_started_at
                 ended, unreached = self._ended_by_fence, self._unreached
-            if fenced_at is None:
-                return  # served again meanwhile: nothing pending
+            if fenced_at is None or self.term.active:
+                return  # served again, or a new term began (its record counts now): nothing pending
             baseline, taint = self.term.ended_term()
             # The baseline as the term kept it, even of another run: then the evidence refuses.
             record = TermRecord(pid, started, baseline, taint, fenced_at=fenced_at, ended_by_fence=ended,

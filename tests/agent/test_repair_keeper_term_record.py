@@ -136,3 +136,15 @@ def test_on_serving_and_stepping_down_forget_the_record(tmp_path: Path) -> None:
     save_record(tmp_path, TermRecord("1", 99.5, None))
     agent.on_stepped_down()
     assert not (tmp_path / RECORD_FILE).exists()
+
+
+def test_a_new_term_s_record_is_never_written_over_by_the_fence_before_it(tmp_path: Path) -> None:
+    pid = dead_pid()
+    (tmp_path / "mysqld.pid").write_text(pid)
+    save_record(tmp_path, TermRecord(pid, 99.5, BASELINE, fenced_at=time.time()))
+    agent = keeper(tmp_path)
+    settled(agent)
+    agent.term._begin(None, "")  # the node won a race and its new term began (FENCED -> ... PROMOTING)
+    assert load_record(tmp_path) == TermRecord(pid, 0.0, None)  # (that pid is gone: start unknown)
+    agent.fence_unreached()  # a late report about the old fence
+    assert load_record(tmp_path) == TermRecord(pid, 0.0, None)
