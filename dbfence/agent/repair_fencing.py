@@ -9,12 +9,15 @@ the keeper's bookkeeping, so it is mixed in from here (:class:`FencingRecorder`)
 
 Layout: :func:`state_at_kill` (what a mysqld the fence killed held), then the mixin: ``fence``,
 ``fence_unreached`` and ``fence_by_crash`` run on the loop's thread (through the executor's
-fence), ``_read_evidence`` on a thread of its own that ``RepairKeeper.on_fencing`` starts.
+fence), ``_read_evidence`` on a thread of its own that ``RepairKeeper.on_fencing`` starts, or
+``_resume_term`` when an agent starts with a fence (or term) its predecessor left unread in the
+term record (:mod:`dbfence.agent.term_record`; soak seed 423), which the fence keeps up to date.
 
-Invariants: evidence counts only for the run of mysqld that was primary (the same pid as at
-fencing); what the fence ended is counted before the read, never more than the counters include;
-a fence by crash only with ``truncate``, after the node left PRIMARY, and on evidence that proves
-lossless operation. Every field is written under the keeper's lock.
+Invariants: evidence counts only for the run of mysqld that was primary (the same pid and process
+start as at fencing, ``_run_changed``); what the fence ended is counted before the read, never
+more than the counters include; a fence by crash only with ``truncate``, after the node left
+PRIMARY (seen by this agent, or by the one before it, from the record), and on evidence that
+proves lossless operation. Every field is written under the keeper's lock.
 """
 
 from __future__ import annotations
