@@ -380,10 +380,11 @@ class Model:
         self.takeovers = 0  # issue 16: lock taken without a primary, every other member fenced
         self.repairs_without_primary = 0  # soak seed 403: a killed mysqld repaired to take over
         # Seed 403: any new primary, raced or taken over, must hold every write another node holds
-        # but that node's own unreceived ones (judged on the histories, as check_takeover). Off by
-        # default: the stale-race root of test_no_two_writers_in_any_interleaving breaks it (a
-        # winner promoting while cut off, its token committed unacknowledged: docs in the note).
-        self.check_new_primaries = False
+        # but that node's own unreceived ones (judged on the histories, as check_takeover; unlike
+        # check_keeps_acknowledged, also a member whose record vanished since the race). The
+        # stale-race loss it once found (a winner promoting while cut off) is closed by seed 401's
+        # rules: test_core_model_check_new_primaries.py.
+        self.check_new_primaries = True
         self.promotions_checked = 0  # promotions judged by check_keeps_acknowledged
 
     # ------------------------------------------------------------------ observation
