@@ -7,6 +7,8 @@ token, and only then PRIMARY.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dbfence.agent import core_adoption
 from dbfence.agent.actions import (
     AcquireLock,
@@ -45,6 +47,7 @@ def handle_candidate(r: Round) -> None:
             renew_if_due(r)
         elif lease.valid_at(r.now) and lease_trouble(r) is None:
             r.move(Trigger.LEASE_ACQUIRED)
+            r.state = replace(r.state, awaited_rivals=rivals_to_await(r))
             handle_promoting(r)
         else:
             r.move(Trigger.NO_LONGER_ELIGIBLE)
@@ -65,6 +68,14 @@ def handle_candidate(r: Round) -> None:
             r.move(Trigger.NO_LONGER_ELIGIBLE)
         else:
             r.emit(AcquireLock(ActionReason.LOCK_FREE_AND_ELIGIBLE))
+
+
+def rivals_to_await(r: Round) -> frozenset[str]:
+    """Lossless: the rivals with fresh records when we won, whom ``_awaiting_peers`` waits for
+    even once their records are gone."""
+    if not r.config.lossless:
+        return frozenset()
+    return frozenset(rival.record.name for rival in rivals_of(r) if fresh(r, rival.record))
 
 
 def handle_promoting(r: Round) -> None:
@@ -152,16 +163,39 @@ def _awaiting_peers(r: Round) -> bool:
     We raced on records that can be a round old: a replica that received the old primary's
     last (acknowledged) commits may not have published them yet. A rival that sees a new
     holder has stopped receiving from the old one (lossless) and publishes what it holds, which
-    ``_overtaken`` then compares. Stale records (their agent is gone or cut off) are not waited
-    for; they vanish with their session. Nor is anything written while a peer of unknown position
+    ``_overtaken`` then compares. Nor is anything written while a peer of unknown position
     may hold acknowledged writes we lack (the race's ``peer_position_unknown``).
+
+    Lossless: a rival whose record was fresh when we won is waited for even once its record is
+    stale or gone (``State.awaited_rivals``), until a fresh record of it saw our lease and shows
+    what it holds. Its agent cut off from the DCS (or paused, or dead), or its mysqld down, says
+    nothing of what it received since its last record: the old primary's last commit,
+    acknowledged by that replica alone (the model checker's check_new_primaries: the primary
+    dies, the only replica holding its last write is cut off before it publishes it, its record
+    expires, the winner promoted without the write). Stale records of members not fresh when we
+    won are not waited for.
     """
-    token = r.obs.lease.token
+    obs = r.obs
+    token = obs.lease.token
     if _written_anything(r):
         return False
     rivals = rivals_of(r)
     waiting = [rival.record.name for rival in rivals
                if rival.record.info.seen_token != token and fresh(r, rival.record)]
+    current = {record.name: record.info for record in obs.members if fresh(r, record)}
+    awaited = frozenset(name for name in r.state.awaited_rivals if name not in current
+                        or current[name].seen_token != token or current[name].holds is None)
+    if awaited != r.state.awaited_rivals:
+        r.state = replace(r.state, awaited_rivals=awaited)  # its record saw us: _overtaken compared it
+    for name in sorted(awaited):
+        info = current.get(name)
+        if info is None:
+            waiting.append(f"{name} (no fresh record since we won: it may hold acknowledged writes its "
+                           "last record did not show; bring it back, or stop its agent and restart this "
+                           "one if it left for good)")
+        elif info.holds is None:
+            waiting.append(f"{name} (its position unknown since we won, its mysqld down: it may hold "
+                           "acknowledged writes its last record did not show)")
     if waiting:
         r.refuse(RefusalReason.AWAITING_PEERS, ", ".join(waiting))  # PROMOTING wakes up soon anyway
     # A peer's mysqld may die after we raced (seed 401): it may hold acknowledged writes we lack,

@@ -143,7 +143,9 @@ class State:
     takeover without a primary waits for every one of them (a record that has not come back
     yet may be the one holding acknowledged writes). ``first_read_at``: when this agent process
     first read the DCS (None: not yet); until ``member_stale_after`` later it has not seen every
-    live member's record yet (a restarted agent remembers none).
+    live member's record yet (a restarted agent remembers none). ``awaited_rivals`` (PROMOTING,
+    lossless): the rivals whose fresh records the winner raced against and that have not yet
+    published a record that saw its lease; a role change forgets them.
     """
 
     role: Role = Role.STARTING
@@ -153,6 +155,7 @@ class State:
     handed_over: bool = False
     members_seen: frozenset[str] = frozenset()
     first_read_at: float | None = None
+    awaited_rivals: frozenset[str] = frozenset()
 
     @classmethod
     def initial(cls, now: float) -> State:
