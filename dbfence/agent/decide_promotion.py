@@ -191,8 +191,8 @@ def _awaiting_peers(r: Round) -> bool:
         info = current.get(name)
         if info is None:
             waiting.append(f"{name} (no fresh record since we won: it may hold acknowledged writes its "
-                           "last record did not show; bring it back, or stop its agent and restart this "
-                           "one if it left for good)")
+                           "last record did not show; bring it back, or restart this agent if it left "
+                           "for good)")
         elif info.holds is None:
             waiting.append(f"{name} (its position unknown since we won, its mysqld down: it may hold "
                            "acknowledged writes its last record did not show)")

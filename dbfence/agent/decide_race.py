@@ -210,6 +210,13 @@ def fenced_writes_lacking(r: Round, subject: str, history: BinlogState | None) -
     writes, its agent restarted as a replica, would have raced past them once they were back).
     A member's state is its live history or, while a fence's kill keeps its mysqld down, its
     state at the kill; a member whose state is unknown (its mysqld down) counts as before.
+
+    Overlap with ``decide_ack_holders``' second rule: a live FENCED member whose binlog state shows
+    another server's writes we lack, no fork, priority > 0, gets a refusal from each. Not folded:
+    this one also judges a killed member's state at the kill (the second rule skips unknown
+    positions), its own writes a third node received, forked domains and priority-0 members; that
+    one also judges FENCING, stale PRIMARY and stays-out members, and positions without binlog
+    states. Either removed fails a model check (seed 403's liveness; seed 401's lost write).
     """
     if not r.config.lossless or history is None:
         return []
