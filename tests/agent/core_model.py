@@ -204,6 +204,7 @@ class Agent:
     # Checker bookkeeping: the members whose record showed what they hold when this agent took
     # the lock (check_keeps_acknowledged judges the writes of those); None: not taken.
     raced_seeing: frozenset[str] | None = None
+    raced_listed: frozenset[str] | None = None  # the members with a live record then (check_new_primaries)
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -380,10 +381,10 @@ class Model:
         self.takeovers = 0  # issue 16: lock taken without a primary, every other member fenced
         self.repairs_without_primary = 0  # soak seed 403: a killed mysqld repaired to take over
         # Seed 403: any new primary, raced or taken over, must hold every write another node holds
-        # but that node's own unreceived ones (judged on the histories, as check_takeover; unlike
-        # check_keeps_acknowledged, also a member whose record vanished since the race). The
-        # stale-race loss it once found (a winner promoting while cut off) is closed by seed 401's
-        # rules: test_core_model_check_new_primaries.py.
+        # but that node's own unreceived ones (judged on the histories, as check_takeover), of the
+        # members whose record showed what they hold when it took the lock; unlike
+        # check_keeps_acknowledged, also once their record is gone. What it found and what is out
+        # of its scope: test_core_model_check_new_primaries.py.
         self.check_new_primaries = True
         self.promotions_checked = 0  # promotions judged by check_keeps_acknowledged
 
@@ -556,15 +557,19 @@ class Model:
         return any(theirs is None or (theirs.gtids and theirs.gtids[0].server_id != own.server_id)
                    for theirs in others)
 
-    def check_takeover(self, world: World, index: int, *, counted: bool = True) -> None:
+    def check_takeover(self, world: World, index: int, *, counted: bool = True,
+                       holders: frozenset[str] | None = None, listed: frozenset[str] | None = None) -> None:
         """Issue 16: a node that takes the lock without a primary (every other member fenced)
         holds every write another node holds, but a node's own writes that no third node received
         (never acknowledged). Judged on the histories themselves, not on what the records say;
-        a node without an agent is out of scope (no record shows what it holds), as for a race."""
+        a node without an agent is out of scope (no record shows what it holds), as for a race,
+        and so is a holder not in ``holders`` and a third node not in ``listed`` (when given)."""
         self.takeovers += counted
         mine = world.nodes[index].db.history
         for other_index, other in enumerate(world.nodes):
             if other_index == index or other.agent is None:
+                continue
+            if holders is not None and NAMES[other_index] not in holders:
                 continue
             theirs = other.db.history
             for seq in range(len(theirs)):
@@ -572,7 +577,8 @@ class Model:
                     continue
                 write = theirs[: seq + 1]
                 received = [NAMES[third] for third, node in enumerate(world.nodes)
-                            if third not in (index, other_index) and is_prefix(write, node.db.history)]
+                            if third not in (index, other_index) and is_prefix(write, node.db.history)
+                            and (listed is None or NAMES[third] in listed)]
                 if theirs[seq] != NAMES[other_index] or received:
                     raise ModelViolationError(
                         f"{NAMES[index]} takes over at {mine} without {NAMES[other_index]}'s {theirs} "
@@ -807,7 +813,11 @@ class Model:
         if decision.state.role is Role.PRIMARY and node.agent.state.role is Role.PROMOTING:
             self.check_promotion(obs, name, self._trace)
             if self.lossless and self.check_new_primaries:
-                self.check_takeover(world, index, counted=False)
+                # The writes of the members whose record showed what they hold when it took the lock,
+                # received by a member with a live record then (gone since or not): what the race
+                # could see. An adopted primary took no lock: every member.
+                self.check_takeover(world, index, counted=False, holders=node.agent.raced_seeing,
+                                    listed=node.agent.raced_listed)
         agent = replace(node.agent, state=decision.state, lease=obs.lease, pending=decision.actions,
                         memory=self.remembered(world, index))
         node = replace(node, term_open=_term_open(node.term_open, node.agent.state.role, decision.state.role))
@@ -849,7 +859,8 @@ class Model:
                 token = dcs.next_token
                 dcs = replace(dcs, holder=name, token=token, expiry=now + self.ttl, next_token=token + 1)
                 agent = replace(agent, lease=LeaseView(True, token, now + self.span),
-                                raced_seeing=self._known_records(world, name))
+                                raced_seeing=self._known_records(world, name),
+                                raced_listed=frozenset(dict(dcs.live_records(now))))
         elif isinstance(action, RenewLock):
             if reachable:
                 if holder == name and dcs.token == action.token:

@@ -2,9 +2,22 @@
 
 ``Model.check_new_primaries`` (on by default) judges every new primary, raced or taken over, on
 the histories themselves: it holds every write another node holds but that node's own writes no
-third node received (never acknowledged under lossless semi-sync). It is stricter than
-``check_keeps_acknowledged``, which judges only members whose record was fresh when the winner
-raced and still is ("never seen is not seen").
+third node received (never acknowledged under lossless semi-sync). Its scope is what the race
+could see: the writes of members whose record showed what they hold when the winner took the
+lock, received by members with a live record then, even once those records are gone (an adopted
+primary took no lock: every member). ``check_keeps_acknowledged`` asks the records to be fresh
+still, so it misses a record that vanishes after the race (case 2 below).
+
+Out of scope, as for the race (DESIGN: "most advanced among reachable healthy candidates"): a
+write that only members of unknown position or without a record hold. Unscoped, the check finds
+such losses at DBFENCE_MODEL_FULL depth from seed 401's state (n1 FENCED holding (n1, n1),
+n3 FENCED with its mysqld down holding it too): ``db-crash n1, step n1, step n2`` (both holders
+of unknown position, n2 races) or ``clock, step n1, clock, clock`` (n3's agent silent, its
+record expires; n1's write then looks like its own, unreceived), then ``step n2, db-crash n2``
+(crash recovery commits the waiting token) and faults stop: n2 PRIMARY without the write. Closing
+them means waiting while a member of unknown position, or a member seen before and gone, may
+hold writes: the ordinary failover (the primary's mysqld or host gone) would wait too. Left to a
+design decision (noted for the lead).
 
 What it found, in short (n1 primary, TTL 3 ticks, lossless):
 
@@ -72,8 +85,8 @@ def test_without_the_wait_n2_promotes_past_the_write_only_the_cut_off_n3_holds(
     catches the loss; check_keeps_acknowledged alone does not (n3's record is gone)."""
     monkeypatch.setattr(decide_promotion, "rivals_to_await", lambda r: frozenset())
     model, root = cut_off_model()
-    with pytest.raises(ModelViolationError, match=r"n2 takes over at \('n1', 'n2'\) without n1's "
-                                                   r"\('n1', 'n1'\) .*also held by \['n3'\]"):
+    with pytest.raises(ModelViolationError, match=r"n2 takes over at \('n1', 'n2'\) without n3's "
+                                                   r"\('n1', 'n1'\) \(write 2 by n1"):
         model.drive(root, N2_PROMOTES)
     model.check_new_primaries = False
     lost = model.drive(root, N2_PROMOTES)
