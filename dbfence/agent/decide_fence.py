@@ -3,7 +3,9 @@
 STARTING confirms the local fence; FENCING fences in order and releases the lock only once the
 fence is complete (for a switchover: once the target caught up); FENCED (a former primary)
 rejoins only through a clean errant-GTID check against the current primary, or is repaired per
-``[rejoin]`` (:mod:`dbfence.agent.rejoin`).
+``[rejoin]`` (:mod:`dbfence.agent.rejoin`); the current primary is the lock holder once its record
+says PRIMARY, or while it still promotes when that is proven safe
+(:mod:`dbfence.agent.decide_promoting_holder`).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dbfence.agent.actions import (
     AcquireLock,
     ActionReason,
     ClearSwitchover,
+    RebuildNode,
     ReleaseLock,
     Repoint,
     SetReadOnly,
 )
 from dbfence.agent.decide_adoption import adopt_running_primary
 from dbfence.agent.decide_lease import fence_actions, lease_trouble, release_unwanted_lease, renew_if_due
+from dbfence.agent.decide_promoting_holder import promoting_holder
 from dbfence.agent.decide_race import switchover_target_suitable
 from dbfence.agent.decide_replica import acknowledges, detach_lost_source, ready_primary, unchecked_detail
 from dbfence.agent.decide_round import FENCE_ACTION_REASON, RefusalReason, Round, fresh
@@ -120,13 +124,20 @@ def handle_fenced(r: Round) -> None:
         r.refuse(RefusalReason.PAUSED)
         return
     primary = ready_primary(r)
+    promoting = False
+    if primary is None:
+        # A holder still promoting, when that is proven safe: our ack completes its promotion
+        # within the token's ack wait (issue 16's kill -9 RTO; decide_promoting_holder.py).
+        primary, why_not = promoting_holder(r)
+        promoting = primary is not None
     if primary is None:
         if not obs.lock.reachable:
             r.refuse(RefusalReason.DCS_UNREACHABLE)
         elif obs.lock.holder == r.me:
             r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, "the lock is still this node's (to release)")
         elif obs.lock.holder is not None:
-            r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"{obs.lock.holder} holds the lock, not primary yet")
+            r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"{obs.lock.holder} holds the lock, not primary yet"
+                     + (f" (not followed while promoting: {why_not})" if why_not else ""))
         else:
             _take_over_or_say_why(r)
         return
@@ -134,13 +145,13 @@ def handle_fenced(r: Round) -> None:
     if not obs.db.health.healthy:
         r.refuse(RefusalReason.DB_UNHEALTHY, ", ".join(obs.db.health.reasons))
         if obs.repair.awaiting_restart:  # killed by the fence: what is errant shows after recovery
-            _repair(r, ErrantCheck(primary))
+            _repair(r, ErrantCheck(primary), promoting=promoting)
     elif check is None or check.against != primary:
         r.refuse(RefusalReason.ERRANT_UNCHECKED, unchecked_detail(r, primary))
     elif not check.clean:
         r.refuse(RefusalReason.ERRANT_GTIDS, ",".join(check.gtids))
         r.state = replace(r.state, fenced_reason=Trigger.ERRANT_GTIDS)
-        _repair(r, check)
+        _repair(r, check, promoting=promoting)
     else:
         r.emit(Repoint(primary, acknowledges(r), ActionReason.REJOIN))
         r.move(Trigger.REJOINED)
@@ -179,10 +190,13 @@ def _repair_to_take_over(r: Round) -> None:
     _repair(r, ErrantCheck(""), reference)
 
 
-def _repair(r: Round, check: ErrantCheck, reference: BinlogState | None = None) -> None:
+def _repair(r: Round, check: ErrantCheck, reference: BinlogState | None = None, *,
+            promoting: bool = False) -> None:
     """``[rejoin]``: remove errant transactions that were provably never acknowledged (truncate
     or rebuild), or say why not (the rules are in :mod:`dbfence.agent.rejoin`). ``reference``:
-    no primary, see ``_repair_to_take_over`` (a rebuild needs a primary: no donor then)."""
+    no primary, see ``_repair_to_take_over`` (a rebuild needs a primary: no donor then).
+    ``promoting``: ``check.against`` is a holder still promoting (decide_promoting_holder.py): a
+    truncation only; a rebuild (minutes, it could not beat the token's ack wait) waits for it."""
     donors = () if reference is not None else choose_donors(
         tuple(m.info for m in r.obs.members if fresh(r, m)), r.me, check.against,
         r.obs.intents.switchover_target, r.config.rejoin_donor_primary)
@@ -190,5 +204,7 @@ def _repair(r: Round, check: ErrantCheck, reference: BinlogState | None = None) 
                        reference=reference)
     if isinstance(plan, tuple):
         r.refuse(RefusalReason(plan[0].value), plan[1])
+    elif isinstance(plan, RebuildNode) and promoting:
+        r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"a rebuild waits until {check.against} is primary")
     elif plan is not None:
         r.emit(plan)

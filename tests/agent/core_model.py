@@ -387,6 +387,7 @@ class Model:
         # of its scope: test_core_model_check_new_primaries.py.
         self.check_new_primaries = True
         self.promotions_checked = 0  # promotions judged by check_keeps_acknowledged
+        self.token_waits_ended = 0  # token writes committed unacknowledged after TOKEN_ACK_WAIT
 
     # ------------------------------------------------------------------ observation
 
@@ -976,8 +977,7 @@ class Model:
         others = [other.db.history for other in world.nodes if other is not node]
         return db.unacked_token is not None or not any(is_prefix(db.history, theirs) for theirs in others)
 
-    @staticmethod
-    def _write_token(db: Db, name: str, token: int, now: int) -> Db:
+    def _write_token(self, db: Db, name: str, token: int, now: int) -> Db:
         if db.alive and db.semi_sync:
             # Lossless semi-sync is on: the commit is in the binlog, and waits for an ack.
             if db.unacked_token != token:
@@ -985,6 +985,7 @@ class Model:
             if db.unacked_since is not None and now - db.unacked_since >= TOKEN_ACK_WAIT:
                 # The executor's FencingTokenWriter ends a wait no replica answers (their histories
                 # forked from ours): the token commits unacknowledged, as it always did before.
+                self.token_waits_ended += 1
                 return _commit_unacked(db)
         elif db.alive:
             return replace(db, token=token, history=(*db.history, name))
