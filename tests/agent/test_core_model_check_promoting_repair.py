@@ -14,9 +14,11 @@ member holds that may have been acknowledged. Scripted here, n1..n3:
 * n1's link heals and n2's mysqld restarts: both FENCED, each with its own unreceived write.
 
 From there every interleaving: never two writers, nothing another node holds truncated,
-promotions keep every maybe-acknowledged write, and liveness. And the rule's danger, scripted:
+promotions keep every maybe-acknowledged write, and liveness. And the rule's dangers, scripted:
 a holder promoting without a write a third node received (and may have acknowledged) while the
-FENCED node holds it too; a rule without the proof truncates it (the model raises).
+FENCED node holds it too; and a third node whose record predates the holder's lock, still
+receiving from the FENCED node's restarted mysqld. A rule without the proof, or without waiting
+for every member to see the lock, truncates such a write (the model raises).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from dataclasses import replace
 import pytest
 
 from dbfence.agent import decide_fence, decide_promoting_holder
-from dbfence.agent.decide_round import Round, fresh
+from dbfence.agent.decide import decide
+from dbfence.agent.decide_round import RefusalReason, Round, fresh
+from dbfence.agent.observation import MemberRecord
 from dbfence.agent.state import Role
 from tests.agent.core_model import NAMES, TOKEN_ACK_WAIT, Model, ModelLimits, ModelViolationError, World
 from tests.agent.test_core_model_check import LIVENESS_TICKS
@@ -164,3 +168,54 @@ def test_without_the_proof_the_repair_truncates_a_maybe_acknowledged_write(
         script = ["db-restart n3", "step n3", "step n1"]  # n3's record shows w: known now
     with pytest.raises(ModelViolationError, match=r"n1 truncates .* which n3 holds"):
         model.drive(world, script)
+
+
+#: n1 (primary) takes w, which no replica has received yet, and its mysqld dies; n2 wins and
+#: promotes, waiting for n3 to see its lock (n3's agent has not stepped since: its fresh record
+#: is of n1's term, and it still receives from n1). n1's mysqld comes back, w errant against n2:
+#: n3 may receive w from it any moment now.
+UNSEEN = ["clock", "settle", "clock", "settle", "clock", "settle", "write n1", "db-crash n1", "step n1",
+          "step n1", "step n2", "step n2", "step n1", "db-restart n1"]
+
+
+def unseen_lock() -> tuple[Model, World]:
+    model = Model(ModelLimits(depth=5, faults=1, writes=1, max_time=6), rejoin_mode="truncate")
+    world = model.drive(model.drive(model.initial_cold(), ["settle"]), UNSEEN)
+    assert model.roles(world) == {"n1": Role.FENCED, "n2": Role.PROMOTING, "n3": Role.REPLICA}
+    n3 = world.dcs.record("n3")
+    assert n3 is not None and n3.info.seen_token != world.dcs.token
+    # A stalled decision of n3 (publish, then receive w, then detach) or a stalled Repoint is a
+    # fault of its own (the model's Repoint is stricter than the adapter's, which checks again):
+    # explored without further faults.
+    return model, replace(world, faults_left=0)
+
+
+def test_a_member_that_has_not_seen_the_holders_lock_is_waited_for() -> None:
+    model, world = unseen_lock()
+    n1 = world.nodes[NAMES.index("n1")].agent
+    assert n1 is not None
+    refusals = decide(model.observe(world, 0), n1.state, model.configs["n1"]).refusals
+    assert any(refusal.reason is RefusalReason.NO_PRIMARY_TO_REJOIN
+               and "waiting for n3 to see its lock" in refusal.detail for refusal in refusals), refusals
+    total = checked = 0
+    depth = 9 if FULL else 7
+    total += model.explore([world], depth=depth)
+    for state, trace in model.explored.items():
+        if len(trace) - 1 <= (depth if FULL else depth - 1):
+            model.ticks_to_good(state, trace, LIVENESS_TICKS)
+            checked += 1
+    assert total > 2_000 and model.truncations > 100, (total, model.truncations)
+
+
+def test_without_waiting_for_it_the_repair_truncates_what_it_received(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = decide_promoting_holder.promoting_holder
+
+    def seen_by_everyone(r: Round) -> tuple[str | None, str]:
+        token = r.obs.lock.token
+        members = tuple(MemberRecord(replace(m.info, seen_token=token), m.last_seen) for m in r.obs.members)
+        return real(Round(replace(r.obs, members=members), r.config, r.state))
+    monkeypatch.setattr(decide_fence, "promoting_holder", seen_by_everyone)
+    model, world = unseen_lock()
+    with pytest.raises(ModelViolationError, match=r"n1 truncates .* which n3 holds"):
+        model.drive(world, ["replicate n3", "step n1"])
