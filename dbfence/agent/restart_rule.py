@@ -18,8 +18,11 @@ that crashes by itself would stay down for ever unless the agent starts it. The 
 * only a **crash**: mysqld's pid file is left naming a process that is gone. A clean stop
   (``systemctl stop``, ``SHUTDOWN``) removes the pid file: an operator's stop is left alone;
 * never a mysqld the fence killed (the repair starts it), never while a repair runs;
-* with backoff: ``FIRST_DELAY`` after the crash is seen, doubling to ``MAX_DELAY`` while the
-  starts fail. With ``mode = manual`` the agent never starts mysqld: systemd's ``Restart=`` does.
+* the first start ``FIRST_START_DELAY`` after the crash is seen (short: a lossless promotion
+  whose other replica is fenced waits for this node to acknowledge its token; the soak's kill -9
+  RTO with a third node fenced was mostly this wait, at 2 s), then with backoff from
+  ``FIRST_DELAY``, doubling to ``MAX_DELAY`` while the starts fail (the copies of the binlog's tail
+  back off alike). With ``mode = manual`` the agent never starts mysqld: systemd's ``Restart=`` does.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 
 from dbfence.agent.state import Role
 
+FIRST_START_DELAY = 0.5
 FIRST_DELAY = 2.0
 MAX_DELAY = 60.0
 
@@ -82,4 +86,6 @@ def save_tail_first(view: CrashView) -> bool:
 
 def next_delay(failed_starts: int) -> float:
     """Seconds to wait before the next start, after ``failed_starts`` failed ones."""
+    if failed_starts <= 0:
+        return FIRST_START_DELAY
     return min(FIRST_DELAY * 2.0 ** min(failed_starts, 16), MAX_DELAY)

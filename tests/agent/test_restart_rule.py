@@ -76,7 +76,7 @@ def test_restart_rule(case: Case) -> None:
 
 
 def test_the_backoff_doubles_to_a_minute_and_never_overflows() -> None:
-    assert [next_delay(n) for n in range(7)] == [2.0, 4.0, 8.0, 16.0, 32.0, MAX_DELAY, MAX_DELAY]
+    assert [next_delay(n) for n in range(7)] == [0.5, 4.0, 8.0, 16.0, 32.0, MAX_DELAY, MAX_DELAY]
     assert next_delay(10_000) == MAX_DELAY
 
 
@@ -103,25 +103,25 @@ def test_the_restarter_backs_off_while_starts_fail_and_starts_once_when_they_wor
         restarter.join(10)
         assert not restarter.starting
 
-    tick()  # seen: the first start waits FIRST_DELAY
-    assert calls == [] and restarter.status()["next_start_in_s"] == 2.0
-    now[0] += 2.0
+    tick()  # seen: the first start waits FIRST_START_DELAY
+    assert calls == [] and restarter.status()["next_start_in_s"] == 0.5
+    now[0] += 0.5
     tick()
-    assert calls == [1002.0]
+    assert calls == [1000.5]
     status = restarter.status()
     assert status["failed_starts"] == 1 and "no space" in status["last_error"]
     assert status["next_start_in_s"] == 4.0
     now[0] += 3.9
     tick()
-    assert calls == [1002.0]  # backing off
+    assert calls == [1000.5]  # backing off
     now[0] += 0.1
     tick()
-    assert calls == [1002.0, 1006.0] and restarter.status()["next_start_in_s"] == 8.0
+    assert calls == [1000.5, 1004.5] and restarter.status()["next_start_in_s"] == 8.0
     tick(Role.FENCED)  # fenced meanwhile, and no way to copy the binlog tail: held, says why
     assert "copied first" in restarter.status()["held"]
     now[0] += 8.0
     tick()
-    assert calls == [1002.0, 1006.0, 1014.0]
+    assert calls == [1000.5, 1004.5, 1012.5]
     status = restarter.status()
     assert status["restarts"] == 1 and status["failed_starts"] == 0 and status["down_seconds"] is None
 
@@ -204,7 +204,7 @@ def test_a_fenced_nodes_crashed_mysqld_starts_only_after_its_binlog_tail_is_copi
     tick()
     assert events == ["copy at 1000"]  # backing off (4 s)
     now[0] += 0.1
-    tick()  # copied; the start waits FIRST_DELAY like any other
+    tick()  # copied; the start waits FIRST_START_DELAY like any other
     assert events == ["copy at 1000", "copy at 1004"]
     assert restarter.status()["binlog_tail_saved"] == "/var/lib/dbfence/tail"
     tick()

@@ -53,7 +53,7 @@ def test_a_fenced_nodes_crashed_mysqld_is_started_once_its_binlog_tail_is_copied
     writer.join(10)
     cut_replica_and_promote_it(lab)
 
-    tick(Role.FENCED)  # the crash seen: the copy first, then (FIRST_DELAY later) the start
+    tick(Role.FENCED)  # the crash seen: the copy first, then (FIRST_START_DELAY later) the start
     status = restarter.status()
     copy = Path(status["binlog_tail_saved"])
     assert copy.parent == tmp_path / "state" and status["restarts"] == 0, status
