@@ -366,7 +366,7 @@ class Agent:
         self.executor.reconcile_semi_sync(self.state.role.value, self.config.failover.lossless)
         repair = self.repair.view()  # now, not as observed: this round's actions may have started one
         self.restarter.tick(self.state.role, killed_by_fence=repair.awaiting_restart,
-                            repair_running=repair.running)
+                            repair_running=repair.running, former_primary=self.repair.fence_pending())
         self.last_decision = decision
         self.status.publish(observation, decision, self.state)
         self.metrics.observe("decision_round_seconds", "How long a decision round takes: observe, "

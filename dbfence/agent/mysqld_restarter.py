@@ -57,7 +57,8 @@ class MysqldRestarter:
         self._last_copy = ""  # the last copy taken (kept for status after the start)
         self._remembered_pid = ""
 
-    def tick(self, role: Role, *, killed_by_fence: bool, repair_running: bool) -> None:
+    def tick(self, role: Role, *, killed_by_fence: bool, repair_running: bool,
+             former_primary: bool = False) -> None:
         """One round: start mysqld now if the rule says so and the backoff allows."""
         if self.mode == "manual":
             return  # systemd's Restart= does it; not even the pid file is read
@@ -69,7 +70,7 @@ class MysqldRestarter:
                          pid_file_left=pid_file.exists(), killed_by_fence=killed_by_fence,
                          repair_running=repair_running,
                          pid_file_readable=not pid_file.exists() or os.access(pid_file, os.R_OK),
-                         tail_saved=bool(self._tail_saved))
+                         tail_saved=bool(self._tail_saved), former_primary=former_primary)
         hold = restart_hold(view)
         now = self.clock()
         with self._lock:

@@ -157,6 +157,12 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
         if self.mode != "manual":
             self._clear_record()
 
+    def fence_pending(self) -> bool:
+        """A fence of this node (or its term as primary, resumed from the record by a restarted
+        agent) is not spent yet: its mysqld may hold in-doubt commits of that term."""
+        with self._lock:
+            return self.mode != "manual" and self._fenced_at is not None
+
     def on_followed(self) -> None:
         """This node replicates from the primary (a clean errant check came first): a fence an
         agent restarted in REPLICA resumed (STARTING passes into REPLICA) is spent as a rejoin's."""

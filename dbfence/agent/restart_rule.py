@@ -8,11 +8,12 @@ that crashes by itself would stay down for ever unless the agent starts it. The 
 
 * a **replica**: its binlog holds nothing the primary lacks, so whatever crash recovery rolls
   back comes again from the primary;
-* a **fenced** former primary, once the binlog files crash recovery reads are copied into the
-  state directory (:mod:`dbfence.mysql.binlog_tail`; mysqld is down, so the files hold still):
-  recovery cuts its in-doubt commits, never acknowledged, and the copy keeps them. The copy needs
-  no primary (it holds every transaction recovery reads); until it is taken, or while it fails
-  (no room), mysqld stays down and status says why;
+* a **fenced** former primary (or one whose agent restarted since its fence began and passed
+  STARTING into REPLICA: its term's record says so), once the binlog files crash recovery reads
+  are copied into the state directory (:mod:`dbfence.mysql.binlog_tail`; mysqld is down, so the
+  files hold still): recovery cuts its in-doubt commits, never acknowledged, and the copy keeps
+  them. The copy needs no primary (it holds every transaction recovery reads); until it is taken,
+  or while it fails (no room), mysqld stays down and status says why;
 * never the primary (it fails over: its gate's lease and health checks take it out, and its
   in-doubt commits belong to the repair path), nor a node in a role change;
 * only a **crash**: mysqld's pid file is left naming a process that is gone. A clean stop
@@ -48,6 +49,9 @@ class CrashView:
     repair_running: bool
     pid_file_readable: bool = True  # False: the agent may not read it (then "running" is unknown)
     tail_saved: bool = False  # the binlog files recovery reads were copied since this crash
+    # A fence (or a term as primary) of this node is still pending: an agent restarted since it
+    # began passes STARTING into REPLICA, but its mysqld may hold in-doubt commits of that term.
+    former_primary: bool = False
 
 
 #: The hold of a fenced node's crashed mysqld until its binlog's tail is copied (the restarter
@@ -72,7 +76,7 @@ def restart_hold(view: CrashView) -> str | None:
         return "a repair is running"
     if not view.pid_file_left:
         return "stopped cleanly (no pid file left): an operator's stop is left alone"
-    if view.role is Role.FENCED:
+    if view.role is Role.FENCED or (view.role is Role.REPLICA and view.former_primary):
         return None if view.tail_saved else SAVE_TAIL_FIRST
     if view.role is not Role.REPLICA:
         return f"crashed while {view.role.value}: not started by the agent"
