@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 
 from dbfence.agent.state import Role, Trigger
 from tests.agent.core_model import NAMES, Model, ModelLimits, World
@@ -56,21 +55,14 @@ def test_no_two_writers_in_any_interleaving() -> None:
 
     started = time.monotonic()
     cpu_started = time.process_time()
-    total = 0
-    recoveries: Counter[int] = Counter()
     # Depths keep the run around a minute on a loaded 2-core machine; the steady
     # cluster, the most important root, gets one level more.
     roots = ((cold, 5), (warm, 6), (failed_over, 5), (errant, 4), (switched, 4), (stale_race, 4))
-    for root, depth in roots:
-        total += model.explore([root], on_state=collect, depth=depth)
-        # Liveness: from every state reached, once the faults stop, the fair fault-free
-        # schedule reaches one admitting primary that every other node follows. In `make test`
-        # for the states up to one event less deep (a third of them, most of its time);
-        # DBFENCE_MODEL_FULL=1 checks every one.
-        liveness_depth = depth if FULL else depth - 1
-        for world, trace in model.explored.items():
-            if len(trace) - 1 <= liveness_depth:
-                recoveries[model.ticks_to_good(world, trace, LIVENESS_TICKS)] += 1
+    # Liveness: from every state reached, once the faults stop, the fair fault-free schedule
+    # reaches one admitting primary that every other node follows. In `make test` for the states
+    # up to one event less deep (a third of them, most of its time); DBFENCE_MODEL_FULL=1 checks
+    # every one.
+    total, recoveries = model.explore_with_liveness(roots, LIVENESS_TICKS, full=FULL, on_state=collect)
     elapsed = time.monotonic() - started
     cpu = time.process_time() - cpu_started
     print(f"\nmodel check: {total} states explored, {model.acquisitions_checked} race decisions checked, "

@@ -82,15 +82,10 @@ def test_fenced_nodes_repaired_against_the_promoting_holder_acknowledge_its_toke
     assert [node.db.history for node in recovered.nodes] == [("n1", "n2", "n3")] * 3
     assert model.truncations >= 2 and model.token_waits_ended == 0
     started = time.monotonic()
-    total = checked = 0
     # About 3 s of CPU; DBFENCE_MODEL_FULL=1 goes two levels deeper (about 40 s).
-    for root, depth in ((promoting, 6), (stuck, 6)) if FULL else ((promoting, 4), (stuck, 4)):
-        total += model.explore([root], depth=depth)
-        liveness_depth = depth if FULL else depth - 1
-        for world, trace in model.explored.items():
-            if len(trace) - 1 <= liveness_depth:
-                model.ticks_to_good(world, trace, LIVENESS_TICKS)
-                checked += 1
+    roots = ((promoting, 6), (stuck, 6)) if FULL else ((promoting, 4), (stuck, 4))
+    total, recoveries = model.explore_with_liveness(roots, LIVENESS_TICKS, full=FULL)
+    checked = sum(recoveries.values())
     print(f"\npromoting-holder repair: {total} states, liveness checked for {checked}, "
           f"{model.truncations} truncations, {model.promotions_checked} promotions checked, "
           f"{model.token_waits_ended} token waits ended, {time.monotonic() - started:.1f}s wall")

@@ -87,16 +87,11 @@ def test_the_node_holding_everything_takes_over_in_every_interleaving() -> None:
     assert model.takeovers > 0
     # Every interleaving near it: faults while n3 promotes and fences, and during the takeover.
     started = time.monotonic()
-    total = checked = 0
     # `make test` keeps this to about 2 s of CPU; DBFENCE_MODEL_FULL=1 goes two levels deeper
     # from n3's win and one from the stuck state, with liveness from every state.
-    for root, depth in ((won, 6), (failed, 5)) if FULL else ((won, 4), (failed, 4)):
-        total += model.explore([root], depth=depth)
-        liveness_depth = depth if FULL else depth - 1
-        for world, trace in model.explored.items():
-            if len(trace) - 1 <= liveness_depth:
-                model.ticks_to_good(world, trace, LIVENESS_TICKS)
-                checked += 1
+    roots = ((won, 6), (failed, 5)) if FULL else ((won, 4), (failed, 4))
+    total, recoveries = model.explore_with_liveness(roots, LIVENESS_TICKS, full=FULL)
+    checked = sum(recoveries.values())
     print(f"\ntakeover model check: {total} states, liveness checked for {checked}, {model.takeovers} "
           f"takeovers checked on the histories, {time.monotonic() - started:.1f}s wall")
     assert total > 10_000 and model.takeovers > 100
