@@ -23,7 +23,7 @@ _VARIABLES = (
     "log_bin", "log_slave_updates", "binlog_format", "gtid_strict_mode", "gtid_mode",
     "enforce_gtid_consistency", "server_id", "slave_net_timeout", "read_only",
     "rpl_semi_sync_master_enabled", "rpl_semi_sync_slave_enabled", "rpl_semi_sync_master_wait_point",
-    "proxy_protocol_networks",
+    "proxy_protocol_networks", "innodb_flush_log_at_trx_commit",
 )
 
 
@@ -128,6 +128,8 @@ def check_semi_sync(settings: ServerSettings, lossless: bool) -> list[Check]:
                            "OFF: this node does not acknowledge lossless commits, and after a crash "
                            "it would keep commits no replica acknowledged",
                            _persist("rpl_semi_sync_slave_enabled", "ON", dynamic=True)))
+    if settings.version.flavour is Flavour.MARIADB:
+        checks.append(_check_commit_durability(variables.get("innodb_flush_log_at_trx_commit")))
     read_only = _on(variables.get("read_only"))
     if not read_only:
         wait_point = variables.get("rpl_semi_sync_master_wait_point", "").upper()
@@ -140,6 +142,21 @@ def check_semi_sync(settings: ServerSettings, lossless: bool) -> list[Check]:
                                "commits are not lossless until its agent holds the lock (it sets both)",
                                "start the agent on this node (it sets AFTER_SYNC and enables semi-sync)"))
     return checks
+
+
+def _check_commit_durability(value: str | None) -> Check:
+    """MariaDB's crash recovery as a semi-sync replica (``init_rpl_role = SLAVE``, which removes a
+    former primary's unacknowledged tail) cuts from the binlog every commit InnoDB had not made
+    durable. With ``innodb_flush_log_at_trx_commit = 1`` InnoDB leaves that to the binlog and
+    flushes its commit about a second later, so a commit already acknowledged to its client is cut
+    too; lossless then rests on one replica's relay log, which that replica's own crash loses
+    (soak seed 442 lost a write so). 3 makes the commit durable in InnoDB before the client's OK."""
+    if value == "3":
+        return ok("innodb_flush_log_at_trx_commit", "3: a commit is durable in InnoDB before its OK")
+    return fail("innodb_flush_log_at_trx_commit",
+                f"{value}: crash recovery as a semi-sync replica (init_rpl_role = SLAVE) would remove "
+                "commits InnoDB had not made durable yet, acknowledged ones too",
+                _persist("innodb_flush_log_at_trx_commit", "3", dynamic=True))
 
 
 def check_net_timeout(settings: ServerSettings, ttl: float) -> Check:

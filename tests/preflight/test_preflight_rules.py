@@ -26,7 +26,7 @@ MARIADB = ServerVersion(Flavour.MARIADB, (10, 11, 6), "10.11.6-MariaDB")
 GOOD = {"log_bin": "ON", "log_slave_updates": "ON", "binlog_format": "ROW", "gtid_strict_mode": "ON",
         "server_id": "2", "slave_net_timeout": "60", "read_only": "ON",
         "rpl_semi_sync_master_enabled": "OFF", "rpl_semi_sync_slave_enabled": "ON",
-        "rpl_semi_sync_master_wait_point": "AFTER_COMMIT"}
+        "rpl_semi_sync_master_wait_point": "AFTER_COMMIT", "innodb_flush_log_at_trx_commit": "3"}
 
 
 def _settings(**changes: str | None) -> ServerSettings:
@@ -63,6 +63,15 @@ def test_semi_sync_missing_names_the_plugin() -> None:
     assert "INSTALL SONAME 'semisync_master'" in missing.fix
     [not_needed] = check_semi_sync(_settings(rpl_semi_sync_master_enabled=None), lossless=False)
     assert not_needed.status is Status.OK
+
+
+@pytest.mark.parametrize("value", ["1", "2", "0", None])
+def test_lossless_needs_commits_durable_in_innodb_before_the_ok(value: str | None) -> None:
+    found = _by_name(check_semi_sync(_settings(innodb_flush_log_at_trx_commit=value), lossless=True))
+    check = found["innodb_flush_log_at_trx_commit"]
+    assert check.status is Status.FAIL and "acknowledged ones too" in check.detail
+    assert "SET GLOBAL innodb_flush_log_at_trx_commit = 3;" in check.fix
+    assert "innodb_flush_log_at_trx_commit" not in _by_name(check_semi_sync(_settings(), lossless=False))
 
 
 def test_writable_node_without_semi_sync_is_a_warning() -> None:
