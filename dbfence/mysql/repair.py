@@ -212,11 +212,12 @@ def discard_own_tokens(mysql: MysqlActions, primary_state: Callable[[], GtidStat
     errant transactions that are only this node's fencing-token writes, saved in ``out``, are
     discarded (:mod:`token_discard`); anything else stays, with the reason."""
     after = mysql.gtid_positions()
-    left = after.history.errant_against(primary_state())
+    primary = primary_state()  # one read for the check and the plan
+    left = after.history.errant_against(primary)
     if not left:
         return left, after, "", ""
     try:
-        plan = plan_discard(mysql, left, out.read_text(), saved, primary_state())
+        plan = plan_discard(mysql, left, out.read_text(), saved, primary)
     except NotDiscardable as exc:
         return left, after, "", str(exc)
     except OSError as exc:

@@ -249,14 +249,19 @@ def only_own_token_writes(mysql: MysqlActions, ranges: Sequence[ErrantRange], *,
         return "nothing errant"
     with mysql.session() as conn:
         server_id = int(query_one(conn, "SELECT @@global.server_id AS server_id")["server_id"])
-    others = sorted({r.server_id for r in ranges if r.server_id != server_id})
-    if others:
-        return f"errant transactions of server(s) {others}, not this node's ({server_id})"
     try:
+        _only_this_server(ranges, server_id)
         _token_writes(mysql, ranges, max_events)
     except NotDiscardable as exc:
         return str(exc)
     return ""
+
+
+def _only_this_server(ranges: Sequence[ErrantRange], server_id: int) -> None:
+    """Raises NotDiscardable when ``ranges`` name another server's transactions."""
+    others = sorted({r.server_id for r in ranges if r.server_id != server_id})
+    if others:
+        raise NotDiscardable(f"errant transactions of server(s) {others}, not this node's ({server_id})")
 
 
 def plan_discard(mysql: MysqlActions, left: Sequence[ErrantRange], excerpt: str, saved: Collection[Gtid],
@@ -267,9 +272,7 @@ def plan_discard(mysql: MysqlActions, left: Sequence[ErrantRange], excerpt: str,
         row = query_one(conn, "SELECT @@global.server_id AS server_id, @@global.read_only AS ro, "
                               "@@global.gtid_binlog_state AS state, @@global.gtid_slave_pos AS slave_pos")
     server_id = int(row["server_id"])
-    others = sorted({r.server_id for r in left if r.server_id != server_id})
-    if others:
-        raise NotDiscardable(f"errant transactions of server(s) {others}, not this node's ({server_id})")
+    _only_this_server(left, server_id)
     if not int(row["ro"]):
         raise NotDiscardable("the server is writable (not fenced)")
     status = mysql.replica_status()
