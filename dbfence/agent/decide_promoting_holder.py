@@ -37,7 +37,7 @@ primary: it could not beat the ack wait anyway. Otherwise the node waits, as bef
 
 from __future__ import annotations
 
-from dbfence.agent.decide_round import Round, fresh
+from dbfence.agent.decide_round import Round, absent_members, fresh, records_not_read_yet
 from dbfence.agent.gtid import BinlogState, maybe_acknowledged
 from dbfence.agent.state import Role
 
@@ -57,13 +57,11 @@ def promoting_holder(r: Round) -> tuple[str | None, str]:
         return None, "its record is not of this term yet"
     if record.info.holds != record.info.position:
         return None, "its relay log is not applied yet"
-    first_read = r.state.first_read_at
-    if first_read is None or r.now < first_read + r.config.member_stale_after:
-        if first_read is not None:
-            r.wake_at(first_read + r.config.member_stale_after)
-        return None, f"this agent has not read the members' records for {r.config.member_stale_after:g} s yet"
+    not_read = records_not_read_yet(r)
+    if not_read:
+        return None, not_read
     others = [m for m in obs.members if m.name != r.me]
-    absent = sorted(r.state.members_seen - {m.name for m in others if fresh(r, m)})
+    absent = absent_members(r, others)
     if absent:
         return None, f"no fresh record of {', '.join(absent)}"
     unseen = [m.name for m in others if m.name != holder and m.info.seen_token != lock.token]

@@ -9,6 +9,7 @@ handler asks about (a record's freshness, the discovery tag to show). Pure, like
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dbfence.agent.actions import Action, ActionReason, FailDiscoveryCheck, RegisterDiscovery
@@ -123,6 +124,24 @@ class Round:
 
 def fresh(r: Round, record: MemberRecord) -> bool:
     return r.now - record.last_seen <= r.config.member_stale_after
+
+
+def records_not_read_yet(r: Round) -> str:
+    """Why this agent cannot vouch yet that it sees every live member's record: since it (re)started
+    it has not read the DCS for ``member_stale_after`` (records come back one by one, and a
+    restarted agent remembers none); '' once it has. Wakes the loop for that moment."""
+    first_read = r.state.first_read_at
+    settled_at = None if first_read is None else first_read + r.config.member_stale_after
+    if settled_at is not None and r.now >= settled_at:
+        return ""
+    if settled_at is not None:
+        r.wake_at(settled_at)
+    return f"this agent has not read the members' records for {r.config.member_stale_after:g} s yet"
+
+
+def absent_members(r: Round, others: Sequence[MemberRecord]) -> list[str]:
+    """Members this agent has seen since it started whose fresh record is not among ``others``."""
+    return sorted(r.state.members_seen - {record.name for record in others if fresh(r, record)})
 
 
 def sync_discovery(r: Round, desired: DiscoveryTag | None, reason: ActionReason) -> None:

@@ -49,7 +49,13 @@ from dbfence.agent.decide_race import (
     ranked_by_peers,
     stays_out_for_own_writes,
 )
-from dbfence.agent.decide_round import Refusal, RefusalReason, Round, fresh
+from dbfence.agent.decide_round import (
+    Refusal,
+    RefusalReason,
+    Round,
+    absent_members,
+    records_not_read_yet,
+)
 from dbfence.agent.gtid import BinlogState, Gtid, candidate_sort_key, maybe_acknowledged
 from dbfence.agent.observation import MemberRecord
 from dbfence.agent.state import Role
@@ -81,7 +87,7 @@ def collect_takeover_refusals(r: Round) -> None:
                   if refusal.reason is not RefusalReason.UNREPLICATED_OWN_WRITES]
     mine = obs.db.history
     unknown = [record.name for record in others
-               if _known(record) is None or record.info.server_id is None]
+               if record.info.known_history is None or record.info.server_id is None]
     if mine is None or obs.db.server_id is None:
         unknown.insert(0, f"{r.me} (this node)")
     if unknown:
@@ -116,7 +122,7 @@ def repair_reference(r: Round) -> BinlogState | None:
         return None
     mine, server_id = r.obs.repair.binlog_state_at_kill, r.obs.repair.server_id_at_kill
     unknown = [record.name for record in others
-               if _known(record) is None or record.info.server_id is None]
+               if record.info.known_history is None or record.info.server_id is None]
     if mine is None or server_id is None:
         unknown.insert(0, f"{r.me} (this node, at the kill)")
     if unknown:
@@ -146,16 +152,11 @@ def _records_complete(r: Round, others: list[MemberRecord]) -> bool:
     if racing:
         r.refuse(RefusalReason.NO_PRIMARY_TO_REJOIN, f"waiting for {', '.join(racing)} (may race)")
         return False
-    first_read = r.state.first_read_at
-    if first_read is None or r.now < first_read + r.config.member_stale_after:
-        # Just (re)started: the records of live members may not all be back yet, and a
-        # restarted agent remembers none of them.
-        r.refuse(RefusalReason.TAKEOVER_UNPROVEN, "this agent has not read the members' records "
-                 f"for {r.config.member_stale_after:g} s yet")
-        if first_read is not None:
-            r.wake_at(first_read + r.config.member_stale_after)
+    not_read = records_not_read_yet(r)
+    if not_read:
+        r.refuse(RefusalReason.TAKEOVER_UNPROVEN, not_read)
         return False
-    absent = sorted(r.state.members_seen - {record.name for record in others if fresh(r, record)})
+    absent = absent_members(r, others)
     if not others or absent:
         # Records come back one by one (a partition healed, a DCS outage over): the one not back
         # yet may hold acknowledged writes. A node that saw no peer has nothing to prove against.
@@ -214,14 +215,8 @@ def _defer_to_better(r: Round, others: list[MemberRecord],
             r.refuse(RefusalReason.PEER_MORE_ADVANCED, f"{record.name} may take over too and ranks higher")
 
 
-def _known(record: MemberRecord) -> BinlogState | None:
-    """What the member holds (its live history), or at most holds (its state at a fence's kill)."""
-    history = record.info.history
-    return history if history is not None else record.info.binlog_state_at_kill
-
-
 def _history(record: MemberRecord) -> BinlogState:
-    history = _known(record)
+    history = record.info.known_history
     assert history is not None  # checked by the caller
     return history
 
