@@ -113,6 +113,8 @@ class DbSensor:
         # ((run of mysqld, errant set), only own tokens?): a fenced node's errant set stays put,
         # and reading its binlog events once per set is enough.
         self._token_verdict: tuple[tuple[int, tuple[str, ...]], bool] | None = None
+        # After a failed read: (when to ask again, the delay that doubles while reads fail).
+        self._token_retry: tuple[float, float] = (0.0, 0.0)
         settings = monitor.settings
         # Without the probes' own replica status read, the facts' read is judged here (see _round).
         self._judges_replica_status = not settings.replica_status
@@ -298,16 +300,24 @@ class DbSensor:
 
     def _only_own_tokens(self, ranges: Sequence[ErrantRange], gtids: tuple[str, ...]) -> bool:
         """Whether every errant transaction is this server's own fencing-token write (the
-        adapter reads their binlog events); False when mysqld could not say, asked again then."""
+        adapter reads their binlog events); False when mysqld could not say, asked again after a
+        delay that doubles (1 s to 60 s) while the reads fail."""
         if not ranges:
             return False
         key = (self._restarts, gtids)
         if self._token_verdict is not None and self._token_verdict[0] == key:
             return self._token_verdict[1]
+        retry_at, delay = self._token_retry
+        now = time.monotonic()
+        if now < retry_at:
+            return False
         try:
             why = only_own_token_writes(self._actions, ranges)
         except MysqlAdapterError:
+            delay = min(max(delay * 2, 1.0), 60.0)
+            self._token_retry = (now + delay, delay)
             return False
+        self._token_retry = (0.0, 0.0)
         self._token_verdict = (key, not why)
         return not why
 
