@@ -18,6 +18,7 @@ from tests.e2e.e2e_helpers import (
     assert_follows,
     hang_the_primary_after,
     only_primary,
+    role,
     status,
     wait_for_role,
 )
@@ -123,7 +124,11 @@ def test_a_hung_primary_whose_agent_was_killed_during_the_fence_is_repaired_by_t
     assert '"event": "fencing_evidence"' not in log.read_text(errors="replace")  # never read by that agent
     lab.restart_agent(old)
     resumed = time.monotonic()
+    # STARTING passes into REPLICA for a moment before the errant check fences it: wait for the
+    # replica that the repair made (a CI run caught the first one).
     wait_for_role(lab, old, "replica", timeout=120)
+    wait_until(lambda: status(lab, old)["repair"].get("last") is not None and role(lab, old) == "replica",
+               timeout=120, what=f"{old} repaired and a replica again")
     repair = status(lab, old)["repair"]
     print(f"\n{old} back as a replica {time.monotonic() - resumed:.1f} s after its agent restarted: {repair}")
     assert repair["gave_up"] == "" and repair["last"]["errant_before"], repair
