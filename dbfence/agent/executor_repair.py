@@ -31,6 +31,7 @@ from dbfence.mysql.errors import MysqlUnavailableError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.monitor import HealthMonitor
 from dbfence.mysql.probes import probe_process
+from dbfence.mysql.token_writer import FencingTokenWriter
 from dbfence.mysql.verdict import Reason
 
 
@@ -43,6 +44,7 @@ class RepairWiring:
     dcs: DcsSensor
     mysql: MysqlActions
     monitor: HealthMonitor
+    token_writer: FencingTokenWriter
 
     # ------------------------------------------------------------------ the DCS snapshot
     def _holder_record(self, node: str) -> MemberRecord:
@@ -130,7 +132,7 @@ class RepairWiring:
         if self.repair is None:
             end()
         else:
-            self.repair.end_own_ack_wait(end)
+            self.repair.end_own_ack_wait(end, self.token_writer.ended_why_text())
 
     # ------------------------------------------------------------------ status
     def _repair_reasons(self, info: MemberInfo) -> tuple[str, ...]:

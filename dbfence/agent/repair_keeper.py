@@ -208,9 +208,9 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
             clear_taint(self.state_dir)
             self._clear_record()
 
-    def end_own_ack_wait(self, end: Callable[[], None]) -> None:
+    def end_own_ack_wait(self, end: Callable[[], None], why: str = "none acknowledged it in time") -> None:
         """End an ack wait of the agent's own write; not held against a later fence (TermWatch)."""
-        self.term.end_own_ack_wait(end)
+        self.term.end_own_ack_wait(end, why)
 
     def own_switch_off(self, switch_off: Callable[[], None]) -> None:
         """Turn semi-sync's primary side off as the node demotes (gate closed); counted so that a

@@ -250,7 +250,7 @@ class TermWatch:
             return None
 
     # ------------------------------------------------------------------ the agent's own ack waits
-    def end_own_ack_wait(self, end: Callable[[], None]) -> None:
+    def end_own_ack_wait(self, end: Callable[[], None], why: str = "none acknowledged it in time") -> None:
         """End an ack wait of the agent's own write (the fencing token: no client data, the gate
         has not admitted) between two reads of ``Rpl_semi_sync_master_no_tx``; what grew is not
         held against this mysqld's evidence, nor against a sample."""
@@ -268,8 +268,9 @@ class TermWatch:
                 earlier = self._own_ended[1] if self._own_ended[0] == pid else 0
                 self._own_ended = (pid, earlier + after - before)
         log.warning(json.dumps({"event": "token_ack_wait_ended", "node": self.node, "commits": after - before,
-                                "why": "no replica acknowledged the fencing-token write: it commits "
-                                       "unacknowledged and a crash can no longer remove it"}))
+                                "why": f"no replica acknowledged the fencing-token write ({why}): it "
+                                       "commits unacknowledged; if a crash cuts it off from the "
+                                       "others, the repair discards it"}))
 
     def unacknowledged_count(self) -> int | None:
         try:

@@ -135,6 +135,12 @@ class MysqlActions(RelayLogControl):
         with self.session() as conn:
             return dict(query_one(conn, self.sql.semi_sync_status_query()))
 
+    def semi_sync_clients(self) -> int:
+        """How many semi-sync replicas are connected now (0 when the plugin is not loaded)."""
+        with self.session(read_timeout_s=1.0) as conn:
+            rows = query(conn, self.sql.semi_sync_clients_query())
+        return int(str(rows[0]["Value"])) if rows else 0
+
     def check_app_account(self, app_user: str) -> None:
         """Raise UnsafeAccountError if ``app_user`` can write through read_only."""
         with self.session() as conn:

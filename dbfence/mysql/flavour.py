@@ -125,6 +125,7 @@ class FlavourSql(Protocol):
     def semi_sync_primary(self, enabled: bool, timeout_ms: int) -> list[str]: ...
     def semi_sync_replica(self, enabled: bool) -> list[str]: ...
     def semi_sync_status_query(self) -> str: ...
+    def semi_sync_clients_query(self) -> str: ...
 
 
 def _int(value: Any) -> int:
@@ -223,6 +224,10 @@ class MariaDBSql:
             "@@global.rpl_semi_sync_master_timeout AS timeout_ms"
         )
 
+    def semi_sync_clients_query(self) -> str:
+        """The replicas connected now that can acknowledge a commit (column ``Value``)."""
+        return "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'"
+
 
 class MySQL8Sql:
     """MySQL 8.0.23+. UNTESTED: written from the reference manual, no MySQL server here."""
@@ -318,6 +323,9 @@ class MySQL8Sql:
             "@@global.rpl_semi_sync_source_wait_point AS wait_point, "
             "@@global.rpl_semi_sync_source_timeout AS timeout_ms"
         )
+
+    def semi_sync_clients_query(self) -> str:
+        return "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_source_clients'"
 
 
 def sql_for(version: ServerVersion) -> FlavourSql:

@@ -15,7 +15,13 @@ only queue on the first one's row lock).
 A wait that no replica answers within ``ack_wait_s`` is ended (KILL of the writer's session,
 which commits it): a replica whose history forked from ours never follows us, and a promotion
 must not wait for semi-sync's timeout (an hour). The token then commits unacknowledged, as it
-always did before; it carries no client data (the gate has not admitted yet).
+always did before; it carries no client data (the gate has not admitted yet). A wait is ended
+sooner, after ``alone_wait_s``, while no semi-sync replica is connected at all
+(``Rpl_semi_sync_master_clients`` = 0): nobody can acknowledge it then, and the promotion would
+only wait out the bound. That was the soak's slowest kill -9 (seed 442, 6.4 s): the third node
+fenced with its mysqld stopped, and the killed former primary rejoins only once the winner is
+primary. A token committed this way and then cut off by a crash is the winner's own write, which
+the repair discards (:mod:`token_discard`), so ending early costs no rebuild.
 
 The loop polls the writer every round while the core asks for the token, and backs off when
 rounds repeat (:class:`~dbfence.agent.repeats.RepeatBackoff`). A wait in flight is not a failure
@@ -33,10 +39,15 @@ from collections.abc import Callable
 
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import query_one
+from dbfence.mysql.errors import MysqlAdapterError
 
 #: Long enough for the replicas to see the new holder's record and repoint (about a second);
 #: short enough that a promotion nobody can follow still finishes well within a lease TTL.
 DEFAULT_ACK_WAIT_S = 6.0
+#: With no semi-sync replica connected: the replicas that will follow connect within ~0.3 s of
+#: the new holder's record (kill -9 failover p50 0.6 s, detection included), so after 1 s
+#: nobody is coming soon.
+DEFAULT_ALONE_WAIT_S = 1.0
 
 
 class FencingTokenWriter:
@@ -44,12 +55,16 @@ class FencingTokenWriter:
 
     def __init__(self, mysql: MysqlActions, holder: str, wait_s: float, *,
                  ack_wait_s: float = DEFAULT_ACK_WAIT_S,
+                 alone_wait_s: float = DEFAULT_ALONE_WAIT_S,
                  clock: Callable[[], float] = time.monotonic,
                  on_done: Callable[[], None] = lambda: None) -> None:
         self.mysql = mysql
         self.holder = holder
         self.wait_s = wait_s  # the session's read timeout: semi-sync's timeout + margin
         self.ack_wait_s = ack_wait_s
+        self.alone_wait_s = min(alone_wait_s, ack_wait_s)
+        #: Why the last wait was ended: "alone" (no semi-sync replica connected) or "bound".
+        self.ended_why: str | None = None
         self.clock = clock
         self.on_done = on_done  # called from the write's thread as it ends (committed or failed)
         self._lock = threading.Lock()
@@ -73,7 +88,10 @@ class FencingTokenWriter:
             if (thread is None or not thread.is_alive() or self._session_id is None or self._released
                     or self._end_tried):
                 return None
-            return max(0.0, self._started + self.ack_wait_s - self.clock())
+            now = self.clock()
+            if now < self._started + self.alone_wait_s:
+                return self._started + self.alone_wait_s - now  # back then to ask who is connected
+            return max(0.0, self._started + self.ack_wait_s - now)
 
     def in_flight(self) -> int | None:
         """The token a running write is waiting to commit, if any."""
@@ -93,15 +111,21 @@ class FencingTokenWriter:
             if running:
                 # The bound holds whatever token is asked for now: a write of an older token
                 # still waiting would otherwise hold a newer one back for semi-sync's timeout.
-                overdue = (not self._released and self._session_id is not None
-                           and self.clock() - self._started >= self.ack_wait_s)
+                waited = self.clock() - self._started
+                endable = not self._released and self._session_id is not None
+                overdue = endable and waited >= self.ack_wait_s
+                ask_alone = endable and not overdue and waited >= self.alone_wait_s
                 session_id = self._session_id
-                if overdue:
-                    self._released = self._end_tried = True
             else:
-                overdue, session_id = False, None
+                overdue = ask_alone = False
+                session_id = None
             failure, self._failure = (None, self._failure) if running else (self._failure, None)
         if running:
+            why = "bound" if overdue else "alone" if ask_alone and self._nobody_connected() else None
+            with self._lock:
+                if why is not None and not self._released:
+                    self._released = self._end_tried = overdue = True
+                    self.ended_why = why
             if overdue and session_id is not None:
                 def end() -> None:
                     self.mysql.end_session(session_id)
@@ -136,6 +160,20 @@ class FencingTokenWriter:
                                             name=f"fencing-token-{token}")
             self._thread.start()
         return False
+
+    def ended_why_text(self) -> str:
+        """The last ended wait's reason, for the log."""
+        if self.ended_why == "alone":
+            return f"none connected after {self.alone_wait_s:g} s"
+        return f"none answered within {self.ack_wait_s:g} s"
+
+    def _nobody_connected(self) -> bool:
+        """True when mysqld says no semi-sync replica is connected; a failed read is no answer
+        (the bound still ends the wait)."""
+        try:
+            return self.mysql.semi_sync_clients() == 0
+        except (MysqlAdapterError, ValueError):
+            return False
 
     def wait(self, timeout: float) -> bool:
         """Test and shutdown helper: True when no write is running (within ``timeout``)."""

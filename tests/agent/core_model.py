@@ -320,6 +320,9 @@ def is_prefix(short: tuple[str, ...], long: tuple[str, ...]) -> bool:
 #: Ticks a fencing-token write waits for an ack before the executor ends the wait (it then
 #: commits); the adapter's FencingTokenWriter.ack_wait_s, shorter than the lease TTL (3 ticks).
 TOKEN_ACK_WAIT = 2
+#: Ticks it waits while no replica is attached to it at all (FencingTokenWriter.alone_wait_s:
+#: nobody connected can acknowledge it).
+TOKEN_ALONE_WAIT = 1
 
 
 def _commit_unacked(db: Db) -> Db:
@@ -344,6 +347,11 @@ def acknowledge(world: World) -> World:
                and is_prefix(db.history, other.db.history) for other in nodes if other is not node):
             nodes[index] = replace(node, db=_commit_unacked(db))
     return replace(world, nodes=tuple(nodes))
+
+
+def _attached_to(world: World, name: str) -> bool:
+    """Some node receives from ``name`` (what Rpl_semi_sync_master_clients counts)."""
+    return any(node.db.alive and node.db.source == name and node.db.receiving for node in world.nodes)
 
 
 class Model:
@@ -388,6 +396,9 @@ class Model:
         self.check_new_primaries = True
         self.promotions_checked = 0  # promotions judged by check_keeps_acknowledged
         self.token_waits_ended = 0  # token writes committed unacknowledged after TOKEN_ACK_WAIT
+        #: None: the token waits for TOKEN_ACK_WAIT even with no replica attached (the rule off).
+        self.token_alone_wait: int | None = TOKEN_ALONE_WAIT
+        self.token_alone_ends = 0  # of token_waits_ended, those ended early: nobody attached
 
     # ------------------------------------------------------------------ observation
 
@@ -900,7 +911,7 @@ class Model:
                 # (lossless) waits for an ack like any commit, so a crash can remove it (issue 15).
                 db = replace(db, source=None, semi_sync=self.lossless)
                 if agent.lease.token is not None:
-                    db = self._write_token(db, name, agent.lease.token, world.now)
+                    db = self._write_token(world, db, name, agent.lease.token)
         elif isinstance(action, Repoint):
             if db.alive:
                 source = world.nodes[NAMES.index(action.primary)].db
@@ -931,7 +942,7 @@ class Model:
             if db.alive:
                 db = replace(db, receiving=False)
         elif isinstance(action, WriteFencingToken):
-            db = self._write_token(db, name, action.token, world.now)
+            db = self._write_token(world, db, name, action.token)
         elif isinstance(action, RecordFailover):
             if reachable:
                 dcs = replace(dcs, last_failover=now)
@@ -977,15 +988,20 @@ class Model:
         others = [other.db.history for other in world.nodes if other is not node]
         return db.unacked_token is not None or not any(is_prefix(db.history, theirs) for theirs in others)
 
-    def _write_token(self, db: Db, name: str, token: int, now: int) -> Db:
+    def _write_token(self, world: World, db: Db, name: str, token: int) -> Db:
+        now = world.now
         if db.alive and db.semi_sync:
             # Lossless semi-sync is on: the commit is in the binlog, and waits for an ack.
             if db.unacked_token != token:
                 return replace(db, unacked_token=token, unacked_since=now, history=(*db.history, name))
-            if db.unacked_since is not None and now - db.unacked_since >= TOKEN_ACK_WAIT:
+            waited = None if db.unacked_since is None else now - db.unacked_since
+            alone = (waited is not None and self.token_alone_wait is not None
+                     and waited >= self.token_alone_wait and not _attached_to(world, name))
+            if waited is not None and (waited >= TOKEN_ACK_WAIT or alone):
                 # The executor's FencingTokenWriter ends a wait no replica answers (their histories
-                # forked from ours): the token commits unacknowledged, as it always did before.
+                # forked from ours), sooner when none is attached: the token commits unacknowledged.
                 self.token_waits_ended += 1
+                self.token_alone_ends += alone and waited < TOKEN_ACK_WAIT
                 return _commit_unacked(db)
         elif db.alive:
             return replace(db, token=token, history=(*db.history, name))

@@ -97,6 +97,7 @@ def test_without_the_rule_the_token_waits_out_its_bound(monkeypatch: pytest.Monk
     unacknowledged), and only then are n1 and n2 repaired under the ready primary."""
     monkeypatch.setattr(decide_fence, "promoting_holder", lambda r: (None, ""))
     model, _, stuck = scripted()
+    model.token_alone_wait = None  # the bound as it was (test_core_model_check_token_alone.py)
     recovered, ticks = recover(model, stuck)
     assert ticks >= TOKEN_ACK_WAIT and model.token_waits_ended == 1
     assert model.roles(recovered) == {"n1": Role.REPLICA, "n2": Role.REPLICA, "n3": Role.PRIMARY}

@@ -236,7 +236,8 @@ def test_failover_promote_repoint_rejoin_and_errant_refusal(lab_factory: LabFact
     assert db2.gtid_positions().binlog_pos == before  # ack stops crash recovery from truncating them)
 
     # --- lossless: with no replica acknowledging, neither the fencing token nor a commit completes ---
-    token_writer = FencingTokenWriter(db2, "agent-db2", wait_s=30.0)
+    # (No ending of the wait here: this part shows the lossless wait itself.)
+    token_writer = FencingTokenWriter(db2, "agent-db2", wait_s=30.0, ack_wait_s=30.0, alone_wait_s=30.0)
     assert not token_writer.ensure(7)  # written in its own thread: the caller does not wait
     poll(
         lambda: status_var(lab, "db2", "Rpl_semi_sync_master_wait_sessions") == "1",
