@@ -75,6 +75,31 @@ def write_until_acknowledged(lab: LabCluster, first_id: int, timeout: float) -> 
     raise AssertionError(f"no write acknowledged within {timeout}s; last error: {last_error}")
 
 
+def kill_primary_and_time_first_write(lab: LabCluster, old: str, first_id: int,
+                                      timeout: float = 60) -> tuple[float, float, int]:
+    """kill -9 ``old``'s mysqld, then write until a row is acknowledged (through discovery and the
+    new primary's gate): (seconds from the kill to that acknowledgement, seconds the writer took,
+    the acknowledged row's id). The first is the RTO the soak measures."""
+    lab.kill_mysql(old)
+    killed = time.monotonic()
+    _, took, attempts = write_until_acknowledged(lab, first_id, timeout=timeout)
+    return time.monotonic() - killed, took, first_id + attempts
+
+
+def log_events(lab: LabCluster, name: str, event: str) -> list[str]:
+    """The lines of ``name``'s agent log that report ``event`` (its JSON ``"event"`` field)."""
+    log = Path(lab.agent(name).log).read_text(errors="replace")
+    return [line for line in log.splitlines() if f'"{event}"' in line]
+
+
+def semi_sync_clients(lab: LabCluster, name: str) -> int:
+    """Replicas connected to ``name`` that acknowledge its commits (``Rpl_semi_sync_master_clients``)."""
+    with lab.connect(name) as conn, conn.cursor() as cur:
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")
+        row = cur.fetchone()
+    return int(row[1]) if row else 0
+
+
 def status(lab: LabCluster, name: str) -> dict[str, Any]:
     return lab.agent_status(name)
 
@@ -87,14 +112,22 @@ def role(lab: LabCluster, name: str) -> str | None:
 def wait_for_role(lab: LabCluster, name: str, wanted: str, timeout: float) -> None:
     """Poll ``name``'s agent until it reports ``wanted``; on timeout fail with its last status
     (refusals, database probes, action errors) and the tail of its log, which say why."""
+    wait_for_status(lab, name, lambda report: report.get("role") == wanted, timeout=timeout,
+                    what=f"{name} to become {wanted}")
+
+
+def wait_for_status(lab: LabCluster, name: str, wanted: Callable[[dict[str, Any]], bool], *,
+                    timeout: float, what: str) -> None:
+    """Poll ``name``'s agent until its status satisfies ``wanted``; on timeout fail as
+    :func:`wait_for_role` does."""
     last: dict[str, Any] = {}
 
     def reached() -> bool:
         nonlocal last
         last = status(lab, name)
-        return last.get("role") == wanted
+        return wanted(last)
     try:
-        wait_until(reached, timeout=timeout, what=f"{name} to become {wanted}")
+        wait_until(reached, timeout=timeout, what=what)
     except WaitTimeout as exc:
         tail = Path(lab.agent(name).log).read_text(errors="replace").splitlines()[-15:]
         raise AssertionError("\n".join([str(exc), json.dumps(last, indent=1, default=str), *tail])) from exc

@@ -9,15 +9,19 @@ token, instead of waiting for a ready primary while the token waits out its 6 s 
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 
 from dbfence.lab.agents import AgentTuning
 from dbfence.lab.wait import wait_until
 from tests.conftest import LabFactory
-from tests.e2e.e2e_helpers import only_primary, status, wait_for_role, write_row, write_until_acknowledged
+from tests.e2e.e2e_helpers import (
+    kill_primary_and_time_first_write,
+    log_events,
+    only_primary,
+    status,
+    wait_for_role,
+    write_row,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,14 +40,10 @@ def test_kill9_with_the_third_node_fenced_the_old_primary_acknowledges_the_new_t
         cur.execute("INSERT INTO app.e2e VALUES (1000)")
     wait_for_role(lab, fenced, "fenced", timeout=30)
 
-    lab.kill_mysql(old)
-    killed = time.monotonic()
-    _, took, _ = write_until_acknowledged(lab, 2000, timeout=60)
-    rto = time.monotonic() - killed
+    rto, took, _ = kill_primary_and_time_first_write(lab, old, 2000)
     wait_for_role(lab, replica, "primary", timeout=30)
     wait_for_role(lab, old, "replica", timeout=60)
-    log = Path(lab.agent(replica).log).read_text(errors="replace")
-    ended = [line for line in log.splitlines() if '"token_ack_wait_ended"' in line]
+    ended = log_events(lab, replica, "token_ack_wait_ended")
     print(f"\nkill -9 of {old}'s mysqld with {fenced} fenced: first acknowledged write {rto:.2f} s after "
           f"the kill (writer {took:.2f} s); {old} back as a replica; token waits ended: {len(ended)}; "
           f"{old}'s restart: {status(lab, old).get('mysqld_restart')}")
