@@ -145,6 +145,17 @@ def only_primary(lab: LabCluster) -> str:
     return primaries[0]
 
 
+def settled_three_nodes(lab: LabCluster) -> tuple[str, str, str]:
+    """The primary and its two replicas (sorted by name) once both follow it, after one
+    acknowledged write."""
+    primary = only_primary(lab)
+    first, second = sorted(n.name for n in lab.mysql if n.name != primary)
+    for name in (first, second):
+        wait_for_role(lab, name, "replica", timeout=60)
+    write_row(lab, 1)
+    return primary, first, second
+
+
 def hang_the_primary_after(lab: LabCluster, commit_only_there: Callable[[str], object],
                            before_resume: Callable[[str], object] = lambda old: None) -> tuple[str, str]:
     """Make the primary end with a commit that no replica has, hang it (SIGSTOP) until another node

@@ -17,10 +17,9 @@ from tests.conftest import LabFactory
 from tests.e2e.e2e_helpers import (
     kill_primary_and_time_first_write,
     log_events,
-    only_primary,
+    settled_three_nodes,
     status,
     wait_for_role,
-    write_row,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -29,11 +28,7 @@ pytestmark = pytest.mark.timeout(300)
 def test_kill9_with_the_third_node_fenced_the_old_primary_acknowledges_the_new_token(
         lab_factory: LabFactory) -> None:
     lab = lab_factory(mysql_count=3, dcs="etcd", agents=True, agent_tuning=AgentTuning(rejoin="truncate"))
-    old = only_primary(lab)
-    fenced, replica = sorted(n.name for n in lab.mysql if n.name != old)
-    for name in (fenced, replica):
-        wait_for_role(lab, name, "replica", timeout=60)
-    write_row(lab, 1)
+    old, fenced, replica = settled_three_nodes(lab)
     # An earlier fault: a transaction of the third node's own that nobody else has. Never primary,
     # it has no evidence that would let it remove it: it stays FENCED (repair_unsafe).
     with lab.connect(fenced) as conn, conn.cursor() as cur:

@@ -28,6 +28,7 @@ from tests.e2e.e2e_helpers import (
     only_primary,
     rows_on,
     semi_sync_clients,
+    settled_three_nodes,
     status,
     wait_for_role,
     wait_for_status,
@@ -52,11 +53,7 @@ def seen_stopped(report: dict[str, Any]) -> bool:
 def test_kill9_with_the_third_mysqld_stopped_the_token_wait_ends_without_semi_sync_clients(
         lab_factory: LabFactory) -> None:
     lab = lab_factory(mysql_count=3, dcs="etcd", agents=True, agent_tuning=AgentTuning(rejoin="truncate"))
-    old = only_primary(lab)
-    winner, stopped = sorted(n.name for n in lab.mysql if n.name != old)
-    for name in (winner, stopped):
-        wait_for_role(lab, name, "replica", timeout=60)
-    write_row(lab, 1)
+    old, winner, stopped = settled_three_nodes(lab)
     wait_until(lambda: semi_sync_clients(lab, old) == 2, timeout=60,
                what=f"both replicas to acknowledge {old}'s commits")
 
