@@ -41,6 +41,7 @@ from dbfence.mysql.gtid import (
     ranges_predate,
 )
 from dbfence.mysql.relay_log import RelayLogControl
+from dbfence.mysql.relay_log_room import require_relay_log_room
 
 DEFAULT_SEMI_SYNC_TIMEOUT_MS = 86_400_000  # one day: "lossless" must not quietly become async
 
@@ -364,7 +365,8 @@ class MysqlActions(RelayLogControl):
         ``gtid_slave_pos`` still points at where it stopped replicating long ago. ``keep_ids``
         are the agent's own sessions, spared if client sessions must be cut. ``around_switch_off``
         runs the switch-off of semi-sync's primary side (MariaDB counts it as a fallback), so that
-        the caller can count it as its own.
+        the caller can count it as its own. It refuses, changing nothing, with
+        RelayLogDiskFullError while the relay log's disk is full (see :mod:`relay_log_room`).
         """
         self._require_mariadb("repoint")
         sql = self.sql
@@ -376,6 +378,8 @@ class MysqlActions(RelayLogControl):
             except MysqlAdapterError:
                 exact = ()  # the ranges alone still name them; the refusal matters more
             raise ErrantTransactionsError(self.name, str(primary), errant, exact)
+        with self.session() as conn:  # a full disk would stall the new IO thread (relay_log_room)
+            require_relay_log_room(conn, self.name)
         if int(str(self.semi_sync_status()["primary_enabled"])):
             # a lossless primary until now: cut sessions first so that turning semi-sync off
             # cannot release a waiting commit with an OK (see fence)

@@ -76,3 +76,17 @@ class ErrantTransactionsError(MysqlAdapterError):
         )
         self.errant = errant
         self.gtids = gtids  # exact list from the node's binlog, when it could be read
+
+
+class RelayLogDiskFullError(MysqlAdapterError):
+    """The file system of the relay log is (nearly) full: replication is not (re)started on it."""
+
+    def __init__(self, node: str, directory: str, free: int, wanted: int) -> None:
+        super().__init__(
+            f"{node}: the relay log's disk is full ({free >> 20} MiB free on {directory}, want >= "
+            f"{wanted >> 20} MiB); not repointing until there is room: MariaDB's IO thread would wait "
+            "for space and stall up to 60 s after space returns"
+        )
+        self.directory = directory
+        self.free = free
+        self.wanted = wanted
