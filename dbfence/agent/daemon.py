@@ -173,6 +173,7 @@ class Agent:
             mbstream_tool=rejoin.mbstream_tool, api_tls=self.api_tls.client, mutual_tls=self.api_tls.mutual,
             free_space_margin=rejoin.free_space_margin_mib << 20, keep_old_datadirs=rejoin.keep_old_datadirs,
             approval_ttl=rejoin.approval_ttl)
+        self.db.settle_discard = self.repair.settle_discard
         tail = BinlogTailSaver(state_dir=Path(config.node.state_dir), node=config.node.name, mysql=self.mysql,
                                tool=rejoin.binlog_tool)
         self.restarter = MysqldRestarter(mode=rejoin.mode, node=config.node.name, control=self.repair.control,

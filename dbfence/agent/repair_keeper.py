@@ -6,7 +6,10 @@ repair is the core's (``dbfence.agent.rejoin``); this carries it out and reports
 counters of the term the evidence judges (its reference, sampling, taint) are kept by
 :class:`~dbfence.agent.term_watch.TermWatch`; the reading of the evidence at fencing and the fence
 by crash are mixed in from :mod:`~dbfence.agent.repair_fencing`, the rebuild from
-:mod:`~dbfence.agent.repair_rebuild`.
+:mod:`~dbfence.agent.repair_rebuild`. A token discard that stopped half way (its intent file,
+:mod:`~dbfence.mysql.discard_intent`) is finished, or refused with its reason, by
+:meth:`RepairKeeper.settle_discard` before every errant check (the database sensor calls it) and at
+the start of every repair attempt.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dbfence.agent.term_record import process_started_at
 from dbfence.agent.term_watch import TermWatch
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.binlog_tail import copy_binlog_tail
+from dbfence.mysql.discard_intent import DiscardRefused, intent_path, settle
 from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.rebuild import Progress, RebuildResult
@@ -61,6 +65,8 @@ RETRY_MAX = 60.0
 #: mend (a RepairError, not a RepairDeferred): a few tries ride out a flaky start command or a
 #: failover under way; then it gives up, saying why, and the node stays FENCED with mysqld down.
 GIVE_UP_AFTER = 300.0
+#: How often an intent file the state does not explain is judged again (each read is logged once).
+SETTLE_RECHECK = 5.0
 
 def _gave_up_while_down(error: Exception, attempts: int) -> str:
     return (f"repair failed: {error}; the same after {attempts} attempt(s): mysqld left down (killed by "
@@ -122,6 +128,10 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
         self._fenced_pid = ""  # the mysqld that was primary: the only one the fence may crash
         self._fenced_started_at = 0.0  # its process's start: a later run may get the same pid
         self._record_lock = threading.Lock()
+        # Held by a repair attempt throughout, and by a settle of an interrupted token discard: the
+        # errant check never finishes a discard the repair is still running.
+        self._discard_lock = threading.Lock()
+        self._discard_refused: tuple[float, str] = (0.0, "")  # (when judged, why not finished)
         self.hold = ""  # why the core starts no repair now (its refusal), as the last round said
         # The semi-sync counters of this node's term as primary: its reference, samples and taint.
         # A restarted agent never resumes a term as primary; the evidence, the taint file and the
@@ -339,8 +349,61 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
             self._finish(out, f"{result.errant_after} survived crash recovery (committed in the engine)"
                               f"{why}: rebuild this node", result)
 
+    # ------------------------------------------------------------------ an interrupted token discard
+    def settle_discard(self, primary: GtidState) -> str:
+        """Before an errant check against ``primary``: finish a token discard that stopped half way
+        (:mod:`~dbfence.mysql.discard_intent`). "" when none is pending; else why the check waits
+        this round (finished just now, a repair running, or a state the intent file does not
+        explain: the node stays fenced, the reason in ``errant_problem``)."""
+        if self.mode == "manual" or not intent_path(self.state_dir).exists():
+            return ""
+        judged_at, refused = self._discard_refused
+        if refused and time.monotonic() - judged_at < SETTLE_RECHECK:
+            return refused
+        if not self._discard_lock.acquire(blocking=False):
+            return f"a repair is running ({intent_path(self.state_dir)} names its token discard)"
+        try:
+            done, refused = self._settle(primary, during_repair=False)
+            return refused or (f"{done}; checked again next round" if done else "")
+        except (MysqlAdapterError, OSError) as exc:
+            return f"cannot finish the token discard {intent_path(self.state_dir)} names: {exc}"
+        finally:
+            self._discard_lock.release()
+
+    def _settle(self, primary: GtidState, *, during_repair: bool) -> tuple[str, str]:
+        """One settle, the discard lock held: (what it did, why it refused), each "" if not that;
+        a refusal is logged once per reason."""
+        try:
+            done = settle(self.mysql, self.state_dir, primary)
+        except DiscardRefused as exc:
+            if str(exc) != self._discard_refused[1]:
+                log.warning(json.dumps({"event": "token_discard_unfinished", "node": self.node,
+                                        "file": str(intent_path(self.state_dir)), "why": str(exc)}))
+            self._discard_refused = (time.monotonic(), str(exc))
+            return "", str(exc)
+        self._discard_refused = (0.0, "")
+        if not done:
+            return "", ""
+        log.warning(json.dumps({"event": "token_discard_finished", "node": self.node,
+                                "file": str(intent_path(self.state_dir)), "done": done,
+                                "by": "the repair" if during_repair else "the errant check"}))
+        # Off this thread: the history is a DCS write, and the database sensor must not wait on it.
+        threading.Thread(target=self.on_done, args=("repair", f"{done} (the discard had stopped half way)"),
+                         name="repair-history", daemon=True).start()
+        return done, ""
+
     def _attempt(self, evidence: FencingEvidence | str, primary_state: Callable[[], GtidState], out: Path,
                  header: str) -> RepairResult:
+        with self._discard_lock:
+            # A mysqld the fence killed is down: a discard of its could only be pending after a start.
+            if not self._killed and intent_path(self.state_dir).exists():
+                _, refused = self._settle(primary_state(), during_repair=True)
+                if refused:
+                    raise RepairError(refused)
+            return self._attempt_locked(evidence, primary_state, out, header)
+
+    def _attempt_locked(self, evidence: FencingEvidence | str, primary_state: Callable[[], GtidState],
+                        out: Path, header: str) -> RepairResult:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self._killed and isinstance(evidence, FencingEvidence):
             base, datadir = evidence.log_bin_basename, evidence.datadir

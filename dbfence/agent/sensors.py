@@ -109,6 +109,9 @@ class DbSensor:
         self._desired_role = ProbeRole.REPLICA
         self._errant_peer: PeerDatabase | None = None
         self._source_of: Callable[[str, int], str | None] = lambda host, port: None
+        # Finishes a token discard that stopped half way, given the holder's binlog state; says why
+        # the errant check must wait ("": none pending). Set by the agent (RepairKeeper.settle_discard).
+        self.settle_discard: Callable[[GtidState], str] = lambda primary: ""
         self._last_errant: tuple[float, ErrantCheck | None] = (0.0, None)
         # ((run of mysqld, errant set), only own tokens?): a fenced node's errant set stays put,
         # and reading its binlog events once per set is enough.
@@ -291,6 +294,11 @@ class DbSensor:
         except MysqlAdapterError as exc:
             # unknown: the core waits rather than guess
             return None, f"cannot read {peer.name}'s binlog state: {exc}"
+        # An empty binlog with a stale gtid_slave_pos looks clean: no check while the discard that
+        # left it is unfinished (discard_intent.py), and none on the state read before it finished.
+        pending = self.settle_discard(remote_state)
+        if pending:
+            return None, pending
         ranges = local.history.errant_against(remote_state)
         gtids = tuple(str(r) for r in ranges)
         check = ErrantCheck(against=peer.name, gtids=gtids,

@@ -207,10 +207,12 @@ def recover_killed(mysql: MysqlActions, control: MysqldControl, primary_state: C
 
 
 def discard_own_tokens(mysql: MysqlActions, primary_state: Callable[[], GtidState], out: Path,
-                       saved: Sequence[Gtid]) -> tuple[tuple[ErrantRange, ...], GtidPositions, str, str]:
+                       saved: Sequence[Gtid], step_done: Callable[[str], None] | None = None
+                       ) -> tuple[tuple[ErrantRange, ...], GtidPositions, str, str]:
     """After recovery: what is still errant, the positions, what was discarded and why not. Left
     errant transactions that are only this node's fencing-token writes, saved in ``out``, are
-    discarded (:mod:`token_discard`); anything else stays, with the reason."""
+    discarded (:mod:`token_discard`), its intent file next to ``out`` (the state directory);
+    anything else stays, with the reason."""
     after = mysql.gtid_positions()
     primary = primary_state()  # one read for the check and the plan
     left = after.history.errant_against(primary)
@@ -225,7 +227,7 @@ def discard_own_tokens(mysql: MysqlActions, primary_state: Callable[[], GtidStat
     except MysqlAdapterError as exc:  # nothing changed yet: gives up as before, saying why
         return left, after, "", f"could not read what is left: {exc}"
     try:
-        apply_discard(mysql, plan)
+        apply_discard(mysql, plan, out.parent, step_done)
     except NotDiscardable as exc:
         return left, after, "", str(exc)
     after = mysql.gtid_positions()
@@ -243,12 +245,13 @@ def mysqld_running(pid_file: Path) -> bool:
 
 
 def truncate_unacknowledged(mysql: MysqlActions, control: MysqldControl,
-                            primary_state: Callable[[], GtidState], out: Path, header: str) -> RepairResult:
+                            primary_state: Callable[[], GtidState], out: Path, header: str, *,
+                            step_done: Callable[[str], None] | None = None) -> RepairResult:
     """Save the errant transactions, SIGKILL mysqld, start it so that recovery truncates them,
     and report what is still errant against the primary (empty: repaired).
 
     Raises RepairError before the kill when anything about the copy is wrong: nothing is
-    removed without a complete copy.
+    removed without a complete copy. ``step_done`` (tests): see :func:`discard_intent.run_discard`.
     """
     started = time.monotonic()
     before = mysql.gtid_positions()
@@ -269,7 +272,7 @@ def truncate_unacknowledged(mysql: MysqlActions, control: MysqldControl,
             raise BinlogCutShort("the binlog grew while its cut end was saved: tried again later") from None
     kill_mysqld(control.pid_file)
     start_mysqld(control, mysql)
-    left, after, discarded, kept_why = discard_own_tokens(mysql, primary_state, out, saved)
+    left, after, discarded, kept_why = discard_own_tokens(mysql, primary_state, out, saved, step_done)
     return RepairResult(saved_file=out, errant_before=describe_errant(ranges),
                         errant_after=describe_errant(left),
                         binlog_pos_before=str(before.binlog_pos), binlog_pos_after=str(after.binlog_pos),

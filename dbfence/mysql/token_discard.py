@@ -29,25 +29,30 @@ and its GTID state, and ``gtid_slave_pos`` is set to that position, where the ag
 ``gtid_binlog_state`` for as long as any binlog file or Gtid list counts it (PURGE keeps it), and
 under ``gtid_strict_mode`` the primary's next transaction of the same domain would be refused as
 out of order behind it; it also refuses (1947, measured on 10.11) a ``gtid_slave_pos`` behind the
-binlog's own GTID, so the SET can only follow the RESET. A stop between the two leaves the
-``gtid_slave_pos`` of before the promotion, which is that very position when the node was
-promoted from a replica and the token was its first write (the case the soak finds). What it
-costs: this node's older binlog files, every event of which the primary holds (checked above), as
-a rebuild would.
+binlog's own GTID, so the SET can only follow the RESET. A stop between the two (the agent or
+mysqld dying) would leave an empty binlog and the ``gtid_slave_pos`` of before, which says nothing
+errant and may not say what the tables hold; so an intent file is written in the state directory
+before the first change and removed after the SET (:mod:`discard_intent`), and the agent finishes
+the discard from it, or refuses to guess, before any errant check or repair. What it costs: this
+node's older binlog files, every event of which the primary holds (checked above), as a rebuild
+would.
 
-Invariant: nothing is changed unless every check holds; a refusal says why, and the repair then
-gives up exactly as before.
+Invariant: nothing is changed unless every check holds and the intent file is written; a refusal
+says why, and the repair then gives up exactly as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from dbfence.mysql import schema
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import query, query_one
+from dbfence.mysql.discard_intent import clear_intent, intent_of, run_discard, write_intent
 from dbfence.mysql.gtid import (
     ErrantRange,
     Gtid,
@@ -320,19 +325,23 @@ def checked_position(position: GtidPosition, held: GtidPosition, primary: GtidSt
     return position
 
 
-def apply_discard(mysql: MysqlActions, plan: DiscardPlan) -> None:
+def apply_discard(mysql: MysqlActions, plan: DiscardPlan, state_dir: Path,
+                  step_done: Callable[[str], None] | None = None) -> None:
     """Delete the tokens' rows without binlogging them, empty the binlog and set ``gtid_slave_pos``
-    to the position before them. Raises NotDiscardable, changing nothing, if the binlog moved."""
+    to the position before them. Raises NotDiscardable, changing nothing, if the binlog moved.
+    The intent file (:mod:`discard_intent`) is written in ``state_dir`` before the first change
+    and removed after the last; ``step_done``: see :func:`~dbfence.mysql.discard_intent.run_discard`."""
     with mysql.session() as conn:
         now = query_one(conn, "SELECT @@global.gtid_binlog_state AS state")["state"]
         if str(now or "") != plan.binlog_state:
             raise NotDiscardable(f"the binlog state changed since the check ({plan.binlog_state} → {now})")
-        query(conn, "SET SESSION sql_log_bin = 0")
-        if plan.history_tokens:
-            marks = ", ".join(["%s"] * len(plan.history_tokens))
-            query(conn, f"DELETE FROM {schema.SCHEMA}.fencing_history WHERE server_id = @@server_id "
-                        f"AND token IN ({marks})", plan.history_tokens)
-        if plan.delete_fencing_row:
-            query(conn, f"DELETE FROM {schema.SCHEMA}.fencing WHERE id = 1 AND server_id = @@server_id")
-        query(conn, "RESET MASTER")
-        query(conn, "SET GLOBAL gtid_slave_pos = %s", (str(plan.slave_pos),))
+        intent = intent_of(conn, binlog_state=plan.binlog_state, target=str(plan.slave_pos), gtids=str(plan),
+                           history_tokens=plan.history_tokens, delete_fencing_row=plan.delete_fencing_row)
+        try:
+            write_intent(state_dir, intent)
+        except OSError as exc:
+            raise NotDiscardable(f"cannot write the discard's intent file in {state_dir}: "
+                                 f"{exc.strerror or exc}") from None
+        run_discard(conn, plan.history_tokens, plan.delete_fencing_row, str(plan.slave_pos), step_done)
+    with contextlib.suppress(OSError):  # done: a file left behind is found done and removed (discard_intent)
+        clear_intent(state_dir)
