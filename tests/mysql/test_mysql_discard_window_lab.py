@@ -23,9 +23,10 @@ from dbfence.agent.repair_keeper import RepairKeeper
 from dbfence.agent.sensors import DbSensor, PeerDatabase
 from dbfence.lab.cluster import LabCluster
 from dbfence.mysql.discard_intent import DiscardRefused, intent_path, load_intent, settle
+from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.gtid import GtidState
 from dbfence.mysql.probes import Role
-from dbfence.mysql.repair import MysqldControl, truncate_unacknowledged
+from dbfence.mysql.repair import MysqldControl, kill_mysqld, start_mysqld, truncate_unacknowledged
 from dbfence.mysql.repair_errors import RepairError
 from dbfence.mysql.token_writer import FencingTokenWriter
 from tests.conftest import LabFactory
@@ -84,13 +85,29 @@ def db2_two_terms_the_second_unfollowed(lab_factory: LabFactory) -> tuple[LabClu
     return lab, target, slave_pos
 
 
-def interrupted_repair(lab: LabCluster, state_dir: Path, step: str = "binlog reset") -> None:
-    """db2's repair (kill, recovery, discard of token 8), stopped right after ``step``."""
+def db2_control(lab: LabCluster) -> MysqldControl:
     node = lab.node("db2")
-    control = MysqldControl(
+    return MysqldControl(
         pid_file=Path(node.pid_file), start_timeout=120.0,
         start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir", str(lab.directory),
                        "--recovery", "db2"])
+
+
+def interrupted_repair(lab: LabCluster, state_dir: Path, step: str = "binlog reset", *,
+                       kill_mysqld_there: bool = False) -> None:
+    """db2's repair (kill, recovery, discard of token 8), stopped right after ``step``: the agent
+    dying there, or (``kill_mysqld_there``) mysqld, SIGKILLed and started again."""
+    control = db2_control(lab)
+
+    def kill(done: str) -> None:
+        if done == step:
+            kill_mysqld(control.pid_file)
+    if kill_mysqld_there:
+        with pytest.raises(MysqlAdapterError):  # the SET, on a connection whose mysqld is gone
+            truncate_unacknowledged(actions(lab, "db2"), control, lambda: primary_state(lab),
+                                    state_dir / "errant-db2.sql", "-- dbfence test excerpt\n", step_done=kill)
+        start_mysqld(control, actions(lab, "db2"))
+        return
     with pytest.raises(Stopped):
         truncate_unacknowledged(actions(lab, "db2"), control, lambda: primary_state(lab),
                                 state_dir / "errant-db2.sql", "-- dbfence test excerpt\n",
@@ -116,15 +133,19 @@ def sensor_of(lab: LabCluster, keeper: RepairKeeper) -> DbSensor:
     return sensor
 
 
-@pytest.mark.parametrize(("step", "done"), [
-    ("binlog reset", "finished (gtid_slave_pos set after the RESET MASTER it had done)"),
-    ("rows deleted", "redone (rows deleted, RESET MASTER, gtid_slave_pos set)"),
-], ids=["stopped after RESET MASTER", "stopped before it"])
+SET_LEFT = "finished (gtid_slave_pos set after the RESET MASTER it had done)"
+
+
+@pytest.mark.parametrize(("step", "kill_mysqld_there", "done"), [
+    ("binlog reset", False, SET_LEFT),
+    ("binlog reset", True, SET_LEFT),
+    ("rows deleted", False, "redone (rows deleted, RESET MASTER, gtid_slave_pos set)"),
+], ids=["agent stopped after RESET MASTER", "mysqld killed after RESET MASTER", "agent stopped before it"])
 def test_a_discard_stopped_half_way_is_finished_and_the_node_rejoins(
-        lab_factory: LabFactory, tmp_path: Path, step: str, done: str) -> None:
+        lab_factory: LabFactory, tmp_path: Path, step: str, kill_mysqld_there: bool, done: str) -> None:
     lab, target, slave_pos = db2_two_terms_the_second_unfollowed(lab_factory)
     db2 = actions(lab, "db2")
-    interrupted_repair(lab, tmp_path, step)
+    interrupted_repair(lab, tmp_path, step, kill_mysqld_there=kill_mysqld_there)
 
     positions = db2.gtid_positions()
     if step == "binlog reset":
