@@ -184,6 +184,10 @@ class DetectionSection:
     recover_after: int = setting(3, "Consecutive good rounds before it counts as healthy again.",
                                  minimum=1, maximum=1000)
     min_free_disk_mb: int = setting(512, "Free space the data directory needs, in MiB.", minimum=0)
+    idle_probe_every: int = setting(5, "While every probe passes in good time, the connect probe (a "
+                                       "fresh login) and the disk probe run every this many rounds; "
+                                       "any failure, late answer or trip brings them back to every "
+                                       "round. 1 = every round.", minimum=1, maximum=100)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -113,6 +113,7 @@ def monitor_of(config: AgentConfig, endpoint: Endpoint, credentials: Credentials
                              select_timeout_s=detection.select_timeout,
                              write_timeout_s=detection.write_timeout,
                              disk_min_free_bytes=detection.min_free_disk_mb * 1024 * 1024,
+                             idle_probe_every=detection.idle_probe_every,
                              max_replica_lag_s=max(30.0, config.failover.max_lag * 3),
                              replica_status=False)  # the database sensor judges its facts' read
     hysteresis = HysteresisConfig(trip_after=detection.trip_after, recover_after=detection.recover_after)

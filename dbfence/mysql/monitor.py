@@ -1,4 +1,10 @@
-"""Probes plus hysteresis: what the agent loop calls once per interval."""
+"""Probes plus hysteresis: what the agent loop calls once per interval.
+
+Also whether a round was *calm* (:func:`calm_round`): every probe answered within the round and
+passed, nothing is tripped or unconfirmed, and the select answered in under half its timeout.
+After a calm round the prober runs its occasional probes (connect, disk) only every
+``ProbeSettings.idle_probe_every`` rounds; after any other round, every round (docs/detection.md).
+"""
 
 from __future__ import annotations
 
@@ -35,6 +41,21 @@ class HealthObservation:
         return self.health.describe()
 
 
+def calm_round(verdicts: tuple[Verdict, ...], health: Health, unconfirmed: frozenset[ProbeKind],
+               pending: bool, select_timeout_s: float) -> bool:
+    """Nothing in this round calls for every probe next round. Not calm: a probe still running
+    (late or not yet answered), a failing or saturated verdict, a tripped probe, a probe of the
+    role that has not passed yet, a probe whose last verdict failed, or a select that took half
+    its timeout or more (a server slowing down: the fresh login may be the first to fail)."""
+    if pending or unconfirmed or not health.healthy:
+        return False
+    if any(not v.ok for v in verdicts):
+        return False
+    if any(t.last is not None and not t.last.ok for t in health.tracks.values()):
+        return False
+    return not any(v.kind is ProbeKind.SELECT and v.elapsed_s >= select_timeout_s / 2 for v in verdicts)
+
+
 class HealthMonitor:
     """Owns a Prober and the hysteresis state. Not thread-safe: call from one thread.
 
@@ -53,17 +74,19 @@ class HealthMonitor:
         self.prober = Prober(target, self.settings, role)
         self.health = Health(hysteresis or HysteresisConfig())
         self._next_round = time.monotonic()
+        self._calm = False  # the last round was calm (calm_round): occasional probes may wait
 
     def set_role(self, role: Role) -> None:
         """Change the expected role; hysteresis restarts so old-role trips do not linger."""
         if role is not self.prober.role:
             self.prober.set_role(role)
             self.health = Health(self.health.config)
+            self._calm = False
 
     def observe(self) -> HealthObservation:
         started = time.monotonic()
         self._next_round = started + self.settings.interval_s
-        verdicts = tuple(self.prober.run_round())
+        verdicts = tuple(self.prober.run_round(calm=self._calm))
         self.health = self.health.feed(verdicts)
         unconfirmed = frozenset(
             kind
@@ -72,6 +95,8 @@ class HealthMonitor:
             if (track := self.health.tracks.get(kind)) is None or track.last is None
             or not (track.last.ok or track.last.saturated)
         )
+        self._calm = calm_round(verdicts, self.health, unconfirmed, self.prober.pending(),
+                                self.settings.select_timeout_s)
         return HealthObservation(started, self.prober.role, verdicts, self.health, unconfirmed)
 
     def sleep_until_next_round(self) -> None:

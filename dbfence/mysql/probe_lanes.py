@@ -53,6 +53,12 @@ class Lane:
         self.job = _Job(self.executor.submit(_guarded(work, self.kinds_on_timeout)), now)
         return True
 
+    @property
+    def pending(self) -> bool:
+        """A job was started and has given no verdict yet, or is late and still running."""
+        job = self.job
+        return job is not None and (not job.reported or (job.timed_out and not job.future.done()))
+
     def collect(self, round_end: float) -> JobResult:
         """Verdicts of this lane for the round ending at ``round_end`` (monotonic).
 

@@ -106,6 +106,12 @@ class ProbeSettings:
     # applied" on the safe side) and judge it with judge_replica_status; a second read per round
     # was a fifth of the database sensor's work on a replica.
     replica_status: bool = True
+    # While every probe passes promptly (HealthMonitor's calm rounds), the connect and disk probes
+    # run every this many rounds instead of every round: a fresh login is the costliest probe of
+    # an idle agent, and what it alone would catch (the client port refusing logins while the
+    # reserved session works) is found at most this many rounds later. Any failure, late answer
+    # or trip brings them back to every round. 1 = every round. docs/detection.md.
+    idle_probe_every: int = 5
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,11 @@ class Prober:
         # the gate's backend cap; None until read once.
         self.max_connections: int | None = None
         s = self.settings
+        if s.idle_probe_every < 1:
+            raise ValueError(f"idle_probe_every must be >= 1, got {s.idle_probe_every}")
+        # rounds each occasional lane was left out of since it last started (calm rounds only)
+        self._idle_skips = {"connect": 0, "disk": 0}
+        self._round_lanes: tuple[Lane, ...] = ()  # the lanes the last round started or collected
         self._lanes = {
             "process": Lane("process", (ProbeKind.PROCESS,), Reason.PROCESS_STOPPED, s.process_timeout_s),
             "disk": Lane("disk", (ProbeKind.DISK,), Reason.DISK_UNREADABLE, s.disk_timeout_s),
@@ -223,6 +234,10 @@ class Prober:
             kinds.add(ProbeKind.REPLICATION)
         return frozenset(kinds)
 
+    def pending(self) -> bool:
+        """A probe of the last round is still running: it answered neither in time nor late."""
+        return any(lane.pending for lane in self._round_lanes)
+
     def agent_connection_ids(self) -> frozenset[int]:
         """Server thread ids of the agent's own probe sessions: spare them when killing clients."""
         with self._lock:
@@ -232,11 +247,13 @@ class Prober:
                     ids.add(thread_id(conn))
             return frozenset(ids)
 
-    def run_round(self) -> list[Verdict]:
+    def run_round(self, *, calm: bool = False) -> list[Verdict]:
         """Run one round of the current role's probes; returns within ``interval_s``.
 
         A probe that has not answered yet and is not past its own timeout gives no verdict in this
-        round; it is collected in a later one.
+        round; it is collected in a later one. ``calm`` (the previous round had every probe pass
+        in good time): the connect and disk probes start only every
+        ``settings.idle_probe_every`` rounds (a late answer of theirs is still collected).
         """
         now = time.monotonic()
         role = self._role
@@ -260,8 +277,14 @@ class Prober:
         plan.append(("disk", self._disk_probe))
         for name, work in plan:
             lane = self._lanes[name]
-            lane.start(work, now)
             started.append(lane)
+            if name in self._idle_skips:
+                if calm and self._idle_skips[name] + 1 < self.settings.idle_probe_every:
+                    self._idle_skips[name] += 1
+                    continue
+                self._idle_skips[name] = 0
+            lane.start(work, now)
+        self._round_lanes = tuple(started)
         round_end = now + self.settings.interval_s
         verdicts: list[Verdict] = []
         for lane in started:
