@@ -192,7 +192,7 @@ class DbSensor:
         self._monitor.set_role(self._desired_role)
         observation = self._monitor.observe()
         health = summarize(observation)
-        summary = tuple(_summary_line(v) for v in observation.verdicts)
+        summary = tuple(_summary_line(v) for v in observation.latest_verdicts())
         read_started = time.monotonic()
         stopped = next((v for v in observation.verdicts if v.reason is Reason.PROCESS_STOPPED), None)
         if stopped is not None:

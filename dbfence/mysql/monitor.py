@@ -40,6 +40,15 @@ class HealthObservation:
     def describe(self) -> str:
         return self.health.describe()
 
+    def latest_verdicts(self) -> tuple[Verdict, ...]:
+        """This round's verdicts, then the last one of each probe that gave none this round (while
+        calm the connect and disk probes run every few rounds, and a slow probe answers in a later
+        round): for a status with a line per probe instead of lines that come and go."""
+        reported = {verdict.kind for verdict in self.verdicts}
+        earlier = tuple(track.last for track in self.health.tracks.values()
+                        if track.kind not in reported and track.last is not None)
+        return self.verdicts + earlier
+
 
 def calm_round(verdicts: tuple[Verdict, ...], health: Health, unconfirmed: frozenset[ProbeKind],
                pending: bool, select_timeout_s: float) -> bool:

@@ -7,15 +7,18 @@ still works) is still found, and trips within ``idle_probe_every + trip_after - 
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import replace
 
+from dbfence.agent.sensors import DbSensor
 from dbfence.lab.cluster import LabCluster
+from dbfence.lab.wait import wait_until
 from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.monitor import HealthMonitor
 from dbfence.mysql.probes import ProbeSettings, Role
 from dbfence.mysql.verdict import ProbeKind, Reason
 from tests.conftest import LabFactory
-from tests.mysql.mysql_lab_helpers import observe_until_healthy, one, sql, target
+from tests.mysql.mysql_lab_helpers import actions, creds, observe_until_healthy, one, sql, target
 
 ROUNDS = 25
 
@@ -91,3 +94,30 @@ def test_a_client_port_that_refuses_logins_still_trips_and_is_then_probed_every_
             assert {t.kind for t in obs.health.tripped} == {ProbeKind.CONNECT}
     finally:
         refusing.close()
+
+
+def test_the_status_keeps_a_line_per_probe_while_some_run_every_few_rounds(
+        lab_factory: LabFactory) -> None:
+    """The database sensor's probe lines (``/status``) show the last verdict of a probe that did
+    not run this round, instead of a connect line that is there one round in five."""
+    lab = lab_factory(mysql_count=1)
+    settings = ProbeSettings(connect_timeout_s=3.0, select_timeout_s=1.5, idle_probe_every=5)
+    with HealthMonitor(target(lab, "db1"), settings) as mon:
+        sensor = DbSensor(mon, actions(lab, "db1"), creds(lab), threading.Event())
+        sensor.want_role(Role.PRIMARY)
+
+        def settled() -> bool:
+            mon.sleep_until_next_round()
+            sensor._round()
+            return mon._calm
+
+        wait_until(settled, timeout=10, what="a calm round")
+        before = _logins(lab)
+        for _ in range(10):
+            mon.sleep_until_next_round()
+            sensor._round()
+            lines = sensor.latest.probe_summary
+            assert any(line.startswith("connect: ok") for line in lines), lines
+            assert any(line.startswith("disk: ok") for line in lines), lines
+            assert len(lines) == len({line.split(":")[0] for line in lines})  # one line per probe
+        assert _logins(lab) - before - 1 <= 4  # meanwhile the connect probe skipped most rounds
