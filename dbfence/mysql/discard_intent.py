@@ -54,6 +54,7 @@ class DiscardIntent:
     binlog_state: str  # gtid_binlog_state when it began: the tokens still in the binlog
     slave_pos_before: str  # gtid_slave_pos when it began: what a stop after RESET MASTER leaves
     target: str  # the gtid_slave_pos it sets: the position before the first token
+    target_state: str  # the gtid_binlog_state it sets after RESET MASTER: the state without the tokens
     gtids: str  # the discarded GTIDs and tokens (the plan, as logged)
     history_tokens: tuple[int, ...]
     delete_fencing_row: bool
@@ -63,7 +64,8 @@ class Step(enum.Enum):
     """What an interrupted discard still needs, given what mysqld shows."""
 
     REDO = "redo"  # stopped before RESET MASTER: delete, reset and set again
-    SET_POSITION = "set_position"  # stopped between RESET MASTER and the SET: only the SET is left
+    SET_STATE = "set_state"  # stopped right after RESET MASTER: the binlog state and the position
+    SET_POSITION = "set_position"  # stopped before the position's SET: only that is left
     DONE = "done"  # stopped after the SET: only the file is left
 
 
@@ -118,50 +120,62 @@ def next_step(intent: DiscardIntent, now: ServerNow, primary: GtidState) -> Step
         return f"the server's server_id is {now.server_id}, the discard's {intent.server_id} (rebuilt since?)"
     target = GtidPosition.parse(intent.target)
     slave_pos = GtidPosition.parse(now.slave_pos)
-    if not now.binlog_state:
-        if slave_pos == target:
+    state = GtidState.parse(now.binlog_state)
+    state_set = bool(now.binlog_state) and state == GtidState.parse(intent.target_state)
+    reset = not now.binlog_state or state_set
+    state_done = state_set or not intent.target_state
+    if reset:
+        if slave_pos == target and state_done:
             return Step.DONE
         if slave_pos != GtidPosition.parse(intent.slave_pos_before):
-            return (f"the binlog is empty but gtid_slave_pos is {now.slave_pos or 'empty'}, neither the "
+            return (f"the binlog was reset but gtid_slave_pos is {now.slave_pos or 'empty'}, neither the "
                     f"discard's target {intent.target} nor {intent.slave_pos_before or 'empty'} (before it)")
-    elif now.binlog_state != intent.binlog_state:
-        return (f"gtid_binlog_state is {now.binlog_state}, neither empty (reset by the discard) nor "
-                f"{intent.binlog_state} (as the discard began): something wrote since")
+    elif state != GtidState.parse(intent.binlog_state):
+        return (f"gtid_binlog_state is {now.binlog_state}, neither empty or {intent.target_state} (reset by "
+                f"the discard) nor {intent.binlog_state} (as the discard began): something wrote since")
     if not now.read_only:
         return "the server is writable (not fenced)"
     if not now.replication_stopped:
         return "replication is running"
-    if now.binlog_state:
+    if not reset:
         streams = primary.streams
         lacking = [str(g) for g in target.gtids if streams.get((g.domain, g.server_id), -1) < g.seq]
         if lacking:
             return f"the primary lacks {', '.join(lacking)} of the target position {intent.target}"
         return Step.REDO
-    return Step.SET_POSITION
+    return Step.SET_POSITION if state_done else Step.SET_STATE
 
 
-def run_discard(conn: DbConnection, history_tokens: tuple[int, ...], delete_fencing_row: bool,
-                target: str, step_done: Callable[[str], None] | None = None) -> None:
+def run_discard(conn: DbConnection, intent: DiscardIntent,
+                step_done: Callable[[str], None] | None = None) -> None:
     """The discard's changes, in ``conn`` (``sql_log_bin = 0``): the tokens' history rows (and the
-    fencing row they inserted), ``RESET MASTER``, then ``gtid_slave_pos``. Each DELETE finds nothing
-    when run again. ``step_done`` (tests: a stop there) is called with "rows deleted" before the
-    reset and "binlog reset" before the SET."""
+    fencing row they inserted), ``RESET MASTER``, the binlog state without the tokens, then
+    ``gtid_slave_pos``. Each DELETE finds nothing when run again. ``step_done`` (tests: a stop
+    there) is called with "rows deleted" before the reset and "binlog reset" after it."""
     query(conn, "SET SESSION sql_log_bin = 0")
-    if history_tokens:
-        marks = ", ".join(["%s"] * len(history_tokens))
+    if intent.history_tokens:
+        marks = ", ".join(["%s"] * len(intent.history_tokens))
         query(conn, f"DELETE FROM {schema.SCHEMA}.fencing_history WHERE server_id = @@server_id "
-                    f"AND token IN ({marks})", history_tokens)
-    if delete_fencing_row:
+                    f"AND token IN ({marks})", intent.history_tokens)
+    if intent.delete_fencing_row:
         query(conn, f"DELETE FROM {schema.SCHEMA}.fencing WHERE id = 1 AND server_id = @@server_id")
     if step_done is not None:
         step_done("rows deleted")
     query(conn, "RESET MASTER")
     if step_done is not None:
         step_done("binlog reset")
-    query(conn, "SET GLOBAL gtid_slave_pos = %s", (target,))
+    _set_state_and_position(conn, intent)
 
 
-def intent_of(conn: DbConnection, *, binlog_state: str, target: str, gtids: str,
+def _set_state_and_position(conn: DbConnection, intent: DiscardIntent) -> None:
+    """After RESET MASTER: the binlog state (only an empty binlog takes it), then the position,
+    which MariaDB refuses (1947) behind the binlog's own GTID, so never before the state."""
+    if intent.target_state:
+        query(conn, "SET GLOBAL gtid_binlog_state = %s", (intent.target_state,))
+    query(conn, "SET GLOBAL gtid_slave_pos = %s", (intent.target,))
+
+
+def intent_of(conn: DbConnection, *, binlog_state: str, target: str, target_state: str, gtids: str,
               history_tokens: tuple[int, ...], delete_fencing_row: bool) -> DiscardIntent:
     """The intent of a discard about to run in ``conn``'s server (reads who and where it is)."""
     row = query_one(conn, "SELECT @@global.server_id AS server_id, @@global.gtid_slave_pos AS slave_pos, "
@@ -169,7 +183,8 @@ def intent_of(conn: DbConnection, *, binlog_state: str, target: str, gtids: str,
                           "FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'")
     return DiscardIntent(server_id=int(row["server_id"]), mysqld_started=str(row["started"]),
                          binlog_state=binlog_state, slave_pos_before=str(row["slave_pos"] or ""),
-                         target=target, gtids=gtids, history_tokens=history_tokens,
+                         target=target, target_state=target_state, gtids=gtids,
+                         history_tokens=history_tokens,
                          delete_fencing_row=delete_fencing_row)
 
 
@@ -199,11 +214,14 @@ def settle(mysql: MysqlActions, state_dir: Path, primary: GtidState) -> str:
                 f"{step}: not finished. Check what this node's tables hold, set gtid_slave_pos to match "
                 f"(the discard's target: {intent.target}) or rebuild the node, then delete the file")
         if step is Step.REDO:
-            run_discard(conn, intent.history_tokens, intent.delete_fencing_row, intent.target)
+            run_discard(conn, intent)
+        elif step is Step.SET_STATE:
+            _set_state_and_position(conn, intent)
         elif step is Step.SET_POSITION:
             query(conn, "SET GLOBAL gtid_slave_pos = %s", (intent.target,))
     clear_intent(state_dir)
-    done = {Step.REDO: "redone (rows deleted, RESET MASTER, gtid_slave_pos set)",
+    done = {Step.REDO: "redone (rows deleted, RESET MASTER, binlog state and gtid_slave_pos set)",
+            Step.SET_STATE: "finished (binlog state and gtid_slave_pos set after its RESET MASTER)",
             Step.SET_POSITION: "finished (gtid_slave_pos set after the RESET MASTER it had done)",
             Step.DONE: "already done (only its file was left)"}[step]
     return f"token discard {intent.gtids} {done}: gtid_slave_pos = {intent.target}"

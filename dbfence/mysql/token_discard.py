@@ -24,7 +24,9 @@ by counting:
 Then (:func:`apply_discard`), in one session with ``sql_log_bin = 0``: the tokens' history rows
 are deleted (the ``fencing`` row id=1 is left: the primary's next token overwrites it as it
 replicates; only a row the first token inserted is deleted), ``RESET MASTER`` empties the binlog
-and its GTID state, and ``gtid_slave_pos`` is set to that position, where the agent's repoint
+and its GTID state, ``gtid_binlog_state`` is set to what it was without the tokens (every other
+stream, as the primary's own state has them: :func:`state_without`), and ``gtid_slave_pos`` is set
+to that position, where the agent's repoint
 (``MASTER_USE_GTID = slave_pos``) starts. Why RESET MASTER: MariaDB keeps the token's GTID in
 ``gtid_binlog_state`` for as long as any binlog file or Gtid list counts it (PURGE keeps it), and
 under ``gtid_strict_mode`` the primary's next transaction of the same domain would be refused as
@@ -185,6 +187,17 @@ def history_without(history: GtidState, ranges: Sequence[ErrantRange]) -> GtidPo
     return GtidPosition.of(last.values())
 
 
+def state_without(state: GtidState, ranges: Sequence[ErrantRange]) -> GtidState:
+    """``state`` (a ``gtid_binlog_state``) as it was before ``ranges``: each errant stream cut back
+    to what the primary has of it, dropped when it has nothing. What the discard sets after
+    ``RESET MASTER``, which empties the state: without it the node would look to its peers as if
+    it lacked every other server's stream it holds (soak seed 461: a node that discarded a token
+    later lost every race, its peers' older streams "maybe acknowledged" and missing on it)."""
+    cut = {(r.domain, r.server_id): r.after_seq for r in ranges}
+    kept = ((g, cut.get((g.domain, g.server_id), g.seq)) for g in state.gtids)
+    return GtidState.of(Gtid(g.domain, g.server_id, seq) for g, seq in kept if seq)
+
+
 @dataclass(frozen=True)
 class DiscardPlan:
     """The proven token writes and what discarding them changes."""
@@ -194,6 +207,7 @@ class DiscardPlan:
     delete_fencing_row: bool  # the first token inserted the fencing row: there was none before
     slave_pos: GtidPosition
     binlog_state: str  # as read when planned: nothing may have changed when it is applied
+    state_before: GtidState  # the binlog state without the tokens, set again after RESET MASTER
 
     def __str__(self) -> str:
         tokens = ", ".join(map(str, self.history_tokens)) or "none"
@@ -303,11 +317,13 @@ def plan_discard(mysql: MysqlActions, left: Sequence[ErrantRange], excerpt: str,
     if at is None:
         raise NotDiscardable(f"BINLOG_GTID_POS({first.log}, {first.pos}) is NULL")
     position = GtidPosition.parse(str(at))
-    held = history_without(GtidState.from_sources(GtidState.parse(str(row["state"] or "")),
+    binlog_state = GtidState.parse(str(row["state"] or ""))
+    held = history_without(GtidState.from_sources(binlog_state,
                                                   GtidPosition.parse(str(row["slave_pos"] or ""))), left)
     return DiscardPlan(tuple(sorted(writes)), tuple(sorted(tokens)),
                        writes[transactions[errant[0]][0]].fencing_inserted,
-                       checked_position(position, held, primary), str(row["state"] or ""))
+                       checked_position(position, held, primary), str(row["state"] or ""),
+                       state_without(binlog_state, left))
 
 
 def checked_position(position: GtidPosition, held: GtidPosition, primary: GtidState) -> GtidPosition:
@@ -335,13 +351,14 @@ def apply_discard(mysql: MysqlActions, plan: DiscardPlan, state_dir: Path,
         now = query_one(conn, "SELECT @@global.gtid_binlog_state AS state")["state"]
         if str(now or "") != plan.binlog_state:
             raise NotDiscardable(f"the binlog state changed since the check ({plan.binlog_state} → {now})")
-        intent = intent_of(conn, binlog_state=plan.binlog_state, target=str(plan.slave_pos), gtids=str(plan),
+        intent = intent_of(conn, binlog_state=plan.binlog_state, target=str(plan.slave_pos),
+                           target_state=str(plan.state_before), gtids=str(plan),
                            history_tokens=plan.history_tokens, delete_fencing_row=plan.delete_fencing_row)
         try:
             write_intent(state_dir, intent)
         except OSError as exc:
             raise NotDiscardable(f"cannot write the discard's intent file in {state_dir}: "
                                  f"{exc.strerror or exc}") from None
-        run_discard(conn, plan.history_tokens, plan.delete_fencing_row, str(plan.slave_pos), step_done)
+        run_discard(conn, intent, step_done)
     with contextlib.suppress(OSError):  # done: a file left behind is found done and removed (discard_intent)
         clear_intent(state_dir)

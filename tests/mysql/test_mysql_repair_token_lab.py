@@ -102,9 +102,14 @@ def test_a_token_committed_unacknowledged_is_discarded_and_the_node_rejoins(
     # What the errant check tells the core before any repair: only its own tokens (no evidence needed).
     assert only_own_token_writes(db2, errant_against_db1(lab)) == ""
 
+    state_before = db2.gtid_positions().binlog_state
     result = repair_db2(lab, tmp_path)
     print(f"\nrepair: {result}")
     assert result.succeeded, result  # before issue 16's fix: "0-2-... survived crash recovery"
+    # The binlog state keeps every other stream (soak seed 461: emptied by RESET MASTER, the node
+    # looked to its peers as if it lacked db1's writes, and lost every race after).
+    kept = {stream: seq for stream, seq in state_before.streams.items() if stream != (0, 2)}
+    assert dict(db2.gtid_positions().binlog_state.streams) == kept and kept, (state_before, kept)
     assert result.errant_before == f"0-2-*..0-2-{last_seq} {NEVER_REPLICATED}"
     gtids = ",".join(f"0-2-{seq}" for seq in range(token_seq, last_seq + 1))
     assert result.discarded == f"{gtids} (fencing token(s) {', '.join(map(str, tokens))})", result

@@ -14,6 +14,7 @@ from dbfence.mysql.token_discard import (
     history_tokens_in_excerpt,
     history_without,
     split_transactions,
+    state_without,
     token_write_problem,
 )
 
@@ -130,6 +131,16 @@ def test_what_a_node_holds_besides_its_errant_streams() -> None:
     assert history_without(history, [new_stream]) == GtidPosition.parse("0-1-100,1-3-7")
     known_stream = ErrantRange(0, 2, 40, 101, primary_has_stream=True)
     assert history_without(GtidState.parse("0-1-30,0-2-101"), [known_stream]) == GtidPosition.parse("0-2-40")
+
+
+def test_the_binlog_state_set_after_the_reset_keeps_every_other_stream() -> None:
+    """Soak seed 461: emptied by RESET MASTER, the state made the node look as if it lacked its
+    peers' older streams (and its own), so it lost every race after the discard."""
+    state = GtidState.parse("0-1-100,0-2-101,0-3-90,1-3-7")
+    assert state_without(state, [ErrantRange(0, 2, 0, 101, primary_has_stream=False)]) == GtidState.parse(
+        "0-1-100,0-3-90,1-3-7")
+    assert state_without(state, [ErrantRange(0, 2, 40, 101, primary_has_stream=True)]) == GtidState.parse(
+        "0-1-100,0-2-40,0-3-90,1-3-7")
 
 
 @pytest.mark.parametrize(("position", "held", "primary", "problem"), [
