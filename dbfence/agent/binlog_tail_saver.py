@@ -4,7 +4,8 @@ Why: a fenced former primary whose mysqld crashed on its own is started again on
 binlog files its crash recovery reads are copied (:mod:`dbfence.agent.restart_rule`). mysqld is
 down then, so their location must have been read before: from each run of mysqld, once (the
 restarter asks when it sees a new pid), kept in ``<state_dir>/binlog-location.json`` so that an
-agent restarted meanwhile still knows it.
+agent restarted meanwhile still knows it. The error log's path is kept with it: when a start
+fails, the restarter names the cause from there (:mod:`dbfence.mysql.error_log`).
 
 Invariants: a read that fails leaves the last location known; the copy is whole or absent
 (:func:`dbfence.mysql.binlog_tail.copy_binlog_tail`).
@@ -20,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dbfence.mysql.actions import MysqlActions
-from dbfence.mysql.binlog_tail import copy_binlog_tail
+from dbfence.mysql.binlog_tail import LOCATION_QUERY, copy_binlog_tail
 from dbfence.mysql.connection import query_one
+from dbfence.mysql.error_log import error_log_path, start_failure
 from dbfence.mysql.errors import MysqlAdapterError
 from dbfence.mysql.repair_errors import RepairError
 
@@ -41,6 +43,7 @@ class BinlogTailSaver:
         self.tool = tool
         self.wall = wall
         self.location = self._load()  # (log_bin_basename, datadir), or None: never read
+        self.error_log = self._load_error_log()  # None: never read, or mysqld logs to stderr
 
     def _load(self) -> tuple[str, str] | None:
         try:
@@ -49,22 +52,35 @@ class BinlogTailSaver:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
+    def _load_error_log(self) -> Path | None:
+        try:
+            path = json.loads((self.state_dir / LOCATION_FILE).read_text()).get("log_error") or ""
+        except (OSError, ValueError, AttributeError):
+            return None
+        return Path(path) if isinstance(path, str) and path else None
+
+    def start_failure(self) -> str | None:
+        """Why mysqld's last start failed, from its error log (None: unknown)."""
+        return start_failure(self.error_log)
+
     def remember(self) -> None:
         """Read the location from the running mysqld and keep it (a failed read changes nothing)."""
         try:
             with self.mysql.session(read_timeout_s=2.0) as conn:
-                row = query_one(conn, "SELECT @@global.log_bin_basename AS base, @@global.datadir AS datadir")
+                row = query_one(conn, LOCATION_QUERY)
         except MysqlAdapterError as exc:
             log.info(json.dumps({"event": "binlog_location_unread", "node": self.node, "error": str(exc)}))
             return
         location = (str(row["base"] or ""), str(row["datadir"] or ""))
-        if location == self.location or not location[0]:
+        error_log = error_log_path(str(row["log_error"] or ""), location[1])
+        if (location == self.location and error_log == self.error_log) or not location[0]:
             return
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = self.state_dir / f".{LOCATION_FILE}.partial"
-        partial.write_text(json.dumps({"log_bin_basename": location[0], "datadir": location[1]}))
+        partial.write_text(json.dumps({"log_bin_basename": location[0], "datadir": location[1],
+                                       "log_error": "" if error_log is None else str(error_log)}))
         os.replace(partial, self.state_dir / LOCATION_FILE)
-        self.location = location
+        self.location, self.error_log = location, error_log
 
     def save(self) -> str:
         """Copy the binlog files crash recovery reads; returns the copy's directory. Raises

@@ -177,7 +177,8 @@ class Agent:
         tail = BinlogTailSaver(state_dir=Path(config.node.state_dir), node=config.node.name, mysql=self.mysql,
                                tool=rejoin.binlog_tool)
         self.restarter = MysqldRestarter(mode=rejoin.mode, node=config.node.name, control=self.repair.control,
-                                         mysql=self.mysql, save_tail=tail.save, remember=tail.remember)
+                                         mysql=self.mysql, save_tail=tail.save, remember=tail.remember,
+                                         start_failure=tail.start_failure)
         self.executor = Executor(
             identity=self.identity, keeper=self.keeper, lock=self.lock, gate=self.gate, mysql=self.mysql,
             monitor=self.monitor, db=self.db, dcs=self.dcs, replication=self.replication,
@@ -187,6 +188,7 @@ class Agent:
             accounts_check=self.check_app_accounts, repair=self.repair, lossless=config.failover.lossless,
             # A repoint waits this long per round for the new source (partitioned, maybe).
             source_read_budget=min(1.0, dcs.ttl / 6), token_write_ended=self.backoff_cut.set)
+        self.executor.mysqld_down_reason = self.restarter.down_reason  # in the member record's reasons
         self.failsafe: FailsafeAdapter | None = None
         if config.failover.failsafe:  # the configuration requires the cluster token or mutual TLS
             try:

@@ -100,6 +100,8 @@ class Executor(RepairWiring):
         self.metrics = metrics
         self.semi_sync = SemiSyncSettings(timeout_ms=semi_sync_timeout_ms)
         self.lossless = lossless  # [failover] lossless: semi-sync on before the gate admits anyone
+        # Why the agent's starts of its mysqld fail (the restarter's; None: they do not).
+        self.mysqld_down_reason: Callable[[], str | None] = lambda: None
         # The token write may wait for an ack as long as any commit: semi-sync's timeout.
         self.token_writer = FencingTokenWriter(mysql, identity.node, semi_sync_timeout_ms / 1000 + 30.0,
                                                on_done=token_write_ended)  # cuts the loop's back-off
@@ -327,6 +329,10 @@ class Executor(RepairWiring):
             self.backoff.due_within(writer.due_in())
 
     # ------------------------------------------------------------------ member record
+    def _down_reasons(self) -> tuple[str, ...]:
+        reason = self.mysqld_down_reason()
+        return () if reason is None else (reason,)
+
     def _publish_member(self, info: MemberInfo) -> None:
         if self.keeper.dcs_unreachable:
             # It would wait for the call timeout and fail: the record is written again on the
@@ -340,7 +346,7 @@ class Executor(RepairWiring):
             role=info.role.value,
             healthy=info.healthy,
             reasons=(*facts.health.verdict(require_confirmation=not info.healthy).reasons,
-                     *self._repair_reasons(info)),
+                     *self._repair_reasons(info), *self._down_reasons()),
             gtid_position="" if info.position is None else str(info.position),
             gtid_received="" if info.received is None else str(info.received),
             seen_token=info.seen_token,

@@ -6,6 +6,11 @@ of a fenced node's binlog tail that comes first (``save_tail``, with the same ba
 fails); the loop calls :meth:`MysqldRestarter.tick` once a round and reads
 :meth:`MysqldRestarter.status`. Each new run of mysqld is asked once where its binlog is
 (``remember``), so that the copy can find it while mysqld is down.
+
+A start that fails is tried again with the backoff for as long as mysqld has not run since, even
+though it leaves no pid file (mysqld removes it as it aborts: that is no operator's stop, seed
+443), and its cause is read from mysqld's error log (``start_failure``): the log event, status and
+the member record's reasons (:meth:`MysqldRestarter.down_reason`) name it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ class MysqldRestarter:
                  clock: Callable[[], float] = time.monotonic,
                  start: Callable[[MysqldControl, MysqlActions], None] = start_mysqld,
                  save_tail: Callable[[], str] | None = None,
-                 remember: Callable[[], None] | None = None) -> None:
+                 remember: Callable[[], None] | None = None,
+                 start_failure: Callable[[], str | None] | None = None) -> None:
         self.mode = mode
         self.node = node
         self.control = control
@@ -56,6 +62,8 @@ class MysqldRestarter:
         self._save_error = ""
         self._last_copy = ""  # the last copy taken (kept for status after the start)
         self._remembered_pid = ""
+        self.start_failure = start_failure  # the cause of a failed start, from mysqld's error log
+        self._cause = ""  # the last failed start's cause ('' : unknown, or none failed)
 
     def tick(self, role: Role, *, killed_by_fence: bool, repair_running: bool,
              former_primary: bool = False) -> None:
@@ -70,13 +78,15 @@ class MysqldRestarter:
                          pid_file_left=pid_file.exists(), killed_by_fence=killed_by_fence,
                          repair_running=repair_running,
                          pid_file_readable=not pid_file.exists() or os.access(pid_file, os.R_OK),
-                         tail_saved=bool(self._tail_saved), former_primary=former_primary)
+                         tail_saved=bool(self._tail_saved), former_primary=former_primary,
+                         start_failed=self._failed > 0)
         hold = restart_hold(view)
         now = self.clock()
         with self._lock:
             if view.running:
                 self._down_since = self._next_at = self._next_save_at = None
                 self._failed, self._hold, self._failed_saves, self._tail_saved = 0, "", 0, ""
+                self._cause = ""
                 self._remember_once()
                 return
             if save_tail_first(view) and self.save_tail is not None:
@@ -147,28 +157,45 @@ class MysqldRestarter:
         try:
             self.start(self.control, self.mysql)
         except Exception as exc:
+            cause = self._read_cause()
             # Any failure, not only RepairError/MysqlAdapterError/OSError: one of another type
             # ended this thread before it set the next start, so every round started mysqld
             # again, without backoff and without a word in status.
             with self._lock:
-                first = str(exc) != self._last_error
+                first = str(exc) != self._last_error or cause != self._cause
                 self._failed += 1
-                self._last_error = str(exc)
+                self._last_error, self._cause = str(exc), cause
                 delay = next_delay(self._failed)
                 self._next_at = self.clock() + delay
             if first:  # the same failure again is only counted (status: failed_starts)
                 log.warning(json.dumps({"event": "mysqld_restart_failed", "node": self.node,
                                         "failed_starts": self._failed, "next_in_s": delay,
-                                        "error": str(exc)}))
+                                        "cause": cause or None, "error": str(exc)}))
             return
         with self._lock:
             down_for = started - (self._down_since or started)
             self._starts += 1
             self._down_since = self._next_at = None
-            self._failed, self._last_error = 0, ""
+            self._failed, self._last_error, self._cause = 0, "", ""
         log.warning(json.dumps({"event": "mysqld_restarted", "node": self.node,
                                 "down_seconds": round(down_for + self.clock() - started, 1),
                                 "start_seconds": round(self.clock() - started, 1)}))
+
+    def _read_cause(self) -> str:
+        if self.start_failure is None:
+            return ""
+        try:
+            return self.start_failure() or ""
+        except Exception:  # a cause unread is no reason to stop retrying
+            return ""
+
+    def down_reason(self) -> str | None:
+        """Why mysqld is down though the agent starts it (its member record's reasons), or None."""
+        with self._lock:
+            if not self._failed:
+                return None
+            return (f"mysqld cannot start ({self._failed} failed start(s), retried with backoff): "
+                    f"{self._cause or self._last_error[:300]}")
 
     def join(self, timeout: float) -> None:
         """Wait for a start under way (tests; the agent's stop does not wait for it)."""
@@ -189,5 +216,6 @@ class MysqldRestarter:
                     "starting": self._worker is not None and self._worker.is_alive(),
                     "down_seconds": None if self._down_since is None else round(now - self._down_since, 1),
                     "failed_starts": self._failed, "last_error": self._last_error or None,
+                    "cause": self._cause or None,
                     "next_start_in_s": next_in, "restarts": self._starts,
                     "binlog_tail_saved": self._last_copy or None, "failed_copies": self._failed_saves}

@@ -17,7 +17,11 @@ that crashes by itself would stay down for ever unless the agent starts it. The 
 * never the primary (it fails over: its gate's lease and health checks take it out, and its
   in-doubt commits belong to the repair path), nor a node in a role change;
 * only a **crash**: mysqld's pid file is left naming a process that is gone. A clean stop
-  (``systemctl stop``, ``SHUTDOWN``) removes the pid file: an operator's stop is left alone;
+  (``systemctl stop``, ``SHUTDOWN``) removes the pid file: an operator's stop is left alone. But a
+  start of the agent's that failed removes it too (mysqld aborting in its crash recovery deletes
+  its pid file: soak seed 443, MariaDB 10.11's recovery refusing a corrupt redo log), and that is
+  no operator's stop: while mysqld has not run since, the starts go on with the backoff, and the
+  restarter names the cause from mysqld's error log (a datadir that needs a rebuild);
 * never a mysqld the fence killed (the repair starts it), never while a repair runs;
 * the first start ``FIRST_START_DELAY`` after the crash is seen (short: a lossless promotion
   whose other replica is fenced waits for this node to acknowledge its token; the soak's kill -9
@@ -52,6 +56,9 @@ class CrashView:
     # A fence (or a term as primary) of this node is still pending: an agent restarted since it
     # began passes STARTING into REPLICA, but its mysqld may hold in-doubt commits of that term.
     former_primary: bool = False
+    # A start by the agent failed since this crash and mysqld has not run since: its missing pid
+    # file is the failed start's (mysqld removes it as it aborts), not an operator's stop.
+    start_failed: bool = False
 
 
 #: The hold of a fenced node's crashed mysqld until its binlog's tail is copied (the restarter
@@ -74,7 +81,7 @@ def restart_hold(view: CrashView) -> str | None:
         return "killed by the fence: only the repair starts it, after saving what recovery removes"
     if view.repair_running:
         return "a repair is running"
-    if not view.pid_file_left:
+    if not view.pid_file_left and not view.start_failed:
         return "stopped cleanly (no pid file left): an operator's stop is left alone"
     if view.role is Role.FENCED or (view.role is Role.REPLICA and view.former_primary):
         return None if view.tail_saved else SAVE_TAIL_FIRST

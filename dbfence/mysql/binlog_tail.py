@@ -30,6 +30,9 @@ from dbfence.mysql.repair import binlog_files_of
 from dbfence.mysql.repair_errors import RepairDeferred, RepairError
 
 _CHECKPOINT_IN_DUMP = re.compile(r"^#.*\tBinlog checkpoint (\S+)", re.MULTILINE)
+#: Where a running mysqld keeps its binlog and writes its error log (remembered for while it is down).
+LOCATION_QUERY = ("SELECT @@global.log_bin_basename AS base, @@global.datadir AS datadir, "
+                  "@@global.log_error AS log_error")
 #: Room the copy leaves free on its file system beyond its own size.
 MARGIN = 16 << 20
 

@@ -14,6 +14,7 @@ from dbfence.agent.state import Role
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.connection import Endpoint
 from dbfence.mysql.credentials import Credentials
+from dbfence.mysql.error_log import start_failure
 from dbfence.mysql.repair import MysqldControl
 from dbfence.mysql.repair_errors import RepairDeferred, RepairError
 
@@ -63,6 +64,20 @@ CASES = [
          "only the repair"),
     Case("a copied tail starts no primary", replace(CRASHED_REPLICA, role=Role.PRIMARY, tail_saved=True),
          "crashed while primary"),
+    Case("a fenced node whose start failed (mysqld removed its pid file as it aborted): no operator's "
+         "stop, start it again (seed 443)",
+         replace(CRASHED_REPLICA, role=Role.FENCED, pid_file_left=False, tail_saved=True, start_failed=True),
+         None),
+    Case("a replica whose start failed: start it again",
+         replace(CRASHED_REPLICA, pid_file_left=False, start_failed=True), None),
+    Case("a failed start still starts no primary",
+         replace(CRASHED_REPLICA, role=Role.PRIMARY, pid_file_left=False, start_failed=True),
+         "crashed while primary"),
+    Case("a failed start never overrides the fence's kill",
+         replace(CRASHED_REPLICA, role=Role.FENCED, killed_by_fence=True, pid_file_left=False,
+                 start_failed=True, tail_saved=True), "only the repair"),
+    Case("a failed start of a fenced node whose tail is not copied: the copy first",
+         replace(CRASHED_REPLICA, role=Role.FENCED, pid_file_left=False, start_failed=True), "copied first"),
     Case("not during a role change", replace(CRASHED_REPLICA, role=Role.PROMOTING),
          "crashed while promoting"),
     Case("not while the agent starts", replace(CRASHED_REPLICA, role=Role.STARTING),
@@ -217,3 +232,74 @@ def test_a_fenced_nodes_crashed_mysqld_starts_only_after_its_binlog_tail_is_copi
     now[0] += 2.0
     tick()
     assert events == ["copy at 1000", "copy at 1004", "start at 1006"]
+
+
+SEED_443_ERROR_LOG = """\
+2026-12-07 21:14:28 1754 [Warning] Aborted connection 1754 to db: 'unconnected' user: 'dbfence_agent'
+2026-12-07 21:14:30 0 [Note] Starting MariaDB 10.11.19-MariaDB-0+deb12u1-log as process 24857
+2026-12-07 21:14:30 0 [Note] InnoDB: Starting crash recovery from checkpoint LSN=19530628
+2026-12-07 21:14:30 0 [Note] InnoDB: End of log at LSN=27207427
+2026-12-07 21:14:30 0 [ERROR] InnoDB: Missing FILE_CREATE, FILE_DELETE or FILE_MODIFY before \
+FILE_CHECKPOINT for tablespace 19
+2026-12-07 21:14:30 0 [ERROR] InnoDB: Plugin initialization aborted with error Data structure corruption
+2026-12-07 21:14:30 0 [Note] InnoDB: Starting shutdown...
+2026-12-07 21:14:30 0 [ERROR] Plugin 'InnoDB' registration as a STORAGE ENGINE failed.
+2026-12-07 21:14:30 0 [ERROR] Unknown/unsupported storage engine: InnoDB
+2026-12-07 21:14:30 0 [ERROR] Aborting
+"""
+
+
+def test_a_failed_start_is_retried_with_backoff_and_its_cause_named_not_taken_for_an_operators_stop(
+        tmp_path: Path) -> None:
+    """Soak seed 443: a fenced former primary's mysqld crashed; its crash recovery fails for good
+    (a corrupt redo log) and mysqld removes its pid file as it aborts. The restarter took the
+    missing pid file for an operator's stop and never tried again, and nobody saw why."""
+    pid_file = tmp_path / "mysqld.pid"
+    pid_file.write_text("999999999\n")  # the crash leaves it
+    error_log = tmp_path / "error.log"
+    now = [1000.0]
+    calls: list[float] = []
+    works = [False, False, True]
+
+    def start(control: MysqldControl, mysql: MysqlActions) -> None:
+        calls.append(now[0])
+        if not works.pop(0):
+            pid_file.unlink(missing_ok=True)  # mysqld aborting in its recovery removes it
+            error_log.write_text(SEED_443_ERROR_LOG)
+            raise RepairError("start command exited 1: db1 exited during start")
+
+    restarter = MysqldRestarter(mode="truncate", node="db1", clock=lambda: now[0], start=start,
+                                save_tail=lambda: "/var/lib/dbfence/tail",
+                                start_failure=lambda: start_failure(error_log),
+                                control=MysqldControl(pid_file=pid_file, start_command=["true"]),
+                                mysql=NO_MYSQL)
+
+    def tick() -> None:
+        restarter.tick(Role.FENCED, killed_by_fence=False, repair_running=False)
+        restarter.join(10)
+        assert not restarter.starting
+
+    tick()  # the copy of the binlog tail
+    tick()  # the crash seen: the first start in 0.5 s
+    assert restarter.down_reason() is None
+    now[0] += 0.5
+    tick()
+    assert len(calls) == 1 and not pid_file.exists()
+    status = restarter.status()
+    assert status["failed_starts"] == 1 and status["next_start_in_s"] == 4.0
+    assert status["cause"].startswith("crash recovery failed: InnoDB: Missing FILE_CREATE")
+    reason = restarter.down_reason()
+    assert reason is not None and "Data structure corruption" in reason and "rebuild" in reason
+    now[0] += 1.0
+    tick()
+    assert status["held"] is None and restarter.status()["held"] is None  # no operator's stop
+    now[0] += 3.0
+    tick()
+    assert len(calls) == 2  # tried again after the backoff
+    assert restarter.status()["failed_starts"] == 2 and restarter.status()["next_start_in_s"] == 8.0
+    now[0] += 8.0
+    tick()  # this start works
+    assert len(calls) == 3
+    status = restarter.status()
+    assert status["restarts"] == 1 and status["failed_starts"] == 0 and status["cause"] is None
+    assert restarter.down_reason() is None
