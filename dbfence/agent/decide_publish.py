@@ -37,8 +37,14 @@ def publish_member(r: Round) -> None:
         elif isinstance(action, AdmitGate):
             admitting = True
     # A mysqld the fence killed stays down until the repair: its record says what it had at the
-    # kill, so a takeover without a primary can still prove it holds everything (issue 16).
+    # kill, so a takeover without a primary can still prove it holds everything (issue 16). A
+    # mysqld down after a crash of its own, not run since, says what its binlog files hold (seed
+    # 443: its crash recovery failed for good); never once mysqld answers again.
     killed = obs.repair if obs.repair.awaiting_restart else None
+    at_kill, id_at_kill = (None, None) if killed is None else (killed.binlog_state_at_kill,
+                                                               killed.server_id_at_kill)
+    if killed is None and obs.db.binlog_state is None:
+        at_kill, id_at_kill = obs.repair.binlog_state_on_disk, obs.repair.server_id_on_disk
     info = MemberInfo(
         name=r.me,
         role=r.state.role,
@@ -48,10 +54,9 @@ def publish_member(r: Round) -> None:
         priority=r.config.priority,
         received=obs.db.received,
         seen_token=obs.lock.token if obs.lock.holder is not None else None,
-        server_id=obs.db.server_id if killed is None or obs.db.server_id is not None
-        else killed.server_id_at_kill,
+        server_id=obs.db.server_id if obs.db.server_id is not None else id_at_kill,
         binlog_state=obs.db.binlog_state,
-        binlog_state_at_kill=None if killed is None else killed.binlog_state_at_kill,
+        binlog_state_at_kill=at_kill,
     )
     own = obs.member(r.me)
     # Only in lossless mode: there a racing winner waits for every rival's fresh record before it

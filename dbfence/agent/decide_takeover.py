@@ -188,10 +188,14 @@ def _never_races(r: Round, record: MemberRecord) -> bool:
     ``fenced_writes_lacking``), e.g. a fenced node whose agent restarted, or for writes that a
     member the race does not rank received and it lacks (``defers_to_ack_holder``: this node, say,
     FENCED after its mysqld died while it promoted, holding the old primary's acknowledged writes;
-    soak seed 401)."""
+    soak seed 401). Nor does a REPLICA whose mysqld is down and has not run since (its record
+    carries the state its binlog files hold, and no live history: soak seed 443, its crash
+    recovery failing for good, its agent restarted): it races only once mysqld answers, and its
+    record then says what it holds."""
     role = record.info.role
+    down = record.info.history is None and record.info.binlog_state_at_kill is not None
     return role is Role.FENCED or (role is Role.REPLICA and (
-        stays_out_for_own_writes(r, record)
+        down or stays_out_for_own_writes(r, record)
         or bool(fenced_writes_lacking(r, record.name, record.info.history))
         or defers_to_ack_holder(r, record, ranked_by_peers(r))))
 

@@ -79,9 +79,12 @@ class MemberInfo:
     ``binlog_state`` is its mysqld's ``gtid_binlog_state`` (None: unknown, e.g. an older agent):
     every server's stream, so peers can prove what it holds of whose writes (:attr:`history`).
     ``binlog_state_at_kill``: while its mysqld stays down after the fence killed it (awaiting the
-    repair), the binlog state it had just before the kill (``RepairView.binlog_state_at_kill``).
-    Recovery only removes transactions, so it bounds from above what the node holds: only the
-    takeover without a primary reads it, where holding more only makes the proof harder.
+    repair), the binlog state it had just before the kill (``RepairView.binlog_state_at_kill``);
+    or, while it stays down after a crash of its own and has not run since (not started yet, or
+    its starts fail: soak seed 443), the state read from its binlog files
+    (``RepairView.binlog_state_on_disk``). Recovery only removes transactions, so either bounds
+    from above what the node holds: only the takeover without a primary reads it, where holding
+    more only makes the proof harder.
     """
 
     name: str
@@ -267,6 +270,11 @@ class RepairView:
     read just before the kill (``gtid_binlog_state`` with ``gtid_slave_pos``, and ``server_id``;
     None: unknown). No commit is added after a SIGKILL and crash recovery only removes some (the
     in-doubt ones): until the repair the node holds at most that.
+    ``binlog_state_on_disk`` and ``server_id_on_disk``: while mysqld is down after a crash the
+    fence did not cause and has not run since (not ``awaiting_restart``), the binlog state read
+    from its binlog files (the last file's Gtid list and the GTIDs after it, with the applied
+    position last read) and the server id that wrote them. The same bound: a crash adds nothing
+    and recovery only removes. None once mysqld runs again, or unread.
     """
 
     evidence_problem: str | None = "no evidence recorded"
@@ -278,6 +286,8 @@ class RepairView:
     rebuild_approved: bool = False
     binlog_state_at_kill: BinlogState | None = None
     server_id_at_kill: int | None = None
+    binlog_state_on_disk: BinlogState | None = None
+    server_id_on_disk: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

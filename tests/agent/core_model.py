@@ -158,6 +158,9 @@ class Db:
     unacked_since: int | None = None  # when that write started waiting (the executor's release)
     # Issue 15 (fence by crash): SIGKILLed by its own agent's fence; only the repair starts it.
     killed_by_fence: bool = False
+    # Soak seed 443: its crash recovery fails for good (a corrupt redo log): it never starts
+    # again, and needs an operator's rebuild. Set by a script only ("db-break <node>").
+    broken: bool = False
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
     __hash__ = _cached_hash
 
@@ -367,6 +370,10 @@ class Model:
         # Issue 16 (soak, seed 301): a mysqld the fence killed publishes the binlog state it had
         # at the kill while it stays down; False plays agents that do not.
         self.killed_states = True
+        # Issue 16 (soak, seed 443): a mysqld down after a crash of its own, not run since,
+        # publishes the binlog state its files hold (RepairView.binlog_state_on_disk); False plays
+        # agents that do not.
+        self.crashed_states = True
         # Issue 15: the repair keeper's fence by crash (truncate mode), see _crashes_on_fence.
         self.fence_by_crash = fence_by_crash
         self.crash_fences = 0
@@ -479,7 +486,12 @@ class Model:
         """A killed mysqld awaits its repair; its agent read the binlog state just before the kill
         (the history it keeps while down: nothing is added to it, recovery removes the in-doubt)."""
         if not db.killed_by_fence:
-            return self.repair_view
+            if db.alive or not (self.binlog_states and self.crashed_states):
+                return self.repair_view
+            # Down after a crash of its own: its binlog files hold its history (and a commit that
+            # awaited an ack: it is in the binlog), which recovery may only cut.
+            return replace(self.repair_view, binlog_state_on_disk=binlog_state_of(db.history),
+                           server_id_on_disk=server_id(name))
         if not (self.binlog_states and self.killed_states):
             return replace(self.repair_view, awaiting_restart=True)
         return replace(self.repair_view, awaiting_restart=True,
@@ -702,7 +714,8 @@ class Model:
                     db = replace(node.db, history=source.history)
                     yield f"replicate {name}", self._set_node(world, index, replace(node, db=db))
             # recoveries are free, faults spend the budget
-            if not node.db.alive and not node.db.killed_by_fence:  # that one: only the repair starts it
+            # The fence's kill: only the repair starts it; a broken one never starts again.
+            if not node.db.alive and not node.db.killed_by_fence and not node.db.broken:
                 # Crash recovery commits what the binlog holds, a commit that awaited an ack too.
                 db = replace(_commit_unacked(node.db), alive=True, read_only=True)
                 # Another run of mysqld: the term record no longer speaks for it (no crash fence).
@@ -1084,6 +1097,13 @@ class Model:
             if label == "settle":
                 world = self.settle(world)
                 continue
+            if label.startswith("db-break "):  # seed 443: a crash whose recovery fails for good
+                index = NAMES.index(label.split()[1])
+                node = world.nodes[index]
+                assert node.db.alive, f"{label}: mysqld is down already"
+                broken = replace(node.db, alive=False, broken=True)
+                world = self._set_node(world, index, replace(node, db=broken))
+                continue
             for candidate, successor in self.successors(world):
                 if candidate == label:
                     world = successor
@@ -1108,6 +1128,8 @@ class Model:
         for name, node in zip(NAMES, world.nodes, strict=True):
             if name == holder:
                 continue
+            if node.db.broken:  # never starts again: an operator rebuilds it
+                continue
             if node.agent is None or node.db.killed_by_fence:  # left down: not back
                 return False
             if not is_prefix(node.db.history, primary.db.history):
@@ -1124,7 +1146,7 @@ class Model:
         now = float(world.now)
         nodes = []
         for node in world.nodes:
-            db = (node.db if node.db.alive or node.db.killed_by_fence  # the repair must start that one
+            db = (node.db if node.db.alive or node.db.killed_by_fence or node.db.broken  # (as above)
                   else replace(_commit_unacked(node.db), alive=True, read_only=True))
             agent = node.agent if node.agent is not None else Agent(State.initial(now))
             nodes.append(replace(node, db=db, agent=replace(agent, paused=False), partitioned=False))

@@ -423,3 +423,72 @@ SEED_403_CASES = [
 @pytest.mark.parametrize("case", SEED_403_CASES, ids=[case.id for case in SEED_403_CASES])
 def test_seed_403_repair_without_a_primary(case: Case) -> None:
     test_takeover_table(replace(case, config_changes={"rejoin_mode": "truncate", **case.config_changes}))
+
+
+# ---------------------------------------------------------------------------- down after a crash
+# Soak seed 443: n1's mysqld crashed and its crash recovery fails for good; its agent publishes
+# the binlog state its files hold (RepairView.binlog_state_on_disk), in the same record field.
+
+
+def down_peer(name: str, role: Role, on_disk: str | None) -> MemberRecord:
+    """A member whose mysqld is down after a crash of its own (not the fence's), not run since."""
+    info = MemberInfo(name, role, False, None, False, CONFIG.priority, server_id=int(name[1:]),
+                      binlog_state_at_kill=None if on_disk is None else BinlogState.parse(on_disk))
+    return MemberRecord(info, NOW)
+
+
+def seed_443_view(n1: MemberRecord) -> Observation:
+    peers = (n1, killed_peer("n3", SOAK["n3"]))
+    return view("n2", peers=peers, database=db(position="0-2-4", server_id=2, source=None,
+                                               binlog_state=SOAK["n2"]))
+
+
+CRASHED_CASES = [
+    Case("n1 down for good, its state read from its binlog files -> n2 takes over", "n2", fenced("n2"),
+         seed_443_view(down_peer("n1", Role.FENCED, SOAK["n1"])), Role.CANDIDATE, TAKE),
+    Case("... its agent restarted (REPLICA, mysqld down): it cannot race while down -> n2 takes over",
+         "n2", fenced("n2"), seed_443_view(down_peer("n1", Role.REPLICA, SOAK["n1"])), Role.CANDIDATE, TAKE),
+    Case("a REPLICA down without a state from its files (an older agent) may race once back: waits",
+         "n2", fenced("n2"), seed_443_view(down_peer("n1", Role.REPLICA, None)), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN,), "waiting for n1 (may race)"),
+    Case("a FENCED member down without it: unknown, as before (seed 443 without the feature)", "n2",
+         fenced("n2"), seed_443_view(down_peer("n1", Role.FENCED, None)), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.PEER_POSITION_UNKNOWN, R.TAKEOVER_UNPROVEN),
+         "binlog state of n1 unknown"),
+    Case("its files hold another server's write n2 lacks (received: maybe acknowledged)", "n2",
+         fenced("n2"), seed_443_view(down_peer("n1", Role.FENCED, "0-2-6,0-1-5")), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.TAKEOVER_UNPROVEN), "n1 holds 0-2-6 this node lacks"),
+]
+
+
+@pytest.mark.parametrize("case", CRASHED_CASES, ids=[case.id for case in CRASHED_CASES])
+def test_takeover_with_a_member_down_after_a_crash(case: Case) -> None:
+    test_takeover_table(case)
+
+
+def test_a_mysqld_down_after_a_crash_publishes_its_state_on_disk_until_it_answers() -> None:
+    """Not killed by the fence (no repair awaits it): the state read from its binlog files goes
+    out in ``binlog_state_at_kill`` with the server id that wrote them; never once mysqld answers,
+    even if the adapter still has it; and never in place of the fence's state at a kill."""
+    on_disk = BinlogState.parse(SOAK["n1"])
+    repair = RepairView(evidence_problem=None, binlog_state_on_disk=on_disk, server_id_on_disk=1)
+    down = db(healthy=False, reasons=("mysqld down",), read_only=None, position=None, server_id=None,
+              source=None)
+    peers = (killed_peer("n3", SOAK["n3"]),
+             member("n2", Role.FENCED, position="0-2-4", server_id=2, binlog_state=SOAK["n2"]))
+    config = replace(CONFIG, node_name="n1")
+
+    def published(obs: Observation) -> MemberInfo:
+        infos = [a.info for a in decide(obs, fenced("n1"), config).actions if isinstance(a, PublishMember)]
+        assert infos
+        return infos[0]
+
+    info = published(view("n1", peers=peers, database=down, repair=repair))
+    assert info.binlog_state_at_kill == on_disk and info.server_id == 1 and info.history is None
+    up = db(position="0-1-5", server_id=1, source=None, binlog_state=SOAK["n1"])
+    info = published(view("n1", peers=peers, database=up, repair=repair))
+    assert info.binlog_state_at_kill is None and info.binlog_state == on_disk
+    at_kill = BinlogState.parse("0-2-4,0-1-6")
+    killed = replace(repair, awaiting_restart=True, binlog_state_at_kill=at_kill, server_id_at_kill=1)
+    info = published(view("n1", peers=peers, database=down, repair=killed))
+    assert info.binlog_state_at_kill == at_kill
