@@ -318,8 +318,10 @@ def parse_binlog_gtid_event(info: str) -> Gtid | None:
 
 
 def parse_binlog_gtid_list(info: str) -> GtidState:
-    """A ``Gtid_list`` event's Info (``[0-1-3,0-2-7]``): the binlog state when the file began."""
-    return GtidState.parse(info.strip().strip("[]"))
+    """A ``Gtid_list`` event's Info (``[0-1-3,0-2-7]``): the binlog state when the file began.
+    ``mariadb-binlog`` wraps a list of several streams over comment lines (``[0-2-5,\n# 0-3-7,\n#
+    0-1-9]``, seen on 10.11 with three servers): the line breaks and their ``#`` are dropped."""
+    return GtidState.parse(re.sub(r"\s*\n#\s*", "", info).strip().strip("[]"))
 
 
 def in_errant_ranges(gtid: Gtid, ranges: Iterable[ErrantRange]) -> bool:

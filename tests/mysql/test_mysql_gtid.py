@@ -199,6 +199,8 @@ def test_binlog_event_parsing_and_range_membership() -> None:
     assert parse_binlog_gtid_event("COMMIT /* xid=7 */") is None
     assert parse_binlog_gtid_list("[0-1-3,0-2-7]") == GtidState.parse("0-1-3,0-2-7")
     assert parse_binlog_gtid_list("[]") == GtidState()
+    # mariadb-binlog wraps a list of several streams over comment lines (10.11, three servers).
+    assert parse_binlog_gtid_list("[0-2-5,\n# 0-3-7,\n# 0-1-9]") == GtidState.parse("0-1-9,0-2-5,0-3-7")
     ranges = GtidState.parse("0-2-20").errant_against(GtidState.parse("0-2-11,0-3-19"))
     assert in_errant_ranges(Gtid(0, 2, 20), ranges) and in_errant_ranges(Gtid(0, 2, 12), ranges)
     assert not in_errant_ranges(Gtid(0, 2, 11), ranges) and not in_errant_ranges(Gtid(0, 3, 15), ranges)
