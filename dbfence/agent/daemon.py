@@ -31,6 +31,7 @@ from typing import Any
 
 from dbfence import __version__
 from dbfence.agent.actions import DetachSource, Promote, Repoint, SetReadOnly, WaitRelayLog, WriteFencingToken
+from dbfence.agent.binlog_on_disk_reader import DiskStateReader
 from dbfence.agent.binlog_tail_saver import BinlogTailSaver
 from dbfence.agent.daemon_config import (
     AgentStartError,
@@ -189,6 +190,10 @@ class Agent:
             # A repoint waits this long per round for the new source (partitioned, maybe).
             source_read_budget=min(1.0, dcs.ttl / 6), token_write_ended=self.backoff_cut.set)
         self.executor.mysqld_down_reason = self.restarter.down_reason  # in the member record's reasons
+        # While mysqld stays down after a crash: the binlog state its files hold (issue 16, seed 443).
+        self.disk_state = DiskStateReader(node=config.node.name, tool=rejoin.binlog_tool,
+                                          location=lambda: tail.location)
+        self.repair.on_disk = self.disk_state.view
         self.failsafe: FailsafeAdapter | None = None
         if config.failover.failsafe:  # the configuration requires the cluster token or mutual TLS
             try:
@@ -370,6 +375,9 @@ class Agent:
         repair = self.repair.view()  # now, not as observed: this round's actions may have started one
         self.restarter.tick(self.state.role, killed_by_fence=repair.awaiting_restart,
                             repair_running=repair.running, former_primary=self.repair.fence_pending())
+        facts = self.db.latest
+        self.disk_state.tick(down=self.restarter.down_after_crash,
+                             live=(facts.binlog_state, "" if facts.position is None else str(facts.position)))
         self.last_decision = decision
         self.status.publish(observation, decision, self.state)
         self.metrics.observe("decision_round_seconds", "How long a decision round takes: observe, "

@@ -64,6 +64,8 @@ class MysqldRestarter:
         self._remembered_pid = ""
         self.start_failure = start_failure  # the cause of a failed start, from mysqld's error log
         self._cause = ""  # the last failed start's cause ('' : unknown, or none failed)
+        self._crash_down = False  # the last tick saw mysqld down after a crash (not the fence's kill)
+        self._start_worker: threading.Thread | None = None
 
     def tick(self, role: Role, *, killed_by_fence: bool, repair_running: bool,
              former_primary: bool = False) -> None:
@@ -83,6 +85,10 @@ class MysqldRestarter:
         hold = restart_hold(view)
         now = self.clock()
         with self._lock:
+            # Down after a crash of its own or a failed start, and nothing may start it meanwhile:
+            # its binlog files then bound what it holds (down_after_crash).
+            self._crash_down = (not view.running and view.pid_file_readable and not killed_by_fence
+                                and not repair_running and (view.pid_file_left or view.start_failed))
             if view.running:
                 self._down_since = self._next_at = self._next_save_at = None
                 self._failed, self._hold, self._failed_saves, self._tail_saved = 0, "", 0, ""
@@ -108,7 +114,8 @@ class MysqldRestarter:
                 self._next_at = now + next_delay(self._failed)
             if now < self._next_at:
                 return
-            self._worker = threading.Thread(target=self._start, name="mysqld-restart", daemon=True)
+            self._worker = self._start_worker = threading.Thread(target=self._start, name="mysqld-restart",
+                                                                 daemon=True)
             self._worker.start()
 
     def _hold_now(self, hold: str) -> None:
@@ -177,6 +184,7 @@ class MysqldRestarter:
             self._starts += 1
             self._down_since = self._next_at = None
             self._failed, self._last_error, self._cause = 0, "", ""
+            self._crash_down = False  # it runs: before the next tick says so too
         log.warning(json.dumps({"event": "mysqld_restarted", "node": self.node,
                                 "down_seconds": round(down_for + self.clock() - started, 1),
                                 "start_seconds": round(self.clock() - started, 1)}))
@@ -188,6 +196,15 @@ class MysqldRestarter:
             return self.start_failure() or ""
         except Exception:  # a cause unread is no reason to stop retrying
             return ""
+
+    @property
+    def down_after_crash(self) -> bool:
+        """mysqld is down after a crash of its own (or a failed start), has not run since, and no
+        start of the agent's is under way ([rejoin] truncate or rebuild: manual says False, as
+        systemd may start it any moment): what its binlog files hold bounds what it holds."""
+        with self._lock:
+            starting = self._start_worker is not None and self._start_worker.is_alive()
+            return self._crash_down and not starting
 
     def down_reason(self) -> str | None:
         """Why mysqld is down though the agent starts it (its member record's reasons), or None."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dbfence.agent.actions import TruncateErrant
+from dbfence.agent.gtid import BinlogState
 from dbfence.agent.observation import RepairView
 from dbfence.agent.rebuild_approval import APPROVE_HINT, DEFAULT_APPROVAL_TTL, approve_command
 from dbfence.agent.repair_fencing import FencingRecorder, state_at_kill
@@ -86,6 +87,9 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
                  retry_max: float = RETRY_MAX, approval_ttl: float = DEFAULT_APPROVAL_TTL,
                  give_up_after: float = GIVE_UP_AFTER) -> None:
         self.mode = mode
+        # While mysqld is down after a crash of its own: what its binlog files hold, and the server
+        # id that wrote them (the daemon's DiskStateReader; RepairView.binlog_state_on_disk).
+        self.on_disk: Callable[[], tuple[BinlogState | None, int | None]] = lambda: (None, None)
         self.approval_ttl = approval_ttl  # seconds an operator's rebuild approval counts (0: until spent)
         self.api_token = api_token  # the donor's HTTP API token (the same on every node)
         self.api_tls = api_tls  # the cluster CA and this agent's client certificate, for https donors
@@ -229,6 +233,7 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
 
     # ------------------------------------------------------------------ the core's view
     def view(self) -> RepairView:
+        on_disk, on_disk_id = self.on_disk()
         with self._lock:
             evidence = self._evidence
             running = self._worker is not None and self._worker.is_alive()
@@ -239,7 +244,8 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
                               gave_up_on=self.gave_up_on, rebuild_approved=self._approved(),
                               binlog_state_at_kill=None if killed is None else state_at_kill(killed),
                               server_id_at_kill=killed.server_id if killed is not None and killed.server_id
-                              else None)
+                              else None,
+                              binlog_state_on_disk=on_disk, server_id_on_disk=on_disk_id)
 
     def note_hold(self, hold: str) -> None:
         """The core's reason for starting no repair this round ('' when none): shown in status."""
