@@ -461,6 +461,27 @@ CRASHED_CASES = [
 ]
 
 
+#: Soak seed 443's states as logged (db1..db3 as n1..n3): n1's read from its binlog files (its last
+#: file's Gtid list and GTIDs), n2's at its fence's kill, n3's live (its token committed unacked).
+SEED_443 = {"n1": "0-1-51565,0-2-47898,0-3-36840", "n2": "0-1-51565,0-3-36840,0-2-51612",
+            "n3": "0-1-51565,0-2-51610,0-3-51611"}
+
+
+def seed_443_as_logged(n1_on_disk: str | None) -> Observation:
+    peers = (down_peer("n1", Role.FENCED, n1_on_disk), killed_peer("n2", SEED_443["n2"]))
+    return view("n3", peers=peers, database=db(position="0-3-51611", server_id=3, source=None,
+                                               binlog_state=SEED_443["n3"]))
+
+
+CRASHED_CASES += [
+    Case("seed 443 as logged: n3 holds all but n2's own unreceived writes -> takes over", "n3",
+         fenced("n3"), seed_443_as_logged(SEED_443["n1"]), Role.CANDIDATE, TAKE),
+    Case("seed 443 as it ran (n1's state unknown): waits for ever", "n3", fenced("n3"),
+         seed_443_as_logged(None), Role.FENCED, (),
+         (R.NO_PRIMARY_TO_REJOIN, R.PEER_POSITION_UNKNOWN, R.TAKEOVER_UNPROVEN),
+         "binlog state of n1 unknown"),
+]
+
 @pytest.mark.parametrize("case", CRASHED_CASES, ids=[case.id for case in CRASHED_CASES])
 def test_takeover_with_a_member_down_after_a_crash(case: Case) -> None:
     test_takeover_table(case)
