@@ -8,9 +8,10 @@ fails); the loop calls :meth:`MysqldRestarter.tick` once a round and reads
 (``remember``), so that the copy can find it while mysqld is down.
 
 A start that fails is tried again with the backoff for as long as mysqld has not run since, even
-though it leaves no pid file (mysqld removes it as it aborts: that is no operator's stop, seed
-443), and its cause is read from mysqld's error log (``start_failure``): the log event, status and
-the member record's reasons (:meth:`MysqldRestarter.down_reason`) name it.
+though it leaves no pid file (the start removed the stale one, and a mysqld aborting in its
+recovery writes none: that is no operator's stop, seed 443), and its cause is read from mysqld's
+error log (``start_failure``): the log event, status and the member record's reasons
+(:meth:`MysqldRestarter.down_reason`) name it.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ that crashes by itself would stay down for ever unless the agent starts it. The 
   in-doubt commits belong to the repair path), nor a node in a role change;
 * only a **crash**: mysqld's pid file is left naming a process that is gone. A clean stop
   (``systemctl stop``, ``SHUTDOWN``) removes the pid file: an operator's stop is left alone. But a
-  start of the agent's that failed removes it too (mysqld aborting in its crash recovery deletes
-  its pid file: soak seed 443, MariaDB 10.11's recovery refusing a corrupt redo log), and that is
+  start of the agent's that failed can leave none either (the lab's start command removes the
+  stale one before it starts mysqld, and a mysqld aborting in its crash recovery writes none:
+  soak seed 443, MariaDB 10.11's recovery refusing a corrupt redo log), and that is
   no operator's stop: while mysqld has not run since, the starts go on with the backoff, and the
   restarter names the cause from mysqld's error log (a datadir that needs a rebuild);
 * never a mysqld the fence killed (the repair starts it), never while a repair runs;
@@ -57,7 +58,8 @@ class CrashView:
     # began passes STARTING into REPLICA, but its mysqld may hold in-doubt commits of that term.
     former_primary: bool = False
     # A start by the agent failed since this crash and mysqld has not run since: its missing pid
-    # file is the failed start's (mysqld removes it as it aborts), not an operator's stop.
+    # file is the failed start's (the start removed the stale one, and mysqld aborting in its
+    # recovery writes none), not an operator's stop.
     start_failed: bool = False
 
 

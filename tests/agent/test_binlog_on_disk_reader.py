@@ -34,7 +34,7 @@ def test_read_while_down_after_a_crash_dropped_while_a_start_runs_and_read_again
 
     def start(control: MysqldControl, mysql: MysqlActions) -> None:
         start_may_end.wait(10)
-        pid_file.unlink(missing_ok=True)  # it aborts in its recovery
+        pid_file.unlink(missing_ok=True)  # the start removed the stale one; the abort writes none
         raise RepairError("exited during start")
 
     restarter = MysqldRestarter(mode="truncate", node="db1", clock=lambda: now[0], start=start,

@@ -64,7 +64,7 @@ CASES = [
          "only the repair"),
     Case("a copied tail starts no primary", replace(CRASHED_REPLICA, role=Role.PRIMARY, tail_saved=True),
          "crashed while primary"),
-    Case("a fenced node whose start failed (mysqld removed its pid file as it aborted): no operator's "
+    Case("a fenced node whose start failed (and left no pid file): no operator's "
          "stop, start it again (seed 443)",
          replace(CRASHED_REPLICA, role=Role.FENCED, pid_file_left=False, tail_saved=True, start_failed=True),
          None),
@@ -252,7 +252,7 @@ FILE_CHECKPOINT for tablespace 19
 def test_a_failed_start_is_retried_with_backoff_and_its_cause_named_not_taken_for_an_operators_stop(
         tmp_path: Path) -> None:
     """Soak seed 443: a fenced former primary's mysqld crashed; its crash recovery fails for good
-    (a corrupt redo log) and mysqld removes its pid file as it aborts. The restarter took the
+    (a corrupt redo log), and the failed start leaves no pid file. The restarter took the
     missing pid file for an operator's stop and never tried again, and nobody saw why."""
     pid_file = tmp_path / "mysqld.pid"
     pid_file.write_text("999999999\n")  # the crash leaves it
@@ -264,7 +264,7 @@ def test_a_failed_start_is_retried_with_backoff_and_its_cause_named_not_taken_fo
     def start(control: MysqldControl, mysql: MysqlActions) -> None:
         calls.append(now[0])
         if not works.pop(0):
-            pid_file.unlink(missing_ok=True)  # mysqld aborting in its recovery removes it
+            pid_file.unlink(missing_ok=True)  # the start removed the stale one; the abort writes none
             error_log.write_text(SEED_443_ERROR_LOG)
             raise RepairError("start command exited 1: db1 exited during start")
 
