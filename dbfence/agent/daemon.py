@@ -46,7 +46,7 @@ from dbfence.agent.decide import Decision, decide
 from dbfence.agent.executor import Executor, NodeIdentity
 from dbfence.agent.lease_keeper import LeaseKeeper
 from dbfence.agent.member_tracker import MemberTracker
-from dbfence.agent.mysqld_restarter import MysqldRestarter
+from dbfence.agent.mysqld_restarter import FAILED_MARKER, MysqldRestarter
 from dbfence.agent.observation import DiscoveryTag, LeaseView
 from dbfence.agent.operator_commands import answer_command, approve_rebuild
 from dbfence.agent.peer_promises import FailsafeAdapter
@@ -179,7 +179,8 @@ class Agent:
                                tool=rejoin.binlog_tool)
         self.restarter = MysqldRestarter(mode=rejoin.mode, node=config.node.name, control=self.repair.control,
                                          mysql=self.mysql, save_tail=tail.save, remember=tail.remember,
-                                         start_failure=tail.start_failure)
+                                         start_failure=tail.start_failure,
+                                         failed_marker=Path(config.node.state_dir) / FAILED_MARKER)
         self.executor = Executor(
             identity=self.identity, keeper=self.keeper, lock=self.lock, gate=self.gate, mysql=self.mysql,
             monitor=self.monitor, db=self.db, dcs=self.dcs, replication=self.replication,

@@ -11,7 +11,9 @@ A start that fails is tried again with the backoff for as long as mysqld has not
 though it leaves no pid file (the start removed the stale one, and a mysqld aborting in its
 recovery writes none: that is no operator's stop, seed 443), and its cause is read from mysqld's
 error log (``start_failure``): the log event, status and the member record's reasons
-(:meth:`MysqldRestarter.down_reason`) name it.
+(:meth:`MysqldRestarter.down_reason`) name it. The failure is kept in ``failed_marker`` (the
+state directory) until mysqld runs: an agent restarted meanwhile does not take the missing pid file
+for an operator's stop either.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dbfence.agent.restart_rule import SAVE_TAIL_FIRST, CrashView, next_delay, restart_hold, save_tail_first
@@ -30,6 +33,9 @@ from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.repair import MysqldControl, mysqld_running, start_mysqld
 
 log = logging.getLogger("dbfence.agent")
+
+#: In the state directory while the agent's starts of mysqld fail (until it runs again).
+FAILED_MARKER = "mysqld-start-failed.json"
 
 
 class MysqldRestarter:
@@ -40,7 +46,8 @@ class MysqldRestarter:
                  start: Callable[[MysqldControl, MysqlActions], None] = start_mysqld,
                  save_tail: Callable[[], str] | None = None,
                  remember: Callable[[], None] | None = None,
-                 start_failure: Callable[[], str | None] | None = None) -> None:
+                 start_failure: Callable[[], str | None] | None = None,
+                 failed_marker: Path | None = None) -> None:
         self.mode = mode
         self.node = node
         self.control = control
@@ -67,6 +74,8 @@ class MysqldRestarter:
         self._cause = ""  # the last failed start's cause ('' : unknown, or none failed)
         self._crash_down = False  # the last tick saw mysqld down after a crash (not the fence's kill)
         self._start_worker: threading.Thread | None = None
+        self.failed_marker = failed_marker  # kept while starts fail, for a restarted agent
+        self._load_marker()
 
     def tick(self, role: Role, *, killed_by_fence: bool, repair_running: bool,
              former_primary: bool = False) -> None:
@@ -91,6 +100,8 @@ class MysqldRestarter:
             self._crash_down = (not view.running and view.pid_file_readable and not killed_by_fence
                                 and not repair_running and (view.pid_file_left or view.start_failed))
             if view.running:
+                if self._failed:
+                    self._write_marker(None)
                 self._down_since = self._next_at = self._next_save_at = None
                 self._failed, self._hold, self._failed_saves, self._tail_saved = 0, "", 0, ""
                 self._cause = ""
@@ -175,6 +186,8 @@ class MysqldRestarter:
                 self._last_error, self._cause = str(exc), cause
                 delay = next_delay(self._failed)
                 self._next_at = self.clock() + delay
+                failed = self._failed
+            self._write_marker({"failed_starts": failed, "cause": cause, "error": str(exc)[:500]})
             if first:  # the same failure again is only counted (status: failed_starts)
                 log.warning(json.dumps({"event": "mysqld_restart_failed", "node": self.node,
                                         "failed_starts": self._failed, "next_in_s": delay,
@@ -186,9 +199,41 @@ class MysqldRestarter:
             self._down_since = self._next_at = None
             self._failed, self._last_error, self._cause = 0, "", ""
             self._crash_down = False  # it runs: before the next tick says so too
+        self._write_marker(None)
         log.warning(json.dumps({"event": "mysqld_restarted", "node": self.node,
                                 "down_seconds": round(down_for + self.clock() - started, 1),
                                 "start_seconds": round(self.clock() - started, 1)}))
+
+    def _load_marker(self) -> None:
+        """A failed start kept by an earlier run of the agent (mysqld has not run since)."""
+        if self.failed_marker is None:
+            return
+        try:
+            kept = json.loads(self.failed_marker.read_text())
+            self._failed, self._cause = max(1, int(kept["failed_starts"])), str(kept.get("cause") or "")
+            self._last_error = str(kept.get("error") or "")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Unreadable: counted as a failed start (the agent wrote it; an operator's stop writes none).
+            self._failed = 1
+            log.warning(json.dumps({"event": "mysqld_start_failed_marker_unread", "node": self.node,
+                                    "file": str(self.failed_marker), "error": str(exc)}))
+
+    def _write_marker(self, content: dict[str, Any] | None) -> None:
+        """Keep (or, with None, drop) the failed start for a restarted agent; best effort."""
+        if self.failed_marker is None:
+            return
+        try:
+            if content is None:
+                self.failed_marker.unlink(missing_ok=True)
+                return
+            partial = self.failed_marker.with_name(f".{self.failed_marker.name}.partial")
+            partial.write_text(json.dumps(content))
+            os.replace(partial, self.failed_marker)
+        except OSError as exc:
+            log.warning(json.dumps({"event": "mysqld_start_failed_marker_unwritten", "node": self.node,
+                                    "file": str(self.failed_marker), "error": str(exc)}))
 
     def _read_cause(self) -> str:
         if self.start_failure is None:

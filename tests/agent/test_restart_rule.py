@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dbfence.agent.mysqld_restarter import MysqldRestarter
+from dbfence.agent.mysqld_restarter import FAILED_MARKER, MysqldRestarter
 from dbfence.agent.restart_rule import MAX_DELAY, CrashView, next_delay, restart_hold, save_tail_first
 from dbfence.agent.state import Role
 from dbfence.mysql.actions import MysqlActions
@@ -303,3 +303,50 @@ def test_a_failed_start_is_retried_with_backoff_and_its_cause_named_not_taken_fo
     status = restarter.status()
     assert status["restarts"] == 1 and status["failed_starts"] == 0 and status["cause"] is None
     assert restarter.down_reason() is None
+
+
+def test_an_agent_restarted_after_a_failed_start_keeps_starting_mysqld(tmp_path: Path) -> None:
+    """The failed start is kept in the state directory until mysqld runs: a restarted agent that
+    finds no pid file does not take it for an operator's stop either (seed 443 with an agent
+    restart); once mysqld runs the file goes."""
+    pid_file = tmp_path / "mysqld.pid"
+    pid_file.write_text("999999999\n")
+    marker = tmp_path / FAILED_MARKER
+    error_log = tmp_path / "error.log"
+    now = [1000.0]
+    works = [False]
+
+    def start(control: MysqldControl, mysql: MysqlActions) -> None:
+        if not works[0]:
+            pid_file.unlink(missing_ok=True)
+            error_log.write_text(SEED_443_ERROR_LOG)
+            raise RepairError("start command exited 1")
+
+    def agent() -> MysqldRestarter:
+        return MysqldRestarter(mode="truncate", node="db1", clock=lambda: now[0], start=start,
+                               start_failure=lambda: start_failure(error_log), failed_marker=marker,
+                               control=MysqldControl(pid_file=pid_file, start_command=["true"]),
+                               mysql=NO_MYSQL)
+
+    def tick(restarter: MysqldRestarter) -> None:
+        restarter.tick(Role.REPLICA, killed_by_fence=False, repair_running=False)
+        restarter.join(10)
+
+    first = agent()
+    tick(first)
+    now[0] += 0.5
+    tick(first)
+    assert first.status()["failed_starts"] == 1 and marker.exists() and not pid_file.exists()
+    restarted = agent()  # the agent restarts: no pid file, but the failed start is on record
+    tick(restarted)
+    status = restarted.status()
+    assert status["held"] is None and status["failed_starts"] == 1, status
+    assert status["cause"].startswith("crash recovery failed") and restarted.down_after_crash
+    works[0] = True
+    now[0] += 4.0
+    tick(restarted)
+    assert restarted.status()["restarts"] == 1 and not marker.exists()
+    # Without the record (an operator's clean stop): left alone, as ever.
+    fresh = agent()
+    tick(fresh)
+    assert "operator's stop" in fresh.status()["held"] and not fresh.down_after_crash
