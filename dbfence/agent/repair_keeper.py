@@ -258,6 +258,9 @@ class RepairKeeper(FencingRecorder, RebuildRunner):
                 "saved_file": view.saved_file, "gave_up": view.gave_up, "gave_up_on": view.gave_up_on,
                 "ended_by_fence": self._ended_by_fence, "retrying": self.retrying, "waiting": self.hold,
                 "rebuild_approved": view.rebuild_approved, "rebuild_approval": self._approval_status(),
+                # What the binlog files of a mysqld down after a crash hold (published as at a kill).
+                "binlog_state_on_disk": None if view.binlog_state_on_disk is None
+                else str(view.binlog_state_on_disk),
                 "approve_command": (approve_command(self.node, self.state_dir) if APPROVE_HINT in self.hold
                                     else None),
                 "last": None if result is None else {

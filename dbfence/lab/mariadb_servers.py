@@ -202,14 +202,22 @@ def start_node(node_dir: Path, name: str, server_id: int, port: int, extra_port:
                  *extra_args], node_dir / "stdout.log")
     sock = str(socket_path)
 
+    exited: list[bool] = []
+
     def ready() -> bool:
         if not ref.alive():
-            raise LabError(f"{name} exited during start; see {node_dir / 'error.log'}")
+            # Said after the wait: wait_until takes a probe's exception for "not yet", and a
+            # server that aborted (a failed crash recovery, soak seed 443) was waited for until
+            # the timeout (60 s) every time.
+            exited.append(True)
+            return True
         # mariadbd writes its pid file after it listens: wait for both, so that whoever looks
         # for the live server by its pid file (live_node) finds it
         return port_open(host, port) and running_server(pid_file) is not None
 
     wait_until(ready, timeout=timeout, what=f"{name} to accept connections")
+    if exited:
+        raise LabError(f"{name} exited during start; see {node_dir / 'error.log'}")
     return MysqlNode(
         name=name, server_id=server_id, host=host, port=port, extra_port=extra_port,
         socket=sock, datadir=str(node_dir / "data"), pid_file=str(pid_file),

@@ -34,6 +34,7 @@ _CONSEQUENCES = re.compile(r"^(Aborting|Plugin '.*' registration as a STORAGE EN
                            r"Unknown/unsupported storage engine: .*|Failed to initialize plugins\.)$")
 _CRASH_RECOVERY = re.compile(r"crash recovery", re.IGNORECASE)
 _INNODB = re.compile(r"^InnoDB: ")
+_CORRUPT = re.compile(r"corrupt", re.IGNORECASE)
 
 
 def error_log_path(log_error: str, datadir: str) -> Path | None:
@@ -72,7 +73,10 @@ def describe_start_failure(lines: Sequence[str]) -> str | None:
         return None
     named = "; ".join(causes[:NAMED_ERRORS])
     recovering = any(_CRASH_RECOVERY.search(line) for line in since)
-    if recovering and any(_INNODB.match(c) for c in causes):
-        return (f"crash recovery failed: {named} (no start mends this: the datadir needs a rebuild "
-                "from a healthy member)")
+    innodb = any(_INNODB.match(c) for c in causes)
+    rebuild = "(no start mends this: the datadir needs a rebuild from a healthy member)"
+    if recovering and innodb:
+        return f"crash recovery failed: {named} {rebuild}"
+    if innodb and any(_CORRUPT.search(c) for c in causes):
+        return f"InnoDB finds its files corrupt: {named} {rebuild}"
     return f"mysqld's start failed: {named}"

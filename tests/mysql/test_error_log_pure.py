@@ -44,11 +44,19 @@ MYSQL_8 = [
     ([*SEED_443, START, T + "[Note] mariadbd: ready for connections."], None),
     (PORT_TAKEN, "mysqld's start failed: Can't start server: Bind on TCP/IP port. Got error: 98: Address "
                  "already in use; Do you already have another server running on port: 3306 ?"),
+    # A damaged redo log header: no crash recovery starts, InnoDB refuses (measured, 10.11).
+    ([START, T + "[ERROR] InnoDB: Invalid log header checksum",
+      T + "[ERROR] InnoDB: Plugin initialization aborted with error Data structure corruption",
+      T + "[ERROR] Aborting"],
+     "InnoDB finds its files corrupt: InnoDB: Invalid log header checksum; InnoDB: Plugin initialization "
+     "aborted with error Data structure corruption (no start mends this: the datadir needs a rebuild "
+     "from a healthy member)"),
     (MYSQL_8, "mysqld's start failed: Operating system error number 2 in a file operation."),
     ([START, T + "[ERROR] Aborting"], "mysqld's start failed: Aborting"),
     (SEED_443[1:], None),  # no start line in the tail read: nothing known of the last start
     ([], None),
-], ids=["seed-443 recovery", "started since", "port taken", "mysql 8", "only aborting", "no start", "empty"])
+], ids=["seed-443 recovery", "started since", "port taken", "corrupt header", "mysql 8", "only aborting",
+        "no start", "empty"])
 def test_the_cause_of_the_last_start(lines: list[str], expected: str | None) -> None:
     assert describe_start_failure(lines) == expected
 
