@@ -4,10 +4,12 @@ primary within seconds of the disk being freed, not a minute (mysys's wait for f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,22 @@ def full_replica_with_backlog(lab: LabCluster, mounts: list[Path]) -> Path:
     return fill(Path(lab.node("db2").datadir))
 
 
+@contextlib.contextmanager
+def full_replica_lab(lab_factory: LabFactory) -> Iterator[tuple[LabCluster, Path]]:
+    """A two-node lab with db2 as :func:`full_replica_with_backlog` leaves it, and its filler;
+    afterwards the lab is stopped and the tmpfs unmounted."""
+    if os.geteuid() != 0:
+        pytest.skip("a small disk of its own takes a tmpfs mount (root)")
+    lab = lab_factory(mysql_count=2)
+    mounts: list[Path] = []
+    try:
+        yield lab, full_replica_with_backlog(lab, mounts)
+    finally:
+        LabCluster.load(lab.directory).down()
+        for mount in mounts:
+            subprocess.run(["umount", str(mount)], check=False, capture_output=True)
+
+
 def follows_within_seconds(lab: LabCluster, freed: float) -> None:
     """db2 receives the backlog and a new write of db1 well within mysqld's 60 s wait."""
     primary = sql(lab, "db1")
@@ -92,12 +110,7 @@ def follows_within_seconds(lab: LabCluster, freed: float) -> None:
 
 def test_a_repoint_on_a_full_disk_is_refused_unchanged_then_follows_within_seconds_of_room(
         lab_factory: LabFactory) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("a small disk of its own takes a tmpfs mount (root)")
-    lab = lab_factory(mysql_count=2)
-    mounts: list[Path] = []
-    try:
-        filler = full_replica_with_backlog(lab, mounts)
+    with full_replica_lab(lab_factory) as (lab, filler):
         db1, db2 = actions(lab, "db1"), actions(lab, "db2")
         before = replication_config(lab, "db2")
         with pytest.raises(RelayLogDiskFullError, match=r"relay log's disk is full.*60 s"):
@@ -111,22 +124,13 @@ def test_a_repoint_on_a_full_disk_is_refused_unchanged_then_follows_within_secon
         db2.repoint(primary_address(lab, "db1"), db1.gtid_positions().binlog_state,
                     semi_sync_replica=False)
         follows_within_seconds(lab, freed)
-    finally:
-        LabCluster.load(lab.directory).down()
-        for mount in mounts:
-            subprocess.run(["umount", str(mount)], check=False, capture_output=True)
 
 
 def test_the_agent_s_repoint_fails_logged_once_while_the_disk_is_full_then_follows(
         lab_factory: LabFactory, caplog: pytest.LogCaptureFixture) -> None:
     """The executor's Repoint action, as the core asks for it every round: a failure with the
     reason in the log (once, then counted) and in /status's action_errors, then success."""
-    if os.geteuid() != 0:
-        pytest.skip("a small disk of its own takes a tmpfs mount (root)")
-    lab = lab_factory(mysql_count=2)
-    mounts: list[Path] = []
-    try:
-        filler = full_replica_with_backlog(lab, mounts)
+    with full_replica_lab(lab_factory) as (lab, filler):
         executor, dcs = executor_on(lab, "db2", source_read_budget=2.0)
         try:
             node = lab.node("db1")
@@ -153,7 +157,3 @@ def test_the_agent_s_repoint_fails_logged_once_while_the_disk_is_full_then_follo
             follows_within_seconds(lab, freed)
         finally:
             executor.lock.close()
-    finally:
-        LabCluster.load(lab.directory).down()
-        for mount in mounts:
-            subprocess.run(["umount", str(mount)], check=False, capture_output=True)
