@@ -31,8 +31,8 @@ from dbfence.mysql.repair_errors import RepairError
 from dbfence.mysql.token_writer import FencingTokenWriter
 from tests.conftest import LabFactory
 from tests.mysql.mysql_lab_helpers import actions, creds, monitor, one, poll, primary_address, run, sql
-from tests.mysql.test_mysql_repair_lab import NEVER_FALLS_BACK, innodb_log_flushed, lossless_pair, rows
-from tests.mysql.test_mysql_repair_token_lab import history_rows, token_row
+from tests.mysql.test_mysql_repair_lab import innodb_log_flushed, rows
+from tests.mysql.test_mysql_repair_token_lab import db2_promoted_after_db1s_token_5, history_rows, token_row
 
 
 class Stopped(Exception):
@@ -55,13 +55,7 @@ def db2_two_terms_the_second_unfollowed(lab_factory: LabFactory) -> tuple[LabClu
     """db2 primary twice: token 7 and row 2 acknowledged by db1, then token 8 nobody received;
     db1 primary again with token 9 and rows 3, 4; db2 fenced. Returns the lab, db2's position
     before token 8 (the discard's target) and its gtid_slave_pos."""
-    lab = lossless_pair(lab_factory)
-    db1, db2 = actions(lab, "db1"), actions(lab, "db2")
-    db1.ensure_schema()
-    db1.write_fencing_token(5, "agent-db1")
-    poll(lambda: token_row(lab, "db2") == (5, 1), 30, "db2 to apply db1's token")
-    run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
-    db2.promote(semi_sync=NEVER_FALLS_BACK)
+    lab, db1, db2 = db2_promoted_after_db1s_token_5(lab_factory)
     db1.rejoin(primary_address(lab, "db2"), db2.gtid_positions().history, semi_sync_replica=True)
     poll(lambda: semi_sync_clients(lab, "db2") == 1, 30, "db1 to acknowledge db2")
     writer = FencingTokenWriter(db2, "agent-db2", wait_s=60.0, ack_wait_s=1.0)

@@ -35,13 +35,11 @@ def token_row(lab: LabCluster, name: str) -> tuple[int, int] | None:
     return None if record is None else (record.token, record.server_id)
 
 
-def db2_token_committed_unacknowledged(lab_factory: LabFactory, tokens: tuple[int, ...] = (7,)
-                                       ) -> tuple[LabCluster, MysqlActions, int]:
-    """db1 (lossless primary) writes token 5, which db2 receives; db2 is promoted while db1 steps
-    down and does not follow it, so db2's token 7 (and any later ``tokens``: promoted again,
-    followed by nobody again) waits for an ack until the writer ends the wait (as the agent's
-    TokenWriter does): it commits in the engine, unacknowledged. Returns the lab, db2's adapter and
-    the first token's seq."""
+def db2_promoted_after_db1s_token_5(lab_factory: LabFactory
+                                    ) -> tuple[LabCluster, MysqlActions, MysqlActions]:
+    """A lossless pair whose primary db1 writes token 5, which db2 applies; db1 then goes
+    read-only and db2 is promoted (semi-sync that never falls back). Returns the lab and both
+    nodes' adapters."""
     lab = lossless_pair(lab_factory)
     db1, db2 = actions(lab, "db1"), actions(lab, "db2")
     db1.ensure_schema()
@@ -49,6 +47,17 @@ def db2_token_committed_unacknowledged(lab_factory: LabFactory, tokens: tuple[in
     poll(lambda: token_row(lab, "db2") == (5, 1), 30, "db2 to apply db1's token")
     run(sql(lab, "db1"), "SET GLOBAL read_only = ON")
     db2.promote(semi_sync=NEVER_FALLS_BACK)
+    return lab, db1, db2
+
+
+def db2_token_committed_unacknowledged(lab_factory: LabFactory, tokens: tuple[int, ...] = (7,)
+                                       ) -> tuple[LabCluster, MysqlActions, int]:
+    """db1 (lossless primary) writes token 5, which db2 receives; db2 is promoted while db1 steps
+    down and does not follow it, so db2's token 7 (and any later ``tokens``: promoted again,
+    followed by nobody again) waits for an ack until the writer ends the wait (as the agent's
+    TokenWriter does): it commits in the engine, unacknowledged. Returns the lab, db2's adapter and
+    the first token's seq."""
+    lab, _, db2 = db2_promoted_after_db1s_token_5(lab_factory)
     writer = FencingTokenWriter(db2, "agent-db2", wait_s=60.0, ack_wait_s=1.0)
     first = ""
     for token in tokens:
