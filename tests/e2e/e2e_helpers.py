@@ -145,6 +145,15 @@ def only_primary(lab: LabCluster) -> str:
     return primaries[0]
 
 
+def settled_two_nodes(lab: LabCluster) -> tuple[str, str]:
+    """The primary and its replica once it follows, after one acknowledged write."""
+    primary = only_primary(lab)
+    replica = next(n.name for n in lab.mysql if n.name != primary)
+    wait_for_role(lab, replica, "replica", timeout=60)
+    write_row(lab, 1)
+    return primary, replica
+
+
 def settled_three_nodes(lab: LabCluster) -> tuple[str, str, str]:
     """The primary and its two replicas (sorted by name) once both follow it, after one
     acknowledged write."""

@@ -17,7 +17,7 @@ from dbfence.lab.fault_model import exited
 from dbfence.lab.wait import wait_until
 from dbfence.mysql.gtid import GtidState
 from tests.conftest import LabFactory
-from tests.e2e.e2e_helpers import only_primary, status, wait_for_role, wait_for_status, write_row
+from tests.e2e.e2e_helpers import settled_two_nodes, status, wait_for_role, wait_for_status
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,10 +35,7 @@ def test_a_primary_whose_crash_recovery_fails_is_retried_named_and_publishes_its
         lab_factory: LabFactory) -> None:
     lab = lab_factory(mysql_count=2, dcs="etcd", agents=True,
                       agent_tuning=AgentTuning(rejoin="truncate", lossless=False))
-    primary = only_primary(lab)
-    replica = next(n.name for n in lab.mysql if n.name != primary)
-    wait_for_role(lab, replica, "replica", timeout=60)
-    write_row(lab, 1)
+    primary, replica = settled_two_nodes(lab)
     node = lab.live_node(primary)
     with lab.connect(primary) as conn, conn.cursor() as cur:
         cur.execute("SELECT @@gtid_binlog_state, @@server_id")

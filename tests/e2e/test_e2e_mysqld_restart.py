@@ -15,7 +15,7 @@ from dbfence.lab.faults import FaultContext, all_faults
 from dbfence.lab.wait import wait_until
 from dbfence.lab.workload import DiscoveryWriter
 from tests.conftest import LabFactory
-from tests.e2e.e2e_helpers import only_primary, rows_on, status, wait_for_role, write_row
+from tests.e2e.e2e_helpers import only_primary, rows_on, settled_two_nodes, status, wait_for_role, write_row
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -23,10 +23,7 @@ pytestmark = pytest.mark.timeout(180)
 def test_a_crashed_replica_mysqld_is_started_again_and_catches_up(lab_factory: LabFactory) -> None:
     lab = lab_factory(mysql_count=2, dcs="etcd", agents=True,
                       agent_tuning=AgentTuning(rejoin="truncate", lossless=False))
-    primary = only_primary(lab)
-    replica = next(n.name for n in lab.mysql if n.name != primary)
-    wait_for_role(lab, replica, "replica", timeout=60)
-    write_row(lab, 1)
+    primary, replica = settled_two_nodes(lab)
 
     lab.kill_mysql(replica)  # SIGKILL: a crash, its pid file stays
     killed = time.monotonic()
@@ -49,10 +46,7 @@ def test_a_crashed_primary_mysqld_is_started_again_once_fenced_and_its_binlog_ta
         lab_factory: LabFactory) -> None:
     lab = lab_factory(mysql_count=2, dcs="etcd", agents=True,
                       agent_tuning=AgentTuning(rejoin="truncate", lossless=False))
-    primary = only_primary(lab)
-    replica = next(n.name for n in lab.mysql if n.name != primary)
-    wait_for_role(lab, replica, "replica", timeout=60)
-    write_row(lab, 1)
+    primary, replica = settled_two_nodes(lab)
 
     lab.kill_mysql(primary)  # SIGKILL: a crash, its pid file stays
     killed = time.monotonic()
