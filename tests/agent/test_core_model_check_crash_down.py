@@ -23,7 +23,7 @@ import pytest
 from dbfence.agent.state import Role
 from tests.agent.core_model import NAMES, Model, ModelLimits, ModelViolationError, World
 from tests.agent.test_core_model_check import LIVENESS_TICKS
-from tests.agent.test_core_model_check_fence_crash import KILL_N2
+from tests.agent.test_core_model_check_fence_crash import KILL_N2, explore_checking_liveness
 
 FULL = os.environ.get("DBFENCE_MODEL_FULL") == "1"
 #: n1's crash is one whose recovery fails for good (the rest as in seed 301's script).
@@ -81,14 +81,7 @@ def test_the_state_on_disk_of_a_mysqld_that_never_starts_lets_the_others_take_ov
     assert model.takeovers > 0 and model.repairs_without_primary > 0  # n2 repaired alone, then took over
     started = time.monotonic()
     restarted = model.drive(stopped, ["db-restart n3"])
-    total = checked = 0
-    depth = 5 if FULL else 4
-    for root in (stopped, restarted):
-        total += model.explore([root], depth=depth)
-        for world, trace in model.explored.items():
-            if len(trace) - 1 <= (depth if FULL else depth - 1):
-                model.ticks_to_good(world, trace, LIVENESS_TICKS)
-                checked += 1
+    total, checked = explore_checking_liveness(model, (stopped, restarted), depth=5 if FULL else 4)
     print(f"\nseed 443 model: {total} states, liveness checked for {checked}, {model.takeovers} "
           f"takeovers, {model.repairs_without_primary} repairs without a primary, "
           f"{time.monotonic() - started:.1f}s wall")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 
 import pytest
@@ -73,6 +74,20 @@ KILL_N3 = ["step n3", "step n3", "step n3", "partition n3", *["clock"] * 4, "ste
 FULL = os.environ.get("DBFENCE_MODEL_FULL") == "1"
 
 
+def explore_checking_liveness(model: Model, roots: Iterable[World], depth: int) -> tuple[int, int]:
+    """Every interleaving ``depth`` events deep from each root, and liveness from each state
+    reached within ``depth`` events (``depth - 1`` unless FULL). Returns the states explored and
+    the states whose liveness was checked."""
+    total = checked = 0
+    for root in roots:
+        total += model.explore([root], depth=depth)
+        for world, trace in model.explored.items():
+            if len(trace) - 1 <= (depth if FULL else depth - 1):
+                model.ticks_to_good(world, trace, LIVENESS_TICKS)
+                checked += 1
+    return total, checked
+
+
 def soak_model(*, killed_states: bool) -> tuple[Model, World]:
     model = Model(ModelLimits(depth=5, faults=2, writes=1, max_time=30), rejoin_mode="truncate",
                   fence_by_crash=True)
@@ -118,13 +133,7 @@ def test_the_killed_nodes_states_at_the_kill_let_the_node_holding_everything_tak
     assert model.takeovers > 0 and model.truncations >= 2
     started = time.monotonic()
     restarted = model.drive(both_killed, ["db-restart n1"])
-    total = checked = 0
-    for root, depth in ((both_killed, 5), (restarted, 5)) if FULL else ((both_killed, 4), (restarted, 4)):
-        total += model.explore([root], depth=depth)
-        for world, trace in model.explored.items():
-            if len(trace) - 1 <= (depth if FULL else depth - 1):
-                model.ticks_to_good(world, trace, LIVENESS_TICKS)
-                checked += 1
+    total, checked = explore_checking_liveness(model, (both_killed, restarted), depth=5 if FULL else 4)
     print(f"\nsoak takeover with killed members: {total} states, liveness checked for {checked}, "
           f"{model.takeovers} takeovers checked on the histories, {time.monotonic() - started:.1f}s wall")
     assert total > 5_000 and model.takeovers > 100
@@ -182,13 +191,7 @@ def test_a_killed_node_holding_what_no_live_node_holds_is_repaired_without_a_pri
     assert primary[:4] == ("n1", "n1", "n2", "n2")  # w1 kept (acknowledged); w2 and n3's old token cut
     assert model.repairs_without_primary >= 1 and model.takeovers > 0
     started = time.monotonic()
-    total = checked = 0
-    depth = 5 if FULL else 4
-    total += model.explore([stuck], depth=depth)
-    for world, trace in model.explored.items():
-        if len(trace) - 1 <= (depth if FULL else depth - 1):
-            model.ticks_to_good(world, trace, LIVENESS_TICKS)
-            checked += 1
+    total, checked = explore_checking_liveness(model, (stuck,), depth=5 if FULL else 4)
     print(f"\nseed 403 model: {total} states, liveness checked for {checked}, {model.takeovers} "
           f"takeovers, {model.repairs_without_primary} repairs without a primary, "
           f"{time.monotonic() - started:.1f}s wall")

@@ -58,6 +58,7 @@ from dbfence.agent import decide_promotion
 from dbfence.agent.state import Role
 from tests.agent.core_model import NAMES, Model, ModelLimits, ModelViolationError, World
 from tests.agent.test_core_model_check import LIVENESS_TICKS
+from tests.agent.test_core_model_check_fence_crash import explore_checking_liveness
 
 FULL = os.environ.get("DBFENCE_MODEL_FULL") == "1"
 
@@ -118,14 +119,8 @@ def test_the_winner_waits_for_the_cut_off_rival_and_yields_to_it_once_back() -> 
     assert model.roles(recovered) == {"n1": Role.REPLICA, "n2": Role.REPLICA, "n3": Role.PRIMARY}
     assert recovered.nodes[NAMES.index("n3")].db.history[:2] == ("n1", "n1")
     started = time.monotonic()
-    total = checked = 0
-    depth = 5 if FULL else 4
-    for start in (root, model.drive(root, N2_PROMOTES[:6])):
-        total += model.explore([start], depth=depth)
-        for world, trace in model.explored.items():
-            if len(trace) - 1 <= (depth if FULL else depth - 1):
-                model.ticks_to_good(world, trace, LIVENESS_TICKS)
-                checked += 1
+    total, checked = explore_checking_liveness(model, (root, model.drive(root, N2_PROMOTES[:6])),
+                                               depth=5 if FULL else 4)
     print(f"\nrival cut off after the race: {total} states, liveness checked for {checked}, "
           f"{model.promotions} promotions, {time.monotonic() - started:.1f}s wall")
     assert total > 1_000 and model.promotions > 10, (total, model.promotions)
