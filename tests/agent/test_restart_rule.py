@@ -4,6 +4,7 @@ restarter's backoff with a start command that fails, then works (no server neede
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,16 @@ from dbfence.mysql.repair_errors import RepairDeferred, RepairError
 NO_MYSQL = MysqlActions(Endpoint("127.0.0.1", 9), Credentials("u", "p"), name="db2")  # never reached
 CRASHED_REPLICA = CrashView(mode="truncate", role=Role.REPLICA, running=False, pid_file_left=True,
                             killed_by_fence=False, repair_running=False)
+
+
+
+def tick_and_join(restarter: MysqldRestarter, role: Role = Role.REPLICA, *, check_done: bool = True) -> None:
+    """One round of the agent's loop, then the start (or copy) it began, to its end; with
+    ``check_done``, the restarter must say it is no longer starting."""
+    restarter.tick(role, killed_by_fence=False, repair_running=False)
+    restarter.join(10)
+    if check_done:
+        assert not restarter.starting
 
 
 @dataclass(frozen=True)
@@ -119,10 +130,7 @@ def test_the_restarter_backs_off_while_starts_fail_and_starts_once_when_they_wor
                                 control=MysqldControl(pid_file=pid_file, start_command=["true"]),
                                 mysql=NO_MYSQL)
 
-    def tick(role: Role = Role.REPLICA) -> None:
-        restarter.tick(role, killed_by_fence=False, repair_running=False)
-        restarter.join(10)
-        assert not restarter.starting
+    tick = partial(tick_and_join, restarter)
 
     tick()  # seen: the first start waits FIRST_START_DELAY
     assert calls == [] and restarter.status()["next_start_in_s"] == 0.5
@@ -176,10 +184,7 @@ def test_a_start_that_fails_unexpectedly_is_counted_and_backed_off_too(tmp_path:
                                 control=MysqldControl(pid_file=pid_file, start_command=["true"]),
                                 mysql=NO_MYSQL)
 
-    def tick() -> None:
-        restarter.tick(Role.REPLICA, killed_by_fence=False, repair_running=False)
-        restarter.join(10)
-        assert not restarter.starting
+    tick = partial(tick_and_join, restarter, Role.REPLICA)
 
     tick()
     now[0] += 2.0
@@ -212,9 +217,7 @@ def test_a_fenced_nodes_crashed_mysqld_starts_only_after_its_binlog_tail_is_copi
                                 control=MysqldControl(pid_file=pid_file, start_command=["true"]),
                                 mysql=NO_MYSQL)
 
-    def tick() -> None:
-        restarter.tick(Role.FENCED, killed_by_fence=False, repair_running=False)
-        restarter.join(10)
+    tick = partial(tick_and_join, restarter, Role.FENCED, check_done=False)
 
     tick()  # the crash seen: copy at once; no room
     assert events == ["copy at 1000"]
@@ -274,10 +277,7 @@ def test_a_failed_start_is_retried_with_backoff_and_its_cause_named_not_taken_fo
                                 control=MysqldControl(pid_file=pid_file, start_command=["true"]),
                                 mysql=NO_MYSQL)
 
-    def tick() -> None:
-        restarter.tick(Role.FENCED, killed_by_fence=False, repair_running=False)
-        restarter.join(10)
-        assert not restarter.starting
+    tick = partial(tick_and_join, restarter, Role.FENCED)
 
     tick()  # the copy of the binlog tail
     tick()  # the crash seen: the first start in 0.5 s
@@ -328,9 +328,7 @@ def test_an_agent_restarted_after_a_failed_start_keeps_starting_mysqld(tmp_path:
                                control=MysqldControl(pid_file=pid_file, start_command=["true"]),
                                mysql=NO_MYSQL)
 
-    def tick(restarter: MysqldRestarter) -> None:
-        restarter.tick(Role.REPLICA, killed_by_fence=False, repair_running=False)
-        restarter.join(10)
+    tick = partial(tick_and_join, role=Role.REPLICA, check_done=False)
 
     first = agent()
     tick(first)
