@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from dbfence.mysql.credentials import Credentials
 from dbfence.mysql.hysteresis import HysteresisConfig
 from dbfence.mysql.monitor import HealthMonitor, HealthObservation
 from dbfence.mysql.probes import ProbeSettings, Role, Target
+from dbfence.mysql.repair import MysqldControl
 
 # For tests whose fault is not a timeout: generous timeouts so a loaded host does not trip them.
 RELAXED = ProbeSettings(connect_timeout_s=3.0, select_timeout_s=1.5)
@@ -64,6 +66,15 @@ def monitor(
     hysteresis: HysteresisConfig | None = None,
 ) -> HealthMonitor:
     return HealthMonitor(target(lab, name), settings or RELAXED, hysteresis, role)
+
+
+
+def recovery_control(lab: LabCluster, name: str) -> MysqldControl:
+    """``name``'s mysqld as the repair starts it: the lab's own start command, with
+    ``--init-rpl-role=SLAVE`` for crash recovery."""
+    return MysqldControl(pid_file=Path(lab.node(name).pid_file), start_timeout=120.0,
+                         start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir",
+                                        str(lab.directory), "--recovery", name])
 
 
 def sql(lab: LabCluster, name: str, account: str = "agent", **kwargs: Any) -> DbConnection:

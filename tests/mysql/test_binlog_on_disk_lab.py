@@ -6,7 +6,6 @@ binlog's location, is mysqld's own ``@@log_error``."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from dbfence.agent.binlog_tail_saver import BinlogTailSaver
@@ -14,9 +13,9 @@ from dbfence.lab.fault_model import exited
 from dbfence.lab.wait import wait_until
 from dbfence.mysql.binlog_on_disk import binlog_state_on_disk
 from dbfence.mysql.gtid import GtidState
-from dbfence.mysql.repair import MysqldControl, start_mysqld
+from dbfence.mysql.repair import start_mysqld
 from tests.conftest import LabFactory
-from tests.mysql.mysql_lab_helpers import actions, one, run, sql
+from tests.mysql.mysql_lab_helpers import actions, one, recovery_control, run, sql
 from tests.mysql.test_mysql_repair_lab import commit_waiting_for_an_ack, lossless_pair, rows
 
 
@@ -56,9 +55,7 @@ def test_the_state_read_from_a_killed_mysqlds_files_is_what_it_said_before_the_k
     assert {(g.domain, g.server_id) for g in disk.state.gtids} == {(0, 1), (0, 9), (1, 1)}
 
     # Crash recovery (the repair's start: init_rpl_role = SLAVE) cuts the commit that waited.
-    start_mysqld(MysqldControl(pid_file=Path(node.pid_file), start_timeout=120.0,
-                               start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir",
-                                              str(lab.directory), "--recovery", "db1"]), actions(lab, "db1"))
+    start_mysqld(recovery_control(lab, "db1"), actions(lab, "db1"))
     primary = sql(lab, "db1")
     after = GtidState.parse(str(one(primary, "SELECT @@gtid_binlog_state AS s")["s"]))
     primary.close()

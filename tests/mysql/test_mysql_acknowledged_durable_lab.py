@@ -15,20 +15,12 @@ and removes only what no client was told of."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 
-from dbfence.lab.cluster import LabCluster
-from dbfence.mysql.repair import MysqldControl, kill_mysqld, start_mysqld
+from dbfence.mysql.repair import kill_mysqld, start_mysqld
 from tests.conftest import LabFactory
-from tests.mysql.mysql_lab_helpers import actions, one, poll, run, sql
+from tests.mysql.mysql_lab_helpers import actions, one, poll, recovery_control, run, sql
 from tests.mysql.test_mysql_repair_lab import lossless_pair, rows
-
-
-def recovery_control(lab: LabCluster, name: str) -> MysqldControl:
-    return MysqldControl(pid_file=Path(lab.node(name).pid_file), start_timeout=120.0,
-                         start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir",
-                                        str(lab.directory), "--recovery", name])
 
 
 def test_a_commit_acknowledged_just_before_a_kill_9_survives_the_semi_sync_replica_recovery(

@@ -11,7 +11,6 @@ row, while its ``gtid_slave_pos`` still says db1's token 5."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -30,7 +29,17 @@ from dbfence.mysql.repair import MysqldControl, kill_mysqld, start_mysqld, trunc
 from dbfence.mysql.repair_errors import RepairError
 from dbfence.mysql.token_writer import FencingTokenWriter
 from tests.conftest import LabFactory
-from tests.mysql.mysql_lab_helpers import actions, creds, monitor, one, poll, primary_address, run, sql
+from tests.mysql.mysql_lab_helpers import (
+    actions,
+    creds,
+    monitor,
+    one,
+    poll,
+    primary_address,
+    recovery_control,
+    run,
+    sql,
+)
 from tests.mysql.test_mysql_repair_lab import innodb_log_flushed, rows
 from tests.mysql.test_mysql_repair_token_lab import db2_promoted_after_db1s_token_5, history_rows, token_row
 
@@ -79,19 +88,11 @@ def db2_two_terms_the_second_unfollowed(lab_factory: LabFactory) -> tuple[LabClu
     return lab, target, slave_pos
 
 
-def db2_control(lab: LabCluster) -> MysqldControl:
-    node = lab.node("db2")
-    return MysqldControl(
-        pid_file=Path(node.pid_file), start_timeout=120.0,
-        start_command=[sys.executable, "-m", "dbfence", "lab", "start-mysql", "--dir", str(lab.directory),
-                       "--recovery", "db2"])
-
-
 def interrupted_repair(lab: LabCluster, state_dir: Path, step: str = "binlog reset", *,
                        kill_mysqld_there: bool = False) -> None:
     """db2's repair (kill, recovery, discard of token 8), stopped right after ``step``: the agent
     dying there, or (``kill_mysqld_there``) mysqld, SIGKILLed and started again."""
-    control = db2_control(lab)
+    control = recovery_control(lab, "db2")
 
     def kill(done: str) -> None:
         if done == step:
