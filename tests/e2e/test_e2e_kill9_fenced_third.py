@@ -4,7 +4,11 @@
 The only replica wins and its fencing token waits for a semi-sync ack. The old primary, its
 mysqld started again by its agent, is the only node that can give one: it now rejoins the
 holder while it still promotes (dbfence/agent/decide_promoting_holder.py) and acknowledges the
-token, instead of waiting for a ready primary while the token waits out its 6 s bound.
+token, instead of waiting for a ready primary while the token waits out its 6 s bound. On a
+loaded machine its restart and repair can take longer than the 1 s after which a wait with no
+semi-sync replica connected ends (dbfence/mysql/token_writer.py): either way, never the bound
+(the model checks cover both orders: test_core_model_check_promoting_repair.py and
+test_core_model_check_token_alone.py).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def test_kill9_with_the_third_node_fenced_the_old_primary_acknowledges_the_new_t
     print(f"\nkill -9 of {old}'s mysqld with {fenced} fenced: first acknowledged write {rto:.2f} s after "
           f"the kill (writer {took:.2f} s); {old} back as a replica; token waits ended: {len(ended)}; "
           f"{old}'s restart: {status(lab, old).get('mysqld_restart')}")
-    assert not ended, ended  # the token was acknowledged, not committed by the end of its wait
+    # Acknowledged by the old primary, or ended early with nobody connected: never the 6 s bound.
+    assert all("none connected after" in line for line in ended), ended
+    assert rto < 3.0, f"first acknowledged write {rto:.2f} s after the kill (issue 16: p99 <= 3 s)"
     assert status(lab, fenced)["role"] == "fenced"
     wait_until(lambda: status(lab, old).get("role") == "replica", timeout=10, what=f"{old} to stay a replica")
