@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dbfence.durable import write_json_atomically
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.binlog_tail import LOCATION_QUERY, copy_binlog_tail
 from dbfence.mysql.connection import query_one
@@ -76,10 +76,9 @@ class BinlogTailSaver:
         if (location == self.location and error_log == self.error_log) or not location[0]:
             return
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial = self.state_dir / f".{LOCATION_FILE}.partial"
-        partial.write_text(json.dumps({"log_bin_basename": location[0], "datadir": location[1],
-                                       "log_error": "" if error_log is None else str(error_log)}))
-        os.replace(partial, self.state_dir / LOCATION_FILE)
+        write_json_atomically(self.state_dir / LOCATION_FILE,
+                              {"log_bin_basename": location[0], "datadir": location[1],
+                               "log_error": "" if error_log is None else str(error_log)})
         self.location, self.error_log = location, error_log
 
     def save(self) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 from dbfence.agent.restart_rule import SAVE_TAIL_FIRST, CrashView, next_delay, restart_hold, save_tail_first
 from dbfence.agent.state import Role
+from dbfence.durable import write_json_atomically
 from dbfence.mysql.actions import MysqlActions
 from dbfence.mysql.repair import MysqldControl, mysqld_running, start_mysqld
 
@@ -228,9 +229,7 @@ class MysqldRestarter:
             if content is None:
                 self.failed_marker.unlink(missing_ok=True)
                 return
-            partial = self.failed_marker.with_name(f".{self.failed_marker.name}.partial")
-            partial.write_text(json.dumps(content))
-            os.replace(partial, self.failed_marker)
+            write_json_atomically(self.failed_marker, content)
         except OSError as exc:
             log.warning(json.dumps({"event": "mysqld_start_failed_marker_unwritten", "node": self.node,
                                     "file": str(self.failed_marker), "error": str(exc)}))
